@@ -1,0 +1,1 @@
+//! bevrt-calib: camera models, calibration and BEV geometry.

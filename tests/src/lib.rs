@@ -1,0 +1,1 @@
+//! Shared helpers for bevrt integration tests.
