@@ -1,0 +1,771 @@
+//! Chessboard detection in grayscale images.
+//!
+//! Pipeline (generic, no per-dataset tuning):
+//! 1. **Saddle response**: Gaussian blur, Hessian, response `sqrt(max(0, Ixy^2 - Ixx*Iyy))`
+//!    (large only at X-junctions), non-maximum suppression.
+//! 2. **Ring test**: intensities on a circle around each candidate must split into exactly
+//!    four alternating sectors with point symmetry (an X-junction); the four transition
+//!    angles give the two local grid-line directions (no orthogonality assumed, so it works
+//!    under perspective and distortion).
+//! 3. **Lattice growing**: from a seed, its neighbours along both line directions and the
+//!    diagonal form a 2x2 cell; the lattice then grows by predicting each next corner with
+//!    quadratic / linear extrapolation along rows and columns (follows lens curvature) and
+//!    accepting the nearest candidate within 30 % of the local spacing.
+//! 4. **Validation**: the grown lattice must be a complete rectangle of exactly the board's
+//!    inner-corner count (otherwise the view is rejected with a reason: partially visible,
+//!    larger grid, ...) and the cell colours must alternate like a chessboard.
+//! 5. **Order**: rows run along the board dimension with `cols` corners (9 for a 9x6 board),
+//!    the first corner is the extreme corner nearest the image's top-left (smallest x + y).
+//! 6. **Subpixel**: [`corner_subpix`], the gradient-orthogonality iteration of OpenCV's
+//!    `cornerSubPix`.
+
+use std::collections::HashMap;
+
+use nalgebra::{Point2, Vector2};
+
+use crate::imgproc::GrayImage;
+
+/// Why a view was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DetectError {
+    #[error("no chessboard corners found")]
+    NoCorners,
+    #[error(
+        "board not fully visible: found a {rows}x{cols} lattice with {found} corners, need {need_cols}x{need_rows}"
+    )]
+    Partial {
+        rows: usize,
+        cols: usize,
+        found: usize,
+        need_cols: usize,
+        need_rows: usize,
+    },
+    #[error("found a larger lattice ({rows}x{cols}) than the {need_cols}x{need_rows} board")]
+    TooLarge {
+        rows: usize,
+        cols: usize,
+        need_cols: usize,
+        need_rows: usize,
+    },
+    #[error("lattice colours do not alternate like a chessboard")]
+    NotChessboard,
+    #[error("image too small")]
+    TooSmall,
+}
+
+/// Detection options.
+#[derive(Debug, Clone)]
+pub struct DetectOptions {
+    /// Half size of the cornerSubPix window; `None` = min(5, spacing/2 - 1) (11x11 for
+    /// typical boards, like OpenCV's common choice).
+    pub subpix_half_window: Option<usize>,
+    pub subpix_max_iter: usize,
+    pub subpix_eps: f64,
+}
+
+impl Default for DetectOptions {
+    fn default() -> Self {
+        DetectOptions {
+            subpix_half_window: None,
+            subpix_max_iter: 30,
+            subpix_eps: 1e-3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cand {
+    p: Vector2<f64>,
+    contrast: f32,
+
+    dirs: [Vector2<f64>; 2],
+}
+
+/// Finds the `cols` x `rows` inner corners of a chessboard (e.g. 9 x 6). Corners are returned
+/// row by row, `cols` per row, refined to subpixel accuracy.
+pub fn find_chessboard(
+    img: &GrayImage,
+    cols: usize,
+    rows: usize,
+) -> Result<Vec<Point2<f64>>, DetectError> {
+    find_chessboard_with(img, cols, rows, &DetectOptions::default())
+}
+
+pub fn find_chessboard_with(
+    img: &GrayImage,
+    cols: usize,
+    rows: usize,
+    opt: &DetectOptions,
+) -> Result<Vec<Point2<f64>>, DetectError> {
+    if img.width < 16 || img.height < 16 || cols < 2 || rows < 2 {
+        return Err(DetectError::TooSmall);
+    }
+    let scale = (img.width.min(img.height) as f32 / 600.0).max(1.0);
+    let smooth = img.gaussian_blur(0.8);
+    let mut best_err = DetectError::NoCorners;
+    for sig in [1.5 * scale, 2.5 * scale, 1.0] {
+        match detect_at_scale(img, &smooth, cols, rows, sig) {
+            Ok(mut grid) => {
+                let half = opt.subpix_half_window.unwrap_or_else(|| {
+                    let md = min_spacing(&grid, cols, rows);
+                    ((md * 0.5 - 1.0).floor() as usize).clamp(2, 5)
+                });
+                corner_subpix(img, &mut grid, half, opt.subpix_max_iter, opt.subpix_eps);
+                return Ok(grid);
+            }
+            Err(e) => {
+                if rank(&e) > rank(&best_err) {
+                    best_err = e;
+                }
+            }
+        }
+    }
+    Err(best_err)
+}
+
+fn rank(e: &DetectError) -> usize {
+    match e {
+        DetectError::NoCorners | DetectError::TooSmall => 0,
+        DetectError::NotChessboard => 1,
+        DetectError::TooLarge { .. } => 2,
+        DetectError::Partial { found, .. } => 3 + found,
+    }
+}
+
+fn min_spacing(g: &[Point2<f64>], cols: usize, rows: usize) -> f64 {
+    let mut m = f64::MAX;
+    for r in 0..rows {
+        for c in 0..cols {
+            let p = g[r * cols + c];
+            if c + 1 < cols {
+                m = m.min((g[r * cols + c + 1] - p).norm());
+            }
+            if r + 1 < rows {
+                m = m.min((g[(r + 1) * cols + c] - p).norm());
+            }
+        }
+    }
+    m
+}
+
+fn saddle_candidates(blur: &GrayImage) -> Vec<(usize, usize, f32)> {
+    let (w, h) = (blur.width, blur.height);
+    let d = &blur.data;
+    let mut resp = vec![0.0f32; w * h];
+    let mut maxr = 0.0f32;
+    for y in 1..h - 1 {
+        for x in 1..w - 1 {
+            let i = y * w + x;
+            let c = d[i];
+            let ixx = d[i + 1] + d[i - 1] - 2.0 * c;
+            let iyy = d[i + w] + d[i - w] - 2.0 * c;
+            let ixy = 0.25 * (d[i + w + 1] - d[i + w - 1] - d[i - w + 1] + d[i - w - 1]);
+            let s = ixy * ixy - ixx * iyy;
+            if s > 0.0 {
+                let r = s.sqrt();
+                resp[i] = r;
+                maxr = maxr.max(r);
+            }
+        }
+    }
+    let thr = (maxr * 0.01).max(0.05);
+    let mut out = Vec::new();
+    let rad = 2usize;
+    for y in rad + 1..h.saturating_sub(rad + 1) {
+        for x in rad + 1..w.saturating_sub(rad + 1) {
+            let r = resp[y * w + x];
+            if r < thr {
+                continue;
+            }
+            let mut is_max = true;
+            'n: for yy in y - rad..=y + rad {
+                for xx in x - rad..=x + rad {
+                    let q = resp[yy * w + xx];
+                    if q > r || (q == r && (yy * w + xx) < y * w + x) {
+                        is_max = false;
+                        break 'n;
+                    }
+                }
+            }
+            if is_max {
+                out.push((x, y, r));
+            }
+        }
+    }
+    out.sort_by(|a, b| b.2.total_cmp(&a.2));
+    out.truncate(4000);
+    out
+}
+
+/// Ring test; returns the two line directions if the neighbourhood is an X-junction.
+fn ring_test(img: &GrayImage, p: Vector2<f64>, radius: f64) -> Option<([Vector2<f64>; 2], f32)> {
+    const N: usize = 32;
+    let mut v = [0.0f32; N];
+    let (mut mn, mut mx) = (f32::MAX, f32::MIN);
+    for (k, vk) in v.iter_mut().enumerate() {
+        let a = k as f64 * std::f64::consts::TAU / N as f64;
+        let s = img.bilinear(p.x + radius * a.cos(), p.y + radius * a.sin());
+        *vk = s;
+        mn = mn.min(s);
+        mx = mx.max(s);
+    }
+    if mx - mn < 6.0 {
+        return None;
+    }
+    let mid = 0.5 * (mx + mn);
+    let b: Vec<bool> = v.iter().map(|&x| x > mid).collect();
+    let mut trans = Vec::with_capacity(4);
+    for k in 0..N {
+        let k1 = (k + 1) % N;
+        if b[k] != b[k1] {
+            if trans.len() == 4 {
+                return None;
+            }
+            // interpolated crossing angle
+            let t = ((mid - v[k]) / (v[k1] - v[k])).clamp(0.0, 1.0) as f64;
+            trans.push((k as f64 + t) * std::f64::consts::TAU / N as f64);
+        }
+    }
+    if trans.len() != 4 {
+        return None;
+    }
+    let sym = (0..N).filter(|&k| b[k] == b[(k + N / 2) % N]).count();
+    if sym < N * 3 / 4 {
+        return None;
+    }
+    // sectors must each span a reasonable angle
+    for i in 0..4 {
+        let mut d = trans[(i + 1) % 4] - trans[i];
+        if d < 0.0 {
+            d += std::f64::consts::TAU;
+        }
+        if d < 0.35 {
+            return None;
+        }
+    }
+    let line = |a: f64, b: f64| {
+        let v = Vector2::new(
+            (2.0 * a).cos() + (2.0 * b).cos(),
+            (2.0 * a).sin() + (2.0 * b).sin(),
+        );
+        let ang = v.y.atan2(v.x) * 0.5;
+        Vector2::new(ang.cos(), ang.sin())
+    };
+    Some((
+        [line(trans[0], trans[2]), line(trans[1], trans[3])],
+        mx - mn,
+    ))
+}
+
+struct Index {
+    cell: f64,
+    gw: usize,
+    gh: usize,
+    buckets: Vec<Vec<usize>>,
+}
+
+impl Index {
+    fn new(c: &[Cand], w: usize, h: usize, cell: f64) -> Self {
+        let gw = (w as f64 / cell).ceil() as usize + 1;
+        let gh = (h as f64 / cell).ceil() as usize + 1;
+        let mut buckets = vec![Vec::new(); gw * gh];
+        for (i, q) in c.iter().enumerate() {
+            let bx = ((q.p.x / cell).max(0.0) as usize).min(gw - 1);
+            let by = ((q.p.y / cell).max(0.0) as usize).min(gh - 1);
+            buckets[by * gw + bx].push(i);
+        }
+        Index {
+            cell,
+            gw,
+            gh,
+            buckets,
+        }
+    }
+    fn nearest(&self, c: &[Cand], p: Vector2<f64>, r: f64, used: &[bool]) -> Option<usize> {
+        let x0 = (((p.x - r) / self.cell).floor().max(0.0)) as usize;
+        let y0 = (((p.y - r) / self.cell).floor().max(0.0)) as usize;
+        let x1 = (((p.x + r) / self.cell).floor().max(0.0) as usize).min(self.gw - 1);
+        let y1 = (((p.y + r) / self.cell).floor().max(0.0) as usize).min(self.gh - 1);
+        let mut best = None;
+        let mut bd = r * r;
+        for by in y0..=y1 {
+            for bx in x0..=x1 {
+                for &i in &self.buckets[by * self.gw + bx] {
+                    if used[i] {
+                        continue;
+                    }
+                    let d = (c[i].p - p).norm_squared();
+                    if d < bd {
+                        bd = d;
+                        best = Some(i);
+                    }
+                }
+            }
+        }
+        best
+    }
+}
+
+fn detect_at_scale(
+    img: &GrayImage,
+    smooth: &GrayImage,
+    cols: usize,
+    rows: usize,
+    sigma: f32,
+) -> Result<Vec<Point2<f64>>, DetectError> {
+    let blur = img.gaussian_blur(sigma);
+    let raw = saddle_candidates(&blur);
+    let ring_r = [(2.0 * sigma as f64).max(3.0), (3.5 * sigma as f64).max(5.0)];
+    let mut cands: Vec<Cand> = Vec::new();
+    for (x, y, _r) in raw {
+        let p = Vector2::new(x as f64, y as f64);
+        let dirs = ring_r.iter().find_map(|&rr| ring_test(smooth, p, rr));
+        if let Some((dirs, contrast)) = dirs {
+            cands.push(Cand { p, contrast, dirs });
+        }
+    }
+    if cands.len() < 4 {
+        return Err(DetectError::NoCorners);
+    }
+    let index = Index::new(&cands, img.width, img.height, 16.0);
+    let need = cols * rows;
+    let mut tried = vec![false; cands.len()];
+    let mut best: Option<DetectError> = None;
+    let max_seeds = 60.min(cands.len());
+    let mut seeds_done = 0;
+    for s in 0..cands.len() {
+        if seeds_done >= max_seeds {
+            break;
+        }
+        if tried[s] {
+            continue;
+        }
+        seeds_done += 1;
+        let Some(grid) = grow(smooth, &cands, &index, s, cols.max(rows) + 2) else {
+            continue;
+        };
+        for &i in grid.values() {
+            tried[i] = true;
+        }
+        if std::env::var_os("BEVRT_CALIB_DEBUG").is_some() {
+            let mut v: Vec<_> = grid
+                .iter()
+                .map(|(k, &i)| (*k, cands[i].p.x as i32, cands[i].p.y as i32))
+                .collect();
+            v.sort();
+            eprintln!(
+                "sigma {sigma} seed {s} ncand {} lattice {:?}",
+                cands.len(),
+                v
+            );
+        }
+        let imin = grid.keys().map(|k| k.0).min().unwrap_or(0);
+        let imax = grid.keys().map(|k| k.0).max().unwrap_or(0);
+        let jmin = grid.keys().map(|k| k.1).min().unwrap_or(0);
+        let jmax = grid.keys().map(|k| k.1).max().unwrap_or(0);
+        let r = (imax - imin + 1) as usize;
+        let c = (jmax - jmin + 1) as usize;
+        let complete = grid.len() == r * c;
+        let err = if complete && r * c > need && r >= rows.min(cols) && c >= rows.min(cols) {
+            DetectError::TooLarge {
+                rows: r.min(c),
+                cols: r.max(c),
+                need_cols: cols,
+                need_rows: rows,
+            }
+        } else {
+            // all fully populated board-sized windows of the lattice (spurious corners beyond the
+            // board's edge can make the lattice ragged); take the one with the best contrast
+            let mut best_win: Option<(f32, Vec<Vec<Vector2<f64>>>)> = None;
+            for (wr, wc) in [(rows, cols), (cols, rows)] {
+                if wr > r || wc > c {
+                    continue;
+                }
+                for i0 in imin..=imax - wr as i32 + 1 {
+                    for j0 in jmin..=jmax - wc as i32 + 1 {
+                        let mut g = vec![vec![Vector2::zeros(); wc]; wr];
+                        let mut score = 0.0f32;
+                        let mut full = true;
+                        'w: for (di, row) in g.iter_mut().enumerate() {
+                            for (dj, v) in row.iter_mut().enumerate() {
+                                match grid.get(&(i0 + di as i32, j0 + dj as i32)) {
+                                    Some(&k) => {
+                                        *v = cands[k].p;
+                                        score += cands[k].contrast;
+                                    }
+                                    None => {
+                                        full = false;
+                                        break 'w;
+                                    }
+                                }
+                            }
+                        }
+                        if full
+                            && alternates(&blur, &g)
+                            && best_win.as_ref().is_none_or(|b| score > b.0)
+                        {
+                            best_win = Some((score, g));
+                        }
+                    }
+                }
+            }
+            if let Some((_, g)) = best_win {
+                return Ok(order(g, cols, rows));
+            }
+            if complete && ((r == rows && c == cols) || (r == cols && c == rows)) {
+                DetectError::NotChessboard
+            } else {
+                DetectError::Partial {
+                    rows: r.min(c),
+                    cols: r.max(c),
+                    found: grid.len(),
+                    need_cols: cols,
+                    need_rows: rows,
+                }
+            }
+        };
+        if grid.len() >= 4 && best.as_ref().is_none_or(|b| rank(&err) > rank(b)) {
+            best = Some(err);
+        }
+    }
+    Err(best.unwrap_or(DetectError::NoCorners))
+}
+
+fn angle_ok(v: Vector2<f64>, d: Vector2<f64>, cos_tol: f64) -> bool {
+    let n = v.norm();
+    n > 1e-9 && (v.dot(&d) / n).abs() > cos_tol
+}
+
+/// Neighbour of candidate `s` along direction `d` (sign `sg`).
+fn neighbour(c: &[Cand], s: usize, d: Vector2<f64>, sg: f64) -> Option<usize> {
+    let cos_tol = (20f64).to_radians().cos();
+    let p = c[s].p;
+    let mut best = None;
+    let mut bd = f64::MAX;
+    for (i, q) in c.iter().enumerate() {
+        if i == s {
+            continue;
+        }
+        let v = q.p - p;
+        let n = v.norm();
+        if !(3.0..bd).contains(&n) {
+            continue;
+        }
+        if v.dot(&d) * sg <= 0.0 || !angle_ok(v, d, cos_tol) {
+            continue;
+        }
+        // the neighbour sits on the same grid line
+        if !(angle_ok(v, q.dirs[0], cos_tol) || angle_ok(v, q.dirs[1], cos_tol)) {
+            continue;
+        }
+        bd = n;
+        best = Some(i);
+    }
+    best
+}
+
+fn grow(
+    img: &GrayImage,
+    c: &[Cand],
+    index: &Index,
+    s: usize,
+    max_extent: usize,
+) -> Option<HashMap<(i32, i32), usize>> {
+    let [d1, d2] = c[s].dirs;
+    let a = neighbour(c, s, d1, 1.0).or_else(|| neighbour(c, s, d1, -1.0))?;
+    let b = neighbour(c, s, d2, 1.0).or_else(|| neighbour(c, s, d2, -1.0))?;
+    let p0 = c[s].p;
+    let (va, vb) = (c[a].p - p0, c[b].p - p0);
+    let (la, lb) = (va.norm(), vb.norm());
+    if la / lb > 3.0 || lb / la > 3.0 {
+        return None;
+    }
+    // not collinear
+    if (va.perp(&vb) / (la * lb)).abs() < 0.3 {
+        return None;
+    }
+    let mut used = vec![false; c.len()];
+    used[s] = true;
+    used[a] = true;
+    used[b] = true;
+    let d = index.nearest(c, c[a].p + vb, 0.3 * la.min(lb), &used)?;
+    if !(linked(img, &c[s], &c[a])
+        && linked(img, &c[s], &c[b])
+        && linked(img, &c[a], &c[d])
+        && linked(img, &c[b], &c[d]))
+    {
+        return None;
+    }
+    used[d] = true;
+    let mut g: HashMap<(i32, i32), usize> = HashMap::new();
+    g.insert((0, 0), s);
+    g.insert((1, 0), a);
+    g.insert((0, 1), b);
+    g.insert((1, 1), d);
+    let (mut imin, mut imax, mut jmin, mut jmax) = (0i32, 1i32, 0i32, 1i32);
+    loop {
+        let mut added = false;
+        let mut frontier: Vec<(i32, i32)> = Vec::new();
+        for i in imin - 1..=imax + 1 {
+            for j in jmin - 1..=jmax + 1 {
+                if g.contains_key(&(i, j)) {
+                    continue;
+                }
+                let adj = [(1, 0), (-1, 0), (0, 1), (0, -1)]
+                    .iter()
+                    .any(|&(di, dj)| g.contains_key(&(i + di, j + dj)));
+                if adj {
+                    frontier.push((i, j));
+                }
+            }
+        }
+        for (i, j) in frontier {
+            if g.contains_key(&(i, j)) {
+                continue;
+            }
+            let get = |ii: i32, jj: i32| g.get(&(ii, jj)).map(|&k| c[k].p);
+            let mut preds: Vec<(Vector2<f64>, f64)> = Vec::new();
+            for (di, dj) in [(1, 0), (-1, 0), (0, 1), (0, -1)] {
+                if let (Some(p1), Some(p2)) = (get(i - di, j - dj), get(i - 2 * di, j - 2 * dj)) {
+                    let step = (p1 - p2).norm();
+                    let pred = match get(i - 3 * di, j - 3 * dj) {
+                        Some(p3) => p1 * 3.0 - p2 * 3.0 + p3,
+                        None => p1 * 2.0 - p2,
+                    };
+                    preds.push((pred, step));
+                }
+            }
+            if preds.is_empty() {
+                for (di, dj) in [(1, 1), (1, -1), (-1, 1), (-1, -1)] {
+                    if let (Some(pa), Some(pb), Some(pc)) =
+                        (get(i - di, j), get(i, j - dj), get(i - di, j - dj))
+                    {
+                        let step = (pa - pc).norm().min((pb - pc).norm());
+                        preds.push((pa + pb - pc, step));
+                    }
+                }
+            }
+            if preds.is_empty() {
+                continue;
+            }
+            let n = preds.len() as f64;
+            let pred = preds.iter().fold(Vector2::zeros(), |acc, x| acc + x.0) / n;
+            let step = preds.iter().map(|x| x.1).sum::<f64>() / n;
+            if pred.x < -step || pred.y < -step {
+                continue;
+            }
+            if let Some(k) = index.nearest(c, pred, 0.3 * step, &used) {
+                // every existing 4-neighbour must be linked to k by a grid line: aligned with
+                // one of k's line directions, and an edge (dark/bright sides) between them.
+                let ok = [(1, 0), (-1, 0), (0, 1), (0, -1)].iter().all(|&(di, dj)| {
+                    match g.get(&(i + di, j + dj)) {
+                        Some(&n) => linked(img, &c[n], &c[k]),
+                        None => true,
+                    }
+                });
+                if !ok {
+                    continue;
+                }
+                used[k] = true;
+                g.insert((i, j), k);
+                imin = imin.min(i);
+                imax = imax.max(i);
+                jmin = jmin.min(j);
+                jmax = jmax.max(j);
+                added = true;
+            }
+        }
+        if !added
+            || (imax - imin + 1) as usize > max_extent
+            || (jmax - jmin + 1) as usize > max_extent
+        {
+            break;
+        }
+    }
+    Some(g)
+}
+
+/// Whether two candidates are joined by a chessboard grid line.
+fn linked(img: &GrayImage, a: &Cand, b: &Cand) -> bool {
+    let cos_tol = (25f64).to_radians().cos();
+    let v = b.p - a.p;
+    let len = v.norm();
+    if len < 2.0 {
+        return false;
+    }
+    if !(angle_ok(v, a.dirs[0], cos_tol) || angle_ok(v, a.dirs[1], cos_tol)) {
+        return false;
+    }
+    if !(angle_ok(v, b.dirs[0], cos_tol) || angle_ok(v, b.dirs[1], cos_tol)) {
+        return false;
+    }
+    let n = Vector2::new(-v.y, v.x) / len;
+    let off = (0.2 * len).clamp(1.5, 6.0);
+    let thr = 0.25 * a.contrast.min(b.contrast);
+    // sample at 1/3 and 2/3 along the segment, both sides
+    let mut good = 0;
+    for t in [0.33, 0.5, 0.67] {
+        let m = a.p + v * t;
+        let s1 = img.bilinear(m.x + n.x * off, m.y + n.y * off);
+        let s2 = img.bilinear(m.x - n.x * off, m.y - n.y * off);
+        if (s1 - s2).abs() > thr {
+            good += 1;
+        }
+    }
+    good >= 2
+}
+
+/// Cell centre intensities must alternate (checked pairwise, robust to uneven lighting).
+fn alternates(img: &GrayImage, g: &[Vec<Vector2<f64>>]) -> bool {
+    let r = g.len();
+    let c = g[0].len();
+    let mut val = vec![vec![0.0f32; c - 1]; r - 1];
+    for i in 0..r - 1 {
+        for j in 0..c - 1 {
+            let m = (g[i][j] + g[i + 1][j] + g[i][j + 1] + g[i + 1][j + 1]) * 0.25;
+            val[i][j] = img.bilinear(m.x, m.y);
+        }
+    }
+    let (mut good, mut total) = (0, 0);
+    for i in 0..r - 1 {
+        for j in 0..c - 1 {
+            let sign = if (i + j) % 2 == 0 { 1.0 } else { -1.0 };
+            if j + 1 < c - 1 {
+                total += 1;
+                if (val[i][j] - val[i][j + 1]) * sign > 0.0 {
+                    good += 1;
+                }
+            }
+            if i + 1 < r - 1 {
+                total += 1;
+                if (val[i][j] - val[i + 1][j]) * sign > 0.0 {
+                    good += 1;
+                }
+            }
+        }
+    }
+    // all positive or all negative
+    total == 0 || good * 10 >= total * 9 || good * 10 <= total
+}
+
+fn order(mut g: Vec<Vec<Vector2<f64>>>, cols: usize, rows: usize) -> Vec<Point2<f64>> {
+    let transpose = |g: &Vec<Vec<Vector2<f64>>>| -> Vec<Vec<Vector2<f64>>> {
+        (0..g[0].len())
+            .map(|j| (0..g.len()).map(|i| g[i][j]).collect())
+            .collect()
+    };
+    if g[0].len() != cols {
+        g = transpose(&g);
+    }
+    let mut variants = Vec::new();
+    let base = [g.clone()];
+    let mut all: Vec<Vec<Vec<Vector2<f64>>>> = base.to_vec();
+    if rows == cols {
+        all.push(transpose(&g));
+    }
+    for v in all {
+        for (fr, fc) in [(false, false), (false, true), (true, false), (true, true)] {
+            let mut h = v.clone();
+            if fr {
+                h.reverse();
+            }
+            if fc {
+                h.iter_mut().for_each(|row| row.reverse());
+            }
+            variants.push(h);
+        }
+    }
+    let score = |h: &Vec<Vec<Vector2<f64>>>| {
+        let p0 = h[0][0];
+        let along_row = h[0][1] - p0;
+        let along_col = h[1][0] - p0;
+        // primary: top-left corner first; secondary (square boards): rows run rightwards
+        (p0.x + p0.y) * 1000.0 + if along_row.x >= along_col.x { 0.0 } else { 1.0 }
+    };
+    let best = variants
+        .into_iter()
+        .min_by(|a, b| score(a).total_cmp(&score(b)))
+        .unwrap_or(g);
+    best.into_iter()
+        .flatten()
+        .map(|v| Point2::new(v.x, v.y))
+        .collect()
+}
+
+/// Subpixel corner refinement like OpenCV's `cornerSubPix` (no zero zone): iterates
+/// `q = (sum w G G^T)^-1 sum w G G^T p` over a (2*half+1)^2 window of bilinearly resampled
+/// gradients with OpenCV's Gaussian window weights, until the update is below `eps` px or
+/// `max_iter` iterations.
+pub fn corner_subpix(
+    img: &GrayImage,
+    corners: &mut [Point2<f64>],
+    half: usize,
+    max_iter: usize,
+    eps: f64,
+) {
+    let win = half as isize;
+    let ww = 2 * half + 1;
+    let sw = ww + 2;
+    let mut mask = vec![0.0f64; ww * ww];
+    for i in 0..ww {
+        let y = (i as f64 - half as f64) / half as f64;
+        for j in 0..ww {
+            let x = (j as f64 - half as f64) / half as f64;
+            mask[i * ww + j] = (-x * x).exp() * (-y * y).exp();
+        }
+    }
+    let mut sub = vec![0.0f64; sw * sw];
+    for c in corners.iter_mut() {
+        let c0 = *c;
+        let mut ci = c0;
+        for _ in 0..max_iter {
+            // sample (ww+2)^2 subimage centred at ci
+            for i in 0..sw {
+                for j in 0..sw {
+                    let x = ci.x + (j as f64 - (half + 1) as f64);
+                    let y = ci.y + (i as f64 - (half + 1) as f64);
+                    sub[i * sw + j] = img.bilinear(x, y) as f64;
+                }
+            }
+            let (mut a, mut b, mut cc, mut bb1, mut bb2) = (0.0, 0.0, 0.0, 0.0, 0.0);
+            for i in 0..ww {
+                let py = i as f64 - win as f64;
+                for j in 0..ww {
+                    let px = j as f64 - win as f64;
+                    let m = mask[i * ww + j];
+                    let si = (i + 1) * sw + (j + 1);
+                    let tgx = sub[si + 1] - sub[si - 1];
+                    let tgy = sub[si + sw] - sub[si - sw];
+                    let gxx = tgx * tgx * m;
+                    let gxy = tgx * tgy * m;
+                    let gyy = tgy * tgy * m;
+                    a += gxx;
+                    b += gxy;
+                    cc += gyy;
+                    bb1 += gxx * px + gxy * py;
+                    bb2 += gxy * px + gyy * py;
+                }
+            }
+            let det = a * cc - b * b;
+            if det.abs() <= f64::EPSILON * f64::EPSILON {
+                break;
+            }
+            let scale = 1.0 / det;
+            let nx = ci.x + cc * scale * bb1 - b * scale * bb2;
+            let ny = ci.y - b * scale * bb1 + a * scale * bb2;
+            let err = (nx - ci.x).powi(2) + (ny - ci.y).powi(2);
+            ci = Point2::new(nx, ny);
+            if ci.x < 0.0 || ci.x >= img.width as f64 || ci.y < 0.0 || ci.y >= img.height as f64 {
+                break;
+            }
+            if err <= eps * eps {
+                break;
+            }
+        }
+        // OpenCV: if the corner moved too far, keep the original
+        if (ci.x - c0.x).abs() > half as f64 || (ci.y - c0.y).abs() > half as f64 {
+            ci = c0;
+        }
+        *c = ci;
+    }
+}

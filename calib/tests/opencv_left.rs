@@ -1,0 +1,90 @@
+//! Acceptance on OpenCV's left01..left14 sample (13 views, 9x6, 25 mm).
+mod common;
+
+use bevrt_calib::{CalibOptions, GrayImage, View, board_points, calibrate, find_chessboard};
+
+const NAMES: [&str; 13] = [
+    "left01", "left02", "left03", "left04", "left05", "left06", "left07", "left08", "left09",
+    "left11", "left12", "left13", "left14",
+];
+
+#[test]
+fn opencv_left_matches_opencv() {
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let dir = shared.join("data/calib/opencv_left");
+    let obj = board_points(9, 6, 0.025);
+    let t0 = std::time::Instant::now();
+    let mut views = Vec::new();
+    for n in NAMES {
+        let img = GrayImage::load(dir.join(format!("{n}.jpg"))).unwrap();
+        let c = find_chessboard(&img, 9, 6).unwrap_or_else(|e| panic!("{n}: {e}"));
+        assert_eq!(c.len(), 54);
+        // consistent order: first corner is the top-left extreme corner, rows of 9
+        assert!(
+            c[0].x + c[0].y <= c[8].x + c[8].y
+                && c[0].x + c[0].y <= c[45].x + c[45].y
+                && c[0].x + c[0].y <= c[53].x + c[53].y
+        );
+        views.push(View {
+            name: n.into(),
+            object: obj.clone(),
+            image: c,
+        });
+    }
+    let td = t0.elapsed();
+    let r = calibrate(&views, 640, 480, &CalibOptions::default()).unwrap();
+    let cam = &r.camera;
+    eprintln!(
+        "detect {:?} total {:?}: rms {:.4} fx {:.2} fy {:.2} cx {:.2} cy {:.2} dist {:?} per_view {:?} std {:?} outliers {:?}",
+        td,
+        t0.elapsed(),
+        r.rms,
+        cam.fx(),
+        cam.fy(),
+        cam.cx(),
+        cam.cy(),
+        cam.distortion().coeffs(),
+        r.per_view_rms,
+        r.std_dev,
+        r.outlier_views
+    );
+    assert!((cam.fx() / 536.073 - 1.0).abs() < 0.005, "fx {}", cam.fx());
+    assert!((cam.fy() / 536.016 - 1.0).abs() < 0.005, "fy {}", cam.fy());
+    assert!((cam.cx() - 342.370).abs() < 1.5, "cx {}", cam.cx());
+    assert!((cam.cy() - 235.537).abs() < 1.5, "cy {}", cam.cy());
+    assert!((r.rms / 0.40869 - 1.0).abs() < 0.10, "rms {}", r.rms);
+    assert_eq!(r.outlier_views, vec![1], "left02 is the outlier view");
+
+    let fa = calibrate(
+        &views,
+        640,
+        480,
+        &CalibOptions {
+            fix_aspect: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(fa.camera.fx(), fa.camera.fy());
+    assert!(
+        (fa.camera.fx() / 536.108 - 1.0).abs() < 0.005,
+        "fixed-aspect f {}",
+        fa.camera.fx()
+    );
+}
+
+#[test]
+fn opencv_filestorage_yaml_loads() {
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let cam =
+        bevrt_calib::load_camera_yaml(shared.join("data/calib/opencv_left/left_intrinsics.yml"))
+            .unwrap();
+    assert_eq!((cam.width(), cam.height()), (640, 480));
+    assert!((cam.fx() - 535.91573396163199).abs() < 1e-9);
+    assert!((cam.cy() - 235.57082909788173).abs() < 1e-9);
+    assert!((cam.distortion().coeffs()[4] - 0.23839153080878486).abs() < 1e-12);
+}
