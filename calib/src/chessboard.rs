@@ -101,10 +101,9 @@ pub fn find_chessboard_with(
         return Err(DetectError::TooSmall);
     }
     let scale = (img.width.min(img.height) as f32 / 600.0).max(1.0);
-    let smooth = img.gaussian_blur(0.8);
     let mut best_err = DetectError::NoCorners;
     for sig in [1.5 * scale, 2.5 * scale, 1.0] {
-        match detect_at_scale(img, &smooth, cols, rows, sig) {
+        match detect_at_scale(img, cols, rows, sig) {
             Ok(mut grid) => {
                 let half = opt.subpix_half_window.unwrap_or_else(|| {
                     let md = min_spacing(&grid, cols, rows);
@@ -151,60 +150,115 @@ fn min_spacing(g: &[Point2<f64>], cols: usize, rows: usize) -> f64 {
 fn saddle_candidates(blur: &GrayImage) -> Vec<(usize, usize, f32)> {
     let (w, h) = (blur.width, blur.height);
     let d = &blur.data;
+    // squared saddle strength (monotonic in the response), row slices so it vectorizes
     let mut resp = vec![0.0f32; w * h];
-    let mut maxr = 0.0f32;
     for y in 1..h - 1 {
-        for x in 1..w - 1 {
-            let i = y * w + x;
-            let c = d[i];
-            let ixx = d[i + 1] + d[i - 1] - 2.0 * c;
-            let iyy = d[i + w] + d[i - w] - 2.0 * c;
-            let ixy = 0.25 * (d[i + w + 1] - d[i + w - 1] - d[i - w + 1] + d[i - w - 1]);
-            let s = ixy * ixy - ixx * iyy;
-            if s > 0.0 {
-                let r = s.sqrt();
-                resp[i] = r;
-                maxr = maxr.max(r);
-            }
+        let up = &d[(y - 1) * w..y * w];
+        let mid = &d[y * w..(y + 1) * w];
+        let dn = &d[(y + 1) * w..(y + 2) * w];
+        let o = &mut resp[y * w + 1..(y + 1) * w - 1];
+        let it = o
+            .iter_mut()
+            .zip(mid.windows(3))
+            .zip(up.windows(3).zip(dn.windows(3)));
+        for ((o, m), (u, dd)) in it {
+            let c = m[1];
+            let ixx = m[2] + m[0] - 2.0 * c;
+            let iyy = dd[1] + u[1] - 2.0 * c;
+            let ixy = 0.25 * (dd[2] - dd[0] - u[2] + u[0]);
+            *o = (ixy * ixy - ixx * iyy).max(0.0);
         }
     }
-    let thr = (maxr * 0.01).max(0.05);
-    let mut out = Vec::new();
+    let maxr = resp.iter().fold(0.0f32, |a, &b| a.max(b)).sqrt();
+    let thr = (maxr * 0.025).max(0.05).powi(2);
+    // 5x5 non-maximum suppression with a separable running max
     let rad = 2usize;
+    let mut rowmax = vec![0.0f32; w * h];
+    for y in 0..h {
+        let r = &resp[y * w..(y + 1) * w];
+        let o = &mut rowmax[y * w..(y + 1) * w];
+        for x in rad..w - rad {
+            o[x] = r[x - 2].max(r[x - 1]).max(r[x]).max(r[x + 1]).max(r[x + 2]);
+        }
+    }
+    let mut out = Vec::new();
     for y in rad + 1..h.saturating_sub(rad + 1) {
         for x in rad + 1..w.saturating_sub(rad + 1) {
-            let r = resp[y * w + x];
+            let i = y * w + x;
+            let r = resp[i];
             if r < thr {
                 continue;
             }
-            let mut is_max = true;
-            'n: for yy in y - rad..=y + rad {
-                for xx in x - rad..=x + rad {
-                    let q = resp[yy * w + xx];
-                    if q > r || (q == r && (yy * w + xx) < y * w + x) {
-                        is_max = false;
-                        break 'n;
-                    }
-                }
-            }
-            if is_max {
-                out.push((x, y, r));
+            let m = rowmax[i - 2 * w]
+                .max(rowmax[i - w])
+                .max(rowmax[i])
+                .max(rowmax[i + w])
+                .max(rowmax[i + 2 * w]);
+            if r >= m {
+                out.push((x, y, r.sqrt()));
             }
         }
     }
     out.sort_by(|a, b| b.2.total_cmp(&a.2));
+    if std::env::var_os("BEVRT_CALIB_DEBUG").is_some() {
+        eprintln!(
+            "maxr {maxr} n {} n10% {}",
+            out.len(),
+            out.iter().filter(|x| x.2 > 0.1 * maxr).count()
+        );
+    }
     out.truncate(4000);
     out
 }
 
-/// Ring test; returns the two line directions if the neighbourhood is an X-junction.
-fn ring_test(img: &GrayImage, p: Vector2<f64>, radius: f64) -> Option<([Vector2<f64>; 2], f32)> {
-    const N: usize = 32;
+/// Precomputed circle of integer pixel offsets for the ring test.
+struct Ring {
+    offs: Vec<isize>,
+    angles: Vec<f64>,
+    r: isize,
+}
+
+impl Ring {
+    fn new(radius: f64, width: usize) -> Self {
+        const N: usize = 16;
+        let mut offs = Vec::with_capacity(N);
+        let mut angles = Vec::with_capacity(N);
+        for k in 0..N {
+            let a = k as f64 * std::f64::consts::TAU / N as f64;
+            let dx = (radius * a.cos()).round() as isize;
+            let dy = (radius * a.sin()).round() as isize;
+            offs.push(dy * width as isize + dx);
+            angles.push(
+                (dy as f64)
+                    .atan2(dx as f64)
+                    .rem_euclid(std::f64::consts::TAU),
+            );
+        }
+        Ring {
+            offs,
+            angles,
+            r: radius.ceil() as isize + 1,
+        }
+    }
+}
+
+/// Ring test; returns the two line directions and the ring contrast if the neighbourhood is an
+/// X-junction (exactly four alternating, point-symmetric sectors).
+fn ring_test(img: &GrayImage, x: usize, y: usize, ring: &Ring) -> Option<([Vector2<f64>; 2], f32)> {
+    const N: usize = 16;
+    let (xi, yi) = (x as isize, y as isize);
+    if xi < ring.r
+        || yi < ring.r
+        || xi + ring.r >= img.width as isize
+        || yi + ring.r >= img.height as isize
+    {
+        return None;
+    }
+    let c = (y * img.width + x) as isize;
     let mut v = [0.0f32; N];
     let (mut mn, mut mx) = (f32::MAX, f32::MIN);
-    for (k, vk) in v.iter_mut().enumerate() {
-        let a = k as f64 * std::f64::consts::TAU / N as f64;
-        let s = img.bilinear(p.x + radius * a.cos(), p.y + radius * a.sin());
+    for (vk, o) in v.iter_mut().zip(&ring.offs) {
+        let s = img.data[(c + o) as usize];
         *vk = s;
         mn = mn.min(s);
         mx = mx.max(s);
@@ -213,32 +267,33 @@ fn ring_test(img: &GrayImage, p: Vector2<f64>, radius: f64) -> Option<([Vector2<
         return None;
     }
     let mid = 0.5 * (mx + mn);
-    let b: Vec<bool> = v.iter().map(|&x| x > mid).collect();
-    let mut trans = Vec::with_capacity(4);
-    for k in 0..N {
-        let k1 = (k + 1) % N;
-        if b[k] != b[k1] {
-            if trans.len() == 4 {
-                return None;
-            }
-            // interpolated crossing angle
-            let t = ((mid - v[k]) / (v[k1] - v[k])).clamp(0.0, 1.0) as f64;
-            trans.push((k as f64 + t) * std::f64::consts::TAU / N as f64);
-        }
-    }
-    if trans.len() != 4 {
-        return None;
-    }
+    let b: [bool; N] = std::array::from_fn(|k| v[k] > mid);
     let sym = (0..N).filter(|&k| b[k] == b[(k + N / 2) % N]).count();
     if sym < N * 3 / 4 {
         return None;
     }
-    // sectors must each span a reasonable angle
-    for i in 0..4 {
-        let mut d = trans[(i + 1) % 4] - trans[i];
-        if d < 0.0 {
-            d += std::f64::consts::TAU;
+    let mut trans = [0.0f64; 4];
+    let mut nt = 0;
+    for k in 0..N {
+        let k1 = (k + 1) % N;
+        if b[k] != b[k1] {
+            if nt == 4 {
+                return None;
+            }
+            let t = ((mid - v[k]) / (v[k1] - v[k])).clamp(0.0, 1.0) as f64;
+            let (a0, mut a1) = (ring.angles[k], ring.angles[k1]);
+            if a1 < a0 {
+                a1 += std::f64::consts::TAU;
+            }
+            trans[nt] = a0 + t * (a1 - a0);
+            nt += 1;
         }
+    }
+    if nt != 4 {
+        return None;
+    }
+    for i in 0..4 {
+        let d = (trans[(i + 1) % 4] - trans[i]).rem_euclid(std::f64::consts::TAU);
         if d < 0.35 {
             return None;
         }
@@ -308,21 +363,34 @@ impl Index {
 
 fn detect_at_scale(
     img: &GrayImage,
-    smooth: &GrayImage,
     cols: usize,
     rows: usize,
     sigma: f32,
 ) -> Result<Vec<Point2<f64>>, DetectError> {
+    let dbg = std::env::var_os("BEVRT_CALIB_DEBUG").is_some();
+    let t0 = std::time::Instant::now();
     let blur = img.gaussian_blur(sigma);
+    if dbg {
+        eprintln!("blur {:?}", t0.elapsed());
+    }
     let raw = saddle_candidates(&blur);
-    let ring_r = [(2.0 * sigma as f64).max(3.0), (3.5 * sigma as f64).max(5.0)];
+    if dbg {
+        eprintln!("blur+saddle {:?} raw {}", t0.elapsed(), raw.len());
+    }
+    let rings = [
+        Ring::new((2.0 * sigma as f64).max(3.0), img.width),
+        Ring::new((3.5 * sigma as f64).max(5.0), img.width),
+    ];
     let mut cands: Vec<Cand> = Vec::new();
     for (x, y, _r) in raw {
         let p = Vector2::new(x as f64, y as f64);
-        let dirs = ring_r.iter().find_map(|&rr| ring_test(smooth, p, rr));
+        let dirs = rings.iter().find_map(|ring| ring_test(&blur, x, y, ring));
         if let Some((dirs, contrast)) = dirs {
             cands.push(Cand { p, contrast, dirs });
         }
+    }
+    if dbg {
+        eprintln!("ring {:?} cands {}", t0.elapsed(), cands.len());
     }
     if cands.len() < 4 {
         return Err(DetectError::NoCorners);
@@ -341,7 +409,7 @@ fn detect_at_scale(
             continue;
         }
         seeds_done += 1;
-        let Some(grid) = grow(smooth, &cands, &index, s, cols.max(rows) + 2) else {
+        let Some(grid) = grow(&blur, &cands, &index, s, cols.max(rows) + 2) else {
             continue;
         };
         for &i in grid.values() {

@@ -82,22 +82,28 @@ impl GrayImage {
         k.iter_mut().for_each(|v| *v /= s);
         let (w, h) = (self.width as isize, self.height as isize);
         let mut tmp = vec![0.0f32; self.data.len()];
-        for y in 0..h {
-            let row = &self.data[(y * w) as usize..((y + 1) * w) as usize];
-            for x in 0..w {
-                let mut acc = 0.0;
-                if x >= r && x + r < w {
-                    let base = (x - r) as usize;
-                    for (i, kv) in k.iter().enumerate() {
-                        acc += kv * row[base + i];
-                    }
-                } else {
-                    for (i, kv) in k.iter().enumerate() {
-                        let xx = (x + i as isize - r).clamp(0, w - 1) as usize;
-                        acc += kv * row[xx];
+        let wu = w as usize;
+        let ru = r as usize;
+        for y in 0..h as usize {
+            let row = &self.data[y * wu..(y + 1) * wu];
+            let o = &mut tmp[y * wu..(y + 1) * wu];
+            if wu > 2 * ru {
+                // interior: tap-wise accumulation over slices (vectorizes)
+                let n = wu - 2 * ru;
+                for (i, kv) in k.iter().enumerate() {
+                    let src = &row[i..i + n];
+                    for (a, b) in o[ru..ru + n].iter_mut().zip(src) {
+                        *a += kv * b;
                     }
                 }
-                tmp[(y * w + x) as usize] = acc;
+            }
+            for x in (0..w).filter(|&x| x < r || x + r >= w) {
+                let mut acc = 0.0;
+                for (i, kv) in k.iter().enumerate() {
+                    let xx = (x + i as isize - r).clamp(0, w - 1) as usize;
+                    acc += kv * row[xx];
+                }
+                o[x as usize] = acc;
             }
         }
         let mut out = vec![0.0f32; self.data.len()];
