@@ -25,6 +25,11 @@ use nalgebra::{Point2, Vector2};
 
 use crate::imgproc::GrayImage;
 
+/// Gaussian pre-smoothing before subpixel refinement: removes the pixel-locking bias of the
+/// gradient-orthogonality iteration on very sharp edges (X-junctions are point symmetric, so a
+/// symmetric blur does not move them).
+const REFINE_SIGMA: f32 = 1.5;
+
 /// Why a view was rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DetectError {
@@ -104,12 +109,17 @@ pub fn find_chessboard_with(
     let mut best_err = DetectError::NoCorners;
     for sig in [1.5 * scale, 2.5 * scale, 1.0] {
         match detect_at_scale(img, cols, rows, sig) {
-            Ok(mut grid) => {
+            Ok((mut grid, blur)) => {
                 let half = opt.subpix_half_window.unwrap_or_else(|| {
                     let md = min_spacing(&grid, cols, rows);
                     ((md * 0.5 - 1.0).floor() as usize).clamp(2, 5)
                 });
-                corner_subpix(img, &mut grid, half, opt.subpix_max_iter, opt.subpix_eps);
+                let sm = if sig == REFINE_SIGMA {
+                    blur
+                } else {
+                    img.gaussian_blur(REFINE_SIGMA)
+                };
+                corner_subpix(&sm, &mut grid, half, opt.subpix_max_iter, opt.subpix_eps);
                 return Ok(grid);
             }
             Err(e) => {
@@ -366,7 +376,7 @@ fn detect_at_scale(
     cols: usize,
     rows: usize,
     sigma: f32,
-) -> Result<Vec<Point2<f64>>, DetectError> {
+) -> Result<(Vec<Point2<f64>>, GrayImage), DetectError> {
     let dbg = std::env::var_os("BEVRT_CALIB_DEBUG").is_some();
     let t0 = std::time::Instant::now();
     let blur = img.gaussian_blur(sigma);
@@ -478,7 +488,7 @@ fn detect_at_scale(
                 }
             }
             if let Some((_, g)) = best_win {
-                return Ok(order(g, cols, rows));
+                return Ok((order(g, cols, rows), blur));
             }
             if complete && ((r == rows && c == cols) || (r == cols && c == rows)) {
                 DetectError::NotChessboard
