@@ -28,7 +28,7 @@ use crate::imgproc::GrayImage;
 /// Gaussian pre-smoothing before subpixel refinement: removes the pixel-locking bias of the
 /// gradient-orthogonality iteration on very sharp edges (X-junctions are point symmetric, so a
 /// symmetric blur does not move them).
-const REFINE_SIGMA: f32 = 1.5;
+const REFINE_SIGMA: f32 = 0.8;
 
 /// Why a view was rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -110,16 +110,20 @@ pub fn find_chessboard_with(
     for sig in [1.5 * scale, 2.5 * scale, 1.0] {
         match detect_at_scale(img, cols, rows, sig) {
             Ok((mut grid, blur)) => {
-                let half = opt.subpix_half_window.unwrap_or_else(|| {
-                    let md = min_spacing(&grid, cols, rows);
-                    ((md * 0.5 - 1.0).floor() as usize).clamp(2, 5)
-                });
                 let sm = if sig == REFINE_SIGMA {
                     blur
                 } else {
                     img.gaussian_blur(REFINE_SIGMA)
                 };
-                corner_subpix(&sm, &mut grid, half, opt.subpix_max_iter, opt.subpix_eps);
+                // per-corner window: at most 11x11 (OpenCV's usual), smaller where the local
+                // spacing is small so no other edge enters the window
+                let spacing = local_spacing(&grid, cols, rows);
+                for (k, c) in grid.iter_mut().enumerate() {
+                    let half = opt
+                        .subpix_half_window
+                        .unwrap_or(((spacing[k] * 0.5 - 1.0).floor() as usize).clamp(2, 5));
+                    corner_subpix(&sm, std::slice::from_mut(c), half, opt.subpix_max_iter, opt.subpix_eps);
+                }
                 return Ok(grid);
             }
             Err(e) => {
@@ -141,20 +145,28 @@ fn rank(e: &DetectError) -> usize {
     }
 }
 
-fn min_spacing(g: &[Point2<f64>], cols: usize, rows: usize) -> f64 {
-    let mut m = f64::MAX;
+fn local_spacing(g: &[Point2<f64>], cols: usize, rows: usize) -> Vec<f64> {
+    let mut out = vec![f64::MAX; g.len()];
     for r in 0..rows {
         for c in 0..cols {
-            let p = g[r * cols + c];
+            let k = r * cols + c;
+            let mut m = f64::MAX;
             if c + 1 < cols {
-                m = m.min((g[r * cols + c + 1] - p).norm());
+                m = m.min((g[k + 1] - g[k]).norm());
+            }
+            if c > 0 {
+                m = m.min((g[k - 1] - g[k]).norm());
             }
             if r + 1 < rows {
-                m = m.min((g[(r + 1) * cols + c] - p).norm());
+                m = m.min((g[k + cols] - g[k]).norm());
             }
+            if r > 0 {
+                m = m.min((g[k - cols] - g[k]).norm());
+            }
+            out[k] = m;
         }
     }
-    m
+    out
 }
 
 fn saddle_candidates(blur: &GrayImage) -> Vec<(usize, usize, f32)> {
@@ -810,10 +822,12 @@ pub fn corner_subpix(
                 let py = i as f64 - win as f64;
                 for j in 0..ww {
                     let px = j as f64 - win as f64;
-                    let m = mask[i * ww + j];
                     let si = (i + 1) * sw + (j + 1);
                     let tgx = sub[si + 1] - sub[si - 1];
                     let tgy = sub[si + sw] - sub[si - sw];
+                    // |g|-weighted normal equations (OpenCV uses |g|^2): the |g| centroid of
+                    // an anti-aliased edge profile is unbiased, the |g|^2 one locks to pixels
+                    let m = mask[i * ww + j] / ((tgx * tgx + tgy * tgy).sqrt() + 1e-3);
                     let gxx = tgx * tgx * m;
                     let gxy = tgx * tgy * m;
                     let gyy = tgy * tgy * m;

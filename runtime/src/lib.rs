@@ -1,1 +1,34 @@
-//! bevrt-runtime
+//! bevrt-runtime: from camera frames to maps, on CPU or GPU.
+//!
+//! - [`frame`]: frames and pixel formats.
+//! - [`source`]: `FrameSource` and the `images:`, `replay:`, `v4l:` sources (recording format
+//!   in [`source::replay`]).
+//! - [`preprocess`]: colour conversion + resize + normalisation in one pass (the CPU reference
+//!   of the GPU preprocess kernel).
+//! - [`backend`]: the `Backend` trait, the CPU backend (tract) and the registry.
+//! - [`postprocess`]: per-frame results, softmax/argmax/colourise references.
+//! - [`pipeline`]: capture → queue → inference → queue → sinks, with counters and latency.
+//! - [`sink`]: PNG class maps, JSONL, npy, metrics.
+//! - [`metrics`], [`queue`], [`alloc_count`]: fixed-size histograms, bounded queues, allocation
+//!   counting.
+//! - [`conformance`], [`bench`]: the ONNX node-case runner and the benchmark.
+//! - [`npy`]: `.npy` read/write.
+
+pub mod alloc_count;
+pub mod backend;
+pub mod bench;
+pub mod conformance;
+pub mod frame;
+pub mod metrics;
+pub mod npy;
+pub mod pipeline;
+pub mod postprocess;
+pub mod preprocess;
+pub mod queue;
+pub mod sink;
+pub mod source;
+
+pub use backend::{Backend, BackendKind, BackendOptions};
+pub use frame::{Frame, PixelFormat};
+pub use pipeline::{PipelineOptions, RunReport};
+pub use source::{FrameSource, SourceError, SourceStatus};

@@ -1,1 +1,470 @@
-fn main() {}
+//! `bevrt`: run a model bundle on a camera stream, benchmark it, inspect the machine, and run
+//! the ONNX conformance cases.
+
+use anyhow::Context;
+use bevrt_models::Bundle;
+use bevrt_runtime::backend::{self, BackendKind, BackendOptions};
+use bevrt_runtime::{bench, conformance, pipeline, sink, source};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[global_allocator]
+static ALLOC: bevrt_runtime::alloc_count::CountingAlloc = bevrt_runtime::alloc_count::CountingAlloc;
+
+#[derive(Parser)]
+#[command(name = "bevrt", version, about = "Edge perception runtime: camera frames to BEV maps, features and classes", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a bundle on a frame source, writing results to sinks.
+    Run(RunArgs),
+    /// The main job on an embedded default: no camera, no GPU, no download. Builds a classify
+    /// bundle from the shared MobileNetV3 classifier and runs it on real text-line crops.
+    Demo(DemoArgs),
+    /// Per-stage latency on a synthetic frame (optionally beside ONNX Runtime).
+    Bench(BenchArgs),
+    /// CUDA driver and device, V4L2 devices, and a bundle's summary.
+    Info(InfoArgs),
+    /// Run ONNX backend node-test cases and compare outputs.
+    Conformance(ConformanceArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Bundle directory (holding bundle.toml).
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Frame source: images:GLOB[?fps=N], replay:DIR[?fps=N|?realtime],
+    /// v4l:/dev/videoN?width=W&height=H&fps=F&format=yuyv|mjpeg.
+    #[arg(long)]
+    source: String,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendKind,
+    /// Output directory for sinks and metrics.jsonl.
+    #[arg(long, default_value = "out/run")]
+    out: PathBuf,
+    /// Stop after this many processed frames.
+    #[arg(long)]
+    max_frames: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// CPU threads for the network (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Sinks to write (default: png+jsonl for bev, jsonl otherwise).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    sinks: Vec<sink::SinkKind>,
+    /// Calibration file to watch: a change is applied between frames without restarting.
+    /// Defaults to the recording's calibration for replay sources.
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// Seconds between progress lines.
+    #[arg(long, default_value_t = 5.0)]
+    report_every: f64,
+    /// Print the final report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Fault injection (HIL): delay every sink write by this many milliseconds.
+    #[arg(long, hide = true, default_value_t = 0)]
+    fault_sink_delay_ms: u64,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// The shared data folder (default: $BEVRT_SHARED or ../shared).
+    #[arg(long)]
+    shared: Option<PathBuf>,
+    /// Where the demo bundle, frames and results go.
+    #[arg(long, default_value = "out/demo")]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[arg(long)]
+    bundle: PathBuf,
+    #[arg(long, default_value_t = 200)]
+    frames: usize,
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendKind,
+    /// CPU threads for the network (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Synthetic camera frame size WxH (default: the model's input size).
+    #[arg(long)]
+    frame_size: Option<String>,
+    /// Also time ONNX Runtime (python3 + onnxruntime) on the same model file, same threads.
+    #[arg(long)]
+    peer_onnxruntime: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct InfoArgs {
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ConformanceArgs {
+    /// Folder of cases (each a directory with model.onnx and test_data_set_0/).
+    #[arg(long)]
+    suite: PathBuf,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendKind,
+    /// Only cases whose name contains this.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Print every case as JSON lines instead of the failure lines.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Run(a) => cmd_run(a),
+        Cmd::Demo(a) => cmd_demo(a),
+        Cmd::Bench(a) => cmd_bench(a),
+        Cmd::Info(a) => cmd_info(a),
+        Cmd::Conformance(a) => cmd_conformance(a),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn backend_opts(threads: Option<usize>) -> BackendOptions {
+    let mut o = BackendOptions::default();
+    if let Some(t) = threads {
+        o.threads = t.max(1);
+    }
+    o
+}
+
+fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
+    let bundle = Bundle::load(&a.bundle)?;
+    let src = source::open(&a.source)?;
+    let calib = a.calib.clone().or_else(|| src.calibration_path());
+    let be = backend::open(a.backend, &bundle, &backend_opts(a.threads))?;
+    let kinds = if a.sinks.is_empty() {
+        sink::default_sinks(bundle.manifest.task)
+    } else {
+        a.sinks.clone()
+    };
+    let n_out = be.new_result().outputs.len();
+    let sinks = sink::build(&kinds, &a.out, &bundle.manifest, n_out)?;
+    let opts = pipeline::PipelineOptions {
+        max_frames: a.max_frames,
+        duration: a.duration.map(Duration::from_secs_f64),
+        report_every: Duration::from_secs_f64(a.report_every.max(0.1)),
+        calibration: calib,
+        sink_delay: Duration::from_millis(a.fault_sink_delay_ms),
+        metrics_out: Some(a.out.join("metrics.jsonl")),
+    };
+    let report = pipeline::run(src, be, sinks, &opts)?;
+    log::info!("done ({}): {}", report.ended_by, report.line());
+    let al = &report.allocations;
+    if al.measured {
+        log::info!(
+            "allocations per frame after warm-up: capture {:.2}, inference (own) {:.2}, backend {:.2}, sinks {:.2}",
+            al.capture_per_frame,
+            al.inference_own_per_frame,
+            al.backend_per_frame,
+            al.sink_per_frame
+        );
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if report.ended_by.starts_with("source failed") {
+        anyhow::bail!("{}", report.ended_by);
+    }
+    Ok(())
+}
+
+fn shared_dir(given: Option<PathBuf>) -> PathBuf {
+    given
+        .or_else(|| std::env::var_os("BEVRT_SHARED").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("../shared"))
+}
+
+fn cmd_demo(a: DemoArgs) -> anyhow::Result<()> {
+    use bevrt_models::*;
+    let shared = shared_dir(a.shared);
+    let models = shared.join("data/onnx/models");
+    let onnx = models.join("ch_ppocr_mobile_v2.0_cls_infer.onnx");
+    let crops = models.join("cls_input_4x3x48x192.npy");
+    let reference = models.join("cls_output_fp32_4x2.npy");
+    anyhow::ensure!(
+        onnx.is_file() && crops.is_file(),
+        "{}: the shared classifier and its inputs are missing (set --shared or BEVRT_SHARED)",
+        models.display()
+    );
+    let bundle_dir = a.out.join("bundle");
+    let frames_dir = a.out.join("frames");
+    if bundle_dir.exists() {
+        std::fs::remove_dir_all(&bundle_dir)?;
+    }
+    let _ = std::fs::remove_dir_all(&frames_dir);
+    std::fs::create_dir_all(&frames_dir)?;
+    // Real text-line crops: ONNX Runtime's reference inputs turned back into BGR images,
+    // each also rotated by 180 degrees, which the classifier must tell apart.
+    let (shape, data) = bevrt_runtime::npy::read_f32(&crops).map_err(anyhow::Error::msg)?;
+    let (n, h, w) = (shape[0], shape[2], shape[3]);
+    for i in 0..n {
+        for rot in [false, true] {
+            let mut img = image::RgbImage::new(w as u32, h as u32);
+            for y in 0..h {
+                for x in 0..w {
+                    let (sx, sy) = if rot { (w - 1 - x, h - 1 - y) } else { (x, y) };
+                    let px = |c: usize| {
+                        let v = data[((i * 3 + c) * h + sy) * w + sx];
+                        ((v * 0.5 + 0.5) * 255.0).round().clamp(0.0, 255.0) as u8
+                    };
+                    // model channels are B, G, R
+                    img.put_pixel(x as u32, y as u32, image::Rgb([px(2), px(1), px(0)]));
+                }
+            }
+            let name = format!("crop{i}_{}.png", if rot { "180" } else { "000" });
+            img.save(frames_dir.join(name))?;
+        }
+    }
+    let manifest = Manifest {
+        format: 1,
+        name: "ppocr-text-orientation".into(),
+        version: "2.0".into(),
+        task: Task::Classify,
+        description: "PaddleOCR mobile v2.0 text-line orientation classifier (0 or 180 deg)".into(),
+        models: vec![ModelFile {
+            role: "model".into(),
+            file: "model.onnx".into(),
+            sha256: "0".repeat(64),
+        }],
+        input: InputSpec {
+            name: Some("x".into()),
+            width: 192,
+            height: 48,
+            channels: ChannelOrder::Bgr,
+            layout: Layout::Nchw,
+            dtype: InputDtype::F32,
+            mean: vec![0.5; 3],
+            std: vec![0.5; 3],
+        },
+        outputs: vec![OutputSpec {
+            name: None,
+            kind: OutputKind::Probabilities,
+            labels: vec!["0".into(), "180".into()],
+        }],
+        grid: None,
+        classes: vec![],
+        calibration: None,
+        embedding_norm: EmbeddingNorm::None,
+        provenance: Default::default(),
+    };
+    let bundle = write_bundle(&bundle_dir, manifest, &[(onnx, "model.onnx".into())])?;
+    println!("bundle: {}", bundle.dir.display());
+    let src = source::open(&format!("images:{}/*.png", frames_dir.display()))?;
+    let be = backend::open(BackendKind::Auto, &bundle, &BackendOptions::default())?;
+    let sinks = sink::build(&[sink::SinkKind::Jsonl], &a.out, &bundle.manifest, 1)?;
+    let opts = pipeline::PipelineOptions {
+        metrics_out: Some(a.out.join("metrics.jsonl")),
+        ..Default::default()
+    };
+    let report = pipeline::run(src, be, sinks, &opts)?;
+    let results = std::fs::read_to_string(a.out.join("results.jsonl"))?;
+    let mut files: Vec<_> = std::fs::read_dir(&frames_dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    // Expected: ONNX Runtime's class for each original crop, the other class when rotated.
+    let (_, ort) = bevrt_runtime::npy::read_f32(&reference).map_err(anyhow::Error::msg)?;
+    println!("frame                 predicted  score  expected");
+    let mut correct = 0;
+    for (line, f) in results.lines().zip(&files) {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let label = v["label"].as_str().unwrap_or("?");
+        let i: usize = f[4..5].parse().unwrap_or(0);
+        let upright = ort[i * 2] >= ort[i * 2 + 1];
+        let truth = if upright != f.contains("_180") { "0" } else { "180" };
+        correct += (label == truth) as usize;
+        println!(
+            "{f:<21} {label:>9}  {:.3}  {truth:>8}",
+            v["score"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!(
+        "{correct}/{} orientations as expected (ONNX Runtime's class, flipped for rotated crops); {}",
+        files.len(),
+        report.line()
+    );
+    println!("results: {}", a.out.join("results.jsonl").display());
+    Ok(())
+}
+
+fn cmd_bench(a: BenchArgs) -> anyhow::Result<()> {
+    let bundle = Bundle::load(&a.bundle)?;
+    let opts = backend_opts(a.threads);
+    let mut be = backend::open(a.backend, &bundle, &opts)?;
+    let spec = &bundle.manifest.input;
+    let (w, h) = match &a.frame_size {
+        Some(s) => {
+            let (w, h) = s
+                .split_once('x')
+                .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+                .with_context(|| format!("--frame-size '{s}': expected WxH, e.g. 640x480"))?;
+            (w, h)
+        }
+        None => (spec.width, spec.height),
+    };
+    let frame = bench::synthetic_frame(w, h);
+    let r = bench::run(be.as_mut(), &frame, a.frames, a.warmup)?;
+    let peer = if a.peer_onnxruntime {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/ort_peer.py");
+        let model = bundle.model_path("model").context("bundle has no 'model' file")?;
+        Some(bench::run_ort_peer(
+            &script,
+            &model,
+            &spec.shape(),
+            opts.threads,
+            a.frames,
+            a.warmup,
+        )?)
+    } else {
+        None
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"bevrt": r, "peer": peer}))?
+        );
+        return Ok(());
+    }
+    println!("bundle {} on {} ({} frames, frame {})", bundle.manifest.name, r.backend, r.frames, r.frame);
+    println!("stage          mean ms   p50 ms   p99 ms   max ms");
+    for (n, s) in [
+        ("preprocess", r.preprocess),
+        ("inference", r.inference),
+        ("postprocess", r.postprocess),
+        ("total", r.total),
+    ] {
+        println!(
+            "{n:<12} {:>9.3} {:>8.3} {:>8.3} {:>8.3}",
+            s.mean_ms, s.p50_ms, s.p99_ms, s.max_ms
+        );
+    }
+    println!("throughput {:.1} frames/s", r.fps);
+    if let Some(p) = peer {
+        println!(
+            "peer {} {} ({} threads): mean {:.3} ms, p50 {:.3} ms | bevrt inference / peer = {:.2}x (p50), {:.2}x (mean)",
+            p.peer,
+            p.version,
+            p.threads,
+            p.mean_ms,
+            p.p50_ms,
+            r.inference.p50_ms / p.p50_ms,
+            r.inference.mean_ms / p.mean_ms
+        );
+    }
+    Ok(())
+}
+
+fn cmd_info(a: InfoArgs) -> anyhow::Result<()> {
+    println!("bevrt {}", env!("CARGO_PKG_VERSION"));
+    println!("cuda: {}", backend::cuda::probe().summary());
+    println!(
+        "cuda executor in this build: {}",
+        if backend::cuda::EXECUTOR_BUILT { "yes" } else { "no (CPU backend only)" }
+    );
+    let mut videos: Vec<_> = std::fs::read_dir("/dev")
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("video")))
+                .collect()
+        })
+        .unwrap_or_default();
+    videos.sort();
+    println!(
+        "v4l: {} (support {})",
+        if videos.is_empty() {
+            "no /dev/video* devices".to_string()
+        } else {
+            videos.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        },
+        if cfg!(feature = "v4l") { "built in" } else { "not built in: --features v4l" }
+    );
+    if let Some(b) = a.bundle {
+        let bundle = Bundle::load_unverified(&b)?;
+        let m = &bundle.manifest;
+        println!("bundle: {} {} (task {}) at {}", m.name, m.version, m.task, b.display());
+        match bundle.verify() {
+            Ok(()) => println!("  files: all sha256 match"),
+            Err(e) => println!("  files: {e}"),
+        }
+        println!(
+            "  input: {}x{} {:?} {:?} mean {:?} std {:?}",
+            m.input.width, m.input.height, m.input.channels, m.input.layout, m.input.mean, m.input.std
+        );
+        for f in &m.models {
+            let p = bundle.dir.join(&f.file);
+            match bevrt_models::inspect(&p) {
+                Ok(s) => println!(
+                    "  {} {}: opset {}, inputs {:?}, outputs {:?}, ops {}",
+                    f.role,
+                    f.file,
+                    s.opset,
+                    s.inputs.iter().map(|i| (&i.name, &i.dims)).collect::<Vec<_>>(),
+                    s.outputs.iter().map(|i| &i.name).collect::<Vec<_>>(),
+                    s.ops.join(" ")
+                ),
+                Err(e) => println!("  {} {}: {e}", f.role, f.file),
+            }
+        }
+        if let Some(g) = &m.grid {
+            println!("  grid: x {}..{} y {}..{} cell {} levels {:?}", g.x_min, g.x_max, g.y_min, g.y_max, g.cell, g.z_levels);
+        }
+        if !m.classes.is_empty() {
+            println!("  classes: {}", m.classes.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "));
+        }
+    }
+    Ok(())
+}
+
+fn cmd_conformance(a: ConformanceArgs) -> anyhow::Result<()> {
+    if a.backend != BackendKind::Cpu {
+        // The CUDA executor is not in this build: say so instead of running on CPU.
+        let probe = backend::cuda::probe();
+        if a.backend == BackendKind::Cuda || matches!(probe, backend::cuda::CudaProbe::Available(_)) {
+            anyhow::bail!(
+                "conformance --backend {:?}: no CUDA executor in this build ({}); use --backend cpu",
+                a.backend,
+                probe.summary()
+            );
+        }
+        log::info!("backend auto: {}; using cpu", probe.summary());
+    }
+    let cases = conformance::list_cases(&a.suite, a.filter.as_deref())?;
+    let results = conformance::run_suite(&cases, |r| {
+        if a.json {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        } else if let conformance::Outcome::Fail { reason } = &r.outcome {
+            println!("FAIL {}: {reason}", r.name);
+        }
+    });
+    let s = conformance::summarize(&results);
+    println!("{} passed, {} failed, {} skipped", s.passed, s.failed, s.skipped);
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! The CPU backend: tract-onnx runs the networks (shapes fixed and optimised once at load),
+//! bevrt's CPU references do preprocess and postprocess.
+
+use super::{Backend, BackendOptions};
+use crate::frame::Frame;
+use crate::postprocess::{self, FrameResult, OutputTensor};
+use crate::preprocess::PreprocessPlan;
+use anyhow::Context;
+use bevrt_models::{Bundle, EmbeddingNorm, InputSpec, OutputKind, Task};
+use std::path::Path;
+use std::sync::Arc;
+use tract_onnx::prelude::*;
+
+/// A network loaded, typed with the bundle's fixed input shape, optimised, ready to run.
+pub struct CpuNetwork {
+    plan: Arc<TypedSimplePlan>,
+    state: TypedSimpleState,
+    pub input_shape: Vec<usize>,
+    pub output_names: Vec<String>,
+    pub output_shapes: Vec<Vec<usize>>,
+    pub ops: Vec<String>,
+}
+
+/// Threads for tract's matrix kernels: a rayon pool set once per process.
+pub fn configure_threads(threads: usize) {
+    use std::sync::Once;
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if threads > 1 {
+            tract_linalg::multithread::set_default_executor(
+                tract_linalg::multithread::Executor::multithread(threads),
+            );
+        }
+    });
+}
+
+impl CpuNetwork {
+    /// Load an ONNX file with input 0 fixed to `shape` (f32).
+    pub fn load(path: &Path, shape: &[usize]) -> anyhow::Result<CpuNetwork> {
+        if !path.is_file() {
+            anyhow::bail!("{}: model file not found", path.display());
+        }
+        let model = tract_onnx::onnx()
+            .model_for_path(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot parse ONNX model: {e:#}", path.display()))?;
+        let ops: Vec<String> = {
+            let mut v: Vec<String> = vec![];
+            for n in model.nodes() {
+                let name = n.op().name().to_string();
+                if !v.contains(&name) {
+                    v.push(name);
+                }
+            }
+            v
+        };
+        let model = model
+            .with_input_fact(0, f32::fact(shape).into())
+            .and_then(|m| m.into_optimized())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: cannot prepare for input shape {shape:?}: {e:#}",
+                    path.display()
+                )
+            })?;
+        let mut output_names = vec![];
+        let mut output_shapes = vec![];
+        for o in model.output_outlets()? {
+            output_names.push(model.node(o.node).name.clone());
+            let fact = model.outlet_fact(*o)?;
+            let s = fact
+                .shape
+                .as_concrete()
+                .with_context(|| {
+                    format!("{}: output shape {:?} is not static", path.display(), fact.shape)
+                })?
+                .to_vec();
+            output_shapes.push(s);
+        }
+        let plan = model.into_runnable()?;
+        let state = tract_onnx::tract_core::plan::SimpleState::new(&plan)?;
+        Ok(CpuNetwork {
+            plan,
+            state,
+            input_shape: shape.to_vec(),
+            output_names,
+            output_shapes,
+            ops,
+        })
+    }
+
+    /// Run on `input` (length = product of the input shape), copying outputs into `outputs`.
+    pub fn run(&mut self, input: &[f32], outputs: &mut [OutputTensor]) -> anyhow::Result<()> {
+        let t = Tensor::from_shape(&self.input_shape, input)?;
+        let res = self.state.run(tvec![t.into()])?;
+        for (o, r) in outputs.iter_mut().zip(res.iter()) {
+            let r = r.cast_to::<f32>()?;
+            let view = r.try_as_plain_ram()?;
+            let s = view.as_slice::<f32>()?;
+            if o.data.len() != s.len() {
+                anyhow::bail!(
+                    "output '{}' has {} values, expected {}",
+                    o.name,
+                    s.len(),
+                    o.data.len()
+                );
+            }
+            o.data.copy_from_slice(s);
+        }
+        Ok(())
+    }
+
+    pub fn plan(&self) -> &Arc<TypedSimplePlan> {
+        &self.plan
+    }
+
+    /// Empty output tensors sized for this network.
+    pub fn output_buffers(&self) -> Vec<OutputTensor> {
+        self.output_names
+            .iter()
+            .zip(&self.output_shapes)
+            .map(|(n, s)| OutputTensor {
+                name: n.clone(),
+                shape: s.clone(),
+                data: vec![0.0; s.iter().product()],
+            })
+            .collect()
+    }
+}
+
+pub struct CpuBackend {
+    task: Task,
+    spec: InputSpec,
+    output_kind: OutputKind,
+    norm: EmbeddingNorm,
+    plan: Option<PreprocessPlan>,
+    input: Vec<f32>,
+    net: CpuNetwork,
+    outputs: Vec<OutputTensor>,
+    threads: usize,
+}
+
+impl CpuBackend {
+    pub fn load(bundle: &Bundle, opts: &BackendOptions) -> anyhow::Result<CpuBackend> {
+        configure_threads(opts.threads);
+        let m = &bundle.manifest;
+        if m.task == Task::Bev {
+            anyhow::bail!(
+                "{}: task 'bev' needs the view transform, which this build's CPU backend \
+                 does not have yet",
+                bundle.dir.display()
+            );
+        }
+        let path = bundle
+            .model_path("model")
+            .context("bundle has no 'model' file")?;
+        let net = CpuNetwork::load(&path, &m.input.shape())?;
+        let outputs = net.output_buffers();
+        Ok(CpuBackend {
+            task: m.task,
+            spec: m.input.clone(),
+            output_kind: m.outputs[0].kind,
+            norm: m.embedding_norm,
+            plan: None,
+            input: vec![0.0; m.input.numel()],
+            net,
+            outputs,
+            threads: opts.threads,
+        })
+    }
+}
+
+impl Backend for CpuBackend {
+    fn describe(&self) -> String {
+        format!(
+            "cpu (tract-onnx 0.23, {} thread{}, input {:?})",
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
+            self.net.input_shape
+        )
+    }
+
+    fn preprocess(&mut self, frame: &Frame) -> anyhow::Result<()> {
+        let size = (frame.width, frame.height);
+        if self.plan.as_ref().map(|p| p.input_size()) != Some(size) {
+            // First frame, or the camera changed resolution: new taps (allocates, rare).
+            log::info!("preprocess: frames are {}x{} {}", size.0, size.1, frame.format);
+            self.plan = Some(PreprocessPlan::new(&self.spec, size.0, size.1));
+        }
+        self.plan
+            .as_ref()
+            .expect("plan set above")
+            .run(frame, &mut self.input);
+        Ok(())
+    }
+
+    fn infer(&mut self) -> anyhow::Result<()> {
+        self.net.run(&self.input, &mut self.outputs)
+    }
+
+    fn postprocess(&mut self, out: &mut FrameResult) -> anyhow::Result<()> {
+        for (d, s) in out.outputs.iter_mut().zip(&self.outputs) {
+            d.data.copy_from_slice(&s.data);
+        }
+        let first = &self.outputs[0].data;
+        out.vector.clear();
+        out.vector.extend_from_slice(first);
+        match self.task {
+            Task::Classify => {
+                if self.output_kind == OutputKind::Logits {
+                    postprocess::softmax_in_place(&mut out.vector);
+                }
+                out.top = postprocess::argmax(&out.vector);
+            }
+            Task::Features => postprocess::normalise_embedding(&mut out.vector, self.norm),
+            Task::Bev => unreachable!("refused at load"),
+        }
+        Ok(())
+    }
+
+    fn new_result(&self) -> FrameResult {
+        let mut r = FrameResult::new(self.task, self.net.output_buffers());
+        r.vector.reserve(self.outputs[0].data.len());
+        r
+    }
+
+    fn set_calibration(&mut self, path: &Path) -> anyhow::Result<String> {
+        Ok(format!(
+            "{}: noted; a {} bundle uses no camera geometry",
+            path.display(),
+            self.task
+        ))
+    }
+}

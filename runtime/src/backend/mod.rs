@@ -1,0 +1,89 @@
+//! Backends own every per-frame stage for one bundle, from preprocess to postprocess, so a GPU
+//! backend can keep the frame on the device from upload to class map.
+//!
+//! - [`cpu`]: tract-onnx for the networks, bevrt's CPU references for its own stages.
+//! - [`cuda`]: device probing; the kernel executor arrives with the CUDA backend work.
+//!
+//! [`open`] is the registry: `auto` picks CUDA when a driver and device exist *and* the CUDA
+//! executor is built, and says what it picked and why; an explicit `cuda` that cannot run is
+//! an error at load, never a silent CPU run.
+
+pub mod cpu;
+pub mod cuda;
+
+use crate::frame::Frame;
+use crate::postprocess::FrameResult;
+use bevrt_models::Bundle;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Load-time options shared by backends.
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    /// Threads for the CPU backend's matrix kernels (1 = single-threaded).
+    pub threads: usize,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        }
+    }
+}
+
+pub trait Backend: Send {
+    /// Name and configuration, for logs and reports.
+    fn describe(&self) -> String;
+    /// Colour-convert, resize and normalise the frame into the input tensor.
+    fn preprocess(&mut self, frame: &Frame) -> anyhow::Result<()>;
+    /// Run the network(s) (and for BEV bundles the view transform between them).
+    fn infer(&mut self) -> anyhow::Result<()>;
+    /// Turn the raw outputs into the result the sinks consume.
+    fn postprocess(&mut self, out: &mut FrameResult) -> anyhow::Result<()>;
+    /// An empty result shaped for this bundle (allocated once, reused per frame).
+    fn new_result(&self) -> FrameResult;
+    /// Apply a new camera calibration between frames (BEV bundles rebuild their geometry).
+    /// Returns what was done, for the log.
+    fn set_calibration(&mut self, path: &std::path::Path) -> anyhow::Result<String>;
+}
+
+/// Open a backend of `kind` for `bundle`.
+pub fn open(
+    kind: BackendKind,
+    bundle: &Bundle,
+    opts: &BackendOptions,
+) -> anyhow::Result<Box<dyn Backend>> {
+    match kind {
+        BackendKind::Cpu => Ok(Box::new(cpu::CpuBackend::load(bundle, opts)?)),
+        BackendKind::Cuda => cuda::open(bundle, opts),
+        BackendKind::Auto => {
+            let probe = cuda::probe();
+            match (&probe, cuda::EXECUTOR_BUILT) {
+                (cuda::CudaProbe::Available(dev), true) => {
+                    log::info!("backend auto: CUDA device {} found, using cuda", dev.name);
+                    cuda::open(bundle, opts)
+                }
+                (cuda::CudaProbe::Available(dev), false) => {
+                    log::warn!(
+                        "backend auto: CUDA device {} found but this build has no CUDA \
+                         executor yet; using cpu",
+                        dev.name
+                    );
+                    Ok(Box::new(cpu::CpuBackend::load(bundle, opts)?))
+                }
+                (other, _) => {
+                    log::info!("backend auto: {}; using cpu", other.summary());
+                    Ok(Box::new(cpu::CpuBackend::load(bundle, opts)?))
+                }
+            }
+        }
+    }
+}

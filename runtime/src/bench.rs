@@ -1,0 +1,124 @@
+//! `bevrt bench`: per-stage latency on a synthetic frame, optionally beside ONNX Runtime
+//! running the same model file with the same thread count in the same run.
+
+use crate::backend::Backend;
+use crate::frame::{Frame, PixelFormat};
+use crate::metrics::Histogram;
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub backend: String,
+    pub frame: String,
+    pub frames: usize,
+    pub preprocess: crate::metrics::StageSummary,
+    pub inference: crate::metrics::StageSummary,
+    pub postprocess: crate::metrics::StageSummary,
+    pub total: crate::metrics::StageSummary,
+    pub fps: f64,
+}
+
+/// A deterministic test-card frame (gradients and a checker) of the given size.
+pub fn synthetic_frame(width: u32, height: u32) -> Frame {
+    let mut f = Frame::with_capacity(PixelFormat::Rgb8.frame_bytes(width, height));
+    f.reset(PixelFormat::Rgb8, width, height);
+    for y in 0..height as usize {
+        for x in 0..width as usize {
+            let i = (y * width as usize + x) * 3;
+            let checker = if ((x / 16) + (y / 16)) % 2 == 0 { 40 } else { 0 };
+            f.data[i] = ((x * 255) / width as usize) as u8;
+            f.data[i + 1] = ((y * 255) / height as usize) as u8;
+            f.data[i + 2] = 128u8.wrapping_add(checker);
+        }
+    }
+    f
+}
+
+pub fn run(
+    backend: &mut dyn Backend,
+    frame: &Frame,
+    frames: usize,
+    warmup: usize,
+) -> anyhow::Result<BenchReport> {
+    let mut result = backend.new_result();
+    let (mut hp, mut hi, mut ho, mut ht) = (
+        Histogram::default(),
+        Histogram::default(),
+        Histogram::default(),
+        Histogram::default(),
+    );
+    for _ in 0..warmup {
+        backend.preprocess(frame)?;
+        backend.infer()?;
+        backend.postprocess(&mut result)?;
+    }
+    let start = Instant::now();
+    for _ in 0..frames {
+        let t0 = Instant::now();
+        backend.preprocess(frame)?;
+        let t1 = Instant::now();
+        backend.infer()?;
+        let t2 = Instant::now();
+        backend.postprocess(&mut result)?;
+        let t3 = Instant::now();
+        hp.record((t1 - t0).as_nanos() as u64);
+        hi.record((t2 - t1).as_nanos() as u64);
+        ho.record((t3 - t2).as_nanos() as u64);
+        ht.record((t3 - t0).as_nanos() as u64);
+    }
+    let el = start.elapsed().as_secs_f64();
+    Ok(BenchReport {
+        backend: backend.describe(),
+        frame: format!("{}x{} {}", frame.width, frame.height, frame.format),
+        frames,
+        preprocess: hp.summary(),
+        inference: hi.summary(),
+        postprocess: ho.summary(),
+        total: ht.summary(),
+        fps: frames as f64 / el,
+    })
+}
+
+/// ONNX Runtime's numbers for the same model, from `runtime/bench/ort_peer.py`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PeerReport {
+    pub peer: String,
+    pub version: String,
+    pub threads: usize,
+    pub iters: usize,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Run the ONNX Runtime peer script on `model` with `shape`; needs python3 + onnxruntime.
+pub fn run_ort_peer(
+    script: &std::path::Path,
+    model: &std::path::Path,
+    shape: &[usize],
+    threads: usize,
+    iters: usize,
+    warmup: usize,
+) -> anyhow::Result<PeerReport> {
+    let shape_s = shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--model"])
+        .arg(model)
+        .args(["--shape", &shape_s])
+        .args(["--threads", &threads.to_string()])
+        .args(["--iters", &iters.to_string()])
+        .args(["--warmup", &warmup.to_string()])
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run python3 {}: {e}", script.display()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "ONNX Runtime peer failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let s = String::from_utf8_lossy(&out.stdout);
+    let line = s.lines().last().unwrap_or("");
+    serde_json::from_str(line).map_err(|e| anyhow::anyhow!("peer output '{line}': {e}"))
+}

@@ -1,0 +1,184 @@
+//! Fixed-size latency histograms and the run's counters.
+//!
+//! [`Histogram`] is log-linear (16 sub-buckets per power of two: values within 6.25 %), a
+//! fixed array, so recording never allocates and memory does not grow with run length.
+
+use serde::Serialize;
+
+const SUB: usize = 16;
+const BUCKETS: usize = SUB * 60;
+
+#[derive(Clone)]
+pub struct Histogram {
+    counts: Box<[u64; BUCKETS]>,
+    total: u64,
+    max: u64,
+    sum: u128,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: Box::new([0; BUCKETS]),
+            total: 0,
+            max: 0,
+            sum: 0,
+        }
+    }
+}
+
+fn bucket_of(v: u64) -> usize {
+    if v < SUB as u64 {
+        return v as usize;
+    }
+    let e = 63 - v.leading_zeros() as usize; // >= 4
+    let sub = ((v >> (e - 4)) & 15) as usize;
+    ((e - 3) * SUB + sub).min(BUCKETS - 1)
+}
+
+/// Lower bound of a bucket.
+fn bucket_floor(b: usize) -> u64 {
+    if b < SUB {
+        return b as u64;
+    }
+    let e = b / SUB + 3;
+    let sub = (b % SUB) as u64;
+    (16 + sub) << (e - 4)
+}
+
+impl Histogram {
+    pub fn record(&mut self, v: u64) {
+        self.counts[bucket_of(v)] += 1;
+        self.total += 1;
+        self.max = self.max.max(v);
+        self.sum += v as u128;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    pub fn mean(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.sum as f64 / self.total as f64
+        }
+    }
+
+    /// Value at quantile `q` in [0, 1]: the middle of its bucket, never above the maximum.
+    pub fn quantile(&self, q: f64) -> u64 {
+        if self.total == 0 {
+            return 0;
+        }
+        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0;
+        for (b, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                let lo = bucket_floor(b);
+                let hi = bucket_floor(b + 1);
+                return ((lo + hi) / 2).min(self.max).max(lo.min(self.max));
+            }
+        }
+        self.max
+    }
+
+    pub fn merge(&mut self, o: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
+            *a += b;
+        }
+        self.total += o.total;
+        self.max = self.max.max(o.max);
+        self.sum += o.sum;
+    }
+
+    pub fn summary(&self) -> StageSummary {
+        StageSummary {
+            count: self.total,
+            mean_ms: self.mean() / 1e6,
+            p50_ms: self.quantile(0.5) as f64 / 1e6,
+            p99_ms: self.quantile(0.99) as f64 / 1e6,
+            max_ms: self.max as f64 / 1e6,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct StageSummary {
+    pub count: u64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Pipeline stages with their own histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// From the source handing the frame over to inference taking it (queue wait).
+    CaptureToReady = 0,
+    Preprocess = 1,
+    Inference = 2,
+    Postprocess = 3,
+    Sink = 4,
+    /// Source hand-over to postprocess done.
+    EndToEnd = 5,
+}
+
+pub const STAGES: [(Stage, &str); 6] = [
+    (Stage::CaptureToReady, "capture_to_ready"),
+    (Stage::Preprocess, "preprocess"),
+    (Stage::Inference, "inference"),
+    (Stage::Postprocess, "postprocess"),
+    (Stage::Sink, "sink"),
+    (Stage::EndToEnd, "end_to_end"),
+];
+
+#[derive(Clone, Default)]
+pub struct StageHistograms {
+    pub h: [Histogram; 6],
+}
+
+impl StageHistograms {
+    pub fn record(&mut self, s: Stage, ns: u64) {
+        self.h[s as usize].record(ns);
+    }
+    pub fn get(&self, s: Stage) -> &Histogram {
+        &self.h[s as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_within_bucket_precision() {
+        let mut h = Histogram::default();
+        for v in 1..=10_000u64 {
+            h.record(v * 1000);
+        }
+        let p50 = h.quantile(0.5) as f64;
+        let p99 = h.quantile(0.99) as f64;
+        assert!((p50 / 5_000_000.0 - 1.0).abs() < 0.07, "{p50}");
+        assert!((p99 / 9_900_000.0 - 1.0).abs() < 0.07, "{p99}");
+        assert_eq!(h.max(), 10_000_000);
+        assert!(h.quantile(1.0) <= h.max());
+    }
+
+    #[test]
+    fn buckets_are_monotonic() {
+        let mut last = 0;
+        for v in (0..1_000_000u64).step_by(997) {
+            let b = bucket_of(v);
+            assert!(b >= last);
+            assert!(bucket_floor(b) <= v && v < bucket_floor(b + 1).max(v + 1));
+            last = b;
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Sinks: where results go, on their own thread. A slow sink loses sink work (counted), never
+//! frames: the inference thread hands results over through a bounded queue and moves on.
+
+use crate::npy;
+use crate::postprocess::FrameResult;
+use bevrt_models::{ClassSpec, Task};
+use std::fmt::Write as _;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+pub trait Sink: Send {
+    fn name(&self) -> &'static str;
+    fn write(&mut self, r: &FrameResult) -> anyhow::Result<()>;
+    fn finish(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+fn create(path: &Path) -> anyhow::Result<BufWriter<std::fs::File>> {
+    let f = std::fs::File::create(path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", path.display()))?;
+    Ok(BufWriter::new(f))
+}
+
+/// A path buffer reused per frame: `dir/NNNNNN<suffix>`.
+struct FramePath {
+    buf: String,
+    base: usize,
+}
+
+impl FramePath {
+    fn new(dir: &Path) -> FramePath {
+        let mut buf = String::with_capacity(dir.as_os_str().len() + 64);
+        buf.push_str(&dir.to_string_lossy());
+        buf.push('/');
+        let base = buf.len();
+        FramePath { buf, base }
+    }
+    fn set(&mut self, seq: u64, suffix: &str) -> &Path {
+        self.buf.truncate(self.base);
+        let _ = write!(self.buf, "{seq:06}{suffix}");
+        Path::new(&self.buf)
+    }
+}
+
+/// Coloured BEV class maps as `maps/NNNNNN.png` (bundle colours).
+pub struct ClassMapPngSink {
+    path: FramePath,
+}
+
+impl ClassMapPngSink {
+    pub fn new(out: &Path) -> anyhow::Result<Self> {
+        let dir = out.join("maps");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", dir.display()))?;
+        Ok(ClassMapPngSink {
+            path: FramePath::new(&dir),
+        })
+    }
+}
+
+impl Sink for ClassMapPngSink {
+    fn name(&self) -> &'static str {
+        "png"
+    }
+    fn write(&mut self, r: &FrameResult) -> anyhow::Result<()> {
+        let p = self.path.set(r.seq, ".png");
+        image::save_buffer(
+            p,
+            &r.color_map,
+            r.map_width as u32,
+            r.map_height as u32,
+            image::ExtendedColorType::Rgb8,
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+    }
+}
+
+/// One JSON line per frame in `results.jsonl`: classify gives the top class and all
+/// probabilities, features the embedding, bev a class histogram of the map.
+pub struct JsonlSink {
+    w: BufWriter<std::fs::File>,
+    labels: Vec<String>,
+    classes: Vec<ClassSpec>,
+    counts: Vec<u64>,
+}
+
+impl JsonlSink {
+    pub fn new(out: &Path, labels: Vec<String>, classes: Vec<ClassSpec>) -> anyhow::Result<Self> {
+        let n = classes.len();
+        Ok(JsonlSink {
+            w: create(&out.join("results.jsonl"))?,
+            labels,
+            classes,
+            counts: vec![0; n],
+        })
+    }
+}
+
+fn write_floats(w: &mut impl Write, v: &[f32]) -> std::io::Result<()> {
+    w.write_all(b"[")?;
+    for (i, x) in v.iter().enumerate() {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        if x.is_finite() {
+            write!(w, "{x}")?;
+        } else {
+            w.write_all(b"null")?;
+        }
+    }
+    w.write_all(b"]")
+}
+
+impl Sink for JsonlSink {
+    fn name(&self) -> &'static str {
+        "jsonl"
+    }
+    fn write(&mut self, r: &FrameResult) -> anyhow::Result<()> {
+        let w = &mut self.w;
+        write!(w, "{{\"seq\":{},\"timestamp_ns\":{}", r.seq, r.timestamp_ns)?;
+        match r.task {
+            Task::Classify => {
+                if let Some((i, p)) = r.top {
+                    write!(w, ",\"top\":{i},\"score\":{p}")?;
+                    if let Some(l) = self.labels.get(i) {
+                        w.write_all(b",\"label\":")?;
+                        write_json_str(w, l)?;
+                    }
+                }
+                w.write_all(b",\"probs\":")?;
+                write_floats(w, &r.vector)?;
+            }
+            Task::Features => {
+                w.write_all(b",\"embedding\":")?;
+                write_floats(w, &r.vector)?;
+            }
+            Task::Bev => {
+                self.counts.iter_mut().for_each(|c| *c = 0);
+                for &c in &r.class_map {
+                    if let Some(n) = self.counts.get_mut(c as usize) {
+                        *n += 1;
+                    }
+                }
+                w.write_all(b",\"cells\":{")?;
+                for (i, (c, n)) in self.classes.iter().zip(&self.counts).enumerate() {
+                    if i > 0 {
+                        w.write_all(b",")?;
+                    }
+                    write_json_str(w, &c.name)?;
+                    write!(w, ":{n}")?;
+                }
+                w.write_all(b"}")?;
+            }
+        }
+        let [q, p, i, o] = r.stage_ns;
+        writeln!(
+            w,
+            ",\"latency_ms\":{{\"queue\":{:.3},\"preprocess\":{:.3},\"inference\":{:.3},\"postprocess\":{:.3}}}}}",
+            q as f64 / 1e6,
+            p as f64 / 1e6,
+            i as f64 / 1e6,
+            o as f64 / 1e6
+        )?;
+        Ok(())
+    }
+    fn finish(&mut self) -> anyhow::Result<()> {
+        self.w.flush()?;
+        Ok(())
+    }
+}
+
+fn write_json_str(w: &mut impl Write, s: &str) -> std::io::Result<()> {
+    w.write_all(b"\"")?;
+    for ch in s.chars() {
+        match ch {
+            '"' => w.write_all(b"\\\"")?,
+            '\\' => w.write_all(b"\\\\")?,
+            c if (c as u32) < 0x20 => write!(w, "\\u{:04x}", c as u32)?,
+            c => write!(w, "{c}")?,
+        }
+    }
+    w.write_all(b"\"")
+}
+
+/// Raw output tensors as `tensors/NNNNNN_K.npy` (K = output index), shape as the model's.
+pub struct NpySink {
+    path: FramePath,
+    suffixes: Vec<String>,
+}
+
+impl NpySink {
+    pub fn new(out: &Path, outputs: usize) -> anyhow::Result<Self> {
+        let dir = out.join("tensors");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", dir.display()))?;
+        Ok(NpySink {
+            path: FramePath::new(&dir),
+            suffixes: (0..outputs).map(|k| format!("_{k}.npy")).collect(),
+        })
+    }
+}
+
+impl Sink for NpySink {
+    fn name(&self) -> &'static str {
+        "npy"
+    }
+    fn write(&mut self, r: &FrameResult) -> anyhow::Result<()> {
+        for (o, suffix) in r.outputs.iter().zip(&self.suffixes) {
+            let p = self.path.set(r.seq, suffix);
+            let mut w = create(p)?;
+            npy::write_f32(&mut w, &o.shape, &o.data)
+                .and_then(|_| w.flush())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Which sinks `bevrt run` writes, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SinkKind {
+    Png,
+    Jsonl,
+    Npy,
+}
+
+/// The sinks for a task when the user names none.
+pub fn default_sinks(task: Task) -> Vec<SinkKind> {
+    match task {
+        Task::Bev => vec![SinkKind::Png, SinkKind::Jsonl],
+        Task::Classify | Task::Features => vec![SinkKind::Jsonl],
+    }
+}
+
+pub fn build(
+    kinds: &[SinkKind],
+    out: &Path,
+    manifest: &bevrt_models::Manifest,
+    outputs: usize,
+) -> anyhow::Result<Vec<Box<dyn Sink>>> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| anyhow::anyhow!("{}: cannot create output directory: {e}", out.display()))?;
+    let mut v: Vec<Box<dyn Sink>> = vec![];
+    for k in kinds {
+        v.push(match k {
+            SinkKind::Png => {
+                if manifest.task != Task::Bev {
+                    anyhow::bail!("sink 'png' writes BEV class maps; this bundle is '{}'", manifest.task);
+                }
+                Box::new(ClassMapPngSink::new(out)?)
+            }
+            SinkKind::Jsonl => Box::new(JsonlSink::new(
+                out,
+                manifest.outputs[0].labels.clone(),
+                manifest.classes.clone(),
+            )?),
+            SinkKind::Npy => Box::new(NpySink::new(out, outputs)?),
+        });
+    }
+    Ok(v)
+}
+
+/// `metrics.jsonl`: one line per report interval and one at the end.
+pub fn metrics_writer(out: &Path) -> anyhow::Result<BufWriter<std::fs::File>> {
+    create(&out.join("metrics.jsonl"))
+}
+
+pub fn out_path(out: &Path, name: &str) -> PathBuf {
+    out.join(name)
+}
