@@ -28,7 +28,9 @@ use crate::imgproc::GrayImage;
 /// Gaussian pre-smoothing before subpixel refinement: removes the pixel-locking bias of the
 /// gradient-orthogonality iteration on very sharp edges (X-junctions are point symmetric, so a
 /// symmetric blur does not move them).
-const REFINE_SIGMA: f32 = 0.8;
+const REFINE_SIGMA: f32 = 1.5;
+/// Minimum cell width (px) for refining on the pre-smoothed image.
+const SMOOTH_MIN_WIDTH: f64 = 14.0;
 
 /// Why a view was rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -110,19 +112,32 @@ pub fn find_chessboard_with(
     for sig in [1.5 * scale, 2.5 * scale, 1.0] {
         match detect_at_scale(img, cols, rows, sig) {
             Ok((mut grid, blur)) => {
+                // Pre-smoothing removes the pixel-locking bias of the gradient iteration on
+                // sharp edges, but would merge edges of narrow (strongly foreshortened or
+                // acute) cells: smooth only where the local cell width allows it.
                 let sm = if sig == REFINE_SIGMA {
                     blur
                 } else {
                     img.gaussian_blur(REFINE_SIGMA)
                 };
-                // per-corner window: at most 11x11 (OpenCV's usual), smaller where the local
-                // spacing is small so no other edge enters the window
-                let spacing = local_spacing(&grid, cols, rows);
+                let width = local_width(&grid, cols, rows);
                 for (k, c) in grid.iter_mut().enumerate() {
+                    // window at most 11x11 (OpenCV's usual), smaller for narrow cells
                     let half = opt
                         .subpix_half_window
-                        .unwrap_or(((spacing[k] * 0.5 - 1.0).floor() as usize).clamp(2, 5));
-                    corner_subpix(&sm, std::slice::from_mut(c), half, opt.subpix_max_iter, opt.subpix_eps);
+                        .unwrap_or(((width[k] * 0.5 - 1.0).floor() as usize).clamp(2, 5));
+                    let src = if width[k] >= SMOOTH_MIN_WIDTH {
+                        &sm
+                    } else {
+                        img
+                    };
+                    corner_subpix(
+                        src,
+                        std::slice::from_mut(c),
+                        half,
+                        opt.subpix_max_iter,
+                        opt.subpix_eps,
+                    );
                 }
                 return Ok(grid);
             }
@@ -145,25 +160,35 @@ fn rank(e: &DetectError) -> usize {
     }
 }
 
-fn local_spacing(g: &[Point2<f64>], cols: usize, rows: usize) -> Vec<f64> {
-    let mut out = vec![f64::MAX; g.len()];
+/// Per corner: the smaller cell width around it = spacing * |sin(angle between grid lines)|.
+fn local_width(g: &[Point2<f64>], cols: usize, rows: usize) -> Vec<f64> {
+    let mut out = vec![0.0; g.len()];
     for r in 0..rows {
         for c in 0..cols {
             let k = r * cols + c;
-            let mut m = f64::MAX;
-            if c + 1 < cols {
-                m = m.min((g[k + 1] - g[k]).norm());
+            let rv = if c + 1 < cols {
+                g[k + 1] - g[k]
+            } else {
+                g[k] - g[k - 1]
+            };
+            let cv = if r + 1 < rows {
+                g[k + cols] - g[k]
+            } else {
+                g[k] - g[k - cols]
+            };
+            let rv2 = if c > 0 { g[k] - g[k - 1] } else { rv };
+            let cv2 = if r > 0 { g[k] - g[k - cols] } else { cv };
+            let mut w = f64::MAX;
+            for a in [rv, rv2] {
+                for b in [cv, cv2] {
+                    let cross = (a.x * b.y - a.y * b.x).abs();
+                    // heights of the parallelogram spanned by a and b
+                    w = w
+                        .min(cross / a.norm().max(1e-9))
+                        .min(cross / b.norm().max(1e-9));
+                }
             }
-            if c > 0 {
-                m = m.min((g[k - 1] - g[k]).norm());
-            }
-            if r + 1 < rows {
-                m = m.min((g[k + cols] - g[k]).norm());
-            }
-            if r > 0 {
-                m = m.min((g[k - cols] - g[k]).norm());
-            }
-            out[k] = m;
+            out[k] = w;
         }
     }
     out
@@ -825,9 +850,7 @@ pub fn corner_subpix(
                     let si = (i + 1) * sw + (j + 1);
                     let tgx = sub[si + 1] - sub[si - 1];
                     let tgy = sub[si + sw] - sub[si - sw];
-                    // |g|-weighted normal equations (OpenCV uses |g|^2): the |g| centroid of
-                    // an anti-aliased edge profile is unbiased, the |g|^2 one locks to pixels
-                    let m = mask[i * ww + j] / ((tgx * tgx + tgy * tgy).sqrt() + 1e-3);
+                    let m = mask[i * ww + j];
                     let gxx = tgx * tgx * m;
                     let gxy = tgx * tgy * m;
                     let gyy = tgy * tgy * m;
