@@ -334,7 +334,13 @@ fn run_lm(
         let h = homography_dlt(&src, &dst).ok_or_else(|| {
             CalibError::Calibration(format!("view {}: degenerate homography", v.name))
         })?;
-        let (pose, _) = refine_pose(&cam0, &v.object, &v.image, pose_from_homography(&h), 20);
+        let (pose, _) = refine_pose(
+            &cam0,
+            &v.object,
+            &v.image,
+            pose_from_homography(&h, crate::geom::centroid(&src)),
+            20,
+        );
         poses.push(pose);
     }
     let n_pts: usize = views.iter().map(|v| v.object.len()).sum();

@@ -92,12 +92,13 @@ pub fn orthonormalize(m: &Matrix3<f64>) -> Rotation3<f64> {
 }
 
 /// Pose (plane -> camera) from a homography mapping plane (X, Y) to normalized image coordinates.
-pub fn pose_from_homography(h: &Matrix3<f64>) -> Isometry3<f64> {
+/// The sign is chosen so that the plane point `centroid` lies in front of the camera.
+pub fn pose_from_homography(h: &Matrix3<f64>, centroid: Point2<f64>) -> Isometry3<f64> {
     let h1 = h.column(0).into_owned();
     let h2 = h.column(1).into_owned();
     let h3 = h.column(2).into_owned();
     let mut lam = 2.0 / (h1.norm() + h2.norm());
-    if h3.z * lam < 0.0 {
+    if (h1 * centroid.x + h2 * centroid.y + h3).z * lam < 0.0 {
         lam = -lam;
     }
     let r1 = h1 * lam;
@@ -108,6 +109,14 @@ pub fn pose_from_homography(h: &Matrix3<f64>) -> Isometry3<f64> {
     Isometry3::from_parts(
         Translation3::from(h3 * lam),
         UnitQuaternion::from_rotation_matrix(&r),
+    )
+}
+
+pub fn centroid(p: &[Point2<f64>]) -> Point2<f64> {
+    let n = p.len().max(1) as f64;
+    Point2::new(
+        p.iter().map(|q| q.x).sum::<f64>() / n,
+        p.iter().map(|q| q.y).sum::<f64>() / n,
     )
 }
 
@@ -215,6 +224,6 @@ pub fn planar_pose(
         .map(|p| cam.undistort_normalized(*p))
         .collect::<Option<_>>()?;
     let h = homography_dlt(&src, &dst)?;
-    let pose = pose_from_homography(&h);
+    let pose = pose_from_homography(&h, centroid(&src));
     Some(refine_pose(cam, obj, img, pose, 50))
 }

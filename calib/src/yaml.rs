@@ -67,7 +67,7 @@ fn parse_yaml(path: &Path, text: &str) -> Result<Vec<(String, YVal)>, CalibError
     }
     let mut pos = 0;
     let base = lines.first().map(|l| l.indent).unwrap_or(0);
-    let m = parse_map(path, &lines, &mut pos, base)?;
+    let m = parse_map(path, &lines, &mut pos, base, "")?;
     if pos < lines.len() {
         return Err(CalibError::parse(
             path,
@@ -82,6 +82,7 @@ fn parse_map(
     lines: &[Line],
     pos: &mut usize,
     indent: usize,
+    prefix: &str,
 ) -> Result<Vec<(String, YVal)>, CalibError> {
     let mut out = Vec::new();
     while *pos < lines.len() {
@@ -113,7 +114,7 @@ fn parse_map(
         if val.is_empty() {
             if *pos < lines.len() && lines[*pos].indent > indent {
                 let ni = lines[*pos].indent;
-                let m = parse_map(path, lines, pos, ni)?;
+                let m = parse_map(path, lines, pos, ni, &format!("{prefix}{key}."))?;
                 out.push((key, YVal::Map(m)));
             } else {
                 out.push((key, YVal::Scalar(String::new())));
@@ -125,7 +126,7 @@ fn parse_map(
                 if *pos >= lines.len() {
                     return Err(CalibError::field(
                         path,
-                        &key,
+                        &format!("{prefix}{key}"),
                         format!("unterminated `[` started on line {start_no}"),
                     ));
                 }
