@@ -11,4 +11,4 @@ pub use bundle::{
     Bundle, BundleError, ChannelOrder, ClassSpec, EmbeddingNorm, GridSpec, InputDtype, InputSpec,
     Layout, Manifest, ModelFile, OutputKind, OutputSpec, Task, sha256_file, write_bundle,
 };
-pub use onnx::{OnnxError, OnnxSummary, TensorInfo, inspect};
+pub use onnx::{OnnxError, OnnxSummary, TensorInfo, inspect, legalize, load_for_tract, read_proto};

@@ -13,7 +13,7 @@ pub enum OnnxError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: not a valid ONNX model ({message})")]
+    #[error("{path}: cannot load ONNX model: {message}")]
     Parse { path: PathBuf, message: String },
 }
 
@@ -114,4 +114,264 @@ pub fn inspect(path: &Path) -> Result<OnnxSummary, OnnxError> {
             .unwrap_or(0),
         ir_version: proto.ir_version,
     })
+}
+
+/// Parse an ONNX file into its protobuf model, with errors naming the file.
+pub fn read_proto(path: &Path) -> Result<pb::ModelProto, OnnxError> {
+    if let Err(source) = std::fs::metadata(path) {
+        return Err(OnnxError::Io {
+            path: path.to_path_buf(),
+            source,
+        });
+    }
+    tract_onnx::onnx()
+        .proto_model_for_path(path)
+        .map_err(|e| OnnxError::Parse {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        })
+}
+
+/// Rewrites ONNX constructs the inference engine lacks into equivalent standard ops, before
+/// the graph is handed to it (the front end lowers, backends never see these forms):
+/// - `MatMul` of two rank-1 tensors (a dot product) → reshape to 1xK · Kx1 → reshape to scalar;
+/// - `BatchNormalization` with `training_mode=1` → batch statistics from ReduceMean/Sub/Mul,
+///   normalisation, and the running-statistics outputs (`mean*momentum + batch*(1-momentum)`,
+///   population variance, as the ONNX reference computes them).
+///
+/// - `Softmax` whose output is quantized (`Softmax → QuantizeLinear`): spelled out as
+///   `exp(x - max) / sum` so it stays a float op between exact Q/DQ. tract 0.23.9 otherwise
+///   fuses it into its integer softmax, which returns 1.0 for every class on the shared
+///   MobileNetV3 QDQ model (ONNX Runtime: 0.93/0.07). With the rewrite tract reproduces ONNX
+///   Runtime's unfused QDQ semantics (ORT_DISABLE_ALL) exactly on that model.
+///
+/// Returns a description of each rewrite.
+pub fn legalize(model: &mut pb::ModelProto) -> Vec<String> {
+    let opset = model
+        .opset_import
+        .iter()
+        .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .max()
+        .unwrap_or(0);
+    let Some(graph) = model.graph.as_mut() else {
+        return vec![];
+    };
+    let mut ranks: std::collections::HashMap<String, usize> = Default::default();
+    for v in graph.input.iter().chain(&graph.value_info).chain(&graph.output) {
+        if let Some(pb::type_proto::Value::TensorType(tt)) = v.r#type.as_ref().and_then(|t| t.value.as_ref())
+            && let Some(s) = &tt.shape
+        {
+            ranks.insert(v.name.clone(), s.dim.len());
+        }
+    }
+    for t in &graph.initializer {
+        ranks.insert(t.name.clone(), t.dims.len());
+    }
+    let mut done = float_softmax(graph, opset);
+    let mut out_nodes = Vec::with_capacity(graph.node.len());
+    let mut new_inits = vec![];
+    let mut counter = 0usize;
+    let mut fresh = |base: &str| {
+        counter += 1;
+        format!("{base}__bevrt{counter}")
+    };
+    let nodes = std::mem::take(&mut graph.node);
+    for n in nodes {
+        let rank = |i: usize| n.input.get(i).and_then(|x| ranks.get(x)).copied();
+        if n.op_type == "MatMul" && n.domain.is_empty() && rank(0) == Some(1) && rank(1) == Some(1) {
+            let (sa, sb, se) = (fresh("shape_row"), fresh("shape_col"), fresh("shape_scalar"));
+            new_inits.push(i64_tensor(&sa, &[1, -1]));
+            new_inits.push(i64_tensor(&sb, &[-1, 1]));
+            new_inits.push(i64_tensor(&se, &[]));
+            let (a2, b2, c2) = (fresh("a"), fresh("b"), fresh("c"));
+            out_nodes.push(node("Reshape", &[&n.input[0], &sa], &[&a2], vec![]));
+            out_nodes.push(node("Reshape", &[&n.input[1], &sb], &[&b2], vec![]));
+            out_nodes.push(node("MatMul", &[&a2, &b2], &[&c2], vec![]));
+            out_nodes.push(node("Reshape", &[&c2, &se], &[&n.output[0]], vec![]));
+            done.push(format!("MatMul '{}': 1-D x 1-D lowered to 2-D MatMul", n.name));
+            continue;
+        }
+        let training = n
+            .attribute
+            .iter()
+            .any(|a| a.name == "training_mode" && a.i != 0);
+        if n.op_type == "BatchNormalization" && n.domain.is_empty() && training && let Some(r) = rank(0) && r >= 2 {
+            let eps = attr_f(&n, "epsilon").unwrap_or(1e-5);
+            let momentum = attr_f(&n, "momentum").unwrap_or(0.9);
+            let axes: Vec<i64> = (0..r as i64).filter(|&a| a != 1).collect();
+            let x = &n.input[0];
+            let reduce = |input: &str, output: &str, out_nodes: &mut Vec<pb::NodeProto>, inits: &mut Vec<pb::TensorProto>, axes_name: &str| {
+                if opset >= 18 {
+                    if !inits.iter().any(|t: &pb::TensorProto| t.name == axes_name) {
+                        inits.push(i64_tensor(axes_name, &axes));
+                    }
+                    out_nodes.push(node("ReduceMean", &[input, axes_name], &[output], vec![attr_i("keepdims", 1)]));
+                } else {
+                    out_nodes.push(node("ReduceMean", &[input], &[output], vec![attr_i("keepdims", 1), attr_ints("axes", &axes)]));
+                }
+            };
+            let axes_name = fresh("axes");
+            let (mean, d, d2, var) = (fresh("mean"), fresh("centered"), fresh("sq"), fresh("var"));
+            reduce(x, &mean, &mut out_nodes, &mut new_inits, &axes_name);
+            out_nodes.push(node("Sub", &[x, &mean], &[&d], vec![]));
+            out_nodes.push(node("Mul", &[&d, &d], &[&d2], vec![]));
+            reduce(&d2, &var, &mut out_nodes, &mut new_inits, &axes_name);
+            let mut bshape = vec![1i64; r];
+            bshape[1] = -1;
+            let (bs, flat, epsn) = (fresh("bshape"), fresh("flat"), fresh("eps"));
+            new_inits.push(i64_tensor(&bs, &bshape));
+            new_inits.push(i64_tensor(&flat, &[-1]));
+            new_inits.push(f32_tensor(&epsn, &[eps]));
+            let (ve, sd, norm, sc, scb, bb, y) = (fresh("ve"), fresh("sd"), fresh("norm"), fresh("scale"), fresh("scaled"), fresh("bias"), n.output[0].clone());
+            out_nodes.push(node("Add", &[&var, &epsn], &[&ve], vec![]));
+            out_nodes.push(node("Sqrt", &[&ve], &[&sd], vec![]));
+            out_nodes.push(node("Div", &[&d, &sd], &[&norm], vec![]));
+            out_nodes.push(node("Reshape", &[&n.input[1], &bs], &[&sc], vec![]));
+            out_nodes.push(node("Mul", &[&norm, &sc], &[&scb], vec![]));
+            out_nodes.push(node("Reshape", &[&n.input[2], &bs], &[&bb], vec![]));
+            out_nodes.push(node("Add", &[&scb, &bb], &[&y], vec![]));
+            let (mom, one_m) = (fresh("momentum"), fresh("one_minus_momentum"));
+            new_inits.push(f32_tensor(&mom, &[momentum]));
+            new_inits.push(f32_tensor(&one_m, &[1.0 - momentum]));
+            for (k, stat, running) in [(1usize, &mean, 3usize), (2, &var, 4)] {
+                let Some(out) = n.output.get(k).filter(|o| !o.is_empty()) else { continue };
+                let Some(run_in) = n.input.get(running) else { continue };
+                let (sf, a, b) = (fresh("stat"), fresh("old"), fresh("new"));
+                out_nodes.push(node("Reshape", &[stat, &flat], &[&sf], vec![]));
+                out_nodes.push(node("Mul", &[run_in, &mom], &[&a], vec![]));
+                out_nodes.push(node("Mul", &[&sf, &one_m], &[&b], vec![]));
+                out_nodes.push(node("Add", &[&a, &b], &[out], vec![]));
+            }
+            done.push(format!("BatchNormalization '{}': training mode lowered to batch statistics", n.name));
+            continue;
+        }
+        out_nodes.push(n);
+    }
+    graph.node = out_nodes;
+    graph.initializer.extend(new_inits);
+    done
+}
+
+/// Spell out Softmax nodes that feed a QuantizeLinear (see [`legalize`]).
+fn float_softmax(graph: &mut pb::GraphProto, opset: i64) -> Vec<String> {
+    let mut done = vec![];
+    let quantized: std::collections::HashSet<String> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "QuantizeLinear")
+        .filter_map(|n| n.input.first().cloned())
+        .collect();
+    let mut out = Vec::with_capacity(graph.node.len());
+    let mut inits = vec![];
+    for (k, n) in std::mem::take(&mut graph.node).into_iter().enumerate() {
+        if n.op_type != "Softmax" || !n.domain.is_empty() || !n.output.first().is_some_and(|o| quantized.contains(o)) {
+            out.push(n);
+            continue;
+        }
+        let default_axis = if opset < 13 { 1 } else { -1 };
+        let axis = n.attribute.iter().find(|a| a.name == "axis").map(|a| a.i).unwrap_or(default_axis);
+        let (x, y) = (n.input[0].clone(), n.output[0].clone());
+        let t = |s: &str| format!("{y}__bevrt_softmax{k}_{s}");
+        // opset < 13 softmax works on the input flattened to 2-D at `axis`.
+        let (src, red_axis) = if opset < 13 {
+            out.push(node("Flatten", &[&x], &[&t("flat")], vec![attr_i("axis", axis)]));
+            (t("flat"), 1)
+        } else {
+            (x.clone(), axis)
+        };
+        let axes_name = t("axes");
+        inits.push(i64_tensor(&axes_name, &[red_axis]));
+        let reduce = |op: &str, input: &str, output: &str, as_input: bool, out: &mut Vec<pb::NodeProto>| {
+            if as_input {
+                out.push(node(op, &[input, &axes_name], &[output], vec![attr_i("keepdims", 1)]));
+            } else {
+                out.push(node(op, &[input], &[output], vec![attr_i("keepdims", 1), attr_ints("axes", &[red_axis])]));
+            }
+        };
+        reduce("ReduceMax", &src, &t("max"), opset >= 18, &mut out);
+        out.push(node("Sub", &[&src, &t("max")], &[&t("shifted")], vec![]));
+        out.push(node("Exp", &[&t("shifted")], &[&t("exp")], vec![]));
+        reduce("ReduceSum", &t("exp"), &t("sum"), opset >= 13, &mut out);
+        if opset < 13 {
+            out.push(node("Div", &[&t("exp"), &t("sum")], &[&t("p")], vec![]));
+            out.push(node("Shape", &[&x], &[&t("shape")], vec![]));
+            out.push(node("Reshape", &[&t("p"), &t("shape")], &[&y], vec![]));
+        } else {
+            out.push(node("Div", &[&t("exp"), &t("sum")], &[&y], vec![]));
+        }
+        done.push(format!("Softmax '{}': quantized output, spelled out in float", n.name));
+    }
+    graph.node = out;
+    graph.initializer.extend(inits);
+    done
+}
+
+fn node(op: &str, inputs: &[&str], outputs: &[&str], attribute: Vec<pb::AttributeProto>) -> pb::NodeProto {
+    pb::NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        name: format!("bevrt_{op}_{}", outputs.first().copied().unwrap_or("")),
+        op_type: op.to_string(),
+        attribute,
+        ..Default::default()
+    }
+}
+
+fn attr_f(n: &pb::NodeProto, name: &str) -> Option<f32> {
+    n.attribute.iter().find(|a| a.name == name).map(|a| a.f)
+}
+
+fn attr_i(name: &str, v: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    }
+}
+
+fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn i64_tensor(name: &str, v: &[i64]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: vec![v.len() as i64],
+        data_type: pb::tensor_proto::DataType::Int64 as i32,
+        int64_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn f32_tensor(name: &str, v: &[f32]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: vec![],
+        data_type: pb::tensor_proto::DataType::Float as i32,
+        float_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Read, legalize and parse an ONNX file into tract's inference model.
+pub fn load_for_tract(
+    path: &Path,
+) -> Result<tract_onnx::prelude::InferenceModel, OnnxError> {
+    let mut proto = read_proto(path)?;
+    for r in legalize(&mut proto) {
+        log::debug!("{}: {r}", path.display());
+    }
+    tract_onnx::onnx()
+        .model_for_proto_model(&proto)
+        .map_err(|e| OnnxError::Parse {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        })
 }

@@ -115,7 +115,7 @@ impl Mode {
 }
 
 fn prepare(model_path: &Path, inputs: &[Tensor], mode: Mode) -> TractResult<(Arc<TypedSimplePlan>, TVec<TValue>)> {
-    let mut model = tract_onnx::onnx().model_for_path(model_path)?;
+    let mut model = bevrt_models::load_for_tract(model_path)?;
     let outlets = model.input_outlets()?.to_vec();
     if outlets.len() != inputs.len() {
         bail!(

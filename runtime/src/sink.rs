@@ -187,6 +187,7 @@ fn write_json_str(w: &mut impl Write, s: &str) -> std::io::Result<()> {
 pub struct NpySink {
     path: FramePath,
     suffixes: Vec<String>,
+    buf: Vec<u8>,
 }
 
 impl NpySink {
@@ -197,6 +198,7 @@ impl NpySink {
         Ok(NpySink {
             path: FramePath::new(&dir),
             suffixes: (0..outputs).map(|k| format!("_{k}.npy")).collect(),
+            buf: Vec::new(),
         })
     }
 }
@@ -207,11 +209,11 @@ impl Sink for NpySink {
     }
     fn write(&mut self, r: &FrameResult) -> anyhow::Result<()> {
         for (o, suffix) in r.outputs.iter().zip(&self.suffixes) {
+            // Serialise into a reused buffer, then one write: no per-frame allocation.
+            self.buf.clear();
+            npy::write_f32(&mut self.buf, &o.shape, &o.data)?;
             let p = self.path.set(r.seq, suffix);
-            let mut w = create(p)?;
-            npy::write_f32(&mut w, &o.shape, &o.data)
-                .and_then(|_| w.flush())
-                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            std::fs::write(p, &self.buf).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
         }
         Ok(())
     }

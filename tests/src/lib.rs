@@ -1,1 +1,96 @@
-//! Shared helpers for bevrt integration tests.
+//! Helpers shared by bevrt's integration, HIL and conformance tests.
+
+use std::path::{Path, PathBuf};
+
+/// The shared data folder: `$BEVRT_SHARED`, else `../shared` beside the workspace.
+/// `None` (with a printed reason) when absent, so tests can skip.
+pub fn shared_dir() -> Option<PathBuf> {
+    let p = std::env::var_os("BEVRT_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared"));
+    if p.join("data").is_dir() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIP: shared data not found at {} (set BEVRT_SHARED)",
+            p.display()
+        );
+        None
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A fresh, empty scratch directory under the target dir.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = workspace_root()
+        .join("target/test-scratch")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create scratch dir");
+    d
+}
+
+/// Path of a workspace binary (`bevrt`, `bevrt-tool`) built in the same profile as the
+/// running test. Panics with the command to run when it has not been built.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} not built: run `cargo build --release --workspace` before the tests (README)",
+        p.display()
+    );
+    p
+}
+
+/// Run a binary, returning (success, stdout, stderr).
+pub fn run(bin_path: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(bin_path)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("spawn");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Make a classify bundle of a shared model with `bevrt-tool bundle init`.
+pub fn classifier_bundle(shared: &Path, model_file: &str, out: &Path) -> PathBuf {
+    let model = shared.join("data/onnx/models").join(model_file);
+    let (ok, so, se) = run(
+        &bin("bevrt-tool"),
+        &[
+            "bundle",
+            "init",
+            "--task",
+            "classify",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            "192x48:BGR",
+            "--mean",
+            "0.5",
+            "--std",
+            "0.5",
+            "--labels",
+            "0,180",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "bundle init failed: {so}{se}");
+    out.to_path_buf()
+}

@@ -40,9 +40,7 @@ impl CpuNetwork {
         if !path.is_file() {
             anyhow::bail!("{}: model file not found", path.display());
         }
-        let model = tract_onnx::onnx()
-            .model_for_path(path)
-            .map_err(|e| anyhow::anyhow!("{}: cannot parse ONNX model: {e:#}", path.display()))?;
+        let model = bevrt_models::load_for_tract(path)?;
         let ops: Vec<String> = {
             let mut v: Vec<String> = vec![];
             for n in model.nodes() {
