@@ -200,8 +200,10 @@ impl Backend for CpuBackend {
             d.data.copy_from_slice(&s.data);
         }
         let first = &self.outputs[0].data;
-        out.vector.clear();
-        out.vector.extend_from_slice(first);
+        if out.vector.len() != first.len() {
+            out.vector.resize(first.len(), 0.0); // only for a result made elsewhere
+        }
+        out.vector.copy_from_slice(first);
         match self.task {
             Task::Classify => {
                 if self.output_kind == OutputKind::Logits {
@@ -217,7 +219,7 @@ impl Backend for CpuBackend {
 
     fn new_result(&self) -> FrameResult {
         let mut r = FrameResult::new(self.task, self.net.output_buffers());
-        r.vector.reserve(self.outputs[0].data.len());
+        r.vector = vec![0.0; self.outputs[0].data.len()];
         r
     }
 
