@@ -25,6 +25,7 @@ pub mod error;
 pub mod extrinsics;
 pub mod geom;
 pub mod imgproc;
+pub mod pipeline;
 pub mod remap;
 pub mod yaml;
 

@@ -1,0 +1,162 @@
+//! BEV sampling table: contract, correctness against direct projection, view transform, speed.
+use bevrt_calib::bev::{FLAG_BEHIND, FLAG_OUTSIDE, FLAG_VALID};
+use bevrt_calib::remap::ipm_map;
+use bevrt_calib::{BevGrid, CameraModel, Extrinsics, SampleTap, SamplingTable, view_transform};
+use nalgebra::Point3;
+
+fn setup() -> (BevGrid, CameraModel, Extrinsics) {
+    let grid = BevGrid {
+        x_min: -50.0,
+        x_max: 50.0,
+        y_min: -50.0,
+        y_max: 50.0,
+        cell: 0.25,
+        z_levels: vec![-0.5, 0.0, 1.0, 2.0],
+    };
+    let cam = CameraModel::pinhole(
+        1280,
+        720,
+        640.0,
+        641.0,
+        645.0,
+        358.0,
+        [-0.33, 0.12, 0.0008, -0.0005, -0.015],
+    )
+    .unwrap();
+    let ext = Extrinsics::from_angles(1.5, 0.0, 1.6, 6.0, 0.5, 2.0);
+    (grid, cam, ext)
+}
+
+#[test]
+fn layout_contract() {
+    assert_eq!(std::mem::size_of::<SampleTap>(), 32);
+    assert_eq!(std::mem::align_of::<SampleTap>(), 4);
+    let (grid, cam, ext) = setup();
+    assert_eq!((grid.width(), grid.height()), (400, 400));
+    // row 0 = farthest x, column 0 = leftmost (largest) y
+    let (x, y) = grid.cell_center(0, 0);
+    assert!((x - 49.875).abs() < 1e-9 && (y - 49.875).abs() < 1e-9);
+    let t = SamplingTable::build(&grid, &cam, &ext, 80, 45, 16);
+    assert_eq!(t.taps.len(), 4 * 400 * 400);
+    // behind the camera: a cell at x = -40 on the ground
+    let row = ((50.0 - (-40.0)) / 0.25) as usize;
+    let e = (400 + row) * 400 + 200;
+    assert_eq!(t.flags[e], FLAG_BEHIND);
+    assert_eq!(t.taps[e], SampleTap::default());
+    // ahead but far to the side: outside the image
+    let e = (400 + 100) * 400; // x = 24.875, y = 49.875
+    assert_eq!(t.flags[e], FLAG_OUTSIDE);
+    let valid = t.flags.iter().filter(|&&f| f == FLAG_VALID).count();
+    assert!(valid > 1000, "valid entries {valid}");
+    for (tap, &f) in t.taps.iter().zip(&t.flags) {
+        let s: f32 = tap.w.iter().sum();
+        if f == FLAG_VALID {
+            assert!((s - 1.0).abs() < 1e-5);
+            assert!(tap.idx.iter().all(|&i| (i as usize) < 80 * 45));
+        } else {
+            assert_eq!(s, 0.0);
+        }
+    }
+}
+
+#[test]
+fn table_matches_direct_projection_and_view_transform_is_bilinear() {
+    let (grid, cam, ext) = setup();
+    let (fw, fh, stride) = (80usize, 45usize, 16usize);
+    let t = SamplingTable::build(&grid, &cam, &ext, fw, fh, stride);
+    // features: channel 0 = feature x coordinate, channel 1 = feature y coordinate
+    let mut feat = vec![0.0f32; 2 * fw * fh];
+    for y in 0..fh {
+        for x in 0..fw {
+            feat[y * fw + x] = x as f32;
+            feat[fw * fh + y * fw + x] = y as f32;
+        }
+    }
+    let (gw, gh, nz) = (t.grid_w, t.grid_h, t.levels);
+    let mut out = vec![0.0f32; 2 * nz * gh * gw];
+    view_transform(&t, &feat, &mut out).unwrap();
+    let v2c = ext.vehicle_to_cam();
+    let mut checked = 0;
+    for l in 0..nz {
+        for row in (0..gh).step_by(7) {
+            for col in (0..gw).step_by(7) {
+                let e = (l * gh + row) * gw + col;
+                if t.flags[e] != FLAG_VALID {
+                    continue;
+                }
+                let (x, y) = grid.cell_center(row, col);
+                let p = cam
+                    .project((v2c * Point3::new(x, y, grid.z_levels[l] as f64)).coords)
+                    .unwrap();
+                let fx = ((p.x + 0.5) / stride as f64 - 0.5).clamp(0.0, fw as f64 - 1.0);
+                let fy = ((p.y + 0.5) / stride as f64 - 0.5).clamp(0.0, fh as f64 - 1.0);
+                let ox = out[(0 * nz + l) * gh * gw + row * gw + col] as f64;
+                let oy = out[(1 * nz + l) * gh * gw + row * gw + col] as f64;
+                assert!(
+                    (ox - fx).abs() < 1e-3 && (oy - fy).abs() < 1e-3,
+                    "entry {e}: ({ox},{oy}) vs ({fx},{fy})"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 100);
+    // wrong buffer sizes are errors, not panics
+    assert!(view_transform(&t, &feat[1..], &mut out).is_err());
+    assert!(view_transform(&t, &feat, &mut out[1..]).is_err());
+}
+
+#[test]
+fn rebuild_100m_grid_under_20ms() {
+    let (grid, cam, ext) = setup();
+    let mut t = SamplingTable::build(&grid, &cam, &ext, 80, 45, 16);
+    let ext2 = Extrinsics::from_angles(1.5, 0.0, 1.62, 6.3, 0.4, 2.1);
+    let mut best = f64::MAX;
+    for _ in 0..7 {
+        let t0 = std::time::Instant::now();
+        t.rebuild(&grid, &cam, &ext2).unwrap();
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    eprintln!(
+        "sampling table rebuild 400x400x4: {:.2} ms (best of 7, one core)",
+        best * 1e3
+    );
+    if cfg!(debug_assertions) {
+        eprintln!("debug build: timing not asserted");
+    } else {
+        assert!(best < 0.020, "rebuild took {:.1} ms", best * 1e3);
+    }
+}
+
+#[test]
+fn bev_grid_serde_and_validation() {
+    let (grid, _, _) = setup();
+    let s = serde_json::to_string(&grid).unwrap();
+    let back: BevGrid = serde_json::from_str(&s).unwrap();
+    assert_eq!(back, grid);
+    let bad = BevGrid {
+        cell: 0.0,
+        ..grid.clone()
+    };
+    assert!(bad.validate().is_err());
+}
+
+#[test]
+fn ipm_maps_ground_points_to_their_pixels() {
+    let (_, cam, ext) = setup();
+    let grid = BevGrid {
+        x_min: 2.0,
+        x_max: 30.0,
+        y_min: -10.0,
+        y_max: 10.0,
+        cell: 0.1,
+        z_levels: vec![0.0],
+    };
+    let m = ipm_map(&grid, 0.0, &cam, &ext);
+    assert_eq!((m.width, m.height), (200, 280));
+    let v2c = ext.vehicle_to_cam();
+    let (x, y) = grid.cell_center(100, 50);
+    let p = cam.project((v2c * Point3::new(x, y, 0.0)).coords).unwrap();
+    let q = m.map[100 * 200 + 50];
+    assert!((q[0] as f64 - p.x).abs() < 1e-3 && (q[1] as f64 - p.y).abs() < 1e-3);
+}
