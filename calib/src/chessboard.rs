@@ -194,38 +194,54 @@ fn local_width(g: &[Point2<f64>], cols: usize, rows: usize) -> Vec<f64> {
     out
 }
 
+/// max without NaN handling (inputs are finite), vectorizes to a single instruction
+#[inline(always)]
+fn fmax(a: f32, b: f32) -> f32 {
+    if a > b { a } else { b }
+}
+
 fn saddle_candidates(blur: &GrayImage) -> Vec<(usize, usize, f32)> {
     let (w, h) = (blur.width, blur.height);
     let d = &blur.data;
-    // squared saddle strength (monotonic in the response), row slices so it vectorizes
+    // squared saddle strength (monotonic in the response); equal-length shifted slices so
+    // the loop vectorizes
     let mut resp = vec![0.0f32; w * h];
+    let n = w - 2;
     for y in 1..h - 1 {
         let up = &d[(y - 1) * w..y * w];
         let mid = &d[y * w..(y + 1) * w];
         let dn = &d[(y + 1) * w..(y + 2) * w];
-        let o = &mut resp[y * w + 1..(y + 1) * w - 1];
-        let it = o
-            .iter_mut()
-            .zip(mid.windows(3))
-            .zip(up.windows(3).zip(dn.windows(3)));
-        for ((o, m), (u, dd)) in it {
-            let c = m[1];
-            let ixx = m[2] + m[0] - 2.0 * c;
-            let iyy = dd[1] + u[1] - 2.0 * c;
-            let ixy = 0.25 * (dd[2] - dd[0] - u[2] + u[0]);
-            *o = (ixy * ixy - ixx * iyy).max(0.0);
+        let (u0, u1, u2) = (&up[0..n], &up[1..n + 1], &up[2..n + 2]);
+        let (m0, m1, m2) = (&mid[0..n], &mid[1..n + 1], &mid[2..n + 2]);
+        let (d0, d1, d2) = (&dn[0..n], &dn[1..n + 1], &dn[2..n + 2]);
+        let o = &mut resp[y * w + 1..y * w + 1 + n];
+        for x in 0..n {
+            let c = m1[x];
+            let ixx = m2[x] + m0[x] - 2.0 * c;
+            let iyy = d1[x] + u1[x] - 2.0 * c;
+            let ixy = 0.25 * (d2[x] - d0[x] - u2[x] + u0[x]);
+            o[x] = (ixy * ixy - ixx * iyy).max(0.0);
         }
     }
     let maxr = resp.iter().fold(0.0f32, |a, &b| a.max(b)).sqrt();
-    let thr = (maxr * 0.025).max(0.05).powi(2);
+    let thr = (maxr * 0.04).max(0.05).powi(2);
     // 5x5 non-maximum suppression with a separable running max
     let rad = 2usize;
     let mut rowmax = vec![0.0f32; w * h];
     for y in 0..h {
         let r = &resp[y * w..(y + 1) * w];
         let o = &mut rowmax[y * w..(y + 1) * w];
-        for x in rad..w - rad {
-            o[x] = r[x - 2].max(r[x - 1]).max(r[x]).max(r[x + 1]).max(r[x + 2]);
+        let m = w - 4;
+        let (a, b, c, d4, e) = (
+            &r[0..m],
+            &r[1..m + 1],
+            &r[2..m + 2],
+            &r[3..m + 3],
+            &r[4..m + 4],
+        );
+        let o = &mut o[2..2 + m];
+        for x in 0..m {
+            o[x] = fmax(fmax(fmax(a[x], b[x]), fmax(c[x], d4[x])), e[x]);
         }
     }
     let mut out = Vec::new();
@@ -236,11 +252,13 @@ fn saddle_candidates(blur: &GrayImage) -> Vec<(usize, usize, f32)> {
             if r < thr {
                 continue;
             }
-            let m = rowmax[i - 2 * w]
-                .max(rowmax[i - w])
-                .max(rowmax[i])
-                .max(rowmax[i + w])
-                .max(rowmax[i + 2 * w]);
+            let m = fmax(
+                fmax(
+                    fmax(rowmax[i - 2 * w], rowmax[i - w]),
+                    fmax(rowmax[i], rowmax[i + w]),
+                ),
+                rowmax[i + 2 * w],
+            );
             if r >= m {
                 out.push((x, y, r.sqrt()));
             }
