@@ -2,6 +2,7 @@
 //! training, quantization and HIL.
 
 mod bundle_cmd;
+mod calib_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +18,14 @@ enum Cmd {
     /// Make or check a model bundle.
     #[command(subcommand)]
     Bundle(bundle_cmd::BundleCmd),
+    /// Calibrate a camera from chessboard images (pinhole or fisheye).
+    Calibrate(calib_cmd::CalibrateArgs),
+    /// Inverse perspective mapping of an image onto the ground plane.
+    Birdseye(calib_cmd::BirdseyeArgs),
+    /// Undistort images with a calibration.
+    Undistort(calib_cmd::UndistortArgs),
+    /// Time detection + calibration on a set of views (optionally beside OpenCV).
+    CalibBench(calib_cmd::CalibBenchArgs),
 }
 
 fn main() {
@@ -24,6 +33,10 @@ fn main() {
     let cli = Cli::parse();
     let r = match &cli.cmd {
         Cmd::Bundle(c) => bundle_cmd::run(c),
+        Cmd::Calibrate(a) => calib_cmd::calibrate(a),
+        Cmd::Birdseye(a) => calib_cmd::birdseye(a),
+        Cmd::Undistort(a) => calib_cmd::undistort(a),
+        Cmd::CalibBench(a) => calib_cmd::bench_calib(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -74,7 +74,9 @@ impl std::str::FromStr for Task {
             "bev" => Ok(Task::Bev),
             "features" => Ok(Task::Features),
             "classify" => Ok(Task::Classify),
-            _ => Err(format!("unknown task '{s}' (expected bev, features or classify)")),
+            _ => Err(format!(
+                "unknown task '{s}' (expected bev, features or classify)"
+            )),
         }
     }
 }
@@ -204,18 +206,9 @@ pub struct ClassSpec {
     pub color: [u8; 3],
 }
 
-/// The BEV grid a `bev` bundle predicts on (vehicle frame: x forward, y left, metres).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GridSpec {
-    pub x_min: f32,
-    pub x_max: f32,
-    pub y_min: f32,
-    pub y_max: f32,
-    pub cell: f32,
-    /// Heights (metres above ground) of the voxel levels the view transform samples.
-    pub z_levels: Vec<f32>,
-}
+/// The BEV grid a `bev` bundle predicts on (vehicle frame: x forward, y left, metres);
+/// the same type the sampling table is built from.
+pub type GridSpec = bevrt_calib::BevGrid;
 
 /// Optional post-network normalisation of `features` embeddings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -314,7 +307,10 @@ impl Manifest {
                 let Some(g) = &self.grid else {
                     return bad("task 'bev' needs a [grid] table".into());
                 };
-                if !(g.cell > 0.0 && g.x_max > g.x_min && g.y_max > g.y_min && !g.z_levels.is_empty())
+                if !(g.cell > 0.0
+                    && g.x_max > g.x_min
+                    && g.y_max > g.y_min
+                    && !g.z_levels.is_empty())
                 {
                     return bad("field 'grid': need x_max > x_min, y_max > y_min, cell > 0 and at least one z level".into());
                 }
@@ -327,7 +323,10 @@ impl Manifest {
             }
             Task::Features | Task::Classify => {
                 if self.model("model").is_none() {
-                    return bad(format!("task '{}' needs a model with role 'model'", self.task));
+                    return bad(format!(
+                        "task '{}' needs a model with role 'model'",
+                        self.task
+                    ));
                 }
             }
         }
@@ -346,7 +345,10 @@ impl Manifest {
 
 fn check_relative(path: &Path, file: &str, field: &str) -> Result<(), BundleError> {
     let p = Path::new(file);
-    if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+    if p.is_absolute()
+        || p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
         return Err(BundleError::manifest(
             path,
             format!("field '{field}': '{file}' must be a path inside the bundle"),
@@ -404,8 +406,7 @@ impl Bundle {
         if !dir.is_dir() {
             return Err(BundleError::Invalid {
                 path: dir,
-                message: "not a bundle directory (expected a directory holding bundle.toml)"
-                    .into(),
+                message: "not a bundle directory (expected a directory holding bundle.toml)".into(),
             });
         }
         let mpath = dir.join(MANIFEST_FILE);
@@ -546,7 +547,10 @@ labels = ["a", "b"]
         let e = Manifest::parse(&text, Path::new("b/bundle.toml"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("b/bundle.toml") && e.contains("input.std"), "{e}");
+        assert!(
+            e.contains("b/bundle.toml") && e.contains("input.std"),
+            "{e}"
+        );
         let text = sample().replace("task = \"classify\"", "task = \"segment\"");
         let e = Manifest::parse(&text, Path::new("b/bundle.toml"))
             .unwrap_err()
@@ -559,7 +563,9 @@ labels = ["a", "b"]
     #[test]
     fn bev_requires_grid_classes_calibration() {
         let text = sample().replace("task = \"classify\"", "task = \"bev\"");
-        let e = Manifest::parse(&text, Path::new("b")).unwrap_err().to_string();
+        let e = Manifest::parse(&text, Path::new("b"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("encoder"), "{e}");
     }
 }

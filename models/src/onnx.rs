@@ -158,8 +158,14 @@ pub fn legalize(model: &mut pb::ModelProto) -> Vec<String> {
         return vec![];
     };
     let mut ranks: std::collections::HashMap<String, usize> = Default::default();
-    for v in graph.input.iter().chain(&graph.value_info).chain(&graph.output) {
-        if let Some(pb::type_proto::Value::TensorType(tt)) = v.r#type.as_ref().and_then(|t| t.value.as_ref())
+    for v in graph
+        .input
+        .iter()
+        .chain(&graph.value_info)
+        .chain(&graph.output)
+    {
+        if let Some(pb::type_proto::Value::TensorType(tt)) =
+            v.r#type.as_ref().and_then(|t| t.value.as_ref())
             && let Some(s) = &tt.shape
         {
             ranks.insert(v.name.clone(), s.dim.len());
@@ -179,8 +185,13 @@ pub fn legalize(model: &mut pb::ModelProto) -> Vec<String> {
     let nodes = std::mem::take(&mut graph.node);
     for n in nodes {
         let rank = |i: usize| n.input.get(i).and_then(|x| ranks.get(x)).copied();
-        if n.op_type == "MatMul" && n.domain.is_empty() && rank(0) == Some(1) && rank(1) == Some(1) {
-            let (sa, sb, se) = (fresh("shape_row"), fresh("shape_col"), fresh("shape_scalar"));
+        if n.op_type == "MatMul" && n.domain.is_empty() && rank(0) == Some(1) && rank(1) == Some(1)
+        {
+            let (sa, sb, se) = (
+                fresh("shape_row"),
+                fresh("shape_col"),
+                fresh("shape_scalar"),
+            );
             new_inits.push(i64_tensor(&sa, &[1, -1]));
             new_inits.push(i64_tensor(&sb, &[-1, 1]));
             new_inits.push(i64_tensor(&se, &[]));
@@ -189,26 +200,48 @@ pub fn legalize(model: &mut pb::ModelProto) -> Vec<String> {
             out_nodes.push(node("Reshape", &[&n.input[1], &sb], &[&b2], vec![]));
             out_nodes.push(node("MatMul", &[&a2, &b2], &[&c2], vec![]));
             out_nodes.push(node("Reshape", &[&c2, &se], &[&n.output[0]], vec![]));
-            done.push(format!("MatMul '{}': 1-D x 1-D lowered to 2-D MatMul", n.name));
+            done.push(format!(
+                "MatMul '{}': 1-D x 1-D lowered to 2-D MatMul",
+                n.name
+            ));
             continue;
         }
         let training = n
             .attribute
             .iter()
             .any(|a| a.name == "training_mode" && a.i != 0);
-        if n.op_type == "BatchNormalization" && n.domain.is_empty() && training && let Some(r) = rank(0) && r >= 2 {
+        if n.op_type == "BatchNormalization"
+            && n.domain.is_empty()
+            && training
+            && let Some(r) = rank(0)
+            && r >= 2
+        {
             let eps = attr_f(&n, "epsilon").unwrap_or(1e-5);
             let momentum = attr_f(&n, "momentum").unwrap_or(0.9);
             let axes: Vec<i64> = (0..r as i64).filter(|&a| a != 1).collect();
             let x = &n.input[0];
-            let reduce = |input: &str, output: &str, out_nodes: &mut Vec<pb::NodeProto>, inits: &mut Vec<pb::TensorProto>, axes_name: &str| {
+            let reduce = |input: &str,
+                          output: &str,
+                          out_nodes: &mut Vec<pb::NodeProto>,
+                          inits: &mut Vec<pb::TensorProto>,
+                          axes_name: &str| {
                 if opset >= 18 {
                     if !inits.iter().any(|t: &pb::TensorProto| t.name == axes_name) {
                         inits.push(i64_tensor(axes_name, &axes));
                     }
-                    out_nodes.push(node("ReduceMean", &[input, axes_name], &[output], vec![attr_i("keepdims", 1)]));
+                    out_nodes.push(node(
+                        "ReduceMean",
+                        &[input, axes_name],
+                        &[output],
+                        vec![attr_i("keepdims", 1)],
+                    ));
                 } else {
-                    out_nodes.push(node("ReduceMean", &[input], &[output], vec![attr_i("keepdims", 1), attr_ints("axes", &axes)]));
+                    out_nodes.push(node(
+                        "ReduceMean",
+                        &[input],
+                        &[output],
+                        vec![attr_i("keepdims", 1), attr_ints("axes", &axes)],
+                    ));
                 }
             };
             let axes_name = fresh("axes");
@@ -223,7 +256,15 @@ pub fn legalize(model: &mut pb::ModelProto) -> Vec<String> {
             new_inits.push(i64_tensor(&bs, &bshape));
             new_inits.push(i64_tensor(&flat, &[-1]));
             new_inits.push(f32_tensor(&epsn, &[eps]));
-            let (ve, sd, norm, sc, scb, bb, y) = (fresh("ve"), fresh("sd"), fresh("norm"), fresh("scale"), fresh("scaled"), fresh("bias"), n.output[0].clone());
+            let (ve, sd, norm, sc, scb, bb, y) = (
+                fresh("ve"),
+                fresh("sd"),
+                fresh("norm"),
+                fresh("scale"),
+                fresh("scaled"),
+                fresh("bias"),
+                n.output[0].clone(),
+            );
             out_nodes.push(node("Add", &[&var, &epsn], &[&ve], vec![]));
             out_nodes.push(node("Sqrt", &[&ve], &[&sd], vec![]));
             out_nodes.push(node("Div", &[&d, &sd], &[&norm], vec![]));
@@ -235,15 +276,22 @@ pub fn legalize(model: &mut pb::ModelProto) -> Vec<String> {
             new_inits.push(f32_tensor(&mom, &[momentum]));
             new_inits.push(f32_tensor(&one_m, &[1.0 - momentum]));
             for (k, stat, running) in [(1usize, &mean, 3usize), (2, &var, 4)] {
-                let Some(out) = n.output.get(k).filter(|o| !o.is_empty()) else { continue };
-                let Some(run_in) = n.input.get(running) else { continue };
+                let Some(out) = n.output.get(k).filter(|o| !o.is_empty()) else {
+                    continue;
+                };
+                let Some(run_in) = n.input.get(running) else {
+                    continue;
+                };
                 let (sf, a, b) = (fresh("stat"), fresh("old"), fresh("new"));
                 out_nodes.push(node("Reshape", &[stat, &flat], &[&sf], vec![]));
                 out_nodes.push(node("Mul", &[run_in, &mom], &[&a], vec![]));
                 out_nodes.push(node("Mul", &[&sf, &one_m], &[&b], vec![]));
                 out_nodes.push(node("Add", &[&a, &b], &[out], vec![]));
             }
-            done.push(format!("BatchNormalization '{}': training mode lowered to batch statistics", n.name));
+            done.push(format!(
+                "BatchNormalization '{}': training mode lowered to batch statistics",
+                n.name
+            ));
             continue;
         }
         out_nodes.push(n);
@@ -265,30 +313,54 @@ fn float_softmax(graph: &mut pb::GraphProto, opset: i64) -> Vec<String> {
     let mut out = Vec::with_capacity(graph.node.len());
     let mut inits = vec![];
     for (k, n) in std::mem::take(&mut graph.node).into_iter().enumerate() {
-        if n.op_type != "Softmax" || !n.domain.is_empty() || !n.output.first().is_some_and(|o| quantized.contains(o)) {
+        if n.op_type != "Softmax"
+            || !n.domain.is_empty()
+            || !n.output.first().is_some_and(|o| quantized.contains(o))
+        {
             out.push(n);
             continue;
         }
         let default_axis = if opset < 13 { 1 } else { -1 };
-        let axis = n.attribute.iter().find(|a| a.name == "axis").map(|a| a.i).unwrap_or(default_axis);
+        let axis = n
+            .attribute
+            .iter()
+            .find(|a| a.name == "axis")
+            .map(|a| a.i)
+            .unwrap_or(default_axis);
         let (x, y) = (n.input[0].clone(), n.output[0].clone());
         let t = |s: &str| format!("{y}__bevrt_softmax{k}_{s}");
         // opset < 13 softmax works on the input flattened to 2-D at `axis`.
         let (src, red_axis) = if opset < 13 {
-            out.push(node("Flatten", &[&x], &[&t("flat")], vec![attr_i("axis", axis)]));
+            out.push(node(
+                "Flatten",
+                &[&x],
+                &[&t("flat")],
+                vec![attr_i("axis", axis)],
+            ));
             (t("flat"), 1)
         } else {
             (x.clone(), axis)
         };
         let axes_name = t("axes");
         inits.push(i64_tensor(&axes_name, &[red_axis]));
-        let reduce = |op: &str, input: &str, output: &str, as_input: bool, out: &mut Vec<pb::NodeProto>| {
-            if as_input {
-                out.push(node(op, &[input, &axes_name], &[output], vec![attr_i("keepdims", 1)]));
-            } else {
-                out.push(node(op, &[input], &[output], vec![attr_i("keepdims", 1), attr_ints("axes", &[red_axis])]));
-            }
-        };
+        let reduce =
+            |op: &str, input: &str, output: &str, as_input: bool, out: &mut Vec<pb::NodeProto>| {
+                if as_input {
+                    out.push(node(
+                        op,
+                        &[input, &axes_name],
+                        &[output],
+                        vec![attr_i("keepdims", 1)],
+                    ));
+                } else {
+                    out.push(node(
+                        op,
+                        &[input],
+                        &[output],
+                        vec![attr_i("keepdims", 1), attr_ints("axes", &[red_axis])],
+                    ));
+                }
+            };
         reduce("ReduceMax", &src, &t("max"), opset >= 18, &mut out);
         out.push(node("Sub", &[&src, &t("max")], &[&t("shifted")], vec![]));
         out.push(node("Exp", &[&t("shifted")], &[&t("exp")], vec![]));
@@ -300,14 +372,22 @@ fn float_softmax(graph: &mut pb::GraphProto, opset: i64) -> Vec<String> {
         } else {
             out.push(node("Div", &[&t("exp"), &t("sum")], &[&y], vec![]));
         }
-        done.push(format!("Softmax '{}': quantized output, spelled out in float", n.name));
+        done.push(format!(
+            "Softmax '{}': quantized output, spelled out in float",
+            n.name
+        ));
     }
     graph.node = out;
     graph.initializer.extend(inits);
     done
 }
 
-fn node(op: &str, inputs: &[&str], outputs: &[&str], attribute: Vec<pb::AttributeProto>) -> pb::NodeProto {
+fn node(
+    op: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attribute: Vec<pb::AttributeProto>,
+) -> pb::NodeProto {
     pb::NodeProto {
         input: inputs.iter().map(|s| s.to_string()).collect(),
         output: outputs.iter().map(|s| s.to_string()).collect(),
@@ -361,9 +441,7 @@ fn f32_tensor(name: &str, v: &[f32]) -> pb::TensorProto {
 }
 
 /// Read, legalize and parse an ONNX file into tract's inference model.
-pub fn load_for_tract(
-    path: &Path,
-) -> Result<tract_onnx::prelude::InferenceModel, OnnxError> {
+pub fn load_for_tract(path: &Path) -> Result<tract_onnx::prelude::InferenceModel, OnnxError> {
     let mut proto = read_proto(path)?;
     for r in legalize(&mut proto) {
         log::debug!("{}: {r}", path.display());

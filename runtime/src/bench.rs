@@ -26,7 +26,11 @@ pub fn synthetic_frame(width: u32, height: u32) -> Frame {
     for y in 0..height as usize {
         for x in 0..width as usize {
             let i = (y * width as usize + x) * 3;
-            let checker = if ((x / 16) + (y / 16)) % 2 == 0 { 40 } else { 0 };
+            let checker = if ((x / 16) + (y / 16)) % 2 == 0 {
+                40
+            } else {
+                0
+            };
             f.data[i] = ((x * 255) / width as usize) as u8;
             f.data[i + 1] = ((y * 255) / height as usize) as u8;
             f.data[i + 2] = 128u8.wrapping_add(checker);
@@ -101,7 +105,11 @@ pub fn run_ort_peer(
     iters: usize,
     warmup: usize,
 ) -> anyhow::Result<PeerReport> {
-    let shape_s = shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
+    let shape_s = shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let out = std::process::Command::new("python3")
         .arg(script)
         .args(["--model"])

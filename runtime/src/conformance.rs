@@ -12,8 +12,8 @@ use serde::Serialize;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use tract_onnx::prelude::*;
-use tract_onnx::tract_hir;
 use tract_onnx::tract_core::internal::bail;
+use tract_onnx::tract_hir;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "status", rename_all = "lowercase")]
@@ -70,7 +70,9 @@ pub fn list_cases(suite: &Path, filter: Option<&str>) -> anyhow::Result<Vec<Path
         anyhow::bail!(
             "{}: no cases (directories with model.onnx){}",
             suite.display(),
-            filter.map(|f| format!(" matching '{f}'")).unwrap_or_default()
+            filter
+                .map(|f| format!(" matching '{f}'"))
+                .unwrap_or_default()
         );
     }
     Ok(v)
@@ -91,7 +93,7 @@ fn load_pbs(dir: &Path, prefix: &str) -> Result<Vec<Tensor>, String> {
             &proto,
             None,
         )
-            .map_err(|e| format!("{}: {e:#}", p.display()))?;
+        .map_err(|e| format!("{}: {e:#}", p.display()))?;
         out.push(t);
     }
     Ok(out)
@@ -114,7 +116,11 @@ impl Mode {
     }
 }
 
-fn prepare(model_path: &Path, inputs: &[Tensor], mode: Mode) -> TractResult<(Arc<TypedSimplePlan>, TVec<TValue>)> {
+fn prepare(
+    model_path: &Path,
+    inputs: &[Tensor],
+    mode: Mode,
+) -> TractResult<(Arc<TypedSimplePlan>, TVec<TValue>)> {
     let mut model = bevrt_models::load_for_tract(model_path)?;
     let outlets = model.input_outlets()?.to_vec();
     if outlets.len() != inputs.len() {
@@ -138,7 +144,9 @@ fn prepare(model_path: &Path, inputs: &[Tensor], mode: Mode) -> TractResult<(Arc
             run_inputs.push(t.clone().into_tvalue());
         } else {
             let node = model.node_mut(o.node);
-            node.op = Box::new(tract_hir::ops::konst::Const::new(t.clone().into_arc_tensor())?);
+            node.op = Box::new(tract_hir::ops::konst::Const::new(
+                t.clone().into_arc_tensor(),
+            )?);
             node.outputs[0].fact = InferenceFact::from(t.clone());
         }
     }
@@ -151,15 +159,27 @@ fn prepare(model_path: &Path, inputs: &[Tensor], mode: Mode) -> TractResult<(Arc
 
 fn compare(got: &Tensor, want: &Tensor) -> Result<(), String> {
     if got.shape() != want.shape() {
-        return Err(format!("shape {:?}, expected {:?}", got.shape(), want.shape()));
+        return Err(format!(
+            "shape {:?}, expected {:?}",
+            got.shape(),
+            want.shape()
+        ));
     }
     let dt = want.datum_type();
     if dt == DatumType::String {
-        return if got == want { Ok(()) } else { Err("string values differ".into()) };
+        return if got == want {
+            Ok(())
+        } else {
+            Err("string values differ".into())
+        };
     }
     let exact = !dt.is_float();
-    let a = got.cast_to::<f64>().map_err(|e| format!("cannot compare {:?}: {e}", got.datum_type()))?;
-    let b = want.cast_to::<f64>().map_err(|e| format!("cannot compare {dt:?}: {e}"))?;
+    let a = got
+        .cast_to::<f64>()
+        .map_err(|e| format!("cannot compare {:?}: {e}", got.datum_type()))?;
+    let b = want
+        .cast_to::<f64>()
+        .map_err(|e| format!("cannot compare {dt:?}: {e}"))?;
     let (av, bv) = (
         a.try_as_plain_ram().map_err(|e| e.to_string())?,
         b.try_as_plain_ram().map_err(|e| e.to_string())?,
@@ -185,16 +205,30 @@ fn compare(got: &Tensor, want: &Tensor) -> Result<(), String> {
 pub fn run_case_cpu(case: &Path) -> Outcome {
     let data = case.join("test_data_set_0");
     if !data.is_dir() {
-        return Outcome::Skip { reason: "no test_data_set_0".into() };
+        return Outcome::Skip {
+            reason: "no test_data_set_0".into(),
+        };
     }
     let inputs = match load_pbs(&data, "input") {
         Ok(v) => v,
-        Err(e) => return Outcome::Skip { reason: format!("cannot load inputs: {e}") },
+        Err(e) => {
+            return Outcome::Skip {
+                reason: format!("cannot load inputs: {e}"),
+            };
+        }
     };
     let expected = match load_pbs(&data, "output") {
         Ok(v) if !v.is_empty() => v,
-        Ok(_) => return Outcome::Skip { reason: "no expected outputs".into() },
-        Err(e) => return Outcome::Skip { reason: format!("cannot load outputs: {e}") },
+        Ok(_) => {
+            return Outcome::Skip {
+                reason: "no expected outputs".into(),
+            };
+        }
+        Err(e) => {
+            return Outcome::Skip {
+                reason: format!("cannot load outputs: {e}"),
+            };
+        }
     };
     let model_path = case.join("model.onnx");
     let mut first_err = None;
@@ -223,12 +257,16 @@ pub fn run_case_cpu(case: &Path) -> Outcome {
         }
         for (k, (g, w)) in got.iter().zip(&expected).enumerate() {
             if let Err(e) = compare(g, w) {
-                return Outcome::Fail { reason: format!("output {k}: {e} (mode {})", mode.name()) };
+                return Outcome::Fail {
+                    reason: format!("output {k}: {e} (mode {})", mode.name()),
+                };
             }
         }
         return Outcome::Pass { mode: mode.name() };
     }
-    Outcome::Fail { reason: first_err.unwrap_or_else(|| "no mode could run".into()) }
+    Outcome::Fail {
+        reason: first_err.unwrap_or_else(|| "no mode could run".into()),
+    }
 }
 
 fn one_line(s: &str) -> String {
@@ -250,7 +288,10 @@ pub fn run_suite(cases: &[PathBuf], mut progress: impl FnMut(&CaseResult)) -> Ve
     std::panic::set_hook(Box::new(|_| {}));
     let mut out = Vec::with_capacity(cases.len());
     for c in cases {
-        let name = c.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = c
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| run_case_cpu(c))) {
             Ok(o) => o,
             Err(p) => {
@@ -259,7 +300,9 @@ pub fn run_suite(cases: &[PathBuf], mut progress: impl FnMut(&CaseResult)) -> Ve
                     .cloned()
                     .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "unknown panic".into());
-                Outcome::Fail { reason: format!("engine panicked: {}", one_line(&msg)) }
+                Outcome::Fail {
+                    reason: format!("engine panicked: {}", one_line(&msg)),
+                }
             }
         };
         let r = CaseResult { name, outcome };

@@ -298,7 +298,11 @@ fn cmd_demo(a: DemoArgs) -> anyhow::Result<()> {
         let label = v["label"].as_str().unwrap_or("?");
         let i: usize = f[4..5].parse().unwrap_or(0);
         let upright = ort[i * 2] >= ort[i * 2 + 1];
-        let truth = if upright != f.contains("_180") { "0" } else { "180" };
+        let truth = if upright != f.contains("_180") {
+            "0"
+        } else {
+            "180"
+        };
         correct += (label == truth) as usize;
         println!(
             "{f:<21} {label:>9}  {:.3}  {truth:>8}",
@@ -333,7 +337,9 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<()> {
     let r = bench::run(be.as_mut(), &frame, a.frames, a.warmup)?;
     let peer = if a.peer_onnxruntime {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/ort_peer.py");
-        let model = bundle.model_path("model").context("bundle has no 'model' file")?;
+        let model = bundle
+            .model_path("model")
+            .context("bundle has no 'model' file")?;
         Some(bench::run_ort_peer(
             &script,
             &model,
@@ -352,7 +358,10 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    println!("bundle {} on {} ({} frames, frame {})", bundle.manifest.name, r.backend, r.frames, r.frame);
+    println!(
+        "bundle {} on {} ({} frames, frame {})",
+        bundle.manifest.name, r.backend, r.frames, r.frame
+    );
     println!("stage          mean ms   p50 ms   p99 ms   max ms");
     for (n, s) in [
         ("preprocess", r.preprocess),
@@ -386,13 +395,21 @@ fn cmd_info(a: InfoArgs) -> anyhow::Result<()> {
     println!("cuda: {}", backend::cuda::probe().summary());
     println!(
         "cuda executor in this build: {}",
-        if backend::cuda::EXECUTOR_BUILT { "yes" } else { "no (CPU backend only)" }
+        if backend::cuda::EXECUTOR_BUILT {
+            "yes"
+        } else {
+            "no (CPU backend only)"
+        }
     );
     let mut videos: Vec<_> = std::fs::read_dir("/dev")
         .map(|rd| {
             rd.filter_map(Result::ok)
                 .map(|e| e.path())
-                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("video")))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("video"))
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -402,21 +419,40 @@ fn cmd_info(a: InfoArgs) -> anyhow::Result<()> {
         if videos.is_empty() {
             "no /dev/video* devices".to_string()
         } else {
-            videos.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            videos
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         },
-        if cfg!(feature = "v4l") { "built in" } else { "not built in: --features v4l" }
+        if cfg!(feature = "v4l") {
+            "built in"
+        } else {
+            "not built in: --features v4l"
+        }
     );
     if let Some(b) = a.bundle {
         let bundle = Bundle::load_unverified(&b)?;
         let m = &bundle.manifest;
-        println!("bundle: {} {} (task {}) at {}", m.name, m.version, m.task, b.display());
+        println!(
+            "bundle: {} {} (task {}) at {}",
+            m.name,
+            m.version,
+            m.task,
+            b.display()
+        );
         match bundle.verify() {
             Ok(()) => println!("  files: all sha256 match"),
             Err(e) => println!("  files: {e}"),
         }
         println!(
             "  input: {}x{} {:?} {:?} mean {:?} std {:?}",
-            m.input.width, m.input.height, m.input.channels, m.input.layout, m.input.mean, m.input.std
+            m.input.width,
+            m.input.height,
+            m.input.channels,
+            m.input.layout,
+            m.input.mean,
+            m.input.std
         );
         for f in &m.models {
             let p = bundle.dir.join(&f.file);
@@ -426,7 +462,10 @@ fn cmd_info(a: InfoArgs) -> anyhow::Result<()> {
                     f.role,
                     f.file,
                     s.opset,
-                    s.inputs.iter().map(|i| (&i.name, &i.dims)).collect::<Vec<_>>(),
+                    s.inputs
+                        .iter()
+                        .map(|i| (&i.name, &i.dims))
+                        .collect::<Vec<_>>(),
                     s.outputs.iter().map(|i| &i.name).collect::<Vec<_>>(),
                     s.ops.join(" ")
                 ),
@@ -434,10 +473,20 @@ fn cmd_info(a: InfoArgs) -> anyhow::Result<()> {
             }
         }
         if let Some(g) = &m.grid {
-            println!("  grid: x {}..{} y {}..{} cell {} levels {:?}", g.x_min, g.x_max, g.y_min, g.y_max, g.cell, g.z_levels);
+            println!(
+                "  grid: x {}..{} y {}..{} cell {} levels {:?}",
+                g.x_min, g.x_max, g.y_min, g.y_max, g.cell, g.z_levels
+            );
         }
         if !m.classes.is_empty() {
-            println!("  classes: {}", m.classes.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "));
+            println!(
+                "  classes: {}",
+                m.classes
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
     }
     Ok(())
@@ -447,7 +496,8 @@ fn cmd_conformance(a: ConformanceArgs) -> anyhow::Result<()> {
     if a.backend != BackendKind::Cpu {
         // The CUDA executor is not in this build: say so instead of running on CPU.
         let probe = backend::cuda::probe();
-        if a.backend == BackendKind::Cuda || matches!(probe, backend::cuda::CudaProbe::Available(_)) {
+        if a.backend == BackendKind::Cuda || matches!(probe, backend::cuda::CudaProbe::Available(_))
+        {
             anyhow::bail!(
                 "conformance --backend {:?}: no CUDA executor in this build ({}); use --backend cpu",
                 a.backend,
@@ -465,6 +515,9 @@ fn cmd_conformance(a: ConformanceArgs) -> anyhow::Result<()> {
         }
     });
     let s = conformance::summarize(&results);
-    println!("{} passed, {} failed, {} skipped", s.passed, s.failed, s.skipped);
+    println!(
+        "{} passed, {} failed, {} skipped",
+        s.passed, s.failed, s.skipped
+    );
     Ok(())
 }

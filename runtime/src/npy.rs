@@ -8,7 +8,10 @@ use std::path::Path;
 pub fn write_header(w: &mut impl Write, descr: &str, shape: &[usize]) -> std::io::Result<()> {
     let mut dict = [0u8; 128];
     let mut cur = std::io::Cursor::new(&mut dict[..]);
-    write!(cur, "{{'descr': '{descr}', 'fortran_order': False, 'shape': (")?;
+    write!(
+        cur,
+        "{{'descr': '{descr}', 'fortran_order': False, 'shape': ("
+    )?;
     for (i, d) in shape.iter().enumerate() {
         write!(cur, "{d}")?;
         if i + 1 < shape.len() || shape.len() == 1 {
@@ -59,10 +62,16 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), String> {
         ),
         v => return Err(err(format!("npy version {v} not supported"))),
     };
-    let header = std::str::from_utf8(bytes.get(start..start + hlen).ok_or_else(|| err("truncated header".into()))?)
-        .map_err(|_| err("header is not text".into()))?;
+    let header = std::str::from_utf8(
+        bytes
+            .get(start..start + hlen)
+            .ok_or_else(|| err("truncated header".into()))?,
+    )
+    .map_err(|_| err("header is not text".into()))?;
     if !header.contains("'descr': '<f4'") {
-        return Err(err(format!("need little-endian float32, header is {header}")));
+        return Err(err(format!(
+            "need little-endian float32, header is {header}"
+        )));
     }
     if header.contains("'fortran_order': True") {
         return Err(err("Fortran order not supported".into()));
@@ -76,7 +85,10 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| err(format!("bad shape '{shape_txt}'"))))
+        .map(|s| {
+            s.parse()
+                .map_err(|_| err(format!("bad shape '{shape_txt}'")))
+        })
         .collect::<Result<_, _>>()?;
     let n: usize = shape.iter().product();
     let body = &bytes[start + hlen..];

@@ -11,7 +11,7 @@
 use crate::alloc_count;
 use crate::backend::Backend;
 use crate::frame::Frame;
-use crate::metrics::{Histogram, Stage, StageHistograms, StageSummary, STAGES};
+use crate::metrics::{Histogram, STAGES, Stage, StageHistograms, StageSummary};
 use crate::postprocess::FrameResult;
 use crate::queue::{BoundedQueue, Pop};
 use crate::sink::Sink;
@@ -125,8 +125,13 @@ impl RunReport {
     pub fn line(&self) -> String {
         let s = |k: &str| self.stages.get(k).copied();
         let fmt = |k: &str| {
-            s(k).map(|v| format!("{k} p50 {:.2} p99 {:.2} max {:.2} ms", v.p50_ms, v.p99_ms, v.max_ms))
-                .unwrap_or_default()
+            s(k).map(|v| {
+                format!(
+                    "{k} p50 {:.2} p99 {:.2} max {:.2} ms",
+                    v.p50_ms, v.p99_ms, v.max_ms
+                )
+            })
+            .unwrap_or_default()
         };
         format!(
             "frames {} ({:.1} fps), drops {}, source errors {}, inference errors {}, sink dropped {} errors {} | {} | {} | {}",
@@ -147,7 +152,11 @@ impl RunReport {
 pub fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .map(|pages| pages * 4)
         .unwrap_or(0)
 }
@@ -177,6 +186,13 @@ pub fn run(
     let template = backend.new_result();
     for _ in 0..RESULT_QUEUE {
         let _ = free_results.try_push(Box::new(template.clone()));
+    }
+    if let Some(p) = &opts.calibration {
+        // The starting calibration must be valid; later changes may fail and are kept out.
+        let msg = backend
+            .set_calibration(p)
+            .map_err(|e| anyhow::anyhow!("calibration {}: {e:#}", p.display()))?;
+        log::info!("calibration: {msg}");
     }
     let source_name = source.describe();
     let backend_name = backend.describe();
@@ -295,7 +311,10 @@ pub fn run(
                         c.sink_written.fetch_add(1, Ordering::Relaxed);
                     }
                     let dt = t0.elapsed().as_nanos() as u64;
-                    sink_hist.lock().unwrap_or_else(|p| p.into_inner()).record(dt);
+                    sink_hist
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .record(dt);
                     n += 1;
                     if n > WARMUP_FRAMES {
                         c.sink_allocs
@@ -323,17 +342,22 @@ pub fn run(
     let mut rss_after_warmup = 0u64;
     let mut last_report = Instant::now();
     let mut metrics = match &opts.metrics_out {
-        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(
-            |e| anyhow::anyhow!("{}: cannot create: {e}", p.display()),
-        )?)),
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p)
+                .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", p.display()))?,
+        )),
         None => None,
     };
     let mut calib_watch = opts.calibration.as_ref().map(|p| (p.clone(), mtime(p)));
     let mut last_calib_check = Instant::now();
     let mut processed = 0u64;
 
-    let report = |hist: &StageHistograms, c: &Counters, elapsed: f64, allocs: AllocReport,
-                  rss_w: u64, ended: String| {
+    let report = |hist: &StageHistograms,
+                  c: &Counters,
+                  elapsed: f64,
+                  allocs: AllocReport,
+                  rss_w: u64,
+                  ended: String| {
         let mut stages = BTreeMap::new();
         let sink = sink_hist.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for (s, name) in STAGES {
@@ -355,7 +379,11 @@ pub fn run(
             sink_errors: c.sink_errors.load(Ordering::Relaxed),
             calibration_reloads: c.calib_reloads.load(Ordering::Relaxed),
             calibration_errors: c.calib_errors.load(Ordering::Relaxed),
-            fps: if elapsed > 0.0 { processed as f64 / elapsed } else { 0.0 },
+            fps: if elapsed > 0.0 {
+                processed as f64 / elapsed
+            } else {
+                0.0
+            },
             stages,
             allocations: allocs,
             rss_kib_after_warmup: rss_w,

@@ -57,7 +57,8 @@ impl FrameResult {
         self.seq = o.seq;
         self.timestamp_ns = o.timestamp_ns;
         if self.outputs.len() != o.outputs.len() {
-            self.outputs.resize_with(o.outputs.len(), OutputTensor::default);
+            self.outputs
+                .resize_with(o.outputs.len(), OutputTensor::default);
         }
         for (d, s) in self.outputs.iter_mut().zip(&o.outputs) {
             if d.name != s.name {
@@ -139,7 +140,10 @@ pub fn bev_argmax(logits: &[f32], classes: usize, h: usize, w: usize, class_map:
 pub fn colourise(class_map: &[u8], classes: &[ClassSpec], rgb: &mut [u8]) {
     assert_eq!(rgb.len(), class_map.len() * 3);
     for (px, &c) in rgb.chunks_exact_mut(3).zip(class_map) {
-        let col = classes.get(c as usize).map(|s| s.color).unwrap_or([0, 0, 0]);
+        let col = classes
+            .get(c as usize)
+            .map(|s| s.color)
+            .unwrap_or([0, 0, 0]);
         px.copy_from_slice(&col);
     }
 }
@@ -166,8 +170,14 @@ mod tests {
         bev_argmax(&logits, 2, 1, 2, &mut map);
         assert_eq!(map, [1, 0]);
         let classes = vec![
-            ClassSpec { name: "a".into(), color: [1, 2, 3] },
-            ClassSpec { name: "b".into(), color: [4, 5, 6] },
+            ClassSpec {
+                name: "a".into(),
+                color: [1, 2, 3],
+            },
+            ClassSpec {
+                name: "b".into(),
+                color: [4, 5, 6],
+            },
         ];
         let mut rgb = [0u8; 6];
         colourise(&map, &classes, &mut rgb);

@@ -158,11 +158,20 @@ mod tests {
         let q2 = q.clone();
         let t = std::thread::spawn(move || q2.push_blocking(2));
         std::thread::sleep(Duration::from_millis(20));
-        assert!(matches!(q.pop_timeout(Duration::from_millis(100)), Pop::Item(1)));
+        assert!(matches!(
+            q.pop_timeout(Duration::from_millis(100)),
+            Pop::Item(1)
+        ));
         assert!(t.join().unwrap().is_ok());
-        assert!(matches!(q.pop_timeout(Duration::from_millis(100)), Pop::Item(2)));
+        assert!(matches!(
+            q.pop_timeout(Duration::from_millis(100)),
+            Pop::Item(2)
+        ));
         q.close();
-        assert!(matches!(q.pop_timeout(Duration::from_millis(10)), Pop::Closed));
+        assert!(matches!(
+            q.pop_timeout(Duration::from_millis(10)),
+            Pop::Closed
+        ));
         assert!(q.push_blocking(3).is_err());
     }
 }

@@ -248,7 +248,10 @@ pub fn build(
         v.push(match k {
             SinkKind::Png => {
                 if manifest.task != Task::Bev {
-                    anyhow::bail!("sink 'png' writes BEV class maps; this bundle is '{}'", manifest.task);
+                    anyhow::bail!(
+                        "sink 'png' writes BEV class maps; this bundle is '{}'",
+                        manifest.task
+                    );
                 }
                 Box::new(ClassMapPngSink::new(out)?)
             }

@@ -14,7 +14,11 @@ static ALLOC: bevrt_runtime::alloc_count::CountingAlloc = bevrt_runtime::alloc_c
 fn replay_500_frames_allocation_free() {
     let Some(shared) = shared_dir() else { return };
     let dir = scratch("alloc");
-    let b = classifier_bundle(&shared, "ch_ppocr_mobile_v2.0_cls_infer.onnx", &dir.join("b"));
+    let b = classifier_bundle(
+        &shared,
+        "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        &dir.join("b"),
+    );
     // 500 raw YUYV camera frames (320x120); 20 distinct frames, each file written once and
     // referenced 25 times by the index.
     let (w, h) = (320u32, 120u32);
@@ -60,18 +64,29 @@ fn replay_500_frames_allocation_free() {
     )
     .unwrap();
     let out = dir.join("out");
-    let sinks = sink::build(&[sink::SinkKind::Jsonl, sink::SinkKind::Npy], &out, &bundle.manifest, 1)
-        .unwrap();
+    let sinks = sink::build(
+        &[sink::SinkKind::Jsonl, sink::SinkKind::Npy],
+        &out,
+        &bundle.manifest,
+        1,
+    )
+    .unwrap();
     let r = pipeline::run(src, be, sinks, &Default::default()).unwrap();
     eprintln!("{}", serde_json::to_string_pretty(&r.allocations).unwrap());
-    eprintln!("rss after warm-up {} KiB, at end {} KiB", r.rss_kib_after_warmup, r.rss_kib_end);
+    eprintln!(
+        "rss after warm-up {} KiB, at end {} KiB",
+        r.rss_kib_after_warmup, r.rss_kib_end
+    );
     assert_eq!(r.frames_processed, 500);
     assert_eq!(r.source_errors + r.inference_errors + r.sink_errors, 0);
     assert_eq!(r.sink_written + r.sink_dropped, 500);
     let a = &r.allocations;
     assert!(a.measured, "counting allocator not active");
     assert_eq!(a.capture_per_frame, 0.0, "capture allocates per frame");
-    assert_eq!(a.inference_own_per_frame, 0.0, "preprocess/postprocess/hand-over allocate");
+    assert_eq!(
+        a.inference_own_per_frame, 0.0,
+        "preprocess/postprocess/hand-over allocate"
+    );
     assert_eq!(a.sink_per_frame, 0.0, "jsonl/npy sinks allocate per frame");
     assert!(
         r.rss_kib_end <= r.rss_kib_after_warmup + 2048,

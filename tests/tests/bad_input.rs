@@ -20,13 +20,23 @@ fn assert_clean_failure(args: &[&str], must_contain: &[&str]) {
 fn bundle(name: &str) -> Option<std::path::PathBuf> {
     let shared = shared_dir()?;
     let dir = scratch(name);
-    Some(classifier_bundle(&shared, "ch_ppocr_mobile_v2.0_cls_infer.onnx", &dir.join("b")))
+    Some(classifier_bundle(
+        &shared,
+        "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        &dir.join("b"),
+    ))
 }
 
 #[test]
 fn missing_bundle_and_missing_model_file() {
     assert_clean_failure(
-        &["run", "--bundle", "/nonexistent/bundle", "--source", "images:/tmp/*.png"],
+        &[
+            "run",
+            "--bundle",
+            "/nonexistent/bundle",
+            "--source",
+            "images:/tmp/*.png",
+        ],
         &["/nonexistent/bundle"],
     );
     let Some(b) = bundle("missing") else { return };
@@ -44,9 +54,18 @@ fn hash_mismatch_names_the_file() {
     bytes[n / 2] ^= 0xFF;
     std::fs::write(&p, bytes).unwrap();
     let e = Bundle::load(&b).unwrap_err().to_string();
-    assert!(e.contains("model.onnx") && e.contains("sha256 mismatch"), "{e}");
+    assert!(
+        e.contains("model.onnx") && e.contains("sha256 mismatch"),
+        "{e}"
+    );
     assert_clean_failure(
-        &["run", "--bundle", b.to_str().unwrap(), "--source", "images:/tmp/*.png"],
+        &[
+            "run",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--source",
+            "images:/tmp/*.png",
+        ],
         &["model.onnx", "sha256 mismatch"],
     );
 }
@@ -81,12 +100,25 @@ fn truncated_and_corrupted_onnx() {
         .to_string();
     assert!(e.contains("model.onnx"), "{e}");
     assert_clean_failure(
-        &["run", "--bundle", b.to_str().unwrap(), "--source", "images:/tmp/*.png", "--backend", "cpu"],
+        &[
+            "run",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--source",
+            "images:/tmp/*.png",
+            "--backend",
+            "cpu",
+        ],
         &["model.onnx"],
     );
     with_model_bytes(&b, b"this is not a protobuf at all \xff\xfe\x00\x01");
-    let e = bevrt_models::inspect(&b.join("model.onnx")).unwrap_err().to_string();
-    assert!(e.contains("model.onnx") && e.contains("cannot load ONNX model"), "{e}");
+    let e = bevrt_models::inspect(&b.join("model.onnx"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model.onnx") && e.contains("cannot load ONNX model"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -107,14 +139,22 @@ fn malformed_manifest_names_file_and_field() {
 #[test]
 fn unknown_scheme_and_missing_v4l_device() {
     let e = source::open("rtsp://camera/1").err().unwrap();
-    assert!(e.to_string().contains("unknown source scheme 'rtsp'"), "{e}");
-    let e = source::open("v4l:/dev/video97?width=640&height=480").err().unwrap();
+    assert!(
+        e.to_string().contains("unknown source scheme 'rtsp'"),
+        "{e}"
+    );
+    let e = source::open("v4l:/dev/video97?width=640&height=480")
+        .err()
+        .unwrap();
     assert!(matches!(e, SourceError::Open { .. }), "{e:?}");
     assert!(e.to_string().contains("/dev/video97"), "{e}");
     let e = source::open("images:/nonexistent/dir/*.png").err().unwrap();
     assert!(e.to_string().contains("/nonexistent/dir/*.png"), "{e}");
     let e = source::open("replay:/nonexistent/rec").err().unwrap();
-    assert!(e.to_string().contains("/nonexistent/rec/recording.toml"), "{e}");
+    assert!(
+        e.to_string().contains("/nonexistent/rec/recording.toml"),
+        "{e}"
+    );
     assert_clean_failure(
         &["run", "--bundle", "/nonexistent", "--source", "ftp:x"],
         &["/nonexistent"],
@@ -142,7 +182,8 @@ fn truncated_jpeg_mid_replay_is_skipped_and_counted() {
     .unwrap();
     let mut jpegs = vec![];
     for i in 0..6u8 {
-        let img = image::RgbImage::from_fn(192, 48, |x, y| image::Rgb([x as u8, y as u8 * 4, i * 40]));
+        let img =
+            image::RgbImage::from_fn(192, 48, |x, y| image::Rgb([x as u8, y as u8 * 4, i * 40]));
         let mut buf = std::io::Cursor::new(Vec::new());
         img.write_to(&mut buf, image::ImageFormat::Jpeg).unwrap();
         let mut bytes = buf.into_inner();
@@ -167,7 +208,11 @@ fn truncated_jpeg_mid_replay_is_skipped_and_counted() {
     let lines = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
     let seqs: Vec<u64> = lines
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(seqs, vec![0, 1, 3, 4, 5], "every good frame kept, in order");
 }

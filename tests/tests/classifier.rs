@@ -41,7 +41,11 @@ fn check(model_file: &str, reference: &str, tol: f32) {
 
 #[test]
 fn fp32_matches_onnxruntime_within_1e4() {
-    check("ch_ppocr_mobile_v2.0_cls_infer.onnx", "cls_output_fp32_4x2.npy", 1e-4);
+    check(
+        "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        "cls_output_fp32_4x2.npy",
+        1e-4,
+    );
 }
 
 #[test]

@@ -69,7 +69,11 @@ impl CpuNetwork {
                 .shape
                 .as_concrete()
                 .with_context(|| {
-                    format!("{}: output shape {:?} is not static", path.display(), fact.shape)
+                    format!(
+                        "{}: output shape {:?} is not static",
+                        path.display(),
+                        fact.shape
+                    )
                 })?
                 .to_vec();
             output_shapes.push(s);
@@ -135,6 +139,7 @@ pub struct CpuBackend {
     net: CpuNetwork,
     outputs: Vec<OutputTensor>,
     threads: usize,
+    calibration: Option<bevrt_calib::Calibration>,
 }
 
 impl CpuBackend {
@@ -163,6 +168,7 @@ impl CpuBackend {
             net,
             outputs,
             threads: opts.threads,
+            calibration: None,
         })
     }
 }
@@ -181,7 +187,12 @@ impl Backend for CpuBackend {
         let size = (frame.width, frame.height);
         if self.plan.as_ref().map(|p| p.input_size()) != Some(size) {
             // First frame, or the camera changed resolution: new taps (allocates, rare).
-            log::info!("preprocess: frames are {}x{} {}", size.0, size.1, frame.format);
+            log::info!(
+                "preprocess: frames are {}x{} {}",
+                size.0,
+                size.1,
+                frame.format
+            );
             self.plan = Some(PreprocessPlan::new(&self.spec, size.0, size.1));
         }
         self.plan
@@ -224,9 +235,19 @@ impl Backend for CpuBackend {
     }
 
     fn set_calibration(&mut self, path: &Path) -> anyhow::Result<String> {
-        Ok(format!(
-            "{}: noted; a {} bundle uses no camera geometry",
+        // Parse and check it fully, so a broken file is refused and the previous one kept.
+        let c = bevrt_calib::Calibration::load(path)?;
+        let (_, _, height, pitch, _, _) = c.extrinsics.to_angles();
+        let summary = format!(
+            "{}: camera {}x{} fx {:.2}, mounted {height:.3} m high, pitch {pitch:.2} deg",
             path.display(),
+            c.camera.width(),
+            c.camera.height(),
+            c.camera.fx(),
+        );
+        self.calibration = Some(c);
+        Ok(format!(
+            "{summary}; a {} bundle uses no camera geometry",
             self.task
         ))
     }

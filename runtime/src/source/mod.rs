@@ -268,7 +268,9 @@ pub(crate) fn decode_into(
             let src_c = if ct == ColorType::Rgba8 { 4 } else { 2 };
             scratch.clear();
             scratch.resize(decoder.total_bytes() as usize, 0);
-            decoder.read_image(scratch).map_err(|e| bad(e.to_string()))?;
+            decoder
+                .read_image(scratch)
+                .map_err(|e| bad(e.to_string()))?;
             if src_c == 4 {
                 frame.reset(PixelFormat::Rgb8, w, h);
                 for (d, s) in frame.data.chunks_exact_mut(3).zip(scratch.chunks_exact(4)) {

@@ -96,7 +96,10 @@ impl Recording {
             )
         })?;
         if info.width == 0 || info.height == 0 {
-            return Err(open_err(&hpath, "fields 'width'/'height' must be > 0".into()));
+            return Err(open_err(
+                &hpath,
+                "fields 'width'/'height' must be > 0".into(),
+            ));
         }
         let ipath = dir.join(INDEX_FILE);
         let index = std::fs::read_to_string(&ipath)
@@ -121,7 +124,10 @@ impl Recording {
                 return Err(bad("expected seq,timestamp_ns,file[,gt]"));
             }
             let seq = cols[0].trim().parse().map_err(|_| bad("bad seq"))?;
-            let timestamp_ns = cols[1].trim().parse().map_err(|_| bad("bad timestamp_ns"))?;
+            let timestamp_ns = cols[1]
+                .trim()
+                .parse()
+                .map_err(|_| bad("bad timestamp_ns"))?;
             let file = cols[2].trim();
             if file.is_empty() || Path::new(file).is_absolute() || file.contains("..") {
                 return Err(bad("file must be a relative path inside the recording"));

@@ -42,7 +42,12 @@ impl V4lSource {
         let width = spec.opt("width")?.unwrap_or(640);
         let height = spec.opt("height")?.unwrap_or(480);
         let fps = spec.opt("fps")?.unwrap_or(30);
-        let wire = match spec.options.get("format").map(|s| s.as_str()).unwrap_or("yuyv") {
+        let wire = match spec
+            .options
+            .get("format")
+            .map(|s| s.as_str())
+            .unwrap_or("yuyv")
+        {
             "yuyv" => Wire::Yuyv,
             "mjpeg" | "mjpg" => Wire::Mjpeg,
             f => return Err(spec.error(format!("format '{f}': expected yuyv or mjpeg"))),
@@ -77,16 +82,23 @@ impl V4lSource {
     fn connect(&mut self) -> Result<(), String> {
         let (w, h, fps, wire) = self.want;
         let dev = Device::with_path(&self.path).map_err(|e| format!("cannot open device: {e}"))?;
-        let mut fmt = dev.format().map_err(|e| format!("cannot read format: {e}"))?;
+        let mut fmt = dev
+            .format()
+            .map_err(|e| format!("cannot read format: {e}"))?;
         fmt.width = w;
         fmt.height = h;
         fmt.fourcc = FourCC::new(match wire {
             Wire::Yuyv => b"YUYV",
             Wire::Mjpeg => b"MJPG",
         });
-        let fmt = dev.set_format(&fmt).map_err(|e| format!("cannot set format: {e}"))?;
+        let fmt = dev
+            .set_format(&fmt)
+            .map_err(|e| format!("cannot set format: {e}"))?;
         if fmt.fourcc != FourCC::new(if wire == Wire::Yuyv { b"YUYV" } else { b"MJPG" }) {
-            return Err(format!("device does not offer {wire:?} (it chose {})", fmt.fourcc));
+            return Err(format!(
+                "device does not offer {wire:?} (it chose {})",
+                fmt.fourcc
+            ));
         }
         if (fmt.width, fmt.height) != (w, h) {
             log::warn!(
