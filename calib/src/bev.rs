@@ -49,10 +49,10 @@ impl BevGrid {
         if !(self.cell > 0.0 && self.cell.is_finite()) {
             return Err(CalibError::invalid("cell", "must be positive"));
         }
-        if !(self.x_max > self.x_min) {
+        if self.x_max.partial_cmp(&self.x_min) != Some(std::cmp::Ordering::Greater) {
             return Err(CalibError::invalid("x_max", "must exceed x_min"));
         }
-        if !(self.y_max > self.y_min) {
+        if self.y_max.partial_cmp(&self.y_min) != Some(std::cmp::Ordering::Greater) {
             return Err(CalibError::invalid("y_max", "must exceed y_min"));
         }
         if self.z_levels.is_empty() {
@@ -248,7 +248,7 @@ pub fn view_transform(
     out: &mut [f32],
 ) -> Result<(), CalibError> {
     let plane = table.feat_w * table.feat_h;
-    if plane == 0 || features.len() % plane != 0 {
+    if plane == 0 || !features.len().is_multiple_of(plane) {
         return Err(CalibError::invalid(
             "features",
             format!(

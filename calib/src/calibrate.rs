@@ -386,16 +386,14 @@ fn run_lm(
                 let dpdr = -skew(&rx);
                 for row in 0..2 {
                     let mut g = [0.0f64; 15];
-                    for k in 0..ni {
-                        g[k] = j.d_intr[row][k];
-                    }
+                    g[..ni].copy_from_slice(&j.d_intr[row][..ni]);
                     if let Some(a) = lay.aspect {
                         g[1] += a * g[0];
                         g[0] = 0.0;
                     }
-                    for k in 0..ni {
-                        if !lay.free[k] {
-                            g[k] = 0.0;
+                    for (gk, free) in g.iter_mut().zip(&lay.free) {
+                        if !free {
+                            *gk = 0.0;
                         }
                     }
                     let dp = Vector3::new(j.d_point[row][0], j.d_point[row][1], j.d_point[row][2]);
@@ -471,10 +469,7 @@ fn run_lm(
                     )
                 })
                 .collect();
-            let nc = match cost_of(&ni, &np_) {
-                Ok(c) => c,
-                Err(_) => f64::INFINITY,
-            };
+            let nc = cost_of(&ni, &np_).unwrap_or(f64::INFINITY);
             if nc < cost {
                 let rel = (cost - nc) / cost.max(1e-300);
                 intr = ni;
@@ -508,9 +503,7 @@ fn run_lm(
     let rms = (total / n_pts as f64).sqrt();
     // standard deviations
     build(&intr, &poses, &mut jtj, &mut jtr)?;
-    let n_free = lay.free.iter().filter(|&&f| f).count()
-        + if lay.aspect.is_some() { 0 } else { 0 }
-        + 6 * views.len();
+    let n_free = lay.free.iter().filter(|&&f| f).count() + 6 * views.len();
     let dof = (2 * n_pts).saturating_sub(n_free).max(1);
     let sigma2 = total / dof as f64;
     let mut std = vec![0.0; lay.n_intr];

@@ -108,7 +108,7 @@ impl Extrinsics {
     pub fn from_matrix(m: &Matrix4<f64>) -> Result<Self, CalibError> {
         let r: Matrix3<f64> = m.fixed_view::<3, 3>(0, 0).into_owned();
         let err = (r.transpose() * r - Matrix3::identity()).abs().max();
-        if !(err < 1e-4) || (r.determinant() - 1.0).abs() > 1e-4 {
+        if err.is_nan() || err >= 1e-4 || (r.determinant() - 1.0).abs() > 1e-4 {
             return Err(CalibError::invalid(
                 "matrix",
                 "rotation part is not a proper rotation",

@@ -90,8 +90,8 @@ fn table_matches_direct_projection_and_view_transform_is_bilinear() {
                     .unwrap();
                 let fx = ((p.x + 0.5) / stride as f64 - 0.5).clamp(0.0, fw as f64 - 1.0);
                 let fy = ((p.y + 0.5) / stride as f64 - 0.5).clamp(0.0, fh as f64 - 1.0);
-                let ox = out[(0 * nz + l) * gh * gw + row * gw + col] as f64;
-                let oy = out[(1 * nz + l) * gh * gw + row * gw + col] as f64;
+                let ox = out[l * gh * gw + row * gw + col] as f64;
+                let oy = out[(nz + l) * gh * gw + row * gw + col] as f64;
                 assert!(
                     (ox - fx).abs() < 1e-3 && (oy - fy).abs() < 1e-3,
                     "entry {e}: ({ox},{oy}) vs ({fx},{fy})"

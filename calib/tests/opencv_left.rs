@@ -100,7 +100,7 @@ fn opencv_filestorage_yaml_loads() {
         bevrt_calib::load_camera_yaml(shared.join("data/calib/opencv_left/left_intrinsics.yml"))
             .unwrap();
     assert_eq!((cam.width(), cam.height()), (640, 480));
-    assert!((cam.fx() - 535.91573396163199).abs() < 1e-9);
-    assert!((cam.cy() - 235.57082909788173).abs() < 1e-9);
-    assert!((cam.distortion().coeffs()[4] - 0.23839153080878486).abs() < 1e-12);
+    assert!((cam.fx() - 535.915_733_961_632).abs() < 1e-9);
+    assert!((cam.cy() - 235.570_829_097_881_7).abs() < 1e-9);
+    assert!((cam.distortion().coeffs()[4] - 0.238_391_530_808_784_86).abs() < 1e-12);
 }

@@ -171,6 +171,7 @@ fn partial_board_is_rejected_with_reason() {
     assert!(find_chessboard(&blank, 9, 6).is_err());
 }
 
+#[allow(clippy::needless_range_loop)]
 fn calib_from_noisy_corners(cam: &CameraModel, model: ModelKind, noise: f64, seed: u64) {
     let mut rng = Rng(seed);
     let obj = board_points(9, 6, 0.03);
