@@ -151,7 +151,7 @@ fn parse_range(name: &str, s: &str) -> Result<(f64, f64)> {
         .trim()
         .parse()
         .with_context(|| format!("{name} `{s}`: bad MAX"))?;
-    if !(hi > lo) {
+    if !lo.is_finite() || !hi.is_finite() || hi <= lo {
         bail!("{name} `{s}`: MAX must exceed MIN");
     }
     Ok((lo, hi))
@@ -300,7 +300,7 @@ pub fn birdseye(a: &BirdseyeArgs) -> Result<()> {
     let ext = ext.context("--extrinsics is required with a camera YAML")?;
     let (x0, x1) = parse_range("--x-range", &a.x_range)?;
     let (y0, y1) = parse_range("--y-range", &a.y_range)?;
-    if !(a.cell > 0.0) {
+    if !a.cell.is_finite() || a.cell <= 0.0 {
         bail!("--cell must be positive");
     }
     let grid = BevGrid {
