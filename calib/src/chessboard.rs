@@ -139,6 +139,7 @@ pub fn find_chessboard_with(
                         opt.subpix_eps,
                     );
                 }
+                crate::imgproc::give_buf(sm.data);
                 return Ok(grid);
             }
             Err(e) => {
@@ -205,7 +206,7 @@ fn saddle_candidates(blur: &GrayImage) -> Vec<(usize, usize, f32)> {
     let d = &blur.data;
     // squared saddle strength (monotonic in the response); equal-length shifted slices so
     // the loop vectorizes
-    let mut resp = vec![0.0f32; w * h];
+    let mut resp = crate::imgproc::take_buf(w * h);
     let n = w - 2;
     for y in 1..h - 1 {
         let up = &d[(y - 1) * w..y * w];
@@ -227,7 +228,7 @@ fn saddle_candidates(blur: &GrayImage) -> Vec<(usize, usize, f32)> {
     let thr = (maxr * 0.04).max(0.05).powi(2);
     // 5x5 non-maximum suppression with a separable running max
     let rad = 2usize;
-    let mut rowmax = vec![0.0f32; w * h];
+    let mut rowmax = crate::imgproc::take_buf(w * h);
     for y in 0..h {
         let r = &resp[y * w..(y + 1) * w];
         let o = &mut rowmax[y * w..(y + 1) * w];
@@ -264,6 +265,8 @@ fn saddle_candidates(blur: &GrayImage) -> Vec<(usize, usize, f32)> {
             }
         }
     }
+    crate::imgproc::give_buf(resp);
+    crate::imgproc::give_buf(rowmax);
     out.sort_by(|a, b| b.2.total_cmp(&a.2));
     if std::env::var_os("BEVRT_CALIB_DEBUG").is_some() {
         eprintln!(

@@ -81,7 +81,7 @@ impl GrayImage {
         let s: f32 = k.iter().sum();
         k.iter_mut().for_each(|v| *v /= s);
         let (w, h) = (self.width as isize, self.height as isize);
-        let mut tmp = vec![0.0f32; self.data.len()];
+        let mut tmp = take_buf(self.data.len());
         let wu = w as usize;
         let ru = r as usize;
         for y in 0..h as usize {
@@ -106,7 +106,7 @@ impl GrayImage {
                 o[x as usize] = acc;
             }
         }
-        let mut out = vec![0.0f32; self.data.len()];
+        let mut out = take_buf(self.data.len());
         for y in 0..h {
             let o = &mut out[(y * w) as usize..((y + 1) * w) as usize];
             for (i, kv) in k.iter().enumerate() {
@@ -117,10 +117,34 @@ impl GrayImage {
                 }
             }
         }
+        give_buf(tmp);
         GrayImage {
             width: self.width,
             height: self.height,
             data: out,
         }
     }
+}
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A zeroed scratch buffer of `n` floats from a small per-thread pool (avoids fresh page
+/// faults for the large temporaries of every detection).
+pub(crate) fn take_buf(n: usize) -> Vec<f32> {
+    let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+    v.clear();
+    v.resize(n, 0.0);
+    v
+}
+
+/// Returns a buffer to the pool (at most 4 are kept).
+pub(crate) fn give_buf(v: Vec<f32>) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < 4 {
+            p.push(v);
+        }
+    });
 }
