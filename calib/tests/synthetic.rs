@@ -315,3 +315,55 @@ fn end_to_end_render_detect_calibrate_wide_angle() {
     assert!((r.camera.cx() - cam.cx()).abs() < 1.5 && (r.camera.cy() - cam.cy()).abs() < 1.5);
     let _ = matched_object;
 }
+
+#[test]
+fn options_and_outlier_flagging() {
+    let cam = CameraModel::pinhole(
+        640,
+        480,
+        500.0,
+        500.0,
+        319.5,
+        239.5,
+        [-0.2, 0.05, 0.0, 0.0, 0.0],
+    )
+    .unwrap();
+    let mut rng = Rng(21);
+    let obj = board_points(9, 6, 0.03);
+    let mut views = Vec::new();
+    for i in 0..10 {
+        let pose = random_pose(&cam, &obj, &mut rng, 40.0, (0.3, 0.6), 5.0);
+        // view 3 is corrupted with 3 px noise: must be flagged as an outlier
+        let noise = if i == 3 { 3.0 } else { 0.1 };
+        let image = truth(&cam, &pose, &obj)
+            .into_iter()
+            .map(|p| Point2::new(p.x + noise * rng.normal(), p.y + noise * rng.normal()))
+            .collect();
+        views.push(View {
+            name: format!("v{i}"),
+            object: obj.clone(),
+            image,
+        });
+    }
+    let opt = CalibOptions {
+        fix_aspect: true,
+        fix_principal_point: true,
+        zero_tangent: true,
+        fix_k3: true,
+        ..Default::default()
+    };
+    let r = calibrate(&views, 640, 480, &opt).unwrap();
+    let c = &r.camera;
+    assert_eq!(c.fx(), c.fy());
+    assert_eq!((c.cx(), c.cy()), (319.5, 239.5));
+    let d = c.distortion().coeffs();
+    assert_eq!((d[2], d[3], d[4]), (0.0, 0.0, 0.0));
+    assert_eq!(r.std_dev[2], 0.0);
+    assert!((c.fx() - 500.0).abs() < 2.0, "f {}", c.fx());
+    assert_eq!(
+        r.outlier_views,
+        vec![3],
+        "per-view rms {:?}",
+        r.per_view_rms
+    );
+}
