@@ -92,6 +92,9 @@ pub struct SampleTap {
     pub w: [f32; 4],
 }
 
+const _: () =
+    assert!(std::mem::size_of::<SampleTap>() == 32 && std::mem::align_of::<SampleTap>() == 4);
+
 /// Sampling table of the view transform; see the module docs for the layout contract.
 #[derive(Debug, Clone)]
 pub struct SamplingTable {
@@ -229,6 +232,18 @@ impl SamplingTable {
 
     pub fn len(&self) -> usize {
         self.taps.len()
+    }
+
+    /// The taps as raw bytes (32 per entry, native endianness) for a device upload.
+    pub fn taps_as_bytes(&self) -> &[u8] {
+        // SAFETY: SampleTap is #[repr(C)] of 4 u32 and 4 f32 (no padding, every bit pattern
+        // valid as u8); the slice covers exactly the Vec's initialized elements.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.taps.as_ptr().cast::<u8>(),
+                std::mem::size_of_val(self.taps.as_slice()),
+            )
+        }
     }
     pub fn is_empty(&self) -> bool {
         self.taps.is_empty()

@@ -38,6 +38,7 @@ fn layout_contract() {
     assert!((x - 49.875).abs() < 1e-9 && (y - 49.875).abs() < 1e-9);
     let t = SamplingTable::build(&grid, &cam, &ext, 80, 45, 16);
     assert_eq!(t.taps.len(), 4 * 400 * 400);
+    assert_eq!(t.taps_as_bytes().len(), 32 * 4 * 400 * 400);
     // behind the camera: a cell at x = -40 on the ground
     let row = ((50.0 - (-40.0)) / 0.25) as usize;
     let e = (400 + row) * 400 + 200;
