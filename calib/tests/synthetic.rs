@@ -367,3 +367,50 @@ fn options_and_outlier_flagging() {
         r.per_view_rms
     );
 }
+
+#[test]
+fn end_to_end_render_detect_calibrate_fisheye() {
+    let cam = CameraModel::fisheye(
+        1280,
+        720,
+        420.0,
+        421.0,
+        641.0,
+        361.0,
+        [0.03, -0.012, 0.004, -0.001],
+    )
+    .unwrap();
+    let rays = RayMap::new(&cam);
+    let mut rng = Rng(1234);
+    let obj = board_points(9, 6, 0.04);
+    let mut views = Vec::new();
+    for i in 0..10 {
+        let pose = random_pose(&cam, &obj, &mut rng, 35.0, (0.35, 0.7), 30.0);
+        let mut img = rays.render(&pose, 9, 6, 0.04, 0.3).gaussian_blur(0.7);
+        add_noise(&mut img, 2.0, &mut rng);
+        let det = find_chessboard(&img, 9, 6).unwrap_or_else(|e| panic!("view {i}: {e}"));
+        views.push(View {
+            name: format!("v{i}"),
+            object: obj.clone(),
+            image: det,
+        });
+    }
+    let r = calibrate(
+        &views,
+        1280,
+        720,
+        &CalibOptions {
+            model: ModelKind::Fisheye,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    eprintln!("fisheye end-to-end: rms {:.4} params {:?}", r.rms, r.params);
+    assert!(r.rms < 0.15, "rms {}", r.rms);
+    assert!(
+        (r.camera.fx() / cam.fx() - 1.0).abs() < 0.005,
+        "fx {}",
+        r.camera.fx()
+    );
+    assert!((r.camera.cx() - cam.cx()).abs() < 1.5 && (r.camera.cy() - cam.cy()).abs() < 1.5);
+}
