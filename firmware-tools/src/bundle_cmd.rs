@@ -91,10 +91,12 @@ pub fn run(cmd: &BundleCmd) -> anyhow::Result<()> {
 }
 
 fn init(a: &InitArgs) -> anyhow::Result<()> {
-    let (size, order) = a
-        .input
-        .split_once(':')
-        .with_context(|| format!("--input '{}': expected WIDTHxHEIGHT:ORDER, e.g. 192x48:BGR", a.input))?;
+    let (size, order) = a.input.split_once(':').with_context(|| {
+        format!(
+            "--input '{}': expected WIDTHxHEIGHT:ORDER, e.g. 192x48:BGR",
+            a.input
+        )
+    })?;
     let (w, h) = size
         .split_once('x')
         .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
@@ -103,7 +105,10 @@ fn init(a: &InitArgs) -> anyhow::Result<()> {
         "RGB" => ChannelOrder::Rgb,
         "BGR" => ChannelOrder::Bgr,
         "GRAY" => ChannelOrder::Gray,
-        o => anyhow::bail!("--input '{}': channel order '{o}' is not RGB, BGR or GRAY", a.input),
+        o => anyhow::bail!(
+            "--input '{}': channel order '{o}' is not RGB, BGR or GRAY",
+            a.input
+        ),
     };
     let c = channels.channels();
     let layout = match a.layout.to_ascii_uppercase().as_str() {
@@ -149,7 +154,11 @@ fn init(a: &InitArgs) -> anyhow::Result<()> {
         if models.iter().any(|m: &ModelFile| m.role == role) {
             anyhow::bail!("--model: role '{role}' given twice");
         }
-        models.push(ModelFile { role, file: name.clone(), sha256: "0".repeat(64) });
+        models.push(ModelFile {
+            role,
+            file: name.clone(),
+            sha256: "0".repeat(64),
+        });
         files.push((file, name));
     }
     let kind = match a.output_kind.as_deref() {
@@ -157,7 +166,9 @@ fn init(a: &InitArgs) -> anyhow::Result<()> {
         Some("logits") => OutputKind::Logits,
         Some("embedding") => OutputKind::Embedding,
         Some("bev_logits") => OutputKind::BevLogits,
-        Some(o) => anyhow::bail!("--output-kind '{o}': expected probabilities, logits, embedding or bev_logits"),
+        Some(o) => anyhow::bail!(
+            "--output-kind '{o}': expected probabilities, logits, embedding or bev_logits"
+        ),
         None => match a.task {
             Task::Classify => OutputKind::Probabilities,
             Task::Features => OutputKind::Embedding,
@@ -172,7 +183,8 @@ fn init(a: &InitArgs) -> anyhow::Result<()> {
                 let (a, b) = s.split_once(':')?;
                 Some((a.parse().ok()?, b.parse().ok()?))
             };
-            let bad = || anyhow::anyhow!("--grid '{g}': expected XMIN:XMAX,YMIN:YMAX,CELL,Z1:Z2:...");
+            let bad =
+                || anyhow::anyhow!("--grid '{g}': expected XMIN:XMAX,YMIN:YMAX,CELL,Z1:Z2:...");
             if parts.len() != 4 {
                 return Err(bad());
             }
@@ -184,7 +196,14 @@ fn init(a: &InitArgs) -> anyhow::Result<()> {
                 .map(|z| z.parse::<f32>())
                 .collect::<Result<_, _>>()
                 .map_err(|_| bad())?;
-            Some(GridSpec { x_min, x_max, y_min, y_max, cell, z_levels })
+            Some(GridSpec {
+                x_min,
+                x_max,
+                y_min,
+                y_max,
+                cell,
+                z_levels,
+            })
         }
     };
     let classes = match &a.classes {
@@ -192,12 +211,17 @@ fn init(a: &InitArgs) -> anyhow::Result<()> {
         Some(cs) => cs
             .split(',')
             .map(|c| {
-                let (n, hex) = c.split_once('=').with_context(|| format!("--classes: '{c}' is not NAME=RRGGBB"))?;
+                let (n, hex) = c
+                    .split_once('=')
+                    .with_context(|| format!("--classes: '{c}' is not NAME=RRGGBB"))?;
                 let v = u32::from_str_radix(hex.trim_start_matches('#'), 16)
                     .ok()
                     .filter(|_| hex.trim_start_matches('#').len() == 6)
                     .with_context(|| format!("--classes: colour '{hex}' is not RRGGBB"))?;
-                Ok(ClassSpec { name: n.to_string(), color: [(v >> 16) as u8, (v >> 8) as u8, v as u8] })
+                Ok(ClassSpec {
+                    name: n.to_string(),
+                    color: [(v >> 16) as u8, (v >> 8) as u8, v as u8],
+                })
             })
             .collect::<anyhow::Result<_>>()?,
     };
@@ -206,11 +230,18 @@ fn init(a: &InitArgs) -> anyhow::Result<()> {
         Some(p) => {
             anyhow::ensure!(p.is_file(), "{}: calibration file not found", p.display());
             files.push((p.clone(), "calibration.toml".into()));
-            Some(ModelFile { role: "calibration".into(), file: "calibration.toml".into(), sha256: "0".repeat(64) })
+            Some(ModelFile {
+                role: "calibration".into(),
+                file: "calibration.toml".into(),
+                sha256: "0".repeat(64),
+            })
         }
     };
     let name = a.name.clone().unwrap_or_else(|| {
-        a.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle".into())
+        a.out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "bundle".into())
     });
     let manifest = Manifest {
         format: 1,
@@ -232,7 +263,11 @@ fn init(a: &InitArgs) -> anyhow::Result<()> {
         outputs: vec![OutputSpec {
             name: None,
             kind,
-            labels: a.labels.as_ref().map(|l| l.split(',').map(str::to_string).collect()).unwrap_or_default(),
+            labels: a
+                .labels
+                .as_ref()
+                .map(|l| l.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
         }],
         grid,
         classes,
@@ -245,7 +280,12 @@ fn init(a: &InitArgs) -> anyhow::Result<()> {
         provenance: Default::default(),
     };
     let b = write_bundle(&a.out, manifest, &files)?;
-    println!("wrote {} ({} task, {} file(s))", b.dir.display(), b.manifest.task, b.files().count());
+    println!(
+        "wrote {} ({} task, {} file(s))",
+        b.dir.display(),
+        b.manifest.task,
+        b.files().count()
+    );
     Ok(())
 }
 
@@ -260,12 +300,21 @@ fn verify(a: &VerifyArgs) -> anyhow::Result<()> {
             m.file,
             s.opset,
             s.ops.len(),
-            s.inputs.iter().map(|i| (&i.name, &i.dims)).collect::<Vec<_>>()
+            s.inputs
+                .iter()
+                .map(|i| (&i.name, &i.dims))
+                .collect::<Vec<_>>()
         );
     }
     if let Some(c) = &b.manifest.calibration {
         println!("calibration {}: sha256 ok", c.file);
     }
-    println!("{}: ok ({} {} task {})", b.dir.display(), b.manifest.name, b.manifest.version, b.manifest.task);
+    println!(
+        "{}: ok ({} {} task {})",
+        b.dir.display(),
+        b.manifest.name,
+        b.manifest.version,
+        b.manifest.task
+    );
     Ok(())
 }

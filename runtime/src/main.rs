@@ -54,7 +54,8 @@ struct RunArgs {
     /// Stop after this many seconds.
     #[arg(long)]
     duration: Option<f64>,
-    /// CPU threads for the network (default: all cores).
+    /// CPU threads for the network (default 0: measure 1 and all cores at load, keep the
+    /// faster).
     #[arg(long)]
     threads: Option<usize>,
     /// Sinks to write (default: png+jsonl for bev, jsonl otherwise).
@@ -95,7 +96,8 @@ struct BenchArgs {
     warmup: usize,
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendKind,
-    /// CPU threads for the network (default: all cores).
+    /// CPU threads for the network (default 0: measure 1 and all cores at load, keep the
+    /// faster). The ONNX Runtime peer gets the same count (all cores when 0).
     #[arg(long)]
     threads: Option<usize>,
     /// Synthetic camera frame size WxH (default: the model's input size).
@@ -148,7 +150,7 @@ fn main() {
 fn backend_opts(threads: Option<usize>) -> BackendOptions {
     let mut o = BackendOptions::default();
     if let Some(t) = threads {
-        o.threads = t.max(1);
+        o.threads = t;
     }
     o
 }
@@ -344,7 +346,13 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<()> {
             &script,
             &model,
             &spec.shape(),
-            opts.threads,
+            if opts.threads == 0 {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            } else {
+                opts.threads
+            },
             a.frames,
             a.warmup,
         )?)

@@ -15,23 +15,29 @@ use tract_onnx::prelude::*;
 pub struct CpuNetwork {
     plan: Arc<TypedSimplePlan>,
     state: TypedSimpleState,
+    executor: Executor,
+    pub threads: usize,
     pub input_shape: Vec<usize>,
     pub output_names: Vec<String>,
     pub output_shapes: Vec<Vec<usize>>,
     pub ops: Vec<String>,
 }
 
-/// Threads for tract's matrix kernels: a rayon pool set once per process.
-pub fn configure_threads(threads: usize) {
-    use std::sync::Once;
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        if threads > 1 {
-            tract_linalg::multithread::set_default_executor(
-                tract_linalg::multithread::Executor::multithread(threads),
-            );
-        }
-    });
+use tract_linalg::multithread::{Executor, multithread_tract_scope};
+
+/// A rayon pool of `threads` for tract's matrix kernels (one per thread count per process).
+fn executor(threads: usize) -> Executor {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static POOLS: Mutex<Option<HashMap<usize, Executor>>> = Mutex::new(None);
+    if threads <= 1 {
+        return Executor::SingleThread;
+    }
+    let mut g = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    g.get_or_insert_with(HashMap::new)
+        .entry(threads)
+        .or_insert_with(|| Executor::multithread_with_name(threads, "bevrt-cpu"))
+        .clone()
 }
 
 impl CpuNetwork {
@@ -83,6 +89,8 @@ impl CpuNetwork {
         Ok(CpuNetwork {
             plan,
             state,
+            executor: Executor::SingleThread,
+            threads: 1,
             input_shape: shape.to_vec(),
             output_names,
             output_shapes,
@@ -93,7 +101,8 @@ impl CpuNetwork {
     /// Run on `input` (length = product of the input shape), copying outputs into `outputs`.
     pub fn run(&mut self, input: &[f32], outputs: &mut [OutputTensor]) -> anyhow::Result<()> {
         let t = Tensor::from_shape(&self.input_shape, input)?;
-        let res = self.state.run(tvec![t.into()])?;
+        let (state, ex) = (&mut self.state, self.executor.clone());
+        let res = multithread_tract_scope(ex, || state.run(tvec![t.into()]))?;
         for (o, r) in outputs.iter_mut().zip(res.iter()) {
             let r = r.cast_to::<f32>()?;
             let view = r.try_as_plain_ram()?;
@@ -109,6 +118,47 @@ impl CpuNetwork {
             o.data.copy_from_slice(s);
         }
         Ok(())
+    }
+
+    /// Use `threads` for the matrix kernels; 0 = measure 1 against all cores on this machine
+    /// now and keep the faster (small networks on a busy 2-core box often lose with threads).
+    pub fn set_threads(&mut self, threads: usize) -> anyhow::Result<()> {
+        let all = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        if threads > 0 {
+            self.threads = threads;
+            self.executor = executor(threads);
+            return Ok(());
+        }
+        if all == 1 {
+            return self.set_threads(1);
+        }
+        let input = vec![0f32; self.input_shape.iter().product()];
+        let mut outs = self.output_buffers();
+        let mut best = (f64::INFINITY, 1);
+        for t in [1, all] {
+            self.set_threads(t)?;
+            let mut times = vec![];
+            let start = std::time::Instant::now();
+            while times.len() < 5 || (times.len() < 40 && start.elapsed().as_millis() < 300) {
+                let t0 = std::time::Instant::now();
+                self.run(&input, &mut outs)?;
+                times.push(t0.elapsed().as_secs_f64());
+            }
+            times.sort_by(|a, b| a.total_cmp(b));
+            let median = times[times.len() / 2];
+            log::debug!("cpu threads {t}: median {:.3} ms", median * 1e3);
+            if median < best.0 {
+                best = (median, t);
+            }
+        }
+        log::info!(
+            "cpu backend: {} thread(s) is faster here ({:.2} ms)",
+            best.1,
+            best.0 * 1e3
+        );
+        self.set_threads(best.1)
     }
 
     pub fn plan(&self) -> &Arc<TypedSimplePlan> {
@@ -144,7 +194,6 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     pub fn load(bundle: &Bundle, opts: &BackendOptions) -> anyhow::Result<CpuBackend> {
-        configure_threads(opts.threads);
         let m = &bundle.manifest;
         if m.task == Task::Bev {
             anyhow::bail!(
@@ -156,7 +205,8 @@ impl CpuBackend {
         let path = bundle
             .model_path("model")
             .context("bundle has no 'model' file")?;
-        let net = CpuNetwork::load(&path, &m.input.shape())?;
+        let mut net = CpuNetwork::load(&path, &m.input.shape())?;
+        net.set_threads(opts.threads)?;
         let outputs = net.output_buffers();
         Ok(CpuBackend {
             task: m.task,
@@ -165,9 +215,9 @@ impl CpuBackend {
             norm: m.embedding_norm,
             plan: None,
             input: vec![0.0; m.input.numel()],
+            threads: net.threads,
             net,
             outputs,
-            threads: opts.threads,
             calibration: None,
         })
     }

@@ -25,17 +25,14 @@ pub enum BackendKind {
 /// Load-time options shared by backends.
 #[derive(Debug, Clone)]
 pub struct BackendOptions {
-    /// Threads for the CPU backend's matrix kernels (1 = single-threaded).
+    /// Threads for the CPU backend's matrix kernels; 0 = pick 1 or all cores by measuring
+    /// at load.
     pub threads: usize,
 }
 
 impl Default for BackendOptions {
     fn default() -> Self {
-        BackendOptions {
-            threads: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-        }
+        BackendOptions { threads: 0 }
     }
 }
 
