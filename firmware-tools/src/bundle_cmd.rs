@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[derive(clap::Subcommand)]
 pub enum BundleCmd {
     /// Make a bundle directory from exported ONNX files.
-    Init(InitArgs),
+    Init(Box<InitArgs>),
     /// Check a bundle: manifest, file digests, and that each ONNX file parses.
     Verify(VerifyArgs),
 }
@@ -125,29 +125,28 @@ fn init(a: &InitArgs) -> anyhow::Result<()> {
         };
         let summary = bevrt_models::inspect(&file)?;
         let name = format!("{role}.onnx");
-        if role == "model" || role == "encoder" {
-            if let Some(i) = summary.inputs.first() {
-                let want = match layout {
-                    Layout::Nchw => [1, c as i64, h as i64, w as i64],
-                    Layout::Nhwc => [1, h as i64, w as i64, c as i64],
-                };
-                let fixed: Vec<Option<i64>> = i.dims.clone();
-                if fixed.len() == 4 {
-                    for (k, (d, want)) in fixed.iter().zip(want).enumerate() {
-                        if let Some(d) = d
-                            && *d != want
-                            && !(k == 0 && *d == -1)
-                        {
-                            anyhow::bail!(
-                                "{}: input '{}' has dims {:?}, --input {} gives {:?}",
-                                file.display(),
-                                i.name,
-                                i.dims,
-                                a.input,
-                                want
-                            );
-                        }
-                    }
+        // The ONNX input must agree with --input wherever its dims are fixed.
+        if (role == "model" || role == "encoder")
+            && let Some(i) = summary.inputs.first()
+            && i.dims.len() == 4
+        {
+            let want = match layout {
+                Layout::Nchw => [1, c as i64, h as i64, w as i64],
+                Layout::Nhwc => [1, h as i64, w as i64, c as i64],
+            };
+            for (k, (d, want)) in i.dims.iter().zip(want).enumerate() {
+                if let Some(d) = d
+                    && *d != want
+                    && !(k == 0 && *d == -1)
+                {
+                    anyhow::bail!(
+                        "{}: input '{}' has dims {:?}, --input {} gives {:?}",
+                        file.display(),
+                        i.name,
+                        i.dims,
+                        a.input,
+                        want
+                    );
                 }
             }
         }

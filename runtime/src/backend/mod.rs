@@ -23,17 +23,11 @@ pub enum BackendKind {
 }
 
 /// Load-time options shared by backends.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BackendOptions {
     /// Threads for the CPU backend's matrix kernels; 0 = pick 1 or all cores by measuring
     /// at load.
     pub threads: usize,
-}
-
-impl Default for BackendOptions {
-    fn default() -> Self {
-        BackendOptions { threads: 0 }
-    }
 }
 
 pub trait Backend: Send {

@@ -111,11 +111,11 @@ impl V4lSource {
         let params = dev
             .set_params(&v4l::video::capture::Parameters::with_fps(fps))
             .map_err(|e| format!("cannot set frame rate: {e}"))?;
-        let got_fps = if params.interval.numerator > 0 {
-            params.interval.denominator / params.interval.numerator
-        } else {
-            fps
-        };
+        let got_fps = params
+            .interval
+            .denominator
+            .checked_div(params.interval.numerator)
+            .unwrap_or(fps);
         let mut stream = Stream::with_buffers(&dev, Type::VideoCapture, 4)
             .map_err(|e| format!("cannot start mmap streaming: {e}"))?;
         stream.set_timeout(self.timeout);
