@@ -144,6 +144,12 @@ pub fn read_proto(path: &Path) -> Result<pb::ModelProto, OnnxError> {
 ///   fuses it into its integer softmax, which returns 1.0 for every class on the shared
 ///   MobileNetV3 QDQ model (ONNX Runtime: 0.93/0.07). With the rewrite tract reproduces ONNX
 ///   Runtime's unfused QDQ semantics (ORT_DISABLE_ALL) exactly on that model.
+/// - `QuantizeLinear → DequantizeLinear` on an activation (constant scalar scale and zero
+///   point, the Q output read only by that DQ) → the same arithmetic in float,
+///   `clamp(round_half_even(x · (1/s)), qmin − zp, qmax − zp) · s`, with rounding by adding and
+///   subtracting 1.5·2^23. Bit-identical to tract's own Q then DQ, but tract fuses it into one
+///   vectorised chain: its scalar QuantizeLinearU8 took 3.9 of 5.9 ms on the shared
+///   MobileNetV3 QDQ model.
 ///
 /// Returns a description of each rewrite.
 pub fn legalize(model: &mut pb::ModelProto) -> Vec<String> {
@@ -175,6 +181,7 @@ pub fn legalize(model: &mut pb::ModelProto) -> Vec<String> {
         ranks.insert(t.name.clone(), t.dims.len());
     }
     let mut done = float_softmax(graph, opset);
+    done.extend(fake_quant_pairs(graph));
     let mut out_nodes = Vec::with_capacity(graph.node.len());
     let mut new_inits = vec![];
     let mut counter = 0usize;
@@ -380,6 +387,134 @@ fn float_softmax(graph: &mut pb::GraphProto, opset: i64) -> Vec<String> {
     graph.node = out;
     graph.initializer.extend(inits);
     done
+}
+
+/// Replace `QuantizeLinear → DequantizeLinear` pairs on activations (constant scalar scale and
+/// zero point, the Q output read only by that DQ) by the same arithmetic in float:
+/// `clamp(round_even(x * (1/s)), qmin - zp, qmax - zp) * s`, rounding with the 1.5·2^23 trick
+/// so tract fuses it into one vectorised binary chain (see [`legalize`]).
+fn fake_quant_pairs(graph: &mut pb::GraphProto) -> Vec<String> {
+    use pb::tensor_proto::DataType as D;
+    let mut done = vec![];
+    let mut pairs: Vec<(usize, usize, f32, f32, f32)> = vec![];
+    {
+        let g: &pb::GraphProto = graph;
+        for (qi, q) in g.node.iter().enumerate() {
+            if q.op_type != "QuantizeLinear" || !q.domain.is_empty() || q.input.len() < 3 {
+                continue;
+            }
+            let Some(s) = init_f32(g, &q.input[1]) else {
+                continue;
+            };
+            let Some(zp_t) = g.initializer.iter().find(|t| t.name == q.input[2]) else {
+                continue;
+            };
+            if zp_t.dims.iter().product::<i64>() != 1 {
+                continue;
+            }
+            let (qmin, qmax, zp) = if zp_t.data_type == D::Uint8 as i32 {
+                let z = zp_t
+                    .raw_data
+                    .first()
+                    .copied()
+                    .map(i32::from)
+                    .or(zp_t.int32_data.first().copied());
+                (0.0, 255.0, z)
+            } else if zp_t.data_type == D::Int8 as i32 {
+                let z = zp_t
+                    .raw_data
+                    .first()
+                    .map(|b| *b as i8 as i32)
+                    .or(zp_t.int32_data.first().copied());
+                (-128.0, 127.0, z)
+            } else {
+                continue;
+            };
+            let Some(zp) = zp else { continue };
+            let out = &q.output[0];
+            if g.output.iter().any(|o| &o.name == out) {
+                continue;
+            }
+            let cons: Vec<usize> = g
+                .node
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.input.iter().any(|i| i == out))
+                .map(|(i, _)| i)
+                .collect();
+            if cons.len() != 1 {
+                continue;
+            }
+            let dq = &g.node[cons[0]];
+            if dq.op_type != "DequantizeLinear" || dq.input.len() < 3 || dq.input[0] != *out {
+                continue;
+            }
+            if init_f32(g, &dq.input[1]) != Some(s)
+                || (dq.input[2] != q.input[2] && !same_init(g, &dq.input[2], &q.input[2]))
+            {
+                continue;
+            }
+            pairs.push((qi, cons[0], s, qmin - zp as f32, qmax - zp as f32));
+        }
+    }
+    let mut inits = vec![];
+    let mut remove = vec![];
+    for (k, &(qi, di, s, lo, hi)) in pairs.iter().enumerate() {
+        let x = graph.node[qi].input[0].clone();
+        let y = graph.node[di].output[0].clone();
+        let t = |n: &str| format!("{y}__bevrt_fq{k}_{n}");
+        inits.push(f32_tensor(&t("inv_s"), &[1.0 / s]));
+        inits.push(f32_tensor(&t("magic"), &[12_582_912.0]));
+        inits.push(f32_tensor(&t("lo"), &[lo]));
+        inits.push(f32_tensor(&t("hi"), &[hi]));
+        inits.push(f32_tensor(&t("s"), &[s]));
+        let nodes = [
+            node("Mul", &[&x, &t("inv_s")], &[&t("a")], vec![]),
+            node("Add", &[&t("a"), &t("magic")], &[&t("b")], vec![]),
+            node("Sub", &[&t("b"), &t("magic")], &[&t("r")], vec![]),
+            node("Max", &[&t("r"), &t("lo")], &[&t("c")], vec![]),
+            node("Min", &[&t("c"), &t("hi")], &[&t("d")], vec![]),
+            node("Mul", &[&t("d"), &t("s")], &[&y], vec![]),
+        ];
+        graph.node[qi] = nodes[0].clone();
+        graph.node[di] = nodes[5].clone();
+        // the middle nodes go right after the first
+        remove.push((qi, nodes[1..5].to_vec()));
+        done.push(format!("Q/DQ pair on '{x}' computed in float"));
+    }
+    remove.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+    for (i, mid) in remove {
+        for (j, n) in mid.into_iter().enumerate() {
+            graph.node.insert(i + 1 + j, n);
+        }
+    }
+    graph.initializer.extend(inits);
+    done
+}
+
+fn same_init(g: &pb::GraphProto, a: &str, b: &str) -> bool {
+    let f = |n: &str| {
+        g.initializer
+            .iter()
+            .find(|t| t.name == n)
+            .map(|t| (t.data_type, t.raw_data.clone(), t.int32_data.clone()))
+    };
+    f(a).is_some() && f(a) == f(b)
+}
+
+/// A scalar (or one-element) float initializer's value.
+fn init_f32(graph: &pb::GraphProto, name: &str) -> Option<f32> {
+    let t = graph.initializer.iter().find(|t| t.name == name)?;
+    if t.dims.iter().product::<i64>() != 1
+        || t.data_type != pb::tensor_proto::DataType::Float as i32
+    {
+        return None;
+    }
+    if let Some(v) = t.float_data.first() {
+        return Some(*v);
+    }
+    let b = t.raw_data.get(..4)?;
+    Some(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 fn node(
