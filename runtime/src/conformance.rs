@@ -295,11 +295,7 @@ pub fn run_suite(cases: &[PathBuf], mut progress: impl FnMut(&CaseResult)) -> Ve
         let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| run_case_cpu(c))) {
             Ok(o) => o,
             Err(p) => {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
+                let msg = crate::pipeline::panic_message(p.as_ref());
                 Outcome::Fail {
                     reason: format!("engine panicked: {}", one_line(&msg)),
                 }

@@ -441,11 +441,7 @@ pub fn run(
                 "running".into(),
             );
             log::info!("{}", r.line());
-            if let Some(m) = metrics.as_mut() {
-                let _ = serde_json::to_writer(&mut *m, &r);
-                let _ = writeln!(m);
-                let _ = m.flush();
-            }
+            write_metrics(&mut metrics, &r);
         }
         if let Some(d) = opts.duration
             && start.elapsed() >= d
@@ -562,25 +558,30 @@ pub fn run(
         rss_after_warmup,
         ended,
     );
-    if let Some(m) = metrics.as_mut() {
-        let _ = serde_json::to_writer(&mut *m, &r);
-        let _ = writeln!(m);
-        let _ = m.flush();
-    }
+    write_metrics(&mut metrics, &r);
     Ok(r)
 }
 
 fn guard<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     match std::panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            anyhow::bail!("backend panicked: {msg}")
-        }
+        Err(p) => anyhow::bail!("backend panicked: {}", panic_message(p.as_ref())),
+    }
+}
+
+/// The message a caught panic carried.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+fn write_metrics(m: &mut Option<std::io::BufWriter<std::fs::File>>, r: &RunReport) {
+    if let Some(m) = m.as_mut() {
+        let _ = serde_json::to_writer(&mut *m, r);
+        let _ = writeln!(m);
+        let _ = m.flush();
     }
 }
 
