@@ -274,3 +274,59 @@ pub fn metrics_writer(out: &Path) -> anyhow::Result<BufWriter<std::fs::File>> {
 pub fn out_path(out: &Path, name: &str) -> PathBuf {
     out.join(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postprocess::{OutputTensor, colourise};
+
+    #[test]
+    fn bev_png_and_jsonl_and_npy() {
+        let out = std::env::temp_dir().join(format!("bevrt-sink-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let classes = vec![
+            ClassSpec {
+                name: "road".into(),
+                color: [128, 64, 128],
+            },
+            ClassSpec {
+                name: "car".into(),
+                color: [0, 0, 142],
+            },
+        ];
+        let mut r = FrameResult::new(
+            Task::Bev,
+            vec![OutputTensor {
+                name: "logits".into(),
+                shape: vec![1, 2, 2, 3],
+                data: vec![0.5; 12],
+            }],
+        );
+        r.seq = 7;
+        r.map_width = 3;
+        r.map_height = 2;
+        r.class_map = vec![0, 1, 0, 1, 1, 255];
+        r.color_map = vec![0; 18];
+        colourise(&r.class_map, &classes, &mut r.color_map);
+        let mut png = ClassMapPngSink::new(&out).unwrap();
+        png.write(&r).unwrap();
+        let img = image::open(out.join("maps/000007.png")).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (3, 2));
+        assert_eq!(img.get_pixel(1, 0).0, [0, 0, 142]);
+        assert_eq!(img.get_pixel(2, 1).0, [0, 0, 0], "unknown cells are black");
+        let mut j = JsonlSink::new(&out, vec![], classes).unwrap();
+        j.write(&r).unwrap();
+        j.finish().unwrap();
+        let line = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(v["seq"], 7);
+        assert_eq!(v["cells"]["road"], 2);
+        assert_eq!(v["cells"]["car"], 3);
+        let mut n = NpySink::new(&out, 1).unwrap();
+        n.write(&r).unwrap();
+        let (shape, data) = crate::npy::read_f32(&out.join("tensors/000007_0.npy")).unwrap();
+        assert_eq!(shape, vec![1, 2, 2, 3]);
+        assert_eq!(data, vec![0.5; 12]);
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}
