@@ -8,7 +8,13 @@ fn demo_runs_end_to_end() {
     let out = scratch("demo");
     let (ok, so, se) = run(
         &bin("bevrt"),
-        &["demo", "--shared", shared.to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &[
+            "demo",
+            "--shared",
+            shared.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
     );
     assert!(ok, "demo failed: {so}{se}");
     assert!(so.contains("8/8 orientations as expected"), "{so}");
