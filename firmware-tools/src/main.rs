@@ -3,6 +3,7 @@
 
 mod bundle_cmd;
 mod calib_cmd;
+mod kernels_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,8 @@ enum Cmd {
     Undistort(calib_cmd::UndistortArgs),
     /// Time detection + calibration on a set of views (optionally beside OpenCV).
     CalibBench(calib_cmd::CalibBenchArgs),
+    /// Compile every CUDA kernel for one SM ahead of time (NVRTC; no GPU needed).
+    CompileKernels(kernels_cmd::CompileKernelsArgs),
 }
 
 fn main() {
@@ -37,6 +40,7 @@ fn main() {
         Cmd::Birdseye(a) => calib_cmd::birdseye(a),
         Cmd::Undistort(a) => calib_cmd::undistort(a),
         Cmd::CalibBench(a) => calib_cmd::bench_calib(a),
+        Cmd::CompileKernels(a) => kernels_cmd::compile_kernels(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -1,5 +1,15 @@
-//! bevrt-kernels: CUDA C sources, their cudarc launchers and a CPU reference of every kernel.
+//! bevrt-kernels: CUDA C sources, their NVRTC build and cudarc launchers, and where each
+//! kernel's CPU reference lives.
+//!
+//! | kernel (cuda/) | entry points | CPU reference |
+//! |---|---|---|
+//! | `preprocess.cu` | `preprocess_f32` | `bevrt_runtime::preprocess::PreprocessPlan::run` |
+//! | `bev_pool.cu` | `bev_pool_f32`, `bev_pool_f16` | `bevrt_calib::view_transform` |
+//! | `postprocess.cu` | `bev_argmax`, `colourise` | `bevrt_runtime::postprocess::{bev_argmax, colourise}` |
 //!
 //! - [`device`]: finding a CUDA driver and device without panicking when there is none.
+//! - [`nvrtc`]: the kernel sources, NVRTC options, target SMs, CUBIN compilation and ptxas
+//!   register/spill reports.
 
 pub mod device;
+pub mod nvrtc;

@@ -401,6 +401,10 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<()> {
 fn cmd_info(a: InfoArgs) -> anyhow::Result<()> {
     println!("bevrt {}", env!("CARGO_PKG_VERSION"));
     println!("cuda: {}", backend::cuda::probe().summary());
+    match bevrt_kernels::nvrtc::version() {
+        Ok((a, b)) => println!("nvrtc: {a}.{b} (kernels can be compiled here)"),
+        Err(e) => println!("nvrtc: {e}"),
+    }
     println!(
         "cuda executor in this build: {}",
         if backend::cuda::EXECUTOR_BUILT {

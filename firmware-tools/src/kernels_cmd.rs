@@ -1,0 +1,61 @@
+//! `bevrt-tool compile-kernels`: build every CUDA kernel ahead of time for one SM, so no
+//! compiler runs in the car; the runtime loads such a directory.
+
+use anyhow::Context;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct CompileKernelsArgs {
+    /// Target SM: sm_87 (Orin) or sm_90 (H100).
+    #[arg(long)]
+    pub arch: String,
+    /// Output directory: one FILE.sm_XX.cubin per kernel file and resources.json.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn compile_kernels(a: &CompileKernelsArgs) -> anyhow::Result<()> {
+    use bevrt_kernels::nvrtc;
+    let sm: u32 = a
+        .arch
+        .strip_prefix("sm_")
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("--arch '{}': expected sm_87 or sm_90", a.arch))?;
+    if !nvrtc::TARGET_SMS.contains(&sm) {
+        log::warn!(
+            "sm_{sm} is not one of bevrt's tested targets {:?}",
+            nvrtc::TARGET_SMS
+        );
+    }
+    let (maj, min) = nvrtc::version()?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("{}: cannot create", a.out.display()))?;
+    let mut resources = vec![];
+    for k in nvrtc::KERNELS {
+        let c = nvrtc::compile(k, sm)?;
+        let path = a
+            .out
+            .join(format!("{}.sm_{sm}.cubin", k.file.trim_end_matches(".cu")));
+        std::fs::write(&path, &c.cubin)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+        for r in &c.resources {
+            println!(
+                "{:<16} {:<16} sm_{sm}: {:>3} registers, {} B spill stores, {} B spill loads",
+                k.file, r.kernel, r.registers, r.spill_stores, r.spill_loads
+            );
+        }
+        resources.extend(c.resources);
+    }
+    let report =
+        serde_json::json!({ "nvrtc": format!("{maj}.{min}"), "sm": sm, "kernels": resources });
+    std::fs::write(
+        a.out.join("resources.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    println!(
+        "wrote {} kernel files for sm_{sm} to {} (NVRTC {maj}.{min})",
+        nvrtc::KERNELS.len(),
+        a.out.display()
+    );
+    Ok(())
+}

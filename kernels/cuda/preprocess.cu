@@ -1,0 +1,89 @@
+// Frame to model input in one pass: colour conversion, bilinear resize (half-pixel centres),
+// normalisation. GPU twin of runtime/src/preprocess.rs (PreprocessPlan::run): same taps, same
+// BT.601 limited-range matrix, conversion per tap before interpolation, all in f32.
+// One thread per output pixel; writes every channel of it.
+//
+// fmt: 0 RGB8, 1 BGR8, 2 GRAY8, 3 YUYV, 4 NV12
+// order: 0 RGB, 1 BGR, 2 GRAY (model channel order); layout: 0 NCHW, 1 NHWC
+#include "common.cuh"
+
+__device__ __forceinline__ float3 yuv_to_rgb(float y, float u, float v) {
+    float c = 1.164f * (y - 16.0f);
+    float d = u - 128.0f;
+    float e = v - 128.0f;
+    return make_float3(clamp255(c + 1.596f * e), clamp255(c - 0.392f * d - 0.813f * e),
+                       clamp255(c + 2.017f * d));
+}
+
+__device__ __forceinline__ float3 fetch_rgb(const unsigned char* __restrict__ src, int fmt, int w,
+                                            int h, int x, int y) {
+    switch (fmt) {
+    case 0: {
+        const unsigned char* p = src + (y * w + x) * 3;
+        return make_float3(p[0], p[1], p[2]);
+    }
+    case 1: {
+        const unsigned char* p = src + (y * w + x) * 3;
+        return make_float3(p[2], p[1], p[0]);
+    }
+    case 2: {
+        float g = src[y * w + x];
+        return make_float3(g, g, g);
+    }
+    case 3: {
+        int stride = ((w + 1) / 2) * 4;
+        const unsigned char* p = src + y * stride + (x / 2) * 4;
+        return yuv_to_rgb(p[(x & 1) * 2], p[1], p[3]);
+    }
+    default: {
+        int uv_stride = ((w + 1) / 2) * 2;
+        const unsigned char* uv = src + w * h + (y / 2) * uv_stride + (x / 2) * 2;
+        return yuv_to_rgb(src[y * w + x], uv[0], uv[1]);
+    }
+    }
+}
+
+struct PreprocessParams {
+    int in_w, in_h, out_w, out_h;
+    int fmt, order, layout;
+    float scale[3];  // 1 / (255 std)
+    float bias[3];   // -mean / std
+};
+
+extern "C" __global__ void preprocess_f32(const unsigned char* __restrict__ src,
+                                          float* __restrict__ dst, PreprocessParams p) {
+    int ox = blockIdx.x * blockDim.x + threadIdx.x;
+    int oy = blockIdx.y * blockDim.y + threadIdx.y;
+    if (ox >= p.out_w || oy >= p.out_h) return;
+    float sx = fminf(fmaxf((ox + 0.5f) * ((float)p.in_w / (float)p.out_w) - 0.5f, 0.0f),
+                     (float)(p.in_w - 1));
+    float sy = fminf(fmaxf((oy + 0.5f) * ((float)p.in_h / (float)p.out_h) - 0.5f, 0.0f),
+                     (float)(p.in_h - 1));
+    int x0 = (int)floorf(sx), y0 = (int)floorf(sy);
+    int x1 = min(x0 + 1, p.in_w - 1), y1 = min(y0 + 1, p.in_h - 1);
+    float wx = sx - x0, wy = sy - y0;
+    float3 a = fetch_rgb(src, p.fmt, p.in_w, p.in_h, x0, y0);
+    float3 b = fetch_rgb(src, p.fmt, p.in_w, p.in_h, x1, y0);
+    float3 c = fetch_rgb(src, p.fmt, p.in_w, p.in_h, x0, y1);
+    float3 d = fetch_rgb(src, p.fmt, p.in_w, p.in_h, x1, y1);
+    float3 top = make_float3(a.x + (b.x - a.x) * wx, a.y + (b.y - a.y) * wx, a.z + (b.z - a.z) * wx);
+    float3 bot = make_float3(c.x + (d.x - c.x) * wx, c.y + (d.y - c.y) * wx, c.z + (d.z - c.z) * wx);
+    float rgb[3] = {top.x + (bot.x - top.x) * wy, top.y + (bot.y - top.y) * wy,
+                    top.z + (bot.z - top.z) * wy};
+    float vals[3];
+    int ch;
+    if (p.order == 0) {
+        vals[0] = rgb[0]; vals[1] = rgb[1]; vals[2] = rgb[2]; ch = 3;
+    } else if (p.order == 1) {
+        vals[0] = rgb[2]; vals[1] = rgb[1]; vals[2] = rgb[0]; ch = 3;
+    } else {
+        vals[0] = 0.299f * rgb[0] + 0.587f * rgb[1] + 0.114f * rgb[2]; ch = 1;
+    }
+    int pix = oy * p.out_w + ox;
+    int plane = p.out_w * p.out_h;
+    for (int k = 0; k < ch; ++k) {
+        float v = vals[k] * p.scale[k] + p.bias[k];
+        if (p.layout == 0) dst[k * plane + pix] = v;
+        else dst[pix * ch + k] = v;
+    }
+}

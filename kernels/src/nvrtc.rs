@@ -1,0 +1,234 @@
+//! Compiling bevrt's CUDA C kernels with NVRTC: the sources, the options and the target SMs in
+//! one place.
+//!
+//! NVRTC is loaded dynamically (cudarc `dynamic-loading`): no CUDA toolkit is needed to build
+//! bevrt, and the library can come from the PyPI wheel `nvidia-cuda-nvrtc-cu12` (put its `lib`
+//! folder on `LD_LIBRARY_PATH`). Kernels are compiled to a CUBIN for a concrete SM (`sm_87`
+//! Orin, `sm_90` H100) with ptxas's resource report parsed into registers and spills per kernel.
+
+use std::ffi::CString;
+
+/// One `.cu` file: its name, source (embedded, so a deployed binary needs no files) and the
+/// `extern "C"` entry points it defines.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelSource {
+    pub file: &'static str,
+    pub source: &'static str,
+    pub entries: &'static [&'static str],
+}
+
+const COMMON: &str = include_str!("../cuda/common.cuh");
+
+/// Every kernel file of bevrt.
+pub const KERNELS: &[KernelSource] = &[
+    KernelSource {
+        file: "preprocess.cu",
+        source: include_str!("../cuda/preprocess.cu"),
+        entries: &["preprocess_f32"],
+    },
+    KernelSource {
+        file: "bev_pool.cu",
+        source: include_str!("../cuda/bev_pool.cu"),
+        entries: &["bev_pool_f32", "bev_pool_f16"],
+    },
+    KernelSource {
+        file: "postprocess.cu",
+        source: include_str!("../cuda/postprocess.cu"),
+        entries: &["bev_argmax", "colourise"],
+    },
+];
+
+/// The SMs bevrt ships for: Orin (sm_87) and Hopper (sm_90). No Hopper-only instructions are
+/// used, so sm_87 code is the portability floor.
+pub const TARGET_SMS: &[u32] = &[87, 90];
+
+/// NVRTC options for every kernel (plus `--gpu-architecture=sm_XX`). IEEE division and square
+/// root are kept so the kernels follow their CPU references; FMA contraction is allowed (the
+/// device checks compare with a 1e-4 relative tolerance on f32 paths).
+pub const NVRTC_OPTIONS: &[&str] = &["--std=c++17", "--ptxas-options=-v", "-lineinfo"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum NvrtcError {
+    #[error(
+        "NVRTC library not found (libnvrtc.so): install the wheel nvidia-cuda-nvrtc-cu12 and put \
+         its nvidia/cuda_nvrtc/lib on LD_LIBRARY_PATH"
+    )]
+    NotFound,
+    #[error("{file} for sm_{sm}: {message}")]
+    Compile {
+        file: String,
+        sm: u32,
+        message: String,
+    },
+}
+
+/// ptxas's resource use for one kernel.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct KernelResources {
+    pub kernel: String,
+    pub registers: u32,
+    pub spill_stores: u32,
+    pub spill_loads: u32,
+    pub shared_bytes: u32,
+}
+
+/// A compiled file for one SM.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub file: &'static str,
+    pub sm: u32,
+    pub cubin: Vec<u8>,
+    pub resources: Vec<KernelResources>,
+    pub log: String,
+}
+
+/// Whether libnvrtc can be loaded.
+pub fn available() -> bool {
+    // SAFETY: only tries to dlopen the library.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// NVRTC's (major, minor) version.
+pub fn version() -> Result<(i32, i32), NvrtcError> {
+    if !available() {
+        return Err(NvrtcError::NotFound);
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: plain out-parameters.
+    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    Ok((major, minor))
+}
+
+/// The full source NVRTC sees: shared helpers inlined (no include path at run time).
+pub fn full_source(k: &KernelSource) -> String {
+    let body: String = k
+        .source
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("#include \"common.cuh\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    format!("{COMMON}\n{body}")
+}
+
+/// Compile one kernel file to a CUBIN for `sm`.
+pub fn compile(k: &KernelSource, sm: u32) -> Result<Compiled, NvrtcError> {
+    use cudarc::nvrtc::{result, sys};
+    if !available() {
+        return Err(NvrtcError::NotFound);
+    }
+    let err = |message: String| NvrtcError::Compile {
+        file: k.file.to_string(),
+        sm,
+        message,
+    };
+    let src = CString::new(full_source(k)).map_err(|e| err(e.to_string()))?;
+    let name = CString::new(k.file).map_err(|e| err(e.to_string()))?;
+    let prog = result::create_program(&src, Some(&name)).map_err(|e| err(format!("{e:?}")))?;
+    let mut opts: Vec<String> = NVRTC_OPTIONS.iter().map(|s| s.to_string()).collect();
+    opts.push(format!("--gpu-architecture=sm_{sm}"));
+    // SAFETY: `prog` was created above and is destroyed once below.
+    let compiled = unsafe { result::compile_program(prog, &opts) };
+    let log = unsafe { result::get_program_log(prog) }
+        .map(|l| {
+            let bytes: Vec<u8> = l
+                .iter()
+                .take_while(|c| **c != 0)
+                .map(|c| *c as u8)
+                .collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+        .unwrap_or_default();
+    let out = compiled
+        .map_err(|e| err(format!("{e:?}\n{log}")))
+        .and_then(|()| {
+            let mut size = 0usize;
+            // SAFETY: size query, then a buffer of that size.
+            unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) }
+                .result()
+                .map_err(|e| err(format!("cubin size: {e:?}")))?;
+            let mut cubin = vec![0u8; size];
+            unsafe { sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut _) }
+                .result()
+                .map_err(|e| err(format!("cubin: {e:?}")))?;
+            Ok(cubin)
+        });
+    // SAFETY: created above, not used after this.
+    let _ = unsafe { result::destroy_program(prog) };
+    let cubin = out?;
+    Ok(Compiled {
+        file: k.file,
+        sm,
+        cubin,
+        resources: parse_ptxas(&log),
+        log,
+    })
+}
+
+/// Parse ptxas `-v` output: "Compiling entry function 'X' for 'sm_87'", then
+/// "N bytes stack frame, S bytes spill stores, L bytes spill loads" and
+/// "Used R registers, ... M bytes smem".
+pub fn parse_ptxas(log: &str) -> Vec<KernelResources> {
+    let mut out: Vec<KernelResources> = vec![];
+    let num_before = |line: &str, word: &str| -> Option<u32> {
+        let i = line.find(word)?;
+        line[..i].split_whitespace().last()?.parse().ok()
+    };
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let name = rest.split('\'').next().unwrap_or("").to_string();
+            out.push(KernelResources {
+                kernel: name,
+                registers: 0,
+                spill_stores: 0,
+                spill_loads: 0,
+                shared_bytes: 0,
+            });
+        } else if let Some(k) = out.last_mut() {
+            if let Some(v) = num_before(line, "bytes spill stores") {
+                k.spill_stores = v;
+            }
+            if let Some(v) = num_before(line, "bytes spill loads") {
+                k.spill_loads = v;
+            }
+            if let Some(v) = num_before(line, "registers") {
+                k.registers = v;
+            }
+            if let Some(v) = num_before(line, "bytes smem") {
+                k.shared_bytes = v;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ptxas_report() {
+        let log = "ptxas info    : 0 bytes gmem\n\
+ptxas info    : Compiling entry function 'bev_argmax' for 'sm_87'\n\
+ptxas info    : Function properties for bev_argmax\n\
+    8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads\n\
+ptxas info    : Used 10 registers, 380 bytes cmem[0]\n\
+ptxas info    : Compiling entry function 'colourise' for 'sm_87'\n\
+ptxas info    : Used 12 registers, 1024 bytes smem, 384 bytes cmem[0]\n";
+        let r = parse_ptxas(log);
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            (r[0].registers, r[0].spill_stores, r[0].spill_loads),
+            (10, 4, 4)
+        );
+        assert_eq!((r[1].registers, r[1].shared_bytes), (12, 1024));
+    }
+
+    #[test]
+    fn every_source_names_its_entries() {
+        for k in KERNELS {
+            for e in k.entries {
+                assert!(k.source.contains(&format!("void {e}(")), "{}: {e}", k.file);
+            }
+        }
+    }
+}

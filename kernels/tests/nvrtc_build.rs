@@ -1,0 +1,58 @@
+//! Every kernel compiles with NVRTC to a CUBIN for every target SM, without register spills,
+//! and the checked-in resource table (kernels/RESOURCES.md) matches what ptxas reports.
+//!
+//! Needs libnvrtc (CI installs the wheel nvidia-cuda-nvrtc-cu12==12.6.77). Without it the test
+//! prints SKIP, unless BEVRT_REQUIRE_NVRTC=1 (set by .ci/run), where it fails.
+
+use bevrt_kernels::nvrtc;
+
+#[test]
+fn all_kernels_compile_for_all_sms_without_spills() {
+    if !nvrtc::available() {
+        assert!(
+            std::env::var_os("BEVRT_REQUIRE_NVRTC").is_none(),
+            "BEVRT_REQUIRE_NVRTC is set but libnvrtc cannot be loaded (LD_LIBRARY_PATH?)"
+        );
+        eprintln!("SKIP: libnvrtc not found; install nvidia-cuda-nvrtc-cu12 (see .ci/run)");
+        return;
+    }
+    let (maj, min) = nvrtc::version().unwrap();
+    let mut table = String::new();
+    for &sm in nvrtc::TARGET_SMS {
+        for k in nvrtc::KERNELS {
+            let c = nvrtc::compile(k, sm).unwrap_or_else(|e| panic!("{e}"));
+            assert!(c.cubin.len() > 64, "{}: empty cubin", k.file);
+            assert!(
+                c.cubin.starts_with(b"\x7fELF"),
+                "{}: cubin is not an ELF image",
+                k.file
+            );
+            for e in k.entries {
+                let r = c
+                    .resources
+                    .iter()
+                    .find(|r| r.kernel.contains(e))
+                    .unwrap_or_else(|| panic!("{}: no ptxas report for {e}:\n{}", k.file, c.log));
+                assert_eq!(
+                    (r.spill_stores, r.spill_loads),
+                    (0, 0),
+                    "{} {e} spills on sm_{sm}",
+                    k.file
+                );
+                table.push_str(&format!(
+                    "| {} | {e} | sm_{sm} | {} | {} | {} |\n",
+                    k.file, r.registers, r.spill_stores, r.spill_loads
+                ));
+            }
+        }
+    }
+    eprintln!("NVRTC {maj}.{min}\n{table}");
+    let checked_in = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/RESOURCES.md"))
+        .expect("kernels/RESOURCES.md");
+    for line in table.lines() {
+        assert!(
+            checked_in.contains(line),
+            "kernels/RESOURCES.md is out of date; ptxas now reports:\n{line}\n(full table above)"
+        );
+    }
+}
