@@ -9,7 +9,7 @@ pub struct CompileKernelsArgs {
     /// Target SM: sm_87 (Orin) or sm_90 (H100).
     #[arg(long)]
     pub arch: String,
-    /// Output directory: one FILE.sm_XX.cubin per kernel file and resources.json.
+    /// Output directory: one FILE.sm_XX.cubin per kernel file and resources.sm_XX.json.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -49,7 +49,7 @@ pub fn compile_kernels(a: &CompileKernelsArgs) -> anyhow::Result<()> {
     let report =
         serde_json::json!({ "nvrtc": format!("{maj}.{min}"), "sm": sm, "kernels": resources });
     std::fs::write(
-        a.out.join("resources.json"),
+        a.out.join(format!("resources.sm_{sm}.json")),
         serde_json::to_string_pretty(&report)?,
     )?;
     println!(

@@ -10,6 +10,8 @@
 //! - [`device`]: finding a CUDA driver and device without panicking when there is none.
 //! - [`nvrtc`]: the kernel sources, NVRTC options, target SMs, CUBIN compilation and ptxas
 //!   register/spill reports.
+//! - [`launch`]: [`launch::Gpu`], which loads the kernels for the device's SM and launches them.
 
 pub mod device;
+pub mod launch;
 pub mod nvrtc;

@@ -1,0 +1,187 @@
+//! Thin cudarc launchers for the kernels in `cuda/`: load the CUBINs for the device's SM (built
+//! now by NVRTC, or read from a `bevrt-tool compile-kernels` directory) and launch them on one
+//! stream. Buffers are the caller's: nothing here allocates per launch.
+
+use crate::nvrtc;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("no CUDA driver on this machine (libcuda not found)")]
+    NoDriver,
+    #[error("CUDA: {0}")]
+    Driver(String),
+    #[error(transparent)]
+    Nvrtc(#[from] nvrtc::NvrtcError),
+    #[error("{path}: {message}")]
+    Cubin { path: String, message: String },
+}
+
+fn drv(e: cudarc::driver::DriverError) -> GpuError {
+    GpuError::Driver(format!("{e:?}"))
+}
+
+/// Parameters of `preprocess_f32`; layout must match `PreprocessParams` in preprocess.cu.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PreprocessParams {
+    pub in_w: i32,
+    pub in_h: i32,
+    pub out_w: i32,
+    pub out_h: i32,
+    /// 0 RGB8, 1 BGR8, 2 GRAY8, 3 YUYV, 4 NV12
+    pub fmt: i32,
+    /// 0 RGB, 1 BGR, 2 GRAY
+    pub order: i32,
+    /// 0 NCHW, 1 NHWC
+    pub layout: i32,
+    pub scale: [f32; 3],
+    pub bias: [f32; 3],
+}
+
+// SAFETY: plain-old-data with the C layout the kernel expects.
+unsafe impl DeviceRepr for PreprocessParams {}
+
+/// A device, a stream and every bevrt kernel loaded.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub sm: u32,
+    functions: HashMap<&'static str, CudaFunction>,
+}
+
+impl Gpu {
+    /// Open device 0 and load the kernels: from `cubin_dir` when given (ahead-of-time build
+    /// for this SM), else compiled now with NVRTC.
+    pub fn open(cubin_dir: Option<&Path>) -> Result<Gpu, GpuError> {
+        let info = crate::device::probe()
+            .map_err(|e| GpuError::Driver(e.to_string()))?
+            .ok_or(GpuError::NoDriver)?;
+        let sm = (info.sm.0 * 10 + info.sm.1) as u32;
+        let ctx = CudaContext::new(0).map_err(drv)?;
+        let stream = ctx.default_stream();
+        let mut functions = HashMap::new();
+        for k in nvrtc::KERNELS {
+            let cubin = match cubin_dir {
+                Some(dir) => {
+                    let p = dir.join(format!("{}.sm_{sm}.cubin", k.file.trim_end_matches(".cu")));
+                    std::fs::read(&p).map_err(|e| GpuError::Cubin {
+                        path: p.display().to_string(),
+                        message: format!(
+                            "{e} (build it with bevrt-tool compile-kernels --arch sm_{sm})"
+                        ),
+                    })?
+                }
+                None => nvrtc::compile(k, sm)?.cubin,
+            };
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+                .map_err(drv)?;
+            for e in k.entries {
+                functions.insert(*e, module.load_function(e).map_err(drv)?);
+            }
+        }
+        Ok(Gpu {
+            ctx,
+            stream,
+            sm,
+            functions,
+        })
+    }
+
+    fn f(&self, name: &str) -> &CudaFunction {
+        &self.functions[name]
+    }
+
+    /// Camera frame (`src`, raw bytes of its pixel format) to the normalised input tensor.
+    pub fn preprocess_f32(
+        &self,
+        src: &CudaSlice<u8>,
+        dst: &mut CudaSlice<f32>,
+        p: &PreprocessParams,
+    ) -> Result<(), GpuError> {
+        let cfg = LaunchConfig {
+            grid_dim: (
+                (p.out_w as u32).div_ceil(32),
+                (p.out_h as u32).div_ceil(8),
+                1,
+            ),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(self.f("preprocess_f32"));
+        b.arg(src).arg(dst).arg(p);
+        // SAFETY: argument list matches the kernel signature; sizes are the caller's contract
+        // (dst holds out_w*out_h*channels floats, src one frame).
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+    }
+
+    /// The view transform: `taps` is the SamplingTable's tap array as raw bytes (32 per entry).
+    #[allow(clippy::too_many_arguments)]
+    pub fn bev_pool_f32(
+        &self,
+        taps: &CudaSlice<u8>,
+        feat: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        channels: i32,
+        levels: i32,
+        cells: i32,
+        plane: i32,
+    ) -> Result<(), GpuError> {
+        let cfg = LaunchConfig {
+            grid_dim: (((cells * levels) as u32).div_ceil(256), channels as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(self.f("bev_pool_f32"));
+        b.arg(taps)
+            .arg(feat)
+            .arg(out)
+            .arg(&channels)
+            .arg(&levels)
+            .arg(&cells)
+            .arg(&plane);
+        // SAFETY: matches bev_pool_f32(taps, feat, out, channels, levels, cells, plane).
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+    }
+
+    /// Per-cell argmax over `n_classes` planes of `cells` logits.
+    pub fn bev_argmax(
+        &self,
+        logits: &CudaSlice<f32>,
+        classes: &mut CudaSlice<u8>,
+        n_classes: i32,
+        cells: i32,
+    ) -> Result<(), GpuError> {
+        let cfg = LaunchConfig::for_num_elems(cells as u32);
+        let mut b = self.stream.launch_builder(self.f("bev_argmax"));
+        b.arg(logits).arg(classes).arg(&n_classes).arg(&cells);
+        // SAFETY: matches bev_argmax(logits, classes, n_classes, cells).
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+    }
+
+    /// Class map to RGB through a palette of `n_colors` RGB triples.
+    pub fn colourise(
+        &self,
+        classes: &CudaSlice<u8>,
+        palette: &CudaSlice<u8>,
+        n_colors: i32,
+        rgb: &mut CudaSlice<u8>,
+        cells: i32,
+    ) -> Result<(), GpuError> {
+        let cfg = LaunchConfig::for_num_elems(cells as u32);
+        let mut b = self.stream.launch_builder(self.f("colourise"));
+        b.arg(classes)
+            .arg(palette)
+            .arg(&n_colors)
+            .arg(rgb)
+            .arg(&cells);
+        // SAFETY: matches colourise(classes, palette, n_colors, rgb, cells).
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+    }
+}

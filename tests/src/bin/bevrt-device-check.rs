@@ -1,0 +1,259 @@
+//! GPU-against-reference checks for every CUDA kernel, plus kernel timings, written as JSON.
+//! Runs on a GPU machine from a prebuilt binary (tests/device/run.sh); without a driver it
+//! exits with a clear message.
+//!
+//! usage: bevrt-device-check [--kernels DIR] [--out FILE.json]
+
+use bevrt_calib::{BevGrid, CameraModel, Extrinsics, SamplingTable, view_transform};
+use bevrt_kernels::launch::{Gpu, PreprocessParams};
+use bevrt_models::{ChannelOrder, InputDtype, InputSpec, Layout};
+use bevrt_runtime::frame::{Frame, PixelFormat};
+use bevrt_runtime::postprocess::{bev_argmax, colourise};
+use bevrt_runtime::preprocess::PreprocessPlan;
+use serde_json::json;
+use std::time::Instant;
+
+/// Deterministic pseudo-random bytes (splitmix64).
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E3779B97F4A7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+            (z ^ (z >> 31)) as u8
+        })
+        .collect()
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y).abs() as f64) / (y.abs() as f64).max(1e-3))
+        .fold(0.0, f64::max)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let out = arg("--out").unwrap_or_else(|| "device_check.json".into());
+    let kernels = arg("--kernels").map(std::path::PathBuf::from);
+    match run(kernels.as_deref()) {
+        Ok(report) => {
+            let ok = report["all_passed"].as_bool().unwrap_or(false);
+            std::fs::write(&out, serde_json::to_string_pretty(&report).unwrap())
+                .expect("write report");
+            println!("{}", serde_json::to_string_pretty(&report).unwrap());
+            println!(
+                "device check: {}; report in {out}",
+                if ok { "all kernels match" } else { "MISMATCH" }
+            );
+            std::process::exit(if ok { 0 } else { 1 });
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn run(kernels: Option<&std::path::Path>) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let gpu = Gpu::open(kernels)?;
+    let st = gpu.stream.clone();
+    let info = bevrt_kernels::device::probe()?.ok_or("no device")?;
+    let mut checks = vec![];
+    let mut all = true;
+
+    // ---- preprocess: every pixel format x channel order x layout, 641x361 -> 384x128
+    let (iw, ih) = (641u32, 361u32);
+    for (fmt_i, fmt) in [
+        PixelFormat::Rgb8,
+        PixelFormat::Bgr8,
+        PixelFormat::Gray8,
+        PixelFormat::Yuyv,
+        PixelFormat::Nv12,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (ord_i, order) in [ChannelOrder::Rgb, ChannelOrder::Bgr, ChannelOrder::Gray]
+            .into_iter()
+            .enumerate()
+        {
+            for (lay_i, layout) in [Layout::Nchw, Layout::Nhwc].into_iter().enumerate() {
+                let c = order.channels();
+                let spec = InputSpec {
+                    name: None,
+                    width: 384,
+                    height: 128,
+                    channels: order,
+                    layout,
+                    dtype: InputDtype::F32,
+                    mean: vec![0.45; c],
+                    std: vec![0.25; c],
+                };
+                let mut frame = Frame::with_capacity(fmt.frame_bytes(iw, ih));
+                frame.reset(fmt, iw, ih);
+                let n = frame.data.len();
+                frame.data.copy_from_slice(&bytes(n, 7 + fmt_i as u64));
+                let plan = PreprocessPlan::new(&spec, iw, ih);
+                let mut want = vec![0f32; plan.output_len()];
+                plan.run(&frame, &mut want);
+                let mut p = PreprocessParams {
+                    in_w: iw as i32,
+                    in_h: ih as i32,
+                    out_w: 384,
+                    out_h: 128,
+                    fmt: fmt_i as i32,
+                    order: ord_i as i32,
+                    layout: lay_i as i32,
+                    ..Default::default()
+                };
+                for k in 0..c {
+                    p.scale[k] = 1.0 / (255.0 * spec.std[k]);
+                    p.bias[k] = -spec.mean[k] / spec.std[k];
+                }
+                let src = st.clone_htod(&frame.data)?;
+                let mut dst = st.alloc_zeros::<f32>(want.len())?;
+                gpu.preprocess_f32(&src, &mut dst, &p)?;
+                let got = st.clone_dtoh(&dst)?;
+                let err = max_rel(&got, &want);
+                let pass = err <= 1e-4;
+                all &= pass;
+                checks.push(json!({"kernel": "preprocess_f32", "case": format!("{fmt} {order:?} {layout:?}"),
+                                   "max_rel_err": err, "tolerance": 1e-4, "pass": pass}));
+            }
+        }
+    }
+
+    // ---- BEV pool against bevrt_calib::view_transform on a real sampling table
+    let cam = CameraModel::pinhole(
+        768,
+        256,
+        300.0,
+        300.0,
+        384.0,
+        128.0,
+        [-0.05, 0.0, 0.0, 0.0, 0.0],
+    )?;
+    let ext = Extrinsics::from_height_pitch_roll_yaw(1.5, 4.0, 0.0, 0.0);
+    let grid = BevGrid {
+        x_min: 0.0,
+        x_max: 50.0,
+        y_min: -25.0,
+        y_max: 25.0,
+        cell: 0.25,
+        z_levels: vec![0.0, 0.5, 1.0, 1.5],
+    };
+    let (fw, fh, ch) = (96usize, 32usize, 64usize);
+    let table = SamplingTable::try_build(&grid, &cam, &ext, fw, fh, 8)?;
+    let feat: Vec<f32> = bytes(ch * fw * fh, 11)
+        .iter()
+        .map(|b| *b as f32 / 17.0 - 7.0)
+        .collect();
+    let cells = table.grid_w * table.grid_h;
+    let mut want = vec![0f32; ch * table.levels * cells];
+    view_transform(&table, &feat, &mut want)?;
+    let taps = st.clone_htod(table.taps_as_bytes())?;
+    let dfeat = st.clone_htod(&feat)?;
+    let mut dout = st.alloc_zeros::<f32>(want.len())?;
+    let launch = |dout: &mut cudarc::driver::CudaSlice<f32>| {
+        gpu.bev_pool_f32(
+            &taps,
+            &dfeat,
+            dout,
+            ch as i32,
+            table.levels as i32,
+            cells as i32,
+            (fw * fh) as i32,
+        )
+    };
+    launch(&mut dout)?;
+    let got = st.clone_dtoh(&dout)?;
+    let err = max_rel(&got, &want);
+    let pass = err <= 1e-5;
+    all &= pass;
+    checks.push(json!({"kernel": "bev_pool_f32", "case": format!("{}x{}x{} levels, C={ch}", table.grid_h, table.grid_w, table.levels),
+                       "max_rel_err": err, "tolerance": 1e-5, "pass": pass}));
+    st.synchronize()?;
+    let t = Instant::now();
+    for _ in 0..200 {
+        launch(&mut dout)?;
+    }
+    st.synchronize()?;
+    let bev_ms = t.elapsed().as_secs_f64() * 1e3 / 200.0;
+
+    // ---- argmax + colourise, bit-exact
+    let (ncls, side) = (8usize, 200usize);
+    let n = side * side;
+    let logits: Vec<f32> = bytes(ncls * n, 13)
+        .iter()
+        .map(|b| (*b % 32) as f32)
+        .collect(); // ties on purpose
+    let mut want_map = vec![0u8; n];
+    bev_argmax(&logits, ncls, side, side, &mut want_map);
+    let dl = st.clone_htod(&logits)?;
+    let mut dmap = st.alloc_zeros::<u8>(n)?;
+    gpu.bev_argmax(&dl, &mut dmap, ncls as i32, n as i32)?;
+    let got_map = st.clone_dtoh(&dmap)?;
+    let pass = got_map == want_map;
+    all &= pass;
+    checks.push(json!({"kernel": "bev_argmax", "case": format!("{ncls} classes, {side}x{side}, with ties"), "bit_exact": pass, "pass": pass}));
+    let classes: Vec<bevrt_models::ClassSpec> = (0..ncls)
+        .map(|i| bevrt_models::ClassSpec {
+            name: format!("c{i}"),
+            color: [i as u8 * 30, 255 - i as u8 * 20, i as u8 * 7],
+        })
+        .collect();
+    let mut map = want_map.clone();
+    map[0] = 255; // unknown -> black
+    let mut want_rgb = vec![0u8; n * 3];
+    colourise(&map, &classes, &mut want_rgb);
+    let palette: Vec<u8> = classes.iter().flat_map(|c| c.color).collect();
+    let dmap2 = st.clone_htod(&map)?;
+    let dpal = st.clone_htod(&palette)?;
+    let mut drgb = st.alloc_zeros::<u8>(n * 3)?;
+    gpu.colourise(&dmap2, &dpal, ncls as i32, &mut drgb, n as i32)?;
+    let pass = st.clone_dtoh(&drgb)? == want_rgb;
+    all &= pass;
+    checks.push(json!({"kernel": "colourise", "case": format!("{side}x{side} with unknown cells"), "bit_exact": pass, "pass": pass}));
+
+    // ---- preprocess throughput: 1920x1080 YUYV camera frame -> 384x128 NCHW
+    let (cw, chh) = (1920u32, 1080u32);
+    let frame = bytes(PixelFormat::Yuyv.frame_bytes(cw, chh), 3);
+    let src = st.clone_htod(&frame)?;
+    let mut dst = st.alloc_zeros::<f32>(3 * 384 * 128)?;
+    let p = PreprocessParams {
+        in_w: cw as i32,
+        in_h: chh as i32,
+        out_w: 384,
+        out_h: 128,
+        fmt: 3,
+        order: 1,
+        layout: 0,
+        scale: [1.0 / 63.75; 3],
+        bias: [-1.8; 3],
+    };
+    for _ in 0..20 {
+        gpu.preprocess_f32(&src, &mut dst, &p)?;
+    }
+    st.synchronize()?;
+    let t = Instant::now();
+    for _ in 0..500 {
+        gpu.preprocess_f32(&src, &mut dst, &p)?;
+    }
+    st.synchronize()?;
+    let pre_ms = t.elapsed().as_secs_f64() * 1e3 / 500.0;
+    Ok(json!({
+        "device": info.name, "sm": gpu.sm, "driver_version": info.driver_version,
+        "all_passed": all, "checks": checks,
+        "timing_ms": {"preprocess_1920x1080_yuyv_to_384x128": pre_ms, "bev_pool_200x200x4_c64": bev_ms},
+        "note": "timings include launch overhead (host loop, one stream); bandwidth share needs the device's peak"
+    }))
+}
