@@ -178,9 +178,10 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
     let report = pipeline::run(src, be, sinks, &opts)?;
     log::info!("done ({}): {}", report.ended_by, report.line());
     let al = &report.allocations;
-    if al.measured {
+    if al.measured && al.frames_counted > 0 {
         log::info!(
-            "allocations per frame after warm-up: capture {:.2}, inference (own) {:.2}, backend {:.2}, sinks {:.2}",
+            "allocations per frame after warm-up ({} frames): capture {:.2}, inference (own) {:.2}, backend {:.2}, sinks {:.2}",
+            al.frames_counted,
             al.capture_per_frame,
             al.inference_own_per_frame,
             al.backend_per_frame,

@@ -93,6 +93,8 @@ pub struct AllocReport {
     pub backend_per_frame: f64,
     /// Sink thread: writing results.
     pub sink_per_frame: f64,
+    /// Frames the inference numbers are averaged over (those after warm-up).
+    pub frames_counted: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -405,6 +407,7 @@ pub fn run(
                 c.sink_allocs.load(Ordering::Relaxed),
                 c.sink_counted.load(Ordering::Relaxed),
             ),
+            frames_counted: n,
         }
     };
 
