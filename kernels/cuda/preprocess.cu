@@ -1,6 +1,8 @@
-// Frame to model input in one pass: colour conversion, bilinear resize (half-pixel centres),
-// normalisation. GPU twin of runtime/src/preprocess.rs (PreprocessPlan::run): same taps, same
-// BT.601 limited-range matrix, conversion per tap before interpolation, all in f32.
+// Frame to model input in one pass: colour conversion, bilinear resize (half-pixel centres) or
+// a per-pixel source map (undistortion), normalisation, and f32 / f16 / int8 output.
+// GPU twin of runtime/src/preprocess.rs (PreprocessPlan::run, run_f16, run_i8): same taps, same
+// BT.601 limited-range matrix, conversion per tap before interpolation, the same f32 operations
+// in the same order; compiled with --fmad=false, so results are bit-identical.
 // One thread per output pixel; writes every channel of it.
 //
 // fmt: 0 RGB8, 1 BGR8, 2 GRAY8, 3 YUYV, 4 NV12
@@ -48,17 +50,47 @@ struct PreprocessParams {
     int fmt, order, layout;
     float scale[3];  // 1 / (255 std)
     float bias[3];   // -mean / std
+    float q_scale;   // int8 output: q = clamp(rint(v / q_scale) + q_zp, -128, 127)
+    int q_zp;
 };
 
-extern "C" __global__ void preprocess_f32(const unsigned char* __restrict__ src,
-                                          float* __restrict__ dst, PreprocessParams p) {
+struct StoreF32 {
+    typedef float T;
+    __device__ static float store(float v, const PreprocessParams&) { return v; }
+};
+struct StoreF16 {
+    typedef unsigned short T;  // IEEE binary16 bits
+    __device__ static unsigned short store(float v, const PreprocessParams&) {
+        unsigned short h;
+        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+        return h;
+    }
+};
+struct StoreI8 {
+    typedef signed char T;
+    __device__ static signed char store(float v, const PreprocessParams& p) {
+        int q = __float2int_rn(__fdiv_rn(v, p.q_scale)) + p.q_zp;
+        return (signed char)min(max(q, -128), 127);
+    }
+};
+
+// map: nullptr for the plain resize, else out_w*out_h (x, y) frame positions
+template <typename S>
+__device__ void preprocess(const unsigned char* __restrict__ src, typename S::T* __restrict__ dst,
+                           const float* __restrict__ map, const PreprocessParams& p) {
     int ox = blockIdx.x * blockDim.x + threadIdx.x;
     int oy = blockIdx.y * blockDim.y + threadIdx.y;
     if (ox >= p.out_w || oy >= p.out_h) return;
-    float sx = fminf(fmaxf((ox + 0.5f) * ((float)p.in_w / (float)p.out_w) - 0.5f, 0.0f),
-                     (float)(p.in_w - 1));
-    float sy = fminf(fmaxf((oy + 0.5f) * ((float)p.in_h / (float)p.out_h) - 0.5f, 0.0f),
-                     (float)(p.in_h - 1));
+    float sx, sy;
+    if (map) {
+        sx = map[(oy * p.out_w + ox) * 2];
+        sy = map[(oy * p.out_w + ox) * 2 + 1];
+    } else {
+        sx = (ox + 0.5f) * ((float)p.in_w / (float)p.out_w) - 0.5f;
+        sy = (oy + 0.5f) * ((float)p.in_h / (float)p.out_h) - 0.5f;
+    }
+    sx = fminf(fmaxf(sx, 0.0f), (float)(p.in_w - 1));
+    sy = fminf(fmaxf(sy, 0.0f), (float)(p.in_h - 1));
     int x0 = (int)floorf(sx), y0 = (int)floorf(sy);
     int x1 = min(x0 + 1, p.in_w - 1), y1 = min(y0 + 1, p.in_h - 1);
     float wx = sx - x0, wy = sy - y0;
@@ -82,8 +114,21 @@ extern "C" __global__ void preprocess_f32(const unsigned char* __restrict__ src,
     int pix = oy * p.out_w + ox;
     int plane = p.out_w * p.out_h;
     for (int k = 0; k < ch; ++k) {
-        float v = vals[k] * p.scale[k] + p.bias[k];
+        typename S::T v = S::store(vals[k] * p.scale[k] + p.bias[k], p);
         if (p.layout == 0) dst[k * plane + pix] = v;
         else dst[pix * ch + k] = v;
     }
+}
+
+extern "C" __global__ void preprocess_f32(const unsigned char* src, float* dst, const float* map,
+                                          PreprocessParams p) {
+    preprocess<StoreF32>(src, dst, map, p);
+}
+extern "C" __global__ void preprocess_f16(const unsigned char* src, unsigned short* dst,
+                                          const float* map, PreprocessParams p) {
+    preprocess<StoreF16>(src, dst, map, p);
+}
+extern "C" __global__ void preprocess_i8(const unsigned char* src, signed char* dst,
+                                         const float* map, PreprocessParams p) {
+    preprocess<StoreI8>(src, dst, map, p);
 }

@@ -42,6 +42,24 @@ pub struct PreprocessParams {
     pub layout: i32,
     pub scale: [f32; 3],
     pub bias: [f32; 3],
+    /// int8 output only: `q = clamp(round_half_even(v / q_scale) + q_zp, -128, 127)`.
+    pub q_scale: f32,
+    pub q_zp: i32,
+}
+
+/// Element types `preprocess` can write, with their kernel.
+pub trait PreprocessOutput: DeviceRepr {
+    const KERNEL: &'static str;
+}
+impl PreprocessOutput for f32 {
+    const KERNEL: &'static str = "preprocess_f32";
+}
+/// IEEE binary16 bits.
+impl PreprocessOutput for u16 {
+    const KERNEL: &'static str = "preprocess_f16";
+}
+impl PreprocessOutput for i8 {
+    const KERNEL: &'static str = "preprocess_i8";
 }
 
 // SAFETY: plain-old-data with the C layout the kernel expects.
@@ -98,11 +116,13 @@ impl Gpu {
         &self.functions[name]
     }
 
-    /// Camera frame (`src`, raw bytes of its pixel format) to the normalised input tensor.
-    pub fn preprocess_f32(
+    /// Camera frame (`src`, raw bytes of its pixel format) to the normalised input tensor in
+    /// f32, f16 bits (`u16`) or int8; `map` (out_w*out_h (x, y) pairs) replaces the resize.
+    pub fn preprocess<T: PreprocessOutput>(
         &self,
         src: &CudaSlice<u8>,
-        dst: &mut CudaSlice<f32>,
+        dst: &mut CudaSlice<T>,
+        map: Option<&CudaSlice<f32>>,
         p: &PreprocessParams,
     ) -> Result<(), GpuError> {
         let cfg = LaunchConfig {
@@ -114,8 +134,14 @@ impl Gpu {
             block_dim: (32, 8, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(self.f("preprocess_f32"));
-        b.arg(src).arg(dst).arg(p);
+        let null = 0u64;
+        let mut b = self.stream.launch_builder(self.f(T::KERNEL));
+        b.arg(src).arg(dst);
+        match map {
+            Some(m) => b.arg(m),
+            None => b.arg(&null),
+        };
+        b.arg(p);
         // SAFETY: argument list matches the kernel signature; sizes are the caller's contract
         // (dst holds out_w*out_h*channels floats, src one frame).
         unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)

@@ -3,7 +3,7 @@
 //!
 //! | kernel (cuda/) | entry points | CPU reference |
 //! |---|---|---|
-//! | `preprocess.cu` | `preprocess_f32` | `bevrt_runtime::preprocess::PreprocessPlan::run` |
+//! | `preprocess.cu` | `preprocess_f32`, `preprocess_f16`, `preprocess_i8` | `bevrt_runtime::preprocess::PreprocessPlan::{run, run_f16, run_i8}` (bit-exact) |
 //! | `bev_pool.cu` | `bev_pool_f32`, `bev_pool_f16` | `bevrt_calib::view_transform` |
 //! | `postprocess.cu` | `bev_argmax`, `colourise` | `bevrt_runtime::postprocess::{bev_argmax, colourise}` |
 //!

@@ -24,7 +24,7 @@ pub const KERNELS: &[KernelSource] = &[
     KernelSource {
         file: "preprocess.cu",
         source: include_str!("../cuda/preprocess.cu"),
-        entries: &["preprocess_f32"],
+        entries: &["preprocess_f32", "preprocess_f16", "preprocess_i8"],
     },
     KernelSource {
         file: "bev_pool.cu",
@@ -43,9 +43,15 @@ pub const KERNELS: &[KernelSource] = &[
 pub const TARGET_SMS: &[u32] = &[87, 90];
 
 /// NVRTC options for every kernel (plus `--gpu-architecture=sm_XX`). IEEE division and square
-/// root are kept so the kernels follow their CPU references; FMA contraction is allowed (the
-/// device checks compare with a 1e-4 relative tolerance on f32 paths).
-pub const NVRTC_OPTIONS: &[&str] = &["--std=c++17", "--ptxas-options=-v", "-lineinfo"];
+/// root, and no contraction of multiply-add into FMA: the bevrt-op kernels then compute exactly
+/// what their CPU references compute, bit for bit (these kernels are memory-bound; the
+/// convolution kernels will opt into FMA where they need it).
+pub const NVRTC_OPTIONS: &[&str] = &[
+    "--std=c++17",
+    "--fmad=false",
+    "--ptxas-options=-v",
+    "-lineinfo",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum NvrtcError {

@@ -13,6 +13,13 @@
 //! - Conversion happens per tap before interpolation (so the result equals resizing the
 //!   converted image), then `out = value * scale[c] + bias[c]` with
 //!   `scale = 1 / (255 std)`, `bias = -mean / std`.
+//! - Optionally a source map replaces the resize: per output pixel, the (x, y) frame position
+//!   to sample (e.g. the calibration's undistortion table resampled to the model input), with
+//!   the same clamping and bilinear taps.
+//! - Outputs: f32; f16 (IEEE binary16 bits, round to nearest even); or int8 quantized as
+//!   `clamp(round_half_even(v / q_scale) + zero_point, -128, 127)`.
+//! - Every operation is a single f32 operation in this order, with no fused multiply-add, so
+//!   the kernel (compiled with `--fmad=false`) gives bit-identical results.
 
 use crate::frame::{Frame, PixelFormat};
 use bevrt_models::{ChannelOrder, InputSpec, Layout};
@@ -33,6 +40,64 @@ pub struct PreprocessPlan {
     xs: Vec<(u32, u32, f32)>,
     /// Per output row: top tap, bottom tap, bottom weight.
     ys: Vec<(u32, u32, f32)>,
+    /// Per output pixel: the frame position to sample, replacing `xs`/`ys` when set.
+    map: Option<Vec<[f32; 2]>>,
+}
+
+/// One tap pair from a source coordinate, exactly as [`taps`] computes it.
+#[inline]
+fn tap(s: f32, inp: u32) -> (u32, u32, f32) {
+    let s = s.clamp(0.0, (inp - 1) as f32);
+    let i0 = s.floor() as u32;
+    (i0, (i0 + 1).min(inp - 1), s - i0 as f32)
+}
+
+/// f32 to IEEE binary16 bits, round to nearest even (as PTX `cvt.rn.f16.f32`).
+pub fn f32_to_f16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let exp = ((b >> 23) & 0xff) as i32;
+    let man = b & 0x7f_ffff;
+    if exp == 0xff {
+        return sign | 0x7c00 | if man != 0 { 0x200 } else { 0 };
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    let (m, shift) = if e <= 0 {
+        if e < -10 {
+            return sign;
+        }
+        (man | 0x80_0000, (14 - e) as u32)
+    } else {
+        (man, 13u32)
+    };
+    let mut half = m >> shift;
+    let rem = m & ((1 << shift) - 1);
+    let halfway = 1 << (shift - 1);
+    if rem > halfway || (rem == halfway && half & 1 == 1) {
+        half += 1;
+    }
+    if e <= 0 {
+        sign | half as u16
+    } else {
+        sign | (((e as u32) << 10) + half) as u16
+    }
+}
+
+/// Symmetric/asymmetric int8 quantization of the model input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InputQuant {
+    pub scale: f32,
+    pub zero_point: i32,
+}
+
+impl InputQuant {
+    #[inline]
+    pub fn quantize(self, v: f32) -> i8 {
+        ((v / self.scale).round_ties_even() as i32 + self.zero_point).clamp(-128, 127) as i8
+    }
 }
 
 fn taps(out: usize, inp: u32) -> Vec<(u32, u32, f32)> {
@@ -69,7 +134,20 @@ impl PreprocessPlan {
             bias,
             xs: taps(spec.width as usize, in_w),
             ys: taps(spec.height as usize, in_h),
+            map: None,
         }
+    }
+
+    /// Sample through a per-output-pixel source map (row-major, `width * height` entries of
+    /// frame (x, y)) instead of the plain resize.
+    pub fn with_source_map(mut self, map: Vec<[f32; 2]>) -> PreprocessPlan {
+        assert_eq!(
+            map.len(),
+            self.out_w * self.out_h,
+            "one source position per output pixel"
+        );
+        self.map = Some(map);
+        self
     }
 
     /// Frame size this plan was built for.
@@ -86,6 +164,20 @@ impl PreprocessPlan {
     /// spec). Panics only on caller bugs (wrong frame size or output length): the pipeline
     /// checks frames with [`Frame::is_consistent`] and rebuilds the plan on size changes.
     pub fn run(&self, frame: &Frame, out: &mut [f32]) {
+        self.run_with(frame, out, |v| v)
+    }
+
+    /// As [`run`](Self::run), writing IEEE binary16 bits.
+    pub fn run_f16(&self, frame: &Frame, out: &mut [u16]) {
+        self.run_with(frame, out, f32_to_f16_bits)
+    }
+
+    /// As [`run`](Self::run), writing int8 quantized with `q`.
+    pub fn run_i8(&self, frame: &Frame, out: &mut [i8], q: InputQuant) {
+        self.run_with(frame, out, |v| q.quantize(v))
+    }
+
+    fn run_with<T: Copy>(&self, frame: &Frame, out: &mut [T], store: impl Fn(f32) -> T) {
         assert_eq!((frame.width, frame.height), (self.in_w, self.in_h));
         assert!(frame.is_consistent());
         assert_eq!(out.len(), self.output_len());
@@ -97,8 +189,13 @@ impl PreprocessPlan {
         };
         let c = self.order.channels();
         let plane = self.out_w * self.out_h;
-        for (oy, &(y0, y1, wy)) in self.ys.iter().enumerate() {
-            for (ox, &(x0, x1, wx)) in self.xs.iter().enumerate() {
+        for oy in 0..self.out_h {
+            for ox in 0..self.out_w {
+                let pix = oy * self.out_w + ox;
+                let ((x0, x1, wx), (y0, y1, wy)) = match &self.map {
+                    Some(m) => (tap(m[pix][0], self.in_w), tap(m[pix][1], self.in_h)),
+                    None => (self.xs[ox], self.ys[oy]),
+                };
                 let p00 = px.rgb(x0 as usize, y0 as usize);
                 let p01 = px.rgb(x1 as usize, y0 as usize);
                 let p10 = px.rgb(x0 as usize, y1 as usize);
@@ -114,9 +211,8 @@ impl PreprocessPlan {
                     ChannelOrder::Bgr => [rgb[2], rgb[1], rgb[0]],
                     ChannelOrder::Gray => [luma(rgb), 0.0, 0.0],
                 };
-                let pix = oy * self.out_w + ox;
                 for k in 0..c {
-                    let v = vals[k] * self.scale[k] + self.bias[k];
+                    let v = store(vals[k] * self.scale[k] + self.bias[k]);
                     match self.layout {
                         Layout::Nchw => out[k * plane + pix] = v,
                         Layout::Nhwc => out[pix * c + k] = v,
@@ -259,6 +355,62 @@ mod tests {
         // white and black
         assert_eq!(yuv_to_rgb(235, 128, 128).map(|x| x.round()), [255.0; 3]);
         assert_eq!(yuv_to_rgb(16, 128, 128), [0.0; 3]);
+    }
+
+    #[test]
+    fn f16_bits_round_to_nearest_even() {
+        for (x, bits) in [
+            (0.0f32, 0x0000u16),
+            (-0.0, 0x8000),
+            (1.0, 0x3c00),
+            (-2.0, 0xc000),
+            (65504.0, 0x7bff),
+            (65520.0, 0x7c00),        // rounds up to infinity
+            (5.960_464_5e-8, 0x0001), // smallest subnormal
+            (2.980_232_2e-8, 0x0000), // half of it: ties to even (0)
+            (1.000_488_3, 0x3c00),    // exactly halfway 1 and next: even stays
+            (1.001_464_8, 0x3c02),    // halfway between 0x3c01 and 0x3c02: to even
+            (f32::INFINITY, 0x7c00),
+        ] {
+            assert_eq!(f32_to_f16_bits(x), bits, "{x}");
+        }
+        assert_eq!(f32_to_f16_bits(f32::NAN) & 0x7c00, 0x7c00);
+    }
+
+    #[test]
+    fn identity_map_equals_plain_resize_and_int8_matches() {
+        let data: Vec<u8> = (0..16 * 8 * 3).map(|i| (i * 37 % 251) as u8).collect();
+        let f = frame(PixelFormat::Rgb8, 16, 8, data);
+        let s = spec(6, 4, ChannelOrder::Bgr, Layout::Nchw);
+        let plain = PreprocessPlan::new(&s, 16, 8);
+        // the map the resize implies: half-pixel centres
+        let map: Vec<[f32; 2]> = (0..4)
+            .flat_map(|y| {
+                (0..6).map(move |x| {
+                    [
+                        (x as f32 + 0.5) * (16.0 / 6.0) - 0.5,
+                        (y as f32 + 0.5) * (8.0 / 4.0) - 0.5,
+                    ]
+                })
+            })
+            .collect();
+        let mapped = PreprocessPlan::new(&s, 16, 8).with_source_map(map);
+        let (mut a, mut b) = (vec![0f32; 72], vec![0f32; 72]);
+        plain.run(&f, &mut a);
+        mapped.run(&f, &mut b);
+        assert_eq!(a, b);
+        let q = InputQuant {
+            scale: 1.0 / 127.0,
+            zero_point: 0,
+        };
+        let mut i = vec![0i8; 72];
+        plain.run_i8(&f, &mut i, q);
+        for (x, y) in a.iter().zip(&i) {
+            assert_eq!(q.quantize(*x), *y);
+        }
+        let mut h = vec![0u16; 72];
+        plain.run_f16(&f, &mut h);
+        assert_eq!(h[5], f32_to_f16_bits(a[5]));
     }
 
     #[test]

@@ -106,6 +106,7 @@ fn run(kernels: Option<&std::path::Path>) -> Result<serde_json::Value, Box<dyn s
                 let mut want = vec![0f32; plan.output_len()];
                 plan.run(&frame, &mut want);
                 let mut p = PreprocessParams {
+                    q_scale: 1.0,
                     in_w: iw as i32,
                     in_h: ih as i32,
                     out_w: 384,
@@ -120,16 +121,113 @@ fn run(kernels: Option<&std::path::Path>) -> Result<serde_json::Value, Box<dyn s
                     p.bias[k] = -spec.mean[k] / spec.std[k];
                 }
                 let src = st.clone_htod(&frame.data)?;
+                let case = format!("{fmt} {order:?} {layout:?}");
+                // f32: bit-exact (no FMA contraction on either side)
                 let mut dst = st.alloc_zeros::<f32>(want.len())?;
-                gpu.preprocess_f32(&src, &mut dst, &p)?;
+                gpu.preprocess(&src, &mut dst, None, &p)?;
                 let got = st.clone_dtoh(&dst)?;
                 let err = max_rel(&got, &want);
-                let pass = err <= 1e-4;
-                all &= pass;
-                checks.push(json!({"kernel": "preprocess_f32", "case": format!("{fmt} {order:?} {layout:?}"),
-                                   "max_rel_err": err, "tolerance": 1e-4, "pass": pass}));
+                let exact = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                all &= exact;
+                checks.push(json!({"kernel": "preprocess_f32", "case": case, "max_rel_err": err, "bit_exact": exact, "pass": exact}));
+                // f16 bits
+                let mut want16 = vec![0u16; want.len()];
+                plan.run_f16(&frame, &mut want16);
+                let mut d16 = st.alloc_zeros::<u16>(want.len())?;
+                gpu.preprocess(&src, &mut d16, None, &p)?;
+                let exact = st.clone_dtoh(&d16)? == want16;
+                all &= exact;
+                checks.push(json!({"kernel": "preprocess_f16", "case": case, "bit_exact": exact, "pass": exact}));
+                // int8
+                let q = bevrt_runtime::preprocess::InputQuant {
+                    scale: 0.03,
+                    zero_point: 3,
+                };
+                p.q_scale = q.scale;
+                p.q_zp = q.zero_point;
+                let mut want8 = vec![0i8; want.len()];
+                plan.run_i8(&frame, &mut want8, q);
+                let mut d8 = st.alloc_zeros::<i8>(want.len())?;
+                gpu.preprocess(&src, &mut d8, None, &p)?;
+                let exact = st.clone_dtoh(&d8)? == want8;
+                all &= exact;
+                checks.push(json!({"kernel": "preprocess_i8", "case": case, "bit_exact": exact, "pass": exact}));
             }
         }
+    }
+
+    // ---- preprocess through a source map (a real undistortion: a barrel-distorted 641x361
+    // camera resampled to a 384x128 pinhole view)
+    {
+        let cam = CameraModel::pinhole(
+            iw,
+            ih,
+            330.0,
+            330.0,
+            320.0,
+            180.0,
+            [-0.3, 0.08, 0.0, 0.0, 0.0],
+        )?;
+        let mut map = Vec::with_capacity(384 * 128);
+        for y in 0..128 {
+            for x in 0..384 {
+                // output pixel -> ray of an ideal pinhole 384x128 camera -> distorted pixel
+                let ray = nalgebra::Vector3::new(
+                    (x as f64 + 0.5 - 192.0) / 200.0,
+                    (y as f64 + 0.5 - 64.0) / 200.0,
+                    1.0,
+                );
+                let p = cam
+                    .project(ray)
+                    .map(|p| [p.x as f32, p.y as f32])
+                    .unwrap_or([-1.0, -1.0]);
+                map.push(p);
+            }
+        }
+        let spec = InputSpec {
+            name: None,
+            width: 384,
+            height: 128,
+            channels: ChannelOrder::Bgr,
+            layout: Layout::Nchw,
+            dtype: InputDtype::F32,
+            mean: vec![0.5; 3],
+            std: vec![0.5; 3],
+        };
+        let mut frame = Frame::with_capacity(PixelFormat::Yuyv.frame_bytes(iw, ih));
+        frame.reset(PixelFormat::Yuyv, iw, ih);
+        let n = frame.data.len();
+        frame.data.copy_from_slice(&bytes(n, 21));
+        let plan = PreprocessPlan::new(&spec, iw, ih).with_source_map(map.clone());
+        let mut want = vec![0f32; plan.output_len()];
+        plan.run(&frame, &mut want);
+        let flat: Vec<f32> = map.iter().flatten().copied().collect();
+        let dmap = st.clone_htod(&flat)?;
+        let src = st.clone_htod(&frame.data)?;
+        let mut dst = st.alloc_zeros::<f32>(want.len())?;
+        let p = PreprocessParams {
+            in_w: iw as i32,
+            in_h: ih as i32,
+            out_w: 384,
+            out_h: 128,
+            fmt: 3,
+            order: 1,
+            layout: 0,
+            scale: [1.0 / 127.5; 3],
+            bias: [-1.0; 3],
+            ..Default::default()
+        };
+        gpu.preprocess(&src, &mut dst, Some(&dmap), &p)?;
+        let got = st.clone_dtoh(&dst)?;
+        let exact = got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        all &= exact;
+        checks.push(json!({"kernel": "preprocess_f32", "case": "yuyv through undistortion map", "max_rel_err": max_rel(&got, &want), "bit_exact": exact, "pass": exact}));
     }
 
     // ---- BEV pool against bevrt_calib::view_transform on a real sampling table
@@ -239,14 +337,15 @@ fn run(kernels: Option<&std::path::Path>) -> Result<serde_json::Value, Box<dyn s
         layout: 0,
         scale: [1.0 / 63.75; 3],
         bias: [-1.8; 3],
+        ..Default::default()
     };
     for _ in 0..20 {
-        gpu.preprocess_f32(&src, &mut dst, &p)?;
+        gpu.preprocess(&src, &mut dst, None, &p)?;
     }
     st.synchronize()?;
     let t = Instant::now();
     for _ in 0..500 {
-        gpu.preprocess_f32(&src, &mut dst, &p)?;
+        gpu.preprocess(&src, &mut dst, None, &p)?;
     }
     st.synchronize()?;
     let pre_ms = t.elapsed().as_secs_f64() * 1e3 / 500.0;
