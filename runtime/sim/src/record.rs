@@ -1,0 +1,219 @@
+//! Writes a simulated sequence in the replay recording format (version 1) that
+//! `runtime/src/source/replay.rs` reads:
+//!
+//! ```text
+//! DIR/recording.toml     format = 1, width, height, pixel_format = "rgb8", encoding = "png",
+//!                        fps, calibration = "calibration.toml", ground_truth = "bev"
+//! DIR/frames.csv         seq,timestamp_ns,file,gt   (frames/NNNNNN.png, gt/NNNNNN.png)
+//! DIR/frames/NNNNNN.png  RGB8 camera frame
+//! DIR/gt/NNNNNN.png      BEV class-index PNG (L8, grid rows x cols), 255 = unknown
+//! DIR/calibration.toml   bevrt_calib::Calibration of the simulated camera
+//! ```
+//! Extras the replay reader ignores:
+//! ```text
+//! DIR/ground_truth.toml  the BEV grid and the class names / colours of the gt PNGs
+//! DIR/poses.csv          seq,timestamp_ns,x,y,yaw,speed,s   ego pose per frame (world frame)
+//! DIR/labels/NNNNNN.png  per-pixel class (L8; 254 = sky, 255 = outside the lens range)
+//! DIR/depth/NNNNNN.png   depth along the optical axis, 16-bit PNG in centimetres
+//!                        (0 = sky / no hit; clamped to 655.35 m)
+//! ```
+//! `labels/` and `depth/` are written only when asked (`extras`): they cost about as much as
+//! the frame PNG itself.
+
+use std::io::Write;
+use std::path::Path;
+
+use image::ImageEncoder;
+use serde::Serialize;
+
+use crate::{SimConfig, SimError, Simulator, class};
+
+#[derive(Serialize)]
+struct RecordingToml<'a> {
+    format: u32,
+    width: u32,
+    height: u32,
+    pixel_format: &'a str,
+    encoding: &'a str,
+    fps: f64,
+    calibration: &'a str,
+    ground_truth: &'a str,
+}
+
+#[derive(Serialize)]
+struct GtClass {
+    id: u8,
+    name: &'static str,
+    color: [u8; 3],
+}
+
+#[derive(Serialize)]
+struct GroundTruthToml<'a> {
+    /// "bev": class index per cell; 255 = unknown / not visible.
+    kind: &'a str,
+    unknown: u8,
+    seed: u64,
+    grid: &'a bevrt_calib::BevGrid,
+    classes: Vec<GtClass>,
+}
+
+/// What [`record`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordSummary {
+    pub frames: u64,
+    pub width: u32,
+    pub height: u32,
+    /// Total distance the ego drove, metres.
+    pub distance_m: f64,
+}
+
+/// Encodes an 8-bit image as PNG.
+pub fn encode_png(
+    data: &[u8],
+    width: u32,
+    height: u32,
+    color: image::ExtendedColorType,
+) -> Result<Vec<u8>, image::ImageError> {
+    let mut out = Vec::with_capacity(data.len() / 2 + 1024);
+    image::codecs::png::PngEncoder::new(&mut out).write_image(data, width, height, color)?;
+    Ok(out)
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), SimError> {
+    std::fs::write(path, bytes).map_err(|e| SimError::io(path, e))
+}
+
+/// Renders `frames` frames of `cfg` into the recording directory `out` (created; refused if
+/// it already holds a `recording.toml`). `progress(done, total)` is called after each frame.
+pub fn record(
+    cfg: &SimConfig,
+    frames: u64,
+    out: &Path,
+    extras: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RecordSummary, SimError> {
+    let header = out.join("recording.toml");
+    if header.exists() {
+        return Err(SimError::io(
+            &header,
+            "already exists: this directory holds a recording (choose another --out)",
+        ));
+    }
+    let mut sim = Simulator::new(cfg.clone())?;
+    let (w, h) = (cfg.width(), cfg.height());
+    for sub in ["frames", "gt"]
+        .into_iter()
+        .chain(extras.then_some(["labels", "depth"]).into_iter().flatten())
+    {
+        let d = out.join(sub);
+        std::fs::create_dir_all(&d).map_err(|e| SimError::io(&d, e))?;
+    }
+    cfg.calibration().save(out.join("calibration.toml"))?;
+    let gt = GroundTruthToml {
+        kind: "bev",
+        unknown: class::UNKNOWN,
+        seed: cfg.seed,
+        grid: &cfg.grid,
+        classes: (0..class::COUNT)
+            .map(|i| GtClass {
+                id: i as u8,
+                name: class::NAMES[i],
+                color: class::COLORS[i],
+            })
+            .collect(),
+    };
+    let gt_path = out.join("ground_truth.toml");
+    write(
+        &gt_path,
+        toml::to_string_pretty(&gt)
+            .map_err(|e| SimError::io(&gt_path, e))?
+            .as_bytes(),
+    )?;
+    let index_path = out.join("frames.csv");
+    let mut index = std::io::BufWriter::new(
+        std::fs::File::create(&index_path).map_err(|e| SimError::io(&index_path, e))?,
+    );
+    let poses_path = out.join("poses.csv");
+    let mut poses = std::io::BufWriter::new(
+        std::fs::File::create(&poses_path).map_err(|e| SimError::io(&poses_path, e))?,
+    );
+    writeln!(index, "seq,timestamp_ns,file,gt").map_err(|e| SimError::io(&index_path, e))?;
+    writeln!(poses, "seq,timestamp_ns,x,y,yaw,speed,s")
+        .map_err(|e| SimError::io(&poses_path, e))?;
+    let (gw, gh) = (cfg.grid.width() as u32, cfg.grid.height() as u32);
+    let mut rgb = vec![0u8; sim.frame_bytes()];
+    let mut depth16: Vec<u16> = Vec::new();
+    let start = sim.ego_pose(0);
+    let mut last = start;
+    let mut distance = 0.0;
+    let png_err = |p: &Path, e: image::ImageError| SimError::io(p, e);
+    for n in 0..frames {
+        let pose = sim.render_frame(n, &mut rgb)?;
+        distance += ((pose.x - last.x).powi(2) + (pose.y - last.y).powi(2)).sqrt();
+        last = pose;
+        let ts = sim.frame_timestamp_ns(n);
+        let name = format!("frames/{n:06}.png");
+        let p = out.join(&name);
+        let bytes =
+            encode_png(&rgb, w, h, image::ExtendedColorType::Rgb8).map_err(|e| png_err(&p, e))?;
+        write(&p, &bytes)?;
+        if extras {
+            let p = out.join(format!("labels/{n:06}.png"));
+            let bytes = encode_png(sim.labels(), w, h, image::ExtendedColorType::L8)
+                .map_err(|e| png_err(&p, e))?;
+            write(&p, &bytes)?;
+            depth16.clear();
+            depth16.extend(sim.depth().iter().map(|&d| {
+                if d.is_finite() {
+                    (d * 100.0).round().clamp(0.0, 65535.0) as u16
+                } else {
+                    0
+                }
+            }));
+            let p = out.join(format!("depth/{n:06}.png"));
+            let img = image::ImageBuffer::<image::Luma<u16>, _>::from_raw(w, h, &depth16[..])
+                .ok_or_else(|| SimError::io(&p, "depth buffer size mismatch"))?;
+            img.save_with_format(&p, image::ImageFormat::Png)
+                .map_err(|e| png_err(&p, e))?;
+        }
+        let gname = format!("gt/{n:06}.png");
+        let p = out.join(&gname);
+        let bev = sim.bev_ground_truth();
+        let bytes =
+            encode_png(bev, gw, gh, image::ExtendedColorType::L8).map_err(|e| png_err(&p, e))?;
+        write(&p, &bytes)?;
+        writeln!(index, "{n},{ts},{name},{gname}").map_err(|e| SimError::io(&index_path, e))?;
+        writeln!(
+            poses,
+            "{n},{ts},{:.4},{:.4},{:.6},{:.4},{:.3}",
+            pose.x, pose.y, pose.yaw, pose.speed, pose.s
+        )
+        .map_err(|e| SimError::io(&poses_path, e))?;
+        progress(n + 1, frames);
+    }
+    index.flush().map_err(|e| SimError::io(&index_path, e))?;
+    poses.flush().map_err(|e| SimError::io(&poses_path, e))?;
+    // Header last: a recording without it is visibly incomplete.
+    let info = RecordingToml {
+        format: 1,
+        width: w,
+        height: h,
+        pixel_format: "rgb8",
+        encoding: "png",
+        fps: cfg.fps,
+        calibration: "calibration.toml",
+        ground_truth: "bev",
+    };
+    write(
+        &header,
+        toml::to_string_pretty(&info)
+            .map_err(|e| SimError::io(&header, e))?
+            .as_bytes(),
+    )?;
+    Ok(RecordSummary {
+        frames,
+        width: w,
+        height: h,
+        distance_m: distance,
+    })
+}

@@ -1,0 +1,357 @@
+//! Simulator behaviour: determinism, camera geometry, BEV ground-truth consistency, speed,
+//! recording format, samples for a human to look at.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use bevrt_sim::{EgoPose, Look, SimBox, SimConfig, Simulator, World, class, colorize};
+use nalgebra::Point3;
+
+fn samples_dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/sim-samples");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn same_seed_same_bytes_different_seed_differs() {
+    let mut a = Simulator::new(SimConfig::with_seed(42)).unwrap();
+    let mut b = Simulator::new(SimConfig::with_seed(42)).unwrap();
+    let mut c = Simulator::new(SimConfig::with_seed(43)).unwrap();
+    let n = a.frame_bytes();
+    let (mut fa, mut fb, mut fc) = (vec![0u8; n], vec![0u8; n], vec![0u8; n]);
+    for frame in [0u64, 7, 123] {
+        let pa = a.render_frame(frame, &mut fa).unwrap();
+        let pb = b.render_frame(frame, &mut fb).unwrap();
+        c.render_frame(frame, &mut fc).unwrap();
+        assert_eq!(pa, pb);
+        assert!(fa == fb, "frame {frame}: same seed gave different pixels");
+        assert_eq!(a.labels(), b.labels());
+        assert_eq!(a.bev_ground_truth().to_vec(), b.bev_ground_truth().to_vec());
+        let diff = fa.iter().zip(&fc).filter(|(x, y)| x != y).count();
+        assert!(
+            diff > n / 4,
+            "frame {frame}: seeds 42 and 43 differ in only {diff} bytes"
+        );
+    }
+    // Rendering frame 7 again after others gives the same bytes (no hidden state).
+    a.render_frame(7, &mut fa).unwrap();
+    b.render_frame(0, &mut fb).unwrap();
+    b.render_frame(7, &mut fb).unwrap();
+    assert!(fa == fb);
+}
+
+#[test]
+fn ego_moves_at_a_realistic_speed() {
+    let sim = Simulator::new(SimConfig::with_seed(5)).unwrap();
+    for n in 0..300u64 {
+        let p = sim.ego_pose(n);
+        assert!((8.0..=14.0).contains(&p.speed), "speed {} at {n}", p.speed);
+        let q = sim.ego_pose(n + 1);
+        let d = ((q.x - p.x).powi(2) + (q.y - p.y).powi(2)).sqrt();
+        assert!((0.7..=1.5).contains(&d), "step {d} m at frame {n} (10 fps)");
+    }
+}
+
+/// A single box in a flat world: its front-face points land on the pixels and depths the
+/// calibrated camera model predicts (distortion included).
+#[test]
+fn box_corner_projects_where_the_camera_model_says() {
+    let mut cfg = SimConfig::with_seed(1);
+    cfg.noise_sigma = 0.0;
+    let mut world = World::flat(1);
+    // Box in front of the ego: front face at x = 12 (vehicle = world, ego at the origin).
+    world.push_static(SimBox {
+        class: class::CAR,
+        look: Look::Plain,
+        x: 14.0,
+        y: 1.0,
+        yaw: 0.0,
+        half_len: 2.0,
+        half_wid: 1.5,
+        z0: 0.0,
+        z1: 2.0,
+        color: [200, 40, 40],
+        color2: [200, 40, 40],
+    });
+    let mut sim = Simulator::with_world(cfg.clone(), world).unwrap();
+    let mut rgb = vec![0u8; sim.frame_bytes()];
+    let pose = EgoPose::default();
+    sim.render_pose(&pose, 0, &mut rgb).unwrap();
+    let cam = &cfg.camera;
+    let v2c = cfg.extrinsics.vehicle_to_cam();
+    let w = cam.width() as usize;
+    // The top-left corner of the front face as seen from the camera: (12, 2.5, 2.0).
+    let corner = v2c * Point3::new(12.0, 2.5, 2.0);
+    let px = cam.project(corner.coords).unwrap();
+    assert!(cam.in_image(&px), "corner at {px:?} should be in the image");
+    // Inside the face, one pixel down-right of the corner; outside, two up-left.
+    let (u, v) = (px.x.ceil() as usize + 1, px.y.ceil() as usize + 1);
+    let i = v * w + u;
+    assert_eq!(
+        sim.labels()[i],
+        class::CAR,
+        "pixel ({u},{v}) inside the corner"
+    );
+    let (uo, vo) = (px.x.floor() as usize - 1, px.y.floor() as usize - 1);
+    assert_ne!(
+        sim.labels()[vo * w + uo],
+        class::CAR,
+        "pixel ({uo},{vo}) outside"
+    );
+    // Depth at pixels on the face equals the depth of the face point on that pixel's ray, and
+    // a face point projects to its pixel.
+    for (y, z) in [(1.0, 1.0), (-0.3, 0.4), (2.2, 1.8)] {
+        let p = v2c * Point3::new(12.0, y, z);
+        let q = cam.project(p.coords).unwrap();
+        let (u, v) = (q.x.round() as usize, q.y.round() as usize);
+        let i = v * w + u;
+        assert_eq!(sim.labels()[i], class::CAR);
+        let d = sim.depth()[i] as f64;
+        // The pixel centre's ray hits the face a fraction of a pixel away: depth within 2 cm.
+        assert!(
+            (d - p.z).abs() < 0.02,
+            "face point ({y},{z}): depth {d:.4} vs camera model {:.4}",
+            p.z
+        );
+        // Exact check: unproject the pixel centre, intersect with the plane x = 12 (vehicle).
+        let ray = cam
+            .unproject(nalgebra::Point2::new(u as f64, v as f64))
+            .unwrap();
+        let c2v = cfg.extrinsics.cam_to_vehicle;
+        let dir = c2v.rotation * ray;
+        let o = c2v.translation.vector;
+        let t = (12.0 - o.x) / dir.x;
+        let exact = t * ray.z;
+        assert!((d - exact).abs() < 1e-3, "depth {d} vs exact {exact}");
+    }
+    // Ground below the box's side: terrain, and ground depth matches the ground plane.
+    let g = v2c * Point3::new(6.0, -3.0, 0.0);
+    let q = cam.project(g.coords).unwrap();
+    let i = q.y.round() as usize * w + q.x.round() as usize;
+    assert_eq!(sim.labels()[i], class::TERRAIN);
+    assert!((sim.depth()[i] as f64 - g.z).abs() < 0.1 * g.z);
+}
+
+/// Visible ground cells of the BEV ground truth carry the class the camera sees at the pixel
+/// their centre projects to. Cells on a class boundary (a 3x3 neighbour of another class) are
+/// counted apart: there the cell centre and the nearest pixel centre (up to half a pixel away:
+/// +-8 cm sideways and +-1.5 m in depth at 30 m) can fall on different sides of the boundary.
+#[test]
+fn bev_ground_truth_agrees_with_labels() {
+    let (mut total, mut agree) = (0usize, 0usize);
+    let (mut inner, mut inner_agree) = (0usize, 0usize);
+    let mut visible_cells = 0usize;
+    for seed in [3u64, 11] {
+        let cfg = SimConfig::with_seed(seed);
+        let mut sim = Simulator::new(cfg.clone()).unwrap();
+        let mut rgb = vec![0u8; sim.frame_bytes()];
+        let v2c = cfg.extrinsics.vehicle_to_cam();
+        let w = cfg.width() as usize;
+        for frame in [0u64, 40, 90, 160, 230] {
+            sim.render_frame(frame, &mut rgb).unwrap();
+            let labels = sim.labels().to_vec();
+            let bev = sim.bev_ground_truth().to_vec();
+            // Ground class of every cell, visible or not, for the boundary test.
+            let pose = sim.last_pose();
+            let (gw, gh) = (cfg.grid.width(), cfg.grid.height());
+            let truth: Vec<u8> = (0..gh * gw)
+                .map(|c| {
+                    let (x, y) = cfg.grid.cell_center(c / gw, c % gw);
+                    let (wx, wy) = pose.to_world(x, y);
+                    sim.world().ground_at(wx as f32, wy as f32).class
+                })
+                .collect();
+            for row in 0..gh {
+                for col in 0..gw {
+                    let c = bev[row * gw + col];
+                    if c != class::UNKNOWN {
+                        visible_cells += 1;
+                    }
+                    if !matches!(c, class::ROAD | class::SIDEWALK | class::TERRAIN) {
+                        continue;
+                    }
+                    let (x, y) = cfg.grid.cell_center(row, col);
+                    let p = v2c * Point3::new(x, y, 0.0);
+                    let q = cfg.camera.project(p.coords).unwrap();
+                    let i = q.y.round() as usize * w + q.x.round() as usize;
+                    let ok = labels[i] == c;
+                    total += 1;
+                    agree += ok as usize;
+                    let boundary = (row.saturating_sub(1)..=(row + 1).min(gh - 1)).any(|r| {
+                        (col.saturating_sub(1)..=(col + 1).min(gw - 1))
+                            .any(|k| truth[r * gw + k] != c)
+                    });
+                    if !boundary {
+                        inner += 1;
+                        inner_agree += ok as usize;
+                    }
+                }
+            }
+        }
+    }
+    let frac = agree as f64 / total as f64;
+    let inner_frac = inner_agree as f64 / inner as f64;
+    println!(
+        "BEV/label agreement over 10 frames: all visible ground cells {agree}/{total} = {:.2} %, \
+         off class boundaries {inner_agree}/{inner} = {:.2} % ({visible_cells} visible cells)",
+        frac * 100.0,
+        inner_frac * 100.0
+    );
+    assert!(total > 10_000, "too few visible ground cells: {total}");
+    assert!(
+        inner_frac >= 0.99,
+        "off boundaries only {:.2} % agree",
+        inner_frac * 100.0
+    );
+    assert!(frac >= 0.98, "only {:.2} % agree", frac * 100.0);
+}
+
+#[test]
+fn render_time_384x128() {
+    let mut sim = Simulator::new(SimConfig::with_seed(9)).unwrap();
+    let mut rgb = vec![0u8; sim.frame_bytes()];
+    for n in 0..3 {
+        sim.render_frame(n, &mut rgb).unwrap();
+    }
+    let frames = 40u64;
+    let mut times = Vec::new();
+    for n in 0..frames {
+        let t = Instant::now();
+        sim.render_frame(10 + n * 5, &mut rgb).unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let t = Instant::now();
+    for _ in 0..10 {
+        sim.bev_ground_truth();
+    }
+    let bev_ms = t.elapsed().as_secs_f64() * 1e3 / 10.0;
+    times.sort_by(f64::total_cmp);
+    let p50 = times[times.len() / 2];
+    let max = times[times.len() - 1];
+    println!(
+        "render 384x128 (rgb+depth+labels), one core: p50 {p50:.2} ms, max {max:.2} ms; \
+         BEV ground truth 160x160: {bev_ms:.2} ms"
+    );
+    assert!(p50 < 50.0, "render p50 {p50:.1} ms");
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let mut sim = Simulator::new(SimConfig::default()).unwrap();
+    let mut small = vec![0u8; 10];
+    let e = sim.render_frame(0, &mut small).unwrap_err().to_string();
+    assert!(e.contains("rgb"), "{e}");
+    let cfg = SimConfig {
+        fps: 0.0,
+        ..SimConfig::default()
+    };
+    let e = Simulator::new(cfg).unwrap_err().to_string();
+    assert!(e.contains("fps"), "{e}");
+    let e = SimConfig::default()
+        .with_size(0, 10)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("width"), "{e}");
+    let mut cfg = SimConfig::default();
+    cfg.grid.cell = 0.0;
+    assert!(
+        Simulator::new(cfg)
+            .unwrap_err()
+            .to_string()
+            .contains("cell")
+    );
+    let mut cfg = SimConfig::default();
+    cfg.world.speed_amplitude = 20.0;
+    let e = Simulator::new(cfg).unwrap_err().to_string();
+    assert!(e.contains("speed_amplitude"), "{e}");
+}
+
+/// Two frames and their BEV ground truth as PNGs under target/sim-samples/ (to look at).
+#[test]
+fn save_samples() {
+    let dir = samples_dir();
+    let cfg = SimConfig::with_seed(7);
+    let mut sim = Simulator::new(cfg.clone()).unwrap();
+    let (w, h) = (cfg.width(), cfg.height());
+    let (gw, gh) = (cfg.grid.width() as u32, cfg.grid.height() as u32);
+    let mut rgb = vec![0u8; sim.frame_bytes()];
+    for frame in [0u64, 150] {
+        sim.render_frame(frame, &mut rgb).unwrap();
+        image::save_buffer(
+            dir.join(format!("frame{frame}.png")),
+            &rgb,
+            w,
+            h,
+            image::ColorType::Rgb8,
+        )
+        .unwrap();
+        let mut lab = vec![0u8; (w * h * 3) as usize];
+        colorize(sim.labels(), &mut lab);
+        image::save_buffer(
+            dir.join(format!("labels{frame}.png")),
+            &lab,
+            w,
+            h,
+            image::ColorType::Rgb8,
+        )
+        .unwrap();
+        let bev = sim.bev_ground_truth().to_vec();
+        let mut col = vec![0u8; bev.len() * 3];
+        colorize(&bev, &mut col);
+        image::save_buffer(
+            dir.join(format!("bev{frame}.png")),
+            &col,
+            gw,
+            gh,
+            image::ColorType::Rgb8,
+        )
+        .unwrap();
+        let classes: std::collections::BTreeSet<u8> = sim.labels().iter().copied().collect();
+        println!("frame {frame}: classes in view {classes:?}");
+    }
+    println!("samples in {}", dir.display());
+}
+
+#[test]
+fn recording_has_the_replay_format() {
+    let dir = std::env::temp_dir().join(format!("bevrt-sim-rec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = SimConfig::with_seed(2).with_size(192, 64).unwrap();
+    let mut calls = 0;
+    let s = bevrt_sim::record(&cfg, 3, &dir, true, &mut |_, _| calls += 1).unwrap();
+    assert_eq!((s.frames, calls), (3, 3));
+    let header = std::fs::read_to_string(dir.join("recording.toml")).unwrap();
+    let t: toml::Table = toml::from_str(&header).unwrap();
+    assert_eq!(t["format"].as_integer(), Some(1));
+    assert_eq!(t["width"].as_integer(), Some(192));
+    assert_eq!(t["height"].as_integer(), Some(64));
+    assert_eq!(t["pixel_format"].as_str(), Some("rgb8"));
+    assert_eq!(t["encoding"].as_str(), Some("png"));
+    assert_eq!(t["fps"].as_float(), Some(10.0));
+    assert_eq!(t["calibration"].as_str(), Some("calibration.toml"));
+    assert_eq!(t["ground_truth"].as_str(), Some("bev"));
+    assert_eq!(t.len(), 8, "replay.rs denies unknown fields: {header}");
+    let index = std::fs::read_to_string(dir.join("frames.csv")).unwrap();
+    let lines: Vec<&str> = index.lines().collect();
+    assert_eq!(lines[0], "seq,timestamp_ns,file,gt");
+    assert_eq!(lines[1], "0,0,frames/000000.png,gt/000000.png");
+    assert_eq!(lines[3], "2,200000000,frames/000002.png,gt/000002.png");
+    let f = image::open(dir.join("frames/000001.png")).unwrap();
+    assert_eq!((f.width(), f.height()), (192, 64));
+    assert!(matches!(f, image::DynamicImage::ImageRgb8(_)));
+    let g = image::open(dir.join("gt/000001.png")).unwrap();
+    assert_eq!((g.width(), g.height()), (160, 160));
+    assert!(matches!(g, image::DynamicImage::ImageLuma8(_)));
+    let d = image::open(dir.join("depth/000001.png")).unwrap();
+    assert!(matches!(d, image::DynamicImage::ImageLuma16(_)));
+    assert!(dir.join("labels/000002.png").exists());
+    let cal = bevrt_calib::Calibration::load(dir.join("calibration.toml")).unwrap();
+    assert_eq!(cal.camera.width(), 192);
+    // A second recording into the same directory is refused, naming the file.
+    let e = bevrt_sim::record(&cfg, 1, &dir, false, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("recording.toml"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
