@@ -20,6 +20,9 @@ use crate::rng::{hash01, value_noise};
 use crate::world::{EgoPose, Ground, Look, Paint, SimBox, World, class};
 
 const TILE: usize = 16;
+/// Box capacity reserved up front (per frame list and per tile), so steady-state frames do
+/// not allocate; more boxes still work (the lists grow).
+const MAX_BOXES_HINT: usize = 2048;
 const HIT_GROUND: u32 = 0;
 const HIT_NONE: u32 = u32::MAX;
 
@@ -141,9 +144,11 @@ impl Renderer {
             depth: vec![0.0; w * h],
             labels: vec![0; w * h],
             hit: vec![0; w * h],
-            boxes: Vec::with_capacity(1024),
-            pboxes: Vec::with_capacity(1024),
-            tiles: vec![Vec::with_capacity(64); tiles_x * tiles_y],
+            boxes: Vec::with_capacity(MAX_BOXES_HINT),
+            pboxes: Vec::with_capacity(MAX_BOXES_HINT),
+            tiles: (0..tiles_x * tiles_y)
+                .map(|_| Vec::with_capacity(MAX_BOXES_HINT / 4))
+                .collect(),
             tiles_x,
             seed,
             noise_sigma,

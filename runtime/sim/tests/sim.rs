@@ -276,7 +276,17 @@ fn save_samples() {
     let (w, h) = (cfg.width(), cfg.height());
     let (gw, gh) = (cfg.grid.width() as u32, cfg.grid.height() as u32);
     let mut rgb = vec![0u8; sim.frame_bytes()];
-    for frame in [0u64, 150] {
+    // Frame 0, and the first frame with an intersection 12..20 m ahead.
+    let crossing = (0..2000u64)
+        .find(|&n| {
+            let s = sim.ego_pose(n).s;
+            sim.world()
+                .intersections()
+                .iter()
+                .any(|&i| (12.0..20.0).contains(&(i - s)))
+        })
+        .expect("an intersection within 200 s");
+    for frame in [0u64, crossing] {
         sim.render_frame(frame, &mut rgb).unwrap();
         image::save_buffer(
             dir.join(format!("frame{frame}.png")),
