@@ -38,6 +38,8 @@ struct PBox {
     hw: f32,
     z0: f32,
     z1: f32,
+    /// Darkens the ground around its footprint (contact shadow of vehicles and people).
+    contact: bool,
 }
 
 /// Lighting of one frame.
@@ -274,6 +276,11 @@ impl Renderer {
                 hw: b.half_wid as f32,
                 z0: b.z0 as f32,
                 z1: b.z1 as f32,
+                contact: b.z0 <= 0.0
+                    && matches!(
+                        b.class,
+                        class::CAR | class::TRUCK | class::PERSON | class::TWO_WHEELER
+                    ),
             });
             if k >= u16::MAX as usize {
                 continue;
@@ -391,7 +398,20 @@ impl Renderer {
                         let gy = oyf + best_t * d[1];
                         let g = world.ground_at(gx, gy);
                         let base = ground_color(g, gx, gy, best_t, seed32);
-                        let shade = light.ambient + light.diffuse * light.sun[2];
+                        let mut shade = light.ambient + light.diffuse * light.sun[2];
+                        // Contact shadow: darker ground close around vehicles and people.
+                        for &k in tile {
+                            let pb = &self.pboxes[k as usize];
+                            if !pb.contact {
+                                continue;
+                            }
+                            let lx = pb.ox + best_t * (pb.c * d[0] + pb.s * d[1]);
+                            let ly = pb.oy + best_t * (-pb.s * d[0] + pb.c * d[1]);
+                            let out = (lx.abs() - pb.hl).max(ly.abs() - pb.hw);
+                            if out < 0.35 {
+                                shade *= 0.5 + 0.5 * (out / 0.35).max(0.0);
+                            }
+                        }
                         (haze(scale3(base, shade), &light, best_t), g.class)
                     }
                     k => {

@@ -365,3 +365,49 @@ fn recording_has_the_replay_format() {
     assert!(e.contains("recording.toml"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// BEV layout: row 0 = farthest x, column 0 = leftmost y (vehicle y points left), as
+/// `bevrt_calib::SamplingTable`; a box to the front-left lands top-left of centre.
+#[test]
+fn bev_orientation_matches_the_grid_convention() {
+    let mut cfg = SimConfig::with_seed(1);
+    cfg.noise_sigma = 0.0;
+    let mut world = World::flat(1);
+    // Truck at vehicle x = 25 m, y = +6 m (left); car at x = 12 m, y = -4 m (right).
+    for (x, y, cls) in [(25.0, 6.0, class::TRUCK), (12.0, -4.0, class::CAR)] {
+        world.push_static(SimBox {
+            class: cls,
+            look: Look::Plain,
+            x,
+            y,
+            yaw: 0.0,
+            half_len: 1.0,
+            half_wid: 1.0,
+            z0: 0.0,
+            z1: 1.5,
+            color: [90, 90, 200],
+            color2: [90, 90, 200],
+        });
+    }
+    let mut sim = Simulator::with_world(cfg.clone(), world).unwrap();
+    let mut rgb = vec![0u8; sim.frame_bytes()];
+    sim.render_pose(&EgoPose::default(), 0, &mut rgb).unwrap();
+    let bev = sim.bev_ground_truth().to_vec();
+    let gw = cfg.grid.width();
+    let at = |x: f64, y: f64| {
+        let row = ((40.0 - x) / 0.25) as usize;
+        let col = ((20.0 - y) / 0.25) as usize;
+        bev[row * gw + col]
+    };
+    // Front faces are seen: cells just inside the near edge of each box.
+    assert_eq!(at(24.1, 6.0), class::TRUCK);
+    assert_eq!(at(11.1, -4.0), class::CAR);
+    // Mirror positions hold no object.
+    assert_ne!(at(24.1, -6.0), class::TRUCK);
+    assert_ne!(at(11.1, 4.0), class::CAR);
+    // Ground between: terrain, visible; behind the car (occluded): unknown.
+    assert_eq!(at(8.0, 0.0), class::TERRAIN);
+    assert_eq!(at(15.0, -4.0), class::UNKNOWN);
+    // Behind the camera's field of view (x = 1 m, y = 15 m): unknown.
+    assert_eq!(at(1.0, 15.0), class::UNKNOWN);
+}
