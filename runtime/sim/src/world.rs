@@ -618,16 +618,22 @@ impl World {
         Paint::None
     }
 
+    /// Whether the whole footprint (sampled every <= 2 m, edges included) is terrain.
     fn is_clear_terrain(&self, b: &SimBox) -> bool {
-        let c = b.corners_xy();
-        let mut pts = vec![[b.x, b.y]];
-        for k in 0..4 {
-            let n = c[(k + 1) % 4];
-            pts.push(c[k]);
-            pts.push([(c[k][0] + n[0]) * 0.5, (c[k][1] + n[1]) * 0.5]);
+        let (s, c) = b.yaw.sin_cos();
+        let nx = (b.half_len).ceil().max(1.0) as i32;
+        let ny = (b.half_wid).ceil().max(1.0) as i32;
+        for i in -nx..=nx {
+            for j in -ny..=ny {
+                let lx = b.half_len * i as f64 / nx as f64;
+                let ly = b.half_wid * j as f64 / ny as f64;
+                let (x, y) = (b.x + c * lx - s * ly, b.y + s * lx + c * ly);
+                if self.ground_at(x as f32, y as f32).class != class::TERRAIN {
+                    return false;
+                }
+            }
         }
-        pts.iter()
-            .all(|p| self.ground_at(p[0] as f32, p[1] as f32).class == class::TERRAIN)
+        true
     }
 
     fn near_intersection(&self, s: f64, d: f64) -> bool {

@@ -411,3 +411,64 @@ fn bev_orientation_matches_the_grid_convention() {
     // Behind the camera's field of view (x = 1 m, y = 15 m): unknown.
     assert_eq!(at(1.0, 15.0), class::UNKNOWN);
 }
+
+/// The generated layout makes sense: the ego is always on the road, buildings and trees stand
+/// on terrain, there are intersections and every class occurs.
+#[test]
+fn world_layout_is_sane() {
+    for seed in [0u64, 1, 99] {
+        let t = Instant::now();
+        let world = World::generate(&bevrt_sim::WorldConfig::default(), seed);
+        let gen_ms = t.elapsed().as_secs_f64() * 1e3;
+        assert!(world.intersections().len() >= 5, "seed {seed}");
+        for b in world.static_boxes() {
+            for c in b.corners_xy() {
+                let g = world.ground_at(c[0] as f32, c[1] as f32);
+                assert_eq!(
+                    g.class,
+                    class::TERRAIN,
+                    "seed {seed}: {b:?} corner on {g:?}"
+                );
+            }
+        }
+        let mut boxes = Vec::new();
+        let mut seen = [false; 8];
+        for n in 0..600 {
+            let p = world.ego_pose(n as f64 * 0.5);
+            assert_eq!(world.ground_at(p.x as f32, p.y as f32).class, class::ROAD);
+            world.boxes_at(p.time, p.x, p.y, 60.0, &mut boxes);
+            for b in &boxes {
+                seen[b.class as usize] = true;
+                // Nothing stands on the ego's footprint (about 4.5 x 1.8 m).
+                for xv in [-2.0, -1.0, 0.0, 1.0, 2.25] {
+                    for yv in [-0.9, 0.0, 0.9] {
+                        let (x, y) = p.to_world(xv, yv);
+                        assert!(
+                            !b.contains_xy(x, y),
+                            "seed {seed} t {}: {b:?} on the ego",
+                            p.time
+                        );
+                    }
+                }
+            }
+        }
+        for c in [
+            class::BUILDING,
+            class::PERSON,
+            class::TWO_WHEELER,
+            class::CAR,
+            class::TRUCK,
+        ] {
+            assert!(
+                seen[c as usize],
+                "seed {seed}: no {} near the route",
+                class::NAMES[c as usize]
+            );
+        }
+        println!(
+            "seed {seed}: world generated in {gen_ms:.1} ms, {} static boxes, {} actors",
+            world.static_boxes().len(),
+            world.actor_count()
+        );
+    }
+}
