@@ -8,9 +8,11 @@
 //! cover it. The nearest hit gives class, depth and a shaded colour: per-class base colours
 //! with procedural texture (asphalt noise, lane markings and zebra crossings, paving joints,
 //! grass noise, facade windows, car windows and lights, clothing), a directional sun plus
-//! ambient light that drift slowly over the sequence, distance haze, and seeded per-pixel
-//! sensor noise. Not modelled: shadows, motion blur, rolling shutter, exposure changes, lens
-//! vignetting.
+//! ambient light that drift slowly over the sequence, sun shadows of every box on the ground
+//! (boxes binned on a 4 m grid by their shadow's extent; one shadow ray per ground pixel),
+//! contact shadows under vehicles and people, distance haze, and seeded per-pixel sensor noise.
+//! Not modelled: shadows of boxes on other boxes, motion blur, rolling shutter, auto exposure,
+//! vignetting, reflections.
 
 use bevrt_calib::{BevGrid, CameraModel, Extrinsics};
 use nalgebra::{Point2, Point3, Vector3};
@@ -53,7 +55,7 @@ struct Light {
 }
 
 fn light_at(time: f64, seed: u64) -> Light {
-    let ph = (seed % 1000) as f64 * 0.00628;
+    let ph = (crate::rng::mix64(seed ^ 0x5A17) % 6283) as f64 * 0.001;
     let az = ph + 0.004 * time;
     let el = 0.7 + 0.25 * (0.01 * time + ph).sin();
     let (se, ce) = el.sin_cos();
@@ -97,7 +99,31 @@ pub struct Renderer {
     bev: Vec<u8>,
     owner: Vec<u32>,
     pose: EgoPose,
+    // Sun shadows on the ground: boxes binned by the bounding rectangle of their shadow
+    // (CSR over a SHADOW_BINS x SHADOW_BINS grid of SHADOW_CELL metres around the camera).
+    sboxes: Vec<SBox>,
+    sbin_rect: Vec<[u16; 4]>,
+    sbin_start: Vec<u32>,
+    sbin_items: Vec<u16>,
 }
+
+/// A box as seen by a shadow ray: centre, rotation, extents, sun direction in its frame.
+#[derive(Debug, Clone, Copy)]
+struct SBox {
+    x: f32,
+    y: f32,
+    c: f32,
+    s: f32,
+    hl: f32,
+    hw: f32,
+    z0: f32,
+    z1: f32,
+    lx: f32,
+    ly: f32,
+}
+
+const SHADOW_CELL: f32 = 4.0;
+const SHADOW_BINS: usize = 100;
 
 impl Renderer {
     /// `noise_sigma`: sensor noise (DN, roughly a standard deviation); `max_distance`: boxes
@@ -163,6 +189,10 @@ impl Renderer {
             bev: vec![class::UNKNOWN; gw * gh],
             owner: vec![0; gw * gh],
             pose: EgoPose::default(),
+            sboxes: Vec::with_capacity(MAX_BOXES_HINT),
+            sbin_rect: Vec::with_capacity(MAX_BOXES_HINT),
+            sbin_start: vec![0; SHADOW_BINS * SHADOW_BINS + 1],
+            sbin_items: Vec::with_capacity(1 << 16),
         };
         // Ground point of every BEV cell in the image (fixed: the camera rides on the vehicle).
         for row in 0..gh {
@@ -333,6 +363,11 @@ impl Renderer {
                 }
             }
         }
+        self.build_shadow_bins(&light, ox, oy);
+        let (sbx0, sby0) = (
+            ox as f32 - SHADOW_CELL * (SHADOW_BINS / 2) as f32,
+            oy as f32 - SHADOW_CELL * (SHADOW_BINS / 2) as f32,
+        );
         let seed32 = (self.seed as u32) ^ ((self.seed >> 32) as u32);
         let nseed = seed32 ^ (frame as u32).wrapping_mul(0x9E37_79B9);
         let (oxf, oyf, ozf) = (ox as f32, oy as f32, oz as f32);
@@ -398,7 +433,8 @@ impl Renderer {
                         let gy = oyf + best_t * d[1];
                         let g = world.ground_at(gx, gy);
                         let base = ground_color(g, gx, gy, best_t, seed32);
-                        let mut shade = light.ambient + light.diffuse * light.sun[2];
+                        let lit = self.sun_visible(gx, gy, sbx0, sby0, &light);
+                        let mut shade = light.ambient + lit * light.diffuse * light.sun[2];
                         // Contact shadow: darker ground close around vehicles and people.
                         for &k in tile {
                             let pb = &self.pboxes[k as usize];
@@ -459,6 +495,114 @@ impl Renderer {
             }
         }
         Ok(())
+    }
+
+    /// Bins the frame's boxes by the rectangle their shadow can fall in.
+    fn build_shadow_bins(&mut self, light: &Light, ox: f64, oy: f64) {
+        self.sboxes.clear();
+        self.sbin_rect.clear();
+        let sun = light.sun;
+        // Ground offset of the shadow of a point at height 1 m.
+        let (shx, shy) = (-sun[0] / sun[2].max(0.2), -sun[1] / sun[2].max(0.2));
+        let half = (SHADOW_BINS / 2) as f64 * SHADOW_CELL as f64;
+        let (x0, y0) = (ox - half, oy - half);
+        let nb = SHADOW_BINS as f64;
+        for b in &self.boxes {
+            if self.sboxes.len() >= u16::MAX as usize {
+                break;
+            }
+            let (s, c) = b.yaw.sin_cos();
+            let (mut u0, mut v0, mut u1, mut v1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
+            for p in b.corners_xy() {
+                for z in [0.0, b.z1] {
+                    let x = p[0] + shx as f64 * z;
+                    let y = p[1] + shy as f64 * z;
+                    u0 = u0.min(x);
+                    u1 = u1.max(x);
+                    v0 = v0.min(y);
+                    v1 = v1.max(y);
+                }
+            }
+            let bx0 = ((u0 - x0) / SHADOW_CELL as f64).floor();
+            let bx1 = ((u1 - x0) / SHADOW_CELL as f64).floor();
+            let by0 = ((v0 - y0) / SHADOW_CELL as f64).floor();
+            let by1 = ((v1 - y0) / SHADOW_CELL as f64).floor();
+            if bx1 < 0.0 || by1 < 0.0 || bx0 >= nb || by0 >= nb {
+                continue;
+            }
+            let cl = |v: f64| v.clamp(0.0, nb - 1.0) as u16;
+            self.sbin_rect.push([cl(bx0), cl(by0), cl(bx1), cl(by1)]);
+            self.sboxes.push(SBox {
+                x: b.x as f32,
+                y: b.y as f32,
+                c: c as f32,
+                s: s as f32,
+                hl: b.half_len as f32,
+                hw: b.half_wid as f32,
+                z0: b.z0 as f32,
+                z1: b.z1 as f32,
+                lx: (c * sun[0] as f64 + s * sun[1] as f64) as f32,
+                ly: (-s * sun[0] as f64 + c * sun[1] as f64) as f32,
+            });
+        }
+        // Counting sort into CSR (no allocation once the item list has its working size).
+        let start = &mut self.sbin_start;
+        start.iter_mut().for_each(|v| *v = 0);
+        for r in &self.sbin_rect {
+            for by in r[1]..=r[3] {
+                for bx in r[0]..=r[2] {
+                    start[by as usize * SHADOW_BINS + bx as usize + 1] += 1;
+                }
+            }
+        }
+        for i in 0..SHADOW_BINS * SHADOW_BINS {
+            start[i + 1] += start[i];
+        }
+        let total = start[SHADOW_BINS * SHADOW_BINS] as usize;
+        self.sbin_items.clear();
+        self.sbin_items.resize(total, 0);
+        // Fill, using start[bin] as a cursor, then shift back.
+        for (k, r) in self.sbin_rect.iter().enumerate() {
+            for by in r[1]..=r[3] {
+                for bx in r[0]..=r[2] {
+                    let bin = by as usize * SHADOW_BINS + bx as usize;
+                    self.sbin_items[start[bin] as usize] = k as u16;
+                    start[bin] += 1;
+                }
+            }
+        }
+        for i in (1..=SHADOW_BINS * SHADOW_BINS).rev() {
+            start[i] = start[i - 1];
+        }
+        start[0] = 0;
+    }
+
+    /// 1 when the sun reaches the ground point (x, y), 0 in a box's shadow.
+    #[inline]
+    fn sun_visible(&self, x: f32, y: f32, bx0: f32, by0: f32, light: &Light) -> f32 {
+        let bx = ((x - bx0) / SHADOW_CELL).floor();
+        let by = ((y - by0) / SHADOW_CELL).floor();
+        if bx < 0.0 || by < 0.0 || bx >= SHADOW_BINS as f32 || by >= SHADOW_BINS as f32 {
+            return 1.0;
+        }
+        let bin = by as usize * SHADOW_BINS + bx as usize;
+        let items =
+            &self.sbin_items[self.sbin_start[bin] as usize..self.sbin_start[bin + 1] as usize];
+        for &k in items {
+            let b = &self.sboxes[k as usize];
+            let (dx, dy) = (x - b.x, y - b.y);
+            let ox = b.c * dx + b.s * dy;
+            let oy = -b.s * dx + b.c * dy;
+            let (ax0, ax1) = slab(ox, b.lx, -b.hl, b.hl);
+            let (ay0, ay1) = slab(oy, b.ly, -b.hw, b.hw);
+            let (az0, az1) = slab(0.0, light.sun[2], b.z0, b.z1);
+            let tn = ax0.max(ay0).max(az0);
+            let tf = ax1.min(ay1).min(az1);
+            if tn <= tf && tf > 1e-3 {
+                return 0.0;
+            }
+        }
+        1.0
     }
 
     /// BEV semantic ground truth of the last rendered frame on the grid (row-major,
