@@ -4,6 +4,7 @@
 mod bundle_cmd;
 mod calib_cmd;
 mod kernels_cmd;
+mod sim_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,9 @@ enum Cmd {
     CalibBench(calib_cmd::CalibBenchArgs),
     /// Compile every CUDA kernel for one SM ahead of time (NVRTC; no GPU needed).
     CompileKernels(kernels_cmd::CompileKernelsArgs),
+    /// The synthetic driving world: record sequences with ground truth.
+    #[command(subcommand)]
+    Sim(sim_cmd::SimCmd),
 }
 
 fn main() {
@@ -41,6 +45,7 @@ fn main() {
         Cmd::Undistort(a) => calib_cmd::undistort(a),
         Cmd::CalibBench(a) => calib_cmd::bench_calib(a),
         Cmd::CompileKernels(a) => kernels_cmd::compile_kernels(a),
+        Cmd::Sim(c) => sim_cmd::run(c),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -4,13 +4,14 @@
 //! - `images:GLOB[?fps=N]`: PNG/JPEG files in name order;
 //! - `replay:DIR[?fps=N|?realtime]`: a recording (see [`replay`] for the format);
 //! - `v4l:/dev/videoN?width=&height=&fps=&format=yuyv|mjpeg` (cargo feature `v4l`);
-//! - `sim:...`: reserved for the synthetic world.
+//! - `sim:?seed=S&fps=N[&width=W&height=H]`: the synthetic driving world (bevrt-sim).
 //!
 //! Sources fill a pooled [`Frame`] in place. A bad frame is an `Err(SourceError::BadFrame)`
 //! that the pipeline counts and skips; the stream goes on.
 
 pub mod images;
 pub mod replay;
+pub mod sim;
 #[cfg(feature = "v4l")]
 pub mod v4l;
 
@@ -147,10 +148,7 @@ pub fn open(spec: &str) -> Result<Box<dyn FrameSource>, SourceError> {
         "images" => Ok(Box::new(images::ImageFolderSource::open(&s)?)),
         "replay" => Ok(Box::new(replay::ReplaySource::open(&s)?)),
         "v4l" => open_v4l(&s),
-        "sim" => Err(s.error(
-            "the synthetic-world source is not part of this build yet (it arrives with the \
-             simulator); use images: or replay:",
-        )),
+        "sim" => Ok(Box::new(sim::SimSource::open(&s)?)),
         other => Err(s.error(format!(
             "unknown source scheme '{other}' (expected images:, replay:, v4l: or sim:)"
         ))),
