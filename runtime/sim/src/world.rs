@@ -250,6 +250,8 @@ pub struct World {
     statics: Vec<SimBox>,
     actors: Vec<Actor>,
     intersections: Vec<f64>,
+    /// Cross streets: start point, unit direction, length.
+    cross: Vec<([f64; 2], [f64; 2], f64)>,
     ego_s0: f64,
     ego_phase: f64,
 }
@@ -283,6 +285,7 @@ impl World {
             statics: Vec::new(),
             actors: Vec::new(),
             intersections: Vec::new(),
+            cross: Vec::new(),
             ego_s0: RING_START,
             ego_phase: 0.0,
         };
@@ -343,6 +346,7 @@ impl World {
             statics: Vec::new(),
             actors: Vec::new(),
             intersections: Vec::new(),
+            cross: Vec::new(),
             ego_s0: RING_START + rng.range(0.0, 40.0),
             ego_phase: rng.range(0.0, std::f64::consts::TAU),
         };
@@ -386,6 +390,7 @@ impl World {
             let b = [p[0] + nx * left, p[1] + ny * left, 0.0];
             // Ends inside the main road for T junctions.
             w.push_seg(a, b, 0.0, road_id, cross_hw, cfg.sidewalk_width, false);
+            w.cross.push(([a[0], a[1]], [nx, ny], left + right));
             w.intersections.push(s);
             road_id = road_id.wrapping_add(1).max(1);
             let (lo, hi) = cfg.intersection_spacing;
@@ -393,6 +398,7 @@ impl World {
         }
         w.build_grid();
         w.place_roadside(&mut rng);
+        w.place_cross_buildings(&mut rng);
         w.place_actors(&mut rng);
         w
     }
@@ -736,6 +742,65 @@ impl World {
                 }
             }
         }
+    }
+
+    /// Buildings along the cross streets (where they do not overlap the road, sidewalks or
+    /// other buildings).
+    fn place_cross_buildings(&mut self, rng: &mut SplitMix64) {
+        let edge = self.cfg.lane_width + self.cfg.sidewalk_width;
+        let cross = self.cross.clone();
+        for (a, d, len) in cross {
+            let yaw = d[1].atan2(d[0]);
+            for side in [-1.0f64, 1.0] {
+                let mut u = rng.range(0.0, 6.0);
+                while u < len {
+                    let front = rng.range(8.0, 20.0);
+                    let depth = rng.range(8.0, 14.0);
+                    let off = side * (edge + rng.range(0.6, 3.0) + depth * 0.5);
+                    let um = u + front * 0.5;
+                    let g = rng.range(140.0, 210.0);
+                    let b = SimBox {
+                        class: class::BUILDING,
+                        look: Look::Building,
+                        x: a[0] + d[0] * um - d[1] * off,
+                        y: a[1] + d[1] * um + d[0] * off,
+                        yaw,
+                        half_len: front * 0.5,
+                        half_wid: depth * 0.5,
+                        z0: 0.0,
+                        z1: rng.range(4.5, 18.0),
+                        color: [g as u8, (g * 0.92) as u8, (g * 0.8) as u8],
+                        color2: [50, 65, 110],
+                    };
+                    if rng.chance(0.8) && self.is_clear_terrain(&b) && !self.overlaps_static(&b) {
+                        self.statics.push(b);
+                    }
+                    u += front + rng.range(0.3, 6.0);
+                }
+            }
+        }
+    }
+
+    fn overlaps_static(&self, b: &SimBox) -> bool {
+        let r = b.half_len.hypot(b.half_wid);
+        self.statics.iter().any(|o| {
+            let ro = o.half_len.hypot(o.half_wid);
+            if (o.x - b.x).hypot(o.y - b.y) > r + ro {
+                return false;
+            }
+            // Sample both footprints against each other.
+            let inside = |p: &SimBox, q: &SimBox| {
+                let (s, c) = p.yaw.sin_cos();
+                (-4..=4).any(|i| {
+                    (-4..=4).any(|j| {
+                        let lx = p.half_len * i as f64 / 4.0;
+                        let ly = p.half_wid * j as f64 / 4.0;
+                        q.contains_xy(p.x + c * lx - s * ly, p.y + s * lx + c * ly)
+                    })
+                })
+            };
+            inside(b, o) || inside(o, b)
+        })
     }
 
     fn place_actors(&mut self, rng: &mut SplitMix64) {
