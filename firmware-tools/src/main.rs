@@ -3,6 +3,7 @@
 
 mod bundle_cmd;
 mod calib_cmd;
+mod hil_cmd;
 mod kernels_cmd;
 mod sim_cmd;
 
@@ -30,6 +31,8 @@ enum Cmd {
     CalibBench(calib_cmd::CalibBenchArgs),
     /// Compile every CUDA kernel for one SM ahead of time (NVRTC; no GPU needed).
     CompileKernels(kernels_cmd::CompileKernelsArgs),
+    /// Hardware-in-the-loop: run the real bevrt on simulator recordings with injected faults.
+    Hil(hil_cmd::HilArgs),
     /// The synthetic driving world: record sequences with ground truth.
     #[command(subcommand)]
     Sim(sim_cmd::SimCmd),
@@ -46,6 +49,7 @@ fn main() {
         Cmd::CalibBench(a) => calib_cmd::bench_calib(a),
         Cmd::CompileKernels(a) => kernels_cmd::compile_kernels(a),
         Cmd::Sim(c) => sim_cmd::run(c),
+        Cmd::Hil(a) => hil_cmd::hil(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -1,0 +1,412 @@
+//! `bevrt-tool hil`: hardware-in-the-loop without the car. Runs the real `bevrt` binary as a
+//! subprocess on a simulator recording, injects faults, and checks that the pipeline recovers
+//! and loses nothing it must keep. Writes a human table and a JUnit XML report.
+//!
+//! Fault matrix (each scenario is one `bevrt run`, judged on its `--json` report and outputs):
+//! - `baseline`: every frame processed, no error, p99 inference within the budget;
+//! - `dropped_frames`: the recording lacks every 5th frame; the rest are processed and the
+//!   gaps show in the result sequence numbers;
+//! - `corrupt_frames`: 3 frame files truncated; each is a counted source error, all others
+//!   processed in order;
+//! - `stalled_camera`: played at recorded timestamps with a 1.5 s hole; the run waits through
+//!   it and processes every frame;
+//! - `slow_sink`: every sink write delayed 60 ms at 50 fps (3 frame periods); sink work is dropped and counted,
+//!   frames are not;
+//! - `bundle_replaced`: the bundle's model file is overwritten with garbage while running; the
+//!   loaded network keeps running (designed behaviour: a bundle is read once at load), the
+//!   process exits cleanly, and a fresh start refuses the damaged bundle naming the file.
+//!
+//! Not yet in the matrix: map quality against the BEV ground truth (needs a BEV bundle), and a
+//! camera that disappears and returns (needs a V4L2 device).
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct HilArgs {
+    /// Bundle under test.
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Work directory (recordings, outputs, report); created.
+    #[arg(long, default_value = "out/hil")]
+    pub out: PathBuf,
+    /// Simulator seed and frames for the test recording.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 60)]
+    pub frames: u64,
+    /// p99 inference budget in milliseconds.
+    #[arg(long, default_value_t = 50.0)]
+    pub budget_ms: f64,
+    /// The bevrt binary (default: next to this bevrt-tool).
+    #[arg(long)]
+    pub bevrt: Option<PathBuf>,
+    /// JUnit XML report path (default OUT/junit.xml).
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+}
+
+struct Outcome {
+    name: &'static str,
+    seconds: f64,
+    failure: Option<String>,
+    detail: String,
+}
+
+fn bevrt_path(a: &HilArgs) -> Result<PathBuf> {
+    if let Some(p) = &a.bevrt {
+        return Ok(p.clone());
+    }
+    let me = std::env::current_exe()?;
+    let p = me.with_file_name("bevrt");
+    anyhow::ensure!(
+        p.is_file(),
+        "{}: bevrt binary not found (give --bevrt)",
+        p.display()
+    );
+    Ok(p)
+}
+
+/// Run bevrt and parse its final JSON report (stdout); stderr is kept for the failure text.
+fn run_bevrt(bevrt: &Path, args: &[String]) -> Result<(serde_json::Value, String, bool)> {
+    let out = std::process::Command::new(bevrt)
+        .args(args)
+        .arg("--json")
+        .env("RUST_LOG", "warn")
+        .output()
+        .with_context(|| format!("starting {}", bevrt.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if stderr.contains("panicked") {
+        bail!("bevrt panicked: {stderr}");
+    }
+    let v = serde_json::from_str(stdout.trim()).unwrap_or(serde_json::Value::Null);
+    Ok((v, stderr, out.status.success()))
+}
+
+fn u(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or(u64::MAX)
+}
+
+/// Copy a recording, rewriting its index with `edit(seq, timestamp_ns, rest) -> Option<line>`.
+fn derive_recording(
+    src: &Path,
+    dst: &Path,
+    mut edit: impl FnMut(u64, u64, &str) -> Option<String>,
+) -> Result<()> {
+    let _ = std::fs::remove_dir_all(dst);
+    std::fs::create_dir_all(dst.join("frames"))?;
+    for f in ["recording.toml", "calibration.toml"] {
+        if src.join(f).exists() {
+            std::fs::copy(src.join(f), dst.join(f))?;
+        }
+    }
+    for e in std::fs::read_dir(src.join("frames"))? {
+        let e = e?;
+        std::fs::copy(e.path(), dst.join("frames").join(e.file_name()))?;
+    }
+    let index = std::fs::read_to_string(src.join("frames.csv"))?;
+    let mut out = String::new();
+    for (i, line) in index.lines().enumerate() {
+        if i == 0 {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let mut cols = line.splitn(3, ',');
+        let seq: u64 = cols.next().unwrap_or("0").parse()?;
+        let ts: u64 = cols.next().unwrap_or("0").parse()?;
+        let rest = cols.next().unwrap_or("");
+        // ground truth is not copied: the HIL runs here judge the pipeline, not the map
+        let rest = rest.split(',').next().unwrap_or("");
+        if let Some(l) = edit(seq, ts, rest) {
+            out.push_str(&l);
+            out.push('\n');
+        }
+    }
+    std::fs::write(dst.join("frames.csv"), out)?;
+    Ok(())
+}
+
+fn seqs(results: &Path) -> Vec<u64> {
+    std::fs::read_to_string(results)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["seq"].as_u64())
+        .collect()
+}
+
+pub fn hil(a: &HilArgs) -> Result<()> {
+    let bevrt = bevrt_path(a)?;
+    let bundle = bevrt_models::Bundle::load(&a.bundle)?;
+    std::fs::create_dir_all(&a.out)?;
+    let base = a.out.join("rec-base");
+    let _ = std::fs::remove_dir_all(&base);
+    let cfg = bevrt_sim::SimConfig::with_seed(a.seed);
+    bevrt_sim::record(&cfg, a.frames, &base, false, &mut |_, _| {})
+        .with_context(|| format!("recording {}", base.display()))?;
+    let n = a.frames;
+    let bundle_s = a.bundle.display().to_string();
+    let mut outcomes: Vec<Outcome> = vec![];
+    let mut scenario = |name: &'static str, f: &mut dyn FnMut() -> Result<(bool, String)>| {
+        let t = Instant::now();
+        let (failure, detail) = match f() {
+            Ok((true, d)) => (None, d),
+            Ok((false, d)) => (Some(d.clone()), d),
+            Err(e) => (Some(format!("{e:#}")), String::new()),
+        };
+        outcomes.push(Outcome {
+            name,
+            seconds: t.elapsed().as_secs_f64(),
+            failure,
+            detail,
+        });
+    };
+    let run_args = |src: String, out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["run", "--bundle", &bundle_s, "--source", &src, "--out"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.push(out.display().to_string());
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+
+    scenario("baseline", &mut || {
+        let out = a.out.join("baseline");
+        let (r, err, ok) = run_bevrt(
+            &bevrt,
+            &run_args(format!("replay:{}", base.display()), &out, &[]),
+        )?;
+        let p99 = r["stages"]["inference"]["p99_ms"]
+            .as_f64()
+            .unwrap_or(f64::INFINITY);
+        let good = ok
+            && u(&r, "frames_processed") == n
+            && u(&r, "source_errors") == 0
+            && u(&r, "inference_errors") == 0
+            && p99 <= a.budget_ms;
+        Ok((
+            good,
+            format!(
+                "processed {}/{n}, p99 inference {p99:.2} ms (budget {}) {}",
+                u(&r, "frames_processed"),
+                a.budget_ms,
+                if ok { "" } else { &err }
+            ),
+        ))
+    });
+
+    scenario("dropped_frames", &mut || {
+        let rec = a.out.join("rec-dropped");
+        derive_recording(&base, &rec, |s, ts, f| {
+            (s % 5 != 4).then(|| format!("{s},{ts},{f},"))
+        })?;
+        let out = a.out.join("dropped");
+        let (r, _, ok) = run_bevrt(
+            &bevrt,
+            &run_args(format!("replay:{}", rec.display()), &out, &[]),
+        )?;
+        let removed = (0..n).filter(|s| s % 5 == 4).count() as u64;
+        // a frame missing at the very end leaves no visible gap
+        let visible = removed - u64::from(n > 0 && (n - 1) % 5 == 4);
+        let want = n - removed;
+        let s = seqs(&out.join("results.jsonl"));
+        let gaps = s.windows(2).filter(|w| w[1] != w[0] + 1).count() as u64;
+        let good = ok && u(&r, "frames_processed") == want && gaps == visible;
+        Ok((
+            good,
+            format!(
+                "processed {}/{want} delivered, {gaps} sequence gaps in results (expected {visible})",
+                u(&r, "frames_processed")
+            ),
+        ))
+    });
+
+    scenario("corrupt_frames", &mut || {
+        let rec = a.out.join("rec-corrupt");
+        derive_recording(&base, &rec, |s, ts, f| Some(format!("{s},{ts},{f},")))?;
+        let bad = [3u64, n / 2, n - 2];
+        for k in bad {
+            let p = rec.join(format!("frames/{k:06}.png"));
+            let bytes = std::fs::read(&p)?;
+            std::fs::write(&p, &bytes[..bytes.len() / 3])?;
+        }
+        let out = a.out.join("corrupt");
+        let (r, _, ok) = run_bevrt(
+            &bevrt,
+            &run_args(format!("replay:{}", rec.display()), &out, &[]),
+        )?;
+        let s = seqs(&out.join("results.jsonl"));
+        let in_order = s.windows(2).all(|w| w[0] < w[1]);
+        let good = ok
+            && u(&r, "source_errors") == 3
+            && u(&r, "frames_processed") == n - 3
+            && in_order
+            && !bad.iter().any(|b| s.contains(b));
+        Ok((
+            good,
+            format!(
+                "source errors {}, processed {}/{}, in order {in_order}",
+                u(&r, "source_errors"),
+                u(&r, "frames_processed"),
+                n - 3
+            ),
+        ))
+    });
+
+    scenario("stalled_camera", &mut || {
+        let rec = a.out.join("rec-stall");
+        let hole = 1_500_000_000u64;
+        derive_recording(&base, &rec, |s, ts, f| {
+            let ts = if s >= n / 2 { ts + hole } else { ts };
+            Some(format!("{s},{ts},{f},"))
+        })?;
+        let out = a.out.join("stall");
+        let t = Instant::now();
+        let (r, _, ok) = run_bevrt(
+            &bevrt,
+            &run_args(format!("replay:{}?realtime", rec.display()), &out, &[]),
+        )?;
+        let el = t.elapsed();
+        let good = ok && u(&r, "frames_processed") == n && el >= Duration::from_millis(1500);
+        Ok((
+            good,
+            format!(
+                "processed {}/{n} across a 1.5 s stall ({:.1} s run), dropped {}",
+                u(&r, "frames_processed"),
+                el.as_secs_f64(),
+                u(&r, "frames_dropped")
+            ),
+        ))
+    });
+
+    scenario("slow_sink", &mut || {
+        let out = a.out.join("slow-sink");
+        let (r, _, ok) = run_bevrt(
+            &bevrt,
+            &run_args(
+                format!("replay:{}?fps=50", base.display()),
+                &out,
+                &["--fault-sink-delay-ms", "60"],
+            ),
+        )?;
+        let good = ok
+            && u(&r, "frames_processed") + u(&r, "frames_dropped") == n
+            && u(&r, "sink_written") + u(&r, "sink_dropped") == u(&r, "frames_processed")
+            && u(&r, "sink_dropped") > 0;
+        Ok((
+            good,
+            format!(
+                "processed {}, sink wrote {}, sink dropped {} (frames dropped {})",
+                u(&r, "frames_processed"),
+                u(&r, "sink_written"),
+                u(&r, "sink_dropped"),
+                u(&r, "frames_dropped")
+            ),
+        ))
+    });
+
+    scenario("bundle_replaced", &mut || {
+        let copy = a.out.join("bundle-copy");
+        let _ = std::fs::remove_dir_all(&copy);
+        std::fs::create_dir_all(&copy)?;
+        for f in std::fs::read_dir(&bundle.dir)? {
+            let f = f?;
+            std::fs::copy(f.path(), copy.join(f.file_name()))?;
+        }
+        let out = a.out.join("bundle-replaced");
+        let mut args = run_args("sim:?seed=2&fps=25".into(), &out, &["--duration", "2"]);
+        args[2] = copy.display().to_string();
+        let child = std::process::Command::new(&bevrt)
+            .args(&args)
+            .arg("--json")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(700));
+        let model = bundle
+            .manifest
+            .model("model")
+            .map(|m| m.file.clone())
+            .unwrap_or_else(|| "model.onnx".into());
+        std::fs::write(copy.join(&model), b"replaced while running")?;
+        let o = child.wait_with_output()?;
+        let r: serde_json::Value =
+            serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+        let (r2, err2, ok2) = run_bevrt(&bevrt, &args)?;
+        let refused =
+            !ok2 && r2.is_null() && err2.contains(&model) && err2.contains("sha256 mismatch");
+        let good = o.status.success()
+            && u(&r, "frames_processed") >= 25
+            && u(&r, "inference_errors") == 0
+            && refused;
+        Ok((
+            good,
+            format!(
+                "running process kept its network: {} frames, 0 errors expected ({}); restart refused: {refused}",
+                u(&r, "frames_processed"),
+                u(&r, "inference_errors")
+            ),
+        ))
+    });
+
+    // ---------------------------------------------------------------- report
+    println!(
+        "{:<16} {:<6} {:>7}  detail",
+        "scenario", "result", "seconds"
+    );
+    for o in &outcomes {
+        println!(
+            "{:<16} {:<6} {:>7.2}  {}",
+            o.name,
+            if o.failure.is_none() { "pass" } else { "FAIL" },
+            o.seconds,
+            o.detail
+        );
+    }
+    let failures = outcomes.iter().filter(|o| o.failure.is_some()).count();
+    let junit = a.junit.clone().unwrap_or_else(|| a.out.join("junit.xml"));
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let total: f64 = outcomes.iter().map(|o| o.seconds).sum();
+    x.push_str(&format!(
+        "<testsuites tests=\"{}\" failures=\"{failures}\" time=\"{total:.3}\">\n  <testsuite name=\"bevrt-hil\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"0\" time=\"{total:.3}\">\n",
+        outcomes.len(),
+        outcomes.len()
+    ));
+    for o in &outcomes {
+        x.push_str(&format!(
+            "    <testcase classname=\"hil\" name=\"{}\" time=\"{:.3}\">",
+            o.name, o.seconds
+        ));
+        if let Some(f) = &o.failure {
+            x.push_str(&format!("<failure message=\"{}\"/>", xml_escape(f)));
+        }
+        x.push_str(&format!(
+            "<system-out>{}</system-out></testcase>\n",
+            xml_escape(&o.detail)
+        ));
+    }
+    x.push_str("  </testsuite>\n</testsuites>\n");
+    std::fs::write(&junit, x).with_context(|| format!("{}: cannot write", junit.display()))?;
+    println!(
+        "{} passed, {} failed; JUnit report {}",
+        outcomes.len() - failures,
+        failures,
+        junit.display()
+    );
+    if failures > 0 {
+        bail!("{failures} HIL scenario(s) failed");
+    }
+    Ok(())
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
