@@ -1,4 +1,5 @@
 //! BEV sampling table: contract, correctness against direct projection, view transform, speed.
+mod common;
 use bevrt_calib::bev::{FLAG_BEHIND, FLAG_OUTSIDE, FLAG_VALID};
 use bevrt_calib::remap::ipm_map;
 use bevrt_calib::{BevGrid, CameraModel, Extrinsics, SampleTap, SamplingTable, view_transform};
@@ -13,16 +14,7 @@ fn setup() -> (BevGrid, CameraModel, Extrinsics) {
         cell: 0.25,
         z_levels: vec![-0.5, 0.0, 1.0, 2.0],
     };
-    let cam = CameraModel::pinhole(
-        1280,
-        720,
-        640.0,
-        641.0,
-        645.0,
-        358.0,
-        [-0.33, 0.12, 0.0008, -0.0005, -0.015],
-    )
-    .unwrap();
+    let cam = common::wide_angle();
     let ext = Extrinsics::from_angles(1.5, 0.0, 1.6, 6.0, 0.5, 2.0);
     (grid, cam, ext)
 }

@@ -19,16 +19,7 @@ fn cameras() -> Vec<CameraModel> {
             [-0.26509, -0.04674, 0.001833, -0.00031469, 0.25232],
         )
         .unwrap(),
-        CameraModel::pinhole(
-            1280,
-            720,
-            640.0,
-            641.0,
-            645.0,
-            358.0,
-            [-0.33, 0.12, 0.0008, -0.0005, -0.015],
-        )
-        .unwrap(),
+        common::wide_angle(),
         CameraModel::fisheye(
             1280,
             720,

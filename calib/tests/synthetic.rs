@@ -46,18 +46,7 @@ fn matched_object(
         .collect()
 }
 
-fn wide_angle() -> CameraModel {
-    CameraModel::pinhole(
-        1280,
-        720,
-        640.0,
-        641.0,
-        645.0,
-        358.0,
-        [-0.33, 0.12, 0.0008, -0.0005, -0.015],
-    )
-    .unwrap()
-}
+use common::wide_angle;
 
 #[test]
 fn detected_corners_match_rendered_truth_at_zero_noise() {

@@ -18,6 +18,20 @@ pub fn shared_dir() -> Option<PathBuf> {
     }
 }
 
+/// The 1280x720 wide-angle test camera with strong barrel distortion used across the tests.
+pub fn wide_angle() -> bevrt_calib::CameraModel {
+    bevrt_calib::CameraModel::pinhole(
+        1280,
+        720,
+        640.0,
+        641.0,
+        645.0,
+        358.0,
+        [-0.33, 0.12, 0.0008, -0.0005, -0.015],
+    )
+    .unwrap()
+}
+
 /// Small deterministic RNG (xorshift64*) so the property tests need no extra crates.
 pub struct Rng(pub u64);
 impl Rng {

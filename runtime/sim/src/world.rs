@@ -885,61 +885,75 @@ impl World {
                 }
             }
         }
-        // Lead traffic in the ego lane: same mean speed as the ego, never closer than ~12 m.
+        // Moving traffic in one lane from `s` to `end`: class by cumulative car/truck
+        // probabilities `p` (the rest two-wheelers), lane offset `lat` (vehicle, two-wheeler),
+        // gaps drawn from `gap`.
+        #[allow(clippy::too_many_arguments)]
+        let lane = |rng: &mut SplitMix64,
+                    actors: &mut Vec<Actor>,
+                    mut s: f64,
+                    end: f64,
+                    s0: f64,
+                    p: [f64; 2],
+                    lat: [f64; 2],
+                    speed: f64,
+                    gap: [f64; 2]| {
+            while s < end {
+                let r = rng.next_f64();
+                let cls = if r < p[0] {
+                    class::CAR
+                } else if r < p[1] {
+                    class::TRUCK
+                } else {
+                    class::TWO_WHEELER
+                };
+                let b = make(rng, cls);
+                let lat = if cls == class::TWO_WHEELER {
+                    lat[1]
+                } else {
+                    lat[0]
+                };
+                actors.push(Actor {
+                    bx: b,
+                    motion: Motion::Along {
+                        s0: s0 + s,
+                        lat,
+                        speed,
+                    },
+                });
+                s += rng.range(gap[0], gap[1]);
+            }
+        };
         let vm = self.cfg.mean_speed;
-        let mut off = rng.range(45.0, 70.0);
-        while off < ring - 60.0 {
-            let r = rng.next_f64();
-            let cls = if r < 0.75 {
-                class::CAR
-            } else if r < 0.9 {
-                class::TRUCK
-            } else {
-                class::TWO_WHEELER
-            };
-            let b = make(rng, cls);
-            let lat = if cls == class::TWO_WHEELER {
-                -0.7 * lw
-            } else {
-                -0.5 * lw
-            };
-            self.actors.push(Actor {
-                bx: b,
-                motion: Motion::Along {
-                    s0: self.ego_s0 + off,
-                    lat,
-                    speed: vm,
-                },
-            });
-            off += rng.range(45.0, 140.0);
-        }
+        // Lead traffic in the ego lane: same mean speed as the ego, never closer than ~12 m.
+        let start = rng.range(45.0, 70.0);
+        let ego_s0 = self.ego_s0;
+        let (p, l) = ([0.75, 0.9], [-0.5 * lw, -0.7 * lw]);
+        lane(
+            rng,
+            &mut self.actors,
+            start,
+            ring - 60.0,
+            ego_s0,
+            p,
+            l,
+            vm,
+            [45.0, 140.0],
+        );
         // Oncoming traffic: one speed so vehicles never overlap.
-        let mut s = rng.range(0.0, 30.0);
-        while s < ring {
-            let r = rng.next_f64();
-            let cls = if r < 0.7 {
-                class::CAR
-            } else if r < 0.85 {
-                class::TRUCK
-            } else {
-                class::TWO_WHEELER
-            };
-            let b = make(rng, cls);
-            let lat = if cls == class::TWO_WHEELER {
-                0.85 * lw
-            } else {
-                0.5 * lw
-            };
-            self.actors.push(Actor {
-                bx: b,
-                motion: Motion::Along {
-                    s0: RING_START + s,
-                    lat,
-                    speed: -vm,
-                },
-            });
-            s += rng.range(20.0, 70.0);
-        }
+        let start = rng.range(0.0, 30.0);
+        let (p, l) = ([0.7, 0.85], [0.5 * lw, 0.85 * lw]);
+        lane(
+            rng,
+            &mut self.actors,
+            start,
+            ring,
+            RING_START,
+            p,
+            l,
+            -vm,
+            [20.0, 70.0],
+        );
         // Pedestrians on both sidewalks, walking either way.
         for side in [-1.0f64, 1.0] {
             let mut s = rng.range(0.0, 10.0);
