@@ -3,12 +3,20 @@
 //! - [`bundle`]: the bundle directory format (`bundle.toml` + hashed files), loading with
 //!   digest checks, writing atomically.
 //! - [`onnx`]: reading an ONNX file's interface with errors that name the file.
+//! - [`letsmap`]: the reference BEV architecture letsmap-lite (layer lists, classes, grid).
+//! - [`export`]: our ONNX exporter (Conv chains) and its CPU reference.
 
 pub mod bundle;
+pub mod export;
+pub mod letsmap;
 pub mod onnx;
 
 pub use bundle::{
     Bundle, BundleError, ChannelOrder, ClassSpec, EmbeddingNorm, GridSpec, InputDtype, InputSpec,
     Layout, Manifest, ModelFile, OutputKind, OutputSpec, Task, sha256_file, write_bundle,
 };
+pub use export::{
+    ExportError, Weights, conv_chain_reference, conv_chain_to_onnx, write_conv_chain,
+};
+pub use letsmap::{ConvLayer, LetsMapLite};
 pub use onnx::{OnnxError, OnnxSummary, TensorInfo, inspect, legalize, load_for_tract, read_proto};

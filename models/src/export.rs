@@ -1,0 +1,341 @@
+//! ONNX exporter for bevrt's own architectures: a chain of Conv (+ Relu) layers written with
+//! tract-onnx's protobuf types (opset 13, IR 8), loadable by tract and ONNX Runtime.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use prost::Message;
+use tract_onnx::pb;
+
+use crate::letsmap::ConvLayer;
+
+/// What the exporter refused, naming the layer or tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("export: weight '{name}' is missing")]
+    Missing { name: String },
+    #[error("export: weight '{name}' has {got} values, layer needs {expected}")]
+    Size {
+        name: String,
+        got: usize,
+        expected: usize,
+    },
+    #[error("export: layers do not chain: {0}")]
+    Chain(String),
+    #[error("{path}: {msg}")]
+    Io { path: String, msg: String },
+}
+
+/// Weights by name (`<layer>.weight`, `<layer>.bias`), row-major f32.
+pub type Weights = BTreeMap<String, Vec<f32>>;
+
+const F32: i32 = pb::tensor_proto::DataType::Float as i32;
+
+fn value_info(name: &str, shape: &[usize]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{Dimension, dimension::Value as DimValue};
+    pb::ValueInfoProto {
+        name: name.to_string(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: F32,
+                shape: Some(pb::TensorShapeProto {
+                    dim: shape
+                        .iter()
+                        .map(|&d| Dimension {
+                            value: Some(DimValue::DimValue(d as i64)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn ints(name: &str, v: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.to_string(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn initializer(name: &str, dims: &[usize], data: &[f32]) -> pb::TensorProto {
+    let mut raw = Vec::with_capacity(data.len() * 4);
+    for v in data {
+        raw.extend_from_slice(&v.to_le_bytes());
+    }
+    pb::TensorProto {
+        name: name.to_string(),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: F32,
+        raw_data: raw,
+        ..Default::default()
+    }
+}
+
+/// Serialises a Conv chain as an ONNX model: input `input_name` of `input_shape` (NCHW),
+/// output `output_name`. `doc` lands in the model's doc_string (provenance).
+pub fn conv_chain_to_onnx(
+    graph_name: &str,
+    input_name: &str,
+    output_name: &str,
+    input_shape: [usize; 4],
+    layers: &[ConvLayer],
+    weights: &Weights,
+    doc: &str,
+) -> Result<Vec<u8>, ExportError> {
+    let mut nodes = vec![];
+    let mut inits = vec![];
+    let (mut c, mut h, mut w) = (input_shape[1], input_shape[2], input_shape[3]);
+    let mut cur = input_name.to_string();
+    for (i, l) in layers.iter().enumerate() {
+        if l.cin != c {
+            return Err(ExportError::Chain(format!(
+                "layer '{}' takes {} channels, gets {c}",
+                l.name, l.cin
+            )));
+        }
+        let wn = format!("{}.weight", l.name);
+        let bn = format!("{}.bias", l.name);
+        for (n, expect) in [(&wn, l.weight_shape().iter().product()), (&bn, l.cout)] {
+            let v = weights
+                .get(n)
+                .ok_or_else(|| ExportError::Missing { name: n.clone() })?;
+            if v.len() != expect {
+                return Err(ExportError::Size {
+                    name: n.clone(),
+                    got: v.len(),
+                    expected: expect,
+                });
+            }
+        }
+        inits.push(initializer(&wn, &l.weight_shape(), &weights[&wn]));
+        inits.push(initializer(&bn, &[l.cout], &weights[&bn]));
+        let last = i + 1 == layers.len();
+        let conv_out = if last && !l.relu {
+            output_name.to_string()
+        } else {
+            format!("{}.conv", l.name)
+        };
+        let p = l.pad() as i64;
+        nodes.push(pb::NodeProto {
+            name: l.name.to_string(),
+            op_type: "Conv".into(),
+            input: vec![cur.clone(), wn, bn],
+            output: vec![conv_out.clone()],
+            attribute: vec![
+                ints("kernel_shape", &[l.k as i64, l.k as i64]),
+                ints("strides", &[l.stride as i64, l.stride as i64]),
+                ints("pads", &[p, p, p, p]),
+                ints("dilations", &[1, 1]),
+            ],
+            ..Default::default()
+        });
+        cur = conv_out;
+        if l.relu {
+            let out = if last {
+                output_name.to_string()
+            } else {
+                format!("{}.relu", l.name)
+            };
+            nodes.push(pb::NodeProto {
+                name: format!("{}_relu", l.name),
+                op_type: "Relu".into(),
+                input: vec![cur.clone()],
+                output: vec![out.clone()],
+                ..Default::default()
+            });
+            cur = out;
+        }
+        (h, w) = l.out_hw(h, w);
+        c = l.cout;
+    }
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        producer_name: "bevrt".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        doc_string: doc.to_string(),
+        graph: Some(pb::GraphProto {
+            name: graph_name.to_string(),
+            node: nodes,
+            initializer: inits,
+            input: vec![value_info(input_name, &input_shape)],
+            output: vec![value_info(output_name, &[1, c, h, w])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Ok(model.encode_to_vec())
+}
+
+/// [`conv_chain_to_onnx`] written to `path`.
+#[allow(clippy::too_many_arguments)]
+pub fn write_conv_chain(
+    path: &Path,
+    graph_name: &str,
+    input_name: &str,
+    output_name: &str,
+    input_shape: [usize; 4],
+    layers: &[ConvLayer],
+    weights: &Weights,
+    doc: &str,
+) -> Result<(), ExportError> {
+    let bytes = conv_chain_to_onnx(
+        graph_name,
+        input_name,
+        output_name,
+        input_shape,
+        layers,
+        weights,
+        doc,
+    )?;
+    std::fs::write(path, bytes).map_err(|e| ExportError::Io {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    })
+}
+
+/// Plain CPU reference of a Conv chain (NCHW, batch 1): what the exported file must compute.
+/// Used by tests to check the exporter and by tools to sanity-check weights.
+pub fn conv_chain_reference(
+    input: &[f32],
+    input_shape: [usize; 4],
+    layers: &[ConvLayer],
+    weights: &Weights,
+) -> Vec<f32> {
+    let (mut c, mut h, mut w) = (input_shape[1], input_shape[2], input_shape[3]);
+    let mut x = input.to_vec();
+    for l in layers {
+        let (oh, ow) = l.out_hw(h, w);
+        let wt = &weights[&format!("{}.weight", l.name)];
+        let b = &weights[&format!("{}.bias", l.name)];
+        let mut y = vec![0f32; l.cout * oh * ow];
+        let p = l.pad() as isize;
+        for co in 0..l.cout {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = b[co];
+                    for ci in 0..c {
+                        for ky in 0..l.k {
+                            let iy = (oy * l.stride) as isize + ky as isize - p;
+                            if iy < 0 || iy >= h as isize {
+                                continue;
+                            }
+                            for kx in 0..l.k {
+                                let ix = (ox * l.stride) as isize + kx as isize - p;
+                                if ix < 0 || ix >= w as isize {
+                                    continue;
+                                }
+                                acc += wt[((co * c + ci) * l.k + ky) * l.k + kx]
+                                    * x[(ci * h + iy as usize) * w + ix as usize];
+                            }
+                        }
+                    }
+                    y[(co * oh + oy) * ow + ox] = if l.relu { acc.max(0.0) } else { acc };
+                }
+            }
+        }
+        x = y;
+        (c, h, w) = (l.cout, oh, ow);
+    }
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::letsmap::ConvLayer;
+
+    fn layers() -> Vec<ConvLayer> {
+        vec![
+            ConvLayer {
+                name: "a",
+                cin: 3,
+                cout: 4,
+                k: 3,
+                stride: 2,
+                relu: true,
+            },
+            ConvLayer {
+                name: "b",
+                cin: 4,
+                cout: 2,
+                k: 1,
+                stride: 1,
+                relu: false,
+            },
+        ]
+    }
+
+    fn weights(ls: &[ConvLayer]) -> Weights {
+        let mut s = 12345u32;
+        let mut rnd = || {
+            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let mut m = Weights::new();
+        for l in ls {
+            let n: usize = l.weight_shape().iter().product();
+            m.insert(
+                format!("{}.weight", l.name),
+                (0..n).map(|_| rnd()).collect(),
+            );
+            m.insert(
+                format!("{}.bias", l.name),
+                (0..l.cout).map(|_| rnd()).collect(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn exported_chain_runs_in_tract_like_the_reference() {
+        use tract_onnx::prelude::*;
+        let ls = layers();
+        let w = weights(&ls);
+        let bytes = conv_chain_to_onnx("t", "x", "y", [1, 3, 9, 10], &ls, &w, "test").unwrap();
+        let model = tract_onnx::onnx()
+            .model_for_read(&mut std::io::Cursor::new(bytes))
+            .unwrap()
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap();
+        let input: Vec<f32> = (0..270)
+            .map(|i| ((i * 37) % 17) as f32 / 8.0 - 1.0)
+            .collect();
+        let t = Tensor::from_shape(&[1, 3, 9, 10], &input).unwrap();
+        let out = model.run(tvec![t.into()]).unwrap();
+        assert_eq!(out[0].shape(), &[1, 2, 5, 5]);
+        let got = out[0]
+            .try_as_plain_ram()
+            .unwrap()
+            .as_slice::<f32>()
+            .unwrap()
+            .to_vec();
+        let want = conv_chain_reference(&input, [1, 3, 9, 10], &ls, &w);
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn missing_and_wrong_weights_are_named() {
+        let ls = layers();
+        let mut w = weights(&ls);
+        w.get_mut("b.bias").unwrap().push(0.0);
+        let e = conv_chain_to_onnx("t", "x", "y", [1, 3, 9, 10], &ls, &w, "").unwrap_err();
+        assert!(e.to_string().contains("b.bias"), "{e}");
+        w.remove("a.weight");
+        let e = conv_chain_to_onnx("t", "x", "y", [1, 3, 9, 10], &ls, &w, "").unwrap_err();
+        assert!(e.to_string().contains("a.weight"), "{e}");
+    }
+}
