@@ -16,8 +16,11 @@
 //!   loaded network keeps running (designed behaviour: a bundle is read once at load), the
 //!   process exits cleanly, and a fresh start refuses the damaged bundle naming the file.
 //!
-//! Not yet in the matrix: map quality against the BEV ground truth (needs a BEV bundle), and a
-//! camera that disappears and returns (needs a V4L2 device).
+//! - `map_quality` (BEV bundles): the baseline run's maps against the recording's BEV ground
+//!   truth, per-class IoU and mIoU over visible cells, at least `--min-miou`. The recording is
+//!   simulated on the bundle's grid with the bundle's camera.
+//!
+//! Not yet in the matrix: a camera that disappears and returns (needs a V4L2 device).
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -42,6 +45,9 @@ pub struct HilArgs {
     /// The bevrt binary (default: next to this bevrt-tool).
     #[arg(long)]
     pub bevrt: Option<PathBuf>,
+    /// BEV bundles: lowest acceptable mIoU (percent) of the baseline maps.
+    #[arg(long, default_value_t = 30.0)]
+    pub min_miou: f64,
     /// JUnit XML report path (default OUT/junit.xml).
     #[arg(long)]
     pub junit: Option<PathBuf>,
@@ -144,7 +150,17 @@ pub fn hil(a: &HilArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out)?;
     let base = a.out.join("rec-base");
     let _ = std::fs::remove_dir_all(&base);
-    let cfg = bevrt_sim::SimConfig::with_seed(a.seed);
+    let mut cfg = bevrt_sim::SimConfig::with_seed(a.seed);
+    let is_bev = bundle.manifest.task == bevrt_models::Task::Bev;
+    if is_bev {
+        // Film with the bundle's camera on its grid, so the maps can be scored.
+        if let (Some(g), Some(c)) = (&bundle.manifest.grid, &bundle.manifest.calibration) {
+            let cal = bevrt_calib::Calibration::load(bundle.dir.join(&c.file))?;
+            cfg.grid = g.clone();
+            cfg.camera = cal.camera;
+            cfg.extrinsics = cal.extrinsics;
+        }
+    }
     bevrt_sim::record(&cfg, a.frames, &base, false, &mut |_, _| {})
         .with_context(|| format!("recording {}", base.display()))?;
     let n = a.frames;
@@ -198,6 +214,48 @@ pub fn hil(a: &HilArgs) -> Result<()> {
             ),
         ))
     });
+
+    if is_bev {
+        scenario("map_quality", &mut || {
+            let rec = bevrt_runtime::source::replay::Recording::open(&base)?;
+            let maps = a.out.join("baseline/maps");
+            let classes = &bundle.manifest.classes;
+            let mut pairs = vec![];
+            for e in &rec.frames {
+                let gt_path = e.gt.as_ref().context("recording without ground truth")?;
+                let gt = image::open(gt_path)
+                    .with_context(|| format!("{}", gt_path.display()))?
+                    .to_luma8()
+                    .into_raw();
+                let mp = maps.join(format!("{:06}.png", e.seq));
+                let pred = image::open(&mp)
+                    .with_context(|| format!("{}: baseline map missing", mp.display()))?
+                    .to_rgb8();
+                pairs.push((
+                    gt,
+                    bevrt_runtime::postprocess::class_map_from_rgb(pred.as_raw(), classes),
+                ));
+            }
+            let names: Vec<String> = classes.iter().map(|c| c.name.clone()).collect();
+            let refs: Vec<(&[u8], &[u8])> = pairs
+                .iter()
+                .map(|(g, p)| (g.as_slice(), p.as_slice()))
+                .collect();
+            let (cells, miou, _, per) = bevrt_runtime::postprocess::score_maps(&refs, &names);
+            let detail = per
+                .iter()
+                .filter_map(|c| c.iou.map(|v| format!("{} {v:.0}", c.class)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Ok((
+                miou >= a.min_miou,
+                format!(
+                    "mIoU {miou:.1} % over {cells} visible cells (min {}); {detail}",
+                    a.min_miou
+                ),
+            ))
+        });
+    }
 
     scenario("dropped_frames", &mut || {
         let rec = a.out.join("rec-dropped");
@@ -331,6 +389,7 @@ pub fn hil(a: &HilArgs) -> Result<()> {
         let model = bundle
             .manifest
             .model("model")
+            .or_else(|| bundle.manifest.model("encoder"))
             .map(|m| m.file.clone())
             .unwrap_or_else(|| "model.onnx".into());
         std::fs::write(copy.join(&model), b"replaced while running")?;

@@ -5,6 +5,7 @@ mod bundle_cmd;
 mod calib_cmd;
 mod hil_cmd;
 mod kernels_cmd;
+mod letsmap;
 mod sim_cmd;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,12 @@ enum Cmd {
     CompileKernels(kernels_cmd::CompileKernelsArgs),
     /// Hardware-in-the-loop: run the real bevrt on simulator recordings with injected faults.
     Hil(hil_cmd::HilArgs),
+    /// Unsupervised pretraining of the letsmap-lite encoder (temporal masked autoencoding).
+    Pretrain(letsmap::train::PretrainArgs),
+    /// Fine-tune letsmap-lite's BEV head on a fraction of the labels; writes a bundle.
+    Finetune(letsmap::train::FinetuneArgs),
+    /// Per-class IoU / mIoU of a BEV bundle on held-out recordings (deployment path).
+    Eval(letsmap::eval::EvalArgs),
     /// The synthetic driving world: record sequences with ground truth.
     #[command(subcommand)]
     Sim(sim_cmd::SimCmd),
@@ -50,6 +57,9 @@ fn main() {
         Cmd::CompileKernels(a) => kernels_cmd::compile_kernels(a),
         Cmd::Sim(c) => sim_cmd::run(c),
         Cmd::Hil(a) => hil_cmd::hil(a),
+        Cmd::Pretrain(a) => letsmap::train::pretrain(a),
+        Cmd::Finetune(a) => letsmap::train::finetune(a),
+        Cmd::Eval(a) => letsmap::eval::eval_cmd(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

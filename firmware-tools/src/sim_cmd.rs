@@ -29,6 +29,9 @@ pub struct SimRecordArgs {
     /// Frame rate: the world advances 1/fps seconds per frame; written to recording.toml.
     #[arg(long, default_value_t = 10.0)]
     pub fps: f64,
+    /// BEV ground-truth cell size in metres (grid x 0..40, y -20..20; letsmap-lite uses 0.5).
+    #[arg(long, default_value_t = 0.25)]
+    pub cell: f32,
     /// Also write per-pixel labels (labels/, L8 PNG) and depth (depth/, 16-bit PNG in cm).
     #[arg(long)]
     pub extras: bool,
@@ -55,6 +58,11 @@ pub fn record(a: &SimRecordArgs) -> Result<()> {
         .with_size(a.width, a.height)
         .context("--width/--height")?;
     cfg.fps = a.fps;
+    if !(a.cell.is_finite() && a.cell > 0.0) {
+        bail!("--cell must be a positive number of metres, got {}", a.cell);
+    }
+    cfg.grid.cell = a.cell;
+    cfg.grid.validate().context("--cell")?;
     let pb = indicatif::ProgressBar::new(a.frames);
     let t0 = std::time::Instant::now();
     let summary = bevrt_sim::record(&cfg, a.frames, &a.out, a.extras, &mut |done, _| {

@@ -17,6 +17,8 @@ pub struct BenchReport {
     pub postprocess: crate::metrics::StageSummary,
     pub total: crate::metrics::StageSummary,
     pub fps: f64,
+    /// Mean ms per call of the backend's sub-stages of inference (timed frames only).
+    pub inference_split: Vec<(String, f64)>,
 }
 
 /// A deterministic test-card frame (gradients and a checker) of the given size.
@@ -57,6 +59,7 @@ pub fn run(
         backend.infer()?;
         backend.postprocess(&mut result)?;
     }
+    let before = backend.sub_stages();
     let start = Instant::now();
     for _ in 0..frames {
         let t0 = Instant::now();
@@ -72,6 +75,18 @@ pub fn run(
         ht.record((t3 - t0).as_nanos() as u64);
     }
     let el = start.elapsed().as_secs_f64();
+    let inference_split = backend
+        .sub_stages()
+        .into_iter()
+        .zip(before.into_iter().map(Some).chain(std::iter::repeat(None)))
+        .map(|((n, ns, c), b)| {
+            let (ns0, c0) = b.map_or((0, 0), |(_, a, b)| (a, b));
+            (
+                n.to_string(),
+                (ns - ns0) as f64 / 1e6 / (c - c0).max(1) as f64,
+            )
+        })
+        .collect();
     Ok(BenchReport {
         backend: backend.describe(),
         frame: format!("{}x{} {}", frame.width, frame.height, frame.format),
@@ -81,6 +96,7 @@ pub fn run(
         postprocess: ho.summary(),
         total: ht.summary(),
         fps: frames as f64 / el,
+        inference_split,
     })
 }
 

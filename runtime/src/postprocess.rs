@@ -115,6 +115,9 @@ pub fn normalise_embedding(v: &mut [f32], norm: EmbeddingNorm) {
     }
 }
 
+/// Class-map value of a BEV cell the camera cannot see (drawn black, never scored as a class).
+pub const UNSEEN: u8 = 255;
+
 /// Per-cell argmax over class planes `(classes, h, w)` into `class_map`; CPU reference of the
 /// argmax kernel. Ties take the lower class index.
 pub fn bev_argmax(logits: &[f32], classes: usize, h: usize, w: usize, class_map: &mut [u8]) {
@@ -146,6 +149,70 @@ pub fn colourise(class_map: &[u8], classes: &[ClassSpec], rgb: &mut [u8]) {
             .unwrap_or([0, 0, 0]);
         px.copy_from_slice(&col);
     }
+}
+
+/// Inverse of [`colourise`] for a class-map PNG written by the sinks: each pixel's class by
+/// exact colour, 255 where no class has that colour.
+pub fn class_map_from_rgb(rgb: &[u8], classes: &[ClassSpec]) -> Vec<u8> {
+    rgb.chunks_exact(3)
+        .map(|px| {
+            classes
+                .iter()
+                .position(|s| s.color == [px[0], px[1], px[2]])
+                .map_or(255, |i| i as u8)
+        })
+        .collect()
+}
+
+/// IoU of one class over a set of maps.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClassIou {
+    pub class: String,
+    /// None when the class appears neither in the ground truth nor in the predictions.
+    pub iou: Option<f64>,
+    pub gt_cells: u64,
+}
+
+/// Confusion-matrix scoring over cells whose ground truth is a class (255 = unknown skipped).
+/// A prediction outside the class list (255: the camera cannot see the cell) counts as a miss
+/// of the true class, never as a hit of another.
+pub fn score_maps(pairs: &[(&[u8], &[u8])], names: &[String]) -> (u64, f64, f64, Vec<ClassIou>) {
+    let k = names.len();
+    // column k: "no class predicted"
+    let mut conf = vec![0u64; k * (k + 1)];
+    let mut cells = 0;
+    for (gt, pred) in pairs {
+        for (&g, &p) in gt.iter().zip(pred.iter()) {
+            if (g as usize) < k {
+                cells += 1;
+                conf[g as usize * (k + 1) + (p as usize).min(k)] += 1;
+            }
+        }
+    }
+    let mut per = vec![];
+    let mut sum = 0.0;
+    let mut n = 0;
+    let mut correct = 0;
+    for c in 0..k {
+        let tp = conf[c * (k + 1) + c];
+        correct += tp;
+        let gt_c: u64 = (0..=k).map(|j| conf[c * (k + 1) + j]).sum();
+        let pred_c: u64 = (0..k).map(|i| conf[i * (k + 1) + c]).sum();
+        let union = gt_c + pred_c - tp;
+        let iou = (union > 0).then(|| 100.0 * tp as f64 / union as f64);
+        if gt_c > 0 {
+            sum += iou.unwrap_or(0.0);
+            n += 1;
+        }
+        per.push(ClassIou {
+            class: names[c].clone(),
+            iou,
+            gt_cells: gt_c,
+        });
+    }
+    let miou = if n > 0 { sum / n as f64 } else { 0.0 };
+    let acc = 100.0 * correct as f64 / cells.max(1) as f64;
+    (cells, miou, acc, per)
 }
 
 #[cfg(test)]
@@ -182,5 +249,23 @@ mod tests {
         let mut rgb = [0u8; 6];
         colourise(&map, &classes, &mut rgb);
         assert_eq!(rgb, [4, 5, 6, 1, 2, 3]);
+    }
+
+    #[test]
+    fn iou_counts_and_skips_unknown() {
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let gt = [0u8, 0, 1, 1, 255, 255];
+        let pr = [0u8, 1, 1, 1, 2, 0];
+        let (cells, miou, acc, per) = score_maps(&[(&gt, &pr)], &names);
+        // an unseen cell (255) predicted for a known one is a miss, not a class-c hit
+        let (_, _, _, per2) = score_maps(&[(&[2u8, 2][..], &[255u8, 2][..])], &names);
+        assert!((per2[2].iou.unwrap() - 50.0).abs() < 1e-9);
+        assert!(per2[1].iou.is_none());
+        assert_eq!(cells, 4);
+        assert!((per[0].iou.unwrap() - 50.0).abs() < 1e-9); // tp 1, union 2
+        assert!((per[1].iou.unwrap() - 200.0 / 3.0).abs() < 1e-9); // tp 2, union 3
+        assert!(per[2].iou.is_none());
+        assert!((miou - (50.0 + 200.0 / 3.0) / 2.0).abs() < 1e-9);
+        assert!((acc - 75.0).abs() < 1e-9);
     }
 }

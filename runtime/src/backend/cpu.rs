@@ -190,24 +190,132 @@ pub struct CpuBackend {
     outputs: Vec<OutputTensor>,
     threads: usize,
     calibration: Option<bevrt_calib::Calibration>,
+    /// `bev` bundles: view transform and head after the encoder (`net`).
+    bev: Option<BevStage>,
+}
+
+/// The part of a `bev` bundle after the encoder: the calibration-derived sampling table
+/// (rebuilt in place when the calibration changes), the BEV feature buffer and the head.
+pub struct BevStage {
+    grid: bevrt_calib::BevGrid,
+    classes: Vec<bevrt_models::ClassSpec>,
+    table: bevrt_calib::SamplingTable,
+    features: Vec<OutputTensor>,
+    bev_features: Vec<f32>,
+    head: CpuNetwork,
+    /// Total ns and calls of encoder, view transform and head.
+    timing: [(u64, u64); 3],
+    /// Per cell: seen by the camera at some height level (from the table's flags). Cells
+    /// nobody can see are reported as 255 (unknown) instead of a guess.
+    visible: Vec<bool>,
+}
+
+fn visible_cells(t: &bevrt_calib::SamplingTable) -> Vec<bool> {
+    let per = t.grid_w * t.grid_h;
+    (0..per)
+        .map(|i| (0..t.levels).any(|l| t.flags[l * per + i] == bevrt_calib::bev::FLAG_VALID))
+        .collect()
+}
+
+impl BevStage {
+    fn load(bundle: &Bundle, encoder: &CpuNetwork) -> anyhow::Result<BevStage> {
+        let m = &bundle.manifest;
+        let grid = m.grid.clone().context("bev bundle without [grid]")?;
+        let cal_file = m
+            .calibration
+            .as_ref()
+            .context("bev bundle without [calibration]")?;
+        let cal_path = bundle.dir.join(&cal_file.file);
+        let cal = bevrt_calib::Calibration::load(&cal_path)?;
+        let fshape = encoder
+            .output_shapes
+            .first()
+            .context("encoder has no output")?;
+        let [1, c, fh, fw] = fshape[..] else {
+            anyhow::bail!(
+                "{}: encoder output {fshape:?} is not (1, C, H, W)",
+                bundle.dir.display()
+            );
+        };
+        let stride = m.input.height as usize / fh;
+        if stride == 0
+            || fh * stride != m.input.height as usize
+            || fw * stride != m.input.width as usize
+        {
+            anyhow::bail!(
+                "{}: encoder output {fw}x{fh} is not the input {}x{} divided by one integer stride",
+                bundle.dir.display(),
+                m.input.width,
+                m.input.height
+            );
+        }
+        let table = bevrt_calib::SamplingTable::try_build(
+            &grid,
+            &cal.camera,
+            &cal.extrinsics,
+            fw,
+            fh,
+            stride,
+        )
+        .with_context(|| format!("{}: sampling table", cal_path.display()))?;
+        let (gh, gw, z) = (grid.height(), grid.width(), grid.levels());
+        let head_path = bundle
+            .model_path("head")
+            .context("bundle has no 'head' file")?;
+        let head = CpuNetwork::load(&head_path, &[1, c * z, gh, gw])?;
+        let hs = head.output_shapes.first().context("head has no output")?;
+        if hs[..] != [1, m.classes.len(), gh, gw] {
+            anyhow::bail!(
+                "{}: head output {hs:?} is not (1, {} classes, {gh}, {gw})",
+                head_path.display(),
+                m.classes.len()
+            );
+        }
+        log::info!(
+            "bev: grid {gh}x{gw} x {z} levels at {} m, features {c}x{fh}x{fw} (stride {stride}), {:.0} % of table entries valid",
+            grid.cell,
+            table.valid_fraction() * 100.0
+        );
+        Ok(BevStage {
+            features: encoder.output_buffers(),
+            bev_features: vec![0.0; c * z * gh * gw],
+            grid,
+            classes: m.classes.clone(),
+            visible: visible_cells(&table),
+            table,
+            head,
+            timing: [(0, 0); 3],
+        })
+    }
+
+    pub fn table(&self) -> &bevrt_calib::SamplingTable {
+        &self.table
+    }
 }
 
 impl CpuBackend {
     pub fn load(bundle: &Bundle, opts: &BackendOptions) -> anyhow::Result<CpuBackend> {
         let m = &bundle.manifest;
-        if m.task == Task::Bev {
-            anyhow::bail!(
-                "{}: task 'bev' needs the view transform, which this build's CPU backend \
-                 does not have yet",
-                bundle.dir.display()
-            );
-        }
+        let role = if m.task == Task::Bev {
+            "encoder"
+        } else {
+            "model"
+        };
         let path = bundle
-            .model_path("model")
-            .context("bundle has no 'model' file")?;
+            .model_path(role)
+            .with_context(|| format!("bundle has no '{role}' file"))?;
         let mut net = CpuNetwork::load(&path, &m.input.shape())?;
         net.set_threads(opts.threads)?;
-        let outputs = net.output_buffers();
+        let mut bev = None;
+        if m.task == Task::Bev {
+            let mut stage = BevStage::load(bundle, &net)?;
+            stage.head.set_threads(net.threads)?;
+            bev = Some(stage);
+        }
+        let outputs = match &bev {
+            Some(b) => b.head.output_buffers(),
+            None => net.output_buffers(),
+        };
         Ok(CpuBackend {
             task: m.task,
             spec: m.input.clone(),
@@ -219,7 +327,13 @@ impl CpuBackend {
             net,
             outputs,
             calibration: None,
+            bev,
         })
+    }
+
+    /// The BEV stage (`bev` bundles only), for tools that inspect the sampling table.
+    pub fn bev_stage(&self) -> Option<&BevStage> {
+        self.bev.as_ref()
     }
 }
 
@@ -253,7 +367,23 @@ impl Backend for CpuBackend {
     }
 
     fn infer(&mut self) -> anyhow::Result<()> {
-        self.net.run(&self.input, &mut self.outputs)
+        match &mut self.bev {
+            None => self.net.run(&self.input, &mut self.outputs),
+            Some(b) => {
+                let t0 = std::time::Instant::now();
+                self.net.run(&self.input, &mut b.features)?;
+                let t1 = std::time::Instant::now();
+                bevrt_calib::view_transform(&b.table, &b.features[0].data, &mut b.bev_features)?;
+                let t2 = std::time::Instant::now();
+                b.head.run(&b.bev_features, &mut self.outputs)?;
+                let t3 = std::time::Instant::now();
+                for (acc, d) in b.timing.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2]) {
+                    acc.0 += d.as_nanos() as u64;
+                    acc.1 += 1;
+                }
+                Ok(())
+            }
+        }
     }
 
     fn postprocess(&mut self, out: &mut FrameResult) -> anyhow::Result<()> {
@@ -273,15 +403,52 @@ impl Backend for CpuBackend {
                 out.top = postprocess::argmax(&out.vector);
             }
             Task::Features => postprocess::normalise_embedding(&mut out.vector, self.norm),
-            Task::Bev => unreachable!("refused at load"),
+            Task::Bev => {
+                let b = self
+                    .bev
+                    .as_ref()
+                    .expect("bev stage loaded with a bev bundle");
+                let (h, w) = (b.grid.height(), b.grid.width());
+                out.map_width = w;
+                out.map_height = h;
+                postprocess::bev_argmax(first, b.classes.len(), h, w, &mut out.class_map);
+                for (c, &v) in out.class_map.iter_mut().zip(&b.visible) {
+                    if !v {
+                        *c = postprocess::UNSEEN;
+                    }
+                }
+                postprocess::colourise(&out.class_map, &b.classes, &mut out.color_map);
+            }
         }
         Ok(())
     }
 
     fn new_result(&self) -> FrameResult {
-        let mut r = FrameResult::new(self.task, self.net.output_buffers());
+        let outs = match &self.bev {
+            Some(b) => b.head.output_buffers(),
+            None => self.net.output_buffers(),
+        };
+        let mut r = FrameResult::new(self.task, outs);
         r.vector = vec![0.0; self.outputs[0].data.len()];
+        if let Some(b) = &self.bev {
+            let cells = b.grid.height() * b.grid.width();
+            r.class_map = vec![0; cells];
+            r.color_map = vec![0; cells * 3];
+            r.map_width = b.grid.width();
+            r.map_height = b.grid.height();
+        }
         r
+    }
+
+    fn sub_stages(&self) -> Vec<(&'static str, u64, u64)> {
+        match &self.bev {
+            Some(b) => ["encoder", "view_transform", "bev_head"]
+                .into_iter()
+                .zip(b.timing)
+                .map(|(n, (ns, c))| (n, ns, c))
+                .collect(),
+            None => Vec::new(),
+        }
     }
 
     fn set_calibration(&mut self, path: &Path) -> anyhow::Result<String> {
@@ -295,6 +462,22 @@ impl Backend for CpuBackend {
             c.camera.height(),
             c.camera.fx(),
         );
+        if let Some(b) = &mut self.bev {
+            let t0 = std::time::Instant::now();
+            // Build into a copy first: a calibration the table cannot use leaves the old one.
+            let mut table = b.table.clone();
+            table
+                .rebuild(&b.grid, &c.camera, &c.extrinsics)
+                .with_context(|| format!("{}: sampling table", path.display()))?;
+            b.visible = visible_cells(&table);
+            b.table = table;
+            self.calibration = Some(c);
+            return Ok(format!(
+                "{summary}; sampling table rebuilt in {:.1} ms ({:.0} % valid)",
+                t0.elapsed().as_secs_f64() * 1e3,
+                b.table.valid_fraction() * 100.0
+            ));
+        }
         self.calibration = Some(c);
         Ok(format!(
             "{summary}; a {} bundle uses no camera geometry",

@@ -44,6 +44,11 @@ pub trait Backend: Send {
     /// Apply a new camera calibration between frames (BEV bundles rebuild their geometry).
     /// Returns what was done, for the log.
     fn set_calibration(&mut self, path: &std::path::Path) -> anyhow::Result<String>;
+    /// Time spent inside `infer` per sub-stage since load (name, total ns, calls), for
+    /// benchmarks; e.g. encoder / view transform / head for BEV bundles.
+    fn sub_stages(&self) -> Vec<(&'static str, u64, u64)> {
+        Vec::new()
+    }
 }
 
 /// Open a backend of `kind` for `bundle`.

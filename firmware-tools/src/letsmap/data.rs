@@ -1,0 +1,268 @@
+//! Training and evaluation data: simulator recordings (the replay format with BEV ground
+//! truth) read into memory, and batches made through the runtime's own preprocess.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use bevrt_calib::{BevGrid, Calibration};
+use bevrt_models::{InputSpec, LetsMapLite};
+use bevrt_runtime::preprocess::PreprocessPlan;
+use bevrt_runtime::source::replay::Recording;
+use bevrt_runtime::{Frame, PixelFormat};
+use candle_core::{Device, Tensor};
+
+/// The input spec letsmap-lite bundles use: RGB, NCHW f32, (x/255 - 0.5) / 0.25.
+pub fn input_spec(arch: &LetsMapLite) -> InputSpec {
+    InputSpec {
+        name: Some("image".into()),
+        width: arch.input_w as u32,
+        height: arch.input_h as u32,
+        channels: bevrt_models::ChannelOrder::Rgb,
+        layout: bevrt_models::Layout::Nchw,
+        dtype: bevrt_models::InputDtype::F32,
+        mean: vec![0.5; 3],
+        std: vec![0.25; 3],
+    }
+}
+
+/// Frames of one or more recordings in memory (RGB8), with BEV ground truth where present.
+pub struct Dataset {
+    pub width: u32,
+    pub height: u32,
+    pub frames: Vec<Vec<u8>>,
+    /// Class index per BEV cell (255 = unknown), one per frame when the recording has it.
+    pub gt: Vec<Option<Vec<u8>>>,
+    /// Index of the first frame of the recording each frame belongs to (temporal pairs never
+    /// cross recordings).
+    pub first_of_recording: Vec<usize>,
+    pub calibration: Calibration,
+    pub calibration_path: PathBuf,
+    /// The ground-truth grid (`ground_truth.toml`), if the recordings have one.
+    pub grid: Option<BevGrid>,
+}
+
+#[derive(serde::Deserialize)]
+struct GtToml {
+    grid: BevGrid,
+}
+
+/// Reads the recordings under `dir`: `dir` itself or each subdirectory with a recording.toml.
+pub fn load(dir: &Path, limit: Option<usize>, progress: &dyn Fn(usize, usize)) -> Result<Dataset> {
+    let mut dirs = vec![];
+    if dir.join("recording.toml").is_file() {
+        dirs.push(dir.to_path_buf());
+    } else {
+        let rd = std::fs::read_dir(dir)
+            .with_context(|| format!("{}: cannot read data directory", dir.display()))?;
+        for e in rd.flatten() {
+            if e.path().join("recording.toml").is_file() {
+                dirs.push(e.path());
+            }
+        }
+        dirs.sort();
+    }
+    if dirs.is_empty() {
+        bail!(
+            "{}: no recording (recording.toml) here or in its subdirectories; make one with \
+             `bevrt-tool sim record`",
+            dir.display()
+        );
+    }
+    let mut ds: Option<Dataset> = None;
+    let recs: Vec<Recording> = dirs
+        .iter()
+        .map(|d| Recording::open(d).map_err(anyhow::Error::from))
+        .collect::<Result<_>>()?;
+    let total: usize = recs
+        .iter()
+        .map(|r| r.frames.len())
+        .sum::<usize>()
+        .min(limit.unwrap_or(usize::MAX));
+    let mut done = 0;
+    for rec in &recs {
+        if rec.pixel_format != PixelFormat::Rgb8 {
+            bail!(
+                "{}: pixel_format {} (training reads rgb8 recordings)",
+                rec.dir.display(),
+                rec.info.pixel_format
+            );
+        }
+        let cal_path = rec
+            .calibration_path()
+            .with_context(|| format!("{}: recording has no calibration", rec.dir.display()))?;
+        let cal = Calibration::load(&cal_path)?;
+        let gt_toml = rec.dir.join("ground_truth.toml");
+        let grid = if gt_toml.is_file() {
+            let text = std::fs::read_to_string(&gt_toml)
+                .with_context(|| format!("{}: unreadable", gt_toml.display()))?;
+            let g: GtToml = toml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {}", gt_toml.display(), e.message()))?;
+            Some(g.grid)
+        } else {
+            None
+        };
+        let d = ds.get_or_insert_with(|| Dataset {
+            width: rec.info.width,
+            height: rec.info.height,
+            frames: vec![],
+            gt: vec![],
+            first_of_recording: vec![],
+            calibration: cal.clone(),
+            calibration_path: cal_path.clone(),
+            grid: grid.clone(),
+        });
+        if (rec.info.width, rec.info.height) != (d.width, d.height) {
+            bail!(
+                "{}: frames are {}x{}, earlier recordings {}x{}",
+                rec.dir.display(),
+                rec.info.width,
+                rec.info.height,
+                d.width,
+                d.height
+            );
+        }
+        if grid != d.grid {
+            bail!(
+                "{}: BEV grid differs from the earlier recordings'",
+                gt_toml.display()
+            );
+        }
+        let first = d.frames.len();
+        for e in &rec.frames {
+            if done >= total {
+                break;
+            }
+            let img = image::open(&e.file)
+                .with_context(|| format!("{}: cannot decode frame", e.file.display()))?
+                .to_rgb8();
+            if img.dimensions() != (d.width, d.height) {
+                bail!(
+                    "{}: {}x{}, the recording says {}x{}",
+                    e.file.display(),
+                    img.width(),
+                    img.height(),
+                    d.width,
+                    d.height
+                );
+            }
+            d.frames.push(img.into_raw());
+            let gt = match &e.gt {
+                Some(p) => {
+                    let g = image::open(p)
+                        .with_context(|| format!("{}: cannot decode ground truth", p.display()))?
+                        .to_luma8();
+                    let want = d
+                        .grid
+                        .as_ref()
+                        .map(|g| (g.width() as u32, g.height() as u32));
+                    if want.is_some_and(|w| w != g.dimensions()) {
+                        bail!(
+                            "{}: size differs from ground_truth.toml's grid",
+                            p.display()
+                        );
+                    }
+                    Some(g.into_raw())
+                }
+                None => None,
+            };
+            d.gt.push(gt);
+            d.first_of_recording.push(first);
+            done += 1;
+            progress(done, total);
+        }
+    }
+    ds.context("no frames")
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Checks that the data fits the architecture (input size, and for labels the grid).
+    pub fn check_for(&self, arch: &LetsMapLite, need_labels: bool) -> Result<()> {
+        if (self.width as usize, self.height as usize) != (arch.input_w, arch.input_h) {
+            bail!(
+                "frames are {}x{}, letsmap-lite takes {}x{} (record with --width {} --height {})",
+                self.width,
+                self.height,
+                arch.input_w,
+                arch.input_h,
+                arch.input_w,
+                arch.input_h
+            );
+        }
+        if need_labels {
+            let Some(g) = &self.grid else {
+                bail!("the recordings have no BEV ground truth (ground_truth.toml)");
+            };
+            if (g.x_min, g.x_max, g.y_min, g.y_max, g.cell)
+                != (
+                    arch.grid.x_min,
+                    arch.grid.x_max,
+                    arch.grid.y_min,
+                    arch.grid.y_max,
+                    arch.grid.cell,
+                )
+            {
+                bail!(
+                    "ground truth grid x {}..{} y {}..{} cell {} differs from the model's x {}..{} \
+                     y {}..{} cell {} (record with --cell {})",
+                    g.x_min,
+                    g.x_max,
+                    g.y_min,
+                    g.y_max,
+                    g.cell,
+                    arch.grid.x_min,
+                    arch.grid.x_max,
+                    arch.grid.y_min,
+                    arch.grid.y_max,
+                    arch.grid.cell,
+                    arch.grid.cell
+                );
+            }
+            if self.gt.iter().all(|g| g.is_none()) {
+                bail!("no frame has a ground-truth map");
+            }
+        }
+        Ok(())
+    }
+
+    /// Frames with labels.
+    pub fn labelled(&self) -> Vec<usize> {
+        (0..self.len()).filter(|&i| self.gt[i].is_some()).collect()
+    }
+}
+
+/// Turns RGB8 frames into normalised NCHW tensors with the runtime's preprocess (so training
+/// sees exactly what `bevrt run` feeds the encoder).
+pub struct Batcher {
+    plan: PreprocessPlan,
+    frame: Frame,
+    buf: Vec<f32>,
+    shape: [usize; 3],
+}
+
+impl Batcher {
+    pub fn new(arch: &LetsMapLite, ds: &Dataset) -> Batcher {
+        let spec = input_spec(arch);
+        Batcher {
+            plan: PreprocessPlan::new(&spec, ds.width, ds.height),
+            frame: Frame::with_capacity((ds.width * ds.height * 3) as usize),
+            buf: vec![0.0; spec.numel()],
+            shape: [3, arch.input_h, arch.input_w],
+        }
+    }
+
+    pub fn images(&mut self, ds: &Dataset, idx: &[usize]) -> Result<Tensor> {
+        let mut all = Vec::with_capacity(idx.len() * self.buf.len());
+        for &i in idx {
+            self.frame.reset(PixelFormat::Rgb8, ds.width, ds.height);
+            self.frame.data.copy_from_slice(&ds.frames[i]);
+            self.plan.run(&self.frame, &mut self.buf);
+            all.extend_from_slice(&self.buf);
+        }
+        let [c, h, w] = self.shape;
+        Ok(Tensor::from_vec(all, (idx.len(), c, h, w), &Device::Cpu)?)
+    }
+}

@@ -1,0 +1,162 @@
+//! `bevrt-tool eval`: per-class IoU and mIoU of a BEV bundle on held-out recordings, through
+//! the deployment path (the bundle's ONNX files, the runtime's preprocess, view transform and
+//! argmax on the chosen backend), never through the training code.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use bevrt_models::{Bundle, Task};
+use bevrt_runtime::{BackendKind, BackendOptions, Frame, PixelFormat};
+use clap::Args;
+use serde::Serialize;
+
+use super::data;
+use bevrt_runtime::postprocess::{ClassIou, score_maps};
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Held-out recordings with BEV ground truth.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    pub backend: BackendKind,
+    /// Score at most this many frames.
+    #[arg(long)]
+    pub frames: Option<usize>,
+    /// Print the scores as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also record the scores in the bundle's manifest (`[provenance.scores]`).
+    #[arg(long)]
+    pub record: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Scores {
+    pub data: String,
+    pub backend: String,
+    pub frames: usize,
+    /// Visible (known) ground-truth cells scored.
+    pub cells: u64,
+    /// Mean IoU over the classes present in the ground truth, in percent.
+    pub miou: f64,
+    /// Cell accuracy over visible cells, in percent.
+    pub accuracy: f64,
+    pub per_class: Vec<ClassIou>,
+    /// Median per-frame time of preprocess + networks + view transform + argmax, ms.
+    pub median_frame_ms: f64,
+}
+
+pub fn evaluate(
+    bundle_dir: &Path,
+    data_dir: &Path,
+    backend: BackendKind,
+    limit: Option<usize>,
+) -> Result<Scores> {
+    let bundle = Bundle::load(bundle_dir)?;
+    let m = &bundle.manifest;
+    if m.task != Task::Bev {
+        bail!(
+            "{}: task '{}', eval scores bev bundles",
+            bundle_dir.display(),
+            m.task
+        );
+    }
+    let ds = data::load(data_dir, limit, &|_, _| {})?;
+    let grid = m.grid.clone().context("bev bundle without grid")?;
+    match &ds.grid {
+        Some(g)
+            if (g.x_min, g.x_max, g.y_min, g.y_max, g.cell)
+                == (grid.x_min, grid.x_max, grid.y_min, grid.y_max, grid.cell) => {}
+        Some(g) => bail!(
+            "{}: ground-truth grid (cell {} m, x {}..{}, y {}..{}) differs from the bundle's (cell {} m, x {}..{}, y {}..{})",
+            data_dir.display(),
+            g.cell,
+            g.x_min,
+            g.x_max,
+            g.y_min,
+            g.y_max,
+            grid.cell,
+            grid.x_min,
+            grid.x_max,
+            grid.y_min,
+            grid.y_max
+        ),
+        None => bail!(
+            "{}: no BEV ground truth (ground_truth.toml)",
+            data_dir.display()
+        ),
+    }
+    let mut be = bevrt_runtime::backend::open(backend, &bundle, &BackendOptions::default())?;
+    // Evaluate with the recording's camera: the runtime rebuilds its sampling table.
+    be.set_calibration(&ds.calibration_path)?;
+    let mut res = be.new_result();
+    let mut frame = Frame::with_capacity((ds.width * ds.height * 3) as usize);
+    let mut preds: Vec<(usize, Vec<u8>)> = vec![];
+    let mut times = vec![];
+    for i in 0..ds.len() {
+        if ds.gt[i].is_none() {
+            continue;
+        }
+        frame.reset(PixelFormat::Rgb8, ds.width, ds.height);
+        frame.data.copy_from_slice(&ds.frames[i]);
+        frame.seq = i as u64;
+        let t0 = std::time::Instant::now();
+        be.preprocess(&frame)?;
+        be.infer()?;
+        be.postprocess(&mut res)?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        preds.push((i, res.class_map.clone()));
+    }
+    if preds.is_empty() {
+        bail!("{}: no frame with ground truth", data_dir.display());
+    }
+    let names: Vec<String> = m.classes.iter().map(|c| c.name.clone()).collect();
+    let pairs: Vec<(&[u8], &[u8])> = preds
+        .iter()
+        .map(|(i, p)| (ds.gt[*i].as_deref().expect("filtered"), p.as_slice()))
+        .collect();
+    let (cells, miou, accuracy, per_class) = score_maps(&pairs, &names);
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(Scores {
+        data: data_dir.display().to_string(),
+        backend: be.describe(),
+        frames: preds.len(),
+        cells,
+        miou,
+        accuracy,
+        per_class,
+        median_frame_ms: times[times.len() / 2],
+    })
+}
+
+pub fn print_scores(s: &Scores) {
+    println!(
+        "{} frames, {} visible cells, backend {}",
+        s.frames, s.cells, s.backend
+    );
+    println!("{:<12} {:>8} {:>10}", "class", "IoU %", "gt cells");
+    for c in &s.per_class {
+        let iou = c.iou.map_or("-".to_string(), |v| format!("{v:.1}"));
+        println!("{:<12} {:>8} {:>10}", c.class, iou, c.gt_cells);
+    }
+    println!(
+        "mIoU {:.1} %  cell accuracy {:.1} %  median frame {:.2} ms",
+        s.miou, s.accuracy, s.median_frame_ms
+    );
+}
+
+pub fn eval_cmd(a: &EvalArgs) -> Result<()> {
+    let s = evaluate(&a.bundle, &a.data, a.backend, a.frames)?;
+    if a.record {
+        super::train::record_scores(&a.bundle, &s)?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print_scores(&s);
+    }
+    Ok(())
+}

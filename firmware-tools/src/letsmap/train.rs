@@ -1,0 +1,651 @@
+//! `bevrt-tool pretrain` (temporal masked autoencoding, no labels) and `bevrt-tool finetune`
+//! (BEV head on a fraction of the labels, class-balanced, unseen cells ignored), and the
+//! bundle they produce.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use bevrt_models::{
+    ClassSpec, LetsMapLite, Manifest, ModelFile, OutputKind, OutputSpec, Task, write_conv_chain,
+};
+use candle_core::{DType, Device, Tensor};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use super::data::{self, Batcher, Dataset};
+use super::nn::{self, Adam, Params, Rng, TableTensors};
+
+fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {{msg}} ETA {{eta}}"
+        ))
+        .expect("valid template"),
+    );
+    pb
+}
+
+fn load_data(dir: &Path, limit: Option<usize>) -> Result<Dataset> {
+    let pb = progress(0, "loading");
+    let ds = data::load(dir, limit, &|d, t| {
+        pb.set_length(t as u64);
+        pb.set_position(d as u64);
+    })?;
+    pb.finish_and_clear();
+    Ok(ds)
+}
+
+#[derive(Args, Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PretrainArgs {
+    /// Unlabelled recordings: a recording directory or a directory of them.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory for checkpoints (`pretrain.safetensors`, `pretrain.json`).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// Fraction of the stride-8 patches of each frame that are masked.
+    #[arg(long, default_value_t = 0.5)]
+    pub mask_ratio: f32,
+    /// Largest frame gap k between frame t and its context frame t-k (k drawn in 1..=max).
+    #[arg(long, default_value_t = 3)]
+    pub max_gap: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use at most this many frames.
+    #[arg(long)]
+    pub frames: Option<usize>,
+    /// Continue from the checkpoint in --out (same arguments), from the end of its last epoch.
+    #[arg(long)]
+    #[serde(skip)]
+    pub resume: bool,
+}
+
+/// What `pretrain.json` records beside the checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+struct PretrainState {
+    args: PretrainArgs,
+    epochs_done: usize,
+    step: u64,
+    epoch_loss: Vec<f32>,
+}
+
+/// Per-cell mask (B,1,Hf,Wf), 1 = masked, drawn from `rng`.
+fn draw_mask(rng: &mut Rng, b: usize, hf: usize, wf: usize, ratio: f32) -> Vec<f32> {
+    (0..b * hf * wf)
+        .map(|_| if rng.uniform() < ratio { 1.0 } else { 0.0 })
+        .collect()
+}
+
+/// Pixel mask (B,1,H,W) that zeroes masked stride-s patches: 1 = visible.
+fn pixel_keep(mask: &[f32], b: usize, hf: usize, wf: usize, s: usize) -> Result<Tensor> {
+    let m = Tensor::from_slice(mask, (b, 1, hf, 1, wf, 1), &Device::Cpu)?;
+    let m = m
+        .broadcast_as((b, 1, hf, s, wf, s))?
+        .contiguous()?
+        .reshape((b, 1, hf * s, wf * s))?;
+    Ok((1.0 - m)?)
+}
+
+pub fn pretrain(a: &PretrainArgs) -> Result<()> {
+    let arch = LetsMapLite::default();
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("{}: cannot create", a.out.display()))?;
+    let ckpt = a.out.join("pretrain.safetensors");
+    let state_path = a.out.join("pretrain.json");
+    if a.batch == 0 || a.epochs == 0 || a.max_gap == 0 {
+        bail!("--batch, --epochs and --max-gap must be at least 1");
+    }
+    if !(0.0..1.0).contains(&a.mask_ratio) {
+        bail!("--mask-ratio must be in [0, 1), got {}", a.mask_ratio);
+    }
+    let ds = load_data(&a.data, a.frames)?;
+    ds.check_for(&arch, false)?;
+    let params = Params::init(&arch, a.seed)?;
+    let trained: Vec<_> = arch
+        .encoder
+        .iter()
+        .chain(&arch.mae_decoder)
+        .cloned()
+        .collect();
+    let mut opt = Adam::new(params.of_layers(&trained)?, a.lr)?;
+    let mut st = PretrainState {
+        args: a.clone(),
+        epochs_done: 0,
+        step: 0,
+        epoch_loss: vec![],
+    };
+    if a.resume {
+        let text = std::fs::read_to_string(&state_path)
+            .with_context(|| format!("{}: nothing to resume", state_path.display()))?;
+        let prev: PretrainState = serde_json::from_str(&text)
+            .with_context(|| format!("{}: malformed", state_path.display()))?;
+        let mut want = prev.args.clone();
+        want.epochs = a.epochs;
+        let mut have = a.clone();
+        have.resume = false;
+        if want != have {
+            bail!(
+                "{}: --resume needs the same arguments as the interrupted run (only --epochs may grow); it used {:?}",
+                state_path.display(),
+                prev.args
+            );
+        }
+        let map = nn::load_checkpoint(&ckpt)?;
+        params.load_from(&map, "param.", None)?;
+        opt.load_state(&map, prev.step)?;
+        st.epochs_done = prev.epochs_done;
+        st.step = prev.step;
+        st.epoch_loss = prev.epoch_loss;
+        println!("resuming after epoch {} (step {})", st.epochs_done, st.step);
+    }
+    // Frames with a predecessor in the same recording.
+    let usable: Vec<usize> = (0..ds.len())
+        .filter(|&i| i > ds.first_of_recording[i])
+        .collect();
+    if usable.is_empty() {
+        bail!("{}: need sequences of at least 2 frames", a.data.display());
+    }
+    let (hf, wf) = arch.feat_hw();
+    let s = nn_stride(&arch);
+    let mut batcher = Batcher::new(&arch, &ds);
+    let per_epoch = usable.len().div_ceil(a.batch);
+    let pb = progress(
+        (per_epoch * (a.epochs - st.epochs_done.min(a.epochs))) as u64,
+        "pretrain",
+    );
+    let t0 = std::time::Instant::now();
+    for epoch in st.epochs_done..a.epochs {
+        // Order and masks depend only on (seed, epoch): a resumed run replays them exactly.
+        let mut rng = Rng(a.seed ^ (epoch as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+        let mut order = usable.clone();
+        rng.shuffle(&mut order);
+        let mut sum = 0.0;
+        let mut n = 0;
+        for chunk in order.chunks(a.batch) {
+            let b = chunk.len();
+            let ctx: Vec<usize> = chunk
+                .iter()
+                .map(|&i| {
+                    let avail = i - ds.first_of_recording[i];
+                    i - (1 + rng.below(a.max_gap.min(avail)))
+                })
+                .collect();
+            let mt = draw_mask(&mut rng, b, hf, wf, a.mask_ratio);
+            let mk = draw_mask(&mut rng, b, hf, wf, a.mask_ratio);
+            let xt = batcher.images(&ds, chunk)?;
+            let xk = batcher.images(&ds, &ctx)?;
+            let ft = params.chain(
+                &xt.broadcast_mul(&pixel_keep(&mt, b, hf, wf, s)?)?,
+                &arch.encoder,
+            )?;
+            let fk = params.chain(
+                &xk.broadcast_mul(&pixel_keep(&mk, b, hf, wf, s)?)?,
+                &arch.encoder,
+            )?;
+            let pred = params.chain(&Tensor::cat(&[&ft, &fk], 1)?, &arch.mae_decoder)?;
+            let target = nn::patchify(&xt, s)?;
+            let masked = Tensor::from_vec(mt, (b, 1, hf, wf), &Device::Cpu)?;
+            let loss = nn::masked_mse(&pred, &target, &masked)?;
+            opt.backward_step(&loss)?;
+            let l = nn::scalar(&loss)?;
+            if !l.is_finite() {
+                bail!(
+                    "pretraining diverged at step {} (loss {l}); lower --lr",
+                    opt.step
+                );
+            }
+            sum += l as f64;
+            n += 1;
+            pb.inc(1);
+            pb.set_message(format!("epoch {} loss {:.4}", epoch + 1, sum / n as f64));
+        }
+        st.epochs_done = epoch + 1;
+        st.step = opt.step;
+        st.epoch_loss.push((sum / n.max(1) as f64) as f32);
+        nn::save_checkpoint(&ckpt, &params, Some(&opt))?;
+        std::fs::write(&state_path, serde_json::to_string_pretty(&st)?)
+            .with_context(|| format!("{}: cannot write", state_path.display()))?;
+    }
+    pb.finish_and_clear();
+    println!(
+        "pretrained {} epochs on {} frames in {:.0} s; masked-patch MSE per epoch {:?}; checkpoint {}",
+        a.epochs,
+        usable.len(),
+        t0.elapsed().as_secs_f64(),
+        st.epoch_loss,
+        ckpt.display()
+    );
+    Ok(())
+}
+
+fn nn_stride(arch: &LetsMapLite) -> usize {
+    arch.input_h / arch.feat_hw().0
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct FinetuneArgs {
+    /// Encoder from a pretraining checkpoint (pretrain.safetensors). Without it and without
+    /// --bundle the encoder starts from scratch and is trained with the head.
+    #[arg(long, conflicts_with = "bundle")]
+    pub encoder: Option<PathBuf>,
+    /// Start from a bundle's encoder and head (its ONNX weights).
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+    /// Labelled recordings.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Fraction of the labelled frames used (evenly spaced through the data).
+    #[arg(long, default_value_t = 0.01)]
+    pub label_fraction: f64,
+    /// With a pretrained encoder: also train its last N conv layers (0 = frozen encoder).
+    #[arg(long, default_value_t = 0)]
+    pub unfreeze_last: usize,
+    /// Optimizer steps (the same budget whatever the label fraction).
+    #[arg(long, default_value_t = 600)]
+    pub iters: usize,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Adam learning rate (0 exports the initial weights: an untrained baseline).
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use at most this many frames of --data.
+    #[arg(long)]
+    pub frames: Option<usize>,
+    /// Score the written bundle on these held-out recordings (through the runtime) and
+    /// record the scores in its manifest.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// Output bundle directory (must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Class weights from label frequencies over visible cells: (median / freq)^0.5, clamped,
+/// 0 for classes never seen.
+fn class_weights(ds: &Dataset, idx: &[usize], k: usize) -> Vec<f32> {
+    let mut cnt = vec![0u64; k];
+    for &i in idx {
+        for &c in ds.gt[i].as_ref().expect("labelled") {
+            if (c as usize) < k {
+                cnt[c as usize] += 1;
+            }
+        }
+    }
+    let mut seen: Vec<f64> = cnt.iter().filter(|&&c| c > 0).map(|&c| c as f64).collect();
+    seen.sort_by(|a, b| a.total_cmp(b));
+    let median = seen.get(seen.len() / 2).copied().unwrap_or(1.0);
+    cnt.iter()
+        .map(|&c| {
+            if c == 0 {
+                0.0
+            } else {
+                ((median / c as f64).sqrt()).clamp(0.2, 5.0) as f32
+            }
+        })
+        .collect()
+}
+
+/// Targets (B,1,H,W) u32 and per-cell weights (B,1,H,W) for a batch.
+fn targets(
+    ds: &Dataset,
+    idx: &[usize],
+    cw: &[f32],
+    h: usize,
+    w: usize,
+) -> Result<(Tensor, Tensor)> {
+    let mut t = Vec::with_capacity(idx.len() * h * w);
+    let mut wt = Vec::with_capacity(idx.len() * h * w);
+    for &i in idx {
+        for &c in ds.gt[i].as_ref().expect("labelled") {
+            let known = (c as usize) < cw.len();
+            t.push(if known { c as u32 } else { 0 });
+            wt.push(if known { cw[c as usize] } else { 0.0 });
+        }
+    }
+    let b = idx.len();
+    Ok((
+        Tensor::from_vec(t, (b, 1, h, w), &Device::Cpu)?,
+        Tensor::from_vec(wt, (b, 1, h, w), &Device::Cpu)?,
+    ))
+}
+
+/// Evenly spaced `fraction` of the labelled frames (at least one).
+pub fn label_subset(labelled: &[usize], fraction: f64) -> Vec<usize> {
+    let n = ((labelled.len() as f64 * fraction).round() as usize).clamp(1, labelled.len());
+    (0..n)
+        .map(|j| labelled[(j * labelled.len() + labelled.len() / (2 * n)) / n])
+        .collect()
+}
+
+pub fn finetune(a: &FinetuneArgs) -> Result<()> {
+    if !(a.label_fraction > 0.0 && a.label_fraction <= 1.0) {
+        bail!(
+            "--label-fraction must be in (0, 1], got {}",
+            a.label_fraction
+        );
+    }
+    if a.batch == 0 || a.iters == 0 {
+        bail!("--batch and --iters must be at least 1");
+    }
+    if !(a.lr.is_finite() && a.lr >= 0.0) {
+        bail!("--lr must be >= 0, got {}", a.lr);
+    }
+    if a.out.exists() {
+        bail!("{}: already exists; refusing to overwrite", a.out.display());
+    }
+    let arch = LetsMapLite::default();
+    let ds = load_data(&a.data, a.frames)?;
+    ds.check_for(&arch, true)?;
+    let params = Params::init(&arch, a.seed)?;
+    let init = if let Some(p) = &a.encoder {
+        let map = nn::load_checkpoint(p)?;
+        params
+            .load_from(&map, "param.", Some(&arch.encoder))
+            .with_context(|| format!("{}: encoder weights", p.display()))?;
+        format!("MAE-pretrained ({})", p.display())
+    } else if let Some(b) = &a.bundle {
+        let bundle = bevrt_models::Bundle::load(b)?;
+        load_bundle_weights(&bundle, &params)?;
+        format!("bundle {}", b.display())
+    } else {
+        "scratch".to_string()
+    };
+    let from_scratch = a.encoder.is_none() && a.bundle.is_none();
+    let n_enc = arch.encoder.len();
+    let unfrozen = if from_scratch {
+        n_enc
+    } else {
+        a.unfreeze_last.min(n_enc)
+    };
+    let trained: Vec<_> = arch.encoder[n_enc - unfrozen..]
+        .iter()
+        .chain(&arch.head)
+        .cloned()
+        .collect();
+    let frozen = &arch.encoder[..n_enc - unfrozen];
+    let mut opt = Adam::new(params.of_layers(&trained)?, a.lr)?;
+
+    let subset = label_subset(&ds.labelled(), a.label_fraction);
+    let cw = class_weights(&ds, &subset, arch.num_classes());
+    let (fh, fw) = arch.feat_hw();
+    let table = bevrt_calib::SamplingTable::try_build(
+        &arch.grid,
+        &ds.calibration.camera,
+        &ds.calibration.extrinsics,
+        fw,
+        fh,
+        nn_stride(&arch),
+    )?;
+    let tt = TableTensors::new(&table)?;
+    let (gh, gw) = arch.bev_hw();
+    let mut batcher = Batcher::new(&arch, &ds);
+    // With the encoder wholly frozen, its BEV features never change: compute them once.
+    let cache_bytes = subset.len() * arch.head[0].cin * gh * gw * 4;
+    let cached: Option<Vec<Tensor>> = if unfrozen == 0 && cache_bytes < (1 << 30) {
+        let mut v = vec![];
+        for &i in &subset {
+            let x = batcher.images(&ds, &[i])?;
+            v.push(tt.apply(&params.chain(&x, &arch.encoder)?)?.detach());
+        }
+        Some(v)
+    } else {
+        None
+    };
+    println!(
+        "finetune: {init}, {} of {} labelled frames ({:.1} %), training {} layer(s){}, class weights {:?}",
+        subset.len(),
+        ds.labelled().len(),
+        a.label_fraction * 100.0,
+        trained.len(),
+        if cached.is_some() {
+            " on cached BEV features"
+        } else {
+            ""
+        },
+        cw.iter()
+            .map(|w| (w * 100.0).round() / 100.0)
+            .collect::<Vec<_>>()
+    );
+    let pb = progress(a.iters as u64, "finetune");
+    let t0 = std::time::Instant::now();
+    let mut rng = Rng(a.seed ^ 0x5EED_F1E7);
+    let mut order: Vec<usize> = (0..subset.len()).collect();
+    let mut pos = order.len();
+    let mut ema = None::<f32>;
+    for it in 0..a.iters {
+        let mut pick = Vec::with_capacity(a.batch);
+        for _ in 0..a.batch.min(subset.len()) {
+            if pos == order.len() {
+                rng.shuffle(&mut order);
+                pos = 0;
+            }
+            pick.push(order[pos]);
+            pos += 1;
+        }
+        let frames: Vec<usize> = pick.iter().map(|&j| subset[j]).collect();
+        let bev = match &cached {
+            Some(c) => Tensor::cat(&pick.iter().map(|&j| &c[j]).collect::<Vec<_>>(), 0)?,
+            None => {
+                let x = batcher.images(&ds, &frames)?;
+                let f = params.chain(&x, frozen)?.detach();
+                tt.apply(&params.chain(&f, &arch.encoder[n_enc - unfrozen..])?)?
+            }
+        };
+        let logits = params.chain(&bev, &arch.head)?;
+        let (t, w) = targets(&ds, &frames, &cw, gh, gw)?;
+        let loss = nn::weighted_ce(&logits, &t, &w)?;
+        opt.backward_step(&loss)?;
+        let l = nn::scalar(&loss)?;
+        if !l.is_finite() {
+            bail!("fine-tuning diverged at step {it} (loss {l}); lower --lr");
+        }
+        let e = ema.map_or(l, |e| 0.95 * e + 0.05 * l);
+        ema = Some(e);
+        pb.inc(1);
+        pb.set_message(format!("loss {e:.4}"));
+    }
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let recipe = Recipe {
+        init: if from_scratch {
+            "scratch".into()
+        } else if a.encoder.is_some() {
+            "mae-pretrained".into()
+        } else {
+            "bundle".into()
+        },
+        data: a.data.display().to_string(),
+        labelled_frames: subset.len(),
+        label_fraction: a.label_fraction,
+        unfrozen_encoder_layers: unfrozen,
+        iters: a.iters,
+        batch: a.batch,
+        lr: a.lr,
+        seed: a.seed,
+        train_seconds: secs,
+        final_loss: ema.unwrap_or(f32::NAN),
+    };
+    write_letsmap_bundle(&a.out, &arch, &params, &ds.calibration_path, &recipe)?;
+    println!(
+        "wrote {} ({} steps in {:.0} s, final loss {:.4})",
+        a.out.display(),
+        a.iters,
+        secs,
+        recipe.final_loss
+    );
+    if let Some(ev) = &a.eval_data {
+        let scores = super::eval::evaluate(&a.out, ev, bevrt_runtime::BackendKind::Cpu, None)?;
+        super::eval::print_scores(&scores);
+        record_scores(&a.out, &scores)?;
+    }
+    let _ = DType::F32;
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+pub struct Recipe {
+    pub init: String,
+    pub data: String,
+    pub labelled_frames: usize,
+    pub label_fraction: f64,
+    pub unfrozen_encoder_layers: usize,
+    pub iters: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub seed: u64,
+    pub train_seconds: f64,
+    pub final_loss: f32,
+}
+
+/// Loads encoder and head weights back from a bundle's ONNX initializers.
+fn load_bundle_weights(bundle: &bevrt_models::Bundle, params: &Params) -> Result<()> {
+    for role in ["encoder", "head"] {
+        let path = bundle
+            .model_path(role)
+            .with_context(|| format!("bundle has no '{role}'"))?;
+        let proto = bevrt_models::read_proto(&path)?;
+        let graph = proto
+            .graph
+            .with_context(|| format!("{}: no graph", path.display()))?;
+        for init in graph.initializer {
+            let Some(var) = params.vars.get(&init.name) else {
+                continue;
+            };
+            let v: Vec<f32> = if !init.raw_data.is_empty() {
+                init.raw_data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            } else {
+                init.float_data.clone()
+            };
+            let t = Tensor::from_vec(v, var.dims(), &Device::Cpu).with_context(|| {
+                format!("{}: initializer '{}' shape", path.display(), init.name)
+            })?;
+            var.set(&t)?;
+        }
+    }
+    Ok(())
+}
+
+/// Exports encoder and head to ONNX and writes the bundle (atomically).
+pub fn write_letsmap_bundle(
+    out: &Path,
+    arch: &LetsMapLite,
+    params: &Params,
+    calibration: &Path,
+    recipe: &Recipe,
+) -> Result<()> {
+    let weights = params.weights()?;
+    let tmp = std::env::temp_dir().join(format!("bevrt-export-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let doc = format!("letsmap-lite; recipe: {}", serde_json::to_string(recipe)?);
+    let enc = tmp.join("encoder.onnx");
+    let (fh, fw) = arch.feat_hw();
+    write_conv_chain(
+        &enc,
+        "letsmap_lite_encoder",
+        "image",
+        "features",
+        [1, 3, arch.input_h, arch.input_w],
+        &arch.encoder,
+        &weights,
+        &doc,
+    )?;
+    let head = tmp.join("bev_head.onnx");
+    let (gh, gw) = arch.bev_hw();
+    write_conv_chain(
+        &head,
+        "letsmap_lite_bev_head",
+        "bev_features",
+        "logits",
+        [1, arch.head[0].cin, gh, gw],
+        &arch.head,
+        &weights,
+        &doc,
+    )?;
+    let _ = (fh, fw);
+    let mut prov = toml::Table::new();
+    prov.insert("architecture".into(), "letsmap-lite".into());
+    let recipe_toml: toml::Table = toml::from_str(&toml::to_string(recipe)?)?;
+    prov.insert("recipe".into(), toml::Value::Table(recipe_toml));
+    let manifest = Manifest {
+        format: 1,
+        name: "letsmap-lite".into(),
+        version: "1".into(),
+        task: Task::Bev,
+        description: format!(
+            "letsmap-lite BEV segmentation ({} encoder, {:.1} % labels, {} parameters)",
+            recipe.init,
+            recipe.label_fraction * 100.0,
+            arch.deployed_params()
+        ),
+        models: vec![
+            ModelFile {
+                role: "encoder".into(),
+                file: "encoder.onnx".into(),
+                sha256: String::new(),
+            },
+            ModelFile {
+                role: "head".into(),
+                file: "bev_head.onnx".into(),
+                sha256: String::new(),
+            },
+        ],
+        input: data::input_spec(arch),
+        outputs: vec![OutputSpec {
+            name: Some("logits".into()),
+            kind: OutputKind::BevLogits,
+            labels: vec![],
+        }],
+        grid: Some(arch.grid.clone()),
+        classes: bevrt_models::letsmap::CLASSES
+            .iter()
+            .map(|(n, c)| ClassSpec {
+                name: n.to_string(),
+                color: *c,
+            })
+            .collect(),
+        calibration: Some(ModelFile {
+            role: "calibration".into(),
+            file: "calibration.toml".into(),
+            sha256: String::new(),
+        }),
+        embedding_norm: Default::default(),
+        provenance: prov,
+    };
+    let r = bevrt_models::write_bundle(
+        out,
+        manifest,
+        &[
+            (enc, "encoder.onnx".into()),
+            (head, "bev_head.onnx".into()),
+            (calibration.to_path_buf(), "calibration.toml".into()),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+    r?;
+    Ok(())
+}
+
+/// Adds `[provenance.scores]` to a bundle's manifest (rewritten via a temporary file).
+pub fn record_scores(bundle: &Path, scores: &super::eval::Scores) -> Result<()> {
+    let b = bevrt_models::Bundle::load(bundle)?;
+    let mut m = b.manifest.clone();
+    let t: toml::Table = toml::from_str(&toml::to_string(scores)?)?;
+    m.provenance.insert("scores".into(), toml::Value::Table(t));
+    let path = bundle.join("bundle.toml");
+    let tmp = bundle.join("bundle.toml.tmp");
+    std::fs::write(&tmp, m.to_toml()).with_context(|| format!("{}: write", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("{}: rename", path.display()))?;
+    Ok(())
+}
