@@ -13,11 +13,13 @@
 //!   counting.
 //! - [`conformance`], [`bench`]: the ONNX node-case runner and the benchmark.
 //! - [`npy`]: `.npy` read/write.
+//! - [`demo`]: the shipped letsmap-lite bundle (embedded) on a simulated drive.
 
 pub mod alloc_count;
 pub mod backend;
 pub mod bench;
 pub mod conformance;
+pub mod demo;
 pub mod frame;
 pub mod metrics;
 pub mod npy;

@@ -23,9 +23,11 @@ struct Cli {
 enum Cmd {
     /// Run a bundle on a frame source, writing results to sinks.
     Run(RunArgs),
-    /// The main job on an embedded default: no camera, no GPU, no download. Builds a classify
-    /// bundle from the shared MobileNetV3 classifier and runs it on real text-line crops.
-    Demo(DemoArgs),
+    /// The main job on an embedded default (no camera, no GPU, no download): the shipped
+    /// letsmap-lite BEV bundle on a freshly simulated drive; side-by-side PNGs, latency, mIoU.
+    Demo(BevDemoArgs),
+    /// The shared text-orientation classifier on real text-line crops (needs ../shared).
+    DemoClassify(DemoArgs),
     /// Per-stage latency on a synthetic frame (optionally beside ONNX Runtime).
     Bench(BenchArgs),
     /// CUDA driver and device, V4L2 devices, and a bundle's summary.
@@ -74,6 +76,23 @@ struct RunArgs {
     /// Fault injection (HIL): delay every sink write by this many milliseconds.
     #[arg(long, hide = true, default_value_t = 0)]
     fault_sink_delay_ms: u64,
+}
+
+#[derive(clap::Args)]
+struct BevDemoArgs {
+    /// Where the bundle, the simulated drive, results and side-by-side PNGs go.
+    #[arg(long, default_value = "out/demo")]
+    out: PathBuf,
+    /// Frames to simulate (2 per second of driving).
+    #[arg(long, default_value_t = 20)]
+    frames: u64,
+    /// World seed of the drive (the bundle was trained on other seeds).
+    #[arg(long, default_value_t = 2026)]
+    seed: u64,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendKind,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 #[derive(clap::Args)]
@@ -136,7 +155,8 @@ fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Run(a) => cmd_run(a),
-        Cmd::Demo(a) => cmd_demo(a),
+        Cmd::Demo(a) => cmd_bev_demo(a),
+        Cmd::DemoClassify(a) => cmd_demo(a),
         Cmd::Bench(a) => cmd_bench(a),
         Cmd::Info(a) => cmd_info(a),
         Cmd::Conformance(a) => cmd_conformance(a),
@@ -201,6 +221,35 @@ fn shared_dir(given: Option<PathBuf>) -> PathBuf {
     given
         .or_else(|| std::env::var_os("BEVRT_SHARED").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("../shared"))
+}
+
+fn cmd_bev_demo(a: BevDemoArgs) -> anyhow::Result<()> {
+    let r = bevrt_runtime::demo::run(&bevrt_runtime::demo::DemoOptions {
+        out: a.out.clone(),
+        frames: a.frames,
+        seed: a.seed,
+        backend: a.backend,
+        threads: a.threads,
+    })?;
+    println!(
+        "letsmap-lite reference bundle on a new simulated drive (seed {}): {}",
+        a.seed,
+        r.run.line()
+    );
+    println!("class        IoU %   gt cells");
+    for c in &r.per_class {
+        let iou = c.iou.map_or("-".to_string(), |v| format!("{v:.1}"));
+        println!("{:<12} {iou:>5} {:>10}", c.class, c.gt_cells);
+    }
+    println!(
+        "mIoU {:.1} % (classes present in the ground truth), cell accuracy {:.1} %",
+        r.miou, r.accuracy
+    );
+    println!(
+        "camera | predicted BEV | ground truth per frame: {}",
+        r.side_by_side.display()
+    );
+    Ok(())
 }
 
 fn cmd_demo(a: DemoArgs) -> anyhow::Result<()> {
@@ -382,6 +431,9 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<()> {
             "{n:<12} {:>9.3} {:>8.3} {:>8.3} {:>8.3}",
             s.mean_ms, s.p50_ms, s.p99_ms, s.max_ms
         );
+    }
+    for (n, ms) in &r.inference_split {
+        println!("  inference: {n:<16} mean {ms:.3} ms");
     }
     println!("throughput {:.1} frames/s", r.fps);
     if let Some(p) = peer {

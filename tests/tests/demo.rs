@@ -1,15 +1,16 @@
-//! The README's main-job command (`bevrt demo`) works and gets every orientation right.
+//! The README's main-job command (`bevrt demo`: the shipped letsmap-lite bundle on a fresh
+//! simulated drive) and the classifier demo (`bevrt demo-classify`) work end to end.
 
 use bevrt_tests::*;
 
 #[test]
-fn demo_runs_end_to_end() {
+fn classify_demo_runs_end_to_end() {
     let Some(shared) = shared_dir() else { return };
     let out = scratch("demo");
     let (ok, so, se) = run(
         &bin("bevrt"),
         &[
-            "demo",
+            "demo-classify",
             "--shared",
             shared.to_str().unwrap(),
             "--out",
@@ -21,4 +22,43 @@ fn demo_runs_end_to_end() {
     assert!(so.contains("source errors 0, inference errors 0"), "{so}");
     let lines = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 8);
+}
+
+#[test]
+fn bev_demo_maps_a_new_drive() {
+    let out = scratch("bev-demo");
+    let (ok, so, se) = run(
+        &bin("bevrt"),
+        &[
+            "demo",
+            "--frames",
+            "6",
+            "--backend",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "demo failed: {so}{se}");
+    assert!(so.contains("frames 6 "), "{so}");
+    assert!(so.contains("source errors 0, inference errors 0"), "{so}");
+    let miou: f64 = so
+        .lines()
+        .find_map(|l| l.strip_prefix("mIoU "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no mIoU line: {so}"));
+    // 8 classes: a constant or random map scores far below this.
+    assert!(
+        miou > 30.0,
+        "reference bundle mIoU {miou} on a new drive: {so}"
+    );
+    let pngs = std::fs::read_dir(out.join("side_by_side")).unwrap().count();
+    assert_eq!(pngs, 6);
+    let img = image::open(out.join("side_by_side/000000.png")).unwrap();
+    assert!(
+        img.width() > 384 && img.height() >= 128,
+        "{:?}",
+        (img.width(), img.height())
+    );
 }

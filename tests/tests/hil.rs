@@ -48,3 +48,36 @@ fn hil_fault_matrix_passes_on_cpu() {
     assert!(junit.contains("failures=\"0\""));
     assert!(!junit.contains("<failure"));
 }
+
+/// With the shipped BEV bundle the matrix also scores the maps against the simulator's BEV
+/// ground truth (map_quality), and the `bundle_replaced` fault hits the encoder file.
+#[test]
+fn hil_fault_matrix_with_bev_bundle_scores_maps() {
+    let dir = scratch("hil-bev");
+    let b = dir.join("letsmap-lite");
+    bevrt_runtime::demo::write_shipped_bundle(&b).unwrap();
+    let out = dir.join("hil");
+    let (ok, so, se) = run(
+        &bin("bevrt-tool"),
+        &[
+            "hil",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--frames",
+            "20",
+            "--out",
+            out.to_str().unwrap(),
+            "--bevrt",
+            bin("bevrt").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "hil failed:\n{so}\n{se}");
+    let mq = so
+        .lines()
+        .find(|l| l.starts_with("map_quality"))
+        .unwrap_or_else(|| panic!("no map_quality row:\n{so}"));
+    assert!(mq.contains(" pass ") && mq.contains("mIoU"), "{mq}");
+    let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert_eq!(junit.matches("<testcase ").count(), 7);
+    assert!(!junit.contains("<failure"));
+}

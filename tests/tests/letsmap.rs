@@ -1,0 +1,220 @@
+//! letsmap-lite, reduced: simulated data, MAE pretraining (deterministic, resumable),
+//! fine-tuning on a label fraction, evaluation through the runtime; and the exported ONNX
+//! files load and run in ONNX Runtime.
+
+use bevrt_tests::*;
+use std::path::Path;
+
+fn tool(args: &[&str]) -> String {
+    let (ok, so, se) = run(&bin("bevrt-tool"), args);
+    assert!(ok, "bevrt-tool {args:?} failed:\n{so}\n{se}");
+    so
+}
+
+fn record(dir: &Path, seed: u64, frames: u64) {
+    tool(&[
+        "sim",
+        "record",
+        "--seed",
+        &seed.to_string(),
+        "--frames",
+        &frames.to_string(),
+        "--fps",
+        "2",
+        "--cell",
+        "0.5",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+}
+
+fn miou(eval_json: &str) -> f64 {
+    let v: serde_json::Value = serde_json::from_str(eval_json).expect("eval --json output");
+    v["miou"].as_f64().expect("miou")
+}
+
+#[test]
+fn pretrain_finetune_eval_learns_and_resume_is_exact() {
+    let w = scratch("letsmap");
+    let s = |p: &str| w.join(p).to_str().unwrap().to_string();
+    record(&w.join("train/a"), 11, 24);
+    record(&w.join("train/b"), 12, 24);
+    record(&w.join("test"), 13, 10);
+
+    // Pretraining: 2 epochs straight, and 1 epoch + resume to 2: the same bytes.
+    let train = s("train");
+    let pt = |out: &str, epochs: &str, resume: bool| {
+        let mut a = vec![
+            "pretrain", "--data", &train, "--out", out, "--epochs", epochs, "--frames", "24",
+            "--seed", "3",
+        ];
+        if resume {
+            a.push("--resume");
+        }
+        tool(&a)
+    };
+    let first = pt(&s("pt_a"), "2", false);
+    assert!(first.contains("masked-patch MSE per epoch"), "{first}");
+    pt(&s("pt_b"), "1", false);
+    let resumed = pt(&s("pt_b"), "2", true);
+    assert!(resumed.contains("resuming after epoch 1"), "{resumed}");
+    let a = std::fs::read(w.join("pt_a/pretrain.safetensors")).unwrap();
+    let b = std::fs::read(w.join("pt_b/pretrain.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "a resumed run must reach the same weights as an uninterrupted one"
+    );
+    // A different resume (changed arguments) is refused.
+    let (ok, _, se) = run(
+        &bin("bevrt-tool"),
+        &[
+            "pretrain",
+            "--data",
+            &s("train"),
+            "--out",
+            &s("pt_b"),
+            "--epochs",
+            "3",
+            "--frames",
+            "24",
+            "--seed",
+            "4",
+            "--resume",
+        ],
+    );
+    assert!(!ok && se.contains("same arguments"), "{se}");
+
+    // Fine-tune (frozen pretrained encoder) and an untrained export (lr 0) as the floor.
+    let ft = |out: &str, lr: &str| {
+        tool(&[
+            "finetune",
+            "--data",
+            &s("train"),
+            "--encoder",
+            &s("pt_a/pretrain.safetensors"),
+            "--label-fraction",
+            "0.5",
+            "--unfreeze-last",
+            "5",
+            "--iters",
+            "150",
+            "--lr",
+            lr,
+            "--out",
+            out,
+        ])
+    };
+    ft(&s("trained"), "0.004");
+    ft(&s("untrained"), "0");
+    let ev = |b: &str| tool(&["eval", "--bundle", b, "--data", &s("test"), "--json"]);
+    let trained = miou(&ev(&s("trained")));
+    let untrained = miou(&ev(&s("untrained")));
+    // 8 classes; an untrained net or a constant "road" map scores well under 10 % mIoU.
+    assert!(
+        trained > 20.0 && trained > untrained + 10.0,
+        "fine-tuned mIoU {trained:.1} vs untrained {untrained:.1}"
+    );
+    // The bundle runs in `bevrt run` too.
+    let (ok, so, se) = run(
+        &bin("bevrt"),
+        &[
+            "run",
+            "--bundle",
+            &s("trained"),
+            "--source",
+            &format!("replay:{}", s("test")),
+            "--backend",
+            "cpu",
+            "--out",
+            &s("run_out"),
+        ],
+    );
+    assert!(ok, "{so}{se}");
+    assert_eq!(
+        std::fs::read_dir(w.join("run_out/maps")).unwrap().count(),
+        10
+    );
+}
+
+/// The exported encoder and head give the same outputs in ONNX Runtime as in tract.
+#[test]
+fn exported_onnx_runs_in_onnxruntime() {
+    let have_ort = std::process::Command::new("python3")
+        .args(["-c", "import onnxruntime, numpy"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !have_ort {
+        assert!(
+            std::env::var_os("BEVRT_REQUIRE_ORT").is_none(),
+            "python3 cannot import onnxruntime (.ci/run installs it)"
+        );
+        eprintln!("SKIP: onnxruntime not importable");
+        return;
+    }
+    let w = scratch("letsmap-ort");
+    let bundle = w.join("b");
+    let (ok, so, se) = run(
+        &bin("bevrt"),
+        &[
+            "demo",
+            "--frames",
+            "1",
+            "--backend",
+            "cpu",
+            "--out",
+            w.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{so}{se}");
+    let _ = bundle;
+    let bdir = w.join("bundle");
+    for (file, shape) in [
+        ("encoder.onnx", vec![1, 3, 128, 384]),
+        ("bev_head.onnx", vec![1, 64, 80, 80]),
+    ] {
+        let n: usize = shape.iter().product();
+        let input: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0)
+            .collect();
+        let inp = w.join(format!("{file}.in.npy"));
+        let outp = w.join(format!("{file}.ort.npy"));
+        let mut buf = vec![];
+        bevrt_runtime::npy::write_f32(&mut buf, &shape, &input).unwrap();
+        std::fs::write(&inp, buf).unwrap();
+        let script = format!(
+            "import numpy as np, onnxruntime as ort\n\
+             s = ort.InferenceSession('{}', providers=['CPUExecutionProvider'])\n\
+             x = np.load('{}')\n\
+             y = s.run(None, {{s.get_inputs()[0].name: x}})[0]\n\
+             np.save('{}', y.astype(np.float32))\n",
+            bdir.join(file).display(),
+            inp.display(),
+            outp.display()
+        );
+        let st = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "onnxruntime on {file}: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let (oshape, ort) = bevrt_runtime::npy::read_f32(&outp).unwrap();
+        let mut net =
+            bevrt_runtime::backend::cpu::CpuNetwork::load(&bdir.join(file), &shape).unwrap();
+        let mut outs = net.output_buffers();
+        net.run(&input, &mut outs).unwrap();
+        assert_eq!(oshape, outs[0].shape, "{file}");
+        let max = ort
+            .iter()
+            .zip(&outs[0].data)
+            .map(|(a, b)| (a - b).abs() / (1.0 + a.abs()))
+            .fold(0f32, f32::max);
+        assert!(
+            max < 1e-4,
+            "{file}: tract vs onnxruntime max rel diff {max}"
+        );
+    }
+}
