@@ -389,23 +389,47 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<()> {
     let r = bench::run(be.as_mut(), &frame, a.frames, a.warmup)?;
     let peer = if a.peer_onnxruntime {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/ort_peer.py");
-        let model = bundle
-            .model_path("model")
-            .context("bundle has no 'model' file")?;
-        Some(bench::run_ort_peer(
-            &script,
-            &model,
-            &spec.shape(),
-            if opts.threads == 0 {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
+        let threads = if opts.threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            opts.threads
+        };
+        // Every network of the bundle (encoder and head for bev), each at its input shape;
+        // the peer's time is their sum (bevrt's view transform and pre/post are not in it).
+        let roles: &[&str] = if bundle.manifest.task == bevrt_models::Task::Bev {
+            &["encoder", "head"]
+        } else {
+            &["model"]
+        };
+        let mut total: Option<bench::PeerReport> = None;
+        for role in roles {
+            let model = bundle
+                .model_path(role)
+                .with_context(|| format!("bundle has no '{role}' file"))?;
+            let shape: Vec<usize> = if *role == "head" {
+                let s = bevrt_models::inspect(&model)?;
+                s.inputs[0]
+                    .dims
+                    .iter()
+                    .map(|d| d.unwrap_or(1).max(1) as usize)
+                    .collect()
             } else {
-                opts.threads
-            },
-            a.frames,
-            a.warmup,
-        )?)
+                spec.shape().to_vec()
+            };
+            let p = bench::run_ort_peer(&script, &model, &shape, threads, a.frames, a.warmup)?;
+            total = Some(match total {
+                None => p,
+                Some(mut t) => {
+                    t.mean_ms += p.mean_ms;
+                    t.p50_ms += p.p50_ms;
+                    t.p99_ms += p.p99_ms;
+                    t
+                }
+            });
+        }
+        total
     } else {
         None
     };

@@ -39,11 +39,15 @@ pub struct Dataset {
     pub calibration_path: PathBuf,
     /// The ground-truth grid (`ground_truth.toml`), if the recordings have one.
     pub grid: Option<BevGrid>,
+    /// Simulator seeds of the recordings (from `ground_truth.toml`), for provenance.
+    pub seeds: Vec<u64>,
 }
 
 #[derive(serde::Deserialize)]
 struct GtToml {
     grid: BevGrid,
+    #[serde(default)]
+    seed: Option<u64>,
 }
 
 /// Reads the recordings under `dir`: `dir` itself or each subdirectory with a recording.toml.
@@ -92,14 +96,14 @@ pub fn load(dir: &Path, limit: Option<usize>, progress: &dyn Fn(usize, usize)) -
             .with_context(|| format!("{}: recording has no calibration", rec.dir.display()))?;
         let cal = Calibration::load(&cal_path)?;
         let gt_toml = rec.dir.join("ground_truth.toml");
-        let grid = if gt_toml.is_file() {
+        let (grid, seed) = if gt_toml.is_file() {
             let text = std::fs::read_to_string(&gt_toml)
                 .with_context(|| format!("{}: unreadable", gt_toml.display()))?;
             let g: GtToml = toml::from_str(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {}", gt_toml.display(), e.message()))?;
-            Some(g.grid)
+            (Some(g.grid), g.seed)
         } else {
-            None
+            (None, None)
         };
         let d = ds.get_or_insert_with(|| Dataset {
             width: rec.info.width,
@@ -110,7 +114,9 @@ pub fn load(dir: &Path, limit: Option<usize>, progress: &dyn Fn(usize, usize)) -
             calibration: cal.clone(),
             calibration_path: cal_path.clone(),
             grid: grid.clone(),
+            seeds: vec![],
         });
+        d.seeds.extend(seed);
         if (rec.info.width, rec.info.height) != (d.width, d.height) {
             bail!(
                 "{}: frames are {}x{}, earlier recordings {}x{}",

@@ -455,6 +455,27 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
     }
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
+    // The pretraining run behind the encoder, when its pretrain.json sits beside it.
+    let pretraining = a
+        .encoder
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p.with_file_name("pretrain.json")).ok())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .map(|v| {
+            format!(
+                "{} epochs over {}, batch {}, lr {}, mask ratio {}, max gap {}, seed {}; \
+                 masked-patch MSE per epoch {}",
+                v["epochs_done"],
+                v["args"]["data"],
+                v["args"]["batch"],
+                v["args"]["lr"],
+                v["args"]["mask_ratio"],
+                v["args"]["max_gap"],
+                v["args"]["seed"],
+                v["epoch_loss"]
+            )
+        })
+        .unwrap_or_default();
     let recipe = Recipe {
         init: if from_scratch {
             "scratch".into()
@@ -464,6 +485,9 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
             "bundle".into()
         },
         data: a.data.display().to_string(),
+        data_seeds: ds.seeds.clone(),
+        data_frames: ds.len(),
+        pretraining,
         labelled_frames: subset.len(),
         label_fraction: a.label_fraction,
         unfrozen_encoder_layers: unfrozen,
@@ -495,6 +519,11 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
 pub struct Recipe {
     pub init: String,
     pub data: String,
+    /// Simulator seeds of the training recordings and their frame count.
+    pub data_seeds: Vec<u64>,
+    pub data_frames: usize,
+    /// How the encoder was pretrained ("" when it was not).
+    pub pretraining: String,
     pub labelled_frames: usize,
     pub label_fraction: f64,
     pub unfrozen_encoder_layers: usize,
