@@ -3,7 +3,8 @@
 //! and loses nothing it must keep. Writes a human table and a JUnit XML report.
 //!
 //! Fault matrix (each scenario is one `bevrt run`, judged on its `--json` report and outputs):
-//! - `baseline`: every frame processed, no error, p99 inference within the budget;
+//! - `baseline`: every frame processed, no error, p99 of every per-frame stage within its
+//!   budget (inference `--budget-ms`; preprocess, postprocess, sink `--stage-budget-ms`);
 //! - `dropped_frames`: the recording lacks every 5th frame; the rest are processed and the
 //!   gaps show in the result sequence numbers;
 //! - `corrupt_frames`: 3 frame files truncated; each is a counted source error, all others
@@ -42,6 +43,9 @@ pub struct HilArgs {
     /// p99 inference budget in milliseconds.
     #[arg(long, default_value_t = 50.0)]
     pub budget_ms: f64,
+    /// p99 budget of each other per-frame stage (preprocess, postprocess, sink write), ms.
+    #[arg(long, default_value_t = 20.0)]
+    pub stage_budget_ms: f64,
     /// The bevrt binary (default: next to this bevrt-tool).
     #[arg(long)]
     pub bevrt: Option<PathBuf>,
@@ -196,20 +200,44 @@ pub fn hil(a: &HilArgs) -> Result<()> {
             &bevrt,
             &run_args(format!("replay:{}", base.display()), &out, &[]),
         )?;
-        let p99 = r["stages"]["inference"]["p99_ms"]
-            .as_f64()
-            .unwrap_or(f64::INFINITY);
+        let p99 = |stage: &str| {
+            r["stages"][stage]["p99_ms"]
+                .as_f64()
+                .unwrap_or(f64::INFINITY)
+        };
+        // Per-stage p99 budgets: inference has its own; the other per-frame stages share one.
+        let budgets = [
+            ("preprocess", a.stage_budget_ms),
+            ("inference", a.budget_ms),
+            ("postprocess", a.stage_budget_ms),
+            ("sink", a.stage_budget_ms),
+        ];
+        let over: Vec<String> = budgets
+            .iter()
+            .filter(|(st, b)| p99(st) > *b)
+            .map(|(st, b)| format!("{st} p99 {:.2} ms over {b} ms", p99(st)))
+            .collect();
         let good = ok
             && u(&r, "frames_processed") == n
             && u(&r, "source_errors") == 0
             && u(&r, "inference_errors") == 0
-            && p99 <= a.budget_ms;
+            && over.is_empty();
         Ok((
             good,
             format!(
-                "processed {}/{n}, p99 inference {p99:.2} ms (budget {}) {}",
+                "processed {}/{n}; p99 preprocess {:.2}, inference {:.2} (budget {}), postprocess {:.2}, sink {:.2} ms (budget {}){}{}",
                 u(&r, "frames_processed"),
+                p99("preprocess"),
+                p99("inference"),
                 a.budget_ms,
+                p99("postprocess"),
+                p99("sink"),
+                a.stage_budget_ms,
+                if over.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", over.join(", "))
+                },
                 if ok { "" } else { &err }
             ),
         ))

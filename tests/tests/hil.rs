@@ -69,6 +69,8 @@ fn hil_fault_matrix_with_bev_bundle_scores_maps() {
             // a loaded CI box does not fail the map-quality check.
             "--budget-ms",
             "250",
+            "--stage-budget-ms",
+            "100",
             "--out",
             out.to_str().unwrap(),
             "--bevrt",
