@@ -34,6 +34,7 @@ fn hil_fault_matrix_passes_on_cpu() {
         "corrupt_frames",
         "stalled_camera",
         "slow_sink",
+        "camera_lost",
         "bundle_replaced",
     ] {
         assert!(
@@ -43,8 +44,8 @@ fn hil_fault_matrix_passes_on_cpu() {
     }
     let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
     assert!(junit.starts_with("<?xml"));
-    assert_eq!(junit.matches("<testcase ").count(), 6);
-    assert_eq!(junit.matches("</testcase>").count(), 6);
+    assert_eq!(junit.matches("<testcase ").count(), 7);
+    assert_eq!(junit.matches("</testcase>").count(), 7);
     assert!(junit.contains("failures=\"0\""));
     assert!(!junit.contains("<failure"));
 }
@@ -84,6 +85,6 @@ fn hil_fault_matrix_with_bev_bundle_scores_maps() {
         .unwrap_or_else(|| panic!("no map_quality row:\n{so}"));
     assert!(mq.contains(" pass ") && mq.contains("mIoU"), "{mq}");
     let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
-    assert_eq!(junit.matches("<testcase ").count(), 7);
+    assert_eq!(junit.matches("<testcase ").count(), 8);
     assert!(!junit.contains("<failure"));
 }

@@ -4,6 +4,11 @@
 //! paced and live (drop-oldest); without it frames come as fast as they render (lossless) and
 //! the world still advances 1/10 s per frame. The stream never ends; the ego loops over its
 //! route. Timestamps are simulation time (frame n at n / fps).
+//!
+//! Fault injection (HIL): `unplug_at=N&unplug_for=S` makes the camera disappear before frame
+//! N for S seconds of wall time, as a pulled cable does: `next_frame` returns transient
+//! errors (one per 200 ms reconnect attempt, like the V4L2 source's back-off) until the camera
+//! is back; the world went on meanwhile, so the sequence numbers jump by the frames missed.
 
 use super::{FrameSource, Pacer, SourceError, SourceSpec, SourceStatus};
 use crate::frame::{Frame, PixelFormat};
@@ -16,11 +21,17 @@ pub struct SimSource {
     width: u32,
     height: u32,
     seed: u64,
+    /// (frame, seconds) of a simulated unplug, and when the camera comes back once started.
+    unplug: Option<(u64, f64)>,
+    back_at: Option<std::time::Instant>,
 }
+
+/// Interval between reconnect attempts during a simulated unplug.
+const RECONNECT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl SimSource {
     pub fn open(spec: &SourceSpec) -> Result<Self, SourceError> {
-        spec.only_options(&["seed", "fps", "width", "height"])?;
+        spec.only_options(&["seed", "fps", "width", "height", "unplug_at", "unplug_for"])?;
         if !spec.body.is_empty() {
             return Err(spec.error(format!(
                 "unexpected '{}' after 'sim:' (use sim:?seed=S&fps=N[&width=W&height=H])",
@@ -41,6 +52,17 @@ impl SimSource {
         if fps > 0.0 {
             cfg.fps = fps;
         }
+        let unplug_at: Option<u64> = spec.opt("unplug_at")?;
+        let unplug_for: Option<f64> = spec.opt("unplug_for")?;
+        let unplug = match (unplug_at, unplug_for) {
+            (None, None) => None,
+            (Some(n), Some(s)) if s.is_finite() && s > 0.0 => Some((n, s)),
+            _ => {
+                return Err(spec.error(
+                    "options 'unplug_at' (frame) and 'unplug_for' (seconds > 0) go together",
+                ));
+            }
+        };
         let sim = bevrt_sim::Simulator::new(cfg).map_err(|e| spec.error(e.to_string()))?;
         Ok(SimSource {
             sim,
@@ -49,6 +71,8 @@ impl SimSource {
             width,
             height,
             seed,
+            unplug,
+            back_at: None,
         })
     }
 
@@ -70,6 +94,26 @@ impl FrameSource for SimSource {
     }
 
     fn next_frame(&mut self, frame: &mut Frame) -> Result<SourceStatus, SourceError> {
+        if let Some((at, secs)) = self.unplug
+            && self.next == at
+        {
+            let now = std::time::Instant::now();
+            let back = *self
+                .back_at
+                .get_or_insert(now + std::time::Duration::from_secs_f64(secs));
+            if now < back {
+                std::thread::sleep(RECONNECT_EVERY.min(back - now));
+                return Err(SourceError::Transient {
+                    path: PathBuf::from("sim:camera"),
+                    message: "camera disconnected (simulated unplug); reconnecting".into(),
+                });
+            }
+            // Back: the world went on while the camera was away.
+            self.unplug = None;
+            let fps = self.sim.config().fps;
+            self.next += (secs * fps).round() as u64;
+            log::warn!("sim: camera reconnected after {secs:.1} s");
+        }
         self.pacer.wait();
         let n = self.next;
         self.next += 1;
