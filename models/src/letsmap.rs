@@ -137,6 +137,11 @@ impl LetsMapLite {
             .fold((self.input_h, self.input_w), |(h, w), l| l.out_hw(h, w))
     }
 
+    /// Output stride of the encoder (input height / feature height).
+    pub fn stride(&self) -> usize {
+        self.input_h / self.feat_hw().0
+    }
+
     /// BEV map size (rows, cols).
     pub fn bev_hw(&self) -> (usize, usize) {
         (self.grid.height(), self.grid.width())
@@ -172,6 +177,7 @@ mod tests {
     fn shapes_chain() {
         let a = LetsMapLite::default();
         assert_eq!(a.feat_hw(), (16, 48));
+        assert_eq!(a.stride(), STRIDE);
         assert_eq!(a.bev_hw(), (80, 80));
         for w in a.encoder.windows(2).chain(a.head.windows(2)) {
             assert_eq!(w[0].cout, w[1].cin, "{} -> {}", w[0].name, w[1].name);

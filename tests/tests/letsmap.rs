@@ -167,7 +167,6 @@ fn exported_onnx_runs_in_onnxruntime() {
         return;
     }
     let w = scratch("letsmap-ort");
-    let bundle = w.join("b");
     let (ok, so, se) = run(
         &bin("bevrt"),
         &[
@@ -181,7 +180,6 @@ fn exported_onnx_runs_in_onnxruntime() {
         ],
     );
     assert!(ok, "{so}{se}");
-    let _ = bundle;
     let bdir = w.join("bundle");
     for (file, shape) in [
         ("encoder.onnx", vec![1, 3, 128, 384]),

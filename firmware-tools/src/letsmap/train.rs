@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use bevrt_models::{
     ClassSpec, LetsMapLite, Manifest, ModelFile, OutputKind, OutputSpec, Task, write_conv_chain,
 };
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
@@ -153,7 +153,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
         bail!("{}: need sequences of at least 2 frames", a.data.display());
     }
     let (hf, wf) = arch.feat_hw();
-    let s = nn_stride(&arch);
+    let s = arch.stride();
     let mut batcher = Batcher::new(&arch, &ds);
     let per_epoch = usable.len().div_ceil(a.batch);
     let pb = progress(
@@ -223,10 +223,6 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
         ckpt.display()
     );
     Ok(())
-}
-
-fn nn_stride(arch: &LetsMapLite) -> usize {
-    arch.input_h / arch.feat_hw().0
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -383,7 +379,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         &ds.calibration.extrinsics,
         fw,
         fh,
-        nn_stride(&arch),
+        arch.stride(),
     )?;
     let tt = TableTensors::new(&table)?;
     let (gh, gw) = arch.bev_hw();
@@ -511,7 +507,6 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         super::eval::print_scores(&scores);
         record_scores(&a.out, &scores)?;
     }
-    let _ = DType::F32;
     Ok(())
 }
 
@@ -579,7 +574,6 @@ pub fn write_letsmap_bundle(
     std::fs::create_dir_all(&tmp)?;
     let doc = format!("letsmap-lite; recipe: {}", serde_json::to_string(recipe)?);
     let enc = tmp.join("encoder.onnx");
-    let (fh, fw) = arch.feat_hw();
     write_conv_chain(
         &enc,
         "letsmap_lite_encoder",
@@ -602,7 +596,6 @@ pub fn write_letsmap_bundle(
         &weights,
         &doc,
     )?;
-    let _ = (fh, fw);
     let mut prov = toml::Table::new();
     prov.insert("architecture".into(), "letsmap-lite".into());
     let recipe_toml: toml::Table = toml::from_str(&toml::to_string(recipe)?)?;

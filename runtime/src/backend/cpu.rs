@@ -391,10 +391,13 @@ impl Backend for CpuBackend {
             d.data.copy_from_slice(&s.data);
         }
         let first = &self.outputs[0].data;
-        if out.vector.len() != first.len() {
-            out.vector.resize(first.len(), 0.0); // only for a result made elsewhere
+        if self.task != Task::Bev {
+            // classify / features report a vector; a BEV map's logits stay in `outputs` only.
+            if out.vector.len() != first.len() {
+                out.vector.resize(first.len(), 0.0); // only for a result made elsewhere
+            }
+            out.vector.copy_from_slice(first);
         }
-        out.vector.copy_from_slice(first);
         match self.task {
             Task::Classify => {
                 if self.output_kind == OutputKind::Logits {
@@ -429,7 +432,9 @@ impl Backend for CpuBackend {
             None => self.net.output_buffers(),
         };
         let mut r = FrameResult::new(self.task, outs);
-        r.vector = vec![0.0; self.outputs[0].data.len()];
+        if self.bev.is_none() {
+            r.vector = vec![0.0; self.outputs[0].data.len()];
+        }
         if let Some(b) = &self.bev {
             let cells = b.grid.height() * b.grid.width();
             r.class_map = vec![0; cells];
