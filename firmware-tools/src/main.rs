@@ -1,11 +1,12 @@
-//! `bevrt-tool`: host-side work around bevrt: bundles, calibration, and (later) simulation,
-//! training, quantization and HIL.
+//! `bevrt-tool`: host-side work around bevrt: bundles, calibration, simulation, letsmap-lite
+//! training and evaluation, INT8 quantization and HIL.
 
 mod bundle_cmd;
 mod calib_cmd;
 mod hil_cmd;
 mod kernels_cmd;
 mod letsmap;
+mod quantize_cmd;
 mod sim_cmd;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,8 @@ enum Cmd {
     Finetune(letsmap::train::FinetuneArgs),
     /// Per-class IoU / mIoU of a BEV bundle on held-out recordings (deployment path).
     Eval(letsmap::eval::EvalArgs),
+    /// INT8 post-training quantization of a bundle into explicit Q/DQ ONNX (calibrated on frames).
+    Quantize(quantize_cmd::QuantizeArgs),
     /// The synthetic driving world: record sequences with ground truth.
     #[command(subcommand)]
     Sim(sim_cmd::SimCmd),
@@ -60,6 +63,7 @@ fn main() {
         Cmd::Pretrain(a) => letsmap::train::pretrain(a),
         Cmd::Finetune(a) => letsmap::train::finetune(a),
         Cmd::Eval(a) => letsmap::eval::eval_cmd(a),
+        Cmd::Quantize(a) => quantize_cmd::quantize(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

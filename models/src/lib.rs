@@ -5,11 +5,14 @@
 //! - [`onnx`]: reading an ONNX file's interface with errors that name the file.
 //! - [`letsmap`]: the reference BEV architecture letsmap-lite (layer lists, classes, grid).
 //! - [`export`]: our ONNX exporter (Conv chains) and its CPU reference.
+//! - [`quant`]: INT8 post-training quantization of ONNX graphs (graph passes, Q/DQ placement,
+//!   calibration methods).
 
 pub mod bundle;
 pub mod export;
 pub mod letsmap;
 pub mod onnx;
+pub mod quant;
 
 pub use bundle::{
     Bundle, BundleError, ChannelOrder, ClassSpec, EmbeddingNorm, GridSpec, InputDtype, InputSpec,
@@ -19,4 +22,7 @@ pub use export::{
     ExportError, Weights, conv_chain_reference, conv_chain_to_onnx, write_conv_chain,
 };
 pub use letsmap::{ConvLayer, LetsMapLite};
-pub use onnx::{OnnxError, OnnxSummary, TensorInfo, inspect, legalize, load_for_tract, read_proto};
+pub use onnx::{
+    LegalizeOptions, OnnxError, OnnxSummary, TensorInfo, inspect, legalize, load_for_tract,
+    read_proto,
+};

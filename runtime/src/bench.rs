@@ -41,63 +41,111 @@ pub fn synthetic_frame(width: u32, height: u32) -> Frame {
     f
 }
 
+/// Histograms of one backend's stages while it is being timed.
+struct Timing<'a> {
+    backend: &'a mut dyn Backend,
+    result: crate::postprocess::FrameResult,
+    h: [Histogram; 4],
+    before: Vec<(&'static str, u64, u64)>,
+    seconds: f64,
+}
+
+impl<'a> Timing<'a> {
+    fn new(backend: &'a mut dyn Backend, frame: &Frame, warmup: usize) -> anyhow::Result<Self> {
+        let mut result = backend.new_result();
+        for _ in 0..warmup {
+            backend.preprocess(frame)?;
+            backend.infer()?;
+            backend.postprocess(&mut result)?;
+        }
+        let before = backend.sub_stages();
+        Ok(Timing {
+            backend,
+            result,
+            h: Default::default(),
+            before,
+            seconds: 0.0,
+        })
+    }
+
+    fn frame(&mut self, frame: &Frame) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        self.backend.preprocess(frame)?;
+        let t1 = Instant::now();
+        self.backend.infer()?;
+        let t2 = Instant::now();
+        self.backend.postprocess(&mut self.result)?;
+        let t3 = Instant::now();
+        for (h, d) in self.h.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2, t3 - t0]) {
+            h.record(d.as_nanos() as u64);
+        }
+        self.seconds += (t3 - t0).as_secs_f64();
+        Ok(())
+    }
+
+    fn report(self, frame: &Frame, frames: usize) -> BenchReport {
+        let inference_split = self
+            .backend
+            .sub_stages()
+            .into_iter()
+            .zip(
+                self.before
+                    .into_iter()
+                    .map(Some)
+                    .chain(std::iter::repeat(None)),
+            )
+            .map(|((n, ns, c), b)| {
+                let (ns0, c0) = b.map_or((0, 0), |(_, a, b)| (a, b));
+                (
+                    n.to_string(),
+                    (ns - ns0) as f64 / 1e6 / (c - c0).max(1) as f64,
+                )
+            })
+            .collect();
+        let [hp, hi, ho, ht] = self.h;
+        BenchReport {
+            backend: self.backend.describe(),
+            frame: format!("{}x{} {}", frame.width, frame.height, frame.format),
+            frames,
+            preprocess: hp.summary(),
+            inference: hi.summary(),
+            postprocess: ho.summary(),
+            total: ht.summary(),
+            fps: frames as f64 / self.seconds.max(1e-9),
+            inference_split,
+        }
+    }
+}
+
 pub fn run(
     backend: &mut dyn Backend,
     frame: &Frame,
     frames: usize,
     warmup: usize,
 ) -> anyhow::Result<BenchReport> {
-    let mut result = backend.new_result();
-    let (mut hp, mut hi, mut ho, mut ht) = (
-        Histogram::default(),
-        Histogram::default(),
-        Histogram::default(),
-        Histogram::default(),
-    );
-    for _ in 0..warmup {
-        backend.preprocess(frame)?;
-        backend.infer()?;
-        backend.postprocess(&mut result)?;
-    }
-    let before = backend.sub_stages();
-    let start = Instant::now();
+    let mut t = Timing::new(backend, frame, warmup)?;
     for _ in 0..frames {
-        let t0 = Instant::now();
-        backend.preprocess(frame)?;
-        let t1 = Instant::now();
-        backend.infer()?;
-        let t2 = Instant::now();
-        backend.postprocess(&mut result)?;
-        let t3 = Instant::now();
-        hp.record((t1 - t0).as_nanos() as u64);
-        hi.record((t2 - t1).as_nanos() as u64);
-        ho.record((t3 - t2).as_nanos() as u64);
-        ht.record((t3 - t0).as_nanos() as u64);
+        t.frame(frame)?;
     }
-    let el = start.elapsed().as_secs_f64();
-    let inference_split = backend
-        .sub_stages()
-        .into_iter()
-        .zip(before.into_iter().map(Some).chain(std::iter::repeat(None)))
-        .map(|((n, ns, c), b)| {
-            let (ns0, c0) = b.map_or((0, 0), |(_, a, b)| (a, b));
-            (
-                n.to_string(),
-                (ns - ns0) as f64 / 1e6 / (c - c0).max(1) as f64,
-            )
-        })
-        .collect();
-    Ok(BenchReport {
-        backend: backend.describe(),
-        frame: format!("{}x{} {}", frame.width, frame.height, frame.format),
-        frames,
-        preprocess: hp.summary(),
-        inference: hi.summary(),
-        postprocess: ho.summary(),
-        total: ht.summary(),
-        fps: frames as f64 / el,
-        inference_split,
-    })
+    Ok(t.report(frame, frames))
+}
+
+/// Time two backends frame by frame alternately (e.g. an INT8 bundle and its FP32 original),
+/// so load changes on the machine hit both alike.
+pub fn run_pair(
+    a: &mut dyn Backend,
+    b: &mut dyn Backend,
+    frame: &Frame,
+    frames: usize,
+    warmup: usize,
+) -> anyhow::Result<(BenchReport, BenchReport)> {
+    let mut ta = Timing::new(a, frame, warmup)?;
+    let mut tb = Timing::new(b, frame, warmup)?;
+    for _ in 0..frames {
+        ta.frame(frame)?;
+        tb.frame(frame)?;
+    }
+    Ok((ta.report(frame, frames), tb.report(frame, frames)))
 }
 
 /// ONNX Runtime's numbers for the same model, from `runtime/bench/ort_peer.py`.

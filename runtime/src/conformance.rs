@@ -121,7 +121,7 @@ fn prepare(
     inputs: &[Tensor],
     mode: Mode,
 ) -> TractResult<(Arc<TypedSimplePlan>, TVec<TValue>)> {
-    let mut model = bevrt_models::load_for_tract(model_path)?;
+    let mut model = bevrt_models::load_for_tract(model_path, &Default::default())?;
     let outlets = model.input_outlets()?.to_vec();
     if outlets.len() != inputs.len() {
         bail!(

@@ -105,7 +105,10 @@ pub fn run(o: &DemoOptions) -> Result<DemoReport> {
     let _ = std::fs::remove_dir_all(&results);
     std::fs::create_dir_all(&results)?;
     let src = source::open(&format!("replay:{}", rec.display()))?;
-    let bo = BackendOptions { threads: o.threads };
+    let bo = BackendOptions {
+        threads: o.threads,
+        ..Default::default()
+    };
     let be = backend::open(o.backend, &bundle, &bo)?;
     let sinks = sink::build(
         &[sink::SinkKind::Png, sink::SinkKind::Jsonl],

@@ -60,6 +60,10 @@ struct RunArgs {
     /// faster).
     #[arg(long)]
     threads: Option<usize>,
+    /// Run Q/DQ (INT8) convolutions with tract's integer kernels instead of float-simulated
+    /// Q/DQ (CPU backend; same values, speed depends on the model).
+    #[arg(long)]
+    int8_kernels: bool,
     /// Sinks to write (default: png+jsonl for bev, jsonl otherwise).
     #[arg(long, value_enum, value_delimiter = ',')]
     sinks: Vec<sink::SinkKind>,
@@ -119,12 +123,20 @@ struct BenchArgs {
     /// faster). The ONNX Runtime peer gets the same count (all cores when 0).
     #[arg(long)]
     threads: Option<usize>,
+    /// Run Q/DQ (INT8) convolutions with tract's integer kernels instead of float-simulated
+    /// Q/DQ (CPU backend; same values, speed depends on the model).
+    #[arg(long)]
+    int8_kernels: bool,
     /// Synthetic camera frame size WxH (default: the model's input size).
     #[arg(long)]
     frame_size: Option<String>,
     /// Also time ONNX Runtime (python3 + onnxruntime) on the same model file, same threads.
     #[arg(long)]
     peer_onnxruntime: bool,
+    /// Also time this bundle (e.g. the FP32 original of an INT8 bundle) on the same backend,
+    /// threads and frame, interleaved in this run, and print the inference ratio.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -167,8 +179,11 @@ fn main() {
     }
 }
 
-fn backend_opts(threads: Option<usize>) -> BackendOptions {
-    let mut o = BackendOptions::default();
+fn backend_opts(threads: Option<usize>, int8_kernels: bool) -> BackendOptions {
+    let mut o = BackendOptions {
+        int8_kernels,
+        ..Default::default()
+    };
     if let Some(t) = threads {
         o.threads = t;
     }
@@ -179,7 +194,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
     let bundle = Bundle::load(&a.bundle)?;
     let src = source::open(&a.source)?;
     let calib = a.calib.clone().or_else(|| src.calibration_path());
-    let be = backend::open(a.backend, &bundle, &backend_opts(a.threads))?;
+    let be = backend::open(a.backend, &bundle, &backend_opts(a.threads, a.int8_kernels))?;
     let kinds = if a.sinks.is_empty() {
         sink::default_sinks(bundle.manifest.task)
     } else {
@@ -372,7 +387,7 @@ fn cmd_demo(a: DemoArgs) -> anyhow::Result<()> {
 
 fn cmd_bench(a: BenchArgs) -> anyhow::Result<()> {
     let bundle = Bundle::load(&a.bundle)?;
-    let opts = backend_opts(a.threads);
+    let opts = backend_opts(a.threads, a.int8_kernels);
     let mut be = backend::open(a.backend, &bundle, &opts)?;
     let spec = &bundle.manifest.input;
     let (w, h) = match &a.frame_size {
@@ -386,7 +401,29 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<()> {
         None => (spec.width, spec.height),
     };
     let frame = bench::synthetic_frame(w, h);
-    let r = bench::run(be.as_mut(), &frame, a.frames, a.warmup)?;
+    let mut base = match &a.baseline {
+        Some(p) => {
+            let b = Bundle::load(p)?;
+            if b.manifest.input.shape() != spec.shape() {
+                anyhow::bail!(
+                    "{}: baseline input {:?} differs from the bundle's {:?}",
+                    p.display(),
+                    b.manifest.input.shape(),
+                    spec.shape()
+                );
+            }
+            let be = backend::open(a.backend, &b, &opts)?;
+            Some((b.manifest.name.clone(), be))
+        }
+        None => None,
+    };
+    let (r, rb) = match base.as_mut() {
+        Some((_, b)) => {
+            let (r, rb) = bench::run_pair(be.as_mut(), b.as_mut(), &frame, a.frames, a.warmup)?;
+            (r, Some(rb))
+        }
+        None => (bench::run(be.as_mut(), &frame, a.frames, a.warmup)?, None),
+    };
     let peer = if a.peer_onnxruntime {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/ort_peer.py");
         let threads = if opts.threads == 0 {
@@ -436,7 +473,9 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<()> {
     if a.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"bevrt": r, "peer": peer}))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({"bevrt": r, "peer": peer, "baseline": rb})
+            )?
         );
         return Ok(());
     }
@@ -460,6 +499,18 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<()> {
         println!("  inference: {n:<16} mean {ms:.3} ms");
     }
     println!("throughput {:.1} frames/s", r.fps);
+    if let (Some(b), Some((name, _))) = (&rb, &base) {
+        println!(
+            "baseline {name}: inference mean {:.3} ms, p50 {:.3} ms | this / baseline = {:.2}x (p50), {:.2}x (mean)",
+            b.inference.mean_ms,
+            b.inference.p50_ms,
+            r.inference.p50_ms / b.inference.p50_ms,
+            r.inference.mean_ms / b.inference.mean_ms
+        );
+        for (n, ms) in &b.inference_split {
+            println!("  baseline inference: {n:<16} mean {ms:.3} ms");
+        }
+    }
     if let Some(p) = peer {
         println!(
             "peer {} {} ({} threads): mean {:.3} ms, p50 {:.3} ms | bevrt inference / peer = {:.2}x (p50), {:.2}x (mean)",

@@ -60,7 +60,10 @@ fn replay_500_frames_allocation_free() {
     let be = backend::open(
         backend::BackendKind::Cpu,
         &bundle,
-        &backend::BackendOptions { threads: 1 },
+        &backend::BackendOptions {
+            threads: 1,
+            ..Default::default()
+        },
     )
     .unwrap();
     let out = dir.join("out");

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::data::{self, Batcher, Dataset};
 use super::nn::{self, Adam, Params, Rng, TableTensors};
 
-fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+pub(crate) fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(len);
     pb.set_style(
         indicatif::ProgressStyle::with_template(&format!(

@@ -43,10 +43,19 @@ fn executor(threads: usize) -> Executor {
 impl CpuNetwork {
     /// Load an ONNX file with input 0 fixed to `shape` (f32).
     pub fn load(path: &Path, shape: &[usize]) -> anyhow::Result<CpuNetwork> {
+        Self::load_with(path, shape, &Default::default())
+    }
+
+    /// [`CpuNetwork::load`] with front-end choices (e.g. integer kernels for Q/DQ convs).
+    pub fn load_with(
+        path: &Path,
+        shape: &[usize],
+        opts: &bevrt_models::LegalizeOptions,
+    ) -> anyhow::Result<CpuNetwork> {
         if !path.is_file() {
             anyhow::bail!("{}: model file not found", path.display());
         }
-        let model = bevrt_models::load_for_tract(path)?;
+        let model = bevrt_models::load_for_tract(path, opts)?;
         let ops: Vec<String> = {
             let mut v: Vec<String> = vec![];
             for n in model.nodes() {
@@ -218,7 +227,11 @@ fn visible_cells(t: &bevrt_calib::SamplingTable) -> Vec<bool> {
 }
 
 impl BevStage {
-    fn load(bundle: &Bundle, encoder: &CpuNetwork) -> anyhow::Result<BevStage> {
+    fn load(
+        bundle: &Bundle,
+        encoder: &CpuNetwork,
+        opts: &bevrt_models::LegalizeOptions,
+    ) -> anyhow::Result<BevStage> {
         let m = &bundle.manifest;
         let grid = m.grid.clone().context("bev bundle without [grid]")?;
         let cal_file = m
@@ -262,7 +275,7 @@ impl BevStage {
         let head_path = bundle
             .model_path("head")
             .context("bundle has no 'head' file")?;
-        let head = CpuNetwork::load(&head_path, &[1, c * z, gh, gw])?;
+        let head = CpuNetwork::load_with(&head_path, &[1, c * z, gh, gw], opts)?;
         let hs = head.output_shapes.first().context("head has no output")?;
         if hs[..] != [1, m.classes.len(), gh, gw] {
             anyhow::bail!(
@@ -304,11 +317,14 @@ impl CpuBackend {
         let path = bundle
             .model_path(role)
             .with_context(|| format!("bundle has no '{role}' file"))?;
-        let mut net = CpuNetwork::load(&path, &m.input.shape())?;
+        let legal = bevrt_models::LegalizeOptions {
+            integer_kernels: opts.int8_kernels,
+        };
+        let mut net = CpuNetwork::load_with(&path, &m.input.shape(), &legal)?;
         net.set_threads(opts.threads)?;
         let mut bev = None;
         if m.task == Task::Bev {
-            let mut stage = BevStage::load(bundle, &net)?;
+            let mut stage = BevStage::load(bundle, &net, &legal)?;
             stage.head.set_threads(net.threads)?;
             bev = Some(stage);
         }
@@ -329,6 +345,31 @@ impl CpuBackend {
             calibration: None,
             bev,
         })
+    }
+
+    /// The latest raw outputs of each network by role (`model`, or `encoder` then `head`),
+    /// extra outputs included: tools that observe activations (the quantizer's calibration)
+    /// read them after `infer`.
+    pub fn network_outputs(&self) -> Vec<(&'static str, &[OutputTensor])> {
+        match &self.bev {
+            None => vec![("model", &self.outputs)],
+            Some(b) => vec![("encoder", &b.features), ("head", &self.outputs)],
+        }
+    }
+
+    /// Take an already preprocessed tensor (the bundle's input shape) as the next input,
+    /// instead of `preprocess` on a frame.
+    pub fn set_input(&mut self, tensor: &[f32]) -> anyhow::Result<()> {
+        if tensor.len() != self.input.len() {
+            anyhow::bail!(
+                "input tensor has {} values, the bundle's input {:?} needs {}",
+                tensor.len(),
+                self.spec.shape(),
+                self.input.len()
+            );
+        }
+        self.input.copy_from_slice(tensor);
+        Ok(())
     }
 
     /// The BEV stage (`bev` bundles only), for tools that inspect the sampling table.

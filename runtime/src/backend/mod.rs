@@ -28,6 +28,9 @@ pub struct BackendOptions {
     /// Threads for the CPU backend's matrix kernels; 0 = pick 1 or all cores by measuring
     /// at load.
     pub threads: usize,
+    /// CPU backend: run Q/DQ convolutions with tract's integer kernels (`ConvInteger`)
+    /// instead of float-simulated Q/DQ (same values; which is faster depends on the model).
+    pub int8_kernels: bool,
 }
 
 pub trait Backend: Send {
