@@ -580,7 +580,7 @@ fn calibration_inputs(
         .manifest
         .calibration
         .as_ref()
-        .map(|c| bevrt_calib::Calibration::load(&bundle.dir.join(&c.file)))
+        .map(|c| bevrt_calib::Calibration::load(bundle.dir.join(&c.file)))
         .transpose()?
         .map(|c| (c.camera.width(), c.camera.height()));
     let pb = crate::letsmap::train::progress(args.frames as u64, "frames     ");
@@ -871,8 +871,26 @@ fn print_report(r: &Report) {
         r.calibration_frames,
         r.calibration_seconds
     );
+    // One line per kind of rewrite (node names dropped; the JSON report has them all).
+    let mut kinds: Vec<(String, usize)> = vec![];
     for p in &r.graph_passes {
-        println!("  pass: {p}");
+        let generic: String = p
+            .split('\'')
+            .enumerate()
+            .map(|(i, part)| if i % 2 == 1 { "…" } else { part })
+            .collect::<Vec<_>>()
+            .join("'");
+        match kinds.iter_mut().find(|(k, _)| *k == generic) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((generic, 1)),
+        }
+    }
+    for (k, n) in kinds {
+        if n > 1 {
+            println!("  pass: {k} (x{n})");
+        } else {
+            println!("  pass: {k}");
+        }
     }
     println!("  INT8 layers: {}", r.quantized_layers.len());
     if !r.kept_fp.is_empty() {

@@ -85,16 +85,17 @@ pub fn constants_to_initializers(g: &mut pb::GraphProto) -> usize {
     let mut moved = 0;
     let nodes = std::mem::take(&mut g.node);
     for n in nodes {
-        if n.op_type == "Constant" && n.domain.is_empty() && n.output.len() == 1 {
-            if let Some(a) = n.attribute.iter().find(|a| a.name == "value")
-                && let Some(t) = &a.t
-            {
-                let mut t = t.clone();
-                t.name = n.output[0].clone();
-                g.initializer.push(t);
-                moved += 1;
-                continue;
-            }
+        if n.op_type == "Constant"
+            && n.domain.is_empty()
+            && n.output.len() == 1
+            && let Some(a) = n.attribute.iter().find(|a| a.name == "value")
+            && let Some(t) = &a.t
+        {
+            let mut t = t.clone();
+            t.name = n.output[0].clone();
+            g.initializer.push(t);
+            moved += 1;
+            continue;
         }
         g.node.push(n);
     }

@@ -211,9 +211,9 @@ impl QuantPlan {
             }
         }
         let mut groups: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-        for i in 0..tensors.len() {
+        for (i, t) in tensors.iter().enumerate() {
             let r = root(&mut parent, i);
-            groups.entry(r).or_default().push(tensors[i].clone());
+            groups.entry(r).or_default().push(t.clone());
         }
         groups.into_values().collect()
     }
