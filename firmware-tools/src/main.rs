@@ -1,6 +1,7 @@
 //! `bevrt-tool`: host-side work around bevrt: bundles, calibration, simulation, letsmap-lite
 //! training and evaluation, INT8 quantization and HIL.
 
+mod afv;
 mod bundle_cmd;
 mod calib_cmd;
 mod hil_cmd;
@@ -43,9 +44,33 @@ enum Cmd {
     Eval(letsmap::eval::EvalArgs),
     /// INT8 post-training quantization of a bundle into explicit Q/DQ ONNX (calibrated on frames).
     Quantize(quantize_cmd::QuantizeArgs),
+    /// GAN for Adversarial Fisher Vectors.
+    #[command(subcommand)]
+    Gan(GanCmd),
+    /// Adversarial Fisher Vectors: Fisher statistics and distances.
+    #[command(subcommand)]
+    Afv(AfvCmd),
+    /// A features bundle's vector for every image of a dataset (npy).
+    Embed(afv::fisher::EmbedArgs),
+    /// Linear or k-NN probe on frozen features, with few or all labels.
+    Probe(afv::probe::ProbeArgs),
     /// The synthetic driving world: record sequences with ground truth.
     #[command(subcommand)]
     Sim(sim_cmd::SimCmd),
+}
+
+#[derive(Subcommand)]
+enum GanCmd {
+    /// Train the GAN on a dataset's training split; writes an AFV features bundle.
+    Train(afv::train::GanTrainArgs),
+}
+
+#[derive(Subcommand)]
+enum AfvCmd {
+    /// Mean and diagonal Fisher information from generator samples, stored in the bundle.
+    Fit(afv::fisher::FitArgs),
+    /// Distance between examples or sets (means of their Fisher vectors).
+    Distance(afv::fisher::DistanceArgs),
 }
 
 fn main() {
@@ -64,6 +89,11 @@ fn main() {
         Cmd::Finetune(a) => letsmap::train::finetune(a),
         Cmd::Eval(a) => letsmap::eval::eval_cmd(a),
         Cmd::Quantize(a) => quantize_cmd::quantize(a),
+        Cmd::Gan(GanCmd::Train(a)) => afv::train::gan_train(a),
+        Cmd::Afv(AfvCmd::Fit(a)) => afv::fisher::fit(a),
+        Cmd::Afv(AfvCmd::Distance(a)) => afv::fisher::distance(a),
+        Cmd::Embed(a) => afv::fisher::embed(a),
+        Cmd::Probe(a) => afv::probe::probe(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

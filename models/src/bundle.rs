@@ -219,6 +219,32 @@ pub enum EmbeddingNorm {
     L2,
 }
 
+/// `features` (and probe `classify`) bundles whose vector is an Adversarial Fisher Vector of
+/// a discriminator: the tail geometry the runtime's Fisher op needs, and its statistics.
+/// The model's outputs are `[D(x), a1, z2]` (see `bevrt_runtime::afv`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AfvSpec {
+    /// conv2 kernel, stride and padding.
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+    /// LeakyReLU slope after conv2.
+    pub slope: f32,
+    /// npy, float32 `[C2·H2·W2]`: the final linear layer's (effective) weights.
+    pub head_weight: ModelFile,
+    /// npy, float32 `[2, dim]`: mean and diagonal Fisher information of the score over
+    /// generator samples (`bevrt-tool afv fit`); absent = raw scores `U_x`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fisher: Option<ModelFile>,
+    /// Added to the Fisher diagonal before the square root.
+    pub eps: f32,
+    /// Signed square root of every component after normalisation (Fisher-vector practice).
+    pub power_norm: bool,
+    /// Unit L2 norm at the end.
+    pub l2_norm: bool,
+}
+
 /// The parsed `bundle.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -241,6 +267,9 @@ pub struct Manifest {
     pub calibration: Option<ModelFile>,
     #[serde(default, skip_serializing_if = "is_default_norm")]
     pub embedding_norm: EmbeddingNorm,
+    /// Adversarial Fisher Vector output (see [`AfvSpec`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub afv: Option<AfvSpec>,
     /// Free-form provenance: how the model was trained or quantized, with what result.
     #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
     pub provenance: toml::Table,
@@ -290,7 +319,7 @@ impl Manifest {
         if self.outputs.is_empty() {
             return bad("field 'outputs': at least one output is required".into());
         }
-        for m in &self.models {
+        for m in self.files() {
             check_relative(path, &m.file, "models.file")?;
             if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return bad(format!(
@@ -331,6 +360,25 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// Every hashed file the manifest names.
+    pub fn files(&self) -> impl Iterator<Item = &ModelFile> {
+        let afv = self
+            .afv
+            .iter()
+            .flat_map(|a| std::iter::once(&a.head_weight).chain(a.fisher.iter()));
+        self.models.iter().chain(self.calibration.iter()).chain(afv)
+    }
+
+    fn files_mut(&mut self) -> Vec<&mut ModelFile> {
+        let mut v: Vec<&mut ModelFile> = self.models.iter_mut().collect();
+        v.extend(self.calibration.iter_mut());
+        if let Some(a) = self.afv.as_mut() {
+            v.push(&mut a.head_weight);
+            v.extend(a.fisher.iter_mut());
+        }
+        v
     }
 
     /// The model file with this role.
@@ -434,12 +482,9 @@ impl Bundle {
         Ok(())
     }
 
-    /// Every hashed file: models and calibration.
+    /// Every hashed file: models, calibration and AFV data.
     pub fn files(&self) -> impl Iterator<Item = &ModelFile> {
-        self.manifest
-            .models
-            .iter()
-            .chain(self.manifest.calibration.iter())
+        self.manifest.files()
     }
 
     /// Absolute path of the model with this role.
@@ -482,11 +527,7 @@ pub fn write_bundle(
             let dst = tmp.join(name);
             std::fs::copy(src, &dst).map_err(io(src))?;
             let digest = sha256_file(&dst)?;
-            for m in manifest
-                .models
-                .iter_mut()
-                .chain(manifest.calibration.iter_mut())
-            {
+            for m in manifest.files_mut() {
                 if &m.file == name {
                     m.sha256 = digest.clone();
                 }

@@ -176,6 +176,264 @@ pub fn conv_chain_to_onnx(
     Ok(model.encode_to_vec())
 }
 
+/// One layer of a sequential network for [`sequential_to_onnx`] (NCHW; weights row-major in
+/// ONNX layouts: Conv `[out, in, k, k]`, ConvTranspose `[in, out, k, k]`, Linear `[out, in]`).
+#[derive(Debug, Clone)]
+pub enum SeqOp {
+    Conv {
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    },
+    ConvTranspose {
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    },
+    Linear {
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        cin: usize,
+        cout: usize,
+    },
+    LeakyRelu(f32),
+    Relu,
+    Tanh,
+    /// `[N, ...] → [N, rest]`
+    Flatten,
+    /// To `[N, dims...]`.
+    Reshape(Vec<usize>),
+    /// Nearest-neighbour upsampling by 2 in H and W (ONNX `Resize`, floor/asymmetric).
+    Upsample2,
+}
+
+/// A named layer; `expose` also makes its output a graph output under that name.
+#[derive(Debug, Clone)]
+pub struct SeqLayer {
+    pub name: String,
+    pub op: SeqOp,
+    pub expose: Option<String>,
+}
+
+/// Serialises a sequential network: input `input_name` of `input_shape`, the last layer's
+/// output as `output_name` (first graph output), exposed layers after it in order.
+pub fn sequential_to_onnx(
+    graph_name: &str,
+    input_name: &str,
+    input_shape: &[usize],
+    output_name: &str,
+    layers: &[SeqLayer],
+    doc: &str,
+) -> Result<Vec<u8>, ExportError> {
+    let mut nodes = vec![];
+    let mut inits = vec![];
+    let mut shape = input_shape.to_vec();
+    let mut cur = input_name.to_string();
+    let mut exposed = vec![];
+    let check = |name: &str, got: usize, expected: usize| {
+        if got != expected {
+            Err(ExportError::Size {
+                name: name.to_string(),
+                got,
+                expected,
+            })
+        } else {
+            Ok(())
+        }
+    };
+    for (i, l) in layers.iter().enumerate() {
+        let last = i + 1 == layers.len();
+        let out = if last {
+            output_name.to_string()
+        } else {
+            format!("{}.out", l.name)
+        };
+        let (wn, bn) = (format!("{}.weight", l.name), format!("{}.bias", l.name));
+        let mut node = pb::NodeProto {
+            name: l.name.clone(),
+            input: vec![cur.clone()],
+            output: vec![out.clone()],
+            ..Default::default()
+        };
+        match &l.op {
+            SeqOp::Conv {
+                weight,
+                bias,
+                cin,
+                cout,
+                k,
+                stride,
+                pad,
+            }
+            | SeqOp::ConvTranspose {
+                weight,
+                bias,
+                cin,
+                cout,
+                k,
+                stride,
+                pad,
+            } => {
+                let transpose = matches!(l.op, SeqOp::ConvTranspose { .. });
+                if shape.len() != 4 || shape[1] != *cin {
+                    return Err(ExportError::Chain(format!(
+                        "layer '{}' takes {cin} channels of NCHW, gets {shape:?}",
+                        l.name
+                    )));
+                }
+                check(&wn, weight.len(), cin * cout * k * k)?;
+                check(&bn, bias.len(), *cout)?;
+                let wdims = if transpose {
+                    [*cin, *cout, *k, *k]
+                } else {
+                    [*cout, *cin, *k, *k]
+                };
+                inits.push(initializer(&wn, &wdims, weight));
+                inits.push(initializer(&bn, &[*cout], bias));
+                node.op_type = if transpose { "ConvTranspose" } else { "Conv" }.into();
+                node.input.extend([wn, bn]);
+                let (s, p) = (*stride as i64, *pad as i64);
+                node.attribute = vec![
+                    ints("kernel_shape", &[*k as i64, *k as i64]),
+                    ints("strides", &[s, s]),
+                    ints("pads", &[p, p, p, p]),
+                ];
+                let o = |n: usize| {
+                    if transpose {
+                        (n - 1) * stride + k - 2 * pad
+                    } else {
+                        (n + 2 * pad - k) / stride + 1
+                    }
+                };
+                shape = vec![shape[0], *cout, o(shape[2]), o(shape[3])];
+            }
+            SeqOp::Linear {
+                weight,
+                bias,
+                cin,
+                cout,
+            } => {
+                if shape.len() != 2 || shape[1] != *cin {
+                    return Err(ExportError::Chain(format!(
+                        "layer '{}' takes [N, {cin}], gets {shape:?}",
+                        l.name
+                    )));
+                }
+                check(&wn, weight.len(), cin * cout)?;
+                check(&bn, bias.len(), *cout)?;
+                inits.push(initializer(&wn, &[*cout, *cin], weight));
+                inits.push(initializer(&bn, &[*cout], bias));
+                node.op_type = "Gemm".into();
+                node.input.extend([wn, bn]);
+                node.attribute = vec![pb::AttributeProto {
+                    name: "transB".into(),
+                    r#type: pb::attribute_proto::AttributeType::Int as i32,
+                    i: 1,
+                    ..Default::default()
+                }];
+                shape = vec![shape[0], *cout];
+            }
+            SeqOp::LeakyRelu(a) => {
+                node.op_type = "LeakyRelu".into();
+                node.attribute = vec![pb::AttributeProto {
+                    name: "alpha".into(),
+                    r#type: pb::attribute_proto::AttributeType::Float as i32,
+                    f: *a,
+                    ..Default::default()
+                }];
+            }
+            SeqOp::Upsample2 => {
+                let sn = format!("{}.scales", l.name);
+                inits.push(initializer(&sn, &[4], &[1.0, 1.0, 2.0, 2.0]));
+                node.op_type = "Resize".into();
+                node.input.extend([String::new(), sn]);
+                let s = |n: &str, v: &str| pb::AttributeProto {
+                    name: n.into(),
+                    r#type: pb::attribute_proto::AttributeType::String as i32,
+                    s: v.as_bytes().to_vec(),
+                    ..Default::default()
+                };
+                node.attribute = vec![
+                    s("mode", "nearest"),
+                    s("coordinate_transformation_mode", "asymmetric"),
+                    s("nearest_mode", "floor"),
+                ];
+                shape = vec![shape[0], shape[1], shape[2] * 2, shape[3] * 2];
+            }
+            SeqOp::Relu => node.op_type = "Relu".into(),
+            SeqOp::Tanh => node.op_type = "Tanh".into(),
+            SeqOp::Flatten => {
+                node.op_type = "Flatten".into();
+                shape = vec![shape[0], shape[1..].iter().product()];
+            }
+            SeqOp::Reshape(dims) => {
+                let sn = format!("{}.shape", l.name);
+                let mut v = vec![shape[0] as i64];
+                v.extend(dims.iter().map(|&d| d as i64));
+                let count: usize = shape.iter().product();
+                if v.iter().product::<i64>() as usize != count {
+                    return Err(ExportError::Chain(format!(
+                        "layer '{}': cannot reshape {shape:?} to {v:?}",
+                        l.name
+                    )));
+                }
+                inits.push(pb::TensorProto {
+                    name: sn.clone(),
+                    dims: vec![v.len() as i64],
+                    data_type: pb::tensor_proto::DataType::Int64 as i32,
+                    int64_data: v.clone(),
+                    ..Default::default()
+                });
+                node.op_type = "Reshape".into();
+                node.input.push(sn);
+                shape = v.iter().map(|&d| d as usize).collect();
+            }
+        }
+        nodes.push(node);
+        if let Some(e) = &l.expose {
+            nodes.push(pb::NodeProto {
+                name: format!("{}_expose", l.name),
+                op_type: "Identity".into(),
+                input: vec![out.clone()],
+                output: vec![e.clone()],
+                ..Default::default()
+            });
+            exposed.push(value_info(e, &shape));
+        }
+        cur = out;
+    }
+    let mut outputs = vec![value_info(output_name, &shape)];
+    outputs.extend(exposed);
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        producer_name: "bevrt".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        doc_string: doc.to_string(),
+        graph: Some(pb::GraphProto {
+            name: graph_name.to_string(),
+            node: nodes,
+            initializer: inits,
+            input: vec![value_info(input_name, input_shape)],
+            output: outputs,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Ok(model.encode_to_vec())
+}
+
 /// [`conv_chain_to_onnx`] written to `path`.
 #[allow(clippy::too_many_arguments)]
 pub fn write_conv_chain(

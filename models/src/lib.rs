@@ -15,11 +15,13 @@ pub mod onnx;
 pub mod quant;
 
 pub use bundle::{
-    Bundle, BundleError, ChannelOrder, ClassSpec, EmbeddingNorm, GridSpec, InputDtype, InputSpec,
-    Layout, Manifest, ModelFile, OutputKind, OutputSpec, Task, sha256_file, write_bundle,
+    AfvSpec, Bundle, BundleError, ChannelOrder, ClassSpec, EmbeddingNorm, GridSpec, InputDtype,
+    InputSpec, Layout, Manifest, ModelFile, OutputKind, OutputSpec, Task, sha256_file,
+    write_bundle,
 };
 pub use export::{
-    ExportError, Weights, conv_chain_reference, conv_chain_to_onnx, write_conv_chain,
+    ExportError, SeqLayer, SeqOp, Weights, conv_chain_reference, conv_chain_to_onnx,
+    sequential_to_onnx, write_conv_chain,
 };
 pub use letsmap::{ConvLayer, LetsMapLite};
 pub use onnx::{

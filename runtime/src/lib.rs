@@ -1,5 +1,7 @@
 //! bevrt-runtime: from camera frames to maps, on CPU or GPU.
 //!
+//! - [`afv`]: Adversarial Fisher Vectors: the analytic per-example score of a discriminator's
+//!   tail and the Fisher normalisation (CPU reference of the Fisher op).
 //! - [`frame`]: frames and pixel formats.
 //! - [`source`]: `FrameSource` and the `images:`, `replay:`, `v4l:` sources (recording format
 //!   in [`source::replay`]).
@@ -15,6 +17,7 @@
 //! - [`npy`]: `.npy` read/write.
 //! - [`demo`]: the shipped letsmap-lite bundle (embedded) on a simulated drive.
 
+pub mod afv;
 pub mod alloc_count;
 pub mod backend;
 pub mod bench;

@@ -338,6 +338,7 @@ fn cmd_demo(a: DemoArgs) -> anyhow::Result<()> {
         classes: vec![],
         calibration: None,
         embedding_norm: EmbeddingNorm::None,
+        afv: None,
         provenance: Default::default(),
     };
     let bundle = write_bundle(&bundle_dir, manifest, &[(onnx, "model.onnx".into())])?;

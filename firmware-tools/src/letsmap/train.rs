@@ -643,6 +643,7 @@ pub fn write_letsmap_bundle(
             sha256: String::new(),
         }),
         embedding_norm: Default::default(),
+        afv: None,
         provenance: prov,
     };
     let r = bevrt_models::write_bundle(

@@ -201,6 +201,176 @@ pub struct CpuBackend {
     calibration: Option<bevrt_calib::Calibration>,
     /// `bev` bundles: view transform and head after the encoder (`net`).
     bev: Option<BevStage>,
+    /// `features`/`classify` bundles with an AFV tail or a probe head after `net`.
+    feature: Option<FeatureStage>,
+}
+
+/// What turns the network's outputs into the vector of a `features` bundle with an AFV tail
+/// (the Fisher op of [`crate::afv`]), and, for probe bundles, the classifier on that vector.
+pub struct FeatureStage {
+    net_out: Vec<OutputTensor>,
+    afv: Option<AfvOp>,
+    probe: Option<CpuNetwork>,
+    vector: Vec<f32>,
+}
+
+struct AfvOp {
+    geom: crate::afv::AfvGeometry,
+    w3: Vec<f32>,
+    /// Fisher mean and diagonal (`None` before `afv fit`: raw scores).
+    fisher: Option<(Vec<f32>, Vec<f32>)>,
+    eps: f32,
+    power: bool,
+    l2: bool,
+    delta: Vec<f32>,
+}
+
+impl FeatureStage {
+    fn load(
+        bundle: &Bundle,
+        net: &CpuNetwork,
+        opts: &bevrt_models::LegalizeOptions,
+    ) -> anyhow::Result<Option<FeatureStage>> {
+        let m = &bundle.manifest;
+        let probe_path = bundle.model_path("probe");
+        if m.afv.is_none() && probe_path.is_none() {
+            return Ok(None);
+        }
+        let net_out = net.output_buffers();
+        let afv = match &m.afv {
+            None => None,
+            Some(a) => {
+                let shape = |k: usize, what: &str| -> anyhow::Result<[usize; 3]> {
+                    match net.output_shapes.get(k).map(|s| &s[..]) {
+                        Some(&[1, c, h, w]) => Ok([c, h, w]),
+                        other => anyhow::bail!(
+                            "{}: AFV needs model output {k} ({what}) of shape (1, C, H, W), got {other:?}",
+                            bundle.dir.display()
+                        ),
+                    }
+                };
+                let ([c1, h1, w1], [c2, h2, w2]) = (shape(1, "a1")?, shape(2, "z2")?);
+                let geom = crate::afv::AfvGeometry {
+                    c1,
+                    h1,
+                    w1,
+                    c2,
+                    h2,
+                    w2,
+                    k: a.kernel,
+                    stride: a.stride,
+                    pad: a.pad,
+                    slope: a.slope,
+                };
+                let read = |f: &bevrt_models::ModelFile| {
+                    let p = bundle.dir.join(&f.file);
+                    crate::npy::read_f32(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+                };
+                let (_, w3) = read(&a.head_weight)?;
+                if w3.len() != geom.z2_len() {
+                    anyhow::bail!(
+                        "{}: {} values, the discriminator's z2 has {}",
+                        a.head_weight.file,
+                        w3.len(),
+                        geom.z2_len()
+                    );
+                }
+                let fisher = match &a.fisher {
+                    None => None,
+                    Some(f) => {
+                        let (s, v) = read(f)?;
+                        if s != [2, geom.dim()] {
+                            anyhow::bail!(
+                                "{}: shape {s:?}, expected [2, {}] (mean, diagonal)",
+                                f.file,
+                                geom.dim()
+                            );
+                        }
+                        let (mean, diag) = v.split_at(geom.dim());
+                        Some((mean.to_vec(), diag.to_vec()))
+                    }
+                };
+                Some(AfvOp {
+                    geom,
+                    w3,
+                    fisher,
+                    eps: a.eps,
+                    power: a.power_norm,
+                    l2: a.l2_norm,
+                    delta: vec![0.0; geom.z2_len()],
+                })
+            }
+        };
+        let dim = match &afv {
+            Some(a) => a.geom.dim(),
+            None => net_out[0].data.len(),
+        };
+        let probe = match probe_path {
+            Some(p) => Some(CpuNetwork::load_with(&p, &[1, dim], opts)?),
+            None => None,
+        };
+        Ok(Some(FeatureStage {
+            net_out,
+            afv,
+            probe,
+            vector: vec![0.0; dim],
+        }))
+    }
+
+    /// The bundle's outputs: the probe's, else the vector as `[1, dim]`.
+    fn output_buffers(&self) -> Vec<OutputTensor> {
+        match &self.probe {
+            Some(p) => p.output_buffers(),
+            None => vec![OutputTensor {
+                name: if self.afv.is_some() {
+                    "afv".into()
+                } else {
+                    self.net_out[0].name.clone()
+                },
+                shape: vec![1, self.vector.len()],
+                data: vec![0.0; self.vector.len()],
+            }],
+        }
+    }
+
+    fn run(
+        &mut self,
+        net: &mut CpuNetwork,
+        input: &[f32],
+        out: &mut [OutputTensor],
+    ) -> anyhow::Result<()> {
+        net.run(input, &mut self.net_out)?;
+        match &mut self.afv {
+            Some(a) => {
+                crate::afv::afv_score(
+                    &a.geom,
+                    &self.net_out[1].data,
+                    &self.net_out[2].data,
+                    &a.w3,
+                    &mut a.delta,
+                    &mut self.vector,
+                );
+                if let Some((mean, diag)) = &a.fisher {
+                    crate::afv::fisher_normalise(
+                        &mut self.vector,
+                        mean,
+                        diag,
+                        a.eps,
+                        a.power,
+                        a.l2,
+                    );
+                }
+            }
+            None => self.vector.copy_from_slice(&self.net_out[0].data),
+        }
+        match &mut self.probe {
+            Some(p) => p.run(&self.vector, out),
+            None => {
+                out[0].data.copy_from_slice(&self.vector);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// The part of a `bev` bundle after the encoder: the calibration-derived sampling table
@@ -328,9 +498,17 @@ impl CpuBackend {
             stage.head.set_threads(net.threads)?;
             bev = Some(stage);
         }
-        let outputs = match &bev {
-            Some(b) => b.head.output_buffers(),
-            None => net.output_buffers(),
+        let mut feature = match m.task {
+            Task::Bev => None,
+            _ => FeatureStage::load(bundle, &net, &legal)?,
+        };
+        if let Some(p) = feature.as_mut().and_then(|f| f.probe.as_mut()) {
+            p.set_threads(net.threads)?;
+        }
+        let outputs = match (&bev, &feature) {
+            (Some(b), _) => b.head.output_buffers(),
+            (None, Some(f)) => f.output_buffers(),
+            (None, None) => net.output_buffers(),
         };
         Ok(CpuBackend {
             task: m.task,
@@ -344,6 +522,7 @@ impl CpuBackend {
             outputs,
             calibration: None,
             bev,
+            feature,
         })
     }
 
@@ -351,9 +530,10 @@ impl CpuBackend {
     /// extra outputs included: tools that observe activations (the quantizer's calibration)
     /// read them after `infer`.
     pub fn network_outputs(&self) -> Vec<(&'static str, &[OutputTensor])> {
-        match &self.bev {
-            None => vec![("model", &self.outputs)],
-            Some(b) => vec![("encoder", &b.features), ("head", &self.outputs)],
+        match (&self.bev, &self.feature) {
+            (Some(b), _) => vec![("encoder", &b.features), ("head", &self.outputs)],
+            (None, Some(f)) => vec![("model", &f.net_out)],
+            (None, None) => vec![("model", &self.outputs)],
         }
     }
 
@@ -408,6 +588,9 @@ impl Backend for CpuBackend {
     }
 
     fn infer(&mut self) -> anyhow::Result<()> {
+        if let Some(f) = &mut self.feature {
+            return f.run(&mut self.net, &self.input, &mut self.outputs);
+        }
         match &mut self.bev {
             None => self.net.run(&self.input, &mut self.outputs),
             Some(b) => {
@@ -468,9 +651,10 @@ impl Backend for CpuBackend {
     }
 
     fn new_result(&self) -> FrameResult {
-        let outs = match &self.bev {
-            Some(b) => b.head.output_buffers(),
-            None => self.net.output_buffers(),
+        let outs = match (&self.bev, &self.feature) {
+            (Some(b), _) => b.head.output_buffers(),
+            (None, Some(f)) => f.output_buffers(),
+            (None, None) => self.net.output_buffers(),
         };
         let mut r = FrameResult::new(self.task, outs);
         if self.bev.is_none() {

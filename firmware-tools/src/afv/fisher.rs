@@ -1,0 +1,506 @@
+//! Features through the runtime: `embed` (any features bundle over a dataset), `afv fit`
+//! (Fisher statistics from generator samples, stored in the bundle) and `afv distance`
+//! (between examples, sets, class halves and generator snapshots).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use bevrt_models::{Bundle, ModelFile, Task};
+use bevrt_runtime::backend::cpu::{CpuBackend, CpuNetwork};
+use bevrt_runtime::{Backend, BackendOptions, Frame, PixelFormat};
+use clap::Args;
+
+use super::data::{self, Dataset};
+use crate::letsmap::nn::Rng;
+
+/// A backend for a features bundle (one thread: these are many small frames).
+pub fn open(bundle: &Bundle) -> Result<CpuBackend> {
+    if bundle.manifest.task == Task::Bev {
+        bail!(
+            "{}: a bev bundle has no feature vector",
+            bundle.dir.display()
+        );
+    }
+    CpuBackend::load(
+        bundle,
+        &BackendOptions {
+            threads: 1,
+            ..Default::default()
+        },
+    )
+}
+
+/// The bundle's vector for each image of `ds` at `idx`, through the runtime's preprocess
+/// (gray frames of the dataset's size, resized to the bundle's input).
+pub fn embed_images(
+    backend: &mut CpuBackend,
+    ds: &Dataset,
+    idx: &[usize],
+    what: &str,
+) -> Result<Vec<Vec<f32>>> {
+    let mut frame = Frame::with_capacity(ds.width * ds.height);
+    let mut r = backend.new_result();
+    let pb = crate::letsmap::train::progress(idx.len() as u64, what);
+    let mut out = Vec::with_capacity(idx.len());
+    for &i in idx {
+        frame.reset(PixelFormat::Gray8, ds.width as u32, ds.height as u32);
+        frame.data.copy_from_slice(ds.image(i));
+        backend.preprocess(&frame)?;
+        backend.infer()?;
+        backend.postprocess(&mut r)?;
+        out.push(r.vector.clone());
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(out)
+}
+
+/// Vectors of `n` generator samples: the bundle's generator ONNX (role `role`) runs in the
+/// runtime, its image goes in as the preprocessed input (it is already in [-1, 1]).
+pub fn embed_generator(
+    backend: &mut CpuBackend,
+    bundle: &Bundle,
+    role: &str,
+    n: usize,
+    seed: u64,
+) -> Result<Vec<Vec<f32>>> {
+    let path = bundle
+        .model_path(role)
+        .with_context(|| format!("{}: no '{role}' model in the bundle", bundle.dir.display()))?;
+    let mut g = CpuNetwork::load(&path, &[1, super::gan::Z])?;
+    let mut img = g.output_buffers();
+    let mut r = backend.new_result();
+    let mut rng = Rng(seed);
+    let pb = crate::letsmap::train::progress(n as u64, "generator");
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let z = super::gan::normal(super::gan::Z, &mut rng);
+        g.run(&z, &mut img)?;
+        backend.set_input(&img[0].data)?;
+        backend.infer()?;
+        backend.postprocess(&mut r)?;
+        out.push(r.vector.clone());
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(out)
+}
+
+pub fn write_matrix(path: &Path, rows: &[Vec<f32>]) -> Result<()> {
+    let d = rows.first().map_or(0, |r| r.len());
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path)
+            .with_context(|| format!("{}: cannot create", path.display()))?,
+    );
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    bevrt_runtime::npy::write_f32(&mut f, &[rows.len(), d], &flat)?;
+    Ok(())
+}
+
+pub fn read_matrix(path: &Path) -> Result<Vec<Vec<f32>>> {
+    let (shape, v) = bevrt_runtime::npy::read_f32(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let [n, d] = shape[..] else {
+        bail!("{}: shape {shape:?}, expected [N, D]", path.display());
+    };
+    Ok((0..n).map(|i| v[i * d..(i + 1) * d].to_vec()).collect())
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Dataset (shared digit CSV or image folder); every image, in file order.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// `[N, D]` float32 npy.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn embed(a: &EmbedArgs) -> Result<()> {
+    let bundle = Bundle::load(&a.bundle)?;
+    let ds = data::load(&a.data)?;
+    let mut b = open(&bundle)?;
+    let t0 = std::time::Instant::now();
+    let all: Vec<usize> = (0..ds.labels.len()).collect();
+    let v = embed_images(&mut b, &ds, &all, "embed")?;
+    write_matrix(&a.out, &v)?;
+    println!(
+        "wrote {} ({} x {}) in {:.1} s",
+        a.out.display(),
+        v.len(),
+        v.first().map_or(0, |r| r.len()),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct FitArgs {
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Generator samples to estimate the mean and the diagonal Fisher information from.
+    #[arg(long, default_value_t = 1024)]
+    pub samples: usize,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Write a new bundle here instead of updating --bundle in place.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Signed square root after the Fisher normalisation.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub power_norm: bool,
+    /// Unit L2 norm at the end.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub l2_norm: bool,
+}
+
+/// `afv fit`: `μ = E_G[U]`, `diag I = E_G[(U − μ)²]` over generator samples, stored as
+/// `fisher.npy` in the bundle.
+pub fn fit(a: &FitArgs) -> Result<()> {
+    let bundle = Bundle::load(&a.bundle)?;
+    let Some(spec) = bundle.manifest.afv.clone() else {
+        bail!("{}: not an AFV bundle (no [afv] table)", a.bundle.display());
+    };
+    if a.samples < 2 {
+        bail!("--samples {}: need at least 2", a.samples);
+    }
+    // Raw scores: the same bundle without its Fisher statistics.
+    let mut raw = bundle.clone();
+    raw.manifest.afv.as_mut().expect("checked").fisher = None;
+    let mut b = open(&raw)?;
+    let t0 = std::time::Instant::now();
+    let u = embed_generator(&mut b, &bundle, "generator", a.samples, a.seed)?;
+    let dim = u[0].len();
+    let mut mean = vec![0f64; dim];
+    for r in &u {
+        for (m, x) in mean.iter_mut().zip(r) {
+            *m += *x as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= u.len() as f64);
+    let mut var = vec![0f64; dim];
+    for r in &u {
+        for ((v, m), x) in var.iter_mut().zip(&mean).zip(r) {
+            *v += (*x as f64 - m).powi(2);
+        }
+    }
+    var.iter_mut().for_each(|v| *v /= u.len() as f64);
+    let mut flat: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+    flat.extend(var.iter().map(|&v| v as f32));
+    let out = a.out.clone().unwrap_or_else(|| a.bundle.clone());
+    let staging = std::env::temp_dir().join(format!("bevrt-afv-fit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging)?;
+    let fisher_path = staging.join("fisher.npy");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&fisher_path)?);
+        bevrt_runtime::npy::write_f32(&mut f, &[2, dim], &flat)?;
+    }
+    let mut manifest = bundle.manifest.clone();
+    let mut s = spec;
+    s.power_norm = a.power_norm;
+    s.l2_norm = a.l2_norm;
+    s.fisher = Some(ModelFile {
+        role: "afv_fisher".into(),
+        file: "fisher.npy".into(),
+        sha256: String::new(),
+    });
+    manifest.afv = Some(s);
+    let mut fit = toml::Table::new();
+    fit.insert("samples".into(), (a.samples as i64).into());
+    fit.insert("seed".into(), (a.seed as i64).into());
+    fit.insert("dim".into(), (dim as i64).into());
+    manifest
+        .provenance
+        .insert("afv_fit".into(), toml::Value::Table(fit));
+    let mut files: Vec<(PathBuf, String)> = bundle
+        .files()
+        .filter(|f| f.file != "fisher.npy")
+        .map(|f| (bundle.dir.join(&f.file), f.file.clone()))
+        .collect();
+    files.push((fisher_path, "fisher.npy".into()));
+    let target = if out == a.bundle {
+        staging.join("bundle")
+    } else {
+        out.clone()
+    };
+    let r = bevrt_models::write_bundle(&target, manifest, &files);
+    if let Err(e) = r {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e.into());
+    }
+    if out == a.bundle {
+        // Swap directories: the old bundle stays whole until the new one is in place.
+        let old = a
+            .bundle
+            .with_extension(format!("old-{}", std::process::id()));
+        std::fs::rename(&a.bundle, &old)?;
+        if let Err(e) =
+            std::fs::rename(&target, &a.bundle).or_else(|_| copy_dir(&target, &a.bundle))
+        {
+            std::fs::rename(&old, &a.bundle)?;
+            return Err(e).context("installing the fitted bundle");
+        }
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    let _ = std::fs::remove_dir_all(&staging);
+    println!(
+        "afv fit: {} generator samples, dim {dim}, mean |μ| {:.3e}, mean diag {:.3e} ({:.1} s) → {}",
+        a.samples,
+        mean.iter().map(|m| m.abs()).sum::<f64>() / dim as f64,
+        var.iter().sum::<f64>() / dim as f64,
+        t0.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)?.flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name()))?;
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct DistanceArgs {
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// A set: `DATASET[:class=K][:half=0|1][:split=train|test]`, `generator[@ITER]`, or one
+    /// image file (an example).
+    #[arg(long)]
+    pub a: Option<String>,
+    #[arg(long)]
+    pub b: Option<String>,
+    /// For every pair of classes of this dataset: distance between two disjoint halves of a
+    /// class against the distance between the two classes.
+    #[arg(long)]
+    pub class_pairs: Option<PathBuf>,
+    /// Distance from this dataset to every generator snapshot in the bundle.
+    #[arg(long)]
+    pub snapshots: Option<PathBuf>,
+    /// Generator samples per generator set.
+    #[arg(long, default_value_t = 500)]
+    pub samples: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Mean of a set's vectors.
+fn mean(v: &[Vec<f32>]) -> Vec<f64> {
+    let mut m = vec![0f64; v.first().map_or(0, |r| r.len())];
+    for r in v {
+        for (a, x) in m.iter_mut().zip(r) {
+            *a += *x as f64;
+        }
+    }
+    m.iter_mut().for_each(|a| *a /= v.len().max(1) as f64);
+    m
+}
+
+pub fn dist(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
+fn set_vectors(
+    spec: &str,
+    bundle: &Bundle,
+    backend: &mut CpuBackend,
+    samples: usize,
+) -> Result<Vec<Vec<f32>>> {
+    if let Some(rest) = spec.strip_prefix("generator") {
+        let role = if rest.is_empty() {
+            "generator".to_string()
+        } else {
+            format!("generator{rest}")
+        };
+        return embed_generator(backend, bundle, &role, samples, 99);
+    }
+    let mut parts = spec.split(':');
+    let path = PathBuf::from(parts.next().unwrap_or_default());
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if matches!(ext.as_str(), "png" | "jpg" | "jpeg" | "bmp" | "pgm") {
+        let img = image::open(&path)
+            .with_context(|| format!("{}: not a readable image", path.display()))?
+            .to_luma8();
+        let ds = Dataset {
+            name: path.display().to_string(),
+            width: img.width() as usize,
+            height: img.height() as usize,
+            pixels: img.into_raw(),
+            labels: vec![0],
+            classes: vec!["0".into()],
+        };
+        return embed_images(backend, &ds, &[0], "example");
+    }
+    let ds = data::load(&path)?;
+    let (train, test) = ds.split();
+    let mut idx: Vec<usize> = (0..ds.labels.len()).collect();
+    for p in parts {
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("set '{spec}': '{p}' is not key=value"))?;
+        match k {
+            "class" => {
+                let c: usize = v
+                    .parse()
+                    .with_context(|| format!("set '{spec}': class '{v}'"))?;
+                idx.retain(|&i| ds.labels[i] == c);
+            }
+            "half" => {
+                let h: usize = v
+                    .parse()
+                    .ok()
+                    .filter(|h| *h < 2)
+                    .with_context(|| format!("set '{spec}': half must be 0 or 1"))?;
+                idx = idx
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(k, _)| k % 2 == h)
+                    .map(|(_, i)| i)
+                    .collect();
+            }
+            "split" => {
+                let keep: std::collections::HashSet<usize> = match v {
+                    "train" => train.iter().copied().collect(),
+                    "test" => test.iter().copied().collect(),
+                    o => bail!("set '{spec}': split '{o}' (train or test)"),
+                };
+                idx.retain(|i| keep.contains(i));
+            }
+            o => bail!("set '{spec}': unknown key '{o}' (class, half, split)"),
+        }
+    }
+    if idx.is_empty() {
+        bail!("set '{spec}' is empty");
+    }
+    embed_images(backend, &ds, &idx, "set")
+}
+
+pub fn distance(a: &DistanceArgs) -> Result<()> {
+    let bundle = Bundle::load(&a.bundle)?;
+    let mut b = open(&bundle)?;
+    let mut report = serde_json::Map::new();
+    if let (Some(sa), Some(sb)) = (&a.a, &a.b) {
+        let va = set_vectors(sa, &bundle, &mut b, a.samples)?;
+        let vb = set_vectors(sb, &bundle, &mut b, a.samples)?;
+        let d = dist(&mean(&va), &mean(&vb));
+        println!(
+            "distance({sa} [{}], {sb} [{}]) = {d:.5}",
+            va.len(),
+            vb.len()
+        );
+        report.insert("distance".into(), d.into());
+    } else if a.a.is_some() || a.b.is_some() {
+        bail!("give both --a and --b");
+    }
+    if let Some(path) = &a.class_pairs {
+        let ds = data::load(path)?;
+        let (_, test) = ds.split();
+        let c = ds.classes.len();
+        // held-out images only, per class, split in two halves by position
+        let mut halves: Vec<[Vec<f64>; 2]> = vec![];
+        let mut whole: Vec<Vec<f64>> = vec![];
+        for k in 0..c {
+            let idx: Vec<usize> = test
+                .iter()
+                .copied()
+                .filter(|&i| ds.labels[i] == k)
+                .collect();
+            let v = embed_images(&mut b, &ds, &idx, &format!("class {k}"))?;
+            let (h0, h1): (Vec<_>, Vec<_>) =
+                v.iter().cloned().enumerate().partition(|(i, _)| i % 2 == 0);
+            let strip =
+                |h: Vec<(usize, Vec<f32>)>| h.into_iter().map(|(_, r)| r).collect::<Vec<_>>();
+            halves.push([mean(&strip(h0)), mean(&strip(h1))]);
+            whole.push(mean(&v));
+        }
+        let mut ok = 0;
+        let mut total = 0;
+        let mut rows = vec![];
+        println!(
+            "class pairs (held-out images): within = |half0 − half1| of a class, between = |class i − class j|"
+        );
+        for i in 0..c {
+            for j in (i + 1)..c {
+                let within =
+                    dist(&halves[i][0], &halves[i][1]).max(dist(&halves[j][0], &halves[j][1]));
+                let between = dist(&whole[i], &whole[j]);
+                total += 1;
+                ok += usize::from(within < between);
+                rows.push(
+                    serde_json::json!({"i": i, "j": j, "within": within, "between": between}),
+                );
+            }
+        }
+        let within: Vec<f64> = (0..c).map(|i| dist(&halves[i][0], &halves[i][1])).collect();
+        let min_between = rows
+            .iter()
+            .map(|r| r["between"].as_f64().unwrap())
+            .fold(f64::INFINITY, f64::min);
+        println!(
+            "  within-class: {}\n  smallest between-class: {min_between:.4}\n  pairs where both classes' halves are closer than the classes: {ok}/{total}",
+            within
+                .iter()
+                .map(|d| format!("{d:.4}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        report.insert("class_pairs_ok".into(), ok.into());
+        report.insert("class_pairs_total".into(), total.into());
+        report.insert("class_pairs".into(), rows.into());
+    }
+    if let Some(path) = &a.snapshots {
+        let ds = data::load(path)?;
+        let (train, _) = ds.split();
+        let data_mean = mean(&embed_images(&mut b, &ds, &train, "data")?);
+        let mut snaps: Vec<(usize, String)> = bundle
+            .manifest
+            .models
+            .iter()
+            .filter_map(|m| {
+                let it = m.role.strip_prefix("generator@")?.parse().ok()?;
+                Some((it, m.role.clone()))
+            })
+            .collect();
+        let iters = bundle
+            .manifest
+            .provenance
+            .get("iterations")
+            .and_then(|v| v.as_integer())
+            .unwrap_or(0) as usize;
+        if bundle.manifest.model("generator").is_some() {
+            snaps.push((iters, "generator".into()));
+        }
+        snaps.sort();
+        println!(
+            "generator-to-data distance over training ({} samples each):",
+            a.samples
+        );
+        let mut rows = vec![];
+        for (it, role) in snaps {
+            let d = dist(
+                &mean(&embed_generator(&mut b, &bundle, &role, a.samples, 99)?),
+                &data_mean,
+            );
+            println!("  iteration {it:>6}: {d:.5}");
+            rows.push(serde_json::json!({"iteration": it, "distance": d}));
+        }
+        report.insert("snapshots".into(), rows.into());
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
