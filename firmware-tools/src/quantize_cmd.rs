@@ -412,7 +412,18 @@ fn tempdir(what: &str) -> Result<PathBuf> {
 
 fn prepare_nets(bundle: &Bundle, keep_fp: &[String]) -> Result<Vec<Net>> {
     let mut nets = vec![];
-    for m in &bundle.manifest.models {
+    // The networks the backend runs per frame, in its order; other files (generators,
+    // probe heads) are copied as they are.
+    let roles: &[&str] = if bundle.manifest.task == Task::Bev {
+        &["encoder", "head"]
+    } else {
+        &["model"]
+    };
+    for role in roles {
+        let m = bundle
+            .manifest
+            .model(role)
+            .with_context(|| format!("{}: no '{role}' model", bundle.dir.display()))?;
         let path = bundle.dir.join(&m.file);
         let mut model = bevrt_models::read_proto(&path)?;
         let base_outputs = model.graph.as_ref().map(|g| g.output.len()).unwrap_or(0);
@@ -460,8 +471,13 @@ fn derive_bundle(
     let r = (|| -> Result<Bundle> {
         let mut manifest = src.manifest.clone();
         let mut files = vec![];
-        for m in &src.manifest.models {
-            match models.iter().find(|(role, _, _)| *role == m.role) {
+        // Every file the manifest names (models, calibration, AFV data), replaced or copied.
+        for m in src.manifest.files() {
+            let replaced = src.manifest.models.iter().any(|x| x.file == m.file);
+            match models
+                .iter()
+                .find(|(role, _, _)| replaced && *role == m.role)
+            {
                 Some((_, name, bytes)) => {
                     let p = staging.join(name);
                     std::fs::write(&p, bytes).with_context(|| format!("{}", p.display()))?;
@@ -469,9 +485,6 @@ fn derive_bundle(
                 }
                 None => files.push((src.dir.join(&m.file), m.file.clone())),
             }
-        }
-        if let Some(c) = &src.manifest.calibration {
-            files.push((src.dir.join(&c.file), c.file.clone()));
         }
         if let Some(q) = quantization {
             manifest.name = format!("{}-int8", manifest.name);

@@ -36,6 +36,11 @@ pub const KERNELS: &[KernelSource] = &[
         source: include_str!("../cuda/postprocess.cu"),
         entries: &["bev_argmax", "colourise"],
     },
+    KernelSource {
+        file: "fisher.cu",
+        source: include_str!("../cuda/fisher.cu"),
+        entries: &["afv_delta", "afv_conv_grad", "fisher_normalise"],
+    },
 ];
 
 /// The SMs bevrt ships for: Orin (sm_87) and Hopper (sm_90). No Hopper-only instructions are

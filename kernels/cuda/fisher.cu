@@ -1,0 +1,79 @@
+// Adversarial Fisher Vectors: the per-example score of a discriminator's last two layers from
+// its forward activations, and the Fisher normalisation. GPU twin of
+// runtime/src/afv.rs afv_score + fisher_normalise (same layout of U:
+// [a2 (C2*H2*W2), dD/dW2 (C2*C1*K*K), dD/db2 (C2)]).
+//
+// afv_delta: one thread per z2 element: a2 = lrelu(z2) into U, delta = w3 * lrelu'(z2).
+// afv_conv_grad: one thread per (o, i, ky, kx) of dW2, summing delta * a1-patch over H2*W2;
+//   threads with i == 0 && ky == kx == 0 also write dD/db2[o].
+// fisher_normalise: one block; (u - mean) * rsqrt(diag + eps), optional signed sqrt, then
+//   the block's L2 norm (shared-memory reduction) divides every component.
+
+extern "C" __global__ void afv_delta(const float* __restrict__ z2, const float* __restrict__ w3,
+                                     float slope, float* __restrict__ u,
+                                     float* __restrict__ delta, int n2) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n2) return;
+    float z = z2[i];
+    bool pos = z > 0.0f;
+    u[i] = pos ? z : z * slope;
+    delta[i] = w3[i] * (pos ? 1.0f : slope);
+}
+
+extern "C" __global__ void afv_conv_grad(const float* __restrict__ a1,
+                                         const float* __restrict__ delta, float* __restrict__ u,
+                                         int c1, int h1, int w1, int c2, int h2, int w2, int k,
+                                         int stride, int pad) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    int per_o = c1 * k * k;
+    if (t >= c2 * per_o) return;
+    int o = t / per_o;
+    int r = t % per_o;
+    int i = r / (k * k);
+    int ky = (r / k) % k;
+    int kx = r % k;
+    const float* d = delta + (size_t)o * h2 * w2;
+    const float* a = a1 + (size_t)i * h1 * w1;
+    float acc = 0.0f;
+    for (int y = 0; y < h2; ++y) {
+        int iy = y * stride + ky - pad;
+        if (iy < 0 || iy >= h1) continue;
+        for (int x = 0; x < w2; ++x) {
+            int ix = x * stride + kx - pad;
+            if (ix < 0 || ix >= w1) continue;
+            acc += d[y * w2 + x] * a[iy * w1 + ix];
+        }
+    }
+    size_t n2 = (size_t)c2 * h2 * w2;
+    u[n2 + t] = acc;
+    if (r == 0) {
+        float s = 0.0f;
+        for (int p = 0; p < h2 * w2; ++p) s += d[p];
+        u[n2 + (size_t)c2 * per_o + o] = s;
+    }
+}
+
+// Launch with one block of 256 threads.
+extern "C" __global__ void fisher_normalise(float* __restrict__ v, const float* __restrict__ mean,
+                                            const float* __restrict__ diag, float eps, int power,
+                                            int l2, int n) {
+    __shared__ float partial[256];
+    float sq = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float x = (v[i] - mean[i]) * rsqrtf(diag[i] + eps);
+        if (power) x = copysignf(sqrtf(fabsf(x)), x);
+        v[i] = x;
+        sq += x * x;
+    }
+    partial[threadIdx.x] = sq;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (!l2) return;
+    float norm = sqrtf(partial[0]);
+    if (norm <= 0.0f) return;
+    float inv = 1.0f / norm;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) v[i] *= inv;
+}
