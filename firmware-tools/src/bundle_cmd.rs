@@ -276,6 +276,7 @@ fn init(a: &InitArgs) -> anyhow::Result<()> {
             "l2" => EmbeddingNorm::L2,
             o => anyhow::bail!("--embedding-norm '{o}': expected none or l2"),
         },
+        embedding_stats: None,
         afv: None,
         provenance: Default::default(),
     };

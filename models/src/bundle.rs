@@ -217,6 +217,8 @@ pub enum EmbeddingNorm {
     #[default]
     None,
     L2,
+    /// Per dimension `(x − mean) / std`, statistics in `embedding_stats`.
+    Standardize,
 }
 
 /// `features` (and probe `classify`) bundles whose vector is an Adversarial Fisher Vector of
@@ -267,6 +269,9 @@ pub struct Manifest {
     pub calibration: Option<ModelFile>,
     #[serde(default, skip_serializing_if = "is_default_norm")]
     pub embedding_norm: EmbeddingNorm,
+    /// npy, float32 `[2, D]`: per-dimension mean and std for `embedding_norm = "standardize"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_stats: Option<ModelFile>,
     /// Adversarial Fisher Vector output (see [`AfvSpec`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub afv: Option<AfvSpec>,
@@ -319,6 +324,11 @@ impl Manifest {
         if self.outputs.is_empty() {
             return bad("field 'outputs': at least one output is required".into());
         }
+        if (self.embedding_norm == EmbeddingNorm::Standardize) != self.embedding_stats.is_some() {
+            return bad(
+                "embedding_norm = \"standardize\" and [embedding_stats] go together".into(),
+            );
+        }
         for m in self.files() {
             check_relative(path, &m.file, "models.file")?;
             if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -368,12 +378,17 @@ impl Manifest {
             .afv
             .iter()
             .flat_map(|a| std::iter::once(&a.head_weight).chain(a.fisher.iter()));
-        self.models.iter().chain(self.calibration.iter()).chain(afv)
+        self.models
+            .iter()
+            .chain(self.calibration.iter())
+            .chain(self.embedding_stats.iter())
+            .chain(afv)
     }
 
     fn files_mut(&mut self) -> Vec<&mut ModelFile> {
         let mut v: Vec<&mut ModelFile> = self.models.iter_mut().collect();
         v.extend(self.calibration.iter_mut());
+        v.extend(self.embedding_stats.iter_mut());
         if let Some(a) = self.afv.as_mut() {
             v.push(&mut a.head_weight);
             v.extend(a.fisher.iter_mut());

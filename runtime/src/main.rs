@@ -338,6 +338,7 @@ fn cmd_demo(a: DemoArgs) -> anyhow::Result<()> {
         classes: vec![],
         calibration: None,
         embedding_norm: EmbeddingNorm::None,
+        embedding_stats: None,
         afv: None,
         provenance: Default::default(),
     };

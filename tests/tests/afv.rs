@@ -62,6 +62,65 @@ fn short_gan_gives_afv_features_that_beat_raw_pixels() {
         feats.to_str().unwrap(),
     ]);
     let f = feats.to_str().unwrap();
+    // per-dimension standardisation stored in a bundle: the training split comes out with
+    // mean 0 and std 1 in every varying dimension
+    let std_b = dir.join("gan-std");
+    tool(&[
+        "embed",
+        "--bundle",
+        bs,
+        "--data",
+        d,
+        "--out",
+        dir.join("tmp.npy").to_str().unwrap(),
+        "--standardize-out",
+        std_b.to_str().unwrap(),
+    ]);
+    let std_feats = dir.join("digits_std.npy");
+    tool(&[
+        "embed",
+        "--bundle",
+        std_b.to_str().unwrap(),
+        "--data",
+        d,
+        "--out",
+        std_feats.to_str().unwrap(),
+    ]);
+    let (shape, v) = bevrt_runtime::npy::read_f32(&std_feats).unwrap();
+    let (n, dim) = (shape[0], shape[1]);
+    // training split: 4 of every 5 per class; digits are not sorted, so recompute it
+    let text = String::from_utf8(
+        std::process::Command::new("zcat")
+            .arg(&digits)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let labels: Vec<usize> = text
+        .lines()
+        .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
+        .collect();
+    let mut seen = [0usize; 10];
+    let train: Vec<usize> = (0..n)
+        .filter(|&i| {
+            seen[labels[i]] += 1;
+            seen[labels[i]] % 5 != 0
+        })
+        .collect();
+    for j in (0..dim).step_by(997) {
+        let m = train.iter().map(|&i| v[i * dim + j] as f64).sum::<f64>() / train.len() as f64;
+        let s = (train
+            .iter()
+            .map(|&i| (v[i * dim + j] as f64 - m).powi(2))
+            .sum::<f64>()
+            / train.len() as f64)
+            .sqrt();
+        assert!(
+            m.abs() < 1e-3 && (s < 1e-3 || (s - 1.0).abs() < 1e-3),
+            "dim {j}: mean {m}, std {s}"
+        );
+    }
     let afv_lin = accuracy(&tool(&[
         "probe",
         "--features",

@@ -116,6 +116,10 @@ pub struct EmbedArgs {
     /// `[N, D]` float32 npy.
     #[arg(long)]
     pub out: PathBuf,
+    /// Also write a copy of the bundle that standardises its vector per dimension, with the
+    /// mean and std of this dataset's training split (`embedding_norm = "standardize"`).
+    #[arg(long)]
+    pub standardize_out: Option<PathBuf>,
 }
 
 pub fn embed(a: &EmbedArgs) -> Result<()> {
@@ -126,6 +130,69 @@ pub fn embed(a: &EmbedArgs) -> Result<()> {
     let all: Vec<usize> = (0..ds.labels.len()).collect();
     let v = embed_images(&mut b, &ds, &all, "embed")?;
     write_matrix(&a.out, &v)?;
+    if let Some(out) = &a.standardize_out {
+        if bundle.manifest.embedding_norm != bevrt_models::EmbeddingNorm::None {
+            bail!(
+                "{}: embedding_norm is {:?}; standardisation statistics are taken from bundles without one",
+                a.bundle.display(),
+                bundle.manifest.embedding_norm
+            );
+        }
+        let (train, _) = ds.split();
+        let d = v[0].len();
+        let n = train.len() as f64;
+        let mut mean = vec![0f64; d];
+        for &i in &train {
+            for (m, x) in mean.iter_mut().zip(&v[i]) {
+                *m += *x as f64 / n;
+            }
+        }
+        let mut var = vec![0f64; d];
+        for &i in &train {
+            for ((s, x), m) in var.iter_mut().zip(&v[i]).zip(&mean) {
+                *s += (*x as f64 - m).powi(2) / n;
+            }
+        }
+        // Constant dimensions keep std 1 (nothing to scale).
+        let mut flat: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+        flat.extend(
+            var.iter()
+                .map(|&s| if s > 1e-12 { s.sqrt() as f32 } else { 1.0 }),
+        );
+        let staging = std::env::temp_dir().join(format!("bevrt-embed-{}", std::process::id()));
+        std::fs::create_dir_all(&staging)?;
+        let stats = staging.join("embedding_stats.npy");
+        {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&stats)?);
+            bevrt_runtime::npy::write_f32(&mut f, &[2, d], &flat)?;
+        }
+        let mut manifest = bundle.manifest.clone();
+        manifest.embedding_norm = bevrt_models::EmbeddingNorm::Standardize;
+        manifest.embedding_stats = Some(ModelFile {
+            role: "embedding_stats".into(),
+            file: "embedding_stats.npy".into(),
+            sha256: String::new(),
+        });
+        let mut prov = toml::Table::new();
+        prov.insert("data".into(), a.data.display().to_string().into());
+        prov.insert("images".into(), (train.len() as i64).into());
+        manifest
+            .provenance
+            .insert("standardization".into(), toml::Value::Table(prov));
+        let mut files: Vec<(PathBuf, String)> = bundle
+            .files()
+            .map(|f| (bundle.dir.join(&f.file), f.file.clone()))
+            .collect();
+        files.push((stats, "embedding_stats.npy".into()));
+        let r = bevrt_models::write_bundle(out, manifest, &files);
+        let _ = std::fs::remove_dir_all(&staging);
+        r?;
+        println!(
+            "wrote {} (standardised with {} training images)",
+            out.display(),
+            train.len()
+        );
+    }
     println!(
         "wrote {} ({} x {}) in {:.1} s",
         a.out.display(),

@@ -315,6 +315,7 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
         classes: vec![],
         calibration: None,
         embedding_norm: Default::default(),
+        embedding_stats: None,
         afv: Some(AfvSpec {
             kernel: 4,
             stride: 2,

@@ -643,6 +643,7 @@ pub fn write_letsmap_bundle(
             sha256: String::new(),
         }),
         embedding_norm: Default::default(),
+        embedding_stats: None,
         afv: None,
         provenance: prov,
     };

@@ -203,6 +203,8 @@ pub struct CpuBackend {
     bev: Option<BevStage>,
     /// `features`/`classify` bundles with an AFV tail or a probe head after `net`.
     feature: Option<FeatureStage>,
+    /// `embedding_norm = "standardize"`: per-dimension mean and std.
+    stats: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// What turns the network's outputs into the vector of a `features` bundle with an AFV tail
@@ -505,6 +507,22 @@ impl CpuBackend {
         if let Some(p) = feature.as_mut().and_then(|f| f.probe.as_mut()) {
             p.set_threads(net.threads)?;
         }
+        let stats = match &m.embedding_stats {
+            None => None,
+            Some(f) => {
+                let p = bundle.dir.join(&f.file);
+                let (s, v) = crate::npy::read_f32(&p)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+                if s.len() != 2 || s[0] != 2 {
+                    anyhow::bail!("{}: shape {s:?}, expected [2, D] (mean, std)", p.display());
+                }
+                let (mean, std) = v.split_at(s[1]);
+                if std.iter().any(|x| !(*x > 0.0 && x.is_finite())) {
+                    anyhow::bail!("{}: every std must be finite and > 0", p.display());
+                }
+                Some((mean.to_vec(), std.to_vec()))
+            }
+        };
         let outputs = match (&bev, &feature) {
             (Some(b), _) => b.head.output_buffers(),
             (None, Some(f)) => f.output_buffers(),
@@ -523,6 +541,7 @@ impl CpuBackend {
             calibration: None,
             bev,
             feature,
+            stats,
         })
     }
 
@@ -629,7 +648,21 @@ impl Backend for CpuBackend {
                 }
                 out.top = postprocess::argmax(&out.vector);
             }
-            Task::Features => postprocess::normalise_embedding(&mut out.vector, self.norm),
+            Task::Features => {
+                if let Some((mean, std)) = &self.stats {
+                    if mean.len() != out.vector.len() {
+                        anyhow::bail!(
+                            "embedding_stats has {} dimensions, the embedding {}",
+                            mean.len(),
+                            out.vector.len()
+                        );
+                    }
+                    for ((x, m), s) in out.vector.iter_mut().zip(mean).zip(std) {
+                        *x = (*x - m) / s;
+                    }
+                }
+                postprocess::normalise_embedding(&mut out.vector, self.norm)
+            }
             Task::Bev => {
                 let b = self
                     .bev
