@@ -31,7 +31,7 @@ impl Dataset {
         let (mut train, mut test) = (vec![], vec![]);
         for (i, &l) in self.labels.iter().enumerate() {
             seen[l] += 1;
-            if seen[l] % 5 == 0 {
+            if seen[l].is_multiple_of(5) {
                 test.push(i);
             } else {
                 train.push(i);
