@@ -77,6 +77,23 @@ fn initializer(name: &str, dims: &[usize], data: &[f32]) -> pb::TensorProto {
     }
 }
 
+/// The model around a graph: opset 13, IR 8, producer bevrt, `doc` as provenance.
+fn model_bytes(graph: pb::GraphProto, doc: &str) -> Vec<u8> {
+    pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        producer_name: "bevrt".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        doc_string: doc.to_string(),
+        graph: Some(graph),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
 /// Serialises a Conv chain as an ONNX model: input `input_name` of `input_shape` (NCHW),
 /// output `output_name`. `doc` lands in the model's doc_string (provenance).
 pub fn conv_chain_to_onnx(
@@ -154,26 +171,15 @@ pub fn conv_chain_to_onnx(
         (h, w) = l.out_hw(h, w);
         c = l.cout;
     }
-    let model = pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        producer_name: "bevrt".into(),
-        producer_version: env!("CARGO_PKG_VERSION").into(),
-        doc_string: doc.to_string(),
-        graph: Some(pb::GraphProto {
-            name: graph_name.to_string(),
-            node: nodes,
-            initializer: inits,
-            input: vec![value_info(input_name, &input_shape)],
-            output: vec![value_info(output_name, &[1, c, h, w])],
-            ..Default::default()
-        }),
+    let graph = pb::GraphProto {
+        name: graph_name.to_string(),
+        node: nodes,
+        initializer: inits,
+        input: vec![value_info(input_name, &input_shape)],
+        output: vec![value_info(output_name, &[1, c, h, w])],
         ..Default::default()
     };
-    Ok(model.encode_to_vec())
+    Ok(model_bytes(graph, doc))
 }
 
 /// One layer of a sequential network for [`sequential_to_onnx`] (NCHW; weights row-major in
@@ -412,26 +418,15 @@ pub fn sequential_to_onnx(
     }
     let mut outputs = vec![value_info(output_name, &shape)];
     outputs.extend(exposed);
-    let model = pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        producer_name: "bevrt".into(),
-        producer_version: env!("CARGO_PKG_VERSION").into(),
-        doc_string: doc.to_string(),
-        graph: Some(pb::GraphProto {
-            name: graph_name.to_string(),
-            node: nodes,
-            initializer: inits,
-            input: vec![value_info(input_name, input_shape)],
-            output: outputs,
-            ..Default::default()
-        }),
+    let graph = pb::GraphProto {
+        name: graph_name.to_string(),
+        node: nodes,
+        initializer: inits,
+        input: vec![value_info(input_name, input_shape)],
+        output: outputs,
         ..Default::default()
     };
-    Ok(model.encode_to_vec())
+    Ok(model_bytes(graph, doc))
 }
 
 /// [`conv_chain_to_onnx`] written to `path`.

@@ -677,7 +677,7 @@ fn init_f32(graph: &pb::GraphProto, name: &str) -> Option<f32> {
     Some(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-fn node(
+pub(crate) fn node(
     op: &str,
     inputs: &[&str],
     outputs: &[&str],

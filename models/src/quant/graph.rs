@@ -102,6 +102,15 @@ pub fn constants_to_initializers(g: &mut pb::GraphProto) -> usize {
     moved
 }
 
+/// Index of the node producing each tensor.
+fn producers(g: &pb::GraphProto) -> HashMap<String, usize> {
+    g.node
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.clone(), i)))
+        .collect()
+}
+
 fn init_index(g: &pb::GraphProto) -> HashMap<String, usize> {
     g.initializer
         .iter()
@@ -117,12 +126,7 @@ pub fn fold_batchnorm(g: &mut pb::GraphProto) -> Vec<String> {
     loop {
         let readers = readers(g);
         let inits = init_index(g);
-        let producer: HashMap<&str, usize> = g
-            .node
-            .iter()
-            .enumerate()
-            .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
-            .collect();
+        let producer = producers(g);
         let mut found = None;
         for (bi, bn) in g.node.iter().enumerate() {
             if bn.op_type != "BatchNormalization"
@@ -284,12 +288,7 @@ pub fn fold_conv_bias_add(g: &mut pb::GraphProto) -> Vec<String> {
     loop {
         let readers = readers(g);
         let inits = init_index(g);
-        let producer: HashMap<&str, usize> = g
-            .node
-            .iter()
-            .enumerate()
-            .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
-            .collect();
+        let producer = producers(g);
         let mut found = None;
         for (ai, add) in g.node.iter().enumerate() {
             if add.op_type != "Add" || add.input.len() != 2 {
@@ -477,21 +476,8 @@ fn int_attr(name: &str, v: i64) -> pb::AttributeProto {
     }
 }
 
-pub(crate) fn simple(
-    op: &str,
-    inputs: &[&str],
-    outputs: &[&str],
-    attribute: Vec<pb::AttributeProto>,
-) -> pb::NodeProto {
-    pb::NodeProto {
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: outputs.iter().map(|s| s.to_string()).collect(),
-        name: format!("{}__{op}", outputs.first().copied().unwrap_or("")),
-        op_type: op.to_string(),
-        attribute,
-        ..Default::default()
-    }
-}
+/// A default-domain node (the front end's node builder).
+pub(crate) use crate::onnx::node as simple;
 
 /// Element type of every tensor we can tell statically (inputs, initializers, then node
 /// outputs: Shape → int64, Cast → `to`, QuantizeLinear → its zero point's type, anything
