@@ -691,19 +691,21 @@ fn observe(
                 .collect()
         })
         .collect();
+    let tensors: Vec<Vec<String>> = nets.iter().map(|n| n.plan.tensors()).collect();
     let passes = if method.needs_histogram() { 2 } else { 1 };
     let pb = crate::letsmap::train::progress((inputs.len() * passes) as u64, "calibrate  ");
     for pass in 0..passes {
         for x in inputs {
             backend.set_input(x)?;
             backend.infer()?;
-            for ((role, outs), (n, o)) in backend
+            for (((role, outs), (n, o)), ts) in backend
                 .network_outputs()
                 .into_iter()
                 .zip(nets.iter().zip(obs.iter_mut()))
+                .zip(&tensors)
             {
                 debug_assert_eq!(role, n.role);
-                for (t, out) in n.plan.tensors().iter().zip(&outs[n.base_outputs..]) {
+                for (t, out) in ts.iter().zip(&outs[n.base_outputs..]) {
                     let ob = o.get_mut(t).expect("observer per tensor");
                     if pass == 0 {
                         ob.observe_range(&out.data);

@@ -94,3 +94,25 @@ pub fn classifier_bundle(shared: &Path, model_file: &str, out: &Path) -> PathBuf
     assert!(ok, "bundle init failed: {so}{se}");
     out.to_path_buf()
 }
+
+/// Record `frames` frames of the simulated world (seed, 2 fps, 0.5 m BEV cells) into `out`.
+pub fn sim_record(seed: u64, frames: u64, out: &Path) {
+    let (ok, so, se) = run(
+        &bin("bevrt-tool"),
+        &[
+            "sim",
+            "record",
+            "--seed",
+            &seed.to_string(),
+            "--frames",
+            &frames.to_string(),
+            "--fps",
+            "2",
+            "--cell",
+            "0.5",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "sim record: {so}{se}");
+}

@@ -12,20 +12,7 @@ fn tool(args: &[&str]) -> String {
 }
 
 fn record(dir: &Path, seed: u64, frames: u64) {
-    tool(&[
-        "sim",
-        "record",
-        "--seed",
-        &seed.to_string(),
-        "--frames",
-        &frames.to_string(),
-        "--fps",
-        "2",
-        "--cell",
-        "0.5",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
+    sim_record(seed, frames, dir);
 }
 
 fn miou(eval_json: &str) -> f64 {

@@ -256,27 +256,6 @@ fn mobilenetv3_int8_is_at_least_as_faithful_as_onnxruntimes_qdq_model() {
     );
 }
 
-fn sim_record(seed: u32, frames: u32, out: &Path) {
-    let (ok, so, se) = run(
-        &bin("bevrt-tool"),
-        &[
-            "sim",
-            "record",
-            "--seed",
-            &seed.to_string(),
-            "--frames",
-            &frames.to_string(),
-            "--fps",
-            "2",
-            "--cell",
-            "0.5",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "sim record: {so}{se}");
-}
-
 #[test]
 fn letsmap_int8_keeps_miou_within_one_point() {
     let dir = scratch("quant-bev");

@@ -213,7 +213,9 @@ pub struct FeatureStage {
     net_out: Vec<OutputTensor>,
     afv: Option<AfvOp>,
     probe: Option<CpuNetwork>,
+    /// The vector when a probe reads it (empty otherwise: it is written to the output).
     vector: Vec<f32>,
+    dim: usize,
 }
 
 struct AfvOp {
@@ -314,8 +316,9 @@ impl FeatureStage {
         Ok(Some(FeatureStage {
             net_out,
             afv,
+            vector: vec![0.0; if probe.is_some() { dim } else { 0 }],
             probe,
-            vector: vec![0.0; dim],
+            dim,
         }))
     }
 
@@ -329,8 +332,8 @@ impl FeatureStage {
                 } else {
                     self.net_out[0].name.clone()
                 },
-                shape: vec![1, self.vector.len()],
-                data: vec![0.0; self.vector.len()],
+                shape: vec![1, self.dim],
+                data: vec![0.0; self.dim],
             }],
         }
     }
@@ -342,6 +345,11 @@ impl FeatureStage {
         out: &mut [OutputTensor],
     ) -> anyhow::Result<()> {
         net.run(input, &mut self.net_out)?;
+        // The vector goes straight into the bundle's output unless a probe reads it.
+        let dst: &mut [f32] = match self.probe {
+            Some(_) => &mut self.vector,
+            None => &mut out[0].data,
+        };
         match &mut self.afv {
             Some(a) => {
                 crate::afv::afv_score(
@@ -350,27 +358,17 @@ impl FeatureStage {
                     &self.net_out[2].data,
                     &a.w3,
                     &mut a.delta,
-                    &mut self.vector,
+                    dst,
                 );
                 if let Some((mean, diag)) = &a.fisher {
-                    crate::afv::fisher_normalise(
-                        &mut self.vector,
-                        mean,
-                        diag,
-                        a.eps,
-                        a.power,
-                        a.l2,
-                    );
+                    crate::afv::fisher_normalise(dst, mean, diag, a.eps, a.power, a.l2);
                 }
             }
-            None => self.vector.copy_from_slice(&self.net_out[0].data),
+            None => dst.copy_from_slice(&self.net_out[0].data),
         }
         match &mut self.probe {
             Some(p) => p.run(&self.vector, out),
-            None => {
-                out[0].data.copy_from_slice(&self.vector);
-                Ok(())
-            }
+            None => Ok(()),
         }
     }
 }
