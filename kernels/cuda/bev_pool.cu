@@ -15,13 +15,9 @@ template <typename T>
 __device__ __forceinline__ float ld(const T* p, unsigned int i);
 template <>
 __device__ __forceinline__ float ld<float>(const float* p, unsigned int i) { return __ldg(p + i); }
-// f16 stored as raw bits: no toolkit header needed, NVRTC alone compiles this file.
-typedef unsigned short half_bits;
 template <>
 __device__ __forceinline__ float ld<half_bits>(const half_bits* p, unsigned int i) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(p[i]));
-    return f;
+    return h2f(p[i]);
 }
 
 template <typename T>

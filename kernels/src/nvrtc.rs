@@ -41,6 +41,35 @@ pub const KERNELS: &[KernelSource] = &[
         source: include_str!("../cuda/fisher.cu"),
         entries: &["afv_delta", "afv_conv_grad", "fisher_normalise"],
     },
+    KernelSource {
+        file: "conv.cu",
+        source: include_str!("../cuda/conv.cu"),
+        entries: &[
+            "conv_i8_imma",
+            "conv_i8_dp4a",
+            "conv_f16_mma",
+            "conv_direct_i8",
+            "conv_direct_f16",
+        ],
+    },
+    KernelSource {
+        file: "ops.cu",
+        source: include_str!("../cuda/ops.cu"),
+        entries: &[
+            "unary_f16",
+            "binary_f16",
+            "pool_f16",
+            "resize_f16",
+            "softmax_f16",
+            "argmax_f16",
+            "quantize_f16",
+            "quantize_f32",
+            "dequantize_f16",
+            "cast_f32_f16",
+            "cast_f16_f32",
+            "copy_slice_f16",
+        ],
+    },
 ];
 
 /// The SMs bevrt ships for: Orin (sm_87) and Hopper (sm_90). No Hopper-only instructions are
