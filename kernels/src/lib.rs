@@ -6,13 +6,22 @@
 //! | `preprocess.cu` | `preprocess_f32`, `preprocess_f16`, `preprocess_i8` | `bevrt_runtime::preprocess::PreprocessPlan::{run, run_f16, run_i8}` (bit-exact) |
 //! | `bev_pool.cu` | `bev_pool_f32`, `bev_pool_f16` | `bevrt_calib::view_transform` |
 //! | `postprocess.cu` | `bev_argmax`, `colourise` | `bevrt_runtime::postprocess::{bev_argmax, colourise}` |
+//! | `conv.cu` | `conv_i8_imma`, `conv_i8_dp4a`, `conv_f16_mma`, `conv_direct_i8`, `conv_direct_f16` | [`reference::conv`] (INT8 bit-exact, FP16 to 1e-3) |
+//! | `ops.cu` | activations, binary, pool, resize, softmax, argmax, Q/DQ, casts, concat slices | [`reference`] (same file order) |
 //! | `fisher.cu` | `afv_delta`, `afv_conv_grad`, `fisher_normalise` | `bevrt_runtime::afv::{afv_score, fisher_normalise}` (launcher and GPU check arrive with the CUDA executor) |
 //!
 //! - [`device`]: finding a CUDA driver and device without panicking when there is none.
 //! - [`nvrtc`]: the kernel sources, NVRTC options, target SMs, CUBIN compilation and ptxas
 //!   register/spill reports.
+//! - [`params`]: kernel parameter blocks, laid out as in the `.cu` files.
+//! - [`plan`]: the executor's plan (tensors, constants, one kernel launch per step) and its
+//!   arena memory plan with liveness-based reuse; built by the runtime's ONNX lowering.
+//! - [`reference`]: the CPU twin of every executor kernel and a CPU runner for whole plans.
 //! - [`launch`]: [`launch::Gpu`], which loads the kernels for the device's SM and launches them.
 
 pub mod device;
 pub mod launch;
 pub mod nvrtc;
+pub mod params;
+pub mod plan;
+pub mod reference;

@@ -10,6 +10,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod lower;
 
 use crate::frame::Frame;
 use crate::postprocess::FrameResult;

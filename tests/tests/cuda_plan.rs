@@ -1,0 +1,286 @@
+//! The CUDA executor's plan, checked without a GPU: the ONNX lowering runs on the CPU twins of
+//! the kernels (bevrt_kernels::reference) over the same arena the GPU would use, and must
+//! reproduce tract and ONNX Runtime on real models.
+//!
+//! - F32 storage checks the lowering itself (every op's semantics, fusion, memory reuse).
+//! - F16 storage is what the GPU runs: checked against tract within FP16 tolerance.
+//! - INT8 (Q/DQ bundles): integer convolutions with requantizing epilogues.
+
+use bevrt_kernels::plan::{DType, KernelPlan};
+use bevrt_kernels::reference;
+use bevrt_runtime::backend::lower::{LowerError, LowerOptions, lower_onnx};
+use bevrt_runtime::npy;
+use bevrt_tests::*;
+use std::path::Path;
+use tract_onnx::prelude::*;
+
+fn lower(path: &Path, inputs: &[(&str, Vec<usize>)], float: DType) -> KernelPlan {
+    lower_onnx(path, inputs, &LowerOptions { float })
+        .unwrap_or_else(|e| panic!("lowering {}: {e}", path.display()))
+}
+
+fn tract_run(path: &Path, shape: &[usize], x: &[f32]) -> Vec<f32> {
+    let model = bevrt_models::load_for_tract(path, &Default::default())
+        .unwrap()
+        .with_input_fact(0, f32::fact(shape).into())
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let t = tract_ndarray::ArrayD::from_shape_vec(shape.to_vec(), x.to_vec()).unwrap();
+    let out = model.run(tvec!(Tensor::from(t).into())).unwrap();
+    out[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect()
+}
+
+/// Deterministic pseudo-random values in [lo, hi).
+fn noise(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
+        })
+        .collect()
+}
+
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0f32, |m, x| m.max(x.abs()))
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// Share of positions where the channel argmax agrees, for (1, C, cells) logits.
+fn argmax_agreement(a: &[f32], b: &[f32], classes: usize) -> f64 {
+    let cells = a.len() / classes;
+    let am = reference::argmax(a, classes, cells);
+    let bm = reference::argmax(b, classes, cells);
+    am.iter().zip(&bm).filter(|(x, y)| x == y).count() as f64 / cells as f64
+}
+
+fn letsmap() -> std::path::PathBuf {
+    workspace_root().join("models/bundles/letsmap-lite")
+}
+
+#[test]
+fn letsmap_lite_plans_match_tract_in_f32_and_f16() {
+    let b = letsmap();
+    let enc = b.join("encoder.onnx");
+    let head = b.join("bev_head.onnx");
+    let img_shape = vec![1, 3, 128, 384];
+    let x = noise(3 * 128 * 384, 1, -2.0, 2.0);
+    let want = tract_run(&enc, &img_shape, &x);
+
+    let p32 = lower(&enc, &[], DType::F32);
+    // 5 convolutions with their ReLU fused, one output cast: nothing else
+    let convs = p32
+        .steps
+        .iter()
+        .filter(|s| matches!(s.op, bevrt_kernels::plan::Op::Conv { .. }))
+        .count();
+    assert_eq!(convs, 5, "{:#?}", p32.kernel_counts());
+    assert!(p32.steps.len() <= 6, "{:#?}", p32.kernel_counts());
+    assert!(p32.arena_bytes < p32.bytes_without_reuse());
+    let got = &reference::run(&p32, &[&x])[0];
+    let tol = 1e-4 * max_abs(&want);
+    assert!(
+        max_diff(got, &want) <= tol,
+        "f32 encoder: {} > {tol}",
+        max_diff(got, &want)
+    );
+
+    let p16 = lower(&enc, &[], DType::F16);
+    let got16 = &reference::run(&p16, &[&x])[0];
+    let d = max_diff(got16, &want);
+    assert!(
+        d <= 1e-2 * max_abs(&want),
+        "f16 encoder: max diff {d} of {}",
+        max_abs(&want)
+    );
+
+    // the head on realistic features: the view transform of the encoder output is what it
+    // sees; here non-negative features of the same magnitude
+    let hx = noise(64 * 80 * 80, 2, 0.0, max_abs(&want));
+    let hshape = vec![1, 64, 80, 80];
+    let hwant = tract_run(&head, &hshape, &hx);
+    let h32 = lower(&head, &[], DType::F32);
+    let hgot = &reference::run(&h32, &[&hx])[0];
+    assert!(max_diff(hgot, &hwant) <= 1e-4 * max_abs(&hwant));
+    let h16 = lower(&head, &[], DType::F16);
+    let hgot16 = &reference::run(&h16, &[&hx])[0];
+    let agree = argmax_agreement(hgot16, &hwant, 8);
+    assert!(agree > 0.99, "f16 head: class agreement {agree}");
+    eprintln!(
+        "letsmap-lite: encoder arena {} KiB (without reuse {} KiB), head arena {} KiB; f16 head class agreement {:.4}",
+        p16.arena_bytes / 1024,
+        p16.bytes_without_reuse() / 1024,
+        h16.arena_bytes / 1024,
+        agree
+    );
+}
+
+#[test]
+fn letsmap_lite_int8_plan_runs_integer_convolutions_and_matches_tract() {
+    let w = scratch("cuda-plan-int8");
+    let q = w.join("letsmap-int8");
+    let (ok, so, se) = run(
+        &bin("bevrt-tool"),
+        &[
+            "quantize",
+            "--bundle",
+            letsmap().to_str().unwrap(),
+            "--calib-source",
+            "sim:?seed=5",
+            "--frames",
+            "16",
+            "--method",
+            "minmax",
+            "--out",
+            q.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "quantize failed:\n{so}\n{se}");
+    for (file, shape, seed, lo, hi) in [
+        ("encoder.onnx", vec![1, 3, 128, 384], 3, -2.0, 2.0),
+        ("bev_head.onnx", vec![1, 64, 80, 80], 4, 0.0, 4.0),
+    ] {
+        let path = q.join(file);
+        let x = noise(shape.iter().product(), seed, lo, hi);
+        let want = tract_run(&path, &shape, &x);
+        let plan = lower(&path, &[], DType::F32);
+        let counts = plan.kernel_counts();
+        // every convolution runs on int8; quantize only at the network input, requantization
+        // otherwise fused into the convolution before
+        let n_int8 = counts
+            .iter()
+            .filter(|(k, _)| *k == "conv_i8_imma")
+            .map(|(_, n)| *n)
+            .sum::<usize>();
+        assert!(n_int8 >= 4, "{file}: {counts:?}");
+        assert!(
+            !counts.iter().any(|(k, _)| k.starts_with("conv_f16")),
+            "{file}: float convolution left: {counts:?}"
+        );
+        let quantizes = counts
+            .iter()
+            .filter(|(k, _)| k.starts_with("quantize"))
+            .map(|(_, n)| *n)
+            .sum::<usize>();
+        assert_eq!(quantizes, 1, "{file}: {counts:?}");
+        let got = &reference::run(&plan, &[&x])[0];
+        // tract simulates Q/DQ in float: rare one-step differences at rounding boundaries
+        let d = max_diff(got, &want);
+        let scale = max_abs(&want);
+        let close = got
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| (*a - *b).abs() <= 1e-3 * scale)
+            .count() as f64
+            / got.len() as f64;
+        assert!(
+            close > 0.99,
+            "{file}: {close} of outputs within 1e-3 (max diff {d} of {scale})"
+        );
+        if file == "bev_head.onnx" {
+            let agree = argmax_agreement(got, &want, 8);
+            assert!(agree > 0.995, "int8 head class agreement {agree}");
+        }
+        // f16 float storage around the int8 convolutions (what the GPU runs)
+        let p16 = lower(&path, &[], DType::F16);
+        let g16 = &reference::run(&p16, &[&x])[0];
+        let d16 = max_diff(g16, &want);
+        assert!(
+            d16 <= 0.05 * scale,
+            "{file}: f16/int8 max diff {d16} of {scale}"
+        );
+    }
+}
+
+#[test]
+fn mobilenetv3_plans_match_onnxruntime() {
+    let Some(shared) = shared_dir() else { return };
+    let models = shared.join("data/onnx/models");
+    let (shape, x) = npy::read_f32(&models.join("cls_input_4x3x48x192.npy")).unwrap();
+    let inputs = [("x", shape.clone())];
+    // FP16 tolerance: rounding activations to f16 before a QuantizeLinear moves some values
+    // across a quantization step, so the QDQ model gets more room.
+    for (file, reference_out, tol, tol16) in [
+        (
+            "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+            "cls_output_fp32_4x2.npy",
+            1e-4,
+            0.01,
+        ),
+        (
+            "ch_ppocr_mobile_v2.0_cls_int8_qdq.onnx",
+            "cls_output_int8_qdq_4x2.npy",
+            0.02,
+            0.05,
+        ),
+    ] {
+        let path = models.join(file);
+        let (_, want) = npy::read_f32(&models.join(reference_out)).unwrap();
+        let plan = lower(&path, &inputs, DType::F32);
+        let got = &reference::run(&plan, &[&x])[0];
+        let d = max_diff(got, &want);
+        eprintln!(
+            "{file}: {} steps {:?}; max |Δp| vs ONNX Runtime {d}",
+            plan.steps.len(),
+            plan.kernel_counts()
+        );
+        assert!(d <= tol, "{file}: max |Δp| {d} > {tol}");
+        let p16 = lower(&path, &inputs, DType::F16);
+        let g16 = &reference::run(&p16, &[&x])[0];
+        let d16 = max_diff(g16, &want);
+        eprintln!("{file} f16: max |Δp| {d16}");
+        assert!(d16 <= tol16, "{file} f16: max |Δp| {d16} > {tol16}");
+        assert_eq!(
+            reference::argmax(&transpose2(g16), 2, 4),
+            reference::argmax(&transpose2(&want), 2, 4)
+        );
+    }
+}
+
+/// (4, 2) row-major → (2, 4) so that argmax over classes is over planes.
+fn transpose2(v: &[f32]) -> Vec<f32> {
+    (0..2)
+        .flat_map(|c| (0..4).map(move |i| v[i * 2 + c]))
+        .collect()
+}
+
+#[test]
+fn unsupported_ops_are_refused_at_load_with_the_list() {
+    let Some(shared) = shared_dir() else { return };
+    // a conformance case with an op outside the set (TopK)
+    let cases = shared.join("data/onnx/node/cases");
+    let case = std::fs::read_dir(&cases)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("test_top_k")
+        })
+        .expect("a top_k conformance case");
+    match lower_onnx(&case.join("model.onnx"), &[], &LowerOptions::default()) {
+        Err(LowerError::Unsupported { path, nodes }) => {
+            assert!(path.ends_with("model.onnx"));
+            assert!(nodes.iter().any(|n| n.starts_with("TopK")), "{nodes:?}");
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|p| p.steps.len())),
+    }
+}
