@@ -88,7 +88,8 @@ struct ResizeParams {
 __device__ __forceinline__ float src_coord(int o, int in, int out, float scale, int coord) {
     switch (coord) {
     case 0: return ((float)o + 0.5f) / scale - 0.5f;
-    case 1: return out > 1 ? (float)o * (float)(in - 1) / (float)(out - 1) : 0.0f;
+    // ONNX measures the output length as in * scale, unrounded (its reference does)
+    case 1: return out > 1 ? (float)o * (float)(in - 1) / ((float)in * scale - 1.0f) : 0.0f;
     case 2: return (float)o / scale;
     default: return out > 1 ? ((float)o + 0.5f) / scale - 0.5f : 0.0f;
     }

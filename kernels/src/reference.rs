@@ -201,7 +201,7 @@ pub fn pool(p: &PoolParams, x: &[f32]) -> Vec<f32> {
 fn src_coord(o: i32, inn: i32, out: i32, scale: f32, coord: i32) -> f32 {
     match coord {
         0 => (o as f32 + 0.5) / scale - 0.5,
-        1 if out > 1 => o as f32 * (inn - 1) as f32 / (out - 1) as f32,
+        1 if out > 1 => o as f32 * (inn - 1) as f32 / (inn as f32 * scale - 1.0),
         1 => 0.0,
         2 => o as f32 / scale,
         _ if out > 1 => (o as f32 + 0.5) / scale - 0.5,

@@ -308,3 +308,211 @@ pub fn run_suite(cases: &[PathBuf], mut progress: impl FnMut(&CaseResult)) -> Ve
     std::panic::set_hook(prev);
     out
 }
+
+/// Runs a kernel plan: the kernels' CPU twins, or the CUDA executor.
+pub type PlanExec<'a> =
+    dyn FnMut(&bevrt_kernels::plan::KernelPlan, &[&[f32]]) -> Result<Vec<Vec<f32>>, String> + 'a;
+
+fn load_pb_protos(dir: &Path, prefix: &str) -> Result<Vec<tract_onnx::pb::TensorProto>, String> {
+    let mut out = vec![];
+    for i in 0.. {
+        let p = dir.join(format!("{prefix}_{i}.pb"));
+        if !p.exists() {
+            break;
+        }
+        let f = std::fs::File::open(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        out.push(
+            tract_onnx::tensor::proto_from_reader(f)
+                .map_err(|e| format!("{}: {e:#}", p.display()))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Run one case through the CUDA executor's lowering and `exec`, with float activations
+/// stored as `float`. Cases the executor does not support (an op outside its set, non-f32
+/// inputs or outputs) are skipped with the reason; tolerance is the CPU runner's for F32
+/// storage and `|a - b| <= 1e-3 + 5e-3 |b|` (a few f16 ulps) for F16.
+pub fn run_case_plan(
+    case: &Path,
+    float: bevrt_kernels::plan::DType,
+    exec: &mut PlanExec,
+) -> Outcome {
+    use crate::backend::lower::{LowerError, LowerOptions, lower_proto};
+    let skip = |reason: String| Outcome::Skip { reason };
+    let data = case.join("test_data_set_0");
+    let (Ok(in_protos), Ok(inputs), Ok(expected)) = (
+        load_pb_protos(&data, "input"),
+        load_pbs(&data, "input"),
+        load_pbs(&data, "output"),
+    ) else {
+        return skip("cannot load test data".into());
+    };
+    if expected.is_empty() {
+        return skip("no expected outputs".into());
+    }
+    if let Some(t) = inputs
+        .iter()
+        .chain(&expected)
+        .find(|t| t.datum_type() != f32::datum_type())
+    {
+        return skip(format!(
+            "{:?} tensor: the kernel executor's inputs and outputs are f32",
+            t.datum_type()
+        ));
+    }
+    let model_path = case.join("model.onnx");
+    let proto = match bevrt_models::read_proto(&model_path) {
+        Ok(p) => p,
+        Err(e) => return skip(e.to_string()),
+    };
+    let Some(graph) = proto.graph.as_ref() else {
+        return skip("no graph".into());
+    };
+    let inits: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let names: Vec<String> = graph
+        .input
+        .iter()
+        .filter(|i| !inits.contains(i.name.as_str()))
+        .map(|i| i.name.clone())
+        .collect();
+    if names.len() != inputs.len() {
+        return skip(format!(
+            "model has {} inputs, test data {}",
+            names.len(),
+            inputs.len()
+        ));
+    }
+    let (tol_abs, tol_rel) = if float == bevrt_kernels::plan::DType::F32 {
+        (1e-5, 1e-3)
+    } else {
+        (1e-3, 5e-3)
+    };
+    let mut first_skip = None;
+    // all inputs at run time, then every input after the first folded into a constant
+    for (attempt, keep) in [inputs.len(), 1].into_iter().enumerate() {
+        if attempt == 1 && inputs.len() < 2 {
+            break;
+        }
+        let mut proto = proto.clone();
+        let g = proto.graph.as_mut().expect("checked above");
+        for (i, name) in names.iter().enumerate().skip(keep) {
+            let mut t = in_protos[i].clone();
+            t.name = name.clone();
+            g.initializer.push(t);
+        }
+        let shapes: Vec<(&str, Vec<usize>)> = names
+            .iter()
+            .zip(&inputs)
+            .take(keep)
+            .map(|(n, t)| (n.as_str(), t.shape().to_vec()))
+            .collect();
+        let plan = match lower_proto(
+            proto,
+            &model_path.display().to_string(),
+            &shapes,
+            &LowerOptions { float },
+        ) {
+            Ok(p) => p,
+            Err(LowerError::Unsupported { nodes, .. }) => {
+                first_skip.get_or_insert(format!("unsupported: {}", nodes.join("; ")));
+                continue;
+            }
+            Err(e) => {
+                first_skip.get_or_insert(one_line(&e.to_string()));
+                continue;
+            }
+        };
+        let vals: Vec<Vec<f32>> = inputs
+            .iter()
+            .take(keep)
+            .map(|t| {
+                t.try_as_plain_ram()
+                    .ok()
+                    .and_then(|v| v.as_slice::<f32>().ok().map(|s| s.to_vec()))
+                    .unwrap_or_default()
+            })
+            .collect();
+        let refs: Vec<&[f32]> = vals.iter().map(|v| v.as_slice()).collect();
+        let got = match exec(&plan, &refs) {
+            Ok(g) => g,
+            Err(e) => {
+                return Outcome::Fail {
+                    reason: format!("run: {}", one_line(&e)),
+                };
+            }
+        };
+        if got.len() != expected.len() {
+            return Outcome::Fail {
+                reason: format!("{} outputs, expected {}", got.len(), expected.len()),
+            };
+        }
+        for (k, (g, w)) in got.iter().zip(&expected).enumerate() {
+            let wv = w.try_as_plain_ram().ok();
+            let Some(ws) = wv.as_ref().and_then(|v| v.as_slice::<f32>().ok()) else {
+                return Outcome::Fail {
+                    reason: format!("output {k}: unreadable"),
+                };
+            };
+            if g.len() != ws.len() {
+                return Outcome::Fail {
+                    reason: format!("output {k}: {} values, expected {}", g.len(), ws.len()),
+                };
+            }
+            for (i, (&x, &y)) in g.iter().zip(ws).enumerate() {
+                let ok = (x.is_nan() && y.is_nan())
+                    || x == y
+                    || (x - y).abs() <= tol_abs + tol_rel * y.abs();
+                if !ok {
+                    return Outcome::Fail {
+                        reason: format!(
+                            "output {k}: value #{i} is {x}, expected {y} (keep {keep})"
+                        ),
+                    };
+                }
+            }
+        }
+        return Outcome::Pass {
+            mode: if keep == inputs.len() {
+                "inputs"
+            } else {
+                "fold-rest"
+            },
+        };
+    }
+    skip(first_skip.unwrap_or_else(|| "not lowered".into()))
+}
+
+/// [`run_suite`] for the kernel executor.
+pub fn run_suite_plan(
+    cases: &[PathBuf],
+    float: bevrt_kernels::plan::DType,
+    exec: &mut PlanExec,
+    mut progress: impl FnMut(&CaseResult),
+) -> Vec<CaseResult> {
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut out = Vec::with_capacity(cases.len());
+    for c in cases {
+        let name = c
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let outcome =
+            match std::panic::catch_unwind(AssertUnwindSafe(|| run_case_plan(c, float, exec))) {
+                Ok(o) => o,
+                Err(p) => Outcome::Fail {
+                    reason: format!(
+                        "executor panicked: {}",
+                        one_line(&crate::pipeline::panic_message(p.as_ref()))
+                    ),
+                },
+            };
+        let r = CaseResult { name, outcome };
+        progress(&r);
+        out.push(r);
+    }
+    std::panic::set_hook(prev);
+    out
+}

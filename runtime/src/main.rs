@@ -160,6 +160,10 @@ struct ConformanceArgs {
     /// Print every case as JSON lines instead of the failure lines.
     #[arg(long)]
     json: bool,
+    /// Run the CUDA executor's kernel plan on the kernels' CPU twins (FP16 storage, exactly
+    /// what the GPU computes up to expf rounding): checks the lowering without a GPU.
+    #[arg(long)]
+    kernel_reference: bool,
 }
 
 fn main() {
@@ -635,6 +639,27 @@ fn cmd_info(a: InfoArgs) -> anyhow::Result<()> {
 }
 
 fn cmd_conformance(a: ConformanceArgs) -> anyhow::Result<()> {
+    let print = |r: &conformance::CaseResult| {
+        if a.json {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        } else if let conformance::Outcome::Fail { reason } = &r.outcome {
+            println!("FAIL {}: {reason}", r.name);
+        }
+    };
+    if a.kernel_reference {
+        let cases = conformance::list_cases(&a.suite, a.filter.as_deref())?;
+        let mut exec = |p: &bevrt_kernels::plan::KernelPlan, x: &[&[f32]]| {
+            Ok(bevrt_kernels::reference::run(p, x))
+        };
+        let results =
+            conformance::run_suite_plan(&cases, bevrt_kernels::plan::DType::F16, &mut exec, print);
+        let s = conformance::summarize(&results);
+        println!(
+            "{} passed, {} failed, {} skipped (kernel plan on the CPU twins, FP16)",
+            s.passed, s.failed, s.skipped
+        );
+        return Ok(());
+    }
     if a.backend != BackendKind::Cpu {
         // The CUDA executor is not in this build: say so instead of running on CPU.
         let probe = backend::cuda::probe();

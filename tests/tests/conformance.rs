@@ -97,3 +97,53 @@ fn staged_suite_runs_and_required_ops_pass() {
         bad.join("\n")
     );
 }
+
+/// The CUDA executor's lowering on the same suite, run on the kernels' CPU twins with FP16
+/// storage (the GPU's arithmetic): every case it accepts passes, except where FP16 itself
+/// cannot represent the case's inputs; everything else is refused at load with a reason.
+#[test]
+fn kernel_plan_passes_every_case_it_accepts() {
+    let Some(shared) = shared_dir() else { return };
+    let cases = conformance::list_cases(&shared.join("data/onnx/node/cases"), None).unwrap();
+    let mut exec =
+        |p: &bevrt_kernels::plan::KernelPlan, x: &[&[f32]]| Ok(bevrt_kernels::reference::run(p, x));
+    let results =
+        conformance::run_suite_plan(&cases, bevrt_kernels::plan::DType::F16, &mut exec, |_| {});
+    let s = conformance::summarize(&results);
+    eprintln!(
+        "kernel plan: {} passed, {} failed, {} skipped",
+        s.passed, s.failed, s.skipped
+    );
+    // inputs 10000, 10001, ... are one f16 value apart at best (spacing 8 there)
+    const FP16_LIMITS: &[&str] = &["test_softmax_large_number"];
+    let bad: Vec<String> = results
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Fail { reason } if !FP16_LIMITS.contains(&r.name.as_str()) => {
+                Some(format!("{}: {reason}", r.name))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(bad.is_empty(), "kernel plan failures:\n{}", bad.join("\n"));
+    assert!(s.passed >= 95, "pass count regressed: {}", s.passed);
+    for must in [
+        "test_conv_with_strides_padding",
+        "test_maxpool_2d_pads",
+        "test_softmax_axis_1",
+        "test_resize_upsample_scales_linear",
+        "test_concat_2d_axis_1",
+        "test_hardswish",
+        "test_gemm_default_single_elem_vector_bias",
+    ] {
+        let r = results
+            .iter()
+            .find(|r| r.name == must)
+            .unwrap_or_else(|| panic!("{must} missing"));
+        assert!(
+            matches!(r.outcome, Outcome::Pass { .. }),
+            "{must}: {:?}",
+            r.outcome
+        );
+    }
+}

@@ -94,12 +94,25 @@ pub fn lower_onnx(
     input_shapes: &[(&str, Vec<usize>)],
     opts: &LowerOptions,
 ) -> Result<KernelPlan, LowerError> {
-    let p = path.display().to_string();
+    let proto = bevrt_models::read_proto(path).map_err(|e| LowerError::Model {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    lower_proto(proto, &path.display().to_string(), input_shapes, opts)
+}
+
+/// [`lower_onnx`] for a model already in memory; `label` names it in errors.
+pub fn lower_proto(
+    mut proto: pb::ModelProto,
+    label: &str,
+    input_shapes: &[(&str, Vec<usize>)],
+    opts: &LowerOptions,
+) -> Result<KernelPlan, LowerError> {
+    let p = label.to_string();
     let err = |message: String| LowerError::Model {
         path: p.clone(),
         message,
     };
-    let mut proto = bevrt_models::read_proto(path).map_err(|e| err(e.to_string()))?;
     let opset = proto
         .opset_import
         .iter()
