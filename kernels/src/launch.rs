@@ -82,7 +82,11 @@ impl Gpu {
             .ok_or(GpuError::NoDriver)?;
         let sm = (info.sm.0 * 10 + info.sm.1) as u32;
         let ctx = CudaContext::new(0).map_err(drv)?;
-        let stream = ctx.default_stream();
+        // One explicit stream for everything (a CUDA graph cannot be captured on the legacy
+        // default stream), so no cross-stream event tracking is needed either.
+        // SAFETY: every buffer is used on this one stream only.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(drv)?;
         let mut functions = HashMap::new();
         for k in nvrtc::KERNELS {
             let cubin = match cubin_dir {
@@ -116,6 +120,13 @@ impl Gpu {
         &self.functions[name]
     }
 
+    /// A loaded kernel by entry-point name.
+    pub fn function(&self, name: &str) -> Result<&CudaFunction, GpuError> {
+        self.functions
+            .get(name)
+            .ok_or_else(|| GpuError::Driver(format!("kernel {name} is not loaded")))
+    }
+
     /// Camera frame (`src`, raw bytes of its pixel format) to the normalised input tensor in
     /// f32, f16 bits (`u16`) or int8; `map` (out_w*out_h (x, y) pairs) replaces the resize.
     pub fn preprocess<T: PreprocessOutput>(
@@ -144,6 +155,75 @@ impl Gpu {
         b.arg(p);
         // SAFETY: argument list matches the kernel signature; sizes are the caller's contract
         // (dst holds out_w*out_h*channels floats, src one frame).
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+    }
+
+    /// [`Gpu::preprocess`] on raw device addresses (`map` 0 = resize), for buffers inside a
+    /// plan's arena; `kernel` is `preprocess_f32`, `preprocess_f16` or `preprocess_i8`.
+    pub fn preprocess_at(
+        &self,
+        kernel: &str,
+        src: u64,
+        dst: u64,
+        map: u64,
+        p: &PreprocessParams,
+    ) -> Result<(), GpuError> {
+        let cfg = LaunchConfig {
+            grid_dim: (
+                (p.out_w as u32).div_ceil(32),
+                (p.out_h as u32).div_ceil(8),
+                1,
+            ),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(self.function(kernel)?);
+        b.arg(&src).arg(&dst).arg(&map).arg(p);
+        // SAFETY: as `preprocess`; the addresses are the caller's buffers of the right size.
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+    }
+
+    /// [`Gpu::bev_pool_f32`] on raw device addresses.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bev_pool_f32_at(
+        &self,
+        taps: u64,
+        feat: u64,
+        out: u64,
+        channels: i32,
+        levels: i32,
+        cells: i32,
+        plane: i32,
+    ) -> Result<(), GpuError> {
+        let cfg = LaunchConfig {
+            grid_dim: (((cells * levels) as u32).div_ceil(256), channels as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(self.f("bev_pool_f32"));
+        b.arg(&taps)
+            .arg(&feat)
+            .arg(&out)
+            .arg(&channels)
+            .arg(&levels)
+            .arg(&cells)
+            .arg(&plane);
+        // SAFETY: matches bev_pool_f32(taps, feat, out, channels, levels, cells, plane).
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+    }
+
+    /// [`Gpu::bev_argmax`] on raw device addresses.
+    pub fn bev_argmax_at(
+        &self,
+        logits: u64,
+        classes: u64,
+        n_classes: i32,
+        cells: i32,
+    ) -> Result<(), GpuError> {
+        let cfg = LaunchConfig::for_num_elems(cells as u32);
+        let mut b = self.stream.launch_builder(self.f("bev_argmax"));
+        b.arg(&logits).arg(&classes).arg(&n_classes).arg(&cells);
+        // SAFETY: matches bev_argmax(logits, classes, n_classes, cells).
         unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
     }
 

@@ -17,9 +17,12 @@
 //! - [`plan`]: the executor's plan (tensors, constants, one kernel launch per step) and its
 //!   arena memory plan with liveness-based reuse; built by the runtime's ONNX lowering.
 //! - [`reference`]: the CPU twin of every executor kernel and a CPU runner for whole plans.
+//! - [`exec`]: [`exec::PlanRunner`], a plan on the GPU: memory allocated at load, launches
+//!   resolved at load, the per-frame sequence replayed as one CUDA graph.
 //! - [`launch`]: [`launch::Gpu`], which loads the kernels for the device's SM and launches them.
 
 pub mod device;
+pub mod exec;
 pub mod launch;
 pub mod nvrtc;
 pub mod params;

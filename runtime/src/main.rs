@@ -540,12 +540,16 @@ fn cmd_info(a: InfoArgs) -> anyhow::Result<()> {
         Err(e) => println!("nvrtc: {e}"),
     }
     println!(
-        "cuda executor in this build: {}",
-        if backend::cuda::EXECUTOR_BUILT {
-            "yes"
-        } else {
-            "no (CPU backend only)"
-        }
+        "cuda executor: kernel plans from ONNX (FP16, INT8 Q/DQ), {} kernels for sm_{}",
+        bevrt_kernels::nvrtc::KERNELS
+            .iter()
+            .map(|k| k.entries.len())
+            .sum::<usize>(),
+        bevrt_kernels::nvrtc::TARGET_SMS
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join("/sm_")
     );
     let mut videos: Vec<_> = std::fs::read_dir("/dev")
         .map(|rd| {
@@ -660,27 +664,47 @@ fn cmd_conformance(a: ConformanceArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    if a.backend != BackendKind::Cpu {
-        // The CUDA executor is not in this build: say so instead of running on CPU.
-        let probe = backend::cuda::probe();
-        if a.backend == BackendKind::Cuda || matches!(probe, backend::cuda::CudaProbe::Available(_))
-        {
-            anyhow::bail!(
-                "conformance --backend {:?}: no CUDA executor in this build ({}); use --backend cpu",
-                a.backend,
-                probe.summary()
-            );
+    let probe = backend::cuda::probe();
+    let use_cuda = match a.backend {
+        BackendKind::Cpu => false,
+        BackendKind::Cuda => true,
+        BackendKind::Auto => matches!(probe, backend::cuda::CudaProbe::Available(_)),
+    };
+    if use_cuda {
+        if !matches!(probe, backend::cuda::CudaProbe::Available(_)) {
+            anyhow::bail!("conformance --backend cuda: {}", probe.summary());
         }
-        log::info!("backend auto: {}; using cpu", probe.summary());
+        let gpu = bevrt_kernels::launch::Gpu::open(backend::cuda::kernel_dir().as_deref())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let int8 = if gpu.sm >= 80 {
+            bevrt_kernels::exec::Int8Gemm::Imma
+        } else {
+            bevrt_kernels::exec::Int8Gemm::Dp4a
+        };
+        let cases = conformance::list_cases(&a.suite, a.filter.as_deref())?;
+        let mut exec = |p: &bevrt_kernels::plan::KernelPlan, x: &[&[f32]]| {
+            let e = |e: bevrt_kernels::launch::GpuError| e.to_string();
+            let mut r = bevrt_kernels::exec::PlanRunner::load(&gpu, p.clone(), int8).map_err(e)?;
+            for (k, v) in x.iter().enumerate() {
+                r.set_input(&gpu, k, v).map_err(e)?;
+            }
+            r.launch_all(&gpu).map_err(e)?;
+            (0..p.outputs.len())
+                .map(|k| r.output(&gpu, k).map_err(e))
+                .collect()
+        };
+        let results =
+            conformance::run_suite_plan(&cases, bevrt_kernels::plan::DType::F16, &mut exec, print);
+        let s = conformance::summarize(&results);
+        println!(
+            "{} passed, {} failed, {} skipped (cuda, sm_{})",
+            s.passed, s.failed, s.skipped, gpu.sm
+        );
+        return Ok(());
     }
+    log::info!("conformance on cpu ({})", probe.summary());
     let cases = conformance::list_cases(&a.suite, a.filter.as_deref())?;
-    let results = conformance::run_suite(&cases, |r| {
-        if a.json {
-            println!("{}", serde_json::to_string(r).unwrap_or_default());
-        } else if let conformance::Outcome::Fail { reason } = &r.outcome {
-            println!("FAIL {}: {reason}", r.name);
-        }
-    });
+    let results = conformance::run_suite(&cases, print);
     let s = conformance::summarize(&results);
     println!(
         "{} passed, {} failed, {} skipped",

@@ -281,6 +281,46 @@ impl Pixels<'_> {
     }
 }
 
+/// The GPU preprocess kernel's parameters for `spec` and frames of `fmt` at `w` x `h`: the
+/// same scale and bias as [`PreprocessPlan::new`] (so the kernel reproduces it bit for bit).
+pub fn gpu_params(
+    spec: &InputSpec,
+    fmt: PixelFormat,
+    w: u32,
+    h: u32,
+) -> bevrt_kernels::launch::PreprocessParams {
+    use PixelFormat as F;
+    let mut p = bevrt_kernels::launch::PreprocessParams {
+        in_w: w as i32,
+        in_h: h as i32,
+        out_w: spec.width as i32,
+        out_h: spec.height as i32,
+        fmt: match fmt {
+            F::Rgb8 => 0,
+            F::Bgr8 => 1,
+            F::Gray8 => 2,
+            F::Yuyv => 3,
+            F::Nv12 => 4,
+        },
+        order: match spec.channels {
+            ChannelOrder::Rgb => 0,
+            ChannelOrder::Bgr => 1,
+            ChannelOrder::Gray => 2,
+        },
+        layout: match spec.layout {
+            Layout::Nchw => 0,
+            Layout::Nhwc => 1,
+        },
+        q_scale: 1.0,
+        ..Default::default()
+    };
+    for i in 0..spec.channels.channels() {
+        p.scale[i] = 1.0 / (255.0 * spec.std[i]);
+        p.bias[i] = -spec.mean[i] / spec.std[i];
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,19 @@
-//! CUDA device probing. cudarc loads libcuda dynamically and its `CudaContext::new` panics
-//! when the library is missing, so every entry point checks for the library first.
+//! The CUDA backend: the whole per-frame path on the GPU through bevrt's own kernels.
+//!
+//! - Load: each network is lowered to a kernel plan ([`super::lower`], FP16 activations, INT8
+//!   convolutions where the bundle is Q/DQ-quantized) and put on the device
+//!   ([`bevrt_kernels::exec::PlanRunner`]): every buffer is allocated here, once.
+//! - Per frame: the frame is copied into a pinned host buffer and uploaded; preprocess,
+//!   encoder, view transform (the sampling table lives on the device), head and argmax run as
+//!   one CUDA graph replay; the class map (and logits) come back into pinned buffers.
+//! - A new calibration rebuilds the sampling table on the host and uploads it between frames,
+//!   into the same device buffer (the graph keeps pointing at it).
+//!
+//! Device probing never panics: cudarc loads libcuda dynamically and its
+//! `CudaContext::new` panics when the library is missing, so the library is checked first.
 
 use super::{Backend, BackendOptions};
 use bevrt_models::Bundle;
-
-/// Whether this build contains the CUDA kernel executor (the per-frame GPU path).
-pub const EXECUTOR_BUILT: bool = false;
 
 #[derive(Debug, Clone)]
 pub struct CudaDevice {
@@ -58,17 +66,410 @@ pub fn probe() -> CudaProbe {
 }
 
 /// `--backend cuda`: refuse clearly when it cannot run.
-pub fn open(_bundle: &Bundle, _opts: &BackendOptions) -> anyhow::Result<Box<dyn Backend>> {
+pub fn open(bundle: &Bundle, opts: &BackendOptions) -> anyhow::Result<Box<dyn Backend>> {
     match probe() {
         CudaProbe::NoDriver => anyhow::bail!(
             "--backend cuda: no CUDA driver on this machine (libcuda.so not found); \
              use --backend cpu or auto"
         ),
         CudaProbe::DriverError(e) => anyhow::bail!("--backend cuda: CUDA driver error: {e}"),
-        CudaProbe::Available(d) => anyhow::bail!(
-            "--backend cuda: device {} found, but this build has no CUDA executor yet \
-             (kernels and executor are tracked in the CUDA backend issue); use --backend cpu",
-            d.name
-        ),
+        CudaProbe::Available(d) => {
+            let b = CudaBackend::load(bundle, opts)
+                .map_err(|e| anyhow::anyhow!("--backend cuda on {}: {e:#}", d.name))?;
+            Ok(Box::new(b))
+        }
+    }
+}
+
+use crate::frame::Frame;
+use crate::postprocess::{self, FrameResult, OutputTensor};
+use anyhow::Context;
+use bevrt_kernels::exec::FrameGraph;
+use bevrt_kernels::exec::{Int8Gemm, PlanRunner};
+use bevrt_kernels::launch::{Gpu, PreprocessParams};
+use bevrt_kernels::plan::DType;
+use bevrt_models::{InputSpec, OutputKind, Task};
+use cudarc::driver::{CudaSlice, DevicePtr, PinnedHostSlice};
+
+fn gpu_err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("CUDA: {e}")
+}
+
+/// Kernel directory for `Gpu::open`: `$BEVRT_KERNELS` (an ahead-of-time
+/// `bevrt-tool compile-kernels` output, so no compiler runs in the car), else NVRTC now.
+pub fn kernel_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("BEVRT_KERNELS").map(std::path::PathBuf::from)
+}
+
+struct CudaBev {
+    grid: bevrt_calib::BevGrid,
+    classes: Vec<bevrt_models::ClassSpec>,
+    table: bevrt_calib::SamplingTable,
+    taps: CudaSlice<u8>,
+    head: PlanRunner,
+    visible: Vec<bool>,
+    /// (channels, levels, cells, feature plane) of the view transform.
+    dims: (i32, i32, i32, i32),
+    class_dev: CudaSlice<u8>,
+    class_host: PinnedHostSlice<u8>,
+}
+
+pub struct CudaBackend {
+    gpu: Gpu,
+    task: Task,
+    spec: InputSpec,
+    output_kind: OutputKind,
+    norm: bevrt_models::EmbeddingNorm,
+    net: PlanRunner,
+    bev: Option<CudaBev>,
+    /// The frame: pinned staging buffer, device copy, preprocess parameters, and the size
+    /// they were made for (a new size reallocates them, rare).
+    frame_host: Option<PinnedHostSlice<u8>>,
+    frame_dev: Option<CudaSlice<u8>>,
+    pre: Option<(PreprocessParams, (u32, u32), crate::frame::PixelFormat)>,
+    frame_len: usize,
+    /// The last network's output, downloaded per frame.
+    out_host: PinnedHostSlice<f32>,
+    outputs: Vec<OutputTensor>,
+    graph: Option<FrameGraph>,
+    describe: String,
+    infer_ns: (u64, u64),
+}
+
+fn visible_cells(t: &bevrt_calib::SamplingTable) -> Vec<bool> {
+    let per = t.grid_w * t.grid_h;
+    (0..per)
+        .map(|i| (0..t.levels).any(|l| t.flags[l * per + i] == bevrt_calib::bev::FLAG_VALID))
+        .collect()
+}
+
+impl CudaBackend {
+    pub fn load(bundle: &Bundle, _opts: &BackendOptions) -> anyhow::Result<CudaBackend> {
+        let m = &bundle.manifest;
+        if m.afv.is_some() || bundle.model_path("probe").is_some() {
+            anyhow::bail!(
+                "{}: AFV and probe tails run on the CPU backend only (their Fisher kernels have no launcher yet)",
+                bundle.dir.display()
+            );
+        }
+        let gpu = Gpu::open(kernel_dir().as_deref()).map_err(gpu_err)?;
+        let int8 = if gpu.sm >= 80 {
+            Int8Gemm::Imma
+        } else {
+            Int8Gemm::Dp4a
+        };
+        let opts = super::lower::LowerOptions { float: DType::F16 };
+        let role = if m.task == Task::Bev {
+            "encoder"
+        } else {
+            "model"
+        };
+        let path = bundle
+            .model_path(role)
+            .with_context(|| format!("bundle has no '{role}' file"))?;
+        let in_name = bevrt_models::inspect(&path)?
+            .inputs
+            .first()
+            .map(|i| i.name.clone())
+            .context("model has no input")?;
+        let plan = super::lower::lower_onnx(&path, &[(&in_name, m.input.shape().to_vec())], &opts)?;
+        let net = PlanRunner::load(&gpu, plan, int8).map_err(gpu_err)?;
+        let out_t = net.plan.outputs[0];
+        let out_shape = net.plan.tensors[out_t].shape.clone();
+        let mut bev = None;
+        let mut last_out = (out_shape.clone(), net.plan.tensors[out_t].name.clone());
+        if m.task == Task::Bev {
+            let grid = m.grid.clone().context("bev bundle without [grid]")?;
+            let cal_file = m
+                .calibration
+                .as_ref()
+                .context("bev bundle without [calibration]")?;
+            let cal = bevrt_calib::Calibration::load(bundle.dir.join(&cal_file.file))?;
+            let [1, c, fh, fw] = out_shape[..] else {
+                anyhow::bail!("encoder output {out_shape:?} is not (1, C, H, W)");
+            };
+            let stride = m.input.height as usize / fh;
+            let table = bevrt_calib::SamplingTable::try_build(
+                &grid,
+                &cal.camera,
+                &cal.extrinsics,
+                fw,
+                fh,
+                stride,
+            )?;
+            let (gh, gw, z) = (grid.height(), grid.width(), grid.levels());
+            let head_path = bundle
+                .model_path("head")
+                .context("bundle has no 'head' file")?;
+            let head_in = bevrt_models::inspect(&head_path)?
+                .inputs
+                .first()
+                .map(|i| i.name.clone())
+                .context("head has no input")?;
+            let hplan =
+                super::lower::lower_onnx(&head_path, &[(&head_in, vec![1, c * z, gh, gw])], &opts)?;
+            let head = PlanRunner::load(&gpu, hplan, int8).map_err(gpu_err)?;
+            let ho = head.plan.outputs[0];
+            last_out = (
+                head.plan.tensors[ho].shape.clone(),
+                head.plan.tensors[ho].name.clone(),
+            );
+            let st = &gpu.stream;
+            let taps = st.clone_htod(table.taps_as_bytes()).map_err(gpu_err)?;
+            let cells = gh * gw;
+            let class_dev = st.alloc_zeros::<u8>(cells).map_err(gpu_err)?;
+            // SAFETY: pinned host memory, written by the device before it is read.
+            let class_host =
+                unsafe { gpu.ctx.alloc_pinned_with_flags::<u8>(cells, 0) }.map_err(gpu_err)?;
+            bev = Some(CudaBev {
+                visible: visible_cells(&table),
+                dims: (c as i32, z as i32, cells as i32, (fh * fw) as i32),
+                grid,
+                classes: m.classes.clone(),
+                table,
+                taps,
+                head,
+                class_dev,
+                class_host,
+            });
+        }
+        let n_out: usize = last_out.0.iter().product();
+        // SAFETY: pinned host memory, written by the device before it is read.
+        let out_host =
+            unsafe { gpu.ctx.alloc_pinned_with_flags::<f32>(n_out, 0) }.map_err(gpu_err)?;
+        let counts = |p: &PlanRunner| {
+            p.plan
+                .kernel_counts()
+                .iter()
+                .map(|(k, n)| format!("{k} x{n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut describe = format!(
+            "cuda (sm_{}, INT8 GEMM {:?}; {}: {} launches [{}], arena {} KiB",
+            gpu.sm,
+            int8,
+            role,
+            net.steps(),
+            counts(&net),
+            net.plan.arena_bytes / 1024
+        );
+        if let Some(b) = &bev {
+            describe.push_str(&format!(
+                "; head: {} launches [{}], arena {} KiB",
+                b.head.steps(),
+                counts(&b.head),
+                b.head.plan.arena_bytes / 1024
+            ));
+        }
+        describe.push(')');
+        log::info!("{describe}");
+        Ok(CudaBackend {
+            task: m.task,
+            spec: m.input.clone(),
+            output_kind: m.outputs[0].kind,
+            norm: m.embedding_norm,
+            outputs: vec![OutputTensor {
+                name: last_out.1,
+                shape: last_out.0,
+                data: vec![0.0; n_out],
+            }],
+            gpu,
+            net,
+            bev,
+            frame_host: None,
+            frame_dev: None,
+            pre: None,
+            frame_len: 0,
+            out_host,
+            graph: None,
+            describe,
+            infer_ns: (0, 0),
+        })
+    }
+
+    /// Enqueue the whole per-frame path after the upload (captured once as a graph).
+    fn enqueue(&self, gpu: &Gpu) -> Result<(), bevrt_kernels::launch::GpuError> {
+        let (p, _, _) = self.pre.as_ref().expect("preprocess ran first");
+        let frame = self.frame_dev.as_ref().expect("frame buffer allocated");
+        let (src, _g) = frame.device_ptr(&gpu.stream);
+        let dst = self.net.tensor_addr(self.net.plan.inputs[0]);
+        gpu.preprocess_at("preprocess_f32", src, dst, 0, p)?;
+        self.net.launch_all(gpu)?;
+        if let Some(b) = &self.bev {
+            let feat = self.net.tensor_addr(self.net.plan.outputs[0]);
+            let head_in = b.head.tensor_addr(b.head.plan.inputs[0]);
+            let (taps, _t) = b.taps.device_ptr(&gpu.stream);
+            let (c, z, cells, plane) = b.dims;
+            gpu.bev_pool_f32_at(taps, feat, head_in, c, z, cells, plane)?;
+            b.head.launch_all(gpu)?;
+            let logits = b.head.tensor_addr(b.head.plan.outputs[0]);
+            let (cls, _c) = b.class_dev.device_ptr(&gpu.stream);
+            gpu.bev_argmax_at(logits, cls, b.classes.len() as i32, cells)?;
+        }
+        Ok(())
+    }
+}
+
+impl Backend for CudaBackend {
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn preprocess(&mut self, frame: &Frame) -> anyhow::Result<()> {
+        let key = ((frame.width, frame.height), frame.format);
+        if self.pre.as_ref().map(|(_, s, f)| (*s, *f)) != Some(key) {
+            // first frame or a new camera mode: new buffers and a new graph (allocates, rare)
+            log::info!(
+                "cuda preprocess: frames are {}x{} {}",
+                frame.width,
+                frame.height,
+                frame.format
+            );
+            let n = frame.data.len();
+            // SAFETY: written from the frame before every upload.
+            self.frame_host = Some(unsafe { self.gpu.ctx.alloc_pinned::<u8>(n) }.map_err(gpu_err)?);
+            self.frame_dev = Some(self.gpu.stream.alloc_zeros::<u8>(n).map_err(gpu_err)?);
+            self.frame_len = n;
+            self.pre = Some((
+                crate::preprocess::gpu_params(&self.spec, frame.format, frame.width, frame.height),
+                key.0,
+                key.1,
+            ));
+            self.graph = None;
+        }
+        if frame.data.len() != self.frame_len {
+            anyhow::bail!(
+                "frame has {} bytes, {} expected",
+                frame.data.len(),
+                self.frame_len
+            );
+        }
+        let host = self.frame_host.as_mut().expect("allocated above");
+        host.as_mut_slice()
+            .map_err(gpu_err)?
+            .copy_from_slice(&frame.data);
+        let dev = self.frame_dev.as_mut().expect("allocated above");
+        self.gpu.stream.memcpy_htod(&*host, dev).map_err(gpu_err)
+    }
+
+    fn infer(&mut self) -> anyhow::Result<()> {
+        let t0 = std::time::Instant::now();
+        if self.graph.is_none() {
+            let g = bevrt_kernels::exec::capture(&self.gpu, |gpu| self.enqueue(gpu))
+                .map_err(gpu_err)?;
+            self.graph = g;
+        }
+        match &self.graph {
+            Some(g) => g.launch().map_err(gpu_err)?,
+            None => self.enqueue(&self.gpu).map_err(gpu_err)?,
+        }
+        // results back into pinned buffers
+        let runner = self.bev.as_ref().map(|b| &b.head).unwrap_or(&self.net);
+        let st = &self.gpu.stream;
+        let logits = runner.output_view();
+        st.memcpy_dtoh(&logits, &mut self.out_host)
+            .map_err(gpu_err)?;
+        if let Some(b) = &mut self.bev {
+            st.memcpy_dtoh(&b.class_dev, &mut b.class_host)
+                .map_err(gpu_err)?;
+        }
+        st.synchronize().map_err(gpu_err)?;
+        self.outputs[0]
+            .data
+            .copy_from_slice(self.out_host.as_slice().map_err(gpu_err)?);
+        self.infer_ns.0 += t0.elapsed().as_nanos() as u64;
+        self.infer_ns.1 += 1;
+        Ok(())
+    }
+
+    fn postprocess(&mut self, out: &mut FrameResult) -> anyhow::Result<()> {
+        for (d, s) in out.outputs.iter_mut().zip(&self.outputs) {
+            d.data.copy_from_slice(&s.data);
+        }
+        let first = &self.outputs[0].data;
+        match self.task {
+            Task::Bev => {
+                let b = self
+                    .bev
+                    .as_ref()
+                    .expect("bev stage loaded with a bev bundle");
+                out.map_width = b.grid.width();
+                out.map_height = b.grid.height();
+                out.class_map
+                    .copy_from_slice(b.class_host.as_slice().map_err(gpu_err)?);
+                for (c, &v) in out.class_map.iter_mut().zip(&b.visible) {
+                    if !v {
+                        *c = postprocess::UNSEEN;
+                    }
+                }
+                postprocess::colourise(&out.class_map, &b.classes, &mut out.color_map);
+            }
+            Task::Classify => {
+                out.vector.copy_from_slice(first);
+                if self.output_kind == OutputKind::Logits {
+                    postprocess::softmax_in_place(&mut out.vector);
+                }
+                out.top = postprocess::argmax(&out.vector);
+            }
+            Task::Features => {
+                out.vector.copy_from_slice(first);
+                postprocess::normalise_embedding(&mut out.vector, self.norm)
+            }
+        }
+        Ok(())
+    }
+
+    fn new_result(&self) -> FrameResult {
+        let mut r = FrameResult::new(self.task, self.outputs.clone());
+        match &self.bev {
+            Some(b) => {
+                let cells = b.grid.height() * b.grid.width();
+                r.class_map = vec![0; cells];
+                r.color_map = vec![0; cells * 3];
+                r.map_width = b.grid.width();
+                r.map_height = b.grid.height();
+            }
+            None => r.vector = vec![0.0; self.outputs[0].data.len()],
+        }
+        r
+    }
+
+    fn sub_stages(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![("gpu_graph", self.infer_ns.0, self.infer_ns.1)]
+    }
+
+    fn set_calibration(&mut self, path: &std::path::Path) -> anyhow::Result<String> {
+        let c = bevrt_calib::Calibration::load(path)?;
+        let Some(b) = &mut self.bev else {
+            return Ok(format!(
+                "{}: a {} bundle uses no camera geometry",
+                path.display(),
+                self.task
+            ));
+        };
+        let t0 = std::time::Instant::now();
+        let mut table = b.table.clone();
+        table
+            .rebuild(&b.grid, &c.camera, &c.extrinsics)
+            .with_context(|| format!("{}: sampling table", path.display()))?;
+        if table.taps_as_bytes().len() != b.table.taps_as_bytes().len() {
+            anyhow::bail!("{}: the sampling table changed size", path.display());
+        }
+        // same device buffer: the captured graph keeps reading it
+        self.gpu.stream.synchronize().map_err(gpu_err)?;
+        self.gpu
+            .stream
+            .memcpy_htod(table.taps_as_bytes(), &mut b.taps)
+            .map_err(gpu_err)?;
+        self.gpu.stream.synchronize().map_err(gpu_err)?;
+        b.visible = visible_cells(&table);
+        b.table = table;
+        Ok(format!(
+            "{}: sampling table rebuilt and uploaded in {:.1} ms ({:.0} % valid)",
+            path.display(),
+            t0.elapsed().as_secs_f64() * 1e3,
+            b.table.valid_fraction() * 100.0
+        ))
     }
 }

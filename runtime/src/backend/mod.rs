@@ -2,11 +2,12 @@
 //! backend can keep the frame on the device from upload to class map.
 //!
 //! - [`cpu`]: tract-onnx for the networks, bevrt's CPU references for its own stages.
-//! - [`cuda`]: device probing; the kernel executor arrives with the CUDA backend work.
+//! - [`cuda`]: bevrt's own kernels for the whole per-frame path, one CUDA graph per frame.
+//! - [`lower`]: ONNX → kernel plan, the CUDA backend's front end.
 //!
-//! [`open`] is the registry: `auto` picks CUDA when a driver and device exist *and* the CUDA
-//! executor is built, and says what it picked and why; an explicit `cuda` that cannot run is
-//! an error at load, never a silent CPU run.
+//! [`open`] is the registry: `auto` picks CUDA when a driver and device exist, and CPU when
+//! not or when the CUDA backend refuses the bundle (an op outside its set), saying which and
+//! why; an explicit `cuda` that cannot run is an error at load, never a silent CPU run.
 
 pub mod cpu;
 pub mod cuda;
@@ -65,21 +66,15 @@ pub fn open(
         BackendKind::Cpu => Ok(Box::new(cpu::CpuBackend::load(bundle, opts)?)),
         BackendKind::Cuda => cuda::open(bundle, opts),
         BackendKind::Auto => {
-            let probe = cuda::probe();
-            match (&probe, cuda::EXECUTOR_BUILT) {
-                (cuda::CudaProbe::Available(dev), true) => {
+            match cuda::probe() {
+                cuda::CudaProbe::Available(dev) => {
                     log::info!("backend auto: CUDA device {} found, using cuda", dev.name);
-                    cuda::open(bundle, opts)
+                    cuda::open(bundle, opts).or_else(|e| {
+                    log::warn!("backend auto: the CUDA backend cannot run this bundle ({e:#}); using cpu");
+                    Ok(Box::new(cpu::CpuBackend::load(bundle, opts)?) as Box<dyn Backend>)
+                })
                 }
-                (cuda::CudaProbe::Available(dev), false) => {
-                    log::warn!(
-                        "backend auto: CUDA device {} found but this build has no CUDA \
-                         executor yet; using cpu",
-                        dev.name
-                    );
-                    Ok(Box::new(cpu::CpuBackend::load(bundle, opts)?))
-                }
-                (other, _) => {
+                other => {
                     log::info!("backend auto: {}; using cpu", other.summary());
                     Ok(Box::new(cpu::CpuBackend::load(bundle, opts)?))
                 }

@@ -2,7 +2,13 @@
 //! Runs on a GPU machine from a prebuilt binary (tests/device/run.sh); without a driver it
 //! exits with a clear message.
 //!
-//! usage: bevrt-device-check [--kernels DIR] [--out FILE.json]
+//! usage: bevrt-device-check [--kernels DIR] [--out FILE.json] [--model FILE.onnx[:N,C,H,W]]...
+//!
+//! Each `--model` is lowered to a kernel plan (FP16 activations; INT8 where it has Q/DQ) and
+//! run step by step on the GPU against the CPU twins (`bevrt_kernels::reference`) on the same
+//! arena: int8 outputs bit-exact, FP16 outputs within 1e-3 of the tensor's largest value;
+//! INT8 GEMMs are checked with both the IMMA and the dp4a kernel. Then the whole plan is
+//! timed as a CUDA graph replay and every convolution alone (TOPS).
 
 use bevrt_calib::{BevGrid, CameraModel, Extrinsics, SamplingTable, view_transform};
 use bevrt_kernels::launch::{Gpu, PreprocessParams};
@@ -44,7 +50,12 @@ fn main() {
     };
     let out = arg("--out").unwrap_or_else(|| "device_check.json".into());
     let kernels = arg("--kernels").map(std::path::PathBuf::from);
-    match run(kernels.as_deref()) {
+    let models: Vec<String> = args
+        .windows(2)
+        .filter(|w| w[0] == "--model")
+        .map(|w| w[1].clone())
+        .collect();
+    match run(kernels.as_deref(), &models) {
         Ok(report) => {
             let ok = report["all_passed"].as_bool().unwrap_or(false);
             std::fs::write(&out, serde_json::to_string_pretty(&report).unwrap())
@@ -63,7 +74,10 @@ fn main() {
     }
 }
 
-fn run(kernels: Option<&std::path::Path>) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+fn run(
+    kernels: Option<&std::path::Path>,
+    models: &[String],
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     let gpu = Gpu::open(kernels)?;
     let st = gpu.stream.clone();
     let info = bevrt_kernels::device::probe()?.ok_or("no device")?;
@@ -349,10 +363,132 @@ fn run(kernels: Option<&std::path::Path>) -> Result<serde_json::Value, Box<dyn s
     }
     st.synchronize()?;
     let pre_ms = t.elapsed().as_secs_f64() * 1e3 / 500.0;
+    let mut plans = vec![];
+    for m in models {
+        let r = check_plan(&gpu, m)?;
+        all &= r["pass"].as_bool().unwrap_or(false);
+        plans.push(r);
+    }
     Ok(json!({
         "device": info.name, "sm": gpu.sm, "driver_version": info.driver_version,
-        "all_passed": all, "checks": checks,
+        "all_passed": all, "checks": checks, "plans": plans,
         "timing_ms": {"preprocess_1920x1080_yuyv_to_384x128": pre_ms, "bev_pool_200x200x4_c64": bev_ms},
         "note": "timings include launch overhead (host loop, one stream); bandwidth share needs the device's peak"
     }))
+}
+
+/// Lower `spec` (`FILE.onnx` or `FILE.onnx:N,C,H,W`), check every step against its CPU twin,
+/// and time the plan and its convolutions.
+fn check_plan(gpu: &Gpu, spec: &str) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    use bevrt_kernels::exec::{Int8Gemm, PlanRunner};
+    use bevrt_kernels::plan::{DType, Op};
+    use bevrt_kernels::reference;
+    let (path, shape) = match spec.rsplit_once(':') {
+        Some((p, s)) if s.chars().all(|c| c.is_ascii_digit() || c == ',') => (
+            p.to_string(),
+            s.split(',')
+                .map(|v| v.parse::<usize>())
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        _ => (spec.to_string(), vec![]),
+    };
+    let path = std::path::PathBuf::from(path);
+    let summary = bevrt_models::inspect(&path)?;
+    let in_name = summary.inputs.first().ok_or("no input")?.name.clone();
+    let shapes: Vec<(&str, Vec<usize>)> = if shape.is_empty() {
+        vec![]
+    } else {
+        vec![(in_name.as_str(), shape)]
+    };
+    let plan = bevrt_runtime::backend::lower::lower_onnx(
+        &path,
+        &shapes,
+        &bevrt_runtime::backend::lower::LowerOptions { float: DType::F16 },
+    )?;
+    let input_len = plan.tensors[plan.inputs[0]].elems();
+    let x: Vec<f32> = bytes(input_len, 21)
+        .iter()
+        .map(|b| *b as f32 / 64.0 - 2.0)
+        .collect();
+    let has_int8 = plan
+        .steps
+        .iter()
+        .any(|s| matches!(&s.op, Op::Conv { wsum: Some(_), .. }));
+    let variants: Vec<Int8Gemm> = if has_int8 && gpu.sm >= 80 {
+        vec![Int8Gemm::Imma, Int8Gemm::Dp4a]
+    } else if has_int8 {
+        vec![Int8Gemm::Dp4a]
+    } else {
+        vec![Int8Gemm::Imma]
+    };
+    let mut pass = true;
+    let mut out = json!({"model": path.display().to_string(), "steps": plan.steps.len(),
+        "arena_bytes": plan.arena_bytes, "arena_bytes_without_reuse": plan.bytes_without_reuse(),
+        "const_bytes": plan.const_bytes(), "kernels": format!("{:?}", plan.kernel_counts())});
+    for v in variants {
+        let mut r = PlanRunner::load(gpu, plan.clone(), v)?;
+        r.set_input(gpu, 0, &x)?;
+        let mut worst = vec![];
+        for (i, step) in plan.steps.iter().enumerate() {
+            let mut host = r.download_arena(gpu)?;
+            r.launch_step(gpu, i)?;
+            let dev = r.download_arena(gpu)?;
+            reference::run_step(&plan, step, &mut host);
+            let t = step.output;
+            let (o, n) = (plan.offsets[t], plan.tensors[t].bytes());
+            let (want, got) = (&host[o..o + n], &dev[o..o + n]);
+            let exact = want == got;
+            let (ok, err) = match plan.tensors[t].dtype {
+                DType::I8 => (exact, if exact { 0.0 } else { 1.0 }),
+                _ => {
+                    let a = reference::output_f32(&plan, &dev, t);
+                    let b = reference::output_f32(&plan, &host, t);
+                    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                    let e = a
+                        .iter()
+                        .zip(&b)
+                        .fold(0f32, |m, (p, q)| m.max((p - q).abs()))
+                        / scale;
+                    (e <= 1e-3 && e.is_finite(), e as f64)
+                }
+            };
+            if !ok {
+                pass = false;
+            }
+            if !ok || worst.len() < 3 || err > 0.0 {
+                worst.push(json!({"step": i, "name": step.name, "dtype": format!("{:?}", plan.tensors[t].dtype), "bit_exact": exact, "err": err, "pass": ok}));
+            }
+        }
+        // timings: the whole plan as a graph, then each convolution alone
+        r.set_input(gpu, 0, &x)?;
+        r.capture(gpu)?;
+        for _ in 0..10 {
+            r.run(gpu)?;
+        }
+        gpu.stream.synchronize()?;
+        let iters = 200;
+        let t0 = Instant::now();
+        for _ in 0..iters {
+            r.run(gpu)?;
+        }
+        gpu.stream.synchronize()?;
+        let plan_ms = t0.elapsed().as_secs_f64() * 1e3 / iters as f64;
+        let mut convs = vec![];
+        for (i, step) in plan.steps.iter().enumerate() {
+            if let Op::Conv { p, .. } = &step.op {
+                let t0 = Instant::now();
+                for _ in 0..50 {
+                    r.launch_step(gpu, i)?;
+                }
+                gpu.stream.synchronize()?;
+                let s = t0.elapsed().as_secs_f64() / 50.0;
+                convs.push(json!({"step": i, "name": step.name, "m": p.n * p.oh * p.ow, "n": p.k, "k": p.kdim,
+                    "groups": p.groups, "us": s * 1e6, "tops": p.ops() / s / 1e12}));
+            }
+        }
+        out[format!("{v:?}")] = json!({"pass": worst.iter().all(|w| w["pass"].as_bool().unwrap_or(false)),
+            "steps_reported": worst, "graph_replay_ms": plan_ms, "convolutions": convs});
+    }
+    out["pass"] = json!(pass);
+    Ok(out)
 }
