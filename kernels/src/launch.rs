@@ -75,7 +75,8 @@ pub struct Gpu {
 
 impl Gpu {
     /// Open device 0 and load the kernels: from `cubin_dir` when given (ahead-of-time build
-    /// for this SM), else compiled now with NVRTC.
+    /// for this SM), else from the NVRTC disk cache ([`nvrtc::cubin_cached`]), compiling what
+    /// is missing.
     pub fn open(cubin_dir: Option<&Path>) -> Result<Gpu, GpuError> {
         let info = crate::device::probe()
             .map_err(|e| GpuError::Driver(e.to_string()))?
@@ -99,7 +100,7 @@ impl Gpu {
                         ),
                     })?
                 }
-                None => nvrtc::compile(k, sm)?.cubin,
+                None => nvrtc::cubin_cached(k, sm)?,
             };
             let module = ctx
                 .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))

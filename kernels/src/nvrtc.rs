@@ -204,6 +204,65 @@ pub fn compile(k: &KernelSource, sm: u32) -> Result<Compiled, NvrtcError> {
     })
 }
 
+/// The on-disk cache key of a kernel file's CUBIN: source (with the shared header), options,
+/// SM and NVRTC version, hashed. Any change to one of them compiles anew.
+pub fn cache_key(k: &KernelSource, sm: u32, nvrtc: (i32, i32)) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(full_source(k).as_bytes());
+    for o in NVRTC_OPTIONS {
+        h.update(o.as_bytes());
+    }
+    h.update(format!("sm_{sm} nvrtc {}.{}", nvrtc.0, nvrtc.1).as_bytes());
+    let d = h.finalize();
+    let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{}.sm_{sm}.{hex}.cubin", k.file.trim_end_matches(".cu"))
+}
+
+/// Where compiled CUBINs are cached: `$BEVRT_KERNEL_CACHE`, else `$XDG_CACHE_HOME/bevrt/kernels`,
+/// else `~/.cache/bevrt/kernels`.
+pub fn cache_dir() -> Option<std::path::PathBuf> {
+    if let Some(d) = std::env::var_os("BEVRT_KERNEL_CACHE") {
+        return Some(d.into());
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))?;
+    Some(base.join("bevrt/kernels"))
+}
+
+/// A kernel file's CUBIN for `sm`: from the disk cache, else compiled now and cached (a cache
+/// that cannot be written only costs the compile next time).
+pub fn cubin_cached(k: &KernelSource, sm: u32) -> Result<Vec<u8>, NvrtcError> {
+    cubin_cached_in(cache_dir(), k, sm)
+}
+
+/// [`cubin_cached`] with the cache in `dir`.
+pub fn cubin_cached_in(
+    dir: Option<std::path::PathBuf>,
+    k: &KernelSource,
+    sm: u32,
+) -> Result<Vec<u8>, NvrtcError> {
+    let key = cache_key(k, sm, version()?);
+    if let Some(d) = &dir
+        && let Ok(b) = std::fs::read(d.join(&key))
+        && b.starts_with(b"\x7fELF")
+    {
+        return Ok(b);
+    }
+    let c = compile(k, sm)?;
+    if let Some(d) = &dir {
+        let tmp = d.join(format!("{key}.{}.tmp", std::process::id()));
+        let written = std::fs::create_dir_all(d)
+            .and_then(|_| std::fs::write(&tmp, &c.cubin))
+            .and_then(|_| std::fs::rename(&tmp, d.join(&key)));
+        if let Err(e) = written {
+            log::warn!("kernel cache {}: {e}", d.display());
+        }
+    }
+    Ok(c.cubin)
+}
+
 /// Parse ptxas `-v` output: "Compiling entry function 'X' for 'sm_87'", then
 /// "N bytes stack frame, S bytes spill stores, L bytes spill loads" and
 /// "Used R registers, ... M bytes smem".
@@ -261,6 +320,16 @@ ptxas info    : Used 12 registers, 1024 bytes smem, 384 bytes cmem[0]\n";
             (10, 4, 4)
         );
         assert_eq!((r[1].registers, r[1].shared_bytes), (12, 1024));
+    }
+
+    #[test]
+    fn cache_key_changes_with_sm_and_nvrtc_version() {
+        let k = &KERNELS[0];
+        let a = cache_key(k, 87, (12, 6));
+        assert_ne!(a, cache_key(k, 90, (12, 6)));
+        assert_ne!(a, cache_key(k, 87, (12, 8)));
+        assert_eq!(a, cache_key(k, 87, (12, 6)));
+        assert!(a.starts_with("preprocess.sm_87."), "{a}");
     }
 
     #[test]

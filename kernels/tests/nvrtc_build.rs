@@ -56,3 +56,27 @@ fn all_kernels_compile_for_all_sms_without_spills() {
         );
     }
 }
+
+#[test]
+fn compiled_cubins_are_cached_on_disk_and_reused() {
+    if !nvrtc::available() {
+        eprintln!("SKIP: libnvrtc not found");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("bevrt-kcache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let k = &nvrtc::KERNELS[2];
+    let first = nvrtc::cubin_cached_in(Some(dir.clone()), k, 87).unwrap();
+    let key = nvrtc::cache_key(k, 87, nvrtc::version().unwrap());
+    let stored = std::fs::read(dir.join(&key)).expect("cubin written to the cache");
+    assert_eq!(stored, first);
+    // a cached file is what comes back (replace it with a marked copy to tell)
+    let mut marked = first.clone();
+    marked.extend_from_slice(b"cached");
+    std::fs::write(dir.join(&key), &marked).unwrap();
+    assert_eq!(
+        nvrtc::cubin_cached_in(Some(dir.clone()), k, 87).unwrap(),
+        marked
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

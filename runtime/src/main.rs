@@ -227,6 +227,9 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
             al.sink_per_frame
         );
     }
+    if let Some(d) = al.device_after_warmup {
+        log::info!("device allocations after warm-up: {d}");
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }

@@ -95,6 +95,9 @@ pub struct AllocReport {
     pub sink_per_frame: f64,
     /// Frames the inference numbers are averaged over (those after warm-up).
     pub frames_counted: u64,
+    /// Device (GPU) allocations the backend made after warm-up, in total (`None`: the
+    /// backend allocates no device memory).
+    pub device_after_warmup: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -393,7 +396,7 @@ pub fn run(
             ended_by: ended,
         }
     };
-    let alloc_report = |c: &Counters, own: u64, be: u64, n: u64| {
+    let alloc_report = |c: &Counters, own: u64, be: u64, n: u64, dev: Option<u64>| {
         let per = |a: u64, n: u64| if n == 0 { 0.0 } else { a as f64 / n as f64 };
         AllocReport {
             measured: alloc_count::is_active(),
@@ -408,8 +411,10 @@ pub fn run(
                 c.sink_counted.load(Ordering::Relaxed),
             ),
             frames_counted: n,
+            device_after_warmup: dev,
         }
     };
+    let mut device_at_warmup: Option<u64> = None;
 
     let mut ended: Option<String> = None;
     loop {
@@ -439,7 +444,13 @@ pub fn run(
                 &hist,
                 &counters,
                 start.elapsed().as_secs_f64(),
-                alloc_report(&counters, own_allocs, backend_allocs, counted),
+                alloc_report(
+                    &counters,
+                    own_allocs,
+                    backend_allocs,
+                    counted,
+                    device_since(&*backend, device_at_warmup),
+                ),
                 rss_after_warmup,
                 "running".into(),
             );
@@ -524,6 +535,7 @@ pub fn run(
                 counters.processed.fetch_add(1, Ordering::Relaxed);
                 if processed == WARMUP_FRAMES {
                     rss_after_warmup = rss_kib();
+                    device_at_warmup = backend.device_allocations();
                 }
                 if processed > WARMUP_FRAMES {
                     let total = alloc_count::thread_allocs() - a0;
@@ -557,7 +569,13 @@ pub fn run(
         &hist,
         &counters,
         start.elapsed().as_secs_f64(),
-        alloc_report(&counters, own_allocs, backend_allocs, counted),
+        alloc_report(
+            &counters,
+            own_allocs,
+            backend_allocs,
+            counted,
+            device_since(&*backend, device_at_warmup),
+        ),
         rss_after_warmup,
         ended,
     );
@@ -590,4 +608,11 @@ fn write_metrics(m: &mut Option<std::io::BufWriter<std::fs::File>>, r: &RunRepor
 
 fn mtime(p: &std::path::Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// Device allocations since warm-up (all of them before warm-up ends).
+fn device_since(backend: &dyn crate::backend::Backend, at_warmup: Option<u64>) -> Option<u64> {
+    backend
+        .device_allocations()
+        .map(|now| now - at_warmup.unwrap_or(now))
 }

@@ -134,6 +134,8 @@ pub struct CudaBackend {
     graph: Option<FrameGraph>,
     describe: String,
     infer_ns: (u64, u64),
+    /// Device allocations after load (a new camera mode reallocates the frame buffer).
+    device_allocs: u64,
 }
 
 fn visible_cells(t: &bevrt_calib::SamplingTable) -> Vec<bool> {
@@ -285,6 +287,7 @@ impl CudaBackend {
             graph: None,
             describe,
             infer_ns: (0, 0),
+            device_allocs: 0,
         })
     }
 
@@ -331,6 +334,7 @@ impl Backend for CudaBackend {
             self.frame_host = Some(unsafe { self.gpu.ctx.alloc_pinned::<u8>(n) }.map_err(gpu_err)?);
             self.frame_dev = Some(self.gpu.stream.alloc_zeros::<u8>(n).map_err(gpu_err)?);
             self.frame_len = n;
+            self.device_allocs += 1;
             self.pre = Some((
                 crate::preprocess::gpu_params(&self.spec, frame.format, frame.width, frame.height),
                 key.0,
@@ -437,6 +441,10 @@ impl Backend for CudaBackend {
 
     fn sub_stages(&self) -> Vec<(&'static str, u64, u64)> {
         vec![("gpu_graph", self.infer_ns.0, self.infer_ns.1)]
+    }
+
+    fn device_allocations(&self) -> Option<u64> {
+        Some(self.device_allocs)
     }
 
     fn set_calibration(&mut self, path: &std::path::Path) -> anyhow::Result<String> {

@@ -54,6 +54,11 @@ pub trait Backend: Send {
     fn sub_stages(&self) -> Vec<(&'static str, u64, u64)> {
         Vec::new()
     }
+    /// Device memory allocations since load (`None` for backends without device memory):
+    /// the pipeline reports how many happened after warm-up (the goal is zero).
+    fn device_allocations(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Open a backend of `kind` for `bundle`.
