@@ -35,6 +35,8 @@ for ds in "$MNIST" "$DIGITS"; do
   for f in raw "$WORK/$name.afv.npy"; do
     $TOOL probe --features "$f" --data "$ds" --method linear
     $TOOL probe --features "$f" --data "$ds" --method linear --labels-per-class 10 --seeds 5
+    $TOOL probe --features "$f" --data "$ds" --method linear --loss ls
+    $TOOL probe --features "$f" --data "$ds" --method linear --loss ls --labels-per-class 10 --seeds 5
     $TOOL probe --features "$f" --data "$ds" --method knn
     $TOOL probe --features "$f" --data "$ds" --method knn --labels-per-class 10 --seeds 5
     $TOOL probe --features "$f" --data "$ds" --method knn --k 1 --metric euclidean

@@ -177,6 +177,28 @@ fn short_gan_gives_afv_features_that_beat_raw_pixels() {
         "AFV linear {afv_lin} vs raw {raw_lin}"
     );
     assert!(afv_knn10 > 60.0, "AFV 10/class k-NN {afv_knn10}");
+    // the closed-form least-squares probe: 10 labels per class, AFV above raw pixels
+    let ls10 = |features: &str| {
+        accuracy(&tool(&[
+            "probe",
+            "--features",
+            features,
+            "--data",
+            d,
+            "--method",
+            "linear",
+            "--loss",
+            "ls",
+            "--labels-per-class",
+            "10",
+            "--seeds",
+            "3",
+            "--json",
+        ]))
+    };
+    let (afv_ls10, raw_ls10) = (ls10(f), ls10("raw"));
+    eprintln!("digits 10/class least squares: AFV {afv_ls10:.1} % vs raw {raw_ls10:.1} %");
+    assert!(afv_ls10 > raw_ls10, "AFV LS {afv_ls10} vs raw {raw_ls10}");
 
     // set distances: class halves vs classes (digits, held-out images)
     let so = tool(&[

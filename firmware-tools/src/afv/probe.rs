@@ -5,6 +5,11 @@
 //!   weight decay `--wd` 1e-2 as an L2 term; the best of a small grid on MNIST-5k AFV
 //!   features), cross-entropy or the squared-hinge one-vs-rest L2-SVM that AFV
 //!   uses. Weights start at zero, so a run is deterministic given the labelled subset.
+//!   `--loss ls`: regularised least squares on ±1 one-vs-rest targets, solved exactly
+//!   (`(XᵀX + λI)W = XᵀY`, through the n×n Gram matrix when there are more dimensions than
+//!   labelled images; λ = `--ridge` × mean ‖x‖²). No optimiser, no epochs: the full-batch
+//!   Adam probes above stop far from their optimum on 36k-dimensional AFV features in 100
+//!   epochs (94.4 % vs 96.9 % on MNIST-5k), and 300 epochs already take 4 minutes.
 //! - `knn`: cosine similarity on L2-normalised features, k = 20, votes weighted by
 //!   `exp(sim / 0.07)` (the weighted k-NN BAM and InstDisc evaluate with); `--k 1 --metric
 //!   euclidean` is the classic 1-NN.
@@ -36,6 +41,8 @@ pub enum ProbeMethod {
 pub enum Loss {
     Ce,
     Hinge,
+    /// Regularised least squares on ±1 one-vs-rest targets, solved exactly (no epochs).
+    Ls,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, ValueEnum, Serialize)]
@@ -72,6 +79,10 @@ pub struct ProbeArgs {
     pub lr: f64,
     #[arg(long, default_value_t = 1e-2)]
     pub wd: f64,
+    /// `--loss ls`: ridge λ relative to the mean squared norm of the standardised features
+    /// (accuracy on MNIST-5k AFV is flat from 1e-5 to 1e-2).
+    #[arg(long, default_value_t = 1e-3)]
+    pub ridge: f64,
     #[arg(long, default_value_t = 20)]
     pub k: usize,
     #[arg(long, value_enum, default_value_t = Metric::Cosine)]
@@ -155,6 +166,10 @@ pub fn train_linear(
     let mt = Tensor::from_vec(mean.clone(), (1, d), &Device::Cpu)?;
     let st = Tensor::from_vec(std.clone(), (1, d), &Device::Cpu)?;
     let xs = xt.broadcast_sub(&mt)?.broadcast_div(&st)?;
+    if loss == Loss::Ls {
+        let (w, b) = least_squares(&xs, y, classes, wd)?;
+        return Ok(Linear { mean, std, w, b });
+    }
     // Gradients written out (the model is linear): X^T once, contiguous, so each epoch is two
     // plain GEMMs instead of autograd through a strided transpose.
     let xs_t = xs.t()?.contiguous()?;
@@ -180,6 +195,7 @@ pub fn train_linear(
                 let m = (1.0 - (&s * &pm)?)?.relu()?;
                 ((m * &pm)? * (-2.0 * inv_n))?
             }
+            Loss::Ls => unreachable!("solved in closed form above"),
         };
         let gw = (xs_t.matmul(&g)? + (&w * (2.0 * wd))?)?;
         let gb = g.sum(0)?;
@@ -193,6 +209,69 @@ pub fn train_linear(
         b = (&b - (((&mb / c1)? / ((&vb / c2)?.sqrt()? + 1e-8)?)? * step_lr)?)?;
     }
     Ok(Linear { mean, std, w, b })
+}
+
+/// Ridge regression of ±1 one-vs-rest targets on centred features `xs` (n × d): the
+/// intercept is the targets' mean, the weights solve the normal equations in whichever of
+/// the d×d or n×n forms is smaller (the same solution), by Cholesky in f64.
+fn least_squares(xs: &Tensor, y: &[usize], classes: usize, ridge: f64) -> Result<(Tensor, Tensor)> {
+    use nalgebra::DMatrix;
+    let (n, d) = xs.dims2()?;
+    let mut t = vec![-1f64; n * classes];
+    for (i, &c) in y.iter().enumerate() {
+        t[i * classes + c] = 1.0;
+    }
+    let bias: Vec<f64> = (0..classes)
+        .map(|c| (0..n).map(|i| t[i * classes + c]).sum::<f64>() / n as f64)
+        .collect();
+    for i in 0..n {
+        for c in 0..classes {
+            t[i * classes + c] -= bias[c];
+        }
+    }
+    let dual = d > n;
+    // Gram matrix of the smaller side, in f32 GEMM, then f64 for the solve.
+    let g = if dual {
+        xs.matmul(&xs.t()?)?
+    } else {
+        xs.t()?.matmul(xs)?
+    };
+    let m = g.dims2()?.0;
+    let gv: Vec<f32> = g.flatten_all()?.to_vec1()?;
+    let mut a = DMatrix::<f64>::from_iterator(m, m, gv.iter().map(|v| *v as f64));
+    let scale = a.trace() / m as f64 * if dual { 1.0 } else { d as f64 / n as f64 };
+    for i in 0..m {
+        a[(i, i)] += ridge * scale;
+    }
+    let rhs = if dual {
+        DMatrix::<f64>::from_row_slice(n, classes, &t)
+    } else {
+        // Xᵀ T
+        let tt = Tensor::from_vec(
+            t.iter().map(|v| *v as f32).collect::<Vec<f32>>(),
+            (n, classes),
+            &Device::Cpu,
+        )?;
+        let r: Vec<f32> = xs.t()?.matmul(&tt)?.flatten_all()?.to_vec1()?;
+        DMatrix::<f64>::from_row_slice(d, classes, &r.iter().map(|v| *v as f64).collect::<Vec<_>>())
+    };
+    let chol = a.cholesky().ok_or_else(|| {
+        anyhow::anyhow!("least squares: the regularised Gram matrix is not positive definite")
+    })?;
+    let sol = chol.solve(&rhs);
+    // row-major copy of the solution
+    let flat: Vec<f32> = (0..sol.nrows())
+        .flat_map(|i| (0..classes).map(move |c| (i, c)))
+        .map(|(i, c)| sol[(i, c)] as f32)
+        .collect();
+    let sol_t = Tensor::from_vec(flat, (sol.nrows(), classes), &Device::Cpu)?;
+    let w = if dual { xs.t()?.matmul(&sol_t)? } else { sol_t };
+    let b = Tensor::from_vec(
+        bias.iter().map(|v| *v as f32).collect::<Vec<f32>>(),
+        classes,
+        &Device::Cpu,
+    )?;
+    Ok((w, b))
 }
 
 impl Linear {
@@ -342,7 +421,8 @@ pub fn probe(a: &ProbeArgs) -> Result<()> {
         let y: Vec<usize> = lab.iter().map(|&i| ds.labels[i]).collect();
         let pred = match a.method {
             ProbeMethod::Linear => {
-                let m = train_linear(&x, &y, classes, a.loss, a.epochs, a.lr, a.wd)?;
+                let reg = if a.loss == Loss::Ls { a.ridge } else { a.wd };
+                let m = train_linear(&x, &y, classes, a.loss, a.epochs, a.lr, reg)?;
                 let p = m.predict(&test_x)?;
                 if first.is_none() {
                     first = Some(m);
@@ -483,4 +563,43 @@ fn write_probe_bundle(
     let _ = std::fs::remove_dir_all(&tmp);
     res?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both forms (n×n Gram when d > n, d×d otherwise) satisfy the ridge normal equations
+    /// `(XᵀX + λ·s·I) W = Xᵀ(T − b)` with `s` the mean squared row norm.
+    #[test]
+    fn least_squares_solves_the_normal_equations_in_both_forms() {
+        for (n, d) in [(12usize, 40usize), (40, 12)] {
+            let mut r = Rng(7 + n as u64);
+            let v: Vec<f32> = (0..n * d).map(|_| r.uniform() * 2.0 - 1.0).collect();
+            let x = Tensor::from_vec(v.clone(), (n, d), &Device::Cpu).unwrap();
+            let y: Vec<usize> = (0..n).map(|i| i % 3).collect();
+            let lam = 0.1;
+            let (w, b) = least_squares(&x, &y, 3, lam).unwrap();
+            let w: Vec<Vec<f32>> = w.to_vec2().unwrap();
+            let b: Vec<f32> = b.to_vec1().unwrap();
+            let s = v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>() / n as f64;
+            for c in 0..3 {
+                for j in 0..d {
+                    // (XᵀX w)_j + λ s w_j  vs  (Xᵀ (t − b))_j
+                    let mut lhs = lam * s * w[j][c] as f64;
+                    let mut rhs = 0f64;
+                    for i in 0..n {
+                        let xw: f64 = (0..d).map(|k| v[i * d + k] as f64 * w[k][c] as f64).sum();
+                        lhs += v[i * d + j] as f64 * xw;
+                        let t = if y[i] == c { 1.0 } else { -1.0 };
+                        rhs += v[i * d + j] as f64 * (t - b[c] as f64);
+                    }
+                    assert!(
+                        (lhs - rhs).abs() < 1e-3 * (1.0 + rhs.abs()),
+                        "n {n} d {d}: {lhs} vs {rhs}"
+                    );
+                }
+            }
+        }
+    }
 }
