@@ -21,7 +21,8 @@ __device__ __forceinline__ half_bits f2h(float f) {
 // Activations fused into producers (bevrt_kernels::reference::activate is the CPU twin).
 // Only exactly-rounded operations: with --fmad=false every result equals the CPU's bit for bit.
 // 0 none, 1 relu, 2 clip(a, b), 3 hardsigmoid(alpha a, beta b), 4 hardswish,
-// 5 sigmoid, 6 silu (5 and 6 use expf: within 2 ulp of the CPU, not bit-exact).
+// 5 sigmoid, 6 silu (5 and 6 use expf: within 2 ulp of the CPU, not bit-exact),
+// 7 leaky relu (slope a).
 __device__ __forceinline__ float activate(float y, int act, float a, float b) {
     switch (act) {
     case 1: return fmaxf(y, 0.0f);
@@ -30,6 +31,7 @@ __device__ __forceinline__ float activate(float y, int act, float a, float b) {
     case 4: return y * fmaxf(0.0f, fminf(1.0f, y / 6.0f + 0.5f));
     case 5: return 1.0f / (1.0f + expf(-y));
     case 6: return y / (1.0f + expf(-y));
+    case 7: return y > 0.0f ? y : a * y;
     default: return y;
     }
 }

@@ -4,7 +4,8 @@
 
 use crate::nvrtc;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
+    PushKernelArg,
 };
 use std::collections::HashMap;
 use std::path::Path;
@@ -64,6 +65,29 @@ impl PreprocessOutput for i8 {
 
 // SAFETY: plain-old-data with the C layout the kernel expects.
 unsafe impl DeviceRepr for PreprocessParams {}
+
+/// Shapes of an AFV discriminator tail (fisher.cu's arguments): `a1` C1×H1×W1 → conv2
+/// (C2×C1×k×k, stride, pad) → `z2` C2×H2×W2 → LeakyReLU(slope) → linear.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AfvDims {
+    pub c1: i32,
+    pub h1: i32,
+    pub w1: i32,
+    pub c2: i32,
+    pub h2: i32,
+    pub w2: i32,
+    pub k: i32,
+    pub stride: i32,
+    pub pad: i32,
+    pub slope: f32,
+}
+
+impl AfvDims {
+    /// Length of `U`: `[a2 (C2·H2·W2), ∂D/∂W2 (C2·C1·k·k), ∂D/∂b2 (C2)]`.
+    pub fn dim(&self) -> usize {
+        (self.c2 * self.h2 * self.w2 + self.c2 * self.c1 * self.k * self.k + self.c2) as usize
+    }
+}
 
 /// A device, a stream and every bevrt kernel loaded.
 pub struct Gpu {
@@ -137,26 +161,9 @@ impl Gpu {
         map: Option<&CudaSlice<f32>>,
         p: &PreprocessParams,
     ) -> Result<(), GpuError> {
-        let cfg = LaunchConfig {
-            grid_dim: (
-                (p.out_w as u32).div_ceil(32),
-                (p.out_h as u32).div_ceil(8),
-                1,
-            ),
-            block_dim: (32, 8, 1),
-            shared_mem_bytes: 0,
-        };
-        let null = 0u64;
-        let mut b = self.stream.launch_builder(self.f(T::KERNEL));
-        b.arg(src).arg(dst);
-        match map {
-            Some(m) => b.arg(m),
-            None => b.arg(&null),
-        };
-        b.arg(p);
-        // SAFETY: argument list matches the kernel signature; sizes are the caller's contract
-        // (dst holds out_w*out_h*channels floats, src one frame).
-        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+        let st = &self.stream;
+        let m = map.map(|m| m.device_ptr(st).0).unwrap_or(0);
+        self.preprocess_at(T::KERNEL, src.device_ptr(st).0, dst.device_ptr(st).0, m, p)
     }
 
     /// [`Gpu::preprocess`] on raw device addresses (`map` 0 = resize), for buffers inside a
@@ -240,21 +247,16 @@ impl Gpu {
         cells: i32,
         plane: i32,
     ) -> Result<(), GpuError> {
-        let cfg = LaunchConfig {
-            grid_dim: (((cells * levels) as u32).div_ceil(256), channels as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut b = self.stream.launch_builder(self.f("bev_pool_f32"));
-        b.arg(taps)
-            .arg(feat)
-            .arg(out)
-            .arg(&channels)
-            .arg(&levels)
-            .arg(&cells)
-            .arg(&plane);
-        // SAFETY: matches bev_pool_f32(taps, feat, out, channels, levels, cells, plane).
-        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+        let st = &self.stream;
+        self.bev_pool_f32_at(
+            taps.device_ptr(st).0,
+            feat.device_ptr(st).0,
+            out.device_ptr(st).0,
+            channels,
+            levels,
+            cells,
+            plane,
+        )
     }
 
     /// Per-cell argmax over `n_classes` planes of `cells` logits.
@@ -265,10 +267,79 @@ impl Gpu {
         n_classes: i32,
         cells: i32,
     ) -> Result<(), GpuError> {
-        let cfg = LaunchConfig::for_num_elems(cells as u32);
-        let mut b = self.stream.launch_builder(self.f("bev_argmax"));
-        b.arg(logits).arg(classes).arg(&n_classes).arg(&cells);
-        // SAFETY: matches bev_argmax(logits, classes, n_classes, cells).
+        let st = &self.stream;
+        self.bev_argmax_at(
+            logits.device_ptr(st).0,
+            classes.device_ptr(st).0,
+            n_classes,
+            cells,
+        )
+    }
+
+    /// The AFV score `U` of a discriminator tail from its activations (fisher.cu; CPU twin
+    /// `bevrt_runtime::afv::afv_score`, same `U` layout). Pointers: `a1` (C1·H1·W1 f32), `z2`
+    /// and `w3` (C2·H2·W2 f32), `delta` scratch (C2·H2·W2 f32), `u` (`AfvDims::dim()` f32).
+    pub fn afv_score_at(
+        &self,
+        d: &AfvDims,
+        a1: u64,
+        z2: u64,
+        w3: u64,
+        delta: u64,
+        u: u64,
+    ) -> Result<(), GpuError> {
+        let n2 = d.c2 * d.h2 * d.w2;
+        let mut b = self.stream.launch_builder(self.f("afv_delta"));
+        b.arg(&z2)
+            .arg(&w3)
+            .arg(&d.slope)
+            .arg(&u)
+            .arg(&delta)
+            .arg(&n2);
+        // SAFETY: matches afv_delta(z2, w3, slope, u, delta, n2).
+        unsafe { b.launch(LaunchConfig::for_num_elems(n2 as u32)) }.map_err(drv)?;
+        let threads = d.c2 * d.c1 * d.k * d.k;
+        let mut b = self.stream.launch_builder(self.f("afv_conv_grad"));
+        b.arg(&a1).arg(&delta).arg(&u);
+        let shape = [d.c1, d.h1, d.w1, d.c2, d.h2, d.w2, d.k, d.stride, d.pad];
+        for v in &shape {
+            b.arg(v);
+        }
+        // SAFETY: matches afv_conv_grad(a1, delta, u, c1, h1, w1, c2, h2, w2, k, stride, pad).
+        unsafe { b.launch(LaunchConfig::for_num_elems(threads as u32)) }
+            .map(|_| ())
+            .map_err(drv)
+    }
+
+    /// Fisher normalisation of `n` values at `v` in place (one block of 256 threads; CPU twin
+    /// `bevrt_runtime::afv::fisher_normalise`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn fisher_normalise_at(
+        &self,
+        v: u64,
+        mean: u64,
+        diag: u64,
+        eps: f32,
+        power: bool,
+        l2: bool,
+        n: i32,
+    ) -> Result<(), GpuError> {
+        let (power, l2) = (power as i32, l2 as i32);
+        let mut b = self.stream.launch_builder(self.f("fisher_normalise"));
+        b.arg(&v)
+            .arg(&mean)
+            .arg(&diag)
+            .arg(&eps)
+            .arg(&power)
+            .arg(&l2)
+            .arg(&n);
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: matches fisher_normalise(v, mean, diag, eps, power, l2, n); the kernel's
+        // reduction is written for exactly 256 threads.
         unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
     }
 

@@ -12,9 +12,11 @@ pub mod act {
     pub const HARD_SWISH: i32 = 4;
     pub const SIGMOID: i32 = 5;
     pub const SILU: i32 = 6;
+    /// `x > 0 ? x : a*x`
+    pub const LEAKY_RELU: i32 = 7;
     /// Codes whose results are exactly rounded (bit-identical on GPU and CPU).
     pub fn is_exact(code: i32) -> bool {
-        code <= HARD_SWISH
+        code <= HARD_SWISH || code == LEAKY_RELU
     }
 }
 

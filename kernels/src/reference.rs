@@ -30,6 +30,13 @@ pub fn activate(y: f32, code: i32, a: f32, b: f32) -> f32 {
         act::HARD_SWISH => y * 0f32.max(1f32.min(y / 6.0 + 0.5)),
         act::SIGMOID => 1.0 / (1.0 + (-y).exp()),
         act::SILU => y / (1.0 + (-y).exp()),
+        act::LEAKY_RELU => {
+            if y > 0.0 {
+                y
+            } else {
+                a * y
+            }
+        }
         _ => y,
     }
 }

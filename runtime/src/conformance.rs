@@ -283,7 +283,17 @@ fn one_line(s: &str) -> String {
 }
 
 /// Run every case, catching panics inside the engine as failures (the suite never aborts).
-pub fn run_suite(cases: &[PathBuf], mut progress: impl FnMut(&CaseResult)) -> Vec<CaseResult> {
+pub fn run_suite(cases: &[PathBuf], progress: impl FnMut(&CaseResult)) -> Vec<CaseResult> {
+    run_each(cases, run_case_cpu, "engine", progress)
+}
+
+/// `run` on every case in order, a panic inside it turned into a failure naming `what`.
+fn run_each(
+    cases: &[PathBuf],
+    mut run: impl FnMut(&Path) -> Outcome,
+    what: &str,
+    mut progress: impl FnMut(&CaseResult),
+) -> Vec<CaseResult> {
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let mut out = Vec::with_capacity(cases.len());
@@ -292,14 +302,14 @@ pub fn run_suite(cases: &[PathBuf], mut progress: impl FnMut(&CaseResult)) -> Ve
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| run_case_cpu(c))) {
+        let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| run(c))) {
             Ok(o) => o,
-            Err(p) => {
-                let msg = crate::pipeline::panic_message(p.as_ref());
-                Outcome::Fail {
-                    reason: format!("engine panicked: {}", one_line(&msg)),
-                }
-            }
+            Err(p) => Outcome::Fail {
+                reason: format!(
+                    "{what} panicked: {}",
+                    one_line(&crate::pipeline::panic_message(p.as_ref()))
+                ),
+            },
         };
         let r = CaseResult { name, outcome };
         progress(&r);
@@ -489,30 +499,12 @@ pub fn run_suite_plan(
     cases: &[PathBuf],
     float: bevrt_kernels::plan::DType,
     exec: &mut PlanExec,
-    mut progress: impl FnMut(&CaseResult),
+    progress: impl FnMut(&CaseResult),
 ) -> Vec<CaseResult> {
-    let prev = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let mut out = Vec::with_capacity(cases.len());
-    for c in cases {
-        let name = c
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let outcome =
-            match std::panic::catch_unwind(AssertUnwindSafe(|| run_case_plan(c, float, exec))) {
-                Ok(o) => o,
-                Err(p) => Outcome::Fail {
-                    reason: format!(
-                        "executor panicked: {}",
-                        one_line(&crate::pipeline::panic_message(p.as_ref()))
-                    ),
-                },
-            };
-        let r = CaseResult { name, outcome };
-        progress(&r);
-        out.push(r);
-    }
-    std::panic::set_hook(prev);
-    out
+    run_each(
+        cases,
+        |c| run_case_plan(c, float, exec),
+        "executor",
+        progress,
+    )
 }

@@ -35,7 +35,7 @@ fn missing_bundle_and_missing_model_file() {
             "--bundle",
             "/nonexistent/bundle",
             "--source",
-            "images:/tmp/*.png",
+            "sim:?seed=1",
         ],
         &["/nonexistent/bundle"],
     );
@@ -64,7 +64,7 @@ fn hash_mismatch_names_the_file() {
             "--bundle",
             b.to_str().unwrap(),
             "--source",
-            "images:/tmp/*.png",
+            "sim:?seed=1",
         ],
         &["model.onnx", "sha256 mismatch"],
     );
@@ -105,7 +105,7 @@ fn truncated_and_corrupted_onnx() {
             "--bundle",
             b.to_str().unwrap(),
             "--source",
-            "images:/tmp/*.png",
+            "sim:?seed=1",
             "--backend",
             "cpu",
         ],

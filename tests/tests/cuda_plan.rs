@@ -284,3 +284,120 @@ fn unsupported_ops_are_refused_at_load_with_the_list() {
         other => panic!("expected a refusal, got {:?}", other.map(|p| p.steps.len())),
     }
 }
+
+/// The AFV discriminator's shape (the CUDA backend lowers it in F32 and reads `a1` and `z2`
+/// from the plan's outputs): Conv 4/2 → LeakyReLU (exposed `a1`) → Conv 4/2 (exposed `z2`) →
+/// LeakyReLU → Flatten → Linear. Every output of the plan on the CPU twins matches tract, and
+/// the AFV score computed from the plan's activations matches the one from tract's.
+#[test]
+fn afv_discriminator_plan_matches_tract_on_every_output() {
+    use bevrt_models::export::{SeqLayer, SeqOp, sequential_to_onnx};
+    let l = |name: &str, op, expose: Option<&str>| SeqLayer {
+        name: name.into(),
+        op,
+        expose: expose.map(String::from),
+    };
+    let (c1, c2) = (8usize, 16usize);
+    let layers = vec![
+        l(
+            "c1",
+            SeqOp::Conv {
+                weight: noise(c1 * 16, 3, -0.5, 0.5),
+                bias: noise(c1, 4, -0.1, 0.1),
+                cin: 1,
+                cout: c1,
+                k: 4,
+                stride: 2,
+                pad: 1,
+            },
+            None,
+        ),
+        l("a1", SeqOp::LeakyRelu(0.2), Some("a1")),
+        l(
+            "c2",
+            SeqOp::Conv {
+                weight: noise(c2 * c1 * 16, 5, -0.2, 0.2),
+                bias: noise(c2, 6, -0.1, 0.1),
+                cin: c1,
+                cout: c2,
+                k: 4,
+                stride: 2,
+                pad: 1,
+            },
+            Some("z2"),
+        ),
+        l("a2", SeqOp::LeakyRelu(0.2), None),
+        l("flat", SeqOp::Flatten, None),
+        l(
+            "fc",
+            SeqOp::Linear {
+                weight: noise(c2 * 49, 7, -0.1, 0.1),
+                bias: vec![0.05],
+                cin: c2 * 49,
+                cout: 1,
+            },
+            None,
+        ),
+    ];
+    let bytes = sequential_to_onnx("d", "x", &[1, 1, 28, 28], "d", &layers, "test").unwrap();
+    let path = scratch("afv-plan").join("d.onnx");
+    std::fs::write(&path, bytes).unwrap();
+    let x = noise(28 * 28, 8, -1.0, 1.0);
+
+    let model = bevrt_models::load_for_tract(&path, &Default::default())
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let t = tract_ndarray::ArrayD::from_shape_vec(vec![1, 1, 28, 28], x.clone()).unwrap();
+    let want: Vec<Vec<f32>> = model
+        .run(tvec!(Tensor::from(t).into()))
+        .unwrap()
+        .iter()
+        .map(|o| o.to_plain_array_view::<f32>().unwrap().iter().copied().collect())
+        .collect();
+    assert_eq!(want.len(), 3);
+
+    let plan = lower(&path, &[], DType::F32);
+    // conv1 carries its LeakyReLU; conv2 does not (z2 is an output before the activation)
+    let conv_acts: Vec<i32> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.op {
+            bevrt_kernels::plan::Op::Conv { p, .. } => Some(p.act),
+            _ => None,
+        })
+        .collect();
+    let leaky = bevrt_kernels::params::act::LEAKY_RELU;
+    assert_eq!(&conv_acts[..2], &[leaky, 0], "{:#?}", plan.kernel_counts());
+    let got = reference::run(&plan, &[&x]);
+    assert_eq!(got.len(), 3);
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.len(), w.len(), "output {k}");
+        let tol = 1e-5 * max_abs(w).max(1e-3);
+        assert!(max_diff(g, w) <= tol, "output {k}: {} > {tol}", max_diff(g, w));
+    }
+
+    let geom = bevrt_runtime::afv::AfvGeometry {
+        c1,
+        h1: 14,
+        w1: 14,
+        c2,
+        h2: 7,
+        w2: 7,
+        k: 4,
+        stride: 2,
+        pad: 1,
+        slope: 0.2,
+    };
+    let w3 = noise(c2 * 49, 7, -0.1, 0.1);
+    let score = |a1: &[f32], z2: &[f32]| {
+        let mut delta = vec![0f32; geom.z2_len()];
+        let mut u = vec![0f32; geom.dim()];
+        bevrt_runtime::afv::afv_score(&geom, a1, z2, &w3, &mut delta, &mut u);
+        u
+    };
+    let (ug, uw) = (score(&got[1], &got[2]), score(&want[1], &want[2]));
+    assert!(max_diff(&ug, &uw) <= 1e-5 * max_abs(&uw));
+}

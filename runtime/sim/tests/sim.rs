@@ -133,17 +133,14 @@ fn box_corner_projects_where_the_camera_model_says() {
     assert!((sim.depth()[i] as f64 - g.z).abs() < 0.1 * g.z);
 }
 
-/// Visible ground cells of the BEV ground truth carry the class the camera sees at the pixel
-/// their centre projects to. Cells on a class boundary (a 3x3 neighbour of another class) are
-/// counted apart: there the cell centre and the nearest pixel centre (up to half a pixel away:
-/// +-8 cm sideways and +-1.5 m in depth at 30 m) can fall on different sides of the boundary.
-#[test]
-fn bev_ground_truth_agrees_with_labels() {
+/// BEV/label agreement of visible ground cells over 10 frames (2 seeds) rendered at
+/// `width`x`height` (the default camera, intrinsics scaled): (agree, total, agree off class
+/// boundaries, cells off class boundaries).
+fn bev_label_agreement(width: u32, height: u32) -> (usize, usize, usize, usize) {
     let (mut total, mut agree) = (0usize, 0usize);
     let (mut inner, mut inner_agree) = (0usize, 0usize);
-    let mut visible_cells = 0usize;
     for seed in [3u64, 11] {
-        let cfg = SimConfig::with_seed(seed);
+        let cfg = SimConfig::with_seed(seed).with_size(width, height).unwrap();
         let mut sim = Simulator::new(cfg.clone()).unwrap();
         let mut rgb = vec![0u8; sim.frame_bytes()];
         let v2c = cfg.extrinsics.vehicle_to_cam();
@@ -165,9 +162,6 @@ fn bev_ground_truth_agrees_with_labels() {
             for row in 0..gh {
                 for col in 0..gw {
                     let c = bev[row * gw + col];
-                    if c != class::UNKNOWN {
-                        visible_cells += 1;
-                    }
                     if !matches!(c, class::ROAD | class::SIDEWALK | class::TERRAIN) {
                         continue;
                     }
@@ -190,21 +184,41 @@ fn bev_ground_truth_agrees_with_labels() {
             }
         }
     }
-    let frac = agree as f64 / total as f64;
-    let inner_frac = inner_agree as f64 / inner as f64;
-    println!(
-        "BEV/label agreement over 10 frames: all visible ground cells {agree}/{total} = {:.2} %, \
-         off class boundaries {inner_agree}/{inner} = {:.2} % ({visible_cells} visible cells)",
-        frac * 100.0,
-        inner_frac * 100.0
-    );
-    assert!(total > 10_000, "too few visible ground cells: {total}");
-    assert!(
-        inner_frac >= 0.99,
-        "off boundaries only {:.2} % agree",
-        inner_frac * 100.0
-    );
-    assert!(frac >= 0.98, "only {:.2} % agree", frac * 100.0);
+    (agree, total, inner_agree, inner)
+}
+
+/// Visible ground cells of the BEV ground truth carry the class the camera sees at the pixel
+/// their centre projects to. The check itself has a resolution limit: the cell centre and the
+/// nearest pixel centre are up to half a pixel apart, and at the default 384x128 (fx 192) a
+/// pixel row covers ~3 m of ground at 30 m, twelve 0.25 m cells, so cells on a class boundary
+/// (a 3x3 neighbour of another class) can land on the other class's pixel. Measured at the
+/// default size (all cells >= 98 %, off boundaries >= 99 %) and at 4x the resolution
+/// (1536x512, same field of view, a pixel row ~0.8 m at 30 m): >= 99 % of all visible ground
+/// cells (measured 2026-11-28: 98.75 % / 99.75 % at 384x128, 99.70 % / 100 % at 1536x512).
+#[test]
+fn bev_ground_truth_agrees_with_labels() {
+    for (w, h, min_all) in [(384u32, 128u32, 0.98), (1536, 512, 0.99)] {
+        let (agree, total, inner_agree, inner) = bev_label_agreement(w, h);
+        let frac = agree as f64 / total as f64;
+        let inner_frac = inner_agree as f64 / inner as f64;
+        println!(
+            "{w}x{h}: BEV/label agreement over 10 frames: all visible ground cells \
+             {agree}/{total} = {:.2} %, off class boundaries {inner_agree}/{inner} = {:.2} %",
+            frac * 100.0,
+            inner_frac * 100.0
+        );
+        assert!(total > 10_000, "too few visible ground cells: {total}");
+        assert!(
+            inner_frac >= 0.99,
+            "{w}x{h}: off boundaries only {:.2} % agree",
+            inner_frac * 100.0
+        );
+        assert!(
+            frac >= min_all,
+            "{w}x{h}: only {:.2} % agree",
+            frac * 100.0
+        );
+    }
 }
 
 #[test]

@@ -203,8 +203,8 @@ pub struct CpuBackend {
     bev: Option<BevStage>,
     /// `features`/`classify` bundles with an AFV tail or a probe head after `net`.
     feature: Option<FeatureStage>,
-    /// `embedding_norm = "standardize"`: per-dimension mean and std.
-    stats: Option<(Vec<f32>, Vec<f32>)>,
+    /// `embedding_stats`: per-dimension mean and std.
+    stats: Option<super::EmbeddingStats>,
 }
 
 /// What turns the network's outputs into the vector of a `features` bundle with an AFV tail
@@ -219,13 +219,8 @@ pub struct FeatureStage {
 }
 
 struct AfvOp {
-    geom: crate::afv::AfvGeometry,
-    w3: Vec<f32>,
-    /// Fisher mean and diagonal (`None` before `afv fit`: raw scores).
-    fisher: Option<(Vec<f32>, Vec<f32>)>,
-    eps: f32,
-    power: bool,
-    l2: bool,
+    tail: super::AfvTail,
+    /// ∂D/∂z2 scratch.
     delta: Vec<f32>,
 }
 
@@ -243,70 +238,16 @@ impl FeatureStage {
         let net_out = net.output_buffers();
         let afv = match &m.afv {
             None => None,
-            Some(a) => {
-                let shape = |k: usize, what: &str| -> anyhow::Result<[usize; 3]> {
-                    match net.output_shapes.get(k).map(|s| &s[..]) {
-                        Some(&[1, c, h, w]) => Ok([c, h, w]),
-                        other => anyhow::bail!(
-                            "{}: AFV needs model output {k} ({what}) of shape (1, C, H, W), got {other:?}",
-                            bundle.dir.display()
-                        ),
-                    }
-                };
-                let ([c1, h1, w1], [c2, h2, w2]) = (shape(1, "a1")?, shape(2, "z2")?);
-                let geom = crate::afv::AfvGeometry {
-                    c1,
-                    h1,
-                    w1,
-                    c2,
-                    h2,
-                    w2,
-                    k: a.kernel,
-                    stride: a.stride,
-                    pad: a.pad,
-                    slope: a.slope,
-                };
-                let read = |f: &bevrt_models::ModelFile| {
-                    let p = bundle.dir.join(&f.file);
-                    crate::npy::read_f32(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
-                };
-                let (_, w3) = read(&a.head_weight)?;
-                if w3.len() != geom.z2_len() {
-                    anyhow::bail!(
-                        "{}: {} values, the discriminator's z2 has {}",
-                        a.head_weight.file,
-                        w3.len(),
-                        geom.z2_len()
-                    );
-                }
-                let fisher = match &a.fisher {
-                    None => None,
-                    Some(f) => {
-                        let (s, v) = read(f)?;
-                        if s != [2, geom.dim()] {
-                            anyhow::bail!(
-                                "{}: shape {s:?}, expected [2, {}] (mean, diagonal)",
-                                f.file,
-                                geom.dim()
-                            );
-                        }
-                        let (mean, diag) = v.split_at(geom.dim());
-                        Some((mean.to_vec(), diag.to_vec()))
-                    }
-                };
+            Some(_) => {
+                let tail = super::AfvTail::load(bundle, &net.output_shapes)?;
                 Some(AfvOp {
-                    geom,
-                    w3,
-                    fisher,
-                    eps: a.eps,
-                    power: a.power_norm,
-                    l2: a.l2_norm,
-                    delta: vec![0.0; geom.z2_len()],
+                    delta: vec![0.0; tail.geom.z2_len()],
+                    tail,
                 })
             }
         };
         let dim = match &afv {
-            Some(a) => a.geom.dim(),
+            Some(a) => a.tail.geom.dim(),
             None => net_out[0].data.len(),
         };
         let probe = match probe_path {
@@ -352,16 +293,17 @@ impl FeatureStage {
         };
         match &mut self.afv {
             Some(a) => {
+                let t = &a.tail;
                 crate::afv::afv_score(
-                    &a.geom,
+                    &t.geom,
                     &self.net_out[1].data,
                     &self.net_out[2].data,
-                    &a.w3,
+                    &t.w3,
                     &mut a.delta,
                     dst,
                 );
-                if let Some((mean, diag)) = &a.fisher {
-                    crate::afv::fisher_normalise(dst, mean, diag, a.eps, a.power, a.l2);
+                if let Some((mean, diag)) = &t.fisher {
+                    crate::afv::fisher_normalise(dst, mean, diag, t.eps, t.power, t.l2);
                 }
             }
             None => dst.copy_from_slice(&self.net_out[0].data),
@@ -389,12 +331,7 @@ pub struct BevStage {
     visible: Vec<bool>,
 }
 
-fn visible_cells(t: &bevrt_calib::SamplingTable) -> Vec<bool> {
-    let per = t.grid_w * t.grid_h;
-    (0..per)
-        .map(|i| (0..t.levels).any(|l| t.flags[l * per + i] == bevrt_calib::bev::FLAG_VALID))
-        .collect()
-}
+use super::visible_cells;
 
 impl BevStage {
     fn load(
@@ -403,44 +340,15 @@ impl BevStage {
         opts: &bevrt_models::LegalizeOptions,
     ) -> anyhow::Result<BevStage> {
         let m = &bundle.manifest;
-        let grid = m.grid.clone().context("bev bundle without [grid]")?;
-        let cal_file = m
-            .calibration
-            .as_ref()
-            .context("bev bundle without [calibration]")?;
-        let cal_path = bundle.dir.join(&cal_file.file);
-        let cal = bevrt_calib::Calibration::load(&cal_path)?;
         let fshape = encoder
             .output_shapes
             .first()
             .context("encoder has no output")?;
-        let [1, c, fh, fw] = fshape[..] else {
-            anyhow::bail!(
-                "{}: encoder output {fshape:?} is not (1, C, H, W)",
-                bundle.dir.display()
-            );
-        };
-        let stride = m.input.height as usize / fh;
-        if stride == 0
-            || fh * stride != m.input.height as usize
-            || fw * stride != m.input.width as usize
-        {
-            anyhow::bail!(
-                "{}: encoder output {fw}x{fh} is not the input {}x{} divided by one integer stride",
-                bundle.dir.display(),
-                m.input.width,
-                m.input.height
-            );
-        }
-        let table = bevrt_calib::SamplingTable::try_build(
-            &grid,
-            &cal.camera,
-            &cal.extrinsics,
-            fw,
-            fh,
-            stride,
-        )
-        .with_context(|| format!("{}: sampling table", cal_path.display()))?;
+        let super::BevGeometry {
+            grid,
+            table,
+            channels: c,
+        } = super::BevGeometry::load(bundle, fshape)?;
         let (gh, gw, z) = (grid.height(), grid.width(), grid.levels());
         let head_path = bundle
             .model_path("head")
@@ -454,11 +362,6 @@ impl BevStage {
                 m.classes.len()
             );
         }
-        log::info!(
-            "bev: grid {gh}x{gw} x {z} levels at {} m, features {c}x{fh}x{fw} (stride {stride}), {:.0} % of table entries valid",
-            grid.cell,
-            table.valid_fraction() * 100.0
-        );
         Ok(BevStage {
             features: encoder.output_buffers(),
             bev_features: vec![0.0; c * z * gh * gw],
@@ -505,22 +408,7 @@ impl CpuBackend {
         if let Some(p) = feature.as_mut().and_then(|f| f.probe.as_mut()) {
             p.set_threads(net.threads)?;
         }
-        let stats = match &m.embedding_stats {
-            None => None,
-            Some(f) => {
-                let p = bundle.dir.join(&f.file);
-                let (s, v) = crate::npy::read_f32(&p)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-                if s.len() != 2 || s[0] != 2 {
-                    anyhow::bail!("{}: shape {s:?}, expected [2, D] (mean, std)", p.display());
-                }
-                let (mean, std) = v.split_at(s[1]);
-                if std.iter().any(|x| !(*x > 0.0 && x.is_finite())) {
-                    anyhow::bail!("{}: every std must be finite and > 0", p.display());
-                }
-                Some((mean.to_vec(), std.to_vec()))
-            }
-        };
+        let stats = super::EmbeddingStats::load(bundle)?;
         let outputs = match (&bev, &feature) {
             (Some(b), _) => b.head.output_buffers(),
             (None, Some(f)) => f.output_buffers(),
@@ -647,17 +535,8 @@ impl Backend for CpuBackend {
                 out.top = postprocess::argmax(&out.vector);
             }
             Task::Features => {
-                if let Some((mean, std)) = &self.stats {
-                    if mean.len() != out.vector.len() {
-                        anyhow::bail!(
-                            "embedding_stats has {} dimensions, the embedding {}",
-                            mean.len(),
-                            out.vector.len()
-                        );
-                    }
-                    for ((x, m), s) in out.vector.iter_mut().zip(mean).zip(std) {
-                        *x = (*x - m) / s;
-                    }
+                if let Some(st) = &self.stats {
+                    st.apply(&mut out.vector)?;
                 }
                 postprocess::normalise_embedding(&mut out.vector, self.norm)
             }

@@ -86,7 +86,7 @@ use crate::postprocess::{self, FrameResult, OutputTensor};
 use anyhow::Context;
 use bevrt_kernels::exec::FrameGraph;
 use bevrt_kernels::exec::{Int8Gemm, PlanRunner};
-use bevrt_kernels::launch::{Gpu, PreprocessParams};
+use bevrt_kernels::launch::{AfvDims, Gpu, PreprocessParams};
 use bevrt_kernels::plan::DType;
 use bevrt_models::{InputSpec, OutputKind, Task};
 use cudarc::driver::{CudaSlice, DevicePtr, PinnedHostSlice};
@@ -114,6 +114,21 @@ struct CudaBev {
     class_host: PinnedHostSlice<u8>,
 }
 
+/// A `features` bundle's AFV tail on the device: the Fisher op (fisher.cu) on the
+/// discriminator plan's `a1`/`z2` outputs, then, for probe bundles, the probe's plan on `V`.
+struct CudaAfv {
+    dims: AfvDims,
+    w3: CudaSlice<f32>,
+    delta: CudaSlice<f32>,
+    /// `U`/`V` when no probe follows (with a probe, `V` is written into its input tensor).
+    vector: CudaSlice<f32>,
+    fisher: Option<(CudaSlice<f32>, CudaSlice<f32>)>,
+    eps: f32,
+    power: bool,
+    l2: bool,
+    probe: Option<PlanRunner>,
+}
+
 pub struct CudaBackend {
     gpu: Gpu,
     task: Task,
@@ -122,6 +137,9 @@ pub struct CudaBackend {
     norm: bevrt_models::EmbeddingNorm,
     net: PlanRunner,
     bev: Option<CudaBev>,
+    afv: Option<CudaAfv>,
+    /// `embedding_stats` of a features bundle (applied on the host, as on the CPU backend).
+    stats: Option<super::EmbeddingStats>,
     /// The frame: pinned staging buffer, device copy, preprocess parameters, and the size
     /// they were made for (a new size reallocates them, rare).
     frame_host: Option<PinnedHostSlice<u8>>,
@@ -138,19 +156,14 @@ pub struct CudaBackend {
     device_allocs: u64,
 }
 
-fn visible_cells(t: &bevrt_calib::SamplingTable) -> Vec<bool> {
-    let per = t.grid_w * t.grid_h;
-    (0..per)
-        .map(|i| (0..t.levels).any(|l| t.flags[l * per + i] == bevrt_calib::bev::FLAG_VALID))
-        .collect()
-}
+use super::visible_cells;
 
 impl CudaBackend {
     pub fn load(bundle: &Bundle, _opts: &BackendOptions) -> anyhow::Result<CudaBackend> {
         let m = &bundle.manifest;
-        if m.afv.is_some() || bundle.model_path("probe").is_some() {
+        if m.afv.is_none() && bundle.model_path("probe").is_some() {
             anyhow::bail!(
-                "{}: AFV and probe tails run on the CPU backend only (their Fisher kernels have no launcher yet)",
+                "{}: a probe head without an [afv] tail runs on the CPU backend only",
                 bundle.dir.display()
             );
         }
@@ -160,7 +173,14 @@ impl CudaBackend {
         } else {
             Int8Gemm::Dp4a
         };
-        let opts = super::lower::LowerOptions { float: DType::F16 };
+        // FP16 activations, except an AFV discriminator: the Fisher vector reads its
+        // activations in f32 and the network is small (a 28x28 input).
+        let float = if m.afv.is_some() {
+            DType::F32
+        } else {
+            DType::F16
+        };
+        let opts = super::lower::LowerOptions { float };
         let role = if m.task == Task::Bev {
             "encoder"
         } else {
@@ -181,24 +201,12 @@ impl CudaBackend {
         let mut bev = None;
         let mut last_out = (out_shape.clone(), net.plan.tensors[out_t].name.clone());
         if m.task == Task::Bev {
-            let grid = m.grid.clone().context("bev bundle without [grid]")?;
-            let cal_file = m
-                .calibration
-                .as_ref()
-                .context("bev bundle without [calibration]")?;
-            let cal = bevrt_calib::Calibration::load(bundle.dir.join(&cal_file.file))?;
-            let [1, c, fh, fw] = out_shape[..] else {
-                anyhow::bail!("encoder output {out_shape:?} is not (1, C, H, W)");
-            };
-            let stride = m.input.height as usize / fh;
-            let table = bevrt_calib::SamplingTable::try_build(
-                &grid,
-                &cal.camera,
-                &cal.extrinsics,
-                fw,
-                fh,
-                stride,
-            )?;
+            let super::BevGeometry {
+                grid,
+                table,
+                channels: c,
+            } = super::BevGeometry::load(bundle, &out_shape)?;
+            let (fh, fw) = (out_shape[2], out_shape[3]);
             let (gh, gw, z) = (grid.height(), grid.width(), grid.levels());
             let head_path = bundle
                 .model_path("head")
@@ -212,6 +220,14 @@ impl CudaBackend {
                 super::lower::lower_onnx(&head_path, &[(&head_in, vec![1, c * z, gh, gw])], &opts)?;
             let head = PlanRunner::load(&gpu, hplan, int8).map_err(gpu_err)?;
             let ho = head.plan.outputs[0];
+            let hs = &head.plan.tensors[ho].shape;
+            if hs[..] != [1, m.classes.len(), gh, gw] {
+                anyhow::bail!(
+                    "{}: head output {hs:?} is not (1, {} classes, {gh}, {gw})",
+                    head_path.display(),
+                    m.classes.len()
+                );
+            }
             last_out = (
                 head.plan.tensors[ho].shape.clone(),
                 head.plan.tensors[ho].name.clone(),
@@ -233,6 +249,69 @@ impl CudaBackend {
                 head,
                 class_dev,
                 class_host,
+            });
+        }
+        let mut afv = None;
+        if m.afv.is_some() {
+            let shapes: Vec<Vec<usize>> = net
+                .plan
+                .outputs
+                .iter()
+                .map(|&t| net.plan.tensors[t].shape.clone())
+                .collect();
+            let tail = super::AfvTail::load(bundle, &shapes)?;
+            let g = &tail.geom;
+            let dims = AfvDims {
+                c1: g.c1 as i32,
+                h1: g.h1 as i32,
+                w1: g.w1 as i32,
+                c2: g.c2 as i32,
+                h2: g.h2 as i32,
+                w2: g.w2 as i32,
+                k: g.k as i32,
+                stride: g.stride as i32,
+                pad: g.pad as i32,
+                slope: g.slope,
+            };
+            let dim = g.dim();
+            let probe = match bundle.model_path("probe") {
+                None => None,
+                Some(p) => {
+                    let pin = bevrt_models::inspect(&p)?
+                        .inputs
+                        .first()
+                        .map(|i| i.name.clone())
+                        .context("probe has no input")?;
+                    let pplan = super::lower::lower_onnx(&p, &[(&pin, vec![1, dim])], &opts)?;
+                    Some(PlanRunner::load(&gpu, pplan, int8).map_err(gpu_err)?)
+                }
+            };
+            last_out = match &probe {
+                Some(p) => {
+                    let o = p.plan.outputs[0];
+                    (
+                        p.plan.tensors[o].shape.clone(),
+                        p.plan.tensors[o].name.clone(),
+                    )
+                }
+                None => (vec![1, dim], "afv".into()),
+            };
+            let st = &gpu.stream;
+            let up = |v: &[f32]| st.clone_htod(v).map_err(gpu_err);
+            let fisher = match &tail.fisher {
+                Some((mean, diag)) => Some((up(mean)?, up(diag)?)),
+                None => None,
+            };
+            afv = Some(CudaAfv {
+                dims,
+                w3: up(&tail.w3)?,
+                delta: st.alloc_zeros::<f32>(g.z2_len()).map_err(gpu_err)?,
+                vector: st.alloc_zeros::<f32>(dim).map_err(gpu_err)?,
+                fisher,
+                eps: tail.eps,
+                power: tail.power,
+                l2: tail.l2,
+                probe,
             });
         }
         let n_out: usize = last_out.0.iter().product();
@@ -264,6 +343,15 @@ impl CudaBackend {
                 b.head.plan.arena_bytes / 1024
             ));
         }
+        if let Some(p) = afv.as_ref().and_then(|a| a.probe.as_ref()) {
+            describe.push_str(&format!(
+                "; AFV tail; probe: {} launches [{}]",
+                p.steps(),
+                counts(p)
+            ));
+        } else if afv.is_some() {
+            describe.push_str("; AFV tail");
+        }
         describe.push(')');
         log::info!("{describe}");
         Ok(CudaBackend {
@@ -279,6 +367,8 @@ impl CudaBackend {
             gpu,
             net,
             bev,
+            afv,
+            stats: super::EmbeddingStats::load(bundle)?,
             frame_host: None,
             frame_dev: None,
             pre: None,
@@ -309,6 +399,28 @@ impl CudaBackend {
             let logits = b.head.tensor_addr(b.head.plan.outputs[0]);
             let (cls, _c) = b.class_dev.device_ptr(&gpu.stream);
             gpu.bev_argmax_at(logits, cls, b.classes.len() as i32, cells)?;
+        }
+        if let Some(a) = &self.afv {
+            let a1 = self.net.tensor_addr(self.net.plan.outputs[1]);
+            let z2 = self.net.tensor_addr(self.net.plan.outputs[2]);
+            let st = &gpu.stream;
+            let (w3, _w) = a.w3.device_ptr(st);
+            let (delta, _d) = a.delta.device_ptr(st);
+            let (own, _v) = a.vector.device_ptr(st);
+            let v = match &a.probe {
+                Some(p) => p.tensor_addr(p.plan.inputs[0]),
+                None => own,
+            };
+            gpu.afv_score_at(&a.dims, a1, z2, w3, delta, v)?;
+            if let Some((mean, diag)) = &a.fisher {
+                let (mean, _m) = mean.device_ptr(st);
+                let (diag, _g) = diag.device_ptr(st);
+                let n = a.dims.dim() as i32;
+                gpu.fisher_normalise_at(v, mean, diag, a.eps, a.power, a.l2, n)?;
+            }
+            if let Some(p) = &a.probe {
+                p.launch_all(gpu)?;
+            }
         }
         Ok(())
     }
@@ -369,11 +481,16 @@ impl Backend for CudaBackend {
             None => self.enqueue(&self.gpu).map_err(gpu_err)?,
         }
         // results back into pinned buffers
-        let runner = self.bev.as_ref().map(|b| &b.head).unwrap_or(&self.net);
         let st = &self.gpu.stream;
-        let logits = runner.output_view();
-        st.memcpy_dtoh(&logits, &mut self.out_host)
-            .map_err(gpu_err)?;
+        match (&self.bev, &self.afv) {
+            (Some(b), _) => st.memcpy_dtoh(&b.head.output_view(), &mut self.out_host),
+            (None, Some(a)) => match &a.probe {
+                Some(p) => st.memcpy_dtoh(&p.output_view(), &mut self.out_host),
+                None => st.memcpy_dtoh(&a.vector, &mut self.out_host),
+            },
+            (None, None) => st.memcpy_dtoh(&self.net.output_view(), &mut self.out_host),
+        }
+        .map_err(gpu_err)?;
         if let Some(b) = &mut self.bev {
             st.memcpy_dtoh(&b.class_dev, &mut b.class_host)
                 .map_err(gpu_err)?;
@@ -418,6 +535,9 @@ impl Backend for CudaBackend {
             }
             Task::Features => {
                 out.vector.copy_from_slice(first);
+                if let Some(st) = &self.stats {
+                    st.apply(&mut out.vector)?;
+                }
                 postprocess::normalise_embedding(&mut out.vector, self.norm)
             }
         }

@@ -439,6 +439,10 @@ impl Lowering<'_> {
             "Relu" => self.activation(n, &name, act::RELU, 0.0, 0.0),
             "Sigmoid" => self.activation(n, &name, act::SIGMOID, 0.0, 0.0),
             "HardSwish" => self.activation(n, &name, act::HARD_SWISH, 0.0, 0.0),
+            "LeakyRelu" => {
+                let a = attr_f(n, "alpha", 0.01);
+                self.activation(n, &name, act::LEAKY_RELU, a, 0.0)
+            }
             "HardSigmoid" => {
                 let (a, b) = (attr_f(n, "alpha", 0.2), attr_f(n, "beta", 0.5));
                 self.activation(n, &name, act::HARD_SIGMOID, a, b)

@@ -14,6 +14,7 @@ pub mod cuda;
 pub mod lower;
 
 use crate::frame::Frame;
+use anyhow::Context;
 use crate::postprocess::FrameResult;
 use bevrt_models::Bundle;
 
@@ -58,6 +59,202 @@ pub trait Backend: Send {
     /// the pipeline reports how many happened after warm-up (the goal is zero).
     fn device_allocations(&self) -> Option<u64> {
         None
+    }
+}
+
+/// A `bev` bundle's camera geometry for an encoder output of shape `fshape` (1, C, H, W):
+/// the grid, the sampling table from the bundle's calibration, and C. Shared by the
+/// backends so both refuse the same bundles with the same words.
+pub struct BevGeometry {
+    pub grid: bevrt_calib::BevGrid,
+    pub table: bevrt_calib::SamplingTable,
+    pub channels: usize,
+}
+
+impl BevGeometry {
+    pub fn load(bundle: &Bundle, fshape: &[usize]) -> anyhow::Result<BevGeometry> {
+        let m = &bundle.manifest;
+        let grid = m.grid.clone().context("bev bundle without [grid]")?;
+        let cal_file = m
+            .calibration
+            .as_ref()
+            .context("bev bundle without [calibration]")?;
+        let cal_path = bundle.dir.join(&cal_file.file);
+        let cal = bevrt_calib::Calibration::load(&cal_path)?;
+        let [1, c, fh, fw] = fshape[..] else {
+            anyhow::bail!(
+                "{}: encoder output {fshape:?} is not (1, C, H, W)",
+                bundle.dir.display()
+            );
+        };
+        let stride = m.input.height as usize / fh;
+        if stride == 0
+            || fh * stride != m.input.height as usize
+            || fw * stride != m.input.width as usize
+        {
+            anyhow::bail!(
+                "{}: encoder output {fw}x{fh} is not the input {}x{} divided by one integer stride",
+                bundle.dir.display(),
+                m.input.width,
+                m.input.height
+            );
+        }
+        let table = bevrt_calib::SamplingTable::try_build(
+            &grid,
+            &cal.camera,
+            &cal.extrinsics,
+            fw,
+            fh,
+            stride,
+        )
+        .with_context(|| format!("{}: sampling table", cal_path.display()))?;
+        log::info!(
+            "bev: grid {}x{} x {} levels at {} m, features {c}x{fh}x{fw} (stride {stride}), {:.0} % of table entries valid",
+            grid.height(),
+            grid.width(),
+            grid.levels(),
+            grid.cell,
+            table.valid_fraction() * 100.0
+        );
+        Ok(BevGeometry {
+            grid,
+            table,
+            channels: c,
+        })
+    }
+}
+
+/// Per cell: seen by the camera at some height level (from the table's flags). Cells nobody
+/// can see are reported as 255 (unknown) instead of a guess.
+pub fn visible_cells(t: &bevrt_calib::SamplingTable) -> Vec<bool> {
+    let per = t.grid_w * t.grid_h;
+    (0..per)
+        .map(|i| (0..t.levels).any(|l| t.flags[l * per + i] == bevrt_calib::bev::FLAG_VALID))
+        .collect()
+}
+
+/// A `features` bundle's `embedding_stats`: per-dimension (mean, std), applied to the vector
+/// before `embedding_norm`, the same on every backend.
+pub struct EmbeddingStats {
+    mean: Vec<f32>,
+    std: Vec<f32>,
+}
+
+impl EmbeddingStats {
+    pub fn load(bundle: &Bundle) -> anyhow::Result<Option<EmbeddingStats>> {
+        let Some(f) = &bundle.manifest.embedding_stats else {
+            return Ok(None);
+        };
+        let p = bundle.dir.join(&f.file);
+        let (s, v) =
+            crate::npy::read_f32(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        if s.len() != 2 || s[0] != 2 {
+            anyhow::bail!("{}: shape {s:?}, expected [2, D] (mean, std)", p.display());
+        }
+        let (mean, std) = v.split_at(s[1]);
+        if std.iter().any(|x| !(*x > 0.0 && x.is_finite())) {
+            anyhow::bail!("{}: every std must be finite and > 0", p.display());
+        }
+        Ok(Some(EmbeddingStats {
+            mean: mean.to_vec(),
+            std: std.to_vec(),
+        }))
+    }
+
+    /// `(v - mean) / std` in place.
+    pub fn apply(&self, v: &mut [f32]) -> anyhow::Result<()> {
+        if self.mean.len() != v.len() {
+            anyhow::bail!(
+                "embedding_stats has {} dimensions, the embedding {}",
+                self.mean.len(),
+                v.len()
+            );
+        }
+        for ((x, m), s) in v.iter_mut().zip(&self.mean).zip(&self.std) {
+            *x = (*x - m) / s;
+        }
+        Ok(())
+    }
+}
+
+/// The AFV tail of a `features` bundle (`[afv]` in the manifest): the discriminator tail's
+/// geometry from the network's outputs (`a1` is output 1, `z2` output 2), the linear weights
+/// and, after `afv fit`, the Fisher mean and diagonal. Shared by the CPU and CUDA backends.
+pub struct AfvTail {
+    pub geom: crate::afv::AfvGeometry,
+    pub w3: Vec<f32>,
+    /// Fisher mean and diagonal (`None` before `afv fit`: raw scores).
+    pub fisher: Option<(Vec<f32>, Vec<f32>)>,
+    pub eps: f32,
+    pub power: bool,
+    pub l2: bool,
+}
+
+impl AfvTail {
+    pub fn load(bundle: &Bundle, output_shapes: &[Vec<usize>]) -> anyhow::Result<AfvTail> {
+        let a = bundle
+            .manifest
+            .afv
+            .as_ref()
+            .with_context(|| format!("{}: no [afv] section", bundle.dir.display()))?;
+        let shape = |k: usize, what: &str| -> anyhow::Result<[usize; 3]> {
+            match output_shapes.get(k).map(|s| &s[..]) {
+                Some(&[1, c, h, w]) => Ok([c, h, w]),
+                other => anyhow::bail!(
+                    "{}: AFV needs model output {k} ({what}) of shape (1, C, H, W), got {other:?}",
+                    bundle.dir.display()
+                ),
+            }
+        };
+        let ([c1, h1, w1], [c2, h2, w2]) = (shape(1, "a1")?, shape(2, "z2")?);
+        let geom = crate::afv::AfvGeometry {
+            c1,
+            h1,
+            w1,
+            c2,
+            h2,
+            w2,
+            k: a.kernel,
+            stride: a.stride,
+            pad: a.pad,
+            slope: a.slope,
+        };
+        let read = |f: &bevrt_models::ModelFile| {
+            let p = bundle.dir.join(&f.file);
+            crate::npy::read_f32(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+        };
+        let (_, w3) = read(&a.head_weight)?;
+        if w3.len() != geom.z2_len() {
+            anyhow::bail!(
+                "{}: {} values, the discriminator's z2 has {}",
+                a.head_weight.file,
+                w3.len(),
+                geom.z2_len()
+            );
+        }
+        let fisher = match &a.fisher {
+            None => None,
+            Some(f) => {
+                let (s, v) = read(f)?;
+                if s != [2, geom.dim()] {
+                    anyhow::bail!(
+                        "{}: shape {s:?}, expected [2, {}] (mean, diagonal)",
+                        f.file,
+                        geom.dim()
+                    );
+                }
+                let (mean, diag) = v.split_at(geom.dim());
+                Some((mean.to_vec(), diag.to_vec()))
+            }
+        };
+        Ok(AfvTail {
+            geom,
+            w3,
+            fisher,
+            eps: a.eps,
+            power: a.power_norm,
+            l2: a.l2_norm,
+        })
     }
 }
 

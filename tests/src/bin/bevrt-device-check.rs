@@ -336,6 +336,84 @@ fn run(
     all &= pass;
     checks.push(json!({"kernel": "colourise", "case": format!("{side}x{side} with unknown cells"), "bit_exact": pass, "pass": pass}));
 
+    // ---- AFV score + Fisher normalisation against bevrt_runtime::afv, the shapes of the
+    // MNIST discriminator's tail (32x14x14 -> conv 4/2 -> 64x7x7)
+    {
+        use bevrt_kernels::launch::AfvDims;
+        use bevrt_runtime::afv::{AfvGeometry, afv_score, fisher_normalise};
+        let g = AfvGeometry {
+            c1: 32,
+            h1: 14,
+            w1: 14,
+            c2: 64,
+            h2: 7,
+            w2: 7,
+            k: 4,
+            stride: 2,
+            pad: 1,
+            slope: 0.2,
+        };
+        let d = AfvDims {
+            c1: 32,
+            h1: 14,
+            w1: 14,
+            c2: 64,
+            h2: 7,
+            w2: 7,
+            k: 4,
+            stride: 2,
+            pad: 1,
+            slope: 0.2,
+        };
+        let vals = |n: usize, seed: u64, lo: f32, hi: f32| -> Vec<f32> {
+            bytes(n, seed)
+                .iter()
+                .map(|b| lo + (hi - lo) * (*b as f32 / 255.0))
+                .collect()
+        };
+        let a1 = vals(g.a1_len(), 21, -0.2, 1.0);
+        let z2 = vals(g.z2_len(), 22, -1.0, 1.0);
+        let w3 = vals(g.z2_len(), 23, -0.1, 0.1);
+        let mean = vals(g.dim(), 24, -0.05, 0.05);
+        let diag = vals(g.dim(), 25, 0.01, 0.5);
+        let mut delta = vec![0f32; g.z2_len()];
+        let mut want = vec![0f32; g.dim()];
+        afv_score(&g, &a1, &z2, &w3, &mut delta, &mut want);
+        let (da1, dz2, dw3) = (st.clone_htod(&a1)?, st.clone_htod(&z2)?, st.clone_htod(&w3)?);
+        let (dmean, ddiag) = (st.clone_htod(&mean)?, st.clone_htod(&diag)?);
+        let ddelta = st.alloc_zeros::<f32>(g.z2_len())?;
+        let du = st.alloc_zeros::<f32>(g.dim())?;
+        let ptr = |s: &cudarc::driver::CudaSlice<f32>| {
+            use cudarc::driver::DevicePtr;
+            s.device_ptr(&st).0
+        };
+        gpu.afv_score_at(&d, ptr(&da1), ptr(&dz2), ptr(&dw3), ptr(&ddelta), ptr(&du))?;
+        let got = st.clone_dtoh(&du)?;
+        let err = max_rel(&got, &want);
+        let pass = err <= 1e-4;
+        all &= pass;
+        checks.push(json!({"kernel": "afv_delta + afv_conv_grad", "case": "32x14x14 -> 64x7x7, k4 s2 p1", "max_rel": err, "pass": pass}));
+        for (power, l2) in [(false, false), (true, true)] {
+            let mut want_v = want.clone();
+            fisher_normalise(&mut want_v, &mean, &diag, 1e-6, power, l2);
+            let dv = st.clone_htod(&want)?;
+            gpu.fisher_normalise_at(
+                ptr(&dv),
+                ptr(&dmean),
+                ptr(&ddiag),
+                1e-6,
+                power,
+                l2,
+                g.dim() as i32,
+            )?;
+            let got = st.clone_dtoh(&dv)?;
+            let err = max_rel(&got, &want_v);
+            let pass = err <= 1e-4;
+            all &= pass;
+            checks.push(json!({"kernel": "fisher_normalise", "case": format!("{} values, power {power}, l2 {l2}", g.dim()), "max_rel": err, "pass": pass}));
+        }
+    }
+
     // ---- preprocess throughput: 1920x1080 YUYV camera frame -> 384x128 NCHW
     let (cw, chh) = (1920u32, 1080u32);
     let frame = bytes(PixelFormat::Yuyv.frame_bytes(cw, chh), 3);
