@@ -355,7 +355,13 @@ fn afv_discriminator_plan_matches_tract_on_every_output() {
         .run(tvec!(Tensor::from(t).into()))
         .unwrap()
         .iter()
-        .map(|o| o.to_plain_array_view::<f32>().unwrap().iter().copied().collect())
+        .map(|o| {
+            o.to_plain_array_view::<f32>()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect()
+        })
         .collect();
     assert_eq!(want.len(), 3);
 
@@ -376,7 +382,11 @@ fn afv_discriminator_plan_matches_tract_on_every_output() {
     for (k, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(g.len(), w.len(), "output {k}");
         let tol = 1e-5 * max_abs(w).max(1e-3);
-        assert!(max_diff(g, w) <= tol, "output {k}: {} > {tol}", max_diff(g, w));
+        assert!(
+            max_diff(g, w) <= tol,
+            "output {k}: {} > {tol}",
+            max_diff(g, w)
+        );
     }
 
     let geom = bevrt_runtime::afv::AfvGeometry {

@@ -213,11 +213,7 @@ fn bev_ground_truth_agrees_with_labels() {
             "{w}x{h}: off boundaries only {:.2} % agree",
             inner_frac * 100.0
         );
-        assert!(
-            frac >= min_all,
-            "{w}x{h}: only {:.2} % agree",
-            frac * 100.0
-        );
+        assert!(frac >= min_all, "{w}x{h}: only {:.2} % agree", frac * 100.0);
     }
 }
 

@@ -14,8 +14,8 @@ pub mod cuda;
 pub mod lower;
 
 use crate::frame::Frame;
-use anyhow::Context;
 use crate::postprocess::FrameResult;
+use anyhow::Context;
 use bevrt_models::Bundle;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

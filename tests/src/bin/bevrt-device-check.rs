@@ -379,7 +379,11 @@ fn run(
         let mut delta = vec![0f32; g.z2_len()];
         let mut want = vec![0f32; g.dim()];
         afv_score(&g, &a1, &z2, &w3, &mut delta, &mut want);
-        let (da1, dz2, dw3) = (st.clone_htod(&a1)?, st.clone_htod(&z2)?, st.clone_htod(&w3)?);
+        let (da1, dz2, dw3) = (
+            st.clone_htod(&a1)?,
+            st.clone_htod(&z2)?,
+            st.clone_htod(&w3)?,
+        );
         let (dmean, ddiag) = (st.clone_htod(&mean)?, st.clone_htod(&diag)?);
         let ddelta = st.alloc_zeros::<f32>(g.z2_len())?;
         let du = st.alloc_zeros::<f32>(g.dim())?;
