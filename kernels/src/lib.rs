@@ -8,7 +8,7 @@
 //! | `postprocess.cu` | `bev_argmax`, `colourise` | `bevrt_runtime::postprocess::{bev_argmax, colourise}` |
 //! | `conv.cu` | `conv_i8_imma`, `conv_i8_dp4a`, `conv_f16_mma`, `conv_direct_i8`, `conv_direct_f16` | [`reference::conv`] (INT8 bit-exact, FP16 to 1e-3) |
 //! | `ops.cu` | activations, binary, pool, resize, softmax, argmax, Q/DQ, casts, concat slices | [`reference`] (same file order) |
-//! | `fisher.cu` | `afv_delta`, `afv_conv_grad`, `fisher_normalise` | `bevrt_runtime::afv::{afv_score, fisher_normalise}` (launcher and GPU check arrive with the CUDA executor) |
+//! | `fisher.cu` | `afv_delta`, `afv_conv_grad`, `fisher_normalise` | `bevrt_runtime::afv::{afv_score, fisher_normalise}` (launchers `Gpu::afv_score_at`, `Gpu::fisher_normalise_at`) |
 //!
 //! - [`device`]: finding a CUDA driver and device without panicking when there is none.
 //! - [`nvrtc`]: the kernel sources, NVRTC options, target SMs, CUBIN compilation and ptxas

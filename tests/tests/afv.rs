@@ -177,6 +177,26 @@ fn short_gan_gives_afv_features_that_beat_raw_pixels() {
         "AFV linear {afv_lin} vs raw {raw_lin}"
     );
     assert!(afv_knn10 > 60.0, "AFV 10/class k-NN {afv_knn10}");
+    // model selection on the training labels only: 3-fold CV, the test split unread
+    let cv = tool(&[
+        "probe",
+        "--features",
+        f,
+        "--data",
+        d,
+        "--method",
+        "linear",
+        "--loss",
+        "ls",
+        "--cv",
+        "3",
+        "--standardize",
+        "false",
+        "--json",
+    ]);
+    assert!(cv.contains("3-fold CV on the training labels"), "{cv}");
+    let cv_acc = accuracy(&cv);
+    assert!(cv_acc > 85.0, "AFV 3-fold CV {cv_acc}");
     // the closed-form least-squares probe: 10 labels per class, AFV above raw pixels
     let ls10 = |features: &str| {
         accuracy(&tool(&[

@@ -221,6 +221,11 @@ pub struct FitArgs {
     /// Unit L2 norm at the end.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub l2_norm: bool,
+    /// Added to the Fisher diagonal before the square root: `V = (U − μ)/√(diag + eps)`.
+    /// Components whose score barely varies over generator samples are amplified by up to
+    /// `1/√eps`; a larger eps damps them (the fit prints the diagonal's quantiles).
+    #[arg(long, default_value_t = 1e-6)]
+    pub eps: f32,
 }
 
 /// `afv fit`: `μ = E_G[U]`, `diag I = E_G[(U − μ)²]` over generator samples, stored as
@@ -232,6 +237,9 @@ pub fn fit(a: &FitArgs) -> Result<()> {
     };
     if a.samples < 2 {
         bail!("--samples {}: need at least 2", a.samples);
+    }
+    if !(a.eps.is_finite() && a.eps >= 0.0) {
+        bail!("--eps {}: must be finite and >= 0", a.eps);
     }
     // Raw scores: the same bundle without its Fisher statistics.
     let mut raw = bundle.clone();
@@ -265,8 +273,21 @@ pub fn fit(a: &FitArgs) -> Result<()> {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&fisher_path)?);
         bevrt_runtime::npy::write_f32(&mut f, &[2, dim], &flat)?;
     }
+    let mut sorted = var.clone();
+    sorted.sort_by(f64::total_cmp);
+    let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p) as usize];
+    println!(
+        "Fisher diagonal over {dim} components: min {:.3e}, 10 % {:.3e}, median {:.3e}, 90 % {:.3e}, max {:.3e}; eps {:e}",
+        q(0.0),
+        q(0.1),
+        q(0.5),
+        q(0.9),
+        q(1.0),
+        a.eps
+    );
     let mut manifest = bundle.manifest.clone();
     let mut s = spec;
+    s.eps = a.eps;
     s.power_norm = a.power_norm;
     s.l2_norm = a.l2_norm;
     s.fisher = Some(ModelFile {

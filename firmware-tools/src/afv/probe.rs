@@ -87,6 +87,14 @@ pub struct ProbeArgs {
     pub k: usize,
     #[arg(long, value_enum, default_value_t = Metric::Cosine)]
     pub metric: Metric,
+    /// Linear probes: standardise each dimension with the labelled subset's mean and std
+    /// (`false`: centre only).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub standardize: bool,
+    /// Model selection without the test split: K-fold cross-validation on the labelled
+    /// training images (fold = position mod K); the test split is not read.
+    #[arg(long, default_value_t = 0)]
+    pub cv: usize,
     /// Write a classify bundle: the --bundle's network + vector + this probe (linear only;
     /// trained on the first seed's labels).
     #[arg(long)]
@@ -102,6 +110,8 @@ pub struct ProbeReport {
     pub method: ProbeMethod,
     pub labels_per_class: usize,
     pub train_labels: usize,
+    /// `test split` or `K-fold CV on the training labels`.
+    pub evaluated_on: String,
     pub test_images: usize,
     pub accuracies: Vec<f64>,
     pub mean: f64,
@@ -137,6 +147,9 @@ pub struct Linear {
     pub b: Tensor,
 }
 
+/// `standardize`: divide by the per-dimension std of the labelled subset (else only centre:
+/// features that carry their own scale, like Fisher vectors, keep it).
+#[allow(clippy::too_many_arguments)]
 pub fn train_linear(
     x: &[&Vec<f32>],
     y: &[usize],
@@ -145,6 +158,7 @@ pub fn train_linear(
     epochs: usize,
     lr: f64,
     wd: f64,
+    standardize: bool,
 ) -> Result<Linear> {
     let d = x[0].len();
     let n = x.len() as f32;
@@ -162,6 +176,9 @@ pub fn train_linear(
     }
     // Dimensions that never vary carry nothing; a floor keeps them from exploding.
     std.iter_mut().for_each(|s| *s = s.sqrt().max(1e-6));
+    if !standardize {
+        std.iter_mut().for_each(|s| *s = 1.0);
+    }
     let xt = matrix(x)?;
     let mt = Tensor::from_vec(mean.clone(), (1, d), &Device::Cpu)?;
     let st = Tensor::from_vec(std.clone(), (1, d), &Device::Cpu)?;
@@ -414,27 +431,56 @@ pub fn probe(a: &ProbeArgs) -> Result<()> {
     let mut accs = vec![];
     let mut first: Option<Linear> = None;
     let mut n_train = 0;
-    for s in 0..runs {
-        let lab = labelled(&train, &ds.labels, classes, a.labels_per_class, s as u64);
-        n_train = lab.len();
-        let x: Vec<&Vec<f32>> = lab.iter().map(|&i| &feats[i]).collect();
-        let y: Vec<usize> = lab.iter().map(|&i| ds.labels[i]).collect();
-        let pred = match a.method {
+    if a.cv == 1 {
+        bail!("--cv 1: give at least 2 folds (or 0 for the test split)");
+    }
+    if a.cv > 1 && a.out_bundle.is_some() {
+        bail!("--cv only evaluates: drop --out-bundle");
+    }
+    // Fit on `fit`, predict `eval` (dataset indices).
+    let mut fit_predict = |fit: &[usize], eval: &[&Vec<f32>]| -> Result<Vec<usize>> {
+        let x: Vec<&Vec<f32>> = fit.iter().map(|&i| &feats[i]).collect();
+        let y: Vec<usize> = fit.iter().map(|&i| ds.labels[i]).collect();
+        Ok(match a.method {
             ProbeMethod::Linear => {
                 let reg = if a.loss == Loss::Ls { a.ridge } else { a.wd };
-                let m = train_linear(&x, &y, classes, a.loss, a.epochs, a.lr, reg)?;
-                let p = m.predict(&test_x)?;
+                let m = train_linear(&x, &y, classes, a.loss, a.epochs, a.lr, reg, a.standardize)?;
+                let p = m.predict(eval)?;
                 if first.is_none() {
                     first = Some(m);
                 }
                 p
             }
-            ProbeMethod::Knn => knn(&x, &y, &test_x, classes, a.k, a.metric)?,
-        };
-        let acc = pred.iter().zip(&test_y).filter(|(p, t)| p == t).count() as f64
-            / test_y.len() as f64
-            * 100.0;
-        accs.push(acc);
+            ProbeMethod::Knn => knn(&x, &y, eval, classes, a.k, a.metric)?,
+        })
+    };
+    for s in 0..runs {
+        let lab = labelled(&train, &ds.labels, classes, a.labels_per_class, s as u64);
+        n_train = lab.len();
+        let (mut correct, mut seen) = (0usize, 0usize);
+        if a.cv > 1 {
+            for f in 0..a.cv {
+                let in_fold = |j: &usize| j % a.cv == f;
+                let val: Vec<usize> = (0..lab.len()).filter(in_fold).map(|j| lab[j]).collect();
+                let fit: Vec<usize> = (0..lab.len())
+                    .filter(|j| !in_fold(j))
+                    .map(|j| lab[j])
+                    .collect();
+                let vx: Vec<&Vec<f32>> = val.iter().map(|&i| &feats[i]).collect();
+                let pred = fit_predict(&fit, &vx)?;
+                correct += pred
+                    .iter()
+                    .zip(&val)
+                    .filter(|(p, i)| **p == ds.labels[**i])
+                    .count();
+                seen += val.len();
+            }
+        } else {
+            let pred = fit_predict(&lab, &test_x)?;
+            correct = pred.iter().zip(&test_y).filter(|(p, t)| p == t).count();
+            seen = test_y.len();
+        }
+        accs.push(correct as f64 / seen as f64 * 100.0);
     }
     let mean = accs.iter().sum::<f64>() / accs.len() as f64;
     let std = (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / accs.len() as f64).sqrt();
@@ -444,7 +490,12 @@ pub fn probe(a: &ProbeArgs) -> Result<()> {
         method: a.method,
         labels_per_class: a.labels_per_class,
         train_labels: n_train,
-        test_images: test_y.len(),
+        evaluated_on: if a.cv > 1 {
+            format!("{}-fold CV on the training labels", a.cv)
+        } else {
+            "test split".into()
+        },
+        test_images: if a.cv > 1 { 0 } else { test_y.len() },
         accuracies: accs,
         mean,
         std,
@@ -453,7 +504,7 @@ pub fn probe(a: &ProbeArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!(
-            "probe {:?} on {} of {}: {} labels ({}), {} test images: accuracy {:.2} % ± {:.2} over {} run(s)",
+            "probe {:?} on {} of {}: {} labels ({}), {}: accuracy {:.2} % ± {:.2} over {} run(s)",
             a.method,
             r.features,
             r.data,
@@ -463,7 +514,11 @@ pub fn probe(a: &ProbeArgs) -> Result<()> {
             } else {
                 format!("{} per class", a.labels_per_class)
             },
-            r.test_images,
+            if a.cv > 1 {
+                r.evaluated_on.clone()
+            } else {
+                format!("{} test images", r.test_images)
+            },
             r.mean,
             r.std,
             r.accuracies.len()
