@@ -42,6 +42,24 @@ impl AfvGeometry {
     }
 }
 
+/// The Fisher kernels' arguments (fisher.cu) for this tail.
+impl From<&AfvGeometry> for bevrt_kernels::launch::AfvDims {
+    fn from(g: &AfvGeometry) -> Self {
+        bevrt_kernels::launch::AfvDims {
+            c1: g.c1 as i32,
+            h1: g.h1 as i32,
+            w1: g.w1 as i32,
+            c2: g.c2 as i32,
+            h2: g.h2 as i32,
+            w2: g.w2 as i32,
+            k: g.k as i32,
+            stride: g.stride as i32,
+            pad: g.pad as i32,
+            slope: g.slope,
+        }
+    }
+}
+
 /// `U_x` from the activations (`a1`, `z2`) and the linear weights `w3`. `delta` is scratch of
 /// `z2_len()` (∂D/∂z2); `u` has `dim()` values. Panics on wrong lengths (the caller sizes
 /// everything at load).

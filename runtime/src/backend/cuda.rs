@@ -261,18 +261,7 @@ impl CudaBackend {
                 .collect();
             let tail = super::AfvTail::load(bundle, &shapes)?;
             let g = &tail.geom;
-            let dims = AfvDims {
-                c1: g.c1 as i32,
-                h1: g.h1 as i32,
-                w1: g.w1 as i32,
-                c2: g.c2 as i32,
-                h2: g.h2 as i32,
-                w2: g.w2 as i32,
-                k: g.k as i32,
-                stride: g.stride as i32,
-                pad: g.pad as i32,
-                slope: g.slope,
-            };
+            let dims = AfvDims::from(g);
             let dim = g.dim();
             let probe = match bundle.model_path("probe") {
                 None => None,

@@ -353,18 +353,7 @@ fn run(
             pad: 1,
             slope: 0.2,
         };
-        let d = AfvDims {
-            c1: 32,
-            h1: 14,
-            w1: 14,
-            c2: 64,
-            h2: 7,
-            w2: 7,
-            k: 4,
-            stride: 2,
-            pad: 1,
-            slope: 0.2,
-        };
+        let d = AfvDims::from(&g);
         let vals = |n: usize, seed: u64, lo: f32, hi: f32| -> Vec<f32> {
             bytes(n, seed)
                 .iter()
