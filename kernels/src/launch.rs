@@ -82,13 +82,6 @@ pub struct AfvDims {
     pub slope: f32,
 }
 
-impl AfvDims {
-    /// Length of `U`: `[a2 (C2·H2·W2), ∂D/∂W2 (C2·C1·k·k), ∂D/∂b2 (C2)]`.
-    pub fn dim(&self) -> usize {
-        (self.c2 * self.h2 * self.w2 + self.c2 * self.c1 * self.k * self.k + self.c2) as usize
-    }
-}
-
 /// A device, a stream and every bevrt kernel loaded.
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,

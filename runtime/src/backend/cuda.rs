@@ -121,7 +121,8 @@ struct CudaAfv {
     w3: CudaSlice<f32>,
     delta: CudaSlice<f32>,
     /// `U`/`V` when no probe follows (with a probe, `V` is written into its input tensor).
-    vector: CudaSlice<f32>,
+    vector: Option<CudaSlice<f32>>,
+    dim: usize,
     fisher: Option<(CudaSlice<f32>, CudaSlice<f32>)>,
     eps: f32,
     power: bool,
@@ -158,6 +159,23 @@ pub struct CudaBackend {
 
 use super::visible_cells;
 
+/// Lower one ONNX file of the bundle with its first input at `shape` and put it on the device.
+fn load_plan(
+    gpu: &Gpu,
+    path: &std::path::Path,
+    shape: Vec<usize>,
+    opts: &super::lower::LowerOptions,
+    int8: Int8Gemm,
+) -> anyhow::Result<PlanRunner> {
+    let input = bevrt_models::inspect(path)?
+        .inputs
+        .first()
+        .map(|i| i.name.clone())
+        .with_context(|| format!("{}: model has no input", path.display()))?;
+    let plan = super::lower::lower_onnx(path, &[(&input, shape)], opts)?;
+    PlanRunner::load(gpu, plan, int8).map_err(gpu_err)
+}
+
 impl CudaBackend {
     pub fn load(bundle: &Bundle, _opts: &BackendOptions) -> anyhow::Result<CudaBackend> {
         let m = &bundle.manifest;
@@ -189,13 +207,7 @@ impl CudaBackend {
         let path = bundle
             .model_path(role)
             .with_context(|| format!("bundle has no '{role}' file"))?;
-        let in_name = bevrt_models::inspect(&path)?
-            .inputs
-            .first()
-            .map(|i| i.name.clone())
-            .context("model has no input")?;
-        let plan = super::lower::lower_onnx(&path, &[(&in_name, m.input.shape().to_vec())], &opts)?;
-        let net = PlanRunner::load(&gpu, plan, int8).map_err(gpu_err)?;
+        let net = load_plan(&gpu, &path, m.input.shape().to_vec(), &opts, int8)?;
         let out_t = net.plan.outputs[0];
         let out_shape = net.plan.tensors[out_t].shape.clone();
         let mut bev = None;
@@ -211,14 +223,7 @@ impl CudaBackend {
             let head_path = bundle
                 .model_path("head")
                 .context("bundle has no 'head' file")?;
-            let head_in = bevrt_models::inspect(&head_path)?
-                .inputs
-                .first()
-                .map(|i| i.name.clone())
-                .context("head has no input")?;
-            let hplan =
-                super::lower::lower_onnx(&head_path, &[(&head_in, vec![1, c * z, gh, gw])], &opts)?;
-            let head = PlanRunner::load(&gpu, hplan, int8).map_err(gpu_err)?;
+            let head = load_plan(&gpu, &head_path, vec![1, c * z, gh, gw], &opts, int8)?;
             let ho = head.plan.outputs[0];
             let hs = &head.plan.tensors[ho].shape;
             if hs[..] != [1, m.classes.len(), gh, gw] {
@@ -265,15 +270,7 @@ impl CudaBackend {
             let dim = g.dim();
             let probe = match bundle.model_path("probe") {
                 None => None,
-                Some(p) => {
-                    let pin = bevrt_models::inspect(&p)?
-                        .inputs
-                        .first()
-                        .map(|i| i.name.clone())
-                        .context("probe has no input")?;
-                    let pplan = super::lower::lower_onnx(&p, &[(&pin, vec![1, dim])], &opts)?;
-                    Some(PlanRunner::load(&gpu, pplan, int8).map_err(gpu_err)?)
-                }
+                Some(p) => Some(load_plan(&gpu, &p, vec![1, dim], &opts, int8)?),
             };
             last_out = match &probe {
                 Some(p) => {
@@ -295,7 +292,11 @@ impl CudaBackend {
                 dims,
                 w3: up(&tail.w3)?,
                 delta: st.alloc_zeros::<f32>(g.z2_len()).map_err(gpu_err)?,
-                vector: st.alloc_zeros::<f32>(dim).map_err(gpu_err)?,
+                vector: match probe {
+                    Some(_) => None,
+                    None => Some(st.alloc_zeros::<f32>(dim).map_err(gpu_err)?),
+                },
+                dim,
                 fisher,
                 eps: tail.eps,
                 power: tail.power,
@@ -395,17 +396,16 @@ impl CudaBackend {
             let st = &gpu.stream;
             let (w3, _w) = a.w3.device_ptr(st);
             let (delta, _d) = a.delta.device_ptr(st);
-            let (own, _v) = a.vector.device_ptr(st);
-            let v = match &a.probe {
-                Some(p) => p.tensor_addr(p.plan.inputs[0]),
-                None => own,
+            let v = match (&a.probe, &a.vector) {
+                (Some(p), _) => p.tensor_addr(p.plan.inputs[0]),
+                (None, Some(v)) => v.device_ptr(st).0,
+                (None, None) => unreachable!("load allocates the vector when no probe reads it"),
             };
             gpu.afv_score_at(&a.dims, a1, z2, w3, delta, v)?;
             if let Some((mean, diag)) = &a.fisher {
                 let (mean, _m) = mean.device_ptr(st);
                 let (diag, _g) = diag.device_ptr(st);
-                let n = a.dims.dim() as i32;
-                gpu.fisher_normalise_at(v, mean, diag, a.eps, a.power, a.l2, n)?;
+                gpu.fisher_normalise_at(v, mean, diag, a.eps, a.power, a.l2, a.dim as i32)?;
             }
             if let Some(p) = &a.probe {
                 p.launch_all(gpu)?;
@@ -473,9 +473,10 @@ impl Backend for CudaBackend {
         let st = &self.gpu.stream;
         match (&self.bev, &self.afv) {
             (Some(b), _) => st.memcpy_dtoh(&b.head.output_view(), &mut self.out_host),
-            (None, Some(a)) => match &a.probe {
-                Some(p) => st.memcpy_dtoh(&p.output_view(), &mut self.out_host),
-                None => st.memcpy_dtoh(&a.vector, &mut self.out_host),
+            (None, Some(a)) => match (&a.probe, &a.vector) {
+                (Some(p), _) => st.memcpy_dtoh(&p.output_view(), &mut self.out_host),
+                (None, Some(v)) => st.memcpy_dtoh(v, &mut self.out_host),
+                (None, None) => unreachable!("load allocates the vector when no probe reads it"),
             },
             (None, None) => st.memcpy_dtoh(&self.net.output_view(), &mut self.out_host),
         }
