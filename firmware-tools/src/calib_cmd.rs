@@ -421,14 +421,21 @@ pub fn bench_calib(a: &CalibBenchArgs) -> Result<()> {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../calib/bench/opencv_peer.py")
         });
         let mut best: Option<serde_json::Value> = None;
-        for _ in 0..a.repeat.max(1) {
-            let out = std::process::Command::new(&a.python)
-                .arg(&script)
+        let mut sweep = serde_json::Value::Null;
+        for rep in 0..a.repeat.max(1) {
+            let mut cmd = std::process::Command::new(&a.python);
+            cmd.arg(&script)
                 .arg(&dir)
                 .arg("--board")
                 .arg(&a.board)
                 .arg("--square")
-                .arg(a.square.to_string())
+                .arg(a.square.to_string());
+            // OpenCV's answer depends on cornerSubPix's window (the reference uses 11, i.e.
+            // 23x23 px): the sweep (untimed, once) shows how much.
+            if rep == 0 {
+                cmd.arg("--window-sweep").arg("3,5,7,11");
+            }
+            let out = cmd
                 .output()
                 .with_context(|| format!("running {} {}", a.python, script.display()))?;
             if !out.status.success() {
@@ -437,8 +444,11 @@ pub fn bench_calib(a: &CalibBenchArgs) -> Result<()> {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            let v: serde_json::Value =
+            let mut v: serde_json::Value =
                 serde_json::from_slice(&out.stdout).context("OpenCV peer output")?;
+            if rep == 0 {
+                sweep = v["window_sweep"].take();
+            }
             let t = v["total_s"].as_f64().unwrap_or(f64::MAX);
             if best
                 .as_ref()
@@ -447,7 +457,8 @@ pub fn bench_calib(a: &CalibBenchArgs) -> Result<()> {
                 best = Some(v);
             }
         }
-        let cv = best.context("no OpenCV run")?;
+        let mut cv = best.context("no OpenCV run")?;
+        cv["window_sweep"] = sweep;
         let cvt = cv["total_s"].as_f64().unwrap_or(f64::NAN);
         for k in ["bevrt_1_thread", "bevrt_all_threads"] {
             let t = result["bevrt"][k]["total_s"].as_f64().unwrap_or(f64::NAN);
