@@ -5,8 +5,9 @@ eps 1e-3) + calibrateCamera on a folder of chessboard images; prints one JSON li
 usage: opencv_peer.py DIR [--board 9x6] [--square 0.025] [--dump-corners FILE] [--window-sweep 3,5,7,11]
 
 --window-sweep repeats cornerSubPix + calibrateCamera (untimed) for each half window and reports
-each result with the smallest corner spacing of the worst view: OpenCV's answer depends on that
-window, and a window wider than the spacing pulls corners onto their neighbours' edges.
+each result with its worst view, plus the smallest corner spacing over all views: OpenCV's answer
+depends on that window, and a window wider than the spacing pulls corners onto their neighbours'
+edges.
 Needs: pip install opencv-python-headless numpy
 """
 import glob, json, os, sys, time
@@ -45,7 +46,8 @@ def main():
         ok, c = cv2.findChessboardCorners(im, board)
         if not ok:
             continue
-        found.append((im, c.copy()))
+        if sweep:  # unrefined corners for the sweep (cornerSubPix refines in place)
+            found.append((im, c.copy()))
         c = cv2.cornerSubPix(im, c, (11, 11), (-1, -1), crit)
         obj.append(objp); img.append(c); used.append(os.path.basename(f))
     t1 = time.perf_counter()
