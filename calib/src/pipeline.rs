@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::calibrate::{CalibOptions, CalibResult, View, board_points, calibrate};
-use crate::chessboard::find_chessboard;
+use crate::chessboard::{DetectOptions, find_chessboard_with};
 use crate::error::CalibError;
 use crate::imgproc::GrayImage;
 
@@ -33,13 +33,14 @@ pub fn detect_all(
     images: &[(String, GrayImage)],
     cols: usize,
     rows: usize,
+    detect: &DetectOptions,
     threads: usize,
 ) -> Vec<Result<Vec<nalgebra::Point2<f64>>, String>> {
     let threads = threads.clamp(1, images.len().max(1));
     if threads == 1 {
         return images
             .iter()
-            .map(|(_, im)| find_chessboard(im, cols, rows).map_err(|e| e.to_string()))
+            .map(|(_, im)| find_chessboard_with(im, cols, rows, detect).map_err(|e| e.to_string()))
             .collect();
     }
     let mut out: Vec<Option<Result<Vec<nalgebra::Point2<f64>>, String>>> = vec![None; images.len()];
@@ -56,7 +57,8 @@ pub fn detect_all(
                         }
                         local.push((
                             i,
-                            find_chessboard(&images[i].1, cols, rows).map_err(|e| e.to_string()),
+                            find_chessboard_with(&images[i].1, cols, rows, detect)
+                                .map_err(|e| e.to_string()),
                         ));
                     }
                     local
@@ -83,6 +85,7 @@ pub fn calibrate_images(
     rows: usize,
     square: f64,
     opt: &CalibOptions,
+    detect: &DetectOptions,
     threads: usize,
 ) -> Result<PipelineResult, CalibError> {
     let Some((_, first)) = images.first() else {
@@ -90,7 +93,7 @@ pub fn calibrate_images(
     };
     let (w, h) = (first.width, first.height);
     let t0 = Instant::now();
-    let det = detect_all(images, cols, rows, threads);
+    let det = detect_all(images, cols, rows, detect, threads);
     let detect_s = t0.elapsed().as_secs_f64();
     let obj = board_points(cols, rows, square);
     let mut views = Vec::new();

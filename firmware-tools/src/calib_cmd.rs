@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use bevrt_calib::calibrate::{CalibOptions, ModelKind};
+use bevrt_calib::chessboard::DetectOptions;
 use bevrt_calib::pipeline::calibrate_images;
 use bevrt_calib::remap::{RemapTable, ideal_camera, ipm_map, undistort_map};
 use bevrt_calib::{
@@ -50,6 +51,11 @@ pub struct CalibrateArgs {
     /// Detection threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Half size of the subpixel refinement window in px (window 2*N+1). Default: adaptive,
+    /// min(5, cell width/2 - 1), so the window stays inside one board cell. `11` is OpenCV's
+    /// calibration sample (`-ws=11`), the setting of the shared reference result.
+    #[arg(long)]
+    pub subpix_window: Option<usize>,
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
 }
@@ -197,7 +203,22 @@ pub fn calibrate(a: &CalibrateArgs) -> Result<()> {
         ..Default::default()
     };
     let images = load_images(&a.images)?;
-    let r = calibrate_images(&images, cols, rows, a.square, &opt, threads(a.threads))?;
+    if a.subpix_window.is_some_and(|h| !(1..=50).contains(&h)) {
+        bail!("--subpix-window: give a half size from 1 to 50 px");
+    }
+    let detect = DetectOptions {
+        subpix_half_window: a.subpix_window,
+        ..Default::default()
+    };
+    let r = calibrate_images(
+        &images,
+        cols,
+        rows,
+        a.square,
+        &opt,
+        &detect,
+        threads(a.threads),
+    )?;
     for rej in &r.rejected {
         log::warn!("rejected {}: {}", rej.file, rej.reason);
     }
@@ -371,6 +392,9 @@ pub fn undistort(a: &UndistortArgs) -> Result<()> {
     Ok(())
 }
 
+/// cornerSubPix half windows compared on both sides (11 is the reference's).
+const WINDOW_SWEEP: [usize; 4] = [3, 5, 7, 11];
+
 fn default_bench_dir() -> PathBuf {
     let shared = std::env::var_os("BEVRT_SHARED")
         .map(PathBuf::from)
@@ -392,6 +416,7 @@ pub fn bench_calib(a: &CalibBenchArgs) -> Result<()> {
     files.sort();
     let images = load_images(&files)?;
     let opt = CalibOptions::default();
+    let auto = DetectOptions::default();
     let mut ours = serde_json::Map::new();
     for (label, th) in [
         ("bevrt_1_thread", 1usize),
@@ -401,7 +426,7 @@ pub fn bench_calib(a: &CalibBenchArgs) -> Result<()> {
         let mut last = None;
         for _ in 0..a.repeat.max(1) {
             let t = Instant::now();
-            let r = calibrate_images(&images, cols, rows, a.square, &opt, th)?;
+            let r = calibrate_images(&images, cols, rows, a.square, &opt, &auto, th)?;
             best = best.min(t.elapsed().as_secs_f64());
             last = Some(r);
         }
@@ -414,6 +439,23 @@ pub fn bench_calib(a: &CalibBenchArgs) -> Result<()> {
                 "dist": c.camera.distortion().coeffs()}),
         );
     }
+    // Like-for-like with OpenCV's sweep (untimed, once): our refinement with the same fixed
+    // half windows instead of the adaptive one.
+    let mut sweep = vec![];
+    for half in WINDOW_SWEEP {
+        let fixed = DetectOptions {
+            subpix_half_window: Some(half),
+            ..Default::default()
+        };
+        let r = calibrate_images(&images, cols, rows, a.square, &opt, &fixed, threads(0))?;
+        let c = &r.calib;
+        sweep.push(
+            serde_json::json!({"half_window": half, "views_used": r.used.len(),
+            "rms_px": c.rms, "fx": c.camera.fx(), "fy": c.camera.fy(), "cx": c.camera.cx(),
+            "cy": c.camera.cy()}),
+        );
+    }
+    ours.insert("window_sweep".into(), serde_json::Value::Array(sweep));
     let mut result =
         serde_json::json!({"dir": dir.display().to_string(), "images": files.len(), "bevrt": ours});
     if !a.no_opencv {
@@ -433,7 +475,8 @@ pub fn bench_calib(a: &CalibBenchArgs) -> Result<()> {
             // OpenCV's answer depends on cornerSubPix's window (the reference uses 11, i.e.
             // 23x23 px): the sweep (untimed, once) shows how much.
             if rep == 0 {
-                cmd.arg("--window-sweep").arg("3,5,7,11");
+                let halves: Vec<String> = WINDOW_SWEEP.iter().map(|h| h.to_string()).collect();
+                cmd.arg("--window-sweep").arg(halves.join(","));
             }
             let out = cmd
                 .output()
