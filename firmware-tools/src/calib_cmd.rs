@@ -202,10 +202,11 @@ pub fn calibrate(a: &CalibrateArgs) -> Result<()> {
         zero_tangent: a.zero_tangent,
         ..Default::default()
     };
-    let images = load_images(&a.images)?;
+    // checked before any image is decoded
     if a.subpix_window.is_some_and(|h| !(1..=50).contains(&h)) {
         bail!("--subpix-window: give a half size from 1 to 50 px");
     }
+    let images = load_images(&a.images)?;
     let detect = DetectOptions {
         subpix_half_window: a.subpix_window,
         ..Default::default()
@@ -392,6 +393,14 @@ pub fn undistort(a: &UndistortArgs) -> Result<()> {
     Ok(())
 }
 
+/// The calibration figures calib-bench reports for one run.
+fn result_json(r: &bevrt_calib::pipeline::PipelineResult) -> serde_json::Value {
+    let c = &r.calib;
+    serde_json::json!({"views_used": r.used.len(), "rms_px": c.rms, "fx": c.camera.fx(),
+        "fy": c.camera.fy(), "cx": c.camera.cx(), "cy": c.camera.cy(),
+        "dist": c.camera.distortion().coeffs()})
+}
+
 /// cornerSubPix half windows compared on both sides (11 is the reference's).
 const WINDOW_SWEEP: [usize; 4] = [3, 5, 7, 11];
 
@@ -431,13 +440,10 @@ pub fn bench_calib(a: &CalibBenchArgs) -> Result<()> {
             last = Some(r);
         }
         let r = last.context("no run")?;
-        let c = &r.calib;
-        ours.insert(
-            label.into(),
-            serde_json::json!({"threads": th, "total_s": best, "views_used": r.used.len(), "rms_px": c.rms,
-                "fx": c.camera.fx(), "fy": c.camera.fy(), "cx": c.camera.cx(), "cy": c.camera.cy(),
-                "dist": c.camera.distortion().coeffs()}),
-        );
+        let mut v = result_json(&r);
+        v["threads"] = serde_json::json!(th);
+        v["total_s"] = serde_json::json!(best);
+        ours.insert(label.into(), v);
     }
     // Like-for-like with OpenCV's sweep (untimed, once): our refinement with the same fixed
     // half windows instead of the adaptive one.
@@ -448,12 +454,9 @@ pub fn bench_calib(a: &CalibBenchArgs) -> Result<()> {
             ..Default::default()
         };
         let r = calibrate_images(&images, cols, rows, a.square, &opt, &fixed, threads(0))?;
-        let c = &r.calib;
-        sweep.push(
-            serde_json::json!({"half_window": half, "views_used": r.used.len(),
-            "rms_px": c.rms, "fx": c.camera.fx(), "fy": c.camera.fy(), "cx": c.camera.cx(),
-            "cy": c.camera.cy()}),
-        );
+        let mut v = result_json(&r);
+        v["half_window"] = serde_json::json!(half);
+        sweep.push(v);
     }
     ours.insert("window_sweep".into(), serde_json::Value::Array(sweep));
     let mut result =
