@@ -1,11 +1,12 @@
 // Adversarial Fisher Vectors: the per-example score of a discriminator's last two layers from
 // its forward activations, and the Fisher normalisation. GPU twin of
-// runtime/src/afv.rs afv_score + fisher_normalise (same layout of U:
-// [a2 (C2*H2*W2), dD/dW2 (C2*C1*K*K), dD/db2 (C2)]).
+// runtime/src/afv.rs afv_score + fisher_normalise (same layout of U, R = regions:
+// [a2 (C2*H2*W2), dD/dW2 per cell (R*R * C2*C1*K*K), dD/db2 per cell (R*R * C2)]).
 //
 // afv_delta: one thread per z2 element: a2 = lrelu(z2) into U, delta = w3 * lrelu'(z2).
-// afv_conv_grad: one thread per (o, i, ky, kx) of dW2, summing delta * a1-patch over H2*W2;
-//   threads with i == 0 && ky == kx == 0 also write dD/db2[o].
+// afv_conv_grad: one thread per (cell, o, i, ky, kx) of dW2, summing delta * a1-patch over
+//   the cell's conv2 output positions (rows ceil(cy*H2/R) .. ceil((cy+1)*H2/R), columns
+//   likewise); threads with i == 0 && ky == kx == 0 also write the cell's dD/db2[o].
 // fisher_normalise: one block; (u - mean) * rsqrt(diag + eps), optional signed sqrt, then
 //   the block's L2 norm (shared-memory reduction) divides every component.
 
@@ -23,22 +24,28 @@ extern "C" __global__ void afv_delta(const float* __restrict__ z2, const float* 
 extern "C" __global__ void afv_conv_grad(const float* __restrict__ a1,
                                          const float* __restrict__ delta, float* __restrict__ u,
                                          int c1, int h1, int w1, int c2, int h2, int w2, int k,
-                                         int stride, int pad) {
+                                         int stride, int pad, int regions) {
     int t = blockIdx.x * blockDim.x + threadIdx.x;
     int per_o = c1 * k * k;
-    if (t >= c2 * per_o) return;
-    int o = t / per_o;
+    int per_cell = c2 * per_o;
+    if (t >= regions * regions * per_cell) return;
+    int q = t / per_cell;
+    int o = (t % per_cell) / per_o;
     int r = t % per_o;
+    int y0 = (q / regions * h2 + regions - 1) / regions;
+    int y1 = ((q / regions + 1) * h2 + regions - 1) / regions;
+    int x0 = (q % regions * w2 + regions - 1) / regions;
+    int x1 = ((q % regions + 1) * w2 + regions - 1) / regions;
     int i = r / (k * k);
     int ky = (r / k) % k;
     int kx = r % k;
     const float* d = delta + (size_t)o * h2 * w2;
     const float* a = a1 + (size_t)i * h1 * w1;
     float acc = 0.0f;
-    for (int y = 0; y < h2; ++y) {
+    for (int y = y0; y < y1; ++y) {
         int iy = y * stride + ky - pad;
         if (iy < 0 || iy >= h1) continue;
-        for (int x = 0; x < w2; ++x) {
+        for (int x = x0; x < x1; ++x) {
             int ix = x * stride + kx - pad;
             if (ix < 0 || ix >= w1) continue;
             acc += d[y * w2 + x] * a[iy * w1 + ix];
@@ -48,8 +55,9 @@ extern "C" __global__ void afv_conv_grad(const float* __restrict__ a1,
     u[n2 + t] = acc;
     if (r == 0) {
         float s = 0.0f;
-        for (int p = 0; p < h2 * w2; ++p) s += d[p];
-        u[n2 + (size_t)c2 * per_o + o] = s;
+        for (int y = y0; y < y1; ++y)
+            for (int x = x0; x < x1; ++x) s += d[y * w2 + x];
+        u[n2 + (size_t)regions * regions * per_cell + (size_t)q * c2 + o] = s;
     }
 }
 

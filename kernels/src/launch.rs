@@ -80,6 +80,8 @@ pub struct AfvDims {
     pub stride: i32,
     pub pad: i32,
     pub slope: f32,
+    /// Spatial cells per side (conv2's score per cell of an R×R grid on its output).
+    pub regions: i32,
 }
 
 /// A device, a stream and every bevrt kernel loaded.
@@ -291,14 +293,17 @@ impl Gpu {
             .arg(&n2);
         // SAFETY: matches afv_delta(z2, w3, slope, u, delta, n2).
         unsafe { b.launch(LaunchConfig::for_num_elems(n2 as u32)) }.map_err(drv)?;
-        let threads = d.c2 * d.c1 * d.k * d.k;
+        let threads = d.regions * d.regions * d.c2 * d.c1 * d.k * d.k;
         let mut b = self.stream.launch_builder(self.f("afv_conv_grad"));
         b.arg(&a1).arg(&delta).arg(&u);
-        let shape = [d.c1, d.h1, d.w1, d.c2, d.h2, d.w2, d.k, d.stride, d.pad];
+        let shape = [
+            d.c1, d.h1, d.w1, d.c2, d.h2, d.w2, d.k, d.stride, d.pad, d.regions,
+        ];
         for v in &shape {
             b.arg(v);
         }
-        // SAFETY: matches afv_conv_grad(a1, delta, u, c1, h1, w1, c2, h2, w2, k, stride, pad).
+        // SAFETY: matches afv_conv_grad(a1, delta, u, c1, h1, w1, c2, h2, w2, k, stride, pad,
+        // regions); `u` holds AfvGeometry::dim() values, which counts the R² cells.
         unsafe { b.launch(LaunchConfig::for_num_elems(threads as u32)) }
             .map(|_| ())
             .map_err(drv)

@@ -245,6 +245,19 @@ pub struct AfvSpec {
     pub power_norm: bool,
     /// Unit L2 norm at the end.
     pub l2_norm: bool,
+    /// Spatial regions per side: conv2's score is taken separately over each cell of an R×R
+    /// grid on its output (the spatial pyramid of Fisher-vector practice); 1 = the plain
+    /// gradient. Absent in bundles from before regions existed: 1.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub regions: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 /// The parsed `bundle.toml`.

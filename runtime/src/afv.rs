@@ -12,7 +12,15 @@
 //! conv2 bias), all effective (already spectrally normalised) weights. The linear bias's
 //! gradient is the constant 1 and is left out.
 //!
-//! `U` layout: `[∂/∂w3 (= a2), ∂/∂W2 (C2·C1·k·k, row-major), ∂/∂b2 (C2)]`.
+//! Spatial regions (`regions` R > 1): conv2's weights and bias are untied over the cells of an
+//! R×R grid on its output (cell of row y: `y·R / H2`, same for columns), all copies equal to
+//! the trained values, so D(x) is unchanged and the score is the gradient for each copy: the
+//! conv2 gradient summed over one cell's positions instead of all of them. This is the
+//! spatial pyramid of Fisher-vector practice (Perronnin et al. 2010): a digit's strokes in
+//! the top-left and bottom-right no longer add into one number.
+//!
+//! `U` layout: `[∂/∂w3 (= a2), ∂/∂W2 per cell (R²·C2·C1·k·k: cell-major, each row-major),
+//! ∂/∂b2 per cell (R²·C2)]`; R = 1 is `[a2, ∂/∂W2, ∂/∂b2]`.
 
 /// Shapes of the discriminator tail.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -27,7 +35,12 @@ pub struct AfvGeometry {
     pub stride: usize,
     pub pad: usize,
     pub slope: f32,
+    /// Cells per side of the spatial grid (1..=[`MAX_REGIONS`], at most H2 and W2).
+    pub regions: usize,
 }
+
+/// Largest spatial grid side the op accepts (R² copies of conv2's gradient: at 4, 16 of them).
+pub const MAX_REGIONS: usize = 4;
 
 impl AfvGeometry {
     pub fn a1_len(&self) -> usize {
@@ -38,7 +51,33 @@ impl AfvGeometry {
     }
     /// Length of `U` (and `V`).
     pub fn dim(&self) -> usize {
-        self.z2_len() + self.c2 * self.c1 * self.k * self.k + self.c2
+        self.z2_len() + self.cells() * (self.c2 * self.c1 * self.k * self.k + self.c2)
+    }
+    pub fn cells(&self) -> usize {
+        self.regions * self.regions
+    }
+    /// conv2 output rows of cell row `c` (those with `y·R / H2 == c`), and columns likewise.
+    pub fn cell_rows(&self, c: usize) -> std::ops::Range<usize> {
+        (c * self.h2).div_ceil(self.regions)..((c + 1) * self.h2).div_ceil(self.regions)
+    }
+    pub fn cell_cols(&self, c: usize) -> std::ops::Range<usize> {
+        (c * self.w2).div_ceil(self.regions)..((c + 1) * self.w2).div_ceil(self.regions)
+    }
+    /// Why this geometry cannot be run, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if self.regions == 0 || self.regions > MAX_REGIONS {
+            return Err(format!(
+                "regions {}: must be 1..={MAX_REGIONS}",
+                self.regions
+            ));
+        }
+        if self.regions > self.h2 || self.regions > self.w2 {
+            return Err(format!(
+                "regions {}: more cells per side than conv2's {}x{} output",
+                self.regions, self.h2, self.w2
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -56,6 +95,7 @@ impl From<&AfvGeometry> for bevrt_kernels::launch::AfvDims {
             stride: g.stride as i32,
             pad: g.pad as i32,
             slope: g.slope,
+            regions: g.regions as i32,
         }
     }
 }
@@ -74,8 +114,10 @@ pub fn afv_score(
     let n2 = g.z2_len();
     assert!(a1.len() == g.a1_len() && z2.len() == n2 && w3.len() == n2 && delta.len() == n2);
     assert_eq!(u.len(), g.dim());
+    let (cells, per_cell) = (g.cells(), g.c2 * g.c1 * g.k * g.k);
+    assert!(g.check().is_ok(), "{:?}", g.check());
     let (uw3, rest) = u.split_at_mut(n2);
-    let (uw2, ub2) = rest.split_at_mut(g.c2 * g.c1 * g.k * g.k);
+    let (uw2, ub2) = rest.split_at_mut(cells * per_cell);
     for i in 0..n2 {
         let z = z2[i];
         let (act, der) = if z > 0.0 {
@@ -89,28 +131,35 @@ pub fn afv_score(
     let (hw2, kk) = (g.h2 * g.w2, g.k * g.k);
     for o in 0..g.c2 {
         let d = &delta[o * hw2..(o + 1) * hw2];
-        ub2[o] = d.iter().sum();
+        for q in 0..cells {
+            let (rows, cols) = (g.cell_rows(q / g.regions), g.cell_cols(q % g.regions));
+            ub2[q * g.c2 + o] = rows
+                .flat_map(|y| cols.clone().map(move |x| d[y * g.w2 + x]))
+                .sum();
+        }
         for i in 0..g.c1 {
             let a = &a1[i * g.h1 * g.w1..(i + 1) * g.h1 * g.w1];
-            let out = &mut uw2[(o * g.c1 + i) * kk..(o * g.c1 + i + 1) * kk];
             for ky in 0..g.k {
                 for kx in 0..g.k {
-                    let mut acc = 0f32;
-                    for y in 0..g.h2 {
-                        let iy = (y * g.stride + ky) as isize - g.pad as isize;
-                        if iy < 0 || iy >= g.h1 as isize {
-                            continue;
-                        }
-                        let row = &a[iy as usize * g.w1..(iy as usize + 1) * g.w1];
-                        for x in 0..g.w2 {
-                            let ix = (x * g.stride + kx) as isize - g.pad as isize;
-                            if ix < 0 || ix >= g.w1 as isize {
+                    let j = (o * g.c1 + i) * kk + ky * g.k + kx;
+                    for q in 0..cells {
+                        let mut acc = 0f32;
+                        for y in g.cell_rows(q / g.regions) {
+                            let iy = (y * g.stride + ky) as isize - g.pad as isize;
+                            if iy < 0 || iy >= g.h1 as isize {
                                 continue;
                             }
-                            acc += d[y * g.w2 + x] * row[ix as usize];
+                            let row = &a[iy as usize * g.w1..(iy as usize + 1) * g.w1];
+                            for x in g.cell_cols(q % g.regions) {
+                                let ix = (x * g.stride + kx) as isize - g.pad as isize;
+                                if ix < 0 || ix >= g.w1 as isize {
+                                    continue;
+                                }
+                                acc += d[y * g.w2 + x] * row[ix as usize];
+                            }
                         }
+                        uw2[q * per_cell + j] = acc;
                     }
-                    out[ky * g.k + kx] = acc;
                 }
             }
         }
@@ -148,9 +197,9 @@ pub fn fisher_normalise(
 mod tests {
     use super::*;
 
-    /// Finite differences of D through the same tail, on a tiny geometry.
-    #[test]
-    fn score_matches_finite_differences() {
+    /// Finite differences of D through the same tail, on a tiny geometry, with conv2 untied
+    /// into one copy per spatial cell (all copies equal, as the score assumes).
+    fn score_matches_finite_differences(regions: usize) {
         let g = AfvGeometry {
             c1: 2,
             h1: 6,
@@ -162,7 +211,10 @@ mod tests {
             stride: 2,
             pad: 1,
             slope: 0.2,
+            regions,
         };
+        let cells = regions * regions;
+        let cell = |y: usize, x: usize| (y * regions / 3) * regions + x * regions / 3;
         let mut s = 1u32;
         let mut r = || {
             s = s.wrapping_mul(1664525).wrapping_add(1013904223);
@@ -172,11 +224,13 @@ mod tests {
         let w2: Vec<f32> = (0..g.c2 * g.c1 * 16).map(|_| r()).collect();
         let b2: Vec<f32> = (0..g.c2).map(|_| r() * 0.1).collect();
         let w3: Vec<f32> = (0..g.z2_len()).map(|_| r()).collect();
-        let conv = |w2: &[f32], b2: &[f32]| -> Vec<f32> {
+        // w2s[q], b2s[q]: the copy of conv2 that cell q's outputs use.
+        let conv = |w2s: &[Vec<f32>], b2s: &[Vec<f32>]| -> Vec<f32> {
             let mut z = vec![0f32; g.z2_len()];
             for o in 0..g.c2 {
                 for y in 0..g.h2 {
                     for x in 0..g.w2 {
+                        let (w2, b2) = (&w2s[cell(y, x)], &b2s[cell(y, x)]);
                         let mut acc = b2[o] as f64;
                         for i in 0..g.c1 {
                             for ky in 0..g.k {
@@ -198,45 +252,104 @@ mod tests {
             }
             z
         };
-        let d = |w2: &[f32], b2: &[f32], w3: &[f32]| -> f64 {
-            conv(w2, b2)
+        let d = |w2s: &[Vec<f32>], b2s: &[Vec<f32>], w3: &[f32]| -> f64 {
+            conv(w2s, b2s)
                 .iter()
                 .zip(w3)
                 .map(|(&z, &w)| (if z > 0.0 { z } else { z * 0.2 }) as f64 * w as f64)
                 .sum()
         };
-        let z2 = conv(&w2, &b2);
+        let (w2s, b2s) = (vec![w2.clone(); cells], vec![b2.clone(); cells]);
+        let z2 = conv(&w2s, &b2s);
         let mut delta = vec![0f32; g.z2_len()];
         let mut u = vec![0f32; g.dim()];
         afv_score(&g, &a1, &z2, &w3, &mut delta, &mut u);
         let h = 1e-3f32;
         let n2 = g.z2_len();
-        for j in 0..w2.len() {
-            let (mut p, mut m) = (w2.clone(), w2.clone());
-            p[j] += h;
-            m[j] -= h;
-            let fd = (d(&p, &b2, &w3) - d(&m, &b2, &w3)) / (2.0 * h as f64);
-            assert!(
-                (fd - u[n2 + j] as f64).abs() < 2e-3,
-                "dW2[{j}]: {fd} vs {}",
-                u[n2 + j]
-            );
-        }
-        for o in 0..g.c2 {
-            let (mut p, mut m) = (b2.clone(), b2.clone());
-            p[o] += h;
-            m[o] -= h;
-            let fd = (d(&w2, &p, &w3) - d(&w2, &m, &w3)) / (2.0 * h as f64);
-            let got = u[g.dim() - g.c2 + o] as f64;
-            assert!((fd - got).abs() < 2e-3, "db2[{o}]: {fd} vs {got}");
+        let nudge = |v: &[Vec<f32>], q: usize, j: usize, by: f32| {
+            let mut v = v.to_vec();
+            v[q][j] += by;
+            v
+        };
+        for q in 0..cells {
+            for j in 0..w2.len() {
+                let fd = (d(&nudge(&w2s, q, j, h), &b2s, &w3)
+                    - d(&nudge(&w2s, q, j, -h), &b2s, &w3))
+                    / (2.0 * h as f64);
+                let got = u[n2 + q * w2.len() + j] as f64;
+                assert!((fd - got).abs() < 2e-3, "cell {q} dW2[{j}]: {fd} vs {got}");
+            }
+            for o in 0..g.c2 {
+                let fd = (d(&w2s, &nudge(&b2s, q, o, h), &w3)
+                    - d(&w2s, &nudge(&b2s, q, o, -h), &w3))
+                    / (2.0 * h as f64);
+                let got = u[n2 + cells * w2.len() + q * g.c2 + o] as f64;
+                assert!((fd - got).abs() < 2e-3, "cell {q} db2[{o}]: {fd} vs {got}");
+            }
         }
         for j in 0..n2 {
             let (mut p, mut m) = (w3.clone(), w3.clone());
             p[j] += h;
             m[j] -= h;
-            let fd = (d(&w2, &b2, &p) - d(&w2, &b2, &m)) / (2.0 * h as f64);
+            let fd = (d(&w2s, &b2s, &p) - d(&w2s, &b2s, &m)) / (2.0 * h as f64);
             assert!((fd - u[j] as f64).abs() < 2e-3);
         }
+    }
+
+    #[test]
+    fn score_matches_finite_differences_without_regions() {
+        score_matches_finite_differences(1);
+    }
+
+    /// 2x2 cells on a 3x3 output: cells of 2x2, 2x1, 1x2 and 1x1 positions.
+    #[test]
+    fn score_matches_finite_differences_per_cell() {
+        score_matches_finite_differences(2);
+    }
+
+    /// Per-cell scores sum to the plain score.
+    #[test]
+    fn cells_partition_the_plain_score() {
+        let g = |regions| AfvGeometry {
+            c1: 3,
+            h1: 14,
+            w1: 14,
+            c2: 4,
+            h2: 7,
+            w2: 7,
+            k: 4,
+            stride: 2,
+            pad: 1,
+            slope: 0.2,
+            regions,
+        };
+        let (g1, g3) = (g(1), g(3));
+        let a1: Vec<f32> = (0..g1.a1_len())
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let z2: Vec<f32> = (0..g1.z2_len())
+            .map(|i| ((i * 53 % 89) as f32 - 44.0) / 44.0)
+            .collect();
+        let w3: Vec<f32> = (0..g1.z2_len())
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 6.0)
+            .collect();
+        let mut delta = vec![0f32; g1.z2_len()];
+        let (mut u1, mut u3) = (vec![0f32; g1.dim()], vec![0f32; g3.dim()]);
+        afv_score(&g1, &a1, &z2, &w3, &mut delta, &mut u1);
+        afv_score(&g3, &a1, &z2, &w3, &mut delta, &mut u3);
+        let (n2, per) = (g1.z2_len(), g1.c2 * g1.c1 * 16);
+        assert_eq!(u1[..n2], u3[..n2]);
+        for j in 0..per + g1.c2 {
+            let (w, off) = if j < per { (per, j) } else { (g1.c2, j - per) };
+            let base = n2 + if j < per { 0 } else { 9 * per };
+            let sum: f32 = (0..9).map(|q| u3[base + q * w + off]).sum();
+            assert!(
+                (sum - u1[n2 + j]).abs() < 1e-4,
+                "component {j}: {sum} vs {}",
+                u1[n2 + j]
+            );
+        }
+        assert!(g(5).check().is_err() && g(0).check().is_err() && g(4).check().is_ok());
     }
 
     #[test]

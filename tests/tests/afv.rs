@@ -348,7 +348,8 @@ fn short_gan_gives_afv_features_that_beat_raw_pixels() {
         .collect();
     assert_eq!(npys.len(), 1, "{npys:?}");
     let (shape, v) = bevrt_runtime::npy::read_f32(&npys[0]).unwrap();
-    assert_eq!(shape, vec![1, 35968]);
+    // a2 (64·7·7) + conv2's weight and bias gradients for each of afv fit's default 2x2 cells
+    assert_eq!(shape, vec![1, 64 * 49 + 4 * (64 * 32 * 16 + 64)]);
     let n: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!(
         (n - 1.0).abs() < 1e-3,

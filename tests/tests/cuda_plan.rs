@@ -400,6 +400,7 @@ fn afv_discriminator_plan_matches_tract_on_every_output() {
         stride: 2,
         pad: 1,
         slope: 0.2,
+        regions: 1,
     };
     let w3 = noise(c2 * 49, 7, -0.1, 0.1);
     let score = |a1: &[f32], z2: &[f32]| {

@@ -15,9 +15,6 @@ use crate::letsmap::nn::Rng;
 
 pub const Z: usize = 64;
 pub const SLOPE: f64 = 0.2;
-/// Discriminator geometry (the AFV op's contract): conv2 k 4, stride 2, pad 1.
-pub const D_C1: usize = 32;
-pub const D_C2: usize = 64;
 
 fn uniform(shape: &[usize], bound: f32, rng: &mut Rng) -> Result<Var> {
     let n: usize = shape.iter().product();
@@ -180,7 +177,10 @@ impl SnWeight {
     }
 }
 
+/// Geometry (the AFV op's contract): conv 4/2/1 twice, then linear.
 pub struct Discriminator {
+    /// Output channels of conv1 and conv2.
+    pub ch: (usize, usize),
     pub c1: SnWeight,
     pub c1_b: Var,
     pub c2: SnWeight,
@@ -198,25 +198,22 @@ pub struct DOut {
 }
 
 impl Discriminator {
-    pub fn init(seed: u64) -> Result<Discriminator> {
+    pub fn init(seed: u64, (c1, c2): (usize, usize)) -> Result<Discriminator> {
         let mut r = Rng(seed ^ 0xd15c);
         Ok(Discriminator {
+            ch: (c1, c2),
             c1: SnWeight::new(
-                uniform(&[D_C1, 1, 4, 4], (6.0f32 / 16.0).sqrt(), &mut r)?,
+                uniform(&[c1, 1, 4, 4], (6.0f32 / 16.0).sqrt(), &mut r)?,
                 &mut r,
             )?,
-            c1_b: zeros(D_C1)?,
+            c1_b: zeros(c1)?,
             c2: SnWeight::new(
-                uniform(
-                    &[D_C2, D_C1, 4, 4],
-                    (6.0 / (D_C1 as f32 * 16.0)).sqrt(),
-                    &mut r,
-                )?,
+                uniform(&[c2, c1, 4, 4], (6.0 / (c1 as f32 * 16.0)).sqrt(), &mut r)?,
                 &mut r,
             )?,
-            c2_b: zeros(D_C2)?,
+            c2_b: zeros(c2)?,
             fc: SnWeight::new(
-                uniform(&[1, D_C2 * 49], (6.0 / (D_C2 as f32 * 49.0)).sqrt(), &mut r)?,
+                uniform(&[1, c2 * 49], (6.0 / (c2 as f32 * 49.0)).sqrt(), &mut r)?,
                 &mut r,
             )?,
             fc_b: zeros(1)?,
@@ -251,12 +248,12 @@ impl Discriminator {
         let b = x.dim(0)?;
         let z1 = x
             .conv2d(&w[0], 1, 2, 1, 1)?
-            .broadcast_add(&self.c1_b.as_tensor().reshape((1, D_C1, 1, 1))?)?;
+            .broadcast_add(&self.c1_b.as_tensor().reshape((1, self.ch.0, 1, 1))?)?;
         let a1 = candle_nn::ops::leaky_relu(&z1, SLOPE)?;
         let z2 = a1
             .conv2d(&w[1], 1, 2, 1, 1)?
-            .broadcast_add(&self.c2_b.as_tensor().reshape((1, D_C2, 1, 1))?)?;
-        let a2 = candle_nn::ops::leaky_relu(&z2, SLOPE)?.reshape((b, D_C2 * 49))?;
+            .broadcast_add(&self.c2_b.as_tensor().reshape((1, self.ch.1, 1, 1))?)?;
+        let a2 = candle_nn::ops::leaky_relu(&z2, SLOPE)?.reshape((b, self.ch.1 * 49))?;
         let d = a2
             .matmul(&w[2].t()?)?
             .broadcast_add(self.fc_b.as_tensor())?
@@ -281,7 +278,7 @@ impl Discriminator {
                     weight: v(&w[0])?,
                     bias: b(&self.c1_b)?,
                     cin: 1,
-                    cout: D_C1,
+                    cout: self.ch.0,
                     k: 4,
                     stride: 2,
                     pad: 1,
@@ -294,8 +291,8 @@ impl Discriminator {
                 SeqOp::Conv {
                     weight: v(&w[1])?,
                     bias: b(&self.c2_b)?,
-                    cin: D_C1,
-                    cout: D_C2,
+                    cin: self.ch.0,
+                    cout: self.ch.1,
                     k: 4,
                     stride: 2,
                     pad: 1,
@@ -309,7 +306,7 @@ impl Discriminator {
                 SeqOp::Linear {
                     weight: v(&w[2])?,
                     bias: b(&self.fc_b)?,
-                    cin: D_C2 * 49,
+                    cin: self.ch.1 * 49,
                     cout: 1,
                 },
                 None,
@@ -332,13 +329,17 @@ pub fn normal(n: usize, rng: &mut Rng) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The default widths of `gan train --d-channels`.
+    const D_C1: usize = 32;
+    const D_C2: usize = 64;
     use bevrt_runtime::afv::{AfvGeometry, afv_score};
 
     /// The runtime's analytic per-sample score equals candle's autograd gradient of D with
     /// respect to the effective conv2 weights and bias and the linear weights.
     #[test]
     fn analytic_score_equals_autograd() -> Result<()> {
-        let mut d = Discriminator::init(3)?;
+        let mut d = Discriminator::init(3, (D_C1, D_C2))?;
         // trained-looking biases so both LeakyReLU branches are exercised
         let mut r = Rng(11);
         d.c2_b
@@ -359,6 +360,7 @@ mod tests {
             stride: 2,
             pad: 1,
             slope: SLOPE as f32,
+            regions: 1,
         };
         for sample in 0..3 {
             let x = Tensor::from_vec(normal(784, &mut r), (1, 1, 28, 28), &Device::Cpu)?;
@@ -412,13 +414,108 @@ mod tests {
         Ok(())
     }
 
+    /// With 2x2 spatial cells, the analytic score equals candle's autograd gradient of D with
+    /// conv2 untied into one copy per cell (weights and bias; copies equal, D unchanged).
+    #[test]
+    fn analytic_cell_scores_equal_autograd_of_untied_conv2() -> Result<()> {
+        let mut d = Discriminator::init(4, (8, 16))?;
+        let mut r = Rng(12);
+        d.c2_b
+            .set(&Tensor::from_vec(normal(16, &mut r), 16, &Device::Cpu)?)?;
+        let [w1, w2, w3] = d.weights(false)?;
+        let geom = AfvGeometry {
+            c1: 8,
+            h1: 14,
+            w1: 14,
+            c2: 16,
+            h2: 7,
+            w2: 7,
+            k: 4,
+            stride: 2,
+            pad: 1,
+            slope: SLOPE as f32,
+            regions: 2,
+        };
+        // cell masks over the 7x7 output: rows/cols 0..4 and 4..7
+        let masks: Vec<Tensor> = (0..4)
+            .map(|q| {
+                let m: Vec<f32> = (0..49)
+                    .map(|p| {
+                        let (y, x) = (p / 7, p % 7);
+                        ((y * 2 / 7) * 2 + x * 2 / 7 == q) as u8 as f32
+                    })
+                    .collect();
+                Tensor::from_vec(m, (1, 1, 7, 7), &Device::Cpu)
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let w2s: Vec<Var> = (0..4)
+            .map(|_| Var::from_tensor(&w2.detach()))
+            .collect::<candle_core::Result<_>>()?;
+        let b2s: Vec<Var> = (0..4)
+            .map(|_| Var::from_tensor(&d.c2_b.as_tensor().detach()))
+            .collect::<candle_core::Result<_>>()?;
+        let x = Tensor::from_vec(normal(784, &mut r), (1, 1, 28, 28), &Device::Cpu)?;
+        let out = d.forward_with(&x, &[w1.detach(), w2.detach(), w3.detach()])?;
+        let mut z2 = out.z2.zeros_like()?;
+        for q in 0..4 {
+            let zq = out
+                .a1
+                .conv2d(w2s[q].as_tensor(), 1, 2, 1, 1)?
+                .broadcast_add(&b2s[q].as_tensor().reshape((1, 16, 1, 1))?)?;
+            z2 = (z2 + zq.broadcast_mul(&masks[q])?)?;
+        }
+        // untying changes nothing in the forward pass
+        let same = (&z2 - &out.z2)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(same < 1e-5, "untied z2 differs by {same}");
+        let dval = candle_nn::ops::leaky_relu(&z2, SLOPE)?
+            .reshape((1, 16 * 49))?
+            .matmul(&w3.t()?)?
+            .sum_all()?;
+        let grads = dval.backward()?;
+        let flat = |v: &Var| -> Result<Vec<f32>> {
+            Ok(grads
+                .get(v.as_tensor())
+                .expect("grad")
+                .flatten_all()?
+                .to_vec1()?)
+        };
+        let mut want: Vec<f32> = candle_nn::ops::leaky_relu(&out.z2, SLOPE)?
+            .flatten_all()?
+            .to_vec1()?;
+        for v in &w2s {
+            want.extend(flat(v)?);
+        }
+        for v in &b2s {
+            want.extend(flat(v)?);
+        }
+        let mut delta = vec![0f32; geom.z2_len()];
+        let mut u = vec![0f32; geom.dim()];
+        afv_score(
+            &geom,
+            &out.a1.flatten_all()?.to_vec1::<f32>()?,
+            &out.z2.flatten_all()?.to_vec1::<f32>()?,
+            &w3.flatten_all()?.to_vec1::<f32>()?,
+            &mut delta,
+            &mut u,
+        );
+        assert_eq!(u.len(), want.len());
+        let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
+        for (k, (a, b)) in u.iter().zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(norm / (want.len() as f32).sqrt()),
+                "component {k}: {a} vs {b}"
+            );
+        }
+        Ok(())
+    }
+
     /// The exported ONNX discriminator and generator compute what candle computes.
     #[test]
     fn exported_networks_match_candle() -> Result<()> {
         use bevrt_runtime::backend::cpu::CpuNetwork;
         let dir = std::env::temp_dir().join(format!("bevrt-gan-export-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let mut d = Discriminator::init(5)?;
+        let mut d = Discriminator::init(5, (D_C1, D_C2))?;
         let g = Generator::init(5)?;
         let mut r = Rng(2);
         let dp = dir.join("d.onnx");

@@ -32,8 +32,25 @@ pub struct GanTrainArgs {
     /// Generator snapshots kept in the bundle (for the set distance over training).
     #[arg(long, default_value_t = 5)]
     pub snapshots: usize,
+    /// Discriminator widths `C1,C2`: output channels of conv1 and conv2. The AFV vector has
+    /// C2·C1·16 + C2 + C2·49 values.
+    #[arg(long, value_parser = parse_channels, default_value = "32,64")]
+    pub d_channels: (usize, usize),
     #[arg(long)]
     pub out: PathBuf,
+}
+
+fn parse_channels(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("{s:?}: expected two channel counts C1,C2 in 1..=512, such as 32,64");
+    let (a, b) = s.split_once(',').ok_or_else(bad)?;
+    let (a, b): (usize, usize) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if !(1..=512).contains(&a) || !(1..=512).contains(&b) {
+        return Err(bad());
+    }
+    Ok((a, b))
 }
 
 /// Images as a [-1, 1] tensor (N, 1, H, W): the bundle's preprocess (`/255`, mean 0.5, std 0.5).
@@ -137,7 +154,7 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
     let real = to_tensor(&ds, &train)?;
     let mut rng = Rng(a.seed);
     let g = Generator::init(a.seed)?;
-    let mut d = Discriminator::init(a.seed)?;
+    let mut d = Discriminator::init(a.seed, a.d_channels)?;
     // SN-GAN settings: Adam(β1 = 0.5, β2 = 0.999), hinge loss, one D step per G step.
     let mut opt_d = Adam::new(d.vars(), a.lr)?;
     let mut opt_g = Adam::new(g.vars(), a.lr)?;
@@ -280,6 +297,10 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
     prov.insert("train_images".into(), (train.len() as i64).into());
     prov.insert("iterations".into(), (a.iters as i64).into());
     prov.insert("batch".into(), (a.batch as i64).into());
+    prov.insert(
+        "d_channels".into(),
+        format!("{},{}", a.d_channels.0, a.d_channels.1).into(),
+    );
     prov.insert("lr".into(), a.lr.into());
     prov.insert("seed".into(), (a.seed as i64).into());
     prov.insert("seconds".into(), secs.into());
@@ -330,6 +351,7 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
             eps: 1e-6,
             power_norm: true,
             l2_norm: true,
+            regions: 1,
         }),
         provenance: prov,
     };

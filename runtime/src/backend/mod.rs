@@ -218,7 +218,10 @@ impl AfvTail {
             stride: a.stride,
             pad: a.pad,
             slope: a.slope,
+            regions: a.regions,
         };
+        geom.check()
+            .map_err(|e| anyhow::anyhow!("{}: [afv] {e}", bundle.dir.display()))?;
         let read = |f: &bevrt_models::ModelFile| {
             let p = bundle.dir.join(&f.file);
             crate::npy::read_f32(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))

@@ -352,6 +352,7 @@ fn run(
             stride: 2,
             pad: 1,
             slope: 0.2,
+            regions: 1,
         };
         let d = AfvDims::from(&g);
         let vals = |n: usize, seed: u64, lo: f32, hi: f32| -> Vec<f32> {
@@ -386,6 +387,26 @@ fn run(
         let pass = err <= 1e-4;
         all &= pass;
         checks.push(json!({"kernel": "afv_delta + afv_conv_grad", "case": "32x14x14 -> 64x7x7, k4 s2 p1", "max_rel": err, "pass": pass}));
+        // the same activations with the 2x2 spatial cells the AFV recipe uses
+        {
+            let g2 = AfvGeometry { regions: 2, ..g };
+            let mut want2 = vec![0f32; g2.dim()];
+            afv_score(&g2, &a1, &z2, &w3, &mut delta, &mut want2);
+            let du2 = st.alloc_zeros::<f32>(g2.dim())?;
+            let d2 = AfvDims::from(&g2);
+            gpu.afv_score_at(
+                &d2,
+                ptr(&da1),
+                ptr(&dz2),
+                ptr(&dw3),
+                ptr(&ddelta),
+                ptr(&du2),
+            )?;
+            let err = max_rel(&st.clone_dtoh(&du2)?, &want2);
+            let pass = err <= 1e-4;
+            all &= pass;
+            checks.push(json!({"kernel": "afv_delta + afv_conv_grad", "case": "32x14x14 -> 64x7x7, k4 s2 p1, 2x2 cells", "max_rel": err, "pass": pass}));
+        }
         for (power, l2) in [(false, false), (true, true)] {
             let mut want_v = want.clone();
             fisher_normalise(&mut want_v, &mean, &diag, 1e-6, power, l2);
