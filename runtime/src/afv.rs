@@ -43,6 +43,29 @@ pub struct AfvGeometry {
 pub const MAX_REGIONS: usize = 4;
 
 impl AfvGeometry {
+    /// A tail whose conv2 has kernel 4, stride 2 and padding 1 (the bevrt GAN's):
+    /// `a1` C1×H1×W1 → `z2` C2×(H1/2)×(W1/2).
+    pub fn k4s2(
+        c1: usize,
+        (h1, w1): (usize, usize),
+        c2: usize,
+        slope: f32,
+        regions: usize,
+    ) -> Self {
+        AfvGeometry {
+            c1,
+            h1,
+            w1,
+            c2,
+            h2: h1 / 2,
+            w2: w1 / 2,
+            k: 4,
+            stride: 2,
+            pad: 1,
+            slope,
+            regions,
+        }
+    }
     pub fn a1_len(&self) -> usize {
         self.c1 * self.h1 * self.w1
     }
@@ -200,19 +223,7 @@ mod tests {
     /// Finite differences of D through the same tail, on a tiny geometry, with conv2 untied
     /// into one copy per spatial cell (all copies equal, as the score assumes).
     fn score_matches_finite_differences(regions: usize) {
-        let g = AfvGeometry {
-            c1: 2,
-            h1: 6,
-            w1: 6,
-            c2: 3,
-            h2: 3,
-            w2: 3,
-            k: 4,
-            stride: 2,
-            pad: 1,
-            slope: 0.2,
-            regions,
-        };
+        let g = AfvGeometry::k4s2(2, (6, 6), 3, 0.2, regions);
         let cells = regions * regions;
         let cell = |y: usize, x: usize| (y * regions / 3) * regions + x * regions / 3;
         let mut s = 1u32;
@@ -310,19 +321,7 @@ mod tests {
     /// Per-cell scores sum to the plain score.
     #[test]
     fn cells_partition_the_plain_score() {
-        let g = |regions| AfvGeometry {
-            c1: 3,
-            h1: 14,
-            w1: 14,
-            c2: 4,
-            h2: 7,
-            w2: 7,
-            k: 4,
-            stride: 2,
-            pad: 1,
-            slope: 0.2,
-            regions,
-        };
+        let g = |regions| AfvGeometry::k4s2(3, (14, 14), 4, 0.2, regions);
         let (g1, g3) = (g(1), g(3));
         let a1: Vec<f32> = (0..g1.a1_len())
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)

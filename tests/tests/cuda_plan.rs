@@ -389,19 +389,7 @@ fn afv_discriminator_plan_matches_tract_on_every_output() {
         );
     }
 
-    let geom = bevrt_runtime::afv::AfvGeometry {
-        c1,
-        h1: 14,
-        w1: 14,
-        c2,
-        h2: 7,
-        w2: 7,
-        k: 4,
-        stride: 2,
-        pad: 1,
-        slope: 0.2,
-        regions: 1,
-    };
+    let geom = bevrt_runtime::afv::AfvGeometry::k4s2(c1, (14, 14), c2, 0.2, 1);
     let w3 = noise(c2 * 49, 7, -0.1, 0.1);
     let score = |a1: &[f32], z2: &[f32]| {
         let mut delta = vec![0f32; geom.z2_len()];

@@ -349,19 +349,7 @@ mod tests {
             Var::from_tensor(&w2.detach())?,
             Var::from_tensor(&w3.detach())?,
         );
-        let geom = AfvGeometry {
-            c1: D_C1,
-            h1: 14,
-            w1: 14,
-            c2: D_C2,
-            h2: 7,
-            w2: 7,
-            k: 4,
-            stride: 2,
-            pad: 1,
-            slope: SLOPE as f32,
-            regions: 1,
-        };
+        let geom = AfvGeometry::k4s2(D_C1, (14, 14), D_C2, SLOPE as f32, 1);
         for sample in 0..3 {
             let x = Tensor::from_vec(normal(784, &mut r), (1, 1, 28, 28), &Device::Cpu)?;
             let out = d.forward_with(
@@ -423,19 +411,7 @@ mod tests {
         d.c2_b
             .set(&Tensor::from_vec(normal(16, &mut r), 16, &Device::Cpu)?)?;
         let [w1, w2, w3] = d.weights(false)?;
-        let geom = AfvGeometry {
-            c1: 8,
-            h1: 14,
-            w1: 14,
-            c2: 16,
-            h2: 7,
-            w2: 7,
-            k: 4,
-            stride: 2,
-            pad: 1,
-            slope: SLOPE as f32,
-            regions: 2,
-        };
+        let geom = AfvGeometry::k4s2(8, (14, 14), 16, SLOPE as f32, 2);
         // cell masks over the 7x7 output: rows/cols 0..4 and 4..7
         let masks: Vec<Tensor> = (0..4)
             .map(|q| {

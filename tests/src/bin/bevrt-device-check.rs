@@ -341,19 +341,7 @@ fn run(
     {
         use bevrt_kernels::launch::AfvDims;
         use bevrt_runtime::afv::{AfvGeometry, afv_score, fisher_normalise};
-        let g = AfvGeometry {
-            c1: 32,
-            h1: 14,
-            w1: 14,
-            c2: 64,
-            h2: 7,
-            w2: 7,
-            k: 4,
-            stride: 2,
-            pad: 1,
-            slope: 0.2,
-            regions: 1,
-        };
+        let g = AfvGeometry::k4s2(32, (14, 14), 64, 0.2, 1);
         let d = AfvDims::from(&g);
         let vals = |n: usize, seed: u64, lo: f32, hi: f32| -> Vec<f32> {
             bytes(n, seed)
