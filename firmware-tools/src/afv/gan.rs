@@ -329,11 +329,11 @@ pub fn normal(n: usize, rng: &mut Rng) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bevrt_runtime::afv::{AfvGeometry, afv_score};
 
     /// The default widths of `gan train --d-channels`.
     const D_C1: usize = 32;
     const D_C2: usize = 64;
-    use bevrt_runtime::afv::{AfvGeometry, afv_score};
 
     /// The runtime's analytic per-sample score equals candle's autograd gradient of D with
     /// respect to the effective conv2 weights and bias and the linear weights.

@@ -33,7 +33,7 @@ pub struct GanTrainArgs {
     #[arg(long, default_value_t = 5)]
     pub snapshots: usize,
     /// Discriminator widths `C1,C2`: output channels of conv1 and conv2. The AFV vector has
-    /// C2·C1·16 + C2 + C2·49 values.
+    /// C2·49 + R²·(C2·C1·16 + C2) values (R: `afv fit --regions`).
     #[arg(long, value_parser = parse_channels, default_value = "32,64")]
     pub d_channels: (usize, usize),
     #[arg(long)]
