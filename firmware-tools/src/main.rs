@@ -4,6 +4,7 @@
 mod afv;
 mod bundle_cmd;
 mod calib_cmd;
+mod cpu_ops;
 mod hil_cmd;
 mod kernels_cmd;
 mod letsmap;

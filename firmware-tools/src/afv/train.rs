@@ -183,8 +183,12 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
         )?;
         let fake = g.forward(&z)?.detach();
         let w = d.weights(true)?;
-        let dr = d.forward_with(&x, &w)?.d;
-        let df = d.forward_with(&fake, &w)?.d;
+        // Real and fake in one batch: half the graph nodes of two passes, the same loss.
+        let both = d.forward_with(&Tensor::cat(&[&x, &fake], 0)?, &w)?.d;
+        let (dr, df) = (
+            both.narrow(0, 0, a.batch)?,
+            both.narrow(0, a.batch, a.batch)?,
+        );
         let loss_d = ((1.0 - dr)?.relu()?.mean_all()? + (1.0 + df)?.relu()?.mean_all()?)?;
         opt_d.backward_step(&loss_d)?;
         let z = Tensor::from_vec(
@@ -193,7 +197,7 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
             &Device::Cpu,
         )?;
         let w = d.weights(false)?;
-        let loss_g = d.forward_with(&g.forward(&z)?, &w)?.d.mean_all()?.neg()?;
+        let loss_g = d.forward_frozen(&g.forward(&z)?, &w)?.d.mean_all()?.neg()?;
         opt_g.backward_step(&loss_g)?;
         let (ld, lg) = (loss_d.to_scalar::<f32>()?, loss_g.to_scalar::<f32>()?);
         if !(ld.is_finite() && lg.is_finite()) {
