@@ -120,14 +120,30 @@ struct CudaAfv {
     dims: AfvDims,
     w3: CudaSlice<f32>,
     delta: CudaSlice<f32>,
-    /// `U`/`V` when no probe follows (with a probe, `V` is written into its input tensor).
-    vector: Option<CudaSlice<f32>>,
     dim: usize,
     fisher: Option<(CudaSlice<f32>, CudaSlice<f32>)>,
     eps: f32,
     power: bool,
     l2: bool,
-    probe: Option<PlanRunner>,
+    out: AfvOut,
+}
+
+/// Where the AFV tail writes `U`/`V`, and what the frame downloads.
+enum AfvOut {
+    /// No probe: a buffer of its own, downloaded as the frame's vector.
+    Vector(CudaSlice<f32>),
+    /// A probe head: `V` goes straight into the probe plan's input tensor, and the frame
+    /// downloads the probe's output.
+    Probe(Box<PlanRunner>),
+}
+
+impl AfvOut {
+    fn probe(&self) -> Option<&PlanRunner> {
+        match self {
+            AfvOut::Probe(p) => Some(p),
+            AfvOut::Vector(_) => None,
+        }
+    }
 }
 
 pub struct CudaBackend {
@@ -292,16 +308,15 @@ impl CudaBackend {
                 dims,
                 w3: up(&tail.w3)?,
                 delta: st.alloc_zeros::<f32>(g.z2_len()).map_err(gpu_err)?,
-                vector: match probe {
-                    Some(_) => None,
-                    None => Some(st.alloc_zeros::<f32>(dim).map_err(gpu_err)?),
-                },
                 dim,
                 fisher,
                 eps: tail.eps,
                 power: tail.power,
                 l2: tail.l2,
-                probe,
+                out: match probe {
+                    Some(p) => AfvOut::Probe(Box::new(p)),
+                    None => AfvOut::Vector(st.alloc_zeros::<f32>(dim).map_err(gpu_err)?),
+                },
             });
         }
         let n_out: usize = last_out.0.iter().product();
@@ -333,7 +348,7 @@ impl CudaBackend {
                 b.head.plan.arena_bytes / 1024
             ));
         }
-        if let Some(p) = afv.as_ref().and_then(|a| a.probe.as_ref()) {
+        if let Some(p) = afv.as_ref().and_then(|a| a.out.probe()) {
             describe.push_str(&format!(
                 "; AFV tail; probe: {} launches [{}]",
                 p.steps(),
@@ -396,10 +411,9 @@ impl CudaBackend {
             let st = &gpu.stream;
             let (w3, _w) = a.w3.device_ptr(st);
             let (delta, _d) = a.delta.device_ptr(st);
-            let v = match (&a.probe, &a.vector) {
-                (Some(p), _) => p.tensor_addr(p.plan.inputs[0]),
-                (None, Some(v)) => v.device_ptr(st).0,
-                (None, None) => unreachable!("load allocates the vector when no probe reads it"),
+            let v = match &a.out {
+                AfvOut::Probe(p) => p.tensor_addr(p.plan.inputs[0]),
+                AfvOut::Vector(v) => v.device_ptr(st).0,
             };
             gpu.afv_score_at(&a.dims, a1, z2, w3, delta, v)?;
             if let Some((mean, diag)) = &a.fisher {
@@ -407,7 +421,7 @@ impl CudaBackend {
                 let (diag, _g) = diag.device_ptr(st);
                 gpu.fisher_normalise_at(v, mean, diag, a.eps, a.power, a.l2, a.dim as i32)?;
             }
-            if let Some(p) = &a.probe {
+            if let AfvOut::Probe(p) = &a.out {
                 p.launch_all(gpu)?;
             }
         }
@@ -473,10 +487,9 @@ impl Backend for CudaBackend {
         let st = &self.gpu.stream;
         match (&self.bev, &self.afv) {
             (Some(b), _) => st.memcpy_dtoh(&b.head.output_view(), &mut self.out_host),
-            (None, Some(a)) => match (&a.probe, &a.vector) {
-                (Some(p), _) => st.memcpy_dtoh(&p.output_view(), &mut self.out_host),
-                (None, Some(v)) => st.memcpy_dtoh(v, &mut self.out_host),
-                (None, None) => unreachable!("load allocates the vector when no probe reads it"),
+            (None, Some(a)) => match &a.out {
+                AfvOut::Probe(p) => st.memcpy_dtoh(&p.output_view(), &mut self.out_host),
+                AfvOut::Vector(v) => st.memcpy_dtoh(v, &mut self.out_host),
             },
             (None, None) => st.memcpy_dtoh(&self.net.output_view(), &mut self.out_host),
         }
