@@ -4,11 +4,12 @@
 //! Generator: z (64) → Linear → 64x7x7 → ReLU → ConvT 4/2 → 32x14x14 → ReLU → ConvT 4/2 →
 //! 1x28x28 → tanh. (Resize-convolutions were tried: 1.6x slower per step in candle on CPU.)
 //! Both networks convolve through [`crate::cpu_ops`] (im2col/col2im + GEMM), not candle's
-//! CPU convolutions, whose transposed convolution made a training step about 2.5x slower.
+//! CPU convolutions, whose transposed convolution made a training step about 2x slower.
 //!
-//! Discriminator: 1x28x28 → Conv 4/2 → 32x14x14 → LeakyReLU(0.2) ("a1") → Conv 4/2 → 64x7x7 ("z2", before its LeakyReLU) → Linear → 1. Every discriminator weight is
-//! divided by its spectral norm (one power iteration per step, as Miyato et al.), which keeps
-//! D 1-Lipschitz-ish and its gradients, the AFV features, well scaled.
+//! Discriminator: 1x28x28 → Conv 4/2 → 32x14x14 → LeakyReLU(0.2) ("a1") → Conv 4/2 → 64x7x7
+//! ("z2", before its LeakyReLU) → Linear → 1. Every discriminator weight is divided by its
+//! spectral norm (one power iteration per step, as Miyato et al.), which keeps D
+//! 1-Lipschitz-ish and its gradients, the AFV features, well scaled.
 
 use anyhow::Result;
 use bevrt_models::{SeqLayer, SeqOp};
