@@ -7,8 +7,9 @@
 //! 2-core x86-64), a 64→32 channel transposed convolution took 37-41 ms there against about
 //! 5 ms as a GEMM, and it was most of a training step. Here both directions are one GEMM (the
 //! `gemm` crate candle already uses) and an im2col or col2im, which are each other's adjoint,
-//! so the backward pass is GEMMs too. A convolution's bias rides in the GEMM as a column of
-//! ones, so its gradient needs no separate reduction. `candle_nn::ops::leaky_relu` builds
+//! so the backward pass is GEMMs too. [`conv2d`]'s bias rides in the GEMM as a column of
+//! ones, so its gradient needs no separate reduction ([`conv_transpose2d`] adds its bias
+//! after col2im, where it has no column to ride in). `candle_nn::ops::leaky_relu` builds
 //! five nodes whose backward takes about ten passes over the tensor; [`leaky_relu`] is one
 //! node and one pass each way.
 //!
