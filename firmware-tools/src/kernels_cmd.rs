@@ -9,7 +9,8 @@ pub struct CompileKernelsArgs {
     /// Target SM: sm_87 (Orin) or sm_90 (H100).
     #[arg(long)]
     pub arch: String,
-    /// Output directory: one FILE.sm_XX.cubin per kernel file and resources.sm_XX.json.
+    /// Output directory: one FILE.sm_XX.cubin per kernel file and resources.sm_XX.json, plus
+    /// FILE.compute_80.ptx, which any GPU from sm_80 on loads when it has no CUBIN here.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -45,6 +46,10 @@ pub fn compile_kernels(a: &CompileKernelsArgs) -> anyhow::Result<()> {
             );
         }
         resources.extend(c.resources);
+        let ptx_image = nvrtc::KernelImage::Ptx(nvrtc::PTX_FALLBACK_ARCH);
+        let ptx = nvrtc::compile_ptx(k, nvrtc::PTX_FALLBACK_ARCH)?;
+        let path = a.out.join(nvrtc::image_file(k, ptx_image));
+        std::fs::write(&path, ptx).with_context(|| format!("{}: cannot write", path.display()))?;
     }
     let report =
         serde_json::json!({ "nvrtc": format!("{maj}.{min}"), "sm": sm, "kernels": resources });
@@ -53,8 +58,9 @@ pub fn compile_kernels(a: &CompileKernelsArgs) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&report)?,
     )?;
     println!(
-        "wrote {} kernel files for sm_{sm} to {} (NVRTC {maj}.{min})",
+        "wrote {} kernel files for sm_{sm} (and compute_{} PTX) to {} (NVRTC {maj}.{min})",
         nvrtc::KERNELS.len(),
+        nvrtc::PTX_FALLBACK_ARCH,
         a.out.display()
     );
     Ok(())

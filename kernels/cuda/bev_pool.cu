@@ -5,6 +5,7 @@
 // invalid entries have weight 0 and index 0, so the gather is unconditional).
 // GPU twin of bevrt_calib::view_transform; output (C*Z, grid_h, grid_w), channel c*Z + level.
 // Features may be f32 or f16; accumulation is f32.
+#include "common.cuh"
 
 struct SampleTap {
     unsigned int idx[4];

@@ -169,13 +169,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS)
         for (int i = 0; i < 2; ++i)
 #pragma unroll
             for (int j = 0; j < 4; ++j)
-                asm volatile(
-                    "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, "
-                    "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                    : "+r"(acc[i][j][0]), "+r"(acc[i][j][1]), "+r"(acc[i][j][2]),
-                      "+r"(acc[i][j][3])
-                    : "r"(a[i][0]), "r"(a[i][1]), "r"(a[i][2]), "r"(a[i][3]), "r"(b[j][0]),
-                      "r"(b[j][1]));
+                mma_s8_m16n8k32(acc[i][j], a[i], b[j]);
         __syncthreads();
     }
     // c0,c1: row g, cols 2*t4, 2*t4+1; c2,c3: row g+8
@@ -294,13 +288,7 @@ extern "C" __global__ void __launch_bounds__(NTHREADS)
             for (int i = 0; i < 2; ++i)
 #pragma unroll
                 for (int j = 0; j < 4; ++j)
-                    asm volatile(
-                        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
-                        "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                        : "+f"(acc[i][j][0]), "+f"(acc[i][j][1]), "+f"(acc[i][j][2]),
-                          "+f"(acc[i][j][3])
-                        : "r"(a[i][0]), "r"(a[i][1]), "r"(a[i][2]), "r"(a[i][3]),
-                          "r"(b[j][0]), "r"(b[j][1]));
+                    mma_f16_m16n8k16(acc[i][j], a[i], b[j]);
         }
         __syncthreads();
     }

@@ -62,7 +62,8 @@ extern "C" __global__ void afv_conv_grad(const float* __restrict__ a1,
 }
 
 // Launch with one block of 256 threads.
-extern "C" __global__ void fisher_normalise(float* __restrict__ v, const float* __restrict__ mean,
+extern "C" __global__ void __launch_bounds__(256)
+    fisher_normalise(float* __restrict__ v, const float* __restrict__ mean,
                                             const float* __restrict__ diag, float eps, int power,
                                             int l2, int n) {
     __shared__ float partial[256];

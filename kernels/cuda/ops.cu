@@ -69,7 +69,8 @@ extern "C" __global__ void pool_f16(PoolParams p, const half_bits* __restrict__ 
             int ix = ox * p.stride_w - p.pad_w + sx;
             if (ix < 0 || ix >= p.w) continue;
             float v = h2f(xp[iy * p.w + ix]);
-            acc = p.mode == 0 ? fmaxf(acc, v) : acc + v;
+            // max: ties and NaN keep the running value (as the twin)
+            acc = p.mode == 0 ? (v > acc ? v : acc) : acc + v;
             ++taps;
         }
     }
@@ -139,7 +140,10 @@ extern "C" __global__ void softmax_f16(const half_bits* __restrict__ x, half_bit
     if (i >= outer * inner) return;
     size_t base = (size_t)(i / inner) * len * inner + i % inner;
     float mx = __int_as_float(0xff800000);
-    for (int j = 0; j < len; ++j) mx = fmaxf(mx, h2f(x[base + (size_t)j * inner]));
+    for (int j = 0; j < len; ++j) {
+        float v = h2f(x[base + (size_t)j * inner]);
+        mx = v > mx ? v : mx;
+    }
     float sum = 0.0f;
     for (int j = 0; j < len; ++j) sum += expf(h2f(x[base + (size_t)j * inner]) - mx);
     for (int j = 0; j < len; ++j)

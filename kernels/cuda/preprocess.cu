@@ -50,7 +50,7 @@ struct PreprocessParams {
     int fmt, order, layout;
     float scale[3];  // 1 / (255 std)
     float bias[3];   // -mean / std
-    float q_scale;   // int8 output: q = clamp(rint(v / q_scale) + q_zp, -128, 127)
+    float q_scale;   // int8 output: quantize_i8(v, q_scale, q_zp) (common.cuh)
     int q_zp;
 };
 
@@ -59,18 +59,15 @@ struct StoreF32 {
     __device__ static float store(float v, const PreprocessParams&) { return v; }
 };
 struct StoreF16 {
-    typedef unsigned short T;  // IEEE binary16 bits
-    __device__ static unsigned short store(float v, const PreprocessParams&) {
-        unsigned short h;
-        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
-        return h;
-    }
+    typedef half_bits T;  // IEEE binary16 bits
+    __device__ static half_bits store(float v, const PreprocessParams&) { return f2h(v); }
 };
+// Rounded and clamped in float (quantize_i8), so no integer add can overflow, and NaN gives
+// -128 as in the CPU twin.
 struct StoreI8 {
     typedef signed char T;
     __device__ static signed char store(float v, const PreprocessParams& p) {
-        int q = __float2int_rn(__fdiv_rn(v, p.q_scale)) + p.q_zp;
-        return (signed char)min(max(q, -128), 127);
+        return quantize_i8(v, p.q_scale, p.q_zp);
     }
 };
 

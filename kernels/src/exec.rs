@@ -6,7 +6,7 @@
 //! [`crate::reference`] runs the same plan on the CPU over the same arena layout; the device
 //! check compares the two step by step.
 
-use crate::launch::{Gpu, GpuError};
+use crate::launch::{Gpu, GpuError, conv_gemm_config, elementwise_config};
 use crate::params::{BinaryParams, ConvParams, PoolParams, ResizeParams};
 use crate::plan::{ALIGN, ConvKernel, DType, KernelPlan, Op, TensorId};
 use cudarc::driver::{CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
@@ -15,40 +15,46 @@ fn drv(e: cudarc::driver::DriverError) -> GpuError {
     GpuError::Driver(format!("{e:?}"))
 }
 
-/// A launch with everything resolved.
-#[derive(Debug, Clone, Copy)]
-enum Args {
-    ConvI8(ConvParams, [u64; 6]),
-    ConvF16(ConvParams, [u64; 4]),
-    /// x, y, n, act, a, b
-    Unary(u64, u64, i32, i32, f32, f32),
-    Binary(BinaryParams, [u64; 3]),
-    Pool(PoolParams, [u64; 2]),
-    Resize(ResizeParams, [u64; 2]),
-    /// x, y, outer, len, inner
-    Softmax(u64, u64, i32, i32, i32),
-    /// x, classes, n_classes, cells
-    Argmax(u64, u64, i32, i32),
-    /// x, y, n, scale, zp
-    Quant(u64, u64, i32, f32, i32),
-    /// x, y, n
-    Cast(u64, u64, i32),
-    /// x, y, outer, src_inner, dst_inner, dst_offset
-    Copy(u64, u64, i32, i32, i32, i32),
+/// One kernel argument by value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arg {
+    /// A device address.
+    Ptr(u64),
+    I32(i32),
+    F32(f32),
+    Conv(ConvParams),
+    Binary(BinaryParams),
+    Pool(PoolParams),
+    Resize(ResizeParams),
 }
 
-struct Launch {
-    func: CudaFunction,
-    cfg: LaunchConfig,
-    args: Args,
-}
-
-fn grid1(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: ((n as u32).div_ceil(256).max(1), 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
+impl Arg {
+    /// Push onto a cudarc launch (the value must outlive the launch builder).
+    pub fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
+        match self {
+            Arg::Ptr(v) => b.arg(v),
+            Arg::I32(v) => b.arg(v),
+            Arg::F32(v) => b.arg(v),
+            Arg::Conv(v) => b.arg(v),
+            Arg::Binary(v) => b.arg(v),
+            Arg::Pool(v) => b.arg(v),
+            Arg::Resize(v) => b.arg(v),
+        };
     }
+}
+
+/// A launch's arguments in kernel-signature order (at most 7 for every plan kernel); a fixed
+/// array, so enqueueing a step allocates nothing.
+pub type ArgList = heapless::Vec<Arg, 8>;
+
+/// A plan step resolved to one launch: the kernel, its configuration and its arguments with
+/// every address filled in. The same list drives the GPU ([`PlanRunner`]) and the CPU
+/// emulation of the kernel sources (`bevrt-kernels-emu`).
+#[derive(Debug, Clone)]
+pub struct ResolvedLaunch {
+    pub kernel: &'static str,
+    pub cfg: LaunchConfig,
+    pub args: ArgList,
 }
 
 /// Which INT8 convolution kernel runs the GEMM steps.
@@ -58,6 +64,153 @@ pub enum Int8Gemm {
     Imma,
     /// `__dp4a` on CUDA cores (every SM from 6.1).
     Dp4a,
+}
+
+/// Refuse a plan the kernels cannot run: f32 tensors are allowed only as plan inputs and
+/// outputs and as what a Cast or Quantize reads (the kernels take FP16 activations).
+pub fn check_storage(plan: &KernelPlan) -> Result<(), String> {
+    if let Some((_, t)) = plan.tensors.iter().enumerate().find(|(i, t)| {
+        t.dtype == DType::F32
+            && !plan.outputs.contains(i)
+            && plan
+                .steps
+                .iter()
+                .any(|s| s.inputs.contains(i) && !matches!(s.op, Op::Cast | Op::Quantize))
+    }) {
+        return Err(format!(
+            "tensor '{}' is f32 and read by a kernel that takes FP16 activations (lower with float = F16)",
+            t.name
+        ));
+    }
+    Ok(())
+}
+
+/// Every constant of the plan packed into one buffer, each `ALIGN`-aligned, and each one's
+/// offset in it.
+pub fn pack_consts(plan: &KernelPlan) -> (Vec<u8>, Vec<usize>) {
+    let mut bytes = vec![];
+    let mut offsets = vec![];
+    for c in &plan.consts {
+        offsets.push(bytes.len());
+        bytes.extend(c.bytes());
+        bytes.resize(bytes.len().div_ceil(ALIGN) * ALIGN, 0);
+    }
+    bytes.resize(bytes.len().max(ALIGN), 0);
+    (bytes, offsets)
+}
+
+/// Resolve every step of `plan` to its launch, with the activation arena at `arena_base` and
+/// the packed constants ([`pack_consts`]) at `const_base`.
+pub fn resolve_launches(
+    plan: &KernelPlan,
+    arena_base: u64,
+    const_base: u64,
+    const_offsets: &[usize],
+    int8: Int8Gemm,
+) -> Result<Vec<ResolvedLaunch>, String> {
+    check_storage(plan)?;
+    let t_addr = |t: TensorId| arena_base + plan.offsets[t] as u64;
+    let c_addr = |c: usize| const_base + const_offsets[c] as u64;
+    let mut launches = vec![];
+    for s in &plan.steps {
+        let ins: Vec<DType> = s.inputs.iter().map(|&i| plan.tensors[i].dtype).collect();
+        let out = &plan.tensors[s.output];
+        let mut kernel = s.op.kernel_name(&ins, out.dtype);
+        if kernel == "conv_i8_imma" && int8 == Int8Gemm::Dp4a {
+            kernel = "conv_i8_dp4a";
+        }
+        let x = |k: usize| {
+            Arg::Ptr(match s.const_inputs.iter().find(|(p, _)| *p == k) {
+                Some((_, c)) => c_addr(*c),
+                None => t_addr(s.inputs[k]),
+            })
+        };
+        let y = Arg::Ptr(t_addr(s.output));
+        let n = out.elems();
+        let list = |v: &[Arg]| -> ArgList { v.iter().copied().collect() };
+        let i32_ = |v: usize| Arg::I32(v as i32);
+        let (cfg, args) = match &s.op {
+            Op::Conv {
+                kernel: ck,
+                p,
+                weights,
+                bias,
+                wsum,
+                mult,
+            } => {
+                let cfg = match ck {
+                    ConvKernel::GemmI8 | ConvKernel::GemmF16 => conv_gemm_config(p),
+                    _ => elementwise_config(p.out_elems()),
+                };
+                let w = Arg::Ptr(c_addr(*weights));
+                let b = Arg::Ptr(c_addr(*bias));
+                let args = match ck {
+                    ConvKernel::GemmI8 | ConvKernel::DirectI8 => {
+                        let (Some(ws), Some(m)) = (wsum, mult) else {
+                            return Err(format!("{}: int8 convolution without wsum/mult", s.name));
+                        };
+                        let (ws, m) = (Arg::Ptr(c_addr(*ws)), Arg::Ptr(c_addr(*m)));
+                        list(&[Arg::Conv(*p), x(0), w, ws, m, b, y])
+                    }
+                    _ => list(&[Arg::Conv(*p), x(0), w, b, y]),
+                };
+                (cfg, args)
+            }
+            Op::Unary { act, a, b } => (
+                elementwise_config(n),
+                list(&[x(0), y, i32_(n), Arg::I32(*act), Arg::F32(*a), Arg::F32(*b)]),
+            ),
+            Op::Binary(p) => (elementwise_config(n), list(&[Arg::Binary(*p), x(0), x(1), y])),
+            Op::Pool(p) => (elementwise_config(n), list(&[Arg::Pool(*p), x(0), y])),
+            Op::Resize(p) => (elementwise_config(n), list(&[Arg::Resize(*p), x(0), y])),
+            Op::Softmax { outer, len, inner } => (
+                elementwise_config(outer * inner),
+                list(&[x(0), y, i32_(*outer), i32_(*len), i32_(*inner)]),
+            ),
+            Op::Argmax { classes, cells } => (
+                elementwise_config(*cells),
+                list(&[x(0), y, i32_(*classes), i32_(*cells)]),
+            ),
+            Op::Quantize | Op::Dequantize => {
+                let q = match s.op {
+                    Op::Quantize => out.quant,
+                    _ => plan.tensors[s.inputs[0]].quant,
+                };
+                let Some((sc, zp)) = q else {
+                    return Err(format!("{}: Q/DQ without a quantized tensor", s.name));
+                };
+                (
+                    elementwise_config(n),
+                    list(&[x(0), y, i32_(n), Arg::F32(sc), Arg::I32(zp)]),
+                )
+            }
+            Op::Cast => (elementwise_config(n), list(&[x(0), y, i32_(n)])),
+            Op::CopySlice {
+                outer,
+                src_inner,
+                dst_inner,
+                dst_offset,
+            } => (
+                elementwise_config(outer * src_inner),
+                list(&[
+                    x(0),
+                    y,
+                    i32_(*outer),
+                    i32_(*src_inner),
+                    i32_(*dst_inner),
+                    i32_(*dst_offset),
+                ]),
+            ),
+        };
+        launches.push(ResolvedLaunch { kernel, cfg, args });
+    }
+    Ok(launches)
+}
+
+struct Launch {
+    func: CudaFunction,
+    cfg: LaunchConfig,
+    args: ArgList,
 }
 
 /// A plan on the device.
@@ -73,30 +226,9 @@ pub struct PlanRunner {
 impl PlanRunner {
     /// Allocate and upload everything the plan needs and resolve its launches.
     pub fn load(gpu: &Gpu, plan: KernelPlan, int8: Int8Gemm) -> Result<PlanRunner, GpuError> {
-        if let Some(t) = plan.tensors.iter().enumerate().find(|(i, t)| {
-            t.dtype == DType::F32
-                && !plan.inputs.contains(i)
-                && !plan.outputs.contains(i)
-                && plan
-                    .steps
-                    .iter()
-                    .any(|s| s.inputs.contains(i) && !matches!(s.op, Op::Cast | Op::Quantize))
-        }) {
-            return Err(GpuError::Driver(format!(
-                "tensor '{}' is f32 inside the plan: the GPU kernels take FP16 activations (lower with float = F16)",
-                t.1.name
-            )));
-        }
+        check_storage(&plan).map_err(GpuError::Driver)?;
         let st = &gpu.stream;
-        // constants, each 256-byte aligned
-        let mut const_bytes = vec![];
-        let mut const_off = vec![];
-        for c in &plan.consts {
-            const_off.push(const_bytes.len());
-            const_bytes.extend(c.bytes());
-            const_bytes.resize(const_bytes.len().div_ceil(ALIGN) * ALIGN, 0);
-        }
-        const_bytes.resize(const_bytes.len().max(ALIGN), 0);
+        let (const_bytes, const_off) = pack_consts(&plan);
         let consts = st.clone_htod(&const_bytes).map_err(drv)?;
         let arena = st
             .alloc_zeros::<u8>(plan.arena_bytes.max(ALIGN))
@@ -104,107 +236,15 @@ impl PlanRunner {
         let (abase, _g) = arena.device_ptr(st);
         let (cbase, _h) = consts.device_ptr(st);
         drop((_g, _h));
-        let t_addr = |t: TensorId| abase + plan.offsets[t] as u64;
-        let c_addr = |c: usize| cbase + const_off[c] as u64;
+        let resolved =
+            resolve_launches(&plan, abase, cbase, &const_off, int8).map_err(GpuError::Driver)?;
         let mut launches = vec![];
-        for s in &plan.steps {
-            let ins: Vec<DType> = s.inputs.iter().map(|&i| plan.tensors[i].dtype).collect();
-            let out = plan.tensors[s.output].clone();
-            let mut name = s.op.kernel_name(&ins, out.dtype);
-            if name == "conv_i8_imma" && int8 == Int8Gemm::Dp4a {
-                name = "conv_i8_dp4a";
-            }
-            let func = gpu.function(name)?.clone();
-            let x = |k: usize| match s.const_inputs.iter().find(|(p, _)| *p == k) {
-                Some((_, c)) => c_addr(*c),
-                None => t_addr(s.inputs[k]),
-            };
-            let y = t_addr(s.output);
-            let n = out.elems();
-            let (cfg, args) = match &s.op {
-                Op::Conv {
-                    kernel,
-                    p,
-                    weights,
-                    bias,
-                    wsum,
-                    mult,
-                } => {
-                    let cfg = match kernel {
-                        ConvKernel::GemmI8 | ConvKernel::GemmF16 => LaunchConfig {
-                            grid_dim: (
-                                ((p.n * p.oh * p.ow) as u32).div_ceil(64),
-                                (p.k as u32).div_ceil(64),
-                                1,
-                            ),
-                            block_dim: (128, 1, 1),
-                            shared_mem_bytes: 0,
-                        },
-                        _ => grid1(p.out_elems()),
-                    };
-                    let args = match kernel {
-                        ConvKernel::GemmI8 | ConvKernel::DirectI8 => {
-                            let (Some(ws), Some(m)) = (wsum, mult) else {
-                                return Err(GpuError::Driver(format!(
-                                    "{}: int8 convolution without wsum/mult",
-                                    s.name
-                                )));
-                            };
-                            Args::ConvI8(
-                                *p,
-                                [
-                                    x(0),
-                                    c_addr(*weights),
-                                    c_addr(*ws),
-                                    c_addr(*m),
-                                    c_addr(*bias),
-                                    y,
-                                ],
-                            )
-                        }
-                        _ => Args::ConvF16(*p, [x(0), c_addr(*weights), c_addr(*bias), y]),
-                    };
-                    (cfg, args)
-                }
-                Op::Unary { act, a, b } => (grid1(n), Args::Unary(x(0), y, n as i32, *act, *a, *b)),
-                Op::Binary(p) => (grid1(n), Args::Binary(*p, [x(0), x(1), y])),
-                Op::Pool(p) => (grid1(n), Args::Pool(*p, [x(0), y])),
-                Op::Resize(p) => (grid1(n), Args::Resize(*p, [x(0), y])),
-                Op::Softmax { outer, len, inner } => (
-                    grid1(outer * inner),
-                    Args::Softmax(x(0), y, *outer as i32, *len as i32, *inner as i32),
-                ),
-                Op::Argmax { classes, cells } => (
-                    grid1(*cells),
-                    Args::Argmax(x(0), y, *classes as i32, *cells as i32),
-                ),
-                Op::Quantize => {
-                    let (sc, zp) = out.quant.unwrap_or((1.0, 0));
-                    (grid1(n), Args::Quant(x(0), y, n as i32, sc, zp))
-                }
-                Op::Dequantize => {
-                    let (sc, zp) = plan.tensors[s.inputs[0]].quant.unwrap_or((1.0, 0));
-                    (grid1(n), Args::Quant(x(0), y, n as i32, sc, zp))
-                }
-                Op::Cast => (grid1(n), Args::Cast(x(0), y, n as i32)),
-                Op::CopySlice {
-                    outer,
-                    src_inner,
-                    dst_inner,
-                    dst_offset,
-                } => (
-                    grid1(outer * src_inner),
-                    Args::Copy(
-                        x(0),
-                        y,
-                        *outer as i32,
-                        *src_inner as i32,
-                        *dst_inner as i32,
-                        *dst_offset as i32,
-                    ),
-                ),
-            };
-            launches.push(Launch { func, cfg, args });
+        for r in resolved {
+            launches.push(Launch {
+                func: gpu.function(r.kernel)?.clone(),
+                cfg: r.cfg,
+                args: r.args,
+            });
         }
         Ok(PlanRunner {
             plan,
@@ -236,48 +276,11 @@ impl PlanRunner {
     pub fn launch_step(&self, gpu: &Gpu, i: usize) -> Result<(), GpuError> {
         let l = &self.launches[i];
         let mut b = gpu.stream.launch_builder(&l.func);
-        match &l.args {
-            Args::ConvI8(p, a) => {
-                b.arg(p);
-                for v in a {
-                    b.arg(v);
-                }
-            }
-            Args::ConvF16(p, a) => {
-                b.arg(p);
-                for v in a {
-                    b.arg(v);
-                }
-            }
-            Args::Unary(x, y, n, act, aa, bb) => {
-                b.arg(x).arg(y).arg(n).arg(act).arg(aa).arg(bb);
-            }
-            Args::Binary(p, a) => {
-                b.arg(p).arg(&a[0]).arg(&a[1]).arg(&a[2]);
-            }
-            Args::Pool(p, a) => {
-                b.arg(p).arg(&a[0]).arg(&a[1]);
-            }
-            Args::Resize(p, a) => {
-                b.arg(p).arg(&a[0]).arg(&a[1]);
-            }
-            Args::Softmax(x, y, o, l2, i2) => {
-                b.arg(x).arg(y).arg(o).arg(l2).arg(i2);
-            }
-            Args::Argmax(x, y, c, n) => {
-                b.arg(x).arg(y).arg(c).arg(n);
-            }
-            Args::Quant(x, y, n, s, z) => {
-                b.arg(x).arg(y).arg(n).arg(s).arg(z);
-            }
-            Args::Cast(x, y, n) => {
-                b.arg(x).arg(y).arg(n);
-            }
-            Args::Copy(x, y, o, si, di, off) => {
-                b.arg(x).arg(y).arg(o).arg(si).arg(di).arg(off);
-            }
+        for a in &l.args {
+            a.push(&mut b);
         }
-        // SAFETY: each Args variant matches its kernel's signature in conv.cu / ops.cu, and
+        // SAFETY: `resolve_launches` builds each argument list in its kernel's signature
+        // order (conv.cu / ops.cu; the emulated kernels run from the same lists in CI), and
         // every address lies inside the arenas this runner owns (offsets from the plan).
         unsafe { b.launch(l.cfg) }.map(|_| ()).map_err(drv)
     }
@@ -371,12 +374,12 @@ pub fn capture(
     gpu.stream
         .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .map_err(drv)?;
-    let r = enqueue(gpu);
-    let g = gpu
-        .stream
-        .end_capture(sys::CUgraphInstantiate_flags(0))
-        .map_err(drv)?;
-    r?;
+    let enqueued = enqueue(gpu);
+    let ended = gpu.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+    // A failed launch invalidates the capture: report the launch's own error, not the
+    // "capture invalidated" that ending the capture then returns.
+    enqueued?;
+    let g = ended.map_err(drv)?;
     if let Some(g) = &g {
         g.upload().map_err(drv)?;
     }

@@ -84,11 +84,121 @@ pub struct AfvDims {
     pub regions: i32,
 }
 
+/// Launch shapes, one function per kernel family, shared by the GPU launchers, the plan
+/// runner and the CPU emulation (which rejects what `cuLaunchKernel` would: a grid of 0 blocks,
+/// a block over 1024 threads). Every block is at most 256 threads, the size each kernel's
+/// register budget is written for (`__launch_bounds__` where a kernel depends on it).
+pub const ELEMENTWISE_BLOCK: u32 = 256;
+
+/// One thread per element; an empty tensor still launches one block (whose threads all
+/// return at once) rather than an invalid grid of 0.
+pub fn elementwise_config(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(ELEMENTWISE_BLOCK).max(1), 1, 1),
+        block_dim: (ELEMENTWISE_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// conv.cu's GEMM kernels: 64 output pixels x 64 channels per block of 128 threads.
+pub fn conv_gemm_config(p: &crate::params::ConvParams) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            ((p.n * p.oh * p.ow).max(0) as u32).div_ceil(64).max(1),
+            (p.k.max(0) as u32).div_ceil(64).max(1),
+            1,
+        ),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// preprocess.cu: 32x8 output pixels per block.
+pub fn preprocess_config(p: &PreprocessParams) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            (p.out_w.max(0) as u32).div_ceil(32).max(1),
+            (p.out_h.max(0) as u32).div_ceil(8).max(1),
+            1,
+        ),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// bev_pool.cu: x over the table's entries (cells x levels), y over channels.
+pub fn bev_pool_config(channels: i32, levels: i32, cells: i32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            ((cells * levels).max(0) as u32).div_ceil(ELEMENTWISE_BLOCK).max(1),
+            (channels.max(0) as u32).max(1),
+            1,
+        ),
+        block_dim: (ELEMENTWISE_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// fisher.cu `fisher_normalise`: one block of exactly 256 threads (its reduction's width).
+pub fn fisher_normalise_config() -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// fisher.cu `afv_conv_grad`: one thread per (cell, o, i, ky, kx).
+pub fn afv_conv_grad_threads(d: &AfvDims) -> usize {
+    (d.regions * d.regions * d.c2 * d.c1 * d.k * d.k).max(0) as usize
+}
+
+/// One kernel file's image for a device of SM `sm`: from an ahead-of-time directory (its
+/// CUBIN, or its compute_80 PTX on an SM bevrt has no CUBIN for), else from NVRTC now (the
+/// exact SM's CUBIN, cached; the PTX when this NVRTC does not know the SM).
+fn kernel_image(
+    k: &nvrtc::KernelSource,
+    sm: u32,
+    image: nvrtc::KernelImage,
+    dir: Option<&Path>,
+) -> Result<cudarc::nvrtc::Ptx, GpuError> {
+    use cudarc::nvrtc::Ptx;
+    let read = |p: std::path::PathBuf| {
+        std::fs::read(&p).map_err(|e| GpuError::Cubin {
+            path: p.display().to_string(),
+            message: format!("{e} (build it with bevrt-tool compile-kernels --arch sm_{sm})"),
+        })
+    };
+    Ok(match (dir, image) {
+        (Some(dir), nvrtc::KernelImage::Cubin(_)) => {
+            Ptx::from_binary(read(dir.join(nvrtc::image_file(k, image)))?)
+        }
+        (Some(dir), nvrtc::KernelImage::Ptx(_)) => {
+            let p = dir.join(nvrtc::image_file(k, image));
+            let text = String::from_utf8(read(p.clone())?).map_err(|e| GpuError::Cubin {
+                path: p.display().to_string(),
+                message: format!("not PTX text: {e}"),
+            })?;
+            Ptx::from_src(text)
+        }
+        (None, nvrtc::KernelImage::Cubin(sm)) => Ptx::from_binary(nvrtc::cubin_cached(k, sm)?),
+        (None, nvrtc::KernelImage::Ptx(arch)) => match nvrtc::cubin_cached(k, sm) {
+            Ok(c) => Ptx::from_binary(c),
+            Err(e) => {
+                log::info!("{}: no CUBIN for sm_{sm} ({e}); loading compute_{arch} PTX", k.file);
+                Ptx::from_src(nvrtc::compile_ptx(k, arch)?)
+            }
+        },
+    })
+}
+
 /// A device, a stream and every bevrt kernel loaded.
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     pub sm: u32,
+    /// What was loaded: this SM's CUBIN, or the compute_80 PTX the driver JIT-compiled.
+    pub image: nvrtc::KernelImage,
     functions: HashMap<&'static str, CudaFunction>,
 }
 
@@ -107,23 +217,15 @@ impl Gpu {
         // SAFETY: every buffer is used on this one stream only.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(drv)?;
+        let image = nvrtc::image_for(sm).ok_or_else(|| {
+            GpuError::Driver(format!(
+                "{} is sm_{sm}: bevrt's kernels need sm_80 or newer (mma.sync with s8)",
+                info.name
+            ))
+        })?;
         let mut functions = HashMap::new();
         for k in nvrtc::KERNELS {
-            let cubin = match cubin_dir {
-                Some(dir) => {
-                    let p = dir.join(format!("{}.sm_{sm}.cubin", k.file.trim_end_matches(".cu")));
-                    std::fs::read(&p).map_err(|e| GpuError::Cubin {
-                        path: p.display().to_string(),
-                        message: format!(
-                            "{e} (build it with bevrt-tool compile-kernels --arch sm_{sm})"
-                        ),
-                    })?
-                }
-                None => nvrtc::cubin_cached(k, sm)?,
-            };
-            let module = ctx
-                .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
-                .map_err(drv)?;
+            let module = ctx.load_module(kernel_image(k, sm, image, cubin_dir)?).map_err(drv)?;
             for e in k.entries {
                 functions.insert(*e, module.load_function(e).map_err(drv)?);
             }
@@ -132,8 +234,17 @@ impl Gpu {
             ctx,
             stream,
             sm,
+            image,
             functions,
         })
+    }
+
+    /// Wait for the stream, then surface any error cudarc recorded while dropping buffers or
+    /// events (it cannot return those from `Drop`): a fault lands on the group of launches
+    /// it came from, not on some later call.
+    pub fn synchronize(&self) -> Result<(), GpuError> {
+        self.stream.synchronize().map_err(drv)?;
+        self.ctx.check_err().map_err(drv)
     }
 
     fn f(&self, name: &str) -> &CudaFunction {
@@ -171,15 +282,7 @@ impl Gpu {
         map: u64,
         p: &PreprocessParams,
     ) -> Result<(), GpuError> {
-        let cfg = LaunchConfig {
-            grid_dim: (
-                (p.out_w as u32).div_ceil(32),
-                (p.out_h as u32).div_ceil(8),
-                1,
-            ),
-            block_dim: (32, 8, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = preprocess_config(p);
         let mut b = self.stream.launch_builder(self.function(kernel)?);
         b.arg(&src).arg(&dst).arg(&map).arg(p);
         // SAFETY: as `preprocess`; the addresses are the caller's buffers of the right size.
@@ -198,11 +301,7 @@ impl Gpu {
         cells: i32,
         plane: i32,
     ) -> Result<(), GpuError> {
-        let cfg = LaunchConfig {
-            grid_dim: (((cells * levels) as u32).div_ceil(256), channels as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = bev_pool_config(channels, levels, cells);
         let mut b = self.stream.launch_builder(self.f("bev_pool_f32"));
         b.arg(&taps)
             .arg(&feat)
@@ -223,7 +322,7 @@ impl Gpu {
         n_classes: i32,
         cells: i32,
     ) -> Result<(), GpuError> {
-        let cfg = LaunchConfig::for_num_elems(cells as u32);
+        let cfg = elementwise_config(cells.max(0) as usize);
         let mut b = self.stream.launch_builder(self.f("bev_argmax"));
         b.arg(&logits).arg(&classes).arg(&n_classes).arg(&cells);
         // SAFETY: matches bev_argmax(logits, classes, n_classes, cells).
@@ -292,9 +391,8 @@ impl Gpu {
             .arg(&delta)
             .arg(&n2);
         // SAFETY: matches afv_delta(z2, w3, slope, u, delta, n2).
-        unsafe { b.launch(LaunchConfig::for_num_elems(n2 as u32)) }.map_err(drv)?;
-        let threads = d.regions * d.regions * d.c2 * d.c1 * d.k * d.k;
-        let mut b = self.stream.launch_builder(self.f("afv_conv_grad"));
+        unsafe { b.launch(elementwise_config(n2.max(0) as usize)) }.map_err(drv)?;
+                let mut b = self.stream.launch_builder(self.f("afv_conv_grad"));
         b.arg(&a1).arg(&delta).arg(&u);
         let shape = [
             d.c1, d.h1, d.w1, d.c2, d.h2, d.w2, d.k, d.stride, d.pad, d.regions,
@@ -304,7 +402,7 @@ impl Gpu {
         }
         // SAFETY: matches afv_conv_grad(a1, delta, u, c1, h1, w1, c2, h2, w2, k, stride, pad,
         // regions); `u` holds AfvGeometry::dim() values, which counts the R² cells.
-        unsafe { b.launch(LaunchConfig::for_num_elems(threads as u32)) }
+        unsafe { b.launch(elementwise_config(afv_conv_grad_threads(d))) }
             .map(|_| ())
             .map_err(drv)
     }
@@ -331,11 +429,7 @@ impl Gpu {
             .arg(&power)
             .arg(&l2)
             .arg(&n);
-        let cfg = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = fisher_normalise_config();
         // SAFETY: matches fisher_normalise(v, mean, diag, eps, power, l2, n); the kernel's
         // reduction is written for exactly 256 threads.
         unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
@@ -350,7 +444,7 @@ impl Gpu {
         rgb: &mut CudaSlice<u8>,
         cells: i32,
     ) -> Result<(), GpuError> {
-        let cfg = LaunchConfig::for_num_elems(cells as u32);
+        let cfg = elementwise_config(cells.max(0) as usize);
         let mut b = self.stream.launch_builder(self.f("colourise"));
         b.arg(classes)
             .arg(palette)

@@ -76,6 +76,41 @@ pub const KERNELS: &[KernelSource] = &[
 /// used, so sm_87 code is the portability floor.
 pub const TARGET_SMS: &[u32] = &[87, 90];
 
+/// The portable fallback: PTX for `compute_80`, which the driver JIT-compiles for any SM from
+/// 8.0 on (A100, A10, L4, L40, and parts newer than bevrt's tested targets). The kernels need
+/// sm_80 (`mma.sync` m16n8k32 with s8, `cvt.rn.f16.f32`).
+pub const PTX_FALLBACK_ARCH: u32 = 80;
+
+/// How a device of SM `sm` gets its kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelImage {
+    /// A CUBIN for exactly this SM (a tested target).
+    Cubin(u32),
+    /// PTX for `compute_XX`, JIT-compiled by the driver at load.
+    Ptx(u32),
+}
+
+/// The image to load on an SM: its own CUBIN for a tested target, else the `compute_80` PTX
+/// from sm_80 on; `None` below sm_80 (the tensor-core kernels cannot run there).
+pub fn image_for(sm: u32) -> Option<KernelImage> {
+    if TARGET_SMS.contains(&sm) {
+        Some(KernelImage::Cubin(sm))
+    } else if sm >= PTX_FALLBACK_ARCH {
+        Some(KernelImage::Ptx(PTX_FALLBACK_ARCH))
+    } else {
+        None
+    }
+}
+
+/// The file name of a kernel file's image in a `compile-kernels` directory.
+pub fn image_file(k: &KernelSource, image: KernelImage) -> String {
+    let stem = k.file.trim_end_matches(".cu");
+    match image {
+        KernelImage::Cubin(sm) => format!("{stem}.sm_{sm}.cubin"),
+        KernelImage::Ptx(arch) => format!("{stem}.compute_{arch}.ptx"),
+    }
+}
+
 /// NVRTC options for every kernel (plus `--gpu-architecture=sm_XX`). IEEE division and square
 /// root, and no contraction of multiply-add into FMA: the bevrt-op kernels then compute exactly
 /// what their CPU references compute, bit for bit (these kernels are memory-bound; the
@@ -152,6 +187,38 @@ pub fn full_source(k: &KernelSource) -> String {
 
 /// Compile one kernel file to a CUBIN for `sm`.
 pub fn compile(k: &KernelSource, sm: u32) -> Result<Compiled, NvrtcError> {
+    let (cubin, log) = compile_with(k, &format!("sm_{sm}"), sm, Output::Cubin)?;
+    Ok(Compiled {
+        file: k.file,
+        sm,
+        cubin,
+        resources: parse_ptxas(&log),
+        log,
+    })
+}
+
+/// Compile one kernel file to PTX for the virtual architecture `compute_{arch}`.
+pub fn compile_ptx(k: &KernelSource, arch: u32) -> Result<String, NvrtcError> {
+    let (ptx, _) = compile_with(k, &format!("compute_{arch}"), arch, Output::Ptx)?;
+    let text: Vec<u8> = ptx.into_iter().take_while(|b| *b != 0).collect();
+    String::from_utf8(text).map_err(|e| NvrtcError::Compile {
+        file: k.file.to_string(),
+        sm: arch,
+        message: format!("PTX is not text: {e}"),
+    })
+}
+
+enum Output {
+    Cubin,
+    Ptx,
+}
+
+fn compile_with(
+    k: &KernelSource,
+    gpu_arch: &str,
+    sm: u32,
+    output: Output,
+) -> Result<(Vec<u8>, String), NvrtcError> {
     use cudarc::nvrtc::{result, sys};
     if !available() {
         return Err(NvrtcError::NotFound);
@@ -165,7 +232,7 @@ pub fn compile(k: &KernelSource, sm: u32) -> Result<Compiled, NvrtcError> {
     let name = CString::new(k.file).map_err(|e| err(e.to_string()))?;
     let prog = result::create_program(&src, Some(&name)).map_err(|e| err(format!("{e:?}")))?;
     let mut opts: Vec<String> = NVRTC_OPTIONS.iter().map(|s| s.to_string()).collect();
-    opts.push(format!("--gpu-architecture=sm_{sm}"));
+    opts.push(format!("--gpu-architecture={gpu_arch}"));
     // SAFETY: `prog` was created above and is destroyed once below.
     let compiled = unsafe { result::compile_program(prog, &opts) };
     let log = unsafe { result::get_program_log(prog) }
@@ -183,25 +250,22 @@ pub fn compile(k: &KernelSource, sm: u32) -> Result<Compiled, NvrtcError> {
         .and_then(|()| {
             let mut size = 0usize;
             // SAFETY: size query, then a buffer of that size.
-            unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) }
-                .result()
-                .map_err(|e| err(format!("cubin size: {e:?}")))?;
-            let mut cubin = vec![0u8; size];
-            unsafe { sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut _) }
-                .result()
-                .map_err(|e| err(format!("cubin: {e:?}")))?;
-            Ok(cubin)
+            let size_rc = match output {
+                Output::Cubin => unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) },
+                Output::Ptx => unsafe { sys::nvrtcGetPTXSize(prog, &mut size) },
+            };
+            size_rc.result().map_err(|e| err(format!("image size: {e:?}")))?;
+            let mut image = vec![0u8; size];
+            let rc = match output {
+                Output::Cubin => unsafe { sys::nvrtcGetCUBIN(prog, image.as_mut_ptr() as *mut _) },
+                Output::Ptx => unsafe { sys::nvrtcGetPTX(prog, image.as_mut_ptr() as *mut _) },
+            };
+            rc.result().map_err(|e| err(format!("image: {e:?}")))?;
+            Ok(image)
         });
     // SAFETY: created above, not used after this.
     let _ = unsafe { result::destroy_program(prog) };
-    let cubin = out?;
-    Ok(Compiled {
-        file: k.file,
-        sm,
-        cubin,
-        resources: parse_ptxas(&log),
-        log,
-    })
+    Ok((out?, log))
 }
 
 /// The on-disk cache key of a kernel file's CUBIN: source (with the shared header), options,

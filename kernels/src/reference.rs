@@ -13,21 +13,42 @@ use crate::params::{BinaryParams, ConvParams, PoolParams, ResizeParams, act, out
 use crate::plan::{ConstData, DType, KernelPlan, Op, Step, TensorId};
 use half::f16;
 
+/// `cvt.f32.f16`: exact, and a NaN becomes the canonical f32 NaN (0x7fffffff) as on the GPU.
 pub fn h2f(h: u16) -> f32 {
-    f16::from_bits(h).to_f32()
+    let v = f16::from_bits(h).to_f32();
+    if v.is_nan() { f32::from_bits(0x7fff_ffff) } else { v }
 }
 
+/// `cvt.rn.f16.f32`: round to nearest even, and a NaN becomes the canonical f16 NaN (0x7fff)
+/// as on the GPU (half's own conversion keeps the payload).
 pub fn f2h(f: f32) -> u16 {
-    f16::from_f32(f).to_bits()
+    if f.is_nan() { 0x7fff } else { f16::from_f32(f).to_bits() }
+}
+
+/// `clip_f()` of common.cuh: explicit comparisons, so -0 stays -0 and NaN passes through.
+pub fn clip(y: f32, lo: f32, hi: f32) -> f32 {
+    if y < lo {
+        lo
+    } else if y > hi {
+        hi
+    } else {
+        y
+    }
 }
 
 /// `activate()` of common.cuh.
 pub fn activate(y: f32, code: i32, a: f32, b: f32) -> f32 {
     match code {
-        act::RELU => y.max(0.0),
-        act::CLIP => y.max(a).min(b),
-        act::HARD_SIGMOID => 0f32.max(1f32.min(a * y + b)),
-        act::HARD_SWISH => y * 0f32.max(1f32.min(y / 6.0 + 0.5)),
+        act::RELU => {
+            if y < 0.0 {
+                0.0
+            } else {
+                y
+            }
+        }
+        act::CLIP => clip(y, a, b),
+        act::HARD_SIGMOID => clip(a * y + b, 0.0, 1.0),
+        act::HARD_SWISH => y * clip(y / 6.0 + 0.5, 0.0, 1.0),
         act::SIGMOID => 1.0 / (1.0 + (-y).exp()),
         act::SILU => y / (1.0 + (-y).exp()),
         act::LEAKY_RELU => {
@@ -191,7 +212,12 @@ pub fn pool(p: &PoolParams, x: &[f32]) -> Vec<f32> {
                         continue;
                     }
                     let v = xp[iy as usize * w + ix as usize];
-                    acc = if p.mode == 0 { acc.max(v) } else { acc + v };
+                    // max: ties and NaN keep the running value (as pool_f16)
+                    acc = if p.mode == 0 {
+                        if v > acc { v } else { acc }
+                    } else {
+                        acc + v
+                    };
                     taps += 1;
                 }
             }
@@ -263,7 +289,7 @@ pub fn softmax(x: &[f32], outer: usize, len: usize, inner: usize) -> Vec<f32> {
     for i in 0..outer * inner {
         let base = (i / inner) * len * inner + i % inner;
         let at = |j: usize| base + j * inner;
-        let mx = (0..len).fold(f32::NEG_INFINITY, |m, j| m.max(x[at(j)]));
+        let mx = (0..len).fold(f32::NEG_INFINITY, |m, j| if x[at(j)] > m { x[at(j)] } else { m });
         let sum: f32 = (0..len).fold(0.0, |s, j| s + (x[at(j)] - mx).exp());
         for j in 0..len {
             y[at(j)] = (x[at(j)] - mx).exp() / sum;

@@ -80,3 +80,25 @@ fn compiled_cubins_are_cached_on_disk_and_reused() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn every_kernel_compiles_to_compute_80_ptx_for_other_gpus() {
+    if !nvrtc::available() {
+        eprintln!("SKIP: libnvrtc not found");
+        return;
+    }
+    for k in nvrtc::KERNELS {
+        let ptx = nvrtc::compile_ptx(k, nvrtc::PTX_FALLBACK_ARCH).unwrap_or_else(|e| panic!("{e}"));
+        assert!(ptx.contains(".target sm_80"), "{}: {}", k.file, &ptx[..ptx.len().min(400)]);
+        for e in k.entries {
+            assert!(ptx.contains(&format!(".entry {e}(")), "{}: no .entry {e}", k.file);
+        }
+    }
+    use nvrtc::{KernelImage, image_for};
+    assert_eq!(image_for(87), Some(KernelImage::Cubin(87)));
+    assert_eq!(image_for(90), Some(KernelImage::Cubin(90)));
+    for sm in [80, 86, 89, 100, 120] {
+        assert_eq!(image_for(sm), Some(KernelImage::Ptx(80)), "sm_{sm}");
+    }
+    assert_eq!(image_for(75), None);
+}

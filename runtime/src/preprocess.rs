@@ -52,14 +52,15 @@ fn tap(s: f32, inp: u32) -> (u32, u32, f32) {
     (i0, (i0 + 1).min(inp - 1), s - i0 as f32)
 }
 
-/// f32 to IEEE binary16 bits, round to nearest even (as PTX `cvt.rn.f16.f32`).
+/// f32 to IEEE binary16 bits, round to nearest even (as PTX `cvt.rn.f16.f32`, NaN included:
+/// every NaN becomes the canonical 0x7fff).
 pub fn f32_to_f16_bits(x: f32) -> u16 {
     let b = x.to_bits();
     let sign = ((b >> 16) & 0x8000) as u16;
     let exp = ((b >> 23) & 0xff) as i32;
     let man = b & 0x7f_ffff;
     if exp == 0xff {
-        return sign | 0x7c00 | if man != 0 { 0x200 } else { 0 };
+        return if man != 0 { 0x7fff } else { sign | 0x7c00 };
     }
     let e = exp - 127 + 15;
     if e >= 0x1f {
@@ -96,7 +97,9 @@ pub struct InputQuant {
 impl InputQuant {
     #[inline]
     pub fn quantize(self, v: f32) -> i8 {
-        ((v / self.scale).round_ties_even() as i32 + self.zero_point).clamp(-128, 127) as i8
+        // the kernels' quantize_i8: rounded and clamped in float, so a huge value or zero
+        // point cannot overflow an integer add, and NaN gives -128 as on the GPU
+        bevrt_kernels::reference::quantize_i8(v, self.scale, self.zero_point)
     }
 }
 

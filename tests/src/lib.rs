@@ -1,5 +1,7 @@
 //! Helpers shared by bevrt's integration, HIL and conformance tests.
 
+pub mod device_report;
+
 use std::path::{Path, PathBuf};
 
 /// The shared data folder: `$BEVRT_SHARED`, else `../shared` beside the workspace.
