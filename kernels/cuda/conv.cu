@@ -337,9 +337,16 @@ extern "C" __global__ void conv_direct_i8(ConvParams p, const signed char* __res
     epilogue_i8(p, wsum, mult, bias, y, n * plane + pix, kk, acc);
 }
 
-extern "C" __global__ void conv_direct_f16(ConvParams p, const half_bits* __restrict__ x,
-                                           const half_bits* __restrict__ w,
-                                           const float* __restrict__ bias, void* __restrict__ y) {
+__device__ __forceinline__ float load_float(const half_bits* x, size_t i) { return h2f(x[i]); }
+__device__ __forceinline__ float load_float(const float* x, size_t i) { return x[i]; }
+
+// FP16 or FP32 storage, f32 accumulation over the taps inside the image in (c, r, s) order:
+// exactly the twin's order, so bit-exact. FP32 plans (the AFV discriminator, whose Fisher
+// vector needs f32 activations) run every convolution here.
+template <typename T>
+__device__ void conv_direct_float(const ConvParams& p, const T* __restrict__ x,
+                                  const T* __restrict__ w, const float* __restrict__ bias,
+                                  void* __restrict__ y) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     int plane = p.oh * p.ow;
     if (idx >= p.n * p.k * plane) return;
@@ -349,7 +356,7 @@ extern "C" __global__ void conv_direct_f16(ConvParams p, const half_bits* __rest
     int oy = pix / p.ow, ox = pix % p.ow;
     int cpg = p.c / p.groups, kpg = p.k / p.groups;
     int c0 = (kk / kpg) * cpg;
-    const half_bits* wr = w + (size_t)kk * p.kpad;
+    const T* wr = w + (size_t)kk * p.kpad;
     float acc = 0.0f;
     for (int c = 0; c < cpg; ++c)
         for (int ry = 0; ry < p.r; ++ry) {
@@ -358,9 +365,21 @@ extern "C" __global__ void conv_direct_f16(ConvParams p, const half_bits* __rest
             for (int sx = 0; sx < p.s; ++sx) {
                 int ix = ox * p.stride_w - p.pad_w + sx * p.dil_w;
                 if (ix < 0 || ix >= p.w) continue;
-                acc += h2f(x[(((size_t)n * p.c + c0 + c) * p.h + iy) * p.w + ix]) *
-                       h2f(wr[(c * p.r + ry) * p.s + sx]);
+                acc += load_float(x, (((size_t)n * p.c + c0 + c) * p.h + iy) * p.w + ix) *
+                       load_float(wr, (size_t)((c * p.r + ry) * p.s + sx));
             }
         }
     store_out(p, y, n * plane + pix, kk, acc + bias[kk]);
+}
+
+extern "C" __global__ void conv_direct_f16(ConvParams p, const half_bits* __restrict__ x,
+                                           const half_bits* __restrict__ w,
+                                           const float* __restrict__ bias, void* __restrict__ y) {
+    conv_direct_float<half_bits>(p, x, w, bias, y);
+}
+
+extern "C" __global__ void conv_direct_f32(ConvParams p, const float* __restrict__ x,
+                                           const float* __restrict__ w,
+                                           const float* __restrict__ bias, void* __restrict__ y) {
+    conv_direct_float<float>(p, x, w, bias, y);
 }

@@ -1,6 +1,7 @@
 // Everything between convolutions: activations, broadcasting binary ops, pooling, resize,
 // softmax, channel argmax, Q/DQ and casts, and the copy that writes a Concat input into its
-// slice. Activations are FP16 (raw bits, f32 arithmetic); int8 appears only at Q/DQ.
+// slice. Activations are FP16 (raw bits, f32 arithmetic); int8 appears only at Q/DQ. FP32
+// plans (the AFV discriminator) have f32 variants of the elementwise ops they use.
 // CPU twins: bevrt_kernels::reference (same f32 operations in the same order; only expf-based
 // results — sigmoid, silu, softmax — may differ from the CPU in the last bits).
 // One thread per output element unless stated.
@@ -10,6 +11,12 @@ extern "C" __global__ void unary_f16(const half_bits* __restrict__ x, half_bits*
                                      int n, int act, float a, float b) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = f2h(activate(h2f(x[i]), act, a, b));
+}
+
+extern "C" __global__ void unary_f32(const float* __restrict__ x, float* __restrict__ y, int n,
+                                     int act, float a, float b) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = activate(x[i], act, a, b);
 }
 
 // Broadcasting: shapes are right-aligned to 4 dims; a stride of 0 repeats an operand.
@@ -23,11 +30,20 @@ struct BinaryParams {
     float act_a, act_b;
 };
 
-extern "C" __global__ void binary_f16(BinaryParams p, const half_bits* __restrict__ a,
-                                      const half_bits* __restrict__ b, half_bits* __restrict__ y) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= p.n) return;
-    int rem = i, ia = 0, ib = 0;
+__device__ __forceinline__ float binary_op(int op, float u, float v) {
+    switch (op) {
+    case 0: return u + v;
+    case 1: return u - v;
+    case 2: return u * v;
+    default: return u / v;
+    }
+}
+
+// Element i's offsets into a and b through the broadcast strides.
+__device__ __forceinline__ void binary_offsets(const BinaryParams& p, int i, int& ia, int& ib) {
+    int rem = i;
+    ia = 0;
+    ib = 0;
 #pragma unroll
     for (int d = 3; d >= 0; --d) {
         int coord = rem % p.dims[d];
@@ -35,14 +51,24 @@ extern "C" __global__ void binary_f16(BinaryParams p, const half_bits* __restric
         ia += coord * p.a_strides[d];
         ib += coord * p.b_strides[d];
     }
-    float u = h2f(a[ia]), v = h2f(b[ib]), r;
-    switch (p.op) {
-    case 0: r = u + v; break;
-    case 1: r = u - v; break;
-    case 2: r = u * v; break;
-    default: r = u / v; break;
-    }
-    y[i] = f2h(activate(r, p.act, p.act_a, p.act_b));
+}
+
+extern "C" __global__ void binary_f16(BinaryParams p, const half_bits* __restrict__ a,
+                                      const half_bits* __restrict__ b, half_bits* __restrict__ y) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= p.n) return;
+    int ia, ib;
+    binary_offsets(p, i, ia, ib);
+    y[i] = f2h(activate(binary_op(p.op, h2f(a[ia]), h2f(b[ib])), p.act, p.act_a, p.act_b));
+}
+
+extern "C" __global__ void binary_f32(BinaryParams p, const float* __restrict__ a,
+                                      const float* __restrict__ b, float* __restrict__ y) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= p.n) return;
+    int ia, ib;
+    binary_offsets(p, i, ia, ib);
+    y[i] = activate(binary_op(p.op, a[ia], b[ib]), p.act, p.act_a, p.act_b);
 }
 
 struct PoolParams {

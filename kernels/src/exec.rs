@@ -66,21 +66,37 @@ pub enum Int8Gemm {
     Dp4a,
 }
 
-/// Refuse a plan the kernels cannot run: f32 tensors are allowed only as plan inputs and
-/// outputs and as what a Cast or Quantize reads (the kernels take FP16 activations).
+/// The storage a kernel reads its (tensor) inputs in.
+pub fn kernel_input_dtype(kernel: &str) -> DType {
+    match kernel {
+        "conv_i8_imma" | "conv_i8_dp4a" | "conv_direct_i8" | "dequantize_f16" => DType::I8,
+        "conv_direct_f32" | "unary_f32" | "binary_f32" | "quantize_f32" | "cast_f32_f16" => {
+            DType::F32
+        }
+        _ => DType::F16,
+    }
+}
+
+/// Refuse a plan the kernels cannot run: every tensor a step reads must be stored the way
+/// its kernel reads it (an f32 input handed to an FP16 kernel would be read as halves).
 pub fn check_storage(plan: &KernelPlan) -> Result<(), String> {
-    if let Some((_, t)) = plan.tensors.iter().enumerate().find(|(i, t)| {
-        t.dtype == DType::F32
-            && !plan.outputs.contains(i)
-            && plan
-                .steps
-                .iter()
-                .any(|s| s.inputs.contains(i) && !matches!(s.op, Op::Cast | Op::Quantize))
-    }) {
-        return Err(format!(
-            "tensor '{}' is f32 and read by a kernel that takes FP16 activations (lower with float = F16)",
-            t.name
-        ));
+    for s in &plan.steps {
+        let ins: Vec<DType> = s.inputs.iter().map(|&i| plan.tensors[i].dtype).collect();
+        let kernel = s.op.kernel_name(&ins, plan.tensors[s.output].dtype);
+        let want = kernel_input_dtype(kernel);
+        for (pos, &t) in s.inputs.iter().enumerate() {
+            if s.const_inputs.iter().any(|(p, _)| *p == pos) {
+                continue;
+            }
+            let d = &plan.tensors[t];
+            if d.dtype != want {
+                return Err(format!(
+                    "step '{}': {kernel} reads {want:?} but tensor '{}' is {:?} (FP32 plans run \
+                     convolutions, activations and binary ops only; lower the rest with float = F16)",
+                    s.name, d.name, d.dtype
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -138,14 +154,14 @@ pub fn resolve_launches(
                 wsum,
                 mult,
             } => {
-                let cfg = match ck {
-                    ConvKernel::GemmI8 | ConvKernel::GemmF16 => conv_gemm_config(p),
+                let cfg = match kernel {
+                    "conv_i8_imma" | "conv_i8_dp4a" | "conv_f16_mma" => conv_gemm_config(p),
                     _ => elementwise_config(p.out_elems()),
                 };
                 let w = Arg::Ptr(c_addr(*weights));
                 let b = Arg::Ptr(c_addr(*bias));
                 let args = match ck {
-                    ConvKernel::GemmI8 | ConvKernel::DirectI8 => {
+                    ConvKernel::GemmI8 | ConvKernel::DirectI8 if kernel != "conv_direct_f32" => {
                         let (Some(ws), Some(m)) = (wsum, mult) else {
                             return Err(format!("{}: int8 convolution without wsum/mult", s.name));
                         };
@@ -160,7 +176,10 @@ pub fn resolve_launches(
                 elementwise_config(n),
                 list(&[x(0), y, i32_(n), Arg::I32(*act), Arg::F32(*a), Arg::F32(*b)]),
             ),
-            Op::Binary(p) => (elementwise_config(n), list(&[Arg::Binary(*p), x(0), x(1), y])),
+            Op::Binary(p) => (
+                elementwise_config(n),
+                list(&[Arg::Binary(*p), x(0), x(1), y]),
+            ),
             Op::Pool(p) => (elementwise_config(n), list(&[Arg::Pool(*p), x(0), y])),
             Op::Resize(p) => (elementwise_config(n), list(&[Arg::Resize(*p), x(0), y])),
             Op::Softmax { outer, len, inner } => (

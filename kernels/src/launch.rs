@@ -130,7 +130,9 @@ pub fn preprocess_config(p: &PreprocessParams) -> LaunchConfig {
 pub fn bev_pool_config(channels: i32, levels: i32, cells: i32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (
-            ((cells * levels).max(0) as u32).div_ceil(ELEMENTWISE_BLOCK).max(1),
+            ((cells * levels).max(0) as u32)
+                .div_ceil(ELEMENTWISE_BLOCK)
+                .max(1),
             (channels.max(0) as u32).max(1),
             1,
         ),
@@ -185,7 +187,10 @@ fn kernel_image(
         (None, nvrtc::KernelImage::Ptx(arch)) => match nvrtc::cubin_cached(k, sm) {
             Ok(c) => Ptx::from_binary(c),
             Err(e) => {
-                log::info!("{}: no CUBIN for sm_{sm} ({e}); loading compute_{arch} PTX", k.file);
+                log::info!(
+                    "{}: no CUBIN for sm_{sm} ({e}); loading compute_{arch} PTX",
+                    k.file
+                );
                 Ptx::from_src(nvrtc::compile_ptx(k, arch)?)
             }
         },
@@ -225,7 +230,9 @@ impl Gpu {
         })?;
         let mut functions = HashMap::new();
         for k in nvrtc::KERNELS {
-            let module = ctx.load_module(kernel_image(k, sm, image, cubin_dir)?).map_err(drv)?;
+            let module = ctx
+                .load_module(kernel_image(k, sm, image, cubin_dir)?)
+                .map_err(drv)?;
             for e in k.entries {
                 functions.insert(*e, module.load_function(e).map_err(drv)?);
             }
@@ -392,7 +399,7 @@ impl Gpu {
             .arg(&n2);
         // SAFETY: matches afv_delta(z2, w3, slope, u, delta, n2).
         unsafe { b.launch(elementwise_config(n2.max(0) as usize)) }.map_err(drv)?;
-                let mut b = self.stream.launch_builder(self.f("afv_conv_grad"));
+        let mut b = self.stream.launch_builder(self.f("afv_conv_grad"));
         b.arg(&a1).arg(&delta).arg(&u);
         let shape = [
             d.c1, d.h1, d.w1, d.c2, d.h2, d.w2, d.k, d.stride, d.pad, d.regions,

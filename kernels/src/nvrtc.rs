@@ -50,6 +50,7 @@ pub const KERNELS: &[KernelSource] = &[
             "conv_f16_mma",
             "conv_direct_i8",
             "conv_direct_f16",
+            "conv_direct_f32",
         ],
     },
     KernelSource {
@@ -57,7 +58,9 @@ pub const KERNELS: &[KernelSource] = &[
         source: include_str!("../cuda/ops.cu"),
         entries: &[
             "unary_f16",
+            "unary_f32",
             "binary_f16",
+            "binary_f32",
             "pool_f16",
             "resize_f16",
             "softmax_f16",
@@ -254,7 +257,9 @@ fn compile_with(
                 Output::Cubin => unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) },
                 Output::Ptx => unsafe { sys::nvrtcGetPTXSize(prog, &mut size) },
             };
-            size_rc.result().map_err(|e| err(format!("image size: {e:?}")))?;
+            size_rc
+                .result()
+                .map_err(|e| err(format!("image size: {e:?}")))?;
             let mut image = vec![0u8; size];
             let rc = match output {
                 Output::Cubin => unsafe { sys::nvrtcGetCUBIN(prog, image.as_mut_ptr() as *mut _) },

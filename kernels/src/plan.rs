@@ -135,23 +135,29 @@ pub enum Op {
 }
 
 impl Op {
-    /// The kernel (entry point) this op launches on the GPU.
+    /// The kernel (entry point) this op launches on the GPU. Convolutions, activations and
+    /// binary ops have f32 variants; the rest take FP16 (see `exec::check_storage`).
     pub fn kernel_name(&self, inputs: &[DType], output: DType) -> &'static str {
+        let f32_in = inputs.first() == Some(&DType::F32);
         match self {
+            // FP32 plans: every convolution on the direct kernel (small networks only)
+            Op::Conv { .. } if f32_in => "conv_direct_f32",
             Op::Conv { kernel, .. } => match kernel {
                 ConvKernel::GemmI8 => "conv_i8_imma",
                 ConvKernel::GemmF16 => "conv_f16_mma",
                 ConvKernel::DirectI8 => "conv_direct_i8",
                 ConvKernel::DirectF16 => "conv_direct_f16",
             },
+            Op::Unary { .. } if output == DType::F32 => "unary_f32",
             Op::Unary { .. } => "unary_f16",
+            Op::Binary(_) if output == DType::F32 => "binary_f32",
             Op::Binary(_) => "binary_f16",
             Op::Pool(_) => "pool_f16",
             Op::Resize(_) => "resize_f16",
             Op::Softmax { .. } => "softmax_f16",
             Op::Argmax { .. } => "argmax_f16",
             Op::Quantize => match inputs.first() {
-                Some(DType::F32) => "quantize_f32",
+                Some(DType::F32) if f32_in => "quantize_f32",
                 _ => "quantize_f16",
             },
             Op::Dequantize => "dequantize_f16",

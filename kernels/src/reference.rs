@@ -16,13 +16,21 @@ use half::f16;
 /// `cvt.f32.f16`: exact, and a NaN becomes the canonical f32 NaN (0x7fffffff) as on the GPU.
 pub fn h2f(h: u16) -> f32 {
     let v = f16::from_bits(h).to_f32();
-    if v.is_nan() { f32::from_bits(0x7fff_ffff) } else { v }
+    if v.is_nan() {
+        f32::from_bits(0x7fff_ffff)
+    } else {
+        v
+    }
 }
 
 /// `cvt.rn.f16.f32`: round to nearest even, and a NaN becomes the canonical f16 NaN (0x7fff)
 /// as on the GPU (half's own conversion keeps the payload).
 pub fn f2h(f: f32) -> u16 {
-    if f.is_nan() { 0x7fff } else { f16::from_f32(f).to_bits() }
+    if f.is_nan() {
+        0x7fff
+    } else {
+        f16::from_f32(f).to_bits()
+    }
 }
 
 /// `clip_f()` of common.cuh: explicit comparisons, so -0 stays -0 and NaN passes through.
@@ -289,7 +297,10 @@ pub fn softmax(x: &[f32], outer: usize, len: usize, inner: usize) -> Vec<f32> {
     for i in 0..outer * inner {
         let base = (i / inner) * len * inner + i % inner;
         let at = |j: usize| base + j * inner;
-        let mx = (0..len).fold(f32::NEG_INFINITY, |m, j| if x[at(j)] > m { x[at(j)] } else { m });
+        let mx = (0..len).fold(
+            f32::NEG_INFINITY,
+            |m, j| if x[at(j)] > m { x[at(j)] } else { m },
+        );
         let sum: f32 = (0..len).fold(0.0, |s, j| s + (x[at(j)] - mx).exp());
         for j in 0..len {
             y[at(j)] = (x[at(j)] - mx).exp() / sum;
@@ -376,6 +387,20 @@ fn operand(plan: &KernelPlan, arena: &[u8], step: &Step, pos: usize) -> Vec<f32>
     match step.const_inputs.iter().find(|(p, _)| *p == pos) {
         Some((_, c)) => const_f32(&plan.consts[*c]),
         None => read_float(plan, arena, step.inputs[pos]),
+    }
+}
+
+/// How many LSB an int8 step's kernel output may differ from this twin: 0 where the kernel
+/// computes exactly what the twin does (integer accumulation, exactly rounded epilogues);
+/// 1 where it cannot: a tensor-core FP16 GEMM requantized to int8 adds in another order, and
+/// an `expf` activation is within 2 ulp before rounding.
+pub fn int8_tolerance(step: &Step) -> i32 {
+    use crate::plan::ConvKernel;
+    match &step.op {
+        Op::Conv { kernel, p, .. } if p.out_mode == out_mode::I8 => {
+            i32::from(*kernel == ConvKernel::GemmF16 || !act::is_exact(p.act))
+        }
+        _ => 0,
     }
 }
 

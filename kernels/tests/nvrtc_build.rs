@@ -89,9 +89,18 @@ fn every_kernel_compiles_to_compute_80_ptx_for_other_gpus() {
     }
     for k in nvrtc::KERNELS {
         let ptx = nvrtc::compile_ptx(k, nvrtc::PTX_FALLBACK_ARCH).unwrap_or_else(|e| panic!("{e}"));
-        assert!(ptx.contains(".target sm_80"), "{}: {}", k.file, &ptx[..ptx.len().min(400)]);
+        assert!(
+            ptx.contains(".target sm_80"),
+            "{}: {}",
+            k.file,
+            &ptx[..ptx.len().min(400)]
+        );
         for e in k.entries {
-            assert!(ptx.contains(&format!(".entry {e}(")), "{}: no .entry {e}", k.file);
+            assert!(
+                ptx.contains(&format!(".entry {e}(")),
+                "{}: no .entry {e}",
+                k.file
+            );
         }
     }
     use nvrtc::{KernelImage, image_for};

@@ -43,7 +43,9 @@ impl Recorder {
     ) -> bool {
         let mut found = vec![];
         let outcome = if self.fail_group.as_deref() == Some(name) {
-            Err(format!("deliberate failure of group '{name}' (--fail-check)"))
+            Err(format!(
+                "deliberate failure of group '{name}' (--fail-check)"
+            ))
         } else {
             match catch_unwind(AssertUnwindSafe(|| body(&mut found))) {
                 Ok(Ok(())) => Ok(()),
@@ -124,9 +126,19 @@ mod tests {
         let groups = v["groups"].as_array().unwrap();
         assert_eq!(groups.len(), 6);
         assert!(groups[1]["error"].as_str().unwrap().contains("deliberate"));
-        assert!(groups[2]["error"].as_str().unwrap().contains("launch failed"));
+        assert!(
+            groups[2]["error"]
+                .as_str()
+                .unwrap()
+                .contains("launch failed")
+        );
         assert!(groups[3]["error"].as_str().unwrap().contains("boom"));
-        assert!(groups[4]["error"].as_str().unwrap().contains("illegal address"));
+        assert!(
+            groups[4]["error"]
+                .as_str()
+                .unwrap()
+                .contains("illegal address")
+        );
         let kernels: Vec<&str> = v["checks"]
             .as_array()
             .unwrap()

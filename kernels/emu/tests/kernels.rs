@@ -54,14 +54,15 @@ fn every_kernel_entry_point_is_emulated() {
     sorted.sort();
     nvrtc.sort();
     assert_eq!(sorted, nvrtc, "emulated entry points vs nvrtc::KERNELS");
-    let coop: Vec<String> = entries()
-        .into_iter()
-        .filter(|e| e.1)
-        .map(|e| e.0)
-        .collect();
+    let coop: Vec<String> = entries().into_iter().filter(|e| e.1).map(|e| e.0).collect();
     assert_eq!(
         coop,
-        ["conv_i8_imma", "conv_i8_dp4a", "conv_f16_mma", "fisher_normalise"],
+        [
+            "conv_i8_imma",
+            "conv_i8_dp4a",
+            "conv_f16_mma",
+            "fisher_normalise"
+        ],
         "kernels that synchronise run with threads"
     );
 }
@@ -72,7 +73,11 @@ fn launch_configurations_are_checked_as_the_driver_does() {
     let mut y = vec![0u16; 4];
     let mut a = Args::new();
     a.ptr(x.as_mut_ptr()).ptr(y.as_mut_ptr()).arg(4i32);
-    for (grid, block) in [((0, 1, 1), (256, 1, 1)), ((1, 1, 1), (2048, 1, 1)), ((1, 1, 1), (0, 1, 1))] {
+    for (grid, block) in [
+        ((0, 1, 1), (256, 1, 1)),
+        ((1, 1, 1), (2048, 1, 1)),
+        ((1, 1, 1), (0, 1, 1)),
+    ] {
         let cfg = LaunchConfig {
             grid_dim: grid,
             block_dim: block,
@@ -135,10 +140,19 @@ fn cvt_f16_follows_the_ptx_rules() {
         if f.is_nan() {
             assert_eq!(got, 0x7fff, "canonical NaN");
         } else {
-            assert_eq!(got, half::f16::from_f32(f).to_bits(), "{f:e} ({:#x})", f.to_bits());
+            assert_eq!(
+                got,
+                half::f16::from_f32(f).to_bits(),
+                "{f:e} ({:#x})",
+                f.to_bits()
+            );
         }
         assert_eq!(got, f2h(f), "twin f2h at {f:e}");
-        assert_eq!(got, bevrt_runtime::preprocess::f32_to_f16_bits(f), "preprocess twin at {f:e}");
+        assert_eq!(
+            got,
+            bevrt_runtime::preprocess::f32_to_f16_bits(f),
+            "preprocess twin at {f:e}"
+        );
     }
 }
 
@@ -397,8 +411,21 @@ fn want_int8(p: &ConvParams, d: &Int8Conv) -> Vec<u8> {
 fn case_name(p: &ConvParams) -> String {
     format!(
         "n{} c{} {}x{} k{} {}x{} s{}x{} p{}x{} d{}x{} g{} out{}",
-        p.n, p.c, p.h, p.w, p.k, p.r, p.s, p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dil_h,
-        p.dil_w, p.groups, p.out_mode
+        p.n,
+        p.c,
+        p.h,
+        p.w,
+        p.k,
+        p.r,
+        p.s,
+        p.stride_h,
+        p.stride_w,
+        p.pad_h,
+        p.pad_w,
+        p.dil_h,
+        p.dil_w,
+        p.groups,
+        p.out_mode
     )
 }
 
@@ -503,7 +530,13 @@ fn decode(p: &ConvParams, y: &[u8]) -> Vec<f32> {
 fn want_f16(p: &ConvParams, d: &F16Conv) -> Vec<f32> {
     let x: Vec<f32> = d.x.iter().map(|h| h2f(*h)).collect();
     let w: Vec<f32> = d.w.iter().map(|h| h2f(*h)).collect();
-    let y = reference::conv(p, ConvInput::Float(&x), ConvWeights::Float(&w), &d.bias, None);
+    let y = reference::conv(
+        p,
+        ConvInput::Float(&x),
+        ConvWeights::Float(&w),
+        &d.bias,
+        None,
+    );
     decode(p, &reference::store_conv(p, &y))
 }
 
@@ -533,7 +566,9 @@ fn f16_convolutions_equal_the_twin() {
         // the direct kernel adds in the twin's order: bit-exact
         let got = launch_f16("conv_direct_f16", &p, &d, NO);
         assert!(
-            got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
             "conv_direct_f16 {}",
             case_name(&p)
         );
@@ -545,7 +580,9 @@ fn f16_convolutions_equal_the_twin() {
         let got = launch_f16("conv_direct_f16", &p, &d, NO);
         let want = want_f16(&p, &d);
         assert!(
-            got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
             "conv_direct_f16 {}",
             case_name(&p)
         );
@@ -566,7 +603,10 @@ fn swapped_mma_fragment_registers_are_caught() {
     let d = int8_conv(&p, 7);
     let want = want_int8(&p, &d);
     assert!(launch_int8("conv_i8_imma", &p, &d, NO) == want);
-    assert!(launch_int8("conv_i8_imma", &p, &d, swap) != want, "imma survived the swap");
+    assert!(
+        launch_int8("conv_i8_imma", &p, &d, swap) != want,
+        "imma survived the swap"
+    );
     // dp4a uses no fragments: the flag changes nothing there
     assert!(launch_int8("conv_i8_dp4a", &p, &d, swap) == want);
     let f = f16_conv(&p, 8);
@@ -590,7 +630,9 @@ fn unhalve(v: &[u16]) -> Vec<f32> {
 /// Inputs with NaN, infinities, zeros, subnormals, large and ordinary values.
 fn special_f16(n: usize, seed: u64) -> Vec<u16> {
     let mut v = halves(&floats(n, seed, -8.0, 8.0));
-    let specials = [0x7e00u16, 0xfe00, 0x7c00, 0xfc00, 0x0000, 0x8000, 0x0001, 0x7bff, 0xfbff, 0x3c00];
+    let specials = [
+        0x7e00u16, 0xfe00, 0x7c00, 0xfc00, 0x0000, 0x8000, 0x0001, 0x7bff, 0xfbff, 0x3c00,
+    ];
     for (i, s) in specials.iter().enumerate() {
         if i * 7 < n {
             v[i * 7] = *s;
@@ -627,10 +669,18 @@ fn unary_f16_equals_the_twin_for_every_activation() {
             .arg(a)
             .arg(b);
         run("unary_f16", &elementwise_config(n), &mut args);
-        let want: Vec<f32> = xf.iter().map(|v| reference::activate(*v, code, a, b)).collect();
+        let want: Vec<f32> = xf
+            .iter()
+            .map(|v| reference::activate(*v, code, a, b))
+            .collect();
         if act::is_exact(code) {
             for (i, (g, w)) in y.iter().zip(&want).enumerate() {
-                assert_eq!(*g, f2h(*w), "unary_f16 act {code} at {i}: input {:#06x}", x[i]);
+                assert_eq!(
+                    *g,
+                    f2h(*w),
+                    "unary_f16 act {code} at {i}: input {:#06x}",
+                    x[i]
+                );
             }
         } else {
             // expf: 2 ulp in f32, far below one f16 ulp; allow one f16 ulp of rounding
@@ -642,7 +692,12 @@ fn unary_f16_equals_the_twin_for_every_activation() {
     }
     // empty tensor: a valid launch that writes nothing
     let mut args = Args::new();
-    args.ptr(x.as_ptr()).ptr(x.as_ptr()).arg(0i32).arg(1i32).arg(0f32).arg(0f32);
+    args.ptr(x.as_ptr())
+        .ptr(x.as_ptr())
+        .arg(0i32)
+        .arg(1i32)
+        .arg(0f32)
+        .arg(0f32);
     run("unary_f16", &elementwise_config(0), &mut args);
 }
 
@@ -668,7 +723,10 @@ fn binary_f16_broadcasts_like_the_twin() {
             let bb = &b[..blen];
             let mut y = vec![0u16; n];
             let mut args = Args::new();
-            args.arg(p).ptr(a.as_ptr()).ptr(bb.as_ptr()).ptr(y.as_mut_ptr());
+            args.arg(p)
+                .ptr(a.as_ptr())
+                .ptr(bb.as_ptr())
+                .ptr(y.as_mut_ptr());
             run("binary_f16", &elementwise_config(n), &mut args);
             let want = reference::binary(&p, &unhalve(&a), &unhalve(bb));
             assert!(same_bits(&y, &want), "binary_f16 op {op} b {blen}");
@@ -680,7 +738,13 @@ fn binary_f16_broadcasts_like_the_twin() {
 fn pool_f16_equals_the_twin() {
     let (n, c, h, w) = (2, 3, 9, 7);
     let x = special_f16(n * c * h * w, 4);
-    for (mode, k, s, pad, cip) in [(0, 3, 2, 1, 0), (1, 3, 2, 1, 0), (1, 3, 2, 1, 1), (0, 2, 2, 0, 0), (1, 7, 1, 0, 0)] {
+    for (mode, k, s, pad, cip) in [
+        (0, 3, 2, 1, 0),
+        (1, 3, 2, 1, 0),
+        (1, 3, 2, 1, 1),
+        (0, 2, 2, 0, 0),
+        (1, 7, 1, 0, 0),
+    ] {
         let oh = (h as i32 + 2 * pad - k) / s + 1;
         let ow = (w as i32 + 2 * pad - k) / s + 1;
         let p = PoolParams {
@@ -699,13 +763,16 @@ fn pool_f16_equals_the_twin() {
             mode,
             count_include_pad: cip,
         };
-        let out = (n * c) as usize * (oh * ow) as usize;
+        let out = (n * c) * (oh * ow) as usize;
         let mut y = vec![0u16; out];
         let mut args = Args::new();
         args.arg(p).ptr(x.as_ptr()).ptr(y.as_mut_ptr());
         run("pool_f16", &elementwise_config(out), &mut args);
         let want = reference::pool(&p, &unhalve(&x));
-        assert!(same_bits(&y, &want), "pool_f16 mode {mode} k{k} s{s} p{pad} cip {cip}");
+        assert!(
+            same_bits(&y, &want),
+            "pool_f16 mode {mode} k{k} s{s} p{pad} cip {cip}"
+        );
     }
 }
 
@@ -783,7 +850,11 @@ fn softmax_and_argmax_f16_equal_the_twins() {
         .arg(classes as i32)
         .arg(cells as i32);
     run("argmax_f16", &elementwise_config(cells), &mut args);
-    assert_eq!(cls, reference::argmax(&unhalve(&l), classes, cells), "argmax_f16");
+    assert_eq!(
+        cls,
+        reference::argmax(&unhalve(&l), classes, cells),
+        "argmax_f16"
+    );
 }
 
 #[test]
@@ -800,20 +871,38 @@ fn quantize_dequantize_and_casts_saturate_like_the_twins() {
     for (s, zp) in [(0.05f32, 0), (1.0, 127), (0.5, -128), (1e-30, 3)] {
         let mut q = vec![0i8; n];
         let mut args = Args::new();
-        args.ptr(xh.as_ptr()).ptr(q.as_mut_ptr()).arg(n as i32).arg(s).arg(zp);
+        args.ptr(xh.as_ptr())
+            .ptr(q.as_mut_ptr())
+            .arg(n as i32)
+            .arg(s)
+            .arg(zp);
         run("quantize_f16", &elementwise_config(n), &mut args);
-        let want: Vec<i8> = unhalve(&xh).iter().map(|v| reference::quantize_i8(*v, s, zp)).collect();
+        let want: Vec<i8> = unhalve(&xh)
+            .iter()
+            .map(|v| reference::quantize_i8(*v, s, zp))
+            .collect();
         assert_eq!(q, want, "quantize_f16 s {s} zp {zp}");
         let mut args = Args::new();
-        args.ptr(xf.as_ptr()).ptr(q.as_mut_ptr()).arg(n as i32).arg(s).arg(zp);
+        args.ptr(xf.as_ptr())
+            .ptr(q.as_mut_ptr())
+            .arg(n as i32)
+            .arg(s)
+            .arg(zp);
         run("quantize_f32", &elementwise_config(n), &mut args);
-        let want: Vec<i8> = xf.iter().map(|v| reference::quantize_i8(*v, s, zp)).collect();
+        let want: Vec<i8> = xf
+            .iter()
+            .map(|v| reference::quantize_i8(*v, s, zp))
+            .collect();
         assert_eq!(q, want, "quantize_f32 s {s} zp {zp}");
         // dequantize every int8 value
         let all: Vec<i8> = (-128..=127).collect();
         let mut y = vec![0u16; 256];
         let mut args = Args::new();
-        args.ptr(all.as_ptr()).ptr(y.as_mut_ptr()).arg(256i32).arg(s).arg(zp);
+        args.ptr(all.as_ptr())
+            .ptr(y.as_mut_ptr())
+            .arg(256i32)
+            .arg(s)
+            .arg(zp);
         run("dequantize_f16", &elementwise_config(256), &mut args);
         let want: Vec<f32> = all.iter().map(|v| (*v as i32 - zp) as f32 * s).collect();
         assert!(same_bits(&y, &want), "dequantize_f16 s {s} zp {zp}");
@@ -829,7 +918,10 @@ fn quantize_dequantize_and_casts_saturate_like_the_twins() {
     args.ptr(xh.as_ptr()).ptr(f.as_mut_ptr()).arg(n as i32);
     run("cast_f16_f32", &elementwise_config(n), &mut args);
     let want = unhalve(&xh);
-    assert!(f.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "cast_f16_f32");
+    assert!(
+        f.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "cast_f16_f32"
+    );
 }
 
 #[test]
@@ -838,11 +930,20 @@ fn copy_slice_f16_places_each_block() {
     let x: Vec<u16> = (0..24).collect();
     let mut y = vec![0xffffu16; 56];
     let mut args = Args::new();
-    args.ptr(x.as_ptr()).ptr(y.as_mut_ptr()).arg(2i32).arg(12i32).arg(28i32).arg(8i32);
+    args.ptr(x.as_ptr())
+        .ptr(y.as_mut_ptr())
+        .arg(2i32)
+        .arg(12i32)
+        .arg(28i32)
+        .arg(8i32);
     run("copy_slice_f16", &elementwise_config(24), &mut args);
     for o in 0..2 {
         for j in 0..28 {
-            let want = if (8..20).contains(&j) { (o * 12 + j - 8) as u16 } else { 0xffff };
+            let want = if (8..20).contains(&j) {
+                (o * 12 + j - 8) as u16
+            } else {
+                0xffff
+            };
             assert_eq!(y[o * 28 + j], want, "block {o} element {j}");
         }
     }
@@ -899,7 +1000,9 @@ fn preprocess_equals_the_twin_for_every_format_order_layout_and_output() {
                 let mut got = vec![0f32; len];
                 launch("preprocess_f32", got.as_mut_ptr() as *mut u8, &p);
                 assert!(
-                    got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
                     "preprocess_f32 {fmt} {order:?} {layout:?}"
                 );
                 let mut want16 = vec![0u16; len];
@@ -925,7 +1028,10 @@ fn preprocess_equals_the_twin_for_every_format_order_layout_and_output() {
                     plan.run_i8(&frame, &mut want8, q);
                     let mut got8 = vec![0i8; len];
                     launch("preprocess_i8", got8.as_mut_ptr() as *mut u8, &p);
-                    assert_eq!(got8, want8, "preprocess_i8 {fmt} {order:?} {layout:?} {q:?}");
+                    assert_eq!(
+                        got8, want8,
+                        "preprocess_i8 {fmt} {order:?} {layout:?} {q:?}"
+                    );
                 }
                 checked += 4;
             }
@@ -966,16 +1072,23 @@ fn preprocess_through_a_source_map_equals_the_twin() {
     let p = gpu_params(&spec, PixelFormat::Yuyv, iw, ih);
     let mut got = vec![0f32; want.len()];
     let mut a = Args::new();
-    a.ptr(frame.data.as_ptr()).ptr(got.as_mut_ptr()).ptr(flat.as_ptr()).arg(p);
+    a.ptr(frame.data.as_ptr())
+        .ptr(got.as_mut_ptr())
+        .ptr(flat.as_ptr())
+        .arg(p);
     run("preprocess_f32", &preprocess_config(&p), &mut a);
-    assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(
+        got.iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    );
 }
 
 #[test]
 fn bev_pool_equals_the_view_transform() {
     use bevrt_calib::{BevGrid, CameraModel, Extrinsics, SamplingTable, view_transform};
-    let cam = CameraModel::pinhole(192, 64, 80.0, 80.0, 96.0, 32.0, [-0.05, 0.0, 0.0, 0.0, 0.0])
-        .unwrap();
+    let cam =
+        CameraModel::pinhole(192, 64, 80.0, 80.0, 96.0, 32.0, [-0.05, 0.0, 0.0, 0.0, 0.0]).unwrap();
     let ext = Extrinsics::from_height_pitch_roll_yaw(1.5, 4.0, 0.0, 0.0);
     let grid = BevGrid {
         x_min: 0.0,
@@ -1025,12 +1138,18 @@ fn bev_argmax_and_colourise_equal_the_twins() {
     use bevrt_runtime::postprocess::{bev_argmax, colourise};
     let (ncls, side) = (5usize, 37usize);
     let n = side * side;
-    let logits: Vec<f32> = bytes(ncls * n, 60).iter().map(|b| (*b % 16) as f32).collect();
+    let logits: Vec<f32> = bytes(ncls * n, 60)
+        .iter()
+        .map(|b| (*b % 16) as f32)
+        .collect();
     let mut want = vec![0u8; n];
     bev_argmax(&logits, ncls, side, side, &mut want);
     let mut got = vec![0u8; n];
     let mut a = Args::new();
-    a.ptr(logits.as_ptr()).ptr(got.as_mut_ptr()).arg(ncls as i32).arg(n as i32);
+    a.ptr(logits.as_ptr())
+        .ptr(got.as_mut_ptr())
+        .arg(ncls as i32)
+        .arg(n as i32);
     run("bev_argmax", &elementwise_config(n), &mut a);
     assert_eq!(got, want, "bev_argmax");
     let classes: Vec<bevrt_models::ClassSpec> = (0..ncls)
@@ -1081,10 +1200,16 @@ fn afv_score_and_fisher_normalise_equal_the_twins() {
         run("afv_delta", &elementwise_config(n2 as usize), &mut a);
         let mut a = Args::new();
         a.ptr(a1.as_ptr()).ptr(dd.as_ptr()).ptr(u.as_mut_ptr());
-        for v in [d.c1, d.h1, d.w1, d.c2, d.h2, d.w2, d.k, d.stride, d.pad, d.regions] {
+        for v in [
+            d.c1, d.h1, d.w1, d.c2, d.h2, d.w2, d.k, d.stride, d.pad, d.regions,
+        ] {
             a.arg(v);
         }
-        run("afv_conv_grad", &elementwise_config(afv_conv_grad_threads(&d)), &mut a);
+        run(
+            "afv_conv_grad",
+            &elementwise_config(afv_conv_grad_threads(&d)),
+            &mut a,
+        );
         let e = rel_err(&u, &want);
         assert!(e <= 1e-5, "afv score, {regions}x{regions} cells: {e}");
         let mean = floats(g.dim(), 73, -0.05, 0.05);
@@ -1106,4 +1231,20 @@ fn afv_score_and_fisher_normalise_equal_the_twins() {
             assert!(e <= 1e-5, "fisher_normalise power {power} l2 {l2}: {e}");
         }
     }
+}
+
+/// Run on purpose by `.ci/run` under AddressSanitizer, which must stop it with a
+/// heap-buffer-overflow report: the sanitized kernels really are checked. (Without the
+/// sanitizer it reads past a buffer, so it is ignored in ordinary runs.)
+#[test]
+#[ignore = "deliberate out-of-bounds read, for the AddressSanitizer run in .ci/run"]
+fn asan_sees_a_kernel_reading_past_its_buffer() {
+    // on the heap on purpose: the sanitizer's redzones are around heap blocks (the Rust side
+    // is not instrumented)
+    #[allow(clippy::useless_vec)]
+    let x = vec![0u16; 100];
+    let mut y = vec![0f32; 101];
+    let mut a = Args::new();
+    a.ptr(x.as_ptr()).ptr(y.as_mut_ptr()).arg(101i32);
+    run("cast_f16_f32", &elementwise_config(101), &mut a);
 }

@@ -59,20 +59,6 @@ fn launch_elementwise<A: cudarc::driver::DeviceRepr, B: cudarc::driver::DeviceRe
     Ok(())
 }
 
-/// How many int8 steps may differ from the twin: 0 where the kernel computes exactly what
-/// the twin does; 1 LSB where it cannot (a tensor-core FP16 GEMM requantized to int8 adds in
-/// another order; an expf activation is within 2 ulp before rounding).
-fn int8_tolerance(step: &bevrt_kernels::plan::Step) -> i32 {
-    use bevrt_kernels::params::{act, out_mode};
-    use bevrt_kernels::plan::{ConvKernel, Op};
-    match &step.op {
-        Op::Conv { kernel, p, .. } if p.out_mode == out_mode::I8 => {
-            i32::from(*kernel == ConvKernel::GemmF16 || !act::is_exact(p.act))
-        }
-        _ => 0,
-    }
-}
-
 fn max_rel(a: &[f32], b: &[f32]) -> f64 {
     a.iter()
         .zip(b)
@@ -108,10 +94,17 @@ fn main() {
         }
     };
     rec.flush();
-    println!("{}", serde_json::to_string_pretty(&rec.report()).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&rec.report()).unwrap_or_default()
+    );
     println!(
         "device check: {}; report in {out}",
-        if code == 0 { "all kernels match" } else { "FAILURES (see groups)" }
+        if code == 0 {
+            "all kernels match"
+        } else {
+            "FAILURES (see groups)"
+        }
     );
     std::process::exit(code);
 }
@@ -120,10 +113,12 @@ fn run(gpu: &Gpu, models: &[String], rec: &mut Recorder) {
     let st = gpu.stream.clone();
     if let Ok(Some(info)) = bevrt_kernels::device::probe() {
         rec.header.insert("device".into(), json!(info.name));
-        rec.header.insert("driver_version".into(), json!(info.driver_version));
+        rec.header
+            .insert("driver_version".into(), json!(info.driver_version));
     }
     rec.header.insert("sm".into(), json!(gpu.sm));
-    rec.header.insert("kernel_image".into(), json!(format!("{:?}", gpu.image)));
+    rec.header
+        .insert("kernel_image".into(), json!(format!("{:?}", gpu.image)));
     if let Ok((a, b)) = bevrt_kernels::nvrtc::version() {
         rec.header.insert("nvrtc".into(), json!(format!("{a}.{b}")));
     }
@@ -519,35 +514,37 @@ fn run(gpu: &Gpu, models: &[String], rec: &mut Recorder) {
     rec.group(
         "preprocess_timing",
         |checks| {
-        // ---- preprocess throughput: 1920x1080 YUYV camera frame -> 384x128 NCHW
-        let (cw, chh) = (1920u32, 1080u32);
-        let frame = bytes(PixelFormat::Yuyv.frame_bytes(cw, chh), 3);
-        let src = st.clone_htod(&frame)?;
-        let mut dst = st.alloc_zeros::<f32>(3 * 384 * 128)?;
-        let p = PreprocessParams {
-            in_w: cw as i32,
-            in_h: chh as i32,
-            out_w: 384,
-            out_h: 128,
-            fmt: 3,
-            order: 1,
-            layout: 0,
-            scale: [1.0 / 63.75; 3],
-            bias: [-1.8; 3],
-            ..Default::default()
-        };
-        for _ in 0..20 {
-            gpu.preprocess(&src, &mut dst, None, &p)?;
-        }
-        st.synchronize()?;
-        let t = Instant::now();
-        for _ in 0..500 {
-            gpu.preprocess(&src, &mut dst, None, &p)?;
-        }
-        st.synchronize()?;
-        let pre_ms = t.elapsed().as_secs_f64() * 1e3 / 500.0;
-        checks.push(json!({"timing": "preprocess_1920x1080_yuyv_to_384x128", "ms": pre_ms, "pass": true,
-            "note": "includes launch overhead (host loop, one stream)"}));
+            // ---- preprocess throughput: 1920x1080 YUYV camera frame -> 384x128 NCHW
+            let (cw, chh) = (1920u32, 1080u32);
+            let frame = bytes(PixelFormat::Yuyv.frame_bytes(cw, chh), 3);
+            let src = st.clone_htod(&frame)?;
+            let mut dst = st.alloc_zeros::<f32>(3 * 384 * 128)?;
+            let p = PreprocessParams {
+                in_w: cw as i32,
+                in_h: chh as i32,
+                out_w: 384,
+                out_h: 128,
+                fmt: 3,
+                order: 1,
+                layout: 0,
+                scale: [1.0 / 63.75; 3],
+                bias: [-1.8; 3],
+                ..Default::default()
+            };
+            for _ in 0..20 {
+                gpu.preprocess(&src, &mut dst, None, &p)?;
+            }
+            st.synchronize()?;
+            let t = Instant::now();
+            for _ in 0..500 {
+                gpu.preprocess(&src, &mut dst, None, &p)?;
+            }
+            st.synchronize()?;
+            let pre_ms = t.elapsed().as_secs_f64() * 1e3 / 500.0;
+            checks.push(
+                json!({"timing": "preprocess_1920x1080_yuyv_to_384x128", "ms": pre_ms, "pass": true,
+            "note": "includes launch overhead (host loop, one stream)"}),
+            );
             Ok(())
         },
         sync,
@@ -633,7 +630,7 @@ fn check_plan(gpu: &Gpu, spec: &str) -> Result<serde_json::Value, Box<dyn std::e
                         .map(|(a, b)| (*a as i8 as i32 - *b as i8 as i32).abs())
                         .max()
                         .unwrap_or(0);
-                    (lsb <= int8_tolerance(step), lsb as f64)
+                    (lsb <= reference::int8_tolerance(step), lsb as f64)
                 }
                 _ => {
                     let a = reference::output_f32(&plan, &dev, t);

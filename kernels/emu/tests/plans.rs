@@ -1,0 +1,301 @@
+//! Whole models lowered to kernel plans and run step by step on the emulated kernels, through
+//! the launches `bevrt_kernels::exec::resolve_launches` resolves for the GPU runner (same
+//! kernel names, grid shapes and argument lists), against the CPU twins on the same arena:
+//! what `bevrt-device-check` does on a GPU. int8 steps bit-exact where the kernel can be
+//! (else 1 LSB, `reference::int8_tolerance`), float steps within 1e-3 of the tensor's largest
+//! value.
+
+use bevrt_kernels::exec::Int8Gemm;
+use bevrt_kernels::plan::{DType, KernelPlan, Op};
+use bevrt_kernels::reference;
+use bevrt_kernels_emu::{EmuOptions, EmuPlan};
+use bevrt_runtime::backend::lower::{LowerOptions, lower_onnx};
+use std::path::{Path, PathBuf};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn shared() -> Option<PathBuf> {
+    let p = std::env::var_os("BEVRT_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared"));
+    if p.join("data/onnx/models").is_dir() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIP: shared data not found at {} (set BEVRT_SHARED)",
+            p.display()
+        );
+        None
+    }
+}
+
+fn lower(path: &Path, shape: Option<(&str, Vec<usize>)>) -> KernelPlan {
+    let shapes: Vec<(&str, Vec<usize>)> = shape.into_iter().collect();
+    lower_onnx(path, &shapes, &LowerOptions { float: DType::F16 })
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every step of `plan` on the emulated kernels against its twin; returns the steps checked.
+fn check_steps(plan: &KernelPlan, int8: Int8Gemm) -> usize {
+    let mut emu = EmuPlan::load(plan.clone(), int8).unwrap_or_else(|e| panic!("{e}"));
+    let n = plan.tensors[plan.inputs[0]].elems();
+    let x: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919 + 13) % 257) as f32 / 64.0 - 2.0)
+        .collect();
+    emu.set_input(0, &x);
+    for (i, step) in plan.steps.iter().enumerate() {
+        let mut host = emu.arena().to_vec();
+        emu.launch_step(i, EmuOptions::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        reference::run_step(plan, step, &mut host);
+        let t = step.output;
+        let (o, len) = (plan.offsets[t], plan.tensors[t].bytes());
+        let (want, got) = (&host[o..o + len], &emu.arena()[o..o + len]);
+        match plan.tensors[t].dtype {
+            DType::I8 => {
+                let lsb = want
+                    .iter()
+                    .zip(got)
+                    .map(|(a, b)| (*a as i8 as i32 - *b as i8 as i32).abs())
+                    .max()
+                    .unwrap_or(0);
+                assert!(
+                    lsb <= reference::int8_tolerance(step),
+                    "{int8:?} step {i} {}: {lsb} LSB",
+                    step.name
+                );
+            }
+            _ => {
+                let a = reference::output_f32(plan, emu.arena(), t);
+                let b = reference::output_f32(plan, &host, t);
+                let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                let e = a
+                    .iter()
+                    .zip(&b)
+                    .fold(0f32, |m, (p, q)| m.max((p - q).abs()))
+                    / scale;
+                assert!(
+                    e <= 1e-3,
+                    "{int8:?} step {i} {} ({:?}): {e}",
+                    step.name,
+                    step.op
+                );
+            }
+        }
+    }
+    plan.steps.len()
+}
+
+fn has_int8_gemm(plan: &KernelPlan) -> bool {
+    plan.steps
+        .iter()
+        .any(|s| matches!(&s.op, Op::Conv { wsum: Some(_), .. }))
+}
+
+#[test]
+fn letsmap_lite_encoder_and_head_run_on_the_emulated_kernels() {
+    let b = repo().join("models/bundles/letsmap-lite");
+    for f in ["encoder.onnx", "bev_head.onnx"] {
+        let plan = lower(&b.join(f), None);
+        let steps = check_steps(&plan, Int8Gemm::Imma);
+        eprintln!(
+            "letsmap-lite {f}: {steps} steps, {:?}",
+            plan.kernel_counts()
+        );
+    }
+}
+
+#[test]
+fn mobilenet_fp32_and_int8_qdq_run_on_the_emulated_kernels() {
+    let Some(sh) = shared() else { return };
+    let m = sh.join("data/onnx/models");
+    for f in [
+        "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        "ch_ppocr_mobile_v2.0_cls_int8_qdq.onnx",
+    ] {
+        let plan = lower(&m.join(f), Some(("x", vec![1, 3, 48, 192])));
+        let variants: &[Int8Gemm] = if has_int8_gemm(&plan) {
+            &[Int8Gemm::Imma, Int8Gemm::Dp4a]
+        } else {
+            &[Int8Gemm::Imma]
+        };
+        for v in variants {
+            let steps = check_steps(&plan, *v);
+            eprintln!("{f} {v:?}: {steps} steps, {:?}", plan.kernel_counts());
+        }
+    }
+}
+
+/// An AFV bundle's whole GPU path, emulated: the discriminator lowered in FP32 as the CUDA
+/// backend lowers it (f32 activations: `conv_direct_f32`, `unary_f32`), its `a1` and `z2`
+/// outputs into `afv_delta` + `afv_conv_grad`, then `fisher_normalise`, against what the CPU
+/// backend computes (tract for the network, `bevrt_runtime::afv` for the tail): within 1e-4.
+#[test]
+fn afv_discriminator_and_fisher_tail_equal_the_cpu_backend() {
+    use bevrt_kernels::launch::{
+        AfvDims, afv_conv_grad_threads, elementwise_config, fisher_normalise_config,
+    };
+    use bevrt_kernels_emu::Args;
+    use bevrt_models::export::{SeqLayer, SeqOp, sequential_to_onnx};
+    use bevrt_runtime::afv::{AfvGeometry, afv_score, fisher_normalise};
+    use tract_onnx::prelude::*;
+    let noise = |n: usize, seed: u64, lo: f32, hi: f32| -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = (i as u64 + 1).wrapping_mul(0x9E3779B97F4A7C15)
+                    ^ seed.wrapping_mul(0xBF58476D1CE4E5B9);
+                lo + (hi - lo) * ((h >> 40) as f32 / (1u64 << 24) as f32)
+            })
+            .collect()
+    };
+    let l = |name: &str, op, expose: Option<&str>| SeqLayer {
+        name: name.into(),
+        op,
+        expose: expose.map(String::from),
+    };
+    let (c1, c2) = (8usize, 16usize);
+    let w3 = noise(c2 * 49, 7, -0.1, 0.1);
+    let layers = vec![
+        l(
+            "c1",
+            SeqOp::Conv {
+                weight: noise(c1 * 16, 3, -0.5, 0.5),
+                bias: noise(c1, 4, -0.1, 0.1),
+                cin: 1,
+                cout: c1,
+                k: 4,
+                stride: 2,
+                pad: 1,
+            },
+            None,
+        ),
+        l("a1", SeqOp::LeakyRelu(0.2), Some("a1")),
+        l(
+            "c2",
+            SeqOp::Conv {
+                weight: noise(c2 * c1 * 16, 5, -0.2, 0.2),
+                bias: noise(c2, 6, -0.1, 0.1),
+                cin: c1,
+                cout: c2,
+                k: 4,
+                stride: 2,
+                pad: 1,
+            },
+            Some("z2"),
+        ),
+        l("a2", SeqOp::LeakyRelu(0.2), None),
+        l("flat", SeqOp::Flatten, None),
+        l(
+            "fc",
+            SeqOp::Linear {
+                weight: w3.clone(),
+                bias: vec![0.05],
+                cin: c2 * 49,
+                cout: 1,
+            },
+            None,
+        ),
+    ];
+    let bytes = sequential_to_onnx("d", "x", &[1, 1, 28, 28], "d", &layers, "test").unwrap();
+    let dir = std::env::temp_dir().join(format!("bevrt-emu-afv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("d.onnx");
+    std::fs::write(&path, bytes).unwrap();
+    let x = noise(28 * 28, 8, -1.0, 1.0);
+
+    // the CPU backend: tract runs the network, bevrt_runtime::afv the tail
+    let model = bevrt_models::load_for_tract(&path, &Default::default())
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let t = tract_ndarray::ArrayD::from_shape_vec(vec![1, 1, 28, 28], x.clone()).unwrap();
+    let cpu: Vec<Vec<f32>> = model
+        .run(tvec!(Tensor::from(t).into()))
+        .unwrap()
+        .iter()
+        .map(|o| {
+            o.to_plain_array_view::<f32>()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect()
+        })
+        .collect();
+    let g = AfvGeometry::k4s2(c1, (14, 14), c2, 0.2, 2);
+    let mean = noise(g.dim(), 9, -0.01, 0.01);
+    let diag = noise(g.dim(), 10, 0.01, 0.2);
+    let mut delta = vec![0f32; g.z2_len()];
+    let mut want = vec![0f32; g.dim()];
+    afv_score(&g, &cpu[1], &cpu[2], &w3, &mut delta, &mut want);
+    fisher_normalise(&mut want, &mean, &diag, 1e-6, true, true);
+
+    // the CUDA backend's kernels, emulated
+    let plan = lower_onnx(&path, &[], &LowerOptions { float: DType::F32 }).unwrap();
+    let mut emu = EmuPlan::load(plan, Int8Gemm::Imma).unwrap_or_else(|e| panic!("{e}"));
+    let kernels: Vec<&str> = emu.launches().iter().map(|l| l.kernel).collect();
+    assert!(kernels.iter().all(|k| k.ends_with("_f32")), "{kernels:?}");
+    emu.set_input(0, &x);
+    emu.run(EmuOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let outs: Vec<Vec<f32>> = (0..3).map(|k| emu.output(k)).collect();
+    for k in 0..3 {
+        let scale = cpu[k].iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let e = outs[k]
+            .iter()
+            .zip(&cpu[k])
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+            / scale;
+        assert!(e <= 1e-5, "discriminator output {k}: {e}");
+    }
+    let d = AfvDims::from(&g);
+    let mut u = vec![0f32; g.dim()];
+    let mut dd = vec![0f32; g.z2_len()];
+    let n2 = g.z2_len() as i32;
+    let run = |name: &str, cfg: &bevrt_kernels_emu::LaunchConfig, a: &mut Args| {
+        // SAFETY: fisher.cu's signatures, buffers sized by the geometry.
+        unsafe { a.launch(name, cfg, EmuOptions::default()) }.unwrap_or_else(|e| panic!("{e}"));
+    };
+    let mut a = Args::new();
+    a.ptr(outs[2].as_ptr())
+        .ptr(w3.as_ptr())
+        .arg(d.slope)
+        .ptr(u.as_mut_ptr())
+        .ptr(dd.as_mut_ptr())
+        .arg(n2);
+    run("afv_delta", &elementwise_config(n2 as usize), &mut a);
+    let mut a = Args::new();
+    a.ptr(outs[1].as_ptr()).ptr(dd.as_ptr()).ptr(u.as_mut_ptr());
+    for v in [
+        d.c1, d.h1, d.w1, d.c2, d.h2, d.w2, d.k, d.stride, d.pad, d.regions,
+    ] {
+        a.arg(v);
+    }
+    run(
+        "afv_conv_grad",
+        &elementwise_config(afv_conv_grad_threads(&d)),
+        &mut a,
+    );
+    let mut a = Args::new();
+    a.ptr(u.as_mut_ptr())
+        .ptr(mean.as_ptr())
+        .ptr(diag.as_ptr())
+        .arg(1e-6f32)
+        .arg(1i32)
+        .arg(1i32)
+        .arg(g.dim() as i32);
+    run("fisher_normalise", &fisher_normalise_config(), &mut a);
+    let e = u
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        e <= 1e-4,
+        "AFV vector: max difference {e} over {} values",
+        g.dim()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
