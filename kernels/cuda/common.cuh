@@ -55,8 +55,10 @@ __device__ __forceinline__ void mma_f16_m16n8k16(float (&c)[4], const unsigned (
 // 0 none, 1 relu, 2 clip(a, b), 3 hardsigmoid(alpha a, beta b), 4 hardswish,
 // 5 sigmoid, 6 silu (5 and 6 use expf: within 2 ulp of the CPU, not bit-exact),
 // 7 leaky relu (slope a).
+// min(max(y, lo), hi) in that order, as ONNX Clip defines it (lo > hi gives hi).
 __device__ __forceinline__ float clip_f(float y, float lo, float hi) {
-    return y < lo ? lo : (y > hi ? hi : y);
+    float t = y < lo ? lo : y;
+    return t > hi ? hi : t;
 }
 __device__ __forceinline__ float activate(float y, int act, float a, float b) {
     switch (act) {

@@ -319,7 +319,7 @@ impl PlanRunner {
     /// Copy the whole arena to the host (checks only).
     pub fn download_arena(&self, gpu: &Gpu) -> Result<Vec<u8>, GpuError> {
         let v = gpu.stream.clone_dtoh(&self.arena).map_err(drv)?;
-        gpu.stream.synchronize().map_err(drv)?;
+        gpu.synchronize()?;
         Ok(v)
     }
 
@@ -328,7 +328,7 @@ impl PlanRunner {
         gpu.stream
             .memcpy_htod(bytes, &mut self.arena)
             .map_err(drv)?;
-        gpu.stream.synchronize().map_err(drv)
+        gpu.synchronize()
     }
 
     /// Write input `k` from f32 values (converted to its storage on the host; checks and
@@ -389,7 +389,7 @@ pub fn capture(
     enqueue: impl FnOnce(&Gpu) -> Result<(), GpuError>,
 ) -> Result<Option<FrameGraph>, GpuError> {
     use cudarc::driver::sys;
-    gpu.stream.synchronize().map_err(drv)?;
+    gpu.synchronize()?;
     gpu.stream
         .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .map_err(drv)?;

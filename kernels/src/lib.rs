@@ -6,9 +6,12 @@
 //! | `preprocess.cu` | `preprocess_f32`, `preprocess_f16`, `preprocess_i8` | `bevrt_runtime::preprocess::PreprocessPlan::{run, run_f16, run_i8}` (bit-exact) |
 //! | `bev_pool.cu` | `bev_pool_f32`, `bev_pool_f16` | `bevrt_calib::view_transform` |
 //! | `postprocess.cu` | `bev_argmax`, `colourise` | `bevrt_runtime::postprocess::{bev_argmax, colourise}` |
-//! | `conv.cu` | `conv_i8_imma`, `conv_i8_dp4a`, `conv_f16_mma`, `conv_direct_i8`, `conv_direct_f16` | [`reference::conv`] (INT8 bit-exact, FP16 to 1e-3) |
-//! | `ops.cu` | activations, binary, pool, resize, softmax, argmax, Q/DQ, casts, concat slices | [`reference`] (same file order) |
+//! | `conv.cu` | `conv_i8_imma`, `conv_i8_dp4a`, `conv_f16_mma`, `conv_direct_i8`, `conv_direct_f16`, `conv_direct_f32` | [`reference::conv`] (INT8 and direct bit-exact, tensor-core FP16 to 1e-3) |
+//! | `ops.cu` | activations and binary ops (f16, f32), pool, resize, softmax, argmax, Q/DQ, casts, concat slices | [`reference`] (same file order) |
 //! | `fisher.cu` | `afv_delta`, `afv_conv_grad`, `fisher_normalise` | `bevrt_runtime::afv::{afv_score, fisher_normalise}` (launchers `Gpu::afv_score_at`, `Gpu::fisher_normalise_at`) |
+//!
+//! Every entry point also runs, from its real source, under the CPU emulation of the
+//! `bevrt-kernels-emu` crate (`kernels/emu`), against the twin named here.
 //!
 //! - [`device`]: finding a CUDA driver and device without panicking when there is none.
 //! - [`nvrtc`]: the kernel sources, NVRTC options, target SMs, CUBIN compilation and ptxas
@@ -17,9 +20,13 @@
 //! - [`plan`]: the executor's plan (tensors, constants, one kernel launch per step) and its
 //!   arena memory plan with liveness-based reuse; built by the runtime's ONNX lowering.
 //! - [`reference`]: the CPU twin of every executor kernel and a CPU runner for whole plans.
-//! - [`exec`]: [`exec::PlanRunner`], a plan on the GPU: memory allocated at load, launches
-//!   resolved at load, the per-frame sequence replayed as one CUDA graph.
-//! - [`launch`]: [`launch::Gpu`], which loads the kernels for the device's SM and launches them.
+//! - [`exec`]: [`exec::resolve_launches`] (a plan's steps as kernel launches with every address
+//!   filled in, shared by the GPU and the emulation) and [`exec::PlanRunner`], a plan on the
+//!   GPU: memory allocated at load, launches resolved at load, the per-frame sequence
+//!   replayed as one CUDA graph.
+//! - [`launch`]: launch shapes per kernel family (`*_config`) and [`launch::Gpu`], which loads
+//!   the kernels for the device's SM (CUBIN, or compute_80 PTX on other sm_80+ parts) and
+//!   launches them.
 
 pub mod device;
 pub mod exec;

@@ -33,15 +33,11 @@ pub fn f2h(f: f32) -> u16 {
     }
 }
 
-/// `clip_f()` of common.cuh: explicit comparisons, so -0 stays -0 and NaN passes through.
+/// `clip_f()` of common.cuh: min(max(y, lo), hi) in ONNX's order (lo > hi gives hi), with
+/// explicit comparisons, so -0 stays -0 and NaN passes through.
 pub fn clip(y: f32, lo: f32, hi: f32) -> f32 {
-    if y < lo {
-        lo
-    } else if y > hi {
-        hi
-    } else {
-        y
-    }
+    let t = if y < lo { lo } else { y };
+    if t > hi { hi } else { t }
 }
 
 /// `activate()` of common.cuh.
@@ -401,6 +397,54 @@ pub fn int8_tolerance(step: &Step) -> i32 {
             i32::from(*kernel == ConvKernel::GemmF16 || !act::is_exact(p.act))
         }
         _ => 0,
+    }
+}
+
+/// One step's kernel output against this twin's, both read from arenas after the step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepCheck {
+    pub bit_exact: bool,
+    /// int8: the largest difference in LSB; float: the largest difference relative to the
+    /// twin's largest magnitude.
+    pub err: f64,
+    /// int8 within [`int8_tolerance`]; float within 1e-3 (FP16 storage) and finite.
+    pub pass: bool,
+}
+
+/// Compare the output tensor of `step` in `got` (the kernel's arena) with `want` (the twin's).
+pub fn compare_step(plan: &KernelPlan, step: &Step, want: &[u8], got: &[u8]) -> StepCheck {
+    let t = step.output;
+    let (o, n) = (plan.offsets[t], plan.tensors[t].bytes());
+    let bit_exact = want[o..o + n] == got[o..o + n];
+    match plan.tensors[t].dtype {
+        DType::I8 => {
+            let lsb = want[o..o + n]
+                .iter()
+                .zip(&got[o..o + n])
+                .map(|(a, b)| (*a as i8 as i32 - *b as i8 as i32).abs())
+                .max()
+                .unwrap_or(0);
+            StepCheck {
+                bit_exact,
+                err: lsb as f64,
+                pass: lsb <= int8_tolerance(step),
+            }
+        }
+        _ => {
+            let a = output_f32(plan, got, t);
+            let b = output_f32(plan, want, t);
+            let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            let e = a
+                .iter()
+                .zip(&b)
+                .fold(0f32, |m, (p, q)| m.max((p - q).abs()))
+                / scale;
+            StepCheck {
+                bit_exact,
+                err: e as f64,
+                pass: bit_exact || (e <= 1e-3 && e.is_finite()),
+            }
+        }
     }
 }
 

@@ -17,7 +17,8 @@ def timed(f, iters=50):
 
 report = json.load(open(sys.argv[1]))
 out = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "gemms": []}
-for plan in report.get("plans", []):
+# each model plan is one check of its "plan MODEL" group (bevrt-device-check)
+for plan in [c for c in report.get("checks", []) if "model" in c]:
     for variant in ("Imma", "Dp4a"):
         for c in plan.get(variant, {}).get("convolutions", []):
             if c["groups"] != 1:

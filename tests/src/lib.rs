@@ -118,3 +118,75 @@ pub fn sim_record(seed: u64, frames: u64, out: &Path) {
     );
     assert!(ok, "sim record: {so}{se}");
 }
+
+/// Deterministic pseudo-random values in [lo, hi).
+pub fn noise(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
+        })
+        .collect()
+}
+
+/// A small AFV discriminator with the real one's shape, as ONNX: Conv 4/2 (1 -> c1) →
+/// LeakyReLU (exposed `a1`) → Conv 4/2 (c1 -> c2, exposed `z2`) → LeakyReLU → Flatten →
+/// Linear (its weight `w3` returned too: the AFV score needs it). Input 1x1x28x28.
+pub fn afv_discriminator_onnx(c1: usize, c2: usize) -> (Vec<u8>, Vec<f32>) {
+    use bevrt_models::export::{SeqLayer, SeqOp, sequential_to_onnx};
+    let l = |name: &str, op, expose: Option<&str>| SeqLayer {
+        name: name.into(),
+        op,
+        expose: expose.map(String::from),
+    };
+    let w3 = noise(c2 * 49, 7, -0.1, 0.1);
+    let layers = vec![
+        l(
+            "c1",
+            SeqOp::Conv {
+                weight: noise(c1 * 16, 3, -0.5, 0.5),
+                bias: noise(c1, 4, -0.1, 0.1),
+                cin: 1,
+                cout: c1,
+                k: 4,
+                stride: 2,
+                pad: 1,
+            },
+            None,
+        ),
+        l("a1", SeqOp::LeakyRelu(0.2), Some("a1")),
+        l(
+            "c2",
+            SeqOp::Conv {
+                weight: noise(c2 * c1 * 16, 5, -0.2, 0.2),
+                bias: noise(c2, 6, -0.1, 0.1),
+                cin: c1,
+                cout: c2,
+                k: 4,
+                stride: 2,
+                pad: 1,
+            },
+            Some("z2"),
+        ),
+        l("a2", SeqOp::LeakyRelu(0.2), None),
+        l("flat", SeqOp::Flatten, None),
+        l(
+            "fc",
+            SeqOp::Linear {
+                weight: w3.clone(),
+                bias: vec![0.05],
+                cin: c2 * 49,
+                cout: 1,
+            },
+            None,
+        ),
+    ];
+    let bytes = sequential_to_onnx("d", "x", &[1, 1, 28, 28], "d", &layers, "test")
+        .expect("export the test discriminator");
+    (bytes, w3)
+}

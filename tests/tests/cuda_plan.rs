@@ -38,21 +38,6 @@ fn tract_run(path: &Path, shape: &[usize], x: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// Deterministic pseudo-random values in [lo, hi).
-fn noise(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
-        })
-        .collect()
-}
-
 fn max_abs(v: &[f32]) -> f32 {
     v.iter().fold(0f32, |m, x| m.max(x.abs()))
 }
@@ -291,55 +276,8 @@ fn unsupported_ops_are_refused_at_load_with_the_list() {
 /// the AFV score computed from the plan's activations matches the one from tract's.
 #[test]
 fn afv_discriminator_plan_matches_tract_on_every_output() {
-    use bevrt_models::export::{SeqLayer, SeqOp, sequential_to_onnx};
-    let l = |name: &str, op, expose: Option<&str>| SeqLayer {
-        name: name.into(),
-        op,
-        expose: expose.map(String::from),
-    };
     let (c1, c2) = (8usize, 16usize);
-    let layers = vec![
-        l(
-            "c1",
-            SeqOp::Conv {
-                weight: noise(c1 * 16, 3, -0.5, 0.5),
-                bias: noise(c1, 4, -0.1, 0.1),
-                cin: 1,
-                cout: c1,
-                k: 4,
-                stride: 2,
-                pad: 1,
-            },
-            None,
-        ),
-        l("a1", SeqOp::LeakyRelu(0.2), Some("a1")),
-        l(
-            "c2",
-            SeqOp::Conv {
-                weight: noise(c2 * c1 * 16, 5, -0.2, 0.2),
-                bias: noise(c2, 6, -0.1, 0.1),
-                cin: c1,
-                cout: c2,
-                k: 4,
-                stride: 2,
-                pad: 1,
-            },
-            Some("z2"),
-        ),
-        l("a2", SeqOp::LeakyRelu(0.2), None),
-        l("flat", SeqOp::Flatten, None),
-        l(
-            "fc",
-            SeqOp::Linear {
-                weight: noise(c2 * 49, 7, -0.1, 0.1),
-                bias: vec![0.05],
-                cin: c2 * 49,
-                cout: 1,
-            },
-            None,
-        ),
-    ];
-    let bytes = sequential_to_onnx("d", "x", &[1, 1, 28, 28], "d", &layers, "test").unwrap();
+    let (bytes, w3) = afv_discriminator_onnx(c1, c2);
     let path = scratch("afv-plan").join("d.onnx");
     std::fs::write(&path, bytes).unwrap();
     let x = noise(28 * 28, 8, -1.0, 1.0);
@@ -390,7 +328,6 @@ fn afv_discriminator_plan_matches_tract_on_every_output() {
     }
 
     let geom = bevrt_runtime::afv::AfvGeometry::k4s2(c1, (14, 14), c2, 0.2, 1);
-    let w3 = noise(c2 * 49, 7, -0.1, 0.1);
     let score = |a1: &[f32], z2: &[f32]| {
         let mut delta = vec![0f32; geom.z2_len()];
         let mut u = vec![0f32; geom.dim()];

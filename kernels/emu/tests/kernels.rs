@@ -654,6 +654,7 @@ fn unary_f16_equals_the_twin_for_every_activation() {
         (act::NONE, 0.0, 0.0),
         (act::RELU, 0.0, 0.0),
         (act::CLIP, -1.0, 6.0),
+        (act::CLIP, 2.0, 1.0), // min > max: ONNX gives max everywhere
         (act::HARD_SIGMOID, 0.2, 0.5),
         (act::HARD_SWISH, 0.0, 0.0),
         (act::SIGMOID, 0.0, 0.0),
@@ -1247,4 +1248,106 @@ fn asan_sees_a_kernel_reading_past_its_buffer() {
     let mut a = Args::new();
     a.ptr(x.as_ptr()).ptr(y.as_mut_ptr()).arg(101i32);
     run("cast_f16_f32", &elementwise_config(101), &mut a);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The f32 variants (FP32 plans: the AFV discriminator)
+
+#[test]
+fn f32_convolution_equals_the_twin_bit_for_bit() {
+    let cases: Vec<ConvCase> = conv_cases().into_iter().chain(grouped_cases()).collect();
+    for (i, cc) in cases.iter().enumerate() {
+        let mut p = params(cc, i, 0);
+        p.out_mode = out_mode::F32;
+        let x = floats(p.in_elems(), 90 + i as u64, -2.0, 2.0);
+        let (k, kpad, kdim) = (p.k as usize, p.kpad as usize, p.kdim as usize);
+        let wr = floats(k * kdim, 91 + i as u64, -0.5, 0.5);
+        let mut w = vec![0f32; k * kpad];
+        for o in 0..k {
+            w[o * kpad..][..kdim].copy_from_slice(&wr[o * kdim..][..kdim]);
+        }
+        let bias = floats(k, 92 + i as u64, -0.5, 0.5);
+        let want = reference::conv(
+            &p,
+            ConvInput::Float(&x),
+            ConvWeights::Float(&w),
+            &bias,
+            None,
+        );
+        let mut y = vec![0f32; p.out_elems()];
+        let mut a = Args::new();
+        a.arg(p)
+            .ptr(x.as_ptr())
+            .ptr(w.as_ptr())
+            .ptr(bias.as_ptr())
+            .ptr(y.as_mut_ptr());
+        run(
+            "conv_direct_f32",
+            &elementwise_config(p.out_elems()),
+            &mut a,
+        );
+        assert!(
+            y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "conv_direct_f32 {}",
+            case_name(&p)
+        );
+    }
+}
+
+#[test]
+fn unary_and_binary_f32_equal_the_twins() {
+    let n = 500;
+    let mut x = floats(n, 95, -8.0, 8.0);
+    x[0] = f32::NAN;
+    x[1] = -0.0;
+    x[2] = f32::INFINITY;
+    for (code, a, b) in [
+        (act::RELU, 0.0, 0.0),
+        (act::CLIP, 0.0, 6.0),
+        (act::HARD_SIGMOID, 0.2, 0.5),
+        (act::HARD_SWISH, 0.0, 0.0),
+        (act::LEAKY_RELU, 0.2, 0.0),
+    ] {
+        let mut y = vec![0f32; n];
+        let mut args = Args::new();
+        args.ptr(x.as_ptr())
+            .ptr(y.as_mut_ptr())
+            .arg(n as i32)
+            .arg(code)
+            .arg(a)
+            .arg(b);
+        run("unary_f32", &elementwise_config(n), &mut args);
+        for (i, (g, v)) in y.iter().zip(&x).enumerate() {
+            let w = reference::activate(*v, code, a, b);
+            assert_eq!(
+                g.to_bits(),
+                w.to_bits(),
+                "unary_f32 act {code} at {i} ({v})"
+            );
+        }
+    }
+    let p = BinaryParams {
+        n: 120,
+        dims: [2, 3, 4, 5],
+        a_strides: [60, 20, 5, 1],
+        b_strides: [0, 5, 0, 1],
+        op: 3,
+        act: act::NONE,
+        act_a: 0.0,
+        act_b: 0.0,
+    };
+    let a = floats(120, 96, -3.0, 3.0);
+    let b = floats(15, 97, -3.0, 3.0);
+    let mut y = vec![0f32; 120];
+    let mut args = Args::new();
+    args.arg(p)
+        .ptr(a.as_ptr())
+        .ptr(b.as_ptr())
+        .ptr(y.as_mut_ptr());
+    run("binary_f32", &elementwise_config(120), &mut args);
+    let want = reference::binary(&p, &a, &b);
+    assert!(
+        y.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()),
+        "binary_f32"
+    );
 }

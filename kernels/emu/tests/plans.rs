@@ -17,18 +17,7 @@ fn repo() -> PathBuf {
 }
 
 fn shared() -> Option<PathBuf> {
-    let p = std::env::var_os("BEVRT_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared"));
-    if p.join("data/onnx/models").is_dir() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIP: shared data not found at {} (set BEVRT_SHARED)",
-            p.display()
-        );
-        None
-    }
+    bevrt_tests::shared_dir().filter(|p| p.join("data/onnx/models").is_dir())
 }
 
 fn lower(path: &Path, shape: Option<(&str, Vec<usize>)>) -> KernelPlan {
@@ -50,40 +39,12 @@ fn check_steps(plan: &KernelPlan, int8: Int8Gemm) -> usize {
         emu.launch_step(i, EmuOptions::default())
             .unwrap_or_else(|e| panic!("{e}"));
         reference::run_step(plan, step, &mut host);
-        let t = step.output;
-        let (o, len) = (plan.offsets[t], plan.tensors[t].bytes());
-        let (want, got) = (&host[o..o + len], &emu.arena()[o..o + len]);
-        match plan.tensors[t].dtype {
-            DType::I8 => {
-                let lsb = want
-                    .iter()
-                    .zip(got)
-                    .map(|(a, b)| (*a as i8 as i32 - *b as i8 as i32).abs())
-                    .max()
-                    .unwrap_or(0);
-                assert!(
-                    lsb <= reference::int8_tolerance(step),
-                    "{int8:?} step {i} {}: {lsb} LSB",
-                    step.name
-                );
-            }
-            _ => {
-                let a = reference::output_f32(plan, emu.arena(), t);
-                let b = reference::output_f32(plan, &host, t);
-                let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-                let e = a
-                    .iter()
-                    .zip(&b)
-                    .fold(0f32, |m, (p, q)| m.max((p - q).abs()))
-                    / scale;
-                assert!(
-                    e <= 1e-3,
-                    "{int8:?} step {i} {} ({:?}): {e}",
-                    step.name,
-                    step.op
-                );
-            }
-        }
+        let c = reference::compare_step(plan, step, &host, emu.arena());
+        assert!(
+            c.pass,
+            "{int8:?} step {i} {} ({:?}): error {} (int8 in LSB)",
+            step.name, step.op, c.err
+        );
     }
     plan.steps.len()
 }
@@ -138,67 +99,11 @@ fn afv_discriminator_and_fisher_tail_equal_the_cpu_backend() {
         AfvDims, afv_conv_grad_threads, elementwise_config, fisher_normalise_config,
     };
     use bevrt_kernels_emu::Args;
-    use bevrt_models::export::{SeqLayer, SeqOp, sequential_to_onnx};
     use bevrt_runtime::afv::{AfvGeometry, afv_score, fisher_normalise};
+    use bevrt_tests::{afv_discriminator_onnx, noise};
     use tract_onnx::prelude::*;
-    let noise = |n: usize, seed: u64, lo: f32, hi: f32| -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                let h = (i as u64 + 1).wrapping_mul(0x9E3779B97F4A7C15)
-                    ^ seed.wrapping_mul(0xBF58476D1CE4E5B9);
-                lo + (hi - lo) * ((h >> 40) as f32 / (1u64 << 24) as f32)
-            })
-            .collect()
-    };
-    let l = |name: &str, op, expose: Option<&str>| SeqLayer {
-        name: name.into(),
-        op,
-        expose: expose.map(String::from),
-    };
     let (c1, c2) = (8usize, 16usize);
-    let w3 = noise(c2 * 49, 7, -0.1, 0.1);
-    let layers = vec![
-        l(
-            "c1",
-            SeqOp::Conv {
-                weight: noise(c1 * 16, 3, -0.5, 0.5),
-                bias: noise(c1, 4, -0.1, 0.1),
-                cin: 1,
-                cout: c1,
-                k: 4,
-                stride: 2,
-                pad: 1,
-            },
-            None,
-        ),
-        l("a1", SeqOp::LeakyRelu(0.2), Some("a1")),
-        l(
-            "c2",
-            SeqOp::Conv {
-                weight: noise(c2 * c1 * 16, 5, -0.2, 0.2),
-                bias: noise(c2, 6, -0.1, 0.1),
-                cin: c1,
-                cout: c2,
-                k: 4,
-                stride: 2,
-                pad: 1,
-            },
-            Some("z2"),
-        ),
-        l("a2", SeqOp::LeakyRelu(0.2), None),
-        l("flat", SeqOp::Flatten, None),
-        l(
-            "fc",
-            SeqOp::Linear {
-                weight: w3.clone(),
-                bias: vec![0.05],
-                cin: c2 * 49,
-                cout: 1,
-            },
-            None,
-        ),
-    ];
-    let bytes = sequential_to_onnx("d", "x", &[1, 1, 28, 28], "d", &layers, "test").unwrap();
+    let (bytes, w3) = afv_discriminator_onnx(c1, c2);
     let dir = std::env::temp_dir().join(format!("bevrt-emu-afv-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("d.onnx");

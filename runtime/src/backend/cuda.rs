@@ -498,7 +498,7 @@ impl Backend for CudaBackend {
             st.memcpy_dtoh(&b.class_dev, &mut b.class_host)
                 .map_err(gpu_err)?;
         }
-        st.synchronize().map_err(gpu_err)?;
+        self.gpu.synchronize().map_err(gpu_err)?;
         self.outputs[0]
             .data
             .copy_from_slice(self.out_host.as_slice().map_err(gpu_err)?);
@@ -588,12 +588,12 @@ impl Backend for CudaBackend {
             anyhow::bail!("{}: the sampling table changed size", path.display());
         }
         // same device buffer: the captured graph keeps reading it
-        self.gpu.stream.synchronize().map_err(gpu_err)?;
+        self.gpu.synchronize().map_err(gpu_err)?;
         self.gpu
             .stream
             .memcpy_htod(table.taps_as_bytes(), &mut b.taps)
             .map_err(gpu_err)?;
-        self.gpu.stream.synchronize().map_err(gpu_err)?;
+        self.gpu.synchronize().map_err(gpu_err)?;
         b.visible = visible_cells(&table);
         b.table = table;
         Ok(format!(

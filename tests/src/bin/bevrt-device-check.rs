@@ -619,31 +619,8 @@ fn check_plan(gpu: &Gpu, spec: &str) -> Result<serde_json::Value, Box<dyn std::e
             let dev = r.download_arena(gpu)?;
             reference::run_step(&plan, step, &mut host);
             let t = step.output;
-            let (o, n) = (plan.offsets[t], plan.tensors[t].bytes());
-            let (want, got) = (&host[o..o + n], &dev[o..o + n]);
-            let exact = want == got;
-            let (ok, err) = match plan.tensors[t].dtype {
-                DType::I8 => {
-                    let lsb = want
-                        .iter()
-                        .zip(got)
-                        .map(|(a, b)| (*a as i8 as i32 - *b as i8 as i32).abs())
-                        .max()
-                        .unwrap_or(0);
-                    (lsb <= reference::int8_tolerance(step), lsb as f64)
-                }
-                _ => {
-                    let a = reference::output_f32(&plan, &dev, t);
-                    let b = reference::output_f32(&plan, &host, t);
-                    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-                    let e = a
-                        .iter()
-                        .zip(&b)
-                        .fold(0f32, |m, (p, q)| m.max((p - q).abs()))
-                        / scale;
-                    (e <= 1e-3 && e.is_finite(), e as f64)
-                }
-            };
+            let c = reference::compare_step(&plan, step, &host, &dev);
+            let (ok, err, exact) = (c.pass, c.err, c.bit_exact);
             if !ok {
                 pass = false;
             }
