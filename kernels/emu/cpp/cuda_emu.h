@@ -2,7 +2,8 @@
 // use, so the real kernels/cuda/*.cu sources compile with g++ and run on a CPU. The build
 // (kernels/emu/build.rs) force-includes this header before each .cu file.
 //
-// Execution model (cpp/emu.cpp): the blocks of a grid run one after another; inside a block
+// Execution model (cpp/emu.cpp): the blocks of a grid run one after another, last block
+// first (CUDA promises no order); inside a block
 // every CUDA thread is an OS thread when the kernel synchronises (__syncthreads, mma.sync),
 // else the threads run one after another on the caller's thread. Shared memory is a
 // function-local static: with one block at a time that is exactly one block's shared memory.

@@ -48,7 +48,6 @@ struct Block {
 };
 
 Block* current = nullptr;
-const char* current_kernel = "";
 
 Warp& my_warp() { return *current->warps[linear_tid / 32]; }
 
@@ -202,8 +201,9 @@ const Entry* find_entry(const char* name) {
 }
 
 void run_block_sequential(const Entry& e, void** params) {
+    // Threads without a barrier between them may run in any order: last first here too.
     unsigned n = block_dim.x * block_dim.y * block_dim.z;
-    for (unsigned t = 0; t < n; ++t) {
+    for (unsigned t = n; t-- > 0;) {
         thread_idx = uint3{t % block_dim.x, (t / block_dim.x) % block_dim.y,
                            t / (block_dim.x * block_dim.y)};
         linear_tid = t;
@@ -280,12 +280,13 @@ extern "C" int bevrt_emu_launch(const char* kernel, const unsigned* grid, const 
     b.threaded = e->cooperative;
     b.flags = flags;
     current = &b;
-    current_kernel = kernel;
     grid_dim = dim3{grid[0], grid[1], grid[2]};
     block_dim = dim3{block[0], block[1], block[2]};
-    for (unsigned z = 0; z < grid[2] && b.error.empty(); ++z)
-        for (unsigned y = 0; y < grid[1] && b.error.empty(); ++y)
-            for (unsigned x = 0; x < grid[0] && b.error.empty(); ++x) {
+    // Last block first: CUDA promises no order between blocks, so a kernel that reads what
+    // an earlier block wrote shows up here instead of passing by luck of the order.
+    for (unsigned z = grid[2]; z-- > 0 && b.error.empty();)
+        for (unsigned y = grid[1]; y-- > 0 && b.error.empty();)
+            for (unsigned x = grid[0]; x-- > 0 && b.error.empty();) {
                 block_idx = uint3{x, y, z};
                 if (b.threaded)
                     run_block_threaded(*e, params, b);

@@ -24,6 +24,7 @@ pub use cudarc::driver::LaunchConfig;
 pub use plan::EmuPlan;
 use std::ffi::{CStr, CString, c_char, c_void};
 
+#[cfg(not(bevrt_emu_missing))]
 unsafe extern "C" {
     fn bevrt_emu_launch(
         kernel: *const c_char,
@@ -39,6 +40,56 @@ unsafe extern "C" {
     fn bevrt_emu_entry_name(i: usize, cooperative: *mut i32) -> *const c_char;
     fn bevrt_emu_cvt_rn_f16_f32(f: f32) -> u16;
     fn bevrt_emu_cvt_f32_f16(h: u16) -> f32;
+}
+
+/// Stand-ins when the build found no C++ compiler: nothing runs, [`available`] says so.
+#[cfg(bevrt_emu_missing)]
+mod missing {
+    use std::ffi::{c_char, c_void};
+    pub unsafe fn bevrt_emu_launch(
+        _: *const c_char,
+        _: *const u32,
+        _: *const u32,
+        _: u32,
+        _: *mut *mut c_void,
+        _: u32,
+        err: *mut c_char,
+        len: usize,
+    ) -> i32 {
+        let msg = b"the CUDA emulation was built without a C++ compiler\0";
+        let n = msg.len().min(len);
+        // SAFETY: the caller's buffer holds `len` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr() as *const c_char, err, n) };
+        1
+    }
+    pub unsafe fn bevrt_emu_entry_count() -> usize {
+        0
+    }
+    pub unsafe fn bevrt_emu_entry_name(_: usize, _: *mut i32) -> *const c_char {
+        std::ptr::null()
+    }
+    pub unsafe fn bevrt_emu_cvt_rn_f16_f32(_: f32) -> u16 {
+        0
+    }
+    pub unsafe fn bevrt_emu_cvt_f32_f16(_: u16) -> f32 {
+        0.0
+    }
+}
+#[cfg(bevrt_emu_missing)]
+use missing::*;
+
+/// Whether the emulation was built (a C++ compiler was found). Tests skip without it, unless
+/// `BEVRT_REQUIRE_EMU` is set, where that is a failure.
+pub fn available() -> bool {
+    let built = !cfg!(bevrt_emu_missing);
+    if !built {
+        assert!(
+            std::env::var_os("BEVRT_REQUIRE_EMU").is_none(),
+            "BEVRT_REQUIRE_EMU is set but the emulation was built without a C++ compiler"
+        );
+        eprintln!("SKIP: the CUDA kernel emulation was built without a C++ compiler (install g++)");
+    }
+    built
 }
 
 #[derive(Debug, thiserror::Error)]

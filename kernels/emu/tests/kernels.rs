@@ -45,6 +45,9 @@ fn run(name: &str, cfg: &LaunchConfig, a: &mut Args) {
 
 #[test]
 fn every_kernel_entry_point_is_emulated() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     let emu: Vec<String> = entries().into_iter().map(|(n, _)| n).collect();
     let mut nvrtc: Vec<String> = bevrt_kernels::nvrtc::KERNELS
         .iter()
@@ -69,6 +72,9 @@ fn every_kernel_entry_point_is_emulated() {
 
 #[test]
 fn launch_configurations_are_checked_as_the_driver_does() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     let mut x = vec![0u16; 4];
     let mut y = vec![0u16; 4];
     let mut a = Args::new();
@@ -99,6 +105,9 @@ fn launch_configurations_are_checked_as_the_driver_does() {
 
 #[test]
 fn cvt_f16_follows_the_ptx_rules() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     // every f16 value to f32 and back
     for h in 0..=u16::MAX {
         let f = cvt_f32_f16(h);
@@ -431,6 +440,9 @@ fn case_name(p: &ConvParams) -> String {
 
 #[test]
 fn int8_convolutions_equal_the_twin_bit_for_bit() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     let mut cases = 0;
     for (i, cc) in conv_cases().iter().enumerate() {
         for zp in [0i32, 5, -7] {
@@ -459,6 +471,9 @@ fn int8_convolutions_equal_the_twin_bit_for_bit() {
 
 #[test]
 fn int8_convolution_of_an_empty_batch_launches_and_writes_nothing() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     let cc = ConvCase {
         n: 0,
         ..conv_cases()[0]
@@ -552,6 +567,9 @@ fn rel_err(got: &[f32], want: &[f32]) -> f32 {
 
 #[test]
 fn f16_convolutions_equal_the_twin() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     for (i, cc) in conv_cases().iter().enumerate() {
         // f16 has no int8 output here: the FP16 path stores f16 or f32
         let mut p = params(cc, i, 0);
@@ -593,6 +611,9 @@ fn f16_convolutions_equal_the_twin() {
 /// swapping two A registers in every lane must break both tensor-core kernels.
 #[test]
 fn swapped_mma_fragment_registers_are_caught() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     let swap = EmuOptions {
         swap_mma_a_registers: true,
     };
@@ -647,6 +668,9 @@ fn same_bits(got: &[u16], want: &[f32]) -> bool {
 
 #[test]
 fn unary_f16_equals_the_twin_for_every_activation() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     let n = 1000;
     let x = special_f16(n, 1);
     let xf = unhalve(&x);
@@ -704,6 +728,9 @@ fn unary_f16_equals_the_twin_for_every_activation() {
 
 #[test]
 fn binary_f16_broadcasts_like_the_twin() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     // (2, 3, 4, 5) op (1, 3, 1, 5), and a scalar operand
     let dims = [2, 3, 4, 5];
     let n = 120;
@@ -737,6 +764,9 @@ fn binary_f16_broadcasts_like_the_twin() {
 
 #[test]
 fn pool_f16_equals_the_twin() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     let (n, c, h, w) = (2, 3, 9, 7);
     let x = special_f16(n * c * h * w, 4);
     for (mode, k, s, pad, cip) in [
@@ -779,6 +809,9 @@ fn pool_f16_equals_the_twin() {
 
 #[test]
 fn resize_f16_equals_the_twin_in_every_mode() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     let (h, w) = (5, 7);
     let x = halves(&floats(2 * h * w, 5, -4.0, 4.0));
     for (oh, ow) in [(10, 14), (3, 4), (1, 1), (11, 3)] {
@@ -819,6 +852,9 @@ fn resize_f16_equals_the_twin_in_every_mode() {
 
 #[test]
 fn softmax_and_argmax_f16_equal_the_twins() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     let (outer, len, inner) = (3, 19, 7);
     let n = outer * len * inner;
     let x = halves(&floats(n, 6, -6.0, 6.0));
@@ -860,6 +896,9 @@ fn softmax_and_argmax_f16_equal_the_twins() {
 
 #[test]
 fn quantize_dequantize_and_casts_saturate_like_the_twins() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     let n = 700;
     let xh = special_f16(n, 8);
     let mut xf = floats(n, 9, -300.0, 300.0);
@@ -927,6 +966,9 @@ fn quantize_dequantize_and_casts_saturate_like_the_twins() {
 
 #[test]
 fn copy_slice_f16_places_each_block() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     // Concat of (2, 3, 4) into (2, 7, 4) at channel offset 2: outer 2, inner 12, dst 28, offset 8
     let x: Vec<u16> = (0..24).collect();
     let mut y = vec![0xffffu16; 56];
@@ -955,6 +997,9 @@ fn copy_slice_f16_places_each_block() {
 
 #[test]
 fn preprocess_equals_the_twin_for_every_format_order_layout_and_output() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     use bevrt_models::{ChannelOrder, InputDtype, InputSpec, Layout};
     use bevrt_runtime::frame::{Frame, PixelFormat};
     use bevrt_runtime::preprocess::{InputQuant, PreprocessPlan, gpu_params};
@@ -1043,6 +1088,9 @@ fn preprocess_equals_the_twin_for_every_format_order_layout_and_output() {
 
 #[test]
 fn preprocess_through_a_source_map_equals_the_twin() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     use bevrt_models::{ChannelOrder, InputDtype, InputSpec, Layout};
     use bevrt_runtime::frame::{Frame, PixelFormat};
     use bevrt_runtime::preprocess::{PreprocessPlan, gpu_params};
@@ -1087,6 +1135,9 @@ fn preprocess_through_a_source_map_equals_the_twin() {
 
 #[test]
 fn bev_pool_equals_the_view_transform() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     use bevrt_calib::{BevGrid, CameraModel, Extrinsics, SamplingTable, view_transform};
     let cam =
         CameraModel::pinhole(192, 64, 80.0, 80.0, 96.0, 32.0, [-0.05, 0.0, 0.0, 0.0, 0.0]).unwrap();
@@ -1136,6 +1187,9 @@ fn bev_pool_equals_the_view_transform() {
 
 #[test]
 fn bev_argmax_and_colourise_equal_the_twins() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     use bevrt_runtime::postprocess::{bev_argmax, colourise};
     let (ncls, side) = (5usize, 37usize);
     let n = side * side;
@@ -1178,6 +1232,9 @@ fn bev_argmax_and_colourise_equal_the_twins() {
 
 #[test]
 fn afv_score_and_fisher_normalise_equal_the_twins() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     use bevrt_runtime::afv::{AfvGeometry, afv_score, fisher_normalise};
     for regions in [1, 2, 3] {
         let g = AfvGeometry::k4s2(6, (10, 10), 4, 0.2, regions);
@@ -1240,6 +1297,9 @@ fn afv_score_and_fisher_normalise_equal_the_twins() {
 #[test]
 #[ignore = "deliberate out-of-bounds read, for the AddressSanitizer run in .ci/run"]
 fn asan_sees_a_kernel_reading_past_its_buffer() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     // on the heap on purpose: the sanitizer's redzones are around heap blocks (the Rust side
     // is not instrumented)
     #[allow(clippy::useless_vec)]
@@ -1255,6 +1315,9 @@ fn asan_sees_a_kernel_reading_past_its_buffer() {
 
 #[test]
 fn f32_convolution_equals_the_twin_bit_for_bit() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     let cases: Vec<ConvCase> = conv_cases().into_iter().chain(grouped_cases()).collect();
     for (i, cc) in cases.iter().enumerate() {
         let mut p = params(cc, i, 0);
@@ -1296,6 +1359,9 @@ fn f32_convolution_equals_the_twin_bit_for_bit() {
 
 #[test]
 fn unary_and_binary_f32_equal_the_twins() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     let n = 500;
     let mut x = floats(n, 95, -8.0, 8.0);
     x[0] = f32::NAN;

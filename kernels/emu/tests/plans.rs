@@ -57,6 +57,9 @@ fn has_int8_gemm(plan: &KernelPlan) -> bool {
 
 #[test]
 fn letsmap_lite_encoder_and_head_run_on_the_emulated_kernels() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     let b = repo().join("models/bundles/letsmap-lite");
     for f in ["encoder.onnx", "bev_head.onnx"] {
         let plan = lower(&b.join(f), None);
@@ -70,6 +73,9 @@ fn letsmap_lite_encoder_and_head_run_on_the_emulated_kernels() {
 
 #[test]
 fn mobilenet_fp32_and_int8_qdq_run_on_the_emulated_kernels() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     let Some(sh) = shared() else { return };
     let m = sh.join("data/onnx/models");
     for f in [
@@ -95,6 +101,9 @@ fn mobilenet_fp32_and_int8_qdq_run_on_the_emulated_kernels() {
 /// backend computes (tract for the network, `bevrt_runtime::afv` for the tail): within 1e-4.
 #[test]
 fn afv_discriminator_and_fisher_tail_equal_the_cpu_backend() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
     use bevrt_kernels::launch::{
         AfvDims, afv_conv_grad_threads, elementwise_config, fisher_normalise_config,
     };
