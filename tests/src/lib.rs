@@ -190,3 +190,28 @@ pub fn afv_discriminator_onnx(c1: usize, c2: usize) -> (Vec<u8>, Vec<f32>) {
         .expect("export the test discriminator");
     (bytes, w3)
 }
+
+/// Every output of an ONNX file run by tract (the CPU backend's engine) on one f32 input of
+/// `shape`.
+pub fn tract_outputs(path: &Path, shape: &[usize], x: &[f32]) -> Vec<Vec<f32>> {
+    use tract_onnx::prelude::*;
+    let model = bevrt_models::load_for_tract(path, &Default::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .with_input_fact(0, f32::fact(shape).into())
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let t = tract_ndarray::ArrayD::from_shape_vec(shape.to_vec(), x.to_vec()).expect("shape");
+    model
+        .run(tvec!(Tensor::from(t).into()))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .iter()
+        .map(|o| {
+            o.to_plain_array_view::<f32>()
+                .expect("f32 output")
+                .iter()
+                .copied()
+                .collect()
+        })
+        .collect()
+}

@@ -12,7 +12,6 @@ use bevrt_runtime::backend::lower::{LowerError, LowerOptions, lower_onnx};
 use bevrt_runtime::npy;
 use bevrt_tests::*;
 use std::path::Path;
-use tract_onnx::prelude::*;
 
 fn lower(path: &Path, inputs: &[(&str, Vec<usize>)], float: DType) -> KernelPlan {
     lower_onnx(path, inputs, &LowerOptions { float })
@@ -20,22 +19,7 @@ fn lower(path: &Path, inputs: &[(&str, Vec<usize>)], float: DType) -> KernelPlan
 }
 
 fn tract_run(path: &Path, shape: &[usize], x: &[f32]) -> Vec<f32> {
-    let model = bevrt_models::load_for_tract(path, &Default::default())
-        .unwrap()
-        .with_input_fact(0, f32::fact(shape).into())
-        .unwrap()
-        .into_optimized()
-        .unwrap()
-        .into_runnable()
-        .unwrap();
-    let t = tract_ndarray::ArrayD::from_shape_vec(shape.to_vec(), x.to_vec()).unwrap();
-    let out = model.run(tvec!(Tensor::from(t).into())).unwrap();
-    out[0]
-        .to_plain_array_view::<f32>()
-        .unwrap()
-        .iter()
-        .copied()
-        .collect()
+    tract_outputs(path, shape, x).swap_remove(0)
 }
 
 fn max_abs(v: &[f32]) -> f32 {
@@ -282,25 +266,7 @@ fn afv_discriminator_plan_matches_tract_on_every_output() {
     std::fs::write(&path, bytes).unwrap();
     let x = noise(28 * 28, 8, -1.0, 1.0);
 
-    let model = bevrt_models::load_for_tract(&path, &Default::default())
-        .unwrap()
-        .into_optimized()
-        .unwrap()
-        .into_runnable()
-        .unwrap();
-    let t = tract_ndarray::ArrayD::from_shape_vec(vec![1, 1, 28, 28], x.clone()).unwrap();
-    let want: Vec<Vec<f32>> = model
-        .run(tvec!(Tensor::from(t).into()))
-        .unwrap()
-        .iter()
-        .map(|o| {
-            o.to_plain_array_view::<f32>()
-                .unwrap()
-                .iter()
-                .copied()
-                .collect()
-        })
-        .collect();
+    let want = tract_outputs(&path, &[1, 1, 28, 28], &x);
     assert_eq!(want.len(), 3);
 
     let plan = lower(&path, &[], DType::F32);

@@ -5,8 +5,8 @@
 //! rounds. `.ci/run` also runs this file under AddressSanitizer.
 
 use bevrt_kernels::launch::{
-    AfvDims, PreprocessParams, afv_conv_grad_threads, bev_pool_config, conv_gemm_config,
-    elementwise_config, fisher_normalise_config, preprocess_config,
+    AfvDims, PreprocessParams, bev_pool_config, conv_gemm_config, elementwise_config,
+    preprocess_config,
 };
 use bevrt_kernels::params::{BinaryParams, ConvParams, PoolParams, ResizeParams, act, out_mode};
 use bevrt_kernels::reference::{self, ConvInput, ConvWeights, f2h, h2f};
@@ -1247,27 +1247,7 @@ fn afv_score_and_fisher_normalise_equal_the_twins() {
         afv_score(&g, &a1, &z2, &w3, &mut delta, &mut want);
         let mut u = vec![0f32; g.dim()];
         let mut dd = vec![0f32; g.z2_len()];
-        let n2 = g.z2_len() as i32;
-        let mut a = Args::new();
-        a.ptr(z2.as_ptr())
-            .ptr(w3.as_ptr())
-            .arg(d.slope)
-            .ptr(u.as_mut_ptr())
-            .ptr(dd.as_mut_ptr())
-            .arg(n2);
-        run("afv_delta", &elementwise_config(n2 as usize), &mut a);
-        let mut a = Args::new();
-        a.ptr(a1.as_ptr()).ptr(dd.as_ptr()).ptr(u.as_mut_ptr());
-        for v in [
-            d.c1, d.h1, d.w1, d.c2, d.h2, d.w2, d.k, d.stride, d.pad, d.regions,
-        ] {
-            a.arg(v);
-        }
-        run(
-            "afv_conv_grad",
-            &elementwise_config(afv_conv_grad_threads(&d)),
-            &mut a,
-        );
+        bevrt_kernels_emu::afv_score(&d, &a1, &z2, &w3, &mut dd, &mut u).unwrap();
         let e = rel_err(&u, &want);
         assert!(e <= 1e-5, "afv score, {regions}x{regions} cells: {e}");
         let mean = floats(g.dim(), 73, -0.05, 0.05);
@@ -1276,15 +1256,7 @@ fn afv_score_and_fisher_normalise_equal_the_twins() {
             let mut want_v = want.clone();
             fisher_normalise(&mut want_v, &mean, &diag, 1e-6, power, l2);
             let mut v = want.clone();
-            let mut a = Args::new();
-            a.ptr(v.as_mut_ptr())
-                .ptr(mean.as_ptr())
-                .ptr(diag.as_ptr())
-                .arg(1e-6f32)
-                .arg(power as i32)
-                .arg(l2 as i32)
-                .arg(g.dim() as i32);
-            run("fisher_normalise", &fisher_normalise_config(), &mut a);
+            bevrt_kernels_emu::fisher_normalise(&mut v, &mean, &diag, 1e-6, power, l2).unwrap();
             let e = rel_err(&v, &want_v);
             assert!(e <= 1e-5, "fisher_normalise power {power} l2 {l2}: {e}");
         }

@@ -104,13 +104,9 @@ fn afv_discriminator_and_fisher_tail_equal_the_cpu_backend() {
     if !bevrt_kernels_emu::available() {
         return;
     }
-    use bevrt_kernels::launch::{
-        AfvDims, afv_conv_grad_threads, elementwise_config, fisher_normalise_config,
-    };
-    use bevrt_kernels_emu::Args;
+    use bevrt_kernels::launch::AfvDims;
     use bevrt_runtime::afv::{AfvGeometry, afv_score, fisher_normalise};
     use bevrt_tests::{afv_discriminator_onnx, noise};
-    use tract_onnx::prelude::*;
     let (c1, c2) = (8usize, 16usize);
     let (bytes, w3) = afv_discriminator_onnx(c1, c2);
     let dir = std::env::temp_dir().join(format!("bevrt-emu-afv-{}", std::process::id()));
@@ -120,25 +116,7 @@ fn afv_discriminator_and_fisher_tail_equal_the_cpu_backend() {
     let x = noise(28 * 28, 8, -1.0, 1.0);
 
     // the CPU backend: tract runs the network, bevrt_runtime::afv the tail
-    let model = bevrt_models::load_for_tract(&path, &Default::default())
-        .unwrap()
-        .into_optimized()
-        .unwrap()
-        .into_runnable()
-        .unwrap();
-    let t = tract_ndarray::ArrayD::from_shape_vec(vec![1, 1, 28, 28], x.clone()).unwrap();
-    let cpu: Vec<Vec<f32>> = model
-        .run(tvec!(Tensor::from(t).into()))
-        .unwrap()
-        .iter()
-        .map(|o| {
-            o.to_plain_array_view::<f32>()
-                .unwrap()
-                .iter()
-                .copied()
-                .collect()
-        })
-        .collect();
+    let cpu = bevrt_tests::tract_outputs(&path, &[1, 1, 28, 28], &x);
     let g = AfvGeometry::k4s2(c1, (14, 14), c2, 0.2, 2);
     let mean = noise(g.dim(), 9, -0.01, 0.01);
     let diag = noise(g.dim(), 10, 0.01, 0.2);
@@ -168,40 +146,8 @@ fn afv_discriminator_and_fisher_tail_equal_the_cpu_backend() {
     let d = AfvDims::from(&g);
     let mut u = vec![0f32; g.dim()];
     let mut dd = vec![0f32; g.z2_len()];
-    let n2 = g.z2_len() as i32;
-    let run = |name: &str, cfg: &bevrt_kernels_emu::LaunchConfig, a: &mut Args| {
-        // SAFETY: fisher.cu's signatures, buffers sized by the geometry.
-        unsafe { a.launch(name, cfg, EmuOptions::default()) }.unwrap_or_else(|e| panic!("{e}"));
-    };
-    let mut a = Args::new();
-    a.ptr(outs[2].as_ptr())
-        .ptr(w3.as_ptr())
-        .arg(d.slope)
-        .ptr(u.as_mut_ptr())
-        .ptr(dd.as_mut_ptr())
-        .arg(n2);
-    run("afv_delta", &elementwise_config(n2 as usize), &mut a);
-    let mut a = Args::new();
-    a.ptr(outs[1].as_ptr()).ptr(dd.as_ptr()).ptr(u.as_mut_ptr());
-    for v in [
-        d.c1, d.h1, d.w1, d.c2, d.h2, d.w2, d.k, d.stride, d.pad, d.regions,
-    ] {
-        a.arg(v);
-    }
-    run(
-        "afv_conv_grad",
-        &elementwise_config(afv_conv_grad_threads(&d)),
-        &mut a,
-    );
-    let mut a = Args::new();
-    a.ptr(u.as_mut_ptr())
-        .ptr(mean.as_ptr())
-        .ptr(diag.as_ptr())
-        .arg(1e-6f32)
-        .arg(1i32)
-        .arg(1i32)
-        .arg(g.dim() as i32);
-    run("fisher_normalise", &fisher_normalise_config(), &mut a);
+    bevrt_kernels_emu::afv_score(&d, &outs[1], &outs[2], &w3, &mut dd, &mut u).unwrap();
+    bevrt_kernels_emu::fisher_normalise(&mut u, &mean, &diag, 1e-6, true, true).unwrap();
     let e = u
         .iter()
         .zip(&want)
