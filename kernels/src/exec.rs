@@ -161,7 +161,7 @@ pub fn resolve_launches(
                 let w = Arg::Ptr(c_addr(*weights));
                 let b = Arg::Ptr(c_addr(*bias));
                 let args = match ck {
-                    ConvKernel::GemmI8 | ConvKernel::DirectI8 if kernel != "conv_direct_f32" => {
+                    ConvKernel::GemmI8 | ConvKernel::DirectI8 => {
                         let (Some(ws), Some(m)) = (wsum, mult) else {
                             return Err(format!("{}: int8 convolution without wsum/mult", s.name));
                         };
@@ -245,7 +245,8 @@ pub struct PlanRunner {
 impl PlanRunner {
     /// Allocate and upload everything the plan needs and resolve its launches.
     pub fn load(gpu: &Gpu, plan: KernelPlan, int8: Int8Gemm) -> Result<PlanRunner, GpuError> {
-        check_storage(&plan).map_err(GpuError::Driver)?;
+        // `resolve_launches` (below) checks the plan's storage for both runners; a refused
+        // plan only costs these buffers, freed on return.
         let st = &gpu.stream;
         let (const_bytes, const_off) = pack_consts(&plan);
         let consts = st.clone_htod(&const_bytes).map_err(drv)?;

@@ -141,7 +141,10 @@ impl Op {
         let f32_in = inputs.first() == Some(&DType::F32);
         match self {
             // FP32 plans: every convolution on the direct kernel (small networks only)
-            Op::Conv { .. } if f32_in => "conv_direct_f32",
+            Op::Conv {
+                kernel: ConvKernel::GemmF16 | ConvKernel::DirectF16,
+                ..
+            } if f32_in => "conv_direct_f32",
             Op::Conv { kernel, .. } => match kernel {
                 ConvKernel::GemmI8 => "conv_i8_imma",
                 ConvKernel::GemmF16 => "conv_f16_mma",
