@@ -666,6 +666,15 @@ fn same_bits(got: &[u16], want: &[f32]) -> bool {
     got.len() == want.len() && got.iter().zip(want).all(|(g, w)| *g == f2h(*w))
 }
 
+/// `kernel(params, x, y)` over `out` f16 outputs, one thread each (pool, resize).
+fn run_params_op<P: Copy>(kernel: &str, p: P, x: &[u16], out: usize) -> Vec<u16> {
+    let mut y = vec![0u16; out];
+    let mut args = Args::new();
+    args.arg(p).ptr(x.as_ptr()).ptr(y.as_mut_ptr());
+    run(kernel, &elementwise_config(out), &mut args);
+    y
+}
+
 #[test]
 fn unary_f16_equals_the_twin_for_every_activation() {
     if !bevrt_kernels_emu::available() {
@@ -794,11 +803,7 @@ fn pool_f16_equals_the_twin() {
             mode,
             count_include_pad: cip,
         };
-        let out = (n * c) * (oh * ow) as usize;
-        let mut y = vec![0u16; out];
-        let mut args = Args::new();
-        args.arg(p).ptr(x.as_ptr()).ptr(y.as_mut_ptr());
-        run("pool_f16", &elementwise_config(out), &mut args);
+        let y = run_params_op("pool_f16", p, &x, (n * c) * (oh * ow) as usize);
         let want = reference::pool(&p, &unhalve(&x));
         assert!(
             same_bits(&y, &want),
@@ -834,11 +839,7 @@ fn resize_f16_equals_the_twin_in_every_mode() {
                         scale_h: oh as f32 / h as f32,
                         scale_w: ow as f32 / w as f32,
                     };
-                    let out = 2 * (oh * ow) as usize;
-                    let mut y = vec![0u16; out];
-                    let mut args = Args::new();
-                    args.arg(p).ptr(x.as_ptr()).ptr(y.as_mut_ptr());
-                    run("resize_f16", &elementwise_config(out), &mut args);
+                    let y = run_params_op("resize_f16", p, &x, 2 * (oh * ow) as usize);
                     let want = reference::resize(&p, &unhalve(&x));
                     assert!(
                         same_bits(&y, &want),
