@@ -1,5 +1,5 @@
-//! `bevrt-tool bundle init|verify`: make a bundle from ONNX files a user exported, and check
-//! one.
+//! `bevrt-tool bundle init|verify|sign|selftest`: make a bundle from ONNX files a user
+//! exported, check one, sign it, record or run its self-test.
 
 use anyhow::Context;
 use bevrt_models::*;
@@ -9,8 +9,13 @@ use std::path::PathBuf;
 pub enum BundleCmd {
     /// Make a bundle directory from exported ONNX files.
     Init(Box<InitArgs>),
-    /// Check a bundle: manifest, file digests, and that each ONNX file parses.
+    /// Check a bundle: manifest, file digests, that each ONNX file parses, and with --pubkey
+    /// its signature (and that it holds no file the manifest does not name).
     Verify(VerifyArgs),
+    /// Sign a bundle's manifest in the minisign format (bundle.toml.minisig).
+    Sign(crate::trust_cmd::SignArgs),
+    /// Record (--record) or run the self-test vectors a bundle carries.
+    Selftest(crate::trust_cmd::SelftestArgs),
 }
 
 #[derive(clap::Args)]
@@ -68,6 +73,9 @@ pub struct InitArgs {
 #[derive(clap::Args)]
 pub struct VerifyArgs {
     pub dir: PathBuf,
+    /// minisign public key (file, or its base64 line) the bundle must be signed by.
+    #[arg(long)]
+    pub pubkey: Option<String>,
 }
 
 fn floats(s: &str, n: usize, what: &str) -> anyhow::Result<Vec<f32>> {
@@ -87,6 +95,8 @@ pub fn run(cmd: &BundleCmd) -> anyhow::Result<()> {
     match cmd {
         BundleCmd::Init(a) => init(a),
         BundleCmd::Verify(a) => verify(a),
+        BundleCmd::Sign(a) => crate::trust_cmd::sign(a),
+        BundleCmd::Selftest(a) => crate::trust_cmd::selftest(a),
     }
 }
 
@@ -227,7 +237,16 @@ fn init(a: &InitArgs) -> anyhow::Result<()> {
     let calibration = match &a.calibration {
         None => None,
         Some(p) => {
-            anyhow::ensure!(p.is_file(), "{}: calibration file not found", p.display());
+            anyhow::ensure!(
+                p.is_file(),
+                "{}: {}",
+                p.display(),
+                if p.is_dir() {
+                    "is a directory, expected a calibration file"
+                } else {
+                    "calibration file not found"
+                }
+            );
             files.push((p.clone(), "calibration.toml".into()));
             Some(ModelFile {
                 role: "calibration".into(),
@@ -278,9 +297,11 @@ fn init(a: &InitArgs) -> anyhow::Result<()> {
         },
         embedding_stats: None,
         afv: None,
+        selftest: None,
         provenance: Default::default(),
     };
     let b = write_bundle(&a.out, manifest, &files)?;
+    crate::trust_cmd::record_after_write(&b.dir);
     println!(
         "wrote {} ({} task, {} file(s))",
         b.dir.display(),
@@ -291,7 +312,15 @@ fn init(a: &InitArgs) -> anyhow::Result<()> {
 }
 
 fn verify(a: &VerifyArgs) -> anyhow::Result<()> {
-    let b = Bundle::load(&a.dir)?;
+    let b = match &a.pubkey {
+        Some(k) => {
+            let key = bevrt_models::signature::load_public_key(k)?;
+            let s = bevrt_models::signature::load_trusted(&a.dir, &key)?;
+            println!("signature ok: key {} ({})", s.key_id, s.trusted_comment);
+            s.bundle
+        }
+        None => Bundle::load(&a.dir)?,
+    };
     for m in &b.manifest.models {
         let p = b.dir.join(&m.file);
         let s = bevrt_models::inspect(&p)?;

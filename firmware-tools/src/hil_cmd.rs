@@ -59,6 +59,17 @@ pub struct HilArgs {
     /// JUnit XML report path (default OUT/junit.xml).
     #[arg(long)]
     pub junit: Option<PathBuf>,
+    /// Instead of the fault matrix: a soak run of this long (e.g. 1h, 2m, 90s) at full rate,
+    /// with calibration reloads, sink stalls, camera unplugs and bundle swaps, watching
+    /// memory, file descriptors and threads (see `soak.rs`).
+    #[arg(long)]
+    pub soak: Option<String>,
+    /// Soak: seconds between injected faults.
+    #[arg(long, default_value_t = 120.0)]
+    pub fault_every: f64,
+    /// Soak: largest acceptable resident-memory growth after warm-up, percent.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_rss_growth: f64,
 }
 
 struct Outcome {
@@ -153,6 +164,30 @@ fn seqs(results: &Path) -> Vec<u64> {
 }
 
 pub fn hil(a: &HilArgs) -> Result<()> {
+    if let Some(d) = &a.soak {
+        let bevrt = bevrt_path(a)?;
+        anyhow::ensure!(
+            a.fault_every.is_finite() && a.fault_every >= 5.0,
+            "--fault-every {}: at least 5 seconds (a fault needs time to settle)",
+            a.fault_every
+        );
+        let ok = crate::soak::soak(&crate::soak::SoakConfig {
+            bevrt: &bevrt,
+            bundle: &a.bundle,
+            out: &a.out,
+            duration: crate::soak::parse_duration(d)?,
+            fault_every: Duration::from_secs_f64(a.fault_every),
+            seed: a.seed,
+            max_rss_growth: a.max_rss_growth,
+        })?;
+        if !ok {
+            bail!(
+                "soak failed (see {})",
+                a.out.join("soak/report.json").display()
+            );
+        }
+        return Ok(());
+    }
     let bevrt = bevrt_path(a)?;
     let bundle = bevrt_models::Bundle::load(&a.bundle)?;
     std::fs::create_dir_all(&a.out)?;
@@ -437,9 +472,15 @@ pub fn hil(a: &HilArgs) -> Result<()> {
         let copy = a.out.join("bundle-copy");
         let _ = std::fs::remove_dir_all(&copy);
         std::fs::create_dir_all(&copy)?;
-        for f in std::fs::read_dir(&bundle.dir)? {
-            let f = f?;
-            std::fs::copy(f.path(), copy.join(f.file_name()))?;
+        for f in bundle
+            .files()
+            .map(|f| f.file.as_str())
+            .chain(["bundle.toml"])
+        {
+            if let Some(parent) = copy.join(f).parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::copy(bundle.dir.join(f), copy.join(f))?;
         }
         let out = a.out.join("bundle-replaced");
         let mut args = run_args("sim:?seed=2&fps=25".into(), &out, &["--duration", "2"]);

@@ -10,6 +10,8 @@ mod kernels_cmd;
 mod letsmap;
 mod quantize_cmd;
 mod sim_cmd;
+mod soak;
+mod trust_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -58,6 +60,13 @@ enum Cmd {
     /// The synthetic driving world: record sequences with ground truth.
     #[command(subcommand)]
     Sim(sim_cmd::SimCmd),
+    /// Make a minisign key pair for signing bundles (PREFIX.pub, PREFIX.key).
+    Keygen(trust_cmd::KeygenArgs),
+    /// Install a bundle into an A/B store: copy to the inactive slot, verify, switch atomically.
+    Deploy(trust_cmd::DeployArgs),
+    /// Inspect an A/B bundle store.
+    #[command(subcommand)]
+    Store(trust_cmd::StoreCmd),
 }
 
 #[derive(Subcommand)]
@@ -95,6 +104,9 @@ fn main() {
         Cmd::Afv(AfvCmd::Distance(a)) => afv::fisher::distance(a),
         Cmd::Embed(a) => afv::fisher::embed(a),
         Cmd::Probe(a) => afv::probe::probe(a),
+        Cmd::Keygen(a) => trust_cmd::keygen(a),
+        Cmd::Deploy(a) => trust_cmd::deploy(a),
+        Cmd::Store(c) => trust_cmd::store(c),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -380,6 +380,7 @@ pub fn quantize(args: &QuantizeArgs) -> Result<()> {
     let written = derive_bundle(&bundle, &final_models, &args.out, Some(prov));
     let _ = std::fs::remove_dir_all(&work);
     written?;
+    crate::trust_cmd::record_after_write(&args.out);
     print_report(&report);
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
@@ -470,6 +471,8 @@ fn derive_bundle(
         .with_context(|| format!("{}: cannot create", staging.display()))?;
     let r = (|| -> Result<Bundle> {
         let mut manifest = src.manifest.clone();
+        // The parent's test vectors describe the parent; the caller records new ones.
+        manifest.selftest = None;
         let mut files = vec![];
         // Every file the manifest names (models, calibration, AFV data), replaced or copied.
         for m in src.manifest.files() {

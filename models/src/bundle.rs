@@ -260,6 +260,28 @@ fn is_one(v: &usize) -> bool {
     *v == 1
 }
 
+/// Test vectors the bundle carries, recorded when it was made (`bundle init`, `quantize`,
+/// `finetune`, or `bundle selftest --record`): a frame and the outputs the reference CPU
+/// path computed for it. Before a device runs a new bundle it feeds the frame through its own
+/// backend and compares (`bevrt_runtime::selftest`), so a bundle that computes something else
+/// on this machine (wrong runtime version, broken backend, mismatched files) never goes live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfTest {
+    /// PNG, RGB8, at the input size: fed as a camera frame would be.
+    pub frame: ModelFile,
+    /// npy, float32: the expected raw output tensors, in the model's output order.
+    pub outputs: Vec<ModelFile>,
+    /// Largest allowed |actual − expected| per output, as a fraction of
+    /// max(1, max |expected|): covers FP16 and INT8 backends, not a different network.
+    pub tolerance: f32,
+    /// bev: smallest share of map cells whose class must agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_class_agreement: Option<f32>,
+    /// The backend and bevrt version that computed the outputs.
+    pub recorded_with: String,
+}
+
 /// The parsed `bundle.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -288,6 +310,9 @@ pub struct Manifest {
     /// Adversarial Fisher Vector output (see [`AfvSpec`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub afv: Option<AfvSpec>,
+    /// Test vectors for the on-device self-test (see [`SelfTest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selftest: Option<SelfTest>,
     /// Free-form provenance: how the model was trained or quantized, with what result.
     #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
     pub provenance: toml::Table,
@@ -336,6 +361,11 @@ impl Manifest {
         }
         if self.outputs.is_empty() {
             return bad("field 'outputs': at least one output is required".into());
+        }
+        if let Some(t) = &self.selftest
+            && !(t.tolerance.is_finite() && t.tolerance >= 0.0)
+        {
+            return bad("field 'selftest.tolerance': must be finite and >= 0".into());
         }
         if (self.embedding_norm == EmbeddingNorm::Standardize) != self.embedding_stats.is_some() {
             return bad(
@@ -391,11 +421,16 @@ impl Manifest {
             .afv
             .iter()
             .flat_map(|a| std::iter::once(&a.head_weight).chain(a.fisher.iter()));
+        let selftest = self
+            .selftest
+            .iter()
+            .flat_map(|t| std::iter::once(&t.frame).chain(t.outputs.iter()));
         self.models
             .iter()
             .chain(self.calibration.iter())
             .chain(self.embedding_stats.iter())
             .chain(afv)
+            .chain(selftest)
     }
 
     fn files_mut(&mut self) -> Vec<&mut ModelFile> {
@@ -405,6 +440,10 @@ impl Manifest {
         if let Some(a) = self.afv.as_mut() {
             v.push(&mut a.head_weight);
             v.extend(a.fisher.iter_mut());
+        }
+        if let Some(t) = self.selftest.as_mut() {
+            v.push(&mut t.frame);
+            v.extend(t.outputs.iter_mut());
         }
         v
     }
@@ -523,7 +562,9 @@ impl Bundle {
 
 /// Write `manifest` and copy `files` (source path, name in bundle) into a new bundle at `out`,
 /// filling in the digests. Written to a temporary sibling directory and renamed, so a failure
-/// leaves nothing half-written.
+/// leaves nothing half-written. Files the manifest does not name are not copied (a derived
+/// bundle that drops, say, a stale self-test passes its parent's file list unchanged), so a
+/// bundle never holds a file its signature would not cover.
 pub fn write_bundle(
     out: &Path,
     mut manifest: Manifest,
@@ -551,8 +592,13 @@ pub fn write_bundle(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let result = (|| {
-        for (src, name) in files {
+        let named: std::collections::BTreeSet<String> =
+            manifest.files().map(|f| f.file.clone()).collect();
+        for (src, name) in files.iter().filter(|(_, n)| named.contains(n)) {
             let dst = tmp.join(name);
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent).map_err(io(parent))?;
+            }
             std::fs::copy(src, &dst).map_err(io(src))?;
             let digest = sha256_file(&dst)?;
             for m in manifest.files_mut() {

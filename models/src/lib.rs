@@ -2,6 +2,10 @@
 //!
 //! - [`bundle`]: the bundle directory format (`bundle.toml` + hashed files), loading with
 //!   digest checks, writing atomically.
+//! - [`signature`]: minisign signatures over a bundle's manifest; trusted loading.
+//! - [`store`]: the A/B bundle store (atomic deploy, trial, rollback, journal).
+//! - [`limits`]: what an ONNX file may declare (memory, nodes, depth, cycles) before any
+//!   engine builds it: hostile files are refused, not run out of memory.
 //! - [`onnx`]: reading an ONNX file's interface with errors that name the file.
 //! - [`letsmap`]: the reference BEV architecture letsmap-lite (layer lists, classes, grid).
 //! - [`export`]: our ONNX exporter (Conv chains) and its CPU reference.
@@ -11,8 +15,11 @@
 pub mod bundle;
 pub mod export;
 pub mod letsmap;
+pub mod limits;
 pub mod onnx;
 pub mod quant;
+pub mod signature;
+pub mod store;
 
 pub use bundle::{
     AfvSpec, Bundle, BundleError, ChannelOrder, ClassSpec, EmbeddingNorm, GridSpec, InputDtype,
@@ -26,5 +33,5 @@ pub use export::{
 pub use letsmap::{ConvLayer, LetsMapLite};
 pub use onnx::{
     LegalizeOptions, OnnxError, OnnxSummary, TensorInfo, inspect, legalize, load_for_tract,
-    read_proto,
+    proto_from_bytes, read_proto, read_proto_within,
 };

@@ -15,6 +15,9 @@
 //!   counting.
 //! - [`conformance`], [`bench`]: the ONNX node-case runner and the benchmark.
 //! - [`npy`]: `.npy` read/write.
+//! - [`selftest`]: the on-device self-test from the test vectors a bundle carries.
+//! - [`supervisor`]: model updates from an A/B bundle store while the pipeline runs (load,
+//!   verify, self-test, swap, trial, rollback).
 //! - [`demo`]: the shipped letsmap-lite bundle (embedded) on a simulated drive.
 
 pub mod afv;
@@ -30,8 +33,10 @@ pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;
 pub mod queue;
+pub mod selftest;
 pub mod sink;
 pub mod source;
+pub mod supervisor;
 
 pub use backend::{Backend, BackendKind, BackendOptions};
 pub use frame::{Frame, PixelFormat};

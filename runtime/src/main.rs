@@ -4,7 +4,7 @@
 use anyhow::Context;
 use bevrt_models::Bundle;
 use bevrt_runtime::backend::{self, BackendKind, BackendOptions};
-use bevrt_runtime::{bench, conformance, pipeline, sink, source};
+use bevrt_runtime::{bench, conformance, pipeline, sink, source, supervisor};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,8 +39,23 @@ enum Cmd {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Bundle directory (holding bundle.toml).
+    #[arg(long, required_unless_present = "store", conflicts_with = "store")]
+    bundle: Option<PathBuf>,
+    /// Run the active slot of an A/B bundle store (`bevrt-tool deploy`): verified and
+    /// self-tested at start, new deployments swapped in while running, a bundle that fails
+    /// its trial rolled back.
     #[arg(long)]
-    bundle: PathBuf,
+    store: Option<PathBuf>,
+    /// minisign public key (file or base64 line): refuse a bundle it did not sign. A store's
+    /// own trust.pub applies without this.
+    #[arg(long)]
+    trust: Option<String>,
+    /// Store: frames a newly deployed bundle must process before it is confirmed.
+    #[arg(long, default_value_t = 30)]
+    trial_frames: u64,
+    /// Store: inference errors tolerated during a trial before rolling back.
+    #[arg(long, default_value_t = 2)]
+    trial_max_errors: u64,
     /// Frame source: images:GLOB[?fps=N], replay:DIR[?fps=N|?realtime],
     /// v4l:/dev/videoN?width=W&height=H&fps=F&format=yuyv|mjpeg.
     #[arg(long)]
@@ -80,6 +95,21 @@ struct RunArgs {
     /// Fault injection (HIL): delay every sink write by this many milliseconds.
     #[arg(long, hide = true, default_value_t = 0)]
     fault_sink_delay_ms: u64,
+    /// Fault injection (soak): EVERY_S:FOR_MS, one sink write stalls FOR_MS every EVERY_S s.
+    #[arg(long, hide = true)]
+    fault_sink_stall: Option<String>,
+}
+
+/// `EVERY_S:FOR_MS` of `--fault-sink-stall`.
+fn sink_stall(spec: &Option<String>) -> anyhow::Result<Option<(Duration, Duration)>> {
+    let Some(s) = spec else { return Ok(None) };
+    let parsed = s.split_once(':').and_then(|(e, f)| {
+        let (e, f) = (e.parse::<f64>().ok()?, f.parse::<u64>().ok()?);
+        (e.is_finite() && e > 0.0).then(|| (Duration::from_secs_f64(e), Duration::from_millis(f)))
+    });
+    parsed
+        .map(Some)
+        .with_context(|| format!("--fault-sink-stall '{s}': expected EVERY_S:FOR_MS"))
 }
 
 #[derive(clap::Args)]
@@ -194,11 +224,72 @@ fn backend_opts(threads: Option<usize>, int8_kernels: bool) -> BackendOptions {
     o
 }
 
+/// The bundle to run and its backend, with a store supervisor when running from a store.
+type RunModel = (
+    Bundle,
+    Box<dyn bevrt_runtime::Backend>,
+    Option<Box<dyn supervisor::ModelUpdates>>,
+);
+
+fn trust_key(a: &RunArgs) -> anyhow::Result<Option<bevrt_models::signature::PublicKey>> {
+    Ok(a.trust
+        .as_deref()
+        .map(bevrt_models::signature::load_public_key)
+        .transpose()?)
+}
+
+/// `--bundle DIR`, checked (and with `--trust`, its signature) before anything else opens.
+fn load_bundle(a: &RunArgs, dir: &std::path::Path) -> anyhow::Result<Bundle> {
+    Ok(match trust_key(a)? {
+        Some(k) => {
+            let s = bevrt_models::signature::load_trusted(dir, &k)?;
+            log::info!(
+                "{}: signed by key {} ({})",
+                dir.display(),
+                s.key_id,
+                s.trusted_comment
+            );
+            s.bundle
+        }
+        None => Bundle::load(dir)?,
+    })
+}
+
+/// `--store DIR`: the active slot (rolled back while it fails), and its supervisor.
+fn open_store(
+    a: &RunArgs,
+    dir: &std::path::Path,
+    calib: Option<PathBuf>,
+) -> anyhow::Result<RunModel> {
+    let store = bevrt_models::store::Store::open(dir, false)?;
+    let cfg = supervisor::LoadConfig {
+        kind: a.backend,
+        options: backend_opts(a.threads, a.int8_kernels),
+        calibration: calib,
+        trust: trust_key(a)?,
+        trial_frames: a.trial_frames,
+        max_errors: a.trial_max_errors,
+    };
+    let loaded = supervisor::start(&store, &cfg)?;
+    let sup = supervisor::StoreSupervisor::new(store, cfg, &loaded)?;
+    Ok((loaded.active.bundle, loaded.backend, Some(Box::new(sup))))
+}
+
 fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
-    let bundle = Bundle::load(&a.bundle)?;
+    let given = match (&a.store, &a.bundle) {
+        (None, Some(dir)) => Some(load_bundle(&a, dir)?),
+        (None, None) => anyhow::bail!("--bundle or --store is required"),
+        _ => None,
+    };
     let src = source::open(&a.source)?;
     let calib = a.calib.clone().or_else(|| src.calibration_path());
-    let be = backend::open(a.backend, &bundle, &backend_opts(a.threads, a.int8_kernels))?;
+    let (bundle, be, updates) = match given {
+        Some(b) => {
+            let be = backend::open(a.backend, &b, &backend_opts(a.threads, a.int8_kernels))?;
+            (b, be, None)
+        }
+        None => open_store(&a, a.store.as_deref().expect("checked"), calib.clone())?,
+    };
     let kinds = if a.sinks.is_empty() {
         sink::default_sinks(bundle.manifest.task)
     } else {
@@ -212,9 +303,10 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         report_every: Duration::from_secs_f64(a.report_every.max(0.1)),
         calibration: calib,
         sink_delay: Duration::from_millis(a.fault_sink_delay_ms),
+        sink_stall: sink_stall(&a.fault_sink_stall)?,
         metrics_out: Some(a.out.join("metrics.jsonl")),
     };
-    let report = pipeline::run(src, be, sinks, &opts)?;
+    let report = pipeline::run_supervised(src, be, sinks, &opts, updates)?;
     log::info!("done ({}): {}", report.ended_by, report.line());
     let al = &report.allocations;
     if al.measured && al.frames_counted > 0 {
@@ -347,6 +439,7 @@ fn cmd_demo(a: DemoArgs) -> anyhow::Result<()> {
         embedding_norm: EmbeddingNorm::None,
         embedding_stats: None,
         afv: None,
+        selftest: None,
         provenance: Default::default(),
     };
     let bundle = write_bundle(&bundle_dir, manifest, &[(onnx, "model.onnx".into())])?;

@@ -16,6 +16,7 @@ use crate::postprocess::FrameResult;
 use crate::queue::{BoundedQueue, Pop};
 use crate::sink::Sink;
 use crate::source::{FrameSource, SourceStatus};
+use crate::supervisor::{ModelUpdates, UpdateEvent};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -44,6 +45,8 @@ pub struct PipelineOptions {
     pub calibration: Option<PathBuf>,
     /// Fault injection for HIL tests: sleep this long in every sink write.
     pub sink_delay: Duration,
+    /// Fault injection for soak tests: every `.0`, one sink write stalls for `.1`.
+    pub sink_stall: Option<(Duration, Duration)>,
     /// Where periodic metrics lines go (besides the log).
     pub metrics_out: Option<PathBuf>,
 }
@@ -56,6 +59,7 @@ impl Default for PipelineOptions {
             report_every: Duration::from_secs(5),
             calibration: None,
             sink_delay: Duration::ZERO,
+            sink_stall: None,
             metrics_out: None,
         }
     }
@@ -73,6 +77,9 @@ struct Counters {
     sink_errors: AtomicU64,
     calib_reloads: AtomicU64,
     calib_errors: AtomicU64,
+    model_swaps: AtomicU64,
+    model_rollbacks: AtomicU64,
+    model_refused: AtomicU64,
     capture_allocs: AtomicU64,
     capture_counted: AtomicU64,
     sink_allocs: AtomicU64,
@@ -115,6 +122,11 @@ pub struct RunReport {
     pub sink_errors: u64,
     pub calibration_reloads: u64,
     pub calibration_errors: u64,
+    /// Model updates from a bundle store: swapped in, rolled back after a failed trial,
+    /// refused before they ran (verification, load or self-test failed).
+    pub model_swaps: u64,
+    pub model_rollbacks: u64,
+    pub model_updates_refused: u64,
     pub fps: f64,
     pub stages: BTreeMap<&'static str, StageSummary>,
     pub allocations: AllocReport,
@@ -168,10 +180,22 @@ pub fn rss_kib() -> u64 {
 
 /// Run `source` through `backend` into `sinks` until the stream ends or a limit is hit.
 pub fn run(
+    source: Box<dyn FrameSource>,
+    backend: Box<dyn Backend>,
+    sinks: Vec<Box<dyn Sink>>,
+    opts: &PipelineOptions,
+) -> anyhow::Result<RunReport> {
+    run_supervised(source, backend, sinks, opts, None)
+}
+
+/// [`run`], with `updates` allowed to replace the backend between frames (a bundle store's
+/// new or rolled-back bundle) and told how each frame went.
+pub fn run_supervised(
     mut source: Box<dyn FrameSource>,
     mut backend: Box<dyn Backend>,
     mut sinks: Vec<Box<dyn Sink>>,
     opts: &PipelineOptions,
+    mut updates: Option<Box<dyn ModelUpdates>>,
 ) -> anyhow::Result<RunReport> {
     let counters = Arc::new(Counters::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -283,10 +307,12 @@ pub fn run(
             sink_hist.clone(),
         );
         let delay = opts.sink_delay;
+        let stall = opts.sink_stall;
         std::thread::Builder::new()
             .name("bevrt-sink".into())
             .spawn(move || {
                 let mut n = 0u64;
+                let mut next_stall = stall.map(|(every, _)| Instant::now() + every);
                 loop {
                     let r = match results_q.pop_timeout(Duration::from_millis(200)) {
                         Pop::Item(r) => r,
@@ -297,6 +323,12 @@ pub fn run(
                     let t0 = Instant::now();
                     if !delay.is_zero() {
                         std::thread::sleep(delay);
+                    }
+                    if let (Some((every, length)), Some(at)) = (stall, next_stall)
+                        && t0 >= at
+                    {
+                        std::thread::sleep(length);
+                        next_stall = Some(at + every);
                     }
                     let mut ok = true;
                     for s in sinks.iter_mut() {
@@ -384,6 +416,9 @@ pub fn run(
             sink_errors: c.sink_errors.load(Ordering::Relaxed),
             calibration_reloads: c.calib_reloads.load(Ordering::Relaxed),
             calibration_errors: c.calib_errors.load(Ordering::Relaxed),
+            model_swaps: c.model_swaps.load(Ordering::Relaxed),
+            model_rollbacks: c.model_rollbacks.load(Ordering::Relaxed),
+            model_updates_refused: c.model_refused.load(Ordering::Relaxed),
             fps: if elapsed > 0.0 {
                 processed as f64 / elapsed
             } else {
@@ -436,6 +471,20 @@ pub fn run(
                         log::error!("calibration not applied, keeping the previous one: {e:#}");
                     }
                 }
+            }
+        }
+        // Model updates, like calibration, change the backend between frames only.
+        if let Some(u) = updates.as_mut()
+            && let Some(event) = u.between_frames(&mut backend)
+        {
+            let counter = match event {
+                UpdateEvent::Swapped => Some(&counters.model_swaps),
+                UpdateEvent::RolledBack => Some(&counters.model_rollbacks),
+                UpdateEvent::Refused => Some(&counters.model_refused),
+                UpdateEvent::Confirmed => None,
+            };
+            if let Some(c) = counter {
+                c.fetch_add(1, Ordering::Relaxed);
             }
         }
         if last_report.elapsed() >= opts.report_every {
@@ -505,6 +554,9 @@ pub fn run(
         })();
         let ready_at = frame.ready_at;
         let _ = free_frames.try_push(frame);
+        if let Some(u) = updates.as_mut() {
+            u.frame_done(outcome.is_ok());
+        }
         match outcome {
             Ok(()) => {
                 hist.record(Stage::CaptureToReady, queue_ns);
@@ -614,5 +666,5 @@ fn mtime(p: &std::path::Path) -> Option<std::time::SystemTime> {
 fn device_since(backend: &dyn crate::backend::Backend, at_warmup: Option<u64>) -> Option<u64> {
     backend
         .device_allocations()
-        .map(|now| now - at_warmup.unwrap_or(now))
+        .map(|now| now.saturating_sub(at_warmup.unwrap_or(now)))
 }

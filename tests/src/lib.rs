@@ -1,6 +1,7 @@
 //! Helpers shared by bevrt's integration, HIL and conformance tests.
 
 pub mod device_report;
+pub mod fuzz_targets;
 
 use std::path::{Path, PathBuf};
 
@@ -214,4 +215,91 @@ pub fn tract_outputs(path: &Path, shape: &[usize], x: &[f32]) -> Vec<Vec<f32>> {
                 .collect()
         })
         .collect()
+}
+
+/// A small `features` bundle built from scratch (no shared data): Conv 3→32 (3x3, stride 2)
+/// → ReLU → Flatten → Linear to 32 on a 32x32 RGB input, weights from `seed` (so bundles
+/// of different seeds compute different vectors), about 1 MB of ONNX. With `selftest`, its
+/// test vectors are recorded by the CPU reference backend.
+pub fn tiny_features_bundle(out: &Path, seed: u64, version: &str, selftest: bool) -> PathBuf {
+    use bevrt_models::export::{SeqLayer, SeqOp, sequential_to_onnx};
+    use bevrt_models::*;
+    let l = |name: &str, op| SeqLayer {
+        name: name.into(),
+        op,
+        expose: None,
+    };
+    let layers = vec![
+        l(
+            "c1",
+            SeqOp::Conv {
+                weight: noise(32 * 3 * 9, seed, -0.3, 0.3),
+                bias: noise(32, seed + 1, -0.1, 0.1),
+                cin: 3,
+                cout: 32,
+                k: 3,
+                stride: 2,
+                pad: 1,
+            },
+        ),
+        l("r1", SeqOp::Relu),
+        l("flat", SeqOp::Flatten),
+        l(
+            "fc",
+            SeqOp::Linear {
+                weight: noise(32 * 32 * 256, seed + 2, -0.05, 0.05),
+                bias: noise(32, seed + 3, -0.1, 0.1),
+                cin: 32 * 256,
+                cout: 32,
+            },
+        ),
+    ];
+    let bytes = sequential_to_onnx("tiny", "x", &[1, 3, 32, 32], "e", &layers, "test")
+        .expect("export the tiny features network");
+    let staging = out.with_extension("onnx-staging");
+    std::fs::create_dir_all(&staging).expect("staging dir");
+    let onnx = staging.join("model.onnx");
+    std::fs::write(&onnx, bytes).expect("write onnx");
+    let manifest = Manifest {
+        format: 1,
+        name: "tiny".into(),
+        version: version.into(),
+        task: Task::Features,
+        description: format!("test features network, seed {seed}"),
+        models: vec![ModelFile {
+            role: "model".into(),
+            file: "model.onnx".into(),
+            sha256: "0".repeat(64),
+        }],
+        input: InputSpec {
+            name: None,
+            width: 32,
+            height: 32,
+            channels: ChannelOrder::Rgb,
+            layout: Layout::Nchw,
+            dtype: InputDtype::F32,
+            mean: vec![0.5; 3],
+            std: vec![0.25; 3],
+        },
+        outputs: vec![OutputSpec {
+            name: None,
+            kind: OutputKind::Embedding,
+            labels: vec![],
+        }],
+        grid: None,
+        classes: vec![],
+        calibration: None,
+        embedding_norm: EmbeddingNorm::None,
+        embedding_stats: None,
+        afv: None,
+        selftest: None,
+        provenance: Default::default(),
+    };
+    write_bundle(out, manifest, &[(onnx, "model.onnx".into())]).expect("write the tiny bundle");
+    let _ = std::fs::remove_dir_all(&staging);
+    if selftest {
+        bevrt_runtime::selftest::record(out, bevrt_runtime::selftest::DEFAULT_TOLERANCE)
+            .expect("record self-test vectors");
+    }
+    out.to_path_buf()
 }

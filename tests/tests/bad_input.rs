@@ -74,18 +74,11 @@ fn hash_mismatch_names_the_file() {
 fn with_model_bytes(b: &Path, bytes: &[u8]) {
     std::fs::write(b.join("model.onnx"), bytes).unwrap();
     let digest = bevrt_models::sha256_file(&b.join("model.onnx")).unwrap();
-    let m = b.join("bundle.toml");
-    let text = std::fs::read_to_string(&m).unwrap();
-    let mut out = String::new();
-    for line in text.lines() {
-        if line.starts_with("sha256 = ") {
-            out.push_str(&format!("sha256 = \"{digest}\"\n"));
-        } else {
-            out.push_str(line);
-            out.push('\n');
-        }
+    let mut m = Bundle::load_unverified(b).unwrap().manifest;
+    for f in m.models.iter_mut().filter(|f| f.file == "model.onnx") {
+        f.sha256 = digest.clone();
     }
-    std::fs::write(m, out).unwrap();
+    std::fs::write(b.join("bundle.toml"), m.to_toml()).unwrap();
 }
 
 #[test]
@@ -152,7 +145,8 @@ fn unknown_scheme_and_missing_v4l_device() {
     assert!(e.to_string().contains("/nonexistent/dir/*.png"), "{e}");
     let e = source::open("replay:/nonexistent/rec").err().unwrap();
     assert!(
-        e.to_string().contains("/nonexistent/rec/recording.toml"),
+        e.to_string().contains("/nonexistent/rec")
+            && e.to_string().contains("no such recording directory"),
         "{e}"
     );
     assert_clean_failure(

@@ -167,6 +167,7 @@ pub fn embed(a: &EmbedArgs) -> Result<()> {
             bevrt_runtime::npy::write_f32(&mut f, &[2, d], &flat)?;
         }
         let mut manifest = bundle.manifest.clone();
+        manifest.selftest = None; // recorded for the network before standardisation
         manifest.embedding_norm = bevrt_models::EmbeddingNorm::Standardize;
         manifest.embedding_stats = Some(ModelFile {
             role: "embedding_stats".into(),
@@ -300,6 +301,7 @@ pub fn fit(a: &FitArgs) -> Result<()> {
         a.eps
     );
     let mut manifest = bundle.manifest.clone();
+    manifest.selftest = None; // the Fisher tail changes what the bundle computes
     let mut s = spec;
     s.eps = a.eps;
     s.power_norm = a.power_norm;

@@ -583,6 +583,7 @@ fn write_probe_bundle(
     std::fs::write(tmp.join("probe.onnx"), bytes)?;
     let mut manifest = src.manifest.clone();
     manifest.task = Task::Classify;
+    manifest.selftest = None; // a new network: the parent's vectors do not describe it
     manifest.name = format!("{}-probe", manifest.name);
     manifest.description = format!("{} + linear probe", manifest.description);
     manifest.models.retain(|f| f.role == "model");

@@ -357,6 +357,7 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
             l2_norm: true,
             regions: 1,
         }),
+        selftest: None,
         provenance: prov,
     };
     let r = bevrt_models::write_bundle(&a.out, manifest, &files);

@@ -645,6 +645,7 @@ pub fn write_letsmap_bundle(
         embedding_norm: Default::default(),
         embedding_stats: None,
         afv: None,
+        selftest: None,
         provenance: prov,
     };
     let r = bevrt_models::write_bundle(
@@ -658,6 +659,7 @@ pub fn write_letsmap_bundle(
     );
     let _ = std::fs::remove_dir_all(&tmp);
     r?;
+    crate::trust_cmd::record_after_write(out);
     Ok(())
 }
 
