@@ -1,6 +1,7 @@
 //! Reading ONNX files: the graph's interface (inputs, outputs, ops), with errors that name
 //! the file. Parsing is tract-onnx's protobuf layer; nothing here runs a model.
 
+use crate::limits::{ModelLimits, check_model};
 use std::path::{Path, PathBuf};
 use tract_onnx::pb;
 use tract_onnx::prelude::Framework;
@@ -37,20 +38,29 @@ pub struct OnnxSummary {
     pub ir_version: i64,
 }
 
-/// Parse `path` as an ONNX ModelProto and summarise its interface.
-pub fn inspect(path: &Path) -> Result<OnnxSummary, OnnxError> {
-    if let Err(source) = std::fs::metadata(path) {
+/// `path` must exist and be a regular file (a directory would otherwise surface from the
+/// memory-mapping loader as "No such device (os error 19)").
+fn expect_onnx_file(path: &Path) -> Result<u64, OnnxError> {
+    let meta = std::fs::metadata(path).map_err(|source| OnnxError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_file() {
         return Err(OnnxError::Io {
             path: path.to_path_buf(),
-            source,
+            source: std::io::Error::other(if meta.is_dir() {
+                "is a directory, expected an ONNX file"
+            } else {
+                "not a regular file, expected an ONNX file"
+            }),
         });
     }
-    let proto = tract_onnx::onnx()
-        .proto_model_for_path(path)
-        .map_err(|e| OnnxError::Parse {
-            path: path.to_path_buf(),
-            message: format!("{e:#}"),
-        })?;
+    Ok(meta.len())
+}
+
+/// Parse `path` as an ONNX ModelProto and summarise its interface.
+pub fn inspect(path: &Path) -> Result<OnnxSummary, OnnxError> {
+    let proto = read_proto(path)?;
     let graph = proto.graph.as_ref().ok_or_else(|| OnnxError::Parse {
         path: path.to_path_buf(),
         message: "model has no graph".into(),
@@ -117,19 +127,56 @@ pub fn inspect(path: &Path) -> Result<OnnxSummary, OnnxError> {
 }
 
 /// Parse an ONNX file into its protobuf model, with errors naming the file.
+/// The file and what it declares are checked against [`ModelLimits::from_env`] first
+/// (see [`crate::limits`]): a hostile file is refused here, before any engine sees it.
 pub fn read_proto(path: &Path) -> Result<pb::ModelProto, OnnxError> {
-    if let Err(source) = std::fs::metadata(path) {
-        return Err(OnnxError::Io {
-            path: path.to_path_buf(),
-            source,
-        });
+    read_proto_within(path, &ModelLimits::from_env())
+}
+
+/// [`read_proto`] with explicit limits.
+pub fn read_proto_within(path: &Path, limits: &ModelLimits) -> Result<pb::ModelProto, OnnxError> {
+    let size = expect_onnx_file(path)?;
+    let refuse = |message: String| OnnxError::Parse {
+        path: path.to_path_buf(),
+        message,
+    };
+    if size > limits.memory_bytes {
+        return Err(refuse(format!(
+            "the file is {size} bytes, over the model memory limit of {} (BEVRT_MODEL_MEMORY_MB)",
+            limits.memory_bytes
+        )));
     }
-    tract_onnx::onnx()
-        .proto_model_for_path(path)
-        .map_err(|e| OnnxError::Parse {
-            path: path.to_path_buf(),
-            message: format!("{e:#}"),
-        })
+    let bytes = std::fs::read(path).map_err(|source| OnnxError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    proto_from_bytes(&bytes, path, limits)
+}
+
+/// Decode ONNX bytes and check them against `limits`; `path` names them in errors. Any
+/// byte string gives `Ok` or an error, never a panic or an unbounded allocation (fuzzed:
+/// `tests/fuzz`).
+pub fn proto_from_bytes(
+    bytes: &[u8],
+    path: &Path,
+    limits: &ModelLimits,
+) -> Result<pb::ModelProto, OnnxError> {
+    use prost::Message;
+    let refuse = |message: String| OnnxError::Parse {
+        path: path.to_path_buf(),
+        message,
+    };
+    if bytes.len() as u64 > limits.memory_bytes {
+        return Err(refuse(format!(
+            "{} bytes, over the model memory limit of {}",
+            bytes.len(),
+            limits.memory_bytes
+        )));
+    }
+    let proto =
+        pb::ModelProto::decode(bytes).map_err(|e| refuse(format!("not an ONNX model: {e}")))?;
+    check_model(&proto, limits).map_err(refuse)?;
+    Ok(proto)
 }
 
 /// Choices the front end makes for a backend.
@@ -744,10 +791,32 @@ pub fn load_for_tract(
     for r in legalize(&mut proto, opts) {
         log::debug!("{}: {r}", path.display());
     }
-    tract_onnx::onnx()
-        .model_for_proto_model(&proto)
-        .map_err(|e| OnnxError::Parse {
-            path: path.to_path_buf(),
-            message: format!("{e:#}"),
-        })
+    model_from_proto(&proto, path)
+}
+
+/// tract's inference model for a decoded (and checked) proto. A panic inside the engine on a
+/// malformed graph becomes an error naming the file, not the end of the process.
+pub fn model_from_proto(
+    proto: &pb::ModelProto,
+    path: &Path,
+) -> Result<tract_onnx::prelude::InferenceModel, OnnxError> {
+    let refuse = |message: String| OnnxError::Parse {
+        path: path.to_path_buf(),
+        message,
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tract_onnx::onnx().model_for_proto_model(proto)
+    })) {
+        Ok(r) => r.map_err(|e| refuse(format!("{e:#}"))),
+        Err(p) => {
+            let what = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(refuse(format!(
+                "the ONNX engine failed on this graph: {what}"
+            )))
+        }
+    }
 }

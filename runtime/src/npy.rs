@@ -46,58 +46,63 @@ pub fn write_f32(w: &mut impl Write, shape: &[usize], data: &[f32]) -> std::io::
 
 /// Read an `.npy` file holding little-endian f32 (`<f4`); returns shape and data.
 pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), String> {
-    let err = |m: String| format!("{}: {m}", path.display());
     let mut bytes = vec![];
     std::fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_f32(&bytes).map_err(|m| format!("{}: {m}", path.display()))
+}
+
+/// Parse `.npy` bytes holding little-endian f32 (`<f4`); returns shape and data. Any byte
+/// string gives `Ok` or an error message, never a panic (fuzzed: `tests/fuzz`).
+pub fn parse_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
+    let err = |m: &str| m.to_string();
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(err("not an .npy file".into()));
+        return Err(err("not an .npy file"));
     }
-    let (hlen, start) = match bytes[6] {
+    let (hlen, start): (usize, usize) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 => (
+        2 | 3 if bytes.len() >= 12 => (
             u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
             12,
         ),
-        v => return Err(err(format!("npy version {v} not supported"))),
+        2 | 3 => return Err(err("truncated header")),
+        v => return Err(format!("npy version {v} not supported")),
     };
     let header = std::str::from_utf8(
-        bytes
-            .get(start..start + hlen)
-            .ok_or_else(|| err("truncated header".into()))?,
+        start
+            .checked_add(hlen)
+            .and_then(|end| bytes.get(start..end))
+            .ok_or_else(|| err("truncated header"))?,
     )
-    .map_err(|_| err("header is not text".into()))?;
+    .map_err(|_| err("header is not text"))?;
     if !header.contains("'descr': '<f4'") {
-        return Err(err(format!(
-            "need little-endian float32, header is {header}"
-        )));
+        return Err(format!("need little-endian float32, header is {header}"));
     }
     if header.contains("'fortran_order': True") {
-        return Err(err("Fortran order not supported".into()));
+        return Err(err("Fortran order not supported"));
     }
     let shape_txt = header
         .split("'shape': (")
         .nth(1)
         .and_then(|s| s.split(')').next())
-        .ok_or_else(|| err("no shape in header".into()))?;
+        .ok_or_else(|| err("no shape in header"))?;
     let shape: Vec<usize> = shape_txt
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse()
-                .map_err(|_| err(format!("bad shape '{shape_txt}'")))
-        })
+        .map(|s| s.parse().map_err(|_| format!("bad shape '{shape_txt}'")))
         .collect::<Result<_, _>>()?;
-    let n: usize = shape.iter().product();
     let body = &bytes[start + hlen..];
-    if body.len() != n * 4 {
-        return Err(err(format!(
-            "data has {} bytes, shape {shape:?} needs {}",
-            body.len(),
-            n * 4
-        )));
+    let need = shape
+        .iter()
+        .try_fold(4usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape:?} overflows"))?;
+    if body.len() != need {
+        return Err(format!(
+            "data has {} bytes, shape {shape:?} needs {need}",
+            body.len()
+        ));
     }
     let data = body
         .chunks_exact(4)

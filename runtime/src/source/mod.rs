@@ -216,9 +216,14 @@ pub fn monotonic_ns() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
+/// Largest frame a decoder may produce: a file declaring more is refused before any
+/// allocation (a 100000x100000 PNG header would otherwise ask for 30 GB).
+pub const MAX_FRAME_PIXELS: u64 = 64 << 20;
+
 /// Decode a PNG or JPEG held in `bytes` straight into `frame` (RGB8 or GRAY8), without an
 /// intermediate image; `scratch` is used only for formats that need a conversion (alpha).
-pub(crate) fn decode_into(
+/// Any byte string gives `Ok` or an error, never a panic (fuzzed: `tests/fuzz`).
+pub fn decode_into(
     bytes: &[u8],
     frame: &mut Frame,
     scratch: &mut Vec<u8>,
@@ -248,6 +253,12 @@ pub(crate) fn decode_into(
     }
     let decoder = reader.into_decoder().map_err(|e| bad(e.to_string()))?;
     let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 || w as u64 * h as u64 > MAX_FRAME_PIXELS {
+        return Err(bad(format!(
+            "image of {w}x{h} pixels: empty or over the {} megapixel frame limit",
+            MAX_FRAME_PIXELS >> 20
+        )));
+    }
     let ct = decoder.color_type();
     match ct {
         ColorType::Rgb8 => {

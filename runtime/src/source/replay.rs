@@ -68,48 +68,98 @@ pub struct Recording {
     pub frames: Vec<IndexEntry>,
 }
 
+fn open_err(path: &Path, message: String) -> SourceError {
+    SourceError::Open {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
 impl Recording {
     pub fn open(dir: &Path) -> Result<Recording, SourceError> {
-        let open_err = |path: &Path, message: String| SourceError::Open {
-            path: path.to_path_buf(),
-            message,
-        };
+        if !dir.is_dir() {
+            return Err(open_err(
+                dir,
+                if dir.exists() {
+                    "is a file, expected a recording directory (holding recording.toml)".into()
+                } else {
+                    "no such recording directory".into()
+                },
+            ));
+        }
         let hpath = dir.join(RECORDING_FILE);
         let text = std::fs::read_to_string(&hpath)
             .map_err(|e| open_err(&hpath, format!("cannot read recording header: {e}")))?;
-        let info: RecordingInfo = toml::from_str(&text).map_err(|e| {
+        let (info, pixel_format) = Self::parse_header(&text, &hpath)?;
+        let ipath = dir.join(INDEX_FILE);
+        let index = std::fs::read_to_string(&ipath)
+            .map_err(|e| open_err(&ipath, format!("cannot read frame index: {e}")))?;
+        let frames = Self::parse_index(&index, dir, &ipath)?;
+        Ok(Recording {
+            dir: dir.to_path_buf(),
+            info,
+            pixel_format,
+            frames,
+        })
+    }
+
+    /// Parse and check `recording.toml` (`hpath` names it in errors). Any text gives `Ok`
+    /// or an error, never a panic (fuzzed: `tests/fuzz`).
+    pub fn parse_header(
+        text: &str,
+        hpath: &Path,
+    ) -> Result<(RecordingInfo, PixelFormat), SourceError> {
+        let info: RecordingInfo = toml::from_str(text).map_err(|e| {
             open_err(
-                &hpath,
+                hpath,
                 format!("malformed: {}", e.to_string().trim().replace('\n', " | ")),
             )
         })?;
         if info.format != 1 {
             return Err(open_err(
-                &hpath,
+                hpath,
                 format!("field 'format': version {} not supported", info.format),
             ));
         }
         let pixel_format = PixelFormat::parse(&info.pixel_format).ok_or_else(|| {
             open_err(
-                &hpath,
+                hpath,
                 format!("field 'pixel_format': unknown '{}'", info.pixel_format),
             )
         })?;
         if info.width == 0 || info.height == 0 {
             return Err(open_err(
-                &hpath,
+                hpath,
                 "fields 'width'/'height' must be > 0".into(),
             ));
         }
-        let ipath = dir.join(INDEX_FILE);
-        let index = std::fs::read_to_string(&ipath)
-            .map_err(|e| open_err(&ipath, format!("cannot read frame index: {e}")))?;
+        if info.width as u64 * info.height as u64 > super::MAX_FRAME_PIXELS {
+            return Err(open_err(
+                hpath,
+                format!(
+                    "fields 'width'/'height': {}x{} is over the {} megapixel frame limit",
+                    info.width,
+                    info.height,
+                    super::MAX_FRAME_PIXELS >> 20
+                ),
+            ));
+        }
+        Ok((info, pixel_format))
+    }
+
+    /// Parse `frames.csv` of the recording in `dir` (`ipath` names it in errors). Any text
+    /// gives `Ok` or an error, never a panic (fuzzed: `tests/fuzz`).
+    pub fn parse_index(
+        index: &str,
+        dir: &Path,
+        ipath: &Path,
+    ) -> Result<Vec<IndexEntry>, SourceError> {
         let mut frames = Vec::new();
         for (n, line) in index.lines().enumerate() {
             if n == 0 {
                 if !line.starts_with("seq,timestamp_ns,file") {
                     return Err(open_err(
-                        &ipath,
+                        ipath,
                         "line 1: expected header 'seq,timestamp_ns,file,gt'".into(),
                     ));
                 }
@@ -119,7 +169,7 @@ impl Recording {
                 continue;
             }
             let cols: Vec<&str> = line.split(',').collect();
-            let bad = |m: &str| open_err(&ipath, format!("line {}: {m}", n + 1));
+            let bad = |m: &str| open_err(ipath, format!("line {}: {m}", n + 1));
             if cols.len() < 3 {
                 return Err(bad("expected seq,timestamp_ns,file[,gt]"));
             }
@@ -132,11 +182,11 @@ impl Recording {
             if file.is_empty() || Path::new(file).is_absolute() || file.contains("..") {
                 return Err(bad("file must be a relative path inside the recording"));
             }
-            let gt = cols
-                .get(3)
-                .map(|s| s.trim())
-                .filter(|s| !s.is_empty())
-                .map(|s| dir.join(s));
+            let gt = cols.get(3).map(|s| s.trim()).filter(|s| !s.is_empty());
+            if gt.is_some_and(|g| Path::new(g).is_absolute() || g.contains("..")) {
+                return Err(bad("gt must be a relative path inside the recording"));
+            }
+            let gt = gt.map(|s| dir.join(s));
             frames.push(IndexEntry {
                 seq,
                 timestamp_ns,
@@ -144,12 +194,7 @@ impl Recording {
                 gt,
             });
         }
-        Ok(Recording {
-            dir: dir.to_path_buf(),
-            info,
-            pixel_format,
-            frames,
-        })
+        Ok(frames)
     }
 
     pub fn calibration_path(&self) -> Option<PathBuf> {
