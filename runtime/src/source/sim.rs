@@ -9,6 +9,7 @@
 //! N for S seconds of wall time, as a pulled cable does: `next_frame` returns transient
 //! errors (one per 200 ms reconnect attempt, like the V4L2 source's back-off) until the camera
 //! is back; the world went on meanwhile, so the sequence numbers jump by the frames missed.
+//! `unplug_every=T&unplug_for=S` repeats that every T seconds of wall time (soak tests).
 
 use super::{FrameSource, Pacer, SourceError, SourceSpec, SourceStatus};
 use crate::frame::{Frame, PixelFormat};
@@ -24,6 +25,9 @@ pub struct SimSource {
     /// (frame, seconds) of a simulated unplug, and when the camera comes back once started.
     unplug: Option<(u64, f64)>,
     back_at: Option<std::time::Instant>,
+    /// Periodic unplugs: (period, seconds away) and when the next one starts.
+    periodic: Option<(std::time::Duration, f64)>,
+    next_unplug: Option<std::time::Instant>,
 }
 
 /// Interval between reconnect attempts during a simulated unplug.
@@ -31,7 +35,15 @@ const RECONNECT_EVERY: std::time::Duration = std::time::Duration::from_millis(20
 
 impl SimSource {
     pub fn open(spec: &SourceSpec) -> Result<Self, SourceError> {
-        spec.only_options(&["seed", "fps", "width", "height", "unplug_at", "unplug_for"])?;
+        spec.only_options(&[
+            "seed",
+            "fps",
+            "width",
+            "height",
+            "unplug_at",
+            "unplug_for",
+            "unplug_every",
+        ])?;
         if !spec.body.is_empty() {
             return Err(spec.error(format!(
                 "unexpected '{}' after 'sim:' (use sim:?seed=S&fps=N[&width=W&height=H])",
@@ -54,12 +66,21 @@ impl SimSource {
         }
         let unplug_at: Option<u64> = spec.opt("unplug_at")?;
         let unplug_for: Option<f64> = spec.opt("unplug_for")?;
-        let unplug = match (unplug_at, unplug_for) {
-            (None, None) => None,
-            (Some(n), Some(s)) if s.is_finite() && s > 0.0 => Some((n, s)),
+        let unplug_every: Option<f64> = spec.opt("unplug_every")?;
+        let away_ok = unplug_for.is_some_and(|s| s.is_finite() && s > 0.0);
+        let (unplug, periodic) = match (unplug_at, unplug_every) {
+            (None, None) if unplug_for.is_none() => (None, None),
+            (Some(n), None) if away_ok => (Some((n, unplug_for.unwrap_or(0.0))), None),
+            (None, Some(t)) if away_ok && t.is_finite() && t > unplug_for.unwrap_or(0.0) => (
+                None,
+                Some((
+                    std::time::Duration::from_secs_f64(t),
+                    unplug_for.unwrap_or(0.0),
+                )),
+            ),
             _ => {
                 return Err(spec.error(
-                    "options 'unplug_at' (frame) and 'unplug_for' (seconds > 0) go together",
+                    "option 'unplug_for' (seconds > 0) goes with one of 'unplug_at' (frame) or 'unplug_every' (seconds, longer than unplug_for)",
                 ));
             }
         };
@@ -73,6 +94,8 @@ impl SimSource {
             seed,
             unplug,
             back_at: None,
+            next_unplug: periodic.map(|(t, _)| std::time::Instant::now() + t),
+            periodic,
         })
     }
 
@@ -94,6 +117,13 @@ impl FrameSource for SimSource {
     }
 
     fn next_frame(&mut self, frame: &mut Frame) -> Result<SourceStatus, SourceError> {
+        if let (Some((period, secs)), Some(at)) = (self.periodic, self.next_unplug)
+            && self.unplug.is_none()
+            && std::time::Instant::now() >= at
+        {
+            self.unplug = Some((self.next, secs));
+            self.next_unplug = Some(at + period);
+        }
         if let Some((at, secs)) = self.unplug
             && self.next == at
         {
@@ -110,6 +140,7 @@ impl FrameSource for SimSource {
             }
             // Back: the world went on while the camera was away.
             self.unplug = None;
+            self.back_at = None;
             let fps = self.sim.config().fps;
             self.next += (secs * fps).round() as u64;
             log::warn!("sim: camera reconnected after {secs:.1} s");
