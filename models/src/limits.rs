@@ -92,22 +92,37 @@ fn elements(dims: impl IntoIterator<Item = i64>) -> Option<u64> {
 /// Check `model` against `limits`; `Err` says what is too large or malformed, naming it.
 pub fn check_model(model: &pb::ModelProto, limits: &ModelLimits) -> Result<(), String> {
     let graph = model.graph.as_ref().ok_or("model has no graph")?;
+    let opset = model
+        .opset_import
+        .iter()
+        .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .max()
+        .unwrap_or(13);
     let mut budget = Budget {
         limits,
+        opset,
         nodes: 0,
         total: 0,
     };
-    budget.graph(graph, 0)
+    budget.graph(graph, 0, &HashSet::new())
 }
 
 struct Budget<'a> {
     limits: &'a ModelLimits,
+    /// The default domain's opset (input counts changed across opsets).
+    opset: i64,
     nodes: usize,
     total: u64,
 }
 
 impl Budget<'_> {
-    fn graph(&mut self, g: &pb::GraphProto, nesting: usize) -> Result<(), String> {
+    fn graph(
+        &mut self,
+        g: &pb::GraphProto,
+        nesting: usize,
+        outer: &HashSet<&str>,
+    ) -> Result<(), String> {
         if nesting > self.limits.max_nesting {
             return Err(format!(
                 "subgraphs nested deeper than {}",
@@ -142,14 +157,17 @@ impl Budget<'_> {
                 for t in &a.tensors {
                     self.tensor(t, &format!("node '{}' attribute '{}'", n.name, a.name))?;
                 }
-                if let Some(sub) = &a.g {
-                    self.graph(sub, nesting + 1)?;
-                }
-                for sub in &a.graphs {
-                    self.graph(sub, nesting + 1)?;
-                }
             }
             self.shape_maker(n, &consts)?;
+            check_arity(n, self.opset)?;
+        }
+        let defined = defined_names(g, outer)?;
+        for n in &g.node {
+            for a in &n.attribute {
+                for sub in a.g.iter().chain(&a.graphs) {
+                    self.graph(sub, nesting + 1, &defined)?;
+                }
+            }
         }
         check_acyclic_and_depth(g, self.limits.max_depth)
     }
@@ -298,6 +316,150 @@ impl Budget<'_> {
         }
         Ok(())
     }
+}
+
+/// Fewest inputs of standard ONNX ops (over the opsets bevrt reads; optional inputs not
+/// counted). Engines index a node's inputs by position from the op's schema; a node with fewer
+/// aborts tract's shape inference (a panic that cannot unwind). Ops not listed need one input,
+/// except those that take none.
+fn min_inputs(op: &str, opset: i64) -> usize {
+    // Before these opsets the op took its parameters as attributes.
+    let attrs_era = match op {
+        "Slice" | "TopK" => opset < 10,
+        "Upsample" => opset < 9,
+        "Reshape" => opset < 5,
+        _ => false,
+    };
+    if attrs_era {
+        return 1;
+    }
+    match op {
+        "Constant" | "RandomNormal" | "RandomUniform" => 0,
+        "QLinearConv" | "QLinearMatMul" => 8,
+        "QLinearAdd" | "QLinearMul" => 7,
+        "BatchNormalization" => 5,
+        "Slice"
+        | "Where"
+        | "Range"
+        | "OneHot"
+        | "ScatterND"
+        | "ScatterElements"
+        | "Scatter"
+        | "InstanceNormalization"
+        | "QuantizeLinear"
+        | "DequantizeLinear"
+        | "Gemm"
+        | "LSTM"
+        | "GRU"
+        | "RNN"
+        | "NonMaxSuppression" => match op {
+            "QuantizeLinear" | "DequantizeLinear" | "Gemm" | "NonMaxSuppression" => 2,
+            _ => 3,
+        },
+        "Add"
+        | "Sub"
+        | "Mul"
+        | "Div"
+        | "Pow"
+        | "Mod"
+        | "And"
+        | "Or"
+        | "Xor"
+        | "Equal"
+        | "Less"
+        | "LessOrEqual"
+        | "Greater"
+        | "GreaterOrEqual"
+        | "BitShift"
+        | "MatMul"
+        | "MatMulInteger"
+        | "Conv"
+        | "ConvInteger"
+        | "ConvTranspose"
+        | "Reshape"
+        | "Gather"
+        | "GatherElements"
+        | "GatherND"
+        | "Expand"
+        | "Tile"
+        | "PRelu"
+        | "CumSum"
+        | "TopK"
+        | "GridSample"
+        | "LayerNormalization"
+        | "Upsample"
+        | "Compress"
+        | "MaxUnpool"
+        | "DynamicQuantizeLinear"
+        | "CenterCropPad"
+        | "Col2Im"
+        | "DeformConv"
+        | "ReverseSequence"
+        | "RoiAlign"
+        | "Einsum"
+        | "If"
+        | "Loop"
+        | "Scan"
+        | "Optional" => match op {
+            "DynamicQuantizeLinear" | "Einsum" | "If" | "Scan" | "Optional" => 1,
+            "Loop" => 2,
+            "RoiAlign" | "Col2Im" | "DeformConv" | "CenterCropPad" => {
+                if op == "CenterCropPad" {
+                    2
+                } else {
+                    3
+                }
+            }
+            _ => 2,
+        },
+        _ => 1,
+    }
+}
+
+fn check_arity(n: &pb::NodeProto, opset: i64) -> Result<(), String> {
+    let present = n.input.len();
+    let need = min_inputs(&n.op_type, opset);
+    if present < need {
+        return Err(format!(
+            "node '{}' ({}) has {present} inputs, the op needs at least {need}",
+            n.name, n.op_type
+        ));
+    }
+    if n.output.is_empty() || n.output.iter().all(|o| o.is_empty()) {
+        return Err(format!("node '{}' ({}) has no output", n.name, n.op_type));
+    }
+    Ok(())
+}
+
+/// Every name a graph's outputs may refer to (inputs, initializers, node outputs, and the
+/// enclosing graphs' names for a subgraph); an output nothing defines is refused (tract
+/// indexes its name table with it and aborts the process).
+fn defined_names<'a>(
+    g: &'a pb::GraphProto,
+    outer: &HashSet<&'a str>,
+) -> Result<HashSet<&'a str>, String> {
+    let mut defined: HashSet<&str> = outer.clone();
+    defined.extend(g.input.iter().map(|v| v.name.as_str()));
+    defined.extend(g.initializer.iter().map(|t| t.name.as_str()));
+    for n in &g.node {
+        defined.extend(
+            n.output
+                .iter()
+                .filter(|o| !o.is_empty())
+                .map(String::as_str),
+        );
+    }
+    // Node inputs nothing defines are allowed: engines treat them as extra graph inputs.
+    for n in &g.node {
+        defined.extend(n.input.iter().filter(|i| !i.is_empty()).map(String::as_str));
+    }
+    if let Some(o) = g.output.iter().find(|o| !defined.contains(o.name.as_str())) {
+        return Err(format!(
+            "graph '{}' output '{}' is produced by no node, input or initializer",
+            g.name, o.name
+        ));
+    }
+    Ok(defined)
 }
 
 /// Nodes in an order where each one's inputs come first; refuse cycles and chains deeper

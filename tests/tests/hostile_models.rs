@@ -210,6 +210,24 @@ fn hostile_files(d: &Path) -> Vec<(PathBuf, &'static str)> {
         ),
         "would make a tensor",
     ));
+    // An output no node produces (tract indexes its name table with it and aborts).
+    out.push((
+        write(
+            d,
+            "output_from_nowhere.onnx",
+            &model(vec![node("Relu", "r", &["x"], &["z"])], vec![], &[4]),
+        ),
+        "produced by no node",
+    ));
+    // An op without the inputs its schema requires (tract's shape rules index them).
+    out.push((
+        write(
+            d,
+            "maxpool_without_inputs.onnx",
+            &model(vec![node("MaxPool", "p", &[], &["y"])], vec![], &[4]),
+        ),
+        "needs at least 1",
+    ));
     // Weights outside the file (not covered by the bundle's digests).
     let ext = pb::TensorProto {
         name: "w".into(),

@@ -506,7 +506,7 @@ fn bevrt_run_from_a_store_confirms_then_swaps_in_a_deploy_while_running() {
             "--threads",
             "1",
             "--duration",
-            "8",
+            "14",
             "--trial-frames",
             "10",
             "--json",
@@ -520,7 +520,7 @@ fn bevrt_run_from_a_store_confirms_then_swaps_in_a_deploy_while_running() {
     // Wait for a's confirmation, then deploy b into the running store.
     let st = Store::open(&store, false).unwrap();
     let t0 = Instant::now();
-    while st.state().unwrap().unwrap().trial && t0.elapsed() < Duration::from_secs(6) {
+    while st.state().unwrap().unwrap().trial && t0.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let (ok, so, se) = run(

@@ -66,15 +66,24 @@ impl CpuNetwork {
             }
             v
         };
-        let model = model
-            .with_input_fact(0, f32::fact(shape).into())
-            .and_then(|m| m.into_optimized())
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: cannot prepare for input shape {shape:?}: {e:#}",
-                    path.display()
-                )
-            })?;
+        // A panic inside tract's optimiser on a malformed graph is an error, not an abort.
+        let model = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            model
+                .with_input_fact(0, f32::fact(shape).into())
+                .and_then(|m| m.into_optimized())
+        }))
+        .unwrap_or_else(|p| {
+            Err(tract_onnx::prelude::TractError::msg(format!(
+                "the ONNX engine failed on this graph: {}",
+                crate::pipeline::panic_message(p.as_ref())
+            )))
+        })
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot prepare for input shape {shape:?}: {e:#}",
+                path.display()
+            )
+        })?;
         let mut output_names = vec![];
         let mut output_shapes = vec![];
         for o in model.output_outlets()? {

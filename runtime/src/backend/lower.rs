@@ -101,8 +101,30 @@ pub fn lower_onnx(
     lower_proto(proto, &path.display().to_string(), input_shapes, opts)
 }
 
-/// [`lower_onnx`] for a model already in memory; `label` names it in errors.
+/// [`lower_onnx`] for a model already in memory; `label` names it in errors. tract parses
+/// and analyses the graph first; a panic in it on a malformed graph (fuzzing found several)
+/// becomes an error naming the model, not the end of the process.
 pub fn lower_proto(
+    proto: pb::ModelProto,
+    label: &str,
+    input_shapes: &[(&str, Vec<usize>)],
+    opts: &LowerOptions,
+) -> Result<KernelPlan, LowerError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        lower_proto_unguarded(proto, label, input_shapes, opts)
+    }))
+    .unwrap_or_else(|p| {
+        Err(LowerError::Model {
+            path: label.to_string(),
+            message: format!(
+                "the ONNX engine failed on this graph: {}",
+                crate::pipeline::panic_message(p.as_ref())
+            ),
+        })
+    })
+}
+
+fn lower_proto_unguarded(
     mut proto: pb::ModelProto,
     label: &str,
     input_shapes: &[(&str, Vec<usize>)],
