@@ -197,6 +197,7 @@ struct ConformanceArgs {
 }
 
 fn main() {
+    supervisor::single_malloc_arena();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let r = match cli.cmd {
