@@ -58,6 +58,16 @@ fn expect_onnx_file(path: &Path) -> Result<u64, OnnxError> {
     Ok(meta.len())
 }
 
+/// The opset of the default (`ai.onnx`) domain a model imports, if it names one.
+pub fn default_opset(model: &pb::ModelProto) -> Option<i64> {
+    model
+        .opset_import
+        .iter()
+        .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .max()
+}
+
 /// Parse `path` as an ONNX ModelProto and summarise its interface.
 pub fn inspect(path: &Path) -> Result<OnnxSummary, OnnxError> {
     let proto = read_proto(path)?;
@@ -115,13 +125,7 @@ pub fn inspect(path: &Path) -> Result<OnnxSummary, OnnxError> {
             .collect(),
         outputs: graph.output.iter().map(info).collect(),
         ops,
-        opset: proto
-            .opset_import
-            .iter()
-            .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-            .map(|o| o.version)
-            .max()
-            .unwrap_or(0),
+        opset: default_opset(&proto).unwrap_or(0),
         ir_version: proto.ir_version,
     })
 }
@@ -213,13 +217,7 @@ pub struct LegalizeOptions {
 ///
 /// Returns a description of each rewrite.
 pub fn legalize(model: &mut pb::ModelProto, opts: &LegalizeOptions) -> Vec<String> {
-    let opset = model
-        .opset_import
-        .iter()
-        .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map(|o| o.version)
-        .max()
-        .unwrap_or(0);
+    let opset = default_opset(model).unwrap_or(0);
     let Some(graph) = model.graph.as_mut() else {
         return vec![];
     };

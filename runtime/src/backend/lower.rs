@@ -135,13 +135,7 @@ fn lower_proto_unguarded(
         path: p.clone(),
         message,
     };
-    let opset = proto
-        .opset_import
-        .iter()
-        .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map(|o| o.version)
-        .max()
-        .unwrap_or(13);
+    let opset = bevrt_models::onnx::default_opset(&proto).unwrap_or(13);
     let graph = proto.graph.as_mut().ok_or_else(|| err("no graph".into()))?;
     use bevrt_models::quant::graph as passes;
     passes::constants_to_initializers(graph);
