@@ -55,13 +55,7 @@ pub(crate) fn attr_i(n: &pb::NodeProto, name: &str) -> Option<i64> {
 }
 
 pub(crate) fn opset(model: &pb::ModelProto) -> i64 {
-    model
-        .opset_import
-        .iter()
-        .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map(|o| o.version)
-        .max()
-        .unwrap_or(0)
+    crate::onnx::default_opset(model).unwrap_or(0)
 }
 
 /// How many nodes read each tensor (graph outputs count as readers).
