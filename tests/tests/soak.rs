@@ -18,10 +18,13 @@ fn two_minute_soak_recovers_every_fault_without_growth() {
             "2m",
             "--fault-every",
             "15",
-            // Two minutes hold only a few swaps, each moving the resident set a few percent
-            // either way: a gross leak is caught here, the 1 % goal is the hour-long run's.
+            // Two minutes hold only two swaps after warm-up, and each swap settles the
+            // resident set up to ~0.7 MiB (2 %) higher or lower than the last (where the new
+            // network's pages land; measured 2026-12-04, and CI once saw +8 % fitted before
+            // calibration reloads stopped allocating). A leaked network per swap adds ~4 MiB
+            // each (+20 % here) and is caught; the 1 % goal is the hour-long run's.
             "--max-rss-growth",
-            "5",
+            "10",
             "--out",
             out.to_str().unwrap(),
         ],

@@ -329,18 +329,13 @@ impl FeatureStage {
 pub struct BevStage {
     grid: bevrt_calib::BevGrid,
     classes: Vec<bevrt_models::ClassSpec>,
-    table: bevrt_calib::SamplingTable,
+    geometry: super::CameraGeometry,
     features: Vec<OutputTensor>,
     bev_features: Vec<f32>,
     head: CpuNetwork,
     /// Total ns and calls of encoder, view transform and head.
     timing: [(u64, u64); 3],
-    /// Per cell: seen by the camera at some height level (from the table's flags). Cells
-    /// nobody can see are reported as 255 (unknown) instead of a guess.
-    visible: Vec<bool>,
 }
-
-use super::visible_cells;
 
 impl BevStage {
     fn load(
@@ -376,15 +371,14 @@ impl BevStage {
             bev_features: vec![0.0; c * z * gh * gw],
             grid,
             classes: m.classes.clone(),
-            visible: visible_cells(&table),
-            table,
+            geometry: super::CameraGeometry::new(table),
             head,
             timing: [(0, 0); 3],
         })
     }
 
     pub fn table(&self) -> &bevrt_calib::SamplingTable {
-        &self.table
+        &self.geometry.table
     }
 }
 
@@ -511,7 +505,11 @@ impl Backend for CpuBackend {
                 let t0 = std::time::Instant::now();
                 self.net.run(&self.input, &mut b.features)?;
                 let t1 = std::time::Instant::now();
-                bevrt_calib::view_transform(&b.table, &b.features[0].data, &mut b.bev_features)?;
+                bevrt_calib::view_transform(
+                    &b.geometry.table,
+                    &b.features[0].data,
+                    &mut b.bev_features,
+                )?;
                 let t2 = std::time::Instant::now();
                 b.head.run(&b.bev_features, &mut self.outputs)?;
                 let t3 = std::time::Instant::now();
@@ -558,7 +556,7 @@ impl Backend for CpuBackend {
                 out.map_width = w;
                 out.map_height = h;
                 postprocess::bev_argmax(first, b.classes.len(), h, w, &mut out.class_map);
-                for (c, &v) in out.class_map.iter_mut().zip(&b.visible) {
+                for (c, &v) in out.class_map.iter_mut().zip(&b.geometry.visible) {
                     if !v {
                         *c = postprocess::UNSEEN;
                     }
@@ -613,18 +611,14 @@ impl Backend for CpuBackend {
         );
         if let Some(b) = &mut self.bev {
             let t0 = std::time::Instant::now();
-            // Build into a copy first: a calibration the table cannot use leaves the old one.
-            let mut table = b.table.clone();
-            table
-                .rebuild(&b.grid, &c.camera, &c.extrinsics)
+            b.geometry
+                .rebuild(&b.grid, &c)
                 .with_context(|| format!("{}: sampling table", path.display()))?;
-            b.visible = visible_cells(&table);
-            b.table = table;
             self.calibration = Some(c);
             return Ok(format!(
                 "{summary}; sampling table rebuilt in {:.1} ms ({:.0} % valid)",
                 t0.elapsed().as_secs_f64() * 1e3,
-                b.table.valid_fraction() * 100.0
+                b.geometry.table.valid_fraction() * 100.0
             ));
         }
         self.calibration = Some(c);

@@ -104,10 +104,9 @@ pub fn kernel_dir() -> Option<std::path::PathBuf> {
 struct CudaBev {
     grid: bevrt_calib::BevGrid,
     classes: Vec<bevrt_models::ClassSpec>,
-    table: bevrt_calib::SamplingTable,
+    geometry: super::CameraGeometry,
     taps: CudaSlice<u8>,
     head: PlanRunner,
-    visible: Vec<bool>,
     /// (channels, levels, cells, feature plane) of the view transform.
     dims: (i32, i32, i32, i32),
     class_dev: CudaSlice<u8>,
@@ -172,8 +171,6 @@ pub struct CudaBackend {
     /// Device allocations after load (a new camera mode reallocates the frame buffer).
     device_allocs: u64,
 }
-
-use super::visible_cells;
 
 /// Lower one ONNX file of the bundle with its first input at `shape` and put it on the device.
 fn load_plan(
@@ -261,11 +258,10 @@ impl CudaBackend {
             let class_host =
                 unsafe { gpu.ctx.alloc_pinned_with_flags::<u8>(cells, 0) }.map_err(gpu_err)?;
             bev = Some(CudaBev {
-                visible: visible_cells(&table),
                 dims: (c as i32, z as i32, cells as i32, (fh * fw) as i32),
                 grid,
                 classes: m.classes.clone(),
-                table,
+                geometry: super::CameraGeometry::new(table),
                 taps,
                 head,
                 class_dev,
@@ -522,7 +518,7 @@ impl Backend for CudaBackend {
                 out.map_height = b.grid.height();
                 out.class_map
                     .copy_from_slice(b.class_host.as_slice().map_err(gpu_err)?);
-                for (c, &v) in out.class_map.iter_mut().zip(&b.visible) {
+                for (c, &v) in out.class_map.iter_mut().zip(&b.geometry.visible) {
                     if !v {
                         *c = postprocess::UNSEEN;
                     }
@@ -580,27 +576,28 @@ impl Backend for CudaBackend {
             ));
         };
         let t0 = std::time::Instant::now();
-        let mut table = b.table.clone();
-        table
-            .rebuild(&b.grid, &c.camera, &c.extrinsics)
+        let size_before = b.geometry.table.taps_as_bytes().len();
+        b.geometry
+            .rebuild(&b.grid, &c)
             .with_context(|| format!("{}: sampling table", path.display()))?;
-        if table.taps_as_bytes().len() != b.table.taps_as_bytes().len() {
-            anyhow::bail!("{}: the sampling table changed size", path.display());
-        }
+        // The grid is the bundle's, so the size cannot change; the device buffer relies on it.
+        anyhow::ensure!(
+            b.geometry.table.taps_as_bytes().len() == size_before,
+            "{}: the sampling table changed size",
+            path.display()
+        );
         // same device buffer: the captured graph keeps reading it
         self.gpu.synchronize().map_err(gpu_err)?;
         self.gpu
             .stream
-            .memcpy_htod(table.taps_as_bytes(), &mut b.taps)
+            .memcpy_htod(b.geometry.table.taps_as_bytes(), &mut b.taps)
             .map_err(gpu_err)?;
         self.gpu.synchronize().map_err(gpu_err)?;
-        b.visible = visible_cells(&table);
-        b.table = table;
         Ok(format!(
             "{}: sampling table rebuilt and uploaded in {:.1} ms ({:.0} % valid)",
             path.display(),
             t0.elapsed().as_secs_f64() * 1e3,
-            b.table.valid_fraction() * 100.0
+            b.geometry.table.valid_fraction() * 100.0
         ))
     }
 }

@@ -124,13 +124,52 @@ impl BevGeometry {
     }
 }
 
-/// Per cell: seen by the camera at some height level (from the table's flags). Cells nobody
-/// can see are reported as 255 (unknown) instead of a guess.
-pub fn visible_cells(t: &bevrt_calib::SamplingTable) -> Vec<bool> {
+/// The calibration-derived half of a BEV stage, as CUDA-BEVFusion keeps it: the sampling
+/// table in use, a spare of the same size to rebuild into, and the visible-cell mask. All
+/// three are allocated at load; a calibration change rebuilds the spare and swaps it in, so it
+/// allocates nothing (a soak showed each reload's fresh table leaving 1-3 MiB of freed heap
+/// resident until the next model swap), and a calibration the table refuses leaves the table
+/// in use untouched.
+pub struct CameraGeometry {
+    pub table: bevrt_calib::SamplingTable,
+    spare: bevrt_calib::SamplingTable,
+    /// Per cell: seen by the camera at some height level (from the table's flags). Cells
+    /// nobody can see are reported as 255 (unknown) instead of a guess.
+    pub visible: Vec<bool>,
+}
+
+impl CameraGeometry {
+    pub fn new(table: bevrt_calib::SamplingTable) -> CameraGeometry {
+        let mut visible = vec![false; table.grid_w * table.grid_h];
+        mark_visible_cells(&table, &mut visible);
+        CameraGeometry {
+            spare: table.clone(),
+            table,
+            visible,
+        }
+    }
+
+    /// Rebuild the table for a new calibration on the same grid; on error the table in use
+    /// is unchanged.
+    pub fn rebuild(
+        &mut self,
+        grid: &bevrt_calib::BevGrid,
+        calibration: &bevrt_calib::Calibration,
+    ) -> Result<(), bevrt_calib::CalibError> {
+        self.spare
+            .rebuild(grid, &calibration.camera, &calibration.extrinsics)?;
+        std::mem::swap(&mut self.table, &mut self.spare);
+        mark_visible_cells(&self.table, &mut self.visible);
+        Ok(())
+    }
+}
+
+fn mark_visible_cells(t: &bevrt_calib::SamplingTable, visible: &mut Vec<bool>) {
     let per = t.grid_w * t.grid_h;
-    (0..per)
-        .map(|i| (0..t.levels).any(|l| t.flags[l * per + i] == bevrt_calib::bev::FLAG_VALID))
-        .collect()
+    visible.resize(per, false);
+    for (i, v) in visible.iter_mut().enumerate() {
+        *v = (0..t.levels).any(|l| t.flags[l * per + i] == bevrt_calib::bev::FLAG_VALID);
+    }
 }
 
 /// A `features` bundle's `embedding_stats`: per-dimension (mean, std), applied to the vector
