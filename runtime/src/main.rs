@@ -306,6 +306,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         sink_delay: Duration::from_millis(a.fault_sink_delay_ms),
         sink_stall: sink_stall(&a.fault_sink_stall)?,
         metrics_out: Some(a.out.join("metrics.jsonl")),
+        ..Default::default()
     };
     let report = pipeline::run_supervised(src, be, sinks, &opts, updates)?;
     log::info!("done ({}): {}", report.ended_by, report.line());

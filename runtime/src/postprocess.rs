@@ -11,6 +11,33 @@ pub struct OutputTensor {
     pub data: Vec<f32>,
 }
 
+/// The camera frame a result came from, for sinks that show it (MCAP, live view); empty
+/// unless the pipeline was asked to keep it. Its buffer is reserved at start, so copying a
+/// frame in never allocates.
+#[derive(Debug, Clone, Default)]
+pub struct CameraImage {
+    pub data: Vec<u8>,
+    pub format: Option<crate::frame::PixelFormat>,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl CameraImage {
+    pub fn reserve(&mut self, bytes: usize) {
+        self.data.reserve(bytes.saturating_sub(self.data.len()));
+    }
+    pub fn copy_from(&mut self, f: &crate::frame::Frame) {
+        self.data.clear();
+        self.data.extend_from_slice(&f.data);
+        self.format = Some(f.format);
+        self.width = f.width;
+        self.height = f.height;
+    }
+    pub fn is_empty(&self) -> bool {
+        self.format.is_none() || self.data.is_empty()
+    }
+}
+
 /// What the sinks receive for one frame.
 #[derive(Debug, Clone)]
 pub struct FrameResult {
@@ -32,6 +59,7 @@ pub struct FrameResult {
     pub color_map: Vec<u8>,
     /// Per-stage latencies of this frame in nanoseconds (queue, preprocess, infer, post).
     pub stage_ns: [u64; 4],
+    pub camera: CameraImage,
 }
 
 impl FrameResult {
@@ -48,6 +76,7 @@ impl FrameResult {
             map_height: 0,
             color_map: Vec::new(),
             stage_ns: [0; 4],
+            camera: CameraImage::default(),
         }
     }
 
@@ -74,6 +103,10 @@ impl FrameResult {
         self.map_height = o.map_height;
         self.color_map.clone_from(&o.color_map);
         self.stage_ns = o.stage_ns;
+        self.camera.data.clone_from(&o.camera.data);
+        self.camera.format = o.camera.format;
+        self.camera.width = o.camera.width;
+        self.camera.height = o.camera.height;
     }
 }
 
