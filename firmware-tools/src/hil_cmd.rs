@@ -163,55 +163,59 @@ fn seqs(results: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// One fault scenario: judged on what `bevrt` reported and wrote; `(passed, detail)`.
+type Scenario = fn(&HilCtx) -> Result<(bool, String)>;
+
+/// The fault matrix, in the order it runs (the module comment says what each one checks).
+/// `true`: BEV bundles only.
+const SCENARIOS: &[(&str, Scenario, bool)] = &[
+    ("baseline", baseline, false),
+    ("map_quality", map_quality, true),
+    ("dropped_frames", dropped_frames, false),
+    ("corrupt_frames", corrupt_frames, false),
+    ("stalled_camera", stalled_camera, false),
+    ("slow_sink", slow_sink, false),
+    ("camera_lost", camera_lost, false),
+    ("bundle_replaced", bundle_replaced, false),
+];
+
+/// What every scenario works from: the arguments, the binary, the bundle and the base
+/// recording (`n` frames) the scenarios derive theirs from.
+struct HilCtx<'a> {
+    a: &'a HilArgs,
+    bevrt: PathBuf,
+    bundle: bevrt_models::Bundle,
+    base: PathBuf,
+    n: u64,
+}
+
+impl HilCtx<'_> {
+    /// `bevrt run` arguments for the bundle under test on `src`, writing into `out`.
+    fn run_args(&self, src: String, out: &Path, extra: &[&str]) -> Vec<String> {
+        let bundle = self.a.bundle.display().to_string();
+        let mut v: Vec<String> = ["run", "--bundle", &bundle, "--source", &src, "--out"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.push(out.display().to_string());
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    }
+}
+
 pub fn hil(a: &HilArgs) -> Result<()> {
     if let Some(d) = &a.soak {
-        let bevrt = bevrt_path(a)?;
-        anyhow::ensure!(
-            a.fault_every.is_finite() && a.fault_every >= 5.0,
-            "--fault-every {}: at least 5 seconds (a fault needs time to settle)",
-            a.fault_every
-        );
-        let ok = crate::soak::soak(&crate::soak::SoakConfig {
-            bevrt: &bevrt,
-            bundle: &a.bundle,
-            out: &a.out,
-            duration: crate::soak::parse_duration(d)?,
-            fault_every: Duration::from_secs_f64(a.fault_every),
-            seed: a.seed,
-            max_rss_growth: a.max_rss_growth,
-        })?;
-        if !ok {
-            bail!(
-                "soak failed (see {})",
-                a.out.join("soak/report.json").display()
-            );
-        }
-        return Ok(());
+        return soak(a, d);
     }
-    let bevrt = bevrt_path(a)?;
-    let bundle = bevrt_models::Bundle::load(&a.bundle)?;
-    std::fs::create_dir_all(&a.out)?;
-    let base = a.out.join("rec-base");
-    let _ = std::fs::remove_dir_all(&base);
-    let mut cfg = bevrt_sim::SimConfig::with_seed(a.seed);
-    let is_bev = bundle.manifest.task == bevrt_models::Task::Bev;
-    if is_bev {
-        // Film with the bundle's camera on its grid, so the maps can be scored.
-        if let (Some(g), Some(c)) = (&bundle.manifest.grid, &bundle.manifest.calibration) {
-            let cal = bevrt_calib::Calibration::load(bundle.dir.join(&c.file))?;
-            cfg.grid = g.clone();
-            cfg.camera = cal.camera;
-            cfg.extrinsics = cal.extrinsics;
-        }
-    }
-    bevrt_sim::record(&cfg, a.frames, &base, false, &mut |_, _| {})
-        .with_context(|| format!("recording {}", base.display()))?;
-    let n = a.frames;
-    let bundle_s = a.bundle.display().to_string();
+    let x = prepare(a)?;
+    let is_bev = x.bundle.manifest.task == bevrt_models::Task::Bev;
     let mut outcomes: Vec<Outcome> = vec![];
-    let mut scenario = |name: &'static str, f: &mut dyn FnMut() -> Result<(bool, String)>| {
+    for &(name, scenario, bev_only) in SCENARIOS {
+        if bev_only && !is_bev {
+            continue;
+        }
         let t = Instant::now();
-        let (failure, detail) = match f() {
+        let (failure, detail) = match scenario(&x) {
             Ok((true, d)) => (None, d),
             Ok((false, d)) => (Some(d.clone()), d),
             Err(e) => (Some(format!("{e:#}")), String::new()),
@@ -222,310 +226,361 @@ pub fn hil(a: &HilArgs) -> Result<()> {
             failure,
             detail,
         });
-    };
-    let run_args = |src: String, out: &Path, extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = ["run", "--bundle", &bundle_s, "--source", &src, "--out"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        v.push(out.display().to_string());
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
-    };
-
-    scenario("baseline", &mut || {
-        let out = a.out.join("baseline");
-        let (r, err, ok) = run_bevrt(
-            &bevrt,
-            &run_args(format!("replay:{}", base.display()), &out, &[]),
-        )?;
-        let p99 = |stage: &str| {
-            r["stages"][stage]["p99_ms"]
-                .as_f64()
-                .unwrap_or(f64::INFINITY)
-        };
-        // Per-stage p99 budgets: inference has its own; the other per-frame stages share one.
-        let budgets = [
-            ("preprocess", a.stage_budget_ms),
-            ("inference", a.budget_ms),
-            ("postprocess", a.stage_budget_ms),
-            ("sink", a.stage_budget_ms),
-        ];
-        let over: Vec<String> = budgets
-            .iter()
-            .filter(|(st, b)| p99(st) > *b)
-            .map(|(st, b)| format!("{st} p99 {:.2} ms over {b} ms", p99(st)))
-            .collect();
-        let good = ok
-            && u(&r, "frames_processed") == n
-            && u(&r, "source_errors") == 0
-            && u(&r, "inference_errors") == 0
-            && over.is_empty();
-        Ok((
-            good,
-            format!(
-                "processed {}/{n}; p99 preprocess {:.2}, inference {:.2} (budget {}), postprocess {:.2}, sink {:.2} ms (budget {}){}{}",
-                u(&r, "frames_processed"),
-                p99("preprocess"),
-                p99("inference"),
-                a.budget_ms,
-                p99("postprocess"),
-                p99("sink"),
-                a.stage_budget_ms,
-                if over.is_empty() {
-                    String::new()
-                } else {
-                    format!("; {}", over.join(", "))
-                },
-                if ok { "" } else { &err }
-            ),
-        ))
-    });
-
-    if is_bev {
-        scenario("map_quality", &mut || {
-            let rec = bevrt_runtime::source::replay::Recording::open(&base)?;
-            let maps = a.out.join("baseline/maps");
-            let classes = &bundle.manifest.classes;
-            let mut pairs = vec![];
-            for e in &rec.frames {
-                let gt_path = e.gt.as_ref().context("recording without ground truth")?;
-                let gt = image::open(gt_path)
-                    .with_context(|| format!("{}", gt_path.display()))?
-                    .to_luma8()
-                    .into_raw();
-                let mp = maps.join(format!("{:06}.png", e.seq));
-                let pred = image::open(&mp)
-                    .with_context(|| format!("{}: baseline map missing", mp.display()))?
-                    .to_rgb8();
-                pairs.push((
-                    gt,
-                    bevrt_runtime::postprocess::class_map_from_rgb(pred.as_raw(), classes),
-                ));
-            }
-            let names: Vec<String> = classes.iter().map(|c| c.name.clone()).collect();
-            let refs: Vec<(&[u8], &[u8])> = pairs
-                .iter()
-                .map(|(g, p)| (g.as_slice(), p.as_slice()))
-                .collect();
-            let (cells, miou, _, per) = bevrt_runtime::postprocess::score_maps(&refs, &names);
-            let detail = per
-                .iter()
-                .filter_map(|c| c.iou.map(|v| format!("{} {v:.0}", c.class)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            Ok((
-                miou >= a.min_miou,
-                format!(
-                    "mIoU {miou:.1} % over {cells} visible cells (min {}); {detail}",
-                    a.min_miou
-                ),
-            ))
-        });
     }
+    report(a, &outcomes)
+}
 
-    scenario("dropped_frames", &mut || {
-        let rec = a.out.join("rec-dropped");
-        derive_recording(&base, &rec, |s, ts, f| {
-            (s % 5 != 4).then(|| format!("{s},{ts},{f},"))
-        })?;
-        let out = a.out.join("dropped");
-        let (r, _, ok) = run_bevrt(
-            &bevrt,
-            &run_args(format!("replay:{}", rec.display()), &out, &[]),
-        )?;
-        let removed = (0..n).filter(|s| s % 5 == 4).count() as u64;
-        // a frame missing at the very end leaves no visible gap
-        let visible = removed - u64::from(n > 0 && (n - 1) % 5 == 4);
-        let want = n - removed;
-        let s = seqs(&out.join("results.jsonl"));
-        let gaps = s.windows(2).filter(|w| w[1] != w[0] + 1).count() as u64;
-        let good = ok && u(&r, "frames_processed") == want && gaps == visible;
-        Ok((
-            good,
-            format!(
-                "processed {}/{want} delivered, {gaps} sequence gaps in results (expected {visible})",
-                u(&r, "frames_processed")
-            ),
-        ))
-    });
+fn soak(a: &HilArgs, duration: &str) -> Result<()> {
+    let bevrt = bevrt_path(a)?;
+    anyhow::ensure!(
+        a.fault_every.is_finite() && a.fault_every >= 5.0,
+        "--fault-every {}: at least 5 seconds (a fault needs time to settle)",
+        a.fault_every
+    );
+    let ok = crate::soak::soak(&crate::soak::SoakConfig {
+        bevrt: &bevrt,
+        bundle: &a.bundle,
+        out: &a.out,
+        duration: crate::soak::parse_duration(duration)?,
+        fault_every: Duration::from_secs_f64(a.fault_every),
+        seed: a.seed,
+        max_rss_growth: a.max_rss_growth,
+    })?;
+    if !ok {
+        bail!(
+            "soak failed (see {})",
+            a.out.join("soak/report.json").display()
+        );
+    }
+    Ok(())
+}
 
-    scenario("corrupt_frames", &mut || {
-        let rec = a.out.join("rec-corrupt");
-        derive_recording(&base, &rec, |s, ts, f| Some(format!("{s},{ts},{f},")))?;
-        let bad = [3u64, n / 2, n - 2];
-        for k in bad {
-            let p = rec.join(format!("frames/{k:06}.png"));
-            let bytes = std::fs::read(&p)?;
-            std::fs::write(&p, &bytes[..bytes.len() / 3])?;
-        }
-        let out = a.out.join("corrupt");
-        let (r, _, ok) = run_bevrt(
-            &bevrt,
-            &run_args(format!("replay:{}", rec.display()), &out, &[]),
-        )?;
-        let s = seqs(&out.join("results.jsonl"));
-        let in_order = s.windows(2).all(|w| w[0] < w[1]);
-        let good = ok
-            && u(&r, "source_errors") == 3
-            && u(&r, "frames_processed") == n - 3
-            && in_order
-            && !bad.iter().any(|b| s.contains(b));
-        Ok((
-            good,
-            format!(
-                "source errors {}, processed {}/{}, in order {in_order}",
-                u(&r, "source_errors"),
-                u(&r, "frames_processed"),
-                n - 3
-            ),
-        ))
-    });
+/// Load the bundle and record the base drive (a BEV bundle's is filmed with its camera on
+/// its grid, so the maps can be scored).
+fn prepare(a: &HilArgs) -> Result<HilCtx<'_>> {
+    let bevrt = bevrt_path(a)?;
+    let bundle = bevrt_models::Bundle::load(&a.bundle)?;
+    std::fs::create_dir_all(&a.out)?;
+    let base = a.out.join("rec-base");
+    let _ = std::fs::remove_dir_all(&base);
+    let mut cfg = bevrt_sim::SimConfig::with_seed(a.seed);
+    if bundle.manifest.task == bevrt_models::Task::Bev
+        && let (Some(g), Some(c)) = (&bundle.manifest.grid, &bundle.manifest.calibration)
+    {
+        let cal = bevrt_calib::Calibration::load(bundle.dir.join(&c.file))?;
+        cfg.grid = g.clone();
+        cfg.camera = cal.camera;
+        cfg.extrinsics = cal.extrinsics;
+    }
+    bevrt_sim::record(&cfg, a.frames, &base, false, &mut |_, _| {})
+        .with_context(|| format!("recording {}", base.display()))?;
+    Ok(HilCtx {
+        a,
+        bevrt,
+        bundle,
+        base,
+        n: a.frames,
+    })
+}
 
-    scenario("stalled_camera", &mut || {
-        let rec = a.out.join("rec-stall");
-        let hole = 1_500_000_000u64;
-        derive_recording(&base, &rec, |s, ts, f| {
-            let ts = if s >= n / 2 { ts + hole } else { ts };
-            Some(format!("{s},{ts},{f},"))
-        })?;
-        let out = a.out.join("stall");
-        let t = Instant::now();
-        let (r, _, ok) = run_bevrt(
-            &bevrt,
-            &run_args(format!("replay:{}?realtime", rec.display()), &out, &[]),
-        )?;
-        let el = t.elapsed();
-        let good = ok && u(&r, "frames_processed") == n && el >= Duration::from_millis(1500);
-        Ok((
-            good,
-            format!(
-                "processed {}/{n} across a 1.5 s stall ({:.1} s run), dropped {}",
-                u(&r, "frames_processed"),
-                el.as_secs_f64(),
-                u(&r, "frames_dropped")
-            ),
-        ))
-    });
+fn baseline(x: &HilCtx) -> Result<(bool, String)> {
+    let (a, bevrt, base, n) = (x.a, &x.bevrt, &x.base, x.n);
+    let out = a.out.join("baseline");
+    let (r, err, ok) = run_bevrt(
+        &bevrt,
+        &x.run_args(format!("replay:{}", base.display()), &out, &[]),
+    )?;
+    let p99 = |stage: &str| {
+        r["stages"][stage]["p99_ms"]
+            .as_f64()
+            .unwrap_or(f64::INFINITY)
+    };
+    // Per-stage p99 budgets: inference has its own; the other per-frame stages share one.
+    let budgets = [
+        ("preprocess", a.stage_budget_ms),
+        ("inference", a.budget_ms),
+        ("postprocess", a.stage_budget_ms),
+        ("sink", a.stage_budget_ms),
+    ];
+    let over: Vec<String> = budgets
+        .iter()
+        .filter(|(st, b)| p99(st) > *b)
+        .map(|(st, b)| format!("{st} p99 {:.2} ms over {b} ms", p99(st)))
+        .collect();
+    let good = ok
+        && u(&r, "frames_processed") == n
+        && u(&r, "source_errors") == 0
+        && u(&r, "inference_errors") == 0
+        && over.is_empty();
+    Ok((
+        good,
+        format!(
+            "processed {}/{n}; p99 preprocess {:.2}, inference {:.2} (budget {}), postprocess {:.2}, sink {:.2} ms (budget {}){}{}",
+            u(&r, "frames_processed"),
+            p99("preprocess"),
+            p99("inference"),
+            a.budget_ms,
+            p99("postprocess"),
+            p99("sink"),
+            a.stage_budget_ms,
+            if over.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", over.join(", "))
+            },
+            if ok { "" } else { &err }
+        ),
+    ))
+}
 
-    scenario("slow_sink", &mut || {
-        let out = a.out.join("slow-sink");
-        let (r, _, ok) = run_bevrt(
-            &bevrt,
-            &run_args(
-                format!("replay:{}?fps=50", base.display()),
-                &out,
-                &["--fault-sink-delay-ms", "60"],
-            ),
-        )?;
-        let good = ok
-            && u(&r, "frames_processed") + u(&r, "frames_dropped") == n
-            && u(&r, "sink_written") + u(&r, "sink_dropped") == u(&r, "frames_processed")
-            && u(&r, "sink_dropped") > 0;
-        Ok((
-            good,
-            format!(
-                "processed {}, sink wrote {}, sink dropped {} (frames dropped {})",
-                u(&r, "frames_processed"),
-                u(&r, "sink_written"),
-                u(&r, "sink_dropped"),
-                u(&r, "frames_dropped")
-            ),
-        ))
-    });
+fn map_quality(x: &HilCtx) -> Result<(bool, String)> {
+    let (a, base, bundle) = (x.a, &x.base, &x.bundle);
+    let rec = bevrt_runtime::source::replay::Recording::open(&base)?;
+    let maps = a.out.join("baseline/maps");
+    let classes = &bundle.manifest.classes;
+    let mut pairs = vec![];
+    for e in &rec.frames {
+        let gt_path = e.gt.as_ref().context("recording without ground truth")?;
+        let gt = image::open(gt_path)
+            .with_context(|| format!("{}", gt_path.display()))?
+            .to_luma8()
+            .into_raw();
+        let mp = maps.join(format!("{:06}.png", e.seq));
+        let pred = image::open(&mp)
+            .with_context(|| format!("{}: baseline map missing", mp.display()))?
+            .to_rgb8();
+        pairs.push((
+            gt,
+            bevrt_runtime::postprocess::class_map_from_rgb(pred.as_raw(), classes),
+        ));
+    }
+    let names: Vec<String> = classes.iter().map(|c| c.name.clone()).collect();
+    let refs: Vec<(&[u8], &[u8])> = pairs
+        .iter()
+        .map(|(g, p)| (g.as_slice(), p.as_slice()))
+        .collect();
+    let (cells, miou, _, per) = bevrt_runtime::postprocess::score_maps(&refs, &names);
+    let detail = per
+        .iter()
+        .filter_map(|c| c.iou.map(|v| format!("{} {v:.0}", c.class)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok((
+        miou >= a.min_miou,
+        format!(
+            "mIoU {miou:.1} % over {cells} visible cells (min {}); {detail}",
+            a.min_miou
+        ),
+    ))
+}
 
-    scenario("camera_lost", &mut || {
-        // The live sim camera disappears before frame 10 for 1.5 s and comes back.
-        let out = a.out.join("camera-lost");
-        let want = 30u64;
-        let src = format!("sim:?seed={}&fps=20&unplug_at=10&unplug_for=1.5", a.seed);
-        let (r, err, ok) = run_bevrt(
-            &bevrt,
-            &run_args(src, &out, &["--max-frames", &want.to_string()]),
-        )?;
-        let s = seqs(&out.join("results.jsonl"));
-        let gap = s.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-        let errors = u(&r, "source_errors");
-        let ended = r["ended_by"].as_str().unwrap_or("").to_string();
-        let good = ok
-            && u(&r, "frames_processed") == want
-            && errors >= 3
-            && errors != u64::MAX
-            && gap >= 20
-            && ended == "max frames";
-        Ok((
-            good,
-            format!(
-                "processed {}/{want} ({ended}), {errors} reconnect attempts counted as source errors, \
-                 largest sequence gap {gap} frames (the outage){}",
-                u(&r, "frames_processed"),
-                if ok {
-                    String::new()
-                } else {
-                    format!("; {err}")
-                }
-            ),
-        ))
-    });
+fn dropped_frames(x: &HilCtx) -> Result<(bool, String)> {
+    let (a, bevrt, base, n) = (x.a, &x.bevrt, &x.base, x.n);
+    let rec = a.out.join("rec-dropped");
+    derive_recording(&base, &rec, |s, ts, f| {
+        (s % 5 != 4).then(|| format!("{s},{ts},{f},"))
+    })?;
+    let out = a.out.join("dropped");
+    let (r, _, ok) = run_bevrt(
+        &bevrt,
+        &x.run_args(format!("replay:{}", rec.display()), &out, &[]),
+    )?;
+    let removed = (0..n).filter(|s| s % 5 == 4).count() as u64;
+    // a frame missing at the very end leaves no visible gap
+    let visible = removed - u64::from(n > 0 && (n - 1) % 5 == 4);
+    let want = n - removed;
+    let s = seqs(&out.join("results.jsonl"));
+    let gaps = s.windows(2).filter(|w| w[1] != w[0] + 1).count() as u64;
+    let good = ok && u(&r, "frames_processed") == want && gaps == visible;
+    Ok((
+        good,
+        format!(
+            "processed {}/{want} delivered, {gaps} sequence gaps in results (expected {visible})",
+            u(&r, "frames_processed")
+        ),
+    ))
+}
 
-    scenario("bundle_replaced", &mut || {
-        let copy = a.out.join("bundle-copy");
-        let _ = std::fs::remove_dir_all(&copy);
-        std::fs::create_dir_all(&copy)?;
-        for f in bundle
-            .files()
-            .map(|f| f.file.as_str())
-            .chain(["bundle.toml"])
-        {
-            if let Some(parent) = copy.join(f).parent() {
-                std::fs::create_dir_all(parent)?;
+fn corrupt_frames(x: &HilCtx) -> Result<(bool, String)> {
+    let (a, bevrt, base, n) = (x.a, &x.bevrt, &x.base, x.n);
+    let rec = a.out.join("rec-corrupt");
+    derive_recording(&base, &rec, |s, ts, f| Some(format!("{s},{ts},{f},")))?;
+    let bad = [3u64, n / 2, n - 2];
+    for k in bad {
+        let p = rec.join(format!("frames/{k:06}.png"));
+        let bytes = std::fs::read(&p)?;
+        std::fs::write(&p, &bytes[..bytes.len() / 3])?;
+    }
+    let out = a.out.join("corrupt");
+    let (r, _, ok) = run_bevrt(
+        &bevrt,
+        &x.run_args(format!("replay:{}", rec.display()), &out, &[]),
+    )?;
+    let s = seqs(&out.join("results.jsonl"));
+    let in_order = s.windows(2).all(|w| w[0] < w[1]);
+    let good = ok
+        && u(&r, "source_errors") == 3
+        && u(&r, "frames_processed") == n - 3
+        && in_order
+        && !bad.iter().any(|b| s.contains(b));
+    Ok((
+        good,
+        format!(
+            "source errors {}, processed {}/{}, in order {in_order}",
+            u(&r, "source_errors"),
+            u(&r, "frames_processed"),
+            n - 3
+        ),
+    ))
+}
+
+fn stalled_camera(x: &HilCtx) -> Result<(bool, String)> {
+    let (a, bevrt, base, n) = (x.a, &x.bevrt, &x.base, x.n);
+    let rec = a.out.join("rec-stall");
+    let hole = 1_500_000_000u64;
+    derive_recording(&base, &rec, |s, ts, f| {
+        let ts = if s >= n / 2 { ts + hole } else { ts };
+        Some(format!("{s},{ts},{f},"))
+    })?;
+    let out = a.out.join("stall");
+    let t = Instant::now();
+    let (r, _, ok) = run_bevrt(
+        &bevrt,
+        &x.run_args(format!("replay:{}?realtime", rec.display()), &out, &[]),
+    )?;
+    let el = t.elapsed();
+    let good = ok && u(&r, "frames_processed") == n && el >= Duration::from_millis(1500);
+    Ok((
+        good,
+        format!(
+            "processed {}/{n} across a 1.5 s stall ({:.1} s run), dropped {}",
+            u(&r, "frames_processed"),
+            el.as_secs_f64(),
+            u(&r, "frames_dropped")
+        ),
+    ))
+}
+
+fn slow_sink(x: &HilCtx) -> Result<(bool, String)> {
+    let (a, bevrt, base, n) = (x.a, &x.bevrt, &x.base, x.n);
+    let out = a.out.join("slow-sink");
+    let (r, _, ok) = run_bevrt(
+        &bevrt,
+        &x.run_args(
+            format!("replay:{}?fps=50", base.display()),
+            &out,
+            &["--fault-sink-delay-ms", "60"],
+        ),
+    )?;
+    let good = ok
+        && u(&r, "frames_processed") + u(&r, "frames_dropped") == n
+        && u(&r, "sink_written") + u(&r, "sink_dropped") == u(&r, "frames_processed")
+        && u(&r, "sink_dropped") > 0;
+    Ok((
+        good,
+        format!(
+            "processed {}, sink wrote {}, sink dropped {} (frames dropped {})",
+            u(&r, "frames_processed"),
+            u(&r, "sink_written"),
+            u(&r, "sink_dropped"),
+            u(&r, "frames_dropped")
+        ),
+    ))
+}
+
+fn camera_lost(x: &HilCtx) -> Result<(bool, String)> {
+    let (a, bevrt) = (x.a, &x.bevrt);
+    // The live sim camera disappears before frame 10 for 1.5 s and comes back.
+    let out = a.out.join("camera-lost");
+    let want = 30u64;
+    let src = format!("sim:?seed={}&fps=20&unplug_at=10&unplug_for=1.5", a.seed);
+    let (r, err, ok) = run_bevrt(
+        &bevrt,
+        &x.run_args(src, &out, &["--max-frames", &want.to_string()]),
+    )?;
+    let s = seqs(&out.join("results.jsonl"));
+    let gap = s.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    let errors = u(&r, "source_errors");
+    let ended = r["ended_by"].as_str().unwrap_or("").to_string();
+    let good = ok
+        && u(&r, "frames_processed") == want
+        && errors >= 3
+        && errors != u64::MAX
+        && gap >= 20
+        && ended == "max frames";
+    Ok((
+        good,
+        format!(
+            "processed {}/{want} ({ended}), {errors} reconnect attempts counted as source errors, \
+             largest sequence gap {gap} frames (the outage){}",
+            u(&r, "frames_processed"),
+            if ok {
+                String::new()
+            } else {
+                format!("; {err}")
             }
-            std::fs::copy(bundle.dir.join(f), copy.join(f))?;
-        }
-        let out = a.out.join("bundle-replaced");
-        let mut args = run_args("sim:?seed=2&fps=25".into(), &out, &["--duration", "2"]);
-        args[2] = copy.display().to_string();
-        let child = std::process::Command::new(&bevrt)
-            .args(&args)
-            .arg("--json")
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        std::thread::sleep(Duration::from_millis(700));
-        let model = bundle
-            .manifest
-            .model("model")
-            .or_else(|| bundle.manifest.model("encoder"))
-            .map(|m| m.file.clone())
-            .unwrap_or_else(|| "model.onnx".into());
-        std::fs::write(copy.join(&model), b"replaced while running")?;
-        let o = child.wait_with_output()?;
-        let r: serde_json::Value =
-            serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
-        let (r2, err2, ok2) = run_bevrt(&bevrt, &args)?;
-        let refused =
-            !ok2 && r2.is_null() && err2.contains(&model) && err2.contains("sha256 mismatch");
-        let good = o.status.success()
-            && u(&r, "frames_processed") >= 25
-            && u(&r, "inference_errors") == 0
-            && refused;
-        Ok((
-            good,
-            format!(
-                "running process kept its network: {} frames, 0 errors expected ({}); restart refused: {refused}",
-                u(&r, "frames_processed"),
-                u(&r, "inference_errors")
-            ),
-        ))
-    });
+        ),
+    ))
+}
 
-    // ---------------------------------------------------------------- report
+fn bundle_replaced(x: &HilCtx) -> Result<(bool, String)> {
+    let (a, bevrt, bundle) = (x.a, &x.bevrt, &x.bundle);
+    let copy = a.out.join("bundle-copy");
+    let _ = std::fs::remove_dir_all(&copy);
+    std::fs::create_dir_all(&copy)?;
+    for f in bundle
+        .files()
+        .map(|f| f.file.as_str())
+        .chain(["bundle.toml"])
+    {
+        if let Some(parent) = copy.join(f).parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(bundle.dir.join(f), copy.join(f))?;
+    }
+    let out = a.out.join("bundle-replaced");
+    let mut args = x.run_args("sim:?seed=2&fps=25".into(), &out, &["--duration", "2"]);
+    args[2] = copy.display().to_string();
+    let child = std::process::Command::new(&bevrt)
+        .args(&args)
+        .arg("--json")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(700));
+    let model = bundle
+        .manifest
+        .model("model")
+        .or_else(|| bundle.manifest.model("encoder"))
+        .map(|m| m.file.clone())
+        .unwrap_or_else(|| "model.onnx".into());
+    std::fs::write(copy.join(&model), b"replaced while running")?;
+    let o = child.wait_with_output()?;
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+    let (r2, err2, ok2) = run_bevrt(&bevrt, &args)?;
+    let refused = !ok2 && r2.is_null() && err2.contains(&model) && err2.contains("sha256 mismatch");
+    let good = o.status.success()
+        && u(&r, "frames_processed") >= 25
+        && u(&r, "inference_errors") == 0
+        && refused;
+    Ok((
+        good,
+        format!(
+            "running process kept its network: {} frames, 0 errors expected ({}); restart refused: {refused}",
+            u(&r, "frames_processed"),
+            u(&r, "inference_errors")
+        ),
+    ))
+}
+
+/// The human table, the JUnit XML, and the verdict.
+fn report(a: &HilArgs, outcomes: &[Outcome]) -> Result<()> {
     println!(
         "{:<16} {:<6} {:>7}  detail",
         "scenario", "result", "seconds"
     );
-    for o in &outcomes {
+    for o in outcomes {
         println!(
             "{:<16} {:<6} {:>7.2}  {}",
             o.name,
@@ -543,7 +598,7 @@ pub fn hil(a: &HilArgs) -> Result<()> {
         outcomes.len(),
         outcomes.len()
     ));
-    for o in &outcomes {
+    for o in outcomes {
         x.push_str(&format!(
             "    <testcase classname=\"hil\" name=\"{}\" time=\"{:.3}\">",
             o.name, o.seconds

@@ -41,7 +41,11 @@ impl CaptureStage {
         let is_live = self.source.is_live();
         let mut queued = 0u64;
         while !self.stop.load(Ordering::Relaxed) {
-            let frame = match self.pools.free_frames.pop_timeout(Duration::from_millis(100)) {
+            let frame = match self
+                .pools
+                .free_frames
+                .pop_timeout(Duration::from_millis(100))
+            {
                 Pop::Item(f) => f,
                 Pop::Timeout => continue,
                 Pop::Closed => break,

@@ -59,7 +59,11 @@ impl std::fmt::Debug for LiveMetrics {
 impl LiveMetrics {
     /// A copy of every stage's histogram, the sink's included.
     pub fn histograms(&self) -> StageHistograms {
-        let mut h = self.stages.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut h = self
+            .stages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         h.h[Stage::Sink as usize] = self.sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
         h
     }
