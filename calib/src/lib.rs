@@ -37,4 +37,4 @@ pub use chessboard::{DetectError, find_chessboard};
 pub use error::CalibError;
 pub use extrinsics::Extrinsics;
 pub use imgproc::GrayImage;
-pub use yaml::{load_camera_yaml, save_ros_yaml};
+pub use yaml::{camera_from_ros, load_camera_yaml, save_ros_yaml};

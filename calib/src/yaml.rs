@@ -304,13 +304,6 @@ pub fn parse_camera_yaml(path: &Path, text: &str) -> Result<(CameraModel, YamlFo
             format!("must be 3x3, got {r}x{c}"),
         ));
     }
-    if k[1] != 0.0 || k[3] != 0.0 || k[6] != 0.0 || k[7] != 0.0 || (k[8] - 1.0).abs() > 1e-12 {
-        return Err(CalibError::field(
-            path,
-            "camera_matrix",
-            "expected [fx 0 cx; 0 fy cy; 0 0 1] (no skew)",
-        ));
-    }
     let model = match get(&m, "distortion_model") {
         Some(YVal::Scalar(s)) => s.to_lowercase(),
         Some(_) => {
@@ -324,7 +317,36 @@ pub fn parse_camera_yaml(path: &Path, text: &str) -> Result<(CameraModel, YamlFo
         None => return Err(CalibError::field(path, "distortion_model", "missing")),
     };
     let (_, _, d) = read_matrix(path, &m, "distortion_coefficients")?;
-    let dist = match model.as_str() {
+    let cam = camera_from_ros(path, width, height, &k, &model, &d)?;
+    Ok((cam, fmt))
+}
+
+/// A camera from ROS `CameraInfo` fields (YAML file or message): `k` the row-major 3x3
+/// camera matrix, `model` the lower-case distortion model, `d` its coefficients. Errors name
+/// `path` and the field.
+pub fn camera_from_ros(
+    path: &Path,
+    width: u32,
+    height: u32,
+    k: &[f64],
+    model: &str,
+    d: &[f64],
+) -> Result<CameraModel, CalibError> {
+    if k.len() != 9 {
+        return Err(CalibError::field(
+            path,
+            "camera_matrix",
+            format!("must hold 9 values, got {}", k.len()),
+        ));
+    }
+    if k[1] != 0.0 || k[3] != 0.0 || k[6] != 0.0 || k[7] != 0.0 || (k[8] - 1.0).abs() > 1e-12 {
+        return Err(CalibError::field(
+            path,
+            "camera_matrix",
+            "expected [fx 0 cx; 0 fy cy; 0 0 1] (no skew)",
+        ));
+    }
+    let dist = match model {
         "plumb_bob" | "rational_polynomial" | "radtan" | "pinhole" => {
             if d.len() < 4 && !d.is_empty() {
                 return Err(CalibError::field(
@@ -371,7 +393,7 @@ pub fn parse_camera_yaml(path: &Path, text: &str) -> Result<(CameraModel, YamlFo
             }
             e => e,
         })?;
-    Ok((cam, fmt))
+    Ok(cam)
 }
 
 fn fmt_list(v: &[f64]) -> String {

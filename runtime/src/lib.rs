@@ -3,14 +3,19 @@
 //! - [`afv`]: Adversarial Fisher Vectors: the analytic per-example score of a discriminator's
 //!   tail and the Fisher normalisation (CPU reference of the Fisher op).
 //! - [`frame`]: frames and pixel formats.
-//! - [`source`]: `FrameSource` and the `images:`, `replay:`, `v4l:` sources (recording format
-//!   in [`source::replay`]).
+//! - [`source`]: `FrameSource` and the `images:`, `replay:`, `v4l:`, `sim:` and `mcap:` sources
+//!   (recording format in [`source::replay`]).
+//! - [`ros2`]: ROS 2 messages (CDR) and MCAP bags: what the `mcap:` source reads and the MCAP
+//!   sink and `sim record --format mcap` write.
 //! - [`preprocess`]: colour conversion + resize + normalisation in one pass (the CPU reference
 //!   of the GPU preprocess kernel).
 //! - [`backend`]: the `Backend` trait, the CPU backend (tract) and the registry.
 //! - [`postprocess`]: per-frame results, softmax/argmax/colourise references.
-//! - [`pipeline`]: capture → queue → inference → queue → sinks, with counters and latency.
-//! - [`sink`]: PNG class maps, JSONL, npy, metrics.
+//! - [`pipeline`]: capture → queue → inference → queue → sinks, as stages, with counters and
+//!   latency.
+//! - [`sink`]: PNG class maps, JSONL, npy, MCAP.
+//! - [`serve`]: what a run shows while it goes on: Prometheus `/metrics` and `/healthz`, the
+//!   Foxglove live view.
 //! - [`metrics`], [`queue`], [`alloc_count`]: fixed-size histograms, bounded queues, allocation
 //!   counting.
 //! - [`conformance`], [`bench`]: the ONNX node-case runner and the benchmark.
@@ -33,6 +38,7 @@ pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;
 pub mod queue;
+pub mod ros2;
 pub mod selftest;
 pub mod sink;
 pub mod source;

@@ -57,7 +57,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 2)]
     trial_max_errors: u64,
     /// Frame source: images:GLOB[?fps=N], replay:DIR[?fps=N|?realtime],
-    /// v4l:/dev/videoN?width=W&height=H&fps=F&format=yuyv|mjpeg.
+    /// v4l:/dev/videoN?width=W&height=H&fps=F&format=yuyv|mjpeg, sim:?seed=S&fps=N,
+    /// mcap:BAG?topic=/camera/image_raw[&info=/camera/camera_info][&fps=N|&realtime].
     #[arg(long)]
     source: String,
     #[arg(long, value_enum, default_value = "auto")]
@@ -83,7 +84,8 @@ struct RunArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     sinks: Vec<sink::SinkKind>,
     /// Calibration file to watch: a change is applied between frames without restarting.
-    /// Defaults to the recording's calibration for replay sources.
+    /// Defaults to the recording's calibration for replay sources, and to a bag's CameraInfo
+    /// and /tf_static for mcap sources.
     #[arg(long)]
     calib: Option<PathBuf>,
     /// Seconds between progress lines.
@@ -276,6 +278,70 @@ fn open_store(
     Ok((loaded.active.bundle, loaded.backend, Some(Box::new(sup))))
 }
 
+/// A bag's own calibration (CameraInfo, tf_static) when the user gave no file: written as
+/// `OUT/calibration-from-stream.toml`, with what the bag lacks taken from the bundle's
+/// calibration, and then watched like any calibration file.
+fn calibration_from_stream(
+    src: &dyn bevrt_runtime::FrameSource,
+    bundle: Option<&Bundle>,
+    out: &std::path::Path,
+) -> anyhow::Result<Option<PathBuf>> {
+    let Some(sc) = src.stream_calibration() else {
+        return Ok(None);
+    };
+    let from_bundle = bundle.and_then(|b| calibration_in_use(None, b));
+    let (camera, extrinsics) = match (sc.camera, sc.extrinsics, from_bundle) {
+        (Some(c), Some(e), _) => (c, e),
+        (Some(c), None, Some(b)) => {
+            log::warn!(
+                "{}: no camera pose in /tf_static; using the bundle's extrinsics",
+                sc.origin
+            );
+            (c, b.extrinsics)
+        }
+        (None, Some(e), Some(b)) => {
+            log::warn!(
+                "{}: no CameraInfo (or an uncalibrated one); using the bundle's camera model",
+                sc.origin
+            );
+            (b.camera, e)
+        }
+        _ => {
+            log::warn!(
+                "{}: the stream's calibration is incomplete and the bundle has none to fill it; not used",
+                sc.origin
+            );
+            return Ok(None);
+        }
+    };
+    let c = bevrt_calib::Calibration { camera, extrinsics };
+    std::fs::create_dir_all(out)
+        .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", out.display()))?;
+    let p = out.join("calibration-from-stream.toml");
+    c.save(&p)?;
+    log::info!(
+        "calibration from the stream ({}): {}",
+        sc.origin,
+        p.display()
+    );
+    Ok(Some(p))
+}
+
+/// The calibration the run uses: the file given (or found), else the bundle's.
+fn calibration_in_use(
+    path: Option<&std::path::Path>,
+    bundle: &Bundle,
+) -> Option<bevrt_calib::Calibration> {
+    let p = path.map(|p| p.to_path_buf()).or_else(|| {
+        bundle
+            .manifest
+            .calibration
+            .as_ref()
+            .map(|f| bundle.dir.join(&f.file))
+    })?;
+    bevrt_calib::Calibration::load(&p).ok()
+}
+
 fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
     let given = match (&a.store, &a.bundle) {
         (None, Some(dir)) => Some(load_bundle(&a, dir)?),
@@ -283,7 +349,10 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let src = source::open(&a.source)?;
-    let calib = a.calib.clone().or_else(|| src.calibration_path());
+    let calib = match a.calib.clone().or_else(|| src.calibration_path()) {
+        Some(c) => Some(c),
+        None => calibration_from_stream(&*src, given.as_ref(), &a.out)?,
+    };
     let (bundle, be, updates) = match given {
         Some(b) => {
             let be = backend::open(a.backend, &b, &backend_opts(a.threads, a.int8_kernels))?;
@@ -297,7 +366,12 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         a.sinks.clone()
     };
     let n_out = be.new_result().outputs.len();
-    let sinks = sink::build(&kinds, &a.out, &bundle.manifest, n_out)?;
+    let live = std::sync::Arc::new(pipeline::LiveMetrics::default());
+    let sink_ctx = sink::SinkContext {
+        calibration: calibration_in_use(calib.as_deref(), &bundle),
+        live: Some(live.clone()),
+    };
+    let sinks = sink::build_with(&kinds, &a.out, &bundle.manifest, n_out, &sink_ctx)?;
     let opts = pipeline::PipelineOptions {
         max_frames: a.max_frames,
         duration: a.duration.map(Duration::from_secs_f64),
@@ -306,7 +380,8 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         sink_delay: Duration::from_millis(a.fault_sink_delay_ms),
         sink_stall: sink_stall(&a.fault_sink_stall)?,
         metrics_out: Some(a.out.join("metrics.jsonl")),
-        ..Default::default()
+        keep_camera_image: kinds.contains(&sink::SinkKind::Mcap),
+        live: Some(live),
     };
     let report = pipeline::run_supervised(src, be, sinks, &opts, updates)?;
     log::info!("done ({}): {}", report.ended_by, report.line());

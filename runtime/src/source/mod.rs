@@ -4,12 +4,14 @@
 //! - `images:GLOB[?fps=N]`: PNG/JPEG files in name order;
 //! - `replay:DIR[?fps=N|?realtime]`: a recording (see [`replay`] for the format);
 //! - `v4l:/dev/videoN?width=&height=&fps=&format=yuyv|mjpeg` (cargo feature `v4l`);
-//! - `sim:?seed=S&fps=N[&width=W&height=H]`: the synthetic driving world (bevrt-sim).
+//! - `sim:?seed=S&fps=N[&width=W&height=H]`: the synthetic driving world (bevrt-sim);
+//! - `mcap:FILE?topic=/camera/image_raw[&info=...]`: a ROS 2 bag (see [`mcap`]).
 //!
 //! Sources fill a pooled [`Frame`] in place. A bad frame is an `Err(SourceError::BadFrame)`
 //! that the pipeline counts and skips; the stream goes on.
 
 pub mod images;
+pub mod mcap;
 pub mod replay;
 pub mod sim;
 #[cfg(feature = "v4l")]
@@ -72,6 +74,21 @@ pub trait FrameSource: Send {
     fn calibration_path(&self) -> Option<PathBuf> {
         None
     }
+    /// Calibration carried inside the stream (a bag's CameraInfo and tf), if any; either part
+    /// may be missing.
+    fn stream_calibration(&self) -> Option<StreamCalibration> {
+        None
+    }
+}
+
+/// Calibration a stream carries: the camera model and the camera's pose in the vehicle,
+/// either of which may be absent.
+#[derive(Debug, Clone)]
+pub struct StreamCalibration {
+    pub camera: Option<bevrt_calib::CameraModel>,
+    pub extrinsics: Option<bevrt_calib::Extrinsics>,
+    /// Where it came from, for logs.
+    pub origin: String,
 }
 
 /// A parsed spec: scheme, body and `?key=value&...` options.
@@ -91,7 +108,7 @@ impl SourceSpec {
         };
         let (scheme, rest) = spec
             .split_once(':')
-            .ok_or_else(|| err("expected SCHEME:BODY (images:, replay:, v4l:, sim:)"))?;
+            .ok_or_else(|| err("expected SCHEME:BODY (images:, replay:, v4l:, sim:, mcap:)"))?;
         let (body, query) = match rest.split_once('?') {
             Some((b, q)) => (b, q),
             None => (rest, ""),
@@ -149,8 +166,9 @@ pub fn open(spec: &str) -> Result<Box<dyn FrameSource>, SourceError> {
         "replay" => Ok(Box::new(replay::ReplaySource::open(&s)?)),
         "v4l" => open_v4l(&s),
         "sim" => Ok(Box::new(sim::SimSource::open(&s)?)),
+        "mcap" => Ok(Box::new(mcap::McapSource::open(&s)?)),
         other => Err(s.error(format!(
-            "unknown source scheme '{other}' (expected images:, replay:, v4l: or sim:)"
+            "unknown source scheme '{other}' (expected images:, replay:, v4l:, sim: or mcap:)"
         ))),
     }
 }

@@ -1,6 +1,8 @@
 //! Sinks: where results go, on their own thread. A slow sink loses sink work (counted), never
 //! frames: the inference thread hands results over through a bounded queue and moves on.
 
+pub mod mcap;
+
 use crate::npy;
 use crate::postprocess::FrameResult;
 use bevrt_models::{ClassSpec, Task};
@@ -80,20 +82,84 @@ impl Sink for ClassMapPngSink {
 /// probabilities, features the embedding, bev a class histogram of the map.
 pub struct JsonlSink {
     w: BufWriter<std::fs::File>,
+    json: ResultJson,
+}
+
+impl JsonlSink {
+    pub fn new(out: &Path, labels: Vec<String>, classes: Vec<ClassSpec>) -> anyhow::Result<Self> {
+        Ok(JsonlSink {
+            w: create(&out.join("results.jsonl"))?,
+            json: ResultJson::new(labels, classes),
+        })
+    }
+}
+
+/// A result as one JSON object (the `results.jsonl` line, the MCAP `/bevrt/result` message),
+/// written without allocating.
+pub struct ResultJson {
     labels: Vec<String>,
     classes: Vec<ClassSpec>,
     counts: Vec<u64>,
 }
 
-impl JsonlSink {
-    pub fn new(out: &Path, labels: Vec<String>, classes: Vec<ClassSpec>) -> anyhow::Result<Self> {
+impl ResultJson {
+    pub fn new(labels: Vec<String>, classes: Vec<ClassSpec>) -> ResultJson {
         let n = classes.len();
-        Ok(JsonlSink {
-            w: create(&out.join("results.jsonl"))?,
+        ResultJson {
             labels,
             classes,
             counts: vec![0; n],
-        })
+        }
+    }
+
+    /// The object, then a newline.
+    pub fn write(&mut self, w: &mut impl Write, r: &FrameResult) -> std::io::Result<()> {
+        write!(w, "{{\"seq\":{},\"timestamp_ns\":{}", r.seq, r.timestamp_ns)?;
+        match r.task {
+            Task::Classify => {
+                if let Some((i, p)) = r.top {
+                    write!(w, ",\"top\":{i},\"score\":{p}")?;
+                    if let Some(l) = self.labels.get(i) {
+                        w.write_all(b",\"label\":")?;
+                        write_json_str(w, l)?;
+                    }
+                }
+                w.write_all(b",\"probs\":")?;
+                write_floats(w, &r.vector)?;
+            }
+            Task::Features => {
+                w.write_all(b",\"embedding\":")?;
+                write_floats(w, &r.vector)?;
+            }
+            Task::Bev => self.write_cell_counts(w, &r.class_map)?,
+        }
+        let [q, p, i, o] = r.stage_ns;
+        writeln!(
+            w,
+            ",\"latency_ms\":{{\"queue\":{:.3},\"preprocess\":{:.3},\"inference\":{:.3},\"postprocess\":{:.3}}}}}",
+            q as f64 / 1e6,
+            p as f64 / 1e6,
+            i as f64 / 1e6,
+            o as f64 / 1e6
+        )
+    }
+
+    fn write_cell_counts(&mut self, w: &mut impl Write, class_map: &[u8]) -> std::io::Result<()> {
+        self.counts.iter_mut().for_each(|c| *c = 0);
+        for &c in class_map {
+            if let Some(n) = self.counts.get_mut(c as usize) {
+                *n += 1;
+            }
+        }
+        w.write_all(b",\"cells\":{")?;
+        for (i, (c, n)) in self.classes.iter().zip(&self.counts).enumerate() {
+            if i > 0 {
+                w.write_all(b",")?;
+            }
+            write_json_str(w, &c.name)?;
+            write!(w, ":{n}")?;
+        }
+        w.write_all(b"}")
     }
 }
 
@@ -117,51 +183,7 @@ impl Sink for JsonlSink {
         "jsonl"
     }
     fn write(&mut self, r: &FrameResult) -> anyhow::Result<()> {
-        let w = &mut self.w;
-        write!(w, "{{\"seq\":{},\"timestamp_ns\":{}", r.seq, r.timestamp_ns)?;
-        match r.task {
-            Task::Classify => {
-                if let Some((i, p)) = r.top {
-                    write!(w, ",\"top\":{i},\"score\":{p}")?;
-                    if let Some(l) = self.labels.get(i) {
-                        w.write_all(b",\"label\":")?;
-                        write_json_str(w, l)?;
-                    }
-                }
-                w.write_all(b",\"probs\":")?;
-                write_floats(w, &r.vector)?;
-            }
-            Task::Features => {
-                w.write_all(b",\"embedding\":")?;
-                write_floats(w, &r.vector)?;
-            }
-            Task::Bev => {
-                self.counts.iter_mut().for_each(|c| *c = 0);
-                for &c in &r.class_map {
-                    if let Some(n) = self.counts.get_mut(c as usize) {
-                        *n += 1;
-                    }
-                }
-                w.write_all(b",\"cells\":{")?;
-                for (i, (c, n)) in self.classes.iter().zip(&self.counts).enumerate() {
-                    if i > 0 {
-                        w.write_all(b",")?;
-                    }
-                    write_json_str(w, &c.name)?;
-                    write!(w, ":{n}")?;
-                }
-                w.write_all(b"}")?;
-            }
-        }
-        let [q, p, i, o] = r.stage_ns;
-        writeln!(
-            w,
-            ",\"latency_ms\":{{\"queue\":{:.3},\"preprocess\":{:.3},\"inference\":{:.3},\"postprocess\":{:.3}}}}}",
-            q as f64 / 1e6,
-            p as f64 / 1e6,
-            i as f64 / 1e6,
-            o as f64 / 1e6
-        )?;
+        self.json.write(&mut self.w, r)?;
         Ok(())
     }
     fn finish(&mut self) -> anyhow::Result<()> {
@@ -225,6 +247,16 @@ pub enum SinkKind {
     Png,
     Jsonl,
     Npy,
+    /// `run.mcap`, a ROS 2 bag of camera, map, grid and results (see [`mcap`]).
+    Mcap,
+}
+
+/// What some sinks need beyond the bundle: the calibration in use (written into the MCAP
+/// bag) and the run's live counters (its metrics channel).
+#[derive(Default, Clone)]
+pub struct SinkContext {
+    pub calibration: Option<bevrt_calib::Calibration>,
+    pub live: Option<std::sync::Arc<crate::pipeline::LiveMetrics>>,
 }
 
 /// The sinks for a task when the user names none.
@@ -240,6 +272,17 @@ pub fn build(
     out: &Path,
     manifest: &bevrt_models::Manifest,
     outputs: usize,
+) -> anyhow::Result<Vec<Box<dyn Sink>>> {
+    build_with(kinds, out, manifest, outputs, &SinkContext::default())
+}
+
+/// [`build`], with what the MCAP sink needs.
+pub fn build_with(
+    kinds: &[SinkKind],
+    out: &Path,
+    manifest: &bevrt_models::Manifest,
+    outputs: usize,
+    ctx: &SinkContext,
 ) -> anyhow::Result<Vec<Box<dyn Sink>>> {
     std::fs::create_dir_all(out)
         .map_err(|e| anyhow::anyhow!("{}: cannot create output directory: {e}", out.display()))?;
@@ -261,6 +304,12 @@ pub fn build(
                 manifest.classes.clone(),
             )?),
             SinkKind::Npy => Box::new(NpySink::new(out, outputs)?),
+            SinkKind::Mcap => Box::new(mcap::McapSink::new(
+                out,
+                manifest,
+                ctx.calibration.clone(),
+                ctx.live.clone(),
+            )?),
         });
     }
     Ok(v)

@@ -1,0 +1,228 @@
+//! `--sinks mcap`: the run as a ROS 2 bag, `run.mcap`, that opens in Foxglove (or any MCAP
+//! reader) with the map under the vehicle:
+//!
+//! | topic | type | what |
+//! |---|---|---|
+//! | `/camera/image_raw` | sensor_msgs/msg/Image | the camera frame the result came from |
+//! | `/camera/camera_info`, `/tf_static` | CameraInfo, TFMessage | the calibration (once) |
+//! | `/bevrt/bev/image` | sensor_msgs/msg/Image (rgb8) | the BEV class map in the bundle's colours |
+//! | `/bevrt/bev/grid` | nav_msgs/msg/OccupancyGrid | class index per cell (-1 unknown), in `base_link` |
+//! | `/bevrt/result` | JSON | the `results.jsonl` line |
+//! | `/bevrt/metrics` | JSON | the run's counters, once a second |
+//!
+//! Message times are the frames' timestamps. Chunks are lz4-compressed (cheap enough for the
+//! sink thread; `zstd` is the smaller choice for archives).
+
+use super::{ResultJson, Sink};
+use crate::pipeline::LiveMetrics;
+use crate::postprocess::FrameResult;
+use crate::ros2::bag::{self, BagCompression, BagWriter};
+use crate::ros2::msgs;
+use bevrt_models::Task;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// Channel ids of an open bag.
+struct Channels {
+    camera: u16,
+    bev_image: Option<u16>,
+    bev_grid: Option<u16>,
+    result: u16,
+    metrics: u16,
+}
+
+pub struct McapSink {
+    bag: BagWriter,
+    channels: Channels,
+    json: ResultJson,
+    task: Task,
+    grid: Option<(bevrt_calib::BevGrid, bag::GridPlacement)>,
+    calibration: Option<bevrt_calib::Calibration>,
+    live: Option<Arc<LiveMetrics>>,
+    /// Reused per frame: the JSON line, the OccupancyGrid cells.
+    text: Vec<u8>,
+    cells: Vec<u8>,
+    wrote_calibration: bool,
+    last_metrics_ns: Option<u64>,
+}
+
+const RESULT_SCHEMA: &str = r#"{"type":"object","properties":{"seq":{"type":"integer"},"timestamp_ns":{"type":"integer"},"latency_ms":{"type":"object"}}}"#;
+const METRICS_SCHEMA: &str = r#"{"type":"object","properties":{"frames_processed":{"type":"integer"},"frames_dropped":{"type":"integer"},"inference_errors":{"type":"integer"}}}"#;
+
+impl McapSink {
+    pub fn new(
+        out: &Path,
+        manifest: &bevrt_models::Manifest,
+        calibration: Option<bevrt_calib::Calibration>,
+        live: Option<Arc<LiveMetrics>>,
+    ) -> anyhow::Result<McapSink> {
+        let mut bag = BagWriter::create(&out.join("run.mcap"), BagCompression::Lz4)?;
+        let is_bev = manifest.task == Task::Bev;
+        let channels = Channels {
+            camera: bag.ros2_channel("/camera/image_raw", &msgs::IMAGE)?,
+            bev_image: if is_bev {
+                Some(bag.ros2_channel("/bevrt/bev/image", &msgs::IMAGE)?)
+            } else {
+                None
+            },
+            bev_grid: if is_bev {
+                Some(bag.ros2_channel("/bevrt/bev/grid", &msgs::OCCUPANCY_GRID)?)
+            } else {
+                None
+            },
+            result: bag.json_channel("/bevrt/result", "bevrt.Result", RESULT_SCHEMA)?,
+            metrics: bag.json_channel("/bevrt/metrics", "bevrt.Metrics", METRICS_SCHEMA)?,
+        };
+        let grid = manifest
+            .grid
+            .clone()
+            .map(|g| (bag::grid_placement(&g), g))
+            .map(|(p, g)| (g, p));
+        Ok(McapSink {
+            bag,
+            channels,
+            json: ResultJson::new(manifest.outputs[0].labels.clone(), manifest.classes.clone()),
+            task: manifest.task,
+            grid,
+            calibration,
+            live,
+            text: Vec::with_capacity(4096),
+            cells: Vec::new(),
+            wrote_calibration: false,
+            last_metrics_ns: None,
+        })
+    }
+
+    fn write_camera(&mut self, r: &FrameResult) -> anyhow::Result<()> {
+        let c = &r.camera;
+        let Some(fmt) = c.format.filter(|_| !c.is_empty()) else {
+            return Ok(());
+        };
+        let step = match fmt {
+            crate::frame::PixelFormat::Nv12 => c.width,
+            f => f.frame_bytes(c.width, 1) as u32,
+        };
+        msgs::Image {
+            header: header(r.timestamp_ns, bag::CAMERA_FRAME),
+            height: c.height,
+            width: c.width,
+            encoding: bag::ros_encoding(fmt),
+            is_bigendian: 0,
+            step,
+            data: &c.data,
+        }
+        .encode(&mut self.bag.buf);
+        self.bag.write(self.channels.camera, r.timestamp_ns, None)
+    }
+
+    fn write_bev(&mut self, r: &FrameResult) -> anyhow::Result<()> {
+        let (Some(img), Some(grid_ch)) = (self.channels.bev_image, self.channels.bev_grid) else {
+            return Ok(());
+        };
+        let (w, h) = (r.map_width, r.map_height);
+        msgs::Image {
+            header: header(r.timestamp_ns, bag::VEHICLE_FRAME),
+            height: h as u32,
+            width: w as u32,
+            encoding: "rgb8",
+            is_bigendian: 0,
+            step: 3 * w as u32,
+            data: &r.color_map,
+        }
+        .encode(&mut self.bag.buf);
+        self.bag.write(img, r.timestamp_ns, None)?;
+        let Some((_, place)) = &self.grid else {
+            return Ok(());
+        };
+        // Class index per cell, 255 (unknown) as -1, rows in the grid's order.
+        self.cells.clear();
+        for row in 0..h {
+            let src = if place.reverse_rows { h - 1 - row } else { row };
+            self.cells.extend(
+                r.class_map[src * w..(src + 1) * w]
+                    .iter()
+                    .map(|&c| if c == 255 { 0xFF } else { c.min(100) }),
+            );
+        }
+        msgs::OccupancyGrid {
+            header: header(r.timestamp_ns, bag::VEHICLE_FRAME),
+            resolution: place.resolution,
+            width: w as u32,
+            height: h as u32,
+            origin_position: place.origin,
+            origin_orientation: place.orientation,
+            data: &self.cells,
+        }
+        .encode(&mut self.bag.buf);
+        self.bag.write(grid_ch, r.timestamp_ns, None)
+    }
+
+    fn write_metrics(&mut self, t_ns: u64) -> anyhow::Result<()> {
+        let Some(live) = &self.live else {
+            return Ok(());
+        };
+        if self
+            .last_metrics_ns
+            .is_some_and(|last| t_ns < last.saturating_add(1_000_000_000))
+        {
+            return Ok(());
+        }
+        self.last_metrics_ns = Some(t_ns);
+        let c = &live.counters;
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        self.text.clear();
+        use std::io::Write;
+        write!(
+            self.text,
+            "{{\"frames_captured\":{},\"frames_processed\":{},\"frames_dropped\":{},\"source_errors\":{},\"inference_errors\":{},\"sink_dropped\":{},\"sink_errors\":{},\"viewer_dropped\":{}}}",
+            l(&c.captured),
+            l(&c.processed),
+            l(&c.dropped),
+            l(&c.source_errors),
+            l(&c.infer_errors),
+            l(&c.sink_dropped),
+            l(&c.sink_errors),
+            l(&c.viewer_dropped)
+        )?;
+        let (ch, text) = (self.channels.metrics, std::mem::take(&mut self.text));
+        let r = self.bag.write(ch, t_ns, Some(&text));
+        self.text = text;
+        r
+    }
+}
+
+fn header(stamp_ns: u64, frame_id: &str) -> msgs::Header<'_> {
+    msgs::Header { stamp_ns, frame_id }
+}
+
+impl Sink for McapSink {
+    fn name(&self) -> &'static str {
+        "mcap"
+    }
+
+    fn write(&mut self, r: &FrameResult) -> anyhow::Result<()> {
+        if !self.wrote_calibration {
+            self.wrote_calibration = true;
+            if let Some(c) = self.calibration.take() {
+                self.bag
+                    .write_calibration(&c, "/camera/camera_info", r.timestamp_ns)?;
+            }
+        }
+        self.write_camera(r)?;
+        if self.task == Task::Bev {
+            self.write_bev(r)?;
+        }
+        self.text.clear();
+        self.json.write(&mut self.text, r)?;
+        let (ch, text) = (self.channels.result, std::mem::take(&mut self.text));
+        let res = self.bag.write(ch, r.timestamp_ns, Some(&text));
+        self.text = text;
+        res?;
+        self.write_metrics(r.timestamp_ns)
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        self.bag.finish()
+    }
+}
