@@ -40,6 +40,7 @@ pub mod preprocess;
 pub mod queue;
 pub mod ros2;
 pub mod selftest;
+pub mod serve;
 pub mod sink;
 pub mod source;
 pub mod supervisor;

@@ -91,6 +91,14 @@ struct RunArgs {
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 5.0)]
     report_every: f64,
+    /// Serve the run live to Foxglove (WebSocket protocol) on HOST:PORT, e.g.
+    /// 127.0.0.1:8765: camera, BEV map and grid, results, at most 20 Hz. A slow viewer loses
+    /// viewer messages (counted), never frames.
+    #[arg(long, value_name = "HOST:PORT")]
+    foxglove: Option<String>,
+    /// Serve Prometheus /metrics and /healthz on HOST:PORT, e.g. 127.0.0.1:9090.
+    #[arg(long, value_name = "HOST:PORT")]
+    prometheus: Option<String>,
     /// Print the final report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -371,7 +379,24 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         calibration: calibration_in_use(calib.as_deref(), &bundle),
         live: Some(live.clone()),
     };
-    let sinks = sink::build_with(&kinds, &a.out, &bundle.manifest, n_out, &sink_ctx)?;
+    let mut sinks = sink::build_with(&kinds, &a.out, &bundle.manifest, n_out, &sink_ctx)?;
+    if let Some(addr) = &a.foxglove {
+        let addr = bevrt_runtime::serve::parse_bind("foxglove", addr)?;
+        sinks.push(Box::new(
+            bevrt_runtime::serve::foxglove::LiveViewSink::start(
+                addr,
+                &bundle.manifest,
+                sink_ctx.calibration.clone(),
+                &be.new_result(),
+                src.max_frame_bytes().unwrap_or(1920 * 1080 * 3),
+                live.clone(),
+            )?,
+        ));
+    }
+    if let Some(addr) = &a.prometheus {
+        let addr = bevrt_runtime::serve::parse_bind("prometheus", addr)?;
+        bevrt_runtime::serve::prometheus::spawn(addr, live.clone())?;
+    }
     let opts = pipeline::PipelineOptions {
         max_frames: a.max_frames,
         duration: a.duration.map(Duration::from_secs_f64),
@@ -380,7 +405,7 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         sink_delay: Duration::from_millis(a.fault_sink_delay_ms),
         sink_stall: sink_stall(&a.fault_sink_stall)?,
         metrics_out: Some(a.out.join("metrics.jsonl")),
-        keep_camera_image: kinds.contains(&sink::SinkKind::Mcap),
+        keep_camera_image: kinds.contains(&sink::SinkKind::Mcap) || a.foxglove.is_some(),
         live: Some(live),
     };
     let report = pipeline::run_supervised(src, be, sinks, &opts, updates)?;

@@ -88,6 +88,22 @@ impl Histogram {
         self.max
     }
 
+    /// Values recorded at or below `v` (bucket precision: a bucket counts when it lies wholly
+    /// at or below `v`), for Prometheus's cumulative buckets.
+    pub fn count_at_most(&self, v: u64) -> u64 {
+        self.counts
+            .iter()
+            .enumerate()
+            .take_while(|&(b, _)| bucket_floor(b + 1) <= v.saturating_add(1))
+            .map(|(_, &c)| c)
+            .sum()
+    }
+
+    /// Sum of every recorded value.
+    pub fn sum(&self) -> u128 {
+        self.sum
+    }
+
     pub fn merge(&mut self, o: &Histogram) {
         for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
             *a += b;

@@ -95,24 +95,9 @@ impl McapSink {
     }
 
     fn write_camera(&mut self, r: &FrameResult) -> anyhow::Result<()> {
-        let c = &r.camera;
-        let Some(fmt) = c.format.filter(|_| !c.is_empty()) else {
+        if !encode_camera(r, &mut self.bag.buf) {
             return Ok(());
-        };
-        let step = match fmt {
-            crate::frame::PixelFormat::Nv12 => c.width,
-            f => f.frame_bytes(c.width, 1) as u32,
-        };
-        msgs::Image {
-            header: header(r.timestamp_ns, bag::CAMERA_FRAME),
-            height: c.height,
-            width: c.width,
-            encoding: bag::ros_encoding(fmt),
-            is_bigendian: 0,
-            step,
-            data: &c.data,
         }
-        .encode(&mut self.bag.buf);
         self.bag.write(self.channels.camera, r.timestamp_ns, None)
     }
 
@@ -120,41 +105,12 @@ impl McapSink {
         let (Some(img), Some(grid_ch)) = (self.channels.bev_image, self.channels.bev_grid) else {
             return Ok(());
         };
-        let (w, h) = (r.map_width, r.map_height);
-        msgs::Image {
-            header: header(r.timestamp_ns, bag::VEHICLE_FRAME),
-            height: h as u32,
-            width: w as u32,
-            encoding: "rgb8",
-            is_bigendian: 0,
-            step: 3 * w as u32,
-            data: &r.color_map,
-        }
-        .encode(&mut self.bag.buf);
+        encode_bev_image(r, &mut self.bag.buf);
         self.bag.write(img, r.timestamp_ns, None)?;
         let Some((_, place)) = &self.grid else {
             return Ok(());
         };
-        // Class index per cell, 255 (unknown) as -1, rows in the grid's order.
-        self.cells.clear();
-        for row in 0..h {
-            let src = if place.reverse_rows { h - 1 - row } else { row };
-            self.cells.extend(
-                r.class_map[src * w..(src + 1) * w]
-                    .iter()
-                    .map(|&c| if c == 255 { 0xFF } else { c.min(100) }),
-            );
-        }
-        msgs::OccupancyGrid {
-            header: header(r.timestamp_ns, bag::VEHICLE_FRAME),
-            resolution: place.resolution,
-            width: w as u32,
-            height: h as u32,
-            origin_position: place.origin,
-            origin_orientation: place.orientation,
-            data: &self.cells,
-        }
-        .encode(&mut self.bag.buf);
+        encode_grid(r, place, &mut self.cells, &mut self.bag.buf);
         self.bag.write(grid_ch, r.timestamp_ns, None)
     }
 
@@ -194,6 +150,73 @@ impl McapSink {
 
 fn header(stamp_ns: u64, frame_id: &str) -> msgs::Header<'_> {
     msgs::Header { stamp_ns, frame_id }
+}
+
+/// The camera frame a result carries as an `Image` in `buf`; false when it carries none.
+pub(crate) fn encode_camera(r: &FrameResult, buf: &mut Vec<u8>) -> bool {
+    let c = &r.camera;
+    let Some(fmt) = c.format.filter(|_| !c.is_empty()) else {
+        return false;
+    };
+    let step = match fmt {
+        crate::frame::PixelFormat::Nv12 => c.width,
+        f => f.frame_bytes(c.width, 1) as u32,
+    };
+    msgs::Image {
+        header: header(r.timestamp_ns, bag::CAMERA_FRAME),
+        height: c.height,
+        width: c.width,
+        encoding: bag::ros_encoding(fmt),
+        is_bigendian: 0,
+        step,
+        data: &c.data,
+    }
+    .encode(buf);
+    true
+}
+
+/// The colourised BEV map as an rgb8 `Image` in `buf`.
+pub(crate) fn encode_bev_image(r: &FrameResult, buf: &mut Vec<u8>) {
+    msgs::Image {
+        header: header(r.timestamp_ns, bag::VEHICLE_FRAME),
+        height: r.map_height as u32,
+        width: r.map_width as u32,
+        encoding: "rgb8",
+        is_bigendian: 0,
+        step: 3 * r.map_width as u32,
+        data: &r.color_map,
+    }
+    .encode(buf);
+}
+
+/// The class map as an `OccupancyGrid` in `buf`: class index per cell, 255 (unknown) as -1,
+/// rows in the grid's order; `cells` is reused scratch.
+pub(crate) fn encode_grid(
+    r: &FrameResult,
+    place: &bag::GridPlacement,
+    cells: &mut Vec<u8>,
+    buf: &mut Vec<u8>,
+) {
+    let (w, h) = (r.map_width, r.map_height);
+    cells.clear();
+    for row in 0..h {
+        let src = if place.reverse_rows { h - 1 - row } else { row };
+        cells.extend(
+            r.class_map[src * w..(src + 1) * w]
+                .iter()
+                .map(|&c| if c == 255 { 0xFF } else { c.min(100) }),
+        );
+    }
+    msgs::OccupancyGrid {
+        header: header(r.timestamp_ns, bag::VEHICLE_FRAME),
+        resolution: place.resolution,
+        width: w as u32,
+        height: h as u32,
+        origin_position: place.origin,
+        origin_orientation: place.orientation,
+        data: cells,
+    }
+    .encode(buf);
 }
 
 impl Sink for McapSink {

@@ -1,0 +1,27 @@
+//! What a run shows while it goes on, off the real-time path:
+//!
+//! - [`prometheus`]: `--prometheus ADDR` serves `/metrics` (Prometheus text format: frames,
+//!   drops, errors per kind, per-stage latency histograms) and `/healthz`;
+//! - [`foxglove`]: `--foxglove ADDR` serves the camera, the BEV map and grid and the results
+//!   live over the Foxglove WebSocket protocol, at most 20 Hz; a slow viewer loses viewer
+//!   messages (counted as `viewer_dropped`), never pipeline frames.
+//!
+//! Both bind to loopback by default; any other address is the user's explicit choice (and
+//! logged as such).
+
+pub mod foxglove;
+pub mod prometheus;
+
+/// Parse `HOST:PORT`, warning when it is not a loopback address.
+pub fn parse_bind(what: &str, addr: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let a = addr
+        .to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("--{what} {addr}: not HOST:PORT ({e})"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("--{what} {addr}: resolves to no address"))?;
+    if !a.ip().is_loopback() {
+        log::warn!("--{what} {a}: listening beyond this machine (not loopback), as asked");
+    }
+    Ok(a)
+}

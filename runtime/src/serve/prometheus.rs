@@ -1,0 +1,197 @@
+//! `/metrics` in the Prometheus text exposition format (0.0.4) and `/healthz`, on a thread of
+//! their own (`tiny_http`). Every scrape reads the run's [`LiveMetrics`]: counters are atomics,
+//! histograms are copied under their lock, so a scrape never holds up a frame for longer than
+//! one copy.
+//!
+//! `/healthz` is 200 `ok` while frames are flowing (one processed within the last
+//! `stall_after`), else 503 with the reason; before the first frame it is 503 `starting`.
+
+use crate::metrics::{Histogram, STAGES};
+use crate::pipeline::LiveMetrics;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Bucket bounds of the latency histograms, seconds.
+const BUCKETS_S: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.033, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+];
+
+/// The metrics page for `live`.
+pub fn render(live: &LiveMetrics) -> String {
+    let c = &live.counters;
+    let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut s = String::with_capacity(8192);
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(
+            s,
+            "# HELP bevrt_{name} {help}\n# TYPE bevrt_{name} counter\nbevrt_{name} {v}"
+        );
+    };
+    counter(
+        "frames_captured_total",
+        "Frames the source delivered.",
+        l(&c.captured),
+    );
+    counter(
+        "frames_processed_total",
+        "Frames through inference.",
+        l(&c.processed),
+    );
+    counter(
+        "frames_dropped_total",
+        "Frames a live source lost to a full queue.",
+        l(&c.dropped),
+    );
+    counter(
+        "sink_written_total",
+        "Results every sink wrote.",
+        l(&c.sink_written),
+    );
+    counter(
+        "sink_dropped_total",
+        "Results the sinks were too slow to take.",
+        l(&c.sink_dropped),
+    );
+    counter(
+        "viewer_dropped_total",
+        "Live-view messages a slow viewer lost.",
+        l(&c.viewer_dropped),
+    );
+    counter(
+        "calibration_reloads_total",
+        "Calibration changes applied.",
+        l(&c.calib_reloads),
+    );
+    counter(
+        "model_swaps_total",
+        "Bundles swapped in from the store.",
+        l(&c.model_swaps),
+    );
+    counter(
+        "model_rollbacks_total",
+        "Bundles rolled back after a failed trial.",
+        l(&c.model_rollbacks),
+    );
+    let _ = writeln!(
+        s,
+        "# HELP bevrt_errors_total Errors by kind; the pipeline went on after each.\n# TYPE bevrt_errors_total counter"
+    );
+    for (kind, v) in [
+        ("source", l(&c.source_errors)),
+        ("inference", l(&c.infer_errors)),
+        ("sink", l(&c.sink_errors)),
+        ("calibration", l(&c.calib_errors)),
+        ("model_update", l(&c.model_refused)),
+    ] {
+        let _ = writeln!(s, "bevrt_errors_total{{kind=\"{kind}\"}} {v}");
+    }
+    let _ = writeln!(
+        s,
+        "# HELP bevrt_stage_latency_seconds Per-frame latency of each pipeline stage.\n# TYPE bevrt_stage_latency_seconds histogram"
+    );
+    let hist = live.histograms();
+    for (stage, name) in STAGES {
+        write_histogram(&mut s, name, hist.get(stage));
+    }
+    s
+}
+
+fn write_histogram(s: &mut String, stage: &str, h: &Histogram) {
+    for b in BUCKETS_S {
+        let n = h.count_at_most((b * 1e9) as u64);
+        let _ = writeln!(
+            s,
+            "bevrt_stage_latency_seconds_bucket{{stage=\"{stage}\",le=\"{b}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "bevrt_stage_latency_seconds_bucket{{stage=\"{stage}\",le=\"+Inf\"}} {}\nbevrt_stage_latency_seconds_sum{{stage=\"{stage}\"}} {}\nbevrt_stage_latency_seconds_count{{stage=\"{stage}\"}} {}",
+        h.count(),
+        h.sum() as f64 / 1e9,
+        h.count()
+    );
+}
+
+/// Health from how recently the processed count moved.
+struct Health {
+    last_count: u64,
+    last_change: Instant,
+    stall_after: Duration,
+}
+
+impl Health {
+    fn check(&mut self, live: &LiveMetrics) -> (u16, String) {
+        let n = live.counters.processed.load(Ordering::Relaxed);
+        if n != self.last_count {
+            self.last_count = n;
+            self.last_change = Instant::now();
+        }
+        if n == 0 {
+            return (503, "starting: no frame processed yet\n".into());
+        }
+        let idle = self.last_change.elapsed();
+        if idle > self.stall_after {
+            return (
+                503,
+                format!(
+                    "stalled: no frame processed for {:.1} s\n",
+                    idle.as_secs_f64()
+                ),
+            );
+        }
+        (200, format!("ok: {n} frames processed\n"))
+    }
+}
+
+/// Serve `/metrics` and `/healthz` on `addr` until the process ends; returns the bound address.
+pub fn spawn(
+    addr: std::net::SocketAddr,
+    live: Arc<LiveMetrics>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let server = tiny_http::Server::http(addr)
+        .map_err(|e| anyhow::anyhow!("--prometheus {addr}: cannot listen: {e}"))?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| anyhow::anyhow!("--prometheus {addr}: not an IP listener"))?;
+    std::thread::Builder::new()
+        .name("bevrt-metrics".into())
+        .spawn(move || {
+            let mut health = Health {
+                last_count: 0,
+                last_change: Instant::now(),
+                stall_after: Duration::from_secs(5),
+            };
+            for req in server.incoming_requests() {
+                let (code, body, ctype) = match req.url() {
+                    "/metrics" => (
+                        200,
+                        render(&live),
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    ),
+                    "/healthz" => {
+                        let (c, b) = health.check(&live);
+                        (c, b, "text/plain; charset=utf-8")
+                    }
+                    _ => (
+                        404,
+                        "not found: /metrics or /healthz\n".into(),
+                        "text/plain",
+                    ),
+                };
+                let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes())
+                    .expect("static header");
+                let resp = tiny_http::Response::from_string(body)
+                    .with_status_code(code)
+                    .with_header(header);
+                if let Err(e) = req.respond(resp) {
+                    log::debug!("metrics client went away: {e}");
+                }
+            }
+        })?;
+    log::info!("metrics: http://{bound}/metrics and /healthz");
+    Ok(bound)
+}
