@@ -287,7 +287,7 @@ fn baseline(x: &HilCtx) -> Result<(bool, String)> {
     let (a, bevrt, base, n) = (x.a, &x.bevrt, &x.base, x.n);
     let out = a.out.join("baseline");
     let (r, err, ok) = run_bevrt(
-        &bevrt,
+        bevrt,
         &x.run_args(format!("replay:{}", base.display()), &out, &[]),
     )?;
     let p99 = |stage: &str| {
@@ -335,7 +335,7 @@ fn baseline(x: &HilCtx) -> Result<(bool, String)> {
 
 fn map_quality(x: &HilCtx) -> Result<(bool, String)> {
     let (a, base, bundle) = (x.a, &x.base, &x.bundle);
-    let rec = bevrt_runtime::source::replay::Recording::open(&base)?;
+    let rec = bevrt_runtime::source::replay::Recording::open(base)?;
     let maps = a.out.join("baseline/maps");
     let classes = &bundle.manifest.classes;
     let mut pairs = vec![];
@@ -377,12 +377,12 @@ fn map_quality(x: &HilCtx) -> Result<(bool, String)> {
 fn dropped_frames(x: &HilCtx) -> Result<(bool, String)> {
     let (a, bevrt, base, n) = (x.a, &x.bevrt, &x.base, x.n);
     let rec = a.out.join("rec-dropped");
-    derive_recording(&base, &rec, |s, ts, f| {
+    derive_recording(base, &rec, |s, ts, f| {
         (s % 5 != 4).then(|| format!("{s},{ts},{f},"))
     })?;
     let out = a.out.join("dropped");
     let (r, _, ok) = run_bevrt(
-        &bevrt,
+        bevrt,
         &x.run_args(format!("replay:{}", rec.display()), &out, &[]),
     )?;
     let removed = (0..n).filter(|s| s % 5 == 4).count() as u64;
@@ -404,7 +404,7 @@ fn dropped_frames(x: &HilCtx) -> Result<(bool, String)> {
 fn corrupt_frames(x: &HilCtx) -> Result<(bool, String)> {
     let (a, bevrt, base, n) = (x.a, &x.bevrt, &x.base, x.n);
     let rec = a.out.join("rec-corrupt");
-    derive_recording(&base, &rec, |s, ts, f| Some(format!("{s},{ts},{f},")))?;
+    derive_recording(base, &rec, |s, ts, f| Some(format!("{s},{ts},{f},")))?;
     let bad = [3u64, n / 2, n - 2];
     for k in bad {
         let p = rec.join(format!("frames/{k:06}.png"));
@@ -413,7 +413,7 @@ fn corrupt_frames(x: &HilCtx) -> Result<(bool, String)> {
     }
     let out = a.out.join("corrupt");
     let (r, _, ok) = run_bevrt(
-        &bevrt,
+        bevrt,
         &x.run_args(format!("replay:{}", rec.display()), &out, &[]),
     )?;
     let s = seqs(&out.join("results.jsonl"));
@@ -438,14 +438,14 @@ fn stalled_camera(x: &HilCtx) -> Result<(bool, String)> {
     let (a, bevrt, base, n) = (x.a, &x.bevrt, &x.base, x.n);
     let rec = a.out.join("rec-stall");
     let hole = 1_500_000_000u64;
-    derive_recording(&base, &rec, |s, ts, f| {
+    derive_recording(base, &rec, |s, ts, f| {
         let ts = if s >= n / 2 { ts + hole } else { ts };
         Some(format!("{s},{ts},{f},"))
     })?;
     let out = a.out.join("stall");
     let t = Instant::now();
     let (r, _, ok) = run_bevrt(
-        &bevrt,
+        bevrt,
         &x.run_args(format!("replay:{}?realtime", rec.display()), &out, &[]),
     )?;
     let el = t.elapsed();
@@ -465,7 +465,7 @@ fn slow_sink(x: &HilCtx) -> Result<(bool, String)> {
     let (a, bevrt, base, n) = (x.a, &x.bevrt, &x.base, x.n);
     let out = a.out.join("slow-sink");
     let (r, _, ok) = run_bevrt(
-        &bevrt,
+        bevrt,
         &x.run_args(
             format!("replay:{}?fps=50", base.display()),
             &out,
@@ -495,7 +495,7 @@ fn camera_lost(x: &HilCtx) -> Result<(bool, String)> {
     let want = 30u64;
     let src = format!("sim:?seed={}&fps=20&unplug_at=10&unplug_for=1.5", a.seed);
     let (r, err, ok) = run_bevrt(
-        &bevrt,
+        bevrt,
         &x.run_args(src, &out, &["--max-frames", &want.to_string()]),
     )?;
     let s = seqs(&out.join("results.jsonl"));
@@ -541,7 +541,7 @@ fn bundle_replaced(x: &HilCtx) -> Result<(bool, String)> {
     let out = a.out.join("bundle-replaced");
     let mut args = x.run_args("sim:?seed=2&fps=25".into(), &out, &["--duration", "2"]);
     args[2] = copy.display().to_string();
-    let child = std::process::Command::new(&bevrt)
+    let child = std::process::Command::new(bevrt)
         .args(&args)
         .arg("--json")
         .env("RUST_LOG", "warn")
@@ -558,7 +558,7 @@ fn bundle_replaced(x: &HilCtx) -> Result<(bool, String)> {
     std::fs::write(copy.join(&model), b"replaced while running")?;
     let o = child.wait_with_output()?;
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
-    let (r2, err2, ok2) = run_bevrt(&bevrt, &args)?;
+    let (r2, err2, ok2) = run_bevrt(bevrt, &args)?;
     let refused = !ok2 && r2.is_null() && err2.contains(&model) && err2.contains("sha256 mismatch");
     let good = o.status.success()
         && u(&r, "frames_processed") >= 25

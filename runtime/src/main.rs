@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a bundle on a frame source, writing results to sinks.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// The main job on an embedded default (no camera, no GPU, no download): the shipped
     /// letsmap-lite BEV bundle on a freshly simulated drive; side-by-side PNGs, latency, mIoU.
     Demo(BevDemoArgs),
@@ -211,7 +211,7 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Run(a) => cmd_run(a),
+        Cmd::Run(a) => cmd_run(*a),
         Cmd::Demo(a) => cmd_bev_demo(a),
         Cmd::DemoClassify(a) => cmd_demo(a),
         Cmd::Bench(a) => cmd_bench(a),
