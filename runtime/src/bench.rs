@@ -194,3 +194,42 @@ pub fn run_ort_peer(
     let line = s.lines().last().unwrap_or("");
     serde_json::from_str(line).map_err(|e| anyhow::anyhow!("peer output '{line}': {e}"))
 }
+
+/// How fast a source delivers frames with nothing downstream: frames, errors and seconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceRate {
+    pub source: String,
+    pub frames: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub fps: f64,
+    pub megabytes_per_s: f64,
+}
+
+/// Read `spec` to its end (or `max_frames`) as fast as it goes; bad frames are counted.
+pub fn source_rate(spec: &str, max_frames: u64) -> anyhow::Result<SourceRate> {
+    let mut src = crate::source::open(spec)?;
+    let mut frame = Frame::with_capacity(src.max_frame_bytes().unwrap_or(1920 * 1080 * 3));
+    let (mut frames, mut errors, mut bytes) = (0u64, 0u64, 0u64);
+    let t0 = Instant::now();
+    while frames < max_frames {
+        match src.next_frame(&mut frame) {
+            Ok(crate::source::SourceStatus::Frame) => {
+                frames += 1;
+                bytes += frame.data.len() as u64;
+            }
+            Ok(crate::source::SourceStatus::End) => break,
+            Err(e) if e.is_recoverable() => errors += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    Ok(SourceRate {
+        source: src.describe(),
+        frames,
+        errors,
+        seconds,
+        fps: frames as f64 / seconds.max(1e-9),
+        megabytes_per_s: bytes as f64 / 1e6 / seconds.max(1e-9),
+    })
+}

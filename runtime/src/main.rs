@@ -177,6 +177,10 @@ struct BenchArgs {
     /// threads and frame, interleaved in this run, and print the inference ratio.
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// Also read this frame source (e.g. mcap:BAG) as fast as it delivers, with nothing
+    /// downstream, and print its rate against the bundle's per-frame rate.
+    #[arg(long)]
+    source: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -674,14 +678,32 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let source = a
+        .source
+        .as_deref()
+        .map(|s| bench::source_rate(s, 100_000))
+        .transpose()?;
     if a.json {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({"bevrt": r, "peer": peer, "baseline": rb})
+                &serde_json::json!({"bevrt": r, "peer": peer, "baseline": rb, "source": source})
             )?
         );
         return Ok(());
+    }
+    if let Some(s) = &source {
+        println!(
+            "source {}: {} frames in {:.2} s = {:.0} frames/s ({:.0} MB/s, {} bad), {:.1}x the bundle's {:.0} frames/s",
+            s.source,
+            s.frames,
+            s.seconds,
+            s.fps,
+            s.megabytes_per_s,
+            s.errors,
+            s.fps / r.fps.max(1e-9),
+            r.fps
+        );
     }
     println!(
         "bundle {} on {} ({} frames, frame {})",
