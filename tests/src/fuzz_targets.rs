@@ -22,6 +22,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("image_decode", image_decode),
     ("raw_frame", raw_frame),
     ("npy", npy),
+    ("ros2_messages", ros2_messages),
+    ("mcap_bag", mcap_bag),
 ];
 
 /// A fuzz target's body by name.
@@ -161,4 +163,38 @@ pub fn replay_dir(dir: &Path, f: Target) -> usize {
         }
     }
     files.len()
+}
+
+/// ROS 2 messages as the `mcap:` source decodes them (CDR): Image, CompressedImage,
+/// CameraInfo and TFMessage from the same bytes, and an Image copied into a frame.
+pub fn ros2_messages(bytes: &[u8]) {
+    use bevrt_runtime::ros2::msgs;
+    let _ = msgs::CompressedImage::decode(bytes);
+    let _ = msgs::CameraInfo::decode(bytes);
+    let _ = msgs::decode_tf(bytes);
+    if let Ok(m) = msgs::Image::decode(bytes) {
+        let mut frame = bevrt_runtime::Frame::with_capacity(0);
+        let _ = bevrt_runtime::source::mcap::copy_image(&m, &mut frame);
+    }
+}
+
+/// A whole bag through the `mcap:` source (survey, calibration, every frame) from a file,
+/// as `bevrt run --source mcap:FILE` reads it.
+pub fn mcap_bag(bytes: &[u8]) {
+    use bevrt_runtime::source::{SourceStatus, open};
+    let path = std::env::temp_dir().join(format!("bevrt-fuzz-{}.mcap", std::process::id()));
+    if std::fs::write(&path, bytes).is_err() {
+        return;
+    }
+    if let Ok(mut src) = open(&format!("mcap:{}", path.display())) {
+        let _ = src.stream_calibration();
+        let mut frame = bevrt_runtime::Frame::with_capacity(0);
+        for _ in 0..64 {
+            match src.next_frame(&mut frame) {
+                Ok(SourceStatus::Frame) => {}
+                Err(e) if e.is_recoverable() => {}
+                _ => break,
+            }
+        }
+    }
 }

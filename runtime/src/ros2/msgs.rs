@@ -230,7 +230,7 @@ impl<'a> CameraInfo<'a> {
     }
     pub fn decode(msg: &'a [u8]) -> Result<CameraInfo<'a>, CdrError> {
         let mut r = CdrReader::new(msg)?;
-        Ok(CameraInfo {
+        let info = CameraInfo {
             header: Header::read(&mut r)?,
             height: r.u32("height")?,
             width: r.u32("width")?,
@@ -239,7 +239,20 @@ impl<'a> CameraInfo<'a> {
             k: r.f64_array("k")?,
             r: r.f64_array("r")?,
             p: r.f64_array("p")?,
-        })
+        };
+        // Binning and ROI are not used, but read: a message cut short is refused whole.
+        for what in [
+            "binning_x",
+            "binning_y",
+            "roi.x_offset",
+            "roi.y_offset",
+            "roi.height",
+        ] {
+            r.u32(what)?;
+        }
+        r.u32("roi.width")?;
+        r.u8("roi.do_rectify")?;
+        Ok(info)
     }
 }
 

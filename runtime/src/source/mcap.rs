@@ -187,7 +187,7 @@ impl McapSource {
 }
 
 /// Copy a raw `Image` into `frame`, dropping any row padding (`step`).
-fn copy_image(m: &msgs::Image, frame: &mut Frame) -> Result<(), String> {
+pub fn copy_image(m: &msgs::Image, frame: &mut Frame) -> Result<(), String> {
     let fmt = bag::pixel_format(m.encoding).ok_or_else(|| {
         format!(
             "image encoding '{}' is not read by bevrt (readable: {})",
