@@ -20,13 +20,12 @@
 //! The bag is streamed (`mcap::io::MessageReader`): memory follows the largest chunk, not the
 //! file.
 
-use super::{FrameSource, Pacer, SourceError, SourceSpec, SourceStatus, StreamCalibration};
+use super::{FrameSource, Playback, SourceError, SourceSpec, SourceStatus, StreamCalibration};
 use crate::frame::{Frame, PixelFormat};
 use crate::ros2::{bag, msgs};
 use std::collections::BTreeMap;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 type Reader = mcap::io::MessageReader<BufReader<std::fs::File>>;
 
@@ -36,9 +35,7 @@ pub struct McapSource {
     topic: String,
     compressed: bool,
     calibration: Option<StreamCalibration>,
-    pacer: Pacer,
-    use_timestamps: bool,
-    realtime: Option<(Instant, u64)>,
+    playback: Playback,
     next_seq: u64,
     frame_bytes: usize,
     scratch: Vec<u8>,
@@ -133,34 +130,19 @@ impl McapSource {
             });
         }
         let calibration = stream_calibration(&path, &survey, &info_topic)?;
-        let fps: f64 = s.opt("fps")?.unwrap_or(0.0);
+        let playback = Playback::from_spec(s)?;
         Ok(McapSource {
             reader: open_reader(&path)?,
             path,
             topic,
             compressed,
             calibration,
-            pacer: Pacer::new(fps),
-            use_timestamps: s.options.contains_key("realtime"),
-            realtime: None,
+            playback,
             next_seq: 0,
             frame_bytes: first_bytes.max(640 * 480 * 3),
             scratch: Vec::new(),
             ended: false,
         })
-    }
-
-    fn wait_for(&mut self, ts: u64) {
-        if self.use_timestamps {
-            let (start, ts0) = *self.realtime.get_or_insert((Instant::now(), ts));
-            let due = start + Duration::from_nanos(ts.saturating_sub(ts0));
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-        } else {
-            self.pacer.wait();
-        }
     }
 
     fn decode(
@@ -436,7 +418,7 @@ impl FrameSource for McapSource {
             let seq = self.next_seq;
             self.next_seq += 1;
             let ts = self.decode(&m.data, m.log_time, frame)?;
-            self.wait_for(ts);
+            self.playback.wait_for(ts);
             frame.seq = seq;
             frame.timestamp_ns = ts;
             return Ok(SourceStatus::Frame);
@@ -444,7 +426,7 @@ impl FrameSource for McapSource {
     }
 
     fn is_live(&self) -> bool {
-        self.use_timestamps || self.pacer.is_paced()
+        self.playback.is_live()
     }
 
     fn max_frame_bytes(&self) -> Option<usize> {

@@ -227,6 +227,51 @@ impl Pacer {
     }
 }
 
+/// How a file source plays: as fast as possible (lossless), at `fps=N`, or at the recorded
+/// timestamps with `realtime` (both of the latter are live: the pipeline drops the oldest
+/// queued frame instead of waiting).
+#[derive(Debug, Clone)]
+pub struct Playback {
+    pacer: Pacer,
+    use_timestamps: bool,
+    /// Wall clock and stream time of the first frame played in real time.
+    realtime: Option<(Instant, u64)>,
+}
+
+impl Playback {
+    /// From the `fps` and `realtime` options of `spec`.
+    pub fn from_spec(spec: &SourceSpec) -> Result<Playback, SourceError> {
+        let fps: f64 = spec.opt("fps")?.unwrap_or(0.0);
+        let use_timestamps = spec.options.contains_key("realtime");
+        if use_timestamps && fps > 0.0 {
+            return Err(spec.error("give either fps=N or realtime, not both"));
+        }
+        Ok(Playback {
+            pacer: Pacer::new(fps),
+            use_timestamps,
+            realtime: None,
+        })
+    }
+
+    /// Wait until the frame stamped `ts` (nanoseconds) is due.
+    pub fn wait_for(&mut self, ts: u64) {
+        if self.use_timestamps {
+            let (start, ts0) = *self.realtime.get_or_insert((Instant::now(), ts));
+            let due = start + Duration::from_nanos(ts.saturating_sub(ts0));
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        } else {
+            self.pacer.wait();
+        }
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.use_timestamps || self.pacer.is_paced()
+    }
+}
+
 /// Nanoseconds on the process's monotonic clock, for sources without their own timestamps.
 pub fn monotonic_ns() -> u64 {
     use std::sync::OnceLock;

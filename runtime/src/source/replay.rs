@@ -16,12 +16,11 @@
 //! rate with `fps=N`, or at the recorded timestamps with `realtime` (both live: drop-oldest).
 //! A frame that cannot be read or decoded is reported, counted and skipped.
 
-use super::{FrameSource, Pacer, SourceError, SourceSpec, SourceStatus, decode_into};
+use super::{FrameSource, Playback, SourceError, SourceSpec, SourceStatus, decode_into};
 use crate::frame::{Frame, PixelFormat};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 pub const RECORDING_FILE: &str = "recording.toml";
 pub const INDEX_FILE: &str = "frames.csv";
@@ -205,9 +204,7 @@ impl Recording {
 pub struct ReplaySource {
     rec: Recording,
     next: usize,
-    pacer: Pacer,
-    realtime: Option<(Instant, u64)>,
-    use_timestamps: bool,
+    playback: Playback,
     bytes: Vec<u8>,
     scratch: Vec<u8>,
 }
@@ -215,11 +212,7 @@ pub struct ReplaySource {
 impl ReplaySource {
     pub fn open(spec: &SourceSpec) -> Result<Self, SourceError> {
         spec.only_options(&["fps", "realtime"])?;
-        let fps: f64 = spec.opt("fps")?.unwrap_or(0.0);
-        let use_timestamps = spec.options.contains_key("realtime");
-        if use_timestamps && fps > 0.0 {
-            return Err(spec.error("give either fps=N or realtime, not both"));
-        }
+        let playback = Playback::from_spec(spec)?;
         let dir = PathBuf::from(&spec.body);
         let rec = Recording::open(&dir)?;
         let cap = rec
@@ -229,9 +222,7 @@ impl ReplaySource {
         Ok(ReplaySource {
             rec,
             next: 0,
-            pacer: Pacer::new(fps),
-            realtime: None,
-            use_timestamps,
+            playback,
             bytes: Vec::with_capacity(cap),
             scratch: Vec::new(),
         })
@@ -239,19 +230,6 @@ impl ReplaySource {
 
     pub fn recording(&self) -> &Recording {
         &self.rec
-    }
-
-    fn wait_for(&mut self, ts: u64) {
-        if self.use_timestamps {
-            let (start, ts0) = *self.realtime.get_or_insert((Instant::now(), ts));
-            let due = start + Duration::from_nanos(ts.saturating_sub(ts0));
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-        } else {
-            self.pacer.wait();
-        }
     }
 }
 
@@ -275,7 +253,7 @@ impl FrameSource for ReplaySource {
         let i = self.next;
         self.next += 1;
         let (seq, ts) = (self.rec.frames[i].seq, self.rec.frames[i].timestamp_ns);
-        self.wait_for(ts);
+        self.playback.wait_for(ts);
         let entry = &self.rec.frames[i];
         let read_err = |e: std::io::Error| SourceError::BadFrame {
             path: entry.file.clone(),
@@ -311,7 +289,7 @@ impl FrameSource for ReplaySource {
     }
 
     fn is_live(&self) -> bool {
-        self.use_timestamps || self.pacer.is_paced()
+        self.playback.is_live()
     }
 
     fn max_frame_bytes(&self) -> Option<usize> {
