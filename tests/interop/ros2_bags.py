@@ -2,7 +2,7 @@
 """MCAP / ROS 2 interop with the reference Python libraries (`mcap`, `mcap-ros2-support`).
 
   ros2_bags.py write OUT.mcap   a bag written by mcap_ros2's Writer (zstd chunks): raw Image
-                                topics in rgb8, bgr8, mono8 and yuv422_yuy2, a CompressedImage
+                                topics in rgb8, bgr8, mono8, yuv422_yuy2 and nv12, a CompressedImage
                                 (PNG) topic, CameraInfo and /tf_static (base_link -> camera).
   ros2_bags.py check BAG        read every message back with mcap's reader and decode it with
                                 mcap_ros2's decoder (ros2msg/cdr) or json (json channels);
@@ -72,7 +72,21 @@ def encodings(rgb):
         yb, ub, vb = yuv(b)
         clamp = lambda v: max(0, min(255, int(round(v))))
         yuyv += bytes((clamp(ya), clamp((ua + ub) / 2), clamp(yb), clamp((va + vb) / 2)))
-    return {"rgb8": (rgb, 3), "bgr8": (bgr, 3), "mono8": (mono, 1), "yuv422_yuy2": (bytes(yuyv), 2)}
+    # NV12: the Y plane, then U and V interleaved at half resolution (2x2 averages).
+    def yuv_of(i):
+        r, g, b_ = px[i]
+        return ((65.738 * r + 129.057 * g + 25.064 * b_) / 256 + 16,
+                (-37.945 * r - 74.494 * g + 112.439 * b_) / 256 + 128,
+                (112.439 * r - 94.154 * g - 18.285 * b_) / 256 + 128)
+    clamp8 = lambda v: max(0, min(255, int(round(v))))
+    y_plane = bytes(clamp8(yuv_of(i)[0]) for i in range(len(px)))
+    uv = bytearray()
+    for y in range(0, H, 2):
+        for x in range(0, W, 2):
+            q = [yuv_of((y + dy) * W + x + dx) for dy in (0, 1) for dx in (0, 1)]
+            uv += bytes((clamp8(sum(v[1] for v in q) / 4), clamp8(sum(v[2] for v in q) / 4)))
+    return {"rgb8": (rgb, 3), "bgr8": (bgr, 3), "mono8": (mono, 1),
+            "yuv422_yuy2": (bytes(yuyv), 2), "nv12": (y_plane + bytes(uv), 1)}
 
 
 def header(n, frame="camera_optical"):
@@ -132,8 +146,10 @@ def check(path):
                         decoders[key] = factory.decoder_for(channel.message_encoding, schema)
                     msg = decoders[key](message.data)
                     if schema.name.endswith("Image") and hasattr(msg, "data") and hasattr(msg, "step"):
-                        if len(msg.data) != msg.step * msg.height:
-                            raise ValueError(f"{len(msg.data)} bytes, step*height {msg.step * msg.height}")
+                        # NV12 carries its half-height UV plane after the Y rows.
+                        rows = msg.height * 3 // 2 if msg.encoding == "nv12" else msg.height
+                        if len(msg.data) != msg.step * rows:
+                            raise ValueError(f"{len(msg.data)} bytes, step*rows {msg.step * rows}")
                 counts[channel.topic] = counts.get(channel.topic, 0) + 1
                 types[channel.topic] = schema.name if schema else ""
             except Exception as e:  # every failure is reported, none stops the count

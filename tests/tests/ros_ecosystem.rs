@@ -206,6 +206,7 @@ fn a_bag_written_by_the_ros2_python_library_runs_in_every_encoding() {
         "/cam_png/image_raw/compressed",
         "/cam_mono8/image_raw",
         "/cam_yuv422_yuy2/image_raw",
+        "/cam_nv12/image_raw",
     ] {
         let out = w.join(topic.replace('/', "_"));
         let cal = cal_path.to_string_lossy().into_owned();
