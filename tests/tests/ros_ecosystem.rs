@@ -77,47 +77,26 @@ fn cells(results: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn sim_bag(dir: &Path, frames: u64) -> std::path::PathBuf {
-    let bag = dir.join("drive.mcap");
-    let (ok, _, se) = run(
-        &bin("bevrt-tool"),
-        &[
-            "sim",
-            "record",
-            "--seed",
-            "5",
-            "--frames",
-            &frames.to_string(),
-            "--format",
-            "mcap",
-            "--out",
-            bag.to_str().unwrap(),
-        ],
-    );
+/// Seed 5's drive, `frames` long, as a bag (`drive.mcap`) or as bevrt's recording (`rec/`).
+fn sim_drive(dir: &Path, frames: u64, mcap: bool) -> std::path::PathBuf {
+    let out = dir.join(if mcap { "drive.mcap" } else { "rec" });
+    let n = frames.to_string();
+    let mut args = vec!["sim", "record", "--seed", "5", "--frames", &n];
+    if mcap {
+        args.extend(["--format", "mcap"]);
+    }
+    args.extend(["--out", out.to_str().unwrap()]);
+    let (ok, _, se) = run(&bin("bevrt-tool"), &args);
     assert!(ok, "{se}");
-    bag
+    out
 }
 
 #[test]
 fn a_simulated_bag_gives_the_maps_of_the_same_drive_as_a_recording() {
     let w = scratch("mcap-sim");
-    let bag = sim_bag(&w, 24);
+    let bag = sim_drive(&w, 24, true);
     // The same drive as bevrt's own recording (PNG frames, calibration.toml).
-    let rec = w.join("rec");
-    let (ok, _, se) = run(
-        &bin("bevrt-tool"),
-        &[
-            "sim",
-            "record",
-            "--seed",
-            "5",
-            "--frames",
-            "24",
-            "--out",
-            rec.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "{se}");
+    let rec = sim_drive(&w, 24, false);
     let (ok, r, se) = run_bevrt(
         &format!("mcap:{}", bag.display()),
         &w.join("from-bag"),
@@ -235,7 +214,7 @@ fn a_bag_written_by_the_ros2_python_library_runs_in_every_encoding() {
 #[test]
 fn bad_bags_are_refused_or_played_up_to_the_damage() {
     let w = scratch("mcap-bad");
-    let bag = sim_bag(&w, 40);
+    let bag = sim_drive(&w, 40, true);
     let src = |b: &Path, q: &str| format!("mcap:{}{q}", b.display());
 
     // A topic the bag lacks: the error names it and lists the image topics there are.

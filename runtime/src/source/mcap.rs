@@ -47,11 +47,20 @@ fn open_reader(path: &Path) -> Result<Reader, SourceError> {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    Ok(mcap::io::MessageReader::new(BufReader::with_capacity(
-        1 << 20,
-        f,
-    )))
+    // A record or chunk declaring more than the limit is an error, not an allocation (the
+    // fuzzer found a declared length that made the reader's buffer overflow `Vec`'s capacity);
+    // chunks are checked whole (lengths and CRC) before their messages are used.
+    let options = mcap::sans_io::LinearReaderOptions::default()
+        .with_record_length_limit(MAX_RECORD_BYTES)
+        .with_prevalidate_chunk_crcs(true);
+    Ok(mcap::io::MessageReader::new_with_options(
+        BufReader::with_capacity(1 << 20, f),
+        options,
+    ))
 }
+
+/// Largest record or (decompressed) chunk a bag may hold: 256 MiB, ten 4K RGB frames.
+pub const MAX_RECORD_BYTES: usize = 256 << 20;
 
 fn is_image_type(schema: &str) -> bool {
     schema == msgs::IMAGE.name || schema == msgs::COMPRESSED_IMAGE.name
