@@ -180,8 +180,17 @@ pub fn ros2_messages(bytes: &[u8]) {
 
 /// A whole bag through the `mcap:` source (survey, calibration, every frame) from a file,
 /// as `bevrt run --source mcap:FILE` reads it.
+///
+/// The `mcap` crate panics on some malformed attachment records (0.26, `read.rs`); bevrt catches
+/// that and reports the bag as damaged. libFuzzer's panic hook would abort on the caught panic
+/// too, so this target restores the default hook: a panic that escapes bevrt still crashes the
+/// target (libfuzzer-sys aborts on it), a contained one does not.
 pub fn mcap_bag(bytes: &[u8]) {
     use bevrt_runtime::source::{SourceStatus, open};
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let _ = std::panic::take_hook();
+    });
     let path = std::env::temp_dir().join(format!("bevrt-fuzz-{}.mcap", std::process::id()));
     if std::fs::write(&path, bytes).is_err() {
         return;

@@ -62,6 +62,21 @@ fn open_reader(path: &Path) -> Result<Reader, SourceError> {
 /// Largest record or (decompressed) chunk a bag may hold: 256 MiB, ten 4K RGB frames.
 pub const MAX_RECORD_BYTES: usize = 256 << 20;
 
+/// The next message, with a panic inside the `mcap` crate turned into an error: fuzzing found
+/// malformed attachment records that make its record parser index out of bounds (mcap 0.26,
+/// `read.rs`). After such an error the reader is not used again.
+fn next_message(reader: &mut Reader) -> Option<Result<mcap::Message<'static>, String>> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.next())) {
+        Ok(None) => None,
+        Ok(Some(Ok(m))) => Some(Ok(m)),
+        Ok(Some(Err(e))) => Some(Err(e.to_string())),
+        Err(p) => Some(Err(format!(
+            "the MCAP reader failed on this data ({})",
+            crate::pipeline::panic_message(p.as_ref())
+        ))),
+    }
+}
+
 fn is_image_type(schema: &str) -> bool {
     schema == msgs::IMAGE.name || schema == msgs::COMPRESSED_IMAGE.name
 }
@@ -227,7 +242,8 @@ fn survey(path: &Path, topic: Option<&str>, info: Option<&str>) -> Result<Survey
     let mut s = Survey::default();
     let mut after_image = 0u32;
     let mut info_topic = info.map(str::to_string);
-    for m in open_reader(path)? {
+    let mut reader = open_reader(path)?;
+    while let Some(m) = next_message(&mut reader) {
         let Ok(m) = m else { break }; // damage: the stream itself reports it later
         let schema = m
             .channel
@@ -404,7 +420,7 @@ impl FrameSource for McapSource {
             return Ok(SourceStatus::End);
         }
         loop {
-            let m = match self.reader.next() {
+            let m = match next_message(&mut self.reader) {
                 None => {
                     self.ended = true;
                     return Ok(SourceStatus::End);
