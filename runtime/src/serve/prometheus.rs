@@ -23,57 +23,60 @@ pub fn render(live: &LiveMetrics) -> String {
     let c = &live.counters;
     let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let mut s = String::with_capacity(8192);
-    let mut counter = |name: &str, help: &str, v: u64| {
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 9] = [
+        (
+            "frames_captured_total",
+            "Frames the source delivered.",
+            &c.captured,
+        ),
+        (
+            "frames_processed_total",
+            "Frames through inference.",
+            &c.processed,
+        ),
+        (
+            "frames_dropped_total",
+            "Frames a live source lost to a full queue.",
+            &c.dropped,
+        ),
+        (
+            "sink_written_total",
+            "Results every sink wrote.",
+            &c.sink_written,
+        ),
+        (
+            "sink_dropped_total",
+            "Results the sinks were too slow to take.",
+            &c.sink_dropped,
+        ),
+        (
+            "viewer_dropped_total",
+            "Live-view messages a slow viewer lost.",
+            &c.viewer_dropped,
+        ),
+        (
+            "calibration_reloads_total",
+            "Calibration changes applied.",
+            &c.calib_reloads,
+        ),
+        (
+            "model_swaps_total",
+            "Bundles swapped in from the store.",
+            &c.model_swaps,
+        ),
+        (
+            "model_rollbacks_total",
+            "Bundles rolled back after a failed trial.",
+            &c.model_rollbacks,
+        ),
+    ];
+    for (name, help, v) in counters {
         let _ = writeln!(
             s,
-            "# HELP bevrt_{name} {help}\n# TYPE bevrt_{name} counter\nbevrt_{name} {v}"
+            "# HELP bevrt_{name} {help}\n# TYPE bevrt_{name} counter\nbevrt_{name} {}",
+            l(v)
         );
-    };
-    counter(
-        "frames_captured_total",
-        "Frames the source delivered.",
-        l(&c.captured),
-    );
-    counter(
-        "frames_processed_total",
-        "Frames through inference.",
-        l(&c.processed),
-    );
-    counter(
-        "frames_dropped_total",
-        "Frames a live source lost to a full queue.",
-        l(&c.dropped),
-    );
-    counter(
-        "sink_written_total",
-        "Results every sink wrote.",
-        l(&c.sink_written),
-    );
-    counter(
-        "sink_dropped_total",
-        "Results the sinks were too slow to take.",
-        l(&c.sink_dropped),
-    );
-    counter(
-        "viewer_dropped_total",
-        "Live-view messages a slow viewer lost.",
-        l(&c.viewer_dropped),
-    );
-    counter(
-        "calibration_reloads_total",
-        "Calibration changes applied.",
-        l(&c.calib_reloads),
-    );
-    counter(
-        "model_swaps_total",
-        "Bundles swapped in from the store.",
-        l(&c.model_swaps),
-    );
-    counter(
-        "model_rollbacks_total",
-        "Bundles rolled back after a failed trial.",
-        l(&c.model_rollbacks),
-    );
+    }
     let _ = writeln!(
         s,
         "# HELP bevrt_errors_total Errors by kind; the pipeline went on after each.\n# TYPE bevrt_errors_total counter"
