@@ -38,6 +38,34 @@ impl Counters {
     pub fn bump(c: &AtomicU64) -> u64 {
         c.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// The counters a viewer of the run shows (the MCAP sink's `/bevrt/metrics`), read now.
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CounterSnapshot {
+            frames_captured: load(&self.captured),
+            frames_processed: load(&self.processed),
+            frames_dropped: load(&self.dropped),
+            source_errors: load(&self.source_errors),
+            inference_errors: load(&self.infer_errors),
+            sink_dropped: load(&self.sink_dropped),
+            sink_errors: load(&self.sink_errors),
+            viewer_dropped: load(&self.viewer_dropped),
+        }
+    }
+}
+
+/// See [`Counters::snapshot`].
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CounterSnapshot {
+    pub frames_captured: u64,
+    pub frames_processed: u64,
+    pub frames_dropped: u64,
+    pub source_errors: u64,
+    pub inference_errors: u64,
+    pub sink_dropped: u64,
+    pub sink_errors: u64,
+    pub viewer_dropped: u64,
 }
 
 /// Everything a report is made of that lives across threads: counters and the per-stage

@@ -21,7 +21,6 @@ use crate::ros2::msgs;
 use bevrt_models::Task;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 /// Channel ids of an open bag.
 struct Channels {
@@ -37,7 +36,7 @@ pub struct McapSink {
     channels: Channels,
     json: ResultJson,
     task: Task,
-    grid: Option<(bevrt_calib::BevGrid, bag::GridPlacement)>,
+    grid: Option<bag::GridPlacement>,
     calibration: Option<bevrt_calib::Calibration>,
     live: Option<Arc<LiveMetrics>>,
     /// Reused per frame: the JSON line, the OccupancyGrid cells.
@@ -74,11 +73,7 @@ impl McapSink {
             result: bag.json_channel("/bevrt/result", "bevrt.Result", RESULT_SCHEMA)?,
             metrics: bag.json_channel("/bevrt/metrics", "bevrt.Metrics", METRICS_SCHEMA)?,
         };
-        let grid = manifest
-            .grid
-            .clone()
-            .map(|g| (bag::grid_placement(&g), g))
-            .map(|(p, g)| (g, p));
+        let grid = manifest.grid.as_ref().map(bag::grid_placement);
         Ok(McapSink {
             bag,
             channels,
@@ -107,7 +102,7 @@ impl McapSink {
         };
         encode_bev_image(r, &mut self.bag.buf);
         self.bag.write(img, r.timestamp_ns, None)?;
-        let Some((_, place)) = &self.grid else {
+        let Some(place) = &self.grid else {
             return Ok(());
         };
         encode_grid(r, place, &mut self.cells, &mut self.bag.buf);
@@ -125,26 +120,10 @@ impl McapSink {
             return Ok(());
         }
         self.last_metrics_ns = Some(t_ns);
-        let c = &live.counters;
-        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         self.text.clear();
-        use std::io::Write;
-        write!(
-            self.text,
-            "{{\"frames_captured\":{},\"frames_processed\":{},\"frames_dropped\":{},\"source_errors\":{},\"inference_errors\":{},\"sink_dropped\":{},\"sink_errors\":{},\"viewer_dropped\":{}}}",
-            l(&c.captured),
-            l(&c.processed),
-            l(&c.dropped),
-            l(&c.source_errors),
-            l(&c.infer_errors),
-            l(&c.sink_dropped),
-            l(&c.sink_errors),
-            l(&c.viewer_dropped)
-        )?;
-        let (ch, text) = (self.channels.metrics, std::mem::take(&mut self.text));
-        let r = self.bag.write(ch, t_ns, Some(&text));
-        self.text = text;
-        r
+        serde_json::to_writer(&mut self.text, &live.counters.snapshot())?;
+        self.bag
+            .write(self.channels.metrics, t_ns, Some(&self.text))
     }
 }
 
@@ -238,10 +217,8 @@ impl Sink for McapSink {
         }
         self.text.clear();
         self.json.write(&mut self.text, r)?;
-        let (ch, text) = (self.channels.result, std::mem::take(&mut self.text));
-        let res = self.bag.write(ch, r.timestamp_ns, Some(&text));
-        self.text = text;
-        res?;
+        self.bag
+            .write(self.channels.result, r.timestamp_ns, Some(&self.text))?;
         self.write_metrics(r.timestamp_ns)
     }
 

@@ -266,14 +266,20 @@ fn survey(path: &Path, topic: Option<&str>, info: Option<&str>) -> Result<Survey
                 });
             }
             let compressed = schema == msgs::COMPRESSED_IMAGE.name;
-            let bytes = if compressed {
-                0
+            // The first image's frame id (for tf) and size (to size the frame pool).
+            let (frame_id, bytes) = if compressed {
+                let m = msgs::CompressedImage::decode(&m.data);
+                (m.map(|i| i.header.frame_id.to_string()).ok(), 0)
             } else {
-                msgs::Image::decode(&m.data)
-                    .map(|i| PixelFormat::Rgb8.frame_bytes(i.width, i.height))
-                    .unwrap_or(0)
+                match msgs::Image::decode(&m.data) {
+                    Ok(i) => (
+                        Some(i.header.frame_id.to_string()),
+                        PixelFormat::Rgb8.frame_bytes(i.width, i.height),
+                    ),
+                    Err(_) => (None, 0),
+                }
             };
-            s.image_frame = frame_id_of(&m.data, compressed);
+            s.image_frame = frame_id.unwrap_or_default();
             s.image = Some((t.to_string(), compressed, bytes));
             info_topic.get_or_insert_with(|| default_info_topic(t));
         }
@@ -294,15 +300,6 @@ fn survey(path: &Path, topic: Option<&str>, info: Option<&str>) -> Result<Survey
         }
     }
     Ok(s)
-}
-
-fn frame_id_of(data: &[u8], compressed: bool) -> String {
-    let id = if compressed {
-        msgs::CompressedImage::decode(data).map(|m| m.header.frame_id.to_string())
-    } else {
-        msgs::Image::decode(data).map(|m| m.header.frame_id.to_string())
-    };
-    id.unwrap_or_default()
 }
 
 fn add_transforms(tf: &mut BTreeMap<String, (String, nalgebra::Isometry3<f64>)>, data: &[u8]) {
