@@ -224,24 +224,29 @@ impl BagWriter {
         time_ns: u64,
     ) -> anyhow::Result<()> {
         let tf = self.ros2_channel("/tf_static", &msgs::TF_MESSAGE)?;
-        let (translation, rotation) = tf_parts(&c.extrinsics.cam_to_vehicle);
-        msgs::encode_tf(
-            &[msgs::Transform {
-                header: msgs::Header {
-                    stamp_ns: time_ns,
-                    frame_id: VEHICLE_FRAME,
-                },
-                child_frame_id: CAMERA_FRAME,
-                translation,
-                rotation,
-            }],
-            &mut self.buf,
-        );
+        encode_camera_tf(c, time_ns, &mut self.buf);
         self.write(tf, time_ns, None)?;
         let ch = self.ros2_channel(info_topic, &msgs::CAMERA_INFO)?;
         camera_info(&c.camera, time_ns).encode(&mut self.buf);
         self.write(ch, time_ns, None)
     }
+}
+
+/// The camera's pose in the vehicle as a `TFMessage` (base_link → camera_optical) in `buf`.
+pub fn encode_camera_tf(c: &bevrt_calib::Calibration, stamp_ns: u64, buf: &mut Vec<u8>) {
+    let (translation, rotation) = tf_parts(&c.extrinsics.cam_to_vehicle);
+    msgs::encode_tf(
+        &[msgs::Transform {
+            header: msgs::Header {
+                stamp_ns,
+                frame_id: VEHICLE_FRAME,
+            },
+            child_frame_id: CAMERA_FRAME,
+            translation,
+            rotation,
+        }],
+        buf,
+    );
 }
 
 /// `CameraInfo` of a camera model (R identity, P = [K | 0]).

@@ -184,20 +184,7 @@ impl Viewer {
         {
             self.last_static = Some(Instant::now());
             if let Some(c) = &self.calibration {
-                let (translation, rotation) = bag::tf_parts(&c.extrinsics.cam_to_vehicle);
-                let header = msgs::Header {
-                    stamp_ns: r.timestamp_ns,
-                    frame_id: bag::VEHICLE_FRAME,
-                };
-                msgs::encode_tf(
-                    &[msgs::Transform {
-                        header,
-                        child_frame_id: bag::CAMERA_FRAME,
-                        translation,
-                        rotation,
-                    }],
-                    &mut self.buf,
-                );
+                bag::encode_camera_tf(c, r.timestamp_ns, &mut self.buf);
                 ch.tf.log_with_meta(&self.buf, meta);
                 bag::camera_info(&c.camera, r.timestamp_ns).encode(&mut self.buf);
                 ch.info.log_with_meta(&self.buf, meta);
