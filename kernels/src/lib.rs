@@ -28,6 +28,7 @@
 //!   the kernels for the device's SM (CUBIN, or compute_80 PTX on other sm_80+ parts) and
 //!   launches them.
 
+pub mod cpu;
 pub mod device;
 pub mod exec;
 pub mod launch;

@@ -196,10 +196,21 @@ pub fn binary(p: &BinaryParams, a: &[f32], b: &[f32]) -> Vec<f32> {
 }
 
 pub fn pool(p: &PoolParams, x: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; (p.n * p.c * p.oh * p.ow) as usize];
+    pool_into(p, x, &mut y);
+    y
+}
+
+/// [`pool`] into a buffer of `n * c * oh * ow` values (allocates nothing).
+pub fn pool_into(p: &PoolParams, x: &[f32], out: &mut [f32]) {
     let plane = (p.oh * p.ow) as usize;
     let (h, w) = (p.h as usize, p.w as usize);
-    (0..(p.n * p.c) as usize * plane)
-        .map(|i| {
+    for (i, o) in out
+        .iter_mut()
+        .enumerate()
+        .take((p.n * p.c) as usize * plane)
+    {
+        *o = {
             let (nc, pix) = (i / plane, i % plane);
             let (oy, ox) = ((pix / p.ow as usize) as i32, (pix % p.ow as usize) as i32);
             let xp = &x[nc * h * w..][..h * w];
@@ -234,8 +245,8 @@ pub fn pool(p: &PoolParams, x: &[f32]) -> Vec<f32> {
                 acc /= count as f32;
             }
             acc
-        })
-        .collect()
+        };
+    }
 }
 
 fn src_coord(o: i32, inn: i32, out: i32, scale: f32, coord: i32) -> f32 {
@@ -262,10 +273,21 @@ fn nearest_index(v: f32, mode: i32, inn: i32) -> usize {
 }
 
 pub fn resize(p: &ResizeParams, x: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; (p.n * p.c * p.oh * p.ow) as usize];
+    resize_into(p, x, &mut y);
+    y
+}
+
+/// [`resize`] into a buffer of `n * c * oh * ow` values (allocates nothing).
+pub fn resize_into(p: &ResizeParams, x: &[f32], out: &mut [f32]) {
     let plane = (p.oh * p.ow) as usize;
     let (h, w) = (p.h as usize, p.w as usize);
-    (0..(p.n * p.c) as usize * plane)
-        .map(|i| {
+    for (i, o) in out
+        .iter_mut()
+        .enumerate()
+        .take((p.n * p.c) as usize * plane)
+    {
+        *o = (|| {
             let (nc, pix) = (i / plane, i % plane);
             let (oy, ox) = ((pix / p.ow as usize) as i32, (pix % p.ow as usize) as i32);
             let xp = &x[nc * h * w..][..h * w];
@@ -284,12 +306,18 @@ pub fn resize(p: &ResizeParams, x: &[f32]) -> Vec<f32> {
             let top = xp[y0 * w + x0] * (1.0 - fx) + xp[y0 * w + x1] * fx;
             let bot = xp[y1 * w + x0] * (1.0 - fx) + xp[y1 * w + x1] * fx;
             top * (1.0 - fy) + bot * fy
-        })
-        .collect()
+        })();
+    }
 }
 
 pub fn softmax(x: &[f32], outer: usize, len: usize, inner: usize) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
+    softmax_into(x, outer, len, inner, &mut y);
+    y
+}
+
+/// [`softmax`] into a buffer as long as `x` (allocates nothing).
+pub fn softmax_into(x: &[f32], outer: usize, len: usize, inner: usize, y: &mut [f32]) {
     for i in 0..outer * inner {
         let base = (i / inner) * len * inner + i % inner;
         let at = |j: usize| base + j * inner;
@@ -302,13 +330,19 @@ pub fn softmax(x: &[f32], outer: usize, len: usize, inner: usize) -> Vec<f32> {
             y[at(j)] = (x[at(j)] - mx).exp() / sum;
         }
     }
-    y
 }
 
 /// Ties take the lower class, like `argmax_f16` and `bev_argmax`.
 pub fn argmax(x: &[f32], classes: usize, cells: usize) -> Vec<u8> {
-    (0..cells)
-        .map(|i| {
+    let mut y = vec![0u8; cells];
+    argmax_into(x, classes, cells, &mut y);
+    y
+}
+
+/// [`argmax`] into `cells` bytes (allocates nothing).
+pub fn argmax_into(x: &[f32], classes: usize, cells: usize, out: &mut [u8]) {
+    for (i, o) in out.iter_mut().enumerate().take(cells) {
+        *o = {
             let mut best = 0;
             let mut bv = x[i];
             for c in 1..classes {
@@ -318,8 +352,8 @@ pub fn argmax(x: &[f32], classes: usize, cells: usize) -> Vec<u8> {
                 }
             }
             best as u8
-        })
-        .collect()
+        };
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,603 @@
+//! The CPU engine: a [`KernelPlan`] (the same plan the CUDA executor runs, lowered with FP32
+//! activations) on the CPU with bevrt's own kernels.
+//!
+//! - [`CpuPlan::load`] checks every step, packs the weights for the chosen instruction set
+//!   ([`isa`]), allocates the arena (the plan's own offsets) and every thread's scratch. After
+//!   that, [`CpuPlan::run`] allocates nothing.
+//! - [`conv`]: packed-GEMM convolutions (FP32 on an AVX-512 or AVX2/FMA micro-kernel, INT8 on
+//!   `vpdpbusd` or its AVX2/portable twins) and direct grouped/depthwise ones.
+//! - [`ops`]: the other kernels (activations, broadcasting binary ops, Q/DQ; pool, resize,
+//!   softmax and argmax are the twins' own allocation-free functions).
+//! - [`pool`]: the persistent worker pool (tasks are output tiles or channels).
+//! - [`peak`]: the machine's measured FP32 FMA peak, the yardstick for per-layer GFLOP/s.
+//!
+//! Every kernel is checked against its twin in [`crate::reference`]: INT8 and the direct
+//! convolutions bit-exact, FP32 GEMM to 1e-5 relative (FMA rounds once where the twin rounds
+//! twice, and sums in the same order).
+
+pub mod conv;
+pub mod isa;
+pub mod ops;
+pub mod peak;
+pub mod pool;
+
+use crate::params::{BinaryParams, PoolParams, ResizeParams, out_mode};
+use crate::plan::{ConstData, ConvKernel, DType, KernelPlan, Op, Step};
+use conv::{DirectConv, GemmConv, InBuf, OutBuf};
+use isa::Isa;
+use pool::WorkerPool;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A step operand: a tensor of the arena (byte offset, elements) or a float constant.
+enum Src {
+    Tensor { off: usize, len: usize },
+    Const(Vec<f32>),
+}
+
+enum Kernel {
+    Gemm(GemmConv),
+    Direct(DirectConv),
+    Unary {
+        act: i32,
+        a: f32,
+        b: f32,
+    },
+    Binary(BinaryParams),
+    Pool(PoolParams),
+    Resize(ResizeParams),
+    Softmax {
+        outer: usize,
+        len: usize,
+        inner: usize,
+    },
+    Argmax {
+        classes: usize,
+        cells: usize,
+    },
+    Quantize {
+        scale: f32,
+        zp: i32,
+    },
+    Dequantize {
+        scale: f32,
+        zp: i32,
+    },
+    /// A byte copy (f32 → f32 Cast).
+    Copy,
+    CopySlice {
+        outer: usize,
+        src_inner: usize,
+        dst_inner: usize,
+        dst_offset: usize,
+        elem: usize,
+    },
+}
+
+struct CpuStep {
+    name: String,
+    kernel: Kernel,
+    ins: Vec<Src>,
+    out_off: usize,
+    out_len: usize,
+    /// Multiply-adds x 2 (convolutions), for GFLOP/s.
+    ops: f64,
+}
+
+/// One step's time since load, for `bevrt bench`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepProfile {
+    pub name: String,
+    pub kernel: String,
+    pub ns: u64,
+    pub calls: u64,
+    /// Operations per call (2 per multiply-add; 0 for data movement).
+    pub ops: f64,
+}
+
+/// Raw pointer shared with the pool's threads.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut u8);
+// SAFETY: the engine hands each thread disjoint scratch and each task disjoint outputs.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// The address (a method, so closures capture the whole `SyncPtr`, not its field).
+    fn get(self) -> *mut u8 {
+        self.0
+    }
+}
+
+/// Work below this many operations runs on the calling thread (waking workers costs more).
+const PARALLEL_MIN_OPS: f64 = 400_000.0;
+
+pub struct CpuPlan {
+    plan: KernelPlan,
+    steps: Vec<CpuStep>,
+    /// The activation arena as 8-byte words (so f32 and i32 views are aligned).
+    arena: Vec<u64>,
+    scratch: Vec<Vec<u64>>,
+    /// `scratch[i]`'s address, handed to thread i.
+    scratch_ptrs: Vec<SyncPtr>,
+    scratch_bytes: usize,
+    pool: Arc<WorkerPool>,
+    isa: Isa,
+    timing: Vec<(u64, u64)>,
+}
+
+impl CpuPlan {
+    /// Prepare `plan` (activations F32 or INT8) to run on `pool` with `isa`'s kernels.
+    pub fn load(plan: KernelPlan, pool: Arc<WorkerPool>, isa: Isa) -> Result<CpuPlan, String> {
+        for t in &plan.tensors {
+            if t.dtype == DType::F16 {
+                return Err(format!(
+                    "tensor '{}' is stored as FP16: the CPU engine runs plans lowered with \
+                     float = F32",
+                    t.name
+                ));
+            }
+        }
+        let mut steps = vec![];
+        for s in &plan.steps {
+            steps.push(prepare(&plan, s, isa).map_err(|e| format!("step '{}': {e}", s.name))?);
+        }
+        let scratch_bytes = steps
+            .iter()
+            .map(|s| match &s.kernel {
+                Kernel::Gemm(g) => g.scratch_bytes(),
+                Kernel::Direct(d) => d.scratch_bytes(),
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        let mut engine = CpuPlan {
+            arena: vec![0u64; plan.arena_bytes.div_ceil(8).max(1)],
+            timing: vec![(0, 0); steps.len()],
+            steps,
+            plan,
+            scratch: vec![],
+            scratch_ptrs: vec![],
+            scratch_bytes,
+            pool: pool.clone(),
+            isa,
+        };
+        engine.set_pool(pool);
+        Ok(engine)
+    }
+
+    /// Run on another pool (a different thread count): scratch for each of its threads.
+    pub fn set_pool(&mut self, pool: Arc<WorkerPool>) {
+        self.scratch = (0..pool.threads())
+            .map(|_| vec![0u64; self.scratch_bytes.div_ceil(8) + 1])
+            .collect();
+        self.scratch_ptrs = self
+            .scratch
+            .iter_mut()
+            .map(|s| SyncPtr(s.as_mut_ptr() as *mut u8))
+            .collect();
+        self.pool = pool;
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub fn plan(&self) -> &KernelPlan {
+        &self.plan
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: u64 words viewed as their bytes.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.arena.as_mut_ptr() as *mut u8, self.arena.len() * 8)
+        }
+    }
+
+    /// Input `k` as a mutable f32 slice (write the frame's tensor straight into the arena).
+    pub fn input_mut(&mut self, k: usize) -> &mut [f32] {
+        let t = self.plan.inputs[k];
+        let (off, len) = (self.plan.offsets[t], self.plan.tensors[t].elems());
+        let b = self.bytes();
+        // SAFETY: inputs are f32 tensors (checked at load), offsets are 256-aligned.
+        unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().add(off) as *mut f32, len) }
+    }
+
+    /// Output `k` as f32 into `dst` (int8 outputs dequantized, class maps as class indices),
+    /// without allocating.
+    pub fn output_into(&mut self, k: usize, dst: &mut [f32]) -> Result<(), String> {
+        let t = self.plan.outputs[k];
+        let (elems, dtype, quant) = {
+            let d = &self.plan.tensors[t];
+            (d.elems(), d.dtype, d.quant)
+        };
+        if dst.len() != elems {
+            return Err(format!(
+                "output {k} has {elems} values, the buffer {}",
+                dst.len()
+            ));
+        }
+        let off = self.plan.offsets[t];
+        let b = self.bytes();
+        match (dtype, quant) {
+            (DType::F32, _) => {
+                // SAFETY: an f32 tensor of `elems` values at an aligned offset.
+                let s =
+                    unsafe { std::slice::from_raw_parts(b.as_ptr().add(off) as *const f32, elems) };
+                dst.copy_from_slice(s);
+            }
+            (DType::I8, Some((s, zp))) => {
+                for (o, q) in dst.iter_mut().zip(&b[off..off + elems]) {
+                    *o = (*q as i8 as i32 - zp) as f32 * s;
+                }
+            }
+            _ => {
+                for (o, q) in dst.iter_mut().zip(&b[off..off + elems]) {
+                    *o = *q as f32;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Run every step once.
+    pub fn run(&mut self) {
+        let base = SyncPtr(self.arena.as_mut_ptr() as *mut u8);
+        let scratch = &self.scratch_ptrs;
+        for (i, s) in self.steps.iter().enumerate() {
+            let t0 = Instant::now();
+            // SAFETY: offsets come from the plan's allocator (tensors alive at one step never
+            // overlap, so a step's inputs and output are disjoint) and lie inside the arena.
+            unsafe { run_step(s, base, scratch, self.scratch_bytes, &self.pool) };
+            let t = &mut self.timing[i];
+            t.0 += t0.elapsed().as_nanos() as u64;
+            t.1 += 1;
+        }
+    }
+
+    /// Per-step time since load (or the last reset).
+    pub fn profile(&self) -> Vec<StepProfile> {
+        self.steps
+            .iter()
+            .zip(&self.timing)
+            .map(|(s, (ns, calls))| StepProfile {
+                name: s.name.clone(),
+                kernel: kernel_name(&s.kernel),
+                ns: *ns,
+                calls: *calls,
+                ops: s.ops,
+            })
+            .collect()
+    }
+
+    pub fn reset_profile(&mut self) {
+        self.timing.iter_mut().for_each(|t| *t = (0, 0));
+    }
+}
+
+fn kernel_name(k: &Kernel) -> String {
+    let s = match k {
+        Kernel::Gemm(g) => {
+            let t = if g.is_int8() { "i8" } else { "f32" };
+            return format!("gemm_{t}_{}", g.isa().name());
+        }
+        Kernel::Direct(d) => {
+            return format!(
+                "direct_{}_{}",
+                if d.is_int8() { "i8" } else { "f32" },
+                if d.p.groups == d.p.c && d.p.c == d.p.k {
+                    "depthwise"
+                } else {
+                    "grouped"
+                }
+            );
+        }
+        Kernel::Unary { .. } => "unary",
+        Kernel::Binary(_) => "binary",
+        Kernel::Pool(_) => "pool",
+        Kernel::Resize(_) => "resize",
+        Kernel::Softmax { .. } => "softmax",
+        Kernel::Argmax { .. } => "argmax",
+        Kernel::Quantize { .. } => "quantize",
+        Kernel::Dequantize { .. } => "dequantize",
+        Kernel::Copy => "copy",
+        Kernel::CopySlice { .. } => "copy_slice",
+    };
+    s.to_string()
+}
+
+fn const_f32(c: &ConstData) -> Vec<f32> {
+    match c {
+        ConstData::F32(v) => v.clone(),
+        ConstData::F16(v) => v.iter().map(|h| crate::reference::h2f(*h)).collect(),
+        ConstData::I8(v) => v.iter().map(|x| *x as f32).collect(),
+        ConstData::I32(v) => v.iter().map(|x| *x as f32).collect(),
+    }
+}
+
+/// Check one step and turn it into its CPU kernel.
+fn prepare(plan: &KernelPlan, s: &Step, isa: Isa) -> Result<CpuStep, String> {
+    let od = &plan.tensors[s.output];
+    let in_dtype = |k: usize| plan.tensors[s.inputs[k]].dtype;
+    let want = |k: usize, d: DType, what: &str| -> Result<(), String> {
+        if s.const_inputs.iter().any(|(p, _)| *p == k) || in_dtype(k) == d {
+            Ok(())
+        } else {
+            Err(format!("{what} reads {:?}, expected {d:?}", in_dtype(k)))
+        }
+    };
+    let mut ops = 0.0;
+    let kernel = match &s.op {
+        Op::Conv {
+            kernel,
+            p,
+            weights,
+            bias,
+            wsum,
+            mult,
+        } => {
+            let int8 = matches!(kernel, ConvKernel::GemmI8 | ConvKernel::DirectI8);
+            conv::check(p, int8)?;
+            want(0, if int8 { DType::I8 } else { DType::F32 }, "convolution")?;
+            let bias = const_f32(&plan.consts[*bias]);
+            ops = p.ops();
+            let direct = matches!(kernel, ConvKernel::DirectI8 | ConvKernel::DirectF16);
+            match (&plan.consts[*weights], int8) {
+                (ConstData::I8(w), true) => {
+                    let mult = mult
+                        .map(|m| const_f32(&plan.consts[m]))
+                        .ok_or("int8 convolution without mult")?;
+                    if direct {
+                        Kernel::Direct(DirectConv::new_i8(*p, w, &mult, &bias))
+                    } else {
+                        let wsum: Vec<i32> = match wsum.map(|c| &plan.consts[c]) {
+                            Some(ConstData::I32(v)) => v.clone(),
+                            _ => return Err("int8 GEMM without an i32 wsum".into()),
+                        };
+                        Kernel::Gemm(GemmConv::new_i8(*p, w, &wsum, &mult, &bias, isa))
+                    }
+                }
+                (c @ (ConstData::F32(_) | ConstData::F16(_)), false) => {
+                    let w = const_f32(c);
+                    if direct {
+                        Kernel::Direct(DirectConv::new_f32(*p, &w, &bias))
+                    } else {
+                        Kernel::Gemm(GemmConv::new_f32(*p, &w, &bias, isa))
+                    }
+                }
+                _ => return Err("weights of another type than the input".into()),
+            }
+        }
+        Op::Unary { act, a, b } => {
+            want(0, DType::F32, "activation")?;
+            Kernel::Unary {
+                act: *act,
+                a: *a,
+                b: *b,
+            }
+        }
+        Op::Binary(p) => {
+            want(0, DType::F32, "binary op")?;
+            want(1, DType::F32, "binary op")?;
+            Kernel::Binary(*p)
+        }
+        Op::Pool(p) => {
+            want(0, DType::F32, "pool")?;
+            Kernel::Pool(*p)
+        }
+        Op::Resize(p) => {
+            want(0, DType::F32, "resize")?;
+            Kernel::Resize(*p)
+        }
+        Op::Softmax { outer, len, inner } => {
+            want(0, DType::F32, "softmax")?;
+            Kernel::Softmax {
+                outer: *outer,
+                len: *len,
+                inner: *inner,
+            }
+        }
+        Op::Argmax { classes, cells } => {
+            want(0, DType::F32, "argmax")?;
+            Kernel::Argmax {
+                classes: *classes,
+                cells: *cells,
+            }
+        }
+        Op::Quantize => {
+            want(0, DType::F32, "quantize")?;
+            let (scale, zp) = od.quant.ok_or("quantize into an unquantized tensor")?;
+            Kernel::Quantize { scale, zp }
+        }
+        Op::Dequantize => {
+            want(0, DType::I8, "dequantize")?;
+            let (scale, zp) = plan.tensors[s.inputs[0]]
+                .quant
+                .ok_or("dequantize of an unquantized tensor")?;
+            Kernel::Dequantize { scale, zp }
+        }
+        Op::Cast => {
+            if in_dtype(0) != od.dtype {
+                return Err(format!("cast {:?} → {:?}", in_dtype(0), od.dtype));
+            }
+            Kernel::Copy
+        }
+        Op::CopySlice {
+            outer,
+            src_inner,
+            dst_inner,
+            dst_offset,
+        } => Kernel::CopySlice {
+            outer: *outer,
+            src_inner: *src_inner,
+            dst_inner: *dst_inner,
+            dst_offset: *dst_offset,
+            elem: od.dtype.size(),
+        },
+    };
+    let ins = (0..s.inputs.len())
+        .map(|k| match s.const_inputs.iter().find(|(p, _)| *p == k) {
+            Some((_, c)) => Src::Const(const_f32(&plan.consts[*c])),
+            None => {
+                let t = s.inputs[k];
+                Src::Tensor {
+                    off: plan.offsets[t],
+                    len: plan.tensors[t].elems(),
+                }
+            }
+        })
+        .collect();
+    Ok(CpuStep {
+        name: s.name.clone(),
+        kernel,
+        ins,
+        out_off: plan.offsets[s.output],
+        out_len: od.elems(),
+        ops,
+    })
+}
+
+/// Operand `k` of a step as f32.
+///
+/// # Safety
+/// `base` is the arena; the tensor is f32 (checked at load).
+unsafe fn src_f32<'a>(s: &'a CpuStep, k: usize, base: SyncPtr) -> &'a [f32] {
+    match &s.ins[k] {
+        Src::Const(v) => v,
+        Src::Tensor { off, len } => unsafe {
+            std::slice::from_raw_parts(base.0.add(*off) as *const f32, *len)
+        },
+    }
+}
+
+/// # Safety
+/// As [`src_f32`], for an int8 tensor.
+unsafe fn src_i8<'a>(s: &'a CpuStep, k: usize, base: SyncPtr) -> &'a [i8] {
+    match &s.ins[k] {
+        Src::Const(_) => &[],
+        Src::Tensor { off, len } => unsafe {
+            std::slice::from_raw_parts(base.0.add(*off) as *const i8, *len)
+        },
+    }
+}
+
+/// # Safety
+/// See [`CpuPlan::run`].
+unsafe fn run_step(
+    s: &CpuStep,
+    base: SyncPtr,
+    scratch: &[SyncPtr],
+    scratch_bytes: usize,
+    pool: &WorkerPool,
+) {
+    let out = unsafe { base.0.add(s.out_off) };
+    let out_f32 = || unsafe { std::slice::from_raw_parts_mut(out as *mut f32, s.out_len) };
+    let out_i8 = || unsafe { std::slice::from_raw_parts_mut(out as *mut i8, s.out_len) };
+    unsafe {
+        match &s.kernel {
+            Kernel::Gemm(_) | Kernel::Direct(_) => {
+                run_conv(s, base, SyncPtr(out), scratch, scratch_bytes, pool)
+            }
+            Kernel::Unary { act, a, b } => ops::unary(src_f32(s, 0, base), out_f32(), *act, *a, *b),
+            Kernel::Binary(p) => {
+                ops::binary(p, src_f32(s, 0, base), src_f32(s, 1, base), out_f32())
+            }
+            Kernel::Pool(p) => crate::reference::pool_into(p, src_f32(s, 0, base), out_f32()),
+            Kernel::Resize(p) => crate::reference::resize_into(p, src_f32(s, 0, base), out_f32()),
+            Kernel::Softmax { outer, len, inner } => {
+                crate::reference::softmax_into(src_f32(s, 0, base), *outer, *len, *inner, out_f32())
+            }
+            Kernel::Argmax { classes, cells } => {
+                let y = std::slice::from_raw_parts_mut(out, *cells);
+                crate::reference::argmax_into(src_f32(s, 0, base), *classes, *cells, y)
+            }
+            Kernel::Quantize { scale, zp } => {
+                ops::quantize(src_f32(s, 0, base), out_i8(), *scale, *zp)
+            }
+            Kernel::Dequantize { scale, zp } => {
+                ops::dequantize(src_i8(s, 0, base), out_f32(), *scale, *zp)
+            }
+            Kernel::Copy => {
+                let Src::Tensor { off, len } = &s.ins[0] else {
+                    return;
+                };
+                std::ptr::copy_nonoverlapping(base.0.add(*off), out, len * 4);
+            }
+            Kernel::CopySlice {
+                outer,
+                src_inner,
+                dst_inner,
+                dst_offset,
+                elem,
+            } => {
+                let Src::Tensor { off, .. } = &s.ins[0] else {
+                    return;
+                };
+                for o in 0..*outer {
+                    let from = base.0.add(off + o * src_inner * elem);
+                    let to = out.add((o * dst_inner + dst_offset) * elem);
+                    std::ptr::copy_nonoverlapping(from, to, src_inner * elem);
+                }
+            }
+        }
+    }
+}
+
+/// A convolution step: its tasks over the pool (inline when small), each thread on its own
+/// scratch.
+///
+/// # Safety
+/// See [`CpuPlan::run`].
+unsafe fn run_conv(
+    s: &CpuStep,
+    base: SyncPtr,
+    out: SyncPtr,
+    scratch: &[SyncPtr],
+    scratch_bytes: usize,
+    pool: &WorkerPool,
+) {
+    let Src::Tensor { off, .. } = &s.ins[0] else {
+        return;
+    };
+    let (int8_in, int8_out, tasks) = match &s.kernel {
+        Kernel::Gemm(g) => (g.is_int8(), g.p.out_mode == out_mode::I8, g.tasks()),
+        Kernel::Direct(d) => (d.is_int8(), d.p.out_mode == out_mode::I8, d.tasks()),
+        _ => return,
+    };
+    let x = SyncPtr(unsafe { base.0.add(*off) });
+    let job = move |t: usize, thread: usize| {
+        let xin = if int8_in {
+            InBuf::I8(x.get() as *const i8)
+        } else {
+            InBuf::F32(x.get() as *const f32)
+        };
+        let y = if int8_out {
+            OutBuf::I8(out.get() as *mut i8)
+        } else {
+            OutBuf::F32(out.get() as *mut f32)
+        };
+        // SAFETY: each thread owns scratch[thread]; tasks write disjoint outputs.
+        let scr = unsafe { std::slice::from_raw_parts_mut(scratch[thread].get(), scratch_bytes) };
+        unsafe {
+            match &s.kernel {
+                Kernel::Gemm(g) => g.run_task(t, xin, y, scr),
+                Kernel::Direct(d) => d.run_task(t, xin, y, scr),
+                _ => {}
+            }
+        }
+    };
+    if s.ops < PARALLEL_MIN_OPS || pool.threads() == 1 {
+        for t in 0..tasks {
+            job(t, 0);
+        }
+    } else {
+        pool.run(tasks, &job);
+    }
+}
+
+#[cfg(test)]
+mod tests;
