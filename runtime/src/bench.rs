@@ -19,6 +19,25 @@ pub struct BenchReport {
     pub fps: f64,
     /// Mean ms per call of the backend's sub-stages of inference (timed frames only).
     pub inference_split: Vec<(String, f64)>,
+    /// Per layer of the networks on bevrt's CPU kernels (timed frames only), in plan order.
+    pub layers: Vec<LayerReport>,
+}
+
+/// One step of a kernel plan on the CPU engine.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    pub network: String,
+    pub name: String,
+    pub kernel: String,
+    pub mean_ms: f64,
+    /// Achieved GFLOP/s (GOP/s for INT8; 2 per multiply-add), 0 for data movement.
+    pub gflops: f64,
+}
+
+/// The machine's FMA peak for the CPU engine's widest unit on `threads` threads (measured).
+pub fn fma_peak(threads: usize) -> bevrt_kernels::cpu::peak::FmaPeak {
+    let pool = bevrt_kernels::cpu::pool::shared(threads);
+    bevrt_kernels::cpu::peak::measure(bevrt_kernels::cpu::isa::Isa::detect(), &pool)
 }
 
 /// A deterministic test-card frame (gradients and a checker) of the given size.
@@ -58,6 +77,7 @@ impl<'a> Timing<'a> {
             backend.infer()?;
             backend.postprocess(&mut result)?;
         }
+        backend.reset_layer_profile();
         let before = backend.sub_stages();
         Ok(Timing {
             backend,
@@ -102,6 +122,21 @@ impl<'a> Timing<'a> {
                 )
             })
             .collect();
+        let layers = self
+            .backend
+            .layer_profile()
+            .into_iter()
+            .map(|(net, p)| {
+                let s = p.ns as f64 / 1e9 / p.calls.max(1) as f64;
+                LayerReport {
+                    network: net.to_string(),
+                    name: p.name,
+                    kernel: p.kernel,
+                    mean_ms: s * 1e3,
+                    gflops: if s > 0.0 { p.ops / s / 1e9 } else { 0.0 },
+                }
+            })
+            .collect();
         let [hp, hi, ho, ht] = self.h;
         BenchReport {
             backend: self.backend.describe(),
@@ -113,6 +148,7 @@ impl<'a> Timing<'a> {
             total: ht.summary(),
             fps: frames as f64 / self.seconds.max(1e-9),
             inference_split,
+            layers,
         }
     }
 }

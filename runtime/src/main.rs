@@ -181,6 +181,9 @@ struct BenchArgs {
     /// downstream, and print its rate against the bundle's per-frame rate.
     #[arg(long)]
     source: Option<String>,
+    /// CPU engine (cpu-plan): how many of the slowest layers to list (0 = all).
+    #[arg(long, default_value_t = 12)]
+    layers: usize,
     #[arg(long)]
     json: bool,
 }
@@ -208,6 +211,9 @@ struct ConformanceArgs {
     /// what the GPU computes up to expf rounding): checks the lowering without a GPU.
     #[arg(long)]
     kernel_reference: bool,
+    /// `--backend cpu-plan`: threads of the CPU engine (default 1).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 fn main() {
@@ -683,12 +689,16 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(|s| bench::source_rate(s, 100_000))
         .transpose()?;
+    // The FMA peak the per-layer rates are judged against, on the engine's thread count.
+    let peak = match (r.layers.is_empty(), be.cpu_threads()) {
+        (false, Some(t)) => Some(bench::fma_peak(t)),
+        _ => None,
+    };
     if a.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"bevrt": r, "peer": peer, "baseline": rb, "source": source})
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({"bevrt": r, "peer": peer,
+                "baseline": rb, "source": source, "fma_peak": peak}))?
         );
         return Ok(());
     }
@@ -725,6 +735,9 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<()> {
         println!("  inference: {n:<16} mean {ms:.3} ms");
     }
     println!("throughput {:.1} frames/s", r.fps);
+    if let Some(pk) = &peak {
+        print_layers(&r.layers, pk, a.layers);
+    }
     if let (Some(b), Some((name, _))) = (&rb, &base) {
         println!(
             "baseline {name}: inference mean {:.3} ms, p50 {:.3} ms | this / baseline = {:.2}x (p50), {:.2}x (mean)",
@@ -750,6 +763,60 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The slowest `top` layers (all with 0) of a CPU-engine run, with GFLOP/s as a share of
+/// the measured FMA peak on the same thread count.
+fn print_layers(layers: &[bench::LayerReport], pk: &bevrt_kernels::cpu::peak::FmaPeak, top: usize) {
+    let peak = if pk.threads > 1 {
+        pk.gflops_all
+    } else {
+        pk.gflops_1
+    };
+    let total: f64 = layers.iter().map(|l| l.mean_ms).sum();
+    println!(
+        "cpu engine: {} steps, {:.3} ms; FMA peak measured now ({}): {:.1} GFLOP/s on 1 thread, {:.1} on {}",
+        layers.len(),
+        total,
+        pk.isa.name(),
+        pk.gflops_1,
+        pk.gflops_all,
+        pk.threads
+    );
+    let mut order: Vec<&bench::LayerReport> = layers.iter().collect();
+    order.sort_by(|a, b| b.mean_ms.total_cmp(&a.mean_ms));
+    let shown = if top == 0 {
+        order.len()
+    } else {
+        top.min(order.len())
+    };
+    println!(
+        "  network  step                             kernel                 ms    share  GFLOP/s  of peak"
+    );
+    for l in &order[..shown] {
+        let rate = if l.gflops > 0.0 {
+            format!("{:>8.1}  {:>6.1} %", l.gflops, 100.0 * l.gflops / peak)
+        } else {
+            "       -        -".into()
+        };
+        println!(
+            "  {:<8} {:<32} {:<20} {:>6.3} {:>6.1} % {rate}",
+            l.network,
+            truncate(&l.name, 32),
+            l.kernel,
+            l.mean_ms,
+            100.0 * l.mean_ms / total.max(1e-12)
+        );
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let t: String = s.chars().take(n - 1).collect();
+        format!("{t}…")
+    }
 }
 
 fn cmd_info(a: InfoArgs) -> anyhow::Result<()> {
@@ -884,9 +951,27 @@ fn cmd_conformance(a: ConformanceArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if a.backend == BackendKind::CpuPlan {
+        let cases = conformance::list_cases(&a.suite, a.filter.as_deref())?;
+        let threads = a.threads.unwrap_or(1);
+        let mut exec = |p: &bevrt_kernels::plan::KernelPlan, x: &[&[f32]]| {
+            bevrt_kernels::cpu::CpuPlan::run_once(p, x, threads)
+        };
+        let results =
+            conformance::run_suite_plan(&cases, bevrt_kernels::plan::DType::F32, &mut exec, print);
+        let s = conformance::summarize(&results);
+        println!(
+            "{} passed, {} failed, {} skipped (cpu-plan, {}, {threads} thread(s))",
+            s.passed,
+            s.failed,
+            s.skipped,
+            bevrt_kernels::cpu::isa::Isa::detect().name()
+        );
+        return Ok(());
+    }
     let probe = backend::cuda::probe();
     let use_cuda = match a.backend {
-        BackendKind::Cpu => false,
+        BackendKind::Cpu | BackendKind::CpuPlan => false,
         BackendKind::Cuda => true,
         BackendKind::Auto => matches!(probe, backend::cuda::CudaProbe::Available(_)),
     };

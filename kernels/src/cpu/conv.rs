@@ -3,22 +3,26 @@
 //! - [`GemmConv`] (groups = 1, and the 1x1 "convolutions" that matrix products lower to): a
 //!   packed GEMM. Weights are packed at load into panels of [`MR`] output channels
 //!   (`[panel][j][MR]`, j over the (c, r, s) taps); per task, a tile of output pixels is
-//!   gathered (im2col) into the thread's scratch as panels of `nr` pixels (`[sub][j][nr]`);
-//!   a micro-kernel keeps an `MR x nr` block of outputs in registers over all taps, and the
-//!   epilogue adds the bias, applies the activation and stores (or requantizes) the block.
-//!   INT8 stores activations as `x + 128` bytes (unsigned) four taps per 32-bit lane, the
-//!   layout of `vpdpbusd`, and subtracts `(128 + zero point) * sum(w)` per channel after, so
-//!   the integer sum is exactly the twin's `sum((x - zp) * w)`.
+//!   gathered (im2col) into the thread's scratch as panels of `nr` pixels (`[sub][j][nr]`),
+//!   copying whole row segments where the stride is 1; a micro-kernel keeps an `MR x nr`
+//!   block of outputs in registers over all taps, and the epilogue adds the bias, applies the
+//!   activation and stores (or requantizes) the block. INT8 stores activations as `x + 128`
+//!   bytes (unsigned) four taps per 32-bit lane, the layout of `vpdpbusd`, and subtracts
+//!   `(128 + zero point) * sum(w)` per channel after, so the integer sum is exactly the twin's
+//!   `sum((x - zp) * w)`.
 //! - [`DirectConv`] (grouped and depthwise): per output channel and row, taps outer and
 //!   pixels inner, with the valid pixel range per tap computed once (no branch in the inner
 //!   loop). Each output sums its taps in the twin's (c, r, s) order with separate multiply and
 //!   add, so FP32 is bit-exact with the twin, as INT8 is.
 //!
-//! Both split their work over output tiles (GEMM) or channels (direct) for the pool.
+//! A task's whole body (gather, micro-kernel, epilogue) is compiled once per instruction set
+//! (`#[target_feature]` wrappers around one `#[inline(always)]` body), so the gather and the
+//! epilogue vectorise for the same unit as the micro-kernel. Rust never contracts `a * b + c`
+//! into an FMA, so the epilogues round exactly as the twins do.
 
 use super::isa::Isa;
-use crate::params::{ConvParams, out_mode};
-use crate::reference::{activate, quantize_i8};
+use crate::params::{ConvParams, act, out_mode};
+use crate::reference::{activate, clip, quantize_i8};
 
 /// Output channels per weight panel (rows of the micro-kernel).
 pub const MR: usize = 8;
@@ -37,48 +41,6 @@ pub enum InBuf {
     I8(*const i8),
 }
 
-/// Per-channel epilogue constants shared by both convolution kinds.
-pub struct Epilogue {
-    pub bias: Vec<f32>,
-    /// INT8: input scale x weight scale per channel.
-    pub mult: Vec<f32>,
-    /// INT8 GEMM: `(128 + in_zp) * sum(w)` per channel (see the module header).
-    pub corr: Vec<i32>,
-}
-
-impl Epilogue {
-    /// The twin's float epilogue for one output: bias, activation.
-    #[inline(always)]
-    fn float(&self, p: &ConvParams, k: usize, acc: f32) -> f32 {
-        activate(acc + self.bias[k], p.act, p.act_a, p.act_b)
-    }
-
-    /// The twin's INT8 epilogue: `acc * mult + bias` rounded twice, then activation.
-    #[inline(always)]
-    fn int(&self, p: &ConvParams, k: usize, acc: i32) -> f32 {
-        activate(
-            acc as f32 * self.mult[k] + self.bias[k],
-            p.act,
-            p.act_a,
-            p.act_b,
-        )
-    }
-}
-
-/// Store one output value at element `i`.
-///
-/// # Safety
-/// `i` lies inside the output tensor.
-#[inline(always)]
-unsafe fn store(p: &ConvParams, out: OutBuf, i: usize, y: f32) {
-    unsafe {
-        match out {
-            OutBuf::F32(o) => *o.add(i) = y,
-            OutBuf::I8(o) => *o.add(i) = quantize_i8(y, p.out_scale, p.out_zp),
-        }
-    }
-}
-
 /// Check that the plan's convolution can run here: float in f32 or int8 in int8, output
 /// f32 or requantized int8 (the CPU engine runs F32 plans; FP16 storage is the GPU's).
 pub fn check(p: &ConvParams, int8: bool) -> Result<(), String> {
@@ -95,6 +57,125 @@ pub fn check(p: &ConvParams, int8: bool) -> Result<(), String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Epilogue: bias (and INT8 rescale), activation, store; one monomorphised loop per activation
+
+/// An activation as a type, so each epilogue loop is compiled for one and vectorises.
+trait Act {
+    fn apply(p: &ConvParams, y: f32) -> f32;
+}
+struct NoAct;
+struct Relu;
+struct Clip;
+struct AnyAct;
+impl Act for NoAct {
+    #[inline(always)]
+    fn apply(_: &ConvParams, y: f32) -> f32 {
+        y
+    }
+}
+impl Act for Relu {
+    #[inline(always)]
+    fn apply(_: &ConvParams, y: f32) -> f32 {
+        if y < 0.0 { 0.0 } else { y }
+    }
+}
+impl Act for Clip {
+    #[inline(always)]
+    fn apply(p: &ConvParams, y: f32) -> f32 {
+        clip(y, p.act_a, p.act_b)
+    }
+}
+impl Act for AnyAct {
+    #[inline(always)]
+    fn apply(p: &ConvParams, y: f32) -> f32 {
+        activate(y, p.act, p.act_a, p.act_b)
+    }
+}
+
+/// Per-channel epilogue constants shared by both convolution kinds.
+pub struct Epilogue {
+    pub bias: Vec<f32>,
+    /// INT8: input scale x weight scale per channel.
+    pub mult: Vec<f32>,
+    /// INT8 GEMM: `(128 + in_zp) * sum(w)` per channel (see the module header).
+    pub corr: Vec<i32>,
+}
+
+/// Accumulators of one output channel's run of pixels.
+#[derive(Clone, Copy)]
+enum Acc<'a> {
+    F32(&'a [f32]),
+    /// Integer sums and the correction to subtract from each.
+    I32(&'a [i32], i32),
+}
+
+impl Epilogue {
+    /// Finish `acc` (channel `k`) into the output at element `at`.
+    ///
+    /// # Safety
+    /// `at .. at + acc.len()` lies inside the output.
+    #[inline(always)]
+    unsafe fn row(&self, p: &ConvParams, k: usize, acc: Acc, out: OutBuf, at: usize) {
+        unsafe {
+            match p.act {
+                act::NONE => self.row_with::<NoAct>(p, k, acc, out, at),
+                act::RELU => self.row_with::<Relu>(p, k, acc, out, at),
+                act::CLIP => self.row_with::<Clip>(p, k, acc, out, at),
+                _ => self.row_with::<AnyAct>(p, k, acc, out, at),
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn row_with<A: Act>(&self, p: &ConvParams, k: usize, acc: Acc, out: OutBuf, at: usize) {
+        let b = self.bias[k];
+        // The twin's order: float `acc + bias`; INT8 `acc * mult + bias`, each rounded.
+        match (acc, out) {
+            (Acc::F32(a), OutBuf::F32(o)) => {
+                let o = unsafe { std::slice::from_raw_parts_mut(o.add(at), a.len()) };
+                for (d, v) in o.iter_mut().zip(a) {
+                    *d = A::apply(p, *v + b);
+                }
+            }
+            (Acc::I32(a, corr), OutBuf::F32(o)) => {
+                let m = self.mult[k];
+                let o = unsafe { std::slice::from_raw_parts_mut(o.add(at), a.len()) };
+                for (d, v) in o.iter_mut().zip(a) {
+                    *d = A::apply(p, (*v - corr) as f32 * m + b);
+                }
+            }
+            (Acc::I32(a, corr), OutBuf::I8(o)) => {
+                let m = self.mult[k];
+                let o = unsafe { std::slice::from_raw_parts_mut(o.add(at), a.len()) };
+                for (d, v) in o.iter_mut().zip(a) {
+                    let y = A::apply(p, (*v - corr) as f32 * m + b);
+                    *d = quantize_i8(y, p.out_scale, p.out_zp);
+                }
+            }
+            (Acc::F32(a), OutBuf::I8(o)) => {
+                let o = unsafe { std::slice::from_raw_parts_mut(o.add(at), a.len()) };
+                for (d, v) in o.iter_mut().zip(a) {
+                    *d = quantize_i8(A::apply(p, *v + b), p.out_scale, p.out_zp);
+                }
+            }
+        }
+    }
+}
+
+/// Run `$body` (an expression using `self`) compiled for the task's instruction set.
+macro_rules! per_isa {
+    ($isa:expr, $avx512:ident, $avx2:ident, $portable:ident, ($($arg:expr),*)) => {
+        match $isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 | Isa::Avx512Vnni => unsafe { $avx512($($arg),*) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { $avx2($($arg),*) },
+            _ => unsafe { $portable($($arg),*) },
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
 // GEMM convolution
 
 pub enum GemmWeights {
@@ -107,6 +188,9 @@ pub enum GemmWeights {
 pub struct GemmConv {
     pub p: ConvParams,
     weights: GemmWeights,
+    /// FP32 with unit column stride: taps read straight from a zero-padded copy of the
+    /// input (no im2col); `None`: gather.
+    rows: Option<RowSource>,
     epi: Epilogue,
     isa: Isa,
     /// Pixels per micro-kernel column panel.
@@ -117,6 +201,71 @@ pub struct GemmConv {
     /// kdim rounded up to 4 (INT8).
     kdim4: usize,
 }
+
+/// Where the row-reading FP32 GEMM finds its taps: a zero-padded copy of the input
+/// (`[n][c][hp][wp]` plus `slack` floats, borders zeroed at load and never written), and each
+/// tap's offset in it relative to the output pixel's top-left input position.
+struct RowSource {
+    buf: std::cell::UnsafeCell<Vec<f32>>,
+    hp: usize,
+    wp: usize,
+    /// Offsets of tap j = (c, ry, sx): `c * hp * wp + ry * dil_h * wp + sx * dil_w`.
+    offs: Vec<u32>,
+    /// Whether the input can be read in place (1x1, no padding: the copy is skipped).
+    in_place: bool,
+}
+
+impl RowSource {
+    fn new(p: &ConvParams, nr: usize) -> Option<RowSource> {
+        if p.stride_w != 1 || p.groups != 1 {
+            return None;
+        }
+        let (c, h, w) = (p.c as usize, p.h as usize, p.w as usize);
+        let (ph, pw) = (p.pad_h as usize, p.pad_w as usize);
+        let bottom =
+            (((p.oh - 1) * p.stride_h + (p.r - 1) * p.dil_h + 1) as usize).saturating_sub(h + ph);
+        let right = ((p.ow - 1 + (p.s - 1) * p.dil_w + 1) as usize).saturating_sub(w + pw);
+        let (hp, wp) = (h + ph + bottom, w + pw + right);
+        let in_place = ph == 0 && pw == 0 && bottom == 0 && right == 0;
+        let mut offs = vec![];
+        for ci in 0..c {
+            for ry in 0..p.r as usize {
+                for sx in 0..p.s as usize {
+                    offs.push(
+                        (ci * hp * wp + ry * p.dil_h as usize * wp + sx * p.dil_w as usize) as u32,
+                    );
+                }
+            }
+        }
+        if (p.n as usize * c * hp * wp) > u32::MAX as usize / 2 {
+            return None;
+        }
+        let len = if in_place {
+            0
+        } else {
+            p.n as usize * c * hp * wp + nr + 16
+        };
+        Some(RowSource {
+            buf: std::cell::UnsafeCell::new(vec![0f32; len]),
+            hp,
+            wp,
+            offs,
+            in_place,
+        })
+    }
+}
+
+impl RowSource {
+    /// Output pixels map one to one onto input pixels (1x1, unit strides, no padding), so
+    /// blocks may run across rows.
+    fn flat(&self, p: &ConvParams) -> bool {
+        self.in_place && p.stride_h == 1 && p.r == 1 && p.s == 1
+    }
+}
+
+// SAFETY: `RowSource::buf` is written only by `GemmConv::pad_task`, one (image, channel)
+// plane interior per task (disjoint), in a phase that completes before any task reads it.
+unsafe impl Sync for GemmConv {}
 
 /// Pixels per micro-kernel call for an instruction set.
 fn nr_for(isa: Isa) -> usize {
@@ -186,13 +335,19 @@ impl GemmConv {
         let kdim = p.kdim as usize;
         let nr = nr_for(isa);
         let pixels = (p.oh * p.ow) as usize;
-        // A tile's gathered columns stay within ~96 KiB (L2-resident next to the weights).
+        // A column panel (kdim x nr) should stay in L1 beside the weight panel; a tile of
+        // a few panels amortises the task hand-out.
         let bytes_per_pixel = kdim.max(1) * 4;
-        let by_cache = (96 * 1024 / bytes_per_pixel / nr).max(1) * nr;
+        let by_cache = (128 * 1024 / bytes_per_pixel / nr).max(1) * nr;
         let tile = by_cache.min(pixels.div_ceil(nr) * nr).min(8 * nr).max(nr);
+        let rows = match weights {
+            GemmWeights::F32(_) => RowSource::new(&p, nr),
+            GemmWeights::I8(_) => None,
+        };
         GemmConv {
             p,
             weights,
+            rows,
             epi,
             isa,
             nr,
@@ -210,10 +365,48 @@ impl GemmConv {
         matches!(self.weights, GemmWeights::I8(_))
     }
 
-    /// Independent tasks: output tiles of every image.
+    /// Independent tasks: output rows (row-reading) or output tiles (gather) of every image.
     pub fn tasks(&self) -> usize {
+        match &self.rows {
+            Some(r) if r.flat(&self.p) => {
+                let pixels = (self.p.oh * self.p.ow) as usize;
+                return self.p.n as usize * pixels.div_ceil(self.tile);
+            }
+            Some(_) => return (self.p.n * self.p.oh) as usize,
+            None => {}
+        }
         let pixels = (self.p.oh * self.p.ow) as usize;
         self.p.n as usize * pixels.div_ceil(self.tile)
+    }
+
+    /// Tasks of the padding phase that must run (all of them) before [`GemmConv::tasks`]:
+    /// one per (image, input channel), or none.
+    pub fn pad_tasks(&self) -> usize {
+        match &self.rows {
+            Some(r) if !r.in_place => (self.p.n * self.p.c) as usize,
+            _ => 0,
+        }
+    }
+
+    /// Copy input plane `t` (image, channel) into the interior of the padded buffer.
+    ///
+    /// # Safety
+    /// `x` holds the whole input; no other task of the same phase has the same `t`, and no
+    /// GEMM task of this step runs concurrently.
+    pub unsafe fn pad_task(&self, t: usize, x: InBuf) {
+        let (Some(r), InBuf::F32(x)) = (&self.rows, x) else {
+            return;
+        };
+        let p = &self.p;
+        let (h, w) = (p.h as usize, p.w as usize);
+        let (ph, pw) = (p.pad_h as usize, p.pad_w as usize);
+        unsafe {
+            let buf = (*r.buf.get()).as_mut_ptr().add(t * r.hp * r.wp);
+            let src = x.add(t * h * w);
+            for iy in 0..h {
+                std::ptr::copy_nonoverlapping(src.add(iy * w), buf.add((iy + ph) * r.wp + pw), w);
+            }
+        }
     }
 
     /// Scratch bytes one thread needs.
@@ -227,7 +420,97 @@ impl GemmConv {
     /// `x` and `y` hold the whole input and output tensors; tasks write disjoint outputs;
     /// `scratch` holds [`GemmConv::scratch_bytes`] bytes, 4-byte aligned.
     pub unsafe fn run_task(&self, t: usize, x: InBuf, y: OutBuf, scratch: &mut [u8]) {
+        per_isa!(
+            self.isa,
+            gemm_task_avx512,
+            gemm_task_avx2,
+            gemm_task_portable,
+            (self, t, x, y, scratch)
+        )
+    }
+
+    /// Tiles of the row-reading FP32 GEMM: one output row (padded input), or, when the
+    /// input is read in place with unit strides (1x1, no padding), `tile` consecutive
+    /// pixels across rows. Every block of up to `nr` pixels, every panel of channels, taps
+    /// loaded straight from the input.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn task_rows(
+        &self,
+        rs: &RowSource,
+        w: &[f32],
+        t: usize,
+        x: InBuf,
+        y: OutBuf,
+        acc: &mut [f32],
+    ) {
         let p = &self.p;
+        let k = p.k as usize;
+        let (oh, ow) = (p.oh as usize, p.ow as usize);
+        let src = match (rs.in_place, x) {
+            (true, InBuf::F32(x)) => x,
+            _ => unsafe { (*rs.buf.get()).as_ptr() },
+        };
+        let plane = rs.hp * rs.wp;
+        let (img, first, count, b0) = if rs.flat(p) {
+            let tiles = (oh * ow).div_ceil(self.tile);
+            let (img, q0) = (t / tiles, (t % tiles) * self.tile);
+            (img, q0, self.tile.min(oh * ow - q0), q0)
+        } else {
+            let (img, oy) = (t / oh, t % oh);
+            (img, oy * ow, ow, oy * p.stride_h as usize * rs.wp)
+        };
+        let img_base = unsafe { src.add(img * p.c as usize * plane + b0) };
+        let out_img = img * k * oh * ow + first;
+        for xb in (0..count).step_by(self.nr) {
+            let n = self.nr.min(count - xb);
+            // a partial block reads past its pixels (the next row or the slack), unused
+            let b = unsafe { img_base.add(xb) };
+            unsafe { self.rows_block(w, b, &rs.offs, acc, y, out_img + xb, n) };
+        }
+    }
+
+    /// Up to `nr` output pixels of every channel from taps at `b + offs[j]`, stored from
+    /// element `at` of each channel plane.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn rows_block(
+        &self,
+        w: &[f32],
+        b: *const f32,
+        offs: &[u32],
+        acc: &mut [f32],
+        y: OutBuf,
+        at: usize,
+        n: usize,
+    ) {
+        let p = &self.p;
+        let (k, kdim) = (p.k as usize, self.kdim);
+        let plane_out = (p.oh * p.ow) as usize;
+        // a half-width micro-kernel for short tails (AVX-512: 16 of 32 pixels)
+        let width = if n <= self.nr / 2 && self.nr == 32 {
+            16
+        } else {
+            self.nr
+        };
+        for panel in 0..k.div_ceil(MR) {
+            let a = &w[panel * kdim * MR..][..kdim * MR];
+            let acc = &mut acc[..MR * width];
+            unsafe { micro_f32_rows(self.isa, width, kdim, a, b, offs, acc) };
+            for r in 0..MR.min(k - panel * MR) {
+                let kk = panel * MR + r;
+                let acc_row = Acc::F32(&acc[r * width..][..n]);
+                unsafe { self.epi.row(p, kk, acc_row, y, at + kk * plane_out) };
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn task(&self, t: usize, x: InBuf, y: OutBuf, scratch: &mut [u8]) {
+        let p = &self.p;
+        if let (Some(rs), GemmWeights::F32(w)) = (&self.rows, &self.weights) {
+            return unsafe { self.task_rows(rs, w, t, x, y, as_f32(scratch)) };
+        }
         let pixels = (p.oh * p.ow) as usize;
         let tiles = pixels.div_ceil(self.tile);
         let (img, p0) = (t / tiles, (t % tiles) * self.tile);
@@ -244,17 +527,18 @@ impl GemmConv {
                     for s in 0..subs {
                         let n = self.nr.min(count - s * self.nr);
                         let dst = &mut cols[s * self.kdim * self.nr..][..self.kdim * self.nr];
-                        gather_f32(p, x, p0 + s * self.nr, n, self.nr, dst);
+                        gather(p, x, p0 + s * self.nr, n, self.nr, dst, 0.0, |v| v);
                     }
                     self.gemm_f32(w, cols, as_f32(acc), out_img, p0, count, y);
                 }
                 (InBuf::I8(x), GemmWeights::I8(w)) => {
                     let x = std::slice::from_raw_parts(x.add(img * in_plane), in_plane);
                     let per_sub = self.kdim4 * self.nr;
+                    let pad = (p.in_zp + 128) as u8;
                     for s in 0..subs {
                         let n = self.nr.min(count - s * self.nr);
                         let dst = &mut cols[s * per_sub..][..per_sub];
-                        gather_u8(p, x, p0 + s * self.nr, n, self.nr, self.kdim4, dst);
+                        gather_u8(p, x, p0 + s * self.nr, n, self.nr, self.kdim4, dst, pad);
                     }
                     self.gemm_i8(w, cols, as_i32(acc), out_img, p0, count, y);
                 }
@@ -264,6 +548,7 @@ impl GemmConv {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     unsafe fn gemm_f32(
         &self,
         w: &[f32],
@@ -286,16 +571,16 @@ impl GemmConv {
                 let n = nr.min(count - s * nr);
                 for r in 0..MR.min(k - panel * MR) {
                     let kk = panel * MR + r;
-                    let base = out_img + kk * pixels + p0 + s * nr;
-                    for (x, v) in acc[r * nr..][..n].iter().enumerate() {
-                        unsafe { store(p, y, base + x, self.epi.float(p, kk, *v)) };
-                    }
+                    let at = out_img + kk * pixels + p0 + s * nr;
+                    let row = Acc::F32(&acc[r * nr..][..n]);
+                    unsafe { self.epi.row(p, kk, row, y, at) };
                 }
             }
         }
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     unsafe fn gemm_i8(
         &self,
         w: &[i8],
@@ -318,15 +603,29 @@ impl GemmConv {
                 let n = nr.min(count - s * nr);
                 for r in 0..MR.min(k - panel * MR) {
                     let kk = panel * MR + r;
-                    let corr = self.epi.corr[kk];
-                    let base = out_img + kk * pixels + p0 + s * nr;
-                    for (x, v) in acc[r * nr..][..n].iter().enumerate() {
-                        unsafe { store(p, y, base + x, self.epi.int(p, kk, v - corr)) };
-                    }
+                    let at = out_img + kk * pixels + p0 + s * nr;
+                    let row = Acc::I32(&acc[r * nr..][..n], self.epi.corr[kk]);
+                    unsafe { self.epi.row(p, kk, row, y, at) };
                 }
             }
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+unsafe fn gemm_task_avx512(g: &GemmConv, t: usize, x: InBuf, y: OutBuf, s: &mut [u8]) {
+    unsafe { g.task(t, x, y, s) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm_task_avx2(g: &GemmConv, t: usize, x: InBuf, y: OutBuf, s: &mut [u8]) {
+    unsafe { g.task(t, x, y, s) }
+}
+
+unsafe fn gemm_task_portable(g: &GemmConv, t: usize, x: InBuf, y: OutBuf, s: &mut [u8]) {
+    unsafe { g.task(t, x, y, s) }
 }
 
 fn as_f32(b: &mut [u8]) -> &mut [f32] {
@@ -340,65 +639,119 @@ fn as_i32(b: &mut [u8]) -> &mut [i32] {
     unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut i32, b.len() / 4) }
 }
 
-/// Output pixel `q` of a plane as (row, column) for up to `nr` pixels from `p0`.
-fn pixel_coords(p: &ConvParams, p0: usize, n: usize, oy: &mut [isize; 32], ox: &mut [isize; 32]) {
+// ---------------------------------------------------------------------------------------------
+// im2col
+
+/// A run of a column panel's pixels that share an output row: panel slots `i0..i0 + len`,
+/// output row `oy`, output columns from `ox0`.
+#[derive(Clone, Copy, Default)]
+struct Segment {
+    i0: usize,
+    len: usize,
+    oy: usize,
+    ox0: usize,
+}
+
+/// The row segments of `n` pixels from `p0` (at most `n`, so 32 suffice).
+fn segments(p: &ConvParams, p0: usize, n: usize, out: &mut [Segment; 32]) -> usize {
     let ow = p.ow as usize;
-    let (mut y, mut x) = (p0 / ow, p0 % ow);
-    for i in 0..n {
-        oy[i] = (y * p.stride_h as usize) as isize - p.pad_h as isize;
-        ox[i] = (x * p.stride_w as usize) as isize - p.pad_w as isize;
-        x += 1;
-        if x == ow {
-            x = 0;
-            y += 1;
-        }
+    let (mut i, mut count) = (0, 0);
+    while i < n {
+        let q = p0 + i;
+        let (oy, ox0) = (q / ow, q % ow);
+        let len = (ow - ox0).min(n - i);
+        out[count] = Segment {
+            i0: i,
+            len,
+            oy,
+            ox0,
+        };
+        count += 1;
+        i += len;
     }
+    count
 }
 
-fn is_pointwise(p: &ConvParams) -> bool {
-    p.r == 1 && p.s == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0
+/// For input row offset `off` (`ix = ox * stride + off`), the output columns `lo..hi` whose
+/// input column lies inside `0..w`, clipped to `a..b`.
+#[inline(always)]
+fn valid_columns(off: isize, stride: isize, w: isize, a: usize, b: usize) -> (usize, usize) {
+    let lo = if off >= 0 {
+        0
+    } else {
+        (-off + stride - 1) / stride
+    };
+    let hi = if w - off <= 0 {
+        0
+    } else {
+        (w - off + stride - 1) / stride
+    };
+    let lo = (lo as usize).max(a);
+    let hi = (hi.max(0) as usize).min(b);
+    (lo, hi.max(lo))
 }
 
-/// im2col of `n` pixels from `p0` into `[j][nr]` (missing pixels and taps outside the
-/// image are 0).
-fn gather_f32(p: &ConvParams, x: &[f32], p0: usize, n: usize, nr: usize, dst: &mut [f32]) {
-    let (h, w, r, s) = (p.h as isize, p.w as isize, p.r as usize, p.s as usize);
+/// im2col of `n` pixels from `p0` into `[j][nr]`: every tap (c, r, s) gets a row of `nr`
+/// values, `conv(x)` inside the image and `pad` outside or past `n`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn gather<T: Copy, U: Copy>(
+    p: &ConvParams,
+    x: &[T],
+    p0: usize,
+    n: usize,
+    nr: usize,
+    dst: &mut [U],
+    pad: U,
+    conv: impl Fn(T) -> U,
+) {
+    let (h, w) = (p.h as isize, p.w as isize);
     let plane = (p.h * p.w) as usize;
-    if is_pointwise(p) {
-        for (c, row) in dst.chunks_exact_mut(nr).enumerate() {
-            row[..n].copy_from_slice(&x[c * plane + p0..][..n]);
-            row[n..].fill(0.0);
-        }
-        return;
-    }
-    let (mut oy, mut ox) = ([0isize; 32], [0isize; 32]);
-    pixel_coords(p, p0, n, &mut oy, &mut ox);
-    let (dh, dw) = (p.dil_h as isize, p.dil_w as isize);
+    let (sh, sw) = (p.stride_h as isize, p.stride_w as isize);
+    let mut segs = [Segment::default(); 32];
+    let nseg = segments(p, p0, n, &mut segs);
     let mut j = 0;
     for c in 0..(p.c / p.groups) as usize {
         let xc = &x[c * plane..][..plane];
-        for ry in 0..r {
-            for sx in 0..s {
+        for ry in 0..p.r as isize {
+            for sx in 0..p.s as isize {
                 let row = &mut dst[j * nr..][..nr];
-                for i in 0..n {
-                    let iy = oy[i] + ry as isize * dh;
-                    let ix = ox[i] + sx as isize * dw;
-                    row[i] = if iy >= 0 && iy < h && ix >= 0 && ix < w {
-                        xc[(iy * w + ix) as usize]
-                    } else {
-                        0.0
-                    };
-                }
-                row[n..].fill(0.0);
                 j += 1;
+                for sg in &segs[..nseg] {
+                    let out = &mut row[sg.i0..sg.i0 + sg.len];
+                    let iy = sg.oy as isize * sh + ry * p.dil_h as isize - p.pad_h as isize;
+                    if iy < 0 || iy >= h {
+                        out.fill(pad);
+                        continue;
+                    }
+                    let off = sx * p.dil_w as isize - p.pad_w as isize;
+                    let (lo, hi) = valid_columns(off, sw, w, sg.ox0, sg.ox0 + sg.len);
+                    let (lo_i, hi_i) = (lo - sg.ox0, hi - sg.ox0);
+                    out[..lo_i].fill(pad);
+                    out[hi_i..].fill(pad);
+                    let start = (iy * w + lo as isize * sw + off) as usize;
+                    let src = &xc[start..];
+                    if sw == 1 {
+                        for (d, v) in out[lo_i..hi_i].iter_mut().zip(src) {
+                            *d = conv(*v);
+                        }
+                    } else {
+                        for (i, d) in out[lo_i..hi_i].iter_mut().enumerate() {
+                            *d = conv(src[i * sw as usize]);
+                        }
+                    }
+                }
+                row[n..].fill(pad);
             }
         }
     }
 }
 
 /// im2col of int8 activations as `x + 128` bytes in `[j/4][nr][4]`; taps outside the image
-/// hold the zero point (`zp + 128`), so they add nothing after the correction.
+/// hold the zero point (`zp + 128`), so they add nothing after the correction. Gathered
+/// `[j][nr]` a block of 4 taps at a time, then interleaved.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn gather_u8(
     p: &ConvParams,
     x: &[i8],
@@ -407,47 +760,91 @@ fn gather_u8(
     nr: usize,
     kdim4: usize,
     dst: &mut [u8],
+    pad: u8,
 ) {
-    let (h, w, r, s) = (p.h as isize, p.w as isize, p.r as usize, p.s as usize);
-    let plane = (p.h * p.w) as usize;
-    let pad = (p.in_zp + 128) as u8;
     let kdim = p.kdim as usize;
-    let (mut oy, mut ox) = ([0isize; 32], [0isize; 32]);
-    pixel_coords(p, p0, n, &mut oy, &mut ox);
-    let (dh, dw) = (p.dil_h as isize, p.dil_w as isize);
-    let pointwise = is_pointwise(p);
-    let mut put = |j: usize, i: usize, v: u8| dst[((j / 4) * nr + i) * 4 + j % 4] = v;
-    let mut j = 0;
-    for c in 0..(p.c / p.groups) as usize {
-        let xc = &x[c * plane..][..plane];
-        for ry in 0..r {
-            for sx in 0..s {
-                for i in 0..n {
-                    let v = if pointwise {
-                        (xc[p0 + i] as i32 + 128) as u8
-                    } else {
-                        let iy = oy[i] + ry as isize * dh;
-                        let ix = ox[i] + sx as isize * dw;
-                        if iy >= 0 && iy < h && ix >= 0 && ix < w {
-                            (xc[(iy * w + ix) as usize] as i32 + 128) as u8
-                        } else {
-                            pad
-                        }
-                    };
-                    put(j, i, v);
-                }
-                for i in n..nr {
-                    put(j, i, pad);
-                }
-                j += 1;
+    // rows of taps, then interleave four at a time: [j][nr] → [j/4][nr][4]
+    let mut rows = [0u8; 32 * 4];
+    let to_u8 = |v: i8| (v as i32 + 128) as u8;
+    let mut block = TapRows::new(p, x, p0, n, nr, pad);
+    for j4 in 0..kdim4 / 4 {
+        for q in 0..4 {
+            let j = j4 * 4 + q;
+            let r = &mut rows[q * nr..(q + 1) * nr];
+            if j < kdim {
+                block.row(j, r, &to_u8);
+            } else {
+                r.fill(0); // padded taps: weights are 0 there
+            }
+        }
+        let d = &mut dst[j4 * nr * 4..][..nr * 4];
+        for i in 0..nr {
+            for q in 0..4 {
+                d[i * 4 + q] = rows[q * nr + i];
             }
         }
     }
-    // padded taps: weights are 0 there, any byte will do
-    for j in kdim..kdim4 {
-        for i in 0..nr {
-            put(j, i, 0);
+}
+
+/// One tap's row of a column panel at a time (the INT8 gather interleaves them).
+struct TapRows<'a> {
+    p: &'a ConvParams,
+    x: &'a [i8],
+    segs: [Segment; 32],
+    nseg: usize,
+    n: usize,
+    pad: u8,
+}
+
+impl<'a> TapRows<'a> {
+    fn new(p: &'a ConvParams, x: &'a [i8], p0: usize, n: usize, _nr: usize, pad: u8) -> Self {
+        let mut segs = [Segment::default(); 32];
+        let nseg = segments(p, p0, n, &mut segs);
+        TapRows {
+            p,
+            x,
+            segs,
+            nseg,
+            n,
+            pad,
         }
+    }
+
+    #[inline(always)]
+    fn row(&mut self, j: usize, row: &mut [u8], conv: &impl Fn(i8) -> u8) {
+        let p = self.p;
+        let (r, s) = (p.r as usize, p.s as usize);
+        let (c, ry, sx) = (j / (r * s), (j / s) % r, j % s);
+        let (h, w) = (p.h as isize, p.w as isize);
+        let plane = (p.h * p.w) as usize;
+        let xc = &self.x[c * plane..][..plane];
+        let sw = p.stride_w as isize;
+        for sg in &self.segs[..self.nseg] {
+            let out = &mut row[sg.i0..sg.i0 + sg.len];
+            let iy = sg.oy as isize * p.stride_h as isize + ry as isize * p.dil_h as isize
+                - p.pad_h as isize;
+            if iy < 0 || iy >= h {
+                out.fill(self.pad);
+                continue;
+            }
+            let off = sx as isize * p.dil_w as isize - p.pad_w as isize;
+            let (lo, hi) = valid_columns(off, sw, w, sg.ox0, sg.ox0 + sg.len);
+            let (lo_i, hi_i) = (lo - sg.ox0, hi - sg.ox0);
+            out[..lo_i].fill(self.pad);
+            out[hi_i..].fill(self.pad);
+            let start = (iy * w + lo as isize * sw + off) as usize;
+            let src = &xc[start..];
+            if sw == 1 {
+                for (d, v) in out[lo_i..hi_i].iter_mut().zip(src) {
+                    *d = conv(*v);
+                }
+            } else {
+                for (i, d) in out[lo_i..hi_i].iter_mut().enumerate() {
+                    *d = conv(src[i * sw as usize]);
+                }
+            }
+        }
+        row[self.n..].fill(self.pad);
     }
 }
 
@@ -517,6 +914,135 @@ fn micro_f32_avx512(kdim: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
     }
     for (i, v) in acc.iter().enumerate() {
         // SAFETY: out holds MR x 32 floats.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(i * 16), *v) };
+    }
+}
+
+/// [`micro_f32`] with each tap's `nr` pixels read at `b + offs[j]` (the padded input).
+///
+/// # Safety
+/// `b + offs[j] .. + nr` is readable for every j < kdim.
+#[inline(always)]
+unsafe fn micro_f32_rows(
+    isa: Isa,
+    width: usize,
+    kdim: usize,
+    a: &[f32],
+    b: *const f32,
+    offs: &[u32],
+    acc: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        // SAFETY: the ISA was detected on this CPU; the caller guarantees the reads.
+        Isa::Avx512 | Isa::Avx512Vnni if width == 16 => unsafe {
+            return micro_f32_rows_avx512_16(kdim, a, b, offs, acc);
+        },
+        Isa::Avx512 | Isa::Avx512Vnni => unsafe {
+            return micro_f32_rows_avx512(kdim, a, b, offs, acc);
+        },
+        Isa::Avx2 => unsafe { return micro_f32_rows_avx2(kdim, a, b, offs, acc) },
+        Isa::Portable => {}
+    }
+    let _ = isa;
+    unsafe { micro_f32_rows_generic::<8, false>(kdim, a, b, offs, acc) }
+}
+
+#[inline(always)]
+unsafe fn micro_f32_rows_generic<const NR: usize, const FMA: bool>(
+    kdim: usize,
+    a: &[f32],
+    b: *const f32,
+    offs: &[u32],
+    out: &mut [f32],
+) {
+    let mut acc = [[0f32; NR]; MR];
+    for (av, off) in a.chunks_exact(MR).zip(offs).take(kdim) {
+        let bv: [f32; NR] =
+            unsafe { std::ptr::read_unaligned(b.add(*off as usize) as *const [f32; NR]) };
+        for r in 0..MR {
+            for x in 0..NR {
+                acc[r][x] = if FMA {
+                    av[r].mul_add(bv[x], acc[r][x])
+                } else {
+                    acc[r][x] + av[r] * bv[x]
+                };
+            }
+        }
+    }
+    for r in 0..MR {
+        out[r * NR..][..NR].copy_from_slice(&acc[r]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn micro_f32_rows_avx2(
+    kdim: usize,
+    a: &[f32],
+    b: *const f32,
+    offs: &[u32],
+    acc: &mut [f32],
+) {
+    unsafe { micro_f32_rows_generic::<8, true>(kdim, a, b, offs, acc) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro_f32_rows_avx512(
+    kdim: usize,
+    a: &[f32],
+    b: *const f32,
+    offs: &[u32],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    assert!(a.len() >= kdim * MR && offs.len() >= kdim && out.len() >= MR * 32);
+    let mut acc = [_mm512_setzero_ps(); 2 * MR];
+    let pa = a.as_ptr();
+    for j in 0..kdim {
+        // SAFETY: j < kdim (asserted lengths); the caller guarantees the B reads.
+        unsafe {
+            let pb = b.add(*offs.get_unchecked(j) as usize);
+            let b0 = _mm512_loadu_ps(pb);
+            let b1 = _mm512_loadu_ps(pb.add(16));
+            for r in 0..MR {
+                let av = _mm512_set1_ps(*pa.add(j * MR + r));
+                acc[2 * r] = _mm512_fmadd_ps(av, b0, acc[2 * r]);
+                acc[2 * r + 1] = _mm512_fmadd_ps(av, b1, acc[2 * r + 1]);
+            }
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        // SAFETY: out holds MR x 32 floats.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(i * 16), *v) };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro_f32_rows_avx512_16(
+    kdim: usize,
+    a: &[f32],
+    b: *const f32,
+    offs: &[u32],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    assert!(a.len() >= kdim * MR && offs.len() >= kdim && out.len() >= MR * 16);
+    let mut acc = [_mm512_setzero_ps(); MR];
+    let pa = a.as_ptr();
+    for j in 0..kdim {
+        // SAFETY: as `micro_f32_rows_avx512`.
+        unsafe {
+            let b0 = _mm512_loadu_ps(b.add(*offs.get_unchecked(j) as usize));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(_mm512_set1_ps(*pa.add(j * MR + r)), b0, *acc);
+            }
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        // SAFETY: out holds MR x 16 floats.
         unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(i * 16), *v) };
     }
 }
@@ -599,10 +1125,11 @@ pub struct DirectConv {
     /// `[k][kpad]` as in the plan.
     weights: DirectWeights,
     epi: Epilogue,
+    isa: Isa,
 }
 
 impl DirectConv {
-    pub fn new_f32(p: ConvParams, w: &[f32], bias: &[f32]) -> DirectConv {
+    pub fn new_f32(p: ConvParams, w: &[f32], bias: &[f32], isa: Isa) -> DirectConv {
         DirectConv {
             p,
             weights: DirectWeights::F32(w.to_vec()),
@@ -611,10 +1138,11 @@ impl DirectConv {
                 mult: vec![],
                 corr: vec![],
             },
+            isa,
         }
     }
 
-    pub fn new_i8(p: ConvParams, w: &[i8], mult: &[f32], bias: &[f32]) -> DirectConv {
+    pub fn new_i8(p: ConvParams, w: &[i8], mult: &[f32], bias: &[f32], isa: Isa) -> DirectConv {
         DirectConv {
             p,
             weights: DirectWeights::I8(w.to_vec()),
@@ -623,6 +1151,7 @@ impl DirectConv {
                 mult: mult.to_vec(),
                 corr: vec![],
             },
+            isa,
         }
     }
 
@@ -642,6 +1171,17 @@ impl DirectConv {
     /// # Safety
     /// As [`GemmConv::run_task`].
     pub unsafe fn run_task(&self, t: usize, x: InBuf, y: OutBuf, scratch: &mut [u8]) {
+        per_isa!(
+            self.isa,
+            direct_task_avx512,
+            direct_task_avx2,
+            direct_task_portable,
+            (self, t, x, y, scratch)
+        )
+    }
+
+    #[inline(always)]
+    unsafe fn task(&self, t: usize, x: InBuf, y: OutBuf, scratch: &mut [u8]) {
         let p = &self.p;
         let (k, c) = (p.k as usize, p.c as usize);
         let (img, kk) = (t / k, t % k);
@@ -652,6 +1192,7 @@ impl DirectConv {
         let (oh, ow) = (p.oh as usize, p.ow as usize);
         let out_base = (img * k + kk) * oh * ow;
         let x_base = (img * c + c0) * plane;
+        let stride = p.stride_w as usize;
         unsafe {
             match (x, &self.weights) {
                 (InBuf::F32(x), DirectWeights::F32(w)) => {
@@ -660,16 +1201,20 @@ impl DirectConv {
                     let acc = &mut as_f32(scratch)[..ow];
                     for oy in 0..oh {
                         acc.fill(0.0);
-                        taps(p, oy, cpg, |xi, wi, lo, hi| {
+                        taps(p, oy, cpg, |start, wi, lo, hi| {
                             let wv = w[wi];
-                            let stride = p.stride_w as usize;
-                            for (i, a) in acc[lo..hi].iter_mut().enumerate() {
-                                *a += x[xi + i * stride] * wv;
+                            let (a, src) = (&mut acc[lo..hi], &x[start..]);
+                            if stride == 1 {
+                                for (a, v) in a.iter_mut().zip(src) {
+                                    *a += *v * wv;
+                                }
+                            } else {
+                                for (i, a) in a.iter_mut().enumerate() {
+                                    *a += src[i * stride] * wv;
+                                }
                             }
                         });
-                        for (ox, a) in acc.iter().enumerate() {
-                            store(p, y, out_base + oy * ow + ox, self.epi.float(p, kk, *a));
-                        }
+                        self.epi.row(p, kk, Acc::F32(acc), y, out_base + oy * ow);
                     }
                 }
                 (InBuf::I8(x), DirectWeights::I8(w)) => {
@@ -679,22 +1224,42 @@ impl DirectConv {
                     let zp = p.in_zp;
                     for oy in 0..oh {
                         acc.fill(0);
-                        taps(p, oy, cpg, |xi, wi, lo, hi| {
+                        taps(p, oy, cpg, |start, wi, lo, hi| {
                             let wv = w[wi] as i32;
-                            let stride = p.stride_w as usize;
-                            for (i, a) in acc[lo..hi].iter_mut().enumerate() {
-                                *a += (x[xi + i * stride] as i32 - zp) * wv;
+                            let (a, src) = (&mut acc[lo..hi], &x[start..]);
+                            if stride == 1 {
+                                for (a, v) in a.iter_mut().zip(src) {
+                                    *a += (*v as i32 - zp) * wv;
+                                }
+                            } else {
+                                for (i, a) in a.iter_mut().enumerate() {
+                                    *a += (src[i * stride] as i32 - zp) * wv;
+                                }
                             }
                         });
-                        for (ox, a) in acc.iter().enumerate() {
-                            store(p, y, out_base + oy * ow + ox, self.epi.int(p, kk, *a));
-                        }
+                        self.epi.row(p, kk, Acc::I32(acc, 0), y, out_base + oy * ow);
                     }
                 }
                 _ => unreachable!("input and weight types checked at load"),
             }
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn direct_task_avx512(d: &DirectConv, t: usize, x: InBuf, y: OutBuf, s: &mut [u8]) {
+    unsafe { d.task(t, x, y, s) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn direct_task_avx2(d: &DirectConv, t: usize, x: InBuf, y: OutBuf, s: &mut [u8]) {
+    unsafe { d.task(t, x, y, s) }
+}
+
+unsafe fn direct_task_portable(d: &DirectConv, t: usize, x: InBuf, y: OutBuf, s: &mut [u8]) {
+    unsafe { d.task(t, x, y, s) }
 }
 
 /// For output row `oy`, every tap (ci, ry, sx) in the twin's order whose row is inside the
@@ -705,8 +1270,7 @@ impl DirectConv {
 fn taps(p: &ConvParams, oy: usize, cpg: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
     let (h, w) = (p.h as isize, p.w as isize);
     let plane = (p.h * p.w) as usize;
-    let (sw, dw) = (p.stride_w as isize, p.dil_w as isize);
-    let ow = p.ow as isize;
+    let sw = p.stride_w as isize;
     for ci in 0..cpg {
         for ry in 0..p.r as usize {
             let iy = oy as isize * p.stride_h as isize + ry as isize * p.dil_h as isize
@@ -715,22 +1279,15 @@ fn taps(p: &ConvParams, oy: usize, cpg: usize, mut f: impl FnMut(usize, usize, u
                 continue;
             }
             for sx in 0..p.s as usize {
-                // ix = ox * sw + off, valid for 0 <= ix < w
-                let off = sx as isize * dw - p.pad_w as isize;
-                let lo = if off >= 0 { 0 } else { (-off + sw - 1) / sw };
-                let hi = if w - off <= 0 {
-                    0
-                } else {
-                    ((w - off + sw - 1) / sw).min(ow)
-                };
+                let off = sx as isize * p.dil_w as isize - p.pad_w as isize;
+                let (lo, hi) = valid_columns(off, sw, w, 0, p.ow as usize);
                 if lo >= hi {
                     continue;
                 }
-                // the input index of (iy, lo * sw + off), >= 0 by the choice of lo
                 let row = (ci * plane) as isize + iy * w;
-                let start = (row + off + lo * sw) as usize;
+                let start = (row + off + lo as isize * sw) as usize;
                 let wi = (ci * p.r as usize + ry) * p.s as usize + sx;
-                f(start, wi, lo as usize, hi as usize);
+                f(start, wi, lo, hi);
             }
         }
     }

@@ -244,6 +244,44 @@ impl CpuPlan {
         Ok(())
     }
 
+    /// Load `plan`, run it once on `inputs` (f32, one per plan input) and return every
+    /// output as f32: for checks and conformance (allocates; the frame path does not).
+    pub fn run_once(
+        plan: &KernelPlan,
+        inputs: &[&[f32]],
+        threads: usize,
+    ) -> Result<Vec<Vec<f32>>, String> {
+        let mut e = CpuPlan::load(plan.clone(), pool::shared(threads), Isa::detect())?;
+        if inputs.len() != plan.inputs.len() {
+            return Err(format!(
+                "{} inputs given, the plan has {}",
+                inputs.len(),
+                plan.inputs.len()
+            ));
+        }
+        for (k, x) in inputs.iter().enumerate() {
+            if plan.tensors[plan.inputs[k]].dtype != DType::F32 {
+                return Err(format!("input {k} is not stored as f32"));
+            }
+            let dst = e.input_mut(k);
+            if dst.len() != x.len() {
+                return Err(format!(
+                    "input {k}: {} values, expected {}",
+                    x.len(),
+                    dst.len()
+                ));
+            }
+            dst.copy_from_slice(x);
+        }
+        e.run();
+        (0..plan.outputs.len())
+            .map(|k| {
+                let mut y = vec![0f32; plan.tensors[plan.outputs[k]].elems()];
+                e.output_into(k, &mut y).map(|_| y)
+            })
+            .collect()
+    }
+
     /// Run every step once.
     pub fn run(&mut self) {
         let base = SyncPtr(self.arena.as_mut_ptr() as *mut u8);
@@ -352,7 +390,7 @@ fn prepare(plan: &KernelPlan, s: &Step, isa: Isa) -> Result<CpuStep, String> {
                         .map(|m| const_f32(&plan.consts[m]))
                         .ok_or("int8 convolution without mult")?;
                     if direct {
-                        Kernel::Direct(DirectConv::new_i8(*p, w, &mult, &bias))
+                        Kernel::Direct(DirectConv::new_i8(*p, w, &mult, &bias, isa))
                     } else {
                         let wsum: Vec<i32> = match wsum.map(|c| &plan.consts[c]) {
                             Some(ConstData::I32(v)) => v.clone(),
@@ -364,7 +402,7 @@ fn prepare(plan: &KernelPlan, s: &Step, isa: Isa) -> Result<CpuStep, String> {
                 (c @ (ConstData::F32(_) | ConstData::F16(_)), false) => {
                     let w = const_f32(c);
                     if direct {
-                        Kernel::Direct(DirectConv::new_f32(*p, &w, &bias))
+                        Kernel::Direct(DirectConv::new_f32(*p, &w, &bias, isa))
                     } else {
                         Kernel::Gemm(GemmConv::new_f32(*p, &w, &bias, isa))
                     }
@@ -590,7 +628,17 @@ unsafe fn run_conv(
             }
         }
     };
-    if s.ops < PARALLEL_MIN_OPS || pool.threads() == 1 {
+    let serial = s.ops < PARALLEL_MIN_OPS || pool.threads() == 1;
+    if let Kernel::Gemm(g) = &s.kernel {
+        // the padded copy of the input first (row-reading FP32 GEMMs), all of it
+        let pad = |t: usize, _: usize| unsafe { g.pad_task(t, InBuf::F32(x.get() as *const f32)) };
+        match g.pad_tasks() {
+            0 => {}
+            n if serial => (0..n).for_each(|t| pad(t, 0)),
+            n => pool.run(n, &pad),
+        }
+    }
+    if serial {
         for t in 0..tasks {
             job(t, 0);
         }

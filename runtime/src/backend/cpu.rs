@@ -11,16 +11,27 @@ use std::path::Path;
 use std::sync::Arc;
 use tract_onnx::prelude::*;
 
-/// A network loaded, typed with the bundle's fixed input shape, optimised, ready to run.
+/// A network loaded for the bundle's fixed input shape, ready to run, on one of two engines.
 pub struct CpuNetwork {
-    plan: Arc<TypedSimplePlan>,
-    state: TypedSimpleState,
-    executor: Executor,
+    engine: Engine,
     pub threads: usize,
     pub input_shape: Vec<usize>,
     pub output_names: Vec<String>,
     pub output_shapes: Vec<Vec<usize>>,
     pub ops: Vec<String>,
+}
+
+/// Which engine runs a network on the CPU.
+enum Engine {
+    /// tract-onnx: typed and optimised once at load; every ONNX op it knows.
+    Tract {
+        plan: Arc<TypedSimplePlan>,
+        state: TypedSimpleState,
+        executor: Executor,
+    },
+    /// bevrt's kernel plan on its own CPU kernels ([`bevrt_kernels::cpu`]): the ops the
+    /// plan lowers, no allocation per run.
+    Plan(Box<bevrt_kernels::cpu::CpuPlan>),
 }
 
 use tract_linalg::multithread::{Executor, multithread_tract_scope};
@@ -105,9 +116,11 @@ impl CpuNetwork {
         let plan = model.into_runnable()?;
         let state = tract_onnx::tract_core::plan::SimpleState::new(&plan)?;
         Ok(CpuNetwork {
-            plan,
-            state,
-            executor: Executor::SingleThread,
+            engine: Engine::Tract {
+                plan,
+                state,
+                executor: Executor::SingleThread,
+            },
             threads: 1,
             input_shape: shape.to_vec(),
             output_names,
@@ -116,26 +129,119 @@ impl CpuNetwork {
         })
     }
 
+    /// Lower an ONNX file to a kernel plan (FP32 activations, INT8 where it is Q/DQ
+    /// quantized) with input 0 fixed to `shape`, for bevrt's CPU kernels. Refuses, naming
+    /// the nodes, what the plan cannot run.
+    pub fn load_plan(path: &Path, shape: &[usize]) -> anyhow::Result<CpuNetwork> {
+        use bevrt_kernels::cpu::{CpuPlan, isa::Isa, pool};
+        if !path.is_file() {
+            anyhow::bail!("{}: model file not found", path.display());
+        }
+        let summary = bevrt_models::inspect(path)?;
+        let input = summary
+            .inputs
+            .first()
+            .map(|i| i.name.clone())
+            .with_context(|| format!("{}: model has no input", path.display()))?;
+        let plan = super::lower::lower_onnx(
+            path,
+            &[(&input, shape.to_vec())],
+            &super::lower::LowerOptions {
+                float: bevrt_kernels::plan::DType::F32,
+            },
+        )?;
+        let output_names = plan
+            .outputs
+            .iter()
+            .map(|&t| plan.tensors[t].name.clone())
+            .collect();
+        let output_shapes = plan
+            .outputs
+            .iter()
+            .map(|&t| plan.tensors[t].shape.clone())
+            .collect();
+        let mut ops: Vec<String> = vec![];
+        for (k, _) in plan.kernel_counts() {
+            ops.push(k.to_string());
+        }
+        let engine = CpuPlan::load(plan, pool::shared(1), Isa::detect())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(CpuNetwork {
+            engine: Engine::Plan(Box::new(engine)),
+            threads: 1,
+            input_shape: shape.to_vec(),
+            output_names,
+            output_shapes,
+            ops,
+        })
+    }
+
+    /// Which engine runs this network, for logs: `tract` or `plan (ISA)`.
+    pub fn engine_name(&self) -> String {
+        match &self.engine {
+            Engine::Tract { .. } => "tract".into(),
+            Engine::Plan(p) => format!("plan ({})", p.isa().name()),
+        }
+    }
+
+    /// Per-step time of a plan network since load (`None` on tract).
+    pub fn profile(&self) -> Option<Vec<bevrt_kernels::cpu::StepProfile>> {
+        match &self.engine {
+            Engine::Plan(p) => Some(p.profile()),
+            Engine::Tract { .. } => None,
+        }
+    }
+
+    /// Forget the per-step times so far (after warm-up).
+    pub fn reset_profile(&mut self) {
+        if let Engine::Plan(p) = &mut self.engine {
+            p.reset_profile();
+        }
+    }
+
     /// Run on `input` (length = product of the input shape), copying outputs into `outputs`.
     pub fn run(&mut self, input: &[f32], outputs: &mut [OutputTensor]) -> anyhow::Result<()> {
-        let t = Tensor::from_shape(&self.input_shape, input)?;
-        let (state, ex) = (&mut self.state, self.executor.clone());
-        let res = multithread_tract_scope(ex, || state.run(tvec![t.into()]))?;
-        for (o, r) in outputs.iter_mut().zip(res.iter()) {
-            let r = r.cast_to::<f32>()?;
-            let view = r.try_as_plain_ram()?;
-            let s = view.as_slice::<f32>()?;
-            if o.data.len() != s.len() {
-                anyhow::bail!(
-                    "output '{}' has {} values, expected {}",
-                    o.name,
-                    s.len(),
-                    o.data.len()
-                );
+        match &mut self.engine {
+            Engine::Plan(p) => {
+                let dst = p.input_mut(0);
+                if dst.len() != input.len() {
+                    anyhow::bail!(
+                        "input has {} values, the network expects {}",
+                        input.len(),
+                        dst.len()
+                    );
+                }
+                dst.copy_from_slice(input);
+                p.run();
+                for (k, o) in outputs.iter_mut().enumerate() {
+                    p.output_into(k, &mut o.data)
+                        .map_err(|e| anyhow::anyhow!("output '{}': {e}", o.name))?;
+                }
+                Ok(())
             }
-            o.data.copy_from_slice(s);
+            Engine::Tract {
+                state, executor, ..
+            } => {
+                let t = Tensor::from_shape(&self.input_shape, input)?;
+                let ex = executor.clone();
+                let res = multithread_tract_scope(ex, || state.run(tvec![t.into()]))?;
+                for (o, r) in outputs.iter_mut().zip(res.iter()) {
+                    let r = r.cast_to::<f32>()?;
+                    let view = r.try_as_plain_ram()?;
+                    let s = view.as_slice::<f32>()?;
+                    if o.data.len() != s.len() {
+                        anyhow::bail!(
+                            "output '{}' has {} values, expected {}",
+                            o.name,
+                            s.len(),
+                            o.data.len()
+                        );
+                    }
+                    o.data.copy_from_slice(s);
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Use `threads` for the matrix kernels; 0 = measure 1 against all cores on this machine
@@ -146,7 +252,10 @@ impl CpuNetwork {
             .unwrap_or(1);
         if threads > 0 {
             self.threads = threads;
-            self.executor = executor(threads);
+            match &mut self.engine {
+                Engine::Tract { executor: e, .. } => *e = executor(threads),
+                Engine::Plan(p) => p.set_pool(bevrt_kernels::cpu::pool::shared(threads)),
+            }
             return Ok(());
         }
         if all == 1 {
@@ -179,8 +288,12 @@ impl CpuNetwork {
         self.set_threads(best.1)
     }
 
-    pub fn plan(&self) -> &Arc<TypedSimplePlan> {
-        &self.plan
+    /// tract's runnable plan (`None` on the plan engine).
+    pub fn tract_plan(&self) -> Option<&Arc<TypedSimplePlan>> {
+        match &self.engine {
+            Engine::Tract { plan, .. } => Some(plan),
+            Engine::Plan(_) => None,
+        }
     }
 
     /// Empty output tensors sized for this network.
@@ -197,7 +310,32 @@ impl CpuNetwork {
     }
 }
 
+/// Which engine runs the bundle's networks on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuEngine {
+    /// tract-onnx (every ONNX op it knows; the conformance oracle).
+    Tract,
+    /// bevrt's kernel plan on its own CPU kernels; an error when a network does not lower.
+    Plan,
+    /// The plan when every network of the bundle lowers, else tract (saying why).
+    PlanOrTract,
+}
+
+/// Load one network of a bundle on `engine` (`Tract` or `Plan`).
+fn load_net(
+    engine: CpuEngine,
+    path: &Path,
+    shape: &[usize],
+    legal: &bevrt_models::LegalizeOptions,
+) -> anyhow::Result<CpuNetwork> {
+    match engine {
+        CpuEngine::Plan => CpuNetwork::load_plan(path, shape),
+        _ => CpuNetwork::load_with(path, shape, legal),
+    }
+}
+
 pub struct CpuBackend {
+    engine: CpuEngine,
     task: Task,
     spec: InputSpec,
     output_kind: OutputKind,
@@ -237,6 +375,7 @@ impl FeatureStage {
     fn load(
         bundle: &Bundle,
         net: &CpuNetwork,
+        engine: CpuEngine,
         opts: &bevrt_models::LegalizeOptions,
     ) -> anyhow::Result<Option<FeatureStage>> {
         let m = &bundle.manifest;
@@ -260,7 +399,7 @@ impl FeatureStage {
             None => net_out[0].data.len(),
         };
         let probe = match probe_path {
-            Some(p) => Some(CpuNetwork::load_with(&p, &[1, dim], opts)?),
+            Some(p) => Some(load_net(engine, &p, &[1, dim], opts)?),
             None => None,
         };
         Ok(Some(FeatureStage {
@@ -341,6 +480,7 @@ impl BevStage {
     fn load(
         bundle: &Bundle,
         encoder: &CpuNetwork,
+        engine: CpuEngine,
         opts: &bevrt_models::LegalizeOptions,
     ) -> anyhow::Result<BevStage> {
         let m = &bundle.manifest;
@@ -357,7 +497,7 @@ impl BevStage {
         let head_path = bundle
             .model_path("head")
             .context("bundle has no 'head' file")?;
-        let head = CpuNetwork::load_with(&head_path, &[1, c * z, gh, gw], opts)?;
+        let head = load_net(engine, &head_path, &[1, c * z, gh, gw], opts)?;
         let hs = head.output_shapes.first().context("head has no output")?;
         if hs[..] != [1, m.classes.len(), gh, gw] {
             anyhow::bail!(
@@ -383,7 +523,34 @@ impl BevStage {
 }
 
 impl CpuBackend {
+    /// The bundle on tract.
     pub fn load(bundle: &Bundle, opts: &BackendOptions) -> anyhow::Result<CpuBackend> {
+        Self::load_engine(bundle, opts, CpuEngine::Tract)
+    }
+
+    /// The bundle on `engine`; `PlanOrTract` logs which nodes kept it off the plan.
+    pub fn load_engine(
+        bundle: &Bundle,
+        opts: &BackendOptions,
+        engine: CpuEngine,
+    ) -> anyhow::Result<CpuBackend> {
+        if engine != CpuEngine::PlanOrTract {
+            return Self::load_one(bundle, opts, engine);
+        }
+        match Self::load_one(bundle, opts, CpuEngine::Plan) {
+            Ok(b) => Ok(b),
+            Err(e) => {
+                log::info!("cpu: bevrt's kernel plan cannot run this bundle ({e:#}); using tract");
+                Self::load_one(bundle, opts, CpuEngine::Tract)
+            }
+        }
+    }
+
+    fn load_one(
+        bundle: &Bundle,
+        opts: &BackendOptions,
+        engine: CpuEngine,
+    ) -> anyhow::Result<CpuBackend> {
         let m = &bundle.manifest;
         let role = if m.task == Task::Bev {
             "encoder"
@@ -396,17 +563,17 @@ impl CpuBackend {
         let legal = bevrt_models::LegalizeOptions {
             integer_kernels: opts.int8_kernels,
         };
-        let mut net = CpuNetwork::load_with(&path, &m.input.shape(), &legal)?;
+        let mut net = load_net(engine, &path, &m.input.shape(), &legal)?;
         net.set_threads(opts.threads)?;
         let mut bev = None;
         if m.task == Task::Bev {
-            let mut stage = BevStage::load(bundle, &net, &legal)?;
+            let mut stage = BevStage::load(bundle, &net, engine, &legal)?;
             stage.head.set_threads(net.threads)?;
             bev = Some(stage);
         }
         let mut feature = match m.task {
             Task::Bev => None,
-            _ => FeatureStage::load(bundle, &net, &legal)?,
+            _ => FeatureStage::load(bundle, &net, engine, &legal)?,
         };
         if let Some(p) = feature.as_mut().and_then(|f| f.probe.as_mut()) {
             p.set_threads(net.threads)?;
@@ -418,6 +585,7 @@ impl CpuBackend {
             (None, None) => net.output_buffers(),
         };
         Ok(CpuBackend {
+            engine,
             task: m.task,
             spec: m.input.clone(),
             output_kind: m.outputs[0].kind,
@@ -468,12 +636,52 @@ impl CpuBackend {
 
 impl Backend for CpuBackend {
     fn describe(&self) -> String {
+        let engine = match self.engine {
+            CpuEngine::Plan => format!("cpu-plan (bevrt kernels, {}", self.net.engine_name()),
+            _ => "cpu (tract-onnx 0.23".to_string(),
+        };
         format!(
-            "cpu (tract-onnx 0.23, {} thread{}, input {:?})",
+            "{engine}, {} thread{}, input {:?})",
             self.threads,
             if self.threads == 1 { "" } else { "s" },
             self.net.input_shape
         )
+    }
+
+    fn layer_profile(&self) -> Vec<(&'static str, bevrt_kernels::cpu::StepProfile)> {
+        let mut nets: Vec<(&'static str, &CpuNetwork)> = vec![];
+        match (&self.bev, &self.feature) {
+            (Some(b), _) => nets.extend([("encoder", &self.net), ("head", &b.head)]),
+            (None, Some(f)) => {
+                nets.push(("model", &self.net));
+                if let Some(p) = &f.probe {
+                    nets.push(("probe", p));
+                }
+            }
+            (None, None) => nets.push(("model", &self.net)),
+        }
+        nets.into_iter()
+            .flat_map(|(role, n)| {
+                n.profile()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |p| (role, p))
+            })
+            .collect()
+    }
+
+    fn cpu_threads(&self) -> Option<usize> {
+        Some(self.threads)
+    }
+
+    fn reset_layer_profile(&mut self) {
+        self.net.reset_profile();
+        if let Some(b) = &mut self.bev {
+            b.head.reset_profile();
+        }
+        if let Some(p) = self.feature.as_mut().and_then(|f| f.probe.as_mut()) {
+            p.reset_profile();
+        }
     }
 
     fn preprocess(&mut self, frame: &Frame) -> anyhow::Result<()> {

@@ -39,7 +39,7 @@ pub enum LowerError {
     #[error("{path}: {message}")]
     Model { path: String, message: String },
     #[error(
-        "{path}: the CUDA executor does not support {} node(s): {}",
+        "{path}: the kernel plan (CUDA and cpu-plan) does not support {} node(s): {}",
         .nodes.len(),
         .nodes.join("; ")
     )]

@@ -1,13 +1,16 @@
 //! Backends own every per-frame stage for one bundle, from preprocess to postprocess, so a GPU
 //! backend can keep the frame on the device from upload to class map.
 //!
-//! - [`cpu`]: tract-onnx for the networks, bevrt's CPU references for its own stages.
+//! - [`cpu`]: the networks on tract-onnx or on bevrt's own CPU kernels (the kernel plan,
+//!   [`bevrt_kernels::cpu`]), bevrt's CPU references for its own stages.
 //! - [`cuda`]: bevrt's own kernels for the whole per-frame path, one CUDA graph per frame.
 //! - [`lower`]: ONNX → kernel plan, the CUDA backend's front end.
 //!
-//! [`open`] is the registry: `auto` picks CUDA when a driver and device exist, and CPU when
-//! not or when the CUDA backend refuses the bundle (an op outside its set), saying which and
-//! why; an explicit `cuda` that cannot run is an error at load, never a silent CPU run.
+//! [`open`] is the registry: `auto` picks CUDA when a driver and device exist, and the CPU
+//! when not or when the CUDA backend refuses the bundle (an op outside its set), saying which
+//! and why; on the CPU it prefers the kernel plan (`cpu-plan`) and falls back to tract when a
+//! network does not lower, naming the nodes. An explicit `cuda` or `cpu-plan` that cannot run
+//! is an error at load, never a silent fallback.
 
 pub mod cpu;
 pub mod cuda;
@@ -20,8 +23,13 @@ use bevrt_models::Bundle;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
+    /// CUDA when a device exists and takes the bundle; else cpu-plan when every network
+    /// lowers to the kernel plan; else cpu (tract).
     Auto,
+    /// tract-onnx on the CPU.
     Cpu,
+    /// bevrt's kernel plan on its own CPU kernels (the plan the CUDA backend runs).
+    CpuPlan,
     Cuda,
 }
 
@@ -58,6 +66,16 @@ pub trait Backend: Send {
     /// Device memory allocations since load (`None` for backends without device memory):
     /// the pipeline reports how many happened after warm-up (the goal is zero).
     fn device_allocations(&self) -> Option<u64> {
+        None
+    }
+    /// Per-layer time of the networks that run on bevrt's CPU kernels (role, step), since
+    /// load or the last [`Backend::reset_layer_profile`]; empty for other engines.
+    fn layer_profile(&self) -> Vec<(&'static str, bevrt_kernels::cpu::StepProfile)> {
+        Vec::new()
+    }
+    fn reset_layer_profile(&mut self) {}
+    /// CPU threads the backend's networks run on (`None` where that is not the question).
+    fn cpu_threads(&self) -> Option<usize> {
         None
     }
 }
@@ -306,23 +324,28 @@ pub fn open(
     bundle: &Bundle,
     opts: &BackendOptions,
 ) -> anyhow::Result<Box<dyn Backend>> {
+    use cpu::{CpuBackend, CpuEngine};
+    let on_cpu = |engine| -> anyhow::Result<Box<dyn Backend>> {
+        Ok(Box::new(CpuBackend::load_engine(bundle, opts, engine)?))
+    };
     match kind {
-        BackendKind::Cpu => Ok(Box::new(cpu::CpuBackend::load(bundle, opts)?)),
+        BackendKind::Cpu => on_cpu(CpuEngine::Tract),
+        BackendKind::CpuPlan => on_cpu(CpuEngine::Plan),
         BackendKind::Cuda => cuda::open(bundle, opts),
-        BackendKind::Auto => {
-            match cuda::probe() {
-                cuda::CudaProbe::Available(dev) => {
-                    log::info!("backend auto: CUDA device {} found, using cuda", dev.name);
-                    cuda::open(bundle, opts).or_else(|e| {
-                    log::warn!("backend auto: the CUDA backend cannot run this bundle ({e:#}); using cpu");
-                    Ok(Box::new(cpu::CpuBackend::load(bundle, opts)?) as Box<dyn Backend>)
+        BackendKind::Auto => match cuda::probe() {
+            cuda::CudaProbe::Available(dev) => {
+                log::info!("backend auto: CUDA device {} found, using cuda", dev.name);
+                cuda::open(bundle, opts).or_else(|e| {
+                    log::warn!(
+                        "backend auto: the CUDA backend cannot run this bundle ({e:#}); using the CPU"
+                    );
+                    on_cpu(CpuEngine::PlanOrTract)
                 })
-                }
-                other => {
-                    log::info!("backend auto: {}; using cpu", other.summary());
-                    Ok(Box::new(cpu::CpuBackend::load(bundle, opts)?))
-                }
             }
-        }
+            other => {
+                log::info!("backend auto: {}; using the CPU", other.summary());
+                on_cpu(CpuEngine::PlanOrTract)
+            }
+        },
     }
 }

@@ -1,0 +1,178 @@
+//! GFLOP/s of the CPU engine's convolution kernels on single layers, beside the measured FMA
+//! peak: `cargo run --release -p bevrt-kernels --example cpu_conv_speed [threads]`.
+
+use bevrt_kernels::cpu::{CpuPlan, isa::Isa, peak, pool};
+use bevrt_kernels::params::{ConvParams, act, out_mode};
+use bevrt_kernels::plan::{ConstData, ConvKernel, DType, KernelPlan, Op, Step, TensorDesc};
+use std::time::Instant;
+
+/// (name, c, h, w, k, r, stride, groups, int8)
+const LAYERS: &[(&str, usize, usize, usize, usize, usize, usize, usize, bool)] = &[
+    (
+        "3x3 s1 32->32 80x80 (BEV head)",
+        32,
+        80,
+        80,
+        32,
+        3,
+        1,
+        1,
+        false,
+    ),
+    (
+        "3x3 s2 3->16 128x384 (first layer)",
+        3,
+        128,
+        384,
+        16,
+        3,
+        2,
+        1,
+        false,
+    ),
+    ("1x1 128->128 40x40", 128, 40, 40, 128, 1, 1, 1, false),
+    ("3x3 s1 32->32 80x80 int8", 32, 80, 80, 32, 3, 1, 1, true),
+    ("1x1 128->128 40x40 int8", 128, 40, 40, 128, 1, 1, 1, true),
+    ("dw 3x3 s1 64 48x48", 64, 48, 48, 64, 3, 1, 64, false),
+];
+
+fn plan_for(
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    r: usize,
+    st: usize,
+    g: usize,
+    int8: bool,
+) -> KernelPlan {
+    let pad = r / 2;
+    let (oh, ow) = ((h + 2 * pad - r) / st + 1, (w + 2 * pad - r) / st + 1);
+    let kdim = c / g * r * r;
+    let kpad = kdim.div_ceil(32) * 32;
+    let p = ConvParams {
+        n: 1,
+        c: c as i32,
+        h: h as i32,
+        w: w as i32,
+        k: k as i32,
+        oh: oh as i32,
+        ow: ow as i32,
+        r: r as i32,
+        s: r as i32,
+        stride_h: st as i32,
+        stride_w: st as i32,
+        pad_h: pad as i32,
+        pad_w: pad as i32,
+        dil_h: 1,
+        dil_w: 1,
+        groups: g as i32,
+        kdim: kdim as i32,
+        kpad: kpad as i32,
+        act: act::RELU,
+        out_mode: out_mode::F32,
+        ..Default::default()
+    };
+    let mut plan = KernelPlan::default();
+    let desc = |shape: Vec<usize>, dtype, quant| TensorDesc {
+        name: "t".into(),
+        shape,
+        dtype,
+        quant,
+        view_of: None,
+    };
+    let x = plan.add_tensor(desc(
+        vec![1, c, h, w],
+        if int8 { DType::I8 } else { DType::F32 },
+        int8.then_some((0.1, 0)),
+    ));
+    let y = plan.add_tensor(desc(vec![1, k, oh, ow], DType::F32, None));
+    let bias = plan.add_const(ConstData::F32(vec![0.1; k]));
+    let op = if int8 {
+        let weights = plan.add_const(ConstData::I8(vec![3; k * kpad]));
+        let wsum = Some(plan.add_const(ConstData::I32(vec![3 * kdim as i32; k])));
+        let mult = Some(plan.add_const(ConstData::F32(vec![0.01; k])));
+        let kernel = if g > 1 {
+            ConvKernel::DirectI8
+        } else {
+            ConvKernel::GemmI8
+        };
+        Op::Conv {
+            kernel,
+            p,
+            weights,
+            bias,
+            wsum,
+            mult,
+        }
+    } else {
+        let weights = plan.add_const(ConstData::F32(vec![0.01; k * kpad]));
+        let kernel = if g > 1 {
+            ConvKernel::DirectF16
+        } else {
+            ConvKernel::GemmF16
+        };
+        Op::Conv {
+            kernel,
+            p,
+            weights,
+            bias,
+            wsum: None,
+            mult: None,
+        }
+    };
+    plan.steps.push(Step {
+        name: "conv".into(),
+        op,
+        inputs: vec![x],
+        const_inputs: vec![],
+        output: y,
+    });
+    plan.inputs = vec![x];
+    plan.outputs = vec![y];
+    plan.allocate();
+    plan
+}
+
+fn main() {
+    let threads: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let isa = Isa::detect();
+    let pool = pool::shared(threads);
+    let pk = peak::measure(isa, &pool);
+    let peak = if threads > 1 {
+        pk.gflops_all
+    } else {
+        pk.gflops_1
+    };
+    println!(
+        "{} on {threads} thread(s): FMA peak {peak:.1} GFLOP/s",
+        isa.name()
+    );
+    for &(name, c, h, w, k, r, st, g, int8) in LAYERS {
+        let plan = plan_for(c, h, w, k, r, st, g, int8);
+        let ops = match &plan.steps[0].op {
+            Op::Conv { p, .. } => p.ops(),
+            _ => 0.0,
+        };
+        let mut e = CpuPlan::load(plan, pool.clone(), isa).expect("loads");
+        for _ in 0..5 {
+            e.run();
+        }
+        let n = 50;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            e.run();
+        }
+        let s = t0.elapsed().as_secs_f64() / n as f64;
+        let g = ops / s / 1e9;
+        println!(
+            "{name:<40} {:>8.3} ms {g:>8.1} G{}/s {:>6.1} % of FP32 peak",
+            s * 1e3,
+            if int8 { "OP" } else { "FLOP" },
+            100.0 * g / peak
+        );
+    }
+}
