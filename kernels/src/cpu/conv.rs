@@ -202,53 +202,61 @@ pub struct GemmConv {
     kdim4: usize,
 }
 
-/// Where the row-reading FP32 GEMM finds its taps: a zero-padded copy of the input
-/// (`[n][c][hp][wp]` plus `slack` floats, borders zeroed at load and never written), and each
-/// tap's offset in it relative to the output pixel's top-left input position.
+/// Where the row-reading FP32 GEMM finds its taps: a zero-padded copy of the input with
+/// each row split into `stride_w` phases (columns q, q + s, q + 2s, ... of phase q), so the
+/// columns one tap reads for consecutive output pixels are consecutive in memory at any
+/// horizontal stride. Layout `[n][c][hp][phase][wph]` plus slack; borders are zeroed at load
+/// and never written.
 struct RowSource {
     buf: std::cell::UnsafeCell<Vec<f32>>,
     hp: usize,
-    wp: usize,
-    /// Offsets of tap j = (c, ry, sx): `c * hp * wp + ry * dil_h * wp + sx * dil_w`.
+    /// Floats per padded row (`stride_w * wph`).
+    row: usize,
+    /// Floats per phase of a row.
+    wph: usize,
+    /// Offsets of tap j = (c, ry, sx) from the output pixel's first tap.
     offs: Vec<u32>,
-    /// Whether the input can be read in place (1x1, no padding: the copy is skipped).
+    /// Whether the input can be read in place (1x1, unit stride, no padding: no copy).
     in_place: bool,
 }
 
 impl RowSource {
     fn new(p: &ConvParams, nr: usize) -> Option<RowSource> {
-        if p.stride_w != 1 || p.groups != 1 {
+        if p.groups != 1 {
             return None;
         }
         let (c, h, w) = (p.c as usize, p.h as usize, p.w as usize);
         let (ph, pw) = (p.pad_h as usize, p.pad_w as usize);
+        let (sw, dw, dh) = (p.stride_w as usize, p.dil_w as usize, p.dil_h as usize);
         let bottom =
             (((p.oh - 1) * p.stride_h + (p.r - 1) * p.dil_h + 1) as usize).saturating_sub(h + ph);
-        let right = ((p.ow - 1 + (p.s - 1) * p.dil_w + 1) as usize).saturating_sub(w + pw);
-        let (hp, wp) = (h + ph + bottom, w + pw + right);
-        let in_place = ph == 0 && pw == 0 && bottom == 0 && right == 0;
+        let wp = (w + pw).max((p.ow as usize - 1) * sw + (p.s as usize - 1) * dw + 1);
+        let hp = h + ph + bottom;
+        let wph = wp.div_ceil(sw);
+        let row = sw * wph;
+        let in_place = sw == 1 && ph == 0 && pw == 0 && bottom == 0 && wp == w;
+        if (p.n as usize * c * hp * row) > u32::MAX as usize / 2 {
+            return None;
+        }
         let mut offs = vec![];
         for ci in 0..c {
             for ry in 0..p.r as usize {
                 for sx in 0..p.s as usize {
-                    offs.push(
-                        (ci * hp * wp + ry * p.dil_h as usize * wp + sx * p.dil_w as usize) as u32,
-                    );
+                    let col = sx * dw;
+                    offs.push((ci * hp * row + ry * dh * row + (col % sw) * wph + col / sw) as u32);
                 }
             }
-        }
-        if (p.n as usize * c * hp * wp) > u32::MAX as usize / 2 {
-            return None;
         }
         let len = if in_place {
             0
         } else {
-            p.n as usize * c * hp * wp + nr + 16
+            p.n as usize * c * hp * row + nr + 16
         };
         Some(RowSource {
             buf: std::cell::UnsafeCell::new(vec![0f32; len]),
             hp,
-            wp,
+            row,
+            wph,
             offs,
             in_place,
         })
@@ -394,17 +402,31 @@ impl GemmConv {
     /// `x` holds the whole input; no other task of the same phase has the same `t`, and no
     /// GEMM task of this step runs concurrently.
     pub unsafe fn pad_task(&self, t: usize, x: InBuf) {
+        per_isa!(self.isa, pad_task_avx512, pad_task_avx2, pad_task_portable, (self, t, x))
+    }
+
+    #[inline(always)]
+    unsafe fn pad(&self, t: usize, x: InBuf) {
         let (Some(r), InBuf::F32(x)) = (&self.rows, x) else {
             return;
         };
         let p = &self.p;
         let (h, w) = (p.h as usize, p.w as usize);
-        let (ph, pw) = (p.pad_h as usize, p.pad_w as usize);
-        unsafe {
-            let buf = (*r.buf.get()).as_mut_ptr().add(t * r.hp * r.wp);
-            let src = x.add(t * h * w);
-            for iy in 0..h {
-                std::ptr::copy_nonoverlapping(src.add(iy * w), buf.add((iy + ph) * r.wp + pw), w);
+        let (ph, pw, sw) = (p.pad_h as usize, p.pad_w as usize, p.stride_w as usize);
+        let buf = unsafe { (*r.buf.get()).as_mut_ptr().add(t * r.hp * r.row) };
+        let src = unsafe { std::slice::from_raw_parts(x.add(t * h * w), h * w) };
+        for (iy, line) in src.chunks_exact(w).enumerate() {
+            // SAFETY: row iy + ph of plane t lies inside the buffer (hp rows of `row`).
+            let dst = unsafe { std::slice::from_raw_parts_mut(buf.add((iy + ph) * r.row), r.row) };
+            match sw {
+                1 => dst[pw..pw + w].copy_from_slice(line),
+                2 => split_phases::<2>(line, dst, pw, r.wph),
+                _ => {
+                    for (ix, v) in line.iter().enumerate() {
+                        let pc = ix + pw;
+                        dst[(pc % sw) * r.wph + pc / sw] = *v;
+                    }
+                }
             }
         }
     }
@@ -451,14 +473,14 @@ impl GemmConv {
             (true, InBuf::F32(x)) => x,
             _ => unsafe { (*rs.buf.get()).as_ptr() },
         };
-        let plane = rs.hp * rs.wp;
+        let plane = rs.hp * rs.row;
         let (img, first, count, b0) = if rs.flat(p) {
             let tiles = (oh * ow).div_ceil(self.tile);
             let (img, q0) = (t / tiles, (t % tiles) * self.tile);
             (img, q0, self.tile.min(oh * ow - q0), q0)
         } else {
             let (img, oy) = (t / oh, t % oh);
-            (img, oy * ow, ow, oy * p.stride_h as usize * rs.wp)
+            (img, oy * ow, ow, oy * p.stride_h as usize * rs.row)
         };
         let img_base = unsafe { src.add(img * p.c as usize * plane + b0) };
         let out_img = img * k * oh * ow + first;
@@ -610,6 +632,43 @@ impl GemmConv {
             }
         }
     }
+}
+
+/// One input row into its `S` phases of a padded row (phase q holds padded columns
+/// q, q + S, ...; the row starts `pw` columns into the padding); constant `S`, so the
+/// strided reads vectorise.
+#[inline(always)]
+fn split_phases<const S: usize>(line: &[f32], dst: &mut [f32], pw: usize, wph: usize) {
+    for q in 0..S {
+        // input columns ix with (ix + pw) % S == q
+        let ix0 = (q + S - pw % S) % S;
+        if ix0 >= line.len() {
+            continue;
+        }
+        let first = (ix0 + pw) / S;
+        let n = (line.len() - ix0).div_ceil(S);
+        let out = &mut dst[q * wph + first..][..n];
+        let src = &line[ix0..];
+        for (m, d) in out.iter_mut().enumerate() {
+            *d = src[m * S];
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn pad_task_avx512(g: &GemmConv, t: usize, x: InBuf) {
+    unsafe { g.pad(t, x) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pad_task_avx2(g: &GemmConv, t: usize, x: InBuf) {
+    unsafe { g.pad(t, x) }
+}
+
+unsafe fn pad_task_portable(g: &GemmConv, t: usize, x: InBuf) {
+    unsafe { g.pad(t, x) }
 }
 
 #[cfg(target_arch = "x86_64")]
