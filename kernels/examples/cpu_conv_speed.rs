@@ -7,7 +7,18 @@ use bevrt_kernels::plan::{ConstData, ConvKernel, DType, KernelPlan, Op, Step, Te
 use std::time::Instant;
 
 /// (name, c, h, w, k, r, stride, groups, int8)
-const LAYERS: &[(&str, usize, usize, usize, usize, usize, usize, usize, bool)] = &[
+type Layer = (
+    &'static str,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    bool,
+);
+const LAYERS: &[Layer] = &[
     (
         "3x3 s1 32->32 80x80 (BEV head)",
         32,
@@ -36,6 +47,7 @@ const LAYERS: &[(&str, usize, usize, usize, usize, usize, usize, usize, bool)] =
     ("dw 3x3 s1 64 48x48", 64, 48, 48, 64, 3, 1, 64, false),
 ];
 
+#[allow(clippy::too_many_arguments)]
 fn plan_for(
     c: usize,
     h: usize,

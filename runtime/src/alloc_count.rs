@@ -7,11 +7,13 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub struct CountingAlloc;
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// Every thread's allocations together (worker pools allocate on their own threads).
+static PROCESS: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static COUNT: Cell<u64> = const { Cell::new(0) };
@@ -20,6 +22,7 @@ thread_local! {
 #[inline]
 fn bump() {
     let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+    PROCESS.fetch_add(1, Ordering::Relaxed);
     if !ACTIVE.load(Ordering::Relaxed) {
         ACTIVE.store(true, Ordering::Relaxed);
     }
@@ -46,6 +49,12 @@ unsafe impl GlobalAlloc for CountingAlloc {
 /// Allocations (including reallocations) made by the calling thread so far.
 pub fn thread_allocs() -> u64 {
     COUNT.try_with(|c| c.get()).unwrap_or(0)
+}
+
+/// Allocations by every thread of the process so far (for code that runs on worker
+/// threads, e.g. the CPU engine's pool; meaningful when nothing else runs meanwhile).
+pub fn process_allocs() -> u64 {
+    PROCESS.load(Ordering::Relaxed)
 }
 
 /// Whether a [`CountingAlloc`] is the global allocator of this process.

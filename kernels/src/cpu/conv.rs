@@ -402,7 +402,13 @@ impl GemmConv {
     /// `x` holds the whole input; no other task of the same phase has the same `t`, and no
     /// GEMM task of this step runs concurrently.
     pub unsafe fn pad_task(&self, t: usize, x: InBuf) {
-        per_isa!(self.isa, pad_task_avx512, pad_task_avx2, pad_task_portable, (self, t, x))
+        per_isa!(
+            self.isa,
+            pad_task_avx512,
+            pad_task_avx2,
+            pad_task_portable,
+            (self, t, x)
+        )
     }
 
     #[inline(always)]

@@ -503,7 +503,7 @@ fn prepare(plan: &KernelPlan, s: &Step, isa: Isa) -> Result<CpuStep, String> {
 ///
 /// # Safety
 /// `base` is the arena; the tensor is f32 (checked at load).
-unsafe fn src_f32<'a>(s: &'a CpuStep, k: usize, base: SyncPtr) -> &'a [f32] {
+unsafe fn src_f32(s: &CpuStep, k: usize, base: SyncPtr) -> &[f32] {
     match &s.ins[k] {
         Src::Const(v) => v,
         Src::Tensor { off, len } => unsafe {
@@ -514,7 +514,7 @@ unsafe fn src_f32<'a>(s: &'a CpuStep, k: usize, base: SyncPtr) -> &'a [f32] {
 
 /// # Safety
 /// As [`src_f32`], for an int8 tensor.
-unsafe fn src_i8<'a>(s: &'a CpuStep, k: usize, base: SyncPtr) -> &'a [i8] {
+unsafe fn src_i8(s: &CpuStep, k: usize, base: SyncPtr) -> &[i8] {
     match &s.ins[k] {
         Src::Const(_) => &[],
         Src::Tensor { off, len } => unsafe {

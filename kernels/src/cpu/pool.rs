@@ -161,7 +161,7 @@ fn worker(s: &Shared, me: usize) {
                 break;
             }
             polls += 1;
-            if polls % 64 != 0 || t0.elapsed() < SPIN {
+            if !polls.is_multiple_of(64) || t0.elapsed() < SPIN {
                 std::hint::spin_loop();
                 continue;
             }

@@ -26,7 +26,7 @@ enum Engine {
     /// tract-onnx: typed and optimised once at load; every ONNX op it knows.
     Tract {
         plan: Arc<TypedSimplePlan>,
-        state: TypedSimpleState,
+        state: Box<TypedSimpleState>,
         executor: Executor,
     },
     /// bevrt's kernel plan on its own CPU kernels ([`bevrt_kernels::cpu`]): the ops the
@@ -118,7 +118,7 @@ impl CpuNetwork {
         Ok(CpuNetwork {
             engine: Engine::Tract {
                 plan,
-                state,
+                state: Box::new(state),
                 executor: Executor::SingleThread,
             },
             threads: 1,
