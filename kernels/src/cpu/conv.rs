@@ -1,24 +1,28 @@
 //! Convolutions on the CPU, NCHW as the plan stores them.
 //!
 //! - [`GemmConv`] (groups = 1, and the 1x1 "convolutions" that matrix products lower to): a
-//!   packed GEMM. Weights are packed at load into panels of [`MR`] output channels
-//!   (`[panel][j][MR]`, j over the (c, r, s) taps); per task, a tile of output pixels is
-//!   gathered (im2col) into the thread's scratch as panels of `nr` pixels (`[sub][j][nr]`),
-//!   copying whole row segments where the stride is 1; a micro-kernel keeps an `MR x nr`
-//!   block of outputs in registers over all taps, and the epilogue adds the bias, applies the
-//!   activation and stores (or requantizes) the block. INT8 stores activations as `x + 128`
-//!   bytes (unsigned) four taps per 32-bit lane, the layout of `vpdpbusd`, and subtracts
-//!   `(128 + zero point) * sum(w)` per channel after, so the integer sum is exactly the twin's
-//!   `sum((x - zp) * w)`.
-//! - [`DirectConv`] (grouped and depthwise): per output channel and row, taps outer and
-//!   pixels inner, with the valid pixel range per tap computed once (no branch in the inner
-//!   loop). Each output sums its taps in the twin's (c, r, s) order with separate multiply and
-//!   add, so FP32 is bit-exact with the twin, as INT8 is.
+//!   GEMM over output channels x output pixels x taps. Weights are packed at load into panels
+//!   of [`MR`] output channels; a micro-kernel keeps an `MR x nr` block of outputs (`nr` = 32
+//!   pixels on AVX-512, two registers per channel) in registers over all taps, and the
+//!   epilogue adds the bias, applies the activation and stores (or requantizes) the block.
+//!   - The taps come from a *row source*: a padded copy of the input whose rows are split
+//!     into `stride_w` phases, so the 32 values one tap needs for 32 consecutive output
+//!     pixels are consecutive in memory and the micro-kernel loads them straight from there
+//!     (an offset per tap, no im2col). FP32 1x1 convolutions read the input in place.
+//!   - INT8 keeps four channels interleaved per pixel in its row source (`x + 128` bytes),
+//!     the operand layout of `vpdpbusd`, and subtracts `(128 + zero point) * sum(w)` per
+//!     channel after, so the integer sum is exactly the twin's `sum((x - zp) * w)`.
+//!   - Grouped plans never reach here; the im2col gather remains for shapes a row source
+//!     cannot index (offsets beyond 32 bits).
+//! - [`DirectConv`] (grouped and depthwise): per task one output channel; its input channels
+//!   are copied into a padded, phase-split scratch, then every tap of every output row is one
+//!   contiguous multiply-add pass. Taps outside the image read padding that adds nothing
+//!   (+0.0, or the zero point for INT8), so the sums equal the twin's.
 //!
-//! A task's whole body (gather, micro-kernel, epilogue) is compiled once per instruction set
-//! (`#[target_feature]` wrappers around one `#[inline(always)]` body), so the gather and the
-//! epilogue vectorise for the same unit as the micro-kernel. Rust never contracts `a * b + c`
-//! into an FMA, so the epilogues round exactly as the twins do.
+//! A task's whole body (padding copy, micro-kernel, epilogue) is compiled once per
+//! instruction set (`#[target_feature]` wrappers around one `#[inline(always)]` body), so the
+//! copies and the epilogue vectorise for the same unit as the micro-kernel. Rust never
+//! contracts `a * b + c` into an FMA, so the epilogues round exactly as the twins do.
 
 use super::isa::Isa;
 use crate::params::{ConvParams, act, out_mode};
@@ -202,26 +206,39 @@ pub struct GemmConv {
     kdim4: usize,
 }
 
-/// Where the row-reading FP32 GEMM finds its taps: a zero-padded copy of the input with
-/// each row split into `stride_w` phases (columns q, q + s, q + 2s, ... of phase q), so the
-/// columns one tap reads for consecutive output pixels are consecutive in memory at any
-/// horizontal stride. Layout `[n][c][hp][phase][wph]` plus slack; borders are zeroed at load
-/// and never written.
+/// Where the row-reading GEMM finds its taps: a padded copy of the input with each row
+/// split into `stride_w` phases (columns q, q + s, q + 2s, ... of phase q), so the columns
+/// one tap reads for consecutive output pixels are consecutive in memory at any horizontal
+/// stride. FP32: `[n][c][hp][phase][wph]`, zero borders. INT8: channels interleaved four at a
+/// time, `[n][c/4][hp][phase][wph][4]` as `x + 128` bytes, borders holding the zero point (so
+/// 32 pixels of one 4-channel tap group are one 128-byte `vpdpbusd` operand). Borders are
+/// written at load and never again; slack at the end absorbs a partial block's over-read.
 struct RowSource {
-    buf: std::cell::UnsafeCell<Vec<f32>>,
+    buf: std::cell::UnsafeCell<RowBuf>,
     hp: usize,
-    /// Floats per padded row (`stride_w * wph`).
+    /// Pixels per padded row (`stride_w * wph`).
     row: usize,
-    /// Floats per phase of a row.
+    /// Pixels per phase of a row.
     wph: usize,
-    /// Offsets of tap j = (c, ry, sx) from the output pixel's first tap.
+    /// Values per pixel: 1 (FP32) or 4 interleaved channels (INT8).
+    lanes: usize,
+    /// Channel blocks per image: c (FP32) or c / 4 rounded up (INT8).
+    blocks: usize,
+    /// Element offset of tap j = (c, ry, sx) (FP32) or tap group (c / 4, ry, sx) (INT8) from
+    /// the output pixel's first tap.
     offs: Vec<u32>,
-    /// Whether the input can be read in place (1x1, unit stride, no padding: no copy).
+    /// FP32 only: the input is read in place (1x1, unit stride, no padding: no copy).
     in_place: bool,
 }
 
+enum RowBuf {
+    F32(Vec<f32>),
+    U8(Vec<u8>),
+}
+
 impl RowSource {
-    fn new(p: &ConvParams, nr: usize) -> Option<RowSource> {
+    /// `int8_pad`: the byte the INT8 borders hold (`zp + 128`); `None` for FP32.
+    fn new(p: &ConvParams, nr: usize, int8_pad: Option<u8>) -> Option<RowSource> {
         if p.groups != 1 {
             return None;
         }
@@ -234,29 +251,38 @@ impl RowSource {
         let hp = h + ph + bottom;
         let wph = wp.div_ceil(sw);
         let row = sw * wph;
-        let in_place = sw == 1 && ph == 0 && pw == 0 && bottom == 0 && wp == w;
-        if (p.n as usize * c * hp * row) > u32::MAX as usize / 2 {
+        let (lanes, blocks) = match int8_pad {
+            Some(_) => (4, c.div_ceil(4)),
+            None => (1, c),
+        };
+        let in_place = int8_pad.is_none() && is_pointwise(p) && bottom == 0 && wp == w;
+        let plane = hp * row * lanes;
+        if p.n as usize * blocks * plane > u32::MAX as usize / 2 {
             return None;
         }
         let mut offs = vec![];
-        for ci in 0..c {
+        for cb in 0..blocks {
             for ry in 0..p.r as usize {
                 for sx in 0..p.s as usize {
                     let col = sx * dw;
-                    offs.push((ci * hp * row + ry * dh * row + (col % sw) * wph + col / sw) as u32);
+                    let px = ry * dh * row + (col % sw) * wph + col / sw;
+                    offs.push((cb * plane + px * lanes) as u32);
                 }
             }
         }
-        let len = if in_place {
-            0
-        } else {
-            p.n as usize * c * hp * row + nr + 16
+        let len = p.n as usize * blocks * plane + (nr + 16) * lanes;
+        let buf = match int8_pad {
+            Some(v) => RowBuf::U8(vec![v; len]),
+            None if in_place => RowBuf::F32(vec![]),
+            None => RowBuf::F32(vec![0f32; len]),
         };
         Some(RowSource {
-            buf: std::cell::UnsafeCell::new(vec![0f32; len]),
+            buf: std::cell::UnsafeCell::new(buf),
             hp,
             row,
             wph,
+            lanes,
+            blocks,
             offs,
             in_place,
         })
@@ -267,7 +293,7 @@ impl RowSource {
     /// Output pixels map one to one onto input pixels (1x1, unit strides, no padding), so
     /// blocks may run across rows.
     fn flat(&self, p: &ConvParams) -> bool {
-        self.in_place && p.stride_h == 1 && p.r == 1 && p.s == 1
+        is_pointwise(p) && self.row == p.w as usize && self.hp == p.h as usize
     }
 }
 
@@ -297,6 +323,7 @@ impl GemmConv {
         }
         Self::finish(
             p,
+            RowSource::new(&p, nr_for(isa), None),
             GemmWeights::F32(packed),
             Epilogue {
                 bias: bias.to_vec(),
@@ -317,18 +344,43 @@ impl GemmConv {
         isa: Isa,
     ) -> GemmConv {
         let (k, kdim, kpad) = (p.k as usize, p.kdim as usize, p.kpad as usize);
-        let kdim4 = kdim.div_ceil(4) * 4;
         let panels = k.div_ceil(MR);
-        let mut packed = vec![0i8; panels * kdim4 * MR];
+        let rows = RowSource::new(&p, nr_for(isa), Some((p.in_zp + 128) as u8));
+        // taps in groups of 4 along j: (c, r, s) order for the gather, or the row source's
+        // (c / 4, r, s) groups of 4 channels
+        let (taps4, tap): (usize, Box<dyn Fn(usize, usize) -> Option<usize>>) = match &rows {
+            Some(rs) => {
+                let (r, s_) = (p.r as usize, p.s as usize);
+                let c = p.c as usize;
+                (
+                    rs.offs.len(),
+                    Box::new(move |j4, q| {
+                        let (cb, rest) = (j4 / (r * s_), j4 % (r * s_));
+                        let ch = cb * 4 + q;
+                        (ch < c).then_some(ch * r * s_ + rest)
+                    }),
+                )
+            }
+            None => (
+                kdim.div_ceil(4),
+                Box::new(move |j4, q| (j4 * 4 + q < kdim).then_some(j4 * 4 + q)),
+            ),
+        };
+        let mut packed = vec![0i8; panels * taps4 * 4 * MR];
         for kk in 0..k {
             let (panel, r) = (kk / MR, kk % MR);
-            for j in 0..kdim {
-                packed[((panel * (kdim4 / 4) + j / 4) * MR + r) * 4 + j % 4] = w[kk * kpad + j];
+            for j4 in 0..taps4 {
+                for q in 0..4 {
+                    if let Some(j) = tap(j4, q) {
+                        packed[((panel * taps4 + j4) * MR + r) * 4 + q] = w[kk * kpad + j];
+                    }
+                }
             }
         }
         let corr = wsum.iter().map(|s| (128 + p.in_zp) * s).collect();
         Self::finish(
             p,
+            rows,
             GemmWeights::I8(packed),
             Epilogue {
                 bias: bias.to_vec(),
@@ -339,7 +391,13 @@ impl GemmConv {
         )
     }
 
-    fn finish(p: ConvParams, weights: GemmWeights, epi: Epilogue, isa: Isa) -> GemmConv {
+    fn finish(
+        p: ConvParams,
+        rows: Option<RowSource>,
+        weights: GemmWeights,
+        epi: Epilogue,
+        isa: Isa,
+    ) -> GemmConv {
         let kdim = p.kdim as usize;
         let nr = nr_for(isa);
         let pixels = (p.oh * p.ow) as usize;
@@ -348,10 +406,6 @@ impl GemmConv {
         let bytes_per_pixel = kdim.max(1) * 4;
         let by_cache = (128 * 1024 / bytes_per_pixel / nr).max(1) * nr;
         let tile = by_cache.min(pixels.div_ceil(nr) * nr).min(8 * nr).max(nr);
-        let rows = match weights {
-            GemmWeights::F32(_) => RowSource::new(&p, nr),
-            GemmWeights::I8(_) => None,
-        };
         GemmConv {
             p,
             weights,
@@ -391,7 +445,7 @@ impl GemmConv {
     /// one per (image, input channel), or none.
     pub fn pad_tasks(&self) -> usize {
         match &self.rows {
-            Some(r) if !r.in_place => (self.p.n * self.p.c) as usize,
+            Some(r) if !r.in_place => self.p.n as usize * r.blocks,
             _ => 0,
         }
     }
@@ -413,27 +467,69 @@ impl GemmConv {
 
     #[inline(always)]
     unsafe fn pad(&self, t: usize, x: InBuf) {
-        let (Some(r), InBuf::F32(x)) = (&self.rows, x) else {
+        let Some(r) = &self.rows else {
             return;
         };
         let p = &self.p;
-        let (h, w) = (p.h as usize, p.w as usize);
+        let (h, w, c) = (p.h as usize, p.w as usize, p.c as usize);
         let (ph, pw, sw) = (p.pad_h as usize, p.pad_w as usize, p.stride_w as usize);
-        let buf = unsafe { (*r.buf.get()).as_mut_ptr().add(t * r.hp * r.row) };
-        let src = unsafe { std::slice::from_raw_parts(x.add(t * h * w), h * w) };
-        for (iy, line) in src.chunks_exact(w).enumerate() {
-            // SAFETY: row iy + ph of plane t lies inside the buffer (hp rows of `row`).
-            let dst = unsafe { std::slice::from_raw_parts_mut(buf.add((iy + ph) * r.row), r.row) };
-            match sw {
-                1 => dst[pw..pw + w].copy_from_slice(line),
-                2 => split_phases::<2>(line, dst, pw, r.wph),
-                _ => {
-                    for (ix, v) in line.iter().enumerate() {
-                        let pc = ix + pw;
-                        dst[(pc % sw) * r.wph + pc / sw] = *v;
+        let plane = r.hp * r.row * r.lanes;
+        match (unsafe { &mut *r.buf.get() }, x) {
+            (RowBuf::F32(buf), InBuf::F32(x)) => {
+                let dst = &mut buf[t * plane..][..plane];
+                let src = unsafe { std::slice::from_raw_parts(x.add(t * h * w), h * w) };
+                for (iy, line) in src.chunks_exact(w).enumerate() {
+                    let d = &mut dst[(iy + ph) * r.row..][..r.row];
+                    match sw {
+                        1 => d[pw..pw + w].copy_from_slice(line),
+                        2 => split_phases::<2>(line, d, pw, r.wph),
+                        _ => {
+                            for (ix, v) in line.iter().enumerate() {
+                                let pc = ix + pw;
+                                d[(pc % sw) * r.wph + pc / sw] = *v;
+                            }
+                        }
                     }
                 }
             }
+            (RowBuf::U8(buf), InBuf::I8(x)) => {
+                // t = (image, block of 4 channels): interleave them as x + 128
+                let (img, cb) = (t / r.blocks, t % r.blocks);
+                let dst = &mut buf[t * plane..][..plane];
+                if sw == 1 && c - cb * 4 >= 4 {
+                    // four whole channels at unit stride: one 32-bit store per pixel
+                    let ch = img * c + cb * 4;
+                    let src = unsafe { std::slice::from_raw_parts(x.add(ch * h * w), 4 * h * w) };
+                    let (s0, rest) = src.split_at(h * w);
+                    let (s1, rest) = rest.split_at(h * w);
+                    let (s2, s3) = rest.split_at(h * w);
+                    for iy in 0..h {
+                        let d = &mut dst[((iy + ph) * r.row + pw) * 4..][..w * 4];
+                        let at = iy * w..(iy + 1) * w;
+                        let (a, b) = (&s0[at.clone()], &s1[at.clone()]);
+                        let (c_, e) = (&s2[at.clone()], &s3[at]);
+                        for (ix, o) in d.chunks_exact_mut(4).enumerate() {
+                            o[0] = (a[ix] as u8) ^ 0x80;
+                            o[1] = (b[ix] as u8) ^ 0x80;
+                            o[2] = (c_[ix] as u8) ^ 0x80;
+                            o[3] = (e[ix] as u8) ^ 0x80;
+                        }
+                    }
+                    return;
+                }
+                for q in 0..4.min(c - cb * 4) {
+                    let ch = img * c + cb * 4 + q;
+                    let src = unsafe { std::slice::from_raw_parts(x.add(ch * h * w), h * w) };
+                    for (iy, line) in src.chunks_exact(w).enumerate() {
+                        let d = &mut dst[(iy + ph) * r.row * 4..][..r.row * 4];
+                        for (ix, v) in line.iter().enumerate() {
+                            let pc = ix + pw;
+                            d[((pc % sw) * r.wph + pc / sw) * 4 + q] = (*v as i32 + 128) as u8;
+                        }
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -457,29 +553,16 @@ impl GemmConv {
         )
     }
 
-    /// Tiles of the row-reading FP32 GEMM: one output row (padded input), or, when the
-    /// input is read in place with unit strides (1x1, no padding), `tile` consecutive
-    /// pixels across rows. Every block of up to `nr` pixels, every panel of channels, taps
-    /// loaded straight from the input.
-    #[allow(clippy::too_many_arguments)]
+    /// Tiles of the row-reading GEMM: one output row (padded input), or, for 1x1 unit-stride
+    /// convolutions without padding, `tile` consecutive pixels across rows. Every block of
+    /// up to `nr` pixels, every panel of channels, taps loaded straight from the row source
+    /// (or, FP32 1x1, from the input itself).
     #[inline(always)]
-    unsafe fn task_rows(
-        &self,
-        rs: &RowSource,
-        w: &[f32],
-        t: usize,
-        x: InBuf,
-        y: OutBuf,
-        acc: &mut [f32],
-    ) {
+    unsafe fn task_rows(&self, rs: &RowSource, t: usize, x: InBuf, y: OutBuf, scratch: &mut [u8]) {
         let p = &self.p;
         let k = p.k as usize;
         let (oh, ow) = (p.oh as usize, p.ow as usize);
-        let src = match (rs.in_place, x) {
-            (true, InBuf::F32(x)) => x,
-            _ => unsafe { (*rs.buf.get()).as_ptr() },
-        };
-        let plane = rs.hp * rs.row;
+        let plane = rs.hp * rs.row * rs.lanes;
         let (img, first, count, b0) = if rs.flat(p) {
             let tiles = (oh * ow).div_ceil(self.tile);
             let (img, q0) = (t / tiles, (t % tiles) * self.tile);
@@ -488,13 +571,42 @@ impl GemmConv {
             let (img, oy) = (t / oh, t % oh);
             (img, oy * ow, ow, oy * p.stride_h as usize * rs.row)
         };
-        let img_base = unsafe { src.add(img * p.c as usize * plane + b0) };
+        // element index of the tile's first pixel in the source
+        let base = img * rs.blocks * plane + b0 * rs.lanes;
         let out_img = img * k * oh * ow + first;
-        for xb in (0..count).step_by(self.nr) {
-            let n = self.nr.min(count - xb);
-            // a partial block reads past its pixels (the next row or the slack), unused
-            let b = unsafe { img_base.add(xb) };
-            unsafe { self.rows_block(w, b, &rs.offs, acc, y, out_img + xb, n) };
+        // a partial block reads past its pixels (the next row or the slack), unused
+        match (&self.weights, unsafe { &*rs.buf.get() }, x) {
+            (GemmWeights::F32(w), buf, x) => {
+                let src = match (rs.in_place, buf, x) {
+                    (true, _, InBuf::F32(x)) => x,
+                    (false, RowBuf::F32(v), _) => v.as_ptr(),
+                    _ => return,
+                };
+                for xb in (0..count).step_by(self.nr) {
+                    let n = self.nr.min(count - xb);
+                    let b = unsafe { src.add(base + xb) };
+                    let acc = as_f32(scratch);
+                    unsafe { self.rows_block(w, b, &rs.offs, acc, y, out_img + xb, n) };
+                }
+            }
+            (GemmWeights::I8(w), RowBuf::U8(v), _) => {
+                for xb in (0..count).step_by(self.nr) {
+                    let n = self.nr.min(count - xb);
+                    let b = unsafe { v.as_ptr().add(base + xb * 4) };
+                    let acc = as_i32(scratch);
+                    unsafe { self.rows_block_i8(w, b, &rs.offs, acc, y, out_img + xb, n) };
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A half-width micro-kernel for short tails (AVX-512: 16 of 32 pixels).
+    fn block_width(&self, n: usize) -> usize {
+        if n <= self.nr / 2 && self.nr == 32 {
+            16
+        } else {
+            self.nr
         }
     }
 
@@ -513,14 +625,9 @@ impl GemmConv {
         n: usize,
     ) {
         let p = &self.p;
-        let (k, kdim) = (p.k as usize, self.kdim);
+        let (k, kdim) = (p.k as usize, offs.len());
         let plane_out = (p.oh * p.ow) as usize;
-        // a half-width micro-kernel for short tails (AVX-512: 16 of 32 pixels)
-        let width = if n <= self.nr / 2 && self.nr == 32 {
-            16
-        } else {
-            self.nr
-        };
+        let width = self.block_width(n);
         for panel in 0..k.div_ceil(MR) {
             let a = &w[panel * kdim * MR..][..kdim * MR];
             let acc = &mut acc[..MR * width];
@@ -533,11 +640,40 @@ impl GemmConv {
         }
     }
 
+    /// [`GemmConv::rows_block`] for INT8: tap groups of 4 channels at `b + offs[j4]`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn rows_block_i8(
+        &self,
+        w: &[i8],
+        b: *const u8,
+        offs: &[u32],
+        acc: &mut [i32],
+        y: OutBuf,
+        at: usize,
+        n: usize,
+    ) {
+        let p = &self.p;
+        let (k, k4) = (p.k as usize, offs.len());
+        let plane_out = (p.oh * p.ow) as usize;
+        let width = self.block_width(n);
+        for panel in 0..k.div_ceil(MR) {
+            let a = &w[panel * k4 * 4 * MR..][..k4 * 4 * MR];
+            let acc = &mut acc[..MR * width];
+            unsafe { micro_i8_rows(self.isa, width, k4, a, b, offs, acc) };
+            for r in 0..MR.min(k - panel * MR) {
+                let kk = panel * MR + r;
+                let acc_row = Acc::I32(&acc[r * width..][..n], self.epi.corr[kk]);
+                unsafe { self.epi.row(p, kk, acc_row, y, at + kk * plane_out) };
+            }
+        }
+    }
+
     #[inline(always)]
     unsafe fn task(&self, t: usize, x: InBuf, y: OutBuf, scratch: &mut [u8]) {
         let p = &self.p;
-        if let (Some(rs), GemmWeights::F32(w)) = (&self.rows, &self.weights) {
-            return unsafe { self.task_rows(rs, w, t, x, y, as_f32(scratch)) };
+        if let Some(rs) = &self.rows {
+            return unsafe { self.task_rows(rs, t, x, y, scratch) };
         }
         let pixels = (p.oh * p.ow) as usize;
         let tiles = pixels.div_ceil(self.tile);
@@ -706,6 +842,11 @@ fn as_i32(b: &mut [u8]) -> &mut [i32] {
 
 // ---------------------------------------------------------------------------------------------
 // im2col
+
+/// A 1x1 convolution with unit strides and no padding: output pixel q reads input pixel q.
+fn is_pointwise(p: &ConvParams) -> bool {
+    p.r == 1 && p.s == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0
+}
 
 /// A run of a column panel's pixels that share an output row: panel slots `i0..i0 + len`,
 /// output row `oy`, output columns from `ox0`.
@@ -1112,6 +1253,117 @@ unsafe fn micro_f32_rows_avx512_16(
     }
 }
 
+/// [`micro_i8`] with tap group j4's `width` pixels (4 bytes each) read at `b + offs[j4]`.
+///
+/// # Safety
+/// `b + offs[j4] .. + 4 * width` is readable for every j4 < k4.
+#[inline(always)]
+unsafe fn micro_i8_rows(
+    isa: Isa,
+    width: usize,
+    k4: usize,
+    a: &[i8],
+    b: *const u8,
+    offs: &[u32],
+    acc: &mut [i32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        // SAFETY: the ISA was detected on this CPU; the caller guarantees the reads.
+        Isa::Avx512Vnni if width == 16 => unsafe {
+            return micro_i8_rows_vnni::<1>(k4, a, b, offs, acc);
+        },
+        Isa::Avx512Vnni => unsafe { return micro_i8_rows_vnni::<2>(k4, a, b, offs, acc) },
+        Isa::Avx512 if width == 16 => unsafe {
+            return micro_i8_rows_avx2::<16>(k4, a, b, offs, acc);
+        },
+        Isa::Avx512 => unsafe { return micro_i8_rows_avx2::<32>(k4, a, b, offs, acc) },
+        Isa::Avx2 => unsafe { return micro_i8_rows_avx2::<8>(k4, a, b, offs, acc) },
+        Isa::Portable => {}
+    }
+    let _ = (isa, width);
+    unsafe { micro_i8_rows_generic::<8>(k4, a, b, offs, acc) }
+}
+
+#[inline(always)]
+unsafe fn micro_i8_rows_generic<const NR: usize>(
+    k4: usize,
+    a: &[i8],
+    b: *const u8,
+    offs: &[u32],
+    out: &mut [i32],
+) {
+    let mut acc = [[0i32; NR]; MR];
+    for (av, off) in a.chunks_exact(MR * 4).zip(offs).take(k4) {
+        // SAFETY: the caller guarantees NR x 4 readable bytes at each offset.
+        let bv = unsafe { std::slice::from_raw_parts(b.add(*off as usize), NR * 4) };
+        for r in 0..MR {
+            for x in 0..NR {
+                let mut s = 0i32;
+                for q in 0..4 {
+                    s += bv[x * 4 + q] as i32 * av[r * 4 + q] as i32;
+                }
+                acc[r][x] += s;
+            }
+        }
+    }
+    for r in 0..MR {
+        out[r * NR..][..NR].copy_from_slice(&acc[r]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn micro_i8_rows_avx2<const NR: usize>(
+    k4: usize,
+    a: &[i8],
+    b: *const u8,
+    offs: &[u32],
+    acc: &mut [i32],
+) {
+    unsafe { micro_i8_rows_generic::<NR>(k4, a, b, offs, acc) }
+}
+
+/// `V` 512-bit vectors (16 pixels each) per channel row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn micro_i8_rows_vnni<const V: usize>(
+    k4: usize,
+    a: &[i8],
+    b: *const u8,
+    offs: &[u32],
+    out: &mut [i32],
+) {
+    use std::arch::x86_64::*;
+    assert!(a.len() >= k4 * MR * 4 && offs.len() >= k4 && out.len() >= MR * 16 * V);
+    let mut acc = [[_mm512_setzero_si512(); V]; MR];
+    let pa = a.as_ptr();
+    for j in 0..k4 {
+        // SAFETY: j < k4 (asserted lengths); the caller guarantees the B reads.
+        unsafe {
+            let pb = b.add(*offs.get_unchecked(j) as usize);
+            let mut bv = [_mm512_setzero_si512(); V];
+            for (v, bv) in bv.iter_mut().enumerate() {
+                *bv = _mm512_loadu_si512(pb.add(v * 64) as *const _);
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let w = _mm512_set1_epi32(std::ptr::read_unaligned(
+                    pa.add((j * MR + r) * 4) as *const i32
+                ));
+                for v in 0..V {
+                    acc[v] = _mm512_dpbusd_epi32(acc[v], bv[v], w);
+                }
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (v, a) in acc.iter().enumerate() {
+            // SAFETY: out holds MR x 16V i32.
+            unsafe { _mm512_storeu_si512(out.as_mut_ptr().add((r * V + v) * 16) as *mut _, *a) };
+        }
+    }
+}
+
 fn micro_i8(isa: Isa, k4: usize, a: &[i8], b: &[u8], acc: &mut [i32]) {
     #[cfg(target_arch = "x86_64")]
     match isa {
@@ -1191,32 +1443,48 @@ pub struct DirectConv {
     weights: DirectWeights,
     epi: Epilogue,
     isa: Isa,
+    /// Padded rows of the task's input channels, each split into `stride_w` phases (as
+    /// [`RowSource`]): every tap of every output row is then one contiguous run.
+    hp: usize,
+    row: usize,
+    wph: usize,
 }
 
 impl DirectConv {
     pub fn new_f32(p: ConvParams, w: &[f32], bias: &[f32], isa: Isa) -> DirectConv {
-        DirectConv {
-            p,
-            weights: DirectWeights::F32(w.to_vec()),
-            epi: Epilogue {
-                bias: bias.to_vec(),
-                mult: vec![],
-                corr: vec![],
-            },
-            isa,
-        }
+        Self::with(p, DirectWeights::F32(w.to_vec()), bias, vec![], isa)
     }
 
     pub fn new_i8(p: ConvParams, w: &[i8], mult: &[f32], bias: &[f32], isa: Isa) -> DirectConv {
+        Self::with(p, DirectWeights::I8(w.to_vec()), bias, mult.to_vec(), isa)
+    }
+
+    fn with(
+        p: ConvParams,
+        weights: DirectWeights,
+        bias: &[f32],
+        mult: Vec<f32>,
+        isa: Isa,
+    ) -> DirectConv {
+        let (h, w) = (p.h as usize, p.w as usize);
+        let (ph, pw, sw) = (p.pad_h as usize, p.pad_w as usize, p.stride_w as usize);
+        let hp = (h + ph).max(
+            (p.oh as usize - 1) * p.stride_h as usize + (p.r as usize - 1) * p.dil_h as usize + 1,
+        );
+        let wp = (w + pw).max((p.ow as usize - 1) * sw + (p.s as usize - 1) * p.dil_w as usize + 1);
+        let wph = wp.div_ceil(sw);
         DirectConv {
             p,
-            weights: DirectWeights::I8(w.to_vec()),
+            weights,
             epi: Epilogue {
                 bias: bias.to_vec(),
-                mult: mult.to_vec(),
+                mult,
                 corr: vec![],
             },
             isa,
+            hp,
+            row: sw * wph,
+            wph,
         }
     }
 
@@ -1229,8 +1497,13 @@ impl DirectConv {
         (self.p.n * self.p.k) as usize
     }
 
+    fn cpg(&self) -> usize {
+        (self.p.c / self.p.groups) as usize
+    }
+
     pub fn scratch_bytes(&self) -> usize {
-        self.p.ow as usize * 4 + 64
+        // padded input channels (4 bytes per value, int8 widened) and one accumulator row
+        (self.cpg() * self.hp * self.row + self.p.ow as usize) * 4 + 64
     }
 
     /// # Safety
@@ -1245,63 +1518,110 @@ impl DirectConv {
         )
     }
 
+    /// Copy input channel plane `src` into a padded, phase-split plane (`pad` outside).
+    #[inline(always)]
+    fn pad_plane<T: Copy, U: Copy>(&self, src: &[T], dst: &mut [U], pad: U, conv: impl Fn(T) -> U) {
+        let p = &self.p;
+        let (w, ph, pw, sw) = (
+            p.w as usize,
+            p.pad_h as usize,
+            p.pad_w as usize,
+            p.stride_w as usize,
+        );
+        dst.fill(pad);
+        for (iy, line) in src.chunks_exact(w).enumerate() {
+            let d = &mut dst[(iy + ph) * self.row..][..self.row];
+            if sw == 1 {
+                for (o, v) in d[pw..pw + w].iter_mut().zip(line) {
+                    *o = conv(*v);
+                }
+                continue;
+            }
+            for (ix, v) in line.iter().enumerate() {
+                let pc = ix + pw;
+                d[(pc % sw) * self.wph + pc / sw] = conv(*v);
+            }
+        }
+    }
+
+    /// The run of tap (ci, ry, sx) for output row `oy` in the padded planes: `ow` values.
+    #[inline(always)]
+    fn tap_start(&self, ci: usize, oy: usize, ry: usize, sx: usize) -> usize {
+        let p = &self.p;
+        let col = sx * p.dil_w as usize;
+        let sw = p.stride_w as usize;
+        ci * self.hp * self.row
+            + (oy * p.stride_h as usize + ry * p.dil_h as usize) * self.row
+            + (col % sw) * self.wph
+            + col / sw
+    }
+
     #[inline(always)]
     unsafe fn task(&self, t: usize, x: InBuf, y: OutBuf, scratch: &mut [u8]) {
         let p = &self.p;
         let (k, c) = (p.k as usize, p.c as usize);
         let (img, kk) = (t / k, t % k);
-        let groups = p.groups as usize;
-        let (cpg, kpg) = (c / groups, k / groups);
+        let (cpg, kpg) = (self.cpg(), k / p.groups as usize);
         let c0 = (kk / kpg) * cpg;
         let plane = (p.h * p.w) as usize;
         let (oh, ow) = (p.oh as usize, p.ow as usize);
+        let (r, s) = (p.r as usize, p.s as usize);
         let out_base = (img * k + kk) * oh * ow;
         let x_base = (img * c + c0) * plane;
-        let stride = p.stride_w as usize;
+        let padded = cpg * self.hp * self.row;
+        // Taps outside the image read padding that adds nothing: +0.0 for float (the sum
+        // equals the twin's, which skips them), the zero point for int8 (exactly 0).
         unsafe {
             match (x, &self.weights) {
                 (InBuf::F32(x), DirectWeights::F32(w)) => {
                     let x = std::slice::from_raw_parts(x.add(x_base), cpg * plane);
                     let w = &w[kk * p.kpad as usize..][..p.kdim as usize];
-                    let acc = &mut as_f32(scratch)[..ow];
+                    let (pad, acc) = as_f32(scratch).split_at_mut(padded);
+                    for ci in 0..cpg {
+                        let dst = &mut pad[ci * self.hp * self.row..][..self.hp * self.row];
+                        self.pad_plane(&x[ci * plane..][..plane], dst, 0.0, |v| v);
+                    }
+                    let acc = &mut acc[..ow];
                     for oy in 0..oh {
                         acc.fill(0.0);
-                        taps(p, oy, cpg, |start, wi, lo, hi| {
-                            let wv = w[wi];
-                            let (a, src) = (&mut acc[lo..hi], &x[start..]);
-                            if stride == 1 {
-                                for (a, v) in a.iter_mut().zip(src) {
-                                    *a += *v * wv;
-                                }
-                            } else {
-                                for (i, a) in a.iter_mut().enumerate() {
-                                    *a += src[i * stride] * wv;
+                        for ci in 0..cpg {
+                            for ry in 0..r {
+                                for sx in 0..s {
+                                    let wv = w[(ci * r + ry) * s + sx];
+                                    let src = &pad[self.tap_start(ci, oy, ry, sx)..][..ow];
+                                    for (a, v) in acc.iter_mut().zip(src) {
+                                        *a += *v * wv;
+                                    }
                                 }
                             }
-                        });
+                        }
                         self.epi.row(p, kk, Acc::F32(acc), y, out_base + oy * ow);
                     }
                 }
                 (InBuf::I8(x), DirectWeights::I8(w)) => {
                     let x = std::slice::from_raw_parts(x.add(x_base), cpg * plane);
                     let w = &w[kk * p.kpad as usize..][..p.kdim as usize];
-                    let acc = &mut as_i32(scratch)[..ow];
+                    let (pad, acc) = as_i32(scratch).split_at_mut(padded);
                     let zp = p.in_zp;
+                    for ci in 0..cpg {
+                        let dst = &mut pad[ci * self.hp * self.row..][..self.hp * self.row];
+                        // values as (x - zp): padding is 0
+                        self.pad_plane(&x[ci * plane..][..plane], dst, 0, |v| v as i32 - zp);
+                    }
+                    let acc = &mut acc[..ow];
                     for oy in 0..oh {
                         acc.fill(0);
-                        taps(p, oy, cpg, |start, wi, lo, hi| {
-                            let wv = w[wi] as i32;
-                            let (a, src) = (&mut acc[lo..hi], &x[start..]);
-                            if stride == 1 {
-                                for (a, v) in a.iter_mut().zip(src) {
-                                    *a += (*v as i32 - zp) * wv;
-                                }
-                            } else {
-                                for (i, a) in a.iter_mut().enumerate() {
-                                    *a += (src[i * stride] as i32 - zp) * wv;
+                        for ci in 0..cpg {
+                            for ry in 0..r {
+                                for sx in 0..s {
+                                    let wv = w[(ci * r + ry) * s + sx] as i32;
+                                    let src = &pad[self.tap_start(ci, oy, ry, sx)..][..ow];
+                                    for (a, v) in acc.iter_mut().zip(src) {
+                                        *a += *v * wv;
+                                    }
                                 }
                             }
-                        });
+                        }
                         self.epi.row(p, kk, Acc::I32(acc, 0), y, out_base + oy * ow);
                     }
                 }
@@ -1325,35 +1645,4 @@ unsafe fn direct_task_avx2(d: &DirectConv, t: usize, x: InBuf, y: OutBuf, s: &mu
 
 unsafe fn direct_task_portable(d: &DirectConv, t: usize, x: InBuf, y: OutBuf, s: &mut [u8]) {
     unsafe { d.task(t, x, y, s) }
-}
-
-/// For output row `oy`, every tap (ci, ry, sx) in the twin's order whose row is inside the
-/// image, with the range `lo..hi` of output columns whose input column is inside too; `f`
-/// gets the input index of column `lo` of that tap (column `ox` is at
-/// `start + (ox - lo) * stride`) and the weight index.
-#[inline(always)]
-fn taps(p: &ConvParams, oy: usize, cpg: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
-    let (h, w) = (p.h as isize, p.w as isize);
-    let plane = (p.h * p.w) as usize;
-    let sw = p.stride_w as isize;
-    for ci in 0..cpg {
-        for ry in 0..p.r as usize {
-            let iy = oy as isize * p.stride_h as isize + ry as isize * p.dil_h as isize
-                - p.pad_h as isize;
-            if iy < 0 || iy >= h {
-                continue;
-            }
-            for sx in 0..p.s as usize {
-                let off = sx as isize * p.dil_w as isize - p.pad_w as isize;
-                let (lo, hi) = valid_columns(off, sw, w, 0, p.ow as usize);
-                if lo >= hi {
-                    continue;
-                }
-                let row = (ci * plane) as isize + iy * w;
-                let start = (row + off + lo as isize * sw) as usize;
-                let wi = (ci * p.r as usize + ry) * p.s as usize + sx;
-                f(start, wi, lo, hi);
-            }
-        }
-    }
 }

@@ -630,8 +630,15 @@ unsafe fn run_conv(
     };
     let serial = s.ops < PARALLEL_MIN_OPS || pool.threads() == 1;
     if let Kernel::Gemm(g) = &s.kernel {
-        // the padded copy of the input first (row-reading FP32 GEMMs), all of it
-        let pad = |t: usize, _: usize| unsafe { g.pad_task(t, InBuf::F32(x.get() as *const f32)) };
+        // the row source first (the padded, phase-split copy of the input), all of it
+        let pad = move |t: usize, _: usize| {
+            let xin = if int8_in {
+                InBuf::I8(x.get() as *const i8)
+            } else {
+                InBuf::F32(x.get() as *const f32)
+            };
+            unsafe { g.pad_task(t, xin) }
+        };
         match g.pad_tasks() {
             0 => {}
             n if serial => (0..n).for_each(|t| pad(t, 0)),
