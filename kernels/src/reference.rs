@@ -35,12 +35,14 @@ pub fn f2h(f: f32) -> u16 {
 
 /// `clip_f()` of common.cuh: min(max(y, lo), hi) in ONNX's order (lo > hi gives hi), with
 /// explicit comparisons, so -0 stays -0 and NaN passes through.
+#[inline]
 pub fn clip(y: f32, lo: f32, hi: f32) -> f32 {
     let t = if y < lo { lo } else { y };
     if t > hi { hi } else { t }
 }
 
 /// `activate()` of common.cuh.
+#[inline]
 pub fn activate(y: f32, code: i32, a: f32, b: f32) -> f32 {
     match code {
         act::RELU => {
@@ -67,6 +69,7 @@ pub fn activate(y: f32, code: i32, a: f32, b: f32) -> f32 {
 }
 
 /// `quantize_i8()` of common.cuh (ONNX QuantizeLinear, signed domain).
+#[inline]
 pub fn quantize_i8(y: f32, s: f32, zp: i32) -> i8 {
     let r = (y / s).round_ties_even() + zp as f32;
     // max/min, not clamp: NaN must saturate to -128 as fmaxf does on the GPU

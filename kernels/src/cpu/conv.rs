@@ -493,38 +493,29 @@ impl GemmConv {
                 }
             }
             (RowBuf::U8(buf), InBuf::I8(x)) => {
-                // t = (image, block of 4 channels): interleave them as x + 128
+                // t = (image, block of 4 channels): interleave them as x + 128; a block past
+                // the last channel repeats channel 0 there (its weights are 0)
                 let (img, cb) = (t / r.blocks, t % r.blocks);
                 let dst = &mut buf[t * plane..][..plane];
-                if sw == 1 && c - cb * 4 >= 4 {
-                    // four whole channels at unit stride: one 32-bit store per pixel
-                    let ch = img * c + cb * 4;
-                    let src = unsafe { std::slice::from_raw_parts(x.add(ch * h * w), 4 * h * w) };
-                    let (s0, rest) = src.split_at(h * w);
-                    let (s1, rest) = rest.split_at(h * w);
-                    let (s2, s3) = rest.split_at(h * w);
-                    for iy in 0..h {
-                        let d = &mut dst[((iy + ph) * r.row + pw) * 4..][..w * 4];
-                        let at = iy * w..(iy + 1) * w;
-                        let (a, b) = (&s0[at.clone()], &s1[at.clone()]);
-                        let (c_, e) = (&s2[at.clone()], &s3[at]);
-                        for (ix, o) in d.chunks_exact_mut(4).enumerate() {
-                            o[0] = (a[ix] as u8) ^ 0x80;
-                            o[1] = (b[ix] as u8) ^ 0x80;
-                            o[2] = (c_[ix] as u8) ^ 0x80;
-                            o[3] = (e[ix] as u8) ^ 0x80;
-                        }
-                    }
-                    return;
-                }
-                for q in 0..4.min(c - cb * 4) {
-                    let ch = img * c + cb * 4 + q;
-                    let src = unsafe { std::slice::from_raw_parts(x.add(ch * h * w), h * w) };
-                    for (iy, line) in src.chunks_exact(w).enumerate() {
-                        let d = &mut dst[(iy + ph) * r.row * 4..][..r.row * 4];
-                        for (ix, v) in line.iter().enumerate() {
-                            let pc = ix + pw;
-                            d[((pc % sw) * r.wph + pc / sw) * 4 + q] = (*v as i32 + 128) as u8;
+                let chan = |q: usize| {
+                    let ch = img * c + if cb * 4 + q < c { cb * 4 + q } else { cb * 4 };
+                    unsafe { std::slice::from_raw_parts(x.add(ch * h * w), h * w) }
+                };
+                let planes = [chan(0), chan(1), chan(2), chan(3)];
+                for iy in 0..h {
+                    let at = iy * w..(iy + 1) * w;
+                    let lines = planes.map(|p| &p[at.clone()]);
+                    let d = &mut dst[(iy + ph) * r.row * 4..][..r.row * 4];
+                    match sw {
+                        1 => interleave4::<1>(lines, d, pw, r.wph),
+                        2 => interleave4::<2>(lines, d, pw, r.wph),
+                        _ => {
+                            for (q, line) in lines.iter().enumerate() {
+                                for (ix, v) in line.iter().enumerate() {
+                                    let pc = ix + pw;
+                                    d[((pc % sw) * r.wph + pc / sw) * 4 + q] = (*v as u8) ^ 0x80;
+                                }
+                            }
                         }
                     }
                 }
@@ -772,6 +763,29 @@ impl GemmConv {
                     unsafe { self.epi.row(p, kk, row, y, at) };
                 }
             }
+        }
+    }
+}
+
+/// Four channels' input rows into one padded row's `S` phases, interleaved per pixel as
+/// `x + 128` bytes (`x ^ 0x80`); constant `S`, so the loops vectorise.
+#[inline(always)]
+fn interleave4<const S: usize>(lines: [&[i8]; 4], dst: &mut [u8], pw: usize, wph: usize) {
+    let w = lines[0].len();
+    for q in 0..S {
+        let ix0 = (q + S - pw % S) % S;
+        if ix0 >= w {
+            continue;
+        }
+        let first = (ix0 + pw) / S;
+        let n = (w - ix0).div_ceil(S);
+        let out = &mut dst[(q * wph + first) * 4..][..n * 4];
+        for (m, o) in out.chunks_exact_mut(4).enumerate() {
+            let ix = ix0 + m * S;
+            o[0] = (lines[0][ix] as u8) ^ 0x80;
+            o[1] = (lines[1][ix] as u8) ^ 0x80;
+            o[2] = (lines[2][ix] as u8) ^ 0x80;
+            o[3] = (lines[3][ix] as u8) ^ 0x80;
         }
     }
 }
@@ -1501,9 +1515,16 @@ impl DirectConv {
         (self.p.c / self.p.groups) as usize
     }
 
+    /// Values of the padded input channels: their planes plus one row of slack (a flat
+    /// pass's last row reads past the plane into columns it discards).
+    fn padded_len(&self) -> usize {
+        self.cpg() * self.hp * self.row + self.row
+    }
+
     pub fn scratch_bytes(&self) -> usize {
-        // padded input channels (4 bytes per value, int8 widened) and one accumulator row
-        (self.cpg() * self.hp * self.row + self.p.ow as usize) * 4 + 64
+        // padded input channels (4 bytes per value, int8 widened) and the accumulators
+        let acc = (self.p.oh as usize * self.row).max(self.p.ow as usize);
+        (self.padded_len() + acc) * 4 + 64
     }
 
     /// # Safety
@@ -1544,6 +1565,21 @@ impl DirectConv {
         }
     }
 
+    /// With unit vertical stride, a tap's values for the whole output plane are one run of
+    /// `oh` padded rows: its length (the accumulator then has the padded row stride).
+    fn flat_span(&self) -> Option<usize> {
+        (self.p.stride_h == 1).then(|| self.p.oh as usize * self.row)
+    }
+
+    /// Every tap (weight index, start of its run for output row 0) in the twin's order.
+    fn plane_taps(&self, cpg: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let (r, s) = (self.p.r as usize, self.p.s as usize);
+        (0..cpg * r * s).map(move |wi| {
+            let (ci, ry, sx) = (wi / (r * s), (wi / s) % r, wi % s);
+            (wi, self.tap_start(ci, 0, ry, sx))
+        })
+    }
+
     /// The run of tap (ci, ry, sx) for output row `oy` in the padded planes: `ow` values.
     #[inline(always)]
     fn tap_start(&self, ci: usize, oy: usize, ry: usize, sx: usize) -> usize {
@@ -1568,7 +1604,7 @@ impl DirectConv {
         let (r, s) = (p.r as usize, p.s as usize);
         let out_base = (img * k + kk) * oh * ow;
         let x_base = (img * c + c0) * plane;
-        let padded = cpg * self.hp * self.row;
+        let padded = self.padded_len();
         // Taps outside the image read padding that adds nothing: +0.0 for float (the sum
         // equals the twin's, which skips them), the zero point for int8 (exactly 0).
         unsafe {
@@ -1581,6 +1617,23 @@ impl DirectConv {
                         let dst = &mut pad[ci * self.hp * self.row..][..self.hp * self.row];
                         self.pad_plane(&x[ci * plane..][..plane], dst, 0.0, |v| v);
                     }
+                    if let Some(span) = self.flat_span() {
+                        // unit vertical stride: each tap is one pass over the whole plane
+                        // (rows at the padded stride; the columns past `ow` are discarded)
+                        let acc = &mut acc[..span];
+                        acc.fill(0.0);
+                        for (wi, at) in self.plane_taps(cpg) {
+                            let wv = w[wi];
+                            for (a, v) in acc.iter_mut().zip(&pad[at..][..span]) {
+                                *a += *v * wv;
+                            }
+                        }
+                        for oy in 0..oh {
+                            let row = Acc::F32(&acc[oy * self.row..][..ow]);
+                            self.epi.row(p, kk, row, y, out_base + oy * ow);
+                        }
+                        return;
+                    }
                     let acc = &mut acc[..ow];
                     for oy in 0..oh {
                         acc.fill(0.0);
@@ -1588,8 +1641,8 @@ impl DirectConv {
                             for ry in 0..r {
                                 for sx in 0..s {
                                     let wv = w[(ci * r + ry) * s + sx];
-                                    let src = &pad[self.tap_start(ci, oy, ry, sx)..][..ow];
-                                    for (a, v) in acc.iter_mut().zip(src) {
+                                    let at = self.tap_start(ci, oy, ry, sx);
+                                    for (a, v) in acc.iter_mut().zip(&pad[at..][..ow]) {
                                         *a += *v * wv;
                                     }
                                 }
@@ -1608,6 +1661,21 @@ impl DirectConv {
                         // values as (x - zp): padding is 0
                         self.pad_plane(&x[ci * plane..][..plane], dst, 0, |v| v as i32 - zp);
                     }
+                    if let Some(span) = self.flat_span() {
+                        let acc = &mut acc[..span];
+                        acc.fill(0);
+                        for (wi, at) in self.plane_taps(cpg) {
+                            let wv = w[wi] as i32;
+                            for (a, v) in acc.iter_mut().zip(&pad[at..][..span]) {
+                                *a += *v * wv;
+                            }
+                        }
+                        for oy in 0..oh {
+                            let row = Acc::I32(&acc[oy * self.row..][..ow], 0);
+                            self.epi.row(p, kk, row, y, out_base + oy * ow);
+                        }
+                        return;
+                    }
                     let acc = &mut acc[..ow];
                     for oy in 0..oh {
                         acc.fill(0);
@@ -1615,8 +1683,8 @@ impl DirectConv {
                             for ry in 0..r {
                                 for sx in 0..s {
                                     let wv = w[(ci * r + ry) * s + sx] as i32;
-                                    let src = &pad[self.tap_start(ci, oy, ry, sx)..][..ow];
-                                    for (a, v) in acc.iter_mut().zip(src) {
+                                    let at = self.tap_start(ci, oy, ry, sx);
+                                    for (a, v) in acc.iter_mut().zip(&pad[at..][..ow]) {
                                         *a += *v * wv;
                                     }
                                 }

@@ -109,6 +109,9 @@ impl SyncPtr {
     }
 }
 
+/// Elements per pool task of a large elementwise step.
+const ELEMENTWISE_CHUNK: usize = 32 * 1024;
+
 /// Work below this many operations runs on the calling thread (waking workers costs more).
 const PARALLEL_MIN_OPS: f64 = 400_000.0;
 
@@ -290,7 +293,7 @@ impl CpuPlan {
             let t0 = Instant::now();
             // SAFETY: offsets come from the plan's allocator (tensors alive at one step never
             // overlap, so a step's inputs and output are disjoint) and lie inside the arena.
-            unsafe { run_step(s, base, scratch, self.scratch_bytes, &self.pool) };
+            unsafe { run_step_isa(self.isa, s, base, scratch, self.scratch_bytes, &self.pool) };
             let t = &mut self.timing[i];
             t.0 += t0.elapsed().as_nanos() as u64;
             t.1 += 1;
@@ -523,8 +526,44 @@ unsafe fn src_i8(s: &CpuStep, k: usize, base: SyncPtr) -> &[i8] {
     }
 }
 
+/// [`run_step`] compiled for `isa`, so the elementwise kernels vectorise for it (and
+/// rounding such as `round_ties_even` becomes one instruction instead of a library call).
+///
 /// # Safety
 /// See [`CpuPlan::run`].
+unsafe fn run_step_isa(
+    isa: Isa,
+    s: &CpuStep,
+    base: SyncPtr,
+    scratch: &[SyncPtr],
+    scratch_bytes: usize,
+    pool: &WorkerPool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+        unsafe fn avx512(s: &CpuStep, b: SyncPtr, sc: &[SyncPtr], n: usize, p: &WorkerPool) {
+            unsafe { run_step(s, b, sc, n, p) }
+        }
+        #[target_feature(enable = "avx2,fma,sse4.1")]
+        unsafe fn avx2(s: &CpuStep, b: SyncPtr, sc: &[SyncPtr], n: usize, p: &WorkerPool) {
+            unsafe { run_step(s, b, sc, n, p) }
+        }
+        match isa {
+            Isa::Avx512 | Isa::Avx512Vnni => {
+                return unsafe { avx512(s, base, scratch, scratch_bytes, pool) };
+            }
+            Isa::Avx2 => return unsafe { avx2(s, base, scratch, scratch_bytes, pool) },
+            Isa::Portable => {}
+        }
+    }
+    let _ = isa;
+    unsafe { run_step(s, base, scratch, scratch_bytes, pool) }
+}
+
+/// # Safety
+/// See [`CpuPlan::run`].
+#[inline(always)]
 unsafe fn run_step(
     s: &CpuStep,
     base: SyncPtr,
@@ -534,7 +573,6 @@ unsafe fn run_step(
 ) {
     let out = unsafe { base.0.add(s.out_off) };
     let out_f32 = || unsafe { std::slice::from_raw_parts_mut(out as *mut f32, s.out_len) };
-    let out_i8 = || unsafe { std::slice::from_raw_parts_mut(out as *mut i8, s.out_len) };
     unsafe {
         match &s.kernel {
             Kernel::Gemm(_) | Kernel::Direct(_) => {
@@ -544,7 +582,7 @@ unsafe fn run_step(
             Kernel::Binary(p) => {
                 ops::binary(p, src_f32(s, 0, base), src_f32(s, 1, base), out_f32())
             }
-            Kernel::Pool(p) => crate::reference::pool_into(p, src_f32(s, 0, base), out_f32()),
+            Kernel::Pool(p) => ops::pool(p, src_f32(s, 0, base), out_f32()),
             Kernel::Resize(p) => crate::reference::resize_into(p, src_f32(s, 0, base), out_f32()),
             Kernel::Softmax { outer, len, inner } => {
                 crate::reference::softmax_into(src_f32(s, 0, base), *outer, *len, *inner, out_f32())
@@ -554,7 +592,24 @@ unsafe fn run_step(
                 crate::reference::argmax_into(src_f32(s, 0, base), *classes, *cells, y)
             }
             Kernel::Quantize { scale, zp } => {
-                ops::quantize(src_f32(s, 0, base), out_i8(), *scale, *zp)
+                // large tensors (a BEV head's input) in chunks over the pool
+                let (x, y) = (
+                    SyncPtr(src_f32(s, 0, base).as_ptr() as *mut u8),
+                    SyncPtr(out),
+                );
+                let n = s.out_len;
+                let chunk = |t: usize, _: usize| {
+                    let (a, b) = (t * ELEMENTWISE_CHUNK, ((t + 1) * ELEMENTWISE_CHUNK).min(n));
+                    let xs = std::slice::from_raw_parts((x.get() as *const f32).add(a), b - a);
+                    let ys = std::slice::from_raw_parts_mut((y.get() as *mut i8).add(a), b - a);
+                    ops::quantize(xs, ys, *scale, *zp)
+                };
+                let tasks = n.div_ceil(ELEMENTWISE_CHUNK);
+                if tasks > 1 && pool.threads() > 1 {
+                    pool.run(tasks, &chunk);
+                } else {
+                    (0..tasks).for_each(|t| chunk(t, 0));
+                }
             }
             Kernel::Dequantize { scale, zp } => {
                 ops::dequantize(src_i8(s, 0, base), out_f32(), *scale, *zp)
