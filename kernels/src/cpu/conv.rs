@@ -301,6 +301,9 @@ impl RowSource {
 // plane interior per task (disjoint), in a phase that completes before any task reads it.
 unsafe impl Sync for GemmConv {}
 
+/// INT8 weight packing: the plan's tap index (if any) of lane `q` of tap group `j4`.
+type TapOfGroup = Box<dyn Fn(usize, usize) -> Option<usize>>;
+
 /// Pixels per micro-kernel call for an instruction set.
 fn nr_for(isa: Isa) -> usize {
     match isa {
@@ -348,7 +351,7 @@ impl GemmConv {
         let rows = RowSource::new(&p, nr_for(isa), Some((p.in_zp + 128) as u8));
         // taps in groups of 4 along j: (c, r, s) order for the gather, or the row source's
         // (c / 4, r, s) groups of 4 channels
-        let (taps4, tap): (usize, Box<dyn Fn(usize, usize) -> Option<usize>>) = match &rows {
+        let (taps4, tap): (usize, TapOfGroup) = match &rows {
             Some(rs) => {
                 let (r, s_) = (p.r as usize, p.s as usize);
                 let c = p.c as usize;
