@@ -111,6 +111,8 @@ enum Acc<'a> {
     F32(&'a [f32]),
     /// Integer sums and the correction to subtract from each.
     I32(&'a [i32], i32),
+    /// Integer sums held exactly in f32 (below 2^24).
+    IntF32(&'a [f32]),
 }
 
 impl Epilogue {
@@ -146,6 +148,20 @@ impl Epilogue {
                 let o = unsafe { std::slice::from_raw_parts_mut(o.add(at), a.len()) };
                 for (d, v) in o.iter_mut().zip(a) {
                     *d = A::apply(p, (*v - corr) as f32 * m + b);
+                }
+            }
+            (Acc::IntF32(a), OutBuf::F32(o)) => {
+                let m = self.mult[k];
+                let o = unsafe { std::slice::from_raw_parts_mut(o.add(at), a.len()) };
+                for (d, v) in o.iter_mut().zip(a) {
+                    *d = A::apply(p, *v * m + b);
+                }
+            }
+            (Acc::IntF32(a), OutBuf::I8(o)) => {
+                let m = self.mult[k];
+                let o = unsafe { std::slice::from_raw_parts_mut(o.add(at), a.len()) };
+                for (d, v) in o.iter_mut().zip(a) {
+                    *d = quantize_i8(A::apply(p, *v * m + b), p.out_scale, p.out_zp);
                 }
             }
             (Acc::I32(a, corr), OutBuf::I8(o)) => {
@@ -485,7 +501,7 @@ impl GemmConv {
                     let d = &mut dst[(iy + ph) * r.row..][..r.row];
                     match sw {
                         1 => d[pw..pw + w].copy_from_slice(line),
-                        2 => split_phases::<2>(line, d, pw, r.wph),
+                        2 => split_phases::<2, _, _>(line, d, pw, r.wph, |v| v),
                         _ => {
                             for (ix, v) in line.iter().enumerate() {
                                 let pc = ix + pw;
@@ -794,10 +810,16 @@ fn interleave4<const S: usize>(lines: [&[i8]; 4], dst: &mut [u8], pw: usize, wph
 }
 
 /// One input row into its `S` phases of a padded row (phase q holds padded columns
-/// q, q + S, ...; the row starts `pw` columns into the padding); constant `S`, so the
-/// strided reads vectorise.
+/// q, q + S, ...; the row starts `pw` columns into the padding), each value through `conv`;
+/// constant `S`, so the strided reads vectorise.
 #[inline(always)]
-fn split_phases<const S: usize>(line: &[f32], dst: &mut [f32], pw: usize, wph: usize) {
+fn split_phases<const S: usize, T: Copy, U: Copy>(
+    line: &[T],
+    dst: &mut [U],
+    pw: usize,
+    wph: usize,
+    conv: impl Fn(T) -> U,
+) {
     for q in 0..S {
         // input columns ix with (ix + pw) % S == q
         let ix0 = (q + S - pw % S) % S;
@@ -809,7 +831,7 @@ fn split_phases<const S: usize>(line: &[f32], dst: &mut [f32], pw: usize, wph: u
         let out = &mut dst[q * wph + first..][..n];
         let src = &line[ix0..];
         for (m, d) in out.iter_mut().enumerate() {
-            *d = src[m * S];
+            *d = conv(src[m * S]);
         }
     }
 }
@@ -1521,12 +1543,12 @@ impl DirectConv {
     /// Values of the padded input channels: their planes plus one row of slack (a flat
     /// pass's last row reads past the plane into columns it discards).
     fn padded_len(&self) -> usize {
-        self.cpg() * self.hp * self.row + self.row
+        self.cpg() * self.hp * self.row + self.acc_stride()
     }
 
     pub fn scratch_bytes(&self) -> usize {
         // padded input channels (4 bytes per value, int8 widened) and the accumulators
-        let acc = (self.p.oh as usize * self.row).max(self.p.ow as usize);
+        let acc = (self.p.oh as usize * self.acc_stride()).max(self.p.ow as usize);
         (self.padded_len() + acc) * 4 + 64
     }
 
@@ -1555,23 +1577,34 @@ impl DirectConv {
         dst.fill(pad);
         for (iy, line) in src.chunks_exact(w).enumerate() {
             let d = &mut dst[(iy + ph) * self.row..][..self.row];
-            if sw == 1 {
-                for (o, v) in d[pw..pw + w].iter_mut().zip(line) {
-                    *o = conv(*v);
+            match sw {
+                1 => {
+                    for (o, v) in d[pw..pw + w].iter_mut().zip(line) {
+                        *o = conv(*v);
+                    }
                 }
-                continue;
-            }
-            for (ix, v) in line.iter().enumerate() {
-                let pc = ix + pw;
-                d[(pc % sw) * self.wph + pc / sw] = conv(*v);
+                2 => split_phases::<2, _, _>(line, d, pw, self.wph, &conv),
+                _ => {
+                    for (ix, v) in line.iter().enumerate() {
+                        let pc = ix + pw;
+                        d[(pc % sw) * self.wph + pc / sw] = conv(*v);
+                    }
+                }
             }
         }
     }
 
-    /// With unit vertical stride, a tap's values for the whole output plane are one run of
-    /// `oh` padded rows: its length (the accumulator then has the padded row stride).
-    fn flat_span(&self) -> Option<usize> {
-        (self.p.stride_h == 1).then(|| self.p.oh as usize * self.row)
+    /// A tap's values for the whole output plane are one run of `oh` accumulator rows (see
+    /// [`DirectConv::acc_stride`]): its length.
+    fn flat_span(&self) -> usize {
+        self.p.oh as usize * self.acc_stride()
+    }
+
+    /// Accumulator row stride of a flat pass: output row oy's taps start `stride_h` padded
+    /// rows after row oy - 1's (a vertical stride of 2 computes every other row in vain,
+    /// still cheaper than short row-by-row passes).
+    fn acc_stride(&self) -> usize {
+        self.p.stride_h as usize * self.row
     }
 
     /// Every tap (weight index, start of its run for output row 0) in the twin's order.
@@ -1595,6 +1628,41 @@ impl DirectConv {
             + col / sw
     }
 
+    /// Sum every tap of one output channel from the padded planes `pad` (weights `w(tap)`),
+    /// handing each finished output row to `emit(oy, row)`. Each tap is one pass over the
+    /// whole plane (rows at the accumulator stride, columns past `ow` discarded); each
+    /// output adds its taps in the twin's order.
+    #[inline(always)]
+    fn accumulate<T>(
+        &self,
+        pad: &[T],
+        w: impl Fn(usize) -> T,
+        acc: &mut [T],
+        mut emit: impl FnMut(usize, &[T]),
+    ) where
+        T: Copy + Default + std::ops::Add<Output = T> + std::ops::Mul<Output = T>,
+    {
+        let (oh, ow, cpg) = (self.p.oh as usize, self.p.ow as usize, self.cpg());
+        let span = self.flat_span();
+        let acc = &mut acc[..span];
+        acc.fill(T::default());
+        for (wi, at) in self.plane_taps(cpg) {
+            let wv = w(wi);
+            for (a, v) in acc.iter_mut().zip(&pad[at..][..span]) {
+                *a = *a + *v * wv;
+            }
+        }
+        for oy in 0..oh {
+            emit(oy, &acc[oy * self.acc_stride()..][..ow]);
+        }
+    }
+
+    /// INT8 sums small enough to be exact in f32 (|x - zp| <= 255, |w| <= 128, fewer than
+    /// 2^24 / 32640 taps) run on the float pipeline, which vectorises better than i32.
+    fn int8_in_f32(&self) -> bool {
+        self.cpg() * (self.p.r * self.p.s) as usize <= (1 << 24) / (255 * 128)
+    }
+
     #[inline(always)]
     unsafe fn task(&self, t: usize, x: InBuf, y: OutBuf, scratch: &mut [u8]) {
         let p = &self.p;
@@ -1603,13 +1671,14 @@ impl DirectConv {
         let (cpg, kpg) = (self.cpg(), k / p.groups as usize);
         let c0 = (kk / kpg) * cpg;
         let plane = (p.h * p.w) as usize;
-        let (oh, ow) = (p.oh as usize, p.ow as usize);
-        let (r, s) = (p.r as usize, p.s as usize);
-        let out_base = (img * k + kk) * oh * ow;
+        let ow = p.ow as usize;
+        let out_base = (img * k + kk) * p.oh as usize * ow;
         let x_base = (img * c + c0) * plane;
         let padded = self.padded_len();
+        let hw = self.hp * self.row;
+        let out_at = |oy: usize| out_base + oy * ow;
         // Taps outside the image read padding that adds nothing: +0.0 for float (the sum
-        // equals the twin's, which skips them), the zero point for int8 (exactly 0).
+        // equals the twin's, which skips them), (x - zp) = 0 for int8.
         unsafe {
             match (x, &self.weights) {
                 (InBuf::F32(x), DirectWeights::F32(w)) => {
@@ -1617,42 +1686,37 @@ impl DirectConv {
                     let w = &w[kk * p.kpad as usize..][..p.kdim as usize];
                     let (pad, acc) = as_f32(scratch).split_at_mut(padded);
                     for ci in 0..cpg {
-                        let dst = &mut pad[ci * self.hp * self.row..][..self.hp * self.row];
-                        self.pad_plane(&x[ci * plane..][..plane], dst, 0.0, |v| v);
+                        self.pad_plane(
+                            &x[ci * plane..][..plane],
+                            &mut pad[ci * hw..][..hw],
+                            0.0,
+                            |v| v,
+                        );
                     }
-                    if let Some(span) = self.flat_span() {
-                        // unit vertical stride: each tap is one pass over the whole plane
-                        // (rows at the padded stride; the columns past `ow` are discarded)
-                        let acc = &mut acc[..span];
-                        acc.fill(0.0);
-                        for (wi, at) in self.plane_taps(cpg) {
-                            let wv = w[wi];
-                            for (a, v) in acc.iter_mut().zip(&pad[at..][..span]) {
-                                *a += *v * wv;
-                            }
-                        }
-                        for oy in 0..oh {
-                            let row = Acc::F32(&acc[oy * self.row..][..ow]);
-                            self.epi.row(p, kk, row, y, out_base + oy * ow);
-                        }
-                        return;
+                    self.accumulate(
+                        pad,
+                        |i| w[i],
+                        acc,
+                        |oy, row| self.epi.row(p, kk, Acc::F32(row), y, out_at(oy)),
+                    );
+                }
+                (InBuf::I8(x), DirectWeights::I8(w)) if self.int8_in_f32() => {
+                    let x = std::slice::from_raw_parts(x.add(x_base), cpg * plane);
+                    let w = &w[kk * p.kpad as usize..][..p.kdim as usize];
+                    let (pad, acc) = as_f32(scratch).split_at_mut(padded);
+                    let zp = p.in_zp;
+                    for ci in 0..cpg {
+                        let dst = &mut pad[ci * hw..][..hw];
+                        self.pad_plane(&x[ci * plane..][..plane], dst, 0.0, |v| {
+                            (v as i32 - zp) as f32
+                        });
                     }
-                    let acc = &mut acc[..ow];
-                    for oy in 0..oh {
-                        acc.fill(0.0);
-                        for ci in 0..cpg {
-                            for ry in 0..r {
-                                for sx in 0..s {
-                                    let wv = w[(ci * r + ry) * s + sx];
-                                    let at = self.tap_start(ci, oy, ry, sx);
-                                    for (a, v) in acc.iter_mut().zip(&pad[at..][..ow]) {
-                                        *a += *v * wv;
-                                    }
-                                }
-                            }
-                        }
-                        self.epi.row(p, kk, Acc::F32(acc), y, out_base + oy * ow);
-                    }
+                    self.accumulate(
+                        pad,
+                        |i| w[i] as f32,
+                        acc,
+                        |oy, row| self.epi.row(p, kk, Acc::IntF32(row), y, out_at(oy)),
+                    );
                 }
                 (InBuf::I8(x), DirectWeights::I8(w)) => {
                     let x = std::slice::from_raw_parts(x.add(x_base), cpg * plane);
@@ -1660,41 +1724,15 @@ impl DirectConv {
                     let (pad, acc) = as_i32(scratch).split_at_mut(padded);
                     let zp = p.in_zp;
                     for ci in 0..cpg {
-                        let dst = &mut pad[ci * self.hp * self.row..][..self.hp * self.row];
-                        // values as (x - zp): padding is 0
+                        let dst = &mut pad[ci * hw..][..hw];
                         self.pad_plane(&x[ci * plane..][..plane], dst, 0, |v| v as i32 - zp);
                     }
-                    if let Some(span) = self.flat_span() {
-                        let acc = &mut acc[..span];
-                        acc.fill(0);
-                        for (wi, at) in self.plane_taps(cpg) {
-                            let wv = w[wi] as i32;
-                            for (a, v) in acc.iter_mut().zip(&pad[at..][..span]) {
-                                *a += *v * wv;
-                            }
-                        }
-                        for oy in 0..oh {
-                            let row = Acc::I32(&acc[oy * self.row..][..ow], 0);
-                            self.epi.row(p, kk, row, y, out_base + oy * ow);
-                        }
-                        return;
-                    }
-                    let acc = &mut acc[..ow];
-                    for oy in 0..oh {
-                        acc.fill(0);
-                        for ci in 0..cpg {
-                            for ry in 0..r {
-                                for sx in 0..s {
-                                    let wv = w[(ci * r + ry) * s + sx] as i32;
-                                    let at = self.tap_start(ci, oy, ry, sx);
-                                    for (a, v) in acc.iter_mut().zip(&pad[at..][..ow]) {
-                                        *a += *v * wv;
-                                    }
-                                }
-                            }
-                        }
-                        self.epi.row(p, kk, Acc::I32(acc, 0), y, out_base + oy * ow);
-                    }
+                    self.accumulate(
+                        pad,
+                        |i| w[i] as i32,
+                        acc,
+                        |oy, row| self.epi.row(p, kk, Acc::I32(row, 0), y, out_at(oy)),
+                    );
                 }
                 _ => unreachable!("input and weight types checked at load"),
             }
