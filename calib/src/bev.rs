@@ -283,17 +283,34 @@ pub fn view_transform(
             format!("length {} != C*Z*H*W = {}", out.len(), need),
         ));
     }
-    // Channels in blocks, so each tap (32 bytes) is read once per block instead of once per
-    // channel; every output is the same four-term sum in the same order.
-    const BLOCK: usize = 8;
-    for l in 0..table.levels {
-        let taps = &table.taps[l * per_level..(l + 1) * per_level];
-        for ch0 in (0..c).step_by(BLOCK) {
-            let nb = BLOCK.min(c - ch0);
+    view_transform_channels(table, features, 0, out);
+    Ok(())
+}
+
+/// Channels per block of [`view_transform_channels`]: each tap (32 bytes) is read once per
+/// block instead of once per channel.
+pub const VIEW_TRANSFORM_BLOCK: usize = 8;
+
+/// [`view_transform`] for the channels from `ch0` whose outputs `out` holds (`out.len()` a
+/// multiple of Z * grid cells; sizes checked by the caller), so callers can split the
+/// channels over threads. Every output is the same four-term sum in the same order.
+pub fn view_transform_channels(
+    table: &SamplingTable,
+    features: &[f32],
+    ch0: usize,
+    out: &mut [f32],
+) {
+    let plane = table.feat_w * table.feat_h;
+    let per_level = table.grid_w * table.grid_h;
+    let channels = out.len() / (table.levels * per_level).max(1);
+    for cb in (0..channels).step_by(VIEW_TRANSFORM_BLOCK) {
+        let nb = VIEW_TRANSFORM_BLOCK.min(channels - cb);
+        for l in 0..table.levels {
+            let taps = &table.taps[l * per_level..(l + 1) * per_level];
             for (cell, t) in taps.iter().enumerate() {
                 let idx = t.idx.map(|i| i as usize);
-                for ch in ch0..ch0 + nb {
-                    let f = &features[ch * plane..(ch + 1) * plane];
+                for ch in cb..cb + nb {
+                    let f = &features[(ch0 + ch) * plane..(ch0 + ch + 1) * plane];
                     out[(ch * table.levels + l) * per_level + cell] = t.w[0] * f[idx[0]]
                         + t.w[1] * f[idx[1]]
                         + t.w[2] * f[idx[2]]
@@ -302,5 +319,4 @@ pub fn view_transform(
             }
         }
     }
-    Ok(())
 }

@@ -154,6 +154,7 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
+    let only = std::env::args().nth(2);
     let isa = Isa::detect();
     let pool = pool::shared(threads);
     let pk = peak::measure(isa, &pool);
@@ -167,6 +168,9 @@ fn main() {
         isa.name()
     );
     for &(name, c, h, w, k, r, st, g, int8) in LAYERS {
+        if only.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
         let plan = plan_for(c, h, w, k, r, st, g, int8);
         let ops = match &plan.steps[0].op {
             Op::Conv { p, .. } => p.ops(),

@@ -13,6 +13,16 @@
 //! Every entry point also runs, from its real source, under the CPU emulation of the
 //! `bevrt-kernels-emu` crate (`kernels/emu`), against the twin named here.
 //!
+//! The same plans also run on the CPU, fast, in [`cpu`] (`--backend cpu-plan`):
+//!
+//! | CPU engine kernel (cpu/) | runs | checked against |
+//! |---|---|---|
+//! | `conv.rs` `GemmConv` FP32 | groups = 1 convolutions and matrix products: AVX-512 / AVX2+FMA / portable micro-kernel, taps read from a padded, stride-phase-split row source | [`reference::conv`] to 1e-5 relative |
+//! | `conv.rs` `GemmConv` INT8 | the same with `vpdpbusd` (AVX-512 VNNI) or exact AVX2 / portable dot products, 4-channel-interleaved row source | [`reference::conv`] bit-exact |
+//! | `winograd.rs` `WinogradConv` | FP32 3x3 stride-1 convolutions, F(2x2, 3x3), AVX-512 | [`reference::conv`] to 1e-5 relative |
+//! | `conv.rs` `DirectConv` | grouped and depthwise, FP32 and INT8 | [`reference::conv`] bit-exact |
+//! | `ops.rs` | binary (per op and activation), pool, quantize (AVX-512), activations, Q/DQ | [`reference`] bit-exact; resize, softmax, argmax are the twins themselves |
+//!
 //! - [`device`]: finding a CUDA driver and device without panicking when there is none.
 //! - [`nvrtc`]: the kernel sources, NVRTC options, target SMs, CUBIN compilation and ptxas
 //!   register/spill reports.
@@ -20,6 +30,8 @@
 //! - [`plan`]: the executor's plan (tensors, constants, one kernel launch per step) and its
 //!   arena memory plan with liveness-based reuse; built by the runtime's ONNX lowering.
 //! - [`reference`]: the CPU twin of every executor kernel and a CPU runner for whole plans.
+//! - [`cpu`]: the CPU engine: a plan on bevrt's own CPU kernels (packed GEMM, Winograd,
+//!   direct, elementwise), a persistent worker pool, nothing allocated per run.
 //! - [`exec`]: [`exec::resolve_launches`] (a plan's steps as kernel launches with every address
 //!   filled in, shared by the GPU and the emulation) and [`exec::PlanRunner`], a plan on the
 //!   GPU: memory allocated at load, launches resolved at load, the per-frame sequence

@@ -761,6 +761,15 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<()> {
             r.inference.p50_ms / p.p50_ms,
             r.inference.mean_ms / p.mean_ms
         );
+        if !r.layers.is_empty() {
+            // the same networks alone (bevrt's inference also holds the view transform and
+            // the copies in and out of the engine, which the peer's time does not)
+            let nets: f64 = r.layers.iter().map(|l| l.mean_ms).sum();
+            println!(
+                "  networks alone (sum of cpu engine steps, mean): {nets:.3} ms | / peer mean = {:.2}x",
+                nets / p.mean_ms
+            );
+        }
     }
     Ok(())
 }

@@ -107,7 +107,7 @@ pub struct Epilogue {
 
 /// Accumulators of one output channel's run of pixels.
 #[derive(Clone, Copy)]
-enum Acc<'a> {
+pub(super) enum Acc<'a> {
     F32(&'a [f32]),
     /// Integer sums and the correction to subtract from each.
     I32(&'a [i32], i32),
@@ -121,7 +121,7 @@ impl Epilogue {
     /// # Safety
     /// `at .. at + acc.len()` lies inside the output.
     #[inline(always)]
-    unsafe fn row(&self, p: &ConvParams, k: usize, acc: Acc, out: OutBuf, at: usize) {
+    pub(super) unsafe fn row(&self, p: &ConvParams, k: usize, acc: Acc, out: OutBuf, at: usize) {
         unsafe {
             match p.act {
                 act::NONE => self.row_with::<NoAct>(p, k, acc, out, at),
@@ -220,6 +220,9 @@ pub struct GemmConv {
     kdim: usize,
     /// kdim rounded up to 4 (INT8).
     kdim4: usize,
+    /// Row-reading tasks also split the output channels into this many groups of panels
+    /// (small planes with many channels would otherwise give a pool too few tasks).
+    kgroups: usize,
 }
 
 /// Where the row-reading GEMM finds its taps: a padded copy of the input with each row
@@ -425,10 +428,21 @@ impl GemmConv {
         let bytes_per_pixel = kdim.max(1) * 4;
         let by_cache = (128 * 1024 / bytes_per_pixel / nr).max(1) * nr;
         let tile = by_cache.min(pixels.div_ceil(nr) * nr).min(8 * nr).max(nr);
+        let panels = (p.k as usize).div_ceil(MR);
+        let pixel_tasks = match &rows {
+            Some(r) if r.flat(&p) => p.n as usize * pixels.div_ceil(tile),
+            _ => (p.n * p.oh) as usize,
+        };
+        let kgroups = if rows.is_some() && pixel_tasks < 8 {
+            panels.min(8 / pixel_tasks.max(1)).max(1)
+        } else {
+            1
+        };
         GemmConv {
             p,
             weights,
             rows,
+            kgroups,
             epi,
             isa,
             nr,
@@ -451,9 +465,9 @@ impl GemmConv {
         match &self.rows {
             Some(r) if r.flat(&self.p) => {
                 let pixels = (self.p.oh * self.p.ow) as usize;
-                return self.p.n as usize * pixels.div_ceil(self.tile);
+                return self.p.n as usize * pixels.div_ceil(self.tile) * self.kgroups;
             }
-            Some(_) => return (self.p.n * self.p.oh) as usize,
+            Some(_) => return (self.p.n * self.p.oh) as usize * self.kgroups,
             None => {}
         }
         let pixels = (self.p.oh * self.p.ow) as usize;
@@ -573,6 +587,11 @@ impl GemmConv {
         let k = p.k as usize;
         let (oh, ow) = (p.oh as usize, p.ow as usize);
         let plane = rs.hp * rs.row * rs.lanes;
+        // this task's share of the channel panels
+        let (t, group) = (t / self.kgroups, t % self.kgroups);
+        let panels = k.div_ceil(MR);
+        let per = panels.div_ceil(self.kgroups);
+        let mine = (group * per).min(panels)..((group + 1) * per).min(panels);
         let (img, first, count, b0) = if rs.flat(p) {
             let tiles = (oh * ow).div_ceil(self.tile);
             let (img, q0) = (t / tiles, (t % tiles) * self.tile);
@@ -596,7 +615,8 @@ impl GemmConv {
                     let n = self.nr.min(count - xb);
                     let b = unsafe { src.add(base + xb) };
                     let acc = as_f32(scratch);
-                    unsafe { self.rows_block(w, b, &rs.offs, acc, y, out_img + xb, n) };
+                    let at = out_img + xb;
+                    unsafe { self.rows_block(w, b, &rs.offs, acc, y, at, n, mine.clone()) };
                 }
             }
             (GemmWeights::I8(w), RowBuf::U8(v), _) => {
@@ -604,7 +624,8 @@ impl GemmConv {
                     let n = self.nr.min(count - xb);
                     let b = unsafe { v.as_ptr().add(base + xb * 4) };
                     let acc = as_i32(scratch);
-                    unsafe { self.rows_block_i8(w, b, &rs.offs, acc, y, out_img + xb, n) };
+                    let at = out_img + xb;
+                    unsafe { self.rows_block_i8(w, b, &rs.offs, acc, y, at, n, mine.clone()) };
                 }
             }
             _ => {}
@@ -633,12 +654,13 @@ impl GemmConv {
         y: OutBuf,
         at: usize,
         n: usize,
+        panels: std::ops::Range<usize>,
     ) {
         let p = &self.p;
         let (k, kdim) = (p.k as usize, offs.len());
         let plane_out = (p.oh * p.ow) as usize;
         let width = self.block_width(n);
-        for panel in 0..k.div_ceil(MR) {
+        for panel in panels {
             let a = &w[panel * kdim * MR..][..kdim * MR];
             let acc = &mut acc[..MR * width];
             unsafe { micro_f32_rows(self.isa, width, kdim, a, b, offs, acc) };
@@ -662,12 +684,13 @@ impl GemmConv {
         y: OutBuf,
         at: usize,
         n: usize,
+        panels: std::ops::Range<usize>,
     ) {
         let p = &self.p;
         let (k, k4) = (p.k as usize, offs.len());
         let plane_out = (p.oh * p.ow) as usize;
         let width = self.block_width(n);
-        for panel in 0..k.div_ceil(MR) {
+        for panel in panels {
             let a = &w[panel * k4 * 4 * MR..][..k4 * 4 * MR];
             let acc = &mut acc[..MR * width];
             unsafe { micro_i8_rows(self.isa, width, k4, a, b, offs, acc) };
@@ -813,7 +836,7 @@ fn interleave4<const S: usize>(lines: [&[i8]; 4], dst: &mut [u8], pw: usize, wph
 /// q, q + S, ...; the row starts `pw` columns into the padding), each value through `conv`;
 /// constant `S`, so the strided reads vectorise.
 #[inline(always)]
-fn split_phases<const S: usize, T: Copy, U: Copy>(
+pub(super) fn split_phases<const S: usize, T: Copy, U: Copy>(
     line: &[T],
     dst: &mut [U],
     pw: usize,
@@ -1096,7 +1119,7 @@ impl<'a> TapRows<'a> {
 // ---------------------------------------------------------------------------------------------
 // Micro-kernels: acc[r][x] = sum_j a[j][r] * b[j][x]
 
-fn micro_f32(isa: Isa, kdim: usize, a: &[f32], b: &[f32], acc: &mut [f32]) {
+pub(super) fn micro_f32(isa: Isa, kdim: usize, a: &[f32], b: &[f32], acc: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     match isa {
         // SAFETY: the ISA was detected on this CPU; slices hold kdim x MR / kdim x nr.
@@ -1400,6 +1423,29 @@ unsafe fn micro_i8_rows_vnni<const V: usize>(
             // SAFETY: out holds MR x 16V i32.
             unsafe { _mm512_storeu_si512(out.as_mut_ptr().add((r * V + v) * 16) as *mut _, *a) };
         }
+    }
+}
+
+/// [`micro_f32`] on 16 columns (one AVX-512 register per channel), packed B `[j][16]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) fn micro_f32_16(kdim: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(a.len() >= kdim * MR && b.len() >= kdim * 16 && out.len() >= MR * 16);
+    let mut acc = [_mm512_setzero_ps(); MR];
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    for j in 0..kdim {
+        // SAFETY: j < kdim, bounds asserted above.
+        unsafe {
+            let b0 = _mm512_loadu_ps(pb.add(j * 16));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(_mm512_set1_ps(*pa.add(j * MR + r)), b0, *acc);
+            }
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        // SAFETY: out holds MR x 16 floats.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(i * 16), *v) };
     }
 }
 

@@ -20,6 +20,7 @@ pub mod isa;
 pub mod ops;
 pub mod peak;
 pub mod pool;
+pub mod winograd;
 
 use crate::params::{BinaryParams, PoolParams, ResizeParams, out_mode};
 use crate::plan::{ConstData, ConvKernel, DType, KernelPlan, Op, Step};
@@ -28,6 +29,7 @@ use isa::Isa;
 use pool::WorkerPool;
 use std::sync::Arc;
 use std::time::Instant;
+use winograd::WinogradConv;
 
 /// A step operand: a tensor of the arena (byte offset, elements) or a float constant.
 enum Src {
@@ -37,6 +39,7 @@ enum Src {
 
 enum Kernel {
     Gemm(GemmConv),
+    Winograd(WinogradConv),
     Direct(DirectConv),
     Unary {
         act: i32,
@@ -149,6 +152,7 @@ impl CpuPlan {
             .iter()
             .map(|s| match &s.kernel {
                 Kernel::Gemm(g) => g.scratch_bytes(),
+                Kernel::Winograd(w) => w.scratch_bytes(),
                 Kernel::Direct(d) => d.scratch_bytes(),
                 _ => 0,
             })
@@ -184,6 +188,11 @@ impl CpuPlan {
 
     pub fn threads(&self) -> usize {
         self.pool.threads()
+    }
+
+    /// The worker pool (shared with other stages of the same backend).
+    pub fn pool(&self) -> &WorkerPool {
+        &self.pool
     }
 
     pub fn isa(&self) -> Isa {
@@ -326,6 +335,7 @@ fn kernel_name(k: &Kernel) -> String {
             let t = if g.is_int8() { "i8" } else { "f32" };
             return format!("gemm_{t}_{}", g.isa().name());
         }
+        Kernel::Winograd(_) => "winograd_f32",
         Kernel::Direct(d) => {
             return format!(
                 "direct_{}_{}",
@@ -406,6 +416,8 @@ fn prepare(plan: &KernelPlan, s: &Step, isa: Isa) -> Result<CpuStep, String> {
                     let w = const_f32(c);
                     if direct {
                         Kernel::Direct(DirectConv::new_f32(*p, &w, &bias, isa))
+                    } else if WinogradConv::applies(p, isa) {
+                        Kernel::Winograd(WinogradConv::new(*p, &w, &bias, isa))
                     } else {
                         Kernel::Gemm(GemmConv::new_f32(*p, &w, &bias, isa))
                     }
@@ -575,7 +587,7 @@ unsafe fn run_step(
     let out_f32 = || unsafe { std::slice::from_raw_parts_mut(out as *mut f32, s.out_len) };
     unsafe {
         match &s.kernel {
-            Kernel::Gemm(_) | Kernel::Direct(_) => {
+            Kernel::Gemm(_) | Kernel::Direct(_) | Kernel::Winograd(_) => {
                 run_conv(s, base, SyncPtr(out), scratch, scratch_bytes, pool)
             }
             Kernel::Unary { act, a, b } => ops::unary(src_f32(s, 0, base), out_f32(), *act, *a, *b),
@@ -659,6 +671,7 @@ unsafe fn run_conv(
     let (int8_in, int8_out, tasks) = match &s.kernel {
         Kernel::Gemm(g) => (g.is_int8(), g.p.out_mode == out_mode::I8, g.tasks()),
         Kernel::Direct(d) => (d.is_int8(), d.p.out_mode == out_mode::I8, d.tasks()),
+        Kernel::Winograd(w) => (false, w.p.out_mode == out_mode::I8, w.tasks()),
         _ => return,
     };
     let x = SyncPtr(unsafe { base.0.add(*off) });
@@ -679,11 +692,20 @@ unsafe fn run_conv(
             match &s.kernel {
                 Kernel::Gemm(g) => g.run_task(t, xin, y, scr),
                 Kernel::Direct(d) => d.run_task(t, xin, y, scr),
+                Kernel::Winograd(w) => w.run_task(t, y, scr),
                 _ => {}
             }
         }
     };
     let serial = s.ops < PARALLEL_MIN_OPS || pool.threads() == 1;
+    if let Kernel::Winograd(w) = &s.kernel {
+        let pad =
+            move |t: usize, _: usize| unsafe { w.pad_task(t, InBuf::F32(x.get() as *const f32)) };
+        match w.pad_tasks() {
+            n if serial => (0..n).for_each(|t| pad(t, 0)),
+            n => pool.run(n, &pad),
+        }
+    }
     if let Kernel::Gemm(g) = &s.kernel {
         // the row source first (the padded, phase-split copy of the input), all of it
         let pad = move |t: usize, _: usize| {

@@ -139,6 +139,38 @@ pub fn shared(threads: usize) -> Arc<WorkerPool> {
         .clone()
 }
 
+impl WorkerPool {
+    /// `f(i, chunk)` for every `chunk`-long piece of `data` (the last may be shorter), spread
+    /// over the pool; the pieces are disjoint, so each task gets its own `&mut`.
+    pub fn for_each_chunk_mut<T: Send>(
+        &self,
+        data: &mut [T],
+        chunk: usize,
+        f: &(dyn Fn(usize, &mut [T]) + Sync),
+    ) {
+        let chunk = chunk.max(1);
+        let n = data.len();
+        let base = SendPtr(data.as_mut_ptr());
+        self.run(n.div_ceil(chunk), &|i, _| {
+            let (a, b) = (i * chunk, ((i + 1) * chunk).min(n));
+            // SAFETY: task i alone touches data[a..b]; `run` returns after every task.
+            let piece = unsafe { std::slice::from_raw_parts_mut(base.get().add(a), b - a) };
+            f(i, piece)
+        });
+    }
+}
+
+/// A pointer handed to the pool's tasks, each of which uses a disjoint part of it.
+struct SendPtr<T>(*mut T);
+// SAFETY: see `for_each_chunk_mut`: every task works on its own range.
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+unsafe impl<T: Send> Send for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
 fn take_tasks(s: &Shared, job: &Job<'_>, thread: usize) {
     let tasks = s.tasks.load(Ordering::Relaxed);
     loop {

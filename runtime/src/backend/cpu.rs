@@ -184,6 +184,14 @@ impl CpuNetwork {
         }
     }
 
+    /// The plan engine's worker pool (`None` on tract), for stages around the networks.
+    pub fn worker_pool(&self) -> Option<&bevrt_kernels::cpu::pool::WorkerPool> {
+        match &self.engine {
+            Engine::Plan(p) => Some(p.pool()),
+            Engine::Tract { .. } => None,
+        }
+    }
+
     /// Per-step time of a plan network since load (`None` on tract).
     pub fn profile(&self) -> Option<Vec<bevrt_kernels::cpu::StepProfile>> {
         match &self.engine {
@@ -713,11 +721,30 @@ impl Backend for CpuBackend {
                 let t0 = std::time::Instant::now();
                 self.net.run(&self.input, &mut b.features)?;
                 let t1 = std::time::Instant::now();
-                bevrt_calib::view_transform(
-                    &b.geometry.table,
-                    &b.features[0].data,
-                    &mut b.bev_features,
-                )?;
+                match self.net.worker_pool() {
+                    // split the channels over the engine's threads
+                    Some(pool) if pool.threads() > 1 => {
+                        let t = &b.geometry.table;
+                        let f = &b.features[0].data;
+                        if f.len() % (t.feat_w * t.feat_h).max(1) != 0 {
+                            anyhow::bail!("encoder output does not match the sampling table");
+                        }
+                        let per_channel = t.levels * t.grid_w * t.grid_h;
+                        let block = bevrt_calib::bev::VIEW_TRANSFORM_BLOCK;
+                        pool.for_each_chunk_mut(
+                            &mut b.bev_features,
+                            per_channel * block,
+                            &|i, out| {
+                                bevrt_calib::bev::view_transform_channels(t, f, i * block, out)
+                            },
+                        );
+                    }
+                    _ => bevrt_calib::view_transform(
+                        &b.geometry.table,
+                        &b.features[0].data,
+                        &mut b.bev_features,
+                    )?,
+                }
                 let t2 = std::time::Instant::now();
                 b.head.run(&b.bev_features, &mut self.outputs)?;
                 let t3 = std::time::Instant::now();
