@@ -1528,6 +1528,10 @@ pub struct DirectConv {
     weights: DirectWeights,
     epi: Epilogue,
     isa: Isa,
+    /// INT8 weights widened once at load (`[k][kdim]`): as f32 for sums exact in f32 (see
+    /// `int8_in_f32`), else as i32.
+    w_f32: Vec<f32>,
+    w_i32: Vec<i32>,
     /// Padded rows of the task's input channels, each split into `stride_w` phases (as
     /// [`RowSource`]): every tap of every output row is then one contiguous run.
     hp: usize,
@@ -1558,8 +1562,17 @@ impl DirectConv {
         );
         let wp = (w + pw).max((p.ow as usize - 1) * sw + (p.s as usize - 1) * p.dil_w as usize + 1);
         let wph = wp.div_ceil(sw);
+        let (kdim, kpad) = (p.kdim as usize, p.kpad as usize);
+        let widened: Vec<i32> = match &weights {
+            DirectWeights::I8(w) => (0..p.k as usize)
+                .flat_map(|k| w[k * kpad..k * kpad + kdim].iter().map(|v| *v as i32))
+                .collect(),
+            DirectWeights::F32(_) => vec![],
+        };
         DirectConv {
             p,
+            w_f32: widened.iter().map(|v| *v as f32).collect(),
+            w_i32: widened,
             weights,
             epi: Epilogue {
                 bias: bias.to_vec(),
@@ -1674,32 +1687,24 @@ impl DirectConv {
             + col / sw
     }
 
-    /// Sum every tap of one output channel from the padded planes `pad` (weights `w(tap)`),
-    /// handing each finished output row to `emit(oy, row)`. Each tap is one pass over the
-    /// whole plane (rows at the accumulator stride, columns past `ow` discarded); each
-    /// output adds its taps in the twin's order.
+    /// Sum every tap of one output channel from the padded planes `pad` (weights `w`, in
+    /// tap order) into `acc`: output row oy is `acc[oy * acc_stride()..][..ow]`. Each tap is
+    /// one pass over the whole plane (rows at the accumulator stride, columns past `ow`
+    /// discarded); each output adds its taps in the twin's order. (No closures here: their
+    /// bodies would be compiled without the caller's target features.)
     #[inline(always)]
-    fn accumulate<T>(
-        &self,
-        pad: &[T],
-        w: impl Fn(usize) -> T,
-        acc: &mut [T],
-        mut emit: impl FnMut(usize, &[T]),
-    ) where
+    fn accumulate<T>(&self, pad: &[T], w: &[T], acc: &mut [T])
+    where
         T: Copy + Default + std::ops::Add<Output = T> + std::ops::Mul<Output = T>,
     {
-        let (oh, ow, cpg) = (self.p.oh as usize, self.p.ow as usize, self.cpg());
         let span = self.flat_span();
         let acc = &mut acc[..span];
         acc.fill(T::default());
-        for (wi, at) in self.plane_taps(cpg) {
-            let wv = w(wi);
+        for (wi, at) in self.plane_taps(self.cpg()) {
+            let wv = w[wi];
             for (a, v) in acc.iter_mut().zip(&pad[at..][..span]) {
                 *a = *a + *v * wv;
             }
-        }
-        for oy in 0..oh {
-            emit(oy, &acc[oy * self.acc_stride()..][..ow]);
         }
     }
 
@@ -1722,7 +1727,7 @@ impl DirectConv {
         let x_base = (img * c + c0) * plane;
         let padded = self.padded_len();
         let hw = self.hp * self.row;
-        let out_at = |oy: usize| out_base + oy * ow;
+        let stride = self.acc_stride();
         // Taps outside the image read padding that adds nothing: +0.0 for float (the sum
         // equals the twin's, which skips them), (x - zp) = 0 for int8.
         unsafe {
@@ -1732,53 +1737,45 @@ impl DirectConv {
                     let w = &w[kk * p.kpad as usize..][..p.kdim as usize];
                     let (pad, acc) = as_f32(scratch).split_at_mut(padded);
                     for ci in 0..cpg {
-                        self.pad_plane(
-                            &x[ci * plane..][..plane],
-                            &mut pad[ci * hw..][..hw],
-                            0.0,
-                            |v| v,
-                        );
+                        let dst = &mut pad[ci * hw..][..hw];
+                        self.pad_plane(&x[ci * plane..][..plane], dst, 0.0, |v| v);
                     }
-                    self.accumulate(
-                        pad,
-                        |i| w[i],
-                        acc,
-                        |oy, row| self.epi.row(p, kk, Acc::F32(row), y, out_at(oy)),
-                    );
+                    self.accumulate(pad, w, acc);
+                    for oy in 0..p.oh as usize {
+                        let row = Acc::F32(&acc[oy * stride..][..ow]);
+                        self.epi.row(p, kk, row, y, out_base + oy * ow);
+                    }
                 }
-                (InBuf::I8(x), DirectWeights::I8(w)) if self.int8_in_f32() => {
+                (InBuf::I8(x), DirectWeights::I8(_)) if self.int8_in_f32() => {
                     let x = std::slice::from_raw_parts(x.add(x_base), cpg * plane);
-                    let w = &w[kk * p.kpad as usize..][..p.kdim as usize];
+                    let w = &self.w_f32[kk * p.kdim as usize..][..p.kdim as usize];
                     let (pad, acc) = as_f32(scratch).split_at_mut(padded);
                     let zp = p.in_zp;
                     for ci in 0..cpg {
                         let dst = &mut pad[ci * hw..][..hw];
-                        self.pad_plane(&x[ci * plane..][..plane], dst, 0.0, |v| {
-                            (v as i32 - zp) as f32
-                        });
+                        let src = &x[ci * plane..][..plane];
+                        self.pad_plane(src, dst, 0.0, |v| (v as i32 - zp) as f32);
                     }
-                    self.accumulate(
-                        pad,
-                        |i| w[i] as f32,
-                        acc,
-                        |oy, row| self.epi.row(p, kk, Acc::IntF32(row), y, out_at(oy)),
-                    );
+                    self.accumulate(pad, w, acc);
+                    for oy in 0..p.oh as usize {
+                        let row = Acc::IntF32(&acc[oy * stride..][..ow]);
+                        self.epi.row(p, kk, row, y, out_base + oy * ow);
+                    }
                 }
-                (InBuf::I8(x), DirectWeights::I8(w)) => {
+                (InBuf::I8(x), DirectWeights::I8(_)) => {
                     let x = std::slice::from_raw_parts(x.add(x_base), cpg * plane);
-                    let w = &w[kk * p.kpad as usize..][..p.kdim as usize];
+                    let w = &self.w_i32[kk * p.kdim as usize..][..p.kdim as usize];
                     let (pad, acc) = as_i32(scratch).split_at_mut(padded);
                     let zp = p.in_zp;
                     for ci in 0..cpg {
                         let dst = &mut pad[ci * hw..][..hw];
                         self.pad_plane(&x[ci * plane..][..plane], dst, 0, |v| v as i32 - zp);
                     }
-                    self.accumulate(
-                        pad,
-                        |i| w[i] as i32,
-                        acc,
-                        |oy, row| self.epi.row(p, kk, Acc::I32(row, 0), y, out_at(oy)),
-                    );
+                    self.accumulate(pad, w, acc);
+                    for oy in 0..p.oh as usize {
+                        let row = Acc::I32(&acc[oy * stride..][..ow], 0);
+                        self.epi.row(p, kk, row, y, out_base + oy * ow);
+                    }
                 }
                 _ => unreachable!("input and weight types checked at load"),
             }

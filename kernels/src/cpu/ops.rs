@@ -8,7 +8,7 @@ use crate::reference::activate;
 
 /// `y = activate(a op b)` over the right-aligned 4-D broadcast shape of `p`, compiled once
 /// per (op, activation) pair so the inner rows vectorise.
-#[inline]
+#[inline(always)]
 pub fn binary(p: &BinaryParams, a: &[f32], b: &[f32], y: &mut [f32]) {
     use crate::params::act;
     macro_rules! with_act {
@@ -88,6 +88,7 @@ fn binary_with(
 /// [`crate::reference::pool`] without its per-tap bounds tests: every output visits its
 /// taps in the twin's (row, column) order, so max and average equal the twin's. A global
 /// pool sums eight channels side by side (eight independent chains, each in order).
+#[inline(always)]
 pub fn pool(p: &PoolParams, x: &[f32], y: &mut [f32]) {
     let (h, w, oh, ow) = (p.h as usize, p.w as usize, p.oh as usize, p.ow as usize);
     let planes = (p.n * p.c) as usize;
