@@ -1,5 +1,13 @@
-//! The CPU backend: tract-onnx runs the networks (shapes fixed and optimised once at load),
-//! bevrt's CPU references do preprocess and postprocess.
+//! The CPU backends: the networks run on one of two engines ([`CpuEngine`]), bevrt's CPU
+//! references do preprocess, the view transform and postprocess.
+//!
+//! - `cpu-plan`: each network lowered to the kernel plan (FP32 activations, INT8 where Q/DQ
+//!   quantized) on bevrt's own CPU kernels ([`bevrt_kernels::cpu`]); nothing allocated per
+//!   frame, per-layer times for `bevrt bench`.
+//! - `cpu`: tract-onnx (shapes fixed and optimised once at load); every ONNX op it knows.
+//!
+//! `auto` takes the plan when every network of the bundle lowers, else tract, naming the
+//! nodes that kept it off the plan.
 
 use super::{Backend, BackendOptions};
 use crate::frame::Frame;
