@@ -406,7 +406,8 @@ pub fn write_float(plan: &KernelPlan, arena: &mut [u8], t: TensorId, v: &[f32]) 
     }
 }
 
-fn const_f32(c: &ConstData) -> Vec<f32> {
+/// A constant's values as f32 (whatever its storage).
+pub fn const_f32(c: &ConstData) -> Vec<f32> {
     match c {
         ConstData::F32(v) => v.clone(),
         ConstData::F16(v) => v.iter().map(|h| h2f(*h)).collect(),

@@ -70,6 +70,16 @@ pub fn run(bin_path: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// The ONNX node conformance case whose name starts with `prefix` (shared data).
+pub fn node_case(shared: &Path, prefix: &str) -> PathBuf {
+    std::fs::read_dir(shared.join("data/onnx/node/cases"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no conformance case {prefix}*"))
+}
+
 /// Make a classify bundle of a shared model with `bevrt-tool bundle init`.
 pub fn classifier_bundle(shared: &Path, model_file: &str, out: &Path) -> PathBuf {
     let model = shared.join("data/onnx/models").join(model_file);

@@ -188,18 +188,7 @@ fn backend_layers(bundle: &Bundle) -> Vec<String> {
 #[test]
 fn a_network_outside_the_plan_is_refused_naming_its_nodes() {
     let Some(shared) = shared_dir() else { return };
-    let cases = shared.join("data/onnx/node/cases");
-    let case = std::fs::read_dir(&cases)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("test_top_k")
-        })
-        .expect("a top_k conformance case");
+    let case = node_case(&shared, "test_top_k");
     let e = bevrt_runtime::backend::cpu::CpuNetwork::load_plan(&case.join("model.onnx"), &[3, 4])
         .err()
         .expect("refused");

@@ -233,18 +233,7 @@ fn transpose2(v: &[f32]) -> Vec<f32> {
 fn unsupported_ops_are_refused_at_load_with_the_list() {
     let Some(shared) = shared_dir() else { return };
     // a conformance case with an op outside the set (TopK)
-    let cases = shared.join("data/onnx/node/cases");
-    let case = std::fs::read_dir(&cases)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("test_top_k")
-        })
-        .expect("a top_k conformance case");
+    let case = node_case(&shared, "test_top_k");
     match lower_onnx(&case.join("model.onnx"), &[], &LowerOptions::default()) {
         Err(LowerError::Unsupported { path, nodes }) => {
             assert!(path.ends_with("model.onnx"));

@@ -4,8 +4,10 @@
 //! - [`CpuPlan::load`] checks every step, packs the weights for the chosen instruction set
 //!   ([`isa`]), allocates the arena (the plan's own offsets) and every thread's scratch. After
 //!   that, [`CpuPlan::run`] allocates nothing.
-//! - [`conv`]: packed-GEMM convolutions (FP32 on an AVX-512 or AVX2/FMA micro-kernel, INT8 on
-//!   `vpdpbusd` or its AVX2/portable twins) and direct grouped/depthwise ones.
+//! - [`conv`]: how convolutions run here (overview), their shared epilogue and buffers;
+//!   [`gemm`]: groups = 1 as a GEMM on row sources (FP32, INT8 via `vpdpbusd`);
+//!   [`micro`]: the register-blocked micro-kernels per ISA; [`winograd`]: FP32 3x3 stride 1
+//!   by F(2x2, 3x3); [`direct`]: grouped and depthwise.
 //! - [`ops`]: the other kernels (activations, broadcasting binary ops, Q/DQ; pool, resize,
 //!   softmax and argmax are the twins' own allocation-free functions).
 //! - [`pool`]: the persistent worker pool (tasks are output tiles or channels).
@@ -15,8 +17,12 @@
 //! convolutions bit-exact, FP32 GEMM to 1e-5 relative (FMA rounds once where the twin rounds
 //! twice, and sums in the same order).
 
+#[macro_use]
 pub mod conv;
+pub mod direct;
+pub mod gemm;
 pub mod isa;
+pub mod micro;
 pub mod ops;
 pub mod peak;
 pub mod pool;
@@ -24,7 +30,10 @@ pub mod winograd;
 
 use crate::params::{BinaryParams, PoolParams, ResizeParams, out_mode};
 use crate::plan::{ConstData, ConvKernel, DType, KernelPlan, Op, Step};
-use conv::{DirectConv, GemmConv, InBuf, OutBuf};
+use crate::reference::const_f32;
+use conv::{InBuf, OutBuf};
+use direct::DirectConv;
+use gemm::GemmConv;
 use isa::Isa;
 use pool::WorkerPool;
 use std::sync::Arc;
@@ -361,15 +370,6 @@ fn kernel_name(k: &Kernel) -> String {
     s.to_string()
 }
 
-fn const_f32(c: &ConstData) -> Vec<f32> {
-    match c {
-        ConstData::F32(v) => v.clone(),
-        ConstData::F16(v) => v.iter().map(|h| crate::reference::h2f(*h)).collect(),
-        ConstData::I8(v) => v.iter().map(|x| *x as f32).collect(),
-        ConstData::I32(v) => v.iter().map(|x| *x as f32).collect(),
-    }
-}
-
 /// Check one step and turn it into its CPU kernel.
 fn prepare(plan: &KernelPlan, s: &Step, isa: Isa) -> Result<CpuStep, String> {
     let od = &plan.tensors[s.output];
@@ -409,7 +409,7 @@ fn prepare(plan: &KernelPlan, s: &Step, isa: Isa) -> Result<CpuStep, String> {
                             Some(ConstData::I32(v)) => v.clone(),
                             _ => return Err("int8 GEMM without an i32 wsum".into()),
                         };
-                        Kernel::Gemm(GemmConv::new_i8(*p, w, &wsum, &mult, &bias, isa))
+                        Kernel::Gemm(GemmConv::new_i8(*p, w, &wsum, &mult, &bias, isa)?)
                     }
                 }
                 (c @ (ConstData::F32(_) | ConstData::F16(_)), false) => {
@@ -419,7 +419,7 @@ fn prepare(plan: &KernelPlan, s: &Step, isa: Isa) -> Result<CpuStep, String> {
                     } else if WinogradConv::applies(p, isa) {
                         Kernel::Winograd(WinogradConv::new(*p, &w, &bias, isa))
                     } else {
-                        Kernel::Gemm(GemmConv::new_f32(*p, &w, &bias, isa))
+                        Kernel::Gemm(GemmConv::new_f32(*p, &w, &bias, isa)?)
                     }
                 }
                 _ => return Err("weights of another type than the input".into()),

@@ -15,8 +15,10 @@
 //! results match the twin to ~1e-6 relative (tested at 1e-5). AVX-512 only; elsewhere the
 //! engine keeps the GEMM. `BEVRT_CPU_WINOGRAD=0` turns it off (for A/B measurements).
 
-use super::conv::{Acc, Epilogue, InBuf, MR, OutBuf, micro_f32, micro_f32_16, split_phases};
+use super::conv::{Acc, Epilogue, InBuf, OutBuf};
+use super::gemm::split_phases;
 use super::isa::Isa;
+use super::micro::{MR, micro_f32_16, micro_f32_avx512};
 use crate::params::ConvParams;
 
 /// Tiles per block: the GEMM micro-kernel's 32 columns.
@@ -196,7 +198,7 @@ impl WinogradConv {
                     if width == 16 {
                         micro_f32_16(c, a, b, out);
                     } else {
-                        micro_f32(self.isa, c, a, b, out);
+                        micro_f32_avx512(c, a, b, out);
                     }
                 }
                 for r in 0..MR.min(k - panel * MR) {
