@@ -606,17 +606,36 @@ pub fn run(plan: &KernelPlan, inputs: &[&[f32]]) -> Vec<Vec<f32>> {
 /// A tensor as f32: floats as they are, int8 dequantized, unquantized int8 (class maps) as
 /// unsigned values.
 pub fn output_f32(plan: &KernelPlan, arena: &[u8], t: TensorId) -> Vec<f32> {
+    let mut y = vec![0f32; plan.tensors[t].elems()];
+    output_f32_into(plan, arena, t, &mut y);
+    y
+}
+
+/// [`output_f32`] into a buffer of the tensor's length (allocates nothing).
+pub fn output_f32_into(plan: &KernelPlan, arena: &[u8], t: TensorId, dst: &mut [f32]) {
     let d = &plan.tensors[t];
+    let bytes = &arena[plan.offsets[t]..][..d.bytes()];
     match (d.dtype, d.quant) {
-        (DType::I8, Some((s, zp))) => read_i8(plan, arena, t)
-            .iter()
-            .map(|q| (*q as i32 - zp) as f32 * s)
-            .collect(),
-        (DType::I8, None) => read_i8(plan, arena, t)
-            .iter()
-            .map(|q| *q as u8 as f32)
-            .collect(),
-        _ => read_float(plan, arena, t),
+        (DType::I8, Some((s, zp))) => {
+            for (o, q) in dst.iter_mut().zip(bytes) {
+                *o = (*q as i8 as i32 - zp) as f32 * s;
+            }
+        }
+        (DType::I8, None) => {
+            for (o, q) in dst.iter_mut().zip(bytes) {
+                *o = *q as f32;
+            }
+        }
+        (DType::F32, _) => {
+            for (o, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        (DType::F16, _) => {
+            for (o, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = h2f(u16::from_le_bytes([b[0], b[1]]));
+            }
+        }
     }
 }
 

@@ -210,3 +210,97 @@ pub(super) fn as_i32(b: &mut [u8]) -> &mut [i32] {
 pub(super) fn is_pointwise(p: &ConvParams) -> bool {
     p.r == 1 && p.s == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0
 }
+
+// ---------------------------------------------------------------------------------------------
+// Padded, phase-split input rows (shared by the GEMM's row source and the direct kernel)
+
+/// The geometry of an input copy padded for a convolution, each row split into `stride_w`
+/// phases (phase q holds padded columns q, q + s, q + 2s, ...), so the columns one tap reads
+/// for consecutive output pixels are consecutive: output column ox of tap column offset
+/// `col = sx * dil_w` is at `(col % s) * wph + col / s + ox` in its row.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PaddedRows {
+    /// Rows per padded plane (top padding, the image, and what the last output row reads).
+    pub hp: usize,
+    /// Values per phase of a row.
+    pub wph: usize,
+    /// Values per padded row (`stride_w * wph`).
+    pub row: usize,
+}
+
+impl PaddedRows {
+    pub fn new(p: &ConvParams) -> PaddedRows {
+        let (h, w) = (p.h as usize, p.w as usize);
+        let sw = p.stride_w as usize;
+        let last_row =
+            (p.oh as usize - 1) * p.stride_h as usize + (p.r as usize - 1) * p.dil_h as usize;
+        let last_col = (p.ow as usize - 1) * sw + (p.s as usize - 1) * p.dil_w as usize;
+        let hp = (h + p.pad_h as usize).max(last_row + 1);
+        let wp = (w + p.pad_w as usize).max(last_col + 1);
+        let wph = wp.div_ceil(sw);
+        PaddedRows {
+            hp,
+            wph,
+            row: sw * wph,
+        }
+    }
+
+    /// Where tap (ry, sx)'s run for output row `oy` starts within a padded plane.
+    #[inline(always)]
+    pub fn tap_start(&self, p: &ConvParams, oy: usize, ry: usize, sx: usize) -> usize {
+        let (col, sw) = (sx * p.dil_w as usize, p.stride_w as usize);
+        (oy * p.stride_h as usize + ry * p.dil_h as usize) * self.row
+            + (col % sw) * self.wph
+            + col / sw
+    }
+
+    /// Copy one input row (`line`, each value through `conv`) into padded row `dst`, starting
+    /// `pw` columns into the padding; stride 1 and 2 are compiled with constant strides, so
+    /// their loops vectorise.
+    #[inline(always)]
+    pub fn copy_row<T: Copy, U: Copy>(
+        &self,
+        line: &[T],
+        dst: &mut [U],
+        pw: usize,
+        sw: usize,
+        conv: impl Fn(T) -> U,
+    ) {
+        match sw {
+            1 => split_phases::<1, _, _>(line, dst, pw, self.wph, conv),
+            2 => split_phases::<2, _, _>(line, dst, pw, self.wph, conv),
+            _ => {
+                for (ix, v) in line.iter().enumerate() {
+                    let pc = ix + pw;
+                    dst[(pc % sw) * self.wph + pc / sw] = conv(*v);
+                }
+            }
+        }
+    }
+}
+
+/// One input row into its `S` phases of a padded row (phase q holds padded columns
+/// q, q + S, ...; the row starts `pw` columns into the padding), each value through `conv`.
+#[inline(always)]
+pub(super) fn split_phases<const S: usize, T: Copy, U: Copy>(
+    line: &[T],
+    dst: &mut [U],
+    pw: usize,
+    wph: usize,
+    conv: impl Fn(T) -> U,
+) {
+    for q in 0..S {
+        // input columns ix with (ix + pw) % S == q
+        let ix0 = (q + S - pw % S) % S;
+        if ix0 >= line.len() {
+            continue;
+        }
+        let first = (ix0 + pw) / S;
+        let n = (line.len() - ix0).div_ceil(S);
+        let out = &mut dst[q * wph + first..][..n];
+        let src = &line[ix0..];
+        for (m, d) in out.iter_mut().enumerate() {
+            *d = conv(src[m * S]);
+        }
+    }
+}

@@ -2,82 +2,101 @@
 //! tap one contiguous pass over a padded, phase-split copy of its input channels (see the
 //! [`super::conv`] overview).
 
-use super::conv::{Acc, Epilogue, InBuf, OutBuf, as_f32, as_i32};
-use super::gemm::split_phases;
+use super::conv::{Acc, Epilogue, InBuf, OutBuf, PaddedRows, as_f32, as_i32};
 use super::isa::Isa;
 use crate::params::ConvParams;
 
-pub enum DirectWeights {
+/// The weights as the accumulation reads them, `[k][kdim]`, chosen at load.
+enum Taps {
     F32(Vec<f32>),
-    I8(Vec<i8>),
+    /// INT8 whose sums are exact in f32 (see [`DirectConv::new_i8`]): the float pipeline,
+    /// which vectorises better than i32 multiplies.
+    IntF32(Vec<f32>),
+    I32(Vec<i32>),
 }
 
 pub struct DirectConv {
     pub p: ConvParams,
-    /// `[k][kpad]` as in the plan.
-    weights: DirectWeights,
+    taps: Taps,
     epi: Epilogue,
     isa: Isa,
-    /// INT8 weights widened once at load (`[k][kdim]`): as f32 for sums exact in f32 (see
-    /// `int8_in_f32`), else as i32.
-    w_f32: Vec<f32>,
-    w_i32: Vec<i32>,
-    /// Padded rows of the task's input channels, each split into `stride_w` phases (as
-    /// [`RowSource`]): every tap of every output row is then one contiguous run.
-    hp: usize,
-    row: usize,
-    wph: usize,
+    /// The task's input channels, padded and phase-split: every tap of every output row is
+    /// then one contiguous run.
+    rows: PaddedRows,
+}
+
+/// What a tap sum is kept in (f32 or i32): scratch view and the epilogue's input.
+trait TapSum: Copy + Default + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> {
+    fn view(scratch: &mut [u8]) -> &mut [Self];
+    /// `int8`: the f32 sums are INT8 integer sums.
+    fn acc(row: &[Self], int8: bool) -> Acc<'_>;
+}
+
+impl TapSum for f32 {
+    fn view(scratch: &mut [u8]) -> &mut [f32] {
+        as_f32(scratch)
+    }
+    #[inline(always)]
+    fn acc(row: &[f32], int8: bool) -> Acc<'_> {
+        if int8 {
+            Acc::IntF32(row)
+        } else {
+            Acc::F32(row)
+        }
+    }
+}
+
+impl TapSum for i32 {
+    fn view(scratch: &mut [u8]) -> &mut [i32] {
+        as_i32(scratch)
+    }
+    #[inline(always)]
+    fn acc(row: &[i32], _: bool) -> Acc<'_> {
+        Acc::I32(row, 0)
+    }
 }
 
 impl DirectConv {
     pub fn new_f32(p: ConvParams, w: &[f32], bias: &[f32], isa: Isa) -> DirectConv {
-        Self::with(p, DirectWeights::F32(w.to_vec()), bias, vec![], isa)
+        let taps = Taps::F32(Self::rows_of(&p, w, |v| v));
+        Self::with(p, taps, bias, vec![], isa)
     }
 
+    /// INT8 sums with few taps (|x - zp| <= 255, |w| <= 128, at most 2^24 / 32640 taps per
+    /// output) are exact in f32 and run there; larger ones in i32.
     pub fn new_i8(p: ConvParams, w: &[i8], mult: &[f32], bias: &[f32], isa: Isa) -> DirectConv {
-        Self::with(p, DirectWeights::I8(w.to_vec()), bias, mult.to_vec(), isa)
+        let taps = if p.kdim as usize <= (1 << 24) / (255 * 128) {
+            Taps::IntF32(Self::rows_of(&p, w, |v| v as f32))
+        } else {
+            Taps::I32(Self::rows_of(&p, w, |v| v as i32))
+        };
+        Self::with(p, taps, bias, mult.to_vec(), isa)
     }
 
-    fn with(
-        p: ConvParams,
-        weights: DirectWeights,
-        bias: &[f32],
-        mult: Vec<f32>,
-        isa: Isa,
-    ) -> DirectConv {
-        let (h, w) = (p.h as usize, p.w as usize);
-        let (ph, pw, sw) = (p.pad_h as usize, p.pad_w as usize, p.stride_w as usize);
-        let hp = (h + ph).max(
-            (p.oh as usize - 1) * p.stride_h as usize + (p.r as usize - 1) * p.dil_h as usize + 1,
-        );
-        let wp = (w + pw).max((p.ow as usize - 1) * sw + (p.s as usize - 1) * p.dil_w as usize + 1);
-        let wph = wp.div_ceil(sw);
+    /// The plan's `[k][kpad]` weight rows as `[k][kdim]`, converted.
+    fn rows_of<T: Copy, U>(p: &ConvParams, w: &[T], conv: impl Fn(T) -> U) -> Vec<U> {
         let (kdim, kpad) = (p.kdim as usize, p.kpad as usize);
-        let widened: Vec<i32> = match &weights {
-            DirectWeights::I8(w) => (0..p.k as usize)
-                .flat_map(|k| w[k * kpad..k * kpad + kdim].iter().map(|v| *v as i32))
-                .collect(),
-            DirectWeights::F32(_) => vec![],
-        };
+        (0..p.k as usize)
+            .flat_map(|k| w[k * kpad..k * kpad + kdim].iter().map(|v| conv(*v)))
+            .collect()
+    }
+
+    fn with(p: ConvParams, taps: Taps, bias: &[f32], mult: Vec<f32>, isa: Isa) -> DirectConv {
         DirectConv {
+            rows: PaddedRows::new(&p),
             p,
-            w_f32: widened.iter().map(|v| *v as f32).collect(),
-            w_i32: widened,
-            weights,
+            taps,
             epi: Epilogue {
                 bias: bias.to_vec(),
                 mult,
                 corr: vec![],
             },
             isa,
-            hp,
-            row: sw * wph,
-            wph,
         }
     }
 
     pub fn is_int8(&self) -> bool {
-        matches!(self.weights, DirectWeights::I8(_))
+        !matches!(self.taps, Taps::F32(_))
     }
 
     /// One task per (image, output channel).
@@ -89,10 +108,14 @@ impl DirectConv {
         (self.p.c / self.p.groups) as usize
     }
 
-    /// Values of the padded input channels: their planes plus one row of slack (a flat
-    /// pass's last row reads past the plane into columns it discards).
+    fn plane_len(&self) -> usize {
+        self.rows.hp * self.rows.row
+    }
+
+    /// Values of the padded input channels: their planes plus one accumulator row of slack
+    /// (a pass's last row reads past the plane into columns it discards).
     fn padded_len(&self) -> usize {
-        self.cpg() * self.hp * self.row + self.acc_stride()
+        self.cpg() * self.plane_len() + self.acc_stride()
     }
 
     pub fn scratch_bytes(&self) -> usize {
@@ -113,159 +136,102 @@ impl DirectConv {
         )
     }
 
-    /// Copy input channel plane `src` into a padded, phase-split plane (`pad` outside).
+    /// Accumulator row stride: output row oy's taps start `stride_h` padded rows after row
+    /// oy - 1's (a vertical stride of 2 computes every other row in vain, still cheaper than
+    /// short row-by-row passes).
+    fn acc_stride(&self) -> usize {
+        self.p.stride_h as usize * self.rows.row
+    }
+
+    /// Sum every tap of one output channel from the padded planes `pad` (weights `w`, in
+    /// the twin's tap order) into `acc`: output row oy is `acc[oy * acc_stride()..][..ow]`.
+    /// Each tap is one pass over the whole plane (rows at the accumulator stride, columns
+    /// past `ow` discarded). (No closures here: their bodies would be compiled without the
+    /// caller's target features.)
     #[inline(always)]
-    fn pad_plane<T: Copy, U: Copy>(&self, src: &[T], dst: &mut [U], pad: U, conv: impl Fn(T) -> U) {
+    fn accumulate<T: TapSum>(&self, pad: &[T], w: &[T], acc: &mut [T]) {
         let p = &self.p;
-        let (w, ph, pw, sw) = (
+        let (r, s) = (p.r as usize, p.s as usize);
+        let span = p.oh as usize * self.acc_stride();
+        let acc = &mut acc[..span];
+        acc.fill(T::default());
+        for (wi, wv) in w.iter().enumerate() {
+            let (ci, ry, sx) = (wi / (r * s), (wi / s) % r, wi % s);
+            let at = ci * self.plane_len() + self.rows.tap_start(p, 0, ry, sx);
+            for (a, v) in acc.iter_mut().zip(&pad[at..][..span]) {
+                *a = *a + *v * *wv;
+            }
+        }
+    }
+
+    /// One output channel: its input channels `x` padded (each value through `conv`;
+    /// taps outside the image read `T::default()`, which adds nothing: +0.0, or
+    /// (x - zp) = 0 for INT8), the taps summed, the rows finished by the epilogue.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn channel<X: Copy, T: TapSum>(
+        &self,
+        x: &[X],
+        w: &[T],
+        conv: impl Fn(X) -> T + Copy,
+        scratch: &mut [u8],
+        kk: usize,
+        y: OutBuf,
+        out_base: usize,
+    ) {
+        let p = &self.p;
+        let (plane, hw) = ((p.h * p.w) as usize, self.plane_len());
+        let (w_in, ph, pw, sw) = (
             p.w as usize,
             p.pad_h as usize,
             p.pad_w as usize,
             p.stride_w as usize,
         );
-        dst.fill(pad);
-        for (iy, line) in src.chunks_exact(w).enumerate() {
-            let d = &mut dst[(iy + ph) * self.row..][..self.row];
-            match sw {
-                1 => {
-                    for (o, v) in d[pw..pw + w].iter_mut().zip(line) {
-                        *o = conv(*v);
-                    }
-                }
-                2 => split_phases::<2, _, _>(line, d, pw, self.wph, &conv),
-                _ => {
-                    for (ix, v) in line.iter().enumerate() {
-                        let pc = ix + pw;
-                        d[(pc % sw) * self.wph + pc / sw] = conv(*v);
-                    }
-                }
+        let (pad, acc) = T::view(scratch).split_at_mut(self.padded_len());
+        for ci in 0..self.cpg() {
+            let dst = &mut pad[ci * hw..][..hw];
+            dst.fill(T::default());
+            for (iy, line) in x[ci * plane..][..plane].chunks_exact(w_in).enumerate() {
+                let d = &mut dst[(iy + ph) * self.rows.row..][..self.rows.row];
+                self.rows.copy_row(line, d, pw, sw, conv);
             }
         }
-    }
-
-    /// A tap's values for the whole output plane are one run of `oh` accumulator rows (see
-    /// [`DirectConv::acc_stride`]): its length.
-    fn flat_span(&self) -> usize {
-        self.p.oh as usize * self.acc_stride()
-    }
-
-    /// Accumulator row stride of a flat pass: output row oy's taps start `stride_h` padded
-    /// rows after row oy - 1's (a vertical stride of 2 computes every other row in vain,
-    /// still cheaper than short row-by-row passes).
-    fn acc_stride(&self) -> usize {
-        self.p.stride_h as usize * self.row
-    }
-
-    /// Every tap (weight index, start of its run for output row 0) in the twin's order.
-    fn plane_taps(&self, cpg: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
-        let (r, s) = (self.p.r as usize, self.p.s as usize);
-        (0..cpg * r * s).map(move |wi| {
-            let (ci, ry, sx) = (wi / (r * s), (wi / s) % r, wi % s);
-            (wi, self.tap_start(ci, 0, ry, sx))
-        })
-    }
-
-    /// The run of tap (ci, ry, sx) for output row `oy` in the padded planes: `ow` values.
-    #[inline(always)]
-    fn tap_start(&self, ci: usize, oy: usize, ry: usize, sx: usize) -> usize {
-        let p = &self.p;
-        let col = sx * p.dil_w as usize;
-        let sw = p.stride_w as usize;
-        ci * self.hp * self.row
-            + (oy * p.stride_h as usize + ry * p.dil_h as usize) * self.row
-            + (col % sw) * self.wph
-            + col / sw
-    }
-
-    /// Sum every tap of one output channel from the padded planes `pad` (weights `w`, in
-    /// tap order) into `acc`: output row oy is `acc[oy * acc_stride()..][..ow]`. Each tap is
-    /// one pass over the whole plane (rows at the accumulator stride, columns past `ow`
-    /// discarded); each output adds its taps in the twin's order. (No closures here: their
-    /// bodies would be compiled without the caller's target features.)
-    #[inline(always)]
-    fn accumulate<T>(&self, pad: &[T], w: &[T], acc: &mut [T])
-    where
-        T: Copy + Default + std::ops::Add<Output = T> + std::ops::Mul<Output = T>,
-    {
-        let span = self.flat_span();
-        let acc = &mut acc[..span];
-        acc.fill(T::default());
-        for (wi, at) in self.plane_taps(self.cpg()) {
-            let wv = w[wi];
-            for (a, v) in acc.iter_mut().zip(&pad[at..][..span]) {
-                *a = *a + *v * wv;
-            }
+        self.accumulate(pad, w, acc);
+        let (ow, stride) = (p.ow as usize, self.acc_stride());
+        for oy in 0..p.oh as usize {
+            let row = T::acc(&acc[oy * stride..][..ow], self.is_int8());
+            unsafe { self.epi.row(p, kk, row, y, out_base + oy * ow) };
         }
-    }
-
-    /// INT8 sums small enough to be exact in f32 (|x - zp| <= 255, |w| <= 128, fewer than
-    /// 2^24 / 32640 taps) run on the float pipeline, which vectorises better than i32.
-    fn int8_in_f32(&self) -> bool {
-        self.cpg() * (self.p.r * self.p.s) as usize <= (1 << 24) / (255 * 128)
     }
 
     #[inline(always)]
     unsafe fn task(&self, t: usize, x: InBuf, y: OutBuf, scratch: &mut [u8]) {
         let p = &self.p;
-        let (k, c) = (p.k as usize, p.c as usize);
+        let (k, c, kdim) = (p.k as usize, p.c as usize, p.kdim as usize);
         let (img, kk) = (t / k, t % k);
         let (cpg, kpg) = (self.cpg(), k / p.groups as usize);
-        let c0 = (kk / kpg) * cpg;
         let plane = (p.h * p.w) as usize;
-        let ow = p.ow as usize;
-        let out_base = (img * k + kk) * p.oh as usize * ow;
-        let x_base = (img * c + c0) * plane;
-        let padded = self.padded_len();
-        let hw = self.hp * self.row;
-        let stride = self.acc_stride();
-        // Taps outside the image read padding that adds nothing: +0.0 for float (the sum
-        // equals the twin's, which skips them), (x - zp) = 0 for int8.
+        let out_base = (img * k + kk) * (p.oh * p.ow) as usize;
+        let x_base = (img * c + (kk / kpg) * cpg) * plane;
+        let zp = p.in_zp;
         unsafe {
-            match (x, &self.weights) {
-                (InBuf::F32(x), DirectWeights::F32(w)) => {
+            match (x, &self.taps) {
+                (InBuf::F32(x), Taps::F32(w)) => {
                     let x = std::slice::from_raw_parts(x.add(x_base), cpg * plane);
-                    let w = &w[kk * p.kpad as usize..][..p.kdim as usize];
-                    let (pad, acc) = as_f32(scratch).split_at_mut(padded);
-                    for ci in 0..cpg {
-                        let dst = &mut pad[ci * hw..][..hw];
-                        self.pad_plane(&x[ci * plane..][..plane], dst, 0.0, |v| v);
-                    }
-                    self.accumulate(pad, w, acc);
-                    for oy in 0..p.oh as usize {
-                        let row = Acc::F32(&acc[oy * stride..][..ow]);
-                        self.epi.row(p, kk, row, y, out_base + oy * ow);
-                    }
+                    let w = &w[kk * kdim..][..kdim];
+                    self.channel(x, w, |v| v, scratch, kk, y, out_base)
                 }
-                (InBuf::I8(x), DirectWeights::I8(_)) if self.int8_in_f32() => {
+                (InBuf::I8(x), Taps::IntF32(w)) => {
                     let x = std::slice::from_raw_parts(x.add(x_base), cpg * plane);
-                    let w = &self.w_f32[kk * p.kdim as usize..][..p.kdim as usize];
-                    let (pad, acc) = as_f32(scratch).split_at_mut(padded);
-                    let zp = p.in_zp;
-                    for ci in 0..cpg {
-                        let dst = &mut pad[ci * hw..][..hw];
-                        let src = &x[ci * plane..][..plane];
-                        self.pad_plane(src, dst, 0.0, |v| (v as i32 - zp) as f32);
-                    }
-                    self.accumulate(pad, w, acc);
-                    for oy in 0..p.oh as usize {
-                        let row = Acc::IntF32(&acc[oy * stride..][..ow]);
-                        self.epi.row(p, kk, row, y, out_base + oy * ow);
-                    }
+                    let w = &w[kk * kdim..][..kdim];
+                    let conv = move |v: i8| (v as i32 - zp) as f32;
+                    self.channel(x, w, conv, scratch, kk, y, out_base)
                 }
-                (InBuf::I8(x), DirectWeights::I8(_)) => {
+                (InBuf::I8(x), Taps::I32(w)) => {
                     let x = std::slice::from_raw_parts(x.add(x_base), cpg * plane);
-                    let w = &self.w_i32[kk * p.kdim as usize..][..p.kdim as usize];
-                    let (pad, acc) = as_i32(scratch).split_at_mut(padded);
-                    let zp = p.in_zp;
-                    for ci in 0..cpg {
-                        let dst = &mut pad[ci * hw..][..hw];
-                        self.pad_plane(&x[ci * plane..][..plane], dst, 0, |v| v as i32 - zp);
-                    }
-                    self.accumulate(pad, w, acc);
-                    for oy in 0..p.oh as usize {
-                        let row = Acc::I32(&acc[oy * stride..][..ow], 0);
-                        self.epi.row(p, kk, row, y, out_base + oy * ow);
-                    }
+                    let w = &w[kk * kdim..][..kdim];
+                    let conv = move |v: i8| v as i32 - zp;
+                    self.channel(x, w, conv, scratch, kk, y, out_base)
                 }
                 _ => unreachable!("input and weight types checked at load"),
             }

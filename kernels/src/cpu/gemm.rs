@@ -2,7 +2,7 @@
 //! x output pixels x taps, the taps read by the micro-kernels ([`super::micro`]) straight
 //! from a row source (see the [`super::conv`] overview).
 
-use super::conv::{Acc, Epilogue, InBuf, OutBuf, as_f32, as_i32, is_pointwise};
+use super::conv::{Acc, Epilogue, InBuf, OutBuf, PaddedRows, as_f32, as_i32, is_pointwise};
 use super::isa::Isa;
 use super::micro::{MR, micro_f32_rows, micro_i8_rows};
 use crate::params::ConvParams;
@@ -10,7 +10,8 @@ use crate::params::ConvParams;
 pub enum GemmWeights {
     /// `[panel][j][MR]`
     F32(Vec<f32>),
-    /// `[panel][j/4][MR][4]`, j padded to a multiple of 4 with zeros.
+    /// `[panel][j4][MR][4]`: the row source's tap groups (4 channels at one (r, s)), lanes
+    /// past the last channel 0.
     I8(Vec<i8>),
 }
 
@@ -39,11 +40,8 @@ pub struct GemmConv {
 /// written at load and never again; slack at the end absorbs a partial block's over-read.
 struct RowSource {
     buf: std::cell::UnsafeCell<RowBuf>,
-    hp: usize,
-    /// Pixels per padded row (`stride_w * wph`).
-    row: usize,
-    /// Pixels per phase of a row.
-    wph: usize,
+    /// The padded planes' rows (pixels; INT8 has 4 values per pixel).
+    rows: PaddedRows,
     /// Values per pixel: 1 (FP32) or 4 interleaved channels (INT8).
     lanes: usize,
     /// Channel blocks per image: c (FP32) or c / 4 rounded up (INT8).
@@ -62,35 +60,34 @@ enum RowBuf {
 
 impl RowSource {
     /// `int8_pad`: the byte the INT8 borders hold (`zp + 128`); `None` for FP32.
-    fn new(p: &ConvParams, nr: usize, int8_pad: Option<u8>) -> Option<RowSource> {
+    fn new(p: &ConvParams, nr: usize, int8_pad: Option<u8>) -> Result<RowSource, String> {
         if p.groups != 1 {
-            return None;
+            return Err(
+                "a grouped convolution on the GEMM (the plan sends those to the direct kernel)"
+                    .into(),
+            );
         }
-        let (c, h, w) = (p.c as usize, p.h as usize, p.w as usize);
-        let (ph, pw) = (p.pad_h as usize, p.pad_w as usize);
-        let (sw, dw, dh) = (p.stride_w as usize, p.dil_w as usize, p.dil_h as usize);
-        let bottom =
-            (((p.oh - 1) * p.stride_h + (p.r - 1) * p.dil_h + 1) as usize).saturating_sub(h + ph);
-        let wp = (w + pw).max((p.ow as usize - 1) * sw + (p.s as usize - 1) * dw + 1);
-        let hp = h + ph + bottom;
-        let wph = wp.div_ceil(sw);
-        let row = sw * wph;
+        let rows = PaddedRows::new(p);
         let (lanes, blocks) = match int8_pad {
-            Some(_) => (4, c.div_ceil(4)),
-            None => (1, c),
+            Some(_) => (4, (p.c as usize).div_ceil(4)),
+            None => (1, p.c as usize),
         };
-        let in_place = int8_pad.is_none() && is_pointwise(p) && bottom == 0 && wp == w;
-        let plane = hp * row * lanes;
+        let in_place = int8_pad.is_none()
+            && is_pointwise(p)
+            && rows.hp == p.h as usize
+            && rows.row == p.w as usize;
+        let plane = rows.hp * rows.row * lanes;
         if p.n as usize * blocks * plane > u32::MAX as usize / 2 {
-            return None;
+            return Err(format!(
+                "convolution input {}x{}x{}x{} too large for the CPU engine's 32-bit tap offsets",
+                p.n, p.c, p.h, p.w
+            ));
         }
         let mut offs = vec![];
         for cb in 0..blocks {
             for ry in 0..p.r as usize {
                 for sx in 0..p.s as usize {
-                    let col = sx * dw;
-                    let px = ry * dh * row + (col % sw) * wph + col / sw;
-                    offs.push((cb * plane + px * lanes) as u32);
+                    offs.push((cb * plane + rows.tap_start(p, 0, ry, sx) * lanes) as u32);
                 }
             }
         }
@@ -100,11 +97,9 @@ impl RowSource {
             None if in_place => RowBuf::F32(vec![]),
             None => RowBuf::F32(vec![0f32; len]),
         };
-        Some(RowSource {
+        Ok(RowSource {
             buf: std::cell::UnsafeCell::new(buf),
-            hp,
-            row,
-            wph,
+            rows,
             lanes,
             blocks,
             offs,
@@ -117,21 +112,13 @@ impl RowSource {
     /// Output pixels map one to one onto input pixels (1x1, unit strides, no padding), so
     /// blocks may run across rows.
     fn flat(&self, p: &ConvParams) -> bool {
-        is_pointwise(p) && self.row == p.w as usize && self.hp == p.h as usize
+        is_pointwise(p) && self.rows.row == p.w as usize && self.rows.hp == p.h as usize
     }
 }
 
 // SAFETY: `RowSource::buf` is written only by `GemmConv::pad_task`, one (image, channel)
 // plane interior per task (disjoint), in a phase that completes before any task reads it.
 unsafe impl Sync for GemmConv {}
-
-/// Why a convolution is refused: its row source would need offsets beyond 32 bits.
-fn too_large(p: &ConvParams) -> String {
-    format!(
-        "convolution input {}x{}x{}x{} too large for the CPU engine's 32-bit tap offsets",
-        p.n, p.c, p.h, p.w
-    )
-}
 
 /// Pixels per micro-kernel call for an instruction set.
 fn nr_for(isa: Isa) -> usize {
@@ -155,7 +142,7 @@ impl GemmConv {
         }
         Self::finish(
             p,
-            RowSource::new(&p, nr_for(isa), None).ok_or_else(|| too_large(&p))?,
+            RowSource::new(&p, nr_for(isa), None)?,
             GemmWeights::F32(packed),
             Epilogue {
                 bias: bias.to_vec(),
@@ -177,8 +164,7 @@ impl GemmConv {
     ) -> Result<GemmConv, String> {
         let (k, kpad) = (p.k as usize, p.kpad as usize);
         let panels = k.div_ceil(MR);
-        let rows = RowSource::new(&p, nr_for(isa), Some((p.in_zp + 128) as u8))
-            .ok_or_else(|| too_large(&p))?;
+        let rows = RowSource::new(&p, nr_for(isa), Some((p.in_zp + 128) as u8))?;
         // the row source's tap groups: (c / 4, r, s), lane q = channel c % 4
         let (r, s_, c) = (p.r as usize, p.s as usize, p.c as usize);
         let taps4 = rows.offs.len();
@@ -295,26 +281,18 @@ impl GemmConv {
     #[inline(always)]
     unsafe fn pad(&self, t: usize, x: InBuf) {
         let r = &self.rows;
+        let g = &r.rows;
         let p = &self.p;
         let (h, w, c) = (p.h as usize, p.w as usize, p.c as usize);
         let (ph, pw, sw) = (p.pad_h as usize, p.pad_w as usize, p.stride_w as usize);
-        let plane = r.hp * r.row * r.lanes;
+        let plane = g.hp * g.row * r.lanes;
         match (unsafe { &mut *r.buf.get() }, x) {
             (RowBuf::F32(buf), InBuf::F32(x)) => {
                 let dst = &mut buf[t * plane..][..plane];
                 let src = unsafe { std::slice::from_raw_parts(x.add(t * h * w), h * w) };
                 for (iy, line) in src.chunks_exact(w).enumerate() {
-                    let d = &mut dst[(iy + ph) * r.row..][..r.row];
-                    match sw {
-                        1 => d[pw..pw + w].copy_from_slice(line),
-                        2 => split_phases::<2, _, _>(line, d, pw, r.wph, |v| v),
-                        _ => {
-                            for (ix, v) in line.iter().enumerate() {
-                                let pc = ix + pw;
-                                d[(pc % sw) * r.wph + pc / sw] = *v;
-                            }
-                        }
-                    }
+                    let d = &mut dst[(iy + ph) * g.row..][..g.row];
+                    g.copy_row(line, d, pw, sw, |v| v);
                 }
             }
             (RowBuf::U8(buf), InBuf::I8(x)) => {
@@ -330,15 +308,15 @@ impl GemmConv {
                 for iy in 0..h {
                     let at = iy * w..(iy + 1) * w;
                     let lines = planes.map(|p| &p[at.clone()]);
-                    let d = &mut dst[(iy + ph) * r.row * 4..][..r.row * 4];
+                    let d = &mut dst[(iy + ph) * g.row * 4..][..g.row * 4];
                     match sw {
-                        1 => interleave4::<1>(lines, d, pw, r.wph),
-                        2 => interleave4::<2>(lines, d, pw, r.wph),
+                        1 => interleave4::<1>(lines, d, pw, g.wph),
+                        2 => interleave4::<2>(lines, d, pw, g.wph),
                         _ => {
                             for (q, line) in lines.iter().enumerate() {
                                 for (ix, v) in line.iter().enumerate() {
                                     let pc = ix + pw;
-                                    d[((pc % sw) * r.wph + pc / sw) * 4 + q] = (*v as u8) ^ 0x80;
+                                    d[((pc % sw) * g.wph + pc / sw) * 4 + q] = (*v as u8) ^ 0x80;
                                 }
                             }
                         }
@@ -374,11 +352,11 @@ impl GemmConv {
     /// up to `nr` pixels, every panel of channels, taps loaded straight from the row source
     /// (or, FP32 1x1, from the input itself).
     #[inline(always)]
-    unsafe fn task_rows(&self, rs: &RowSource, t: usize, x: InBuf, y: OutBuf, scratch: &mut [u8]) {
-        let p = &self.p;
+    unsafe fn task(&self, t: usize, x: InBuf, y: OutBuf, scratch: &mut [u8]) {
+        let (p, rs) = (&self.p, &self.rows);
         let k = p.k as usize;
         let (oh, ow) = (p.oh as usize, p.ow as usize);
-        let plane = rs.hp * rs.row * rs.lanes;
+        let plane = rs.rows.hp * rs.rows.row * rs.lanes;
         // this task's share of the channel panels
         let (t, group) = (t / self.kgroups, t % self.kgroups);
         let panels = k.div_ceil(MR);
@@ -390,7 +368,7 @@ impl GemmConv {
             (img, q0, self.tile.min(oh * ow - q0), q0)
         } else {
             let (img, oy) = (t / oh, t % oh);
-            (img, oy * ow, ow, oy * p.stride_h as usize * rs.row)
+            (img, oy * ow, ow, oy * p.stride_h as usize * rs.rows.row)
         };
         // element index of the tile's first pixel in the source
         let base = img * rs.blocks * plane + b0 * rs.lanes;
@@ -493,11 +471,6 @@ impl GemmConv {
             }
         }
     }
-
-    #[inline(always)]
-    unsafe fn task(&self, t: usize, x: InBuf, y: OutBuf, scratch: &mut [u8]) {
-        unsafe { self.task_rows(&self.rows, t, x, y, scratch) }
-    }
 }
 
 /// Four channels' input rows into one padded row's `S` phases, interleaved per pixel as
@@ -519,33 +492,6 @@ fn interleave4<const S: usize>(lines: [&[i8]; 4], dst: &mut [u8], pw: usize, wph
             o[1] = (lines[1][ix] as u8) ^ 0x80;
             o[2] = (lines[2][ix] as u8) ^ 0x80;
             o[3] = (lines[3][ix] as u8) ^ 0x80;
-        }
-    }
-}
-
-/// One input row into its `S` phases of a padded row (phase q holds padded columns
-/// q, q + S, ...; the row starts `pw` columns into the padding), each value through `conv`;
-/// constant `S`, so the strided reads vectorise.
-#[inline(always)]
-pub(super) fn split_phases<const S: usize, T: Copy, U: Copy>(
-    line: &[T],
-    dst: &mut [U],
-    pw: usize,
-    wph: usize,
-    conv: impl Fn(T) -> U,
-) {
-    for q in 0..S {
-        // input columns ix with (ix + pw) % S == q
-        let ix0 = (q + S - pw % S) % S;
-        if ix0 >= line.len() {
-            continue;
-        }
-        let first = (ix0 + pw) / S;
-        let n = (line.len() - ix0).div_ceil(S);
-        let out = &mut dst[q * wph + first..][..n];
-        let src = &line[ix0..];
-        for (m, d) in out.iter_mut().enumerate() {
-            *d = conv(src[m * S]);
         }
     }
 }

@@ -232,36 +232,18 @@ impl CpuPlan {
     /// without allocating.
     pub fn output_into(&mut self, k: usize, dst: &mut [f32]) -> Result<(), String> {
         let t = self.plan.outputs[k];
-        let (elems, dtype, quant) = {
-            let d = &self.plan.tensors[t];
-            (d.elems(), d.dtype, d.quant)
-        };
+        let elems = self.plan.tensors[t].elems();
         if dst.len() != elems {
             return Err(format!(
                 "output {k} has {elems} values, the buffer {}",
                 dst.len()
             ));
         }
-        let off = self.plan.offsets[t];
-        let b = self.bytes();
-        match (dtype, quant) {
-            (DType::F32, _) => {
-                // SAFETY: an f32 tensor of `elems` values at an aligned offset.
-                let s =
-                    unsafe { std::slice::from_raw_parts(b.as_ptr().add(off) as *const f32, elems) };
-                dst.copy_from_slice(s);
-            }
-            (DType::I8, Some((s, zp))) => {
-                for (o, q) in dst.iter_mut().zip(&b[off..off + elems]) {
-                    *o = (*q as i8 as i32 - zp) as f32 * s;
-                }
-            }
-            _ => {
-                for (o, q) in dst.iter_mut().zip(&b[off..off + elems]) {
-                    *o = *q as f32;
-                }
-            }
-        }
+        // SAFETY: u64 words viewed as their bytes (read only).
+        let arena = unsafe {
+            std::slice::from_raw_parts(self.arena.as_ptr() as *const u8, self.arena.len() * 8)
+        };
+        crate::reference::output_f32_into(&self.plan, arena, t, dst);
         Ok(())
     }
 
@@ -605,23 +587,11 @@ unsafe fn run_step(
             }
             Kernel::Quantize { scale, zp } => {
                 // large tensors (a BEV head's input) in chunks over the pool
-                let (x, y) = (
-                    SyncPtr(src_f32(s, 0, base).as_ptr() as *mut u8),
-                    SyncPtr(out),
-                );
-                let n = s.out_len;
-                let chunk = |t: usize, _: usize| {
-                    let (a, b) = (t * ELEMENTWISE_CHUNK, ((t + 1) * ELEMENTWISE_CHUNK).min(n));
-                    let xs = std::slice::from_raw_parts((x.get() as *const f32).add(a), b - a);
-                    let ys = std::slice::from_raw_parts_mut((y.get() as *mut i8).add(a), b - a);
-                    ops::quantize(xs, ys, *scale, *zp)
-                };
-                let tasks = n.div_ceil(ELEMENTWISE_CHUNK);
-                if tasks > 1 && pool.threads() > 1 {
-                    pool.run(tasks, &chunk);
-                } else {
-                    (0..tasks).for_each(|t| chunk(t, 0));
-                }
+                let x = src_f32(s, 0, base);
+                let y = std::slice::from_raw_parts_mut(out as *mut i8, s.out_len);
+                pool.for_each_chunk_mut(y, ELEMENTWISE_CHUNK, &|i, y| {
+                    ops::quantize(&x[i * ELEMENTWISE_CHUNK..][..y.len()], y, *scale, *zp)
+                });
             }
             Kernel::Dequantize { scale, zp } => {
                 ops::dequantize(src_i8(s, 0, base), out_f32(), *scale, *zp)
@@ -697,38 +667,36 @@ unsafe fn run_conv(
             }
         }
     };
-    let serial = s.ops < PARALLEL_MIN_OPS || pool.threads() == 1;
-    if let Kernel::Winograd(w) = &s.kernel {
-        let pad =
-            move |t: usize, _: usize| unsafe { w.pad_task(t, InBuf::F32(x.get() as *const f32)) };
-        match w.pad_tasks() {
-            n if serial => (0..n).for_each(|t| pad(t, 0)),
-            n => pool.run(n, &pad),
+    // Small steps stay on the calling thread: waking workers costs more than they gain.
+    let spread = |n: usize, job: &pool::Job<'_>| {
+        if s.ops < PARALLEL_MIN_OPS {
+            (0..n).for_each(|t| job(t, 0));
+        } else {
+            pool.run(n, job);
         }
-    }
-    if let Kernel::Gemm(g) = &s.kernel {
-        // the row source first (the padded, phase-split copy of the input), all of it
-        let pad = move |t: usize, _: usize| {
-            let xin = if int8_in {
-                InBuf::I8(x.get() as *const i8)
-            } else {
-                InBuf::F32(x.get() as *const f32)
-            };
-            unsafe { g.pad_task(t, xin) }
+    };
+    // The padded copy of the input first (GEMM row source, Winograd tiles), all of it.
+    let pad_tasks = match &s.kernel {
+        Kernel::Gemm(g) => g.pad_tasks(),
+        Kernel::Winograd(w) => w.pad_tasks(),
+        _ => 0,
+    };
+    spread(pad_tasks, &move |t, _| {
+        let xin = if int8_in {
+            InBuf::I8(x.get() as *const i8)
+        } else {
+            InBuf::F32(x.get() as *const f32)
         };
-        match g.pad_tasks() {
-            0 => {}
-            n if serial => (0..n).for_each(|t| pad(t, 0)),
-            n => pool.run(n, &pad),
+        // SAFETY: one (image, channel block) per task, before any task below reads it.
+        unsafe {
+            match &s.kernel {
+                Kernel::Gemm(g) => g.pad_task(t, xin),
+                Kernel::Winograd(w) => w.pad_task(t, xin),
+                _ => {}
+            }
         }
-    }
-    if serial {
-        for t in 0..tasks {
-            job(t, 0);
-        }
-    } else {
-        pool.run(tasks, &job);
-    }
+    });
+    spread(tasks, &job);
 }
 
 #[cfg(test)]

@@ -15,8 +15,7 @@
 //! results match the twin to ~1e-6 relative (tested at 1e-5). AVX-512 only; elsewhere the
 //! engine keeps the GEMM. `BEVRT_CPU_WINOGRAD=0` turns it off (for A/B measurements).
 
-use super::conv::{Acc, Epilogue, InBuf, OutBuf};
-use super::gemm::split_phases;
+use super::conv::{Acc, Epilogue, InBuf, OutBuf, split_phases};
 use super::isa::Isa;
 use super::micro::{MR, micro_f32_16, micro_f32_avx512};
 use crate::params::ConvParams;
