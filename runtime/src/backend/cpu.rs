@@ -44,6 +44,19 @@ enum Engine {
 
 use tract_linalg::multithread::{Executor, multithread_tract_scope};
 
+/// Run a plan network on the input in its arena and read every output.
+fn run_plan(
+    p: &mut bevrt_kernels::cpu::CpuPlan,
+    outputs: &mut [OutputTensor],
+) -> anyhow::Result<()> {
+    p.run();
+    for (k, o) in outputs.iter_mut().enumerate() {
+        p.output_into(k, &mut o.data)
+            .map_err(|e| anyhow::anyhow!("output '{}': {e}", o.name))?;
+    }
+    Ok(())
+}
+
 /// A rayon pool of `threads` for tract's matrix kernels (one per thread count per process).
 fn executor(threads: usize) -> Executor {
     use std::collections::HashMap;
@@ -145,15 +158,9 @@ impl CpuNetwork {
         if !path.is_file() {
             anyhow::bail!("{}: model file not found", path.display());
         }
-        let summary = bevrt_models::inspect(path)?;
-        let input = summary
-            .inputs
-            .first()
-            .map(|i| i.name.clone())
-            .with_context(|| format!("{}: model has no input", path.display()))?;
-        let plan = super::lower::lower_onnx(
+        let plan = super::lower::lower_network(
             path,
-            &[(&input, shape.to_vec())],
+            shape.to_vec(),
             &super::lower::LowerOptions {
                 float: bevrt_kernels::plan::DType::F32,
             },
@@ -168,10 +175,11 @@ impl CpuNetwork {
             .iter()
             .map(|&t| plan.tensors[t].shape.clone())
             .collect();
-        let mut ops: Vec<String> = vec![];
-        for (k, _) in plan.kernel_counts() {
-            ops.push(k.to_string());
-        }
+        let ops = plan
+            .kernel_counts()
+            .into_iter()
+            .map(|(k, _)| k.to_string())
+            .collect();
         let engine = CpuPlan::load(plan, pool::shared(1), Isa::detect())
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(CpuNetwork {
@@ -182,6 +190,10 @@ impl CpuNetwork {
             output_shapes,
             ops,
         })
+    }
+
+    pub fn is_plan(&self) -> bool {
+        matches!(self.engine, Engine::Plan(_))
     }
 
     /// Which engine runs this network, for logs: `tract` or `plan (ISA)`.
@@ -215,6 +227,29 @@ impl CpuNetwork {
         }
     }
 
+    /// Where the plan engine reads the network's input, so the stage before it (preprocess,
+    /// the view transform) writes there and no copy is made; `None` on tract, which takes
+    /// its input per run.
+    pub fn input_slot(&mut self) -> Option<&mut [f32]> {
+        match &mut self.engine {
+            Engine::Plan(p) => Some(p.input_mut(0)),
+            Engine::Tract { .. } => None,
+        }
+    }
+
+    /// Run on what was written into [`CpuNetwork::input_slot`] (plan engine), or on
+    /// `staged` (tract, which has no slot: its input lives in the caller's buffer).
+    pub fn run_staged(
+        &mut self,
+        staged: &[f32],
+        outputs: &mut [OutputTensor],
+    ) -> anyhow::Result<()> {
+        match &mut self.engine {
+            Engine::Plan(p) => run_plan(p, outputs),
+            Engine::Tract { .. } => self.run(staged, outputs),
+        }
+    }
+
     /// Run on `input` (length = product of the input shape), copying outputs into `outputs`.
     pub fn run(&mut self, input: &[f32], outputs: &mut [OutputTensor]) -> anyhow::Result<()> {
         match &mut self.engine {
@@ -228,12 +263,7 @@ impl CpuNetwork {
                     );
                 }
                 dst.copy_from_slice(input);
-                p.run();
-                for (k, o) in outputs.iter_mut().enumerate() {
-                    p.output_into(k, &mut o.data)
-                        .map_err(|e| anyhow::anyhow!("output '{}': {e}", o.name))?;
-                }
-                Ok(())
+                run_plan(p, outputs)
             }
             Engine::Tract {
                 state, executor, ..
@@ -357,6 +387,7 @@ pub struct CpuBackend {
     output_kind: OutputKind,
     norm: EmbeddingNorm,
     plan: Option<PreprocessPlan>,
+    /// tract's input tensor (empty on the plan engine, which keeps its own).
     input: Vec<f32>,
     net: CpuNetwork,
     outputs: Vec<OutputTensor>,
@@ -449,7 +480,7 @@ impl FeatureStage {
         input: &[f32],
         out: &mut [OutputTensor],
     ) -> anyhow::Result<()> {
-        net.run(input, &mut self.net_out)?;
+        net.run_staged(input, &mut self.net_out)?;
         // The vector goes straight into the bundle's output unless a probe reads it.
         let dst: &mut [f32] = match self.probe {
             Some(_) => &mut self.vector,
@@ -524,7 +555,12 @@ impl BevStage {
         }
         Ok(BevStage {
             features: encoder.output_buffers(),
-            bev_features: vec![0.0; c * z * gh * gw],
+            // the plan engine's head reads the view transform's output in place
+            bev_features: if head.is_plan() {
+                vec![]
+            } else {
+                vec![0.0; c * z * gh * gw]
+            },
             grid,
             classes: m.classes.clone(),
             geometry: super::CameraGeometry::new(table),
@@ -607,7 +643,12 @@ impl CpuBackend {
             output_kind: m.outputs[0].kind,
             norm: m.embedding_norm,
             plan: None,
-            input: vec![0.0; m.input.numel()],
+            // tract's input; the plan engine keeps its own (see `input_buffer`)
+            input: if net.is_plan() {
+                vec![]
+            } else {
+                vec![0.0; m.input.numel()]
+            },
             threads: net.threads,
             net,
             outputs,
@@ -632,16 +673,25 @@ impl CpuBackend {
     /// Take an already preprocessed tensor (the bundle's input shape) as the next input,
     /// instead of `preprocess` on a frame.
     pub fn set_input(&mut self, tensor: &[f32]) -> anyhow::Result<()> {
-        if tensor.len() != self.input.len() {
+        let shape = self.spec.shape();
+        let dst = self.input_buffer();
+        if tensor.len() != dst.len() {
             anyhow::bail!(
-                "input tensor has {} values, the bundle's input {:?} needs {}",
+                "input tensor has {} values, the bundle's input {shape:?} needs {}",
                 tensor.len(),
-                self.spec.shape(),
-                self.input.len()
+                dst.len()
             );
         }
-        self.input.copy_from_slice(tensor);
+        dst.copy_from_slice(tensor);
         Ok(())
+    }
+
+    /// Where the next input goes: the plan engine's own input tensor, or (tract) `input`.
+    fn input_buffer(&mut self) -> &mut [f32] {
+        match self.net.input_slot() {
+            Some(slot) => slot,
+            None => &mut self.input,
+        }
     }
 
     /// The BEV stage (`bev` bundles only), for tools that inspect the sampling table.
@@ -712,10 +762,11 @@ impl Backend for CpuBackend {
             );
             self.plan = Some(PreprocessPlan::new(&self.spec, size.0, size.1));
         }
-        self.plan
-            .as_ref()
-            .expect("plan set above")
-            .run(frame, &mut self.input);
+        let dst = match self.net.input_slot() {
+            Some(slot) => slot,
+            None => &mut self.input,
+        };
+        self.plan.as_ref().expect("plan set above").run(frame, dst);
         Ok(())
     }
 
@@ -724,37 +775,33 @@ impl Backend for CpuBackend {
             return f.run(&mut self.net, &self.input, &mut self.outputs);
         }
         match &mut self.bev {
-            None => self.net.run(&self.input, &mut self.outputs),
+            None => self.net.run_staged(&self.input, &mut self.outputs),
             Some(b) => {
                 let t0 = std::time::Instant::now();
-                self.net.run(&self.input, &mut b.features)?;
+                self.net.run_staged(&self.input, &mut b.features)?;
                 let t1 = std::time::Instant::now();
+                // straight into the head's input on the plan engine
+                let bev = match b.head.input_slot() {
+                    Some(slot) => slot,
+                    None => &mut b.bev_features,
+                };
+                let (t, f) = (&b.geometry.table, &b.features[0].data);
                 match self.net.worker_pool() {
                     // split the channels over the engine's threads
                     Some(pool) if pool.threads() > 1 => {
-                        let t = &b.geometry.table;
-                        let f = &b.features[0].data;
                         if f.len() % (t.feat_w * t.feat_h).max(1) != 0 {
                             anyhow::bail!("encoder output does not match the sampling table");
                         }
                         let per_channel = t.levels * t.grid_w * t.grid_h;
                         let block = bevrt_calib::bev::VIEW_TRANSFORM_BLOCK;
-                        pool.for_each_chunk_mut(
-                            &mut b.bev_features,
-                            per_channel * block,
-                            &|i, out| {
-                                bevrt_calib::bev::view_transform_channels(t, f, i * block, out)
-                            },
-                        );
+                        pool.for_each_chunk_mut(bev, per_channel * block, &|i, out| {
+                            bevrt_calib::bev::view_transform_channels(t, f, i * block, out)
+                        });
                     }
-                    _ => bevrt_calib::view_transform(
-                        &b.geometry.table,
-                        &b.features[0].data,
-                        &mut b.bev_features,
-                    )?,
+                    _ => bevrt_calib::view_transform(t, f, bev)?,
                 }
                 let t2 = std::time::Instant::now();
-                b.head.run(&b.bev_features, &mut self.outputs)?;
+                b.head.run_staged(&b.bev_features, &mut self.outputs)?;
                 let t3 = std::time::Instant::now();
                 for (acc, d) in b.timing.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2]) {
                     acc.0 += d.as_nanos() as u64;

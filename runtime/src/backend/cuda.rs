@@ -180,12 +180,7 @@ fn load_plan(
     opts: &super::lower::LowerOptions,
     int8: Int8Gemm,
 ) -> anyhow::Result<PlanRunner> {
-    let input = bevrt_models::inspect(path)?
-        .inputs
-        .first()
-        .map(|i| i.name.clone())
-        .with_context(|| format!("{}: model has no input", path.display()))?;
-    let plan = super::lower::lower_onnx(path, &[(&input, shape)], opts)?;
+    let plan = super::lower::lower_network(path, shape, opts)?;
     PlanRunner::load(gpu, plan, int8).map_err(gpu_err)
 }
 

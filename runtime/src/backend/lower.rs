@@ -101,6 +101,22 @@ pub fn lower_onnx(
     lower_proto(proto, &path.display().to_string(), input_shapes, opts)
 }
 
+/// Lower a bundle's network file with its first input fixed to `shape` (what both plan
+/// backends load).
+pub fn lower_network(
+    path: &Path,
+    shape: Vec<usize>,
+    opts: &LowerOptions,
+) -> anyhow::Result<KernelPlan> {
+    use anyhow::Context;
+    let input = bevrt_models::inspect(path)?
+        .inputs
+        .first()
+        .map(|i| i.name.clone())
+        .with_context(|| format!("{}: model has no input", path.display()))?;
+    Ok(lower_onnx(path, &[(&input, shape)], opts)?)
+}
+
 /// [`lower_onnx`] for a model already in memory; `label` names it in errors. tract parses
 /// and analyses the graph first; a panic in it on a malformed graph (fuzzing found several)
 /// becomes an error naming the model, not the end of the process.
