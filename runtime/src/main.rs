@@ -763,7 +763,7 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<()> {
         );
         if !r.layers.is_empty() {
             // the same networks alone (bevrt's inference also holds the view transform and
-            // the copies in and out of the engine, which the peer's time does not)
+            // the copy of the outputs out of the engine, which the peer's time does not)
             let nets: f64 = r.layers.iter().map(|l| l.mean_ms).sum();
             println!(
                 "  networks alone (sum of cpu engine steps, mean): {nets:.3} ms | / peer mean = {:.2}x",

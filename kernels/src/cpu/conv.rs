@@ -25,8 +25,9 @@
 //! copies and the epilogue vectorise for the same unit as the micro-kernel. Rust never
 //! contracts `a * b + c` into an FMA, so the epilogues round exactly as the twins do.
 
-use crate::params::{ConvParams, act, out_mode};
-use crate::reference::{activate, clip, quantize_i8};
+use super::ops::Act;
+use crate::params::{ConvParams, out_mode};
+use crate::reference::quantize_i8;
 
 /// Where a convolution writes: f32 values or requantized int8.
 #[derive(Clone, Copy)]
@@ -60,39 +61,6 @@ pub fn check(p: &ConvParams, int8: bool) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 // Epilogue: bias (and INT8 rescale), activation, store; one monomorphised loop per activation
 
-/// An activation as a type, so each epilogue loop is compiled for one and vectorises.
-trait Act {
-    fn apply(p: &ConvParams, y: f32) -> f32;
-}
-struct NoAct;
-struct Relu;
-struct Clip;
-struct AnyAct;
-impl Act for NoAct {
-    #[inline(always)]
-    fn apply(_: &ConvParams, y: f32) -> f32 {
-        y
-    }
-}
-impl Act for Relu {
-    #[inline(always)]
-    fn apply(_: &ConvParams, y: f32) -> f32 {
-        if y < 0.0 { 0.0 } else { y }
-    }
-}
-impl Act for Clip {
-    #[inline(always)]
-    fn apply(p: &ConvParams, y: f32) -> f32 {
-        clip(y, p.act_a, p.act_b)
-    }
-}
-impl Act for AnyAct {
-    #[inline(always)]
-    fn apply(p: &ConvParams, y: f32) -> f32 {
-        activate(y, p.act, p.act_a, p.act_b)
-    }
-}
-
 /// Per-channel epilogue constants shared by both convolution kinds.
 pub struct Epilogue {
     pub bias: Vec<f32>,
@@ -119,14 +87,7 @@ impl Epilogue {
     /// `at .. at + acc.len()` lies inside the output.
     #[inline(always)]
     pub(super) unsafe fn row(&self, p: &ConvParams, k: usize, acc: Acc, out: OutBuf, at: usize) {
-        unsafe {
-            match p.act {
-                act::NONE => self.row_with::<NoAct>(p, k, acc, out, at),
-                act::RELU => self.row_with::<Relu>(p, k, acc, out, at),
-                act::CLIP => self.row_with::<Clip>(p, k, acc, out, at),
-                _ => self.row_with::<AnyAct>(p, k, acc, out, at),
-            }
-        }
+        unsafe { with_act!(p.act, A => self.row_with::<A>(p, k, acc, out, at)) }
     }
 
     #[inline(always)]
@@ -137,42 +98,50 @@ impl Epilogue {
             (Acc::F32(a), OutBuf::F32(o)) => {
                 let o = unsafe { std::slice::from_raw_parts_mut(o.add(at), a.len()) };
                 for (d, v) in o.iter_mut().zip(a) {
-                    *d = A::apply(p, *v + b);
+                    *d = A::apply(p.act, p.act_a, p.act_b, *v + b);
                 }
             }
             (Acc::I32(a, corr), OutBuf::F32(o)) => {
                 let m = self.mult[k];
                 let o = unsafe { std::slice::from_raw_parts_mut(o.add(at), a.len()) };
                 for (d, v) in o.iter_mut().zip(a) {
-                    *d = A::apply(p, (*v - corr) as f32 * m + b);
+                    *d = A::apply(p.act, p.act_a, p.act_b, (*v - corr) as f32 * m + b);
                 }
             }
             (Acc::IntF32(a), OutBuf::F32(o)) => {
                 let m = self.mult[k];
                 let o = unsafe { std::slice::from_raw_parts_mut(o.add(at), a.len()) };
                 for (d, v) in o.iter_mut().zip(a) {
-                    *d = A::apply(p, *v * m + b);
+                    *d = A::apply(p.act, p.act_a, p.act_b, *v * m + b);
                 }
             }
             (Acc::IntF32(a), OutBuf::I8(o)) => {
                 let m = self.mult[k];
                 let o = unsafe { std::slice::from_raw_parts_mut(o.add(at), a.len()) };
                 for (d, v) in o.iter_mut().zip(a) {
-                    *d = quantize_i8(A::apply(p, *v * m + b), p.out_scale, p.out_zp);
+                    *d = quantize_i8(
+                        A::apply(p.act, p.act_a, p.act_b, *v * m + b),
+                        p.out_scale,
+                        p.out_zp,
+                    );
                 }
             }
             (Acc::I32(a, corr), OutBuf::I8(o)) => {
                 let m = self.mult[k];
                 let o = unsafe { std::slice::from_raw_parts_mut(o.add(at), a.len()) };
                 for (d, v) in o.iter_mut().zip(a) {
-                    let y = A::apply(p, (*v - corr) as f32 * m + b);
+                    let y = A::apply(p.act, p.act_a, p.act_b, (*v - corr) as f32 * m + b);
                     *d = quantize_i8(y, p.out_scale, p.out_zp);
                 }
             }
             (Acc::F32(a), OutBuf::I8(o)) => {
                 let o = unsafe { std::slice::from_raw_parts_mut(o.add(at), a.len()) };
                 for (d, v) in o.iter_mut().zip(a) {
-                    *d = quantize_i8(A::apply(p, *v + b), p.out_scale, p.out_zp);
+                    *d = quantize_i8(
+                        A::apply(p.act, p.act_a, p.act_b, *v + b),
+                        p.out_scale,
+                        p.out_zp,
+                    );
                 }
             }
         }

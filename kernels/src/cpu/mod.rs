@@ -18,12 +18,13 @@
 //! twice, and sums in the same order).
 
 #[macro_use]
+pub mod ops;
+#[macro_use]
 pub mod conv;
 pub mod direct;
 pub mod gemm;
 pub mod isa;
 pub mod micro;
-pub mod ops;
 pub mod peak;
 pub mod pool;
 pub mod winograd;

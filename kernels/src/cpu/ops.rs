@@ -6,44 +6,86 @@
 use crate::params::{BinaryParams, PoolParams};
 use crate::reference::activate;
 
+/// An activation as a type, so each loop that applies one (a convolution's epilogue, a
+/// binary op) is compiled for it and vectorises; the values are [`activate`]'s.
+pub(super) trait Act {
+    fn apply(code: i32, a: f32, b: f32, y: f32) -> f32;
+}
+pub(super) struct NoAct;
+pub(super) struct Relu;
+pub(super) struct Clip;
+/// Any other code, through [`activate`].
+pub(super) struct AnyAct;
+impl Act for NoAct {
+    #[inline(always)]
+    fn apply(_: i32, _: f32, _: f32, y: f32) -> f32 {
+        y
+    }
+}
+impl Act for Relu {
+    #[inline(always)]
+    fn apply(_: i32, _: f32, _: f32, y: f32) -> f32 {
+        if y < 0.0 { 0.0 } else { y }
+    }
+}
+impl Act for Clip {
+    #[inline(always)]
+    fn apply(_: i32, a: f32, b: f32, y: f32) -> f32 {
+        crate::reference::clip(y, a, b)
+    }
+}
+impl Act for AnyAct {
+    #[inline(always)]
+    fn apply(code: i32, a: f32, b: f32, y: f32) -> f32 {
+        activate(y, code, a, b)
+    }
+}
+
+/// `$body` with `$A` the [`Act`] type of activation code `$code`.
+macro_rules! with_act {
+    ($code:expr, $A:ident => $body:expr) => {
+        match $code {
+            $crate::params::act::NONE => {
+                type $A = $crate::cpu::ops::NoAct;
+                $body
+            }
+            $crate::params::act::RELU => {
+                type $A = $crate::cpu::ops::Relu;
+                $body
+            }
+            $crate::params::act::CLIP => {
+                type $A = $crate::cpu::ops::Clip;
+                $body
+            }
+            _ => {
+                type $A = $crate::cpu::ops::AnyAct;
+                $body
+            }
+        }
+    };
+}
+
 /// `y = activate(a op b)` over the right-aligned 4-D broadcast shape of `p`, compiled once
 /// per (op, activation) pair so the inner rows vectorise.
 #[inline(always)]
 pub fn binary(p: &BinaryParams, a: &[f32], b: &[f32], y: &mut [f32]) {
-    use crate::params::act;
-    macro_rules! with_act {
-        ($op:expr) => {
-            match p.act {
-                act::NONE => binary_with(p, a, b, y, $op, |v| v),
-                act::RELU => binary_with(p, a, b, y, $op, |v| if v < 0.0 { 0.0 } else { v }),
-                act::CLIP => {
-                    let (lo, hi) = (p.act_a, p.act_b);
-                    binary_with(p, a, b, y, $op, move |v| crate::reference::clip(v, lo, hi))
-                }
-                code => {
-                    let (x0, x1) = (p.act_a, p.act_b);
-                    binary_with(p, a, b, y, $op, move |v| activate(v, code, x0, x1))
-                }
-            }
-        };
-    }
-    match p.op {
-        0 => with_act!(|u, v| u + v),
-        1 => with_act!(|u, v| u - v),
-        2 => with_act!(|u, v| u * v),
-        _ => with_act!(|u, v| u / v),
-    }
+    with_act!(p.act, A => match p.op {
+        0 => binary_with::<A>(p, a, b, y, |u, v| u + v),
+        1 => binary_with::<A>(p, a, b, y, |u, v| u - v),
+        2 => binary_with::<A>(p, a, b, y, |u, v| u * v),
+        _ => binary_with::<A>(p, a, b, y, |u, v| u / v),
+    })
 }
 
 #[inline(always)]
-fn binary_with(
+fn binary_with<A: Act>(
     p: &BinaryParams,
     a: &[f32],
     b: &[f32],
     y: &mut [f32],
     op: impl Fn(f32, f32) -> f32 + Copy,
-    act: impl Fn(f32) -> f32 + Copy,
 ) {
+    let act = |v: f32| A::apply(p.act, p.act_a, p.act_b, v);
     let [d0, d1, d2, d3] = p.dims.map(|d| d as usize);
     let [a0, a1, a2, a3] = p.a_strides.map(|s| s as usize);
     let [b0, b1, b2, b3] = p.b_strides.map(|s| s as usize);

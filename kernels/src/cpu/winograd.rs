@@ -15,7 +15,7 @@
 //! results match the twin to ~1e-6 relative (tested at 1e-5). AVX-512 only; elsewhere the
 //! engine keeps the GEMM. `BEVRT_CPU_WINOGRAD=0` turns it off (for A/B measurements).
 
-use super::conv::{Acc, Epilogue, InBuf, OutBuf, split_phases};
+use super::conv::{Acc, Epilogue, InBuf, OutBuf, as_f32, split_phases};
 use super::isa::Isa;
 use super::micro::{MR, micro_f32_16, micro_f32_avx512};
 use crate::params::ConvParams;
@@ -160,10 +160,7 @@ impl WinogradConv {
         let p = &self.p;
         let (c, k) = (p.c as usize, p.k as usize);
         let (img, ty) = (t / self.tiles_h, t % self.tiles_h);
-        let f = unsafe {
-            std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut f32, scratch.len() / 4)
-        };
-        let (v, rest) = f.split_at_mut(16 * c * NT);
+        let (v, rest) = as_f32(scratch).split_at_mut(16 * c * NT);
         let (m, rows) = rest.split_at_mut(16 * MR * NT);
         let row = 2 * self.wph;
         let plane = self.hp * row;
