@@ -301,7 +301,7 @@ fn init(a: &InitArgs) -> anyhow::Result<()> {
         provenance: Default::default(),
     };
     let b = write_bundle(&a.out, manifest, &files)?;
-    crate::trust_cmd::record_after_write(&b.dir);
+    bevrt_train::record_selftest(&b.dir);
     println!(
         "wrote {} ({} task, {} file(s))",
         b.dir.display(),

@@ -1,18 +1,17 @@
 //! `bevrt-tool`: host-side work around bevrt: bundles, calibration, simulation, letsmap-lite
 //! training and evaluation, INT8 quantization and HIL.
 
-mod afv;
 mod bundle_cmd;
 mod calib_cmd;
-mod cpu_ops;
 mod hil_cmd;
 mod kernels_cmd;
-mod letsmap;
 mod quantize_cmd;
 mod sim_cmd;
 mod soak;
+mod ssl_cmd;
 mod trust_cmd;
 
+use bevrt_train::{afv, letsmap};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -57,6 +56,9 @@ enum Cmd {
     Embed(afv::fisher::EmbedArgs),
     /// Linear or k-NN probe on frozen features, with few or all labels.
     Probe(afv::probe::ProbeArgs),
+    /// Self-supervised feature encoders (BAM, Invariance Propagation, MAE, StructMAE).
+    #[command(subcommand)]
+    Ssl(ssl_cmd::SslCmd),
     /// The synthetic driving world: record sequences with ground truth.
     #[command(subcommand)]
     Sim(sim_cmd::SimCmd),
@@ -94,6 +96,7 @@ fn main() {
         Cmd::CalibBench(a) => calib_cmd::bench_calib(a),
         Cmd::CompileKernels(a) => kernels_cmd::compile_kernels(a),
         Cmd::Sim(c) => sim_cmd::run(c),
+        Cmd::Ssl(c) => ssl_cmd::run(c),
         Cmd::Hil(a) => hil_cmd::hil(a),
         Cmd::Pretrain(a) => letsmap::train::pretrain(a),
         Cmd::Finetune(a) => letsmap::train::finetune(a),

@@ -272,14 +272,18 @@ pub fn quantize(args: &QuantizeArgs) -> Result<()> {
         let (rel, agree) = int8.compare(&fp32);
         let (mut fp32_miou, mut int8_miou) = (None, None);
         if let Some(ed) = &args.eval_data {
-            let a = crate::letsmap::eval::evaluate(
+            let a = bevrt_train::letsmap::eval::evaluate(
                 &bundle.dir,
                 ed,
                 bevrt_runtime::BackendKind::Cpu,
                 None,
             )?;
-            let b =
-                crate::letsmap::eval::evaluate(&staged, ed, bevrt_runtime::BackendKind::Cpu, None)?;
+            let b = bevrt_train::letsmap::eval::evaluate(
+                &staged,
+                ed,
+                bevrt_runtime::BackendKind::Cpu,
+                None,
+            )?;
             fp32_miou = Some(a.miou);
             int8_miou = Some(b.miou);
         }
@@ -380,7 +384,7 @@ pub fn quantize(args: &QuantizeArgs) -> Result<()> {
     let written = derive_bundle(&bundle, &final_models, &args.out, Some(prov));
     let _ = std::fs::remove_dir_all(&work);
     written?;
-    crate::trust_cmd::record_after_write(&args.out);
+    bevrt_train::record_selftest(&args.out);
     print_report(&report);
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
@@ -599,7 +603,7 @@ fn calibration_inputs(
         .map(|c| bevrt_calib::Calibration::load(bundle.dir.join(&c.file)))
         .transpose()?
         .map(|c| (c.camera.width(), c.camera.height()));
-    let pb = crate::letsmap::train::progress(args.frames as u64, "frames     ");
+    let pb = bevrt_train::progress::progress(args.frames as u64, "frames     ");
     'outer: for s in &sources {
         let mut src = bevrt_runtime::source::open(s)?;
         if let Some(c) = src.calibration_path() {
@@ -696,7 +700,7 @@ fn observe(
         .collect();
     let tensors: Vec<Vec<String>> = nets.iter().map(|n| n.plan.tensors()).collect();
     let passes = if method.needs_histogram() { 2 } else { 1 };
-    let pb = crate::letsmap::train::progress((inputs.len() * passes) as u64, "calibrate  ");
+    let pb = bevrt_train::progress::progress((inputs.len() * passes) as u64, "calibrate  ");
     for pass in 0..passes {
         for x in inputs {
             backend.set_input(x)?;
@@ -793,7 +797,7 @@ fn measure_sensitivity(
     let total: usize = nets.iter().map(|n| n.plan.layers.len()).sum();
     let base_miou = match &args.eval_data {
         Some(ed) => Some(
-            crate::letsmap::eval::evaluate(
+            bevrt_train::letsmap::eval::evaluate(
                 &bundle.dir,
                 ed,
                 bevrt_runtime::BackendKind::Cpu,
@@ -803,7 +807,7 @@ fn measure_sensitivity(
         ),
         None => None,
     };
-    let pb = crate::letsmap::train::progress(total as u64, "sensitivity");
+    let pb = bevrt_train::progress::progress(total as u64, "sensitivity");
     let mut out = vec![];
     let mut k = 0;
     for (ni, n) in nets.iter().enumerate() {
@@ -824,7 +828,7 @@ fn measure_sensitivity(
             let (rel, agree) = o.compare(fp32);
             let miou_delta = match (&args.eval_data, base_miou) {
                 (Some(ed), Some(base)) => Some(
-                    crate::letsmap::eval::evaluate(
+                    bevrt_train::letsmap::eval::evaluate(
                         &dir,
                         ed,
                         bevrt_runtime::BackendKind::Cpu,

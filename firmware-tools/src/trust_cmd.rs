@@ -189,19 +189,6 @@ pub fn selftest(a: &SelftestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Record self-test vectors into a bundle a command just wrote; a failure is reported, not
-/// fatal (the bundle is complete without them).
-pub fn record_after_write(dir: &Path) {
-    match bevrt_runtime::selftest::record(dir, bevrt_runtime::selftest::DEFAULT_TOLERANCE) {
-        Ok(st) => log::info!(
-            "{}: self-test vectors recorded ({} outputs)",
-            dir.display(),
-            st.outputs.len()
-        ),
-        Err(e) => log::warn!("{}: no self-test vectors recorded: {e:#}", dir.display()),
-    }
-}
-
 pub fn deploy(a: &DeployArgs) -> anyhow::Result<()> {
     let store = Store::open(&a.store, true)?;
     let trust = match &a.trust {

@@ -185,6 +185,10 @@ impl Dataset {
         self.frames.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
     /// Checks that the data fits the architecture (input size, and for labels the grid).
     pub fn check_for(&self, arch: &LetsMapLite, need_labels: bool) -> Result<()> {
         if (self.width as usize, self.height as usize) != (arch.input_w, arch.input_h) {
@@ -258,6 +262,23 @@ impl Batcher {
             buf: vec![0.0; spec.numel()],
             shape: [3, arch.input_h, arch.input_w],
         }
+    }
+
+    /// RGB8 frames of `w` x `h` (augmented views, say) through the same preprocess.
+    pub fn raw_images(&mut self, frames: &[Vec<u8>], w: u32, h: u32) -> Result<Tensor> {
+        let mut all = Vec::with_capacity(frames.len() * self.buf.len());
+        for f in frames {
+            self.frame.reset(PixelFormat::Rgb8, w, h);
+            self.frame.data.copy_from_slice(f);
+            self.plan.run(&self.frame, &mut self.buf);
+            all.extend_from_slice(&self.buf);
+        }
+        let [c, hh, ww] = self.shape;
+        Ok(Tensor::from_vec(
+            all,
+            (frames.len(), c, hh, ww),
+            &Device::Cpu,
+        )?)
     }
 
     pub fn images(&mut self, ds: &Dataset, idx: &[usize]) -> Result<Tensor> {

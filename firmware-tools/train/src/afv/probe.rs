@@ -16,7 +16,7 @@
 //!
 //! Labelled subsets: `--labels-per-class K` draws K training images per class with seed
 //! `s` for each of `--seeds` runs (K = 0: every training label, one run). Test: the fixed
-//! held-out split of [`super::data::Dataset::split`].
+//! held-out split of [`crate::digits::Dataset::split`].
 
 use std::path::PathBuf;
 
@@ -26,8 +26,8 @@ use candle_core::{D, Device, Tensor};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use super::data;
-use crate::letsmap::nn::Rng;
+use crate::digits as data;
+use crate::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -13,18 +13,10 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::data::{self, Batcher, Dataset};
-use super::nn::{self, Adam, Params, Rng, TableTensors};
-
-pub(crate) fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::new(len);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{what} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {{msg}} ETA {{eta}}"
-        ))
-        .expect("valid template"),
-    );
-    pb
-}
+use super::nn::{self, Params, TableTensors};
+use crate::optim::{self, Adam};
+use crate::progress::progress;
+use crate::rng::Rng;
 
 fn load_data(dir: &Path, limit: Option<usize>) -> Result<Dataset> {
     let pb = progress(0, "loading");
@@ -137,7 +129,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
                 prev.args
             );
         }
-        let map = nn::load_checkpoint(&ckpt)?;
+        let map = optim::load_checkpoint(&ckpt)?;
         params.load_from(&map, "param.", None)?;
         opt.load_state(&map, prev.step)?;
         st.epochs_done = prev.epochs_done;
@@ -194,7 +186,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
             let masked = Tensor::from_vec(mt, (b, 1, hf, wf), &Device::Cpu)?;
             let loss = nn::masked_mse(&pred, &target, &masked)?;
             opt.backward_step(&loss)?;
-            let l = nn::scalar(&loss)?;
+            let l = optim::scalar(&loss)?;
             if !l.is_finite() {
                 bail!(
                     "pretraining diverged at step {} (loss {l}); lower --lr",
@@ -209,7 +201,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
         st.epochs_done = epoch + 1;
         st.step = opt.step;
         st.epoch_loss.push((sum / n.max(1) as f64) as f32);
-        nn::save_checkpoint(&ckpt, &params, Some(&opt))?;
+        optim::save_checkpoint(&ckpt, &params.vars, Some(&opt))?;
         std::fs::write(&state_path, serde_json::to_string_pretty(&st)?)
             .with_context(|| format!("{}: cannot write", state_path.display()))?;
     }
@@ -343,11 +335,11 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
     ds.check_for(&arch, true)?;
     let params = Params::init(&arch, a.seed)?;
     let init = if let Some(p) = &a.encoder {
-        let map = nn::load_checkpoint(p)?;
+        let map = optim::load_checkpoint(p)?;
         params
             .load_from(&map, "param.", Some(&arch.encoder))
             .with_context(|| format!("{}: encoder weights", p.display()))?;
-        format!("MAE-pretrained ({})", p.display())
+        format!("pretrained encoder ({})", p.display())
     } else if let Some(b) = &a.bundle {
         let bundle = bevrt_models::Bundle::load(b)?;
         load_bundle_weights(&bundle, &params)?;
@@ -440,7 +432,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         let (t, w) = targets(&ds, &frames, &cw, gh, gw)?;
         let loss = nn::weighted_ce(&logits, &t, &w)?;
         opt.backward_step(&loss)?;
-        let l = nn::scalar(&loss)?;
+        let l = optim::scalar(&loss)?;
         if !l.is_finite() {
             bail!("fine-tuning diverged at step {it} (loss {l}); lower --lr");
         }
@@ -659,7 +651,7 @@ pub fn write_letsmap_bundle(
     );
     let _ = std::fs::remove_dir_all(&tmp);
     r?;
-    crate::trust_cmd::record_after_write(out);
+    crate::record_selftest(out);
     Ok(())
 }
 

@@ -10,8 +10,8 @@ use bevrt_runtime::backend::cpu::{CpuBackend, CpuNetwork};
 use bevrt_runtime::{Backend, BackendOptions, Frame, PixelFormat};
 use clap::Args;
 
-use super::data::{self, Dataset};
-use crate::letsmap::nn::Rng;
+use crate::digits::{self as data, Dataset};
+use crate::rng::Rng;
 
 /// A backend for a features bundle (one thread: these are many small frames).
 pub fn open(bundle: &Bundle) -> Result<CpuBackend> {
@@ -40,7 +40,7 @@ pub fn embed_images(
 ) -> Result<Vec<Vec<f32>>> {
     let mut frame = Frame::with_capacity(ds.width * ds.height);
     let mut r = backend.new_result();
-    let pb = crate::letsmap::train::progress(idx.len() as u64, what);
+    let pb = crate::progress::progress(idx.len() as u64, what);
     let mut out = Vec::with_capacity(idx.len());
     for &i in idx {
         frame.reset(PixelFormat::Gray8, ds.width as u32, ds.height as u32);
@@ -71,10 +71,10 @@ pub fn embed_generator(
     let mut img = g.output_buffers();
     let mut r = backend.new_result();
     let mut rng = Rng(seed);
-    let pb = crate::letsmap::train::progress(n as u64, "generator");
+    let pb = crate::progress::progress(n as u64, "generator");
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let z = super::gan::normal(super::gan::Z, &mut rng);
+        let z = crate::rng::normal(super::gan::Z, &mut rng);
         g.run(&z, &mut img)?;
         backend.set_input(&img[0].data)?;
         backend.infer()?;
@@ -122,6 +122,30 @@ pub struct EmbedArgs {
     pub standardize_out: Option<PathBuf>,
 }
 
+/// A bundle's `embedding_stats` from `rows` of `dim` values: the means, then the standard
+/// deviations (constant dimensions keep 1: nothing to scale), as `[2, dim]` row-major.
+pub fn standardisation<'a>(rows: impl Iterator<Item = &'a [f32]> + Clone, dim: usize) -> Vec<f32> {
+    let n = rows.clone().count().max(1) as f64;
+    let mut mean = vec![0f64; dim];
+    for r in rows.clone() {
+        for (m, x) in mean.iter_mut().zip(r) {
+            *m += *x as f64 / n;
+        }
+    }
+    let mut var = vec![0f64; dim];
+    for r in rows {
+        for ((s, x), m) in var.iter_mut().zip(r).zip(&mean) {
+            *s += (*x as f64 - m).powi(2) / n;
+        }
+    }
+    let mut flat: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+    flat.extend(
+        var.iter()
+            .map(|&s| if s > 1e-12 { s.sqrt() as f32 } else { 1.0 }),
+    );
+    flat
+}
+
 pub fn embed(a: &EmbedArgs) -> Result<()> {
     let bundle = Bundle::load(&a.bundle)?;
     let ds = data::load(&a.data)?;
@@ -140,25 +164,7 @@ pub fn embed(a: &EmbedArgs) -> Result<()> {
         }
         let (train, _) = ds.split();
         let d = v[0].len();
-        let n = train.len() as f64;
-        let mut mean = vec![0f64; d];
-        for &i in &train {
-            for (m, x) in mean.iter_mut().zip(&v[i]) {
-                *m += *x as f64 / n;
-            }
-        }
-        let mut var = vec![0f64; d];
-        for &i in &train {
-            for ((s, x), m) in var.iter_mut().zip(&v[i]).zip(&mean) {
-                *s += (*x as f64 - m).powi(2) / n;
-            }
-        }
-        // Constant dimensions keep std 1 (nothing to scale).
-        let mut flat: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-        flat.extend(
-            var.iter()
-                .map(|&s| if s > 1e-12 { s.sqrt() as f32 } else { 1.0 }),
-        );
+        let flat = standardisation(train.iter().map(|&i| v[i].as_slice()), d);
         let staging = std::env::temp_dir().join(format!("bevrt-embed-{}", std::process::id()));
         std::fs::create_dir_all(&staging)?;
         let stats = staging.join("embedding_stats.npy");

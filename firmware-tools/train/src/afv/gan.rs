@@ -16,7 +16,7 @@ use bevrt_models::{SeqLayer, SeqOp};
 use candle_core::{D, DType, Device, Tensor, Var};
 
 use crate::cpu_ops::{conv_transpose2d, conv2d, leaky_relu};
-use crate::letsmap::nn::Rng;
+use crate::rng::Rng;
 
 pub const Z: usize = 64;
 pub const SLOPE: f64 = 0.2;
@@ -322,20 +322,10 @@ impl Discriminator {
     }
 }
 
-/// Standard normal samples (Box-Muller on the SplitMix stream).
-pub fn normal(n: usize, rng: &mut Rng) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            let u1 = rng.uniform().max(1e-7);
-            let u2 = rng.uniform();
-            (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::normal;
     use bevrt_runtime::afv::{AfvGeometry, afv_score};
 
     /// The default widths of `gan train --d-channels`.

@@ -18,7 +18,9 @@
 //! column is `(c, ky, kx)`, then the optional constant column; grid position `g` covers image
 //! pixel `g·stride + k - pad`.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// The geometry relating an image to its patch matrix.
@@ -295,6 +297,197 @@ pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op1(LeakyRelu(slope as f32))
 }
 
+/// Per-channel batch mean and (biased) variance of `x (n, c, hw)`, in f64 sums.
+fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f32>, Vec<f32>) {
+    let m = (n * hw) as f64;
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut s, mut q) = (0f64, 0f64);
+            for b in 0..n {
+                let plane = &x[(b * c + ch) * hw..(b * c + ch + 1) * hw];
+                let (ps, pq) = plane
+                    .iter()
+                    .fold((0f32, 0f32), |(s, q), &v| (s + v, q + v * v));
+                s += ps as f64;
+                q += pq as f64;
+            }
+            let mean = s / m;
+            (mean as f32, (q / m - mean * mean).max(0.0) as f32)
+        })
+        .unzip()
+}
+
+fn dims_ncx(l: &Layout, op: &str) -> Result<(usize, usize, usize)> {
+    let d = l.dims();
+    if d.len() < 2 {
+        candle_core::bail!("{op}: expected (n, c, ...), got {d:?}");
+    }
+    Ok((d[0], d[1], d[2..].iter().product()))
+}
+
+/// `relu(γ·(x − μ)/√(σ² + eps) + β)` with the batch's per-channel μ and σ² (training-mode
+/// batch normalisation fused with the ReLU that follows it). One node forward and one
+/// backward, two parallel passes each, instead of candle's dozen whole-tensor ops; the batch
+/// statistics are left in `stats` for the caller's running averages.
+struct BnRelu {
+    eps: f32,
+    stats: BatchStats,
+}
+
+/// Where [`BnRelu`]'s forward leaves the batch's per-channel (mean, variance).
+type BatchStats = Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>;
+
+/// [`BnRelu`]'s backward from `x`, `y` and the incoming gradient: `dx` then `dγ`, `dβ`,
+/// packed in one vector.
+struct BnReluGrad {
+    eps: f32,
+    gamma: Vec<f32>,
+}
+
+impl CustomOp3 for BnRelu {
+    fn name(&self) -> &'static str {
+        "cpu-ops-bn-relu"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let gamma = contiguous_f32(s2, l2, self.name())?;
+        let beta = contiguous_f32(s3, l3, self.name())?;
+        let (n, c, hw) = dims_ncx(l1, self.name())?;
+        if gamma.len() != c || beta.len() != c {
+            candle_core::bail!(
+                "{}: {c} channels, γ {} β {}",
+                self.name(),
+                gamma.len(),
+                beta.len()
+            );
+        }
+        let (mean, var) = channel_stats(x, n, c, hw);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(|(p, (o, xi))| {
+                let ch = p % c;
+                let s = gamma[ch] / (var[ch] + self.eps).sqrt();
+                let t = beta[ch] - mean[ch] * s;
+                for (o, &v) in o.iter_mut().zip(xi) {
+                    *o = (v * s + t).max(0.0);
+                }
+            });
+        *self.stats.lock().expect("stats lock") = Some((mean, var));
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = BnReluGrad {
+            eps: self.eps,
+            gamma: gamma.to_vec1()?,
+        };
+        let packed = x.apply_op3_no_bwd(y, &grad.contiguous()?, &op)?;
+        let (len, c) = (x.elem_count(), op.gamma.len());
+        Ok((
+            Some(packed.narrow(0, 0, len)?.reshape(x.shape())?),
+            Some(packed.narrow(0, len, c)?),
+            Some(packed.narrow(0, len + c, c)?),
+        ))
+    }
+}
+
+impl CustomOp3 for BnReluGrad {
+    fn name(&self) -> &'static str {
+        "cpu-ops-bn-relu-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let y = contiguous_f32(s2, l2, self.name())?;
+        let g = contiguous_f32(s3, l3, self.name())?;
+        let (n, c, hw) = dims_ncx(l1, self.name())?;
+        let (mean, var) = channel_stats(x, n, c, hw);
+        let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
+        // Per channel: dβ = Σ g' and dγ = Σ g'·x̂, with g' = g where the ReLU passed.
+        let (dbeta, dgamma): (Vec<f32>, Vec<f32>) = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mut sb, mut sg) = (0f64, 0f64);
+                for b in 0..n {
+                    let r = (b * c + ch) * hw..(b * c + ch + 1) * hw;
+                    for ((&xv, &yv), &gv) in x[r.clone()].iter().zip(&y[r.clone()]).zip(&g[r]) {
+                        if yv > 0.0 {
+                            sb += gv as f64;
+                            sg += (gv * (xv - mean[ch]) * inv[ch]) as f64;
+                        }
+                    }
+                }
+                (sb as f32, sg as f32)
+            })
+            .unzip();
+        let m = (n * hw) as f32;
+        let mut out = vec![0f32; x.len() + 2 * c];
+        out[..x.len()]
+            .par_chunks_mut(hw)
+            .enumerate()
+            .for_each(|(p, o)| {
+                let ch = p % c;
+                let base = p * hw;
+                let k = self.gamma[ch] * inv[ch];
+                let (mb, mg) = (dbeta[ch] / m, dgamma[ch] / m);
+                for (j, o) in o.iter_mut().enumerate() {
+                    let gv = if y[base + j] > 0.0 { g[base + j] } else { 0.0 };
+                    let xhat = (x[base + j] - mean[ch]) * inv[ch];
+                    *o = k * (gv - mb - xhat * mg);
+                }
+            });
+        out[x.len()..x.len() + c].copy_from_slice(&dgamma);
+        out[x.len() + c..].copy_from_slice(&dbeta);
+        Ok((CpuStorage::F32(out), (x.len() + 2 * c).into()))
+    }
+}
+
+/// Training-mode batch normalisation fused with ReLU over `x (n, c, ...)`; returns the
+/// output and the batch's per-channel mean and biased variance (for running averages).
+pub fn batch_norm_relu(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Vec<f32>, Vec<f32>)> {
+    let stats = Arc::new(Mutex::new(None));
+    let op = BnRelu {
+        eps: eps as f32,
+        stats: stats.clone(),
+    };
+    let y = x.contiguous()?.apply_op3(gamma, beta, op)?;
+    let (mean, var) = stats
+        .lock()
+        .expect("stats lock")
+        .take()
+        .ok_or_else(|| candle_core::Error::Msg("bn-relu: no statistics".into()))?;
+    Ok((y, mean, var))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,5 +596,44 @@ mod tests {
         let w = z(&[2, 5, 3, 3]);
         assert!(conv_transpose2d(&x, &w, &b3, 1, 1).is_err());
         assert!(conv_transpose2d(&x, &w, &b5, 1, 1).is_ok());
+    }
+
+    /// The fused op's values and gradients (input, γ, β) equal the same function built from
+    /// candle's own ops.
+    #[test]
+    fn batch_norm_relu_equals_candle_composite() -> Result<()> {
+        let x = rand(&[3, 4, 5, 6], 11)?;
+        let gamma = rand(&[4], 12)?;
+        let beta = rand(&[4], 13)?;
+        let probe = rand(&[3, 4, 5, 6], 14)?.as_tensor().detach();
+        let (y, mean, var) =
+            batch_norm_relu(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), 1e-5)?;
+        let xs = x.as_tensor();
+        let mu = xs.mean_keepdim(3)?.mean_keepdim(2)?.mean_keepdim(0)?;
+        let v = xs
+            .broadcast_sub(&mu)?
+            .sqr()?
+            .mean_keepdim(3)?
+            .mean_keepdim(2)?
+            .mean_keepdim(0)?;
+        let want = xs
+            .broadcast_sub(&mu)?
+            .broadcast_div(&(&v + 1e-5)?.sqrt()?)?
+            .broadcast_mul(&gamma.as_tensor().reshape((1, 4, 1, 1))?)?
+            .broadcast_add(&beta.as_tensor().reshape((1, 4, 1, 1))?)?
+            .relu()?;
+        assert!(max_rel(&y, &want)? < 1e-5);
+        let mu_v: Vec<f32> = mu.flatten_all()?.to_vec1()?;
+        let var_v: Vec<f32> = v.flatten_all()?.to_vec1()?;
+        for c in 0..4 {
+            assert!((mean[c] - mu_v[c]).abs() < 1e-5 && (var[c] - var_v[c]).abs() < 1e-5);
+        }
+        let ga = (y * &probe)?.sum_all()?.backward()?;
+        let gb = (want * &probe)?.sum_all()?.backward()?;
+        for t in [x.as_tensor(), gamma.as_tensor(), beta.as_tensor()] {
+            let r = max_rel(ga.get(t).unwrap(), gb.get(t).unwrap())?;
+            assert!(r < 1e-4, "gradient differs by {r}");
+        }
+        Ok(())
     }
 }

@@ -12,9 +12,10 @@ use bevrt_models::{
 use candle_core::{Device, Tensor};
 use clap::Args;
 
-use super::data::{self, Dataset};
 use super::gan::{self, Discriminator, Generator};
-use crate::letsmap::nn::{Adam, Rng};
+use crate::digits::{self as data, Dataset};
+use crate::optim::Adam;
+use crate::rng::Rng;
 
 #[derive(Args, Debug)]
 pub struct GanTrainArgs {
@@ -85,7 +86,7 @@ pub fn sample_images(g: &Generator, n: usize, rng: &mut Rng) -> Result<Vec<u8>> 
     let mut out = Vec::with_capacity(n * 784);
     for chunk in (0..n).collect::<Vec<_>>().chunks(256) {
         let z = Tensor::from_vec(
-            gan::normal(chunk.len() * gan::Z, rng),
+            crate::rng::normal(chunk.len() * gan::Z, rng),
             (chunk.len(), gan::Z),
             &Device::Cpu,
         )?;
@@ -168,7 +169,7 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
         .map(|k| k * a.iters / a.snapshots.max(1))
         .collect();
     let mut snapshot_files = vec![];
-    let pb = crate::letsmap::train::progress(a.iters as u64, "gan");
+    let pb = crate::progress::progress(a.iters as u64, "gan");
     let t0 = std::time::Instant::now();
     let mut log = vec![];
     for it in 1..=a.iters {
@@ -177,7 +178,7 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
             .collect();
         let x = real.index_select(&Tensor::new(idx.as_slice(), &Device::Cpu)?, 0)?;
         let z = Tensor::from_vec(
-            gan::normal(a.batch * gan::Z, &mut rng),
+            crate::rng::normal(a.batch * gan::Z, &mut rng),
             (a.batch, gan::Z),
             &Device::Cpu,
         )?;
@@ -192,7 +193,7 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
         let loss_d = ((1.0 - dr)?.relu()?.mean_all()? + (1.0 + df)?.relu()?.mean_all()?)?;
         opt_d.backward_step(&loss_d)?;
         let z = Tensor::from_vec(
-            gan::normal(a.batch * gan::Z, &mut rng),
+            crate::rng::normal(a.batch * gan::Z, &mut rng),
             (a.batch, gan::Z),
             &Device::Cpu,
         )?;
