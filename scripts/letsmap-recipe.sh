@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole letsmap-lite recipe: simulated data, MAE pretraining, fine-tuning at 1 %, 10 %
+# The whole letsmap-lite recipe: simulated data, MAE, BAM and InvProp pretraining, fine-tuning at 1 %, 10 %
 # and 100 % of the BEV labels, evaluation of every row through the deployment path, the
 # results table, and (with --ship) the reference bundle the demo embeds.
 #
@@ -43,6 +43,13 @@ if [ ! -f "$WORK/pretrain/pretrain.json" ] || ! grep -q "\"epochs_done\": $PT_EP
   $TOOL pretrain --data "$WORK/train" --out "$WORK/pretrain" --epochs $PT_EPOCHS $RES
 fi
 
+# Semantic pretraining alternatives on the same unlabelled frames: BAM and Invariance
+# Propagation on the letsmap-lite encoder (bevrt-tool ssl drive), fine-tuned like the MAE rows.
+for m in bam invprop; do
+  [ -f "$WORK/ssl-$m/pretrain.json" ] || \
+    $TOOL ssl drive --method $m --data "$WORK/train" --epochs $PT_EPOCHS --out "$WORK/ssl-$m"
+done
+
 row() { # name, extra finetune args... (a row whose bundle exists is kept: delete it to redo)
   local name=$1; shift
   mkdir -p "$WORK/bundles"
@@ -59,6 +66,8 @@ PT="$WORK/pretrain/pretrain.safetensors"
 row scratch-1       --label-fraction 0.01
 row mae-1           --label-fraction 0.01 --encoder "$PT" --unfreeze-last 5
 row mae-1-frozen    --label-fraction 0.01 --encoder "$PT"
+row bam-1           --label-fraction 0.01 --encoder "$WORK/ssl-bam/pretrain.safetensors" --unfreeze-last 5
+row invprop-1       --label-fraction 0.01 --encoder "$WORK/ssl-invprop/pretrain.safetensors" --unfreeze-last 5
 row mae-10          --label-fraction 0.10 --encoder "$PT" --unfreeze-last 5
 row scratch-100     --label-fraction 1.0
 
@@ -67,6 +76,8 @@ import json, sys
 w = sys.argv[1]
 rows = [("scratch", "1 %", "scratch-1"), ("MAE-pretrained", "1 %", "mae-1"),
         ("MAE-pretrained, frozen", "1 %", "mae-1-frozen"),
+        ("BAM-pretrained (ssl drive)", "1 %", "bam-1"),
+        ("InvProp-pretrained (ssl drive)", "1 %", "invprop-1"),
         ("MAE-pretrained", "10 %", "mae-10"), ("scratch", "100 %", "scratch-100")]
 out = ["| encoder init | BEV labels used | mIoU | road IoU | car IoU |", "|---|---|---|---|---|"]
 for init, frac, name in rows:
