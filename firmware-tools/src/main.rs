@@ -3,6 +3,7 @@
 
 mod bundle_cmd;
 mod calib_cmd;
+mod ddpm_cmd;
 mod hil_cmd;
 mod kernels_cmd;
 mod quantize_cmd;
@@ -56,9 +57,13 @@ enum Cmd {
     Embed(afv::fisher::EmbedArgs),
     /// Linear or k-NN probe on frozen features, with few or all labels.
     Probe(afv::probe::ProbeArgs),
-    /// Self-supervised feature encoders (BAM, Invariance Propagation, MAE, StructMAE).
+    /// Self-supervised feature encoders (BAM, Invariance Propagation, MAE, StructMAE, PDAE).
     #[command(subcommand)]
     Ssl(ssl_cmd::SslCmd),
+    /// The digit DDPM PDAE builds on: train, sample, reconstruct and interpolate through z,
+    /// the DDPM's own features.
+    #[command(subcommand)]
+    Ddpm(ddpm_cmd::DdpmCmd),
     /// The synthetic driving world: record sequences with ground truth.
     #[command(subcommand)]
     Sim(sim_cmd::SimCmd),
@@ -88,6 +93,7 @@ enum AfvCmd {
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    bevrt_train::keep_freed_memory();
     let r = match &cli.cmd {
         Cmd::Bundle(c) => bundle_cmd::run(c),
         Cmd::Calibrate(a) => calib_cmd::calibrate(a),
@@ -97,6 +103,7 @@ fn main() {
         Cmd::CompileKernels(a) => kernels_cmd::compile_kernels(a),
         Cmd::Sim(c) => sim_cmd::run(c),
         Cmd::Ssl(c) => ssl_cmd::run(c),
+        Cmd::Ddpm(c) => ddpm_cmd::run(c),
         Cmd::Hil(a) => hil_cmd::hil(a),
         Cmd::Pretrain(a) => letsmap::train::pretrain(a),
         Cmd::Finetune(a) => letsmap::train::finetune(a),

@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use bevrt_train::diffusion::ddpm::RunControl;
+use bevrt_train::diffusion::pdae::{self, PdaeConfig};
 use bevrt_train::ssl::encoder::Representation;
 use bevrt_train::ssl::{self, Method, SslConfig};
 use clap::{Args, Subcommand};
@@ -83,6 +85,16 @@ pub struct SslTrainArgs {
     /// Continue from the checkpoint beside --out (`OUT.ckpt/`), same arguments.
     #[arg(long)]
     pub resume: bool,
+    /// PDAE: the frozen DDPM's run directory (`bevrt-tool ddpm train --out DIR`).
+    #[arg(long, required_if_eq("method", "pdae"))]
+    pub ddpm: Option<PathBuf>,
+    /// PDAE: width of the code z.
+    #[arg(long, default_value_t = 64)]
+    pub zdim: usize,
+    /// PDAE: stop after this many epochs, checkpoint kept, no bundle yet (continue with
+    /// --resume).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
 }
 
 pub fn run(c: &SslCmd) -> Result<()> {
@@ -90,6 +102,9 @@ pub fn run(c: &SslCmd) -> Result<()> {
         SslCmd::Train(a) => a,
         SslCmd::Drive(d) => return drive(d),
     };
+    if a.method == Method::Pdae {
+        return pdae(a);
+    }
     let mut cfg = SslConfig::new(a.method);
     cfg.epochs = a.epochs;
     cfg.batch = a.batch;
@@ -124,6 +139,46 @@ pub fn run(c: &SslCmd) -> Result<()> {
         last.map_or(f32::NAN, |l| l.loss),
         last.map_or(f32::NAN, |l| l.spread.effective_rank),
         a.representation,
+    );
+    Ok(())
+}
+
+fn pdae(a: &SslTrainArgs) -> Result<()> {
+    let ddpm = a.ddpm.as_ref().context("--method pdae needs --ddpm DIR")?;
+    let cfg = PdaeConfig {
+        epochs: a.epochs,
+        batch: a.batch,
+        lr: a.lr,
+        seed: a.seed,
+        zdim: a.zdim,
+        train_limit: a.train_limit,
+        min_effective_rank: a.min_effective_rank,
+    };
+    let ctl = RunControl {
+        resume: a.resume,
+        progress: true,
+        stop_after: a.stop_after,
+    };
+    let r = pdae::train(&a.data, ddpm, &a.out, &cfg, ctl)?;
+    let last = r.state.log.last();
+    let what = match &r.bundle {
+        Some(b) => format!("wrote {}", b.display()),
+        None => format!(
+            "stopped after epoch {} of {} (checkpoint {}; --resume continues)",
+            r.state.epochs_done,
+            cfg.epochs,
+            pdae::checkpoint_dir(&a.out).display()
+        ),
+    };
+    println!(
+        "{what} (pdae, {} trained parameters, {} training images, {} epochs in {:.0} s; final weighted loss {:.5}, effective rank of z {:.1} of {})",
+        r.parameters,
+        r.train_images,
+        r.state.epochs_done,
+        r.state.seconds,
+        last.map_or(f32::NAN, |l| l.loss),
+        last.map_or(f32::NAN, |l| l.spread.effective_rank),
+        cfg.zdim,
     );
     Ok(())
 }

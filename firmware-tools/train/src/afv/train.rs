@@ -99,7 +99,7 @@ pub fn sample_images(g: &Generator, n: usize, rng: &mut Rng) -> Result<Vec<u8>> 
     Ok(out)
 }
 
-fn grid_png(pixels: &[u8], side: usize, cols: usize, path: &Path) -> Result<()> {
+pub fn grid_png(pixels: &[u8], side: usize, cols: usize, path: &Path) -> Result<()> {
     let n = pixels.len() / (side * side);
     let rows = n.div_ceil(cols);
     let pad = 2;

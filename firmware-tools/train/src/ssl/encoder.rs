@@ -55,15 +55,6 @@ pub enum Representation {
     Conv,
 }
 
-impl Representation {
-    pub fn dim(self) -> usize {
-        match self {
-            Representation::Fc => DIM,
-            Representation::Conv => FLAT,
-        }
-    }
-}
-
 /// A Linear layer `y = x Wᵀ + b` (W: out × in).
 pub struct Linear {
     pub w: Var,
@@ -187,11 +178,18 @@ impl ConvBn {
 pub struct Encoder {
     convs: Vec<ConvBn>,
     fc: Linear,
+    /// The Linear layer's width ([`DIM`] for the self-supervised methods).
+    dim: usize,
 }
 
 impl Encoder {
-    /// He-uniform convolutions, unit-gain normalisation, a LeCun-uniform Linear.
+    /// He-uniform convolutions, unit-gain normalisation, a LeCun-uniform Linear to [`DIM`].
     pub fn init(seed: u64) -> Result<Encoder> {
+        Self::with_dim(seed, DIM)
+    }
+
+    /// The same network with a `dim`-wide Linear layer (PDAE's code z).
+    pub fn with_dim(seed: u64, dim: usize) -> Result<Encoder> {
         let mut r = Rng(seed ^ 0xe4c0_de42);
         let vec = |n: usize, v: f32| -> Result<Var> {
             Ok(Var::from_tensor(&Tensor::from_vec(
@@ -218,7 +216,8 @@ impl Encoder {
             .collect::<Result<Vec<_>>>()?;
         Ok(Encoder {
             convs,
-            fc: Linear::init(seed ^ 0xfc, FLAT, DIM)?,
+            fc: Linear::init(seed ^ 0xfc, FLAT, dim)?,
+            dim,
         })
     }
 
@@ -245,7 +244,7 @@ impl Encoder {
         v
     }
 
-    /// `(n, 1, 28, 28)` in the bundle's normalisation ([-1, 1]) → `(n, 128)`. `train`:
+    /// `(n, 1, 28, 28)` in the bundle's normalisation ([-1, 1]) → `(n, dim)`. `train`:
     /// normalise with the batch's statistics and update the running ones.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let h = self.features(x, train)?;
@@ -260,6 +259,14 @@ impl Encoder {
         }
         let n = h.dim(0)?;
         Ok(h.reshape((n, FLAT))?)
+    }
+
+    /// Width of the exported vector for `repr`.
+    pub fn repr_dim(&self, repr: Representation) -> usize {
+        match repr {
+            Representation::Fc => self.dim,
+            Representation::Conv => FLAT,
+        }
     }
 
     /// Inference up to the exported representation: what the bundle computes.

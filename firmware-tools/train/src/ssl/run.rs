@@ -35,6 +35,9 @@ pub enum Method {
     Mae,
     /// Masked autoencoder, structure-guided masking from easy to hard.
     Structmae,
+    /// PDAE: the encoder of a frozen, pre-trained DDPM's missing posterior-mean shift
+    /// (trained by [`crate::diffusion::pdae`]; needs `--ddpm`).
+    Pdae,
 }
 
 impl Method {
@@ -44,12 +47,13 @@ impl Method {
             Method::Invprop => "invprop",
             Method::Mae => "mae",
             Method::Structmae => "structmae",
+            Method::Pdae => "pdae",
         }
     }
     fn views(self) -> usize {
         match self {
             Method::Bam | Method::Invprop => 2,
-            Method::Mae | Method::Structmae => 1,
+            Method::Mae | Method::Structmae | Method::Pdae => 1,
         }
     }
 }
@@ -88,7 +92,7 @@ impl SslConfig {
             train_limit: None,
             augment: match method {
                 Method::Bam | Method::Invprop => DigitAugment::default(),
-                Method::Mae | Method::Structmae => DigitAugment::light(),
+                Method::Mae | Method::Structmae | Method::Pdae => DigitAugment::light(),
             },
             bam: BamConfig::default(),
             invprop: InvPropConfig::default(),
@@ -169,6 +173,11 @@ pub fn train(
         bail!("{}: already exists; refusing to overwrite", out.display());
     }
     check_config(cfg)?;
+    if cfg.method == Method::Pdae {
+        bail!(
+            "PDAE trains on a frozen DDPM: use diffusion::pdae::train (`ssl train --method pdae --ddpm DIR`)"
+        );
+    }
     let ds = digits::load(data)?;
     if (ds.width, ds.height) != (SIDE, SIDE) {
         bail!(
@@ -191,7 +200,9 @@ pub fn train(
         enc: Encoder::init(cfg.seed)?,
         head: match cfg.method {
             Method::Bam | Method::Invprop => Head::Projector(Projector::init(cfg.seed)?),
-            Method::Mae | Method::Structmae => Head::Decoder(Decoder::init(cfg.seed)?),
+            Method::Mae | Method::Structmae | Method::Pdae => {
+                Head::Decoder(Decoder::init(cfg.seed)?)
+            }
         },
         bank: (cfg.method == Method::Invprop)
             .then(|| Bank::new(train_idx.len(), super::encoder::PROJ_DIM, cfg.seed)),
@@ -442,7 +453,9 @@ pub(super) fn projection_loss(
             let bank = bank.context("InvProp without a memory bank")?;
             invprop::loss(z, idx, bank, inv_cfg, bank.has_graph())
         }
-        Method::Mae | Method::Structmae => bail!("{} has no projection head", method.name()),
+        Method::Mae | Method::Structmae | Method::Pdae => {
+            bail!("{} has no projection head", method.name())
+        }
     }
 }
 
@@ -454,7 +467,7 @@ pub fn embed_plain(
     repr: Representation,
 ) -> Result<Vec<f32>> {
     let px = SIDE * SIDE;
-    let mut out = Vec::with_capacity(idx.len() * repr.dim());
+    let mut out = Vec::with_capacity(idx.len() * enc.repr_dim(repr));
     for chunk in idx.chunks(256) {
         let mut x = vec![0f32; chunk.len() * px];
         for (k, &i) in chunk.iter().enumerate() {
@@ -551,7 +564,7 @@ fn write_embedding_stats(
     idx: &[usize],
     repr: Representation,
 ) -> Result<()> {
-    let dim = repr.dim();
+    let dim = enc.repr_dim(repr);
     let v = embed_plain(enc, ds, idx, repr)?;
     let flat = crate::afv::fisher::standardisation(v.chunks(dim), dim);
     let mut f = std::io::BufWriter::new(
@@ -571,42 +584,8 @@ fn write_bundle(
     enc: &Encoder,
     st: &Checkpoint,
 ) -> Result<()> {
-    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    let onnx = bevrt_models::sequential_to_onnx(
-        "encoder",
-        "image",
-        &[1, 1, SIDE, SIDE],
-        "embedding",
-        &enc.layers(cfg.representation)?,
-        &format!("bevrt self-supervised encoder ({})", cfg.method.name()),
-    )?;
-    std::fs::write(tmp.join("encoder.onnx"), onnx)?;
-    write_embedding_stats(
-        &tmp.join("embedding_stats.npy"),
-        enc,
-        ds,
-        train_idx,
-        cfg.representation,
-    )?;
     let mut prov = toml::Table::new();
-    prov.insert("method".into(), cfg.method.name().into());
-    prov.insert(
-        "architecture".into(),
-        "CNN 1x28x28 → 32 → 64 → 128 → 128x4x4 → Linear 128 (ssl::encoder)".into(),
-    );
-    prov.insert(
-        "data".into(),
-        format!("{} (training split without labels)", data.display()).into(),
-    );
-    prov.insert("train_images".into(), (train_idx.len() as i64).into());
-    prov.insert("parameters".into(), (enc.parameter_count() as i64).into());
     prov.insert("seed".into(), (cfg.seed as i64).into());
-    prov.insert(
-        "representation".into(),
-        format!("{:?}", cfg.representation).to_lowercase().into(),
-    );
     prov.insert("seconds".into(), st.seconds.into());
     prov.insert("config".into(), serde_json::to_string(cfg)?.into());
     prov.insert(
@@ -625,23 +604,97 @@ fn write_bundle(
                 .collect(),
         ),
     );
+    write_encoder_bundle(
+        out,
+        &EncoderBundle {
+            name: format!("ssl-{}", cfg.method.name()),
+            method: cfg.method.name(),
+            description: format!(
+                "Self-supervised image encoder ({}), {}-d vector; epochs_log rows: epoch, loss, \
+                 effective rank, median std",
+                cfg.method.name(),
+                enc.repr_dim(cfg.representation)
+            ),
+            data,
+            ds,
+            train_idx,
+            enc,
+            repr: cfg.representation,
+        },
+        prov,
+    )
+}
+
+/// What a `features` bundle of [`Encoder`] records beside the network.
+pub struct EncoderBundle<'a> {
+    /// The manifest's name.
+    pub name: String,
+    pub method: &'a str,
+    pub description: String,
+    /// The unlabelled training data and the images of it used.
+    pub data: &'a Path,
+    pub ds: &'a Dataset,
+    pub train_idx: &'a [usize],
+    pub enc: &'a Encoder,
+    pub repr: Representation,
+}
+
+/// Write `b.enc` as a `features` bundle: the encoder's ONNX (normalisation folded in), the
+/// training split's standardisation statistics, provenance (`extra` added to the common
+/// entries), self-test vectors.
+pub fn write_encoder_bundle(out: &Path, b: &EncoderBundle, extra: toml::Table) -> Result<()> {
+    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let onnx = bevrt_models::sequential_to_onnx(
+        "encoder",
+        "image",
+        &[1, 1, SIDE, SIDE],
+        "embedding",
+        &b.enc.layers(b.repr)?,
+        &format!("bevrt image encoder ({})", b.method),
+    )?;
+    std::fs::write(tmp.join("encoder.onnx"), onnx)?;
+    write_embedding_stats(
+        &tmp.join("embedding_stats.npy"),
+        b.enc,
+        b.ds,
+        b.train_idx,
+        b.repr,
+    )?;
+    let mut prov = toml::Table::new();
+    prov.insert("method".into(), b.method.into());
+    prov.insert(
+        "architecture".into(),
+        format!(
+            "CNN 1x28x28 → 32 → 64 → 128 → 128x4x4 → Linear {} (ssl::encoder)",
+            b.enc.repr_dim(Representation::Fc)
+        )
+        .into(),
+    );
+    prov.insert(
+        "data".into(),
+        format!("{} (training split without labels)", b.data.display()).into(),
+    );
+    prov.insert("train_images".into(), (b.train_idx.len() as i64).into());
+    prov.insert("parameters".into(), (b.enc.parameter_count() as i64).into());
+    prov.insert(
+        "representation".into(),
+        format!("{:?}", b.repr).to_lowercase().into(),
+    );
+    prov.extend(extra);
     let manifest = Manifest {
         format: 1,
-        name: format!("ssl-{}", cfg.method.name()),
+        name: b.name.clone(),
         version: "1".into(),
         task: Task::Features,
-        description: format!(
-            "Self-supervised image encoder ({}), {}-d vector; epochs_log rows: epoch, loss, \
-             effective rank, median std",
-            cfg.method.name(),
-            cfg.representation.dim()
-        ),
+        description: b.description.clone(),
         models: vec![ModelFile {
             role: "model".into(),
             file: "encoder.onnx".into(),
             sha256: String::new(),
         }],
-        input: crate::afv::train::input_spec(ds),
+        input: crate::afv::train::input_spec(b.ds),
         outputs: vec![OutputSpec {
             name: Some("embedding".into()),
             kind: OutputKind::Embedding,
