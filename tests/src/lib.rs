@@ -70,6 +70,38 @@ pub fn run(bin_path: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `bevrt run --backend cpu-plan` of a features bundle for 28x28 grey images on a few
+/// synthetic PNGs written under `dir`; panics with the output when it fails.
+pub fn run_digit_bundle_on_images(bundle: &Path, dir: &Path) {
+    let imgs = dir.join("imgs");
+    std::fs::create_dir_all(&imgs).expect("create image dir");
+    for i in 0..3u8 {
+        image::GrayImage::from_fn(28, 28, |x, y| {
+            image::Luma([((x * 9 + y * 3) as u8).wrapping_mul(i + 1)])
+        })
+        .save(imgs.join(format!("{i}.png")))
+        .expect("write png");
+    }
+    let out = dir.join("run-out");
+    let (ok, so, se) = run(
+        &bin("bevrt"),
+        &[
+            "run",
+            "--bundle",
+            bundle.to_str().expect("utf-8 path"),
+            "--source",
+            &format!("images:{}/*.png", imgs.display()),
+            "--backend",
+            "cpu-plan",
+            "--sinks",
+            "npy",
+            "--out",
+            out.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert!(ok, "bevrt run on {}:\n{so}\n{se}", bundle.display());
+}
+
 /// The ONNX node conformance case whose name starts with `prefix` (shared data).
 pub fn node_case(shared: &Path, prefix: &str) -> PathBuf {
     std::fs::read_dir(shared.join("data/onnx/node/cases"))

@@ -11,7 +11,8 @@ use bevrt_models::{Bundle, Task};
 use bevrt_runtime::backend::lower::{LowerOptions, lower_onnx};
 use bevrt_tests::*;
 use bevrt_train::afv::probe::{Metric, knn};
-use bevrt_train::diffusion::{checkpoint, ddpm, pdae, unet::Unet};
+use bevrt_train::checkpoint;
+use bevrt_train::diffusion::{ddpm, pdae, unet::Unet};
 use bevrt_train::digits;
 use bevrt_train::ssl::run::limit_evenly;
 
@@ -216,32 +217,7 @@ fn ddpm_and_pdae_learn_resume_and_run_everywhere() {
         .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
     assert!(d <= 1e-4 * scale, "kernel plan vs tract: {d}");
 
-    let imgs = dir.join("imgs");
-    std::fs::create_dir_all(&imgs).unwrap();
-    for i in 0..2u8 {
-        image::GrayImage::from_fn(28, 28, |x, y| {
-            image::Luma([((x * 9 + y * 3) as u8).wrapping_mul(i + 1)])
-        })
-        .save(imgs.join(format!("{i}.png")))
-        .unwrap();
-    }
-    let (ok, so, se) = run(
-        &bin("bevrt"),
-        &[
-            "run",
-            "--bundle",
-            bs,
-            "--source",
-            &format!("images:{}/*.png", imgs.display()),
-            "--backend",
-            "cpu-plan",
-            "--sinks",
-            "npy",
-            "--out",
-            dir.join("run-out").to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "bevrt run on the PDAE bundle:\n{so}\n{se}");
+    run_digit_bundle_on_images(&bdir, &dir);
 
     // Autoencoding commands write their images and numbers.
     let rec = dir.join("rec.png");

@@ -140,31 +140,5 @@ fn ssl_bundle_runs_on_every_path_and_resumes_exactly() {
         "--json",
     ]);
     assert!(so.contains("\"mean\""), "{so}");
-    let imgs = dir.join("imgs");
-    std::fs::create_dir_all(&imgs).unwrap();
-    for i in 0..3u8 {
-        image::GrayImage::from_fn(28, 28, |x, y| {
-            image::Luma([((x * 9 + y * 3) as u8).wrapping_mul(i + 1)])
-        })
-        .save(imgs.join(format!("{i}.png")))
-        .unwrap();
-    }
-    let out = dir.join("run-out");
-    let (ok, so, se) = run(
-        &bin("bevrt"),
-        &[
-            "run",
-            "--bundle",
-            bs,
-            "--source",
-            &format!("images:{}/*.png", imgs.display()),
-            "--backend",
-            "cpu-plan",
-            "--sinks",
-            "npy",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "bevrt run on the ssl bundle:\n{so}\n{se}");
+    run_digit_bundle_on_images(&b, &dir);
 }

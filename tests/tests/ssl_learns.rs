@@ -83,6 +83,8 @@ fn learns(method: Method, epochs: usize, batch: usize, lr: f64) {
     }
     let (baseline, what) = match method {
         Method::Bam | Method::Invprop => (raw, "raw pixels"),
+        // PDAE needs a trained DDPM; its reduced run is tests/tests/pdae.rs.
+        Method::Pdae => unreachable!("PDAE is tested in tests/tests/pdae.rs"),
         Method::Mae | Method::Structmae => {
             let init = Encoder::init(cfg.seed).unwrap();
             let v = ssl::run::embed_plain(&init, &ds, &all, Representation::Fc).unwrap();

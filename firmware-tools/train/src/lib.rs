@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`rng`] | SplitMix64 and normal samples: the same stream on every machine |
 //! | [`optim`] | Adam, safetensors checkpoints with optimizer state (exact resume) |
+//! | [`checkpoint`] | a run's checkpoint directory (parameters, Adam, progress record), EMA |
 //! | [`cpu_ops`] | convolutions as im2col/col2im + GEMM with cheap backward passes, LeakyReLU |
 //! | [`progress`] | the progress bar (loss, ETA) |
 //! | [`digits`] | labelled image datasets (shared digit CSVs, folders) and the fixed split |
@@ -15,6 +16,7 @@
 //! | [`diffusion`] | a small DDPM on digits and PDAE's encoder on top of it (frozen DDPM) |
 
 pub mod afv;
+pub mod checkpoint;
 pub mod cpu_ops;
 pub mod diffusion;
 pub mod digits;

@@ -10,3 +10,12 @@ pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     );
     pb
 }
+
+/// [`progress`] when `show`, else a hidden bar (tests, library callers).
+pub fn progress_if(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {
+    if show {
+        progress(len, what)
+    } else {
+        indicatif::ProgressBar::hidden()
+    }
+}

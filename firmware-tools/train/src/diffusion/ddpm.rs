@@ -14,9 +14,9 @@ use anyhow::{Result, bail};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, Ema};
 use super::schedule::{NoiseSchedule, STEPS};
 use super::unet::{SIDE, Unet};
+use crate::checkpoint::{self, Ema};
 use crate::digits::{self, Dataset};
 use crate::optim::Adam;
 use crate::rng::{self, Rng};
@@ -139,6 +139,50 @@ pub fn lr_at(peak: f64, step: u64, total: u64) -> f64 {
     peak * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
 }
 
+/// What every epoch of a diffusion trainer shares.
+pub struct EpochPlan {
+    /// The progress bar's and the errors' name for the run.
+    pub what: &'static str,
+    pub batch: usize,
+    /// Adam's peak rate ([`lr_at`]).
+    pub peak_lr: f64,
+    /// Optimiser steps of the whole run.
+    pub total: u64,
+}
+
+/// One epoch: the training images `train_idx` in the order of `rng`, Adam's rate from
+/// [`lr_at`], `step` on each batch (it returns the batch's loss), a divergence check and the
+/// progress bar. Returns the epoch's mean loss.
+pub fn run_epoch(
+    plan: &EpochPlan,
+    epoch: usize,
+    train_idx: &[usize],
+    opt: &mut Adam,
+    rng: &mut Rng,
+    pb: &indicatif::ProgressBar,
+    mut step: impl FnMut(&mut Adam, &[usize], &mut Rng) -> Result<f32>,
+) -> Result<f32> {
+    let mut order = train_idx.to_vec();
+    rng.shuffle(&mut order);
+    let (mut sum, mut n) = (0f64, 0usize);
+    for chunk in order.chunks(plan.batch) {
+        opt.lr = lr_at(plan.peak_lr, opt.step, plan.total);
+        let l = step(opt, chunk, rng)?;
+        if !l.is_finite() {
+            bail!(
+                "{} training diverged at epoch {} (loss {l})",
+                plan.what,
+                epoch + 1
+            );
+        }
+        sum += l as f64;
+        n += 1;
+        pb.inc(1);
+        pb.set_message(format!("epoch {} loss {:.5}", epoch + 1, sum / n as f64));
+    }
+    Ok((sum / n.max(1) as f64) as f32)
+}
+
 /// The seeded stream of epoch `epoch` of a run with `seed`.
 pub fn epoch_rng(seed: u64, epoch: usize) -> Rng {
     Rng(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
@@ -172,7 +216,10 @@ impl RunControl {
 
 /// Train a DDPM on the training split of `data`, checkpointing into `out` after each epoch.
 pub fn train(data: &Path, out: &Path, cfg: &DdpmConfig, ctl: RunControl) -> Result<DdpmReport> {
-    if cfg.epochs == 0 || cfg.batch == 0 || !(cfg.lr > 0.0) || !(0.0..1.0).contains(&cfg.ema_decay)
+    if cfg.epochs == 0
+        || cfg.batch == 0
+        || !(cfg.lr > 0.0 && cfg.lr.is_finite())
+        || !(0.0..1.0).contains(&cfg.ema_decay)
     {
         bail!("need epochs ≥ 1, batch ≥ 1, a positive learning rate and an EMA decay in [0, 1)");
     }
@@ -221,42 +268,36 @@ pub fn train(data: &Path, out: &Path, cfg: &DdpmConfig, ctl: RunControl) -> Resu
         );
     }
     let sched = NoiseSchedule::linear(STEPS);
-    let steps_per_epoch = train_idx.len().div_ceil(cfg.batch) as u64;
-    let total = steps_per_epoch * cfg.epochs as u64;
-    let pb = if ctl.progress {
-        crate::progress::progress(total, "ddpm")
-    } else {
-        indicatif::ProgressBar::hidden()
+    let plan = EpochPlan {
+        what: "ddpm",
+        batch: cfg.batch,
+        peak_lr: cfg.lr,
+        total: (train_idx.len().div_ceil(cfg.batch) * cfg.epochs) as u64,
     };
+    let pb = crate::progress::progress_if(ctl.progress, plan.total, plan.what);
     pb.set_position(st.step);
     let (t0, before) = (std::time::Instant::now(), st.seconds);
     let first = st.epochs_done;
     for epoch in first..cfg.epochs {
         let mut rng = epoch_rng(cfg.seed, epoch);
-        let mut order = train_idx.clone();
-        rng.shuffle(&mut order);
-        let (mut sum, mut n) = (0f64, 0usize);
-        for chunk in order.chunks(cfg.batch) {
-            opt.lr = lr_at(cfg.lr, opt.step, total);
-            let l = step(&unet, &mut opt, &sched, &ds, chunk, &mut rng)?;
-            if !l.is_finite() {
-                bail!("DDPM training diverged at epoch {} (loss {l})", epoch + 1);
-            }
-            ema.update(&params, cfg.ema_decay, opt.step)?;
-            sum += l as f64;
-            n += 1;
-            pb.inc(1);
-            pb.set_message(format!("epoch {} loss {:.4}", epoch + 1, sum / n as f64));
-        }
-        st.losses.push((sum / n.max(1) as f64) as f32);
+        let loss = run_epoch(
+            &plan,
+            epoch,
+            &train_idx,
+            &mut opt,
+            &mut rng,
+            &pb,
+            |opt, chunk, rng| {
+                let l = step(&unet, opt, &sched, &ds, chunk, rng)?;
+                ema.update(&params, cfg.ema_decay, opt.step)?;
+                Ok(l)
+            },
+        )?;
+        st.losses.push(loss);
         st.epochs_done = epoch + 1;
         st.step = opt.step;
         st.seconds = before + t0.elapsed().as_secs_f64();
-        log::info!(
-            "ddpm epoch {}: loss {:.4}",
-            epoch + 1,
-            st.losses.last().unwrap()
-        );
+        log::info!("ddpm epoch {}: loss {loss:.4}", epoch + 1);
         let mut all = params.clone();
         all.extend(ema.vars.iter().cloned());
         checkpoint::save(out, &st, &all, Some(&opt))?;

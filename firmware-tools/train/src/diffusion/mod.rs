@@ -6,14 +6,12 @@
 //! |---|---|
 //! | [`schedule`] | the forward process, PDAE's `c_t` and `λ_t`, DDIM moves both ways |
 //! | [`unet`] | the ε-predicting UNet and the estimator's AdaGN copy of its up path |
-//! | [`checkpoint`] | run directories: parameters, Adam, progress; EMA |
 //! | [`ddpm`] | DDPM training with exact resume, DDIM sampling |
 //! | [`pdae`] | encoder + estimator on the frozen DDPM; the `features` bundle of the encoder |
 //! | [`autoencode`] | reconstruction from z (inferred x_T, fresh noise), interpolation, SSIM |
 //! | [`features`] | the frozen DDPM's own middle-block features at a fixed t (a probe row) |
 
 pub mod autoencode;
-pub mod checkpoint;
 pub mod ddpm;
 pub mod features;
 pub mod pdae;

@@ -18,10 +18,10 @@ use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint;
 use super::ddpm::{self, DIGIT, RunControl};
 use super::schedule::{NoiseSchedule, STEPS};
 use super::unet::{SIDE, Unet, UpPath};
+use crate::checkpoint;
 use crate::digits::{self, Dataset};
 use crate::optim::Adam;
 use crate::rng::{self, Rng};
@@ -63,6 +63,13 @@ pub struct PdaeEpoch {
     pub epoch: usize,
     pub loss: f32,
     pub spread: Spread,
+    /// The weighted loss on a fixed sample of training images at fixed timesteps and noise
+    /// with z (`with_z`) and with the frozen DDPM alone (`ddpm_alone`): the share of the
+    /// DDPM's error that z lets the estimator explain.
+    #[serde(default)]
+    pub with_z: f32,
+    #[serde(default)]
+    pub ddpm_alone: f32,
 }
 
 /// `B.ckpt/state.json`.
@@ -160,6 +167,9 @@ pub fn eval_loss(
     Ok((total / idx.len().max(1) as f64) as f32)
 }
 
+/// Seed of the fixed timesteps and noise of the per-epoch gap measurement.
+const EVAL_SEED: u64 = 0x9a9;
+
 pub fn checkpoint_dir(bundle: &Path) -> PathBuf {
     bundle.with_extension("ckpt")
 }
@@ -184,7 +194,7 @@ pub fn train(
     if out.exists() {
         bail!("{}: already exists; refusing to overwrite", out.display());
     }
-    if cfg.epochs == 0 || cfg.batch < 2 || !(cfg.lr > 0.0) || cfg.zdim == 0 {
+    if cfg.epochs == 0 || cfg.batch < 2 || !(cfg.lr > 0.0 && cfg.lr.is_finite()) || cfg.zdim == 0 {
         bail!("need epochs ≥ 1, batch ≥ 2, a positive learning rate and zdim ≥ 1");
     }
     let ds = digits::load(data)?;
@@ -243,51 +253,54 @@ pub fn train(
         );
     }
     let probe_idx: Vec<usize> = train_idx.iter().copied().take(1000).collect();
-    let steps_per_epoch = train_idx.len().div_ceil(cfg.batch) as u64;
-    let total = steps_per_epoch * cfg.epochs as u64;
-    let pb = if ctl.progress {
-        crate::progress::progress(total, "pdae")
-    } else {
-        indicatif::ProgressBar::hidden()
+    let plan = ddpm::EpochPlan {
+        what: "pdae",
+        batch: cfg.batch,
+        peak_lr: cfg.lr,
+        total: (train_idx.len().div_ceil(cfg.batch) * cfg.epochs) as u64,
     };
+    let pb = crate::progress::progress_if(ctl.progress, plan.total, plan.what);
     pb.set_position(st.step);
+    let gap_idx = &probe_idx[..probe_idx.len().min(256)];
+    let ddpm_alone = eval_loss(&model, &ds, gap_idx, EVAL_SEED, false)?;
     let (t0, before) = (std::time::Instant::now(), st.seconds);
     let first = st.epochs_done;
     for epoch in first..cfg.epochs {
         let mut rng = ddpm::epoch_rng(cfg.seed ^ 0x0dae, epoch);
-        let mut order = train_idx.clone();
-        rng.shuffle(&mut order);
-        let (mut sum, mut n) = (0f64, 0usize);
-        for chunk in order.chunks(cfg.batch) {
-            opt.lr = ddpm::lr_at(cfg.lr, opt.step, total);
-            let l = step(&model, &mut opt, &ds, chunk, &mut rng)?;
-            if !l.is_finite() {
-                bail!("PDAE training diverged at epoch {} (loss {l})", epoch + 1);
-            }
-            sum += l as f64;
-            n += 1;
-            pb.inc(1);
-            pb.set_message(format!("epoch {} loss {:.5}", epoch + 1, sum / n as f64));
-        }
+        let loss = ddpm::run_epoch(
+            &plan,
+            epoch,
+            &train_idx,
+            &mut opt,
+            &mut rng,
+            &pb,
+            |opt, chunk, rng| step(&model, opt, &ds, chunk, rng),
+        )?;
         let spread = collapse::spread(
             &embed_plain(&model.enc, &ds, &probe_idx, Representation::Fc)?,
             cfg.zdim,
         )?;
-        st.log.push(PdaeEpoch {
+        let e = PdaeEpoch {
             epoch: epoch + 1,
-            loss: (sum / n.max(1) as f64) as f32,
+            loss,
             spread,
-        });
+            with_z: eval_loss(&model, &ds, gap_idx, EVAL_SEED, true)?,
+            ddpm_alone,
+        };
+        log::info!(
+            "pdae epoch {}: loss {loss:.5}, effective rank of z {:.1} of {}; on {} training \
+             images the frozen DDPM's weighted error {:.5}, with z {:.5}",
+            epoch + 1,
+            spread.effective_rank,
+            cfg.zdim,
+            gap_idx.len(),
+            e.ddpm_alone,
+            e.with_z
+        );
+        st.log.push(e);
         st.epochs_done = epoch + 1;
         st.step = opt.step;
         st.seconds = before + t0.elapsed().as_secs_f64();
-        log::info!(
-            "pdae epoch {}: loss {:.5}, effective rank of z {:.1} of {}",
-            epoch + 1,
-            sum / n.max(1) as f64,
-            spread.effective_rank,
-            cfg.zdim
-        );
         checkpoint::save(&ckpt, &st, &model.checkpoint_vars(), Some(&opt))?;
         if spread.effective_rank < cfg.min_effective_rank {
             pb.finish_and_clear();
@@ -382,6 +395,8 @@ fn write_bundle(
                         (e.epoch as i64).into(),
                         (e.loss as f64).into(),
                         (e.spread.effective_rank as f64).into(),
+                        (e.with_z as f64).into(),
+                        (e.ddpm_alone as f64).into(),
                     ])
                 })
                 .collect(),
@@ -394,7 +409,8 @@ fn write_bundle(
             method: "pdae",
             description: format!(
                 "PDAE encoder: the {}-value code z a gradient estimator uses to complete a frozen \
-                 DDPM's posterior mean; epochs_log rows: epoch, weighted loss, effective rank",
+                 DDPM's posterior mean; epochs_log rows: epoch, weighted loss, effective rank of z, \
+                 weighted error on 256 training images with z and with the DDPM alone",
                 st.config.zdim
             ),
             data,

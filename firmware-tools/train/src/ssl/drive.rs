@@ -221,11 +221,8 @@ pub fn pretrain_letsmap(
     let (w, h) = (ds.width as usize, ds.height as usize);
     let steps_per_epoch = n / cfg.batch;
     let total = (steps_per_epoch * cfg.epochs) as u64;
-    let pb = if progress {
-        crate::progress::progress(total, &format!("{} (drive)", cfg.method.name()))
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let pb =
+        crate::progress::progress_if(progress, total, &format!("{} (drive)", cfg.method.name()));
     let t0 = std::time::Instant::now();
     let mut epochs = vec![];
     let mut view = vec![0u8; w * h * 3];

@@ -20,8 +20,9 @@ use super::collapse::{self, Spread};
 use super::encoder::{DIM, Encoder, Projector, Representation, SIDE};
 use super::invprop::{self, Bank, InvPropConfig};
 use super::mae::{self, Decoder, MaeConfig};
+use crate::checkpoint;
 use crate::digits::{self, Dataset};
-use crate::optim::{self, Adam};
+use crate::optim::Adam;
 use crate::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -237,11 +238,7 @@ pub fn train(
     let probe_idx: Vec<usize> = train_idx.iter().copied().take(1000).collect();
     let steps_per_epoch = train_idx.len().div_ceil(cfg.batch);
     let total_steps = (steps_per_epoch * cfg.epochs) as u64;
-    let pb = if progress {
-        crate::progress::progress(total_steps, cfg.method.name())
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let pb = crate::progress::progress_if(progress, total_steps, cfg.method.name());
     pb.set_position(state.step);
     let (t0, seconds_before) = (std::time::Instant::now(), state.seconds);
     for epoch in state.epochs_done..cfg.epochs {
@@ -485,17 +482,7 @@ fn save_checkpoint(dir: &Path, st: &Checkpoint, model: &Model, opt: &Adam) -> Re
     if let Some(bank) = &model.bank {
         vars.push(("invprop.bank".into(), Var::from_tensor(&bank.tensor()?)?));
     }
-    optim::save_checkpoint(
-        &dir.join("state.safetensors"),
-        vars.iter().map(|(n, v)| (n, v)),
-        Some(opt),
-    )?;
-    let json = dir.join("state.json");
-    let tmp = dir.join("state.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(st)?)
-        .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, &json).with_context(|| format!("{}: rename", json.display()))?;
-    Ok(())
+    checkpoint::save(dir, st, &vars, Some(opt))
 }
 
 fn load_checkpoint(
@@ -504,11 +491,7 @@ fn load_checkpoint(
     model: &mut Model,
     opt: &mut Adam,
 ) -> Result<Checkpoint> {
-    let json = dir.join("state.json");
-    let text = std::fs::read_to_string(&json)
-        .with_context(|| format!("{}: nothing to resume", json.display()))?;
-    let st: Checkpoint =
-        serde_json::from_str(&text).with_context(|| format!("{}: malformed", json.display()))?;
+    let st: Checkpoint = checkpoint::load_state(dir)?;
     let mut want = st.config.clone();
     want.epochs = cfg.epochs;
     want.representation = cfg.representation;
@@ -516,34 +499,22 @@ fn load_checkpoint(
         bail!(
             "{}: --resume needs the configuration of the interrupted run (only the epochs may \
              grow); it used {:?}",
-            json.display(),
+            dir.display(),
             st.config
         );
     }
     if st.epochs_done > cfg.epochs {
         bail!(
             "{}: {} epochs are done already, more than the {} asked for",
-            json.display(),
+            dir.display(),
             st.epochs_done,
             cfg.epochs
         );
     }
-    let map = optim::load_checkpoint(&dir.join("state.safetensors"))?;
-    for (name, var) in model.vars().into_iter().chain(model.enc.buffers()) {
-        let key = format!("param.{name}");
-        let t = map
-            .get(&key)
-            .with_context(|| format!("{}: tensor '{key}' missing", dir.display()))?;
-        if t.dims() != var.dims() {
-            bail!(
-                "{}: tensor '{key}' has shape {:?}, not {:?}",
-                dir.display(),
-                t.dims(),
-                var.dims()
-            );
-        }
-        var.set(t)?;
-    }
+    let map = checkpoint::load_tensors(dir)?;
+    let mut vars = model.vars();
+    vars.extend(model.enc.buffers());
+    checkpoint::restore(&map, &vars, "", dir)?;
     if let Some(bank) = &mut model.bank {
         let t = map
             .get("param.invprop.bank")

@@ -1,4 +1,4 @@
-//! A run directory's checkpoint: `state.safetensors` (parameters as `param.<name>`, Adam's
+//! A training run's checkpoint directory, shared by every trainer: `state.safetensors` (parameters as `param.<name>`, Adam's
 //! moments) and `state.json` (the run's configuration and progress), each replaced
 //! atomically, so an interrupted run resumes from its last complete epoch.
 
@@ -68,7 +68,7 @@ pub fn restore(
     Ok(())
 }
 
-/// An exponential moving average of parameters (DDPM samples from it).
+/// An exponential moving average of parameters (the DDPM samples from it).
 pub struct Ema {
     pub vars: Vec<(String, Var)>,
 }
