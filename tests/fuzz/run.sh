@@ -13,7 +13,7 @@ runs="${1:-1000000}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(onnx manifest calib_toml calib_yaml recording_header recording_index image_decode raw_frame npy ros2_messages mcap_bag)
+    targets=(onnx manifest calib_toml calib_yaml recording_header recording_index poses_csv image_decode raw_frame npy ros2_messages mcap_bag)
 fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cargo +nightly fuzz build -O --sanitizer none

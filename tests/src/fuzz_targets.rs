@@ -19,6 +19,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("calib_yaml", calib_yaml),
     ("recording_header", recording_header),
     ("recording_index", recording_index),
+    ("poses_csv", poses_csv),
     ("image_decode", image_decode),
     ("raw_frame", raw_frame),
     ("npy", npy),
@@ -92,6 +93,28 @@ pub fn recording_index(bytes: &[u8]) {
             Path::new("rec"),
             Path::new("frames.csv"),
         );
+    }
+}
+
+/// `poses.csv`, parsed and matched against a three-frame index.
+pub fn poses_csv(bytes: &[u8]) {
+    use bevrt_runtime::source::poses;
+    use bevrt_runtime::source::replay::IndexEntry;
+    if let Some(t) = text(bytes) {
+        let path = Path::new("poses.csv");
+        if let Ok(p) = poses::parse(t, path) {
+            let frames: Vec<IndexEntry> = (0..3)
+                .map(|seq| IndexEntry {
+                    seq,
+                    timestamp_ns: seq * 100,
+                    file: "f.png".into(),
+                    gt: None,
+                })
+                .collect();
+            if let Ok(m) = poses::match_frames(&p, &frames, path) {
+                let _ = m[0].motion_to(&m[2]);
+            }
+        }
     }
 }
 

@@ -217,3 +217,44 @@ fn exported_onnx_runs_in_onnxruntime() {
         );
     }
 }
+
+#[test]
+fn training_reader_keeps_ego_motion_and_names_bad_poses() {
+    let w = scratch("letsmap-poses");
+    let rec = w.join("r");
+    record(&rec, 21, 4);
+    let ds = bevrt_train::letsmap::data::load(&rec, None, &|_, _| {}).unwrap();
+    let poses = ds.poses.as_ref().expect("sim recordings carry poses.csv");
+    assert_eq!(poses.len(), 4);
+    // The simulated car drives forward: each frame is ahead of the last, barely sideways.
+    let (fwd, left, _) = poses[0].motion_to(&poses[3]);
+    assert!(fwd > 0.5 && left.abs() < 0.5 * fwd, "{fwd} {left}");
+
+    // Unsorted rows and a frame without a pose are errors naming the file.
+    let path = rec.join("poses.csv");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.swap(1, 2);
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let e = format!(
+        "{:#}",
+        bevrt_train::letsmap::data::load(&rec, None, &|_, _| {})
+            .err()
+            .unwrap()
+    );
+    assert!(e.contains("poses.csv") && e.contains("sorted"), "{e}");
+    lines.swap(1, 2);
+    lines.pop();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let e = format!(
+        "{:#}",
+        bevrt_train::letsmap::data::load(&rec, None, &|_, _| {})
+            .err()
+            .unwrap()
+    );
+    assert!(e.contains("poses.csv") && e.contains("has no pose"), "{e}");
+    // Without the file, the data loads without ego-motion.
+    std::fs::remove_file(&path).unwrap();
+    let ds = bevrt_train::letsmap::data::load(&rec, None, &|_, _| {}).unwrap();
+    assert!(ds.poses.is_none());
+}

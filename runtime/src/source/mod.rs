@@ -12,6 +12,7 @@
 
 pub mod images;
 pub mod mcap;
+pub mod poses;
 pub mod replay;
 pub mod sim;
 #[cfg(feature = "v4l")]

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use bevrt_calib::{BevGrid, Calibration};
 use bevrt_models::{InputSpec, LetsMapLite};
 use bevrt_runtime::preprocess::PreprocessPlan;
+use bevrt_runtime::source::poses::{self, EgoPose};
 use bevrt_runtime::source::replay::Recording;
 use bevrt_runtime::{Frame, PixelFormat};
 use candle_core::{Device, Tensor};
@@ -41,6 +42,9 @@ pub struct Dataset {
     pub grid: Option<BevGrid>,
     /// Simulator seeds of the recordings (from `ground_truth.toml`), for provenance.
     pub seeds: Vec<u64>,
+    /// The ego pose of every frame (`poses.csv`), when every recording has one; `None`
+    /// otherwise. A `poses.csv` that is there but wrong is an error.
+    pub poses: Option<Vec<EgoPose>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -115,6 +119,7 @@ pub fn load(dir: &Path, limit: Option<usize>, progress: &dyn Fn(usize, usize)) -
             calibration_path: cal_path.clone(),
             grid: grid.clone(),
             seeds: vec![],
+            poses: Some(vec![]),
         });
         d.seeds.extend(seed);
         if (rec.info.width, rec.info.height) != (d.width, d.height) {
@@ -133,8 +138,17 @@ pub fn load(dir: &Path, limit: Option<usize>, progress: &dyn Fn(usize, usize)) -
                 gt_toml.display()
             );
         }
+        let rec_poses = if rec.dir.join("poses.csv").is_file() {
+            Some(poses::load(rec)?)
+        } else {
+            log::info!(
+                "{}: no poses.csv; ego-motion is unavailable for this data",
+                rec.dir.display()
+            );
+            None
+        };
         let first = d.frames.len();
-        for e in &rec.frames {
+        for (k, e) in rec.frames.iter().enumerate() {
             if done >= total {
                 break;
             }
@@ -172,6 +186,13 @@ pub fn load(dir: &Path, limit: Option<usize>, progress: &dyn Fn(usize, usize)) -
                 None => None,
             };
             d.gt.push(gt);
+            d.poses = match (d.poses.take(), &rec_poses) {
+                (Some(mut all), Some(p)) => {
+                    all.push(p[k]);
+                    Some(all)
+                }
+                _ => None,
+            };
             d.first_of_recording.push(first);
             done += 1;
             progress(done, total);
