@@ -82,7 +82,7 @@ pub struct ReconstructArgs {
     /// The PNG grid: rows of originals, from inferred x_T, from fresh noise.
     #[arg(long)]
     pub out: PathBuf,
-    /// Test images to rebuild (the first N of the test split).
+    /// Test images to rebuild (N spread evenly over the test split, which is in class order).
     #[arg(long, default_value_t = 200)]
     pub count: usize,
     #[arg(long, default_value_t = 50)]
@@ -220,7 +220,7 @@ fn reconstruct(a: &ReconstructArgs) -> Result<()> {
     let ds = digits::load(&a.images)?;
     ddpm::check_digits(&ds, &a.images)?;
     let (_, test) = ds.split();
-    let idx: Vec<usize> = test.into_iter().take(a.count).collect();
+    let idx = bevrt_train::ssl::run::limit_evenly(&test, Some(a.count));
     if idx.is_empty() {
         bail!("{}: no test images", a.images.display());
     }

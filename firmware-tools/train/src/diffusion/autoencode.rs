@@ -46,14 +46,16 @@ pub fn invert(model: &Pdae, x0: &[f32], z: &Tensor, steps: usize) -> Result<Vec<
     Ok(x)
 }
 
-/// x_T → x₀ by DDIM with the z-conditioned noise; values clamped to [-1, 1].
-pub fn decode(model: &Pdae, x_t: &[f32], z: &Tensor, steps: usize) -> Result<Vec<f32>> {
+/// x_T → x₀ by DDIM with the z-conditioned noise; values clamped to [-1, 1] at the end.
+/// `clip`: also clamp each step's predicted x₀ (sampling from noise); not when decoding an
+/// inverted x_T, whose path must mirror the unclipped inversion.
+pub fn decode(model: &Pdae, x_t: &[f32], z: &Tensor, steps: usize, clip: bool) -> Result<Vec<f32>> {
     let ts = model.sched.ddim_timesteps(steps);
     let mut x = x_t.to_vec();
     for (i, &t) in ts.iter().enumerate().rev() {
         let e = eps(model, &x, t, z)?;
         let to = i.checked_sub(1).map(|j| ts[j]);
-        model.sched.ddim_move(&mut x, &e, Some(t), to, true);
+        model.sched.ddim_move(&mut x, &e, Some(t), to, clip);
     }
     Ok(x.iter().map(|v| v.clamp(-1.0, 1.0)).collect())
 }
@@ -69,9 +71,9 @@ pub fn reconstruct(
     let z = codes(model, ds, idx)?;
     let x0 = ddpm::padded(ds, idx);
     let x_t = invert(model, &x0, &z, steps)?;
-    let from_inferred = ddpm::crop_to_u8(&decode(model, &x_t, &z, steps)?);
+    let from_inferred = ddpm::crop_to_u8(&decode(model, &x_t, &z, steps, false)?);
     let noise = rng::normal(x0.len(), &mut Rng(seed));
-    let from_noise = ddpm::crop_to_u8(&decode(model, &noise, &z, steps)?);
+    let from_noise = ddpm::crop_to_u8(&decode(model, &noise, &z, steps, true)?);
     Ok((from_inferred, from_noise))
 }
 
@@ -105,6 +107,7 @@ pub fn interpolate(
         &xs,
         &Tensor::cat(&zs, 0)?,
         steps,
+        false,
     )?))
 }
 
