@@ -244,8 +244,6 @@ impl UpPath {
     /// A trainable copy with AdaGN on a `zdim` condition in every block and a zeroed output
     /// layer (PDAE's gradient estimator G: starts at G ≡ 0).
     pub fn estimator_copy(&self, zdim: usize, seed: u64) -> Result<UpPath> {
-        let mut vars = vec![];
-        self.vars(&mut vars);
         let copy = |v: &Var| -> Result<Var> { Ok(Var::from_tensor(&v.as_tensor().copy()?)?) };
         let conv = |c: &Conv| -> Result<Conv> {
             Ok(Conv {
