@@ -28,7 +28,9 @@ use crate::rng::{self, Rng};
 use crate::ssl::augment;
 use crate::ssl::collapse::{self, Spread};
 use crate::ssl::encoder::{Encoder, Representation};
-use crate::ssl::run::{EncoderBundle, embed_plain, limit_evenly, write_encoder_bundle};
+use crate::ssl::run::{
+    EncoderBundle, embed_plain, limit_evenly, run_provenance, write_encoder_bundle,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PdaeConfig {
@@ -127,11 +129,6 @@ impl Pdae {
             .collect();
         let c = Tensor::from_vec(c, (t.len(), 1, 1, 1), &Device::Cpu)?;
         Ok((eps_theta + shift.broadcast_mul(&c)?)?)
-    }
-
-    /// z of images given as 28x28 in [-1, 1] (inference: what the bundle computes).
-    pub fn encode(&self, x28: &Tensor) -> Result<Tensor> {
-        self.enc.embed(x28, Representation::Fc)
     }
 }
 
@@ -336,7 +333,7 @@ pub fn train(
 }
 
 /// Digits of `idx` as the encoder sees them: `(n, 1, 28, 28)` in [-1, 1].
-pub fn encoder_input(ds: &Dataset, idx: &[usize]) -> Result<Tensor> {
+fn encoder_input(ds: &Dataset, idx: &[usize]) -> Result<Tensor> {
     let px = DIGIT * DIGIT;
     let mut x = vec![0f32; idx.len() * px];
     for (k, &i) in idx.iter().enumerate() {
@@ -380,28 +377,18 @@ fn write_bundle(
     model: &Pdae,
     st: &PdaeState,
 ) -> Result<()> {
-    let mut prov = toml::Table::new();
-    prov.insert("seed".into(), (st.config.seed as i64).into());
-    prov.insert("seconds".into(), st.seconds.into());
-    prov.insert("config".into(), serde_json::to_string(&st.config)?.into());
+    let mut prov = run_provenance(st.config.seed, st.seconds, &st.config, &st.log, |e| {
+        (
+            e.epoch,
+            vec![
+                e.loss as f64,
+                e.spread.effective_rank as f64,
+                e.with_z as f64,
+                e.ddpm_alone as f64,
+            ],
+        )
+    })?;
     prov.insert("ddpm".into(), st.ddpm.display().to_string().into());
-    prov.insert(
-        "epochs_log".into(),
-        toml::Value::Array(
-            st.log
-                .iter()
-                .map(|e| {
-                    toml::Value::Array(vec![
-                        (e.epoch as i64).into(),
-                        (e.loss as f64).into(),
-                        (e.spread.effective_rank as f64).into(),
-                        (e.with_z as f64).into(),
-                        (e.ddpm_alone as f64).into(),
-                    ])
-                })
-                .collect(),
-        ),
-    );
     write_encoder_bundle(
         out,
         &EncoderBundle {

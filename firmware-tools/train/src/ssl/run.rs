@@ -555,26 +555,16 @@ fn write_bundle(
     enc: &Encoder,
     st: &Checkpoint,
 ) -> Result<()> {
-    let mut prov = toml::Table::new();
-    prov.insert("seed".into(), (cfg.seed as i64).into());
-    prov.insert("seconds".into(), st.seconds.into());
-    prov.insert("config".into(), serde_json::to_string(cfg)?.into());
-    prov.insert(
-        "epochs_log".into(),
-        toml::Value::Array(
-            st.log
-                .iter()
-                .map(|e| {
-                    toml::Value::Array(vec![
-                        (e.epoch as i64).into(),
-                        (e.loss as f64).into(),
-                        (e.spread.effective_rank as f64).into(),
-                        (e.spread.median_std as f64).into(),
-                    ])
-                })
-                .collect(),
-        ),
-    );
+    let prov = run_provenance(cfg.seed, st.seconds, cfg, &st.log, |e| {
+        (
+            e.epoch,
+            vec![
+                e.loss as f64,
+                e.spread.effective_rank as f64,
+                e.spread.median_std as f64,
+            ],
+        )
+    })?;
     write_encoder_bundle(
         out,
         &EncoderBundle {
@@ -594,6 +584,32 @@ fn write_bundle(
         },
         prov,
     )
+}
+
+/// The provenance every trained encoder records: its seed, training seconds, configuration
+/// (JSON), and `epochs_log`, one row per epoch: the epoch number, then `row`'s values.
+pub fn run_provenance<E>(
+    seed: u64,
+    seconds: f64,
+    config: &impl Serialize,
+    log: &[E],
+    row: impl Fn(&E) -> (usize, Vec<f64>),
+) -> Result<toml::Table> {
+    let mut prov = toml::Table::new();
+    prov.insert("seed".into(), (seed as i64).into());
+    prov.insert("seconds".into(), seconds.into());
+    prov.insert("config".into(), serde_json::to_string(config)?.into());
+    let rows = log
+        .iter()
+        .map(|e| {
+            let (epoch, values) = row(e);
+            let mut r = vec![toml::Value::from(epoch as i64)];
+            r.extend(values.into_iter().map(toml::Value::from));
+            toml::Value::Array(r)
+        })
+        .collect();
+    prov.insert("epochs_log".into(), toml::Value::Array(rows));
+    Ok(prov)
 }
 
 /// What a `features` bundle of [`Encoder`] records beside the network.
