@@ -20,6 +20,21 @@
 //!   `align_corners = false` resizing). The camera is rescaled to `feat_w*s x feat_h*s` if its
 //!   calibrated resolution differs (the network input is the resized camera image).
 //! * View transform output: (C * Z, grid_h, grid_w) f32, channel `c * Z + level`.
+//!
+//! # Depth-weighted lift (grids with `depth`)
+//!
+//! A grid may carry [`DepthBins`]: D bins of camera depth (OpenCV z, metres along the optical
+//! axis; linear or log spaced between `min` and `max`). Then
+//! * `bins[e]` (u32, one per entry, beside `taps`) is the bin of the entry's 3D point's camera
+//!   depth, clamped to `0..D` (points nearer than `min` fall in bin 0, beyond `max` in bin D-1);
+//!   0 for invalid entries. It is rebuilt with the taps, only when the calibration changes.
+//! * The encoder gives C + D channels per feature pixel: C context features, then D depth
+//!   logits. The depth weight of a pixel is `dw[k] = D * softmax(logits)[k]` (mean 1 over the
+//!   bins, so a uniform distribution reproduces the plain view transform).
+//! * Output channel `c * Z + level`, cell: `sum_t w[t] * dw[bins[e]](idx[t]) * f_c(idx[t])`:
+//!   a cell behind what the pixel sees gets little of its feature (SkyEye's implicit depth).
+//!   [`lift`] is the CPU reference; `kernels/cuda/bev_pool.cu` (`depth_softmax_f32`,
+//!   `bev_lift_f32`) its GPU twin, in the same two steps.
 
 use nalgebra::Point3;
 use serde::{Deserialize, Serialize};
@@ -42,6 +57,86 @@ pub struct BevGrid {
     pub cell: f32,
     /// Heights (vehicle z, metres) sampled per cell.
     pub z_levels: Vec<f32>,
+    /// Depth bins of a depth-weighted lift (`[grid.depth]` in a manifest); `None`: the plain
+    /// view transform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<DepthBins>,
+}
+
+/// How [`DepthBins`] divide `min..max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DepthSpacing {
+    /// Equal widths in metres.
+    Linear,
+    /// Equal ratios (widths grow with depth, like the pixel footprint of the ground).
+    Log,
+}
+
+/// D bins of camera depth for the depth-weighted lift (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DepthBins {
+    pub min: f32,
+    pub max: f32,
+    pub bins: usize,
+    pub spacing: DepthSpacing,
+}
+
+impl DepthBins {
+    pub fn validate(&self) -> Result<(), CalibError> {
+        if !(self.min > 0.0 && self.min.is_finite() && self.max.is_finite()) {
+            return Err(CalibError::invalid(
+                "depth.min",
+                "must be positive and finite (as must depth.max)",
+            ));
+        }
+        if self.max.partial_cmp(&self.min) != Some(std::cmp::Ordering::Greater) {
+            return Err(CalibError::invalid("depth.max", "must exceed depth.min"));
+        }
+        if !(2..=256).contains(&self.bins) {
+            return Err(CalibError::invalid("depth.bins", "must be in 2..=256"));
+        }
+        Ok(())
+    }
+
+    /// Lower edge of bin `k` (`k = bins` gives `max`).
+    pub fn edge(&self, k: usize) -> f32 {
+        let f = k as f64 / self.bins as f64;
+        let (lo, hi) = (self.min as f64, self.max as f64);
+        (match self.spacing {
+            DepthSpacing::Linear => lo + (hi - lo) * f,
+            DepthSpacing::Log => lo * (hi / lo).powf(f),
+        }) as f32
+    }
+
+    /// The depth bin `k` stands for: the middle of its edges (geometric middle for log bins).
+    pub fn centre(&self, k: usize) -> f32 {
+        let (a, b) = (self.edge(k) as f64, self.edge(k + 1) as f64);
+        (match self.spacing {
+            DepthSpacing::Linear => 0.5 * (a + b),
+            DepthSpacing::Log => (a * b).sqrt(),
+        }) as f32
+    }
+
+    pub fn centres(&self) -> Vec<f32> {
+        (0..self.bins).map(|k| self.centre(k)).collect()
+    }
+
+    /// The bin of camera depth `d`, clamped to `0..bins`.
+    pub fn bin_of(&self, d: f64) -> u32 {
+        let (lo, hi) = (self.min as f64, self.max as f64);
+        let f = match self.spacing {
+            DepthSpacing::Linear => (d - lo) / (hi - lo),
+            DepthSpacing::Log if d > 0.0 => (d / lo).ln() / (hi / lo).ln(),
+            DepthSpacing::Log => 0.0,
+        };
+        let k = (f * self.bins as f64).floor();
+        if k.is_nan() {
+            0
+        } else {
+            k.clamp(0.0, self.bins as f64 - 1.0) as u32
+        }
+    }
 }
 
 impl BevGrid {
@@ -61,6 +156,9 @@ impl BevGrid {
         if self.width() * self.height() > 100_000_000 {
             return Err(CalibError::invalid("cell", "grid too large"));
         }
+        if let Some(d) = &self.depth {
+            d.validate()?;
+        }
         Ok(())
     }
     /// Number of columns (along y).
@@ -73,6 +171,10 @@ impl BevGrid {
     }
     pub fn levels(&self) -> usize {
         self.z_levels.len()
+    }
+    /// Depth bins D of the lift (0: the plain view transform).
+    pub fn depth_bins(&self) -> usize {
+        self.depth.as_ref().map_or(0, |d| d.bins)
     }
     /// Vehicle (x, y) of a cell centre.
     pub fn cell_center(&self, row: usize, col: usize) -> (f64, f64) {
@@ -106,6 +208,10 @@ pub struct SamplingTable {
     pub stride: usize,
     pub taps: Vec<SampleTap>,
     pub flags: Vec<u8>,
+    /// Depth bins D of the lift (0: plain view transform, `bins` empty).
+    pub depth_bins: usize,
+    /// Per entry: the depth bin of its point (grids with `depth` only; module docs).
+    pub bins: Vec<u32>,
 }
 
 impl SamplingTable {
@@ -147,6 +253,8 @@ impl SamplingTable {
             stride,
             taps: Vec::new(),
             flags: Vec::new(),
+            depth_bins: 0,
+            bins: Vec::new(),
         };
         t.rebuild(grid, camera, ext)?;
         Ok(t)
@@ -167,6 +275,8 @@ impl SamplingTable {
         let n = self.grid_w * self.grid_h * self.levels;
         self.taps.resize(n, SampleTap::default());
         self.flags.resize(n, 0);
+        self.depth_bins = grid.depth_bins();
+        self.bins.resize(if self.depth_bins > 0 { n } else { 0 }, 0);
         let iw = (self.feat_w * self.stride) as u32;
         let ih = (self.feat_h * self.stride) as u32;
         let cam = if camera.width() != iw || camera.height() != ih {
@@ -193,14 +303,15 @@ impl SamplingTable {
                     let (_, y) = grid.cell_center(row, col);
                     let pc = base + col_y * y;
                     let e = e0 + col;
+                    if let Some(d) = &grid.depth {
+                        self.bins[e] = d.bin_of(pc.z);
+                    }
                     let Some(p) = cam.project(pc) else {
-                        self.taps[e] = SampleTap::default();
-                        self.flags[e] = FLAG_BEHIND;
+                        self.set_invalid(e, FLAG_BEHIND);
                         continue;
                     };
                     if !cam.in_image(&p) {
-                        self.taps[e] = SampleTap::default();
-                        self.flags[e] = FLAG_OUTSIDE;
+                        self.set_invalid(e, FLAG_OUTSIDE);
                         continue;
                     }
                     let fx = ((p.x + 0.5) / s - 0.5).clamp(0.0, fw - 1.0);
@@ -230,8 +341,21 @@ impl SamplingTable {
         Ok(())
     }
 
+    fn set_invalid(&mut self, e: usize, flag: u8) {
+        self.taps[e] = SampleTap::default();
+        self.flags[e] = flag;
+        if let Some(b) = self.bins.get_mut(e) {
+            *b = 0;
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.taps.len()
+    }
+
+    /// Feature channels the encoder must give for `c` context channels: `c + D`.
+    pub fn encoder_channels(&self, c: usize) -> usize {
+        c + self.depth_bins
     }
 
     /// The taps as raw bytes (32 per entry, native endianness) for a device upload.
@@ -300,13 +424,25 @@ pub fn view_transform_channels(
     ch0: usize,
     out: &mut [f32],
 ) {
+    gather_channels(table, &table.taps, features, ch0, out)
+}
+
+/// The gather behind both transforms: `taps` is the table's own (plain view transform) or
+/// the depth-weighted copy [`depth_weighted_taps`] makes each frame (lift).
+pub fn gather_channels(
+    table: &SamplingTable,
+    taps: &[SampleTap],
+    features: &[f32],
+    ch0: usize,
+    out: &mut [f32],
+) {
     let plane = table.feat_w * table.feat_h;
     let per_level = table.grid_w * table.grid_h;
     let channels = out.len() / (table.levels * per_level).max(1);
     for cb in (0..channels).step_by(VIEW_TRANSFORM_BLOCK) {
         let nb = VIEW_TRANSFORM_BLOCK.min(channels - cb);
         for l in 0..table.levels {
-            let taps = &table.taps[l * per_level..(l + 1) * per_level];
+            let taps = &taps[l * per_level..(l + 1) * per_level];
             for (cell, t) in taps.iter().enumerate() {
                 let idx = t.idx.map(|i| i as usize);
                 for ch in cb..cb + nb {
@@ -319,4 +455,117 @@ pub fn view_transform_channels(
             }
         }
     }
+}
+
+/// Per-frame scratch of the depth-weighted lift, sized once for a table (nothing allocated
+/// per frame): the depth weights (D, feat_h, feat_w) and the weighted taps.
+#[derive(Debug, Clone, Default)]
+pub struct LiftScratch {
+    pub depth_weight: Vec<f32>,
+    pub taps: Vec<SampleTap>,
+}
+
+impl LiftScratch {
+    pub fn new(table: &SamplingTable) -> LiftScratch {
+        LiftScratch {
+            depth_weight: vec![0.0; table.depth_bins * table.feat_w * table.feat_h],
+            taps: vec![SampleTap::default(); table.len()],
+        }
+    }
+
+    /// Resizes to `table` (only a new grid or feature size allocates).
+    pub fn fit(&mut self, table: &SamplingTable) {
+        self.depth_weight
+            .resize(table.depth_bins * table.feat_w * table.feat_h, 0.0);
+        self.taps.resize(table.len(), SampleTap::default());
+    }
+}
+
+/// `D * softmax` over the D depth logits of every pixel: `logits` and `out` are (D, plane).
+/// The GPU twin is `depth_softmax_f32` (same max-shifted exponentials, f32).
+pub fn depth_softmax(logits: &[f32], bins: usize, out: &mut [f32]) {
+    let plane = logits.len() / bins.max(1);
+    let scale = bins as f32;
+    for p in 0..plane {
+        let mut m = f32::NEG_INFINITY;
+        for k in 0..bins {
+            m = m.max(logits[k * plane + p]);
+        }
+        let mut sum = 0.0f32;
+        for k in 0..bins {
+            let e = (logits[k * plane + p] - m).exp();
+            out[k * plane + p] = e;
+            sum += e;
+        }
+        let inv = scale / sum;
+        for k in 0..bins {
+            out[k * plane + p] *= inv;
+        }
+    }
+}
+
+/// The table's taps with every weight multiplied by the depth weight of its entry's bin at
+/// the tap's pixel: `w'[t] = w[t] * dw[bins[e] * plane + idx[t]]`.
+pub fn depth_weighted_taps(table: &SamplingTable, depth_weight: &[f32], out: &mut [SampleTap]) {
+    let plane = table.feat_w * table.feat_h;
+    for ((o, t), &b) in out.iter_mut().zip(&table.taps).zip(&table.bins) {
+        let dw = &depth_weight[b as usize * plane..(b as usize + 1) * plane];
+        *o = SampleTap {
+            idx: t.idx,
+            w: std::array::from_fn(|k| t.w[k] * dw[t.idx[k] as usize]),
+        };
+    }
+}
+
+/// The depth-weighted lift (CPU reference; module docs): `features` is (C + D, feat_h,
+/// feat_w), C context channels then D depth logits; `out` is (C * Z, grid_h, grid_w).
+/// A table without depth bins gives the plain [`view_transform`] of all channels.
+pub fn lift(
+    table: &SamplingTable,
+    features: &[f32],
+    scratch: &mut LiftScratch,
+    out: &mut [f32],
+) -> Result<(), CalibError> {
+    if table.depth_bins == 0 {
+        return view_transform(table, features, out);
+    }
+    let plane = table.feat_w * table.feat_h;
+    let context = lift_context_channels(table, features.len())?;
+    let per_level = table.grid_w * table.grid_h;
+    if out.len() != context * table.levels * per_level {
+        return Err(CalibError::invalid(
+            "out",
+            format!(
+                "length {} != C*Z*H*W = {}",
+                out.len(),
+                context * table.levels * per_level
+            ),
+        ));
+    }
+    scratch.fit(table);
+    lift_weights(table, &features[context * plane..], scratch);
+    gather_channels(table, &scratch.taps, features, 0, out);
+    Ok(())
+}
+
+/// The context channels C of a lift input of `len` floats (C + D planes), or why not.
+pub fn lift_context_channels(table: &SamplingTable, len: usize) -> Result<usize, CalibError> {
+    let plane = table.feat_w * table.feat_h;
+    if plane == 0 || !len.is_multiple_of(plane) || len / plane <= table.depth_bins {
+        return Err(CalibError::invalid(
+            "features",
+            format!(
+                "length {len} is not (C + {} depth bins) planes of {}x{} with C >= 1",
+                table.depth_bins, table.feat_h, table.feat_w
+            ),
+        ));
+    }
+    Ok(len / plane - table.depth_bins)
+}
+
+/// Both per-frame steps before the gather: depth weights from the logits (D planes), then the
+/// weighted taps, into `scratch` (already sized by [`LiftScratch::fit`]).
+pub fn lift_weights(table: &SamplingTable, logits: &[f32], scratch: &mut LiftScratch) {
+    depth_softmax(logits, table.depth_bins, &mut scratch.depth_weight);
+    depth_weighted_taps(table, &scratch.depth_weight, &mut scratch.taps);
 }

@@ -8,7 +8,7 @@
 //! | [`calibration`] | [`Calibration`]: camera + extrinsics bundle in TOML |
 //! | [`chessboard`] | chessboard corner detection and `cornerSubPix`-style refinement |
 //! | [`calibrate`](mod@calibrate) | Zhang init + Levenberg-Marquardt intrinsic calibration |
-//! | [`bev`] | [`BevGrid`], [`SamplingTable`] (layout contract), CPU [`view_transform`] |
+//! | [`bev`] | [`BevGrid`], [`SamplingTable`] (layout contract), CPU [`view_transform`] and depth-weighted [`lift`] ([`DepthBins`]) |
 //! | [`remap`] | undistortion and inverse-perspective-mapping remap tables |
 //! | [`imgproc`] | minimal grayscale image type |
 //! | [`geom`] | homographies and planar pose |
@@ -29,7 +29,7 @@ pub mod pipeline;
 pub mod remap;
 pub mod yaml;
 
-pub use bev::{BevGrid, SampleTap, SamplingTable, view_transform};
+pub use bev::{BevGrid, DepthBins, DepthSpacing, LiftScratch, SampleTap, SamplingTable, lift, view_transform};
 pub use calibrate::{CalibOptions, CalibResult, ModelKind, View, board_points, calibrate};
 pub use calibration::Calibration;
 pub use camera::{CameraModel, Distortion};

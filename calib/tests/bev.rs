@@ -2,7 +2,10 @@
 mod common;
 use bevrt_calib::bev::{FLAG_BEHIND, FLAG_OUTSIDE, FLAG_VALID};
 use bevrt_calib::remap::ipm_map;
-use bevrt_calib::{BevGrid, CameraModel, Extrinsics, SampleTap, SamplingTable, view_transform};
+use bevrt_calib::{
+    BevGrid, CameraModel, DepthBins, DepthSpacing, Extrinsics, LiftScratch, SampleTap, SamplingTable,
+    lift, view_transform,
+};
 use nalgebra::Point3;
 
 fn setup() -> (BevGrid, CameraModel, Extrinsics) {
@@ -13,6 +16,7 @@ fn setup() -> (BevGrid, CameraModel, Extrinsics) {
         y_max: 50.0,
         cell: 0.25,
         z_levels: vec![-0.5, 0.0, 1.0, 2.0],
+        depth: None,
     };
     let cam = common::wide_angle();
     let ext = Extrinsics::from_angles(1.5, 0.0, 1.6, 6.0, 0.5, 2.0);
@@ -144,6 +148,7 @@ fn ipm_maps_ground_points_to_their_pixels() {
         y_max: 10.0,
         cell: 0.1,
         z_levels: vec![0.0],
+        depth: None,
     };
     let m = ipm_map(&grid, 0.0, &cam, &ext);
     assert_eq!((m.width, m.height), (200, 280));
@@ -152,4 +157,154 @@ fn ipm_maps_ground_points_to_their_pixels() {
     let p = cam.project((v2c * Point3::new(x, y, 0.0)).coords).unwrap();
     let q = m.map[100 * 200 + 50];
     assert!((q[0] as f64 - p.x).abs() < 1e-3 && (q[1] as f64 - p.y).abs() < 1e-3);
+}
+
+fn depth_grid() -> (BevGrid, CameraModel, Extrinsics) {
+    let (mut grid, cam, ext) = setup();
+    grid.x_min = 0.0;
+    grid.x_max = 40.0;
+    grid.y_min = -20.0;
+    grid.y_max = 20.0;
+    grid.cell = 0.5;
+    grid.z_levels = vec![0.0, 1.0];
+    grid.depth = Some(DepthBins {
+        min: 2.0,
+        max: 50.0,
+        bins: 16,
+        spacing: DepthSpacing::Log,
+    });
+    (grid, cam, ext)
+}
+
+#[test]
+fn depth_bins_edges_centres_and_lookup() {
+    for spacing in [DepthSpacing::Linear, DepthSpacing::Log] {
+        let d = DepthBins {
+            min: 2.0,
+            max: 50.0,
+            bins: 16,
+            spacing,
+        };
+        d.validate().unwrap();
+        assert!((d.edge(0) - 2.0).abs() < 1e-5 && (d.edge(16) - 50.0).abs() < 1e-4);
+        for k in 0..16 {
+            let (a, b, c) = (d.edge(k), d.edge(k + 1), d.centre(k));
+            assert!(a < c && c < b, "{spacing:?} bin {k}: {a} {c} {b}");
+            assert_eq!(d.bin_of(c as f64), k as u32);
+            assert_eq!(d.bin_of(a as f64 + 1e-4), k as u32);
+        }
+        // out of range clamps, never panics
+        assert_eq!(d.bin_of(0.5), 0);
+        assert_eq!(d.bin_of(-3.0), 0);
+        assert_eq!(d.bin_of(1e9), 15);
+        assert_eq!(d.bin_of(f64::NAN), 0);
+    }
+    let bad = DepthBins {
+        min: 0.0,
+        max: 50.0,
+        bins: 16,
+        spacing: DepthSpacing::Log,
+    };
+    assert!(bad.validate().is_err());
+    let (mut grid, _, _) = depth_grid();
+    grid.depth.as_mut().unwrap().bins = 1;
+    assert!(grid.validate().is_err(), "one bin is no distribution");
+    // [grid.depth] round-trips through TOML, and grids without it stay as they were
+    let (grid, _, _) = depth_grid();
+    let text = toml::to_string(&grid).unwrap();
+    assert!(text.contains("[depth]") && text.contains("spacing = \"log\""));
+    assert_eq!(toml::from_str::<BevGrid>(&text).unwrap(), grid);
+    let (plain, _, _) = setup();
+    assert!(!toml::to_string(&plain).unwrap().contains("depth"));
+}
+
+#[test]
+fn table_bins_are_the_camera_depth_of_each_entry() {
+    let (grid, cam, ext) = depth_grid();
+    let t = SamplingTable::build(&grid, &cam, &ext, 80, 45, 16);
+    assert_eq!(t.depth_bins, 16);
+    assert_eq!(t.bins.len(), t.len());
+    let d = grid.depth.as_ref().unwrap();
+    let v2c = ext.vehicle_to_cam();
+    let (gh, gw) = (t.grid_h, t.grid_w);
+    let mut checked = 0;
+    for l in 0..t.levels {
+        for row in 0..gh {
+            for col in (0..gw).step_by(5) {
+                let e = (l * gh + row) * gw + col;
+                if t.flags[e] != FLAG_VALID {
+                    assert_eq!(t.bins[e], 0);
+                    continue;
+                }
+                let (x, y) = grid.cell_center(row, col);
+                let z = (v2c * Point3::new(x, y, grid.z_levels[l] as f64)).z;
+                assert_eq!(t.bins[e], d.bin_of(z), "entry {e} at depth {z}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 500);
+    // nearer rows (larger row index) never get a farther bin on the centre column
+    let col = gw / 2;
+    let bins: Vec<u32> = (0..gh)
+        .filter(|&r| t.flags[r * gw + col] == FLAG_VALID)
+        .map(|r| t.bins[r * gw + col])
+        .collect();
+    assert!(bins.windows(2).all(|w| w[0] >= w[1]), "{bins:?}");
+    assert!(bins.first() > bins.last());
+    // the plain table has no bins
+    let (plain, _, _) = setup();
+    let p = SamplingTable::build(&plain, &cam, &ext, 80, 45, 16);
+    assert_eq!((p.depth_bins, p.bins.len()), (0, 0));
+}
+
+#[test]
+fn lift_with_uniform_depth_is_the_view_transform_and_a_peak_keeps_its_bin() {
+    let (grid, cam, ext) = depth_grid();
+    let (fw, fh) = (80usize, 45usize);
+    let t = SamplingTable::build(&grid, &cam, &ext, fw, fh, 16);
+    let plane = fw * fh;
+    let (c, d) = (3usize, 16usize);
+    let cells = t.grid_w * t.grid_h;
+    let mut feat: Vec<f32> = (0..(c + d) * plane)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    // equal logits (any constant): the lift equals the plain transform of the context channels
+    feat[c * plane..].fill(0.7);
+    let mut want = vec![0f32; c * t.levels * cells];
+    let mut plain = t.clone();
+    plain.depth_bins = 0;
+    plain.bins.clear();
+    view_transform(&plain, &feat[..c * plane], &mut want).unwrap();
+    let mut scratch = LiftScratch::new(&t);
+    let mut got = vec![0f32; want.len()];
+    lift(&t, &feat, &mut scratch, &mut got).unwrap();
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-5, "uniform depth differs from the view transform by {err}");
+    // every pixel sure of bin 5: only entries of bin 5 keep their feature (times D)
+    for k in 0..d {
+        feat[(c + k) * plane..(c + k + 1) * plane].fill(if k == 5 { 30.0 } else { 0.0 });
+    }
+    lift(&t, &feat, &mut scratch, &mut got).unwrap();
+    let (mut kept, mut dropped) = (0, 0);
+    for (e, &b) in t.bins.iter().enumerate() {
+        if t.flags[e] != FLAG_VALID {
+            continue;
+        }
+        let (l, cell) = (e / cells, e % cells);
+        let (g, w) = (
+            got[l * cells + cell],
+            want[l * cells + cell] * if b == 5 { d as f32 } else { 0.0 },
+        );
+        assert!((g - w).abs() < 1e-3 * (1.0 + w.abs()), "entry {e} bin {b}: {g} vs {w}");
+        if b == 5 { kept += 1 } else { dropped += 1 }
+    }
+    assert!(kept > 100 && dropped > 1000, "kept {kept} dropped {dropped}");
+    // sizes that do not fit are errors naming the problem, not panics
+    assert!(lift(&t, &feat[..d * plane], &mut scratch, &mut got).is_err());
+    assert!(lift(&t, &feat, &mut scratch, &mut got[1..]).is_err());
 }

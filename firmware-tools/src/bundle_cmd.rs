@@ -49,6 +49,10 @@ pub struct InitArgs {
     /// bev: grid as XMIN:XMAX,YMIN:YMAX,CELL,Z1:Z2:... in metres (vehicle frame).
     #[arg(long)]
     pub grid: Option<String>,
+    /// bev: depth bins of a depth-weighted lift as MIN:MAX:COUNT:log|linear (metres of camera
+    /// depth); the encoder then gives C context channels and COUNT depth logits.
+    #[arg(long, requires = "grid")]
+    pub depth_bins: Option<String>,
     /// bev: classes as NAME=RRGGBB, comma separated, in index order.
     #[arg(long)]
     pub classes: Option<String>,
@@ -212,6 +216,7 @@ fn init(a: &InitArgs) -> anyhow::Result<()> {
                 y_max,
                 cell,
                 z_levels,
+                depth: a.depth_bins.as_deref().map(parse_depth_bins).transpose()?,
             })
         }
     };
@@ -347,4 +352,26 @@ fn verify(a: &VerifyArgs) -> anyhow::Result<()> {
         b.manifest.task
     );
     Ok(())
+}
+
+/// `MIN:MAX:COUNT:log|linear` as [`bevrt_calib::DepthBins`], validated.
+fn parse_depth_bins(s: &str) -> anyhow::Result<bevrt_calib::DepthBins> {
+    let bad = || anyhow::anyhow!("--depth-bins '{s}': expected MIN:MAX:COUNT:log|linear");
+    let p: Vec<&str> = s.split(':').collect();
+    let [min, max, count, spacing] = p[..] else {
+        return Err(bad());
+    };
+    let d = bevrt_calib::DepthBins {
+        min: min.parse().map_err(|_| bad())?,
+        max: max.parse().map_err(|_| bad())?,
+        bins: count.parse().map_err(|_| bad())?,
+        spacing: match spacing {
+            "log" => bevrt_calib::DepthSpacing::Log,
+            "linear" => bevrt_calib::DepthSpacing::Linear,
+            _ => return Err(bad()),
+        },
+    };
+    d.validate()
+        .map_err(|e| anyhow::anyhow!("--depth-bins '{s}': {e}"))?;
+    Ok(d)
 }

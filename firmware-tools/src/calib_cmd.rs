@@ -332,6 +332,7 @@ pub fn birdseye(a: &BirdseyeArgs) -> Result<()> {
         y_max: y1 as f32,
         cell: a.cell as f32,
         z_levels: vec![a.z as f32],
+        depth: None,
     };
     grid.validate()?;
     let img = image::open(&a.image)

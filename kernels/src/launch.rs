@@ -321,6 +321,56 @@ impl Gpu {
         unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
     }
 
+    /// The depth-weighted lift's first step on raw device addresses: `dw` (bins, plane) =
+    /// bins * softmax over the `bins` logit planes at `logits` (twin:
+    /// `bevrt_calib::bev::depth_softmax`).
+    pub fn depth_softmax_f32_at(
+        &self,
+        logits: u64,
+        dw: u64,
+        bins: i32,
+        plane: i32,
+    ) -> Result<(), GpuError> {
+        let cfg = elementwise_config(plane.max(0) as usize);
+        let mut b = self.stream.launch_builder(self.f("depth_softmax_f32"));
+        b.arg(&logits).arg(&dw).arg(&bins).arg(&plane);
+        // SAFETY: matches depth_softmax_f32(logits, dw, bins, plane).
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+    }
+
+    /// The depth-weighted lift's gather on raw device addresses: `taps` the table's taps
+    /// (32 bytes per entry), `bins` one u32 bin per entry, `dw` [`Gpu::depth_softmax_f32_at`]'s
+    /// output, `feat` the C context planes (twin: `bevrt_calib::lift`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn bev_lift_f32_at(
+        &self,
+        taps: u64,
+        bins: u64,
+        dw: u64,
+        feat: u64,
+        out: u64,
+        channels: i32,
+        levels: i32,
+        cells: i32,
+        plane: i32,
+    ) -> Result<(), GpuError> {
+        let cfg = bev_pool_config(channels, levels, cells);
+        let mut b = self.stream.launch_builder(self.f("bev_lift_f32"));
+        b.arg(&taps)
+            .arg(&bins)
+            .arg(&dw)
+            .arg(&feat)
+            .arg(&out)
+            .arg(&channels)
+            .arg(&levels)
+            .arg(&cells)
+            .arg(&plane);
+        // SAFETY: matches bev_lift_f32(taps, bin_of, dw, feat, out, channels, levels, cells,
+        // plane); the caller's buffers hold entries = levels * cells taps and bins, `channels`
+        // feature planes and the output.
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+    }
+
     /// [`Gpu::bev_argmax`] on raw device addresses.
     pub fn bev_argmax_at(
         &self,

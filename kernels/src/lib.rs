@@ -4,7 +4,7 @@
 //! | kernel (cuda/) | entry points | CPU reference |
 //! |---|---|---|
 //! | `preprocess.cu` | `preprocess_f32`, `preprocess_f16`, `preprocess_i8` | `bevrt_runtime::preprocess::PreprocessPlan::{run, run_f16, run_i8}` (bit-exact) |
-//! | `bev_pool.cu` | `bev_pool_f32`, `bev_pool_f16` | `bevrt_calib::view_transform` |
+//! | `bev_pool.cu` | `bev_pool_f32`, `bev_pool_f16`; depth-weighted lift: `depth_softmax_f32`, `bev_lift_f32` | `bevrt_calib::view_transform`; `bevrt_calib::bev::{depth_softmax, depth_weighted_taps, gather_channels}` (= `bevrt_calib::lift`) |
 //! | `postprocess.cu` | `bev_argmax`, `colourise` | `bevrt_runtime::postprocess::{bev_argmax, colourise}` |
 //! | `conv.cu` | `conv_i8_imma`, `conv_i8_dp4a`, `conv_f16_mma`, `conv_direct_i8`, `conv_direct_f16`, `conv_direct_f32` | [`reference::conv`] (INT8 and direct bit-exact, tensor-core FP16 to 1e-3) |
 //! | `ops.cu` | activations and binary ops (f16, f32), pool, resize, softmax, argmax, Q/DQ, casts, concat slices | [`reference`] (same file order) |

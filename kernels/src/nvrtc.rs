@@ -29,7 +29,12 @@ pub const KERNELS: &[KernelSource] = &[
     KernelSource {
         file: "bev_pool.cu",
         source: include_str!("../cuda/bev_pool.cu"),
-        entries: &["bev_pool_f32", "bev_pool_f16"],
+        entries: &[
+            "bev_pool_f32",
+            "bev_pool_f16",
+            "depth_softmax_f32",
+            "bev_lift_f32",
+        ],
     },
     KernelSource {
         file: "postprocess.cu",

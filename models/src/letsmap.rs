@@ -2,16 +2,20 @@
 //! bevrt-tool), the ONNX exporter and the bundle writer all read these layer lists.
 //!
 //! ```text
-//! image (1,3,128,384) ─▶ encoder (5 conv, stride 8) ─▶ features (1,C,16,48)
-//!   ─▶ view transform (bevrt-calib SamplingTable, no weights) ─▶ (1,C*Z,80,80)
+//! image (1,3,128,384) ─▶ encoder (5 conv, stride 8) ─▶ (1,C,16,48)
+//!   ─▶ lift conv (3x3, linear) ─▶ C context features + D depth logits (1,C+D,16,48)
+//!   ─▶ depth-weighted lift (bevrt-calib SamplingTable with depth bins, no weights) ─▶ (1,C*Z,80,80)
 //!   ─▶ head (4 conv) ─▶ logits (1,8,80,80)
 //! ```
-//! The view transform sits between the two ONNX files so that a new calibration only
-//! rebuilds the table (SkyEye-style voxel pull, bilinear taps, Z height levels).
+//! The lift sits between the two ONNX files so that a new calibration only rebuilds the
+//! table (SkyEye-style voxel pull, bilinear taps, Z height levels, each tap weighted by the
+//! pixel's depth distribution at the cell's depth bin: `bevrt_calib::bev` module docs).
+//! `encoder.onnx` holds the encoder and the lift conv ([`LetsMapLite::deployed_encoder`]).
+//! [`LetsMapLite::plain`] is the earlier form without depth (bundles made before it still run).
 //!
 //! Weights are named `<layer>.weight` (shape cout, cin, k, k) and `<layer>.bias` (cout).
 
-use bevrt_calib::BevGrid;
+use bevrt_calib::{BevGrid, DepthBins, DepthSpacing};
 
 /// One convolution layer: square kernel, symmetric "same" padding, optional ReLU.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,14 +83,40 @@ pub struct LetsMapLite {
     pub input_h: usize,
     pub grid: BevGrid,
     pub encoder: Vec<ConvLayer>,
+    /// The depth head with the context projection: C -> C + D (D = the grid's depth bins),
+    /// linear; empty for a grid without depth bins (the plain view transform).
+    pub lift: Vec<ConvLayer>,
     pub head: Vec<ConvLayer>,
     /// Pretraining only (never exported): reconstructs the 8x8x3 pixels of each masked
     /// stride-8 patch of frame t from the features of frames t and t-k.
     pub mae_decoder: Vec<ConvLayer>,
 }
 
+/// The depth bins of the default grid: 32 log-spaced bins of camera depth from 3 m (the
+/// nearest ground the default camera sees is 3.7 m ahead) to 48 m (past the grid's deepest
+/// point, about 40 m along the optical axis): each bin 9 % wider than the one before, 0.27 m
+/// at 3 m, 4 m at 44 m.
+pub fn default_depth_bins() -> DepthBins {
+    DepthBins {
+        min: 3.0,
+        max: 48.0,
+        bins: 32,
+        spacing: DepthSpacing::Log,
+    }
+}
+
 impl Default for LetsMapLite {
     fn default() -> Self {
+        let mut a = Self::plain();
+        a.grid.depth = Some(default_depth_bins());
+        Self::new(a.input_w, a.input_h, a.grid)
+    }
+}
+
+impl LetsMapLite {
+    /// The architecture before the depth-weighted lift: same encoder and head, no lift conv,
+    /// the plain view transform.
+    pub fn plain() -> Self {
         Self::new(
             384,
             128,
@@ -97,12 +127,11 @@ impl Default for LetsMapLite {
                 y_max: 20.0,
                 cell: 0.5,
                 z_levels: vec![0.0, 1.0],
+                depth: None,
             },
         )
     }
-}
 
-impl LetsMapLite {
     pub fn new(input_w: usize, input_h: usize, grid: BevGrid) -> Self {
         let c = FEATURE_CHANNELS;
         let z = grid.z_levels.len();
@@ -116,6 +145,10 @@ impl LetsMapLite {
                 conv("enc4", 32, 48, 3, 2, true),
                 conv("enc5", 48, c, 3, 1, true),
             ],
+            lift: match grid.depth_bins() {
+                0 => vec![],
+                d => vec![conv("lift", c, c + d, 3, 1, false)],
+            },
             head: vec![
                 conv("head1", c * z, 32, 1, 1, true),
                 conv("head2", 32, 32, 3, 1, true),
@@ -128,6 +161,16 @@ impl LetsMapLite {
             ],
             grid,
         }
+    }
+
+    /// What `encoder.onnx` holds: the encoder, then the lift conv when there is one.
+    pub fn deployed_encoder(&self) -> Vec<ConvLayer> {
+        self.encoder.iter().chain(&self.lift).cloned().collect()
+    }
+
+    /// Channels of `encoder.onnx`'s output: C, or C + D with depth bins.
+    pub fn encoder_out_channels(&self) -> usize {
+        FEATURE_CHANNELS + self.grid.depth_bins()
     }
 
     /// Feature map size (h, w) the encoder gives.
@@ -155,6 +198,7 @@ impl LetsMapLite {
     pub fn all_layers(&self) -> impl Iterator<Item = &ConvLayer> {
         self.encoder
             .iter()
+            .chain(&self.lift)
             .chain(&self.head)
             .chain(&self.mae_decoder)
     }
@@ -163,6 +207,7 @@ impl LetsMapLite {
     pub fn deployed_params(&self) -> usize {
         self.encoder
             .iter()
+            .chain(&self.lift)
             .chain(&self.head)
             .map(|l| l.cout * l.cin * l.k * l.k + l.cout)
             .sum()
@@ -184,5 +229,11 @@ mod tests {
         }
         assert_eq!(a.head[0].cin, FEATURE_CHANNELS * a.grid.z_levels.len());
         assert!(a.deployed_params() < 200_000);
+        let enc = a.deployed_encoder();
+        assert_eq!(enc.last().unwrap().cout, a.encoder_out_channels());
+        assert_eq!(a.encoder_out_channels(), FEATURE_CHANNELS + 32);
+        let p = LetsMapLite::plain();
+        assert!(p.lift.is_empty() && p.grid.depth.is_none());
+        assert_eq!(p.encoder_out_channels(), FEATURE_CHANNELS);
     }
 }

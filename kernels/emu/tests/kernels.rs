@@ -1150,6 +1150,7 @@ fn bev_pool_equals_the_view_transform() {
         y_max: 10.0,
         cell: 0.5,
         z_levels: vec![0.0, 1.0, 1.5],
+        depth: None,
     };
     let (fw, fh, ch) = (24usize, 8usize, 5usize);
     let table = SamplingTable::try_build(&grid, &cam, &ext, fw, fh, 8).unwrap();
@@ -1184,6 +1185,69 @@ fn bev_pool_equals_the_view_transform() {
         .arg((fw * fh) as i32);
     run("bev_pool_f16", &cfg, &mut a);
     assert!(rel_err(&got, &want16) <= 1e-6, "bev_pool_f16");
+}
+
+#[test]
+fn depth_lift_equals_the_cpu_lift() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
+    use bevrt_calib::bev::depth_softmax;
+    use bevrt_calib::{
+        BevGrid, CameraModel, DepthBins, DepthSpacing, Extrinsics, LiftScratch, SamplingTable, lift,
+    };
+    let cam =
+        CameraModel::pinhole(192, 64, 80.0, 80.0, 96.0, 32.0, [-0.05, 0.0, 0.0, 0.0, 0.0]).unwrap();
+    let ext = Extrinsics::from_height_pitch_roll_yaw(1.5, 4.0, 0.0, 0.0);
+    let grid = BevGrid {
+        x_min: 0.0,
+        x_max: 20.0,
+        y_min: -10.0,
+        y_max: 10.0,
+        cell: 0.5,
+        z_levels: vec![0.0, 1.0],
+        depth: Some(DepthBins {
+            min: 2.0,
+            max: 25.0,
+            bins: 12,
+            spacing: DepthSpacing::Log,
+        }),
+    };
+    let (fw, fh, ch, d) = (24usize, 8usize, 5usize, 12usize);
+    let plane = fw * fh;
+    let table = SamplingTable::try_build(&grid, &cam, &ext, fw, fh, 8).unwrap();
+    let cells = table.grid_w * table.grid_h;
+    // context features, then depth logits with a spread of several units (peaked pixels)
+    let feat = floats((ch + d) * plane, 51, -4.0, 4.0);
+    let mut scratch = LiftScratch::new(&table);
+    let mut want = vec![0f32; ch * table.levels * cells];
+    lift(&table, &feat, &mut scratch, &mut want).unwrap();
+    // step 1: depth weights
+    let mut want_dw = vec![0f32; d * plane];
+    depth_softmax(&feat[ch * plane..], d, &mut want_dw);
+    let mut dw = vec![0f32; d * plane];
+    let mut a = Args::new();
+    a.ptr(feat[ch * plane..].as_ptr())
+        .ptr(dw.as_mut_ptr())
+        .arg(d as i32)
+        .arg(plane as i32);
+    run("depth_softmax_f32", &elementwise_config(plane), &mut a);
+    assert!(rel_err(&dw, &want_dw) <= 1e-6, "depth_softmax_f32");
+    // step 2: the weighted gather, from the kernel's own depth weights
+    let mut got = vec![0f32; want.len()];
+    let mut a = Args::new();
+    a.ptr(table.taps_as_bytes().as_ptr())
+        .ptr(table.bins.as_ptr())
+        .ptr(dw.as_ptr())
+        .ptr(feat.as_ptr())
+        .ptr(got.as_mut_ptr())
+        .arg(ch as i32)
+        .arg(table.levels as i32)
+        .arg(cells as i32)
+        .arg(plane as i32);
+    let cfg = bev_pool_config(ch as i32, table.levels as i32, cells as i32);
+    run("bev_lift_f32", &cfg, &mut a);
+    assert!(rel_err(&got, &want) <= 1e-5, "bev_lift_f32");
 }
 
 #[test]

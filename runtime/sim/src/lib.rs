@@ -99,6 +99,7 @@ impl Default for SimConfig {
                 y_max: 20.0,
                 cell: 0.25,
                 z_levels: vec![0.0, 1.0],
+                depth: None,
             },
             world: WorldConfig::default(),
             noise_sigma: 2.0,

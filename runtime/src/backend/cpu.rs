@@ -518,6 +518,8 @@ pub struct BevStage {
     geometry: super::CameraGeometry,
     features: Vec<OutputTensor>,
     bev_features: Vec<f32>,
+    /// The depth-weighted lift's per-frame weights and taps (empty without depth bins).
+    lift: bevrt_calib::LiftScratch,
     head: CpuNetwork,
     /// Total ns and calls of encoder, view transform and head.
     timing: [(u64, u64); 3],
@@ -561,6 +563,7 @@ impl BevStage {
             } else {
                 vec![0.0; c * z * gh * gw]
             },
+            lift: bevrt_calib::LiftScratch::new(&table),
             grid,
             classes: m.classes.clone(),
             geometry: super::CameraGeometry::new(table),
@@ -572,6 +575,42 @@ impl BevStage {
     pub fn table(&self) -> &bevrt_calib::SamplingTable {
         &self.geometry.table
     }
+}
+
+/// The view transform (plain or depth-weighted, as the table says) from the encoder's output
+/// `f` into the head's input `bev`, the channels split over the plan engine's threads. The
+/// lift's per-frame weights are one pass over the table; the gather is the plain transform's.
+fn lift_to_bev(
+    t: &bevrt_calib::SamplingTable,
+    f: &[f32],
+    lift: &mut bevrt_calib::LiftScratch,
+    pool: Option<&bevrt_kernels::cpu::pool::WorkerPool>,
+    bev: &mut [f32],
+) -> anyhow::Result<()> {
+    use bevrt_calib::bev;
+    let plane = t.feat_w * t.feat_h;
+    let context = bev::lift_context_channels(t, f.len())?;
+    if context * t.levels * t.grid_w * t.grid_h != bev.len() {
+        anyhow::bail!("encoder output does not match the sampling table and the head");
+    }
+    let taps = if t.depth_bins > 0 {
+        lift.fit(t);
+        bev::lift_weights(t, &f[context * plane..], lift);
+        &lift.taps
+    } else {
+        &t.taps
+    };
+    match pool {
+        Some(pool) if pool.threads() > 1 => {
+            let per_channel = t.levels * t.grid_w * t.grid_h;
+            let block = bev::VIEW_TRANSFORM_BLOCK;
+            pool.for_each_chunk_mut(bev, per_channel * block, &|i, out| {
+                bev::gather_channels(t, taps, f, i * block, out)
+            });
+        }
+        _ => bev::gather_channels(t, taps, f, 0, bev),
+    }
+    Ok(())
 }
 
 impl CpuBackend {
@@ -786,20 +825,7 @@ impl Backend for CpuBackend {
                     None => &mut b.bev_features,
                 };
                 let (t, f) = (&b.geometry.table, &b.features[0].data);
-                match self.net.worker_pool() {
-                    // split the channels over the engine's threads
-                    Some(pool) if pool.threads() > 1 => {
-                        if f.len() % (t.feat_w * t.feat_h).max(1) != 0 {
-                            anyhow::bail!("encoder output does not match the sampling table");
-                        }
-                        let per_channel = t.levels * t.grid_w * t.grid_h;
-                        let block = bevrt_calib::bev::VIEW_TRANSFORM_BLOCK;
-                        pool.for_each_chunk_mut(bev, per_channel * block, &|i, out| {
-                            bevrt_calib::bev::view_transform_channels(t, f, i * block, out)
-                        });
-                    }
-                    _ => bevrt_calib::view_transform(t, f, bev)?,
-                }
+                lift_to_bev(t, f, &mut b.lift, self.net.worker_pool(), bev)?;
                 let t2 = std::time::Instant::now();
                 b.head.run_staged(&b.bev_features, &mut self.outputs)?;
                 let t3 = std::time::Instant::now();

@@ -106,11 +106,20 @@ struct CudaBev {
     classes: Vec<bevrt_models::ClassSpec>,
     geometry: super::CameraGeometry,
     taps: CudaSlice<u8>,
+    /// The depth-weighted lift (grids with depth bins): the table's bin per entry and the
+    /// per-frame depth weights (bins x plane), both allocated at load.
+    lift: Option<CudaLift>,
     head: PlanRunner,
     /// (channels, levels, cells, feature plane) of the view transform.
     dims: (i32, i32, i32, i32),
     class_dev: CudaSlice<u8>,
     class_host: PinnedHostSlice<u8>,
+}
+
+struct CudaLift {
+    bins: CudaSlice<u32>,
+    depth_weight: CudaSlice<f32>,
+    depth_bins: i32,
 }
 
 /// A `features` bundle's AFV tail on the device: the Fisher op (fisher.cu) on the
@@ -247,6 +256,17 @@ impl CudaBackend {
             );
             let st = &gpu.stream;
             let taps = st.clone_htod(table.taps_as_bytes()).map_err(gpu_err)?;
+            let lift = if table.depth_bins > 0 {
+                Some(CudaLift {
+                    bins: st.clone_htod(&table.bins).map_err(gpu_err)?,
+                    depth_weight: st
+                        .alloc_zeros::<f32>(table.depth_bins * fh * fw)
+                        .map_err(gpu_err)?,
+                    depth_bins: table.depth_bins as i32,
+                })
+            } else {
+                None
+            };
             let cells = gh * gw;
             let class_dev = st.alloc_zeros::<u8>(cells).map_err(gpu_err)?;
             // SAFETY: pinned host memory, written by the device before it is read.
@@ -258,6 +278,7 @@ impl CudaBackend {
                 classes: m.classes.clone(),
                 geometry: super::CameraGeometry::new(table),
                 taps,
+                lift,
                 head,
                 class_dev,
                 class_host,
@@ -390,7 +411,17 @@ impl CudaBackend {
             let head_in = b.head.tensor_addr(b.head.plan.inputs[0]);
             let (taps, _t) = b.taps.device_ptr(&gpu.stream);
             let (c, z, cells, plane) = b.dims;
-            gpu.bev_pool_f32_at(taps, feat, head_in, c, z, cells, plane)?;
+            match &b.lift {
+                None => gpu.bev_pool_f32_at(taps, feat, head_in, c, z, cells, plane)?,
+                Some(l) => {
+                    let (bins, _b) = l.bins.device_ptr(&gpu.stream);
+                    let (dw, _d) = l.depth_weight.device_ptr(&gpu.stream);
+                    // the D logit planes follow the C context planes
+                    let logits = feat + (c as u64) * (plane as u64) * 4;
+                    gpu.depth_softmax_f32_at(logits, dw, l.depth_bins, plane)?;
+                    gpu.bev_lift_f32_at(taps, bins, dw, feat, head_in, c, z, cells, plane)?;
+                }
+            }
             b.head.launch_all(gpu)?;
             let logits = b.head.tensor_addr(b.head.plan.outputs[0]);
             let (cls, _c) = b.class_dev.device_ptr(&gpu.stream);
@@ -587,6 +618,12 @@ impl Backend for CudaBackend {
             .stream
             .memcpy_htod(b.geometry.table.taps_as_bytes(), &mut b.taps)
             .map_err(gpu_err)?;
+        if let Some(l) = &mut b.lift {
+            self.gpu
+                .stream
+                .memcpy_htod(&b.geometry.table.bins, &mut l.bins)
+                .map_err(gpu_err)?;
+        }
         self.gpu.synchronize().map_err(gpu_err)?;
         Ok(format!(
             "{}: sampling table rebuilt and uploaded in {:.1} ms ({:.0} % valid)",

@@ -80,9 +80,10 @@ pub trait Backend: Send {
     }
 }
 
-/// A `bev` bundle's camera geometry for an encoder output of shape `fshape` (1, C, H, W):
-/// the grid, the sampling table from the bundle's calibration, and C. Shared by the
-/// backends so both refuse the same bundles with the same words.
+/// A `bev` bundle's camera geometry for an encoder output of shape `fshape` (1, C + D, H, W):
+/// the grid, the sampling table from the bundle's calibration (with the grid's D depth bins,
+/// 0 for the plain view transform), and the C context channels the lift passes on. Shared by
+/// the backends so both refuse the same bundles with the same words.
 pub struct BevGeometry {
     pub grid: bevrt_calib::BevGrid,
     pub table: bevrt_calib::SamplingTable,
@@ -99,12 +100,21 @@ impl BevGeometry {
             .context("bev bundle without [calibration]")?;
         let cal_path = bundle.dir.join(&cal_file.file);
         let cal = bevrt_calib::Calibration::load(&cal_path)?;
-        let [1, c, fh, fw] = fshape[..] else {
+        let [1, c_out, fh, fw] = fshape[..] else {
             anyhow::bail!(
                 "{}: encoder output {fshape:?} is not (1, C, H, W)",
                 bundle.dir.display()
             );
         };
+        let bins = grid.depth_bins();
+        if c_out <= bins {
+            anyhow::bail!(
+                "{}: encoder output has {c_out} channels; [grid.depth] needs {bins} depth logits \
+                 after at least one context channel",
+                bundle.dir.display()
+            );
+        }
+        let c = c_out - bins;
         let stride = m.input.height as usize / fh;
         if stride == 0
             || fh * stride != m.input.height as usize
@@ -127,7 +137,7 @@ impl BevGeometry {
         )
         .with_context(|| format!("{}: sampling table", cal_path.display()))?;
         log::info!(
-            "bev: grid {}x{} x {} levels at {} m, features {c}x{fh}x{fw} (stride {stride}), {:.0} % of table entries valid",
+            "bev: grid {}x{} x {} levels at {} m, features {c}x{fh}x{fw} (stride {stride}), {bins} depth bins, {:.0} % of table entries valid",
             grid.height(),
             grid.width(),
             grid.levels(),

@@ -288,6 +288,7 @@ mod tests {
             y_max: 20.0,
             cell: 0.5,
             z_levels: vec![0.0],
+            depth: None,
         };
         let p = grid_placement(&g);
         let rot = UnitQuaternion::from_quaternion(Quaternion::new(

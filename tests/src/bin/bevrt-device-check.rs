@@ -218,6 +218,7 @@ fn run(gpu: &Gpu, models: &[String], rec: &mut Recorder) {
             y_max: 25.0,
             cell: 0.25,
             z_levels: vec![0.0, 0.5, 1.0, 1.5],
+            depth: None,
         };
         let (fw, fh, ch) = (96usize, 32usize, 64usize);
         let table = SamplingTable::try_build(&grid, &cam, &ext, fw, fh, 8)?;

@@ -117,10 +117,13 @@ fn fnv(s: &str) -> u64 {
     })
 }
 
-/// The sampling table as candle tensors: 4 tap index vectors and 4 weight vectors.
+/// The sampling table as candle tensors: 4 tap index vectors and 4 weight vectors, and for
+/// a depth-weighted lift the 4 indices of each tap's depth weight (`bin * plane + idx`).
 pub struct TableTensors {
     idx: [Tensor; 4],
     w: [Tensor; 4],
+    depth_idx: Option<[Tensor; 4]>,
+    depth_bins: usize,
     levels: usize,
     grid_h: usize,
     grid_w: usize,
@@ -129,6 +132,7 @@ pub struct TableTensors {
 impl TableTensors {
     pub fn new(t: &SamplingTable) -> Result<TableTensors> {
         let n = t.len();
+        let plane = (t.feat_w * t.feat_h) as u32;
         let mk_idx = |k: usize| -> Result<Tensor> {
             let v: Vec<u32> = t.taps.iter().map(|e| e.idx[k]).collect();
             Ok(Tensor::from_vec(v, n, &Device::Cpu)?)
@@ -137,25 +141,51 @@ impl TableTensors {
             let v: Vec<f32> = t.taps.iter().map(|e| e.w[k]).collect();
             Ok(Tensor::from_vec(v, (1, 1, n), &Device::Cpu)?)
         };
+        let mk_didx = |k: usize| -> Result<Tensor> {
+            let v: Vec<u32> = t
+                .taps
+                .iter()
+                .zip(&t.bins)
+                .map(|(e, &b)| b * plane + e.idx[k])
+                .collect();
+            Ok(Tensor::from_vec(v, n, &Device::Cpu)?)
+        };
+        let depth_idx = if t.depth_bins > 0 {
+            Some([mk_didx(0)?, mk_didx(1)?, mk_didx(2)?, mk_didx(3)?])
+        } else {
+            None
+        };
         Ok(TableTensors {
             idx: [mk_idx(0)?, mk_idx(1)?, mk_idx(2)?, mk_idx(3)?],
             w: [mk_w(0)?, mk_w(1)?, mk_w(2)?, mk_w(3)?],
+            depth_idx,
+            depth_bins: t.depth_bins,
             levels: t.levels,
             grid_h: t.grid_h,
             grid_w: t.grid_w,
         })
     }
 
-    /// Differentiable view transform, the same arithmetic as `bevrt_calib::view_transform`:
-    /// (B, C, H, W) features to (B, C*Z, grid_h, grid_w), channel `c*Z + level`.
+    /// Differentiable view transform, the same arithmetic as `bevrt_calib::lift`: (B, C + D,
+    /// H, W) encoder output (D = 0 without depth bins) to (B, C*Z, grid_h, grid_w), channel
+    /// `c*Z + level`. Gradients reach the context features and, through the depth weights,
+    /// the depth logits.
     pub fn apply(&self, feat: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = feat.dims4()?;
-        let flat = feat.reshape((b, c, h * w))?;
+        let (b, ct, h, w) = feat.dims4()?;
+        let c = ct - self.depth_bins;
+        let flat = feat.narrow(1, 0, c)?.reshape((b, c, h * w))?;
+        let depth_weight = match &self.depth_idx {
+            Some(_) => Some(self.depth_weight(feat)?.reshape((b, self.depth_bins * h * w))?),
+            None => None,
+        };
         let mut acc: Option<Tensor> = None;
         for k in 0..4 {
-            let g = flat
-                .index_select(&self.idx[k], 2)?
-                .broadcast_mul(&self.w[k])?;
+            let mut wk = self.w[k].clone();
+            if let (Some(dw), Some(di)) = (&depth_weight, &self.depth_idx) {
+                // (1,1,N) tap weight times (B,1,N) depth weight of the entry's bin at the tap
+                wk = wk.broadcast_mul(&dw.index_select(&di[k], 1)?.unsqueeze(1)?)?;
+            }
+            let g = flat.index_select(&self.idx[k], 2)?.broadcast_mul(&wk)?;
             acc = Some(match acc {
                 None => g,
                 Some(a) => (a + g)?,
@@ -164,6 +194,19 @@ impl TableTensors {
         let out = acc.expect("4 taps");
         Ok(out.reshape((b, c * self.levels, self.grid_h, self.grid_w))?)
     }
+
+    /// Depth weights `D * softmax` (B, D, H, W) of an encoder output's last D channels.
+    pub fn depth_weight(&self, feat: &Tensor) -> Result<Tensor> {
+        Ok((depth_probabilities(feat, self.depth_bins)? * self.depth_bins as f64)?)
+    }
+}
+
+/// Softmax over the last `bins` channels of an encoder output (B, C + D, H, W): the depth
+/// distribution per feature pixel (B, D, H, W).
+pub fn depth_probabilities(feat: &Tensor, bins: usize) -> Result<Tensor> {
+    let ct = feat.dim(1)?;
+    let logits = feat.narrow(1, ct - bins, bins)?;
+    Ok(candle_nn::ops::softmax(&logits, 1)?)
 }
 
 /// Class-weighted cross-entropy over cells; `cell_w` (B,1,H,W) is 0 for ignored cells

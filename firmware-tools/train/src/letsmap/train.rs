@@ -232,7 +232,8 @@ pub struct FinetuneArgs {
     /// Fraction of the labelled frames used (evenly spaced through the data).
     #[arg(long, default_value_t = 0.01)]
     pub label_fraction: f64,
-    /// With a pretrained encoder: also train its last N conv layers (0 = frozen encoder).
+    /// With a pretrained encoder: also train its last N conv layers, the lift conv counting
+    /// as the last (0 = frozen encoder; a lift conv the checkpoint lacks is always trained).
     #[arg(long, default_value_t = 0)]
     pub unfreeze_last: usize,
     /// Optimizer steps (the same budget whatever the label fraction).
@@ -334,12 +335,33 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
     let ds = load_data(&a.data, a.frames)?;
     ds.check_for(&arch, true)?;
     let params = Params::init(&arch, a.seed)?;
+    // Whether the lift conv comes trained (a geometry-pretrained checkpoint or a bundle).
+    let mut lift_pretrained = a.bundle.is_some();
     let init = if let Some(p) = &a.encoder {
         let map = optim::load_checkpoint(p)?;
         params
             .load_from(&map, "param.", Some(&arch.encoder))
             .with_context(|| format!("{}: encoder weights", p.display()))?;
-        format!("pretrained encoder ({})", p.display())
+        // A geometry-pretrained checkpoint also holds the lift conv (its depth logits).
+        let with_lift = arch
+            .lift
+            .iter()
+            .all(|l| map.contains_key(&format!("param.{}.weight", l.name)));
+        if with_lift && !arch.lift.is_empty() {
+            lift_pretrained = true;
+            params
+                .load_from(&map, "param.", Some(&arch.lift))
+                .with_context(|| format!("{}: lift weights", p.display()))?;
+        }
+        format!(
+            "pretrained encoder{} ({})",
+            if with_lift && !arch.lift.is_empty() {
+                " and depth head"
+            } else {
+                ""
+            },
+            p.display()
+        )
     } else if let Some(b) = &a.bundle {
         let bundle = bevrt_models::Bundle::load(b)?;
         load_bundle_weights(&bundle, &params)?;
@@ -348,18 +370,22 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         "scratch".to_string()
     };
     let from_scratch = a.encoder.is_none() && a.bundle.is_none();
-    let n_enc = arch.encoder.len();
+    // What encoder.onnx holds: the encoder and the lift conv (context + depth logits).
+    let encoder = arch.deployed_encoder();
+    let n_enc = encoder.len();
     let unfrozen = if from_scratch {
         n_enc
     } else {
-        a.unfreeze_last.min(n_enc)
+        // a lift conv that was not pretrained is always trained
+        let fresh_lift = if lift_pretrained { 0 } else { arch.lift.len() };
+        a.unfreeze_last.max(fresh_lift).min(n_enc)
     };
-    let trained: Vec<_> = arch.encoder[n_enc - unfrozen..]
+    let trained: Vec<_> = encoder[n_enc - unfrozen..]
         .iter()
         .chain(&arch.head)
         .cloned()
         .collect();
-    let frozen = &arch.encoder[..n_enc - unfrozen];
+    let frozen = &encoder[..n_enc - unfrozen];
     let mut opt = Adam::new(params.of_layers(&trained)?, a.lr)?;
 
     let subset = label_subset(&ds.labelled(), a.label_fraction);
@@ -382,7 +408,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         let mut v = vec![];
         for &i in &subset {
             let x = batcher.images(&ds, &[i])?;
-            v.push(tt.apply(&params.chain(&x, &arch.encoder)?)?.detach());
+            v.push(tt.apply(&params.chain(&x, &encoder)?)?.detach());
         }
         Some(v)
     } else {
@@ -425,7 +451,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
             None => {
                 let x = batcher.images(&ds, &frames)?;
                 let f = params.chain(&x, frozen)?.detach();
-                tt.apply(&params.chain(&f, &arch.encoder[n_enc - unfrozen..])?)?
+                tt.apply(&params.chain(&f, &encoder[n_enc - unfrozen..])?)?
             }
         };
         let logits = params.chain(&bev, &arch.head)?;
@@ -572,7 +598,7 @@ pub fn write_letsmap_bundle(
         "image",
         "features",
         [1, 3, arch.input_h, arch.input_w],
-        &arch.encoder,
+        &arch.deployed_encoder(),
         &weights,
         &doc,
     )?;
