@@ -258,6 +258,54 @@ fn run(gpu: &Gpu, models: &[String], rec: &mut Recorder) {
         let bev_ms = t.elapsed().as_secs_f64() * 1e3 / 200.0;
         checks.push(json!({"timing": "bev_pool_200x200x4_c64", "ms": bev_ms, "pass": true}));
 
+        // ---- the depth-weighted lift (depth_softmax_f32 + bev_lift_f32) against bevrt_calib::lift
+        let bins = 32usize;
+        let dgrid = BevGrid {
+            depth: Some(bevrt_calib::DepthBins {
+                min: 3.0,
+                max: 60.0,
+                bins,
+                spacing: bevrt_calib::DepthSpacing::Log,
+            }),
+            ..grid.clone()
+        };
+        let dtable = SamplingTable::try_build(&dgrid, &cam, &ext, fw, fh, 8)?;
+        let plane = fw * fh;
+        let mut dfeat_host = feat.clone();
+        dfeat_host.extend(bytes(bins * plane, 12).iter().map(|b| *b as f32 / 32.0 - 4.0));
+        let mut scratch = bevrt_calib::LiftScratch::new(&dtable);
+        let mut dwant = vec![0f32; ch * dtable.levels * cells];
+        bevrt_calib::lift(&dtable, &dfeat_host, &mut scratch, &mut dwant)?;
+        let dtaps = st.clone_htod(dtable.taps_as_bytes())?;
+        let dbins = st.clone_htod(&dtable.bins)?;
+        let dlfeat = st.clone_htod(&dfeat_host)?;
+        let dw = st.alloc_zeros::<f32>(bins * plane)?;
+        let mut dlout = st.alloc_zeros::<f32>(dwant.len())?;
+        let lift_launch = |dlout: &mut cudarc::driver::CudaSlice<f32>| {
+            use cudarc::driver::DevicePtr;
+            let (f, _f) = dlfeat.device_ptr(&st);
+            let (w, _w) = dw.device_ptr(&st);
+            let (t, _t) = dtaps.device_ptr(&st);
+            let (b, _b) = dbins.device_ptr(&st);
+            let (o, _o) = dlout.device_ptr(&st);
+            gpu.depth_softmax_f32_at(f + (ch * plane * 4) as u64, w, bins as i32, plane as i32)?;
+            gpu.bev_lift_f32_at(t, b, w, f, o, ch as i32, dtable.levels as i32, cells as i32, plane as i32)
+        };
+        lift_launch(&mut dlout)?;
+        let got = st.clone_dtoh(&dlout)?;
+        let err = max_rel(&got, &dwant);
+        checks.push(json!({"kernel": "bev_lift_f32", "case": format!("{}x{}x{} levels, C={ch}, D={bins}", dtable.grid_h, dtable.grid_w, dtable.levels),
+                           "max_rel_err": err, "tolerance": 1e-5, "pass": err <= 1e-5}));
+        st.synchronize()?;
+        let t = Instant::now();
+        for _ in 0..200 {
+            lift_launch(&mut dlout)?;
+        }
+        st.synchronize()?;
+        let lift_ms = t.elapsed().as_secs_f64() * 1e3 / 200.0;
+        checks.push(json!({"timing": "bev_lift_200x200x4_c64_d32", "ms": lift_ms,
+                           "vs_bev_pool": lift_ms / bev_ms, "pass": true}));
+
             Ok(())
         },
         sync,
