@@ -29,7 +29,9 @@ pub mod pipeline;
 pub mod remap;
 pub mod yaml;
 
-pub use bev::{BevGrid, DepthBins, DepthSpacing, LiftScratch, SampleTap, SamplingTable, lift, view_transform};
+pub use bev::{
+    BevGrid, DepthBins, DepthSpacing, LiftScratch, SampleTap, SamplingTable, lift, view_transform,
+};
 pub use calibrate::{CalibOptions, CalibResult, ModelKind, View, board_points, calibrate};
 pub use calibration::Calibration;
 pub use camera::{CameraModel, Distortion};

@@ -3,8 +3,8 @@ mod common;
 use bevrt_calib::bev::{FLAG_BEHIND, FLAG_OUTSIDE, FLAG_VALID};
 use bevrt_calib::remap::ipm_map;
 use bevrt_calib::{
-    BevGrid, CameraModel, DepthBins, DepthSpacing, Extrinsics, LiftScratch, SampleTap, SamplingTable,
-    lift, view_transform,
+    BevGrid, CameraModel, DepthBins, DepthSpacing, Extrinsics, LiftScratch, SampleTap,
+    SamplingTable, lift, view_transform,
 };
 use nalgebra::Point3;
 
@@ -284,7 +284,10 @@ fn lift_with_uniform_depth_is_the_view_transform_and_a_peak_keeps_its_bin() {
         .zip(&want)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
-    assert!(err < 1e-5, "uniform depth differs from the view transform by {err}");
+    assert!(
+        err < 1e-5,
+        "uniform depth differs from the view transform by {err}"
+    );
     // every pixel sure of bin 5: only entries of bin 5 keep their feature (times D)
     for k in 0..d {
         feat[(c + k) * plane..(c + k + 1) * plane].fill(if k == 5 { 30.0 } else { 0.0 });
@@ -300,10 +303,16 @@ fn lift_with_uniform_depth_is_the_view_transform_and_a_peak_keeps_its_bin() {
             got[l * cells + cell],
             want[l * cells + cell] * if b == 5 { d as f32 } else { 0.0 },
         );
-        assert!((g - w).abs() < 1e-3 * (1.0 + w.abs()), "entry {e} bin {b}: {g} vs {w}");
+        assert!(
+            (g - w).abs() < 1e-3 * (1.0 + w.abs()),
+            "entry {e} bin {b}: {g} vs {w}"
+        );
         if b == 5 { kept += 1 } else { dropped += 1 }
     }
-    assert!(kept > 100 && dropped > 1000, "kept {kept} dropped {dropped}");
+    assert!(
+        kept > 100 && dropped > 1000,
+        "kept {kept} dropped {dropped}"
+    );
     // sizes that do not fit are errors naming the problem, not panics
     assert!(lift(&t, &feat[..d * plane], &mut scratch, &mut got).is_err());
     assert!(lift(&t, &feat, &mut scratch, &mut got[1..]).is_err());

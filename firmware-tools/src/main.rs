@@ -41,6 +41,12 @@ enum Cmd {
     Hil(hil_cmd::HilArgs),
     /// Unsupervised pretraining of the letsmap-lite encoder (temporal masked autoencoding).
     Pretrain(letsmap::train::PretrainArgs),
+    /// letsmap-lite's geometry pathway without labels: the depth distribution the lift uses,
+    /// learned by re-synthesising each frame from its neighbours with the recorded ego-motion.
+    PretrainGeometry(letsmap::geometry::GeometryArgs),
+    /// Depth of a geometry-pretrained encoder (or a bundle) against the simulator's depth maps:
+    /// AbsRel, SqRel, RMSE, δ<1.25.
+    DepthEval(letsmap::geometry::DepthEvalArgs),
     /// Fine-tune letsmap-lite's BEV head on a fraction of the labels; writes a bundle.
     Finetune(letsmap::train::FinetuneArgs),
     /// Per-class IoU / mIoU of a BEV bundle on held-out recordings (deployment path).
@@ -106,6 +112,8 @@ fn main() {
         Cmd::Ddpm(c) => ddpm_cmd::run(c),
         Cmd::Hil(a) => hil_cmd::hil(a),
         Cmd::Pretrain(a) => letsmap::train::pretrain(a),
+        Cmd::PretrainGeometry(a) => letsmap::geometry::pretrain_geometry(a),
+        Cmd::DepthEval(a) => letsmap::geometry::depth_eval_cmd(a),
         Cmd::Finetune(a) => letsmap::train::finetune(a),
         Cmd::Eval(a) => letsmap::eval::eval_cmd(a),
         Cmd::Quantize(a) => quantize_cmd::quantize(a),

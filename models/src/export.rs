@@ -133,7 +133,23 @@ pub fn conv_chain_to_onnx(
         inits.push(initializer(&wn, &l.weight_shape(), &weights[&wn]));
         inits.push(initializer(&bn, &[l.cout], &weights[&bn]));
         let last = i + 1 == layers.len();
-        let conv_out = if last && !l.relu {
+        let (oh, ow) = l.out_hw(h, w);
+        // An optional learned per-position bias `<layer>.position` (1, cout, oh, ow), added
+        // after the convolution: where in the image a feature is (letsmap-lite's depth prior).
+        let pn = format!("{}.position", l.name);
+        let position = match weights.get(&pn) {
+            Some(v) if v.len() != l.cout * oh * ow => {
+                return Err(ExportError::Size {
+                    name: pn,
+                    got: v.len(),
+                    expected: l.cout * oh * ow,
+                });
+            }
+            Some(v) => Some(v),
+            None => None,
+        };
+        let named_out = last && !l.relu;
+        let conv_out = if named_out && position.is_none() {
             output_name.to_string()
         } else {
             format!("{}.conv", l.name)
@@ -153,6 +169,22 @@ pub fn conv_chain_to_onnx(
             ..Default::default()
         });
         cur = conv_out;
+        if let Some(v) = position {
+            inits.push(initializer(&pn, &[1, l.cout, oh, ow], v));
+            let out = if named_out {
+                output_name.to_string()
+            } else {
+                format!("{}.positioned", l.name)
+            };
+            nodes.push(pb::NodeProto {
+                name: format!("{}_position", l.name),
+                op_type: "Add".into(),
+                input: vec![cur.clone(), pn],
+                output: vec![out.clone()],
+                ..Default::default()
+            });
+            cur = out;
+        }
         if l.relu {
             let out = if last {
                 output_name.to_string()
@@ -470,6 +502,7 @@ pub fn conv_chain_reference(
         let (oh, ow) = l.out_hw(h, w);
         let wt = &weights[&format!("{}.weight", l.name)];
         let b = &weights[&format!("{}.bias", l.name)];
+        let position = weights.get(&format!("{}.position", l.name));
         let mut y = vec![0f32; l.cout * oh * ow];
         let p = l.pad() as isize;
         for co in 0..l.cout {
@@ -491,6 +524,9 @@ pub fn conv_chain_reference(
                                     * x[(ci * h + iy as usize) * w + ix as usize];
                             }
                         }
+                    }
+                    if let Some(pos) = position {
+                        acc += pos[(co * oh + oy) * ow + ox];
                     }
                     y[(co * oh + oy) * ow + ox] = if l.relu { acc.max(0.0) } else { acc };
                 }

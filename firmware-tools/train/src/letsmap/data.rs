@@ -31,6 +31,9 @@ pub struct Dataset {
     pub width: u32,
     pub height: u32,
     pub frames: Vec<Vec<u8>>,
+    /// Each frame's image file (the recording's `depth/` holds a depth map of the same name
+    /// when the recording was made with `sim record --extras`).
+    pub frame_files: Vec<PathBuf>,
     /// Class index per BEV cell (255 = unknown), one per frame when the recording has it.
     pub gt: Vec<Option<Vec<u8>>>,
     /// Index of the first frame of the recording each frame belongs to (temporal pairs never
@@ -113,6 +116,7 @@ pub fn load(dir: &Path, limit: Option<usize>, progress: &dyn Fn(usize, usize)) -
             width: rec.info.width,
             height: rec.info.height,
             frames: vec![],
+            frame_files: vec![],
             gt: vec![],
             first_of_recording: vec![],
             calibration: cal.clone(),
@@ -166,6 +170,7 @@ pub fn load(dir: &Path, limit: Option<usize>, progress: &dyn Fn(usize, usize)) -
                 );
             }
             d.frames.push(img.into_raw());
+            d.frame_files.push(e.file.clone());
             let gt = match &e.gt {
                 Some(p) => {
                     let g = image::open(p)

@@ -3,11 +3,17 @@
 //! | module | what |
 //! |---|---|
 //! | [`data`] | recordings into memory; batches through the runtime's preprocess |
-//! | [`nn`] | parameters, forward, differentiable view transform, losses, Adam, checkpoints |
+//! | [`nn`] | parameters, forward, the differentiable (depth-weighted) lift, losses |
 //! | [`train`] | `pretrain` (temporal MAE) and `finetune` (BEV head, label fraction), bundle export |
+//! | [`photometric`] | the geometry pathway's signal: plane-sweep view synthesis with the ego-motion, Monodepth2's error per depth bin |
+//! | [`synthesis`] | Monodepth2's objective through the expected depth: warp with the sampler's gradient, SSIM+L1, min over sources, auto-mask, smoothness |
+//! | [`geometry`] | `pretrain-geometry` (depth distribution from video, no labels) and `depth-eval` (AbsRel against the simulator's depth) |
 //! | [`eval`] | `eval`: IoU / mIoU through the deployment path |
 
 pub mod data;
 pub mod eval;
+pub mod geometry;
 pub mod nn;
+pub mod photometric;
+pub mod synthesis;
 pub mod train;

@@ -33,6 +33,13 @@ impl Params {
             let bt = Tensor::zeros(l.cout, DType::F32, &Device::Cpu)?;
             vars.insert(format!("{}.bias", l.name), Var::from_tensor(&bt)?);
         }
+        // The lift conv's per-position bias (starts at zero): a ground pixel's depth depends on
+        // where it is in the image, which the encoder's 39-pixel receptive field cannot see.
+        let (fh, fw) = arch.feat_hw();
+        for l in &arch.lift {
+            let pt = Tensor::zeros((1, l.cout, fh, fw), DType::F32, &Device::Cpu)?;
+            vars.insert(format!("{}.position", l.name), Var::from_tensor(&pt)?);
+        }
         Ok(Params { vars })
     }
 
@@ -46,9 +53,13 @@ impl Params {
     pub fn of_layers(&self, layers: &[ConvLayer]) -> Result<Vec<(String, Var)>> {
         let mut v = vec![];
         for l in layers {
-            for s in ["weight", "bias"] {
+            for s in ["weight", "bias", "position"] {
                 let n = format!("{}.{s}", l.name);
-                v.push((n.clone(), self.get(&n)?.clone()));
+                match self.vars.get(&n) {
+                    Some(var) => v.push((n, var.clone())),
+                    None if s == "position" => {}
+                    None => anyhow::bail!("parameter '{n}' missing"),
+                }
             }
         }
         Ok(v)
@@ -98,7 +109,10 @@ impl Params {
         let w = self.get(&format!("{}.weight", l.name))?;
         let b = self.get(&format!("{}.bias", l.name))?;
         let y = x.conv2d(w.as_tensor(), l.pad(), l.stride, 1, 1)?;
-        let y = y.broadcast_add(&b.as_tensor().reshape((1, l.cout, 1, 1))?)?;
+        let mut y = y.broadcast_add(&b.as_tensor().reshape((1, l.cout, 1, 1))?)?;
+        if let Some(p) = self.vars.get(&format!("{}.position", l.name)) {
+            y = y.broadcast_add(p.as_tensor())?;
+        }
         Ok(if l.relu { y.relu()? } else { y })
     }
 
@@ -175,7 +189,10 @@ impl TableTensors {
         let c = ct - self.depth_bins;
         let flat = feat.narrow(1, 0, c)?.reshape((b, c, h * w))?;
         let depth_weight = match &self.depth_idx {
-            Some(_) => Some(self.depth_weight(feat)?.reshape((b, self.depth_bins * h * w))?),
+            Some(_) => Some(
+                self.depth_weight(feat)?
+                    .reshape((b, self.depth_bins * h * w))?,
+            ),
             None => None,
         };
         let mut acc: Option<Tensor> = None;

@@ -18,7 +18,7 @@ use crate::optim::{self, Adam};
 use crate::progress::progress;
 use crate::rng::Rng;
 
-fn load_data(dir: &Path, limit: Option<usize>) -> Result<Dataset> {
+pub(super) fn load_data(dir: &Path, limit: Option<usize>) -> Result<Dataset> {
     let pb = progress(0, "loading");
     let ds = data::load(dir, limit, &|d, t| {
         pb.set_length(t as u64);
@@ -85,6 +85,28 @@ fn pixel_keep(mask: &[f32], b: usize, hf: usize, wf: usize, s: usize) -> Result<
     Ok((1.0 - m)?)
 }
 
+/// The progress record of an interrupted run, for `--resume`; refused (naming the file and
+/// the arguments it used) unless `same_args` accepts it.
+pub(super) fn resume_state<S: serde::de::DeserializeOwned>(
+    path: &Path,
+    same_args: impl Fn(&S) -> bool,
+) -> Result<S> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: nothing to resume", path.display()))?;
+    let prev: S =
+        serde_json::from_str(&text).with_context(|| format!("{}: malformed", path.display()))?;
+    if !same_args(&prev) {
+        let used = serde_json::from_str::<serde_json::Value>(&text)
+            .map(|v| v["args"].to_string())
+            .unwrap_or_default();
+        bail!(
+            "{}: --resume needs the same arguments as the interrupted run (only --epochs may grow); it used {used}",
+            path.display()
+        );
+    }
+    Ok(prev)
+}
+
 pub fn pretrain(a: &PretrainArgs) -> Result<()> {
     let arch = LetsMapLite::default();
     std::fs::create_dir_all(&a.out)
@@ -114,23 +136,15 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
         epoch_loss: vec![],
     };
     if a.resume {
-        let text = std::fs::read_to_string(&state_path)
-            .with_context(|| format!("{}: nothing to resume", state_path.display()))?;
-        let prev: PretrainState = serde_json::from_str(&text)
-            .with_context(|| format!("{}: malformed", state_path.display()))?;
-        let mut want = prev.args.clone();
-        want.epochs = a.epochs;
-        let mut have = a.clone();
-        have.resume = false;
-        if want != have {
-            bail!(
-                "{}: --resume needs the same arguments as the interrupted run (only --epochs may grow); it used {:?}",
-                state_path.display(),
-                prev.args
-            );
-        }
+        let prev: PretrainState = resume_state(&state_path, |p: &PretrainState| {
+            let mut want = p.args.clone();
+            want.epochs = a.epochs;
+            let mut have = a.clone();
+            have.resume = false;
+            want == have
+        })?;
         let map = optim::load_checkpoint(&ckpt)?;
-        params.load_from(&map, "param.", None)?;
+        params.load_from(&map, "param.", Some(&trained))?;
         opt.load_state(&map, prev.step)?;
         st.epochs_done = prev.epochs_done;
         st.step = prev.step;
@@ -201,7 +215,17 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
         st.epochs_done = epoch + 1;
         st.step = opt.step;
         st.epoch_loss.push((sum / n.max(1) as f64) as f32);
-        optim::save_checkpoint(&ckpt, &params.vars, Some(&opt))?;
+        // only what this pathway trains: a later fine-tuning must not mistake the untrained
+        // lift conv for a pretrained one
+        let names: Vec<String> = trained
+            .iter()
+            .flat_map(|l| [format!("{}.weight", l.name), format!("{}.bias", l.name)])
+            .collect();
+        optim::save_checkpoint(
+            &ckpt,
+            params.vars.iter().filter(|(n, _)| names.contains(n)),
+            Some(&opt),
+        )?;
         std::fs::write(&state_path, serde_json::to_string_pretty(&st)?)
             .with_context(|| format!("{}: cannot write", state_path.display()))?;
     }
@@ -549,7 +573,7 @@ pub struct Recipe {
 }
 
 /// Loads encoder and head weights back from a bundle's ONNX initializers.
-fn load_bundle_weights(bundle: &bevrt_models::Bundle, params: &Params) -> Result<()> {
+pub(super) fn load_bundle_weights(bundle: &bevrt_models::Bundle, params: &Params) -> Result<()> {
     for role in ["encoder", "head"] {
         let path = bundle
             .model_path(role)

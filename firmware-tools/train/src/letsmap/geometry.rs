@@ -1,0 +1,777 @@
+//! `bevrt-tool pretrain-geometry`: the geometry pathway, learned from video without labels,
+//! and `bevrt-tool depth-eval`, which scores the depth it learned.
+//!
+//! The encoder and its lift conv predict, per feature pixel, a distribution over the grid's
+//! depth bins (the same distribution the depth-weighted lift uses at run time). The training
+//! signal is view synthesis with the recorded ego-motion: [`super::photometric`] re-synthesises
+//! each frame from its neighbours at every bin's depth and scores each with Monodepth2's
+//! error (min over sources, auto-masked). The distribution is trained towards
+//! `softmax(-error / τ)` (cross-entropy): the bins whose re-synthesis matches get the mass, a
+//! pixel whose bins all match equally (texture-less road, sky) is left uniform, which the lift
+//! treats as "no depth information" (the plain view transform). Monodepth2's edge-aware
+//! smoothness (1e-3) on the mean-normalised expected disparity is added.
+//!
+//! The simulator's depth maps are read only by [`depth_metrics`] (AbsRel, δ < 1.25), for the
+//! report; never by training.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use bevrt_calib::DepthBins;
+use bevrt_models::LetsMapLite;
+use candle_core::{Device, Tensor};
+use clap::Args;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::data::{Batcher, Dataset};
+use super::nn::Params;
+use super::photometric::{CostVolume, Planes, RayCamera, Source, cost_volume};
+use super::synthesis::{Sample, ViewSynthesis};
+use crate::optim::{self, Adam};
+use crate::progress::progress;
+use crate::rng::Rng;
+
+#[derive(Args, Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GeometryArgs {
+    /// Unlabelled recordings with ego-motion (poses.csv): a recording or a directory of them.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory for the checkpoint (`geometry.safetensors`, `geometry.json`).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// `warp`: Monodepth2's view synthesis through the expected depth, by gradient descent
+    /// through the warp ([`super::synthesis`]). `sweep`: the distribution trained towards
+    /// softmax(-error/τ) of a plane-sweep cost volume ([`super::photometric::cost_volume`]).
+    #[arg(long, value_enum, default_value = "warp")]
+    pub objective: Objective,
+    /// Source frames are t-gap and t+gap (frames of the same recording).
+    #[arg(long, default_value_t = 1)]
+    pub gap: usize,
+    /// Temperature of the target distribution softmax(-error / τ) (photometric error units;
+    /// 0.01 is about the error sensor noise alone gives).
+    #[arg(long, default_value_t = 0.01)]
+    pub temperature: f32,
+    /// Pixels whose errors over the bins differ by less than this carry no depth signal
+    /// (texture-less road, walls, sky: every depth re-synthesises them equally) and are left
+    /// out, so the depth there stays with the prior instead of following noise.
+    #[arg(long, default_value_t = 0.05)]
+    pub min_contrast: f32,
+    /// Weight of the edge-aware smoothness (Monodepth2: 1e-3).
+    #[arg(long, default_value_t = 1e-3)]
+    pub smoothness: f64,
+    /// Start the encoder from this checkpoint (e.g. the semantic pathway's pretrain.safetensors).
+    #[arg(long)]
+    pub encoder: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Start the depth head from a uniform distribution instead of the flat-ground prior the
+    /// calibration gives ([`ground_prior_logits`]).
+    #[arg(long)]
+    pub no_ground_prior: bool,
+    /// Use at most this many frames.
+    #[arg(long)]
+    pub frames: Option<usize>,
+    /// Report depth metrics on these recordings (made with `sim record --extras`) before
+    /// training and after every epoch. Only reported: nothing is chosen by them.
+    #[arg(long)]
+    pub eval_depth: Option<PathBuf>,
+    /// Continue from the checkpoint in --out (same arguments; only --epochs may grow).
+    #[arg(long)]
+    #[serde(skip)]
+    pub resume: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    Warp,
+    Sweep,
+}
+
+/// What `geometry.json` records beside the checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GeometryState {
+    pub args: GeometryArgs,
+    pub epochs_done: usize,
+    pub step: u64,
+    /// Mean training loss (cross-entropy + smoothness) per epoch.
+    pub epoch_loss: Vec<f32>,
+    /// Photometric error per epoch: of the re-synthesis through the expected depth (warp), or
+    /// expected under the predicted distribution (sweep); falls as the depth is learned.
+    pub epoch_photometric_error: Vec<f32>,
+    /// Depth metrics before training and after each epoch (with --eval-depth).
+    pub depth: Vec<DepthMetrics>,
+    pub cost_volume_seconds: f64,
+    pub train_seconds: f64,
+}
+
+/// Depth against the simulator's depth maps (pixels with true depth inside the bins' range).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DepthMetrics {
+    pub abs_rel: f64,
+    pub sq_rel: f64,
+    pub rmse: f64,
+    /// Fraction with max(d/g, g/d) < 1.25.
+    pub delta1: f64,
+    pub pixels: u64,
+    pub frames: usize,
+}
+
+/// Index of each frame's sources (t-gap, t+gap) inside its recording.
+fn sources_of(ds: &Dataset, i: usize, gap: usize) -> Vec<usize> {
+    let first = ds.first_of_recording[i];
+    let mut v = vec![];
+    if i >= first + gap {
+        v.push(i - gap);
+    }
+    let j = i + gap;
+    if j < ds.len() && ds.first_of_recording[j] == first {
+        v.push(j);
+    }
+    v
+}
+
+/// Cost volumes of the frames `idx` (in parallel; see [`super::photometric`]).
+fn cost_volumes(
+    ds: &Dataset,
+    arch: &LetsMapLite,
+    bins: &DepthBins,
+    idx: &[usize],
+    gap: usize,
+    min_contrast: f32,
+) -> Result<Vec<CostVolume>> {
+    let poses = ds.poses.as_ref().context(
+        "the geometry pathway needs the ego-motion of every frame: each recording needs a \
+         poses.csv (README: Recording format)",
+    )?;
+    let (w, h) = (ds.width as usize, ds.height as usize);
+    let (fh, fw) = arch.feat_hw();
+    let (hw, hh) = (w / 2, h / 2);
+    if hw % fw != 0 || hh % fh != 0 {
+        bail!("half-resolution frames {hw}x{hh} are not whole blocks of the {fw}x{fh} features");
+    }
+    let cam = RayCamera::new(&ds.calibration.camera, &ds.calibration.extrinsics, hw, hh);
+    let pb = progress(idx.len() as u64, "cost volumes");
+    let out = idx
+        .par_iter()
+        .map(|&i| {
+            let target = Planes::half_of_rgb8(&ds.frames[i], w, h);
+            let images: Vec<(usize, Planes)> = sources_of(ds, i, gap)
+                .into_iter()
+                .map(|j| (j, Planes::half_of_rgb8(&ds.frames[j], w, h)))
+                .collect();
+            let sources: Vec<Source> = images
+                .iter()
+                .map(|(j, img)| Source {
+                    image: img,
+                    target_to_source: cam.target_to_source(&poses[i], &poses[*j]),
+                })
+                .collect();
+            let cv = cost_volume(&cam, &target, &sources, bins, fw, fh, min_contrast);
+            pb.inc(1);
+            cv
+        })
+        .collect();
+    pb.finish_and_clear();
+    Ok(out)
+}
+
+/// Targets softmax(-cost / τ) (B, D, fh, fw) and weights (B, 1, fh, fw) of a batch.
+fn targets(
+    cvs: &[&CostVolume],
+    d: usize,
+    fh: usize,
+    fw: usize,
+    tau: f32,
+) -> Result<(Tensor, Tensor)> {
+    let plane = fh * fw;
+    let mut q = Vec::with_capacity(cvs.len() * d * plane);
+    let mut wt = Vec::with_capacity(cvs.len() * plane);
+    let mut col = vec![0f32; d];
+    for cv in cvs {
+        let start = q.len();
+        q.resize(start + d * plane, 0.0);
+        for p in 0..plane {
+            for (k, c) in col.iter_mut().enumerate() {
+                *c = -cv.cost[k * plane + p] / tau;
+            }
+            let m = col.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let s: f32 = col.iter().map(|v| (v - m).exp()).sum();
+            for (k, c) in col.iter().enumerate() {
+                q[start + k * plane + p] = (c - m).exp() / s;
+            }
+        }
+        wt.extend_from_slice(&cv.weight);
+    }
+    let b = cvs.len();
+    Ok((
+        Tensor::from_vec(q, (b, d, fh, fw), &Device::Cpu)?,
+        Tensor::from_vec(wt, (b, 1, fh, fw), &Device::Cpu)?,
+    ))
+}
+
+/// The expected depth (B, 1, fh, fw) and disparity of an encoder output's depth logits.
+pub fn expected_depth(out: &Tensor, bins: &DepthBins) -> Result<(Tensor, Tensor)> {
+    let p = super::nn::depth_probabilities(out, bins.bins)?;
+    let centres = Tensor::from_vec(bins.centres(), (1, bins.bins, 1, 1), &Device::Cpu)?;
+    let inv: Vec<f32> = bins.centres().iter().map(|c| 1.0 / c).collect();
+    let inv = Tensor::from_vec(inv, (1, bins.bins, 1, 1), &Device::Cpu)?;
+    let depth = p.broadcast_mul(&centres)?.sum_keepdim(1)?;
+    let disp = p.broadcast_mul(&inv)?.sum_keepdim(1)?;
+    Ok((depth, disp))
+}
+
+/// Depth logits (D, fh, fw) of a flat-ground prior from the calibration alone: a feature
+/// pixel whose ray meets the ground at camera depth `z_g` gets logits `-(ln c_k - ln z_g)² /
+/// (2 · 0.2²)` (clamped at -8), peaked at the ground's bin; pixels above the horizon (or whose
+/// ground is past twice the last bin) get 0, a uniform distribution. The geometry pathway
+/// starts its per-position depth bias here, then view synthesis moves it.
+pub fn ground_prior_logits(
+    arch: &LetsMapLite,
+    camera: &bevrt_calib::CameraModel,
+    extrinsics: &bevrt_calib::Extrinsics,
+    bins: &DepthBins,
+) -> Vec<f32> {
+    let (fh, fw) = arch.feat_hw();
+    let s = arch.stride() as f64;
+    let cam = camera.scaled(arch.input_w as u32, arch.input_h as u32);
+    let plane = fh * fw;
+    let ln_c: Vec<f64> = bins.centres().iter().map(|c| (*c as f64).ln()).collect();
+    let mut out = vec![0f32; bins.bins * plane];
+    for fy in 0..fh {
+        for fx in 0..fw {
+            let px =
+                nalgebra::Point2::new((fx as f64 + 0.5) * s - 0.5, (fy as f64 + 0.5) * s - 0.5);
+            let Some(ray) = cam.unproject(px) else {
+                continue;
+            };
+            let Some(g) = extrinsics.ray_to_ground(&ray) else {
+                continue;
+            };
+            let z = (extrinsics.vehicle_to_cam() * g).z;
+            if !(z > 0.0 && z <= 2.0 * bins.max as f64) {
+                continue;
+            }
+            for (k, lc) in ln_c.iter().enumerate() {
+                let t = (lc - z.ln()) / 0.2;
+                out[k * plane + fy * fw + fx] = (-0.5 * t * t).max(-8.0) as f32;
+            }
+        }
+    }
+    out
+}
+
+/// Sets the depth part (last D channels) of the lift's position bias to `logits` (D, fh, fw).
+fn set_depth_position(params: &Params, arch: &LetsMapLite, logits: &[f32]) -> Result<()> {
+    let l = arch.lift.last().context("no lift conv")?;
+    let var = params
+        .vars
+        .get(&format!("{}.position", l.name))
+        .context("lift position bias missing")?;
+    let mut v = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+    let d = logits.len();
+    let n = v.len();
+    v[n - d..].copy_from_slice(logits);
+    var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu)?)?;
+    Ok(())
+}
+
+pub fn pretrain_geometry(a: &GeometryArgs) -> Result<()> {
+    let arch = LetsMapLite::default();
+    let bins = arch
+        .grid
+        .depth
+        .clone()
+        .context("the architecture's grid has no depth bins")?;
+    if a.batch == 0 || a.epochs == 0 || a.gap == 0 {
+        bail!("--batch, --epochs and --gap must be at least 1");
+    }
+    if !(a.temperature > 0.0 && a.temperature.is_finite()) {
+        bail!("--temperature must be positive, got {}", a.temperature);
+    }
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("{}: cannot create", a.out.display()))?;
+    let ckpt = a.out.join("geometry.safetensors");
+    let state_path = a.out.join("geometry.json");
+    let ds = super::train::load_data(&a.data, a.frames)?;
+    ds.check_for(&arch, false)?;
+    let eval = match &a.eval_depth {
+        Some(p) => Some(DepthTruth::load(p)?),
+        None => None,
+    };
+    let params = Params::init(&arch, a.seed)?;
+    if let Some(p) = &a.encoder {
+        let map = optim::load_checkpoint(p)?;
+        params
+            .load_from(&map, "param.", Some(&arch.encoder))
+            .with_context(|| format!("{}: encoder weights", p.display()))?;
+    }
+    if !a.no_ground_prior {
+        let cal = &ds.calibration;
+        set_depth_position(
+            &params,
+            &arch,
+            &ground_prior_logits(&arch, &cal.camera, &cal.extrinsics, &bins),
+        )?;
+    }
+    let encoder = arch.deployed_encoder();
+    let mut opt = Adam::new(params.of_layers(&encoder)?, a.lr)?;
+    let mut st = GeometryState {
+        args: a.clone(),
+        epochs_done: 0,
+        step: 0,
+        epoch_loss: vec![],
+        epoch_photometric_error: vec![],
+        depth: vec![],
+        cost_volume_seconds: 0.0,
+        train_seconds: 0.0,
+    };
+    if a.resume {
+        let prev: GeometryState = super::train::resume_state(&state_path, |p: &GeometryState| {
+            let mut want = p.args.clone();
+            want.epochs = a.epochs;
+            let mut have = a.clone();
+            have.resume = false;
+            want == have
+        })?;
+        let map = optim::load_checkpoint(&ckpt)?;
+        params.load_from(&map, "param.", Some(&encoder))?;
+        opt.load_state(&map, prev.step)?;
+        println!(
+            "resuming after epoch {} (step {})",
+            prev.epochs_done, prev.step
+        );
+        st = GeometryState {
+            args: a.clone(),
+            ..prev
+        };
+    }
+    let usable: Vec<usize> = (0..ds.len())
+        .filter(|&i| !sources_of(&ds, i, a.gap).is_empty())
+        .collect();
+    if usable.is_empty() {
+        bail!(
+            "{}: no frame has a neighbour {} frames away in its recording",
+            a.data.display(),
+            a.gap
+        );
+    }
+    let t0 = std::time::Instant::now();
+    let (w, h) = (ds.width as usize, ds.height as usize);
+    let (fh, fw) = arch.feat_hw();
+    let half = |i: usize| Planes::half_of_rgb8(&ds.frames[i], w, h);
+    let poses = ds.poses.as_ref().context(
+        "the geometry pathway needs the ego-motion of every frame: each recording needs a \
+         poses.csv (README: Recording format)",
+    )?;
+    let cvs = match a.objective {
+        Objective::Sweep => {
+            let cvs = cost_volumes(&ds, &arch, &bins, &usable, a.gap, a.min_contrast)?;
+            let kept: f64 = cvs
+                .iter()
+                .map(|c| c.weight.iter().sum::<f32>() as f64)
+                .sum::<f64>()
+                / (cvs.len() * cvs[0].weight.len()) as f64;
+            println!(
+                "cost volumes of {} frames in {:.0} s ({:.0} % of pixels kept by the auto-mask)",
+                usable.len(),
+                t0.elapsed().as_secs_f64(),
+                kept * 100.0
+            );
+            cvs
+        }
+        Objective::Warp => vec![],
+    };
+    let cv_secs = t0.elapsed().as_secs_f64();
+    st.cost_volume_seconds += cv_secs;
+    let synthesis = ViewSynthesis::new(
+        RayCamera::new(
+            &ds.calibration.camera,
+            &ds.calibration.extrinsics,
+            w / 2,
+            h / 2,
+        ),
+        fh,
+        fw,
+        a.smoothness,
+    )?;
+    let mut batcher = Batcher::new(&arch, &ds);
+    if let (Some(ev), true) = (&eval, st.depth.is_empty()) {
+        let m = depth_metrics(&params, &arch, ev)?;
+        println!("depth before training: {}", describe(&m));
+        st.depth.push(m);
+    }
+    let d = bins.bins;
+    let per_epoch = usable.len().div_ceil(a.batch);
+    let pb = progress(
+        (per_epoch * a.epochs.saturating_sub(st.epochs_done)) as u64,
+        "geometry",
+    );
+    let t_train = std::time::Instant::now();
+    let secs_before = st.train_seconds;
+    for epoch in st.epochs_done..a.epochs {
+        let mut rng = Rng(a.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut order: Vec<usize> = (0..usable.len()).collect();
+        rng.shuffle(&mut order);
+        let (mut sum, mut sum_err, mut n) = (0.0f64, 0.0f64, 0usize);
+        for chunk in order.chunks(a.batch) {
+            let frames: Vec<usize> = chunk.iter().map(|&j| usable[j]).collect();
+            let x = batcher.images(&ds, &frames)?;
+            let out = params.chain(&x, &encoder)?;
+            let (loss, expected_err) = match a.objective {
+                Objective::Sweep => {
+                    let batch_cv: Vec<&CostVolume> = chunk.iter().map(|&j| &cvs[j]).collect();
+                    geometry_loss(&out, &x, &batch_cv, &bins, (fh, fw, d), a)?
+                }
+                Objective::Warp => {
+                    let images: Vec<(Planes, Vec<(usize, Planes)>)> = frames
+                        .iter()
+                        .map(|&i| {
+                            let src = sources_of(&ds, i, a.gap);
+                            (half(i), src.into_iter().map(|j| (j, half(j))).collect())
+                        })
+                        .collect();
+                    let samples: Vec<Sample> = frames
+                        .iter()
+                        .zip(&images)
+                        .map(|(&i, (t, srcs))| Sample {
+                            target: t,
+                            sources: srcs
+                                .iter()
+                                .map(|(j, img)| Source {
+                                    image: img,
+                                    target_to_source: synthesis
+                                        .camera()
+                                        .target_to_source(&poses[i], &poses[*j]),
+                                })
+                                .collect(),
+                        })
+                        .collect();
+                    let (depth, disp) = expected_depth(&out, &bins)?;
+                    let l = synthesis.loss(&depth, &disp, &samples)?;
+                    (l.loss, l.photometric)
+                }
+            };
+            opt.backward_step(&loss)?;
+            let l = optim::scalar(&loss)?;
+            if !l.is_finite() {
+                bail!(
+                    "geometry pretraining diverged at step {} (loss {l}); lower --lr",
+                    opt.step
+                );
+            }
+            sum += l as f64;
+            sum_err += expected_err as f64;
+            n += 1;
+            pb.inc(1);
+            pb.set_message(format!(
+                "epoch {} loss {:.4} photometric error {:.4}",
+                epoch + 1,
+                sum / n as f64,
+                sum_err / n as f64
+            ));
+        }
+        st.epochs_done = epoch + 1;
+        st.step = opt.step;
+        st.epoch_loss.push((sum / n.max(1) as f64) as f32);
+        st.epoch_photometric_error
+            .push((sum_err / n.max(1) as f64) as f32);
+        if let Some(ev) = &eval {
+            let m = depth_metrics(&params, &arch, ev)?;
+            pb.println(format!("depth after epoch {}: {}", epoch + 1, describe(&m)));
+            st.depth.push(m);
+        }
+        st.train_seconds = secs_before + t_train.elapsed().as_secs_f64();
+        let trained = params.of_layers(&encoder)?;
+        optim::save_checkpoint(&ckpt, trained.iter().map(|(k, v)| (k, v)), Some(&opt))?;
+        std::fs::write(&state_path, serde_json::to_string_pretty(&st)?)
+            .with_context(|| format!("{}: cannot write", state_path.display()))?;
+    }
+    pb.finish_and_clear();
+    println!(
+        "geometry pathway: {} epochs on {} frames in {:.0} s (+{cv_secs:.0} s cost volumes); \
+         loss per epoch {:?}; photometric error per epoch {:?}; checkpoint {}",
+        a.epochs,
+        usable.len(),
+        st.train_seconds,
+        st.epoch_loss,
+        st.epoch_photometric_error,
+        ckpt.display()
+    );
+    Ok(())
+}
+
+/// Cross-entropy to the photometric targets (weighted by the kept fraction) plus smoothness;
+/// also the photometric error expected under the prediction (for the log).
+fn geometry_loss(
+    out: &Tensor,
+    x: &Tensor,
+    cvs: &[&CostVolume],
+    bins: &DepthBins,
+    (fh, fw, d): (usize, usize, usize),
+    a: &GeometryArgs,
+) -> Result<(Tensor, f32)> {
+    let (q, wt) = targets(cvs, d, fh, fw, a.temperature)?;
+    let ct = out.dim(1)?;
+    let logp = candle_nn::ops::log_softmax(&out.narrow(1, ct - d, d)?, 1)?;
+    let ce = (q * &logp)?.sum_keepdim(1)?.neg()?;
+    let den = wt.sum_all()?.to_scalar::<f32>()?.max(1e-6) as f64;
+    let ce = ((ce * &wt)?.sum_all()? / den)?;
+    let (_, disp) = expected_depth(out, bins)?;
+    // the frame at feature resolution, grey, back in [0, 1] (the input is (x - 0.5) / 0.25)
+    let gray = ((x.mean_keepdim(1)? * 0.25)? + 0.5)?.avg_pool2d(x.dim(2)? / fh)?;
+    let smooth = super::synthesis::edge_aware_smoothness(&disp, &gray)?;
+    let loss = (ce + (smooth * a.smoothness)?)?;
+    // expected error: sum_k p_k cost_k over kept feature pixels
+    let cost: Vec<f32> = cvs.iter().flat_map(|c| c.cost.iter().copied()).collect();
+    let cost = Tensor::from_vec(cost, (cvs.len(), d, fh, fw), &Device::Cpu)?;
+    let e = (logp.exp()?.detach() * cost)?.sum_keepdim(1)?;
+    let e = ((e * &wt)?.sum_all()?.to_scalar::<f32>()? as f64 / den) as f32;
+    Ok((loss, e))
+}
+
+/// Held-out frames with their true depth (metres; 0 where none).
+pub struct DepthTruth {
+    ds: Dataset,
+    depth: Vec<Vec<f32>>,
+}
+
+impl DepthTruth {
+    /// Every frame of the recordings under `dir` that has a `depth/` map.
+    pub fn load(dir: &Path) -> Result<DepthTruth> {
+        let ds = super::train::load_data(dir, None)?;
+        let mut depth = vec![];
+        for f in &ds.frame_files {
+            let name = f.file_name().context("frame file name")?;
+            let p = f
+                .parent()
+                .and_then(Path::parent)
+                .context("frame file path")?
+                .join("depth")
+                .join(name);
+            let img = image::open(&p)
+                .with_context(|| {
+                    format!(
+                        "{}: cannot read the depth map (record with `sim record --extras`)",
+                        p.display()
+                    )
+                })?
+                .to_luma16();
+            if img.dimensions() != (ds.width, ds.height) {
+                bail!("{}: size differs from the frame's", p.display());
+            }
+            depth.push(img.into_raw().iter().map(|&c| c as f32 / 100.0).collect());
+        }
+        Ok(DepthTruth { ds, depth })
+    }
+}
+
+/// The expected depth upsampled to frame pixels (bilinear, feature centres at
+/// `(pixel + 0.5) / stride - 0.5`, as the sampling table) against the true depth.
+pub fn depth_metrics(params: &Params, arch: &LetsMapLite, t: &DepthTruth) -> Result<DepthMetrics> {
+    let bins = arch.grid.depth.as_ref().context("no depth bins")?;
+    let encoder = arch.deployed_encoder();
+    let mut batcher = Batcher::new(arch, &t.ds);
+    let (fh, fw) = arch.feat_hw();
+    let mut acc = DepthAccumulator::default();
+    let idx: Vec<usize> = (0..t.ds.len()).collect();
+    for chunk in idx.chunks(8) {
+        let x = batcher.images(&t.ds, chunk)?;
+        let out = params.chain(&x, &encoder)?.detach();
+        let (depth, _) = expected_depth(&out, bins)?;
+        let depth = depth.flatten_all()?.to_vec1::<f32>()?;
+        for (b, &i) in chunk.iter().enumerate() {
+            let dm = &depth[b * fh * fw..(b + 1) * fh * fw];
+            acc.add_frame(&t.depth[i], t.ds.width as usize, bins, fw, fh, |fx, fy| {
+                Some(bilinear(dm, fw, fh, fx, fy))
+            });
+        }
+    }
+    acc.finish(bins, t.ds.len())
+}
+
+/// How good the training signal itself is: the depth of each feature pixel's lowest-error bin
+/// in the cost volume (winner takes all; feature pixels the auto-mask dropped are skipped),
+/// scored like [`depth_metrics`]. Needs the recordings' poses.
+pub fn cost_volume_metrics(
+    arch: &LetsMapLite,
+    t: &DepthTruth,
+    gap: usize,
+    min_contrast: f32,
+) -> Result<DepthMetrics> {
+    let bins = arch.grid.depth.as_ref().context("no depth bins")?;
+    let (fh, fw) = arch.feat_hw();
+    let idx: Vec<usize> = (0..t.ds.len())
+        .filter(|&i| !sources_of(&t.ds, i, gap).is_empty())
+        .collect();
+    let cvs = cost_volumes(&t.ds, arch, bins, &idx, gap, min_contrast)?;
+    let plane = fh * fw;
+    let mut acc = DepthAccumulator::default();
+    for (cv, &i) in cvs.iter().zip(&idx) {
+        let wta: Vec<f32> = (0..plane)
+            .map(|p| {
+                let k = (0..bins.bins)
+                    .min_by(|&a, &b| cv.cost[a * plane + p].total_cmp(&cv.cost[b * plane + p]))
+                    .unwrap_or(0);
+                bins.centre(k)
+            })
+            .collect();
+        acc.add_frame(&t.depth[i], t.ds.width as usize, bins, fw, fh, |fx, fy| {
+            let p = (fy.round() as usize).min(fh - 1) * fw + (fx.round() as usize).min(fw - 1);
+            (cv.weight[p] > 0.0).then_some(wta[p] as f64)
+        });
+    }
+    acc.finish(bins, idx.len())
+}
+
+fn bilinear(m: &[f32], w: usize, h: usize, fx: f64, fy: f64) -> f64 {
+    let (x0, ax) = (fx.floor() as usize, fx - fx.floor());
+    let (y0, ay) = (fy.floor() as usize, fy - fy.floor());
+    let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+    let at = |yy: usize, xx: usize| m[yy * w + xx] as f64;
+    (at(y0, x0) * (1.0 - ax) + at(y0, x1) * ax) * (1.0 - ay)
+        + (at(y1, x0) * (1.0 - ax) + at(y1, x1) * ax) * ay
+}
+
+/// Sums of the depth metrics over pixels whose true depth lies inside the bins' range.
+#[derive(Default)]
+struct DepthAccumulator {
+    abs_rel: f64,
+    sq_rel: f64,
+    se: f64,
+    d1: u64,
+    n: u64,
+}
+
+impl DepthAccumulator {
+    /// One frame: `truth` (metres, frame pixels), `at(fx, fy)` the predicted depth at feature
+    /// coordinates (None: no prediction there).
+    fn add_frame(
+        &mut self,
+        truth: &[f32],
+        w: usize,
+        bins: &DepthBins,
+        fw: usize,
+        fh: usize,
+        at: impl Fn(f64, f64) -> Option<f64>,
+    ) {
+        let h = truth.len() / w;
+        let (sx, sy) = (w as f64 / fw as f64, h as f64 / fh as f64);
+        for y in 0..h {
+            let fy = ((y as f64 + 0.5) / sy - 0.5).clamp(0.0, fh as f64 - 1.0);
+            for x in 0..w {
+                let g = truth[y * w + x] as f64;
+                if !(g >= bins.min as f64 && g <= bins.max as f64) {
+                    continue;
+                }
+                let fx = ((x as f64 + 0.5) / sx - 0.5).clamp(0.0, fw as f64 - 1.0);
+                let Some(d) = at(fx, fy) else { continue };
+                self.abs_rel += (d - g).abs() / g;
+                self.sq_rel += (d - g) * (d - g) / g;
+                self.se += (d - g) * (d - g);
+                if (d / g).max(g / d) < 1.25 {
+                    self.d1 += 1;
+                }
+                self.n += 1;
+            }
+        }
+    }
+
+    fn finish(self, bins: &DepthBins, frames: usize) -> Result<DepthMetrics> {
+        if self.n == 0 {
+            bail!(
+                "no pixel with true depth inside {}..{} m",
+                bins.min,
+                bins.max
+            );
+        }
+        let n = self.n as f64;
+        Ok(DepthMetrics {
+            abs_rel: self.abs_rel / n,
+            sq_rel: self.sq_rel / n,
+            rmse: (self.se / n).sqrt(),
+            delta1: self.d1 as f64 / n,
+            pixels: self.n,
+            frames,
+        })
+    }
+}
+
+pub fn describe(m: &DepthMetrics) -> String {
+    format!(
+        "AbsRel {:.3}, SqRel {:.3}, RMSE {:.2} m, δ<1.25 {:.1} % ({} pixels of {} frames)",
+        m.abs_rel,
+        m.sq_rel,
+        m.rmse,
+        m.delta1 * 100.0,
+        m.pixels,
+        m.frames
+    )
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DepthEvalArgs {
+    /// A checkpoint with the encoder and lift conv (geometry.safetensors, or a fine-tuning's).
+    #[arg(long, conflicts_with = "bundle")]
+    pub encoder: Option<PathBuf>,
+    /// A letsmap-lite bundle with depth bins (its encoder.onnx weights).
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+    /// Recordings with depth maps (`sim record --extras`).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Print the metrics as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Instead of a network, score the training signal: the lowest-error bin of each frame's
+    /// photometric cost volume against sources GAP frames away (needs poses.csv).
+    #[arg(long, conflicts_with_all = ["encoder", "bundle"])]
+    pub cost_volume_gap: Option<usize>,
+    /// With --cost-volume-gap: the pretraining's --min-contrast.
+    #[arg(long, default_value_t = 0.05)]
+    pub min_contrast: f32,
+}
+
+pub fn depth_eval_cmd(a: &DepthEvalArgs) -> Result<()> {
+    let arch = LetsMapLite::default();
+    let params = Params::init(&arch, 0)?;
+    if let Some(p) = &a.encoder {
+        let map = optim::load_checkpoint(p)?;
+        let layers = arch.deployed_encoder();
+        params
+            .load_from(&map, "param.", Some(&layers))
+            .with_context(|| format!("{}: encoder and lift weights", p.display()))?;
+    } else if let Some(b) = &a.bundle {
+        let bundle = bevrt_models::Bundle::load(b)?;
+        if bundle.manifest.grid.as_ref().and_then(|g| g.depth.as_ref()) != arch.grid.depth.as_ref()
+        {
+            bail!(
+                "{}: the bundle's grid has other depth bins than letsmap-lite's ({:?})",
+                b.display(),
+                arch.grid.depth
+            );
+        }
+        super::train::load_bundle_weights(&bundle, &params)?;
+    }
+    let truth = DepthTruth::load(&a.data)?;
+    let m = match a.cost_volume_gap {
+        Some(gap) => cost_volume_metrics(&arch, &truth, gap.max(1), a.min_contrast)?,
+        None if a.encoder.is_none() && a.bundle.is_none() => {
+            bail!("give --encoder, --bundle or --cost-volume-gap")
+        }
+        None => depth_metrics(&params, &arch, &truth)?,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+    } else {
+        println!("{}", describe(&m));
+    }
+    Ok(())
+}
