@@ -482,33 +482,89 @@ impl LiftScratch {
 }
 
 /// `D * softmax` over the D depth logits of every pixel: `logits` and `out` are (D, plane).
-/// The GPU twin is `depth_softmax_f32` (same max-shifted exponentials, f32).
+/// The GPU twin is `depth_softmax_f32` (the same max-shifted exponentials in f32; its `expf`
+/// and [`exp_nonpositive`] both stay within 2 ulp of e^x). Pixels go in blocks of 64 with the
+/// bins outermost, so the inner loops run over contiguous pixels and vectorise.
 pub fn depth_softmax(logits: &[f32], bins: usize, out: &mut [f32]) {
+    const BLOCK: usize = 64;
     let plane = logits.len() / bins.max(1);
     let scale = bins as f32;
-    for p in 0..plane {
-        let mut m = f32::NEG_INFINITY;
+    let mut p0 = 0;
+    while p0 < plane {
+        let nb = BLOCK.min(plane - p0);
+        let mut max = [f32::NEG_INFINITY; BLOCK];
+        let mut sum = [0f32; BLOCK];
         for k in 0..bins {
-            m = m.max(logits[k * plane + p]);
+            let l = &logits[k * plane + p0..k * plane + p0 + nb];
+            for (m, &v) in max[..nb].iter_mut().zip(l) {
+                *m = m.max(v);
+            }
         }
-        let mut sum = 0.0f32;
         for k in 0..bins {
-            let e = (logits[k * plane + p] - m).exp();
-            out[k * plane + p] = e;
-            sum += e;
+            let l = &logits[k * plane + p0..k * plane + p0 + nb];
+            let o = &mut out[k * plane + p0..k * plane + p0 + nb];
+            for j in 0..nb {
+                let e = exp_nonpositive(l[j] - max[j]);
+                o[j] = e;
+                sum[j] += e;
+            }
         }
-        let inv = scale / sum;
+        for s in &mut sum[..nb] {
+            *s = scale / *s;
+        }
         for k in 0..bins {
-            out[k * plane + p] *= inv;
+            let o = &mut out[k * plane + p0..k * plane + p0 + nb];
+            for (v, inv) in o.iter_mut().zip(&sum[..nb]) {
+                *v *= inv;
+            }
         }
+        p0 += nb;
     }
+}
+
+/// e^x for x <= 0 (a max-shifted logit), within 2 ulp of `f32::exp`, in plain arithmetic the
+/// compiler vectorises: x = n ln2 + r with |r| <= ln2/2, a degree-7 polynomial for e^r, and
+/// 2^n from the exponent bits. Below -87 (and for NaN) it gives 0.
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // NaN and x < -87 (e^x below f32's normal range) both give 0
+    let x = if x >= -87.0 { x.min(0.0) } else { -88.0 };
+    // n = round(x / ln2) for x <= 0 (truncation of a positive number is floor)
+    let n = -(((-x) * std::f32::consts::LOG2_E + 0.5) as i32);
+    let nf = n as f32;
+    let r = (x - nf * LN2_HI) - nf * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
+    let e = if n > -127 {
+        f32::from_bits(((n + 127) as u32) << 23)
+    } else {
+        0.0
+    };
+    p * e
 }
 
 /// The table's taps with every weight multiplied by the depth weight of its entry's bin at
 /// the tap's pixel: `w'[t] = w[t] * dw[bins[e] * plane + idx[t]]`.
 pub fn depth_weighted_taps(table: &SamplingTable, depth_weight: &[f32], out: &mut [SampleTap]) {
+    depth_weighted_taps_from(table, depth_weight, 0, out)
+}
+
+/// [`depth_weighted_taps`] for the entries from `e0` that `out` holds (callers split the
+/// entries over threads).
+pub fn depth_weighted_taps_from(
+    table: &SamplingTable,
+    depth_weight: &[f32],
+    e0: usize,
+    out: &mut [SampleTap],
+) {
     let plane = table.feat_w * table.feat_h;
-    for ((o, t), &b) in out.iter_mut().zip(&table.taps).zip(&table.bins) {
+    let (taps, bins) = (&table.taps[e0..], &table.bins[e0..]);
+    for ((o, t), &b) in out.iter_mut().zip(taps).zip(bins) {
         let dw = &depth_weight[b as usize * plane..(b as usize + 1) * plane];
         *o = SampleTap {
             idx: t.idx,

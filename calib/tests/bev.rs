@@ -317,3 +317,19 @@ fn lift_with_uniform_depth_is_the_view_transform_and_a_peak_keeps_its_bin() {
     assert!(lift(&t, &feat[..d * plane], &mut scratch, &mut got).is_err());
     assert!(lift(&t, &feat, &mut scratch, &mut got[1..]).is_err());
 }
+
+#[test]
+fn exp_nonpositive_is_within_two_ulp_of_exp() {
+    let mut worst = 0f64;
+    let mut x = 0.0f32;
+    while x > -87.0 {
+        let (a, b) = (bevrt_calib::bev::exp_nonpositive(x) as f64, x.exp() as f64);
+        worst = worst.max((a - b).abs() / b);
+        x -= 0.000_731;
+    }
+    assert!(worst < 2.5e-7, "relative error {worst}");
+    assert_eq!(bevrt_calib::bev::exp_nonpositive(0.0), 1.0);
+    assert_eq!(bevrt_calib::bev::exp_nonpositive(-200.0), 0.0);
+    assert_eq!(bevrt_calib::bev::exp_nonpositive(f32::NAN), 0.0);
+    assert_eq!(bevrt_calib::bev::exp_nonpositive(f32::NEG_INFINITY), 0.0);
+}

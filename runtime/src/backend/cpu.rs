@@ -595,7 +595,17 @@ fn lift_to_bev(
     }
     let taps = if t.depth_bins > 0 {
         lift.fit(t);
-        bev::lift_weights(t, &f[context * plane..], lift);
+        bev::depth_softmax(&f[context * plane..], t.depth_bins, &mut lift.depth_weight);
+        let dw = &lift.depth_weight;
+        match pool {
+            Some(pool) if pool.threads() > 1 => {
+                let chunk = t.len().div_ceil(pool.threads());
+                pool.for_each_chunk_mut(&mut lift.taps, chunk, &|i, out| {
+                    bev::depth_weighted_taps_from(t, dw, i * chunk, out)
+                });
+            }
+            _ => bev::depth_weighted_taps(t, dw, &mut lift.taps),
+        }
         &lift.taps
     } else {
         &t.taps
