@@ -258,3 +258,172 @@ fn training_reader_keeps_ego_motion_and_names_bad_poses() {
     let ds = bevrt_train::letsmap::data::load(&rec, None, &|_, _| {}).unwrap();
     assert!(ds.poses.is_none());
 }
+
+fn record_at(dir: &Path, seed: u64, frames: u64, fps: &str, extras: bool) {
+    let (s, f) = (seed.to_string(), frames.to_string());
+    let mut a = vec![
+        "sim", "record", "--seed", &s, "--frames", &f, "--fps", fps, "--cell", "0.5", "--out",
+    ];
+    let d = dir.to_str().unwrap();
+    a.push(d);
+    if extras {
+        a.push("--extras");
+    }
+    tool(&a);
+}
+
+/// The geometry pathway learns depth from video alone (the depth maps only score it), resumes
+/// exactly, and its depth head reaches a bundle whose depth-weighted lift runs the same on
+/// tract and on bevrt's CPU engine.
+#[test]
+fn geometry_pathway_learns_depth_without_labels_and_ships_in_the_lift() {
+    let w = scratch("letsmap-geometry");
+    let s = |p: &str| w.join(p).to_str().unwrap().to_string();
+    record_at(&w.join("unlabelled/a"), 21, 30, "10", false);
+    record_at(&w.join("unlabelled/b"), 22, 30, "10", false);
+    record_at(&w.join("test"), 23, 12, "10", true);
+    let geo = |out: &str, epochs: &str, resume: bool| {
+        let mut a = vec![
+            "pretrain-geometry",
+            "--data",
+            "",
+            "--out",
+            out,
+            "--epochs",
+            epochs,
+            "--seed",
+            "3",
+            "--no-ground-prior",
+            "--eval-depth",
+        ];
+        let (data, test) = (s("unlabelled"), s("test"));
+        a[2] = &data;
+        a.push(&test);
+        if resume {
+            a.push("--resume");
+        }
+        tool(&a)
+    };
+    geo(&s("g_a"), "2", false);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.join("g_a/geometry.json")).unwrap())
+            .unwrap();
+    let abs_rel: Vec<f64> = state["depth"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["abs_rel"].as_f64().unwrap())
+        .collect();
+    let photo: Vec<f64> = state["epoch_photometric_error"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    // from a uniform depth distribution (AbsRel about 1.5) to well under it in 2 short epochs
+    assert!(
+        abs_rel.len() == 3 && abs_rel[2] < 0.8 * abs_rel[0],
+        "AbsRel before and after each epoch: {abs_rel:?}"
+    );
+    assert!(photo[1] < photo[0], "photometric error per epoch {photo:?}");
+    // resume: 1 epoch, then on to 2, reaches the same weights
+    geo(&s("g_b"), "1", false);
+    let resumed = geo(&s("g_b"), "2", true);
+    assert!(resumed.contains("resuming after epoch 1"), "{resumed}");
+    let a = std::fs::read(w.join("g_a/geometry.safetensors")).unwrap();
+    let b = std::fs::read(w.join("g_b/geometry.safetensors")).unwrap();
+    assert!(a == b, "a resumed geometry run must reach the same weights");
+    // no poses: a clear error naming what is missing
+    let nodir = w.join("noposes");
+    record_at(&nodir, 24, 6, "10", false);
+    std::fs::remove_file(nodir.join("poses.csv")).unwrap();
+    let (ok, _, se) = run(
+        &bin("bevrt-tool"),
+        &[
+            "pretrain-geometry",
+            "--data",
+            &s("noposes"),
+            "--out",
+            &s("g_c"),
+        ],
+    );
+    assert!(!ok && se.contains("poses.csv"), "{se}");
+
+    // Fine-tune from the geometry checkpoint: the bundle carries the bins and the depth head.
+    record(&w.join("labelled"), 25, 12);
+    tool(&[
+        "finetune",
+        "--data",
+        &s("labelled"),
+        "--encoder",
+        &s("g_a/geometry.safetensors"),
+        "--label-fraction",
+        "0.5",
+        "--unfreeze-last",
+        "6",
+        "--iters",
+        "20",
+        "--out",
+        &s("bundle"),
+    ]);
+    let manifest = std::fs::read_to_string(w.join("bundle/bundle.toml")).unwrap();
+    assert!(
+        manifest.contains("[grid.depth]") && manifest.contains("bins = 32"),
+        "{manifest}"
+    );
+    let m = tool(&[
+        "depth-eval",
+        "--bundle",
+        &s("bundle"),
+        "--data",
+        &s("test"),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&m).unwrap();
+    assert!(v["abs_rel"].as_f64().unwrap() < abs_rel[0], "{m}");
+    // The lift runs on tract and on the CPU engine (threaded) with the same maps.
+    let maps = |backend: &str, threads: &str| -> Vec<Vec<u8>> {
+        let out = w.join(format!("run-{backend}-{threads}"));
+        let (ok, so, se) = run(
+            &bin("bevrt"),
+            &[
+                "run",
+                "--bundle",
+                &s("bundle"),
+                "--source",
+                &format!("replay:{}", s("test")),
+                "--backend",
+                backend,
+                "--threads",
+                threads,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{so}{se}");
+        let mut files: Vec<_> = std::fs::read_dir(out.join("maps"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|p| image::open(p).unwrap().to_rgb8().into_raw())
+            .collect()
+    };
+    let tract = maps("cpu", "1");
+    let plan = maps("cpu-plan", "2");
+    assert_eq!(tract.len(), 12);
+    let (same, total) = tract
+        .iter()
+        .zip(&plan)
+        .flat_map(|(a, b)| a.iter().zip(b))
+        .fold((0usize, 0usize), |(s, t), (a, b)| {
+            (s + (a == b) as usize, t + 1)
+        });
+    assert!(
+        same as f64 >= 0.999 * total as f64,
+        "tract and the CPU engine disagree on {} of {total} map bytes",
+        total - same
+    );
+}
