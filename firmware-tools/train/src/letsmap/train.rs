@@ -260,9 +260,16 @@ pub struct FinetuneArgs {
     /// as the last (0 = frozen encoder; a lift conv the checkpoint lacks is always trained).
     #[arg(long, default_value_t = 0)]
     pub unfreeze_last: usize,
+    /// Which of three disjoint evenly spaced label subsets of that fraction (0, 1, 2).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..3))]
+    pub subset: u8,
     /// Optimizer steps (the same budget whatever the label fraction).
     #[arg(long, default_value_t = 600)]
     pub iters: usize,
+    /// LP-FT: the first N of --iters train the head alone on the frozen (pretrained) encoder,
+    /// the rest also the unfrozen encoder layers.
+    #[arg(long, default_value_t = 0)]
+    pub probe_iters: usize,
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
     /// Adam learning rate (0 exports the initial weights: an untrained baseline).
@@ -331,11 +338,16 @@ fn targets(
     ))
 }
 
-/// Evenly spaced `fraction` of the labelled frames (at least one).
-pub fn label_subset(labelled: &[usize], fraction: f64) -> Vec<usize> {
-    let n = ((labelled.len() as f64 * fraction).round() as usize).clamp(1, labelled.len());
+/// Evenly spaced `fraction` of the labelled frames (at least one). `subset` 0 takes the
+/// middle of each of the n equal stretches of the data, 1 and 2 the points a third of a
+/// stretch before and after it: three disjoint subsets of the same size and spread (while a
+/// stretch holds at least 3 frames).
+pub fn label_subset(labelled: &[usize], fraction: f64, subset: usize) -> Vec<usize> {
+    let len = labelled.len();
+    let n = ((len as f64 * fraction).round() as usize).clamp(1, len);
+    let offset = [0.5, 1.0 / 6.0, 5.0 / 6.0][subset % 3];
     (0..n)
-        .map(|j| labelled[(j * labelled.len() + labelled.len() / (2 * n)) / n])
+        .map(|j| labelled[(((j as f64 + offset) * len as f64 / n as f64) as usize).min(len - 1)])
         .collect()
 }
 
@@ -411,8 +423,13 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         .collect();
     let frozen = &encoder[..n_enc - unfrozen];
     let mut opt = Adam::new(params.of_layers(&trained)?, a.lr)?;
+    // LP-FT's probe phase: the head alone, with its own Adam state
+    let mut probe_opt = Adam::new(params.of_layers(&arch.head)?, a.lr)?;
+    if a.probe_iters > a.iters {
+        bail!("--probe-iters {} exceeds --iters {}", a.probe_iters, a.iters);
+    }
 
-    let subset = label_subset(&ds.labelled(), a.label_fraction);
+    let subset = label_subset(&ds.labelled(), a.label_fraction, a.subset as usize);
     let cw = class_weights(&ds, &subset, arch.num_classes());
     let (fh, fw) = arch.feat_hw();
     let table = bevrt_calib::SamplingTable::try_build(
@@ -470,8 +487,13 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
             pos += 1;
         }
         let frames: Vec<usize> = pick.iter().map(|&j| subset[j]).collect();
+        let probing = it < a.probe_iters;
         let bev = match &cached {
             Some(c) => Tensor::cat(&pick.iter().map(|&j| &c[j]).collect::<Vec<_>>(), 0)?,
+            None if probing => {
+                let x = batcher.images(&ds, &frames)?;
+                tt.apply(&params.chain(&x, &encoder)?)?.detach()
+            }
             None => {
                 let x = batcher.images(&ds, &frames)?;
                 let f = params.chain(&x, frozen)?.detach();
@@ -481,7 +503,11 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         let logits = params.chain(&bev, &arch.head)?;
         let (t, w) = targets(&ds, &frames, &cw, gh, gw)?;
         let loss = nn::weighted_ce(&logits, &t, &w)?;
-        opt.backward_step(&loss)?;
+        if probing {
+            probe_opt.backward_step(&loss)?;
+        } else {
+            opt.backward_step(&loss)?;
+        }
         let l = optim::scalar(&loss)?;
         if !l.is_finite() {
             bail!("fine-tuning diverged at step {it} (loss {l}); lower --lr");
@@ -493,32 +519,16 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
     }
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    // The pretraining run behind the encoder, when its pretrain.json sits beside it.
-    let pretraining = a
+    let (pretrained_by, pretraining) = a
         .encoder
         .as_ref()
-        .and_then(|p| std::fs::read_to_string(p.with_file_name("pretrain.json")).ok())
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .map(|v| {
-            format!(
-                "{} epochs over {}, batch {}, lr {}, mask ratio {}, max gap {}, seed {}; \
-                 masked-patch MSE per epoch {}",
-                v["epochs_done"],
-                v["args"]["data"],
-                v["args"]["batch"],
-                v["args"]["lr"],
-                v["args"]["mask_ratio"],
-                v["args"]["max_gap"],
-                v["args"]["seed"],
-                v["epoch_loss"]
-            )
-        })
+        .map(|p| describe_pretraining(p))
         .unwrap_or_default();
     let recipe = Recipe {
         init: if from_scratch {
             "scratch".into()
         } else if a.encoder.is_some() {
-            "mae-pretrained".into()
+            format!("{pretrained_by}-pretrained")
         } else {
             "bundle".into()
         },
@@ -528,8 +538,10 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         pretraining,
         labelled_frames: subset.len(),
         label_fraction: a.label_fraction,
+        label_subset: a.subset,
         unfrozen_encoder_layers: unfrozen,
         iters: a.iters,
+        probe_iters: a.probe_iters,
         batch: a.batch,
         lr: a.lr,
         seed: a.seed,
@@ -563,13 +575,67 @@ pub struct Recipe {
     pub pretraining: String,
     pub labelled_frames: usize,
     pub label_fraction: f64,
+    /// Which of the three evenly spaced subsets of that fraction.
+    pub label_subset: u8,
     pub unfrozen_encoder_layers: usize,
     pub iters: usize,
+    /// LP-FT: steps that trained the head alone first.
+    pub probe_iters: usize,
     pub batch: usize,
     pub lr: f64,
     pub seed: u64,
     pub train_seconds: f64,
     pub final_loss: f32,
+}
+
+/// Which pathway made a checkpoint ("mae", "geometry", or "ssl" for `ssl drive`) and a line
+/// on how, from the progress record beside it (`pretrain.json` or `geometry.json`).
+fn describe_pretraining(ckpt: &Path) -> (String, String) {
+    let read = |name: &str| {
+        std::fs::read_to_string(ckpt.with_file_name(name))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    };
+    if let Some(v) = read("geometry.json") {
+        let a = &v["args"];
+        let line = format!(
+            "geometry pathway: {} epochs over {}, objective {}, gap {}, batch {}, lr {}, \
+             seed {}; photometric error per epoch {}; depth on --eval-depth {}",
+            v["epochs_done"],
+            a["data"],
+            a["objective"],
+            a["gap"],
+            a["batch"],
+            a["lr"],
+            a["seed"],
+            v["epoch_photometric_error"],
+            v["depth"]
+                .as_array()
+                .and_then(|d| d.last())
+                .map(|d| format!("AbsRel {:.3}", d["abs_rel"].as_f64().unwrap_or(f64::NAN)))
+                .unwrap_or_else(|| "not measured".into())
+        );
+        return ("geometry".into(), line);
+    }
+    if let Some(v) = read("pretrain.json") {
+        if v.get("config").is_some() {
+            return ("ssl".into(), format!("ssl drive: {v}"));
+        }
+        let line = format!(
+            "{} epochs over {}, batch {}, lr {}, mask ratio {}, max gap {}, seed {}; \
+             masked-patch MSE per epoch {}",
+            v["epochs_done"],
+            v["args"]["data"],
+            v["args"]["batch"],
+            v["args"]["lr"],
+            v["args"]["mask_ratio"],
+            v["args"]["max_gap"],
+            v["args"]["seed"],
+            v["epoch_loss"]
+        );
+        return ("mae".into(), line);
+    }
+    ("unknown".into(), String::new())
 }
 
 /// Loads encoder and head weights back from a bundle's ONNX initializers.
