@@ -1,6 +1,7 @@
-//! `bevrt demo`: the shipped letsmap-lite reference bundle (embedded in the binary) on a
-//! freshly simulated drive, through the real pipeline (replay source, backend, sinks), then
-//! camera frame | predicted BEV | ground truth side by side per frame, latency and mIoU.
+//! `bevrt demo`: the shipped letsmap-lite reference bundle (embedded in the binary), or any
+//! BEV bundle given with `--bundle`, on a freshly simulated drive, through the real pipeline
+//! (replay source, backend, sinks), then camera frame | predicted BEV | ground truth side by
+//! side per frame with panel titles and a class legend, latency and mIoU.
 //!
 //! The bundle is `models/bundles/letsmap-lite/`, rebuilt by `scripts/letsmap-recipe.sh`.
 
@@ -51,6 +52,8 @@ pub fn write_shipped_bundle(dir: &Path) -> Result<Bundle> {
 
 pub struct DemoOptions {
     pub out: PathBuf,
+    /// A BEV bundle to run instead of the embedded reference.
+    pub bundle: Option<PathBuf>,
     pub frames: u64,
     pub seed: u64,
     pub backend: BackendKind,
@@ -81,14 +84,53 @@ fn upscale(img: &image::RgbImage, f: u32) -> image::RgbImage {
     )
 }
 
+/// Camera | prediction | ground truth, each under its title, and the class legend below.
+fn compose_side_by_side(
+    cam: &image::RgbImage,
+    pred: &image::RgbImage,
+    gt: &image::RgbImage,
+    classes: &[(String, [u8; 3])],
+) -> image::RgbImage {
+    use crate::legend::{class_legend, draw_text};
+    let (gap, title_h) = (8, 14);
+    let w = cam.width() + 2 * (pred.width() + gap);
+    let h = cam.height().max(pred.height());
+    let legend = class_legend(w, classes, 1);
+    let mut canvas = image::RgbImage::from_pixel(
+        w,
+        title_h + h + legend.height(),
+        image::Rgb([255, 255, 255]),
+    );
+    let x_pred = cam.width() + gap;
+    let x_gt = x_pred + pred.width() + gap;
+    for (x, title) in [
+        (0, "CAMERA"),
+        (x_pred, "PREDICTED BEV (FORWARD = UP)"),
+        (x_gt, "GROUND TRUTH BEV"),
+    ] {
+        draw_text(&mut canvas, x + 2, 3, title, 1, [0, 0, 0]);
+    }
+    image::imageops::replace(&mut canvas, cam, 0, title_h as i64);
+    image::imageops::replace(&mut canvas, pred, x_pred as i64, title_h as i64);
+    image::imageops::replace(&mut canvas, gt, x_gt as i64, title_h as i64);
+    image::imageops::replace(&mut canvas, &legend, 0, (title_h + h) as i64);
+    canvas
+}
+
 pub fn run(o: &DemoOptions) -> Result<DemoReport> {
-    let bundle = write_shipped_bundle(&o.out.join("bundle"))?;
+    let bundle = match &o.bundle {
+        Some(b) => Bundle::load(b)?,
+        None => write_shipped_bundle(&o.out.join("bundle"))?,
+    };
     let m = &bundle.manifest;
-    let grid = m.grid.clone().context("shipped bundle has no grid")?;
+    let grid = m
+        .grid
+        .clone()
+        .with_context(|| format!("{}: not a BEV bundle (no [grid])", bundle.dir.display()))?;
     let cal_file = m
         .calibration
         .as_ref()
-        .context("shipped bundle has no calibration")?;
+        .with_context(|| format!("{}: BEV bundle without [calibration]", bundle.dir.display()))?;
     let cal = bevrt_calib::Calibration::load(bundle.dir.join(&cal_file.file))?;
     // A drive the model never saw (its training seeds are in the manifest), filmed by the
     // camera it was trained for, with ground truth on its grid.
@@ -128,6 +170,12 @@ pub fn run(o: &DemoOptions) -> Result<DemoReport> {
     let _ = std::fs::remove_dir_all(&sbs);
     std::fs::create_dir_all(&sbs)?;
     let colour_of = |c: u8| m.classes.get(c as usize).map_or([0, 0, 0], |s| s.color);
+    let legend_classes: Vec<(String, [u8; 3])> = m
+        .classes
+        .iter()
+        .map(|c| (c.name.clone(), c.color))
+        .chain([("unknown / unseen".to_string(), [0, 0, 0])])
+        .collect();
     let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = vec![];
     for e in &recording.frames {
         let cam = read_rgb(&e.file)?;
@@ -142,18 +190,7 @@ pub fn run(o: &DemoOptions) -> Result<DemoReport> {
         }
         let f = cam.height().div_ceil(pred.height()).max(1);
         let (pred_up, gt_up) = (upscale(&pred, f), upscale(&gt_rgb, f));
-        let gap = 8;
-        let w = cam.width() + 2 * (pred_up.width() + gap);
-        let h = cam.height().max(pred_up.height());
-        let mut canvas = image::RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
-        image::imageops::replace(&mut canvas, &cam, 0, 0);
-        image::imageops::replace(&mut canvas, &pred_up, (cam.width() + gap) as i64, 0);
-        image::imageops::replace(
-            &mut canvas,
-            &gt_up,
-            (cam.width() + 2 * gap + pred_up.width()) as i64,
-            0,
-        );
+        let canvas = compose_side_by_side(&cam, &pred_up, &gt_up, &legend_classes);
         let out = sbs.join(format!("{:06}.png", e.seq));
         canvas
             .save(&out)

@@ -23,7 +23,8 @@
 //! - [`selftest`]: the on-device self-test from the test vectors a bundle carries.
 //! - [`supervisor`]: model updates from an A/B bundle store while the pipeline runs (load,
 //!   verify, self-test, swap, trial, rollback).
-//! - [`demo`]: the shipped letsmap-lite bundle (embedded) on a simulated drive.
+//! - [`demo`]: the shipped letsmap-lite bundle (embedded) or `--bundle` on a simulated drive.
+//! - [`legend`]: a 5x7 pixel font, panel titles and the class legend for images people read.
 
 pub mod afv;
 pub mod alloc_count;
@@ -32,6 +33,7 @@ pub mod bench;
 pub mod conformance;
 pub mod demo;
 pub mod frame;
+pub mod legend;
 pub mod metrics;
 pub mod npy;
 pub mod pipeline;

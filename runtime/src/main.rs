@@ -127,6 +127,9 @@ struct BevDemoArgs {
     /// Where the bundle, the simulated drive, results and side-by-side PNGs go.
     #[arg(long, default_value = "out/demo")]
     out: PathBuf,
+    /// Run this BEV bundle (e.g. a 1 %-label one) instead of the embedded reference.
+    #[arg(long)]
+    bundle: Option<PathBuf>,
     /// Frames to simulate (2 per second of driving).
     #[arg(long, default_value_t = 20)]
     frames: u64,
@@ -452,13 +455,19 @@ fn shared_dir(given: Option<PathBuf>) -> PathBuf {
 fn cmd_bev_demo(a: BevDemoArgs) -> anyhow::Result<()> {
     let r = bevrt_runtime::demo::run(&bevrt_runtime::demo::DemoOptions {
         out: a.out.clone(),
+        bundle: a.bundle.clone(),
         frames: a.frames,
         seed: a.seed,
         backend: a.backend,
         threads: a.threads,
     })?;
     println!(
-        "letsmap-lite reference bundle on a new simulated drive (seed {}): {}",
+        "{} on a new simulated drive (seed {}): {}",
+        a.bundle
+            .as_ref()
+            .map_or("letsmap-lite reference bundle".to_string(), |b| b
+                .display()
+                .to_string()),
         a.seed,
         r.run.line()
     );

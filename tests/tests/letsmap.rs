@@ -381,6 +381,20 @@ fn geometry_pathway_learns_depth_without_labels_and_ships_in_the_lift() {
     ]);
     let v: serde_json::Value = serde_json::from_str(&m).unwrap();
     assert!(v["abs_rel"].as_f64().unwrap() < abs_rel[0], "{m}");
+    // The test drive carries the amodal BEV (--extras): eval scores the hidden cells too.
+    let ev = tool(&[
+        "eval",
+        "--bundle",
+        &s("bundle"),
+        "--data",
+        &s("test"),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&ev).unwrap();
+    let o = &v["occlusion"];
+    assert!(o["hidden_cells"].as_u64().unwrap_or(0) > 100, "{ev}");
+    let acc = o["accuracy"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&acc), "{ev}");
     // The lift runs on tract and on the CPU engine (threaded) with the same maps.
     let maps = |backend: &str, threads: &str| -> Vec<Vec<u8>> {
         let out = w.join(format!("run-{backend}-{threads}"));

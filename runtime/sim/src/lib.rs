@@ -297,6 +297,11 @@ impl Simulator {
     pub fn bev_ground_truth(&mut self) -> &[u8] {
         self.renderer.bev_ground_truth(&self.world)
     }
+    /// The amodal BEV of the last frame (every cell's true class, seen or hidden), valid
+    /// after [`Simulator::bev_ground_truth`].
+    pub fn bev_amodal(&self) -> &[u8] {
+        self.renderer.bev_amodal()
+    }
     /// Pose of the last rendered frame.
     pub fn last_pose(&self) -> EgoPose {
         self.pose

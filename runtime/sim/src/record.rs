@@ -16,9 +16,10 @@
 //! DIR/labels/NNNNNN.png  per-pixel class (L8; 254 = sky, 255 = outside the lens range)
 //! DIR/depth/NNNNNN.png   depth along the optical axis, 16-bit PNG in centimetres
 //!                        (0 = sky / no hit; clamped to 655.35 m)
+//! DIR/gt_amodal/NNNNNN.png  amodal BEV: every cell's true class, seen or hidden (L8, as gt/)
 //! ```
-//! `labels/` and `depth/` are written only when asked (`extras`): they cost about as much as
-//! the frame PNG itself.
+//! `labels/`, `depth/` and `gt_amodal/` are written only when asked (`extras`): they cost about
+//! as much as the frame PNG itself.
 
 use std::io::Write;
 use std::path::Path;
@@ -101,10 +102,12 @@ pub fn record(
     }
     let mut sim = Simulator::new(cfg.clone())?;
     let (w, h) = (cfg.width(), cfg.height());
-    for sub in ["frames", "gt"]
-        .into_iter()
-        .chain(extras.then_some(["labels", "depth"]).into_iter().flatten())
-    {
+    for sub in ["frames", "gt"].into_iter().chain(
+        extras
+            .then_some(["labels", "depth", "gt_amodal"])
+            .into_iter()
+            .flatten(),
+    ) {
         let d = out.join(sub);
         std::fs::create_dir_all(&d).map_err(|e| SimError::io(&d, e))?;
     }
@@ -182,6 +185,12 @@ pub fn record(
         let bytes =
             encode_png(bev, gw, gh, image::ExtendedColorType::L8).map_err(|e| png_err(&p, e))?;
         write(&p, &bytes)?;
+        if extras {
+            let p = out.join(format!("gt_amodal/{n:06}.png"));
+            let bytes = encode_png(sim.bev_amodal(), gw, gh, image::ExtendedColorType::L8)
+                .map_err(|e| png_err(&p, e))?;
+            write(&p, &bytes)?;
+        }
         writeln!(index, "{n},{ts},{name},{gname}").map_err(|e| SimError::io(&index_path, e))?;
         writeln!(
             poses,

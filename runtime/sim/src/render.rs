@@ -97,6 +97,8 @@ pub struct Renderer {
     cell_px: Vec<u32>,
     cell_depth: Vec<f32>,
     bev: Vec<u8>,
+    /// The same map before the visibility rule: every cell's true class (amodal).
+    amodal: Vec<u8>,
     owner: Vec<u32>,
     pose: EgoPose,
     // Sun shadows on the ground: boxes binned by the bounding rectangle of their shadow
@@ -187,6 +189,7 @@ impl Renderer {
             cell_px: vec![u32::MAX; gw * gh],
             cell_depth: vec![0.0; gw * gh],
             bev: vec![class::UNKNOWN; gw * gh],
+            amodal: vec![class::UNKNOWN; gw * gh],
             owner: vec![0; gw * gh],
             pose: EgoPose::default(),
             sboxes: Vec::with_capacity(MAX_BOXES_HINT),
@@ -618,6 +621,12 @@ impl Renderer {
     /// * object cells: the point at the cell centre at height `min((z0 + z1) / 2, 1 m)` projects
     ///   into the image and that pixel sees the same box (object-level visibility: the whole
     ///   footprint of a seen car counts as seen, as in common BEV datasets).
+    /// The amodal BEV of the last [`Renderer::bev_ground_truth`] call: the true class of every
+    /// cell, seen or hidden (the world is known), same layout; never 255.
+    pub fn bev_amodal(&self) -> &[u8] {
+        &self.amodal
+    }
+
     pub fn bev_ground_truth(&mut self, world: &World) -> &[u8] {
         let pose = self.pose;
         let (gw, gh) = (self.gw, self.gh);
@@ -660,6 +669,7 @@ impl Renderer {
                 }
             }
         }
+        self.amodal.copy_from_slice(&self.bev);
         for row in 0..gh {
             for col in 0..gw {
                 let c = row * gw + col;

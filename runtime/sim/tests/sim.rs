@@ -482,3 +482,30 @@ fn world_layout_is_sane() {
         );
     }
 }
+
+/// The amodal BEV is the visible ground truth with every hidden cell filled in: it agrees
+/// wherever the visible map knows the class, never says unknown, and behind the first car
+/// ahead it holds classes the visible map cannot.
+#[test]
+fn amodal_bev_fills_what_the_camera_cannot_see() {
+    let mut sim = Simulator::new(SimConfig::with_seed(7)).unwrap();
+    let mut rgb = vec![0u8; sim.frame_bytes()];
+    let (mut hidden, mut vehicles_hidden) = (0usize, 0usize);
+    for frame in [0u64, 10, 20, 30] {
+        sim.render_frame(frame, &mut rgb).unwrap();
+        let visible = sim.bev_ground_truth().to_vec();
+        let amodal = sim.bev_amodal().to_vec();
+        assert_eq!(visible.len(), amodal.len());
+        for (&v, &a) in visible.iter().zip(&amodal) {
+            assert_ne!(a, class::UNKNOWN, "the amodal map knows every cell");
+            if v != class::UNKNOWN {
+                assert_eq!(v, a, "where the camera sees, both maps agree");
+            } else {
+                hidden += 1;
+                vehicles_hidden += matches!(a, class::CAR | class::TRUCK) as usize;
+            }
+        }
+    }
+    assert!(hidden > 1000, "hidden cells {hidden}");
+    assert!(vehicles_hidden > 0, "no vehicle cell hidden in 4 frames");
+}

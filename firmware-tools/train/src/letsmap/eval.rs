@@ -47,6 +47,68 @@ pub struct Scores {
     pub per_class: Vec<ClassIou>,
     /// Median per-frame time of preprocess + networks + view transform + argmax, ms.
     pub median_frame_ms: f64,
+    /// Cells hidden from the camera, scored against the amodal ground truth (recordings made
+    /// with `sim record --extras` carry it in `gt_amodal/`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub occlusion: Option<OcclusionScores>,
+}
+
+/// The model's guesses where the camera cannot see: cells inside its view (the runtime gives
+/// them a class) whose visible ground truth is unknown (occluded, or ground the camera's
+/// pixels do not resolve), against the amodal truth.
+#[derive(Debug, Clone, Serialize)]
+pub struct OcclusionScores {
+    pub hidden_cells: u64,
+    /// Percent of hidden cells whose predicted class is the amodal truth.
+    pub accuracy: f64,
+    /// Hidden cells predicted as a vehicle (car, truck, 2-wheeler) that hold none.
+    pub vehicle_false_positives: u64,
+    /// The same as a percent of the hidden cells that hold no vehicle.
+    pub vehicle_false_positive_rate: f64,
+}
+
+/// The amodal map beside a frame's ground truth (`gt_amodal/` next to `frames/`), if present.
+fn amodal_of(frame_file: &Path) -> Option<PathBuf> {
+    let rec = frame_file.parent()?.parent()?;
+    let p = rec.join("gt_amodal").join(frame_file.file_name()?);
+    p.is_file().then_some(p)
+}
+
+fn score_occlusion(frames: &[(Vec<u8>, Vec<u8>, Vec<u8>)], classes: &[String]) -> OcclusionScores {
+    let vehicle: Vec<bool> = (0..=255u16)
+        .map(|c| {
+            classes
+                .get(c as usize)
+                .is_some_and(|n| matches!(n.as_str(), "car" | "truck" | "2-wheeler"))
+        })
+        .collect();
+    let (mut hidden, mut right, mut fp, mut no_vehicle) = (0u64, 0u64, 0u64, 0u64);
+    for (gt, amodal, pred) in frames {
+        for ((&g, &a), &p) in gt.iter().zip(amodal).zip(pred) {
+            if g != 255 || p == 255 || a == 255 {
+                continue;
+            }
+            hidden += 1;
+            right += (p == a) as u64;
+            if !vehicle[a as usize] {
+                no_vehicle += 1;
+                fp += vehicle[p as usize] as u64;
+            }
+        }
+    }
+    let pct = |a: u64, b: u64| {
+        if b == 0 {
+            0.0
+        } else {
+            100.0 * a as f64 / b as f64
+        }
+    };
+    OcclusionScores {
+        hidden_cells: hidden,
+        accuracy: pct(right, hidden),
+        vehicle_false_positives: fp,
+        vehicle_false_positive_rate: pct(fp, no_vehicle),
+    }
 }
 
 pub fn evaluate(
@@ -119,6 +181,28 @@ pub fn evaluate(
         .map(|(i, p)| (ds.gt[*i].as_deref().expect("filtered"), p.as_slice()))
         .collect();
     let (cells, miou, accuracy, per_class) = score_maps(&pairs, &names);
+    let amodal: Option<Vec<PathBuf>> = preds
+        .iter()
+        .map(|(i, _)| amodal_of(&ds.frame_files[*i]))
+        .collect();
+    let occlusion = match amodal {
+        Some(paths) => {
+            let mut frames = vec![];
+            for ((i, p), a) in preds.iter().zip(&paths) {
+                let am = image::open(a)
+                    .with_context(|| format!("{}: cannot decode", a.display()))?
+                    .to_luma8()
+                    .into_raw();
+                if am.len() != p.len() {
+                    bail!("{}: size differs from the ground truth's", a.display());
+                }
+                let gt = ds.gt[*i].clone().expect("filtered");
+                frames.push((gt, am, p.clone()));
+            }
+            Some(score_occlusion(&frames, &names))
+        }
+        None => None,
+    };
     times.sort_by(|a, b| a.total_cmp(b));
     Ok(Scores {
         data: data_dir.display().to_string(),
@@ -129,6 +213,7 @@ pub fn evaluate(
         accuracy,
         per_class,
         median_frame_ms: times[times.len() / 2],
+        occlusion,
     })
 }
 
@@ -146,6 +231,12 @@ pub fn print_scores(s: &Scores) {
         "mIoU {:.1} %  cell accuracy {:.1} %  median frame {:.2} ms",
         s.miou, s.accuracy, s.median_frame_ms
     );
+    if let Some(o) = &s.occlusion {
+        println!(
+            "hidden cells {}: accuracy {:.1} % against the amodal truth, vehicle false positives {} ({:.2} % of hidden cells without a vehicle)",
+            o.hidden_cells, o.accuracy, o.vehicle_false_positives, o.vehicle_false_positive_rate
+        );
+    }
 }
 
 pub fn eval_cmd(a: &EvalArgs) -> Result<()> {

@@ -426,7 +426,11 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
     // LP-FT's probe phase: the head alone, with its own Adam state
     let mut probe_opt = Adam::new(params.of_layers(&arch.head)?, a.lr)?;
     if a.probe_iters > a.iters {
-        bail!("--probe-iters {} exceeds --iters {}", a.probe_iters, a.iters);
+        bail!(
+            "--probe-iters {} exceeds --iters {}",
+            a.probe_iters,
+            a.iters
+        );
     }
 
     let subset = label_subset(&ds.labelled(), a.label_fraction, a.subset as usize);
