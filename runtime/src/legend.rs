@@ -84,10 +84,13 @@ pub fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, scale: u32, col
     }
 }
 
+/// A class's name and display colour.
+pub type ClassEntry = (String, [u8; 3]);
+
 /// A strip `width` wide: one swatch and name per class, wrapped onto as many rows as needed.
-pub fn class_legend(width: u32, classes: &[(String, [u8; 3])], scale: u32) -> RgbImage {
+pub fn class_legend(width: u32, classes: &[ClassEntry], scale: u32) -> RgbImage {
     let (line_h, swatch, pad) = (10 * scale, 7 * scale, 4 * scale);
-    let mut rows: Vec<Vec<(u32, &(String, [u8; 3]))>> = vec![vec![]];
+    let mut rows: Vec<Vec<(u32, &ClassEntry)>> = vec![vec![]];
     let mut x = pad;
     for c in classes {
         let w = swatch + 2 * scale + text_width(&c.0, scale) + 3 * pad;

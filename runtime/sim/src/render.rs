@@ -608,6 +608,12 @@ impl Renderer {
         1.0
     }
 
+    /// The amodal BEV of the last [`Renderer::bev_ground_truth`] call: the true class of every
+    /// cell, seen or hidden (the world is known), same layout; never 255.
+    pub fn bev_amodal(&self) -> &[u8] {
+        &self.amodal
+    }
+
     /// BEV semantic ground truth of the last rendered frame on the grid (row-major,
     /// `grid.height()` rows x `grid.width()` columns, layout of `bevrt_calib::SamplingTable`).
     ///
@@ -621,12 +627,6 @@ impl Renderer {
     /// * object cells: the point at the cell centre at height `min((z0 + z1) / 2, 1 m)` projects
     ///   into the image and that pixel sees the same box (object-level visibility: the whole
     ///   footprint of a seen car counts as seen, as in common BEV datasets).
-    /// The amodal BEV of the last [`Renderer::bev_ground_truth`] call: the true class of every
-    /// cell, seen or hidden (the world is known), same layout; never 255.
-    pub fn bev_amodal(&self) -> &[u8] {
-        &self.amodal
-    }
-
     pub fn bev_ground_truth(&mut self, world: &World) -> &[u8] {
         let pose = self.pose;
         let (gw, gh) = (self.gw, self.gh);
