@@ -105,7 +105,7 @@ fn compose_side_by_side(
     let x_gt = x_pred + pred.width() + gap;
     for (x, title) in [
         (0, "CAMERA"),
-        (x_pred, "PREDICTED BEV (FORWARD = UP)"),
+        (x_pred, "PREDICTED BEV"),
         (x_gt, "GROUND TRUTH BEV"),
     ] {
         draw_text(&mut canvas, x + 2, 3, title, 1, [0, 0, 0]);

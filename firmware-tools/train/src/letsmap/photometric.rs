@@ -384,6 +384,16 @@ mod tests {
     use super::*;
     use bevrt_calib::DepthSpacing;
 
+    fn origin_pose() -> EgoPose {
+        EgoPose {
+            seq: 0,
+            timestamp_ns: 0,
+            x: 0.0,
+            y: 0.0,
+            yaw: 0.0,
+        }
+    }
+
     /// A textured vertical wall 12 m ahead seen by a default-like camera, rendered from the
     /// target pose and from 2 m behind and 2 m ahead of it: the cost volume must be lowest at
     /// the wall's bin; with the forward source alone, border pixels (out of its view at the
@@ -419,13 +429,7 @@ mod tests {
         let target = render(0.0);
         let behind = render(-2.0);
         let ahead = render(2.0);
-        let p0 = EgoPose {
-            seq: 0,
-            timestamp_ns: 0,
-            x: 0.0,
-            y: 0.0,
-            yaw: 0.0,
-        };
+        let p0 = origin_pose();
         let pose = |x: f64| EgoPose { x, ..p0 };
         let bins = DepthBins {
             min: 3.0,
@@ -499,13 +503,7 @@ mod tests {
             })
             .collect();
         let img = Planes { w, h, data };
-        let p0 = EgoPose {
-            seq: 0,
-            timestamp_ns: 0,
-            x: 0.0,
-            y: 0.0,
-            yaw: 0.0,
-        };
+        let p0 = origin_pose();
         let p1 = EgoPose {
             x: -1.0,
             y: 0.2,
