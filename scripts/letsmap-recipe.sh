@@ -104,7 +104,7 @@ for sub in 0 1 2; do
     --unfreeze-last 6 --probe-iters $PROBE_1
 done
 
-python3 - "$WORK" <<'PY'
+ITERS_1=$ITERS_1 python3 - "$WORK" <<'PY'
 import json, sys
 w = sys.argv[1]
 rows = [("scratch", "1 %", "scratch-1"), ("MAE-pretrained", "1 %", "mae-1"),
@@ -119,8 +119,10 @@ for init, frac, name in rows:
     f = lambda v: "-" if v is None else f"{v:.1f}"
     out.append(f"| {init} | {frac} | {s['miou']:.1f} | {f(iou.get('road'))} | {f(iou.get('car'))} |")
 import statistics as st
-for init, base in [("scratch, 3 label subsets, 500 steps", "scratch-1-s"),
-                   ("geometry pathway, LP-FT, 3 label subsets, 500 steps", "geometry-1-s")]:
+import os
+steps = os.environ.get("ITERS_1", "?")
+for init, base in [(f"scratch, 3 label subsets, {steps} steps", "scratch-1-s"),
+                   (f"geometry pathway, LP-FT, 3 label subsets, {steps} steps", "geometry-1-s")]:
     runs = [json.load(open(f"{w}/bundles/{base}{k}.eval.json")) for k in range(3)]
     def ms(vals):
         return f"{st.mean(vals):.1f} ± {st.stdev(vals):.1f}"
