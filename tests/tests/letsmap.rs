@@ -231,27 +231,21 @@ fn training_reader_keeps_ego_motion_and_names_bad_poses() {
     assert!(fwd > 0.5 && left.abs() < 0.5 * fwd, "{fwd} {left}");
 
     // Unsorted rows and a frame without a pose are errors naming the file.
+    let load_error = || {
+        let r = bevrt_train::letsmap::data::load(&rec, None, &|_, _| {});
+        format!("{:#}", r.err().expect("bad poses.csv must be refused"))
+    };
     let path = rec.join("poses.csv");
     let text = std::fs::read_to_string(&path).unwrap();
     let mut lines: Vec<&str> = text.lines().collect();
     lines.swap(1, 2);
     std::fs::write(&path, lines.join("\n")).unwrap();
-    let e = format!(
-        "{:#}",
-        bevrt_train::letsmap::data::load(&rec, None, &|_, _| {})
-            .err()
-            .unwrap()
-    );
+    let e = load_error();
     assert!(e.contains("poses.csv") && e.contains("sorted"), "{e}");
     lines.swap(1, 2);
     lines.pop();
     std::fs::write(&path, lines.join("\n")).unwrap();
-    let e = format!(
-        "{:#}",
-        bevrt_train::letsmap::data::load(&rec, None, &|_, _| {})
-            .err()
-            .unwrap()
-    );
+    let e = load_error();
     assert!(e.contains("poses.csv") && e.contains("has no pose"), "{e}");
     // Without the file, the data loads without ego-motion.
     std::fs::remove_file(&path).unwrap();

@@ -124,6 +124,14 @@ pub struct DepthMetrics {
     pub frames: usize,
 }
 
+/// The ego-motion of every frame, or why the geometry pathway cannot run on this data.
+fn poses_of(ds: &Dataset) -> Result<&[bevrt_runtime::source::poses::EgoPose]> {
+    ds.poses.as_deref().context(
+        "the geometry pathway needs the ego-motion of every frame: each recording needs a \
+         poses.csv (README: Recording format)",
+    )
+}
+
 /// Index of each frame's sources (t-gap, t+gap) inside its recording.
 fn sources_of(ds: &Dataset, i: usize, gap: usize) -> Vec<usize> {
     let first = ds.first_of_recording[i];
@@ -147,10 +155,7 @@ fn cost_volumes(
     gap: usize,
     min_contrast: f32,
 ) -> Result<Vec<CostVolume>> {
-    let poses = ds.poses.as_ref().context(
-        "the geometry pathway needs the ego-motion of every frame: each recording needs a \
-         poses.csv (README: Recording format)",
-    )?;
+    let poses = poses_of(ds)?;
     let (w, h) = (ds.width as usize, ds.height as usize);
     let (fh, fw) = arch.feat_hw();
     let (hw, hh) = (w / 2, h / 2);
@@ -178,9 +183,9 @@ fn cost_volumes(
             pb.inc(1);
             cv
         })
-        .collect();
+        .collect::<Result<Vec<_>>>();
     pb.finish_and_clear();
-    Ok(out)
+    out
 }
 
 /// Targets softmax(-cost / τ) (B, D, fh, fw) and weights (B, 1, fh, fw) of a batch.
@@ -367,10 +372,7 @@ pub fn pretrain_geometry(a: &GeometryArgs) -> Result<()> {
     let (w, h) = (ds.width as usize, ds.height as usize);
     let (fh, fw) = arch.feat_hw();
     let half = |i: usize| Planes::half_of_rgb8(&ds.frames[i], w, h);
-    let poses = ds.poses.as_ref().context(
-        "the geometry pathway needs the ego-motion of every frame: each recording needs a \
-         poses.csv (README: Recording format)",
-    )?;
+    let poses = poses_of(&ds)?;
     let cvs = match a.objective {
         Objective::Sweep => {
             let cvs = cost_volumes(&ds, &arch, &bins, &usable, a.gap, a.min_contrast)?;

@@ -18,6 +18,7 @@
 
 use bevrt_calib::{CameraModel, DepthBins, Extrinsics};
 use bevrt_runtime::source::poses::EgoPose;
+use candle_core::{Device, Tensor};
 use nalgebra::{Isometry3, Point2, Translation3, UnitQuaternion, Vector3};
 
 /// Monodepth2's weights of SSIM and L1 in the photometric error.
@@ -103,81 +104,15 @@ impl RayCamera {
     }
 }
 
-/// Per-pixel SSIM statistics of an image over 3x3 windows (edges replicated).
-struct WindowStats {
-    mean: Vec<f32>,
-    var: Vec<f32>,
-}
-
-fn box3(p: &[f32], w: usize, h: usize, out: &mut [f32]) {
-    for y in 0..h {
-        for x in 0..w {
-            let mut s = 0.0;
-            for dy in [-1i32, 0, 1] {
-                let yy = (y as i32 + dy).clamp(0, h as i32 - 1) as usize;
-                for dx in [-1i32, 0, 1] {
-                    let xx = (x as i32 + dx).clamp(0, w as i32 - 1) as usize;
-                    s += p[yy * w + xx];
-                }
-            }
-            out[y * w + x] = s / 9.0;
-        }
-    }
-}
-
-fn window_stats(img: &Planes) -> Vec<WindowStats> {
-    let n = img.w * img.h;
-    (0..3)
-        .map(|c| {
-            let p = &img.data[c * n..(c + 1) * n];
-            let mut mean = vec![0f32; n];
-            box3(p, img.w, img.h, &mut mean);
-            let sq: Vec<f32> = p.iter().map(|v| v * v).collect();
-            let mut var = vec![0f32; n];
-            box3(&sq, img.w, img.h, &mut var);
-            for (v, m) in var.iter_mut().zip(&mean) {
-                *v -= m * m;
-            }
-            WindowStats { mean, var }
-        })
-        .collect()
-}
-
-/// Monodepth2's photometric error between `target` and `other` (same size) per pixel, the
-/// target's window statistics given; channels averaged.
-fn photometric_error(target: &Planes, stats: &[WindowStats], other: &Planes, out: &mut [f32]) {
-    const C1: f32 = 0.01 * 0.01;
-    const C2: f32 = 0.03 * 0.03;
-    let (w, h) = (target.w, target.h);
-    let n = w * h;
-    out.fill(0.0);
-    let mut my = vec![0f32; n];
-    let mut vy = vec![0f32; n];
-    let mut cxy = vec![0f32; n];
-    let mut tmp = vec![0f32; n];
-    for (c, st) in stats.iter().enumerate() {
-        let x = &target.data[c * n..(c + 1) * n];
-        let y = &other.data[c * n..(c + 1) * n];
-        box3(y, w, h, &mut my);
-        for (t, v) in tmp.iter_mut().zip(y) {
-            *t = v * v;
-        }
-        box3(&tmp, w, h, &mut vy);
-        for ((t, a), b) in tmp.iter_mut().zip(x).zip(y) {
-            *t = a * b;
-        }
-        box3(&tmp, w, h, &mut cxy);
-        for i in 0..n {
-            let (mx, m2) = (st.mean[i], my[i]);
-            let (vx, v2) = (st.var[i], vy[i] - m2 * m2);
-            let cov = cxy[i] - mx * m2;
-            let ssim = ((2.0 * mx * m2 + C1) * (2.0 * cov + C2))
-                / ((mx * mx + m2 * m2 + C1) * (vx + v2 + C2));
-            let dssim = ((1.0 - ssim) / 2.0).clamp(0.0, 1.0);
-            let l1 = (x[i] - y[i]).abs();
-            out[i] += (SSIM_WEIGHT * dssim + (1.0 - SSIM_WEIGHT) * l1) / 3.0;
-        }
-    }
+/// Monodepth2's error per pixel between two images of one size: the one definition training
+/// also uses ([`super::synthesis::photometric_error`]).
+fn photometric_error(target: &Planes, other: &Planes, out: &mut [f32]) -> anyhow::Result<()> {
+    let shape = (1, 3, target.h, target.w);
+    let t = Tensor::from_slice(&target.data, shape, &Device::Cpu)?;
+    let o = Tensor::from_slice(&other.data, shape, &Device::Cpu)?;
+    let pe = super::synthesis::photometric_error(&t, &o)?;
+    out.copy_from_slice(&pe.flatten_all()?.to_vec1::<f32>()?);
+    Ok(())
 }
 
 /// One source frame for view synthesis: its image and where its camera is.
@@ -290,11 +225,10 @@ pub fn cost_volume(
     feat_w: usize,
     feat_h: usize,
     min_contrast: f32,
-) -> CostVolume {
+) -> anyhow::Result<CostVolume> {
     let (w, h) = (target.w, target.h);
     let n = w * h;
     let d = bins.bins;
-    let stats = window_stats(target);
     // per pixel: min over sources of the error at each bin (NaN: no source saw it)
     let mut per_bin = vec![f32::NAN; d * n];
     let mut warped = Planes {
@@ -307,7 +241,7 @@ pub fn cost_volume(
     for src in sources {
         for k in 0..d {
             warp_at_depth(cam, src, bins.centre(k) as f64, &mut warped, &mut valid);
-            photometric_error(target, &stats, &warped, &mut pe);
+            photometric_error(target, &warped, &mut pe)?;
             let row = &mut per_bin[k * n..(k + 1) * n];
             for i in 0..n {
                 // NaN (no source yet) or larger: take this source's error
@@ -320,12 +254,21 @@ pub fn cost_volume(
     // identity error: the unwarped sources (Monodepth2's auto-mask)
     let mut identity = vec![f32::INFINITY; n];
     for src in sources {
-        photometric_error(target, &stats, src.image, &mut pe);
+        photometric_error(target, src.image, &mut pe)?;
         for (a, b) in identity.iter_mut().zip(&pe) {
             *a = a.min(*b);
         }
     }
-    aggregate_blocks(&per_bin, &identity, min_contrast, d, w, h, feat_w, feat_h)
+    Ok(aggregate_blocks(
+        &per_bin,
+        &identity,
+        min_contrast,
+        d,
+        w,
+        h,
+        feat_w,
+        feat_h,
+    ))
 }
 
 /// Kept pixels (every bin seen by some source, some bin beats the identity error, and the
@@ -448,10 +391,10 @@ mod tests {
             },
         ];
         let plane = 24 * 8;
-        let forward_only = cost_volume(&rc, &target, &sources[1..], &bins, 24, 8, 0.0);
+        let forward_only = cost_volume(&rc, &target, &sources[1..], &bins, 24, 8, 0.0).unwrap();
         let border = (0..plane).filter(|&f| f % 24 == 0 || f / 24 == 0);
         assert!(border.into_iter().all(|f| forward_only.weight[f] == 0.0));
-        let cv = cost_volume(&rc, &target, &sources, &bins, 24, 8, 0.0);
+        let cv = cost_volume(&rc, &target, &sources, &bins, 24, 8, 0.0).unwrap();
         let want = bins.bin_of(wall); // camera depth of a wall straight ahead = its distance
         let mut hits = 0;
         let mut used = 0;
