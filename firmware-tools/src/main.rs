@@ -40,7 +40,7 @@ enum Cmd {
     /// Hardware-in-the-loop: run the real bevrt on simulator recordings with injected faults.
     Hil(hil_cmd::HilArgs),
     /// Unsupervised pretraining of the letsmap-lite encoder (temporal masked autoencoding).
-    Pretrain(letsmap::train::PretrainArgs),
+    Pretrain(letsmap::semantic::PretrainArgs),
     /// letsmap-lite's geometry pathway without labels: the depth distribution the lift uses,
     /// learned by re-synthesising each frame from its neighbours with the recorded ego-motion.
     PretrainGeometry(letsmap::geometry::GeometryArgs),
@@ -111,7 +111,7 @@ fn main() {
         Cmd::Ssl(c) => ssl_cmd::run(c),
         Cmd::Ddpm(c) => ddpm_cmd::run(c),
         Cmd::Hil(a) => hil_cmd::hil(a),
-        Cmd::Pretrain(a) => letsmap::train::pretrain(a),
+        Cmd::Pretrain(a) => letsmap::semantic::pretrain(a),
         Cmd::PretrainGeometry(a) => letsmap::geometry::pretrain_geometry(a),
         Cmd::DepthEval(a) => letsmap::geometry::depth_eval_cmd(a),
         Cmd::Finetune(a) => letsmap::train::finetune(a),

@@ -4,7 +4,8 @@
 //! |---|---|
 //! | [`data`] | recordings into memory; batches through the runtime's preprocess |
 //! | [`nn`] | parameters, forward, the differentiable (depth-weighted) lift, losses |
-//! | [`train`] | `pretrain` (temporal MAE) and `finetune` (BEV head, label fraction), bundle export |
+//! | [`semantic`] | `pretrain`: the semantic pathway, temporal MAE (SparK masking, normalised targets, StructMAE easy-to-hard masking) |
+//! | [`train`] | `finetune` (BEV head, label fraction, LP-FT), bundle export |
 //! | [`photometric`] | the geometry pathway's signal: plane-sweep view synthesis with the ego-motion, Monodepth2's error per depth bin |
 //! | [`synthesis`] | Monodepth2's objective through the expected depth: warp with the sampler's gradient, SSIM+L1, min over sources, auto-mask, smoothness |
 //! | [`geometry`] | `pretrain-geometry` (depth distribution from video, no labels) and `depth-eval` (AbsRel against the simulator's depth) |
@@ -15,5 +16,6 @@ pub mod eval;
 pub mod geometry;
 pub mod nn;
 pub mod photometric;
+pub mod semantic;
 pub mod synthesis;
 pub mod train;

@@ -53,11 +53,12 @@ impl Params {
     pub fn of_layers(&self, layers: &[ConvLayer]) -> Result<Vec<(String, Var)>> {
         let mut v = vec![];
         for l in layers {
-            for s in ["weight", "bias", "position"] {
+            for s in ["weight", "bias", "position", "mask_token"] {
                 let n = format!("{}.{s}", l.name);
                 match self.vars.get(&n) {
                     Some(var) => v.push((n, var.clone())),
-                    None if s == "position" => {}
+                    // optional: the lift's position bias, the MAE decoder's mask token
+                    None if s == "position" || s == "mask_token" => {}
                     None => anyhow::bail!("parameter '{n}' missing"),
                 }
             }
@@ -123,6 +124,41 @@ impl Params {
         }
         Ok(y)
     }
+
+    /// SparK's masked (sparse) convolution, emulated on dense tensors: the input and every
+    /// layer's output are zeroed on masked patches (`keep` (B,1,Hf,Wf), 1 = visible, brought
+    /// to each layer's resolution). A visible position then sees only visible neighbours and
+    /// zeros, as a submanifold sparse convolution would; masked positions never receive
+    /// anything, so no later layer can read a masked patch's content back through the
+    /// convolutions' overlap, and the mask's shape does not leak through the biases.
+    /// Unmasked (`keep` all ones) it is [`Params::chain`], the deployed encoder.
+    pub fn chain_visible(&self, x: &Tensor, layers: &[ConvLayer], keep: &Tensor) -> Result<Tensor> {
+        let mut y = x.broadcast_mul(&keep_at(keep, x.dim(2)?)?)?;
+        for l in layers {
+            y = self.conv(&y, l)?;
+            y = y.broadcast_mul(&keep_at(keep, y.dim(2)?)?)?;
+        }
+        Ok(y)
+    }
+}
+
+/// A patch mask (B,1,Hf,Wf) repeated to a map of height `h` (a multiple of Hf): each patch
+/// becomes an (h/Hf)² block.
+pub fn keep_at(keep: &Tensor, h: usize) -> Result<Tensor> {
+    let (b, _, hf, wf) = keep.dims4()?;
+    anyhow::ensure!(
+        h % hf == 0,
+        "feature height {h} is not a multiple of the patch grid's {hf}"
+    );
+    let f = h / hf;
+    if f == 1 {
+        return Ok(keep.clone());
+    }
+    Ok(keep
+        .reshape((b, 1, hf, 1, wf, 1))?
+        .broadcast_as((b, 1, hf, f, wf, f))?
+        .contiguous()?
+        .reshape((b, 1, hf * f, wf * f))?)
 }
 
 fn fnv(s: &str) -> u64 {
@@ -242,6 +278,16 @@ pub fn masked_mse(pred: &Tensor, target: &Tensor, masked: &Tensor) -> Result<Ten
     let d = (pred - target)?.sqr()?.broadcast_mul(masked)?.sum_all()?;
     let n = masked.sum_all()?.to_scalar::<f32>()? * pred.dim(1)? as f32;
     Ok((d / n.max(1.0) as f64)?)
+}
+
+/// MAE's per-patch normalised targets: each stride-`s` patch (all 3·s·s values) minus its
+/// mean, over its standard deviation (ε 1e-6), so the loss asks for a patch's structure, not
+/// its brightness (MAE Table 1d: +0.5-1 point over raw pixels).
+pub fn normalised_patches(x: &Tensor, s: usize) -> Result<Tensor> {
+    let p = patchify(x, s)?;
+    let centred = p.broadcast_sub(&p.mean_keepdim(1)?)?;
+    let std = (centred.sqr()?.mean_keepdim(1)? + 1e-6)?.sqrt()?;
+    Ok(centred.broadcast_div(&std)?)
 }
 
 /// (B, 3, H, W) image to (B, 3*s*s, H/s, W/s) patches, channel `(c*s + dy)*s + dx`.

@@ -1,6 +1,5 @@
-//! `bevrt-tool pretrain` (temporal masked autoencoding, no labels) and `bevrt-tool finetune`
-//! (BEV head on a fraction of the labels, class-balanced, unseen cells ignored), and the
-//! bundle they produce.
+//! `bevrt-tool finetune` (BEV head on a fraction of the labels, class-balanced, unseen cells
+//! ignored, from scratch or from a pathway's checkpoint) and the bundle it produces.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +9,7 @@ use bevrt_models::{
 };
 use candle_core::{Device, Tensor};
 use clap::Args;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::data::{self, Batcher, Dataset};
 use super::nn::{self, Params, TableTensors};
@@ -26,63 +25,6 @@ pub(super) fn load_data(dir: &Path, limit: Option<usize>) -> Result<Dataset> {
     })?;
     pb.finish_and_clear();
     Ok(ds)
-}
-
-#[derive(Args, Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PretrainArgs {
-    /// Unlabelled recordings: a recording directory or a directory of them.
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Output directory for checkpoints (`pretrain.safetensors`, `pretrain.json`).
-    #[arg(long)]
-    pub out: PathBuf,
-    #[arg(long, default_value_t = 3)]
-    pub epochs: usize,
-    #[arg(long, default_value_t = 4)]
-    pub batch: usize,
-    #[arg(long, default_value_t = 2e-3)]
-    pub lr: f64,
-    /// Fraction of the stride-8 patches of each frame that are masked.
-    #[arg(long, default_value_t = 0.5)]
-    pub mask_ratio: f32,
-    /// Largest frame gap k between frame t and its context frame t-k (k drawn in 1..=max).
-    #[arg(long, default_value_t = 3)]
-    pub max_gap: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Use at most this many frames.
-    #[arg(long)]
-    pub frames: Option<usize>,
-    /// Continue from the checkpoint in --out (same arguments), from the end of its last epoch.
-    #[arg(long)]
-    #[serde(skip)]
-    pub resume: bool,
-}
-
-/// What `pretrain.json` records beside the checkpoint.
-#[derive(Debug, Serialize, Deserialize)]
-struct PretrainState {
-    args: PretrainArgs,
-    epochs_done: usize,
-    step: u64,
-    epoch_loss: Vec<f32>,
-}
-
-/// Per-cell mask (B,1,Hf,Wf), 1 = masked, drawn from `rng`.
-fn draw_mask(rng: &mut Rng, b: usize, hf: usize, wf: usize, ratio: f32) -> Vec<f32> {
-    (0..b * hf * wf)
-        .map(|_| if rng.uniform() < ratio { 1.0 } else { 0.0 })
-        .collect()
-}
-
-/// Pixel mask (B,1,H,W) that zeroes masked stride-s patches: 1 = visible.
-fn pixel_keep(mask: &[f32], b: usize, hf: usize, wf: usize, s: usize) -> Result<Tensor> {
-    let m = Tensor::from_slice(mask, (b, 1, hf, 1, wf, 1), &Device::Cpu)?;
-    let m = m
-        .broadcast_as((b, 1, hf, s, wf, s))?
-        .contiguous()?
-        .reshape((b, 1, hf * s, wf * s))?;
-    Ok((1.0 - m)?)
 }
 
 /// The progress record of an interrupted run, for `--resume`; refused (naming the file and
@@ -105,140 +47,6 @@ pub(super) fn resume_state<S: serde::de::DeserializeOwned>(
         );
     }
     Ok(prev)
-}
-
-pub fn pretrain(a: &PretrainArgs) -> Result<()> {
-    let arch = LetsMapLite::default();
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("{}: cannot create", a.out.display()))?;
-    let ckpt = a.out.join("pretrain.safetensors");
-    let state_path = a.out.join("pretrain.json");
-    if a.batch == 0 || a.epochs == 0 || a.max_gap == 0 {
-        bail!("--batch, --epochs and --max-gap must be at least 1");
-    }
-    if !(0.0..1.0).contains(&a.mask_ratio) {
-        bail!("--mask-ratio must be in [0, 1), got {}", a.mask_ratio);
-    }
-    let ds = load_data(&a.data, a.frames)?;
-    ds.check_for(&arch, false)?;
-    let params = Params::init(&arch, a.seed)?;
-    let trained: Vec<_> = arch
-        .encoder
-        .iter()
-        .chain(&arch.mae_decoder)
-        .cloned()
-        .collect();
-    let mut opt = Adam::new(params.of_layers(&trained)?, a.lr)?;
-    let mut st = PretrainState {
-        args: a.clone(),
-        epochs_done: 0,
-        step: 0,
-        epoch_loss: vec![],
-    };
-    if a.resume {
-        let prev: PretrainState = resume_state(&state_path, |p: &PretrainState| {
-            let mut want = p.args.clone();
-            want.epochs = a.epochs;
-            let mut have = a.clone();
-            have.resume = false;
-            want == have
-        })?;
-        let map = optim::load_checkpoint(&ckpt)?;
-        params.load_from(&map, "param.", Some(&trained))?;
-        opt.load_state(&map, prev.step)?;
-        st.epochs_done = prev.epochs_done;
-        st.step = prev.step;
-        st.epoch_loss = prev.epoch_loss;
-        println!("resuming after epoch {} (step {})", st.epochs_done, st.step);
-    }
-    // Frames with a predecessor in the same recording.
-    let usable: Vec<usize> = (0..ds.len())
-        .filter(|&i| i > ds.first_of_recording[i])
-        .collect();
-    if usable.is_empty() {
-        bail!("{}: need sequences of at least 2 frames", a.data.display());
-    }
-    let (hf, wf) = arch.feat_hw();
-    let s = arch.stride();
-    let mut batcher = Batcher::new(&arch, &ds);
-    let per_epoch = usable.len().div_ceil(a.batch);
-    let pb = progress(
-        (per_epoch * (a.epochs - st.epochs_done.min(a.epochs))) as u64,
-        "pretrain",
-    );
-    let t0 = std::time::Instant::now();
-    for epoch in st.epochs_done..a.epochs {
-        // Order and masks depend only on (seed, epoch): a resumed run replays them exactly.
-        let mut rng = Rng(a.seed ^ (epoch as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
-        let mut order = usable.clone();
-        rng.shuffle(&mut order);
-        let mut sum = 0.0;
-        let mut n = 0;
-        for chunk in order.chunks(a.batch) {
-            let b = chunk.len();
-            let ctx: Vec<usize> = chunk
-                .iter()
-                .map(|&i| {
-                    let avail = i - ds.first_of_recording[i];
-                    i - (1 + rng.below(a.max_gap.min(avail)))
-                })
-                .collect();
-            let mt = draw_mask(&mut rng, b, hf, wf, a.mask_ratio);
-            let mk = draw_mask(&mut rng, b, hf, wf, a.mask_ratio);
-            let xt = batcher.images(&ds, chunk)?;
-            let xk = batcher.images(&ds, &ctx)?;
-            let ft = params.chain(
-                &xt.broadcast_mul(&pixel_keep(&mt, b, hf, wf, s)?)?,
-                &arch.encoder,
-            )?;
-            let fk = params.chain(
-                &xk.broadcast_mul(&pixel_keep(&mk, b, hf, wf, s)?)?,
-                &arch.encoder,
-            )?;
-            let pred = params.chain(&Tensor::cat(&[&ft, &fk], 1)?, &arch.mae_decoder)?;
-            let target = nn::patchify(&xt, s)?;
-            let masked = Tensor::from_vec(mt, (b, 1, hf, wf), &Device::Cpu)?;
-            let loss = nn::masked_mse(&pred, &target, &masked)?;
-            opt.backward_step(&loss)?;
-            let l = optim::scalar(&loss)?;
-            if !l.is_finite() {
-                bail!(
-                    "pretraining diverged at step {} (loss {l}); lower --lr",
-                    opt.step
-                );
-            }
-            sum += l as f64;
-            n += 1;
-            pb.inc(1);
-            pb.set_message(format!("epoch {} loss {:.4}", epoch + 1, sum / n as f64));
-        }
-        st.epochs_done = epoch + 1;
-        st.step = opt.step;
-        st.epoch_loss.push((sum / n.max(1) as f64) as f32);
-        // only what this pathway trains: a later fine-tuning must not mistake the untrained
-        // lift conv for a pretrained one
-        let names: Vec<String> = trained
-            .iter()
-            .flat_map(|l| [format!("{}.weight", l.name), format!("{}.bias", l.name)])
-            .collect();
-        optim::save_checkpoint(
-            &ckpt,
-            params.vars.iter().filter(|(n, _)| names.contains(n)),
-            Some(&opt),
-        )?;
-        std::fs::write(&state_path, serde_json::to_string_pretty(&st)?)
-            .with_context(|| format!("{}: cannot write", state_path.display()))?;
-    }
-    pb.finish_and_clear();
-    println!(
-        "pretrained {} epochs on {} frames in {:.0} s; masked-patch MSE per epoch {:?}; checkpoint {}",
-        a.epochs,
-        usable.len(),
-        t0.elapsed().as_secs_f64(),
-        st.epoch_loss,
-        ckpt.display()
-    );
-    Ok(())
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -592,19 +400,21 @@ pub struct Recipe {
     pub final_loss: f32,
 }
 
-/// Which pathway made a checkpoint ("mae", "geometry", or "ssl" for `ssl drive`) and a line
-/// on how, from the progress record beside it (`pretrain.json` or `geometry.json`).
+/// Which pathway made a checkpoint ("mae", "geometry", "mae+geometry" for both, or "ssl" for
+/// `ssl drive`) and a line on how, from the progress record beside it (`pretrain.json` or `geometry.json`).
 fn describe_pretraining(ckpt: &Path) -> (String, String) {
-    let read = |name: &str| {
-        std::fs::read_to_string(ckpt.with_file_name(name))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-    };
+    let read = |name: &str| read_json(&ckpt.with_file_name(name));
     if let Some(v) = read("geometry.json") {
         let a = &v["args"];
+        // Both pathways: the geometry pathway started from the semantic pathway's encoder.
+        let from = a["encoder"]
+            .as_str()
+            .and_then(|p| read_json(&Path::new(p).with_file_name("pretrain.json")))
+            .filter(|v| v.get("config").is_none())
+            .map(|v| describe_mae(&v));
         let line = format!(
             "geometry pathway: {} epochs over {}, objective {}, gap {}, batch {}, lr {}, \
-             seed {}; photometric error per epoch {}; depth on --eval-depth {}",
+             seed {}; photometric error per epoch {}; depth on --eval-depth {}{}",
             v["epochs_done"],
             a["data"],
             a["objective"],
@@ -617,29 +427,52 @@ fn describe_pretraining(ckpt: &Path) -> (String, String) {
                 .as_array()
                 .and_then(|d| d.last())
                 .map(|d| format!("AbsRel {:.3}", d["abs_rel"].as_f64().unwrap_or(f64::NAN)))
-                .unwrap_or_else(|| "not measured".into())
+                .unwrap_or_else(|| "not measured".into()),
+            from.as_ref()
+                .map(|l| format!("; its encoder started from the {l}"))
+                .unwrap_or_default()
         );
-        return ("geometry".into(), line);
+        let by = if from.is_some() {
+            "mae+geometry"
+        } else {
+            "geometry"
+        };
+        return (by.into(), line);
     }
     if let Some(v) = read("pretrain.json") {
         if v.get("config").is_some() {
             return ("ssl".into(), format!("ssl drive: {v}"));
         }
-        let line = format!(
-            "{} epochs over {}, batch {}, lr {}, mask ratio {}, max gap {}, seed {}; \
-             masked-patch MSE per epoch {}",
-            v["epochs_done"],
-            v["args"]["data"],
-            v["args"]["batch"],
-            v["args"]["lr"],
-            v["args"]["mask_ratio"],
-            v["args"]["max_gap"],
-            v["args"]["seed"],
-            v["epoch_loss"]
-        );
+        let line = describe_mae(&v);
         return ("mae".into(), line);
     }
     ("unknown".into(), String::new())
+}
+
+fn read_json(path: &Path) -> Option<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+}
+
+/// A line on a semantic-pathway run from its `pretrain.json`.
+fn describe_mae(v: &serde_json::Value) -> String {
+    let a = &v["args"];
+    format!(
+        "semantic pathway (temporal MAE): {} epochs over {}, {} masking (alpha {}), mask ratio \
+         {}, max gap {}, batch {}, lr {}, seed {}; masked-patch MSE per epoch {}; probe loss {}",
+        v["epochs_done"],
+        a["data"],
+        a["masking"].as_str().unwrap_or("random"),
+        a["alpha"],
+        a["mask_ratio"],
+        a["max_gap"],
+        a["batch"],
+        a["lr"],
+        a["seed"],
+        v["epoch_loss"],
+        v["probe_loss"]
+    )
 }
 
 /// Loads encoder and head weights back from a bundle's ONNX initializers.
