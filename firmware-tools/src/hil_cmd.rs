@@ -272,7 +272,7 @@ fn prepare(a: &HilArgs) -> Result<HilCtx<'_>> {
         cfg.camera = cal.camera;
         cfg.extrinsics = cal.extrinsics;
     }
-    bevrt_sim::record(&cfg, a.frames, &base, false, &mut |_, _| {})
+    bevrt_sim::record(&cfg, a.frames, &base, &Default::default(), &mut |_, _| {})
         .with_context(|| format!("recording {}", base.display()))?;
     Ok(HilCtx {
         a,

@@ -35,6 +35,10 @@ pub struct SimRecordArgs {
     /// Also write per-pixel labels (labels/, L8 PNG) and depth (depth/, 16-bit PNG in cm).
     #[arg(long)]
     pub extras: bool,
+    /// Also record a second camera this many metres to the right of the first (`right/`,
+    /// `calibration_right.toml`; the geometry pathway uses the pair), e.g. `--stereo 0.5`.
+    #[arg(long, value_name = "BASELINE_M")]
+    pub stereo: Option<f64>,
     /// Output: a directory (created; must not already hold a recording) for `dir`, a file for
     /// `mcap`.
     #[arg(long)]
@@ -94,7 +98,14 @@ pub fn record(a: &SimRecordArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let summary = bevrt_sim::record(&cfg, a.frames, &a.out, a.extras, &mut |done, _| {
+    if a.stereo.is_some() && a.format == RecordFormat::Mcap {
+        bail!("--stereo writes a directory recording (--format dir)");
+    }
+    let opts = bevrt_sim::RecordOptions {
+        extras: a.extras,
+        stereo_baseline: a.stereo,
+    };
+    let summary = bevrt_sim::record(&cfg, a.frames, &a.out, &opts, &mut |done, _| {
         pb.set_position(done)
     })
     .with_context(|| format!("recording into {}", a.out.display()))?;

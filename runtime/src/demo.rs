@@ -141,7 +141,7 @@ pub fn run(o: &DemoOptions) -> Result<DemoReport> {
     cfg.fps = 2.0;
     let rec = o.out.join("recording");
     let _ = std::fs::remove_dir_all(&rec);
-    bevrt_sim::record(&cfg, o.frames, &rec, false, &mut |_, _| {})
+    bevrt_sim::record(&cfg, o.frames, &rec, &Default::default(), &mut |_, _| {})
         .with_context(|| format!("{}: recording the simulated drive", rec.display()))?;
     let results = o.out.join("results");
     let _ = std::fs::remove_dir_all(&results);

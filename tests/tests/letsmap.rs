@@ -435,3 +435,162 @@ fn geometry_pathway_learns_depth_without_labels_and_ships_in_the_lift() {
         total - same
     );
 }
+
+fn json_floats(path: &Path, key: &str) -> Vec<f64> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}: no {key}", path.display()))
+        .iter()
+        .map(|x| x.as_f64().or_else(|| x["abs_rel"].as_f64()).unwrap())
+        .collect()
+}
+
+/// The semantic pathway (temporal MAE with SparK masking and normalised targets) learns under
+/// both structure-guided scorings, and "both pathways" (geometry started from the semantic
+/// encoder) fine-tunes into a bundle that says how it was made.
+#[test]
+fn semantic_pathway_learns_with_structured_masking_and_feeds_both_pathways() {
+    let w = scratch("letsmap-semantic");
+    let s = |p: &str| w.join(p).to_str().unwrap().to_string();
+    record_at(&w.join("unlabelled/a"), 31, 24, "10", false);
+    record_at(&w.join("unlabelled/b"), 32, 24, "10", false);
+    let mae = |out: &str, masking: &str, epochs: &str| {
+        tool(&[
+            "pretrain",
+            "--data",
+            &s("unlabelled"),
+            "--out",
+            out,
+            "--epochs",
+            epochs,
+            "--masking",
+            masking,
+            "--seed",
+            "5",
+        ])
+    };
+    let said = mae(&s("edges"), "edges", "2");
+    assert!(said.contains("Edges masking"), "{said}");
+    // the probe loss (fixed frames, fixed masks) falls: the encoder and decoder learn
+    let probe = json_floats(&w.join("edges/pretrain.json"), "probe_loss");
+    assert!(
+        probe.len() == 3
+            && probe[1] < probe[0]
+            && probe[2] < probe[1]
+            && probe[2] < 0.95 * probe[0],
+        "probe loss before and after each epoch: {probe:?}"
+    );
+    mae(&s("motion"), "motion", "1");
+    let probe = json_floats(&w.join("motion/pretrain.json"), "probe_loss");
+    assert!(probe[1] < probe[0], "motion-scored masking: {probe:?}");
+    // a bad mask ratio is refused with the flag's name
+    let (ok, _, se) = run(
+        &bin("bevrt-tool"),
+        &[
+            "pretrain",
+            "--data",
+            &s("unlabelled"),
+            "--out",
+            &s("bad"),
+            "--mask-ratio",
+            "1.5",
+        ],
+    );
+    assert!(!ok && se.contains("--mask-ratio"), "{se}");
+
+    // both pathways: the geometry pathway starts from the semantic encoder
+    tool(&[
+        "pretrain-geometry",
+        "--data",
+        &s("unlabelled"),
+        "--out",
+        &s("both"),
+        "--epochs",
+        "1",
+        "--encoder",
+        &s("edges/pretrain.safetensors"),
+    ]);
+    record(&w.join("labelled"), 33, 8);
+    tool(&[
+        "finetune",
+        "--data",
+        &s("labelled"),
+        "--encoder",
+        &s("both/geometry.safetensors"),
+        "--label-fraction",
+        "0.5",
+        "--unfreeze-last",
+        "6",
+        "--probe-iters",
+        "4",
+        "--iters",
+        "8",
+        "--out",
+        &s("bundle"),
+    ]);
+    let manifest = std::fs::read_to_string(w.join("bundle/bundle.toml")).unwrap();
+    assert!(
+        manifest.contains("mae+geometry-pretrained")
+            && manifest.contains("edges masking")
+            && manifest.contains("geometry pathway"),
+        "{manifest}"
+    );
+}
+
+/// A stereo recording's right camera is a view-synthesis source of the geometry pathway
+/// (`--mono` leaves it out), and depth still learns from it.
+#[test]
+fn geometry_pathway_uses_the_stereo_pair() {
+    let w = scratch("letsmap-stereo");
+    let s = |p: &str| w.join(p).to_str().unwrap().to_string();
+    // the monocular geometry test's drives, now with a right camera
+    for (d, seed) in [("unlabelled/a", "21"), ("unlabelled/b", "22")] {
+        tool(&[
+            "sim",
+            "record",
+            "--seed",
+            seed,
+            "--frames",
+            "30",
+            "--cell",
+            "0.5",
+            "--stereo",
+            "0.5",
+            "--out",
+            &s(d),
+        ]);
+    }
+    record_at(&w.join("test"), 23, 12, "10", true);
+    let geo = |out: &str, mono: bool| {
+        let (data, test) = (s("unlabelled"), s("test"));
+        let mut a = vec![
+            "pretrain-geometry",
+            "--data",
+            &data,
+            "--out",
+            out,
+            "--epochs",
+            "2",
+            "--seed",
+            "3",
+            "--no-ground-prior",
+            "--eval-depth",
+            &test,
+        ];
+        if mono {
+            a.push("--mono");
+        }
+        tool(&a)
+    };
+    let said = geo(&s("stereo"), false);
+    assert!(said.contains("right camera (0.50 m over)"), "{said}");
+    let abs_rel = json_floats(&w.join("stereo/geometry.json"), "depth");
+    assert!(
+        abs_rel[2] < 0.8 * abs_rel[0],
+        "AbsRel before and after each epoch: {abs_rel:?}"
+    );
+    let said = geo(&s("mono"), true);
+    assert!(!said.contains("right camera"), "{said}");
+}

@@ -9,7 +9,7 @@ use bevrt_tests::scratch;
 fn recorded_sequence_replays_byte_for_byte() {
     let dir = scratch("sim-replay").join("rec");
     let cfg = bevrt_sim::SimConfig::with_seed(5);
-    let summary = bevrt_sim::record(&cfg, 12, &dir, false, &mut |_, _| {}).unwrap();
+    let summary = bevrt_sim::record(&cfg, 12, &dir, &Default::default(), &mut |_, _| {}).unwrap();
     eprintln!("{summary:?}");
     let mut replay = source::open(&format!("replay:{}", dir.display())).unwrap();
     let mut live = source::open("sim:?seed=5").unwrap();

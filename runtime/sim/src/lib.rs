@@ -28,7 +28,7 @@ use std::path::PathBuf;
 
 use bevrt_calib::{BevGrid, CalibError, Calibration, CameraModel, Extrinsics};
 
-pub use record::{RecordSummary, record};
+pub use record::{RecordOptions, RecordSummary, record, right_of};
 pub use render::{Renderer, colorize};
 pub use world::{EgoPose, Look, SimBox, World, WorldConfig, class};
 

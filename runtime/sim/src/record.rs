@@ -20,6 +20,14 @@
 //! ```
 //! `labels/`, `depth/` and `gt_amodal/` are written only when asked (`extras`): they cost about
 //! as much as the frame PNG itself.
+//!
+//! A stereo recording (`stereo_baseline`) also holds a second camera, the same lens mounted
+//! `baseline` metres to the right of the first (vehicle −y), rendered at the same instants:
+//! ```text
+//! DIR/calibration_right.toml  bevrt_calib::Calibration of the right camera
+//! DIR/right/NNNNNN.png        its RGB8 frame, the same name as frames/NNNNNN.png
+//! ```
+//! Readers that know nothing of it play the left camera as before.
 
 use std::io::Write;
 use std::path::Path;
@@ -84,15 +92,63 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), SimError> {
     std::fs::write(path, bytes).map_err(|e| SimError::io(path, e))
 }
 
+/// What [`record`] writes beside the frames, BEV ground truth, calibration and poses.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RecordOptions {
+    /// Per-pixel labels, depth and the amodal BEV (`labels/`, `depth/`, `gt_amodal/`).
+    pub extras: bool,
+    /// A second camera this many metres to the right (`right/`, `calibration_right.toml`).
+    pub stereo_baseline: Option<f64>,
+}
+
+/// The extrinsics of a camera `baseline` metres to the right (vehicle −y) of `left`, with the
+/// same orientation: a rectified stereo pair when `left` looks along the vehicle's x axis.
+pub fn right_of(left: &bevrt_calib::Extrinsics, baseline: f64) -> bevrt_calib::Extrinsics {
+    bevrt_calib::Extrinsics {
+        cam_to_vehicle: nalgebra::Isometry3::translation(0.0, -baseline, 0.0) * left.cam_to_vehicle,
+    }
+}
+
+fn check_baseline(baseline: f64) -> Result<(), SimError> {
+    if !(baseline.is_finite() && baseline > 0.0 && baseline <= 5.0) {
+        return Err(SimError::config(
+            "stereo baseline",
+            "must be a number of metres in (0, 5]",
+        ));
+    }
+    Ok(())
+}
+
+/// The right camera's simulator and frame buffer, and where its frames go.
+fn stereo_partner(
+    cfg: &SimConfig,
+    baseline: f64,
+    out: &Path,
+) -> Result<(Simulator, Vec<u8>), SimError> {
+    let mut right = cfg.clone();
+    right.extrinsics = right_of(&cfg.extrinsics, baseline);
+    // the same seed: the same world, actors, light and sensor noise stream
+    let sim = Simulator::new(right.clone())?;
+    right
+        .calibration()
+        .save(out.join("calibration_right.toml"))?;
+    let bytes = sim.frame_bytes();
+    Ok((sim, vec![0u8; bytes]))
+}
+
 /// Renders `frames` frames of `cfg` into the recording directory `out` (created; refused if
 /// it already holds a `recording.toml`). `progress(done, total)` is called after each frame.
 pub fn record(
     cfg: &SimConfig,
     frames: u64,
     out: &Path,
-    extras: bool,
+    opts: &RecordOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RecordSummary, SimError> {
+    let extras = opts.extras;
+    if let Some(b) = opts.stereo_baseline {
+        check_baseline(b)?;
+    }
     let header = out.join("recording.toml");
     if header.exists() {
         return Err(SimError::io(
@@ -102,16 +158,24 @@ pub fn record(
     }
     let mut sim = Simulator::new(cfg.clone())?;
     let (w, h) = (cfg.width(), cfg.height());
-    for sub in ["frames", "gt"].into_iter().chain(
-        extras
-            .then_some(["labels", "depth", "gt_amodal"])
-            .into_iter()
-            .flatten(),
-    ) {
+    for sub in ["frames", "gt"]
+        .into_iter()
+        .chain(
+            extras
+                .then_some(["labels", "depth", "gt_amodal"])
+                .into_iter()
+                .flatten(),
+        )
+        .chain(opts.stereo_baseline.map(|_| "right"))
+    {
         let d = out.join(sub);
         std::fs::create_dir_all(&d).map_err(|e| SimError::io(&d, e))?;
     }
     cfg.calibration().save(out.join("calibration.toml"))?;
+    let mut right = match opts.stereo_baseline {
+        Some(b) => Some(stereo_partner(cfg, b, out)?),
+        None => None,
+    };
     let gt = GroundTruthToml {
         kind: "bev",
         unknown: class::UNKNOWN,
@@ -160,6 +224,13 @@ pub fn record(
         let bytes =
             encode_png(&rgb, w, h, image::ExtendedColorType::Rgb8).map_err(|e| png_err(&p, e))?;
         write(&p, &bytes)?;
+        if let Some((sim_r, rgb_r)) = &mut right {
+            sim_r.render_frame(n, rgb_r)?;
+            let p = out.join(format!("right/{n:06}.png"));
+            let bytes = encode_png(rgb_r, w, h, image::ExtendedColorType::Rgb8)
+                .map_err(|e| png_err(&p, e))?;
+            write(&p, &bytes)?;
+        }
         if extras {
             let p = out.join(format!("labels/{n:06}.png"));
             let bytes = encode_png(sim.labels(), w, h, image::ExtendedColorType::L8)

@@ -339,7 +339,17 @@ fn recording_has_the_replay_format() {
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = SimConfig::with_seed(2).with_size(192, 64).unwrap();
     let mut calls = 0;
-    let s = bevrt_sim::record(&cfg, 3, &dir, true, &mut |_, _| calls += 1).unwrap();
+    let s = bevrt_sim::record(
+        &cfg,
+        3,
+        &dir,
+        &bevrt_sim::RecordOptions {
+            extras: true,
+            ..Default::default()
+        },
+        &mut |_, _| calls += 1,
+    )
+    .unwrap();
     assert_eq!((s.frames, calls), (3, 3));
     let header = std::fs::read_to_string(dir.join("recording.toml")).unwrap();
     let t: toml::Table = toml::from_str(&header).unwrap();
@@ -369,7 +379,7 @@ fn recording_has_the_replay_format() {
     let cal = bevrt_calib::Calibration::load(dir.join("calibration.toml")).unwrap();
     assert_eq!(cal.camera.width(), 192);
     // A second recording into the same directory is refused, naming the file.
-    let e = bevrt_sim::record(&cfg, 1, &dir, false, &mut |_, _| {})
+    let e = bevrt_sim::record(&cfg, 1, &dir, &Default::default(), &mut |_, _| {})
         .unwrap_err()
         .to_string();
     assert!(e.contains("recording.toml"), "{e}");
@@ -508,4 +518,41 @@ fn amodal_bev_fills_what_the_camera_cannot_see() {
     }
     assert!(hidden > 1000, "hidden cells {hidden}");
     assert!(vehicles_hidden > 0, "no vehicle cell hidden in 4 frames");
+}
+
+#[test]
+fn stereo_recording_adds_a_right_camera_half_a_metre_over() {
+    let dir = std::env::temp_dir().join(format!("bevrt-sim-stereo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = SimConfig::with_seed(4).with_size(192, 64).unwrap();
+    let opts = bevrt_sim::RecordOptions {
+        stereo_baseline: Some(0.5),
+        ..Default::default()
+    };
+    bevrt_sim::record(&cfg, 2, &dir, &opts, &mut |_, _| {}).unwrap();
+    let left = bevrt_calib::Calibration::load(dir.join("calibration.toml")).unwrap();
+    let right = bevrt_calib::Calibration::load(dir.join("calibration_right.toml")).unwrap();
+    assert_eq!(left.camera, right.camera);
+    // the right camera's origin, seen from the left camera: 0.5 m along camera +x (right)
+    let rel = left.extrinsics.vehicle_to_cam() * right.extrinsics.cam_to_vehicle;
+    assert!((rel.translation.vector - nalgebra::Vector3::new(0.5, 0.0, 0.0)).norm() < 1e-9);
+    assert!(rel.rotation.angle() < 1e-9);
+    let l = image::open(dir.join("frames/000001.png"))
+        .unwrap()
+        .to_rgb8();
+    let r = image::open(dir.join("right/000001.png")).unwrap().to_rgb8();
+    assert_eq!(l.dimensions(), r.dimensions());
+    let differ = l.pixels().zip(r.pixels()).filter(|(a, b)| a != b).count();
+    assert!(differ > 1000, "the views must differ: {differ} pixels");
+    // the header stays the replay format's
+    let header = std::fs::read_to_string(dir.join("recording.toml")).unwrap();
+    assert_eq!(header.parse::<toml::Table>().unwrap().len(), 8);
+    // a baseline that is not a distance is refused
+    let bad = bevrt_sim::RecordOptions {
+        stereo_baseline: Some(-1.0),
+        ..Default::default()
+    };
+    let e = bevrt_sim::record(&cfg, 1, &dir.join("bad"), &bad, &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("stereo baseline"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -48,6 +48,50 @@ pub struct Dataset {
     /// The ego pose of every frame (`poses.csv`), when every recording has one; `None`
     /// otherwise. A `poses.csv` that is there but wrong is an error.
     pub poses: Option<Vec<EgoPose>>,
+    /// The second camera of stereo recordings (`sim record --stereo`), when every recording
+    /// has one; `None` otherwise.
+    pub right: Option<RightCamera>,
+}
+
+/// A stereo recording's right camera: `calibration_right.toml` (the same lens as the left
+/// one) and `right/`, one frame per left frame.
+pub struct RightCamera {
+    pub extrinsics: bevrt_calib::Extrinsics,
+    pub frames: Vec<Vec<u8>>,
+}
+
+/// A recording's right camera, if it has one: its extrinsics, checked against the left camera.
+fn right_calibration(dir: &Path, left: &Calibration) -> Result<Option<bevrt_calib::Extrinsics>> {
+    let path = dir.join("calibration_right.toml");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let right = Calibration::load(&path)?;
+    if right.camera != left.camera {
+        bail!(
+            "{}: the right camera's intrinsics differ from calibration.toml's (training needs one lens)",
+            path.display()
+        );
+    }
+    Ok(Some(right.extrinsics))
+}
+
+/// Decodes one RGB8 frame of `w` x `h`.
+fn read_frame(path: &Path, w: u32, h: u32) -> Result<Vec<u8>> {
+    let img = image::open(path)
+        .with_context(|| format!("{}: cannot decode frame", path.display()))?
+        .to_rgb8();
+    if img.dimensions() != (w, h) {
+        bail!(
+            "{}: {}x{}, the recording says {}x{}",
+            path.display(),
+            img.width(),
+            img.height(),
+            w,
+            h
+        );
+    }
+    Ok(img.into_raw())
 }
 
 #[derive(serde::Deserialize)]
@@ -124,6 +168,13 @@ pub fn load(dir: &Path, limit: Option<usize>, progress: &dyn Fn(usize, usize)) -
             grid: grid.clone(),
             seeds: vec![],
             poses: Some(vec![]),
+            right: right_calibration(&rec.dir, &cal)
+                .ok()
+                .flatten()
+                .map(|extrinsics| RightCamera {
+                    extrinsics,
+                    frames: vec![],
+                }),
         });
         d.seeds.extend(seed);
         if (rec.info.width, rec.info.height) != (d.width, d.height) {
@@ -151,25 +202,30 @@ pub fn load(dir: &Path, limit: Option<usize>, progress: &dyn Fn(usize, usize)) -
             );
             None
         };
+        let rec_right = right_calibration(&rec.dir, &cal)?;
+        if let Some(r) = &d.right
+            && rec_right != Some(r.extrinsics)
+        {
+            log::info!(
+                "{}: no right camera like the earlier recordings'; the data is used as monocular",
+                rec.dir.display()
+            );
+            d.right = None;
+        }
         let first = d.frames.len();
         for (k, e) in rec.frames.iter().enumerate() {
             if done >= total {
                 break;
             }
-            let img = image::open(&e.file)
-                .with_context(|| format!("{}: cannot decode frame", e.file.display()))?
-                .to_rgb8();
-            if img.dimensions() != (d.width, d.height) {
-                bail!(
-                    "{}: {}x{}, the recording says {}x{}",
-                    e.file.display(),
-                    img.width(),
-                    img.height(),
+            d.frames.push(read_frame(&e.file, d.width, d.height)?);
+            if let Some(r) = &mut d.right {
+                let name = e.file.file_name().context("frame without a file name")?;
+                r.frames.push(read_frame(
+                    &rec.dir.join("right").join(name),
                     d.width,
-                    d.height
-                );
+                    d.height,
+                )?);
             }
-            d.frames.push(img.into_raw());
             d.frame_files.push(e.file.clone());
             let gt = match &e.gt {
                 Some(p) => {

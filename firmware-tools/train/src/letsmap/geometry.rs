@@ -21,10 +21,11 @@ use bevrt_calib::DepthBins;
 use bevrt_models::LetsMapLite;
 use candle_core::{Device, Tensor};
 use clap::Args;
+use nalgebra::Isometry3;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::data::{Batcher, Dataset};
+use super::data::{Batcher, Dataset, RightCamera};
 use super::nn::Params;
 use super::photometric::{CostVolume, Planes, RayCamera, Source, cost_volume};
 use super::synthesis::{Sample, ViewSynthesis};
@@ -66,6 +67,12 @@ pub struct GeometryArgs {
     /// Weight of the edge-aware smoothness (Monodepth2: 1e-3).
     #[arg(long, default_value_t = 1e-3)]
     pub smoothness: f64,
+    /// Ignore the right camera of stereo recordings (by default each frame t is also
+    /// re-synthesised from the right camera's frame t: the spatial pair, a known 0.5 m
+    /// baseline that fixes the scale even where the ego stands still).
+    #[arg(long)]
+    #[serde(default)]
+    pub mono: bool,
     /// Start the encoder from this checkpoint (e.g. the semantic pathway's pretrain.safetensors).
     #[arg(long)]
     pub encoder: Option<PathBuf>,
@@ -146,6 +153,36 @@ fn sources_of(ds: &Dataset, i: usize, gap: usize) -> Vec<usize> {
     v
 }
 
+/// The view-synthesis sources of frame `i`: frames t±gap of its recording through the
+/// ego-motion and, with `stereo` (right camera to use), the right camera's frame t through the
+/// fixed left-to-right transform. Images at half resolution.
+fn synthesis_sources(
+    ds: &Dataset,
+    i: usize,
+    gap: usize,
+    cam: &RayCamera,
+    stereo: Option<&RightCamera>,
+) -> Result<Vec<(Isometry3<f64>, Planes)>> {
+    let poses = poses_of(ds)?;
+    let (w, h) = (ds.width as usize, ds.height as usize);
+    let mut v: Vec<(Isometry3<f64>, Planes)> = sources_of(ds, i, gap)
+        .into_iter()
+        .map(|j| {
+            (
+                cam.target_to_source(&poses[i], &poses[j]),
+                Planes::half_of_rgb8(&ds.frames[j], w, h),
+            )
+        })
+        .collect();
+    if let Some(r) = stereo {
+        v.push((
+            r.extrinsics.vehicle_to_cam() * cam.extrinsics.cam_to_vehicle,
+            Planes::half_of_rgb8(&r.frames[i], w, h),
+        ));
+    }
+    Ok(v)
+}
+
 /// Cost volumes of the frames `idx` (in parallel; see [`super::photometric`]).
 fn cost_volumes(
     ds: &Dataset,
@@ -154,8 +191,8 @@ fn cost_volumes(
     idx: &[usize],
     gap: usize,
     min_contrast: f32,
+    stereo: Option<&RightCamera>,
 ) -> Result<Vec<CostVolume>> {
-    let poses = poses_of(ds)?;
     let (w, h) = (ds.width as usize, ds.height as usize);
     let (fh, fw) = arch.feat_hw();
     let (hw, hh) = (w / 2, h / 2);
@@ -168,15 +205,12 @@ fn cost_volumes(
         .par_iter()
         .map(|&i| {
             let target = Planes::half_of_rgb8(&ds.frames[i], w, h);
-            let images: Vec<(usize, Planes)> = sources_of(ds, i, gap)
-                .into_iter()
-                .map(|j| (j, Planes::half_of_rgb8(&ds.frames[j], w, h)))
-                .collect();
+            let images = synthesis_sources(ds, i, gap, &cam, stereo)?;
             let sources: Vec<Source> = images
                 .iter()
-                .map(|(j, img)| Source {
+                .map(|(iso, img)| Source {
                     image: img,
-                    target_to_source: cam.target_to_source(&poses[i], &poses[*j]),
+                    target_to_source: *iso,
                 })
                 .collect();
             let cv = cost_volume(&cam, &target, &sources, bins, fw, fh, min_contrast);
@@ -372,10 +406,17 @@ pub fn pretrain_geometry(a: &GeometryArgs) -> Result<()> {
     let (w, h) = (ds.width as usize, ds.height as usize);
     let (fh, fw) = arch.feat_hw();
     let half = |i: usize| Planes::half_of_rgb8(&ds.frames[i], w, h);
-    let poses = poses_of(&ds)?;
+    poses_of(&ds)?;
+    let stereo = if a.mono { None } else { ds.right.as_ref() };
+    if let Some(r) = stereo {
+        let b = (r.extrinsics.cam_to_vehicle.translation.vector
+            - ds.calibration.extrinsics.cam_to_vehicle.translation.vector)
+            .norm();
+        println!("stereo recordings: the right camera ({b:.2} m over) is a source too");
+    }
     let cvs = match a.objective {
         Objective::Sweep => {
-            let cvs = cost_volumes(&ds, &arch, &bins, &usable, a.gap, a.min_contrast)?;
+            let cvs = cost_volumes(&ds, &arch, &bins, &usable, a.gap, a.min_contrast, stereo)?;
             let kept: f64 = cvs
                 .iter()
                 .map(|c| c.weight.iter().sum::<f32>() as f64)
@@ -433,25 +474,22 @@ pub fn pretrain_geometry(a: &GeometryArgs) -> Result<()> {
                     geometry_loss(&out, &x, &batch_cv, &bins, (fh, fw, d), a)?
                 }
                 Objective::Warp => {
-                    let images: Vec<(Planes, Vec<(usize, Planes)>)> = frames
+                    let images: Vec<(Planes, Vec<(Isometry3<f64>, Planes)>)> = frames
                         .iter()
                         .map(|&i| {
-                            let src = sources_of(&ds, i, a.gap);
-                            (half(i), src.into_iter().map(|j| (j, half(j))).collect())
+                            let src = synthesis_sources(&ds, i, a.gap, synthesis.camera(), stereo)?;
+                            Ok((half(i), src))
                         })
-                        .collect();
-                    let samples: Vec<Sample> = frames
+                        .collect::<Result<_>>()?;
+                    let samples: Vec<Sample> = images
                         .iter()
-                        .zip(&images)
-                        .map(|(&i, (t, srcs))| Sample {
+                        .map(|(t, srcs)| Sample {
                             target: t,
                             sources: srcs
                                 .iter()
-                                .map(|(j, img)| Source {
+                                .map(|(iso, img)| Source {
                                     image: img,
-                                    target_to_source: synthesis
-                                        .camera()
-                                        .target_to_source(&poses[i], &poses[*j]),
+                                    target_to_source: *iso,
                                 })
                                 .collect(),
                         })
@@ -613,7 +651,15 @@ pub fn cost_volume_metrics(
     let idx: Vec<usize> = (0..t.ds.len())
         .filter(|&i| !sources_of(&t.ds, i, gap).is_empty())
         .collect();
-    let cvs = cost_volumes(&t.ds, arch, bins, &idx, gap, min_contrast)?;
+    let cvs = cost_volumes(
+        &t.ds,
+        arch,
+        bins,
+        &idx,
+        gap,
+        min_contrast,
+        t.ds.right.as_ref(),
+    )?;
     let plane = fh * fw;
     let mut acc = DepthAccumulator::default();
     for (cv, &i) in cvs.iter().zip(&idx) {
