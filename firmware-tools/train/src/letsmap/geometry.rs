@@ -153,6 +153,9 @@ fn sources_of(ds: &Dataset, i: usize, gap: usize) -> Vec<usize> {
     v
 }
 
+/// A source image and the transform from the target camera frame to its camera frame.
+type PosedImage = (Isometry3<f64>, Planes);
+
 /// The view-synthesis sources of frame `i`: frames t±gap of its recording through the
 /// ego-motion and, with `stereo` (right camera to use), the right camera's frame t through the
 /// fixed left-to-right transform. Images at half resolution.
@@ -162,10 +165,10 @@ fn synthesis_sources(
     gap: usize,
     cam: &RayCamera,
     stereo: Option<&RightCamera>,
-) -> Result<Vec<(Isometry3<f64>, Planes)>> {
+) -> Result<Vec<PosedImage>> {
     let poses = poses_of(ds)?;
     let (w, h) = (ds.width as usize, ds.height as usize);
-    let mut v: Vec<(Isometry3<f64>, Planes)> = sources_of(ds, i, gap)
+    let mut v: Vec<PosedImage> = sources_of(ds, i, gap)
         .into_iter()
         .map(|j| {
             (
@@ -474,7 +477,7 @@ pub fn pretrain_geometry(a: &GeometryArgs) -> Result<()> {
                     geometry_loss(&out, &x, &batch_cv, &bins, (fh, fw, d), a)?
                 }
                 Objective::Warp => {
-                    let images: Vec<(Planes, Vec<(Isometry3<f64>, Planes)>)> = frames
+                    let images: Vec<(Planes, Vec<PosedImage>)> = frames
                         .iter()
                         .map(|&i| {
                             let src = synthesis_sources(&ds, i, a.gap, synthesis.camera(), stereo)?;

@@ -147,7 +147,7 @@ impl Params {
 pub fn keep_at(keep: &Tensor, h: usize) -> Result<Tensor> {
     let (b, _, hf, wf) = keep.dims4()?;
     anyhow::ensure!(
-        h % hf == 0,
+        h.is_multiple_of(hf),
         "feature height {h} is not a multiple of the patch grid's {hf}"
     );
     let f = h / hf;
