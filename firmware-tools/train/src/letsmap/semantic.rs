@@ -185,17 +185,16 @@ fn draw_masks(
     };
     let mut all = Vec::with_capacity(b * n);
     for i in 0..b {
-        let scores = match a.masking {
-            _ if n_struct == 0 => vec![0.0; n],
-            Masking::Edges => gradient_energy(&t[i * per..(i + 1) * per], h, w, s),
-            Masking::Motion => difference_energy(
+        let scores = match (a.masking, n_struct) {
+            (Masking::Random, _) | (_, 0) => vec![0.0; n],
+            (Masking::Edges, _) => gradient_energy(&t[i * per..(i + 1) * per], h, w, s),
+            (Masking::Motion, _) => difference_energy(
                 &t[i * per..(i + 1) * per],
                 &k[i * per..(i + 1) * per],
                 h,
                 w,
                 s,
             ),
-            Masking::Random => unreachable!("random masking scores nothing"),
         };
         let m = structure_guided_mask(&scores, a.mask_ratio, n_struct, a.alpha, rng);
         all.extend(m.iter().map(|&m| m as u8 as f32));
