@@ -62,3 +62,36 @@ fn bev_demo_maps_a_new_drive() {
         (img.width(), img.height())
     );
 }
+
+/// The shipped 1 %-label bundle (both label-free pathways, 12 labelled frames) runs in the
+/// demo beside the embedded full-label one, with its depth-weighted lift.
+#[test]
+fn bev_demo_runs_the_shipped_one_percent_bundle() {
+    let out = scratch("bev-demo-1pct");
+    let bundle = workspace_root().join("models/bundles/letsmap-lite-1pct");
+    let (ok, so, se) = run(
+        &bin("bevrt"),
+        &[
+            "demo",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--frames",
+            "6",
+            "--backend",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "demo failed: {so}{se}");
+    assert!(so.contains("source errors 0, inference errors 0"), "{so}");
+    let miou: f64 = so
+        .lines()
+        .find_map(|l| l.strip_prefix("mIoU "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no mIoU line: {so}"));
+    assert!(miou > 25.0, "1 % bundle mIoU {miou} on a new drive: {so}");
+    let manifest = std::fs::read_to_string(bundle.join("bundle.toml")).unwrap();
+    assert!(manifest.contains("[grid.depth]"), "{manifest}");
+}

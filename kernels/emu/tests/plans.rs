@@ -60,14 +60,18 @@ fn letsmap_lite_encoder_and_head_run_on_the_emulated_kernels() {
     if !bevrt_kernels_emu::available() {
         return;
     }
-    let b = repo().join("models/bundles/letsmap-lite");
-    for f in ["encoder.onnx", "bev_head.onnx"] {
-        let plan = lower(&b.join(f), None);
-        let steps = check_steps(&plan, Int8Gemm::Imma);
-        eprintln!(
-            "letsmap-lite {f}: {steps} steps, {:?}",
-            plan.kernel_counts()
-        );
+    // the full-label bundle (plain view transform), and the 1 % one's encoder (its lift conv
+    // with the per-position bias, an Add after the convolution; its head has the same shape)
+    for (name, files) in [
+        ("letsmap-lite", &["encoder.onnx", "bev_head.onnx"][..]),
+        ("letsmap-lite-1pct", &["encoder.onnx"][..]),
+    ] {
+        let b = repo().join("models/bundles").join(name);
+        for f in files {
+            let plan = lower(&b.join(f), None);
+            let steps = check_steps(&plan, Int8Gemm::Imma);
+            eprintln!("{name} {f}: {steps} steps, {:?}", plan.kernel_counts());
+        }
     }
 }
 
