@@ -24,6 +24,15 @@ fn classify_demo_runs_end_to_end() {
     assert_eq!(lines.lines().count(), 8);
 }
 
+/// The mIoU line `bevrt demo` prints.
+fn demo_miou(so: &str) -> f64 {
+    so.lines()
+        .find_map(|l| l.strip_prefix("mIoU "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no mIoU line: {so}"))
+}
+
 #[test]
 fn bev_demo_maps_a_new_drive() {
     let out = scratch("bev-demo");
@@ -42,12 +51,7 @@ fn bev_demo_maps_a_new_drive() {
     assert!(ok, "demo failed: {so}{se}");
     assert!(so.contains("frames 6 "), "{so}");
     assert!(so.contains("source errors 0, inference errors 0"), "{so}");
-    let miou: f64 = so
-        .lines()
-        .find_map(|l| l.strip_prefix("mIoU "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no mIoU line: {so}"));
+    let miou = demo_miou(&so);
     // 8 classes: a constant or random map scores far below this.
     assert!(
         miou > 30.0,
@@ -85,12 +89,7 @@ fn bev_demo_runs_the_shipped_one_percent_bundle() {
     );
     assert!(ok, "demo failed: {so}{se}");
     assert!(so.contains("source errors 0, inference errors 0"), "{so}");
-    let miou: f64 = so
-        .lines()
-        .find_map(|l| l.strip_prefix("mIoU "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no mIoU line: {so}"));
+    let miou = demo_miou(&so);
     assert!(miou > 25.0, "1 % bundle mIoU {miou} on a new drive: {so}");
     let manifest = std::fs::read_to_string(bundle.join("bundle.toml")).unwrap();
     assert!(manifest.contains("[grid.depth]"), "{manifest}");
