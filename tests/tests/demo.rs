@@ -24,34 +24,29 @@ fn classify_demo_runs_end_to_end() {
     assert_eq!(lines.lines().count(), 8);
 }
 
-/// The mIoU line `bevrt demo` prints.
-fn demo_miou(so: &str) -> f64 {
-    so.lines()
+/// `bevrt demo` on 6 frames of a new drive with the CPU backend (and `extra` arguments): its
+/// stdout and the mIoU line it prints. Fails the test when the demo fails or drops a frame.
+fn demo(out: &std::path::Path, extra: &[&str]) -> (String, f64) {
+    let mut args = vec!["demo", "--frames", "6", "--backend", "cpu", "--out"];
+    args.push(out.to_str().unwrap());
+    args.extend_from_slice(extra);
+    let (ok, so, se) = run(&bin("bevrt"), &args);
+    assert!(ok, "demo failed: {so}{se}");
+    assert!(so.contains("source errors 0, inference errors 0"), "{so}");
+    let miou = so
+        .lines()
         .find_map(|l| l.strip_prefix("mIoU "))
         .and_then(|l| l.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no mIoU line: {so}"))
+        .unwrap_or_else(|| panic!("no mIoU line: {so}"));
+    (so, miou)
 }
 
 #[test]
 fn bev_demo_maps_a_new_drive() {
     let out = scratch("bev-demo");
-    let (ok, so, se) = run(
-        &bin("bevrt"),
-        &[
-            "demo",
-            "--frames",
-            "6",
-            "--backend",
-            "cpu",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "demo failed: {so}{se}");
+    let (so, miou) = demo(&out, &[]);
     assert!(so.contains("frames 6 "), "{so}");
-    assert!(so.contains("source errors 0, inference errors 0"), "{so}");
-    let miou = demo_miou(&so);
     // 8 classes: a constant or random map scores far below this.
     assert!(
         miou > 30.0,
@@ -73,23 +68,7 @@ fn bev_demo_maps_a_new_drive() {
 fn bev_demo_runs_the_shipped_one_percent_bundle() {
     let out = scratch("bev-demo-1pct");
     let bundle = workspace_root().join("models/bundles/letsmap-lite-1pct");
-    let (ok, so, se) = run(
-        &bin("bevrt"),
-        &[
-            "demo",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "--frames",
-            "6",
-            "--backend",
-            "cpu",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "demo failed: {so}{se}");
-    assert!(so.contains("source errors 0, inference errors 0"), "{so}");
-    let miou = demo_miou(&so);
+    let (so, miou) = demo(&out, &["--bundle", bundle.to_str().unwrap()]);
     assert!(miou > 25.0, "1 % bundle mIoU {miou} on a new drive: {so}");
     let manifest = std::fs::read_to_string(bundle.join("bundle.toml")).unwrap();
     assert!(manifest.contains("[grid.depth]"), "{manifest}");
