@@ -49,18 +49,16 @@ if [ $QUICK = 1 ]; then TRAIN_SEEDS="1 2"; FRAMES=50; TEST_FRAMES=20
 
 mkdir -p "$WORK"
 T0=$(date +%s)
-for s in $TRAIN_SEEDS; do
-  [ -f "$WORK/train/s$s/recording.toml" ] || \
-    $TOOL sim record --seed "$s" --frames $FRAMES --fps 2 --cell 0.5 --out "$WORK/train/s$s" >/dev/null
-done
-[ -f "$WORK/test/recording.toml" ] || \
-  $TOOL sim record --seed 1000 --frames $TEST_FRAMES --fps 2 --cell 0.5 --extras --out "$WORK/test" >/dev/null
-for s in $UNLAB_SEEDS; do
-  [ -f "$WORK/unlabelled/s$s/recording.toml" ] || \
-    $TOOL sim record --seed "$s" --frames $UNLAB_FRAMES --fps 10 --cell 0.5 --out "$WORK/unlabelled/s$s" >/dev/null
-done
-[ -f "$WORK/test10/recording.toml" ] || \
-  $TOOL sim record --seed 1000 --frames $TEST_FRAMES --fps 10 --cell 0.5 --extras --out "$WORK/test10" >/dev/null
+# drive DIR SEED FRAMES FPS [extra args]: a simulated recording, kept when it exists
+drive() {
+  local dir=$1 seed=$2 frames=$3 fps=$4; shift 4
+  [ -f "$dir/recording.toml" ] || \
+    $TOOL sim record --seed "$seed" --frames "$frames" --fps "$fps" --cell 0.5 --out "$dir" "$@" >/dev/null
+}
+for s in $TRAIN_SEEDS; do drive "$WORK/train/s$s" "$s" $FRAMES 2; done
+drive "$WORK/test" 1000 $TEST_FRAMES 2 --extras
+for s in $UNLAB_SEEDS; do drive "$WORK/unlabelled/s$s" "$s" $UNLAB_FRAMES 10; done
+drive "$WORK/test10" 1000 $TEST_FRAMES 10 --extras
 echo "data: $(( $(date +%s) - T0 )) s"
 
 # done_epochs STATE_JSON N: whether a pretraining run has finished N epochs

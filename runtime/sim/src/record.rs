@@ -121,14 +121,15 @@ fn check_baseline(baseline: f64) -> Result<(), SimError> {
 
 /// The right camera's simulator and frame buffer, and where its frames go.
 fn stereo_partner(
-    cfg: &SimConfig,
+    left: &Simulator,
     baseline: f64,
     out: &Path,
 ) -> Result<(Simulator, Vec<u8>), SimError> {
+    let cfg = left.config();
     let mut right = cfg.clone();
     right.extrinsics = right_of(&cfg.extrinsics, baseline);
-    // the same seed: the same world, actors, light and sensor noise stream
-    let sim = Simulator::new(right.clone())?;
+    // the left camera's world; the same seed: the same light and sensor noise stream
+    let sim = Simulator::with_world(right.clone(), left.world().clone())?;
     right
         .calibration()
         .save(out.join("calibration_right.toml"))?;
@@ -173,7 +174,7 @@ pub fn record(
     }
     cfg.calibration().save(out.join("calibration.toml"))?;
     let mut right = match opts.stereo_baseline {
-        Some(b) => Some(stereo_partner(cfg, b, out)?),
+        Some(b) => Some(stereo_partner(&sim, b, out)?),
         None => None,
     };
     let gt = GroundTruthToml {

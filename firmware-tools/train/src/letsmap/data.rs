@@ -156,6 +156,7 @@ pub fn load(dir: &Path, limit: Option<usize>, progress: &dyn Fn(usize, usize)) -
         } else {
             (None, None)
         };
+        let rec_right = right_calibration(&rec.dir, &cal)?;
         let d = ds.get_or_insert_with(|| Dataset {
             width: rec.info.width,
             height: rec.info.height,
@@ -168,13 +169,11 @@ pub fn load(dir: &Path, limit: Option<usize>, progress: &dyn Fn(usize, usize)) -
             grid: grid.clone(),
             seeds: vec![],
             poses: Some(vec![]),
-            right: right_calibration(&rec.dir, &cal)
-                .ok()
-                .flatten()
-                .map(|extrinsics| RightCamera {
-                    extrinsics,
-                    frames: vec![],
-                }),
+            // stereo while every recording so far has the same right camera
+            right: rec_right.map(|extrinsics| RightCamera {
+                extrinsics,
+                frames: vec![],
+            }),
         });
         d.seeds.extend(seed);
         if (rec.info.width, rec.info.height) != (d.width, d.height) {
@@ -202,7 +201,6 @@ pub fn load(dir: &Path, limit: Option<usize>, progress: &dyn Fn(usize, usize)) -
             );
             None
         };
-        let rec_right = right_calibration(&rec.dir, &cal)?;
         if let Some(r) = &d.right
             && rec_right != Some(r.extrinsics)
         {

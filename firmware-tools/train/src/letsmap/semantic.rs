@@ -213,8 +213,8 @@ fn reconstruction_loss(
     masked: &Tensor,
 ) -> Result<Tensor> {
     let keep = (1.0 - masked)?;
-    let ft = params.chain_visible(xt, &arch.encoder, &keep)?;
-    let ft = (ft.broadcast_mul(&keep)? + token.broadcast_mul(masked)?)?;
+    // zero on masked patches already: the token fills them
+    let ft = (params.chain_visible(xt, &arch.encoder, &keep)? + token.broadcast_mul(masked)?)?;
     let fk = params.chain(xk, &arch.encoder)?;
     let pred = params.chain(&Tensor::cat(&[&ft, &fk], 1)?, &arch.mae_decoder)?;
     let target = nn::normalised_patches(xt, arch.stride())?;
@@ -230,28 +230,18 @@ struct Probe {
 }
 
 impl Probe {
-    fn new(
-        a: &PretrainArgs,
-        arch: &LetsMapLite,
-        ds: &Dataset,
-        usable: &[usize],
-        batcher: &mut Batcher,
-    ) -> Result<Probe> {
+    fn new(a: &PretrainArgs, arch: &LetsMapLite, usable: &[usize]) -> Result<Probe> {
         let n = usable.len().min(16);
         let t: Vec<usize> = (0..n).map(|j| usable[j * usable.len() / n]).collect();
         let k: Vec<usize> = t.iter().map(|&i| i - 1).collect();
         let mut rng = Rng(a.seed ^ 0x9E0B_E10F);
-        let random = PretrainArgs {
-            masking: Masking::Random,
-            ..a.clone()
-        };
-        let x = batcher.images(ds, &t[..1])?;
-        let masked = Tensor::cat(
-            &(0..n)
-                .map(|_| draw_masks(&random, arch, &x, &x, 0.0, &mut rng))
-                .collect::<Result<Vec<_>>>()?,
-            0,
-        )?;
+        let (hf, wf) = arch.feat_hw();
+        let zeros = vec![0.0; hf * wf];
+        let masked: Vec<f32> = (0..n)
+            .flat_map(|_| structure_guided_mask(&zeros, a.mask_ratio, 0, a.alpha, &mut rng))
+            .map(|m| m as u8 as f32)
+            .collect();
+        let masked = Tensor::from_vec(masked, (n, 1, hf, wf), &Device::Cpu)?;
         Ok(Probe { t, k, masked })
     }
 
@@ -351,7 +341,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
         bail!("{}: need sequences of at least 2 frames", a.data.display());
     }
     let mut batcher = Batcher::new(&arch, &ds);
-    let probe = Probe::new(a, &arch, &ds, &usable, &mut batcher)?;
+    let probe = Probe::new(a, &arch, &usable)?;
     if st.probe_loss.is_empty() {
         st.probe_loss
             .push(probe.loss(&params, &arch, token.as_tensor(), &ds, &mut batcher)?);
