@@ -109,8 +109,10 @@ impl Params {
     fn conv(&self, x: &Tensor, l: &ConvLayer) -> Result<Tensor> {
         let w = self.get(&format!("{}.weight", l.name))?;
         let b = self.get(&format!("{}.bias", l.name))?;
-        let y = x.conv2d(w.as_tensor(), l.pad(), l.stride, 1, 1)?;
-        let mut y = y.broadcast_add(&b.as_tensor().reshape((1, l.cout, 1, 1))?)?;
+        // im2col + one GEMM each way (`cpu_ops`): candle's own conv2d backward runs its
+        // input gradient as a transposed convolution parallel only over output channels,
+        // which was most of a fine-tuning step here.
+        let mut y = crate::cpu_ops::conv2d(x, w.as_tensor(), b.as_tensor(), l.pad(), l.stride)?;
         if let Some(p) = self.vars.get(&format!("{}.position", l.name)) {
             y = y.broadcast_add(p.as_tensor())?;
         }
