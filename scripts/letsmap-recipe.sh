@@ -86,6 +86,9 @@ geometry() { # out, extra args
 }
 geometry geometry
 geometry both --encoder "$WORK/mae-edges/pretrain.safetensors"
+# disjoint pathways: the geometry pathway trains only the depth head and the last encoder
+# conv; the trunk stays what the semantic pathway taught
+geometry disjoint --encoder "$WORK/mae-edges/pretrain.safetensors" --train-last 2
 
 row() { # name, finetune args...
   local name=$1; shift
@@ -107,6 +110,7 @@ for sub in 0 1 2; do
   row mae-edges-1-s$sub $one $(pretrained "$WORK/mae-edges/pretrain.safetensors")
   row geometry-1-s$sub $one $(pretrained "$WORK/geometry/geometry.safetensors")
   row both-1-s$sub $one $(pretrained "$WORK/both/geometry.safetensors")
+  row disjoint-1-s$sub $one $(pretrained "$WORK/disjoint/geometry.safetensors")
 done
 row both-10 --label-fraction 0.1 --iters $ITERS_10 $(pretrained "$WORK/both/geometry.safetensors")
 row scratch-100 --label-fraction 1.0 --iters $ITERS_100
@@ -123,6 +127,7 @@ def cell(vals):
 rows = [("scratch", "1 %", "scratch-1-s"), ("semantic: MAE, random masking", "1 %", "mae-random-1-s"),
         ("semantic: MAE, structure-guided (edges)", "1 %", "mae-edges-1-s"),
         ("geometry pathway only", "1 %", "geometry-1-s"), ("both pathways", "1 %", "both-1-s"),
+        ("both pathways, disjoint (geometry trains the last 2 layers)", "1 %", "disjoint-1-s"),
         ("both pathways", "10 %", "both-10"), ("scratch", "100 %", "scratch-100"),
         ("both pathways", "100 %", "both-100")]
 out = ["| encoder init | BEV labels | mIoU | road IoU | car IoU | occluded cells right | vehicle FP on hidden cells |",

@@ -512,6 +512,62 @@ fn semantic_pathway_learns_with_structured_masking_and_feeds_both_pathways() {
         "--encoder",
         &s("edges/pretrain.safetensors"),
     ]);
+    // disjoint pathways: with --train-last 2 the geometry pathway trains only the last
+    // encoder conv and the depth head; the trunk stays exactly the semantic pathway's
+    tool(&[
+        "pretrain-geometry",
+        "--data",
+        &s("unlabelled"),
+        "--out",
+        &s("disjoint"),
+        "--epochs",
+        "1",
+        "--encoder",
+        &s("edges/pretrain.safetensors"),
+        "--train-last",
+        "2",
+    ]);
+    let values = |ckpt: &str, layer: &str| -> Vec<f32> {
+        let map = bevrt_train::optim::load_checkpoint(&w.join(ckpt)).unwrap();
+        map[&format!("param.{layer}.weight")]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let (mae, disjoint) = (
+        "edges/pretrain.safetensors",
+        "disjoint/geometry.safetensors",
+    );
+    let arch = bevrt_models::LetsMapLite::default();
+    let deployed = arch.deployed_encoder();
+    let (trunk, trained) = deployed.split_at(deployed.len() - 2);
+    for l in trunk {
+        assert_eq!(
+            values(mae, l.name),
+            values(disjoint, l.name),
+            "{} moved",
+            l.name
+        );
+    }
+    assert_ne!(
+        values(mae, trained[0].name),
+        values(disjoint, trained[0].name)
+    );
+    let (ok, _, se) = run(
+        &bin("bevrt-tool"),
+        &[
+            "pretrain-geometry",
+            "--data",
+            &s("unlabelled"),
+            "--out",
+            &s("bad-n"),
+            "--train-last",
+            "0",
+        ],
+    );
+    assert!(!ok && se.contains("--train-last"), "{se}");
+
     record(&w.join("labelled"), 33, 8);
     tool(&[
         "finetune",

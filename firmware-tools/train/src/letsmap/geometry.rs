@@ -76,6 +76,13 @@ pub struct GeometryArgs {
     /// Start the encoder from this checkpoint (e.g. the semantic pathway's pretrain.safetensors).
     #[arg(long)]
     pub encoder: Option<PathBuf>,
+    /// Train only the last N layers of the deployed encoder (the depth head counting as the
+    /// last; default all). With --encoder from the semantic pathway this keeps the two
+    /// pathways disjoint: the trunk keeps what masked reconstruction taught and the geometry
+    /// pathway trains the depth head and the layers nearest it.
+    #[arg(long)]
+    #[serde(default)]
+    pub train_last: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Start the depth head from a uniform distribution instead of the flat-ground prior the
@@ -364,7 +371,16 @@ pub fn pretrain_geometry(a: &GeometryArgs) -> Result<()> {
         )?;
     }
     let encoder = arch.deployed_encoder();
-    let mut opt = Adam::new(params.of_layers(&encoder)?, a.lr)?;
+    let n_trained = match a.train_last {
+        Some(n) if n == 0 || n > encoder.len() => bail!(
+            "--train-last must be between 1 and {} (the deployed encoder's layers), got {n}",
+            encoder.len()
+        ),
+        Some(n) => n,
+        None => encoder.len(),
+    };
+    let (frozen, trained) = encoder.split_at(encoder.len() - n_trained);
+    let mut opt = Adam::new(params.of_layers(trained)?, a.lr)?;
     let mut st = GeometryState {
         args: a.clone(),
         epochs_done: 0,
@@ -470,7 +486,8 @@ pub fn pretrain_geometry(a: &GeometryArgs) -> Result<()> {
         for chunk in order.chunks(a.batch) {
             let frames: Vec<usize> = chunk.iter().map(|&j| usable[j]).collect();
             let x = batcher.images(&ds, &frames)?;
-            let out = params.chain(&x, &encoder)?;
+            // the frozen layers' output is a constant: no gradient flows back into them
+            let out = params.chain(&params.chain(&x, frozen)?.detach(), trained)?;
             let (loss, expected_err) = match a.objective {
                 Objective::Sweep => {
                     let batch_cv: Vec<&CostVolume> = chunk.iter().map(|&j| &cvs[j]).collect();

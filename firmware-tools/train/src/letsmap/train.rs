@@ -413,10 +413,14 @@ fn describe_pretraining(ckpt: &Path) -> (String, String) {
             .filter(|v| v.get("config").is_none())
             .map(|v| describe_mae(&v));
         let line = format!(
-            "geometry pathway: {} epochs over {}, objective {}, gap {}, batch {}, lr {}, \
-             seed {}; photometric error per epoch {}; depth on --eval-depth {}{}",
+            "geometry pathway: {} epochs over {}, training {}, objective {}, gap {}, batch {}, \
+             lr {}, seed {}; photometric error per epoch {}; depth on --eval-depth {}{}",
             v["epochs_done"],
             a["data"],
+            a["train_last"]
+                .as_u64()
+                .map(|n| format!("the last {n} layers"))
+                .unwrap_or_else(|| "every layer".into()),
             a["objective"],
             a["gap"],
             a["batch"],
