@@ -345,6 +345,15 @@ pub fn pretrain_geometry(a: &GeometryArgs) -> Result<()> {
     if !(a.temperature > 0.0 && a.temperature.is_finite()) {
         bail!("--temperature must be positive, got {}", a.temperature);
     }
+    let encoder = arch.deployed_encoder();
+    let n_trained = match a.train_last {
+        Some(n) if n == 0 || n > encoder.len() => bail!(
+            "--train-last must be between 1 and {} (the deployed encoder's layers), got {n}",
+            encoder.len()
+        ),
+        Some(n) => n,
+        None => encoder.len(),
+    };
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("{}: cannot create", a.out.display()))?;
     let ckpt = a.out.join("geometry.safetensors");
@@ -370,15 +379,6 @@ pub fn pretrain_geometry(a: &GeometryArgs) -> Result<()> {
             &ground_prior_logits(&arch, &cal.camera, &cal.extrinsics, &bins),
         )?;
     }
-    let encoder = arch.deployed_encoder();
-    let n_trained = match a.train_last {
-        Some(n) if n == 0 || n > encoder.len() => bail!(
-            "--train-last must be between 1 and {} (the deployed encoder's layers), got {n}",
-            encoder.len()
-        ),
-        Some(n) => n,
-        None => encoder.len(),
-    };
     let (frozen, trained) = encoder.split_at(encoder.len() - n_trained);
     let mut opt = Adam::new(params.of_layers(trained)?, a.lr)?;
     let mut st = GeometryState {
