@@ -379,8 +379,10 @@ pub fn pretrain_geometry(a: &GeometryArgs) -> Result<()> {
             &ground_prior_logits(&arch, &cal.camera, &cal.extrinsics, &bins),
         )?;
     }
-    let (frozen, trained) = encoder.split_at(encoder.len() - n_trained);
-    let mut opt = Adam::new(params.of_layers(trained)?, a.lr)?;
+    let mut opt = Adam::new(
+        params.of_layers(&encoder[encoder.len() - n_trained..])?,
+        a.lr,
+    )?;
     let mut st = GeometryState {
         args: a.clone(),
         epochs_done: 0,
@@ -486,8 +488,7 @@ pub fn pretrain_geometry(a: &GeometryArgs) -> Result<()> {
         for chunk in order.chunks(a.batch) {
             let frames: Vec<usize> = chunk.iter().map(|&j| usable[j]).collect();
             let x = batcher.images(&ds, &frames)?;
-            // the frozen layers' output is a constant: no gradient flows back into them
-            let out = params.chain(&params.chain(&x, frozen)?.detach(), trained)?;
+            let out = params.chain_training_last(&x, &encoder, n_trained)?;
             let (loss, expected_err) = match a.objective {
                 Objective::Sweep => {
                     let batch_cv: Vec<&CostVolume> = chunk.iter().map(|&j| &cvs[j]).collect();

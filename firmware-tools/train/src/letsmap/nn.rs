@@ -127,6 +127,19 @@ impl Params {
         Ok(y)
     }
 
+    /// [`Params::chain`] where only the last `trained` layers get gradients: the output of the
+    /// layers before them is a constant (detached), so the backward pass stops there. Shared
+    /// by fine-tuning's `--unfreeze-last` and the geometry pathway's `--train-last`.
+    pub fn chain_training_last(
+        &self,
+        x: &Tensor,
+        layers: &[ConvLayer],
+        trained: usize,
+    ) -> Result<Tensor> {
+        let (frozen, trained) = layers.split_at(layers.len().saturating_sub(trained));
+        self.chain(&self.chain(x, frozen)?.detach(), trained)
+    }
+
     /// SparK's masked (sparse) convolution, emulated on dense tensors: the input and every
     /// layer's output are zeroed on masked patches (`keep` (B,1,Hf,Wf), 1 = visible, brought
     /// to each layer's resolution). A visible position then sees only visible neighbours and

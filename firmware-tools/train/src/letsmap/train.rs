@@ -229,7 +229,6 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         .chain(&arch.head)
         .cloned()
         .collect();
-    let frozen = &encoder[..n_enc - unfrozen];
     let mut opt = Adam::new(params.of_layers(&trained)?, a.lr)?;
     // LP-FT's probe phase: the head alone, with its own Adam state
     let mut probe_opt = Adam::new(params.of_layers(&arch.head)?, a.lr)?;
@@ -308,8 +307,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
             }
             None => {
                 let x = batcher.images(&ds, &frames)?;
-                let f = params.chain(&x, frozen)?.detach();
-                tt.apply(&params.chain(&f, &encoder[n_enc - unfrozen..])?)?
+                tt.apply(&params.chain_training_last(&x, &encoder, unfrozen)?)?
             }
         };
         let logits = params.chain(&bev, &arch.head)?;
