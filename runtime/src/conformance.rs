@@ -307,7 +307,7 @@ fn run_each(
             Err(p) => Outcome::Fail {
                 reason: format!(
                     "{what} panicked: {}",
-                    one_line(&crate::pipeline::panic_message(p.as_ref()))
+                    one_line(&crate::panics::panic_message(p.as_ref()))
                 ),
             },
         };
@@ -348,7 +348,7 @@ pub fn run_case_plan(
     float: bevrt_kernels::plan::DType,
     exec: &mut PlanExec,
 ) -> Outcome {
-    use crate::backend::lower::{LowerError, LowerOptions, lower_proto};
+    use crate::lower::{LowerError, LowerOptions, lower_proto};
     let skip = |reason: String| Outcome::Skip { reason };
     let data = case.join("test_data_set_0");
     let (Ok(in_protos), Ok(inputs), Ok(expected)) = (
@@ -379,14 +379,7 @@ pub fn run_case_plan(
     let Some(graph) = proto.graph.as_ref() else {
         return skip("no graph".into());
     };
-    let inits: std::collections::HashSet<&str> =
-        graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let names: Vec<String> = graph
-        .input
-        .iter()
-        .filter(|i| !inits.contains(i.name.as_str()))
-        .map(|i| i.name.clone())
-        .collect();
+    let names = runtime_input_names(graph);
     if names.len() != inputs.len() {
         return skip(format!(
             "model has {} inputs, test data {}",
@@ -453,35 +446,8 @@ pub fn run_case_plan(
                 };
             }
         };
-        if got.len() != expected.len() {
-            return Outcome::Fail {
-                reason: format!("{} outputs, expected {}", got.len(), expected.len()),
-            };
-        }
-        for (k, (g, w)) in got.iter().zip(&expected).enumerate() {
-            let wv = w.try_as_plain_ram().ok();
-            let Some(ws) = wv.as_ref().and_then(|v| v.as_slice::<f32>().ok()) else {
-                return Outcome::Fail {
-                    reason: format!("output {k}: unreadable"),
-                };
-            };
-            if g.len() != ws.len() {
-                return Outcome::Fail {
-                    reason: format!("output {k}: {} values, expected {}", g.len(), ws.len()),
-                };
-            }
-            for (i, (&x, &y)) in g.iter().zip(ws).enumerate() {
-                let ok = (x.is_nan() && y.is_nan())
-                    || x == y
-                    || (x - y).abs() <= tol_abs + tol_rel * y.abs();
-                if !ok {
-                    return Outcome::Fail {
-                        reason: format!(
-                            "output {k}: value #{i} is {x}, expected {y} (keep {keep})"
-                        ),
-                    };
-                }
-            }
+        if let Err(reason) = compare_outputs(&got, &expected, (tol_abs, tol_rel), keep) {
+            return Outcome::Fail { reason };
         }
         return Outcome::Pass {
             mode: if keep == inputs.len() {
@@ -492,6 +458,59 @@ pub fn run_case_plan(
         };
     }
     skip(first_skip.unwrap_or_else(|| "not lowered".into()))
+}
+
+/// The graph inputs that are not initializers.
+fn runtime_input_names(graph: &tract_onnx::pb::GraphProto) -> Vec<String> {
+    let inits: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    graph
+        .input
+        .iter()
+        .filter(|i| !inits.contains(i.name.as_str()))
+        .map(|i| i.name.clone())
+        .collect()
+}
+
+/// Every output equal to the expected one within `|a - b| <= abs + rel |b|` (NaN matching
+/// NaN), or why not.
+fn compare_outputs(
+    got: &[Vec<f32>],
+    expected: &[Tensor],
+    (tol_abs, tol_rel): (f32, f32),
+    keep: usize,
+) -> Result<(), String> {
+    if got.len() != expected.len() {
+        return Err(format!(
+            "{} outputs, expected {}",
+            got.len(),
+            expected.len()
+        ));
+    }
+    for (k, (g, w)) in got.iter().zip(expected).enumerate() {
+        let wv = w.try_as_plain_ram().ok();
+        let Some(ws) = wv.as_ref().and_then(|v| v.as_slice::<f32>().ok()) else {
+            return Err(format!("output {k}: unreadable"));
+        };
+        if g.len() != ws.len() {
+            return Err(format!(
+                "output {k}: {} values, expected {}",
+                g.len(),
+                ws.len()
+            ));
+        }
+        for (i, (&x, &y)) in g.iter().zip(ws).enumerate() {
+            let ok = (x.is_nan() && y.is_nan())
+                || x == y
+                || (x - y).abs() <= tol_abs + tol_rel * y.abs();
+            if !ok {
+                return Err(format!(
+                    "output {k}: value #{i} is {x}, expected {y} (keep {keep})"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// [`run_suite`] for the kernel executor.

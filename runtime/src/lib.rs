@@ -9,17 +9,24 @@
 //!   sink and `sim record --format mcap` write.
 //! - [`preprocess`]: colour conversion + resize + normalisation in one pass (the CPU reference
 //!   of the GPU preprocess kernel).
-//! - [`backend`]: the `Backend` trait, the CPU backend (tract) and the registry.
+//! - [`lower`]: the ONNX front end: a network file to a kernel plan (what the plan backends,
+//!   conformance and the plan tests run).
+//! - [`backend`]: the `Backend` trait, the CPU backend (tract or the kernel plan), the CUDA
+//!   backend and the registry.
 //! - [`postprocess`]: per-frame results, softmax/argmax/colourise references.
 //! - [`pipeline`]: capture → queue → inference → queue → sinks, as stages, with counters and
 //!   latency.
 //! - [`sink`]: PNG class maps, JSONL, npy, MCAP.
 //! - [`serve`]: what a run shows while it goes on: Prometheus `/metrics` and `/healthz`, the
 //!   Foxglove live view.
+//! - [`live`]: what a run counts while it goes on (counters, stage histograms), shared with
+//!   the sinks and the endpoints that show it.
 //! - [`metrics`], [`queue`], [`alloc_count`]: fixed-size histograms, bounded queues, allocation
 //!   counting.
+//! - [`panics`]: the message of a panic caught at a boundary.
 //! - [`conformance`], [`bench`]: the ONNX node-case runner and the benchmark.
 //! - [`npy`]: `.npy` read/write.
+//! - [`choice`]: named choices (backend, sinks, compression) a user picks by name.
 //! - [`selftest`]: the on-device self-test from the test vectors a bundle carries.
 //! - [`supervisor`]: model updates from an A/B bundle store while the pipeline runs (load,
 //!   verify, self-test, swap, trial, rollback).
@@ -30,12 +37,16 @@ pub mod afv;
 pub mod alloc_count;
 pub mod backend;
 pub mod bench;
+pub mod choice;
 pub mod conformance;
 pub mod demo;
 pub mod frame;
 pub mod legend;
+pub mod live;
+pub mod lower;
 pub mod metrics;
 pub mod npy;
+pub mod panics;
 pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;

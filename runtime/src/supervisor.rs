@@ -335,7 +335,7 @@ impl ModelUpdates for StoreSupervisor {
             let r = h.join().unwrap_or_else(|p| {
                 Err(anyhow::anyhow!(
                     "loader panicked: {}",
-                    crate::pipeline::panic_message(p.as_ref())
+                    crate::panics::panic_message(p.as_ref())
                 ))
             });
             return Some(self.take_loaded(backend, r));

@@ -52,8 +52,7 @@ pub fn onnx(bytes: &[u8]) {
     let mut legal = proto.clone();
     let _ = bevrt_models::legalize(&mut legal, &Default::default());
     let _ = bevrt_models::onnx::model_from_proto(&legal, path);
-    let _ =
-        bevrt_runtime::backend::lower::lower_proto(proto, "fuzz.onnx", &[], &Default::default());
+    let _ = bevrt_runtime::lower::lower_proto(proto, "fuzz.onnx", &[], &Default::default());
 }
 
 /// `bundle.toml`.

@@ -8,7 +8,7 @@
 
 use bevrt_kernels::plan::{DType, KernelPlan};
 use bevrt_kernels::reference;
-use bevrt_runtime::backend::lower::{LowerError, LowerOptions, lower_onnx};
+use bevrt_runtime::lower::{LowerError, LowerOptions, lower_onnx};
 use bevrt_runtime::npy;
 use bevrt_tests::*;
 use std::path::Path;

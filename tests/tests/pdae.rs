@@ -8,7 +8,7 @@
 use bevrt_kernels::plan::DType;
 use bevrt_kernels::reference;
 use bevrt_models::{Bundle, Task};
-use bevrt_runtime::backend::lower::{LowerOptions, lower_onnx};
+use bevrt_runtime::lower::{LowerOptions, lower_onnx};
 use bevrt_tests::*;
 use bevrt_train::afv::probe::{Metric, knn};
 use bevrt_train::checkpoint;

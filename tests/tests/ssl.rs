@@ -6,7 +6,7 @@
 use bevrt_kernels::plan::DType;
 use bevrt_kernels::reference;
 use bevrt_models::{Bundle, Task};
-use bevrt_runtime::backend::lower::{LowerOptions, lower_onnx};
+use bevrt_runtime::lower::{LowerOptions, lower_onnx};
 use bevrt_tests::*;
 
 fn tool(args: &[&str]) -> String {

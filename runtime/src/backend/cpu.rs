@@ -107,7 +107,7 @@ impl CpuNetwork {
         .unwrap_or_else(|p| {
             Err(tract_onnx::prelude::TractError::msg(format!(
                 "the ONNX engine failed on this graph: {}",
-                crate::pipeline::panic_message(p.as_ref())
+                crate::panics::panic_message(p.as_ref())
             )))
         })
         .map_err(|e| {
@@ -158,10 +158,10 @@ impl CpuNetwork {
         if !path.is_file() {
             anyhow::bail!("{}: model file not found", path.display());
         }
-        let plan = super::lower::lower_network(
+        let plan = crate::lower::lower_network(
             path,
             shape.to_vec(),
-            &super::lower::LowerOptions {
+            &crate::lower::LowerOptions {
                 float: bevrt_kernels::plan::DType::F32,
             },
         )?;

@@ -186,10 +186,10 @@ fn load_plan(
     gpu: &Gpu,
     path: &std::path::Path,
     shape: Vec<usize>,
-    opts: &super::lower::LowerOptions,
+    opts: &crate::lower::LowerOptions,
     int8: Int8Gemm,
 ) -> anyhow::Result<PlanRunner> {
-    let plan = super::lower::lower_network(path, shape, opts)?;
+    let plan = crate::lower::lower_network(path, shape, opts)?;
     PlanRunner::load(gpu, plan, int8).map_err(gpu_err)
 }
 
@@ -215,7 +215,7 @@ impl CudaBackend {
         } else {
             DType::F16
         };
-        let opts = super::lower::LowerOptions { float };
+        let opts = crate::lower::LowerOptions { float };
         let role = if m.task == Task::Bev {
             "encoder"
         } else {
@@ -230,146 +230,19 @@ impl CudaBackend {
         let mut bev = None;
         let mut last_out = (out_shape.clone(), net.plan.tensors[out_t].name.clone());
         if m.task == Task::Bev {
-            let super::BevGeometry {
-                grid,
-                table,
-                channels: c,
-            } = super::BevGeometry::load(bundle, &out_shape)?;
-            let (fh, fw) = (out_shape[2], out_shape[3]);
-            let (gh, gw, z) = (grid.height(), grid.width(), grid.levels());
-            let head_path = bundle
-                .model_path("head")
-                .context("bundle has no 'head' file")?;
-            let head = load_plan(&gpu, &head_path, vec![1, c * z, gh, gw], &opts, int8)?;
-            let ho = head.plan.outputs[0];
-            let hs = &head.plan.tensors[ho].shape;
-            if hs[..] != [1, m.classes.len(), gh, gw] {
-                anyhow::bail!(
-                    "{}: head output {hs:?} is not (1, {} classes, {gh}, {gw})",
-                    head_path.display(),
-                    m.classes.len()
-                );
-            }
-            last_out = (
-                head.plan.tensors[ho].shape.clone(),
-                head.plan.tensors[ho].name.clone(),
-            );
-            let st = &gpu.stream;
-            let taps = st.clone_htod(table.taps_as_bytes()).map_err(gpu_err)?;
-            let lift = if table.depth_bins > 0 {
-                Some(CudaLift {
-                    bins: st.clone_htod(&table.bins).map_err(gpu_err)?,
-                    depth_weight: st
-                        .alloc_zeros::<f32>(table.depth_bins * fh * fw)
-                        .map_err(gpu_err)?,
-                    depth_bins: table.depth_bins as i32,
-                })
-            } else {
-                None
-            };
-            let cells = gh * gw;
-            let class_dev = st.alloc_zeros::<u8>(cells).map_err(gpu_err)?;
-            // SAFETY: pinned host memory, written by the device before it is read.
-            let class_host =
-                unsafe { gpu.ctx.alloc_pinned_with_flags::<u8>(cells, 0) }.map_err(gpu_err)?;
-            bev = Some(CudaBev {
-                dims: (c as i32, z as i32, cells as i32, (fh * fw) as i32),
-                grid,
-                classes: m.classes.clone(),
-                geometry: super::CameraGeometry::new(table),
-                taps,
-                lift,
-                head,
-                class_dev,
-                class_host,
-            });
+            let (b, out) = Self::load_bev(&gpu, bundle, &out_shape, &opts, int8)?;
+            (bev, last_out) = (Some(b), out);
         }
         let mut afv = None;
         if m.afv.is_some() {
-            let shapes: Vec<Vec<usize>> = net
-                .plan
-                .outputs
-                .iter()
-                .map(|&t| net.plan.tensors[t].shape.clone())
-                .collect();
-            let tail = super::AfvTail::load(bundle, &shapes)?;
-            let g = &tail.geom;
-            let dims = AfvDims::from(g);
-            let dim = g.dim();
-            let probe = match bundle.model_path("probe") {
-                None => None,
-                Some(p) => Some(load_plan(&gpu, &p, vec![1, dim], &opts, int8)?),
-            };
-            last_out = match &probe {
-                Some(p) => {
-                    let o = p.plan.outputs[0];
-                    (
-                        p.plan.tensors[o].shape.clone(),
-                        p.plan.tensors[o].name.clone(),
-                    )
-                }
-                None => (vec![1, dim], "afv".into()),
-            };
-            let st = &gpu.stream;
-            let up = |v: &[f32]| st.clone_htod(v).map_err(gpu_err);
-            let fisher = match &tail.fisher {
-                Some((mean, diag)) => Some((up(mean)?, up(diag)?)),
-                None => None,
-            };
-            afv = Some(CudaAfv {
-                dims,
-                w3: up(&tail.w3)?,
-                delta: st.alloc_zeros::<f32>(g.z2_len()).map_err(gpu_err)?,
-                dim,
-                fisher,
-                eps: tail.eps,
-                power: tail.power,
-                l2: tail.l2,
-                out: match probe {
-                    Some(p) => AfvOut::Probe(Box::new(p)),
-                    None => AfvOut::Vector(st.alloc_zeros::<f32>(dim).map_err(gpu_err)?),
-                },
-            });
+            let (a, out) = Self::load_afv(&gpu, bundle, &net, &opts, int8)?;
+            (afv, last_out) = (Some(a), out);
         }
         let n_out: usize = last_out.0.iter().product();
         // SAFETY: pinned host memory, written by the device before it is read.
         let out_host =
             unsafe { gpu.ctx.alloc_pinned_with_flags::<f32>(n_out, 0) }.map_err(gpu_err)?;
-        let counts = |p: &PlanRunner| {
-            p.plan
-                .kernel_counts()
-                .iter()
-                .map(|(k, n)| format!("{k} x{n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let mut describe = format!(
-            "cuda (sm_{}, INT8 GEMM {:?}; {}: {} launches [{}], arena {} KiB",
-            gpu.sm,
-            int8,
-            role,
-            net.steps(),
-            counts(&net),
-            net.plan.arena_bytes / 1024
-        );
-        if let Some(b) = &bev {
-            describe.push_str(&format!(
-                "; head: {} launches [{}], arena {} KiB",
-                b.head.steps(),
-                counts(&b.head),
-                b.head.plan.arena_bytes / 1024
-            ));
-        }
-        if let Some(p) = afv.as_ref().and_then(|a| a.out.probe()) {
-            describe.push_str(&format!(
-                "; AFV tail; probe: {} launches [{}]",
-                p.steps(),
-                counts(p)
-            ));
-        } else if afv.is_some() {
-            describe.push_str("; AFV tail");
-        }
-        describe.push(')');
+        let describe = describe_load(&gpu, int8, role, &net, bev.as_ref(), afv.as_ref());
         log::info!("{describe}");
         Ok(CudaBackend {
             task: m.task,
@@ -396,6 +269,128 @@ impl CudaBackend {
             infer_ns: (0, 0),
             device_allocs: 0,
         })
+    }
+
+    /// A BEV bundle's view transform (sampling taps, the depth lift) and head, on the device;
+    /// the head's output shape and name.
+    fn load_bev(
+        gpu: &Gpu,
+        bundle: &Bundle,
+        out_shape: &[usize],
+        opts: &crate::lower::LowerOptions,
+        int8: Int8Gemm,
+    ) -> anyhow::Result<(CudaBev, (Vec<usize>, String))> {
+        let m = &bundle.manifest;
+        let super::BevGeometry {
+            grid,
+            table,
+            channels: c,
+        } = super::BevGeometry::load(bundle, &out_shape)?;
+        let (fh, fw) = (out_shape[2], out_shape[3]);
+        let (gh, gw, z) = (grid.height(), grid.width(), grid.levels());
+        let head_path = bundle
+            .model_path("head")
+            .context("bundle has no 'head' file")?;
+        let head = load_plan(gpu, &head_path, vec![1, c * z, gh, gw], opts, int8)?;
+        let ho = head.plan.outputs[0];
+        let hs = &head.plan.tensors[ho].shape;
+        if hs[..] != [1, m.classes.len(), gh, gw] {
+            anyhow::bail!(
+                "{}: head output {hs:?} is not (1, {} classes, {gh}, {gw})",
+                head_path.display(),
+                m.classes.len()
+            );
+        }
+        let last_out = (
+            head.plan.tensors[ho].shape.clone(),
+            head.plan.tensors[ho].name.clone(),
+        );
+        let st = &gpu.stream;
+        let taps = st.clone_htod(table.taps_as_bytes()).map_err(gpu_err)?;
+        let lift = if table.depth_bins > 0 {
+            Some(CudaLift {
+                bins: st.clone_htod(&table.bins).map_err(gpu_err)?,
+                depth_weight: st
+                    .alloc_zeros::<f32>(table.depth_bins * fh * fw)
+                    .map_err(gpu_err)?,
+                depth_bins: table.depth_bins as i32,
+            })
+        } else {
+            None
+        };
+        let cells = gh * gw;
+        let class_dev = st.alloc_zeros::<u8>(cells).map_err(gpu_err)?;
+        // SAFETY: pinned host memory, written by the device before it is read.
+        let class_host =
+            unsafe { gpu.ctx.alloc_pinned_with_flags::<u8>(cells, 0) }.map_err(gpu_err)?;
+        let bev = CudaBev {
+            dims: (c as i32, z as i32, cells as i32, (fh * fw) as i32),
+            grid,
+            classes: m.classes.clone(),
+            geometry: super::CameraGeometry::new(table),
+            taps,
+            lift,
+            head,
+            class_dev,
+            class_host,
+        };
+        Ok((bev, last_out))
+    }
+
+    /// An AFV bundle's Fisher tail (and its probe head, if any) on the device; the last
+    /// output's shape and name.
+    fn load_afv(
+        gpu: &Gpu,
+        bundle: &Bundle,
+        net: &PlanRunner,
+        opts: &crate::lower::LowerOptions,
+        int8: Int8Gemm,
+    ) -> anyhow::Result<(CudaAfv, (Vec<usize>, String))> {
+        let shapes: Vec<Vec<usize>> = net
+            .plan
+            .outputs
+            .iter()
+            .map(|&t| net.plan.tensors[t].shape.clone())
+            .collect();
+        let tail = super::AfvTail::load(bundle, &shapes)?;
+        let g = &tail.geom;
+        let dims = AfvDims::from(g);
+        let dim = g.dim();
+        let probe = match bundle.model_path("probe") {
+            None => None,
+            Some(p) => Some(load_plan(gpu, &p, vec![1, dim], opts, int8)?),
+        };
+        let last_out = match &probe {
+            Some(p) => {
+                let o = p.plan.outputs[0];
+                (
+                    p.plan.tensors[o].shape.clone(),
+                    p.plan.tensors[o].name.clone(),
+                )
+            }
+            None => (vec![1, dim], "afv".into()),
+        };
+        let st = &gpu.stream;
+        let up = |v: &[f32]| st.clone_htod(v).map_err(gpu_err);
+        let fisher = match &tail.fisher {
+            Some((mean, diag)) => Some((up(mean)?, up(diag)?)),
+            None => None,
+        };
+        let afv = CudaAfv {
+            dims,
+            w3: up(&tail.w3)?,
+            delta: st.alloc_zeros::<f32>(g.z2_len()).map_err(gpu_err)?,
+            dim,
+            fisher,
+            eps: tail.eps,
+            power: tail.power,
+            l2: tail.l2,
+            out: match probe {
+                Some(p) => AfvOut::Probe(Box::new(p)),
+                None => AfvOut::Vector(st.alloc_zeros::<f32>(dim).map_err(gpu_err)?),
+            },
+        };
+        Ok((afv, last_out))
     }
 
     /// Enqueue the whole per-frame path after the upload (captured once as a graph).
@@ -632,4 +627,51 @@ impl Backend for CudaBackend {
             b.geometry.table.valid_fraction() * 100.0
         ))
     }
+}
+
+/// The load's one-line summary: device, INT8 GEMM path, launches and arena per network.
+fn describe_load(
+    gpu: &Gpu,
+    int8: Int8Gemm,
+    role: &str,
+    net: &PlanRunner,
+    bev: Option<&CudaBev>,
+    afv: Option<&CudaAfv>,
+) -> String {
+    let counts = |p: &PlanRunner| {
+        p.plan
+            .kernel_counts()
+            .iter()
+            .map(|(k, n)| format!("{k} x{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut describe = format!(
+        "cuda (sm_{}, INT8 GEMM {:?}; {}: {} launches [{}], arena {} KiB",
+        gpu.sm,
+        int8,
+        role,
+        net.steps(),
+        counts(net),
+        net.plan.arena_bytes / 1024
+    );
+    if let Some(b) = bev {
+        describe.push_str(&format!(
+            "; head: {} launches [{}], arena {} KiB",
+            b.head.steps(),
+            counts(&b.head),
+            b.head.plan.arena_bytes / 1024
+        ));
+    }
+    if let Some(p) = afv.and_then(|a| a.out.probe()) {
+        describe.push_str(&format!(
+            "; AFV tail; probe: {} launches [{}]",
+            p.steps(),
+            counts(p)
+        ));
+    } else if afv.is_some() {
+        describe.push_str("; AFV tail");
+    }
+    describe.push(')');
+    describe
 }

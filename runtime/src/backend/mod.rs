@@ -4,7 +4,7 @@
 //! - [`cpu`]: the networks on tract-onnx or on bevrt's own CPU kernels (the kernel plan,
 //!   [`bevrt_kernels::cpu`]), bevrt's CPU references for its own stages.
 //! - [`cuda`]: bevrt's own kernels for the whole per-frame path, one CUDA graph per frame.
-//! - [`lower`]: ONNX → kernel plan, the CUDA backend's front end.
+//! Both plan backends take their plans from [`crate::lower`], the ONNX front end.
 //!
 //! [`open`] is the registry: `auto` picks CUDA when a driver and device exist, and the CPU
 //! when not or when the CUDA backend refuses the bundle (an op outside its set), saying which
@@ -14,24 +14,48 @@
 
 pub mod cpu;
 pub mod cuda;
-pub mod lower;
+mod registry;
 
 use crate::frame::Frame;
 use crate::postprocess::FrameResult;
 use anyhow::Context;
 use bevrt_models::Bundle;
+pub use registry::open;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// Which backend runs a bundle (see [`open`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
-    /// CUDA when a device exists and takes the bundle; else cpu-plan when every network
-    /// lowers to the kernel plan; else cpu (tract).
     Auto,
-    /// tract-onnx on the CPU.
     Cpu,
-    /// bevrt's kernel plan on its own CPU kernels (the plan the CUDA backend runs).
     CpuPlan,
     Cuda,
 }
+
+impl crate::choice::Choice for BackendKind {
+    const ALL: &'static [Self] = &[Self::Auto, Self::Cpu, Self::CpuPlan, Self::Cuda];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Cpu => "cpu",
+            Self::CpuPlan => "cpu-plan",
+            Self::Cuda => "cuda",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Self::Auto => {
+                "CUDA when a device exists and takes the bundle; else cpu-plan when every \
+                 network lowers to the kernel plan; else cpu (tract)"
+            }
+            Self::Cpu => "tract-onnx on the CPU",
+            Self::CpuPlan => {
+                "bevrt's kernel plan on its own CPU kernels (the plan the CUDA backend runs)"
+            }
+            Self::Cuda => "",
+        }
+    }
+}
+crate::named_choice!(BackendKind);
 
 /// Load-time options shared by backends.
 #[derive(Debug, Clone, Default)]
@@ -325,37 +349,5 @@ impl AfvTail {
             power: a.power_norm,
             l2: a.l2_norm,
         })
-    }
-}
-
-/// Open a backend of `kind` for `bundle`.
-pub fn open(
-    kind: BackendKind,
-    bundle: &Bundle,
-    opts: &BackendOptions,
-) -> anyhow::Result<Box<dyn Backend>> {
-    use cpu::{CpuBackend, CpuEngine};
-    let on_cpu = |engine| -> anyhow::Result<Box<dyn Backend>> {
-        Ok(Box::new(CpuBackend::load_engine(bundle, opts, engine)?))
-    };
-    match kind {
-        BackendKind::Cpu => on_cpu(CpuEngine::Tract),
-        BackendKind::CpuPlan => on_cpu(CpuEngine::Plan),
-        BackendKind::Cuda => cuda::open(bundle, opts),
-        BackendKind::Auto => match cuda::probe() {
-            cuda::CudaProbe::Available(dev) => {
-                log::info!("backend auto: CUDA device {} found, using cuda", dev.name);
-                cuda::open(bundle, opts).or_else(|e| {
-                    log::warn!(
-                        "backend auto: the CUDA backend cannot run this bundle ({e:#}); using the CPU"
-                    );
-                    on_cpu(CpuEngine::PlanOrTract)
-                })
-            }
-            other => {
-                log::info!("backend auto: {}; using the CPU", other.summary());
-                on_cpu(CpuEngine::PlanOrTract)
-            }
-        },
     }
 }

@@ -2,10 +2,10 @@
 //! inference. A live source never waits for inference (the oldest queued frame is dropped and
 //! counted); a file source waits and loses nothing.
 
-use super::{Pools, WARMUP_FRAMES};
+use super::pools::{Pools, WARMUP_FRAMES};
 use crate::alloc_count;
 use crate::frame::Frame;
-use crate::pipeline::report::{Counters, LiveMetrics};
+use crate::live::{Counters, LiveMetrics};
 use crate::queue::Pop;
 use crate::source::{FrameSource, SourceStatus};
 use std::panic::AssertUnwindSafe;

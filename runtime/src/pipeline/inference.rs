@@ -3,12 +3,13 @@
 //! postprocess, records latencies and allocations, and hands the result to the sink stage by
 //! swapping pooled results (a slow sink loses sink work, counted, never frames).
 
-use super::{Pools, WARMUP_FRAMES};
+use super::pools::{Pools, WARMUP_FRAMES};
 use crate::alloc_count;
 use crate::backend::Backend;
 use crate::frame::Frame;
+use crate::live::{Counters, LiveMetrics};
 use crate::metrics::Stage;
-use crate::pipeline::report::{Counters, InferenceAllocs, LiveMetrics};
+use crate::pipeline::report::InferenceAllocs;
 use crate::postprocess::FrameResult;
 use crate::supervisor::{ModelUpdates, UpdateEvent};
 use std::panic::AssertUnwindSafe;
@@ -59,7 +60,7 @@ impl InferenceStage {
         pools: Arc<Pools>,
         live: Arc<LiveMetrics>,
         working: FrameResult,
-        opts: &super::PipelineOptions,
+        opts: &super::options::PipelineOptions,
     ) -> InferenceStage {
         InferenceStage {
             backend,
@@ -230,7 +231,7 @@ impl InferenceStage {
         self.processed += 1;
         Counters::bump(&self.live.counters.processed);
         if self.processed == WARMUP_FRAMES {
-            self.rss_after_warmup = super::rss_kib();
+            self.rss_after_warmup = super::report::rss_kib();
             self.device_at_warmup = self.backend.device_allocations();
         }
         if self.processed > WARMUP_FRAMES {
@@ -256,7 +257,10 @@ impl InferenceStage {
 fn guard<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     match std::panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
-        Err(p) => anyhow::bail!("backend panicked: {}", super::panic_message(p.as_ref())),
+        Err(p) => anyhow::bail!(
+            "backend panicked: {}",
+            crate::panics::panic_message(p.as_ref())
+        ),
     }
 }
 

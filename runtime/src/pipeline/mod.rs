@@ -13,106 +13,24 @@
 
 mod capture;
 mod inference;
+mod options;
+mod pools;
 pub mod report;
 mod sinks;
 
 use crate::backend::Backend;
-use crate::frame::Frame;
-use crate::postprocess::FrameResult;
-use crate::queue::{BoundedQueue, Pop};
+pub use crate::live::LiveMetrics;
+use crate::queue::Pop;
 use crate::sink::Sink;
 use crate::source::FrameSource;
 use crate::supervisor::ModelUpdates;
-pub use report::{AllocReport, LiveMetrics, RunReport, rss_kib};
-use std::path::PathBuf;
+pub use options::PipelineOptions;
+use pools::Pools;
+pub use pools::{FRAME_QUEUE, RESULT_QUEUE, WARMUP_FRAMES};
+pub use report::{AllocReport, RunReport, rss_kib};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Frames that may wait between capture and inference.
-pub const FRAME_QUEUE: usize = 4;
-/// Results that may wait for the sinks.
-pub const RESULT_QUEUE: usize = 8;
-/// Frames excluded from allocation counting while buffers settle.
-pub const WARMUP_FRAMES: u64 = 10;
-
-#[derive(Debug, Clone)]
-pub struct PipelineOptions {
-    /// Stop after this many processed frames.
-    pub max_frames: Option<u64>,
-    /// Stop after this long.
-    pub duration: Option<Duration>,
-    /// Log a progress line (and a metrics JSONL line) this often.
-    pub report_every: Duration,
-    /// Calibration file to watch; a change is applied between frames.
-    pub calibration: Option<PathBuf>,
-    /// Fault injection for HIL tests: sleep this long in every sink write.
-    pub sink_delay: Duration,
-    /// Fault injection for soak tests: every `.0`, one sink write stalls for `.1`.
-    pub sink_stall: Option<(Duration, Duration)>,
-    /// Where periodic metrics lines go (besides the log).
-    pub metrics_out: Option<PathBuf>,
-    /// Copy each camera frame into its result, for sinks that show it (MCAP, live view).
-    pub keep_camera_image: bool,
-    /// Shared with observers outside the run (the metrics endpoint); a fresh one if `None`.
-    pub live: Option<Arc<LiveMetrics>>,
-}
-
-impl Default for PipelineOptions {
-    fn default() -> Self {
-        PipelineOptions {
-            max_frames: None,
-            duration: None,
-            report_every: Duration::from_secs(5),
-            calibration: None,
-            sink_delay: Duration::ZERO,
-            sink_stall: None,
-            metrics_out: None,
-            keep_camera_image: false,
-            live: None,
-        }
-    }
-}
-
-/// The fixed pools and queues the stages pass frames and results through.
-pub struct Pools {
-    /// Captured frames waiting for inference.
-    pub frames: BoundedQueue<Box<Frame>, FRAME_QUEUE>,
-    pub free_frames: BoundedQueue<Box<Frame>, { FRAME_QUEUE + 2 }>,
-    /// Results waiting for the sinks.
-    pub results: BoundedQueue<Box<FrameResult>, RESULT_QUEUE>,
-    pub free_results: BoundedQueue<Box<FrameResult>, RESULT_QUEUE>,
-}
-
-impl Pools {
-    /// Every frame and result the run will use, allocated now.
-    fn allocate(frame_bytes: usize, template: &FrameResult) -> Pools {
-        let p = Pools {
-            frames: BoundedQueue::new(),
-            free_frames: BoundedQueue::new(),
-            results: BoundedQueue::new(),
-            free_results: BoundedQueue::new(),
-        };
-        for _ in 0..FRAME_QUEUE + 2 {
-            let _ = p
-                .free_frames
-                .try_push(Box::new(Frame::with_capacity(frame_bytes)));
-        }
-        for _ in 0..RESULT_QUEUE {
-            // A clone drops spare capacity: reserve the camera copy's buffer again.
-            let mut r = Box::new(template.clone());
-            r.camera.reserve(template.camera.data.capacity());
-            let _ = p.free_results.try_push(r);
-        }
-        p
-    }
-
-    /// Stop the capture stage (no frame is taken or queued any more).
-    fn close_frames(&self) {
-        self.frames.close();
-        self.free_frames.close();
-    }
-}
 
 /// Run `source` through `backend` into `sinks` until the stream ends or a limit is hit.
 pub fn run(
@@ -236,12 +154,4 @@ fn run_inference_loop(
 
 fn stage_elapsed(stage: &inference::InferenceStage) -> f64 {
     stage.started.elapsed().as_secs_f64()
-}
-
-/// The message a caught panic carried.
-pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
 }

@@ -3,99 +3,13 @@
 //! end, served on `/metrics`).
 
 use crate::alloc_count;
-use crate::metrics::{Histogram, STAGES, Stage, StageHistograms, StageSummary};
+use crate::live::{Counters, LiveMetrics};
+use crate::metrics::{STAGES, StageSummary};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-
-/// Counters shared by the stages (and read by the metrics endpoint while the run goes on).
-#[derive(Default)]
-pub struct Counters {
-    pub captured: AtomicU64,
-    pub dropped: AtomicU64,
-    pub source_errors: AtomicU64,
-    pub processed: AtomicU64,
-    pub infer_errors: AtomicU64,
-    pub sink_written: AtomicU64,
-    pub sink_dropped: AtomicU64,
-    pub sink_errors: AtomicU64,
-    pub calib_reloads: AtomicU64,
-    pub calib_errors: AtomicU64,
-    pub model_swaps: AtomicU64,
-    pub model_rollbacks: AtomicU64,
-    pub model_refused: AtomicU64,
-    /// Messages a live viewer (or another best-effort observer) could not take in time.
-    pub viewer_dropped: AtomicU64,
-    pub capture_allocs: AtomicU64,
-    pub capture_counted: AtomicU64,
-    pub sink_allocs: AtomicU64,
-    pub sink_counted: AtomicU64,
-}
-
-impl Counters {
-    pub fn bump(c: &AtomicU64) -> u64 {
-        c.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// The counters a viewer of the run shows (the MCAP sink's `/bevrt/metrics`), read now.
-    pub fn snapshot(&self) -> CounterSnapshot {
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        CounterSnapshot {
-            frames_captured: load(&self.captured),
-            frames_processed: load(&self.processed),
-            frames_dropped: load(&self.dropped),
-            source_errors: load(&self.source_errors),
-            inference_errors: load(&self.infer_errors),
-            sink_dropped: load(&self.sink_dropped),
-            sink_errors: load(&self.sink_errors),
-            viewer_dropped: load(&self.viewer_dropped),
-        }
-    }
-}
-
-/// See [`Counters::snapshot`].
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct CounterSnapshot {
-    pub frames_captured: u64,
-    pub frames_processed: u64,
-    pub frames_dropped: u64,
-    pub source_errors: u64,
-    pub inference_errors: u64,
-    pub sink_dropped: u64,
-    pub sink_errors: u64,
-    pub viewer_dropped: u64,
-}
-
-/// Everything a report is made of that lives across threads: counters and the per-stage
-/// latency histograms (the inference thread records into `stages`, the sink thread into
-/// `sink`; one uncontended lock per frame each).
-#[derive(Default)]
-pub struct LiveMetrics {
-    pub counters: Counters,
-    pub stages: Mutex<StageHistograms>,
-    pub sink: Mutex<Histogram>,
-}
-
-impl std::fmt::Debug for LiveMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LiveMetrics")
-    }
-}
-
-impl LiveMetrics {
-    /// A copy of every stage's histogram, the sink's included.
-    pub fn histograms(&self) -> StageHistograms {
-        let mut h = self
-            .stages
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        h.h[Stage::Sink as usize] = self.sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        h
-    }
-}
 
 /// Allocation counts per frame after warm-up, by where they happened.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -2,9 +2,9 @@
 //! the pool. A failing or panicking sink is counted and logged; the others still get the
 //! result. Fault injection (a slow or stalling sink) lives here, for HIL and soak tests.
 
-use super::{Pools, WARMUP_FRAMES};
+use super::pools::{Pools, WARMUP_FRAMES};
 use crate::alloc_count;
-use crate::pipeline::report::{Counters, LiveMetrics};
+use crate::live::{Counters, LiveMetrics};
 use crate::postprocess::FrameResult;
 use crate::queue::Pop;
 use crate::sink::Sink;

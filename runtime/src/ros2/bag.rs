@@ -124,12 +124,24 @@ pub struct BagWriter {
 }
 
 /// Chunk compression of a written bag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BagCompression {
     None,
     Lz4,
     Zstd,
 }
+
+impl crate::choice::Choice for BagCompression {
+    const ALL: &'static [Self] = &[Self::None, Self::Lz4, Self::Zstd];
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Lz4 => "lz4",
+            Self::Zstd => "zstd",
+        }
+    }
+}
+crate::named_choice!(BagCompression);
 
 impl BagWriter {
     pub fn create(path: &Path, compression: BagCompression) -> anyhow::Result<BagWriter> {

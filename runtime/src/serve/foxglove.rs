@@ -11,8 +11,8 @@
 //! server, whose per-client queue (32 messages) drops the oldest when a client's socket is
 //! slower still; those drops happen inside the crate and show in its log, not in the count.
 
-use crate::pipeline::LiveMetrics;
-use crate::pipeline::report::Counters;
+use crate::live::Counters;
+use crate::live::LiveMetrics;
 use crate::postprocess::FrameResult;
 use crate::queue::{BoundedQueue, Pop};
 use crate::ros2::{bag, msgs};

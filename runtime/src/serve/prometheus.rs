@@ -6,8 +6,8 @@
 //! `/healthz` is 200 `ok` while frames are flowing (one processed within the last
 //! `stall_after`), else 503 with the reason; before the first frame it is 503 `starting`.
 
+use crate::live::LiveMetrics;
 use crate::metrics::{Histogram, STAGES};
-use crate::pipeline::LiveMetrics;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -14,7 +14,7 @@
 //! sink thread; `zstd` is the smaller choice for archives).
 
 use super::{ResultJson, Sink};
-use crate::pipeline::LiveMetrics;
+use crate::live::LiveMetrics;
 use crate::postprocess::FrameResult;
 use crate::ros2::bag::{self, BagCompression, BagWriter};
 use crate::ros2::msgs;

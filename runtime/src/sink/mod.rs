@@ -2,6 +2,7 @@
 //! frames: the inference thread hands results over through a bounded queue and moves on.
 
 pub mod mcap;
+mod registry;
 
 use crate::npy;
 use crate::postprocess::FrameResult;
@@ -9,6 +10,8 @@ use bevrt_models::{ClassSpec, Task};
 use std::fmt::Write as _;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+
+pub use registry::{SinkContext, SinkKind, build, build_with, default_sinks};
 
 pub trait Sink: Send {
     fn name(&self) -> &'static str;
@@ -239,80 +242,6 @@ impl Sink for NpySink {
         }
         Ok(())
     }
-}
-
-/// Which sinks `bevrt run` writes, by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SinkKind {
-    Png,
-    Jsonl,
-    Npy,
-    /// `run.mcap`, a ROS 2 bag of camera, map, grid and results (see [`mcap`]).
-    Mcap,
-}
-
-/// What some sinks need beyond the bundle: the calibration in use (written into the MCAP
-/// bag) and the run's live counters (its metrics channel).
-#[derive(Default, Clone)]
-pub struct SinkContext {
-    pub calibration: Option<bevrt_calib::Calibration>,
-    pub live: Option<std::sync::Arc<crate::pipeline::LiveMetrics>>,
-}
-
-/// The sinks for a task when the user names none.
-pub fn default_sinks(task: Task) -> Vec<SinkKind> {
-    match task {
-        Task::Bev => vec![SinkKind::Png, SinkKind::Jsonl],
-        Task::Classify | Task::Features => vec![SinkKind::Jsonl],
-    }
-}
-
-pub fn build(
-    kinds: &[SinkKind],
-    out: &Path,
-    manifest: &bevrt_models::Manifest,
-    outputs: usize,
-) -> anyhow::Result<Vec<Box<dyn Sink>>> {
-    build_with(kinds, out, manifest, outputs, &SinkContext::default())
-}
-
-/// [`build`], with what the MCAP sink needs.
-pub fn build_with(
-    kinds: &[SinkKind],
-    out: &Path,
-    manifest: &bevrt_models::Manifest,
-    outputs: usize,
-    ctx: &SinkContext,
-) -> anyhow::Result<Vec<Box<dyn Sink>>> {
-    std::fs::create_dir_all(out)
-        .map_err(|e| anyhow::anyhow!("{}: cannot create output directory: {e}", out.display()))?;
-    let mut v: Vec<Box<dyn Sink>> = vec![];
-    for k in kinds {
-        v.push(match k {
-            SinkKind::Png => {
-                if manifest.task != Task::Bev {
-                    anyhow::bail!(
-                        "sink 'png' writes BEV class maps; this bundle is '{}'",
-                        manifest.task
-                    );
-                }
-                Box::new(ClassMapPngSink::new(out)?)
-            }
-            SinkKind::Jsonl => Box::new(JsonlSink::new(
-                out,
-                manifest.outputs[0].labels.clone(),
-                manifest.classes.clone(),
-            )?),
-            SinkKind::Npy => Box::new(NpySink::new(out, outputs)?),
-            SinkKind::Mcap => Box::new(mcap::McapSink::new(
-                out,
-                manifest,
-                ctx.calibration.clone(),
-                ctx.live.clone(),
-            )?),
-        });
-    }
-    Ok(v)
 }
 
 /// `metrics.jsonl`: one line per report interval and one at the end.

@@ -72,7 +72,7 @@ fn next_message(reader: &mut Reader) -> Option<Result<mcap::Message<'static>, St
         Ok(Some(Err(e))) => Some(Err(e.to_string())),
         Err(p) => Some(Err(format!(
             "the MCAP reader failed on this data ({})",
-            crate::pipeline::panic_message(p.as_ref())
+            crate::panics::panic_message(p.as_ref())
         ))),
     }
 }

@@ -13,6 +13,7 @@
 pub mod images;
 pub mod mcap;
 pub mod poses;
+mod registry;
 pub mod replay;
 pub mod sim;
 #[cfg(feature = "v4l")]
@@ -20,6 +21,8 @@ pub mod v4l;
 
 use crate::frame::Frame;
 use std::collections::BTreeMap;
+
+pub use registry::open;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -157,38 +160,6 @@ impl SourceSpec {
         }
         Ok(())
     }
-}
-
-/// Open the source a spec names.
-pub fn open(spec: &str) -> Result<Box<dyn FrameSource>, SourceError> {
-    let s = SourceSpec::parse(spec)?;
-    match s.scheme.as_str() {
-        "images" => Ok(Box::new(images::ImageFolderSource::open(&s)?)),
-        "replay" => Ok(Box::new(replay::ReplaySource::open(&s)?)),
-        "v4l" => open_v4l(&s),
-        "sim" => Ok(Box::new(sim::SimSource::open(&s)?)),
-        "mcap" => Ok(Box::new(mcap::McapSource::open(&s)?)),
-        other => Err(s.error(format!(
-            "unknown source scheme '{other}' (expected images:, replay:, v4l:, sim: or mcap:)"
-        ))),
-    }
-}
-
-#[cfg(feature = "v4l")]
-fn open_v4l(s: &SourceSpec) -> Result<Box<dyn FrameSource>, SourceError> {
-    Ok(Box::new(v4l::V4lSource::open(s)?))
-}
-
-#[cfg(not(feature = "v4l"))]
-fn open_v4l(s: &SourceSpec) -> Result<Box<dyn FrameSource>, SourceError> {
-    let path = PathBuf::from(&s.body);
-    if !path.exists() {
-        return Err(SourceError::Open {
-            path,
-            message: "no such video device".into(),
-        });
-    }
-    Err(s.error("this bevrt was built without V4L2 support (rebuild with --features v4l)"))
 }
 
 /// Sleeps so frames come out at a fixed period; resynchronises after a stall instead of

@@ -633,10 +633,10 @@ fn check_plan(gpu: &Gpu, spec: &str) -> Result<serde_json::Value, Box<dyn std::e
     } else {
         vec![(in_name.as_str(), shape)]
     };
-    let plan = bevrt_runtime::backend::lower::lower_onnx(
+    let plan = bevrt_runtime::lower::lower_onnx(
         &path,
         &shapes,
-        &bevrt_runtime::backend::lower::LowerOptions { float: DType::F16 },
+        &bevrt_runtime::lower::LowerOptions { float: DType::F16 },
     )?;
     let input_len = plan.tensors[plan.inputs[0]].elems();
     let x: Vec<f32> = bytes(input_len, 21)

@@ -1,0 +1,26 @@
+//! What several commands' arguments share: named choices as value parsers, backend options.
+
+use bevrt_runtime::backend::BackendOptions;
+use bevrt_runtime::choice::Choice;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+
+/// A `--flag` whose value is one of a library's named choices; `--help` lists them.
+pub fn choice<T: Choice + Send + Sync>() -> impl TypedValueParser<Value = T> {
+    let values = T::ALL.iter().map(|c| match c.help() {
+        "" => PossibleValue::new(c.name()),
+        help => PossibleValue::new(c.name()).help(help),
+    });
+    PossibleValuesParser::new(values)
+        .map(|s| bevrt_runtime::choice::parse::<T>(&s).expect("listed"))
+}
+
+pub fn backend_opts(threads: Option<usize>, int8_kernels: bool) -> BackendOptions {
+    let mut o = BackendOptions {
+        int8_kernels,
+        ..Default::default()
+    };
+    if let Some(t) = threads {
+        o.threads = t;
+    }
+    o
+}

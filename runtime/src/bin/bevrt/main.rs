@@ -1,0 +1,57 @@
+//! `bevrt`: run a model bundle on a camera stream, benchmark it, inspect the machine, and run
+//! the ONNX conformance cases.
+
+mod args;
+mod bench;
+mod conformance;
+mod demo;
+mod info;
+mod run;
+
+use bevrt_runtime::supervisor;
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static ALLOC: bevrt_runtime::alloc_count::CountingAlloc = bevrt_runtime::alloc_count::CountingAlloc;
+
+#[derive(Parser)]
+#[command(name = "bevrt", version, about = "Edge perception runtime: camera frames to BEV maps, features and classes", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a bundle on a frame source, writing results to sinks.
+    Run(Box<run::RunArgs>),
+    /// The main job on an embedded default (no camera, no GPU, no download): the shipped
+    /// letsmap-lite BEV bundle on a freshly simulated drive; side-by-side PNGs, latency, mIoU.
+    Demo(demo::BevDemoArgs),
+    /// The shared text-orientation classifier on real text-line crops (needs ../shared).
+    DemoClassify(demo::DemoArgs),
+    /// Per-stage latency on a synthetic frame (optionally beside ONNX Runtime).
+    Bench(bench::BenchArgs),
+    /// CUDA driver and device, V4L2 devices, and a bundle's summary.
+    Info(info::InfoArgs),
+    /// Run ONNX backend node-test cases and compare outputs.
+    Conformance(conformance::ConformanceArgs),
+}
+
+fn main() {
+    supervisor::single_malloc_arena();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Run(a) => run::cmd_run(*a),
+        Cmd::Demo(a) => demo::cmd_bev_demo(a),
+        Cmd::DemoClassify(a) => demo::cmd_demo(a),
+        Cmd::Bench(a) => bench::cmd_bench(a),
+        Cmd::Info(a) => info::cmd_info(a),
+        Cmd::Conformance(a) => conformance::cmd_conformance(a),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+}

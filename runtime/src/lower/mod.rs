@@ -1,0 +1,282 @@
+//! ONNX → [`KernelPlan`]: the front end of both plan backends (CUDA and `cpu-plan`), of
+//! `bevrt conformance` and of the plan tests. It sits above the backends and below nothing
+//! that runs frames.
+//!
+//! One story from file to plan, in two places:
+//! 1. `bevrt_models::onnx` reads and checks the file (limits, opset) and legalises what tract
+//!    itself cannot run (the CPU backend's path, `bevrt_models::onnx::legalize`).
+//! 2. Here, [`legalize`] applies the graph passes the plan needs before analysis (constants
+//!    as initializers, BatchNormalization and constant bias Adds folded into their Conv: the
+//!    quantizer's passes, `bevrt_models::quant::graph`), tract analyses the graph
+//!    ([`analyse`]), and [`lowering`] turns each node into at most one step ([`conv`],
+//!    [`ops`]).
+//!
+//! The graph is read with bevrt's ONNX reader, BatchNormalization and constant bias Adds are
+//! folded into their Conv (the quantizer's graph passes), and tract parses and analyses it for
+//! the bundle's static input shapes: every tensor's shape, and the value of every tensor that
+//! does not depend on the input (shape arithmetic such as Shape → Gather → Concat → Reshape),
+//! come from tract. Then each ONNX node becomes at most one kernel launch:
+//!
+//! - `Conv`, `Gemm`, `MatMul` (constant right operand) → implicit-GEMM convolution (1x1 for
+//!   the matrix products), grouped/depthwise ones → the direct kernel. With Q/DQ around them
+//!   (`QuantizeLinear → DequantizeLinear → Conv` and int8 weights behind a DequantizeLinear,
+//!   symmetric, per tensor or per output channel) they run in INT8; otherwise in FP16.
+//! - An activation (`Relu`, `Clip`, `HardSigmoid`, `HardSwish`, `Sigmoid`) whose input is read
+//!   by it alone is fused into the convolution or binary op that produced it; a
+//!   `QuantizeLinear` likewise into the convolution before it (requantizing epilogue).
+//! - `Add`/`Sub`/`Mul`/`Div` (broadcasting, rank ≤ 4), `MaxPool`, `AveragePool`,
+//!   `GlobalAveragePool`, `GlobalMaxPool`, `Resize`/`Upsample`, `Softmax`, `Concat`,
+//!   `QuantizeLinear`, `DequantizeLinear` → their kernels; `Reshape`, `Flatten`, `Squeeze`,
+//!   `Unsqueeze`, `Identity`, `Dropout` → views of the same bytes.
+//!
+//! Anything else is refused at load with the list of unsupported nodes: no silent fallback.
+//! Float activations are FP16 (`float: F16`, what the kernels run) or, for checking the
+//! lowering itself against tract on the CPU, F32. Graph outputs are always f32.
+
+mod attrs;
+mod conv;
+mod lowering;
+mod ops;
+
+use bevrt_kernels::plan::{DType, KernelPlan, Op};
+use lowering::{Facts, Lowering};
+use std::collections::HashMap;
+use std::path::Path;
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::InferenceFact;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LowerError {
+    #[error("{path}: {message}")]
+    Model { path: String, message: String },
+    #[error(
+        "{path}: the kernel plan (CUDA and cpu-plan) does not support {} node(s): {}",
+        .nodes.len(),
+        .nodes.join("; ")
+    )]
+    Unsupported { path: String, nodes: Vec<String> },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LowerOptions {
+    /// Storage of float activations: F16 for the GPU, F32 to check the lowering on the CPU.
+    pub float: DType,
+}
+
+impl Default for LowerOptions {
+    fn default() -> Self {
+        LowerOptions { float: DType::F16 }
+    }
+}
+
+/// Lower one ONNX file for fixed input shapes (`name → shape`; inputs not listed keep the
+/// model's own static shape).
+pub fn lower_onnx(
+    path: &Path,
+    input_shapes: &[(&str, Vec<usize>)],
+    opts: &LowerOptions,
+) -> Result<KernelPlan, LowerError> {
+    let proto = bevrt_models::read_proto(path).map_err(|e| LowerError::Model {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    lower_proto(proto, &path.display().to_string(), input_shapes, opts)
+}
+
+/// Lower a bundle's network file with its first input fixed to `shape` (what both plan
+/// backends load).
+pub fn lower_network(
+    path: &Path,
+    shape: Vec<usize>,
+    opts: &LowerOptions,
+) -> anyhow::Result<KernelPlan> {
+    use anyhow::Context;
+    let input = bevrt_models::inspect(path)?
+        .inputs
+        .first()
+        .map(|i| i.name.clone())
+        .with_context(|| format!("{}: model has no input", path.display()))?;
+    Ok(lower_onnx(path, &[(&input, shape)], opts)?)
+}
+
+/// [`lower_onnx`] for a model already in memory; `label` names it in errors. tract parses
+/// and analyses the graph first; a panic in it on a malformed graph (fuzzing found several)
+/// becomes an error naming the model, not the end of the process.
+pub fn lower_proto(
+    proto: pb::ModelProto,
+    label: &str,
+    input_shapes: &[(&str, Vec<usize>)],
+    opts: &LowerOptions,
+) -> Result<KernelPlan, LowerError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        lower_proto_unguarded(proto, label, input_shapes, opts)
+    }))
+    .unwrap_or_else(|p| {
+        Err(LowerError::Model {
+            path: label.to_string(),
+            message: format!(
+                "the ONNX engine failed on this graph: {}",
+                crate::panics::panic_message(p.as_ref())
+            ),
+        })
+    })
+}
+
+fn lower_proto_unguarded(
+    mut proto: pb::ModelProto,
+    label: &str,
+    input_shapes: &[(&str, Vec<usize>)],
+    opts: &LowerOptions,
+) -> Result<KernelPlan, LowerError> {
+    let err = |message: String| LowerError::Model {
+        path: label.to_string(),
+        message,
+    };
+    let opset = bevrt_models::onnx::default_opset(&proto).unwrap_or(13);
+    legalize(&mut proto, label).map_err(err)?;
+    let graph = proto.graph.as_ref().expect("legalize checked the graph");
+    let real_inputs: Vec<&pb::ValueInfoProto> = real_inputs(graph);
+    let (model, by_name) = analyse(&proto, &real_inputs, input_shapes).map_err(err)?;
+    let mut l = Lowering {
+        opset,
+        float: opts.float,
+        plan: KernelPlan::default(),
+        tensor: HashMap::new(),
+        qconst: HashMap::new(),
+        dq_of: HashMap::new(),
+        readers: count_readers(graph),
+        graph_outputs: graph.output.iter().map(|o| o.name.clone()).collect(),
+        producer_step: HashMap::new(),
+        unsupported: vec![],
+        facts: Facts {
+            model: &model,
+            by_name: &by_name,
+        },
+    };
+    lower_inputs(&mut l, &real_inputs).map_err(err)?;
+    for n in &graph.node {
+        if let Err(e) = l.node(n) {
+            let node = if n.name.is_empty() {
+                &n.output[0]
+            } else {
+                &n.name
+            };
+            l.unsupported.push(format!("{} '{node}': {e}", n.op_type));
+        }
+    }
+    if !l.unsupported.is_empty() {
+        return Err(LowerError::Unsupported {
+            path: label.to_string(),
+            nodes: l.unsupported,
+        });
+    }
+    lower_outputs(&mut l, graph).map_err(err)?;
+    let mut plan = l.plan;
+    plan.allocate();
+    Ok(plan)
+}
+
+/// The plan's graph passes: constants as initializers, BatchNormalization and constant bias
+/// Adds folded into the Conv before them.
+fn legalize(proto: &mut pb::ModelProto, label: &str) -> Result<(), String> {
+    use bevrt_models::quant::graph as passes;
+    let graph = proto.graph.as_mut().ok_or_else(|| "no graph".to_string())?;
+    passes::constants_to_initializers(graph);
+    for r in passes::fold_batchnorm(graph)
+        .into_iter()
+        .chain(passes::fold_conv_bias_add(graph))
+    {
+        log::debug!("{label}: {r}");
+    }
+    Ok(())
+}
+
+/// The graph inputs that are not initializers.
+fn real_inputs(graph: &pb::GraphProto) -> Vec<&pb::ValueInfoProto> {
+    let inits: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    graph
+        .input
+        .iter()
+        .filter(|i| !inits.contains(i.name.as_str()))
+        .collect()
+}
+
+/// tract's analysis for the given input shapes: every tensor's shape, and the value of every
+/// tensor that does not depend on the input.
+fn analyse(
+    proto: &pb::ModelProto,
+    real_inputs: &[&pb::ValueInfoProto],
+    input_shapes: &[(&str, Vec<usize>)],
+) -> Result<(InferenceModel, HashMap<String, OutletId>), String> {
+    let parsed = tract_onnx::onnx()
+        .parse(proto, None)
+        .map_err(|e| format!("{e:#}"))?;
+    let mut model = parsed.model;
+    for (ix, inp) in real_inputs.iter().enumerate() {
+        if let Some((_, shape)) = input_shapes.iter().find(|(n, _)| *n == inp.name) {
+            model
+                .set_input_fact(
+                    ix,
+                    InferenceFact::dt_shape(f32::datum_type(), shape.clone()),
+                )
+                .map_err(|e| format!("{e:#}"))?;
+        }
+    }
+    model
+        .analyse(false)
+        .map_err(|e| format!("shape analysis: {e:#}"))?;
+    Ok((model, parsed.outlets_by_name))
+}
+
+/// How many nodes (and graph outputs) read each tensor: what decides fusions.
+fn count_readers(graph: &pb::GraphProto) -> HashMap<String, usize> {
+    let mut readers = HashMap::new();
+    for n in &graph.node {
+        for i in &n.input {
+            *readers.entry(i.clone()).or_insert(0) += 1;
+        }
+    }
+    for o in &graph.output {
+        *readers.entry(o.name.clone()).or_insert(0) += 1;
+    }
+    readers
+}
+
+/// The plan's f32 inputs, each cast once to the float storage the kernels read.
+fn lower_inputs(l: &mut Lowering, real_inputs: &[&pb::ValueInfoProto]) -> Result<(), String> {
+    for inp in real_inputs {
+        let shape = l.shape(&inp.name)?;
+        let t = l.new_tensor(&inp.name, shape, DType::F32, None);
+        l.plan.inputs.push(t);
+        // kernels read f16: convert once at the start
+        let t = if l.float == DType::F32 {
+            t
+        } else {
+            let shape = l.plan.tensors[t].shape.clone();
+            let h = l.new_tensor(&format!("{}.f16", inp.name), shape, l.float, None);
+            l.push("input cast", Op::Cast, vec![t], h);
+            h
+        };
+        l.tensor.insert(inp.name.clone(), t);
+    }
+    Ok(())
+}
+
+/// The graph outputs, always f32.
+fn lower_outputs(l: &mut Lowering, graph: &pb::GraphProto) -> Result<(), String> {
+    for o in &graph.output {
+        let t = l.float_tensor(&o.name)?;
+        let t = if l.plan.tensors[t].dtype == DType::F32 {
+            t
+        } else {
+            let shape = l.plan.tensors[t].shape.clone();
+            let f = l.new_tensor(&format!("{}.f32", o.name), shape, DType::F32, None);
+            l.push("output cast", Op::Cast, vec![t], f);
+            f
+        };
+        l.plan.outputs.push(t);
+    }
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! Every other op the plan runs: binary elementwise, pools, resize, softmax, concat,
+//! quantize and dequantize.
+
+use super::attrs::*;
+use super::lowering::Lowering;
+use super::lowering::QConst;
+use bevrt_kernels::params::{BinaryParams, PoolParams, ResizeParams, out_mode};
+use bevrt_kernels::plan::{ConstData, DType, Op};
+use bevrt_kernels::reference::f2h;
+use tract_onnx::pb;
+
+impl Lowering<'_> {
+    pub(super) fn binary(&mut self, n: &pb::NodeProto, name: &str) -> Result<(), String> {
+        let out_shape = self.shape(&n.output[0])?;
+        if out_shape.len() > 4 {
+            return Err(format!("rank {} > 4", out_shape.len()));
+        }
+        let mut inputs = vec![];
+        let mut consts = vec![];
+        let mut strides = [[0i32; 4]; 2];
+        for (pos, inp) in n.input.iter().take(2).enumerate() {
+            let shape = if self.is_const(inp) {
+                let v = self.const_f32(inp)?;
+                let shape = self
+                    .facts
+                    .value(inp)
+                    .map(|t| t.shape().to_vec())
+                    .unwrap_or(vec![v.len()]);
+                let c = self.plan.add_const(match self.float {
+                    DType::F32 => ConstData::F32(v),
+                    _ => ConstData::F16(v.iter().map(|x| f2h(*x)).collect()),
+                });
+                consts.push((pos, c));
+                inputs.push(usize::MAX); // placeholder: the constant replaces it
+                shape
+            } else {
+                let t = self.float_tensor(inp)?;
+                inputs.push(t);
+                self.plan.tensors[t].shape.clone()
+            };
+            if shape.len() > 4 {
+                return Err(format!("rank {} > 4", shape.len()));
+            }
+            // right-align to 4 dims; broadcast dims get stride 0
+            let mut st = 1i32;
+            for d in 0..shape.len() {
+                let dim = shape[shape.len() - 1 - d];
+                let od = out_shape[out_shape.len() - 1 - d];
+                strides[pos][3 - d] = if dim == 1 && od != 1 { 0 } else { st };
+                st *= dim as i32;
+            }
+        }
+        // a constant input has no tensor: point it at the other input (never read)
+        let first = inputs
+            .iter()
+            .copied()
+            .find(|t| *t != usize::MAX)
+            .ok_or("both operands are constant")?;
+        for t in inputs.iter_mut() {
+            if *t == usize::MAX {
+                *t = first;
+            }
+        }
+        let mut dims = [1i32; 4];
+        for (d, v) in out_shape.iter().rev().enumerate() {
+            dims[3 - d] = *v as i32;
+        }
+        let p = BinaryParams {
+            n: out_shape.iter().product::<usize>() as i32,
+            dims,
+            a_strides: strides[0],
+            b_strides: strides[1],
+            op: match n.op_type.as_str() {
+                "Add" => 0,
+                "Sub" => 1,
+                "Mul" => 2,
+                _ => 3,
+            },
+            ..Default::default()
+        };
+        let y = self.out_tensor(n, self.float, None)?;
+        self.push_with_consts(name, Op::Binary(p), inputs, consts, y);
+        Ok(())
+    }
+
+    pub(super) fn pool(&mut self, n: &pb::NodeProto, name: &str) -> Result<(), String> {
+        let x = self.float_tensor(&n.input[0])?;
+        let xs = self.plan.tensors[x].shape.clone();
+        let ys = self.shape(&n.output[0])?;
+        if xs.len() != 4 {
+            return Err("only 2-D pooling".into());
+        }
+        if n.output.len() > 1 && !n.output[1].is_empty() {
+            return Err("MaxPool indices output".into());
+        }
+        let global = n.op_type.starts_with("Global");
+        let (k, strides, pads) = if global {
+            (
+                vec![xs[2] as i64, xs[3] as i64],
+                vec![1, 1],
+                vec![0, 0, 0, 0],
+            )
+        } else {
+            if attr_ints(n, "dilations").is_some_and(|d| d.iter().any(|v| *v != 1)) {
+                return Err("dilated pooling".into());
+            }
+            if attr_s(n, "auto_pad", "NOTSET") != "NOTSET" {
+                return Err("auto_pad pooling".into());
+            }
+            (
+                attr_ints(n, "kernel_shape").ok_or("no kernel_shape")?,
+                attr_ints(n, "strides").unwrap_or(vec![1, 1]),
+                attr_ints(n, "pads").unwrap_or(vec![0, 0, 0, 0]),
+            )
+        };
+        let p = PoolParams {
+            n: xs[0] as i32,
+            c: xs[1] as i32,
+            h: xs[2] as i32,
+            w: xs[3] as i32,
+            oh: ys[2] as i32,
+            ow: ys[3] as i32,
+            kh: k[0] as i32,
+            kw: k[1] as i32,
+            stride_h: strides[0] as i32,
+            stride_w: strides[1] as i32,
+            pad_h: pads[0] as i32,
+            pad_w: pads[1] as i32,
+            mode: if n.op_type.contains("Max") { 0 } else { 1 },
+            count_include_pad: attr_i(n, "count_include_pad", 0) as i32,
+        };
+        if p.mode == 1 && p.count_include_pad != 0 && attr_i(n, "ceil_mode", 0) != 0 {
+            return Err("ceil_mode with count_include_pad".into());
+        }
+        let y = self.out_tensor(n, self.float, None)?;
+        self.push(name, Op::Pool(p), vec![x], y);
+        Ok(())
+    }
+
+    pub(super) fn resize(&mut self, n: &pb::NodeProto, name: &str) -> Result<(), String> {
+        let x = self.float_tensor(&n.input[0])?;
+        let xs = self.plan.tensors[x].shape.clone();
+        let ys = self.shape(&n.output[0])?;
+        if xs.len() != 4 || xs[0] != ys[0] || xs[1] != ys[1] {
+            return Err("only spatial resizing of NCHW".into());
+        }
+        let mode = attr_s(n, "mode", "nearest");
+        let upsample = n.op_type == "Upsample";
+        let coord = if upsample {
+            "asymmetric".to_string()
+        } else {
+            attr_s(n, "coordinate_transformation_mode", "half_pixel")
+        };
+        // scales: Upsample input 1 / Resize input 2, else output size / input size
+        let scales_input = if upsample {
+            n.input.get(1)
+        } else {
+            n.input.get(2)
+        };
+        let scales = scales_input
+            .filter(|s| !s.is_empty())
+            .and_then(|s| self.const_f32(s).ok())
+            .filter(|v| v.len() == 4);
+        let (sh, sw) = match scales {
+            Some(v) => (v[2], v[3]),
+            None => (ys[2] as f32 / xs[2] as f32, ys[3] as f32 / xs[3] as f32),
+        };
+        if !upsample && attr_i(n, "antialias", 0) != 0 {
+            return Err("antialias".into());
+        }
+        let p = ResizeParams {
+            n: xs[0] as i32,
+            c: xs[1] as i32,
+            h: xs[2] as i32,
+            w: xs[3] as i32,
+            oh: ys[2] as i32,
+            ow: ys[3] as i32,
+            mode: match mode.as_str() {
+                "nearest" => 0,
+                "linear" | "bilinear" => 1,
+                m => return Err(format!("mode {m}")),
+            },
+            coord: match coord.as_str() {
+                "half_pixel" => 0,
+                "align_corners" => 1,
+                "asymmetric" => 2,
+                "pytorch_half_pixel" => 3,
+                c => return Err(format!("coordinate_transformation_mode {c}")),
+            },
+            nearest_mode: if upsample {
+                1
+            } else {
+                match attr_s(n, "nearest_mode", "round_prefer_floor").as_str() {
+                    "round_prefer_floor" => 0,
+                    "floor" => 1,
+                    "ceil" => 2,
+                    _ => 3,
+                }
+            },
+            scale_h: sh,
+            scale_w: sw,
+        };
+        let y = self.out_tensor(n, self.float, None)?;
+        self.push(name, Op::Resize(p), vec![x], y);
+        Ok(())
+    }
+
+    pub(super) fn softmax(&mut self, n: &pb::NodeProto, name: &str) -> Result<(), String> {
+        let x = self.float_tensor(&n.input[0])?;
+        let s = self.plan.tensors[x].shape.clone();
+        let default_axis = if self.opset < 13 { 1 } else { -1 };
+        let mut axis = attr_i(n, "axis", default_axis);
+        if axis < 0 {
+            axis += s.len() as i64;
+        }
+        let a = axis as usize;
+        let (outer, len, inner) = if self.opset < 13 {
+            (s[..a].iter().product(), s[a..].iter().product(), 1)
+        } else {
+            (s[..a].iter().product(), s[a], s[a + 1..].iter().product())
+        };
+        let y = self.out_tensor(n, self.float, None)?;
+        self.push(name, Op::Softmax { outer, len, inner }, vec![x], y);
+        Ok(())
+    }
+
+    pub(super) fn concat(&mut self, n: &pb::NodeProto, name: &str) -> Result<(), String> {
+        let ys = self.shape(&n.output[0])?;
+        let mut axis = attr_i(n, "axis", 0);
+        if axis < 0 {
+            axis += ys.len() as i64;
+        }
+        let a = axis as usize;
+        let outer: usize = ys[..a].iter().product();
+        let after: usize = ys[a + 1..].iter().product();
+        let y = self.out_tensor(n, self.float, None)?;
+        let mut off = 0usize;
+        for (i, inp) in n.input.iter().enumerate() {
+            if self.is_const(inp) {
+                return Err("a constant Concat input".into());
+            }
+            let x = self.float_tensor(inp)?;
+            let xs = self.plan.tensors[x].shape.clone();
+            let src_inner = xs[a] * after;
+            self.push(
+                &format!("{name} [{i}]"),
+                Op::CopySlice {
+                    outer,
+                    src_inner,
+                    dst_inner: ys[a] * after,
+                    dst_offset: off,
+                },
+                vec![x],
+                y,
+            );
+            off += src_inner;
+        }
+        Ok(())
+    }
+
+    /// (scale, zero point) of a per-tensor Q/DQ, as constants.
+    pub(super) fn scalar_q(&self, n: &pb::NodeProto) -> Result<(f32, i32), String> {
+        let s = self.const_f32(&n.input[1])?;
+        let zp = match n.input.get(2).filter(|s| !s.is_empty()) {
+            Some(z) => signed_zp(&*self.facts.value(z).ok_or("zero point is not constant")?)?,
+            // no zero point: uint8 with zero point 0, i.e. -128 in the signed domain
+            None => vec![-128],
+        };
+        if s.len() != 1 || zp.len() != 1 {
+            return Err("per-axis quantization of an activation".into());
+        }
+        Ok((s[0], zp[0]))
+    }
+
+    pub(super) fn quantize(&mut self, n: &pb::NodeProto, name: &str) -> Result<(), String> {
+        let (s, zp) = self.scalar_q(n)?;
+        let x = &n.input[0];
+        // requantizing epilogue: the convolution before writes int8 directly
+        if let Some(si) = self.fusable_producer(x) {
+            let out = self.plan.steps[si].output;
+            if let Op::Conv { p, .. } = &mut self.plan.steps[si].op
+                && p.out_mode != out_mode::I8
+            {
+                p.out_mode = out_mode::I8;
+                p.out_scale = s;
+                p.out_zp = zp;
+                let d = &mut self.plan.tensors[out];
+                d.dtype = DType::I8;
+                d.quant = Some((s, zp));
+                d.name = n.output[0].clone();
+                self.plan.steps[si].name.push_str(&format!(" + {name}"));
+                self.tensor.insert(n.output[0].clone(), out);
+                return Ok(());
+            }
+        }
+        let xt = self.float_tensor(x)?;
+        let y = self.out_tensor(n, DType::I8, Some((s, zp)))?;
+        self.push(name, Op::Quantize, vec![xt], y);
+        Ok(())
+    }
+
+    pub(super) fn dequantize(&mut self, n: &pb::NodeProto, _name: &str) -> Result<(), String> {
+        let q = &n.input[0];
+        if let Some(v) = self.facts.value(q).filter(|_| !self.tensor.contains_key(q)) {
+            // a quantized constant (weights, bias)
+            let scales = self.const_f32(&n.input[1])?;
+            let zps = match n.input.get(2).filter(|s| !s.is_empty()) {
+                Some(z) => to_i32(&*self.facts.value(z).ok_or("zero point is not constant")?)?,
+                None => vec![0; scales.len()],
+            };
+            let mut axis = attr_i(n, "axis", 1);
+            if axis < 0 {
+                axis += v.rank() as i64;
+            }
+            self.qconst.insert(
+                n.output[0].clone(),
+                QConst {
+                    values: to_i32(&v)?,
+                    shape: v.shape().to_vec(),
+                    scales,
+                    zps,
+                    axis: axis as usize,
+                },
+            );
+            return Ok(());
+        }
+        let (s, zp) = self.scalar_q(n)?;
+        let &qt = self
+            .tensor
+            .get(q)
+            .ok_or_else(|| format!("'{q}' is not computed by the plan"))?;
+        if self.plan.tensors[qt].dtype != DType::I8 || self.plan.tensors[qt].quant != Some((s, zp))
+        {
+            return Err("DequantizeLinear of a tensor its QuantizeLinear did not write".into());
+        }
+        self.dq_of.insert(n.output[0].clone(), qt);
+        Ok(())
+    }
+}
