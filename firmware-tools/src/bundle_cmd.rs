@@ -105,161 +105,13 @@ pub fn run(cmd: &BundleCmd) -> anyhow::Result<()> {
 }
 
 fn init(a: &InitArgs) -> anyhow::Result<()> {
-    let (size, order) = a.input.split_once(':').with_context(|| {
-        format!(
-            "--input '{}': expected WIDTHxHEIGHT:ORDER, e.g. 192x48:BGR",
-            a.input
-        )
-    })?;
-    let (w, h) = size
-        .split_once('x')
-        .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
-        .with_context(|| format!("--input '{}': bad size '{size}'", a.input))?;
-    let channels = match order.to_ascii_uppercase().as_str() {
-        "RGB" => ChannelOrder::Rgb,
-        "BGR" => ChannelOrder::Bgr,
-        "GRAY" => ChannelOrder::Gray,
-        o => anyhow::bail!(
-            "--input '{}': channel order '{o}' is not RGB, BGR or GRAY",
-            a.input
-        ),
-    };
+    let (w, h, channels, layout) = parse_input(a)?;
     let c = channels.channels();
-    let layout = match a.layout.to_ascii_uppercase().as_str() {
-        "NCHW" => Layout::Nchw,
-        "NHWC" => Layout::Nhwc,
-        l => anyhow::bail!("--layout '{l}': expected NCHW or NHWC"),
-    };
-    let mut models = vec![];
-    let mut files = vec![];
-    for m in &a.models {
-        let (role, file) = match m.split_once('=') {
-            Some((r, f)) => (r.to_string(), PathBuf::from(f)),
-            None => ("model".to_string(), PathBuf::from(m)),
-        };
-        let summary = bevrt_models::inspect(&file)?;
-        let name = format!("{role}.onnx");
-        // The ONNX input must agree with --input wherever its dims are fixed.
-        if (role == "model" || role == "encoder")
-            && let Some(i) = summary.inputs.first()
-            && i.dims.len() == 4
-        {
-            let want = match layout {
-                Layout::Nchw => [1, c as i64, h as i64, w as i64],
-                Layout::Nhwc => [1, h as i64, w as i64, c as i64],
-            };
-            for (k, (d, want)) in i.dims.iter().zip(want).enumerate() {
-                if let Some(d) = d
-                    && *d != want
-                    && !(k == 0 && *d == -1)
-                {
-                    anyhow::bail!(
-                        "{}: input '{}' has dims {:?}, --input {} gives {:?}",
-                        file.display(),
-                        i.name,
-                        i.dims,
-                        a.input,
-                        want
-                    );
-                }
-            }
-        }
-        if models.iter().any(|m: &ModelFile| m.role == role) {
-            anyhow::bail!("--model: role '{role}' given twice");
-        }
-        models.push(ModelFile {
-            role,
-            file: name.clone(),
-            sha256: "0".repeat(64),
-        });
-        files.push((file, name));
-    }
-    let kind = match a.output_kind.as_deref() {
-        Some("probabilities") => OutputKind::Probabilities,
-        Some("logits") => OutputKind::Logits,
-        Some("embedding") => OutputKind::Embedding,
-        Some("bev_logits") => OutputKind::BevLogits,
-        Some(o) => anyhow::bail!(
-            "--output-kind '{o}': expected probabilities, logits, embedding or bev_logits"
-        ),
-        None => match a.task {
-            Task::Classify => OutputKind::Probabilities,
-            Task::Features => OutputKind::Embedding,
-            Task::Bev => OutputKind::BevLogits,
-        },
-    };
-    let grid = match &a.grid {
-        None => None,
-        Some(g) => {
-            let parts: Vec<&str> = g.split(',').collect();
-            let range = |s: &str| -> Option<(f32, f32)> {
-                let (a, b) = s.split_once(':')?;
-                Some((a.parse().ok()?, b.parse().ok()?))
-            };
-            let bad =
-                || anyhow::anyhow!("--grid '{g}': expected XMIN:XMAX,YMIN:YMAX,CELL,Z1:Z2:...");
-            if parts.len() != 4 {
-                return Err(bad());
-            }
-            let (x_min, x_max) = range(parts[0]).ok_or_else(bad)?;
-            let (y_min, y_max) = range(parts[1]).ok_or_else(bad)?;
-            let cell = parts[2].parse().map_err(|_| bad())?;
-            let z_levels = parts[3]
-                .split(':')
-                .map(|z| z.parse::<f32>())
-                .collect::<Result<_, _>>()
-                .map_err(|_| bad())?;
-            Some(GridSpec {
-                x_min,
-                x_max,
-                y_min,
-                y_max,
-                cell,
-                z_levels,
-                depth: a.depth_bins.as_deref().map(parse_depth_bins).transpose()?,
-            })
-        }
-    };
-    let classes = match &a.classes {
-        None => vec![],
-        Some(cs) => cs
-            .split(',')
-            .map(|c| {
-                let (n, hex) = c
-                    .split_once('=')
-                    .with_context(|| format!("--classes: '{c}' is not NAME=RRGGBB"))?;
-                let v = u32::from_str_radix(hex.trim_start_matches('#'), 16)
-                    .ok()
-                    .filter(|_| hex.trim_start_matches('#').len() == 6)
-                    .with_context(|| format!("--classes: colour '{hex}' is not RRGGBB"))?;
-                Ok(ClassSpec {
-                    name: n.to_string(),
-                    color: [(v >> 16) as u8, (v >> 8) as u8, v as u8],
-                })
-            })
-            .collect::<anyhow::Result<_>>()?,
-    };
-    let calibration = match &a.calibration {
-        None => None,
-        Some(p) => {
-            anyhow::ensure!(
-                p.is_file(),
-                "{}: {}",
-                p.display(),
-                if p.is_dir() {
-                    "is a directory, expected a calibration file"
-                } else {
-                    "calibration file not found"
-                }
-            );
-            files.push((p.clone(), "calibration.toml".into()));
-            Some(ModelFile {
-                role: "calibration".into(),
-                file: "calibration.toml".into(),
-                sha256: "0".repeat(64),
-            })
-        }
-    };
+    let (models, mut files) = model_files(a, (w, h, c), layout)?;
+    let kind = output_kind(a)?;
+    let grid = grid_spec(a)?;
+    let classes = class_specs(a)?;
+    let calibration = calibration_file(a, &mut files)?;
     let name = a.name.clone().unwrap_or_else(|| {
         a.out
             .file_name()
@@ -314,6 +166,194 @@ fn init(a: &InitArgs) -> anyhow::Result<()> {
         b.files().count()
     );
     Ok(())
+}
+
+/// `--input WIDTHxHEIGHT:ORDER` and `--layout`.
+fn parse_input(a: &InitArgs) -> anyhow::Result<(u32, u32, ChannelOrder, Layout)> {
+    let (size, order) = a.input.split_once(':').with_context(|| {
+        format!(
+            "--input '{}': expected WIDTHxHEIGHT:ORDER, e.g. 192x48:BGR",
+            a.input
+        )
+    })?;
+    let (w, h) = size
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+        .with_context(|| format!("--input '{}': bad size '{size}'", a.input))?;
+    let channels = match order.to_ascii_uppercase().as_str() {
+        "RGB" => ChannelOrder::Rgb,
+        "BGR" => ChannelOrder::Bgr,
+        "GRAY" => ChannelOrder::Gray,
+        o => anyhow::bail!(
+            "--input '{}': channel order '{o}' is not RGB, BGR or GRAY",
+            a.input
+        ),
+    };
+    let layout = match a.layout.to_ascii_uppercase().as_str() {
+        "NCHW" => Layout::Nchw,
+        "NHWC" => Layout::Nhwc,
+        l => anyhow::bail!("--layout '{l}': expected NCHW or NHWC"),
+    };
+    Ok((w, h, channels, layout))
+}
+
+/// Each `--model [ROLE=]FILE`: checked against `--input` where its dims are fixed; the
+/// manifest's entries and the files to copy.
+fn model_files(
+    a: &InitArgs,
+    (w, h, c): (u32, u32, usize),
+    layout: Layout,
+) -> anyhow::Result<(Vec<ModelFile>, Vec<(PathBuf, String)>)> {
+    let mut models = vec![];
+    let mut files = vec![];
+    for m in &a.models {
+        let (role, file) = match m.split_once('=') {
+            Some((r, f)) => (r.to_string(), PathBuf::from(f)),
+            None => ("model".to_string(), PathBuf::from(m)),
+        };
+        let summary = bevrt_models::inspect(&file)?;
+        let name = format!("{role}.onnx");
+        // The ONNX input must agree with --input wherever its dims are fixed.
+        if (role == "model" || role == "encoder")
+            && let Some(i) = summary.inputs.first()
+            && i.dims.len() == 4
+        {
+            let want = match layout {
+                Layout::Nchw => [1, c as i64, h as i64, w as i64],
+                Layout::Nhwc => [1, h as i64, w as i64, c as i64],
+            };
+            for (k, (d, want)) in i.dims.iter().zip(want).enumerate() {
+                if let Some(d) = d
+                    && *d != want
+                    && !(k == 0 && *d == -1)
+                {
+                    anyhow::bail!(
+                        "{}: input '{}' has dims {:?}, --input {} gives {:?}",
+                        file.display(),
+                        i.name,
+                        i.dims,
+                        a.input,
+                        want
+                    );
+                }
+            }
+        }
+        if models.iter().any(|m: &ModelFile| m.role == role) {
+            anyhow::bail!("--model: role '{role}' given twice");
+        }
+        models.push(ModelFile {
+            role,
+            file: name.clone(),
+            sha256: "0".repeat(64),
+        });
+        files.push((file, name));
+    }
+    Ok((models, files))
+}
+
+/// `--output-kind`, or the task's usual output.
+fn output_kind(a: &InitArgs) -> anyhow::Result<OutputKind> {
+    Ok(match a.output_kind.as_deref() {
+        Some("probabilities") => OutputKind::Probabilities,
+        Some("logits") => OutputKind::Logits,
+        Some("embedding") => OutputKind::Embedding,
+        Some("bev_logits") => OutputKind::BevLogits,
+        Some(o) => anyhow::bail!(
+            "--output-kind '{o}': expected probabilities, logits, embedding or bev_logits"
+        ),
+        None => match a.task {
+            Task::Classify => OutputKind::Probabilities,
+            Task::Features => OutputKind::Embedding,
+            Task::Bev => OutputKind::BevLogits,
+        },
+    })
+}
+
+/// `--grid XMIN:XMAX,YMIN:YMAX,CELL,Z1:Z2:...` with `--depth-bins`.
+fn grid_spec(a: &InitArgs) -> anyhow::Result<Option<GridSpec>> {
+    Ok(match &a.grid {
+        None => None,
+        Some(g) => {
+            let parts: Vec<&str> = g.split(',').collect();
+            let range = |s: &str| -> Option<(f32, f32)> {
+                let (a, b) = s.split_once(':')?;
+                Some((a.parse().ok()?, b.parse().ok()?))
+            };
+            let bad =
+                || anyhow::anyhow!("--grid '{g}': expected XMIN:XMAX,YMIN:YMAX,CELL,Z1:Z2:...");
+            if parts.len() != 4 {
+                return Err(bad());
+            }
+            let (x_min, x_max) = range(parts[0]).ok_or_else(bad)?;
+            let (y_min, y_max) = range(parts[1]).ok_or_else(bad)?;
+            let cell = parts[2].parse().map_err(|_| bad())?;
+            let z_levels = parts[3]
+                .split(':')
+                .map(|z| z.parse::<f32>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| bad())?;
+            Some(GridSpec {
+                x_min,
+                x_max,
+                y_min,
+                y_max,
+                cell,
+                z_levels,
+                depth: a.depth_bins.as_deref().map(parse_depth_bins).transpose()?,
+            })
+        }
+    })
+}
+
+/// `--classes NAME=RRGGBB,...`.
+fn class_specs(a: &InitArgs) -> anyhow::Result<Vec<ClassSpec>> {
+    Ok(match &a.classes {
+        None => vec![],
+        Some(cs) => cs
+            .split(',')
+            .map(|c| {
+                let (n, hex) = c
+                    .split_once('=')
+                    .with_context(|| format!("--classes: '{c}' is not NAME=RRGGBB"))?;
+                let v = u32::from_str_radix(hex.trim_start_matches('#'), 16)
+                    .ok()
+                    .filter(|_| hex.trim_start_matches('#').len() == 6)
+                    .with_context(|| format!("--classes: colour '{hex}' is not RRGGBB"))?;
+                Ok(ClassSpec {
+                    name: n.to_string(),
+                    color: [(v >> 16) as u8, (v >> 8) as u8, v as u8],
+                })
+            })
+            .collect::<anyhow::Result<_>>()?,
+    })
+}
+
+/// `--calibration FILE`, copied into the bundle as `calibration.toml`.
+fn calibration_file(
+    a: &InitArgs,
+    files: &mut Vec<(PathBuf, String)>,
+) -> anyhow::Result<Option<ModelFile>> {
+    Ok(match &a.calibration {
+        None => None,
+        Some(p) => {
+            anyhow::ensure!(
+                p.is_file(),
+                "{}: {}",
+                p.display(),
+                if p.is_dir() {
+                    "is a directory, expected a calibration file"
+                } else {
+                    "calibration file not found"
+                }
+            );
+            files.push((p.clone(), "calibration.toml".into()));
+            Some(ModelFile {
+                role: "calibration".into(),
+                file: "calibration.toml".into(),
+                sha256: "0".repeat(64),
+            })
+        }
+    })
 }
 
 fn verify(a: &VerifyArgs) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 
 mod bundle_cmd;
 mod calib_cmd;
+mod choice;
 mod ddpm_cmd;
 mod hil_cmd;
 mod kernels_cmd;

@@ -20,7 +20,7 @@ pub struct EvalArgs {
     /// Held-out recordings with BEV ground truth.
     #[arg(long)]
     pub data: PathBuf,
-    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    #[arg(long, default_value = "cpu", value_parser = |s: &str| s.parse::<BackendKind>())]
     pub backend: BackendKind,
     /// Score at most this many frames.
     #[arg(long)]
