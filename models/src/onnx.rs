@@ -2,6 +2,7 @@
 //! the file. Parsing is tract-onnx's protobuf layer; nothing here runs a model.
 
 use crate::limits::{ModelLimits, check_model};
+pub use crate::opset::default_opset;
 use std::path::{Path, PathBuf};
 use tract_onnx::pb;
 use tract_onnx::prelude::Framework;
@@ -56,16 +57,6 @@ fn expect_onnx_file(path: &Path) -> Result<u64, OnnxError> {
         });
     }
     Ok(meta.len())
-}
-
-/// The opset of the default (`ai.onnx`) domain a model imports, if it names one.
-pub fn default_opset(model: &pb::ModelProto) -> Option<i64> {
-    model
-        .opset_import
-        .iter()
-        .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map(|o| o.version)
-        .max()
 }
 
 /// Parse `path` as an ONNX ModelProto and summarise its interface.
