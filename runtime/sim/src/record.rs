@@ -35,7 +35,10 @@ use std::path::Path;
 use image::ImageEncoder;
 use serde::Serialize;
 
-use crate::{SimConfig, SimError, Simulator, class};
+use crate::config::SimConfig;
+use crate::error::SimError;
+use crate::simulator::Simulator;
+use crate::world::class;
 
 #[derive(Serialize)]
 struct RecordingToml<'a> {

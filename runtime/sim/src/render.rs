@@ -17,7 +17,7 @@
 use bevrt_calib::{BevGrid, CameraModel, Extrinsics};
 use nalgebra::{Point2, Point3, Vector3};
 
-use crate::SimError;
+use crate::error::SimError;
 use crate::rng::{hash01, value_noise};
 use crate::world::{EgoPose, Ground, Look, Paint, SimBox, World, class};
 
