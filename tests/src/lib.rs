@@ -2,6 +2,7 @@
 
 pub mod device_report;
 pub mod fuzz_targets;
+pub mod preprocess_cases;
 
 use std::path::{Path, PathBuf};
 

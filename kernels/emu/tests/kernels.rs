@@ -1001,88 +1001,63 @@ fn preprocess_equals_the_twin_for_every_format_order_layout_and_output() {
     if !bevrt_kernels_emu::available() {
         return;
     }
-    use bevrt_models::{ChannelOrder, InputDtype, InputSpec, Layout};
-    use bevrt_runtime::frame::{Frame, PixelFormat};
-    use bevrt_runtime::preprocess::{InputQuant, PreprocessPlan, gpu_params};
+    use bevrt_runtime::frame::Frame;
+    use bevrt_runtime::preprocess::{PreprocessPlan, gpu_params};
+    use bevrt_tests::preprocess_cases::{INT8_QUANTS, PreprocessCase, matrix};
     let (iw, ih) = (67u32, 45u32);
     let mut checked = 0;
-    for (fi, fmt) in [
-        PixelFormat::Rgb8,
-        PixelFormat::Bgr8,
-        PixelFormat::Gray8,
-        PixelFormat::Yuyv,
-        PixelFormat::Nv12,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        for order in [ChannelOrder::Rgb, ChannelOrder::Bgr, ChannelOrder::Gray] {
-            for layout in [Layout::Nchw, Layout::Nhwc] {
-                let c = order.channels();
-                let spec = InputSpec {
-                    name: None,
-                    width: 40,
-                    height: 19,
-                    channels: order,
-                    layout,
-                    dtype: InputDtype::F32,
-                    mean: vec![0.45; c],
-                    std: vec![0.25; c],
-                };
-                let mut frame = Frame::with_capacity(fmt.frame_bytes(iw, ih));
-                frame.reset(fmt, iw, ih);
-                let n = frame.data.len();
-                frame.data.copy_from_slice(&bytes(n, 30 + fi as u64));
-                let plan = PreprocessPlan::new(&spec, iw, ih);
-                let mut p = gpu_params(&spec, fmt, iw, ih);
-                let len = plan.output_len();
-                let cfg = preprocess_config(&p);
-                let launch = |kernel: &str, dst: *mut u8, p: &PreprocessParams| {
-                    let mut a = Args::new();
-                    a.ptr(frame.data.as_ptr()).ptr(dst).arg(0u64).arg(*p);
-                    run(kernel, &cfg, &mut a);
-                };
-                let mut want = vec![0f32; len];
-                plan.run(&frame, &mut want);
-                let mut got = vec![0f32; len];
-                launch("preprocess_f32", got.as_mut_ptr() as *mut u8, &p);
-                assert!(
-                    got.iter()
-                        .zip(&want)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "preprocess_f32 {fmt} {order:?} {layout:?}"
-                );
-                let mut want16 = vec![0u16; len];
-                plan.run_f16(&frame, &mut want16);
-                let mut got16 = vec![0u16; len];
-                launch("preprocess_f16", got16.as_mut_ptr() as *mut u8, &p);
-                assert_eq!(got16, want16, "preprocess_f16 {fmt} {order:?} {layout:?}");
-                // int8, once ordinary and once with a zero point at the edge and a scale
-                // so small that v / scale is far outside the int range
-                for q in [
-                    InputQuant {
-                        scale: 0.03,
-                        zero_point: 3,
-                    },
-                    InputQuant {
-                        scale: 1e-12,
-                        zero_point: 127,
-                    },
-                ] {
-                    p.q_scale = q.scale;
-                    p.q_zp = q.zero_point;
-                    let mut want8 = vec![0i8; len];
-                    plan.run_i8(&frame, &mut want8, q);
-                    let mut got8 = vec![0i8; len];
-                    launch("preprocess_i8", got8.as_mut_ptr() as *mut u8, &p);
-                    assert_eq!(
-                        got8, want8,
-                        "preprocess_i8 {fmt} {order:?} {layout:?} {q:?}"
-                    );
-                }
-                checked += 4;
-            }
+    for case in matrix() {
+        let PreprocessCase {
+            fmt_i: fi,
+            fmt,
+            order,
+            layout,
+            ..
+        } = case;
+        let spec = case.spec(40, 19);
+        let mut frame = Frame::with_capacity(fmt.frame_bytes(iw, ih));
+        frame.reset(fmt, iw, ih);
+        let n = frame.data.len();
+        frame.data.copy_from_slice(&bytes(n, 30 + fi as u64));
+        let plan = PreprocessPlan::new(&spec, iw, ih);
+        let mut p = gpu_params(&spec, fmt, iw, ih);
+        let len = plan.output_len();
+        let cfg = preprocess_config(&p);
+        let launch = |kernel: &str, dst: *mut u8, p: &PreprocessParams| {
+            let mut a = Args::new();
+            a.ptr(frame.data.as_ptr()).ptr(dst).arg(0u64).arg(*p);
+            run(kernel, &cfg, &mut a);
+        };
+        let mut want = vec![0f32; len];
+        plan.run(&frame, &mut want);
+        let mut got = vec![0f32; len];
+        launch("preprocess_f32", got.as_mut_ptr() as *mut u8, &p);
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "preprocess_f32 {fmt} {order:?} {layout:?}"
+        );
+        let mut want16 = vec![0u16; len];
+        plan.run_f16(&frame, &mut want16);
+        let mut got16 = vec![0u16; len];
+        launch("preprocess_f16", got16.as_mut_ptr() as *mut u8, &p);
+        assert_eq!(got16, want16, "preprocess_f16 {fmt} {order:?} {layout:?}");
+        // int8, once ordinary and once with a zero point at the edge and a scale
+        // so small that v / scale is far outside the int range
+        for q in INT8_QUANTS {
+            p.q_scale = q.scale;
+            p.q_zp = q.zero_point;
+            let mut want8 = vec![0i8; len];
+            plan.run_i8(&frame, &mut want8, q);
+            let mut got8 = vec![0i8; len];
+            launch("preprocess_i8", got8.as_mut_ptr() as *mut u8, &p);
+            assert_eq!(
+                got8, want8,
+                "preprocess_i8 {fmt} {order:?} {layout:?} {q:?}"
+            );
         }
+        checked += 4;
     }
     assert_eq!(checked, 120);
 }
