@@ -63,6 +63,20 @@ impl PreprocessCase {
     }
 }
 
+/// The source-map case's model input at `width` x `height`: BGR, NCHW, f32, mean and std 0.5.
+pub fn source_map_spec(width: u32, height: u32) -> InputSpec {
+    InputSpec {
+        name: None,
+        width,
+        height,
+        channels: ChannelOrder::Bgr,
+        layout: Layout::Nchw,
+        dtype: InputDtype::F32,
+        mean: vec![0.5; 3],
+        std: vec![0.5; 3],
+    }
+}
+
 /// Every format × order × layout (30 cases): formats outermost, layouts innermost.
 pub fn matrix() -> Vec<PreprocessCase> {
     let mut cases = Vec::with_capacity(FORMATS.len() * ORDERS.len() * LAYOUTS.len());

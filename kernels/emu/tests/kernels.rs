@@ -11,20 +11,7 @@ use bevrt_kernels::launch::{
 use bevrt_kernels::params::{BinaryParams, ConvParams, PoolParams, ResizeParams, act, out_mode};
 use bevrt_kernels::reference::{self, ConvInput, ConvWeights, f2h, h2f};
 use bevrt_kernels_emu::{Args, EmuOptions, LaunchConfig, cvt_f32_f16, cvt_rn_f16_f32, entries};
-
-/// Deterministic pseudo-random bytes (splitmix64).
-fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E3779B97F4A7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-            (z ^ (z >> 31)) as u8
-        })
-        .collect()
-}
+use bevrt_tests::splitmix_bytes as bytes;
 
 fn floats(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
     bytes(n, seed)
@@ -1067,25 +1054,16 @@ fn preprocess_through_a_source_map_equals_the_twin() {
     if !bevrt_kernels_emu::available() {
         return;
     }
-    use bevrt_models::{ChannelOrder, InputDtype, InputSpec, Layout};
     use bevrt_runtime::frame::{Frame, PixelFormat};
     use bevrt_runtime::preprocess::{PreprocessPlan, gpu_params};
+    use bevrt_tests::preprocess_cases::source_map_spec;
     let (iw, ih, ow, oh) = (50u32, 30u32, 24u32, 16u32);
     // positions inside, on the border and outside the frame (clamped)
     let map: Vec<[f32; 2]> = floats((ow * oh * 2) as usize, 40, -3.0, 53.0)
         .chunks_exact(2)
         .map(|v| [v[0], v[1] * 0.6])
         .collect();
-    let spec = InputSpec {
-        name: None,
-        width: ow,
-        height: oh,
-        channels: ChannelOrder::Bgr,
-        layout: Layout::Nchw,
-        dtype: InputDtype::F32,
-        mean: vec![0.5; 3],
-        std: vec![0.5; 3],
-    };
+    let spec = source_map_spec(ow, oh);
     let mut frame = Frame::with_capacity(PixelFormat::Yuyv.frame_bytes(iw, ih));
     frame.reset(PixelFormat::Yuyv, iw, ih);
     let n = frame.data.len();

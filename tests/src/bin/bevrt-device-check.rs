@@ -20,28 +20,14 @@
 
 use bevrt_calib::{BevGrid, CameraModel, Extrinsics, SamplingTable, view_transform};
 use bevrt_kernels::launch::{Gpu, PreprocessParams};
-use bevrt_models::{ChannelOrder, InputDtype, InputSpec, Layout};
 use bevrt_runtime::frame::{Frame, PixelFormat};
 use bevrt_runtime::postprocess::{bev_argmax, colourise};
 use bevrt_runtime::preprocess::PreprocessPlan;
 use bevrt_tests::device_report::{CheckResult, Recorder};
 use bevrt_tests::preprocess_cases::{self, PreprocessCase};
+use bevrt_tests::splitmix_bytes as bytes;
 use serde_json::json;
 use std::time::Instant;
-
-/// Deterministic pseudo-random bytes (splitmix64).
-fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E3779B97F4A7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-            (z ^ (z >> 31)) as u8
-        })
-        .collect()
-}
 
 /// One thread per element over `n` values: `kernel(x, y, n)` (the cast kernels).
 fn launch_elementwise<A: cudarc::driver::DeviceRepr, B: cudarc::driver::DeviceRepr>(
@@ -611,16 +597,7 @@ fn check_preprocess_source_map(gpu: &Gpu, checks: &mut Checks) -> CheckResult {
                 map.push(p);
             }
         }
-        let spec = InputSpec {
-            name: None,
-            width: 384,
-            height: 128,
-            channels: ChannelOrder::Bgr,
-            layout: Layout::Nchw,
-            dtype: InputDtype::F32,
-            mean: vec![0.5; 3],
-            std: vec![0.5; 3],
-        };
+        let spec = preprocess_cases::source_map_spec(384, 128);
         let mut frame = Frame::with_capacity(PixelFormat::Yuyv.frame_bytes(iw, ih));
         frame.reset(PixelFormat::Yuyv, iw, ih);
         let n = frame.data.len();
