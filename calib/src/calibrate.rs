@@ -296,7 +296,11 @@ fn run_lm(
     let np = lm.lay.n(views.len());
     let mut jtj = DMatrix::<f64>::zeros(np, np);
     let mut jtr = DVector::<f64>::zeros(np);
-    let (intr, poses, iters) = lm.minimise(intr, poses, opt.max_iter, &mut jtj, &mut jtr)?;
+    let Solution {
+        intr,
+        poses,
+        iterations: iters,
+    } = lm.minimise(intr, poses, opt.max_iter, &mut jtj, &mut jtr)?;
     let cam = make_camera(&intr, width, height, fisheye)?;
     let (per_view, total) = residuals_per_view(&cam, views, &poses);
     let n_pts: usize = views.iter().map(|v| v.object.len()).sum();
@@ -419,6 +423,13 @@ struct Step {
     poses: Vec<Isometry3<f64>>,
     cost: f64,
     small: bool,
+}
+
+/// Where the iterations ended: the parameters, and how many iterations ran.
+struct Solution {
+    intr: Vec<f64>,
+    poses: Vec<Isometry3<f64>>,
+    iterations: usize,
 }
 
 impl Lm<'_> {
@@ -555,8 +566,7 @@ impl Lm<'_> {
         }
     }
 
-    /// Levenberg-Marquardt iterations from the given start; returns the parameters and how
-    /// many iterations ran.
+    /// Levenberg-Marquardt iterations from the given start.
     fn minimise(
         &self,
         mut intr: Vec<f64>,
@@ -564,7 +574,7 @@ impl Lm<'_> {
         max_iter: usize,
         jtj: &mut DMatrix<f64>,
         jtr: &mut DVector<f64>,
-    ) -> Result<(Vec<f64>, Vec<Isometry3<f64>>, usize), CalibError> {
+    ) -> Result<Solution, CalibError> {
         let mut cost = self.cost(&intr, &poses)?;
         let mut lambda = 1e-3;
         let mut iters = 0;
@@ -581,7 +591,11 @@ impl Lm<'_> {
                 break;
             }
         }
-        Ok((intr, poses, iters))
+        Ok(Solution {
+            intr,
+            poses,
+            iterations: iters,
+        })
     }
 
     /// Up to 12 tries of a damped Gauss-Newton step, raising `lambda` tenfold after each one

@@ -352,7 +352,7 @@ fn check_bev_lift(gpu: &Gpu, checks: &mut Checks, pool: &BevPoolCase) -> CheckRe
         }),
         ..grid.clone()
     };
-    let dtable = SamplingTable::try_build(&dgrid, &cam, &ext, fw, fh, 8)?;
+    let dtable = SamplingTable::try_build(&dgrid, cam, ext, fw, fh, 8)?;
     let plane = fw * fh;
     let mut dfeat_host = feat.to_vec();
     dfeat_host.extend(
