@@ -284,6 +284,54 @@ fn run_lm(
     init: (f64, f64, f64, f64),
 ) -> Result<CalibResult, CalibError> {
     let fisheye = opt.model == ModelKind::Fisheye;
+    let lm = Lm {
+        views,
+        width,
+        height,
+        fisheye,
+        lay: parameter_layout(opt, fisheye),
+    };
+    let intr = initial_intrinsics(&lm.lay, init);
+    let poses = lm.initial_poses(&intr)?;
+    let np = lm.lay.n(views.len());
+    let mut jtj = DMatrix::<f64>::zeros(np, np);
+    let mut jtr = DVector::<f64>::zeros(np);
+    let Solution {
+        intr,
+        poses,
+        iterations: iters,
+    } = lm.minimise(intr, poses, opt.max_iter, &mut jtj, &mut jtr)?;
+    let cam = make_camera(&intr, width, height, fisheye)?;
+    let (per_view, total) = residuals_per_view(&cam, views, &poses);
+    let n_pts: usize = views.iter().map(|v| v.object.len()).sum();
+    let rms = (total / n_pts as f64).sqrt();
+    // standard deviations
+    lm.normal_equations(&intr, &poses, &mut jtj, &mut jtr)?;
+    let std = lm.intrinsics_std(&jtj, total, n_pts);
+    let outliers = outlier_views(&per_view, opt.outlier_factor);
+    let names: Vec<&'static str> = if fisheye {
+        vec!["fx", "fy", "cx", "cy", "k1", "k2", "k3", "k4"]
+    } else {
+        vec!["fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2", "k3"]
+    };
+    if !rms.is_finite() {
+        return Err(CalibError::Calibration("solution diverged".into()));
+    }
+    Ok(CalibResult {
+        camera: cam,
+        rms,
+        per_view_rms: per_view,
+        poses,
+        param_names: names,
+        params: intr,
+        std_dev: std,
+        outlier_views: outliers,
+        iterations: iters,
+    })
+}
+
+/// Which intrinsics are free (the options' fixed ones are not) and whether fx is tied to fy.
+fn parameter_layout(opt: &CalibOptions, fisheye: bool) -> Layout {
     let n_intr = if fisheye { 8 } else { 9 };
     let mut free = vec![true; n_intr];
     if opt.fix_principal_point {
@@ -303,12 +351,16 @@ fn run_lm(
     if aspect.is_some() {
         free[0] = false; // fx tied to fy
     }
-    let lay = Layout {
+    Layout {
         n_intr,
         free,
         aspect,
-    };
-    let mut intr = vec![0.0; n_intr];
+    }
+}
+
+/// The intrinsics vector from a starting (fx, fy, cx, cy), distortion zero.
+fn initial_intrinsics(lay: &Layout, init: (f64, f64, f64, f64)) -> Vec<f64> {
+    let mut intr = vec![0.0; lay.n_intr];
     intr[0] = init.0;
     intr[1] = init.1;
     intr[2] = init.2;
@@ -316,39 +368,111 @@ fn run_lm(
     if let Some(a) = lay.aspect {
         intr[0] = intr[1] * a;
     }
-    // initial poses from homographies of undistorted normalized points
-    let cam0 = make_camera(&intr, width, height, fisheye)?;
-    let mut poses = Vec::with_capacity(views.len());
-    for v in views {
-        let src: Vec<Point2<f64>> = v.object.iter().map(|p| Point2::new(p.x, p.y)).collect();
-        let dst: Vec<Point2<f64>> = v
-            .image
-            .iter()
-            .map(|p| {
-                cam0.undistort_normalized(*p).unwrap_or(Point2::new(
-                    (p.x - intr[2]) / intr[0],
-                    (p.y - intr[3]) / intr[1],
-                ))
-            })
-            .collect();
-        let h = homography_dlt(&src, &dst).ok_or_else(|| {
-            CalibError::Calibration(format!("view {}: degenerate homography", v.name))
-        })?;
-        let (pose, _) = refine_pose(
-            &cam0,
-            &v.object,
-            &v.image,
-            pose_from_homography(&h, crate::geom::centroid(&src)),
-            20,
-        );
-        poses.push(pose);
-    }
-    let n_pts: usize = views.iter().map(|v| v.object.len()).sum();
-    let np = lay.n(views.len());
-    let cost_of = |intr: &[f64], poses: &[Isometry3<f64>]| -> Result<f64, CalibError> {
-        let cam = make_camera(intr, width, height, fisheye)?;
+    intr
+}
+
+/// Each view's RMS residual, and the sum of squared residuals over all views.
+fn residuals_per_view(
+    cam: &CameraModel,
+    views: &[View],
+    poses: &[Isometry3<f64>],
+) -> (Vec<f64>, f64) {
+    let mut per_view = Vec::with_capacity(views.len());
+    let mut total = 0.0;
+    for (v, p) in views.iter().zip(poses) {
         let mut s = 0.0;
-        for (v, p) in views.iter().zip(poses) {
+        for (o, i) in v.object.iter().zip(&v.image) {
+            s += match cam.project_jac((p * o).coords) {
+                Some((q, _)) => (q - i).norm_squared(),
+                None => 1e8,
+            };
+        }
+        total += s;
+        per_view.push((s / v.object.len() as f64).sqrt());
+    }
+    (per_view, total)
+}
+
+/// Views whose RMS is over `factor` times the median (and over half a pixel).
+fn outlier_views(per_view: &[f64], factor: f64) -> Vec<usize> {
+    let mut sorted = per_view.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let median = sorted[sorted.len() / 2];
+    per_view
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| **r > factor * median && **r > 0.5)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// One Levenberg-Marquardt problem: the views, the image size, the model and which
+/// parameters move.
+struct Lm<'a> {
+    views: &'a [View],
+    width: u32,
+    height: u32,
+    fisheye: bool,
+    lay: Layout,
+}
+
+/// An accepted damped step: the new parameters, their cost, and whether the step was too
+/// small to go on.
+struct Step {
+    intr: Vec<f64>,
+    poses: Vec<Isometry3<f64>>,
+    cost: f64,
+    small: bool,
+}
+
+/// Where the iterations ended: the parameters, and how many iterations ran.
+struct Solution {
+    intr: Vec<f64>,
+    poses: Vec<Isometry3<f64>>,
+    iterations: usize,
+}
+
+impl Lm<'_> {
+    fn camera(&self, intr: &[f64]) -> Result<CameraModel, CalibError> {
+        make_camera(intr, self.width, self.height, self.fisheye)
+    }
+
+    /// Initial poses from homographies of undistorted normalized points.
+    fn initial_poses(&self, intr: &[f64]) -> Result<Vec<Isometry3<f64>>, CalibError> {
+        let cam0 = self.camera(intr)?;
+        let mut poses = Vec::with_capacity(self.views.len());
+        for v in self.views {
+            let src: Vec<Point2<f64>> = v.object.iter().map(|p| Point2::new(p.x, p.y)).collect();
+            let dst: Vec<Point2<f64>> = v
+                .image
+                .iter()
+                .map(|p| {
+                    cam0.undistort_normalized(*p).unwrap_or(Point2::new(
+                        (p.x - intr[2]) / intr[0],
+                        (p.y - intr[3]) / intr[1],
+                    ))
+                })
+                .collect();
+            let h = homography_dlt(&src, &dst).ok_or_else(|| {
+                CalibError::Calibration(format!("view {}: degenerate homography", v.name))
+            })?;
+            let (pose, _) = refine_pose(
+                &cam0,
+                &v.object,
+                &v.image,
+                pose_from_homography(&h, crate::geom::centroid(&src)),
+                20,
+            );
+            poses.push(pose);
+        }
+        Ok(poses)
+    }
+
+    /// Sum of squared pixel residuals (1e8 for a point that does not project).
+    fn cost(&self, intr: &[f64], poses: &[Isometry3<f64>]) -> Result<f64, CalibError> {
+        let cam = self.camera(intr)?;
+        let mut s = 0.0;
+        for (v, p) in self.views.iter().zip(poses) {
             for (o, i) in v.object.iter().zip(&v.image) {
                 match cam.project_jac((p * o).coords) {
                     Some((q, _)) if q.x.is_finite() && q.y.is_finite() => {
@@ -359,22 +483,22 @@ fn run_lm(
             }
         }
         Ok(s)
-    };
-    let mut cost = cost_of(&intr, &poses)?;
-    let mut lambda = 1e-3;
-    let mut iters = 0;
-    let mut jtj = DMatrix::<f64>::zeros(np, np);
-    let mut jtr = DVector::<f64>::zeros(np);
-    let build = |intr: &[f64],
-                 poses: &[Isometry3<f64>],
-                 jtj: &mut DMatrix<f64>,
-                 jtr: &mut DVector<f64>|
-     -> Result<(), CalibError> {
+    }
+
+    /// Fill `jtj` = JᵀJ and `jtr` = Jᵀr at the given parameters (fixed ones pinned).
+    fn normal_equations(
+        &self,
+        intr: &[f64],
+        poses: &[Isometry3<f64>],
+        jtj: &mut DMatrix<f64>,
+        jtr: &mut DVector<f64>,
+    ) -> Result<(), CalibError> {
         jtj.fill(0.0);
         jtr.fill(0.0);
-        let cam = make_camera(intr, width, height, fisheye)?;
+        let cam = self.camera(intr)?;
+        let lay = &self.lay;
         let ni = lay.n_intr;
-        for (vi, (v, p)) in views.iter().zip(poses).enumerate() {
+        for (vi, (v, p)) in self.views.iter().zip(poses).enumerate() {
             let off = ni + 6 * vi;
             for (o, im) in v.object.iter().zip(&v.image) {
                 let rx = p.rotation * o.coords;
@@ -419,7 +543,14 @@ fn run_lm(
                 }
             }
         }
-        // symmetrize (blocks were filled upper-triangular in local order)
+        self.symmetrize_and_pin(jtj, jtr);
+        Ok(())
+    }
+
+    /// Mirror the upper triangle (blocks were filled upper-triangular in local order) and pin
+    /// the fixed intrinsics (unit diagonal, zero gradient).
+    fn symmetrize_and_pin(&self, jtj: &mut DMatrix<f64>, jtr: &mut DVector<f64>) {
+        let np = jtj.nrows();
         for a in 0..np {
             for b in 0..a {
                 let s = jtj[(a, b)] + jtj[(b, a)];
@@ -427,122 +558,132 @@ fn run_lm(
                 jtj[(b, a)] = s;
             }
         }
-        for k in 0..ni {
-            if !lay.free[k] {
+        for k in 0..self.lay.n_intr {
+            if !self.lay.free[k] {
                 jtj[(k, k)] = 1.0;
                 jtr[k] = 0.0;
             }
         }
-        Ok(())
-    };
-    for it in 0..opt.max_iter {
-        iters = it + 1;
-        build(&intr, &poses, &mut jtj, &mut jtr)?;
-        let mut accepted = false;
-        let mut small_step = false;
+    }
+
+    /// Levenberg-Marquardt iterations from the given start.
+    fn minimise(
+        &self,
+        mut intr: Vec<f64>,
+        mut poses: Vec<Isometry3<f64>>,
+        max_iter: usize,
+        jtj: &mut DMatrix<f64>,
+        jtr: &mut DVector<f64>,
+    ) -> Result<Solution, CalibError> {
+        let mut cost = self.cost(&intr, &poses)?;
+        let mut lambda = 1e-3;
+        let mut iters = 0;
+        for it in 0..max_iter {
+            iters = it + 1;
+            self.normal_equations(&intr, &poses, jtj, jtr)?;
+            let Some(step) = self.damped_step(jtj, jtr, &intr, &poses, cost, &mut lambda) else {
+                break;
+            };
+            intr = step.intr;
+            poses = step.poses;
+            cost = step.cost;
+            if step.small {
+                break;
+            }
+        }
+        Ok(Solution {
+            intr,
+            poses,
+            iterations: iters,
+        })
+    }
+
+    /// Up to 12 tries of a damped Gauss-Newton step, raising `lambda` tenfold after each one
+    /// that fails to lower the cost; lowers it tenfold on the first that does.
+    fn damped_step(
+        &self,
+        jtj: &DMatrix<f64>,
+        jtr: &DVector<f64>,
+        intr: &[f64],
+        poses: &[Isometry3<f64>],
+        cost: f64,
+        lambda: &mut f64,
+    ) -> Option<Step> {
+        let np = jtj.nrows();
         for _ in 0..12 {
             let mut a = jtj.clone();
             for k in 0..np {
-                a[(k, k)] += lambda * jtj[(k, k)].max(1e-12);
+                a[(k, k)] += *lambda * jtj[(k, k)].max(1e-12);
             }
             let Some(ch) = a.cholesky() else {
-                lambda *= 10.0;
+                *lambda *= 10.0;
                 continue;
             };
-            let d = ch.solve(&(-&jtr));
-            let mut ni = intr.clone();
-            for k in 0..lay.n_intr {
-                ni[k] += d[k];
-            }
-            if let Some(asp) = lay.aspect {
-                ni[0] = ni[1] * asp;
-            }
-            let np_: Vec<Isometry3<f64>> = poses
-                .iter()
-                .enumerate()
-                .map(|(vi, p)| {
-                    let o = lay.n_intr + 6 * vi;
-                    apply_increment(
-                        p,
-                        &Vector3::new(d[o], d[o + 1], d[o + 2]),
-                        &Vector3::new(d[o + 3], d[o + 4], d[o + 5]),
-                    )
-                })
-                .collect();
-            let nc = cost_of(&ni, &np_).unwrap_or(f64::INFINITY);
+            let d = ch.solve(&(-jtr));
+            let (ni, np_) = self.apply_step(&d, intr, poses);
+            let nc = self.cost(&ni, &np_).unwrap_or(f64::INFINITY);
             if nc < cost {
                 let rel = (cost - nc) / cost.max(1e-300);
-                intr = ni;
-                poses = np_;
-                cost = nc;
-                lambda = (lambda / 10.0).max(1e-15);
-                accepted = true;
-                small_step = rel < 1e-12 || d.norm() < 1e-12;
-                break;
+                *lambda = (*lambda / 10.0).max(1e-15);
+                return Some(Step {
+                    intr: ni,
+                    poses: np_,
+                    cost: nc,
+                    small: rel < 1e-12 || d.norm() < 1e-12,
+                });
             }
-            lambda *= 10.0;
+            *lambda *= 10.0;
         }
-        if !accepted || small_step {
-            break;
-        }
+        None
     }
-    let cam = make_camera(&intr, width, height, fisheye)?;
-    let mut per_view = Vec::with_capacity(views.len());
-    let mut total = 0.0;
-    for (v, p) in views.iter().zip(&poses) {
-        let mut s = 0.0;
-        for (o, i) in v.object.iter().zip(&v.image) {
-            s += match cam.project_jac((p * o).coords) {
-                Some((q, _)) => (q - i).norm_squared(),
-                None => 1e8,
-            };
+
+    /// The parameters moved by the increment `d` (intrinsics first, then 6 per view).
+    fn apply_step(
+        &self,
+        d: &DVector<f64>,
+        intr: &[f64],
+        poses: &[Isometry3<f64>],
+    ) -> (Vec<f64>, Vec<Isometry3<f64>>) {
+        let mut ni = intr.to_vec();
+        for k in 0..self.lay.n_intr {
+            ni[k] += d[k];
         }
-        total += s;
-        per_view.push((s / v.object.len() as f64).sqrt());
+        if let Some(asp) = self.lay.aspect {
+            ni[0] = ni[1] * asp;
+        }
+        let np_: Vec<Isometry3<f64>> = poses
+            .iter()
+            .enumerate()
+            .map(|(vi, p)| {
+                let o = self.lay.n_intr + 6 * vi;
+                apply_increment(
+                    p,
+                    &Vector3::new(d[o], d[o + 1], d[o + 2]),
+                    &Vector3::new(d[o + 3], d[o + 4], d[o + 5]),
+                )
+            })
+            .collect();
+        (ni, np_)
     }
-    let rms = (total / n_pts as f64).sqrt();
-    // standard deviations
-    build(&intr, &poses, &mut jtj, &mut jtr)?;
-    let n_free = lay.free.iter().filter(|&&f| f).count() + 6 * views.len();
-    let dof = (2 * n_pts).saturating_sub(n_free).max(1);
-    let sigma2 = total / dof as f64;
-    let mut std = vec![0.0; lay.n_intr];
-    if let Some(inv) = jtj.clone().cholesky().map(|c| c.inverse()) {
-        for k in 0..lay.n_intr {
-            if lay.free[k] {
-                std[k] = (inv[(k, k)] * sigma2).max(0.0).sqrt();
+
+    /// Standard deviations of the intrinsics from the normal equations at the solution and
+    /// the residual variance `total / (2N - n_free)`.
+    fn intrinsics_std(&self, jtj: &DMatrix<f64>, total: f64, n_pts: usize) -> Vec<f64> {
+        let lay = &self.lay;
+        let n_free = lay.free.iter().filter(|&&f| f).count() + 6 * self.views.len();
+        let dof = (2 * n_pts).saturating_sub(n_free).max(1);
+        let sigma2 = total / dof as f64;
+        let mut std = vec![0.0; lay.n_intr];
+        if let Some(inv) = jtj.clone().cholesky().map(|c| c.inverse()) {
+            for k in 0..lay.n_intr {
+                if lay.free[k] {
+                    std[k] = (inv[(k, k)] * sigma2).max(0.0).sqrt();
+                }
+            }
+            if let Some(a) = lay.aspect {
+                std[0] = std[1] * a;
             }
         }
-        if let Some(a) = lay.aspect {
-            std[0] = std[1] * a;
-        }
+        std
     }
-    let mut sorted = per_view.clone();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let median = sorted[sorted.len() / 2];
-    let outliers = per_view
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| **r > opt.outlier_factor * median && **r > 0.5)
-        .map(|(i, _)| i)
-        .collect();
-    let names: Vec<&'static str> = if fisheye {
-        vec!["fx", "fy", "cx", "cy", "k1", "k2", "k3", "k4"]
-    } else {
-        vec!["fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2", "k3"]
-    };
-    if !rms.is_finite() {
-        return Err(CalibError::Calibration("solution diverged".into()));
-    }
-    Ok(CalibResult {
-        camera: cam,
-        rms,
-        per_view_rms: per_view,
-        poses,
-        param_names: names,
-        params: intr,
-        std_dev: std,
-        outlier_views: outliers,
-        iterations: iters,
-    })
 }

@@ -441,30 +441,11 @@ fn detect_at_scale(
     if dbg {
         eprintln!("blur {:?}", t0.elapsed());
     }
-    let raw = saddle_candidates(&blur);
-    if dbg {
-        eprintln!("blur+saddle {:?} raw {}", t0.elapsed(), raw.len());
-    }
-    let rings = [
-        Ring::new((2.0 * sigma as f64).max(3.0), img.width),
-        Ring::new((3.5 * sigma as f64).max(5.0), img.width),
-    ];
-    let mut cands: Vec<Cand> = Vec::new();
-    for (x, y, _r) in raw {
-        let p = Vector2::new(x as f64, y as f64);
-        let dirs = rings.iter().find_map(|ring| ring_test(&blur, x, y, ring));
-        if let Some((dirs, contrast)) = dirs {
-            cands.push(Cand { p, contrast, dirs });
-        }
-    }
-    if dbg {
-        eprintln!("ring {:?} cands {}", t0.elapsed(), cands.len());
-    }
+    let cands = corner_candidates(img, &blur, sigma, dbg, t0);
     if cands.len() < 4 {
         return Err(DetectError::NoCorners);
     }
     let index = Index::new(&cands, img.width, img.height, 16.0);
-    let need = cols * rows;
     let mut tried = vec![false; cands.len()];
     let mut best: Option<DetectError> = None;
     let max_seeds = 60.min(cands.len());
@@ -484,87 +465,151 @@ fn detect_at_scale(
             tried[i] = true;
         }
         if std::env::var_os("BEVRT_CALIB_DEBUG").is_some() {
-            let mut v: Vec<_> = grid
-                .iter()
-                .map(|(k, &i)| (*k, cands[i].p.x as i32, cands[i].p.y as i32))
-                .collect();
-            v.sort();
-            eprintln!(
-                "sigma {sigma} seed {s} ncand {} lattice {:?}",
-                cands.len(),
-                v
-            );
+            print_lattice(&cands, &grid, sigma, s);
         }
-        let imin = grid.keys().map(|k| k.0).min().unwrap_or(0);
-        let imax = grid.keys().map(|k| k.0).max().unwrap_or(0);
-        let jmin = grid.keys().map(|k| k.1).min().unwrap_or(0);
-        let jmax = grid.keys().map(|k| k.1).max().unwrap_or(0);
-        let r = (imax - imin + 1) as usize;
-        let c = (jmax - jmin + 1) as usize;
-        let complete = grid.len() == r * c;
-        let err = if complete && r * c > need && r >= rows.min(cols) && c >= rows.min(cols) {
-            DetectError::TooLarge {
-                rows: r.min(c),
-                cols: r.max(c),
-                need_cols: cols,
-                need_rows: rows,
-            }
-        } else {
-            // all fully populated board-sized windows of the lattice (spurious corners beyond the
-            // board's edge can make the lattice ragged); take the one with the best contrast
-            let mut best_win: Option<(f32, Vec<Vec<Vector2<f64>>>)> = None;
-            for (wr, wc) in [(rows, cols), (cols, rows)] {
-                if wr > r || wc > c {
-                    continue;
-                }
-                for i0 in imin..=imax - wr as i32 + 1 {
-                    for j0 in jmin..=jmax - wc as i32 + 1 {
-                        let mut g = vec![vec![Vector2::zeros(); wc]; wr];
-                        let mut score = 0.0f32;
-                        let mut full = true;
-                        'w: for (di, row) in g.iter_mut().enumerate() {
-                            for (dj, v) in row.iter_mut().enumerate() {
-                                match grid.get(&(i0 + di as i32, j0 + dj as i32)) {
-                                    Some(&k) => {
-                                        *v = cands[k].p;
-                                        score += cands[k].contrast;
-                                    }
-                                    None => {
-                                        full = false;
-                                        break 'w;
-                                    }
-                                }
-                            }
-                        }
-                        if full
-                            && alternates(&blur, &g)
-                            && best_win.as_ref().is_none_or(|b| score > b.0)
-                        {
-                            best_win = Some((score, g));
-                        }
-                    }
-                }
-            }
-            if let Some((_, g)) = best_win {
-                return Ok((order(g, cols, rows), blur));
-            }
-            if complete && ((r == rows && c == cols) || (r == cols && c == rows)) {
-                DetectError::NotChessboard
-            } else {
-                DetectError::Partial {
-                    rows: r.min(c),
-                    cols: r.max(c),
-                    found: grid.len(),
-                    need_cols: cols,
-                    need_rows: rows,
-                }
-            }
+        let err = match judge_lattice(&blur, &cands, &grid, cols, rows) {
+            Ok(points) => return Ok((points, blur)),
+            Err(err) => err,
         };
         if grid.len() >= 4 && best.as_ref().is_none_or(|b| rank(&err) > rank(b)) {
             best = Some(err);
         }
     }
     Err(best.unwrap_or(DetectError::NoCorners))
+}
+
+/// Saddle points of the blurred image that pass a ring test (two dark and two bright
+/// sectors) on the smaller or, failing that, the larger ring.
+fn corner_candidates(
+    img: &GrayImage,
+    blur: &GrayImage,
+    sigma: f32,
+    dbg: bool,
+    t0: std::time::Instant,
+) -> Vec<Cand> {
+    let raw = saddle_candidates(blur);
+    if dbg {
+        eprintln!("blur+saddle {:?} raw {}", t0.elapsed(), raw.len());
+    }
+    let rings = [
+        Ring::new((2.0 * sigma as f64).max(3.0), img.width),
+        Ring::new((3.5 * sigma as f64).max(5.0), img.width),
+    ];
+    let mut cands: Vec<Cand> = Vec::new();
+    for (x, y, _r) in raw {
+        let p = Vector2::new(x as f64, y as f64);
+        let dirs = rings.iter().find_map(|ring| ring_test(blur, x, y, ring));
+        if let Some((dirs, contrast)) = dirs {
+            cands.push(Cand { p, contrast, dirs });
+        }
+    }
+    if dbg {
+        eprintln!("ring {:?} cands {}", t0.elapsed(), cands.len());
+    }
+    cands
+}
+
+/// `BEVRT_CALIB_DEBUG`: the lattice grown from seed `s`, sorted by grid index.
+fn print_lattice(cands: &[Cand], grid: &HashMap<(i32, i32), usize>, sigma: f32, s: usize) {
+    let mut v: Vec<_> = grid
+        .iter()
+        .map(|(k, &i)| (*k, cands[i].p.x as i32, cands[i].p.y as i32))
+        .collect();
+    v.sort();
+    eprintln!(
+        "sigma {sigma} seed {s} ncand {} lattice {:?}",
+        cands.len(),
+        v
+    );
+}
+
+/// A grown lattice as the board's corners in order, or why it is not the board.
+fn judge_lattice(
+    blur: &GrayImage,
+    cands: &[Cand],
+    grid: &HashMap<(i32, i32), usize>,
+    cols: usize,
+    rows: usize,
+) -> Result<Vec<Point2<f64>>, DetectError> {
+    let need = cols * rows;
+    let imin = grid.keys().map(|k| k.0).min().unwrap_or(0);
+    let imax = grid.keys().map(|k| k.0).max().unwrap_or(0);
+    let jmin = grid.keys().map(|k| k.1).min().unwrap_or(0);
+    let jmax = grid.keys().map(|k| k.1).max().unwrap_or(0);
+    let r = (imax - imin + 1) as usize;
+    let c = (jmax - jmin + 1) as usize;
+    let complete = grid.len() == r * c;
+    if complete && r * c > need && r >= rows.min(cols) && c >= rows.min(cols) {
+        return Err(DetectError::TooLarge {
+            rows: r.min(c),
+            cols: r.max(c),
+            need_cols: cols,
+            need_rows: rows,
+        });
+    }
+    let bounds = (imin, imax, jmin, jmax);
+    if let Some(g) = best_window(blur, cands, grid, bounds, cols, rows) {
+        return Ok(order(g, cols, rows));
+    }
+    Err(
+        if complete && ((r == rows && c == cols) || (r == cols && c == rows)) {
+            DetectError::NotChessboard
+        } else {
+            DetectError::Partial {
+                rows: r.min(c),
+                cols: r.max(c),
+                found: grid.len(),
+                need_cols: cols,
+                need_rows: rows,
+            }
+        },
+    )
+}
+
+/// Of all fully populated board-sized windows of the lattice (spurious corners beyond the
+/// board's edge can make the lattice ragged), the one with the best contrast whose squares
+/// alternate.
+fn best_window(
+    blur: &GrayImage,
+    cands: &[Cand],
+    grid: &HashMap<(i32, i32), usize>,
+    (imin, imax, jmin, jmax): (i32, i32, i32, i32),
+    cols: usize,
+    rows: usize,
+) -> Option<Vec<Vec<Vector2<f64>>>> {
+    let r = (imax - imin + 1) as usize;
+    let c = (jmax - jmin + 1) as usize;
+    let mut best_win: Option<(f32, Vec<Vec<Vector2<f64>>>)> = None;
+    for (wr, wc) in [(rows, cols), (cols, rows)] {
+        if wr > r || wc > c {
+            continue;
+        }
+        for i0 in imin..=imax - wr as i32 + 1 {
+            for j0 in jmin..=jmax - wc as i32 + 1 {
+                let mut g = vec![vec![Vector2::zeros(); wc]; wr];
+                let mut score = 0.0f32;
+                let mut full = true;
+                'w: for (di, row) in g.iter_mut().enumerate() {
+                    for (dj, v) in row.iter_mut().enumerate() {
+                        match grid.get(&(i0 + di as i32, j0 + dj as i32)) {
+                            Some(&k) => {
+                                *v = cands[k].p;
+                                score += cands[k].contrast;
+                            }
+                            None => {
+                                full = false;
+                                break 'w;
+                            }
+                        }
+                    }
+                }
+                if full && alternates(blur, &g) && best_win.as_ref().is_none_or(|b| score > b.0) {
+                    best_win = Some((score, g));
+                }
+            }
+        }
+    }
+    best_win.map(|(_, g)| g)
 }
 
 fn angle_ok(v: Vector2<f64>, d: Vector2<f64>, cos_tol: f64) -> bool {
@@ -607,86 +652,17 @@ fn grow(
     s: usize,
     max_extent: usize,
 ) -> Option<HashMap<(i32, i32), usize>> {
-    let [d1, d2] = c[s].dirs;
-    let a = neighbour(c, s, d1, 1.0).or_else(|| neighbour(c, s, d1, -1.0))?;
-    let b = neighbour(c, s, d2, 1.0).or_else(|| neighbour(c, s, d2, -1.0))?;
-    let p0 = c[s].p;
-    let (va, vb) = (c[a].p - p0, c[b].p - p0);
-    let (la, lb) = (va.norm(), vb.norm());
-    if la / lb > 3.0 || lb / la > 3.0 {
-        return None;
-    }
-    // not collinear
-    if (va.perp(&vb) / (la * lb)).abs() < 0.3 {
-        return None;
-    }
-    let mut used = vec![false; c.len()];
-    used[s] = true;
-    used[a] = true;
-    used[b] = true;
-    let d = index.nearest(c, c[a].p + vb, 0.3 * la.min(lb), &used)?;
-    if !(linked(img, &c[s], &c[a])
-        && linked(img, &c[s], &c[b])
-        && linked(img, &c[a], &c[d])
-        && linked(img, &c[b], &c[d]))
-    {
-        return None;
-    }
-    used[d] = true;
-    let mut g: HashMap<(i32, i32), usize> = HashMap::new();
-    g.insert((0, 0), s);
-    g.insert((1, 0), a);
-    g.insert((0, 1), b);
-    g.insert((1, 1), d);
+    let (mut g, mut used) = seed_square(img, c, index, s)?;
     let (mut imin, mut imax, mut jmin, mut jmax) = (0i32, 1i32, 0i32, 1i32);
     loop {
         let mut added = false;
-        let mut frontier: Vec<(i32, i32)> = Vec::new();
-        for i in imin - 1..=imax + 1 {
-            for j in jmin - 1..=jmax + 1 {
-                if g.contains_key(&(i, j)) {
-                    continue;
-                }
-                let adj = [(1, 0), (-1, 0), (0, 1), (0, -1)]
-                    .iter()
-                    .any(|&(di, dj)| g.contains_key(&(i + di, j + dj)));
-                if adj {
-                    frontier.push((i, j));
-                }
-            }
-        }
-        for (i, j) in frontier {
+        for (i, j) in frontier(&g, (imin, imax, jmin, jmax)) {
             if g.contains_key(&(i, j)) {
                 continue;
             }
-            let get = |ii: i32, jj: i32| g.get(&(ii, jj)).map(|&k| c[k].p);
-            let mut preds: Vec<(Vector2<f64>, f64)> = Vec::new();
-            for (di, dj) in [(1, 0), (-1, 0), (0, 1), (0, -1)] {
-                if let (Some(p1), Some(p2)) = (get(i - di, j - dj), get(i - 2 * di, j - 2 * dj)) {
-                    let step = (p1 - p2).norm();
-                    let pred = match get(i - 3 * di, j - 3 * dj) {
-                        Some(p3) => p1 * 3.0 - p2 * 3.0 + p3,
-                        None => p1 * 2.0 - p2,
-                    };
-                    preds.push((pred, step));
-                }
-            }
-            if preds.is_empty() {
-                for (di, dj) in [(1, 1), (1, -1), (-1, 1), (-1, -1)] {
-                    if let (Some(pa), Some(pb), Some(pc)) =
-                        (get(i - di, j), get(i, j - dj), get(i - di, j - dj))
-                    {
-                        let step = (pa - pc).norm().min((pb - pc).norm());
-                        preds.push((pa + pb - pc, step));
-                    }
-                }
-            }
-            if preds.is_empty() {
+            let Some((pred, step)) = predict_corner(&g, c, i, j) else {
                 continue;
-            }
-            let n = preds.len() as f64;
-            let pred = preds.iter().fold(Vector2::zeros(), |acc, x| acc + x.0) / n;
-            let step = preds.iter().map(|x| x.1).sum::<f64>() / n;
+            };
             if pred.x < -step || pred.y < -step {
                 continue;
             }
@@ -719,6 +695,112 @@ fn grow(
         }
     }
     Some(g)
+}
+
+/// The first square of a lattice: seed `s`, its neighbours `a` and `b` along its two line
+/// directions and the fourth corner `d`, all linked by grid lines. Returns the lattice
+/// (indices (0,0), (1,0), (0,1), (1,1)) and which candidates it used.
+#[allow(clippy::type_complexity)]
+fn seed_square(
+    img: &GrayImage,
+    c: &[Cand],
+    index: &Index,
+    s: usize,
+) -> Option<(HashMap<(i32, i32), usize>, Vec<bool>)> {
+    let [d1, d2] = c[s].dirs;
+    let a = neighbour(c, s, d1, 1.0).or_else(|| neighbour(c, s, d1, -1.0))?;
+    let b = neighbour(c, s, d2, 1.0).or_else(|| neighbour(c, s, d2, -1.0))?;
+    let p0 = c[s].p;
+    let (va, vb) = (c[a].p - p0, c[b].p - p0);
+    let (la, lb) = (va.norm(), vb.norm());
+    if la / lb > 3.0 || lb / la > 3.0 {
+        return None;
+    }
+    // not collinear
+    if (va.perp(&vb) / (la * lb)).abs() < 0.3 {
+        return None;
+    }
+    let mut used = vec![false; c.len()];
+    used[s] = true;
+    used[a] = true;
+    used[b] = true;
+    let d = index.nearest(c, c[a].p + vb, 0.3 * la.min(lb), &used)?;
+    if !(linked(img, &c[s], &c[a])
+        && linked(img, &c[s], &c[b])
+        && linked(img, &c[a], &c[d])
+        && linked(img, &c[b], &c[d]))
+    {
+        return None;
+    }
+    used[d] = true;
+    let mut g: HashMap<(i32, i32), usize> = HashMap::new();
+    g.insert((0, 0), s);
+    g.insert((1, 0), a);
+    g.insert((0, 1), b);
+    g.insert((1, 1), d);
+    Some((g, used))
+}
+
+/// Empty lattice places within one step of the bounds that touch a filled 4-neighbour.
+fn frontier(
+    g: &HashMap<(i32, i32), usize>,
+    (imin, imax, jmin, jmax): (i32, i32, i32, i32),
+) -> Vec<(i32, i32)> {
+    let mut frontier: Vec<(i32, i32)> = Vec::new();
+    for i in imin - 1..=imax + 1 {
+        for j in jmin - 1..=jmax + 1 {
+            if g.contains_key(&(i, j)) {
+                continue;
+            }
+            let adj = [(1, 0), (-1, 0), (0, 1), (0, -1)]
+                .iter()
+                .any(|&(di, dj)| g.contains_key(&(i + di, j + dj)));
+            if adj {
+                frontier.push((i, j));
+            }
+        }
+    }
+    frontier
+}
+
+/// Where corner (i, j) should be, and the local grid step: the mean of the straight-line
+/// extrapolations along each filled row / column (quadratic from three points), or failing
+/// those, of the parallelogram completions from the diagonal neighbours.
+fn predict_corner(
+    g: &HashMap<(i32, i32), usize>,
+    c: &[Cand],
+    i: i32,
+    j: i32,
+) -> Option<(Vector2<f64>, f64)> {
+    let get = |ii: i32, jj: i32| g.get(&(ii, jj)).map(|&k| c[k].p);
+    let mut preds: Vec<(Vector2<f64>, f64)> = Vec::new();
+    for (di, dj) in [(1, 0), (-1, 0), (0, 1), (0, -1)] {
+        if let (Some(p1), Some(p2)) = (get(i - di, j - dj), get(i - 2 * di, j - 2 * dj)) {
+            let step = (p1 - p2).norm();
+            let pred = match get(i - 3 * di, j - 3 * dj) {
+                Some(p3) => p1 * 3.0 - p2 * 3.0 + p3,
+                None => p1 * 2.0 - p2,
+            };
+            preds.push((pred, step));
+        }
+    }
+    if preds.is_empty() {
+        for (di, dj) in [(1, 1), (1, -1), (-1, 1), (-1, -1)] {
+            if let (Some(pa), Some(pb), Some(pc)) =
+                (get(i - di, j), get(i, j - dj), get(i - di, j - dj))
+            {
+                let step = (pa - pc).norm().min((pb - pc).norm());
+                preds.push((pa + pb - pc, step));
+            }
+        }
+    }
+    if preds.is_empty() {
+        return None;
+    }
+    let n = preds.len() as f64;
+    let pred = preds.iter().fold(Vector2::zeros(), |acc, x| acc + x.0) / n;
+    let step = preds.iter().map(|x| x.1).sum::<f64>() / n;
+    Some((pred, step))
 }
 
 /// Whether two candidates are joined by a chessboard grid line.

@@ -8,7 +8,7 @@
 
 use crate::launch::{Gpu, GpuError, conv_gemm_config, elementwise_config};
 use crate::params::{BinaryParams, ConvParams, PoolParams, ResizeParams};
-use crate::plan::{ALIGN, ConvKernel, DType, KernelPlan, Op, TensorId};
+use crate::plan::{ALIGN, ConvKernel, DType, KernelPlan, Op, Step, TensorId};
 use cudarc::driver::{CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 
 fn drv(e: cudarc::driver::DriverError) -> GpuError {
@@ -85,7 +85,7 @@ pub fn check_storage(plan: &KernelPlan) -> Result<(), String> {
         let kernel = s.op.kernel_name(&ins, plan.tensors[s.output].dtype);
         let want = kernel_input_dtype(kernel);
         for (pos, &t) in s.inputs.iter().enumerate() {
-            if s.const_inputs.iter().any(|(p, _)| *p == pos) {
+            if s.const_input(pos).is_some() {
                 continue;
             }
             let d = &plan.tensors[t];
@@ -125,105 +125,145 @@ pub fn resolve_launches(
     int8: Int8Gemm,
 ) -> Result<Vec<ResolvedLaunch>, String> {
     check_storage(plan)?;
-    let t_addr = |t: TensorId| arena_base + plan.offsets[t] as u64;
-    let c_addr = |c: usize| const_base + const_offsets[c] as u64;
-    let mut launches = vec![];
-    for s in &plan.steps {
-        let ins: Vec<DType> = s.inputs.iter().map(|&i| plan.tensors[i].dtype).collect();
-        let out = &plan.tensors[s.output];
-        let mut kernel = s.op.kernel_name(&ins, out.dtype);
-        if kernel == "conv_i8_imma" && int8 == Int8Gemm::Dp4a {
-            kernel = "conv_i8_dp4a";
-        }
-        let x = |k: usize| {
-            Arg::Ptr(match s.const_inputs.iter().find(|(p, _)| *p == k) {
-                Some((_, c)) => c_addr(*c),
-                None => t_addr(s.inputs[k]),
-            })
-        };
-        let y = Arg::Ptr(t_addr(s.output));
-        let n = out.elems();
-        let list = |v: &[Arg]| -> ArgList { v.iter().copied().collect() };
-        let i32_ = |v: usize| Arg::I32(v as i32);
-        let (cfg, args) = match &s.op {
-            Op::Conv {
-                kernel: ck,
-                p,
-                weights,
-                bias,
-                wsum,
-                mult,
-            } => {
-                let cfg = match kernel {
-                    "conv_i8_imma" | "conv_i8_dp4a" | "conv_f16_mma" => conv_gemm_config(p),
-                    _ => elementwise_config(p.out_elems()),
-                };
-                let w = Arg::Ptr(c_addr(*weights));
-                let b = Arg::Ptr(c_addr(*bias));
-                let args = match ck {
-                    ConvKernel::GemmI8 | ConvKernel::DirectI8 => {
-                        let (Some(ws), Some(m)) = (wsum, mult) else {
-                            return Err(format!("{}: int8 convolution without wsum/mult", s.name));
-                        };
-                        let (ws, m) = (Arg::Ptr(c_addr(*ws)), Arg::Ptr(c_addr(*m)));
-                        list(&[Arg::Conv(*p), x(0), w, ws, m, b, y])
-                    }
-                    _ => list(&[Arg::Conv(*p), x(0), w, b, y]),
-                };
-                (cfg, args)
-            }
-            Op::Unary { act, a, b } => (
-                elementwise_config(n),
-                list(&[x(0), y, i32_(n), Arg::I32(*act), Arg::F32(*a), Arg::F32(*b)]),
-            ),
-            Op::Binary(p) => (
-                elementwise_config(n),
-                list(&[Arg::Binary(*p), x(0), x(1), y]),
-            ),
-            Op::Pool(p) => (elementwise_config(n), list(&[Arg::Pool(*p), x(0), y])),
-            Op::Resize(p) => (elementwise_config(n), list(&[Arg::Resize(*p), x(0), y])),
-            Op::Softmax { outer, len, inner } => (
-                elementwise_config(outer * inner),
-                list(&[x(0), y, i32_(*outer), i32_(*len), i32_(*inner)]),
-            ),
-            Op::Argmax { classes, cells } => (
-                elementwise_config(*cells),
-                list(&[x(0), y, i32_(*classes), i32_(*cells)]),
-            ),
-            Op::Quantize | Op::Dequantize => {
-                let q = match s.op {
-                    Op::Quantize => out.quant,
-                    _ => plan.tensors[s.inputs[0]].quant,
-                };
-                let Some((sc, zp)) = q else {
-                    return Err(format!("{}: Q/DQ without a quantized tensor", s.name));
-                };
-                (
-                    elementwise_config(n),
-                    list(&[x(0), y, i32_(n), Arg::F32(sc), Arg::I32(zp)]),
-                )
-            }
-            Op::Cast => (elementwise_config(n), list(&[x(0), y, i32_(n)])),
-            Op::CopySlice {
-                outer,
-                src_inner,
-                dst_inner,
-                dst_offset,
-            } => (
-                elementwise_config(outer * src_inner),
-                list(&[
-                    x(0),
-                    y,
-                    i32_(*outer),
-                    i32_(*src_inner),
-                    i32_(*dst_inner),
-                    i32_(*dst_offset),
-                ]),
-            ),
-        };
-        launches.push(ResolvedLaunch { kernel, cfg, args });
+    let at = Addresses {
+        plan,
+        arena_base,
+        const_base,
+        const_offsets,
+    };
+    plan.steps
+        .iter()
+        .map(|s| resolve_step(&at, s, int8))
+        .collect()
+}
+
+/// Where a plan's activation arena and packed constants lie on the device.
+struct Addresses<'a> {
+    plan: &'a KernelPlan,
+    arena_base: u64,
+    const_base: u64,
+    const_offsets: &'a [usize],
+}
+
+impl Addresses<'_> {
+    fn tensor(&self, t: TensorId) -> u64 {
+        self.arena_base + self.plan.offsets[t] as u64
     }
-    Ok(launches)
+    fn constant(&self, c: usize) -> u64 {
+        self.const_base + self.const_offsets[c] as u64
+    }
+    /// Operand `k` of step `s`: its constant or its tensor.
+    fn operand(&self, s: &Step, k: usize) -> Arg {
+        Arg::Ptr(match s.const_input(k) {
+            Some(c) => self.constant(c),
+            None => self.tensor(s.inputs[k]),
+        })
+    }
+}
+
+fn list(v: &[Arg]) -> ArgList {
+    v.iter().copied().collect()
+}
+
+/// One step's kernel, launch configuration and arguments.
+fn resolve_step(at: &Addresses, s: &Step, int8: Int8Gemm) -> Result<ResolvedLaunch, String> {
+    let plan = at.plan;
+    let ins: Vec<DType> = s.inputs.iter().map(|&i| plan.tensors[i].dtype).collect();
+    let out = &plan.tensors[s.output];
+    let mut kernel = s.op.kernel_name(&ins, out.dtype);
+    if kernel == "conv_i8_imma" && int8 == Int8Gemm::Dp4a {
+        kernel = "conv_i8_dp4a";
+    }
+    let x = |k: usize| at.operand(s, k);
+    let y = Arg::Ptr(at.tensor(s.output));
+    let n = out.elems();
+    let i32_ = |v: usize| Arg::I32(v as i32);
+    let (cfg, args) = match &s.op {
+        Op::Conv { .. } => conv_launch(at, s, kernel)?,
+        Op::Unary { act, a, b } => (
+            elementwise_config(n),
+            list(&[x(0), y, i32_(n), Arg::I32(*act), Arg::F32(*a), Arg::F32(*b)]),
+        ),
+        Op::Binary(p) => (
+            elementwise_config(n),
+            list(&[Arg::Binary(*p), x(0), x(1), y]),
+        ),
+        Op::Pool(p) => (elementwise_config(n), list(&[Arg::Pool(*p), x(0), y])),
+        Op::Resize(p) => (elementwise_config(n), list(&[Arg::Resize(*p), x(0), y])),
+        Op::Softmax { outer, len, inner } => (
+            elementwise_config(outer * inner),
+            list(&[x(0), y, i32_(*outer), i32_(*len), i32_(*inner)]),
+        ),
+        Op::Argmax { classes, cells } => (
+            elementwise_config(*cells),
+            list(&[x(0), y, i32_(*classes), i32_(*cells)]),
+        ),
+        Op::Quantize | Op::Dequantize => {
+            let q = match s.op {
+                Op::Quantize => out.quant,
+                _ => plan.tensors[s.inputs[0]].quant,
+            };
+            let Some((sc, zp)) = q else {
+                return Err(format!("{}: Q/DQ without a quantized tensor", s.name));
+            };
+            (
+                elementwise_config(n),
+                list(&[x(0), y, i32_(n), Arg::F32(sc), Arg::I32(zp)]),
+            )
+        }
+        Op::Cast => (elementwise_config(n), list(&[x(0), y, i32_(n)])),
+        Op::CopySlice {
+            outer,
+            src_inner,
+            dst_inner,
+            dst_offset,
+        } => (
+            elementwise_config(outer * src_inner),
+            list(&[
+                x(0),
+                y,
+                i32_(*outer),
+                i32_(*src_inner),
+                i32_(*dst_inner),
+                i32_(*dst_offset),
+            ]),
+        ),
+    };
+    Ok(ResolvedLaunch { kernel, cfg, args })
+}
+
+/// [`resolve_step`] for a convolution run by `kernel`: GEMM kernels take their tiled
+/// configuration, direct ones one thread per output; INT8 ones also read wsum and mult.
+fn conv_launch(at: &Addresses, s: &Step, kernel: &str) -> Result<(LaunchConfig, ArgList), String> {
+    let Op::Conv {
+        kernel: ck,
+        p,
+        weights,
+        bias,
+        wsum,
+        mult,
+    } = &s.op
+    else {
+        unreachable!("conv_launch takes convolution steps");
+    };
+    let (x0, y) = (at.operand(s, 0), Arg::Ptr(at.tensor(s.output)));
+    let cfg = match kernel {
+        "conv_i8_imma" | "conv_i8_dp4a" | "conv_f16_mma" => conv_gemm_config(p),
+        _ => elementwise_config(p.out_elems()),
+    };
+    let w = Arg::Ptr(at.constant(*weights));
+    let b = Arg::Ptr(at.constant(*bias));
+    let args = match ck {
+        ConvKernel::GemmI8 | ConvKernel::DirectI8 => {
+            let (Some(ws), Some(m)) = (wsum, mult) else {
+                return Err(format!("{}: int8 convolution without wsum/mult", s.name));
+            };
+            let (ws, m) = (Arg::Ptr(at.constant(*ws)), Arg::Ptr(at.constant(*m)));
+            list(&[Arg::Conv(*p), x0, w, ws, m, b, y])
+        }
+        _ => list(&[Arg::Conv(*p), x0, w, b, y]),
+    };
+    Ok((cfg, args))
 }
 
 struct Launch {

@@ -4,8 +4,8 @@
 
 use crate::nvrtc;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
-    PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchArgs,
+    LaunchConfig, PushKernelArg,
 };
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,6 +25,29 @@ pub enum GpuError {
 
 fn drv(e: cudarc::driver::DriverError) -> GpuError {
     GpuError::Driver(format!("{e:?}"))
+}
+
+/// One kernel argument as cudarc pushes it: a value by reference, or a device buffer (its
+/// address; the stream does no event tracking, see [`Gpu::open`]).
+trait KernelArg {
+    fn push<'a>(&'a self, b: &mut LaunchArgs<'a>);
+}
+
+macro_rules! by_value {
+    ($($t:ty),*) => {
+        $(impl KernelArg for $t {
+            fn push<'a>(&'a self, b: &mut LaunchArgs<'a>) {
+                b.arg(self);
+            }
+        })*
+    };
+}
+by_value!(u64, i32, f32, PreprocessParams);
+
+impl<T> KernelArg for CudaSlice<T> {
+    fn push<'a>(&'a self, b: &mut LaunchArgs<'a>) {
+        b.arg(self);
+    }
 }
 
 /// Parameters of `preprocess_f32`; layout must match `PreprocessParams` in preprocess.cu.
@@ -258,6 +281,25 @@ impl Gpu {
         &self.functions[name]
     }
 
+    /// Launch `func` on the stream with `args` in parameter order.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameter list, and every address must cover what the
+    /// kernel reads and writes under `cfg`.
+    unsafe fn launch<'a>(
+        &'a self,
+        func: &'a CudaFunction,
+        cfg: LaunchConfig,
+        args: &[&'a dyn KernelArg],
+    ) -> Result<(), GpuError> {
+        let mut b = self.stream.launch_builder(func);
+        for a in args {
+            a.push(&mut b);
+        }
+        // SAFETY: forwarded to the caller.
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+    }
+
     /// A loaded kernel by entry-point name.
     pub fn function(&self, name: &str) -> Result<&CudaFunction, GpuError> {
         self.functions
@@ -290,10 +332,8 @@ impl Gpu {
         p: &PreprocessParams,
     ) -> Result<(), GpuError> {
         let cfg = preprocess_config(p);
-        let mut b = self.stream.launch_builder(self.function(kernel)?);
-        b.arg(&src).arg(&dst).arg(&map).arg(p);
         // SAFETY: as `preprocess`; the addresses are the caller's buffers of the right size.
-        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+        unsafe { self.launch(self.function(kernel)?, cfg, &[&src, &dst, &map, p]) }
     }
 
     /// [`Gpu::bev_pool_f32`] on raw device addresses.
@@ -309,16 +349,9 @@ impl Gpu {
         plane: i32,
     ) -> Result<(), GpuError> {
         let cfg = bev_pool_config(channels, levels, cells);
-        let mut b = self.stream.launch_builder(self.f("bev_pool_f32"));
-        b.arg(&taps)
-            .arg(&feat)
-            .arg(&out)
-            .arg(&channels)
-            .arg(&levels)
-            .arg(&cells)
-            .arg(&plane);
+        let args: [&dyn KernelArg; 7] = [&taps, &feat, &out, &channels, &levels, &cells, &plane];
         // SAFETY: matches bev_pool_f32(taps, feat, out, channels, levels, cells, plane).
-        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+        unsafe { self.launch(self.f("bev_pool_f32"), cfg, &args) }
     }
 
     /// The depth-weighted lift's first step on raw device addresses: `dw` (bins, plane) =
@@ -332,10 +365,9 @@ impl Gpu {
         plane: i32,
     ) -> Result<(), GpuError> {
         let cfg = elementwise_config(plane.max(0) as usize);
-        let mut b = self.stream.launch_builder(self.f("depth_softmax_f32"));
-        b.arg(&logits).arg(&dw).arg(&bins).arg(&plane);
+        let args: [&dyn KernelArg; 4] = [&logits, &dw, &bins, &plane];
         // SAFETY: matches depth_softmax_f32(logits, dw, bins, plane).
-        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+        unsafe { self.launch(self.f("depth_softmax_f32"), cfg, &args) }
     }
 
     /// The depth-weighted lift's gather on raw device addresses: `taps` the table's taps
@@ -355,20 +387,13 @@ impl Gpu {
         plane: i32,
     ) -> Result<(), GpuError> {
         let cfg = bev_pool_config(channels, levels, cells);
-        let mut b = self.stream.launch_builder(self.f("bev_lift_f32"));
-        b.arg(&taps)
-            .arg(&bins)
-            .arg(&dw)
-            .arg(&feat)
-            .arg(&out)
-            .arg(&channels)
-            .arg(&levels)
-            .arg(&cells)
-            .arg(&plane);
+        let args: [&dyn KernelArg; 9] = [
+            &taps, &bins, &dw, &feat, &out, &channels, &levels, &cells, &plane,
+        ];
         // SAFETY: matches bev_lift_f32(taps, bin_of, dw, feat, out, channels, levels, cells,
         // plane); the caller's buffers hold entries = levels * cells taps and bins, `channels`
         // feature planes and the output.
-        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+        unsafe { self.launch(self.f("bev_lift_f32"), cfg, &args) }
     }
 
     /// [`Gpu::bev_argmax`] on raw device addresses.
@@ -380,10 +405,9 @@ impl Gpu {
         cells: i32,
     ) -> Result<(), GpuError> {
         let cfg = elementwise_config(cells.max(0) as usize);
-        let mut b = self.stream.launch_builder(self.f("bev_argmax"));
-        b.arg(&logits).arg(&classes).arg(&n_classes).arg(&cells);
+        let args: [&dyn KernelArg; 4] = [&logits, &classes, &n_classes, &cells];
         // SAFETY: matches bev_argmax(logits, classes, n_classes, cells).
-        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+        unsafe { self.launch(self.f("bev_argmax"), cfg, &args) }
     }
 
     /// The view transform: `taps` is the SamplingTable's tap array as raw bytes (32 per entry).
@@ -440,28 +464,18 @@ impl Gpu {
         u: u64,
     ) -> Result<(), GpuError> {
         let n2 = d.c2 * d.h2 * d.w2;
-        let mut b = self.stream.launch_builder(self.f("afv_delta"));
-        b.arg(&z2)
-            .arg(&w3)
-            .arg(&d.slope)
-            .arg(&u)
-            .arg(&delta)
-            .arg(&n2);
+        let args: [&dyn KernelArg; 6] = [&z2, &w3, &d.slope, &u, &delta, &n2];
+        let cfg = elementwise_config(n2.max(0) as usize);
         // SAFETY: matches afv_delta(z2, w3, slope, u, delta, n2).
-        unsafe { b.launch(elementwise_config(n2.max(0) as usize)) }.map_err(drv)?;
-        let mut b = self.stream.launch_builder(self.f("afv_conv_grad"));
-        b.arg(&a1).arg(&delta).arg(&u);
-        let shape = [
-            d.c1, d.h1, d.w1, d.c2, d.h2, d.w2, d.k, d.stride, d.pad, d.regions,
+        unsafe { self.launch(self.f("afv_delta"), cfg, &args) }?;
+        let args: [&dyn KernelArg; 13] = [
+            &a1, &delta, &u, &d.c1, &d.h1, &d.w1, &d.c2, &d.h2, &d.w2, &d.k, &d.stride, &d.pad,
+            &d.regions,
         ];
-        for v in &shape {
-            b.arg(v);
-        }
+        let cfg = elementwise_config(afv_conv_grad_threads(d));
         // SAFETY: matches afv_conv_grad(a1, delta, u, c1, h1, w1, c2, h2, w2, k, stride, pad,
         // regions); `u` holds AfvGeometry::dim() values, which counts the R² cells.
-        unsafe { b.launch(elementwise_config(afv_conv_grad_threads(d))) }
-            .map(|_| ())
-            .map_err(drv)
+        unsafe { self.launch(self.f("afv_conv_grad"), cfg, &args) }
     }
 
     /// Fisher normalisation of `n` values at `v` in place (one block of 256 threads; CPU twin
@@ -478,18 +492,11 @@ impl Gpu {
         n: i32,
     ) -> Result<(), GpuError> {
         let (power, l2) = (power as i32, l2 as i32);
-        let mut b = self.stream.launch_builder(self.f("fisher_normalise"));
-        b.arg(&v)
-            .arg(&mean)
-            .arg(&diag)
-            .arg(&eps)
-            .arg(&power)
-            .arg(&l2)
-            .arg(&n);
+        let args: [&dyn KernelArg; 7] = [&v, &mean, &diag, &eps, &power, &l2, &n];
         let cfg = fisher_normalise_config();
         // SAFETY: matches fisher_normalise(v, mean, diag, eps, power, l2, n); the kernel's
         // reduction is written for exactly 256 threads.
-        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+        unsafe { self.launch(self.f("fisher_normalise"), cfg, &args) }
     }
 
     /// Class map to RGB through a palette of `n_colors` RGB triples.
@@ -502,13 +509,10 @@ impl Gpu {
         cells: i32,
     ) -> Result<(), GpuError> {
         let cfg = elementwise_config(cells.max(0) as usize);
-        let mut b = self.stream.launch_builder(self.f("colourise"));
-        b.arg(classes)
-            .arg(palette)
-            .arg(&n_colors)
-            .arg(rgb)
-            .arg(&cells);
+        // `rgb` is written through its address; borrowed mutably so no one reads it meanwhile.
+        let rgb: &CudaSlice<u8> = rgb;
+        let args: [&dyn KernelArg; 5] = [classes, palette, &n_colors, rgb, &cells];
         // SAFETY: matches colourise(classes, palette, n_colors, rgb, cells).
-        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+        unsafe { self.launch(self.f("colourise"), cfg, &args) }
     }
 }

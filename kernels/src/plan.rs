@@ -186,6 +186,16 @@ pub struct Step {
     pub output: TensorId,
 }
 
+impl Step {
+    /// The constant operand `pos` reads, when it is one (else it reads `inputs[pos]`).
+    pub fn const_input(&self, pos: usize) -> Option<ConstId> {
+        self.const_inputs
+            .iter()
+            .find(|(p, _)| *p == pos)
+            .map(|(_, c)| *c)
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct KernelPlan {
     pub tensors: Vec<TensorDesc>,

@@ -418,8 +418,8 @@ pub fn const_f32(c: &ConstData) -> Vec<f32> {
 
 /// Operand `pos` of a step as floats: a tensor from the arena or a constant.
 fn operand(plan: &KernelPlan, arena: &[u8], step: &Step, pos: usize) -> Vec<f32> {
-    match step.const_inputs.iter().find(|(p, _)| *p == pos) {
-        Some((_, c)) => const_f32(&plan.consts[*c]),
+    match step.const_input(pos) {
+        Some(c) => const_f32(&plan.consts[c]),
         None => read_float(plan, arena, step.inputs[pos]),
     }
 }

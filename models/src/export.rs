@@ -118,18 +118,7 @@ pub fn conv_chain_to_onnx(
         }
         let wn = format!("{}.weight", l.name);
         let bn = format!("{}.bias", l.name);
-        for (n, expect) in [(&wn, l.weight_shape().iter().product()), (&bn, l.cout)] {
-            let v = weights
-                .get(n)
-                .ok_or_else(|| ExportError::Missing { name: n.clone() })?;
-            if v.len() != expect {
-                return Err(ExportError::Size {
-                    name: n.clone(),
-                    got: v.len(),
-                    expected: expect,
-                });
-            }
-        }
+        check_chain_weights(l, weights, &wn, &bn)?;
         inits.push(initializer(&wn, &l.weight_shape(), &weights[&wn]));
         inits.push(initializer(&bn, &[l.cout], &weights[&bn]));
         let last = i + 1 == layers.len();
@@ -137,37 +126,14 @@ pub fn conv_chain_to_onnx(
         // An optional learned per-position bias `<layer>.position` (1, cout, oh, ow), added
         // after the convolution: where in the image a feature is (letsmap-lite's depth prior).
         let pn = format!("{}.position", l.name);
-        let position = match weights.get(&pn) {
-            Some(v) if v.len() != l.cout * oh * ow => {
-                return Err(ExportError::Size {
-                    name: pn,
-                    got: v.len(),
-                    expected: l.cout * oh * ow,
-                });
-            }
-            Some(v) => Some(v),
-            None => None,
-        };
+        let position = position_weights(l, weights, &pn, oh, ow)?;
         let named_out = last && !l.relu;
         let conv_out = if named_out && position.is_none() {
             output_name.to_string()
         } else {
             format!("{}.conv", l.name)
         };
-        let p = l.pad() as i64;
-        nodes.push(pb::NodeProto {
-            name: l.name.to_string(),
-            op_type: "Conv".into(),
-            input: vec![cur.clone(), wn, bn],
-            output: vec![conv_out.clone()],
-            attribute: vec![
-                ints("kernel_shape", &[l.k as i64, l.k as i64]),
-                ints("strides", &[l.stride as i64, l.stride as i64]),
-                ints("pads", &[p, p, p, p]),
-                ints("dilations", &[1, 1]),
-            ],
-            ..Default::default()
-        });
+        nodes.push(chain_conv_node(l, cur.clone(), wn, bn, conv_out.clone()));
         cur = conv_out;
         if let Some(v) = position {
             inits.push(initializer(&pn, &[1, l.cout, oh, ow], v));
@@ -212,6 +178,72 @@ pub fn conv_chain_to_onnx(
         ..Default::default()
     };
     Ok(model_bytes(graph, doc))
+}
+
+/// A chain layer's weight and bias are present, of the sizes the layer needs.
+fn check_chain_weights(
+    l: &ConvLayer,
+    weights: &Weights,
+    wn: &String,
+    bn: &String,
+) -> Result<(), ExportError> {
+    for (n, expect) in [(wn, l.weight_shape().iter().product()), (bn, l.cout)] {
+        let v = weights
+            .get(n)
+            .ok_or_else(|| ExportError::Missing { name: n.clone() })?;
+        if v.len() != expect {
+            return Err(ExportError::Size {
+                name: n.clone(),
+                got: v.len(),
+                expected: expect,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The optional per-position bias `pn` of a chain layer with output `oh` x `ow`, checked
+/// for size.
+fn position_weights<'w>(
+    l: &ConvLayer,
+    weights: &'w Weights,
+    pn: &str,
+    oh: usize,
+    ow: usize,
+) -> Result<Option<&'w Vec<f32>>, ExportError> {
+    match weights.get(pn) {
+        Some(v) if v.len() != l.cout * oh * ow => Err(ExportError::Size {
+            name: pn.to_string(),
+            got: v.len(),
+            expected: l.cout * oh * ow,
+        }),
+        Some(v) => Ok(Some(v)),
+        None => Ok(None),
+    }
+}
+
+/// A chain layer's Conv node (same padding on every side, no dilation).
+fn chain_conv_node(
+    l: &ConvLayer,
+    input: String,
+    wn: String,
+    bn: String,
+    output: String,
+) -> pb::NodeProto {
+    let p = l.pad() as i64;
+    pb::NodeProto {
+        name: l.name.to_string(),
+        op_type: "Conv".into(),
+        input: vec![input, wn, bn],
+        output: vec![output],
+        attribute: vec![
+            ints("kernel_shape", &[l.k as i64, l.k as i64]),
+            ints("strides", &[l.stride as i64, l.stride as i64]),
+            ints("pads", &[p, p, p, p]),
+            ints("dilations", &[1, 1]),
+        ],
+        ..Default::default()
+    }
 }
 
 /// One layer of a sequential network for [`sequential_to_onnx`] (NCHW; weights row-major in
@@ -276,17 +308,6 @@ pub fn sequential_to_onnx(
     let mut shape = input_shape.to_vec();
     let mut cur = input_name.to_string();
     let mut exposed = vec![];
-    let check = |name: &str, got: usize, expected: usize| {
-        if got != expected {
-            Err(ExportError::Size {
-                name: name.to_string(),
-                got,
-                expected,
-            })
-        } else {
-            Ok(())
-        }
-    };
     for (i, l) in layers.iter().enumerate() {
         let last = i + 1 == layers.len();
         let out = if last {
@@ -294,147 +315,13 @@ pub fn sequential_to_onnx(
         } else {
             format!("{}.out", l.name)
         };
-        let (wn, bn) = (format!("{}.weight", l.name), format!("{}.bias", l.name));
         let mut node = pb::NodeProto {
             name: l.name.clone(),
             input: vec![cur.clone()],
             output: vec![out.clone()],
             ..Default::default()
         };
-        match &l.op {
-            SeqOp::Conv {
-                weight,
-                bias,
-                cin,
-                cout,
-                k,
-                stride,
-                pad,
-            }
-            | SeqOp::ConvTranspose {
-                weight,
-                bias,
-                cin,
-                cout,
-                k,
-                stride,
-                pad,
-            } => {
-                let transpose = matches!(l.op, SeqOp::ConvTranspose { .. });
-                if shape.len() != 4 || shape[1] != *cin {
-                    return Err(ExportError::Chain(format!(
-                        "layer '{}' takes {cin} channels of NCHW, gets {shape:?}",
-                        l.name
-                    )));
-                }
-                check(&wn, weight.len(), cin * cout * k * k)?;
-                check(&bn, bias.len(), *cout)?;
-                let wdims = if transpose {
-                    [*cin, *cout, *k, *k]
-                } else {
-                    [*cout, *cin, *k, *k]
-                };
-                inits.push(initializer(&wn, &wdims, weight));
-                inits.push(initializer(&bn, &[*cout], bias));
-                node.op_type = if transpose { "ConvTranspose" } else { "Conv" }.into();
-                node.input.extend([wn, bn]);
-                let (s, p) = (*stride as i64, *pad as i64);
-                node.attribute = vec![
-                    ints("kernel_shape", &[*k as i64, *k as i64]),
-                    ints("strides", &[s, s]),
-                    ints("pads", &[p, p, p, p]),
-                ];
-                let o = |n: usize| {
-                    if transpose {
-                        (n - 1) * stride + k - 2 * pad
-                    } else {
-                        (n + 2 * pad - k) / stride + 1
-                    }
-                };
-                shape = vec![shape[0], *cout, o(shape[2]), o(shape[3])];
-            }
-            SeqOp::Linear {
-                weight,
-                bias,
-                cin,
-                cout,
-            } => {
-                if shape.len() != 2 || shape[1] != *cin {
-                    return Err(ExportError::Chain(format!(
-                        "layer '{}' takes [N, {cin}], gets {shape:?}",
-                        l.name
-                    )));
-                }
-                check(&wn, weight.len(), cin * cout)?;
-                check(&bn, bias.len(), *cout)?;
-                inits.push(initializer(&wn, &[*cout, *cin], weight));
-                inits.push(initializer(&bn, &[*cout], bias));
-                node.op_type = "Gemm".into();
-                node.input.extend([wn, bn]);
-                node.attribute = vec![pb::AttributeProto {
-                    name: "transB".into(),
-                    r#type: pb::attribute_proto::AttributeType::Int as i32,
-                    i: 1,
-                    ..Default::default()
-                }];
-                shape = vec![shape[0], *cout];
-            }
-            SeqOp::LeakyRelu(a) => {
-                node.op_type = "LeakyRelu".into();
-                node.attribute = vec![pb::AttributeProto {
-                    name: "alpha".into(),
-                    r#type: pb::attribute_proto::AttributeType::Float as i32,
-                    f: *a,
-                    ..Default::default()
-                }];
-            }
-            SeqOp::Upsample2 => {
-                let sn = format!("{}.scales", l.name);
-                inits.push(initializer(&sn, &[4], &[1.0, 1.0, 2.0, 2.0]));
-                node.op_type = "Resize".into();
-                node.input.extend([String::new(), sn]);
-                let s = |n: &str, v: &str| pb::AttributeProto {
-                    name: n.into(),
-                    r#type: pb::attribute_proto::AttributeType::String as i32,
-                    s: v.as_bytes().to_vec(),
-                    ..Default::default()
-                };
-                node.attribute = vec![
-                    s("mode", "nearest"),
-                    s("coordinate_transformation_mode", "asymmetric"),
-                    s("nearest_mode", "floor"),
-                ];
-                shape = vec![shape[0], shape[1], shape[2] * 2, shape[3] * 2];
-            }
-            SeqOp::Relu => node.op_type = "Relu".into(),
-            SeqOp::Tanh => node.op_type = "Tanh".into(),
-            SeqOp::Flatten => {
-                node.op_type = "Flatten".into();
-                shape = vec![shape[0], shape[1..].iter().product()];
-            }
-            SeqOp::Reshape(dims) => {
-                let sn = format!("{}.shape", l.name);
-                let mut v = vec![shape[0] as i64];
-                v.extend(dims.iter().map(|&d| d as i64));
-                let count: usize = shape.iter().product();
-                if v.iter().product::<i64>() as usize != count {
-                    return Err(ExportError::Chain(format!(
-                        "layer '{}': cannot reshape {shape:?} to {v:?}",
-                        l.name
-                    )));
-                }
-                inits.push(pb::TensorProto {
-                    name: sn.clone(),
-                    dims: vec![v.len() as i64],
-                    data_type: pb::tensor_proto::DataType::Int64 as i32,
-                    int64_data: v.clone(),
-                    ..Default::default()
-                });
-                node.op_type = "Reshape".into();
-                node.input.push(sn);
-                shape = v.iter().map(|&d| d as usize).collect();
-            }
-        }
+        seq_op_node(l, &mut node, &mut shape, &mut inits)?;
         nodes.push(node);
         if let Some(e) = &l.expose {
             nodes.push(pb::NodeProto {
@@ -459,6 +346,206 @@ pub fn sequential_to_onnx(
         ..Default::default()
     };
     Ok(model_bytes(graph, doc))
+}
+
+fn check_size(name: &str, got: usize, expected: usize) -> Result<(), ExportError> {
+    if got != expected {
+        Err(ExportError::Size {
+            name: name.to_string(),
+            got,
+            expected,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// Check layer `l`'s weight (of shape `wdims`) and bias (`cout` values) for size, push them
+/// as `<layer>.weight` and `<layer>.bias` initializers and append both to the node's inputs.
+fn push_weight_and_bias(
+    l: &SeqLayer,
+    node: &mut pb::NodeProto,
+    inits: &mut Vec<pb::TensorProto>,
+    weight: &[f32],
+    wdims: &[usize],
+    bias: &[f32],
+    cout: usize,
+) -> Result<(), ExportError> {
+    let (wn, bn) = (format!("{}.weight", l.name), format!("{}.bias", l.name));
+    check_size(&wn, weight.len(), wdims.iter().product())?;
+    check_size(&bn, bias.len(), cout)?;
+    inits.push(initializer(&wn, wdims, weight));
+    inits.push(initializer(&bn, &[cout], bias));
+    node.input.extend([wn, bn]);
+    Ok(())
+}
+
+/// Fill `node` (its name, activation input and output already set) with layer `l`'s op, push
+/// the initializers it reads, and move `shape` on to the layer's output shape.
+fn seq_op_node(
+    l: &SeqLayer,
+    node: &mut pb::NodeProto,
+    shape: &mut Vec<usize>,
+    inits: &mut Vec<pb::TensorProto>,
+) -> Result<(), ExportError> {
+    match &l.op {
+        SeqOp::Conv { .. } | SeqOp::ConvTranspose { .. } => seq_conv(l, node, shape, inits)?,
+        SeqOp::Linear {
+            weight,
+            bias,
+            cin,
+            cout,
+        } => {
+            if shape.len() != 2 || shape[1] != *cin {
+                return Err(ExportError::Chain(format!(
+                    "layer '{}' takes [N, {cin}], gets {shape:?}",
+                    l.name
+                )));
+            }
+            push_weight_and_bias(l, node, inits, weight, &[*cout, *cin], bias, *cout)?;
+            node.op_type = "Gemm".into();
+            node.attribute = vec![pb::AttributeProto {
+                name: "transB".into(),
+                r#type: pb::attribute_proto::AttributeType::Int as i32,
+                i: 1,
+                ..Default::default()
+            }];
+            *shape = vec![shape[0], *cout];
+        }
+        SeqOp::LeakyRelu(a) => {
+            node.op_type = "LeakyRelu".into();
+            node.attribute = vec![pb::AttributeProto {
+                name: "alpha".into(),
+                r#type: pb::attribute_proto::AttributeType::Float as i32,
+                f: *a,
+                ..Default::default()
+            }];
+        }
+        SeqOp::Upsample2 => seq_upsample2(l, node, shape, inits),
+        SeqOp::Relu => node.op_type = "Relu".into(),
+        SeqOp::Tanh => node.op_type = "Tanh".into(),
+        SeqOp::Flatten => {
+            node.op_type = "Flatten".into();
+            *shape = vec![shape[0], shape[1..].iter().product()];
+        }
+        SeqOp::Reshape(dims) => seq_reshape(l, dims, node, shape, inits)?,
+    }
+    Ok(())
+}
+
+/// [`seq_op_node`] for Conv and ConvTranspose.
+fn seq_conv(
+    l: &SeqLayer,
+    node: &mut pb::NodeProto,
+    shape: &mut Vec<usize>,
+    inits: &mut Vec<pb::TensorProto>,
+) -> Result<(), ExportError> {
+    let (SeqOp::Conv {
+        weight,
+        bias,
+        cin,
+        cout,
+        k,
+        stride,
+        pad,
+    }
+    | SeqOp::ConvTranspose {
+        weight,
+        bias,
+        cin,
+        cout,
+        k,
+        stride,
+        pad,
+    }) = &l.op
+    else {
+        unreachable!("seq_conv takes Conv and ConvTranspose layers");
+    };
+    let transpose = matches!(l.op, SeqOp::ConvTranspose { .. });
+    if shape.len() != 4 || shape[1] != *cin {
+        return Err(ExportError::Chain(format!(
+            "layer '{}' takes {cin} channels of NCHW, gets {shape:?}",
+            l.name
+        )));
+    }
+    let wdims = if transpose {
+        [*cin, *cout, *k, *k]
+    } else {
+        [*cout, *cin, *k, *k]
+    };
+    push_weight_and_bias(l, node, inits, weight, &wdims, bias, *cout)?;
+    node.op_type = if transpose { "ConvTranspose" } else { "Conv" }.into();
+    let (s, p) = (*stride as i64, *pad as i64);
+    node.attribute = vec![
+        ints("kernel_shape", &[*k as i64, *k as i64]),
+        ints("strides", &[s, s]),
+        ints("pads", &[p, p, p, p]),
+    ];
+    let o = |n: usize| {
+        if transpose {
+            (n - 1) * stride + k - 2 * pad
+        } else {
+            (n + 2 * pad - k) / stride + 1
+        }
+    };
+    *shape = vec![shape[0], *cout, o(shape[2]), o(shape[3])];
+    Ok(())
+}
+
+/// [`seq_op_node`] for nearest-neighbour upsampling by 2 (ONNX `Resize`).
+fn seq_upsample2(
+    l: &SeqLayer,
+    node: &mut pb::NodeProto,
+    shape: &mut Vec<usize>,
+    inits: &mut Vec<pb::TensorProto>,
+) {
+    let sn = format!("{}.scales", l.name);
+    inits.push(initializer(&sn, &[4], &[1.0, 1.0, 2.0, 2.0]));
+    node.op_type = "Resize".into();
+    node.input.extend([String::new(), sn]);
+    let s = |n: &str, v: &str| pb::AttributeProto {
+        name: n.into(),
+        r#type: pb::attribute_proto::AttributeType::String as i32,
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    node.attribute = vec![
+        s("mode", "nearest"),
+        s("coordinate_transformation_mode", "asymmetric"),
+        s("nearest_mode", "floor"),
+    ];
+    *shape = vec![shape[0], shape[1], shape[2] * 2, shape[3] * 2];
+}
+
+/// [`seq_op_node`] for a reshape to `[N, dims...]` (its shape an int64 initializer).
+fn seq_reshape(
+    l: &SeqLayer,
+    dims: &[usize],
+    node: &mut pb::NodeProto,
+    shape: &mut Vec<usize>,
+    inits: &mut Vec<pb::TensorProto>,
+) -> Result<(), ExportError> {
+    let sn = format!("{}.shape", l.name);
+    let mut v = vec![shape[0] as i64];
+    v.extend(dims.iter().map(|&d| d as i64));
+    let count: usize = shape.iter().product();
+    if v.iter().product::<i64>() as usize != count {
+        return Err(ExportError::Chain(format!(
+            "layer '{}': cannot reshape {shape:?} to {v:?}",
+            l.name
+        )));
+    }
+    inits.push(pb::TensorProto {
+        name: sn.clone(),
+        dims: vec![v.len() as i64],
+        data_type: pb::tensor_proto::DataType::Int64 as i32,
+        int64_data: v.clone(),
+        ..Default::default()
+    });
+    node.op_type = "Reshape".into();
+    node.input.push(sn);
+    *shape = v.iter().map(|&d| d as usize).collect();
+    Ok(())
 }
 
 /// [`conv_chain_to_onnx`] written to `path`.

@@ -4,19 +4,24 @@
 //!   digest checks, writing atomically.
 //! - [`signature`]: minisign signatures over a bundle's manifest; trusted loading.
 //! - [`store`]: the A/B bundle store (atomic deploy, trial, rollback, journal).
+//! - [`atomic`]: durable single-file writes (temporary, fsync, rename) and the power-loss
+//!   test's crash points, shared by the store and the signature writer.
 //! - [`limits`]: what an ONNX file may declare (memory, nodes, depth, cycles) before any
 //!   engine builds it: hostile files are refused, not run out of memory.
 //! - [`onnx`]: reading an ONNX file's interface with errors that name the file.
+//! - [`opset`]: which ONNX operator set a model imports.
 //! - [`letsmap`]: the reference BEV architecture letsmap-lite (layer lists, classes, grid).
 //! - [`export`]: our ONNX exporter (Conv chains) and its CPU reference.
 //! - [`quant`]: INT8 post-training quantization of ONNX graphs (graph passes, Q/DQ placement,
 //!   calibration methods).
 
+pub mod atomic;
 pub mod bundle;
 pub mod export;
 pub mod letsmap;
 pub mod limits;
 pub mod onnx;
+pub mod opset;
 pub mod quant;
 pub mod signature;
 pub mod store;

@@ -92,7 +92,7 @@ fn elements(dims: impl IntoIterator<Item = i64>) -> Option<u64> {
 /// Check `model` against `limits`; `Err` says what is too large or malformed, naming it.
 pub fn check_model(model: &pb::ModelProto, limits: &ModelLimits) -> Result<(), String> {
     let graph = model.graph.as_ref().ok_or("model has no graph")?;
-    let opset = crate::onnx::default_opset(model).unwrap_or(13);
+    let opset = crate::opset::default_opset(model).unwrap_or(13);
     let mut budget = Budget {
         limits,
         opset,

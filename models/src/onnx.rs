@@ -2,6 +2,7 @@
 //! the file. Parsing is tract-onnx's protobuf layer; nothing here runs a model.
 
 use crate::limits::{ModelLimits, check_model};
+pub use crate::opset::default_opset;
 use std::path::{Path, PathBuf};
 use tract_onnx::pb;
 use tract_onnx::prelude::Framework;
@@ -56,16 +57,6 @@ fn expect_onnx_file(path: &Path) -> Result<u64, OnnxError> {
         });
     }
     Ok(meta.len())
-}
-
-/// The opset of the default (`ai.onnx`) domain a model imports, if it names one.
-pub fn default_opset(model: &pb::ModelProto) -> Option<i64> {
-    model
-        .opset_import
-        .iter()
-        .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map(|o| o.version)
-        .max()
 }
 
 /// Parse `path` as an ONNX ModelProto and summarise its interface.
@@ -221,6 +212,56 @@ pub fn legalize(model: &mut pb::ModelProto, opts: &LegalizeOptions) -> Vec<Strin
     let Some(graph) = model.graph.as_mut() else {
         return vec![];
     };
+    let ranks = tensor_ranks(graph);
+    let mut done = float_softmax(graph, opset);
+    if opts.integer_kernels {
+        done.extend(integer_convs(graph));
+    }
+    done.extend(fake_quant_pairs(graph));
+    let mut e = Emit {
+        nodes: Vec::with_capacity(graph.node.len()),
+        inits: vec![],
+        counter: 0,
+    };
+    let nodes = std::mem::take(&mut graph.node);
+    for n in nodes {
+        let rank = |i: usize| n.input.get(i).and_then(|x| ranks.get(x)).copied();
+        if n.op_type == "MatMul" && n.domain.is_empty() && rank(0) == Some(1) && rank(1) == Some(1)
+        {
+            lower_dot(&n, &mut e);
+            done.push(format!(
+                "MatMul '{}': 1-D x 1-D lowered to 2-D MatMul",
+                n.name
+            ));
+            continue;
+        }
+        let training = n
+            .attribute
+            .iter()
+            .any(|a| a.name == "training_mode" && a.i != 0);
+        if n.op_type == "BatchNormalization"
+            && n.domain.is_empty()
+            && training
+            && let Some(r) = rank(0)
+            && r >= 2
+        {
+            lower_training_batchnorm(&n, r, opset, &mut e);
+            done.push(format!(
+                "BatchNormalization '{}': training mode lowered to batch statistics",
+                n.name
+            ));
+            continue;
+        }
+        e.nodes.push(n);
+    }
+    graph.node = e.nodes;
+    graph.initializer.extend(e.inits);
+    done
+}
+
+/// The rank of every tensor whose shape the graph declares (inputs, value infos, outputs,
+/// initializers).
+fn tensor_ranks(graph: &pb::GraphProto) -> std::collections::HashMap<String, usize> {
     let mut ranks: std::collections::HashMap<String, usize> = Default::default();
     for v in graph
         .input
@@ -238,135 +279,128 @@ pub fn legalize(model: &mut pb::ModelProto, opts: &LegalizeOptions) -> Vec<Strin
     for t in &graph.initializer {
         ranks.insert(t.name.clone(), t.dims.len());
     }
-    let mut done = float_softmax(graph, opset);
-    if opts.integer_kernels {
-        done.extend(integer_convs(graph));
+    ranks
+}
+
+/// What [`legalize`]'s rewrites emit: the graph's nodes in order, new initializers, and a
+/// counter for fresh tensor names.
+struct Emit {
+    nodes: Vec<pb::NodeProto>,
+    inits: Vec<pb::TensorProto>,
+    counter: usize,
+}
+
+impl Emit {
+    /// A tensor name no model uses: `base__bevrtN`.
+    fn fresh(&mut self, base: &str) -> String {
+        self.counter += 1;
+        format!("{base}__bevrt{}", self.counter)
     }
-    done.extend(fake_quant_pairs(graph));
-    let mut out_nodes = Vec::with_capacity(graph.node.len());
-    let mut new_inits = vec![];
-    let mut counter = 0usize;
-    let mut fresh = |base: &str| {
-        counter += 1;
-        format!("{base}__bevrt{counter}")
-    };
-    let nodes = std::mem::take(&mut graph.node);
-    for n in nodes {
-        let rank = |i: usize| n.input.get(i).and_then(|x| ranks.get(x)).copied();
-        if n.op_type == "MatMul" && n.domain.is_empty() && rank(0) == Some(1) && rank(1) == Some(1)
-        {
-            let (sa, sb, se) = (
-                fresh("shape_row"),
-                fresh("shape_col"),
-                fresh("shape_scalar"),
-            );
-            new_inits.push(i64_tensor(&sa, &[1, -1]));
-            new_inits.push(i64_tensor(&sb, &[-1, 1]));
-            new_inits.push(i64_tensor(&se, &[]));
-            let (a2, b2, c2) = (fresh("a"), fresh("b"), fresh("c"));
-            out_nodes.push(node("Reshape", &[&n.input[0], &sa], &[&a2], vec![]));
-            out_nodes.push(node("Reshape", &[&n.input[1], &sb], &[&b2], vec![]));
-            out_nodes.push(node("MatMul", &[&a2, &b2], &[&c2], vec![]));
-            out_nodes.push(node("Reshape", &[&c2, &se], &[&n.output[0]], vec![]));
-            done.push(format!(
-                "MatMul '{}': 1-D x 1-D lowered to 2-D MatMul",
-                n.name
-            ));
-            continue;
-        }
-        let training = n
-            .attribute
-            .iter()
-            .any(|a| a.name == "training_mode" && a.i != 0);
-        if n.op_type == "BatchNormalization"
-            && n.domain.is_empty()
-            && training
-            && let Some(r) = rank(0)
-            && r >= 2
-        {
-            let eps = attr_f(&n, "epsilon").unwrap_or(1e-5);
-            let momentum = attr_f(&n, "momentum").unwrap_or(0.9);
-            let axes: Vec<i64> = (0..r as i64).filter(|&a| a != 1).collect();
-            let x = &n.input[0];
-            let reduce = |input: &str,
-                          output: &str,
-                          out_nodes: &mut Vec<pb::NodeProto>,
-                          inits: &mut Vec<pb::TensorProto>,
-                          axes_name: &str| {
-                if opset >= 18 {
-                    if !inits.iter().any(|t: &pb::TensorProto| t.name == axes_name) {
-                        inits.push(i64_tensor(axes_name, &axes));
-                    }
-                    out_nodes.push(node(
-                        "ReduceMean",
-                        &[input, axes_name],
-                        &[output],
-                        vec![attr_i("keepdims", 1)],
-                    ));
-                } else {
-                    out_nodes.push(node(
-                        "ReduceMean",
-                        &[input],
-                        &[output],
-                        vec![attr_i("keepdims", 1), attr_ints("axes", &axes)],
-                    ));
-                }
-            };
-            let axes_name = fresh("axes");
-            let (mean, d, d2, var) = (fresh("mean"), fresh("centered"), fresh("sq"), fresh("var"));
-            reduce(x, &mean, &mut out_nodes, &mut new_inits, &axes_name);
-            out_nodes.push(node("Sub", &[x, &mean], &[&d], vec![]));
-            out_nodes.push(node("Mul", &[&d, &d], &[&d2], vec![]));
-            reduce(&d2, &var, &mut out_nodes, &mut new_inits, &axes_name);
-            let mut bshape = vec![1i64; r];
-            bshape[1] = -1;
-            let (bs, flat, epsn) = (fresh("bshape"), fresh("flat"), fresh("eps"));
-            new_inits.push(i64_tensor(&bs, &bshape));
-            new_inits.push(i64_tensor(&flat, &[-1]));
-            new_inits.push(f32_tensor(&epsn, &[eps]));
-            let (ve, sd, norm, sc, scb, bb, y) = (
-                fresh("ve"),
-                fresh("sd"),
-                fresh("norm"),
-                fresh("scale"),
-                fresh("scaled"),
-                fresh("bias"),
-                n.output[0].clone(),
-            );
-            out_nodes.push(node("Add", &[&var, &epsn], &[&ve], vec![]));
-            out_nodes.push(node("Sqrt", &[&ve], &[&sd], vec![]));
-            out_nodes.push(node("Div", &[&d, &sd], &[&norm], vec![]));
-            out_nodes.push(node("Reshape", &[&n.input[1], &bs], &[&sc], vec![]));
-            out_nodes.push(node("Mul", &[&norm, &sc], &[&scb], vec![]));
-            out_nodes.push(node("Reshape", &[&n.input[2], &bs], &[&bb], vec![]));
-            out_nodes.push(node("Add", &[&scb, &bb], &[&y], vec![]));
-            let (mom, one_m) = (fresh("momentum"), fresh("one_minus_momentum"));
-            new_inits.push(f32_tensor(&mom, &[momentum]));
-            new_inits.push(f32_tensor(&one_m, &[1.0 - momentum]));
-            for (k, stat, running) in [(1usize, &mean, 3usize), (2, &var, 4)] {
-                let Some(out) = n.output.get(k).filter(|o| !o.is_empty()) else {
-                    continue;
-                };
-                let Some(run_in) = n.input.get(running) else {
-                    continue;
-                };
-                let (sf, a, b) = (fresh("stat"), fresh("old"), fresh("new"));
-                out_nodes.push(node("Reshape", &[stat, &flat], &[&sf], vec![]));
-                out_nodes.push(node("Mul", &[run_in, &mom], &[&a], vec![]));
-                out_nodes.push(node("Mul", &[&sf, &one_m], &[&b], vec![]));
-                out_nodes.push(node("Add", &[&a, &b], &[out], vec![]));
+}
+
+/// `MatMul` of two rank-1 tensors → reshape to 1xK · Kx1 → reshape to a scalar.
+fn lower_dot(n: &pb::NodeProto, e: &mut Emit) {
+    let (sa, sb, se) = (
+        e.fresh("shape_row"),
+        e.fresh("shape_col"),
+        e.fresh("shape_scalar"),
+    );
+    e.inits.push(i64_tensor(&sa, &[1, -1]));
+    e.inits.push(i64_tensor(&sb, &[-1, 1]));
+    e.inits.push(i64_tensor(&se, &[]));
+    let (a2, b2, c2) = (e.fresh("a"), e.fresh("b"), e.fresh("c"));
+    e.nodes
+        .push(node("Reshape", &[&n.input[0], &sa], &[&a2], vec![]));
+    e.nodes
+        .push(node("Reshape", &[&n.input[1], &sb], &[&b2], vec![]));
+    e.nodes.push(node("MatMul", &[&a2, &b2], &[&c2], vec![]));
+    e.nodes
+        .push(node("Reshape", &[&c2, &se], &[&n.output[0]], vec![]));
+}
+
+/// `BatchNormalization` with `training_mode=1` on a rank-`r` input → batch statistics from
+/// ReduceMean/Sub/Mul, normalisation, and the running-statistics outputs.
+fn lower_training_batchnorm(n: &pb::NodeProto, r: usize, opset: i64, e: &mut Emit) {
+    let eps = attr_f(n, "epsilon").unwrap_or(1e-5);
+    let momentum = attr_f(n, "momentum").unwrap_or(0.9);
+    let axes: Vec<i64> = (0..r as i64).filter(|&a| a != 1).collect();
+    let x = &n.input[0];
+    let reduce = |input: &str,
+                  output: &str,
+                  out_nodes: &mut Vec<pb::NodeProto>,
+                  inits: &mut Vec<pb::TensorProto>,
+                  axes_name: &str| {
+        if opset >= 18 {
+            if !inits.iter().any(|t: &pb::TensorProto| t.name == axes_name) {
+                inits.push(i64_tensor(axes_name, &axes));
             }
-            done.push(format!(
-                "BatchNormalization '{}': training mode lowered to batch statistics",
-                n.name
+            out_nodes.push(node(
+                "ReduceMean",
+                &[input, axes_name],
+                &[output],
+                vec![attr_i("keepdims", 1)],
             ));
-            continue;
+        } else {
+            out_nodes.push(node(
+                "ReduceMean",
+                &[input],
+                &[output],
+                vec![attr_i("keepdims", 1), attr_ints("axes", &axes)],
+            ));
         }
-        out_nodes.push(n);
+    };
+    let axes_name = e.fresh("axes");
+    let (mean, d, d2, var) = (
+        e.fresh("mean"),
+        e.fresh("centered"),
+        e.fresh("sq"),
+        e.fresh("var"),
+    );
+    reduce(x, &mean, &mut e.nodes, &mut e.inits, &axes_name);
+    e.nodes.push(node("Sub", &[x, &mean], &[&d], vec![]));
+    e.nodes.push(node("Mul", &[&d, &d], &[&d2], vec![]));
+    reduce(&d2, &var, &mut e.nodes, &mut e.inits, &axes_name);
+    let mut bshape = vec![1i64; r];
+    bshape[1] = -1;
+    let (bs, flat, epsn) = (e.fresh("bshape"), e.fresh("flat"), e.fresh("eps"));
+    e.inits.push(i64_tensor(&bs, &bshape));
+    e.inits.push(i64_tensor(&flat, &[-1]));
+    e.inits.push(f32_tensor(&epsn, &[eps]));
+    let (ve, sd, norm, sc, scb, bb, y) = (
+        e.fresh("ve"),
+        e.fresh("sd"),
+        e.fresh("norm"),
+        e.fresh("scale"),
+        e.fresh("scaled"),
+        e.fresh("bias"),
+        n.output[0].clone(),
+    );
+    e.nodes.push(node("Add", &[&var, &epsn], &[&ve], vec![]));
+    e.nodes.push(node("Sqrt", &[&ve], &[&sd], vec![]));
+    e.nodes.push(node("Div", &[&d, &sd], &[&norm], vec![]));
+    e.nodes
+        .push(node("Reshape", &[&n.input[1], &bs], &[&sc], vec![]));
+    e.nodes.push(node("Mul", &[&norm, &sc], &[&scb], vec![]));
+    e.nodes
+        .push(node("Reshape", &[&n.input[2], &bs], &[&bb], vec![]));
+    e.nodes.push(node("Add", &[&scb, &bb], &[&y], vec![]));
+    let (mom, one_m) = (e.fresh("momentum"), e.fresh("one_minus_momentum"));
+    e.inits.push(f32_tensor(&mom, &[momentum]));
+    e.inits.push(f32_tensor(&one_m, &[1.0 - momentum]));
+    for (k, stat, running) in [(1usize, &mean, 3usize), (2, &var, 4)] {
+        let Some(out) = n.output.get(k).filter(|o| !o.is_empty()) else {
+            continue;
+        };
+        let Some(run_in) = n.input.get(running) else {
+            continue;
+        };
+        let (sf, a, b) = (e.fresh("stat"), e.fresh("old"), e.fresh("new"));
+        e.nodes
+            .push(node("Reshape", &[stat, &flat], &[&sf], vec![]));
+        e.nodes.push(node("Mul", &[run_in, &mom], &[&a], vec![]));
+        e.nodes.push(node("Mul", &[&sf, &one_m], &[&b], vec![]));
+        e.nodes.push(node("Add", &[&a, &b], &[out], vec![]));
     }
-    graph.node = out_nodes;
-    graph.initializer.extend(new_inits);
-    done
 }
 
 /// Spell out Softmax nodes that feed a QuantizeLinear (see [`legalize`]).
@@ -457,7 +491,6 @@ fn float_softmax(graph: &mut pb::GraphProto, opset: i64) -> Vec<String> {
 /// instead of dequantizing the weights and convolving in float. Same values as the QDQ
 /// graph up to float rounding of the rescale (the i32 accumulation is exact).
 fn integer_convs(graph: &mut pb::GraphProto) -> Vec<String> {
-    use pb::tensor_proto::DataType as D;
     let mut done = vec![];
     let producer: std::collections::HashMap<String, usize> = graph
         .node
@@ -465,28 +498,69 @@ fn integer_convs(graph: &mut pb::GraphProto) -> Vec<String> {
         .enumerate()
         .flat_map(|(i, n)| n.output.iter().map(move |o| (o.clone(), i)))
         .collect();
-    let init = |name: &str| graph.initializer.iter().find(|t| t.name == name);
-    let floats = |t: &pb::TensorProto| -> Option<Vec<f32>> {
-        if t.data_type != D::Float as i32 {
-            return None;
-        }
-        if !t.float_data.is_empty() {
-            return Some(t.float_data.clone());
-        }
-        Some(
-            t.raw_data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        )
-    };
-    let is_zero = |t: &pb::TensorProto| {
-        t.raw_data.iter().all(|&b| b == 0) && t.int32_data.iter().all(|&v| v == 0)
-    };
     let mut rewrites: Vec<(usize, Vec<pb::NodeProto>, Vec<pb::TensorProto>)> = vec![];
     for (ci, c) in graph.node.iter().enumerate() {
-        if c.op_type != "Conv" || !c.domain.is_empty() || c.input.len() < 2 {
+        let Some(m) = QdqConv::find(graph, &producer, c) else {
             continue;
+        };
+        let (nodes, inits) = m.to_conv_integer();
+        done.push(format!(
+            "Conv '{}': QDQ lowered to ConvInteger (integer kernels)",
+            c.name
+        ));
+        rewrites.push((ci, nodes, inits));
+    }
+    for (ci, nodes, inits) in rewrites.into_iter().rev() {
+        graph.node.splice(ci..=ci, nodes);
+        graph.initializer.extend(inits);
+    }
+    done
+}
+
+/// A float initializer's values (`float_data` or little-endian `raw_data`).
+fn float_values(t: &pb::TensorProto) -> Option<Vec<f32>> {
+    if t.data_type != pb::tensor_proto::DataType::Float as i32 {
+        return None;
+    }
+    if !t.float_data.is_empty() {
+        return Some(t.float_data.clone());
+    }
+    Some(
+        t.raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    )
+}
+
+/// A Conv that [`integer_convs`] can lower: its input's DequantizeLinear `dx` (fed by a
+/// QuantizeLinear of the same zero point), its weight's `dw` (int8 constant, zero zero
+/// point), the scales and the float bias.
+struct QdqConv<'g> {
+    c: &'g pb::NodeProto,
+    dx: &'g pb::NodeProto,
+    dw: &'g pb::NodeProto,
+    sx: Vec<f32>,
+    sw: Vec<f32>,
+    per_channel: bool,
+    cout: usize,
+    bias: Option<Vec<f32>>,
+}
+
+impl<'g> QdqConv<'g> {
+    /// `c` when it has the QDQ form [`integer_convs`] lowers.
+    fn find(
+        graph: &'g pb::GraphProto,
+        producer: &std::collections::HashMap<String, usize>,
+        c: &'g pb::NodeProto,
+    ) -> Option<QdqConv<'g>> {
+        use pb::tensor_proto::DataType as D;
+        let init = |name: &str| graph.initializer.iter().find(|t| t.name == name);
+        let is_zero = |t: &pb::TensorProto| {
+            t.raw_data.iter().all(|&b| b == 0) && t.int32_data.iter().all(|&v| v == 0)
+        };
+        if c.op_type != "Conv" || !c.domain.is_empty() || c.input.len() < 2 {
+            return None;
         }
         let dq = |name: &str| {
             producer
@@ -495,23 +569,20 @@ fn integer_convs(graph: &mut pb::GraphProto) -> Vec<String> {
                 .filter(|n| n.op_type == "DequantizeLinear" && n.input.len() == 3)
         };
         let (Some(dx), Some(dw)) = (dq(&c.input[0]), dq(&c.input[1])) else {
-            continue;
+            return None;
         };
-        let Some(q) = producer
+        let q = producer
             .get(&dx.input[0])
             .map(|&i| &graph.node[i])
-            .filter(|n| n.op_type == "QuantizeLinear")
-        else {
-            continue;
-        };
+            .filter(|n| n.op_type == "QuantizeLinear")?;
         let (Some(sx), Some(zx), Some(wq), Some(sw), Some(zw)) = (
-            init(&dx.input[1]).and_then(floats),
+            init(&dx.input[1]).and_then(float_values),
             init(&dx.input[2]),
             init(&dw.input[0]),
-            init(&dw.input[1]).and_then(floats),
+            init(&dw.input[1]).and_then(float_values),
             init(&dw.input[2]),
         ) else {
-            continue;
+            return None;
         };
         let axis = dw
             .attribute
@@ -528,19 +599,37 @@ fn integer_convs(graph: &mut pb::GraphProto) -> Vec<String> {
             || !(sw.len() == 1 || per_channel)
             || q.input.get(2) != Some(&dx.input[2])
         {
-            continue;
+            return None;
         }
         let bias = match c.input.get(2).filter(|b| !b.is_empty()) {
-            Some(b) => match init(b).and_then(floats) {
+            Some(b) => match init(b).and_then(float_values) {
                 Some(v) if v.len() == cout => Some(v),
-                _ => continue,
+                _ => return None,
             },
             None => None,
         };
+        Some(QdqConv {
+            c,
+            dx,
+            dw,
+            sx,
+            sw,
+            per_channel,
+            cout,
+            bias,
+        })
+    }
+
+    /// `ConvInteger` → `Cast` to float → multiply by `s_x · s_w[c]` (→ add the bias): the
+    /// nodes that replace the Conv and the initializers they read.
+    fn to_conv_integer(&self) -> (Vec<pb::NodeProto>, Vec<pb::TensorProto>) {
+        use pb::tensor_proto::DataType as D;
+        let (c, dx, dw, cout) = (self.c, self.dx, self.dw, self.cout);
+        let (sx, sw) = (&self.sx, &self.sw);
         let y = &c.output[0];
         let t = |s: &str| format!("{y}__bevrt_int_{s}");
         let scale: Vec<f32> = (0..cout)
-            .map(|o| sx[0] * if per_channel { sw[o] } else { sw[0] })
+            .map(|o| sx[0] * if self.per_channel { sw[o] } else { sw[0] })
             .collect();
         let bshape = [1, cout as i64, 1, 1];
         let mut inits = vec![tensor_f32(&t("scale"), &bshape, &scale)];
@@ -558,9 +647,9 @@ fn integer_convs(graph: &mut pb::GraphProto) -> Vec<String> {
             ..node("Cast", &[&t("acc")], &[&t("accf")], vec![])
         };
         let mut nodes = vec![conv, cast];
-        match bias {
+        match &self.bias {
             Some(b) => {
-                inits.push(tensor_f32(&t("bias"), &bshape, &b));
+                inits.push(tensor_f32(&t("bias"), &bshape, b));
                 nodes.push(node(
                     "Mul",
                     &[&t("accf"), &t("scale")],
@@ -571,17 +660,8 @@ fn integer_convs(graph: &mut pb::GraphProto) -> Vec<String> {
             }
             None => nodes.push(node("Mul", &[&t("accf"), &t("scale")], &[y], vec![])),
         }
-        done.push(format!(
-            "Conv '{}': QDQ lowered to ConvInteger (integer kernels)",
-            c.name
-        ));
-        rewrites.push((ci, nodes, inits));
+        (nodes, inits)
     }
-    for (ci, nodes, inits) in rewrites.into_iter().rev() {
-        graph.node.splice(ci..=ci, nodes);
-        graph.initializer.extend(inits);
-    }
-    done
 }
 
 fn tensor_f32(name: &str, dims: &[i64], v: &[f32]) -> pb::TensorProto {

@@ -142,7 +142,7 @@ pub fn sign_bundle(dir: &Path, sk: &SecretKey) -> Result<PathBuf, BundleError> {
     let sig = minisign::sign(None, sk, Cursor::new(&bytes), Some(&comment), None)
         .map_err(|e| invalid(&mpath, format!("cannot sign: {e}")))?;
     let spath = dir.join(SIGNATURE_FILE);
-    crate::store::write_atomically(&spath, sig.into_string().as_bytes()).map_err(|source| {
+    crate::atomic::write_atomically(&spath, sig.into_string().as_bytes()).map_err(|source| {
         BundleError::Io {
             path: spath.clone(),
             source,

@@ -2,6 +2,7 @@
 
 pub mod device_report;
 pub mod fuzz_targets;
+pub mod preprocess_cases;
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,21 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()
+}
+
+/// Deterministic pseudo-random bytes (splitmix64): the kernel checks' inputs, on the
+/// emulation and on the GPU alike.
+pub fn splitmix_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E3779B97F4A7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+            (z ^ (z >> 31)) as u8
+        })
+        .collect()
 }
 
 /// A fresh, empty scratch directory under the target dir.

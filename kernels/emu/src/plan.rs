@@ -4,7 +4,7 @@
 //!
 //! [`PlanRunner`]: bevrt_kernels::exec::PlanRunner
 
-use crate::{EmuError, EmuOptions, launch};
+use crate::run::{EmuError, EmuOptions, launch};
 use bevrt_kernels::exec::{Arg, Int8Gemm, ResolvedLaunch, pack_consts, resolve_launches};
 use bevrt_kernels::plan::{ALIGN, KernelPlan};
 use std::ffi::c_void;

@@ -11,20 +11,7 @@ use bevrt_kernels::launch::{
 use bevrt_kernels::params::{BinaryParams, ConvParams, PoolParams, ResizeParams, act, out_mode};
 use bevrt_kernels::reference::{self, ConvInput, ConvWeights, f2h, h2f};
 use bevrt_kernels_emu::{Args, EmuOptions, LaunchConfig, cvt_f32_f16, cvt_rn_f16_f32, entries};
-
-/// Deterministic pseudo-random bytes (splitmix64).
-fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E3779B97F4A7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-            (z ^ (z >> 31)) as u8
-        })
-        .collect()
-}
+use bevrt_tests::splitmix_bytes as bytes;
 
 fn floats(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
     bytes(n, seed)
@@ -1001,88 +988,63 @@ fn preprocess_equals_the_twin_for_every_format_order_layout_and_output() {
     if !bevrt_kernels_emu::available() {
         return;
     }
-    use bevrt_models::{ChannelOrder, InputDtype, InputSpec, Layout};
-    use bevrt_runtime::frame::{Frame, PixelFormat};
-    use bevrt_runtime::preprocess::{InputQuant, PreprocessPlan, gpu_params};
+    use bevrt_runtime::frame::Frame;
+    use bevrt_runtime::preprocess::{PreprocessPlan, gpu_params};
+    use bevrt_tests::preprocess_cases::{INT8_QUANTS, PreprocessCase, matrix};
     let (iw, ih) = (67u32, 45u32);
     let mut checked = 0;
-    for (fi, fmt) in [
-        PixelFormat::Rgb8,
-        PixelFormat::Bgr8,
-        PixelFormat::Gray8,
-        PixelFormat::Yuyv,
-        PixelFormat::Nv12,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        for order in [ChannelOrder::Rgb, ChannelOrder::Bgr, ChannelOrder::Gray] {
-            for layout in [Layout::Nchw, Layout::Nhwc] {
-                let c = order.channels();
-                let spec = InputSpec {
-                    name: None,
-                    width: 40,
-                    height: 19,
-                    channels: order,
-                    layout,
-                    dtype: InputDtype::F32,
-                    mean: vec![0.45; c],
-                    std: vec![0.25; c],
-                };
-                let mut frame = Frame::with_capacity(fmt.frame_bytes(iw, ih));
-                frame.reset(fmt, iw, ih);
-                let n = frame.data.len();
-                frame.data.copy_from_slice(&bytes(n, 30 + fi as u64));
-                let plan = PreprocessPlan::new(&spec, iw, ih);
-                let mut p = gpu_params(&spec, fmt, iw, ih);
-                let len = plan.output_len();
-                let cfg = preprocess_config(&p);
-                let launch = |kernel: &str, dst: *mut u8, p: &PreprocessParams| {
-                    let mut a = Args::new();
-                    a.ptr(frame.data.as_ptr()).ptr(dst).arg(0u64).arg(*p);
-                    run(kernel, &cfg, &mut a);
-                };
-                let mut want = vec![0f32; len];
-                plan.run(&frame, &mut want);
-                let mut got = vec![0f32; len];
-                launch("preprocess_f32", got.as_mut_ptr() as *mut u8, &p);
-                assert!(
-                    got.iter()
-                        .zip(&want)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "preprocess_f32 {fmt} {order:?} {layout:?}"
-                );
-                let mut want16 = vec![0u16; len];
-                plan.run_f16(&frame, &mut want16);
-                let mut got16 = vec![0u16; len];
-                launch("preprocess_f16", got16.as_mut_ptr() as *mut u8, &p);
-                assert_eq!(got16, want16, "preprocess_f16 {fmt} {order:?} {layout:?}");
-                // int8, once ordinary and once with a zero point at the edge and a scale
-                // so small that v / scale is far outside the int range
-                for q in [
-                    InputQuant {
-                        scale: 0.03,
-                        zero_point: 3,
-                    },
-                    InputQuant {
-                        scale: 1e-12,
-                        zero_point: 127,
-                    },
-                ] {
-                    p.q_scale = q.scale;
-                    p.q_zp = q.zero_point;
-                    let mut want8 = vec![0i8; len];
-                    plan.run_i8(&frame, &mut want8, q);
-                    let mut got8 = vec![0i8; len];
-                    launch("preprocess_i8", got8.as_mut_ptr() as *mut u8, &p);
-                    assert_eq!(
-                        got8, want8,
-                        "preprocess_i8 {fmt} {order:?} {layout:?} {q:?}"
-                    );
-                }
-                checked += 4;
-            }
+    for case in matrix() {
+        let PreprocessCase {
+            fmt_i: fi,
+            fmt,
+            order,
+            layout,
+            ..
+        } = case;
+        let spec = case.spec(40, 19);
+        let mut frame = Frame::with_capacity(fmt.frame_bytes(iw, ih));
+        frame.reset(fmt, iw, ih);
+        let n = frame.data.len();
+        frame.data.copy_from_slice(&bytes(n, 30 + fi as u64));
+        let plan = PreprocessPlan::new(&spec, iw, ih);
+        let mut p = gpu_params(&spec, fmt, iw, ih);
+        let len = plan.output_len();
+        let cfg = preprocess_config(&p);
+        let launch = |kernel: &str, dst: *mut u8, p: &PreprocessParams| {
+            let mut a = Args::new();
+            a.ptr(frame.data.as_ptr()).ptr(dst).arg(0u64).arg(*p);
+            run(kernel, &cfg, &mut a);
+        };
+        let mut want = vec![0f32; len];
+        plan.run(&frame, &mut want);
+        let mut got = vec![0f32; len];
+        launch("preprocess_f32", got.as_mut_ptr() as *mut u8, &p);
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "preprocess_f32 {fmt} {order:?} {layout:?}"
+        );
+        let mut want16 = vec![0u16; len];
+        plan.run_f16(&frame, &mut want16);
+        let mut got16 = vec![0u16; len];
+        launch("preprocess_f16", got16.as_mut_ptr() as *mut u8, &p);
+        assert_eq!(got16, want16, "preprocess_f16 {fmt} {order:?} {layout:?}");
+        // int8, once ordinary and once with a zero point at the edge and a scale
+        // so small that v / scale is far outside the int range
+        for q in INT8_QUANTS {
+            p.q_scale = q.scale;
+            p.q_zp = q.zero_point;
+            let mut want8 = vec![0i8; len];
+            plan.run_i8(&frame, &mut want8, q);
+            let mut got8 = vec![0i8; len];
+            launch("preprocess_i8", got8.as_mut_ptr() as *mut u8, &p);
+            assert_eq!(
+                got8, want8,
+                "preprocess_i8 {fmt} {order:?} {layout:?} {q:?}"
+            );
         }
+        checked += 4;
     }
     assert_eq!(checked, 120);
 }
@@ -1092,25 +1054,16 @@ fn preprocess_through_a_source_map_equals_the_twin() {
     if !bevrt_kernels_emu::available() {
         return;
     }
-    use bevrt_models::{ChannelOrder, InputDtype, InputSpec, Layout};
     use bevrt_runtime::frame::{Frame, PixelFormat};
     use bevrt_runtime::preprocess::{PreprocessPlan, gpu_params};
+    use bevrt_tests::preprocess_cases::source_map_spec;
     let (iw, ih, ow, oh) = (50u32, 30u32, 24u32, 16u32);
     // positions inside, on the border and outside the frame (clamped)
     let map: Vec<[f32; 2]> = floats((ow * oh * 2) as usize, 40, -3.0, 53.0)
         .chunks_exact(2)
         .map(|v| [v[0], v[1] * 0.6])
         .collect();
-    let spec = InputSpec {
-        name: None,
-        width: ow,
-        height: oh,
-        channels: ChannelOrder::Bgr,
-        layout: Layout::Nchw,
-        dtype: InputDtype::F32,
-        mean: vec![0.5; 3],
-        std: vec![0.5; 3],
-    };
+    let spec = source_map_spec(ow, oh);
     let mut frame = Frame::with_capacity(PixelFormat::Yuyv.frame_bytes(iw, ih));
     frame.reset(PixelFormat::Yuyv, iw, ih);
     let n = frame.data.len();

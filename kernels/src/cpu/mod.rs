@@ -357,56 +357,13 @@ fn kernel_name(k: &Kernel) -> String {
 fn prepare(plan: &KernelPlan, s: &Step, isa: Isa) -> Result<CpuStep, String> {
     let od = &plan.tensors[s.output];
     let in_dtype = |k: usize| plan.tensors[s.inputs[k]].dtype;
-    let want = |k: usize, d: DType, what: &str| -> Result<(), String> {
-        if s.const_inputs.iter().any(|(p, _)| *p == k) || in_dtype(k) == d {
-            Ok(())
-        } else {
-            Err(format!("{what} reads {:?}, expected {d:?}", in_dtype(k)))
-        }
-    };
+    let want = |k: usize, d: DType, what: &str| want_dtype(plan, s, k, d, what);
     let mut ops = 0.0;
     let kernel = match &s.op {
-        Op::Conv {
-            kernel,
-            p,
-            weights,
-            bias,
-            wsum,
-            mult,
-        } => {
-            let int8 = matches!(kernel, ConvKernel::GemmI8 | ConvKernel::DirectI8);
-            conv::check(p, int8)?;
-            want(0, if int8 { DType::I8 } else { DType::F32 }, "convolution")?;
-            let bias = const_f32(&plan.consts[*bias]);
-            ops = p.ops();
-            let direct = matches!(kernel, ConvKernel::DirectI8 | ConvKernel::DirectF16);
-            match (&plan.consts[*weights], int8) {
-                (ConstData::I8(w), true) => {
-                    let mult = mult
-                        .map(|m| const_f32(&plan.consts[m]))
-                        .ok_or("int8 convolution without mult")?;
-                    if direct {
-                        Kernel::Direct(DirectConv::new_i8(*p, w, &mult, &bias, isa))
-                    } else {
-                        let wsum: Vec<i32> = match wsum.map(|c| &plan.consts[c]) {
-                            Some(ConstData::I32(v)) => v.clone(),
-                            _ => return Err("int8 GEMM without an i32 wsum".into()),
-                        };
-                        Kernel::Gemm(GemmConv::new_i8(*p, w, &wsum, &mult, &bias, isa)?)
-                    }
-                }
-                (c @ (ConstData::F32(_) | ConstData::F16(_)), false) => {
-                    let w = const_f32(c);
-                    if direct {
-                        Kernel::Direct(DirectConv::new_f32(*p, &w, &bias, isa))
-                    } else if WinogradConv::applies(p, isa) {
-                        Kernel::Winograd(WinogradConv::new(*p, &w, &bias, isa))
-                    } else {
-                        Kernel::Gemm(GemmConv::new_f32(*p, &w, &bias, isa)?)
-                    }
-                }
-                _ => return Err("weights of another type than the input".into()),
-            }
+        Op::Conv { .. } => {
+            let (kernel, conv_ops) = prepare_conv(plan, s, isa)?;
+            ops = conv_ops;
+            kernel
         }
         Op::Unary { act, a, b } => {
             want(0, DType::F32, "activation")?;
@@ -475,9 +432,82 @@ fn prepare(plan: &KernelPlan, s: &Step, isa: Isa) -> Result<CpuStep, String> {
             elem: od.dtype.size(),
         },
     };
-    let ins = (0..s.inputs.len())
-        .map(|k| match s.const_inputs.iter().find(|(p, _)| *p == k) {
-            Some((_, c)) => Src::Const(const_f32(&plan.consts[*c])),
+    Ok(CpuStep {
+        name: s.name.clone(),
+        kernel,
+        ins: step_sources(plan, s),
+        out_off: plan.offsets[s.output],
+        out_len: od.elems(),
+        ops,
+    })
+}
+
+/// Operand `k` of step `s` is a constant or of dtype `d`; `what` names the op in the error.
+fn want_dtype(plan: &KernelPlan, s: &Step, k: usize, d: DType, what: &str) -> Result<(), String> {
+    let in_dtype = |k: usize| plan.tensors[s.inputs[k]].dtype;
+    if s.const_input(k).is_some() || in_dtype(k) == d {
+        Ok(())
+    } else {
+        Err(format!("{what} reads {:?}, expected {d:?}", in_dtype(k)))
+    }
+}
+
+/// [`prepare`] for a convolution step: its kernel (direct, Winograd or GEMM; INT8 or float)
+/// and its operation count.
+fn prepare_conv(plan: &KernelPlan, s: &Step, isa: Isa) -> Result<(Kernel, f64), String> {
+    let Op::Conv {
+        kernel,
+        p,
+        weights,
+        bias,
+        wsum,
+        mult,
+    } = &s.op
+    else {
+        unreachable!("prepare_conv takes convolution steps");
+    };
+    let want = |k: usize, d: DType, what: &str| want_dtype(plan, s, k, d, what);
+    let int8 = matches!(kernel, ConvKernel::GemmI8 | ConvKernel::DirectI8);
+    conv::check(p, int8)?;
+    want(0, if int8 { DType::I8 } else { DType::F32 }, "convolution")?;
+    let bias = const_f32(&plan.consts[*bias]);
+    let ops = p.ops();
+    let direct = matches!(kernel, ConvKernel::DirectI8 | ConvKernel::DirectF16);
+    let kernel = match (&plan.consts[*weights], int8) {
+        (ConstData::I8(w), true) => {
+            let mult = mult
+                .map(|m| const_f32(&plan.consts[m]))
+                .ok_or("int8 convolution without mult")?;
+            if direct {
+                Kernel::Direct(DirectConv::new_i8(*p, w, &mult, &bias, isa))
+            } else {
+                let wsum: Vec<i32> = match wsum.map(|c| &plan.consts[c]) {
+                    Some(ConstData::I32(v)) => v.clone(),
+                    _ => return Err("int8 GEMM without an i32 wsum".into()),
+                };
+                Kernel::Gemm(GemmConv::new_i8(*p, w, &wsum, &mult, &bias, isa)?)
+            }
+        }
+        (c @ (ConstData::F32(_) | ConstData::F16(_)), false) => {
+            let w = const_f32(c);
+            if direct {
+                Kernel::Direct(DirectConv::new_f32(*p, &w, &bias, isa))
+            } else if WinogradConv::applies(p, isa) {
+                Kernel::Winograd(WinogradConv::new(*p, &w, &bias, isa))
+            } else {
+                Kernel::Gemm(GemmConv::new_f32(*p, &w, &bias, isa)?)
+            }
+        }
+        _ => return Err("weights of another type than the input".into()),
+    };
+    Ok((kernel, ops))
+}
+
+/// Where each operand of step `s` is read from: a constant (as f32) or an arena tensor.
+fn step_sources(plan: &KernelPlan, s: &Step) -> Vec<Src> {
+    (0..s.inputs.len())
+        .map(|k| match s.const_input(k) {
+            Some(c) => Src::Const(const_f32(&plan.consts[c])),
             None => {
                 let t = s.inputs[k];
                 Src::Tensor {
@@ -486,15 +516,7 @@ fn prepare(plan: &KernelPlan, s: &Step, isa: Isa) -> Result<CpuStep, String> {
                 }
             }
         })
-        .collect();
-    Ok(CpuStep {
-        name: s.name.clone(),
-        kernel,
-        ins,
-        out_off: plan.offsets[s.output],
-        out_len: od.elems(),
-        ops,
-    })
+        .collect()
 }
 
 /// Operand `k` of a step as f32.

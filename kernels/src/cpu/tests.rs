@@ -182,6 +182,25 @@ const CASES: &[Case] = &[
     },
 ];
 
+/// INT8 weights from `wv` (rows of `kpad`, the padding past `kdim` zeroed), their row sums
+/// and per-channel multipliers.
+fn int8_weights(
+    case: &Case,
+    wv: &[f32],
+    kpad: usize,
+    kdim: usize,
+) -> (Vec<i8>, Vec<i32>, Vec<f32>) {
+    let mut w: Vec<i8> = wv.iter().map(|v| (v * 127.0) as i8).collect();
+    for k in 0..case.k {
+        w[k * kpad + kdim..(k + 1) * kpad].fill(0);
+    }
+    let wsum: Vec<i32> = (0..case.k)
+        .map(|k| w[k * kpad..k * kpad + kdim].iter().map(|v| *v as i32).sum())
+        .collect();
+    let mult: Vec<f32> = (0..case.k).map(|k| 0.0004 + k as f32 * 1e-5).collect();
+    (w, wsum, mult)
+}
+
 /// A one-step plan: input → Conv → output.
 fn conv_plan(case: &Case, int8: Option<(i32, bool)>, seed: u32) -> (KernelPlan, Vec<f32>) {
     let mut p = case.params();
@@ -224,14 +243,7 @@ fn conv_plan(case: &Case, int8: Option<(i32, bool)>, seed: u32) -> (KernelPlan, 
         }
         Some((zp, requant)) => {
             p.in_zp = zp;
-            let mut w: Vec<i8> = wv.iter().map(|v| (v * 127.0) as i8).collect();
-            for k in 0..case.k {
-                w[k * kpad + kdim..(k + 1) * kpad].fill(0);
-            }
-            let wsum: Vec<i32> = (0..case.k)
-                .map(|k| w[k * kpad..k * kpad + kdim].iter().map(|v| *v as i32).sum())
-                .collect();
-            let mult: Vec<f32> = (0..case.k).map(|k| 0.0004 + k as f32 * 1e-5).collect();
+            let (w, wsum, mult) = int8_weights(case, &wv, kpad, kdim);
             let q = if requant { Some((0.02, -5)) } else { None };
             p.out_mode = if requant { out_mode::I8 } else { out_mode::F32 };
             p.out_scale = 0.02;

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType as D;
 
-use super::QuantError;
+use super::error::QuantError;
 
 /// A float initializer's values (raw_data or float_data) and dims.
 pub(crate) fn f32_values(t: &pb::TensorProto) -> Option<Vec<f32>> {
@@ -55,7 +55,7 @@ pub(crate) fn attr_i(n: &pb::NodeProto, name: &str) -> Option<i64> {
 }
 
 pub(crate) fn opset(model: &pb::ModelProto) -> i64 {
-    crate::onnx::default_opset(model).unwrap_or(0)
+    crate::opset::default_opset(model).unwrap_or(0)
 }
 
 /// How many nodes read each tensor (graph outputs count as readers).

@@ -14,6 +14,7 @@
 //! [`QuantPlan::float_ops`].
 
 pub mod calibrate;
+mod error;
 pub mod graph;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -23,12 +24,7 @@ use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType as D;
 
 pub use calibrate::{ActType, Method, Observer, QParams};
-
-#[derive(Debug, thiserror::Error)]
-pub enum QuantError {
-    #[error("{0}")]
-    Model(String),
-}
+pub use error::QuantError;
 
 /// Run the graph passes quantization needs. Returns what each changed.
 pub fn prepare(model: &mut pb::ModelProto, name: &str) -> Result<Vec<String>, QuantError> {

@@ -30,12 +30,15 @@
 //! Readers that know nothing of it play the left camera as before.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use image::ImageEncoder;
 use serde::Serialize;
 
-use crate::{SimConfig, SimError, Simulator, class};
+use crate::config::SimConfig;
+use crate::error::SimError;
+use crate::simulator::Simulator;
+use crate::world::{EgoPose, class};
 
 #[derive(Serialize)]
 struct RecordingToml<'a> {
@@ -159,10 +162,76 @@ pub fn record(
     }
     let mut sim = Simulator::new(cfg.clone())?;
     let (w, h) = (cfg.width(), cfg.height());
+    create_dirs(out, opts)?;
+    cfg.calibration().save(out.join("calibration.toml"))?;
+    let mut right = match opts.stereo_baseline {
+        Some(b) => Some(stereo_partner(&sim, b, out)?),
+        None => None,
+    };
+    write_ground_truth_toml(cfg, out)?;
+    let mut csv = CsvFiles::create(out)?;
+    let (gw, gh) = (cfg.grid.width() as u32, cfg.grid.height() as u32);
+    let mut rgb = vec![0u8; sim.frame_bytes()];
+    let mut depth16: Vec<u16> = Vec::new();
+    let start = sim.ego_pose(0);
+    let mut last = start;
+    let mut distance = 0.0;
+    for n in 0..frames {
+        let pose = sim.render_frame(n, &mut rgb)?;
+        distance += ((pose.x - last.x).powi(2) + (pose.y - last.y).powi(2)).sqrt();
+        last = pose;
+        let ts = sim.frame_timestamp_ns(n);
+        let name = format!("frames/{n:06}.png");
+        let p = out.join(&name);
+        let bytes =
+            encode_png(&rgb, w, h, image::ExtendedColorType::Rgb8).map_err(|e| png_err(&p, e))?;
+        write(&p, &bytes)?;
+        if let Some((sim_r, rgb_r)) = &mut right {
+            sim_r.render_frame(n, rgb_r)?;
+            let p = out.join(format!("right/{n:06}.png"));
+            let bytes = encode_png(rgb_r, w, h, image::ExtendedColorType::Rgb8)
+                .map_err(|e| png_err(&p, e))?;
+            write(&p, &bytes)?;
+        }
+        if extras {
+            write_labels_and_depth(&sim, n, out, &mut depth16)?;
+        }
+        let gname = format!("gt/{n:06}.png");
+        let p = out.join(&gname);
+        let bev = sim.bev_ground_truth();
+        let bytes =
+            encode_png(bev, gw, gh, image::ExtendedColorType::L8).map_err(|e| png_err(&p, e))?;
+        write(&p, &bytes)?;
+        if extras {
+            let p = out.join(format!("gt_amodal/{n:06}.png"));
+            let bytes = encode_png(sim.bev_amodal(), gw, gh, image::ExtendedColorType::L8)
+                .map_err(|e| png_err(&p, e))?;
+            write(&p, &bytes)?;
+        }
+        csv.row(n, ts, &name, &gname, &pose)?;
+        progress(n + 1, frames);
+    }
+    csv.flush()?;
+    // Header last: a recording without it is visibly incomplete.
+    write_recording_toml(cfg, &header)?;
+    Ok(RecordSummary {
+        frames,
+        width: w,
+        height: h,
+        distance_m: distance,
+    })
+}
+
+fn png_err(p: &Path, e: image::ImageError) -> SimError {
+    SimError::io(p, e)
+}
+
+/// The recording's folders: frames and ground truth, the extras', the right camera's.
+fn create_dirs(out: &Path, opts: &RecordOptions) -> Result<(), SimError> {
     for sub in ["frames", "gt"]
         .into_iter()
         .chain(
-            extras
+            opts.extras
                 .then_some(["labels", "depth", "gt_amodal"])
                 .into_iter()
                 .flatten(),
@@ -172,11 +241,11 @@ pub fn record(
         let d = out.join(sub);
         std::fs::create_dir_all(&d).map_err(|e| SimError::io(&d, e))?;
     }
-    cfg.calibration().save(out.join("calibration.toml"))?;
-    let mut right = match opts.stereo_baseline {
-        Some(b) => Some(stereo_partner(&sim, b, out)?),
-        None => None,
-    };
+    Ok(())
+}
+
+/// `ground_truth.toml`: the BEV grid, the seed and the classes.
+fn write_ground_truth_toml(cfg: &SimConfig, out: &Path) -> Result<(), SimError> {
     let gt = GroundTruthToml {
         kind: "bev",
         unknown: class::UNKNOWN,
@@ -196,89 +265,15 @@ pub fn record(
         toml::to_string_pretty(&gt)
             .map_err(|e| SimError::io(&gt_path, e))?
             .as_bytes(),
-    )?;
-    let index_path = out.join("frames.csv");
-    let mut index = std::io::BufWriter::new(
-        std::fs::File::create(&index_path).map_err(|e| SimError::io(&index_path, e))?,
-    );
-    let poses_path = out.join("poses.csv");
-    let mut poses = std::io::BufWriter::new(
-        std::fs::File::create(&poses_path).map_err(|e| SimError::io(&poses_path, e))?,
-    );
-    writeln!(index, "seq,timestamp_ns,file,gt").map_err(|e| SimError::io(&index_path, e))?;
-    writeln!(poses, "seq,timestamp_ns,x,y,yaw,speed,s")
-        .map_err(|e| SimError::io(&poses_path, e))?;
-    let (gw, gh) = (cfg.grid.width() as u32, cfg.grid.height() as u32);
-    let mut rgb = vec![0u8; sim.frame_bytes()];
-    let mut depth16: Vec<u16> = Vec::new();
-    let start = sim.ego_pose(0);
-    let mut last = start;
-    let mut distance = 0.0;
-    let png_err = |p: &Path, e: image::ImageError| SimError::io(p, e);
-    for n in 0..frames {
-        let pose = sim.render_frame(n, &mut rgb)?;
-        distance += ((pose.x - last.x).powi(2) + (pose.y - last.y).powi(2)).sqrt();
-        last = pose;
-        let ts = sim.frame_timestamp_ns(n);
-        let name = format!("frames/{n:06}.png");
-        let p = out.join(&name);
-        let bytes =
-            encode_png(&rgb, w, h, image::ExtendedColorType::Rgb8).map_err(|e| png_err(&p, e))?;
-        write(&p, &bytes)?;
-        if let Some((sim_r, rgb_r)) = &mut right {
-            sim_r.render_frame(n, rgb_r)?;
-            let p = out.join(format!("right/{n:06}.png"));
-            let bytes = encode_png(rgb_r, w, h, image::ExtendedColorType::Rgb8)
-                .map_err(|e| png_err(&p, e))?;
-            write(&p, &bytes)?;
-        }
-        if extras {
-            let p = out.join(format!("labels/{n:06}.png"));
-            let bytes = encode_png(sim.labels(), w, h, image::ExtendedColorType::L8)
-                .map_err(|e| png_err(&p, e))?;
-            write(&p, &bytes)?;
-            depth16.clear();
-            depth16.extend(sim.depth().iter().map(|&d| {
-                if d.is_finite() {
-                    (d * 100.0).round().clamp(0.0, 65535.0) as u16
-                } else {
-                    0
-                }
-            }));
-            let p = out.join(format!("depth/{n:06}.png"));
-            let img = image::ImageBuffer::<image::Luma<u16>, _>::from_raw(w, h, &depth16[..])
-                .ok_or_else(|| SimError::io(&p, "depth buffer size mismatch"))?;
-            img.save_with_format(&p, image::ImageFormat::Png)
-                .map_err(|e| png_err(&p, e))?;
-        }
-        let gname = format!("gt/{n:06}.png");
-        let p = out.join(&gname);
-        let bev = sim.bev_ground_truth();
-        let bytes =
-            encode_png(bev, gw, gh, image::ExtendedColorType::L8).map_err(|e| png_err(&p, e))?;
-        write(&p, &bytes)?;
-        if extras {
-            let p = out.join(format!("gt_amodal/{n:06}.png"));
-            let bytes = encode_png(sim.bev_amodal(), gw, gh, image::ExtendedColorType::L8)
-                .map_err(|e| png_err(&p, e))?;
-            write(&p, &bytes)?;
-        }
-        writeln!(index, "{n},{ts},{name},{gname}").map_err(|e| SimError::io(&index_path, e))?;
-        writeln!(
-            poses,
-            "{n},{ts},{:.4},{:.4},{:.6},{:.4},{:.3}",
-            pose.x, pose.y, pose.yaw, pose.speed, pose.s
-        )
-        .map_err(|e| SimError::io(&poses_path, e))?;
-        progress(n + 1, frames);
-    }
-    index.flush().map_err(|e| SimError::io(&index_path, e))?;
-    poses.flush().map_err(|e| SimError::io(&poses_path, e))?;
-    // Header last: a recording without it is visibly incomplete.
+    )
+}
+
+/// `recording.toml`, the header a reader opens first.
+fn write_recording_toml(cfg: &SimConfig, header: &Path) -> Result<(), SimError> {
     let info = RecordingToml {
         format: 1,
-        width: w,
-        height: h,
+        width: cfg.width(),
+        height: cfg.height(),
         pixel_format: "rgb8",
         encoding: "png",
         fps: cfg.fps,
@@ -286,15 +281,94 @@ pub fn record(
         ground_truth: "bev",
     };
     write(
-        &header,
+        header,
         toml::to_string_pretty(&info)
-            .map_err(|e| SimError::io(&header, e))?
+            .map_err(|e| SimError::io(header, e))?
             .as_bytes(),
-    )?;
-    Ok(RecordSummary {
-        frames,
-        width: w,
-        height: h,
-        distance_m: distance,
-    })
+    )
+}
+
+/// The extras of frame `n`: per-pixel labels and depth in centimetres (16-bit PNG, 0 = sky).
+fn write_labels_and_depth(
+    sim: &Simulator,
+    n: u64,
+    out: &Path,
+    depth16: &mut Vec<u16>,
+) -> Result<(), SimError> {
+    let (w, h) = (sim.config().width(), sim.config().height());
+    let p = out.join(format!("labels/{n:06}.png"));
+    let bytes =
+        encode_png(sim.labels(), w, h, image::ExtendedColorType::L8).map_err(|e| png_err(&p, e))?;
+    write(&p, &bytes)?;
+    depth16.clear();
+    depth16.extend(sim.depth().iter().map(|&d| {
+        if d.is_finite() {
+            (d * 100.0).round().clamp(0.0, 65535.0) as u16
+        } else {
+            0
+        }
+    }));
+    let p = out.join(format!("depth/{n:06}.png"));
+    let img = image::ImageBuffer::<image::Luma<u16>, _>::from_raw(w, h, &depth16[..])
+        .ok_or_else(|| SimError::io(&p, "depth buffer size mismatch"))?;
+    img.save_with_format(&p, image::ImageFormat::Png)
+        .map_err(|e| png_err(&p, e))
+}
+
+/// `frames.csv` (the frame index) and `poses.csv` (the ego trajectory), one row per frame.
+struct CsvFiles {
+    index_path: PathBuf,
+    index: std::io::BufWriter<std::fs::File>,
+    poses_path: PathBuf,
+    poses: std::io::BufWriter<std::fs::File>,
+}
+
+impl CsvFiles {
+    /// Creates both files and writes their header lines.
+    fn create(out: &Path) -> Result<CsvFiles, SimError> {
+        let index_path = out.join("frames.csv");
+        let mut index = std::io::BufWriter::new(
+            std::fs::File::create(&index_path).map_err(|e| SimError::io(&index_path, e))?,
+        );
+        let poses_path = out.join("poses.csv");
+        let mut poses = std::io::BufWriter::new(
+            std::fs::File::create(&poses_path).map_err(|e| SimError::io(&poses_path, e))?,
+        );
+        writeln!(index, "seq,timestamp_ns,file,gt").map_err(|e| SimError::io(&index_path, e))?;
+        writeln!(poses, "seq,timestamp_ns,x,y,yaw,speed,s")
+            .map_err(|e| SimError::io(&poses_path, e))?;
+        Ok(CsvFiles {
+            index_path,
+            index,
+            poses_path,
+            poses,
+        })
+    }
+
+    fn row(
+        &mut self,
+        n: u64,
+        ts: u64,
+        name: &str,
+        gname: &str,
+        pose: &EgoPose,
+    ) -> Result<(), SimError> {
+        let (index_path, poses_path) = (&self.index_path, &self.poses_path);
+        writeln!(self.index, "{n},{ts},{name},{gname}").map_err(|e| SimError::io(index_path, e))?;
+        writeln!(
+            self.poses,
+            "{n},{ts},{:.4},{:.4},{:.6},{:.4},{:.3}",
+            pose.x, pose.y, pose.yaw, pose.speed, pose.s
+        )
+        .map_err(|e| SimError::io(poses_path, e))
+    }
+
+    fn flush(&mut self) -> Result<(), SimError> {
+        self.index
+            .flush()
+            .map_err(|e| SimError::io(&self.index_path, e))?;
+        self.poses
+            .flush()
+            .map_err(|e| SimError::io(&self.poses_path, e))
+    }
 }

@@ -17,7 +17,7 @@
 use bevrt_calib::{BevGrid, CameraModel, Extrinsics};
 use nalgebra::{Point2, Point3, Vector3};
 
-use crate::SimError;
+use crate::error::SimError;
 use crate::rng::{hash01, value_noise};
 use crate::world::{EgoPose, Ground, Look, Paint, SimBox, World, class};
 
@@ -52,6 +52,17 @@ struct Light {
     diffuse: f32,
     horizon: [f32; 3],
     zenith: [f32; 3],
+}
+
+/// What every pixel of one frame shares: the camera's rotation into the world and its
+/// position, the shadow bins' corner, the light and the seeds of texture and noise.
+struct FrameSetup {
+    m: [[f32; 3]; 3],
+    origin: [f32; 3],
+    shadow_origin: (f32, f32),
+    light: Light,
+    seed32: u32,
+    nseed: u32,
 }
 
 fn light_at(time: f64, seed: u64) -> Light {
@@ -273,7 +284,30 @@ impl Renderer {
         }
         self.pose = *pose;
         let light = light_at(pose.time, self.seed);
-        // Camera to world.
+        let (m, (ox, oy, oz)) = self.camera_to_world(pose);
+        // Boxes near the camera, binned into tiles.
+        world.boxes_at(pose.time, ox, oy, self.max_distance, &mut self.boxes);
+        self.bin_boxes(pose, ox, oy, oz);
+        self.build_shadow_bins(&light, ox, oy);
+        let seed32 = (self.seed as u32) ^ ((self.seed >> 32) as u32);
+        let f = FrameSetup {
+            m,
+            origin: [ox as f32, oy as f32, oz as f32],
+            shadow_origin: (
+                ox as f32 - SHADOW_CELL * (SHADOW_BINS / 2) as f32,
+                oy as f32 - SHADOW_CELL * (SHADOW_BINS / 2) as f32,
+            ),
+            light,
+            seed32,
+            nseed: seed32 ^ (frame as u32).wrapping_mul(0x9E37_79B9),
+        };
+        self.shade_pixels(world, &f, rgb);
+        Ok(())
+    }
+
+    /// The camera's rotation into the world (rows of R_wc, as f32) and its position.
+    #[allow(clippy::type_complexity)]
+    fn camera_to_world(&self, pose: &EgoPose) -> ([[f32; 3]; 3], (f64, f64, f64)) {
         let (sy, cy) = pose.yaw.sin_cos();
         let rcv = self.ext.cam_to_vehicle.rotation.to_rotation_matrix();
         let rcv = rcv.matrix();
@@ -289,8 +323,12 @@ impl Renderer {
         let ox = pose.x + cy * tcv.x - sy * tcv.y;
         let oy = pose.y + sy * tcv.x + cy * tcv.y;
         let oz = tcv.z;
-        // Boxes near the camera, binned into tiles.
-        world.boxes_at(pose.time, ox, oy, self.max_distance, &mut self.boxes);
+        (m, (ox, oy, oz))
+    }
+
+    /// Each of the frame's boxes in its own frame relative to the camera ([`PBox`]), and the
+    /// screen tiles its projection can cover.
+    fn bin_boxes(&mut self, pose: &EgoPose, ox: f64, oy: f64, oz: f64) {
         self.pboxes.clear();
         for t in &mut self.tiles {
             t.clear();
@@ -318,47 +356,8 @@ impl Renderer {
             if k >= u16::MAX as usize {
                 continue;
             }
-            // Screen rectangle of the projected corners (whole image if any corner is behind
-            // or beyond the lens model's range).
-            let (mut u0, mut v0, mut u1, mut v1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
-            let mut all_behind = true;
-            let mut full = false;
-            for cxy in b.corners_xy() {
-                let (xv, yv) = pose.to_vehicle(cxy[0], cxy[1]);
-                for z in [b.z0, b.z1] {
-                    let pc = v2c * Point3::new(xv, yv, z);
-                    if pc.z > 0.05 {
-                        all_behind = false;
-                        match self.camera.project(pc.coords) {
-                            Some(p) => {
-                                u0 = u0.min(p.x);
-                                u1 = u1.max(p.x);
-                                v0 = v0.min(p.y);
-                                v1 = v1.max(p.y);
-                            }
-                            None => full = true,
-                        }
-                    } else {
-                        full = true;
-                    }
-                }
-            }
-            if all_behind {
+            let Some((tu0, tv0, tu1, tv1)) = self.screen_rect(b, pose, &v2c) else {
                 continue;
-            }
-            let (tu0, tv0, tu1, tv1) = if full {
-                (0, 0, self.w - 1, self.h - 1)
-            } else {
-                let m = 2.0;
-                if u1 < -m || v1 < -m || u0 > self.w as f64 + m || v0 > self.h as f64 + m {
-                    continue;
-                }
-                (
-                    (u0 - m).max(0.0) as usize,
-                    (v0 - m).max(0.0) as usize,
-                    ((u1 + m).max(0.0) as usize).min(self.w - 1),
-                    ((v1 + m).max(0.0) as usize).min(self.h - 1),
-                )
             };
             for ty in tv0 / TILE..=tv1 / TILE {
                 for tx in tu0 / TILE..=tu1 / TILE {
@@ -366,14 +365,61 @@ impl Renderer {
                 }
             }
         }
-        self.build_shadow_bins(&light, ox, oy);
-        let (sbx0, sby0) = (
-            ox as f32 - SHADOW_CELL * (SHADOW_BINS / 2) as f32,
-            oy as f32 - SHADOW_CELL * (SHADOW_BINS / 2) as f32,
-        );
-        let seed32 = (self.seed as u32) ^ ((self.seed >> 32) as u32);
-        let nseed = seed32 ^ (frame as u32).wrapping_mul(0x9E37_79B9);
-        let (oxf, oyf, ozf) = (ox as f32, oy as f32, oz as f32);
+    }
+
+    /// Screen rectangle (u0, v0, u1, v1) of a box's projected corners, with a 2-pixel margin:
+    /// the whole image if any corner is behind the camera or beyond the lens model's range,
+    /// `None` when the box is wholly behind or off screen.
+    fn screen_rect(
+        &self,
+        b: &SimBox,
+        pose: &EgoPose,
+        v2c: &nalgebra::Isometry3<f64>,
+    ) -> Option<(usize, usize, usize, usize)> {
+        let (mut u0, mut v0, mut u1, mut v1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
+        let mut all_behind = true;
+        let mut full = false;
+        for cxy in b.corners_xy() {
+            let (xv, yv) = pose.to_vehicle(cxy[0], cxy[1]);
+            for z in [b.z0, b.z1] {
+                let pc = v2c * Point3::new(xv, yv, z);
+                if pc.z > 0.05 {
+                    all_behind = false;
+                    match self.camera.project(pc.coords) {
+                        Some(p) => {
+                            u0 = u0.min(p.x);
+                            u1 = u1.max(p.x);
+                            v0 = v0.min(p.y);
+                            v1 = v1.max(p.y);
+                        }
+                        None => full = true,
+                    }
+                } else {
+                    full = true;
+                }
+            }
+        }
+        if all_behind {
+            return None;
+        }
+        if full {
+            return Some((0, 0, self.w - 1, self.h - 1));
+        }
+        let m = 2.0;
+        if u1 < -m || v1 < -m || u0 > self.w as f64 + m || v0 > self.h as f64 + m {
+            return None;
+        }
+        Some((
+            (u0 - m).max(0.0) as usize,
+            (v0 - m).max(0.0) as usize,
+            ((u1 + m).max(0.0) as usize).min(self.w - 1),
+            ((v1 + m).max(0.0) as usize).min(self.h - 1),
+        ))
+    }
+
+    /// Every pixel: the nearest hit along its ray, its colour with sensor noise, its depth,
+    /// label and hit.
+    fn shade_pixels(&mut self, world: &World, f: &FrameSetup, rgb: &mut [u8]) {
         for v in 0..self.h {
             for u in 0..self.w {
                 let i = v * self.w + u;
@@ -385,108 +431,13 @@ impl Renderer {
                     self.hit[i] = HIT_NONE;
                     continue;
                 }
-                let d = [
-                    m[0][0] * r[0] + m[0][1] * r[1] + m[0][2] * r[2],
-                    m[1][0] * r[0] + m[1][1] * r[1] + m[1][2] * r[2],
-                    m[2][0] * r[0] + m[2][1] * r[1] + m[2][2] * r[2],
-                ];
-                let mut best_t = f32::INFINITY;
-                let mut best = HIT_NONE;
-                let mut best_axis = 0u8;
-                if d[2] < -1e-6 {
-                    best_t = -ozf / d[2];
-                    best = HIT_GROUND;
-                }
-                let tile = &self.tiles[(v / TILE) * self.tiles_x + u / TILE];
-                for &k in tile {
-                    let pb = &self.pboxes[k as usize];
-                    let lx = pb.c * d[0] + pb.s * d[1];
-                    let ly = -pb.s * d[0] + pb.c * d[1];
-                    let (ax0, ax1) = slab(pb.ox, lx, -pb.hl, pb.hl);
-                    let (ay0, ay1) = slab(pb.oy, ly, -pb.hw, pb.hw);
-                    let (az0, az1) = slab(pb.oz, d[2], pb.z0, pb.z1);
-                    let mut tn = ax0;
-                    let mut axis = 0u8;
-                    if ay0 > tn {
-                        tn = ay0;
-                        axis = 1;
-                    }
-                    if az0 > tn {
-                        tn = az0;
-                        axis = 2;
-                    }
-                    let tf = ax1.min(ay1).min(az1);
-                    if tn <= tf && tn > 1e-3 && tn < best_t {
-                        best_t = tn;
-                        best = k as u32 + 1;
-                        best_axis = axis;
-                    }
-                }
-                let (col, lab) = match best {
-                    HIT_NONE => {
-                        self.depth[i] = f32::INFINITY;
-                        self.hit[i] = HIT_NONE;
-                        let a = d[2].clamp(0.0, 1.0).sqrt();
-                        (mix3(light.horizon, light.zenith, a), class::SKY)
-                    }
-                    HIT_GROUND => {
-                        self.depth[i] = best_t * r[2];
-                        self.hit[i] = HIT_GROUND;
-                        let gx = oxf + best_t * d[0];
-                        let gy = oyf + best_t * d[1];
-                        let g = world.ground_at(gx, gy);
-                        let base = ground_color(g, gx, gy, best_t, seed32);
-                        let lit = self.sun_visible(gx, gy, sbx0, sby0, &light);
-                        let mut shade = light.ambient + lit * light.diffuse * light.sun[2];
-                        // Contact shadow: darker ground close around vehicles and people.
-                        for &k in tile {
-                            let pb = &self.pboxes[k as usize];
-                            if !pb.contact {
-                                continue;
-                            }
-                            let lx = pb.ox + best_t * (pb.c * d[0] + pb.s * d[1]);
-                            let ly = pb.oy + best_t * (-pb.s * d[0] + pb.c * d[1]);
-                            let out = (lx.abs() - pb.hl).max(ly.abs() - pb.hw);
-                            if out < 0.35 {
-                                shade *= 0.5 + 0.5 * (out / 0.35).max(0.0);
-                            }
-                        }
-                        (haze(scale3(base, shade), &light, best_t), g.class)
-                    }
-                    k => {
-                        let bi = (k - 1) as usize;
-                        self.depth[i] = best_t * r[2];
-                        self.hit[i] = k;
-                        let b = &self.boxes[bi];
-                        let pb = &self.pboxes[bi];
-                        let lx = pb.c * d[0] + pb.s * d[1];
-                        let ly = -pb.s * d[0] + pb.c * d[1];
-                        let hx = pb.ox + best_t * lx;
-                        let hy = pb.oy + best_t * ly;
-                        let hz = pb.oz + best_t * d[2];
-                        // World normal of the face hit.
-                        let n = match best_axis {
-                            0 => {
-                                let sg = if lx > 0.0 { -1.0 } else { 1.0 };
-                                [pb.c * sg, pb.s * sg, 0.0]
-                            }
-                            1 => {
-                                let sg = if ly > 0.0 { -1.0 } else { 1.0 };
-                                [-pb.s * sg, pb.c * sg, 0.0]
-                            }
-                            _ => [0.0, 0.0, if d[2] > 0.0 { -1.0 } else { 1.0 }],
-                        };
-                        let base = box_color(b, pb, best_axis, hx, hy, hz, seed32);
-                        let ndl = (n[0] * light.sun[0] + n[1] * light.sun[1] + n[2] * light.sun[2])
-                            .max(0.0);
-                        let shade = light.ambient + light.diffuse * ndl;
-                        (haze(scale3(base, shade), &light, best_t), b.class)
-                    }
-                };
+                let (col, lab, depth, hit) = self.shade_ray(world, f, r, u, v);
+                self.depth[i] = depth;
+                self.hit[i] = hit;
                 self.labels[i] = lab;
                 let n = if self.noise_sigma > 0.0 {
-                    let ua = hash01(nseed, u as i32, v as i32);
-                    let ub = hash01(nseed ^ 0x68E3_1DA4, u as i32, v as i32);
+                    let ua = hash01(f.nseed, u as i32, v as i32);
+                    let ub = hash01(f.nseed ^ 0x68E3_1DA4, u as i32, v as i32);
                     (ua + ub - 1.0) * 2.45 * self.noise_sigma
                 } else {
                     0.0
@@ -497,7 +448,146 @@ impl Renderer {
                 }
             }
         }
-        Ok(())
+    }
+
+    /// Colour, label, depth and hit (`HIT_NONE`, `HIT_GROUND` or box index + 1) of the
+    /// camera ray `r` through pixel (u, v).
+    fn shade_ray(
+        &self,
+        world: &World,
+        f: &FrameSetup,
+        r: [f32; 3],
+        u: usize,
+        v: usize,
+    ) -> ([f32; 3], u8, f32, u32) {
+        let m = &f.m;
+        let d = [
+            m[0][0] * r[0] + m[0][1] * r[1] + m[0][2] * r[2],
+            m[1][0] * r[0] + m[1][1] * r[1] + m[1][2] * r[2],
+            m[2][0] * r[0] + m[2][1] * r[1] + m[2][2] * r[2],
+        ];
+        let tile = &self.tiles[(v / TILE) * self.tiles_x + u / TILE];
+        let (best_t, best, best_axis) = self.nearest_hit(tile, d, f.origin[2]);
+        match best {
+            HIT_NONE => {
+                let a = d[2].clamp(0.0, 1.0).sqrt();
+                let col = mix3(f.light.horizon, f.light.zenith, a);
+                (col, class::SKY, f32::INFINITY, HIT_NONE)
+            }
+            HIT_GROUND => {
+                let (col, lab) = self.shade_ground(world, f, tile, d, best_t);
+                (col, lab, best_t * r[2], HIT_GROUND)
+            }
+            k => {
+                let (col, lab) = self.shade_box(f, (k - 1) as usize, best_axis, d, best_t);
+                (col, lab, best_t * r[2], k)
+            }
+        }
+    }
+
+    /// The nearest of the ground plane and the tile's boxes along world direction `d` from
+    /// camera height `ozf`: (distance, hit, box face axis).
+    fn nearest_hit(&self, tile: &[u16], d: [f32; 3], ozf: f32) -> (f32, u32, u8) {
+        let mut best_t = f32::INFINITY;
+        let mut best = HIT_NONE;
+        let mut best_axis = 0u8;
+        if d[2] < -1e-6 {
+            best_t = -ozf / d[2];
+            best = HIT_GROUND;
+        }
+        for &k in tile {
+            let pb = &self.pboxes[k as usize];
+            let lx = pb.c * d[0] + pb.s * d[1];
+            let ly = -pb.s * d[0] + pb.c * d[1];
+            let (ax0, ax1) = slab(pb.ox, lx, -pb.hl, pb.hl);
+            let (ay0, ay1) = slab(pb.oy, ly, -pb.hw, pb.hw);
+            let (az0, az1) = slab(pb.oz, d[2], pb.z0, pb.z1);
+            let mut tn = ax0;
+            let mut axis = 0u8;
+            if ay0 > tn {
+                tn = ay0;
+                axis = 1;
+            }
+            if az0 > tn {
+                tn = az0;
+                axis = 2;
+            }
+            let tf = ax1.min(ay1).min(az1);
+            if tn <= tf && tn > 1e-3 && tn < best_t {
+                best_t = tn;
+                best = k as u32 + 1;
+                best_axis = axis;
+            }
+        }
+        (best_t, best, best_axis)
+    }
+
+    /// Colour and class of the ground hit at distance `t` along `d`: sun and box shadows,
+    /// contact shadows around vehicles and people, haze.
+    fn shade_ground(
+        &self,
+        world: &World,
+        f: &FrameSetup,
+        tile: &[u16],
+        d: [f32; 3],
+        best_t: f32,
+    ) -> ([f32; 3], u8) {
+        let light = &f.light;
+        let gx = f.origin[0] + best_t * d[0];
+        let gy = f.origin[1] + best_t * d[1];
+        let g = world.ground_at(gx, gy);
+        let base = ground_color(g, gx, gy, best_t, f.seed32);
+        let lit = self.sun_visible(gx, gy, f.shadow_origin.0, f.shadow_origin.1, light);
+        let mut shade = light.ambient + lit * light.diffuse * light.sun[2];
+        // Contact shadow: darker ground close around vehicles and people.
+        for &k in tile {
+            let pb = &self.pboxes[k as usize];
+            if !pb.contact {
+                continue;
+            }
+            let lx = pb.ox + best_t * (pb.c * d[0] + pb.s * d[1]);
+            let ly = pb.oy + best_t * (-pb.s * d[0] + pb.c * d[1]);
+            let out = (lx.abs() - pb.hl).max(ly.abs() - pb.hw);
+            if out < 0.35 {
+                shade *= 0.5 + 0.5 * (out / 0.35).max(0.0);
+            }
+        }
+        (haze(scale3(base, shade), light, best_t), g.class)
+    }
+
+    /// Colour and class of box `bi`'s face `best_axis` hit at distance `t` along `d`.
+    fn shade_box(
+        &self,
+        f: &FrameSetup,
+        bi: usize,
+        best_axis: u8,
+        d: [f32; 3],
+        best_t: f32,
+    ) -> ([f32; 3], u8) {
+        let light = &f.light;
+        let b = &self.boxes[bi];
+        let pb = &self.pboxes[bi];
+        let lx = pb.c * d[0] + pb.s * d[1];
+        let ly = -pb.s * d[0] + pb.c * d[1];
+        let hx = pb.ox + best_t * lx;
+        let hy = pb.oy + best_t * ly;
+        let hz = pb.oz + best_t * d[2];
+        // World normal of the face hit.
+        let n = match best_axis {
+            0 => {
+                let sg = if lx > 0.0 { -1.0 } else { 1.0 };
+                [pb.c * sg, pb.s * sg, 0.0]
+            }
+            1 => {
+                let sg = if ly > 0.0 { -1.0 } else { 1.0 };
+                [-pb.s * sg, pb.c * sg, 0.0]
+            }
+            _ => [0.0, 0.0, if d[2] > 0.0 { -1.0 } else { 1.0 }],
+        };
+        let base = box_color(b, pb, best_axis, hx, hy, hz, f.seed32);
+        let ndl = (n[0] * light.sun[0] + n[1] * light.sun[1] + n[2] * light.sun[2]).max(0.0);
+        let shade = light.ambient + light.diffuse * ndl;
+        (haze(scale3(base, shade), light, best_t), b.class)
     }
 
     /// Bins the frame's boxes by the rectangle their shadow can fall in.

@@ -301,37 +301,7 @@ impl World {
             route_length: len,
             ..cfg.clone()
         };
-        // Main road: piecewise-constant curvature, heading kept within +-50 degrees.
-        let n = (len / ROUTE_STEP).ceil() as usize + 1;
-        let mut route = Vec::with_capacity(n);
-        let (mut x, mut y, mut h) = (0.0f64, 0.0f64, 0.0f64);
-        let mut piece_left = 0.0;
-        let mut kappa = 0.0;
-        for i in 0..n {
-            route.push([x, y, h]);
-            if piece_left <= 0.0 {
-                if i < 80 || rng.chance(0.45) {
-                    kappa = 0.0;
-                    piece_left = rng.range(60.0, 180.0);
-                } else {
-                    let r = rng.range(70.0, 300.0);
-                    let mut sign = if rng.chance(0.5) { 1.0 } else { -1.0 };
-                    if h.abs() > 0.5 {
-                        sign = -h.signum();
-                    }
-                    kappa = sign / r;
-                    piece_left = rng.range(40.0, 110.0);
-                }
-            }
-            piece_left -= ROUTE_STEP;
-            if (h + kappa * ROUTE_STEP).abs() > 0.87 {
-                kappa = 0.0;
-            }
-            let hm = h + 0.5 * kappa * ROUTE_STEP;
-            x += hm.cos() * ROUTE_STEP;
-            y += hm.sin() * ROUTE_STEP;
-            h += kappa * ROUTE_STEP;
-        }
+        let route = generate_route(&mut rng, len);
         let mut w = World {
             cfg: cfg.clone(),
             seed,
@@ -350,30 +320,44 @@ impl World {
             ego_s0: RING_START + rng.range(0.0, 40.0),
             ego_phase: rng.range(0.0, std::f64::consts::TAU),
         };
-        let main_hw = cfg.lane_width + cfg.parking_width;
-        let cross_hw = cfg.lane_width;
-        // Main road segments (every 2 m).
+        w.push_main_road();
+        w.place_intersections(&mut rng);
+        w.build_grid();
+        w.place_roadside(&mut rng);
+        w.place_cross_buildings(&mut rng);
+        w.place_actors(&mut rng);
+        w
+    }
+
+    /// Main road segments (every 2 m).
+    fn push_main_road(&mut self) {
+        let main_hw = self.cfg.lane_width + self.cfg.parking_width;
         let step = 2usize;
         let mut i = 0;
-        while i + step < w.route.len() {
-            let a = w.route[i];
-            let b = w.route[i + step];
-            w.push_seg(
+        while i + step < self.route.len() {
+            let a = self.route[i];
+            let b = self.route[i + step];
+            self.push_seg(
                 a,
                 b,
                 (i as f64) * ROUTE_STEP,
                 0,
                 main_hw,
-                cfg.sidewalk_width,
+                self.cfg.sidewalk_width,
                 true,
             );
             i += step;
         }
-        // Intersections: straight cross streets, some T junctions.
-        let mut s = RING_START + w.ego_s0 + rng.range(40.0, 90.0);
+    }
+
+    /// Intersections: straight cross streets, some T junctions.
+    fn place_intersections(&mut self, rng: &mut SplitMix64) {
+        let len = self.cfg.route_length;
+        let cross_hw = self.cfg.lane_width;
+        let mut s = RING_START + self.ego_s0 + rng.range(40.0, 90.0);
         let mut road_id = 1u16;
         while s < len - 60.0 {
-            let p = w.route_pose(s);
+            let p = self.route_pose(s);
             let (nx, ny) = (-p[2].sin(), p[2].cos());
             let kind = rng.below(3);
             let left = if kind == 1 {
@@ -389,18 +373,14 @@ impl World {
             let a = [p[0] - nx * right, p[1] - ny * right, 0.0];
             let b = [p[0] + nx * left, p[1] + ny * left, 0.0];
             // Ends inside the main road for T junctions.
-            w.push_seg(a, b, 0.0, road_id, cross_hw, cfg.sidewalk_width, false);
-            w.cross.push(([a[0], a[1]], [nx, ny], left + right));
-            w.intersections.push(s);
+            let sidewalk = self.cfg.sidewalk_width;
+            self.push_seg(a, b, 0.0, road_id, cross_hw, sidewalk, false);
+            self.cross.push(([a[0], a[1]], [nx, ny], left + right));
+            self.intersections.push(s);
             road_id = road_id.wrapping_add(1).max(1);
-            let (lo, hi) = cfg.intersection_spacing;
+            let (lo, hi) = self.cfg.intersection_spacing;
             s += rng.range(lo.max(30.0), hi.max(lo.max(30.0) + 1.0));
         }
-        w.build_grid();
-        w.place_roadside(&mut rng);
-        w.place_cross_buildings(&mut rng);
-        w.place_actors(&mut rng);
-        w
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -804,54 +784,16 @@ impl World {
     }
 
     fn place_actors(&mut self, rng: &mut SplitMix64) {
-        let lw = self.cfg.lane_width;
-        let hw = lw + self.cfg.parking_width;
-        let car_colors: [[u8; 3]; 9] = [
-            [235, 235, 235],
-            [170, 172, 178],
-            [30, 30, 34],
-            [160, 25, 25],
-            [30, 60, 140],
-            [70, 75, 80],
-            [120, 130, 60],
-            [200, 160, 40],
-            [90, 20, 30],
-        ];
-        let make = |rng: &mut SplitMix64, cls: u8| -> SimBox {
-            let color = car_colors[rng.below(car_colors.len() as u64) as usize];
-            let color2 = [
-                rng.range(30.0, 220.0) as u8,
-                rng.range(30.0, 220.0) as u8,
-                rng.range(30.0, 220.0) as u8,
-            ];
-            let (l, w, h, look) = match cls {
-                class::CAR => (
-                    rng.range(3.9, 4.9),
-                    rng.range(1.7, 1.9),
-                    rng.range(1.4, 1.65),
-                    Look::Car,
-                ),
-                class::TRUCK => (rng.range(7.0, 11.0), 2.5, rng.range(3.0, 3.8), Look::Truck),
-                class::TWO_WHEELER => (1.9, 0.7, 1.6, Look::TwoWheeler),
-                _ => (0.45, 0.55, rng.range(1.55, 1.9), Look::Person),
-            };
-            SimBox {
-                class: cls,
-                look,
-                x: 0.0,
-                y: 0.0,
-                yaw: 0.0,
-                half_len: l * 0.5,
-                half_wid: w * 0.5,
-                z0: 0.0,
-                z1: h,
-                color,
-                color2,
-            }
-        };
-        let len = self.cfg.route_length;
+        let hw = self.cfg.lane_width + self.cfg.parking_width;
         let ring = self.ring_len();
-        // Parked vehicles in both parking lanes.
+        self.place_parked(rng, hw);
+        self.place_traffic(rng, ring);
+        self.place_pedestrians(rng, hw, ring);
+    }
+
+    /// Parked vehicles in both parking lanes (`hw`: half width of the main road).
+    fn place_parked(&mut self, rng: &mut SplitMix64, hw: f64) {
+        let len = self.cfg.route_length;
         for side in [-1.0f64, 1.0] {
             let mut s = rng.range(5.0, 20.0);
             while s < len - 10.0 {
@@ -864,7 +806,7 @@ impl World {
                     } else {
                         class::TWO_WHEELER
                     };
-                    let mut b = make(rng, cls);
+                    let mut b = actor_box(rng, cls);
                     let lat = side * (hw - self.cfg.parking_width * 0.5 + rng.range(-0.15, 0.15));
                     let (x, y, yaw) = self.along(s, lat);
                     b.x = x;
@@ -885,80 +827,42 @@ impl World {
                 }
             }
         }
-        // Moving traffic in one lane from `s` to `end`: class by cumulative car/truck
-        // probabilities `p` (the rest two-wheelers), lane offset `lat` (vehicle, two-wheeler),
-        // gaps drawn from `gap`.
-        #[allow(clippy::too_many_arguments)]
-        let lane = |rng: &mut SplitMix64,
-                    actors: &mut Vec<Actor>,
-                    mut s: f64,
-                    end: f64,
-                    s0: f64,
-                    p: [f64; 2],
-                    lat: [f64; 2],
-                    speed: f64,
-                    gap: [f64; 2]| {
-            while s < end {
-                let r = rng.next_f64();
-                let cls = if r < p[0] {
-                    class::CAR
-                } else if r < p[1] {
-                    class::TRUCK
-                } else {
-                    class::TWO_WHEELER
-                };
-                let b = make(rng, cls);
-                let lat = if cls == class::TWO_WHEELER {
-                    lat[1]
-                } else {
-                    lat[0]
-                };
-                actors.push(Actor {
-                    bx: b,
-                    motion: Motion::Along {
-                        s0: s0 + s,
-                        lat,
-                        speed,
-                    },
-                });
-                s += rng.range(gap[0], gap[1]);
-            }
-        };
+    }
+
+    /// Moving traffic on the ring: lead traffic in the ego lane, then oncoming traffic.
+    fn place_traffic(&mut self, rng: &mut SplitMix64, ring: f64) {
+        let lw = self.cfg.lane_width;
         let vm = self.cfg.mean_speed;
         // Lead traffic in the ego lane: same mean speed as the ego, never closer than ~12 m.
         let start = rng.range(45.0, 70.0);
-        let ego_s0 = self.ego_s0;
-        let (p, l) = ([0.75, 0.9], [-0.5 * lw, -0.7 * lw]);
-        lane(
-            rng,
-            &mut self.actors,
-            start,
-            ring - 60.0,
-            ego_s0,
-            p,
-            l,
-            vm,
-            [45.0, 140.0],
-        );
+        let lead = TrafficLane {
+            end: ring - 60.0,
+            s0: self.ego_s0,
+            p: [0.75, 0.9],
+            lat: [-0.5 * lw, -0.7 * lw],
+            speed: vm,
+            gap: [45.0, 140.0],
+        };
+        lead.fill(rng, &mut self.actors, start);
         // Oncoming traffic: one speed so vehicles never overlap.
         let start = rng.range(0.0, 30.0);
-        let (p, l) = ([0.7, 0.85], [0.5 * lw, 0.85 * lw]);
-        lane(
-            rng,
-            &mut self.actors,
-            start,
-            ring,
-            RING_START,
-            p,
-            l,
-            -vm,
-            [20.0, 70.0],
-        );
-        // Pedestrians on both sidewalks, walking either way.
+        let oncoming = TrafficLane {
+            end: ring,
+            s0: RING_START,
+            p: [0.7, 0.85],
+            lat: [0.5 * lw, 0.85 * lw],
+            speed: -vm,
+            gap: [20.0, 70.0],
+        };
+        oncoming.fill(rng, &mut self.actors, start);
+    }
+
+    /// Pedestrians on both sidewalks, walking either way (`hw`: half width of the main road).
+    fn place_pedestrians(&mut self, rng: &mut SplitMix64, hw: f64, ring: f64) {
         for side in [-1.0f64, 1.0] {
             let mut s = rng.range(0.0, 10.0);
             while s < ring {
-                let b = make(rng, class::PERSON);
+                let b = actor_box(rng, class::PERSON);
                 let lat = side * (hw + self.cfg.sidewalk_width * rng.range(0.25, 0.75));
                 let speed = if rng.chance(0.5) { 1.0 } else { -1.0 } * rng.range(0.9, 1.6);
                 self.actors.push(Actor {
@@ -1027,5 +931,131 @@ impl World {
     }
     pub fn actor_count(&self) -> usize {
         self.actors.len()
+    }
+}
+
+/// Main road: piecewise-constant curvature, heading kept within +-50 degrees; one
+/// (x, y, heading) every `ROUTE_STEP` metres over `len`.
+fn generate_route(rng: &mut SplitMix64, len: f64) -> Vec<[f64; 3]> {
+    let n = (len / ROUTE_STEP).ceil() as usize + 1;
+    let mut route = Vec::with_capacity(n);
+    let (mut x, mut y, mut h) = (0.0f64, 0.0f64, 0.0f64);
+    let mut piece_left = 0.0;
+    let mut kappa = 0.0;
+    for i in 0..n {
+        route.push([x, y, h]);
+        if piece_left <= 0.0 {
+            if i < 80 || rng.chance(0.45) {
+                kappa = 0.0;
+                piece_left = rng.range(60.0, 180.0);
+            } else {
+                let r = rng.range(70.0, 300.0);
+                let mut sign = if rng.chance(0.5) { 1.0 } else { -1.0 };
+                if h.abs() > 0.5 {
+                    sign = -h.signum();
+                }
+                kappa = sign / r;
+                piece_left = rng.range(40.0, 110.0);
+            }
+        }
+        piece_left -= ROUTE_STEP;
+        if (h + kappa * ROUTE_STEP).abs() > 0.87 {
+            kappa = 0.0;
+        }
+        let hm = h + 0.5 * kappa * ROUTE_STEP;
+        x += hm.cos() * ROUTE_STEP;
+        y += hm.sin() * ROUTE_STEP;
+        h += kappa * ROUTE_STEP;
+    }
+    route
+}
+
+/// Body colours of vehicles.
+const CAR_COLORS: [[u8; 3]; 9] = [
+    [235, 235, 235],
+    [170, 172, 178],
+    [30, 30, 34],
+    [160, 25, 25],
+    [30, 60, 140],
+    [70, 75, 80],
+    [120, 130, 60],
+    [200, 160, 40],
+    [90, 20, 30],
+];
+
+/// A box of class `cls` with drawn size and colours, at the origin (the caller places it).
+fn actor_box(rng: &mut SplitMix64, cls: u8) -> SimBox {
+    let color = CAR_COLORS[rng.below(CAR_COLORS.len() as u64) as usize];
+    let color2 = [
+        rng.range(30.0, 220.0) as u8,
+        rng.range(30.0, 220.0) as u8,
+        rng.range(30.0, 220.0) as u8,
+    ];
+    let (l, w, h, look) = match cls {
+        class::CAR => (
+            rng.range(3.9, 4.9),
+            rng.range(1.7, 1.9),
+            rng.range(1.4, 1.65),
+            Look::Car,
+        ),
+        class::TRUCK => (rng.range(7.0, 11.0), 2.5, rng.range(3.0, 3.8), Look::Truck),
+        class::TWO_WHEELER => (1.9, 0.7, 1.6, Look::TwoWheeler),
+        _ => (0.45, 0.55, rng.range(1.55, 1.9), Look::Person),
+    };
+    SimBox {
+        class: cls,
+        look,
+        x: 0.0,
+        y: 0.0,
+        yaw: 0.0,
+        half_len: l * 0.5,
+        half_wid: w * 0.5,
+        z0: 0.0,
+        z1: h,
+        color,
+        color2,
+    }
+}
+
+/// Moving traffic in one lane up to `end`: class by cumulative car/truck probabilities `p`
+/// (the rest two-wheelers), lane offset `lat` (vehicle, two-wheeler), gaps drawn from `gap`,
+/// route positions counted from `s0`.
+struct TrafficLane {
+    end: f64,
+    s0: f64,
+    p: [f64; 2],
+    lat: [f64; 2],
+    speed: f64,
+    gap: [f64; 2],
+}
+
+impl TrafficLane {
+    /// Vehicles from `s` on, one gap apart.
+    fn fill(&self, rng: &mut SplitMix64, actors: &mut Vec<Actor>, mut s: f64) {
+        while s < self.end {
+            let r = rng.next_f64();
+            let cls = if r < self.p[0] {
+                class::CAR
+            } else if r < self.p[1] {
+                class::TRUCK
+            } else {
+                class::TWO_WHEELER
+            };
+            let b = actor_box(rng, cls);
+            let lat = if cls == class::TWO_WHEELER {
+                self.lat[1]
+            } else {
+                self.lat[0]
+            };
+            actors.push(Actor {
+                bx: b,
+                motion: Motion::Along {
+                    s0: self.s0 + s,
+                    lat,
+                    speed: self.speed,
+                },
+            });
+            s += rng.range(self.gap[0], self.gap[1]);
+        }
     }
 }

@@ -20,27 +20,14 @@
 
 use bevrt_calib::{BevGrid, CameraModel, Extrinsics, SamplingTable, view_transform};
 use bevrt_kernels::launch::{Gpu, PreprocessParams};
-use bevrt_models::{ChannelOrder, InputDtype, InputSpec, Layout};
 use bevrt_runtime::frame::{Frame, PixelFormat};
 use bevrt_runtime::postprocess::{bev_argmax, colourise};
 use bevrt_runtime::preprocess::PreprocessPlan;
 use bevrt_tests::device_report::{CheckResult, Recorder};
+use bevrt_tests::preprocess_cases::{self, PreprocessCase};
+use bevrt_tests::splitmix_bytes as bytes;
 use serde_json::json;
 use std::time::Instant;
-
-/// Deterministic pseudo-random bytes (splitmix64).
-fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E3779B97F4A7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-            (z ^ (z >> 31)) as u8
-        })
-        .collect()
-}
 
 /// One thread per element over `n` values: `kernel(x, y, n)` (the cast kernels).
 fn launch_elementwise<A: cudarc::driver::DeviceRepr, B: cudarc::driver::DeviceRepr>(
@@ -110,492 +97,31 @@ fn main() {
 }
 
 fn run(gpu: &Gpu, models: &[String], rec: &mut Recorder) {
-    let st = gpu.stream.clone();
-    if let Ok(Some(info)) = bevrt_kernels::device::probe() {
-        rec.header.insert("device".into(), json!(info.name));
-        rec.header
-            .insert("driver_version".into(), json!(info.driver_version));
-    }
-    rec.header.insert("sm".into(), json!(gpu.sm));
-    rec.header
-        .insert("kernel_image".into(), json!(format!("{:?}", gpu.image)));
-    if let Ok((a, b)) = bevrt_kernels::nvrtc::version() {
-        rec.header.insert("nvrtc".into(), json!(format!("{a}.{b}")));
-    }
+    record_device(gpu, rec);
     let sync = || -> CheckResult { Ok(gpu.synchronize()?) };
-
-    // ---- f16 conversions first: the PTX rounding and NaN rules every FP16 kernel relies on
     rec.group(
         "f16_conversions",
-        |checks| {
-            let mut x: Vec<f32> = bytes(4 << 16, 5)
-                .chunks_exact(4)
-                .map(|b| f32::from_bits(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-                .collect();
-            x.extend([f32::NAN, -f32::NAN, 65519.0, 65520.0, 6.0e-8, 2.9802322e-8, -0.0]);
-            let n = x.len();
-            let dx = st.clone_htod(&x)?;
-            let mut dh = st.alloc_zeros::<u16>(n)?;
-            launch_elementwise(gpu, "cast_f32_f16", &dx, &mut dh, n)?;
-            let h = st.clone_dtoh(&dh)?;
-            let want: Vec<u16> = x.iter().map(|v| bevrt_kernels::reference::f2h(*v)).collect();
-            let bad = h.iter().zip(&want).filter(|(a, b)| a != b).count();
-            checks.push(json!({"kernel": "cast_f32_f16", "case": format!("{n} values incl. NaN, subnormal, overflow"), "mismatches": bad, "pass": bad == 0}));
-            let all_h: Vec<u16> = (0..=u16::MAX).collect();
-            let dall = st.clone_htod(&all_h)?;
-            let mut dall_f = st.alloc_zeros::<f32>(all_h.len())?;
-            launch_elementwise(gpu, "cast_f16_f32", &dall, &mut dall_f, all_h.len())?;
-            let f = st.clone_dtoh(&dall_f)?;
-            let bad = f
-                .iter()
-                .zip(&all_h)
-                .filter(|(g, h)| g.to_bits() != bevrt_kernels::reference::h2f(**h).to_bits())
-                .count();
-            checks.push(json!({"kernel": "cast_f16_f32", "case": "all 65536 f16 values", "mismatches": bad, "pass": bad == 0}));
-            Ok(())
-        },
+        |checks| check_f16_conversions(gpu, checks),
         sync,
     );
     rec.group(
         "argmax_colourise",
-        |checks| {
-        // ---- argmax + colourise, bit-exact
-        let (ncls, side) = (8usize, 200usize);
-        let n = side * side;
-        let logits: Vec<f32> = bytes(ncls * n, 13)
-            .iter()
-            .map(|b| (*b % 32) as f32)
-            .collect(); // ties on purpose
-        let mut want_map = vec![0u8; n];
-        bev_argmax(&logits, ncls, side, side, &mut want_map);
-        let dl = st.clone_htod(&logits)?;
-        let mut dmap = st.alloc_zeros::<u8>(n)?;
-        gpu.bev_argmax(&dl, &mut dmap, ncls as i32, n as i32)?;
-        let got_map = st.clone_dtoh(&dmap)?;
-        let pass = got_map == want_map;
-        checks.push(json!({"kernel": "bev_argmax", "case": format!("{ncls} classes, {side}x{side}, with ties"), "bit_exact": pass, "pass": pass}));
-        let classes: Vec<bevrt_models::ClassSpec> = (0..ncls)
-            .map(|i| bevrt_models::ClassSpec {
-                name: format!("c{i}"),
-                color: [i as u8 * 30, 255 - i as u8 * 20, i as u8 * 7],
-            })
-            .collect();
-        let mut map = want_map.clone();
-        map[0] = 255; // unknown -> black
-        let mut want_rgb = vec![0u8; n * 3];
-        colourise(&map, &classes, &mut want_rgb);
-        let palette: Vec<u8> = classes.iter().flat_map(|c| c.color).collect();
-        let dmap2 = st.clone_htod(&map)?;
-        let dpal = st.clone_htod(&palette)?;
-        let mut drgb = st.alloc_zeros::<u8>(n * 3)?;
-        gpu.colourise(&dmap2, &dpal, ncls as i32, &mut drgb, n as i32)?;
-        let pass = st.clone_dtoh(&drgb)? == want_rgb;
-        checks.push(json!({"kernel": "colourise", "case": format!("{side}x{side} with unknown cells"), "bit_exact": pass, "pass": pass}));
-
-            Ok(())
-        },
+        |checks| check_argmax_colourise(gpu, checks),
         sync,
     );
-
-    rec.group(
-        "bev_pool",
-        |checks| {
-        // ---- BEV pool against bevrt_calib::view_transform on a real sampling table
-        let cam = CameraModel::pinhole(
-            768,
-            256,
-            300.0,
-            300.0,
-            384.0,
-            128.0,
-            [-0.05, 0.0, 0.0, 0.0, 0.0],
-        )?;
-        let ext = Extrinsics::from_height_pitch_roll_yaw(1.5, 4.0, 0.0, 0.0);
-        let grid = BevGrid {
-            x_min: 0.0,
-            x_max: 50.0,
-            y_min: -25.0,
-            y_max: 25.0,
-            cell: 0.25,
-            z_levels: vec![0.0, 0.5, 1.0, 1.5],
-            depth: None,
-        };
-        let (fw, fh, ch) = (96usize, 32usize, 64usize);
-        let table = SamplingTable::try_build(&grid, &cam, &ext, fw, fh, 8)?;
-        let feat: Vec<f32> = bytes(ch * fw * fh, 11)
-            .iter()
-            .map(|b| *b as f32 / 17.0 - 7.0)
-            .collect();
-        let cells = table.grid_w * table.grid_h;
-        let mut want = vec![0f32; ch * table.levels * cells];
-        view_transform(&table, &feat, &mut want)?;
-        let taps = st.clone_htod(table.taps_as_bytes())?;
-        let dfeat = st.clone_htod(&feat)?;
-        let mut dout = st.alloc_zeros::<f32>(want.len())?;
-        let launch = |dout: &mut cudarc::driver::CudaSlice<f32>| {
-            gpu.bev_pool_f32(
-                &taps,
-                &dfeat,
-                dout,
-                ch as i32,
-                table.levels as i32,
-                cells as i32,
-                (fw * fh) as i32,
-            )
-        };
-        launch(&mut dout)?;
-        let got = st.clone_dtoh(&dout)?;
-        let err = max_rel(&got, &want);
-        let pass = err <= 1e-5;
-        checks.push(json!({"kernel": "bev_pool_f32", "case": format!("{}x{}x{} levels, C={ch}", table.grid_h, table.grid_w, table.levels),
-                           "max_rel_err": err, "tolerance": 1e-5, "pass": pass}));
-        st.synchronize()?;
-        let t = Instant::now();
-        for _ in 0..200 {
-            launch(&mut dout)?;
-        }
-        st.synchronize()?;
-        let bev_ms = t.elapsed().as_secs_f64() * 1e3 / 200.0;
-        checks.push(json!({"timing": "bev_pool_200x200x4_c64", "ms": bev_ms, "pass": true}));
-
-        // ---- the depth-weighted lift (depth_softmax_f32 + bev_lift_f32) against bevrt_calib::lift
-        let bins = 32usize;
-        let dgrid = BevGrid {
-            depth: Some(bevrt_calib::DepthBins {
-                min: 3.0,
-                max: 60.0,
-                bins,
-                spacing: bevrt_calib::DepthSpacing::Log,
-            }),
-            ..grid.clone()
-        };
-        let dtable = SamplingTable::try_build(&dgrid, &cam, &ext, fw, fh, 8)?;
-        let plane = fw * fh;
-        let mut dfeat_host = feat.clone();
-        dfeat_host.extend(bytes(bins * plane, 12).iter().map(|b| *b as f32 / 32.0 - 4.0));
-        let mut scratch = bevrt_calib::LiftScratch::new(&dtable);
-        let mut dwant = vec![0f32; ch * dtable.levels * cells];
-        bevrt_calib::lift(&dtable, &dfeat_host, &mut scratch, &mut dwant)?;
-        let dtaps = st.clone_htod(dtable.taps_as_bytes())?;
-        let dbins = st.clone_htod(&dtable.bins)?;
-        let dlfeat = st.clone_htod(&dfeat_host)?;
-        let dw = st.alloc_zeros::<f32>(bins * plane)?;
-        let mut dlout = st.alloc_zeros::<f32>(dwant.len())?;
-        let lift_launch = |dlout: &mut cudarc::driver::CudaSlice<f32>| {
-            use cudarc::driver::DevicePtr;
-            let (f, _f) = dlfeat.device_ptr(&st);
-            let (w, _w) = dw.device_ptr(&st);
-            let (t, _t) = dtaps.device_ptr(&st);
-            let (b, _b) = dbins.device_ptr(&st);
-            let (o, _o) = dlout.device_ptr(&st);
-            gpu.depth_softmax_f32_at(f + (ch * plane * 4) as u64, w, bins as i32, plane as i32)?;
-            gpu.bev_lift_f32_at(t, b, w, f, o, ch as i32, dtable.levels as i32, cells as i32, plane as i32)
-        };
-        lift_launch(&mut dlout)?;
-        let got = st.clone_dtoh(&dlout)?;
-        let err = max_rel(&got, &dwant);
-        checks.push(json!({"kernel": "bev_lift_f32", "case": format!("{}x{}x{} levels, C={ch}, D={bins}", dtable.grid_h, dtable.grid_w, dtable.levels),
-                           "max_rel_err": err, "tolerance": 1e-5, "pass": err <= 1e-5}));
-        st.synchronize()?;
-        let t = Instant::now();
-        for _ in 0..200 {
-            lift_launch(&mut dlout)?;
-        }
-        st.synchronize()?;
-        let lift_ms = t.elapsed().as_secs_f64() * 1e3 / 200.0;
-        checks.push(json!({"timing": "bev_lift_200x200x4_c64_d32", "ms": lift_ms,
-                           "vs_bev_pool": lift_ms / bev_ms, "pass": true}));
-
-            Ok(())
-        },
-        sync,
-    );
-
-    rec.group(
-        "afv",
-        |checks| {
-        // ---- AFV score + Fisher normalisation against bevrt_runtime::afv, the shapes of the
-        // MNIST discriminator's tail (32x14x14 -> conv 4/2 -> 64x7x7)
-        {
-            use bevrt_kernels::launch::AfvDims;
-            use bevrt_runtime::afv::{AfvGeometry, afv_score, fisher_normalise};
-            let g = AfvGeometry::k4s2(32, (14, 14), 64, 0.2, 1);
-            let d = AfvDims::from(&g);
-            let vals = |n: usize, seed: u64, lo: f32, hi: f32| -> Vec<f32> {
-                bytes(n, seed)
-                    .iter()
-                    .map(|b| lo + (hi - lo) * (*b as f32 / 255.0))
-                    .collect()
-            };
-            let a1 = vals(g.a1_len(), 21, -0.2, 1.0);
-            let z2 = vals(g.z2_len(), 22, -1.0, 1.0);
-            let w3 = vals(g.z2_len(), 23, -0.1, 0.1);
-            let mean = vals(g.dim(), 24, -0.05, 0.05);
-            let diag = vals(g.dim(), 25, 0.01, 0.5);
-            let mut delta = vec![0f32; g.z2_len()];
-            let mut want = vec![0f32; g.dim()];
-            afv_score(&g, &a1, &z2, &w3, &mut delta, &mut want);
-            let (da1, dz2, dw3) = (
-                st.clone_htod(&a1)?,
-                st.clone_htod(&z2)?,
-                st.clone_htod(&w3)?,
-            );
-            let (dmean, ddiag) = (st.clone_htod(&mean)?, st.clone_htod(&diag)?);
-            let ddelta = st.alloc_zeros::<f32>(g.z2_len())?;
-            let du = st.alloc_zeros::<f32>(g.dim())?;
-            let ptr = |s: &cudarc::driver::CudaSlice<f32>| {
-                use cudarc::driver::DevicePtr;
-                s.device_ptr(&st).0
-            };
-            gpu.afv_score_at(&d, ptr(&da1), ptr(&dz2), ptr(&dw3), ptr(&ddelta), ptr(&du))?;
-            let got = st.clone_dtoh(&du)?;
-            let err = max_rel(&got, &want);
-            let pass = err <= 1e-4;
-            checks.push(json!({"kernel": "afv_delta + afv_conv_grad", "case": "32x14x14 -> 64x7x7, k4 s2 p1", "max_rel": err, "pass": pass}));
-            // the same activations with the 2x2 spatial cells the AFV recipe uses
-            {
-                let g2 = AfvGeometry { regions: 2, ..g };
-                let mut want2 = vec![0f32; g2.dim()];
-                afv_score(&g2, &a1, &z2, &w3, &mut delta, &mut want2);
-                let du2 = st.alloc_zeros::<f32>(g2.dim())?;
-                let d2 = AfvDims::from(&g2);
-                gpu.afv_score_at(
-                    &d2,
-                    ptr(&da1),
-                    ptr(&dz2),
-                    ptr(&dw3),
-                    ptr(&ddelta),
-                    ptr(&du2),
-                )?;
-                let err = max_rel(&st.clone_dtoh(&du2)?, &want2);
-                let pass = err <= 1e-4;
-                checks.push(json!({"kernel": "afv_delta + afv_conv_grad", "case": "32x14x14 -> 64x7x7, k4 s2 p1, 2x2 cells", "max_rel": err, "pass": pass}));
-            }
-            for (power, l2) in [(false, false), (true, true)] {
-                let mut want_v = want.clone();
-                fisher_normalise(&mut want_v, &mean, &diag, 1e-6, power, l2);
-                let dv = st.clone_htod(&want)?;
-                gpu.fisher_normalise_at(
-                    ptr(&dv),
-                    ptr(&dmean),
-                    ptr(&ddiag),
-                    1e-6,
-                    power,
-                    l2,
-                    g.dim() as i32,
-                )?;
-                let got = st.clone_dtoh(&dv)?;
-                let err = max_rel(&got, &want_v);
-                let pass = err <= 1e-4;
-                checks.push(json!({"kernel": "fisher_normalise", "case": format!("{} values, power {power}, l2 {l2}", g.dim()), "max_rel": err, "pass": pass}));
-            }
-        }
-
-            Ok(())
-        },
-        sync,
-    );
-
+    rec.group("bev_pool", |checks| check_bev_pool(gpu, checks), sync);
+    rec.group("afv", |checks| check_afv(gpu, checks), sync);
     rec.group(
         "preprocess",
         |checks| {
-        // ---- preprocess: every pixel format x channel order x layout, 641x361 -> 384x128
-        let (iw, ih) = (641u32, 361u32);
-        for (fmt_i, fmt) in [
-            PixelFormat::Rgb8,
-            PixelFormat::Bgr8,
-            PixelFormat::Gray8,
-            PixelFormat::Yuyv,
-            PixelFormat::Nv12,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            for (ord_i, order) in [ChannelOrder::Rgb, ChannelOrder::Bgr, ChannelOrder::Gray]
-                .into_iter()
-                .enumerate()
-            {
-                for (lay_i, layout) in [Layout::Nchw, Layout::Nhwc].into_iter().enumerate() {
-                    let c = order.channels();
-                    let spec = InputSpec {
-                        name: None,
-                        width: 384,
-                        height: 128,
-                        channels: order,
-                        layout,
-                        dtype: InputDtype::F32,
-                        mean: vec![0.45; c],
-                        std: vec![0.25; c],
-                    };
-                    let mut frame = Frame::with_capacity(fmt.frame_bytes(iw, ih));
-                    frame.reset(fmt, iw, ih);
-                    let n = frame.data.len();
-                    frame.data.copy_from_slice(&bytes(n, 7 + fmt_i as u64));
-                    let plan = PreprocessPlan::new(&spec, iw, ih);
-                    let mut want = vec![0f32; plan.output_len()];
-                    plan.run(&frame, &mut want);
-                    let mut p = PreprocessParams {
-                        q_scale: 1.0,
-                        in_w: iw as i32,
-                        in_h: ih as i32,
-                        out_w: 384,
-                        out_h: 128,
-                        fmt: fmt_i as i32,
-                        order: ord_i as i32,
-                        layout: lay_i as i32,
-                        ..Default::default()
-                    };
-                    for k in 0..c {
-                        p.scale[k] = 1.0 / (255.0 * spec.std[k]);
-                        p.bias[k] = -spec.mean[k] / spec.std[k];
-                    }
-                    let src = st.clone_htod(&frame.data)?;
-                    let case = format!("{fmt} {order:?} {layout:?}");
-                    // f32: bit-exact (no FMA contraction on either side)
-                    let mut dst = st.alloc_zeros::<f32>(want.len())?;
-                    gpu.preprocess(&src, &mut dst, None, &p)?;
-                    let got = st.clone_dtoh(&dst)?;
-                    let err = max_rel(&got, &want);
-                    let exact = got
-                        .iter()
-                        .zip(&want)
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
-                    checks.push(json!({"kernel": "preprocess_f32", "case": case, "max_rel_err": err, "bit_exact": exact, "pass": exact}));
-                    // f16 bits
-                    let mut want16 = vec![0u16; want.len()];
-                    plan.run_f16(&frame, &mut want16);
-                    let mut d16 = st.alloc_zeros::<u16>(want.len())?;
-                    gpu.preprocess(&src, &mut d16, None, &p)?;
-                    let exact = st.clone_dtoh(&d16)? == want16;
-                    checks.push(json!({"kernel": "preprocess_f16", "case": case, "bit_exact": exact, "pass": exact}));
-                    // int8
-                    let q = bevrt_runtime::preprocess::InputQuant {
-                        scale: 0.03,
-                        zero_point: 3,
-                    };
-                    p.q_scale = q.scale;
-                    p.q_zp = q.zero_point;
-                    let mut want8 = vec![0i8; want.len()];
-                    plan.run_i8(&frame, &mut want8, q);
-                    let mut d8 = st.alloc_zeros::<i8>(want.len())?;
-                    gpu.preprocess(&src, &mut d8, None, &p)?;
-                    let exact = st.clone_dtoh(&d8)? == want8;
-                    checks.push(json!({"kernel": "preprocess_i8", "case": case, "bit_exact": exact, "pass": exact}));
-                }
-            }
-        }
-
-        // ---- preprocess through a source map (a real undistortion: a barrel-distorted 641x361
-        // camera resampled to a 384x128 pinhole view)
-        {
-            let cam = CameraModel::pinhole(
-                iw,
-                ih,
-                330.0,
-                330.0,
-                320.0,
-                180.0,
-                [-0.3, 0.08, 0.0, 0.0, 0.0],
-            )?;
-            let mut map = Vec::with_capacity(384 * 128);
-            for y in 0..128 {
-                for x in 0..384 {
-                    // output pixel -> ray of an ideal pinhole 384x128 camera -> distorted pixel
-                    let ray = nalgebra::Vector3::new(
-                        (x as f64 + 0.5 - 192.0) / 200.0,
-                        (y as f64 + 0.5 - 64.0) / 200.0,
-                        1.0,
-                    );
-                    let p = cam
-                        .project(ray)
-                        .map(|p| [p.x as f32, p.y as f32])
-                        .unwrap_or([-1.0, -1.0]);
-                    map.push(p);
-                }
-            }
-            let spec = InputSpec {
-                name: None,
-                width: 384,
-                height: 128,
-                channels: ChannelOrder::Bgr,
-                layout: Layout::Nchw,
-                dtype: InputDtype::F32,
-                mean: vec![0.5; 3],
-                std: vec![0.5; 3],
-            };
-            let mut frame = Frame::with_capacity(PixelFormat::Yuyv.frame_bytes(iw, ih));
-            frame.reset(PixelFormat::Yuyv, iw, ih);
-            let n = frame.data.len();
-            frame.data.copy_from_slice(&bytes(n, 21));
-            let plan = PreprocessPlan::new(&spec, iw, ih).with_source_map(map.clone());
-            let mut want = vec![0f32; plan.output_len()];
-            plan.run(&frame, &mut want);
-            let flat: Vec<f32> = map.iter().flatten().copied().collect();
-            let dmap = st.clone_htod(&flat)?;
-            let src = st.clone_htod(&frame.data)?;
-            let mut dst = st.alloc_zeros::<f32>(want.len())?;
-            let p = PreprocessParams {
-                in_w: iw as i32,
-                in_h: ih as i32,
-                out_w: 384,
-                out_h: 128,
-                fmt: 3,
-                order: 1,
-                layout: 0,
-                scale: [1.0 / 127.5; 3],
-                bias: [-1.0; 3],
-                ..Default::default()
-            };
-            gpu.preprocess(&src, &mut dst, Some(&dmap), &p)?;
-            let got = st.clone_dtoh(&dst)?;
-            let exact = got
-                .iter()
-                .zip(&want)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            checks.push(json!({"kernel": "preprocess_f32", "case": "yuyv through undistortion map", "max_rel_err": max_rel(&got, &want), "bit_exact": exact, "pass": exact}));
-        }
-
-            Ok(())
+            check_preprocess_matrix(gpu, checks)?;
+            check_preprocess_source_map(gpu, checks)
         },
         sync,
     );
-
     rec.group(
         "preprocess_timing",
-        |checks| {
-            // ---- preprocess throughput: 1920x1080 YUYV camera frame -> 384x128 NCHW
-            let (cw, chh) = (1920u32, 1080u32);
-            let frame = bytes(PixelFormat::Yuyv.frame_bytes(cw, chh), 3);
-            let src = st.clone_htod(&frame)?;
-            let mut dst = st.alloc_zeros::<f32>(3 * 384 * 128)?;
-            let p = PreprocessParams {
-                in_w: cw as i32,
-                in_h: chh as i32,
-                out_w: 384,
-                out_h: 128,
-                fmt: 3,
-                order: 1,
-                layout: 0,
-                scale: [1.0 / 63.75; 3],
-                bias: [-1.8; 3],
-                ..Default::default()
-            };
-            for _ in 0..20 {
-                gpu.preprocess(&src, &mut dst, None, &p)?;
-            }
-            st.synchronize()?;
-            let t = Instant::now();
-            for _ in 0..500 {
-                gpu.preprocess(&src, &mut dst, None, &p)?;
-            }
-            st.synchronize()?;
-            let pre_ms = t.elapsed().as_secs_f64() * 1e3 / 500.0;
-            checks.push(
-                json!({"timing": "preprocess_1920x1080_yuyv_to_384x128", "ms": pre_ms, "pass": true,
-            "note": "includes launch overhead (host loop, one stream)"}),
-            );
-            Ok(())
-        },
+        |checks| time_preprocess(gpu, checks),
         sync,
     );
     for m in models {
@@ -608,6 +134,540 @@ fn run(gpu: &Gpu, models: &[String], rec: &mut Recorder) {
             sync,
         );
     }
+}
+
+/// The device, driver, SM, kernel image and NVRTC version in the report's header.
+fn record_device(gpu: &Gpu, rec: &mut Recorder) {
+    if let Ok(Some(info)) = bevrt_kernels::device::probe() {
+        rec.header.insert("device".into(), json!(info.name));
+        rec.header
+            .insert("driver_version".into(), json!(info.driver_version));
+    }
+    rec.header.insert("sm".into(), json!(gpu.sm));
+    rec.header
+        .insert("kernel_image".into(), json!(format!("{:?}", gpu.image)));
+    if let Ok((a, b)) = bevrt_kernels::nvrtc::version() {
+        rec.header.insert("nvrtc".into(), json!(format!("{a}.{b}")));
+    }
+}
+
+type Checks = Vec<serde_json::Value>;
+
+/// f16 conversions first: the PTX rounding and NaN rules every FP16 kernel relies on.
+fn check_f16_conversions(gpu: &Gpu, checks: &mut Checks) -> CheckResult {
+    let st = gpu.stream.clone();
+    let mut x: Vec<f32> = bytes(4 << 16, 5)
+        .chunks_exact(4)
+        .map(|b| f32::from_bits(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+        .collect();
+    x.extend([
+        f32::NAN,
+        -f32::NAN,
+        65519.0,
+        65520.0,
+        6.0e-8,
+        2.9802322e-8,
+        -0.0,
+    ]);
+    let n = x.len();
+    let dx = st.clone_htod(&x)?;
+    let mut dh = st.alloc_zeros::<u16>(n)?;
+    launch_elementwise(gpu, "cast_f32_f16", &dx, &mut dh, n)?;
+    let h = st.clone_dtoh(&dh)?;
+    let want: Vec<u16> = x
+        .iter()
+        .map(|v| bevrt_kernels::reference::f2h(*v))
+        .collect();
+    let bad = h.iter().zip(&want).filter(|(a, b)| a != b).count();
+    checks.push(json!({"kernel": "cast_f32_f16", "case": format!("{n} values incl. NaN, subnormal, overflow"), "mismatches": bad, "pass": bad == 0}));
+    let all_h: Vec<u16> = (0..=u16::MAX).collect();
+    let dall = st.clone_htod(&all_h)?;
+    let mut dall_f = st.alloc_zeros::<f32>(all_h.len())?;
+    launch_elementwise(gpu, "cast_f16_f32", &dall, &mut dall_f, all_h.len())?;
+    let f = st.clone_dtoh(&dall_f)?;
+    let bad = f
+        .iter()
+        .zip(&all_h)
+        .filter(|(g, h)| g.to_bits() != bevrt_kernels::reference::h2f(**h).to_bits())
+        .count();
+    checks.push(json!({"kernel": "cast_f16_f32", "case": "all 65536 f16 values", "mismatches": bad, "pass": bad == 0}));
+    Ok(())
+}
+
+/// Argmax and colourise, bit-exact.
+fn check_argmax_colourise(gpu: &Gpu, checks: &mut Checks) -> CheckResult {
+    let st = gpu.stream.clone();
+    // ---- argmax + colourise, bit-exact
+    let (ncls, side) = (8usize, 200usize);
+    let n = side * side;
+    let logits: Vec<f32> = bytes(ncls * n, 13)
+        .iter()
+        .map(|b| (*b % 32) as f32)
+        .collect(); // ties on purpose
+    let mut want_map = vec![0u8; n];
+    bev_argmax(&logits, ncls, side, side, &mut want_map);
+    let dl = st.clone_htod(&logits)?;
+    let mut dmap = st.alloc_zeros::<u8>(n)?;
+    gpu.bev_argmax(&dl, &mut dmap, ncls as i32, n as i32)?;
+    let got_map = st.clone_dtoh(&dmap)?;
+    let pass = got_map == want_map;
+    checks.push(json!({"kernel": "bev_argmax", "case": format!("{ncls} classes, {side}x{side}, with ties"), "bit_exact": pass, "pass": pass}));
+    let classes: Vec<bevrt_models::ClassSpec> = (0..ncls)
+        .map(|i| bevrt_models::ClassSpec {
+            name: format!("c{i}"),
+            color: [i as u8 * 30, 255 - i as u8 * 20, i as u8 * 7],
+        })
+        .collect();
+    let mut map = want_map.clone();
+    map[0] = 255; // unknown -> black
+    let mut want_rgb = vec![0u8; n * 3];
+    colourise(&map, &classes, &mut want_rgb);
+    let palette: Vec<u8> = classes.iter().flat_map(|c| c.color).collect();
+    let dmap2 = st.clone_htod(&map)?;
+    let dpal = st.clone_htod(&palette)?;
+    let mut drgb = st.alloc_zeros::<u8>(n * 3)?;
+    gpu.colourise(&dmap2, &dpal, ncls as i32, &mut drgb, n as i32)?;
+    let pass = st.clone_dtoh(&drgb)? == want_rgb;
+    checks.push(json!({"kernel": "colourise", "case": format!("{side}x{side} with unknown cells"), "bit_exact": pass, "pass": pass}));
+
+    Ok(())
+}
+
+/// The camera, mounting and BEV grid of the BEV pool and lift checks.
+fn bev_scene() -> Result<(CameraModel, Extrinsics, BevGrid), Box<dyn std::error::Error>> {
+    let cam = CameraModel::pinhole(
+        768,
+        256,
+        300.0,
+        300.0,
+        384.0,
+        128.0,
+        [-0.05, 0.0, 0.0, 0.0, 0.0],
+    )?;
+    let ext = Extrinsics::from_height_pitch_roll_yaw(1.5, 4.0, 0.0, 0.0);
+    let grid = BevGrid {
+        x_min: 0.0,
+        x_max: 50.0,
+        y_min: -25.0,
+        y_max: 25.0,
+        cell: 0.25,
+        z_levels: vec![0.0, 0.5, 1.0, 1.5],
+        depth: None,
+    };
+    Ok((cam, ext, grid))
+}
+
+/// BEV pool against bevrt_calib::view_transform on a real sampling table, then the
+/// depth-weighted lift against bevrt_calib::lift; timings of both.
+fn check_bev_pool(gpu: &Gpu, checks: &mut Checks) -> CheckResult {
+    let st = gpu.stream.clone();
+    let (cam, ext, grid) = bev_scene()?;
+    let (fw, fh, ch) = (96usize, 32usize, 64usize);
+    let table = SamplingTable::try_build(&grid, &cam, &ext, fw, fh, 8)?;
+    let feat: Vec<f32> = bytes(ch * fw * fh, 11)
+        .iter()
+        .map(|b| *b as f32 / 17.0 - 7.0)
+        .collect();
+    let cells = table.grid_w * table.grid_h;
+    let mut want = vec![0f32; ch * table.levels * cells];
+    view_transform(&table, &feat, &mut want)?;
+    let taps = st.clone_htod(table.taps_as_bytes())?;
+    let dfeat = st.clone_htod(&feat)?;
+    let mut dout = st.alloc_zeros::<f32>(want.len())?;
+    let launch = |dout: &mut cudarc::driver::CudaSlice<f32>| {
+        gpu.bev_pool_f32(
+            &taps,
+            &dfeat,
+            dout,
+            ch as i32,
+            table.levels as i32,
+            cells as i32,
+            (fw * fh) as i32,
+        )
+    };
+    launch(&mut dout)?;
+    let got = st.clone_dtoh(&dout)?;
+    let err = max_rel(&got, &want);
+    let pass = err <= 1e-5;
+    checks.push(json!({"kernel": "bev_pool_f32", "case": format!("{}x{}x{} levels, C={ch}", table.grid_h, table.grid_w, table.levels),
+                           "max_rel_err": err, "tolerance": 1e-5, "pass": pass}));
+    st.synchronize()?;
+    let t = Instant::now();
+    for _ in 0..200 {
+        launch(&mut dout)?;
+    }
+    st.synchronize()?;
+    let bev_ms = t.elapsed().as_secs_f64() * 1e3 / 200.0;
+    checks.push(json!({"timing": "bev_pool_200x200x4_c64", "ms": bev_ms, "pass": true}));
+
+    let pool = BevPoolCase {
+        cam: &cam,
+        ext: &ext,
+        grid: &grid,
+        feat: &feat,
+        fw,
+        fh,
+        ch,
+        cells,
+        bev_ms,
+    };
+    check_bev_lift(gpu, checks, &pool)
+}
+
+/// What the lift check shares with the BEV pool check: the scene, the C feature planes
+/// (fw x fh), the grid's cell count and the pool's time per launch.
+struct BevPoolCase<'a> {
+    cam: &'a CameraModel,
+    ext: &'a Extrinsics,
+    grid: &'a BevGrid,
+    feat: &'a [f32],
+    fw: usize,
+    fh: usize,
+    ch: usize,
+    cells: usize,
+    bev_ms: f64,
+}
+
+/// The depth-weighted lift (depth_softmax_f32 + bev_lift_f32) against bevrt_calib::lift.
+fn check_bev_lift(gpu: &Gpu, checks: &mut Checks, pool: &BevPoolCase) -> CheckResult {
+    let st = gpu.stream.clone();
+    let BevPoolCase {
+        cam,
+        ext,
+        grid,
+        feat,
+        fw,
+        fh,
+        ch,
+        cells,
+        bev_ms,
+    } = *pool;
+    let bins = 32usize;
+    let dgrid = BevGrid {
+        depth: Some(bevrt_calib::DepthBins {
+            min: 3.0,
+            max: 60.0,
+            bins,
+            spacing: bevrt_calib::DepthSpacing::Log,
+        }),
+        ..grid.clone()
+    };
+    let dtable = SamplingTable::try_build(&dgrid, cam, ext, fw, fh, 8)?;
+    let plane = fw * fh;
+    let mut dfeat_host = feat.to_vec();
+    dfeat_host.extend(
+        bytes(bins * plane, 12)
+            .iter()
+            .map(|b| *b as f32 / 32.0 - 4.0),
+    );
+    let mut scratch = bevrt_calib::LiftScratch::new(&dtable);
+    let mut dwant = vec![0f32; ch * dtable.levels * cells];
+    bevrt_calib::lift(&dtable, &dfeat_host, &mut scratch, &mut dwant)?;
+    let dtaps = st.clone_htod(dtable.taps_as_bytes())?;
+    let dbins = st.clone_htod(&dtable.bins)?;
+    let dlfeat = st.clone_htod(&dfeat_host)?;
+    let dw = st.alloc_zeros::<f32>(bins * plane)?;
+    let mut dlout = st.alloc_zeros::<f32>(dwant.len())?;
+    let lift_launch = |dlout: &mut cudarc::driver::CudaSlice<f32>| {
+        use cudarc::driver::DevicePtr;
+        let (f, _f) = dlfeat.device_ptr(&st);
+        let (w, _w) = dw.device_ptr(&st);
+        let (t, _t) = dtaps.device_ptr(&st);
+        let (b, _b) = dbins.device_ptr(&st);
+        let (o, _o) = dlout.device_ptr(&st);
+        gpu.depth_softmax_f32_at(f + (ch * plane * 4) as u64, w, bins as i32, plane as i32)?;
+        gpu.bev_lift_f32_at(
+            t,
+            b,
+            w,
+            f,
+            o,
+            ch as i32,
+            dtable.levels as i32,
+            cells as i32,
+            plane as i32,
+        )
+    };
+    lift_launch(&mut dlout)?;
+    let got = st.clone_dtoh(&dlout)?;
+    let err = max_rel(&got, &dwant);
+    checks.push(json!({"kernel": "bev_lift_f32", "case": format!("{}x{}x{} levels, C={ch}, D={bins}", dtable.grid_h, dtable.grid_w, dtable.levels),
+                           "max_rel_err": err, "tolerance": 1e-5, "pass": err <= 1e-5}));
+    st.synchronize()?;
+    let t = Instant::now();
+    for _ in 0..200 {
+        lift_launch(&mut dlout)?;
+    }
+    st.synchronize()?;
+    let lift_ms = t.elapsed().as_secs_f64() * 1e3 / 200.0;
+    checks.push(
+        json!({"timing": "bev_lift_200x200x4_c64_d32", "ms": lift_ms,
+                           "vs_bev_pool": lift_ms / bev_ms, "pass": true}),
+    );
+
+    Ok(())
+}
+
+/// AFV score + Fisher normalisation against bevrt_runtime::afv.
+fn check_afv(gpu: &Gpu, checks: &mut Checks) -> CheckResult {
+    let st = gpu.stream.clone();
+    // ---- AFV score + Fisher normalisation against bevrt_runtime::afv, the shapes of the
+    // MNIST discriminator's tail (32x14x14 -> conv 4/2 -> 64x7x7)
+    {
+        use bevrt_kernels::launch::AfvDims;
+        use bevrt_runtime::afv::{AfvGeometry, afv_score, fisher_normalise};
+        let g = AfvGeometry::k4s2(32, (14, 14), 64, 0.2, 1);
+        let d = AfvDims::from(&g);
+        let vals = |n: usize, seed: u64, lo: f32, hi: f32| -> Vec<f32> {
+            bytes(n, seed)
+                .iter()
+                .map(|b| lo + (hi - lo) * (*b as f32 / 255.0))
+                .collect()
+        };
+        let a1 = vals(g.a1_len(), 21, -0.2, 1.0);
+        let z2 = vals(g.z2_len(), 22, -1.0, 1.0);
+        let w3 = vals(g.z2_len(), 23, -0.1, 0.1);
+        let mean = vals(g.dim(), 24, -0.05, 0.05);
+        let diag = vals(g.dim(), 25, 0.01, 0.5);
+        let mut delta = vec![0f32; g.z2_len()];
+        let mut want = vec![0f32; g.dim()];
+        afv_score(&g, &a1, &z2, &w3, &mut delta, &mut want);
+        let (da1, dz2, dw3) = (
+            st.clone_htod(&a1)?,
+            st.clone_htod(&z2)?,
+            st.clone_htod(&w3)?,
+        );
+        let (dmean, ddiag) = (st.clone_htod(&mean)?, st.clone_htod(&diag)?);
+        let ddelta = st.alloc_zeros::<f32>(g.z2_len())?;
+        let du = st.alloc_zeros::<f32>(g.dim())?;
+        let ptr = |s: &cudarc::driver::CudaSlice<f32>| {
+            use cudarc::driver::DevicePtr;
+            s.device_ptr(&st).0
+        };
+        gpu.afv_score_at(&d, ptr(&da1), ptr(&dz2), ptr(&dw3), ptr(&ddelta), ptr(&du))?;
+        let got = st.clone_dtoh(&du)?;
+        let err = max_rel(&got, &want);
+        let pass = err <= 1e-4;
+        checks.push(json!({"kernel": "afv_delta + afv_conv_grad", "case": "32x14x14 -> 64x7x7, k4 s2 p1", "max_rel": err, "pass": pass}));
+        // the same activations with the 2x2 spatial cells the AFV recipe uses
+        {
+            let g2 = AfvGeometry { regions: 2, ..g };
+            let mut want2 = vec![0f32; g2.dim()];
+            afv_score(&g2, &a1, &z2, &w3, &mut delta, &mut want2);
+            let du2 = st.alloc_zeros::<f32>(g2.dim())?;
+            let d2 = AfvDims::from(&g2);
+            gpu.afv_score_at(
+                &d2,
+                ptr(&da1),
+                ptr(&dz2),
+                ptr(&dw3),
+                ptr(&ddelta),
+                ptr(&du2),
+            )?;
+            let err = max_rel(&st.clone_dtoh(&du2)?, &want2);
+            let pass = err <= 1e-4;
+            checks.push(json!({"kernel": "afv_delta + afv_conv_grad", "case": "32x14x14 -> 64x7x7, k4 s2 p1, 2x2 cells", "max_rel": err, "pass": pass}));
+        }
+        for (power, l2) in [(false, false), (true, true)] {
+            let mut want_v = want.clone();
+            fisher_normalise(&mut want_v, &mean, &diag, 1e-6, power, l2);
+            let dv = st.clone_htod(&want)?;
+            gpu.fisher_normalise_at(
+                ptr(&dv),
+                ptr(&dmean),
+                ptr(&ddiag),
+                1e-6,
+                power,
+                l2,
+                g.dim() as i32,
+            )?;
+            let got = st.clone_dtoh(&dv)?;
+            let err = max_rel(&got, &want_v);
+            let pass = err <= 1e-4;
+            checks.push(json!({"kernel": "fisher_normalise", "case": format!("{} values, power {power}, l2 {l2}", g.dim()), "max_rel": err, "pass": pass}));
+        }
+    }
+
+    Ok(())
+}
+
+/// Preprocess: every pixel format x channel order x layout, 641x361 -> 384x128.
+fn check_preprocess_matrix(gpu: &Gpu, checks: &mut Checks) -> CheckResult {
+    let st = gpu.stream.clone();
+    let (iw, ih) = (641u32, 361u32);
+    for case in preprocess_cases::matrix() {
+        let PreprocessCase {
+            fmt_i,
+            fmt,
+            order_i: ord_i,
+            order,
+            layout_i: lay_i,
+            layout,
+        } = case;
+        let c = order.channels();
+        let spec = case.spec(384, 128);
+        let mut frame = Frame::with_capacity(fmt.frame_bytes(iw, ih));
+        frame.reset(fmt, iw, ih);
+        let n = frame.data.len();
+        frame.data.copy_from_slice(&bytes(n, 7 + fmt_i as u64));
+        let plan = PreprocessPlan::new(&spec, iw, ih);
+        let mut want = vec![0f32; plan.output_len()];
+        plan.run(&frame, &mut want);
+        let mut p = PreprocessParams {
+            q_scale: 1.0,
+            in_w: iw as i32,
+            in_h: ih as i32,
+            out_w: 384,
+            out_h: 128,
+            fmt: fmt_i as i32,
+            order: ord_i as i32,
+            layout: lay_i as i32,
+            ..Default::default()
+        };
+        for k in 0..c {
+            p.scale[k] = 1.0 / (255.0 * spec.std[k]);
+            p.bias[k] = -spec.mean[k] / spec.std[k];
+        }
+        let src = st.clone_htod(&frame.data)?;
+        let case = format!("{fmt} {order:?} {layout:?}");
+        // f32: bit-exact (no FMA contraction on either side)
+        let mut dst = st.alloc_zeros::<f32>(want.len())?;
+        gpu.preprocess(&src, &mut dst, None, &p)?;
+        let got = st.clone_dtoh(&dst)?;
+        let err = max_rel(&got, &want);
+        let exact = got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        checks.push(json!({"kernel": "preprocess_f32", "case": case, "max_rel_err": err, "bit_exact": exact, "pass": exact}));
+        // f16 bits
+        let mut want16 = vec![0u16; want.len()];
+        plan.run_f16(&frame, &mut want16);
+        let mut d16 = st.alloc_zeros::<u16>(want.len())?;
+        gpu.preprocess(&src, &mut d16, None, &p)?;
+        let exact = st.clone_dtoh(&d16)? == want16;
+        checks.push(
+            json!({"kernel": "preprocess_f16", "case": case, "bit_exact": exact, "pass": exact}),
+        );
+        // int8
+        let q = preprocess_cases::INT8_QUANTS[0];
+        p.q_scale = q.scale;
+        p.q_zp = q.zero_point;
+        let mut want8 = vec![0i8; want.len()];
+        plan.run_i8(&frame, &mut want8, q);
+        let mut d8 = st.alloc_zeros::<i8>(want.len())?;
+        gpu.preprocess(&src, &mut d8, None, &p)?;
+        let exact = st.clone_dtoh(&d8)? == want8;
+        checks.push(
+            json!({"kernel": "preprocess_i8", "case": case, "bit_exact": exact, "pass": exact}),
+        );
+    }
+    Ok(())
+}
+
+/// Preprocess through a source map.
+fn check_preprocess_source_map(gpu: &Gpu, checks: &mut Checks) -> CheckResult {
+    let st = gpu.stream.clone();
+    let (iw, ih) = (641u32, 361u32);
+    // ---- preprocess through a source map (a real undistortion: a barrel-distorted 641x361
+    // camera resampled to a 384x128 pinhole view)
+    {
+        let cam = CameraModel::pinhole(
+            iw,
+            ih,
+            330.0,
+            330.0,
+            320.0,
+            180.0,
+            [-0.3, 0.08, 0.0, 0.0, 0.0],
+        )?;
+        let mut map = Vec::with_capacity(384 * 128);
+        for y in 0..128 {
+            for x in 0..384 {
+                // output pixel -> ray of an ideal pinhole 384x128 camera -> distorted pixel
+                let ray = nalgebra::Vector3::new(
+                    (x as f64 + 0.5 - 192.0) / 200.0,
+                    (y as f64 + 0.5 - 64.0) / 200.0,
+                    1.0,
+                );
+                let p = cam
+                    .project(ray)
+                    .map(|p| [p.x as f32, p.y as f32])
+                    .unwrap_or([-1.0, -1.0]);
+                map.push(p);
+            }
+        }
+        let spec = preprocess_cases::source_map_spec(384, 128);
+        let mut frame = Frame::with_capacity(PixelFormat::Yuyv.frame_bytes(iw, ih));
+        frame.reset(PixelFormat::Yuyv, iw, ih);
+        let n = frame.data.len();
+        frame.data.copy_from_slice(&bytes(n, 21));
+        let plan = PreprocessPlan::new(&spec, iw, ih).with_source_map(map.clone());
+        let mut want = vec![0f32; plan.output_len()];
+        plan.run(&frame, &mut want);
+        let flat: Vec<f32> = map.iter().flatten().copied().collect();
+        let dmap = st.clone_htod(&flat)?;
+        let src = st.clone_htod(&frame.data)?;
+        let mut dst = st.alloc_zeros::<f32>(want.len())?;
+        let p = PreprocessParams {
+            in_w: iw as i32,
+            in_h: ih as i32,
+            out_w: 384,
+            out_h: 128,
+            fmt: 3,
+            order: 1,
+            layout: 0,
+            scale: [1.0 / 127.5; 3],
+            bias: [-1.0; 3],
+            ..Default::default()
+        };
+        gpu.preprocess(&src, &mut dst, Some(&dmap), &p)?;
+        let got = st.clone_dtoh(&dst)?;
+        let exact = got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        checks.push(json!({"kernel": "preprocess_f32", "case": "yuyv through undistortion map", "max_rel_err": max_rel(&got, &want), "bit_exact": exact, "pass": exact}));
+    }
+
+    Ok(())
+}
+
+/// Preprocess throughput.
+fn time_preprocess(gpu: &Gpu, checks: &mut Checks) -> CheckResult {
+    let st = gpu.stream.clone();
+    // ---- preprocess throughput: 1920x1080 YUYV camera frame -> 384x128 NCHW
+    let (cw, chh) = (1920u32, 1080u32);
+    let frame = bytes(PixelFormat::Yuyv.frame_bytes(cw, chh), 3);
+    let src = st.clone_htod(&frame)?;
+    let mut dst = st.alloc_zeros::<f32>(3 * 384 * 128)?;
+    let p = PreprocessParams {
+        in_w: cw as i32,
+        in_h: chh as i32,
+        out_w: 384,
+        out_h: 128,
+        fmt: 3,
+        order: 1,
+        layout: 0,
+        scale: [1.0 / 63.75; 3],
+        bias: [-1.8; 3],
+        ..Default::default()
+    };
+    for _ in 0..20 {
+        gpu.preprocess(&src, &mut dst, None, &p)?;
+    }
+    st.synchronize()?;
+    let t = Instant::now();
+    for _ in 0..500 {
+        gpu.preprocess(&src, &mut dst, None, &p)?;
+    }
+    st.synchronize()?;
+    let pre_ms = t.elapsed().as_secs_f64() * 1e3 / 500.0;
+    checks.push(
+        json!({"timing": "preprocess_1920x1080_yuyv_to_384x128", "ms": pre_ms, "pass": true,
+            "note": "includes launch overhead (host loop, one stream)"}),
+    );
+    Ok(())
 }
 
 /// Lower `spec` (`FILE.onnx` or `FILE.onnx:N,C,H,W`), check every step against its CPU twin,
