@@ -9,7 +9,7 @@ use bevrt_kernels::exec::Int8Gemm;
 use bevrt_kernels::plan::{DType, KernelPlan, Op};
 use bevrt_kernels::reference;
 use bevrt_kernels_emu::{EmuOptions, EmuPlan};
-use bevrt_runtime::backend::lower::{LowerOptions, lower_onnx};
+use bevrt_runtime::lower::{LowerOptions, lower_onnx};
 use std::path::{Path, PathBuf};
 
 fn repo() -> PathBuf {
