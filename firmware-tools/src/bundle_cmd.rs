@@ -197,13 +197,16 @@ fn parse_input(a: &InitArgs) -> anyhow::Result<(u32, u32, ChannelOrder, Layout)>
     Ok((w, h, channels, layout))
 }
 
+/// Files copied into a bundle: (source path, name in the bundle).
+type FilesToCopy = Vec<(PathBuf, String)>;
+
 /// Each `--model [ROLE=]FILE`: checked against `--input` where its dims are fixed; the
 /// manifest's entries and the files to copy.
 fn model_files(
     a: &InitArgs,
     (w, h, c): (u32, u32, usize),
     layout: Layout,
-) -> anyhow::Result<(Vec<ModelFile>, Vec<(PathBuf, String)>)> {
+) -> anyhow::Result<(Vec<ModelFile>, FilesToCopy)> {
     let mut models = vec![];
     let mut files = vec![];
     for m in &a.models {
@@ -329,10 +332,7 @@ fn class_specs(a: &InitArgs) -> anyhow::Result<Vec<ClassSpec>> {
 }
 
 /// `--calibration FILE`, copied into the bundle as `calibration.toml`.
-fn calibration_file(
-    a: &InitArgs,
-    files: &mut Vec<(PathBuf, String)>,
-) -> anyhow::Result<Option<ModelFile>> {
+fn calibration_file(a: &InitArgs, files: &mut FilesToCopy) -> anyhow::Result<Option<ModelFile>> {
     Ok(match &a.calibration {
         None => None,
         Some(p) => {

@@ -3,14 +3,12 @@
 
 mod bundle_cmd;
 mod calib_cmd;
-mod choice;
-mod ddpm_cmd;
+mod cli;
 mod hil_cmd;
 mod kernels_cmd;
 mod quantize_cmd;
 mod sim_cmd;
 mod soak;
-mod ssl_cmd;
 mod trust_cmd;
 
 use bevrt_train::{afv, letsmap};
@@ -41,17 +39,17 @@ enum Cmd {
     /// Hardware-in-the-loop: run the real bevrt on simulator recordings with injected faults.
     Hil(hil_cmd::HilArgs),
     /// Unsupervised pretraining of the letsmap-lite encoder (temporal masked autoencoding).
-    Pretrain(letsmap::semantic::PretrainArgs),
+    Pretrain(cli::letsmap::PretrainArgs),
     /// letsmap-lite's geometry pathway without labels: the depth distribution the lift uses,
     /// learned by re-synthesising each frame from its neighbours with the recorded ego-motion.
-    PretrainGeometry(letsmap::geometry::GeometryArgs),
+    PretrainGeometry(cli::letsmap::GeometryArgs),
     /// Depth of a geometry-pretrained encoder (or a bundle) against the simulator's depth maps:
     /// AbsRel, SqRel, RMSE, δ<1.25.
-    DepthEval(letsmap::geometry::DepthEvalArgs),
+    DepthEval(cli::letsmap::DepthEvalArgs),
     /// Fine-tune letsmap-lite's BEV head on a fraction of the labels; writes a bundle.
-    Finetune(letsmap::train::FinetuneArgs),
+    Finetune(cli::letsmap::FinetuneArgs),
     /// Per-class IoU / mIoU of a BEV bundle on held-out recordings (deployment path).
-    Eval(letsmap::eval::EvalArgs),
+    Eval(cli::letsmap::EvalArgs),
     /// INT8 post-training quantization of a bundle into explicit Q/DQ ONNX (calibrated on frames).
     Quantize(quantize_cmd::QuantizeArgs),
     /// GAN for Adversarial Fisher Vectors.
@@ -61,16 +59,16 @@ enum Cmd {
     #[command(subcommand)]
     Afv(AfvCmd),
     /// A features bundle's vector for every image of a dataset (npy).
-    Embed(afv::fisher::EmbedArgs),
+    Embed(cli::afv::EmbedArgs),
     /// Linear or k-NN probe on frozen features, with few or all labels.
-    Probe(afv::probe::ProbeArgs),
+    Probe(cli::afv::ProbeArgs),
     /// Self-supervised feature encoders (BAM, Invariance Propagation, MAE, StructMAE, PDAE).
     #[command(subcommand)]
-    Ssl(ssl_cmd::SslCmd),
+    Ssl(cli::ssl::SslCmd),
     /// The digit DDPM PDAE builds on: train, sample, reconstruct and interpolate through z,
     /// the DDPM's own features.
     #[command(subcommand)]
-    Ddpm(ddpm_cmd::DdpmCmd),
+    Ddpm(cli::ddpm::DdpmCmd),
     /// The synthetic driving world: record sequences with ground truth.
     #[command(subcommand)]
     Sim(sim_cmd::SimCmd),
@@ -86,15 +84,15 @@ enum Cmd {
 #[derive(Subcommand)]
 enum GanCmd {
     /// Train the GAN on a dataset's training split; writes an AFV features bundle.
-    Train(afv::train::GanTrainArgs),
+    Train(cli::afv::GanTrainArgs),
 }
 
 #[derive(Subcommand)]
 enum AfvCmd {
     /// Mean and diagonal Fisher information from generator samples, stored in the bundle.
-    Fit(afv::fisher::FitArgs),
+    Fit(cli::afv::FitArgs),
     /// Distance between examples or sets (means of their Fisher vectors).
-    Distance(afv::fisher::DistanceArgs),
+    Distance(cli::afv::DistanceArgs),
 }
 
 fn main() {
@@ -109,20 +107,20 @@ fn main() {
         Cmd::CalibBench(a) => calib_cmd::bench_calib(a),
         Cmd::CompileKernels(a) => kernels_cmd::compile_kernels(a),
         Cmd::Sim(c) => sim_cmd::run(c),
-        Cmd::Ssl(c) => ssl_cmd::run(c),
-        Cmd::Ddpm(c) => ddpm_cmd::run(c),
+        Cmd::Ssl(c) => cli::ssl::run(c),
+        Cmd::Ddpm(c) => cli::ddpm::run(c),
         Cmd::Hil(a) => hil_cmd::hil(a),
-        Cmd::Pretrain(a) => letsmap::semantic::pretrain(a),
-        Cmd::PretrainGeometry(a) => letsmap::geometry::pretrain_geometry(a),
-        Cmd::DepthEval(a) => letsmap::geometry::depth_eval_cmd(a),
-        Cmd::Finetune(a) => letsmap::train::finetune(a),
-        Cmd::Eval(a) => letsmap::eval::eval_cmd(a),
+        Cmd::Pretrain(a) => letsmap::semantic::pretrain(&a.config()),
+        Cmd::PretrainGeometry(a) => letsmap::geometry::pretrain_geometry(&a.config()),
+        Cmd::DepthEval(a) => letsmap::geometry::depth_eval_cmd(&a.config()),
+        Cmd::Finetune(a) => letsmap::train::finetune(&a.config()),
+        Cmd::Eval(a) => letsmap::eval::eval_cmd(&a.config()),
         Cmd::Quantize(a) => quantize_cmd::quantize(a),
-        Cmd::Gan(GanCmd::Train(a)) => afv::train::gan_train(a),
-        Cmd::Afv(AfvCmd::Fit(a)) => afv::fisher::fit(a),
-        Cmd::Afv(AfvCmd::Distance(a)) => afv::fisher::distance(a),
-        Cmd::Embed(a) => afv::fisher::embed(a),
-        Cmd::Probe(a) => afv::probe::probe(a),
+        Cmd::Gan(GanCmd::Train(a)) => afv::train::gan_train(&a.config()),
+        Cmd::Afv(AfvCmd::Fit(a)) => afv::fisher::fit(&a.config()),
+        Cmd::Afv(AfvCmd::Distance(a)) => afv::fisher::distance(&a.config()),
+        Cmd::Embed(a) => afv::fisher::embed(&a.config()),
+        Cmd::Probe(a) => afv::probe::probe(&a.config()),
         Cmd::Keygen(a) => trust_cmd::keygen(a),
         Cmd::Deploy(a) => trust_cmd::deploy(a),
         Cmd::Store(c) => trust_cmd::store(c),

@@ -1,7 +1,7 @@
 //! `bevrt-tool quantize`: the flags of INT8 post-training quantization; the work is
 //! `bevrt_quantize`.
 
-use crate::choice::choice;
+use crate::cli::choice;
 use bevrt_quantize::{ActChoice, MethodChoice, QuantizeConfig};
 use clap::Args;
 use std::path::PathBuf;

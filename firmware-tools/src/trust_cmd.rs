@@ -44,7 +44,7 @@ pub struct SelftestArgs {
     #[arg(long, default_value_t = bevrt_runtime::selftest::DEFAULT_TOLERANCE)]
     pub tolerance: f32,
     /// Check on this backend (without --record).
-    #[arg(long, default_value = "auto", value_parser = crate::choice::choice::<bevrt_runtime::BackendKind>())]
+    #[arg(long, default_value = "auto", value_parser = crate::cli::choice::<bevrt_runtime::BackendKind>())]
     pub backend: bevrt_runtime::BackendKind,
 }
 

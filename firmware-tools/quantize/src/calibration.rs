@@ -90,7 +90,7 @@ fn read_npy_tensors(
     let mut inputs = vec![];
     let want = spec.shape();
     for f in npys {
-        let (shape, data) = bevrt_runtime::npy::read_f32(&f)
+        let (shape, data) = bevrt_runtime::npy::read_f32(f)
             .map_err(|e| anyhow::anyhow!("{}: not a float32 .npy tensor: {e}", f.display()))?;
         let per_ok = shape.len() >= 3 && shape[shape.len() - 3..] == want[1..];
         if !per_ok || (shape.len() == 4 && data.len() % numel != 0) || shape.len() > 4 {

@@ -9,6 +9,7 @@
 //! | [`checkpoint`] | a run's checkpoint directory (parameters, Adam, progress record), EMA |
 //! | [`cpu_ops`] | convolutions as im2col/col2im + GEMM with cheap backward passes, LeakyReLU |
 //! | [`progress`] | the progress bar (loss, ETA) |
+//! | [`masking`] | StructMAE's easy-to-hard patch masking, shared by [`ssl`] and [`letsmap`] |
 //! | [`digits`] | labelled image datasets (shared digit CSVs, folders) and the fixed split |
 //! | [`letsmap`] | letsmap-lite: temporal MAE pretraining, BEV fine-tuning, evaluation |
 //! | [`afv`] | the GAN for Adversarial Fisher Vectors, embedding, Fisher statistics, probes |
@@ -21,6 +22,7 @@ pub mod cpu_ops;
 pub mod diffusion;
 pub mod digits;
 pub mod letsmap;
+pub mod masking;
 pub mod optim;
 pub mod progress;
 pub mod rng;

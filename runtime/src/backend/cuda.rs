@@ -285,7 +285,7 @@ impl CudaBackend {
             grid,
             table,
             channels: c,
-        } = super::BevGeometry::load(bundle, &out_shape)?;
+        } = super::BevGeometry::load(bundle, out_shape)?;
         let (fh, fw) = (out_shape[2], out_shape[3]);
         let (gh, gw, z) = (grid.height(), grid.width(), grid.levels());
         let head_path = bundle

@@ -4,9 +4,9 @@
 //! - [`cpu`]: the networks on tract-onnx or on bevrt's own CPU kernels (the kernel plan,
 //!   [`bevrt_kernels::cpu`]), bevrt's CPU references for its own stages.
 //! - [`cuda`]: bevrt's own kernels for the whole per-frame path, one CUDA graph per frame.
-//! Both plan backends take their plans from [`crate::lower`], the ONNX front end.
 //!
-//! [`open`] is the registry: `auto` picks CUDA when a driver and device exist, and the CPU
+//! Both plan backends take their plans from [`crate::lower`], the ONNX front end.
+//! [`open`] (`registry.rs`) is the registry: `auto` picks CUDA when a driver and device exist, and the CPU
 //! when not or when the CUDA backend refuses the bundle (an op outside its set), saying which
 //! and why; on the CPU it prefers the kernel plan (`cpu-plan`) and falls back to tract when a
 //! network does not lower, naming the nodes. An explicit `cuda` or `cpu-plan` that cannot run

@@ -5,10 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use bevrt_models::{Bundle, ModelFile, Task};
+use bevrt_models::{AfvSpec, Bundle, Manifest, ModelFile, Task};
 use bevrt_runtime::backend::cpu::{CpuBackend, CpuNetwork};
 use bevrt_runtime::{Backend, BackendOptions, Frame, PixelFormat};
-use clap::Args;
 
 use crate::digits::{self as data, Dataset};
 use crate::rng::Rng;
@@ -106,19 +105,16 @@ pub fn read_matrix(path: &Path) -> Result<Vec<Vec<f32>>> {
     Ok((0..n).map(|i| v[i * d..(i + 1) * d].to_vec()).collect())
 }
 
-#[derive(Args, Debug)]
-pub struct EmbedArgs {
-    #[arg(long)]
+/// `embed`'s settings.
+#[derive(Debug)]
+pub struct EmbedConfig {
     pub bundle: PathBuf,
     /// Dataset (shared digit CSV or image folder); every image, in file order.
-    #[arg(long)]
     pub data: PathBuf,
     /// `[N, D]` float32 npy.
-    #[arg(long)]
     pub out: PathBuf,
     /// Also write a copy of the bundle that standardises its vector per dimension, with the
     /// mean and std of this dataset's training split (`embedding_norm = "standardize"`).
-    #[arg(long)]
     pub standardize_out: Option<PathBuf>,
 }
 
@@ -146,7 +142,7 @@ pub fn standardisation<'a>(rows: impl Iterator<Item = &'a [f32]> + Clone, dim: u
     flat
 }
 
-pub fn embed(a: &EmbedArgs) -> Result<()> {
+pub fn embed(a: &EmbedConfig) -> Result<()> {
     let bundle = Bundle::load(&a.bundle)?;
     let ds = data::load(&a.data)?;
     let mut b = open(&bundle)?;
@@ -210,40 +206,79 @@ pub fn embed(a: &EmbedArgs) -> Result<()> {
     Ok(())
 }
 
-#[derive(Args, Debug)]
-pub struct FitArgs {
-    #[arg(long)]
+/// `afv fit`'s settings.
+#[derive(Debug)]
+pub struct FitConfig {
     pub bundle: PathBuf,
     /// Generator samples to estimate the mean and the diagonal Fisher information from.
-    #[arg(long, default_value_t = 1024)]
     pub samples: usize,
-    #[arg(long, default_value_t = 7)]
     pub seed: u64,
     /// Write a new bundle here instead of updating --bundle in place.
-    #[arg(long)]
     pub out: Option<PathBuf>,
     /// Signed square root after the Fisher normalisation.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub power_norm: bool,
     /// Unit L2 norm at the end.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub l2_norm: bool,
     /// Added to the Fisher diagonal before the square root: `V = (U − μ)/√(diag + eps)`.
     /// Components whose score barely varies over generator samples are amplified by up to
     /// `1/√eps`; a larger eps damps them (the fit prints the diagonal's quantiles).
-    #[arg(long, default_value_t = 1e-6)]
     pub eps: f32,
     /// Spatial cells per side: conv2's score per cell of an R×R grid on its 7x7 output
     /// (spatial pyramid of Fisher-vector practice; 1 = the plain gradient). 2 was chosen by
     /// 5-fold CV on MNIST-5k's training labels (README).
-    #[arg(long, default_value_t = 2)]
     pub regions: usize,
 }
 
 /// `afv fit`: `μ = E_G[U]`, `diag I = E_G[(U − μ)²]` over generator samples, stored as
 /// `fisher.npy` in the bundle.
-pub fn fit(a: &FitArgs) -> Result<()> {
+pub fn fit(a: &FitConfig) -> Result<()> {
     let bundle = Bundle::load(&a.bundle)?;
+    let spec = check_fit_config(a, &bundle)?;
+    // Raw scores: the same bundle without its Fisher statistics.
+    let mut raw = bundle.clone();
+    let raw_spec = raw.manifest.afv.as_mut().expect("checked");
+    raw_spec.fisher = None;
+    raw_spec.regions = a.regions;
+    let mut b = open(&raw)?;
+    let t0 = std::time::Instant::now();
+    let u = embed_generator(&mut b, &bundle, "generator", a.samples, a.seed)?;
+    let dim = u[0].len();
+    let (mean, var) = mean_and_variance(&u, dim);
+    let mut flat: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+    flat.extend(var.iter().map(|&v| v as f32));
+    let out = a.out.clone().unwrap_or_else(|| a.bundle.clone());
+    let staging = std::env::temp_dir().join(format!("bevrt-afv-fit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging)?;
+    let fisher_path = staging.join("fisher.npy");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&fisher_path)?);
+        bevrt_runtime::npy::write_f32(&mut f, &[2, dim], &flat)?;
+    }
+    print_diagonal_quantiles(&var, dim, a.eps);
+    let manifest = fitted_manifest(a, &bundle, spec, dim);
+    let mut files: Vec<(PathBuf, String)> = bundle
+        .files()
+        .filter(|f| f.file != "fisher.npy")
+        .map(|f| (bundle.dir.join(&f.file), f.file.clone()))
+        .collect();
+    files.push((fisher_path, "fisher.npy".into()));
+    install_fitted_bundle(a, &out, &staging, manifest, &files)?;
+    let _ = std::fs::remove_dir_all(&staging);
+    println!(
+        "afv fit: {} generator samples, dim {dim}, mean |μ| {:.3e}, mean diag {:.3e} ({:.1} s) → {}",
+        a.samples,
+        mean.iter().map(|m| m.abs()).sum::<f64>() / dim as f64,
+        var.iter().sum::<f64>() / dim as f64,
+        t0.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// The bundle's `[afv]` table, after refusing a bundle without one and settings no fit can
+/// use.
+fn check_fit_config(a: &FitConfig, bundle: &Bundle) -> Result<AfvSpec> {
     let Some(spec) = bundle.manifest.afv.clone() else {
         bail!("{}: not an AFV bundle (no [afv] table)", a.bundle.display());
     };
@@ -260,41 +295,31 @@ pub fn fit(a: &FitArgs) -> Result<()> {
             bevrt_runtime::afv::MAX_REGIONS
         );
     }
-    // Raw scores: the same bundle without its Fisher statistics.
-    let mut raw = bundle.clone();
-    let raw_spec = raw.manifest.afv.as_mut().expect("checked");
-    raw_spec.fisher = None;
-    raw_spec.regions = a.regions;
-    let mut b = open(&raw)?;
-    let t0 = std::time::Instant::now();
-    let u = embed_generator(&mut b, &bundle, "generator", a.samples, a.seed)?;
-    let dim = u[0].len();
+    Ok(spec)
+}
+
+/// Per-component mean and (population) variance of the rows `u` of `dim` values.
+fn mean_and_variance(u: &[Vec<f32>], dim: usize) -> (Vec<f64>, Vec<f64>) {
     let mut mean = vec![0f64; dim];
-    for r in &u {
+    for r in u {
         for (m, x) in mean.iter_mut().zip(r) {
             *m += *x as f64;
         }
     }
     mean.iter_mut().for_each(|m| *m /= u.len() as f64);
     let mut var = vec![0f64; dim];
-    for r in &u {
+    for r in u {
         for ((v, m), x) in var.iter_mut().zip(&mean).zip(r) {
             *v += (*x as f64 - m).powi(2);
         }
     }
     var.iter_mut().for_each(|v| *v /= u.len() as f64);
-    let mut flat: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-    flat.extend(var.iter().map(|&v| v as f32));
-    let out = a.out.clone().unwrap_or_else(|| a.bundle.clone());
-    let staging = std::env::temp_dir().join(format!("bevrt-afv-fit-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging)?;
-    let fisher_path = staging.join("fisher.npy");
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&fisher_path)?);
-        bevrt_runtime::npy::write_f32(&mut f, &[2, dim], &flat)?;
-    }
-    let mut sorted = var.clone();
+    (mean, var)
+}
+
+/// Prints the Fisher diagonal's quantiles beside `eps` (what `--eps` damps).
+fn print_diagonal_quantiles(var: &[f64], dim: usize, eps: f32) {
+    let mut sorted = var.to_vec();
     sorted.sort_by(f64::total_cmp);
     let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p) as usize];
     println!(
@@ -304,8 +329,13 @@ pub fn fit(a: &FitArgs) -> Result<()> {
         q(0.5),
         q(0.9),
         q(1.0),
-        a.eps
+        eps
     );
+}
+
+/// The bundle's manifest with the Fisher tail (`fisher.npy`, the normalisation settings)
+/// and the fit's provenance; no self-test (the tail changes what the bundle computes).
+fn fitted_manifest(a: &FitConfig, bundle: &Bundle, spec: AfvSpec, dim: usize) -> Manifest {
     let mut manifest = bundle.manifest.clone();
     manifest.selftest = None; // the Fisher tail changes what the bundle computes
     let mut s = spec;
@@ -327,20 +357,27 @@ pub fn fit(a: &FitArgs) -> Result<()> {
     manifest
         .provenance
         .insert("afv_fit".into(), toml::Value::Table(fit));
-    let mut files: Vec<(PathBuf, String)> = bundle
-        .files()
-        .filter(|f| f.file != "fisher.npy")
-        .map(|f| (bundle.dir.join(&f.file), f.file.clone()))
-        .collect();
-    files.push((fisher_path, "fisher.npy".into()));
+    manifest
+}
+
+/// Writes the fitted bundle to `out`; in place of `--bundle` through `staging` and a swap of
+/// directories (the old bundle stays whole until the new one is in place). `staging` is
+/// removed on failure.
+fn install_fitted_bundle(
+    a: &FitConfig,
+    out: &Path,
+    staging: &Path,
+    manifest: Manifest,
+    files: &[(PathBuf, String)],
+) -> Result<()> {
     let target = if out == a.bundle {
         staging.join("bundle")
     } else {
-        out.clone()
+        out.to_path_buf()
     };
-    let r = bevrt_models::write_bundle(&target, manifest, &files);
+    let r = bevrt_models::write_bundle(&target, manifest, files);
     if let Err(e) = r {
-        let _ = std::fs::remove_dir_all(&staging);
+        let _ = std::fs::remove_dir_all(staging);
         return Err(e.into());
     }
     if out == a.bundle {
@@ -357,15 +394,6 @@ pub fn fit(a: &FitArgs) -> Result<()> {
         }
         let _ = std::fs::remove_dir_all(&old);
     }
-    let _ = std::fs::remove_dir_all(&staging);
-    println!(
-        "afv fit: {} generator samples, dim {dim}, mean |μ| {:.3e}, mean diag {:.3e} ({:.1} s) → {}",
-        a.samples,
-        mean.iter().map(|m| m.abs()).sum::<f64>() / dim as f64,
-        var.iter().sum::<f64>() / dim as f64,
-        t0.elapsed().as_secs_f64(),
-        out.display()
-    );
     Ok(())
 }
 
@@ -377,27 +405,21 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-#[derive(Args, Debug)]
-pub struct DistanceArgs {
-    #[arg(long)]
+/// `afv distance`'s settings.
+#[derive(Debug)]
+pub struct DistanceConfig {
     pub bundle: PathBuf,
     /// A set: `DATASET[:class=K][:half=0|1][:split=train|test]`, `generator[@ITER]`, or one
     /// image file (an example).
-    #[arg(long)]
     pub a: Option<String>,
-    #[arg(long)]
     pub b: Option<String>,
     /// For every pair of classes of this dataset: distance between two disjoint halves of a
     /// class against the distance between the two classes.
-    #[arg(long)]
     pub class_pairs: Option<PathBuf>,
     /// Distance from this dataset to every generator snapshot in the bundle.
-    #[arg(long)]
     pub snapshots: Option<PathBuf>,
     /// Generator samples per generator set.
-    #[arg(long, default_value_t = 500)]
     pub samples: usize,
-    #[arg(long)]
     pub json: bool,
 }
 
@@ -500,7 +522,7 @@ fn set_vectors(
     embed_images(backend, &ds, &idx, "set")
 }
 
-pub fn distance(a: &DistanceArgs) -> Result<()> {
+pub fn distance(a: &DistanceConfig) -> Result<()> {
     let bundle = Bundle::load(&a.bundle)?;
     let mut b = open(&bundle)?;
     let mut report = serde_json::Map::new();
@@ -518,101 +540,122 @@ pub fn distance(a: &DistanceArgs) -> Result<()> {
         bail!("give both --a and --b");
     }
     if let Some(path) = &a.class_pairs {
-        let ds = data::load(path)?;
-        let (_, test) = ds.split();
-        let c = ds.classes.len();
-        // held-out images only, per class, split in two halves by position
-        let mut halves: Vec<[Vec<f64>; 2]> = vec![];
-        let mut whole: Vec<Vec<f64>> = vec![];
-        for k in 0..c {
-            let idx: Vec<usize> = test
-                .iter()
-                .copied()
-                .filter(|&i| ds.labels[i] == k)
-                .collect();
-            let v = embed_images(&mut b, &ds, &idx, &format!("class {k}"))?;
-            let (h0, h1): (Vec<_>, Vec<_>) =
-                v.iter().cloned().enumerate().partition(|(i, _)| i % 2 == 0);
-            let strip =
-                |h: Vec<(usize, Vec<f32>)>| h.into_iter().map(|(_, r)| r).collect::<Vec<_>>();
-            halves.push([mean(&strip(h0)), mean(&strip(h1))]);
-            whole.push(mean(&v));
-        }
-        let mut ok = 0;
-        let mut total = 0;
-        let mut rows = vec![];
-        println!(
-            "class pairs (held-out images): within = |half0 − half1| of a class, between = |class i − class j|"
-        );
-        for i in 0..c {
-            for j in (i + 1)..c {
-                let within =
-                    dist(&halves[i][0], &halves[i][1]).max(dist(&halves[j][0], &halves[j][1]));
-                let between = dist(&whole[i], &whole[j]);
-                total += 1;
-                ok += usize::from(within < between);
-                rows.push(
-                    serde_json::json!({"i": i, "j": j, "within": within, "between": between}),
-                );
-            }
-        }
-        let within: Vec<f64> = (0..c).map(|i| dist(&halves[i][0], &halves[i][1])).collect();
-        let min_between = rows
-            .iter()
-            .map(|r| r["between"].as_f64().unwrap())
-            .fold(f64::INFINITY, f64::min);
-        println!(
-            "  within-class: {}\n  smallest between-class: {min_between:.4}\n  pairs where both classes' halves are closer than the classes: {ok}/{total}",
-            within
-                .iter()
-                .map(|d| format!("{d:.4}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        report.insert("class_pairs_ok".into(), ok.into());
-        report.insert("class_pairs_total".into(), total.into());
-        report.insert("class_pairs".into(), rows.into());
+        class_pairs(path, &mut b, &mut report)?;
     }
     if let Some(path) = &a.snapshots {
-        let ds = data::load(path)?;
-        let (train, _) = ds.split();
-        let data_mean = mean(&embed_images(&mut b, &ds, &train, "data")?);
-        let mut snaps: Vec<(usize, String)> = bundle
-            .manifest
-            .models
-            .iter()
-            .filter_map(|m| {
-                let it = m.role.strip_prefix("generator@")?.parse().ok()?;
-                Some((it, m.role.clone()))
-            })
-            .collect();
-        let iters = bundle
-            .manifest
-            .provenance
-            .get("iterations")
-            .and_then(|v| v.as_integer())
-            .unwrap_or(0) as usize;
-        if bundle.manifest.model("generator").is_some() {
-            snaps.push((iters, "generator".into()));
-        }
-        snaps.sort();
-        println!(
-            "generator-to-data distance over training ({} samples each):",
-            a.samples
-        );
-        let mut rows = vec![];
-        for (it, role) in snaps {
-            let d = dist(
-                &mean(&embed_generator(&mut b, &bundle, &role, a.samples, 99)?),
-                &data_mean,
-            );
-            println!("  iteration {it:>6}: {d:.5}");
-            rows.push(serde_json::json!({"iteration": it, "distance": d}));
-        }
-        report.insert("snapshots".into(), rows.into());
+        snapshot_distances(path, a, &bundle, &mut b, &mut report)?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
+    Ok(())
+}
+
+/// `--class-pairs`: for every pair of classes of the dataset at `path`, the distance between
+/// two halves of each class against the distance between the classes (held-out images),
+/// printed and added to `report`.
+fn class_pairs(
+    path: &Path,
+    b: &mut CpuBackend,
+    report: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    let ds = data::load(path)?;
+    let (_, test) = ds.split();
+    let c = ds.classes.len();
+    // held-out images only, per class, split in two halves by position
+    let mut halves: Vec<[Vec<f64>; 2]> = vec![];
+    let mut whole: Vec<Vec<f64>> = vec![];
+    for k in 0..c {
+        let idx: Vec<usize> = test
+            .iter()
+            .copied()
+            .filter(|&i| ds.labels[i] == k)
+            .collect();
+        let v = embed_images(b, &ds, &idx, &format!("class {k}"))?;
+        let (h0, h1): (Vec<_>, Vec<_>) =
+            v.iter().cloned().enumerate().partition(|(i, _)| i % 2 == 0);
+        let strip = |h: Vec<(usize, Vec<f32>)>| h.into_iter().map(|(_, r)| r).collect::<Vec<_>>();
+        halves.push([mean(&strip(h0)), mean(&strip(h1))]);
+        whole.push(mean(&v));
+    }
+    let mut ok = 0;
+    let mut total = 0;
+    let mut rows = vec![];
+    println!(
+        "class pairs (held-out images): within = |half0 − half1| of a class, between = |class i − class j|"
+    );
+    for i in 0..c {
+        for j in (i + 1)..c {
+            let within = dist(&halves[i][0], &halves[i][1]).max(dist(&halves[j][0], &halves[j][1]));
+            let between = dist(&whole[i], &whole[j]);
+            total += 1;
+            ok += usize::from(within < between);
+            rows.push(serde_json::json!({"i": i, "j": j, "within": within, "between": between}));
+        }
+    }
+    let within: Vec<f64> = (0..c).map(|i| dist(&halves[i][0], &halves[i][1])).collect();
+    let min_between = rows
+        .iter()
+        .map(|r| r["between"].as_f64().unwrap())
+        .fold(f64::INFINITY, f64::min);
+    println!(
+        "  within-class: {}\n  smallest between-class: {min_between:.4}\n  pairs where both classes' halves are closer than the classes: {ok}/{total}",
+        within
+            .iter()
+            .map(|d| format!("{d:.4}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    report.insert("class_pairs_ok".into(), ok.into());
+    report.insert("class_pairs_total".into(), total.into());
+    report.insert("class_pairs".into(), rows.into());
+    Ok(())
+}
+
+/// `--snapshots`: the distance from the training split of the dataset at `path` to every
+/// generator snapshot in the bundle, printed and added to `report`.
+fn snapshot_distances(
+    path: &Path,
+    a: &DistanceConfig,
+    bundle: &Bundle,
+    b: &mut CpuBackend,
+    report: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    let ds = data::load(path)?;
+    let (train, _) = ds.split();
+    let data_mean = mean(&embed_images(b, &ds, &train, "data")?);
+    let mut snaps: Vec<(usize, String)> = bundle
+        .manifest
+        .models
+        .iter()
+        .filter_map(|m| {
+            let it = m.role.strip_prefix("generator@")?.parse().ok()?;
+            Some((it, m.role.clone()))
+        })
+        .collect();
+    let iters = bundle
+        .manifest
+        .provenance
+        .get("iterations")
+        .and_then(|v| v.as_integer())
+        .unwrap_or(0) as usize;
+    if bundle.manifest.model("generator").is_some() {
+        snaps.push((iters, "generator".into()));
+    }
+    snaps.sort();
+    println!(
+        "generator-to-data distance over training ({} samples each):",
+        a.samples
+    );
+    let mut rows = vec![];
+    for (it, role) in snaps {
+        let d = dist(
+            &mean(&embed_generator(b, bundle, &role, a.samples, 99)?),
+            &data_mean,
+        );
+        println!("  iteration {it:>6}: {d:.5}");
+        rows.push(serde_json::json!({"iteration": it, "distance": d}));
+    }
+    report.insert("snapshots".into(), rows.into());
     Ok(())
 }

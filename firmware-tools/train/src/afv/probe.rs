@@ -23,20 +23,40 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use bevrt_models::{Bundle, ModelFile, OutputKind, OutputSpec, Task};
 use candle_core::{D, Device, Tensor};
-use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use crate::digits as data;
 use crate::rng::Rng;
 
-#[derive(Debug, Clone, Copy, PartialEq, ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProbeMethod {
     Linear,
     Knn,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, ValueEnum, Serialize)]
+impl ProbeMethod {
+    /// The names [`ProbeMethod::from_str`](std::str::FromStr::from_str) accepts, one per variant in
+    /// declaration order (what the command line lists).
+    pub const NAMES: [&'static str; 2] = ["linear", "knn"];
+}
+
+impl std::str::FromStr for ProbeMethod {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<ProbeMethod, String> {
+        match s {
+            "linear" => Ok(ProbeMethod::Linear),
+            "knn" => Ok(ProbeMethod::Knn),
+            _ => Err(format!(
+                "unknown probe method {s:?}, expected one of: {}",
+                ProbeMethod::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Loss {
     Ce,
@@ -45,61 +65,88 @@ pub enum Loss {
     Ls,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, ValueEnum, Serialize)]
+impl Loss {
+    /// The names [`Loss::from_str`](std::str::FromStr::from_str) accepts, one per variant in
+    /// declaration order (what the command line lists).
+    pub const NAMES: [&'static str; 3] = ["ce", "hinge", "ls"];
+}
+
+impl std::str::FromStr for Loss {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Loss, String> {
+        match s {
+            "ce" => Ok(Loss::Ce),
+            "hinge" => Ok(Loss::Hinge),
+            "ls" => Ok(Loss::Ls),
+            _ => Err(format!(
+                "unknown loss {s:?}, expected one of: {}",
+                Loss::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Metric {
     Cosine,
     Euclidean,
 }
 
-#[derive(Args, Debug)]
-pub struct ProbeArgs {
+impl Metric {
+    /// The names [`Metric::from_str`](std::str::FromStr::from_str) accepts, one per variant in
+    /// declaration order (what the command line lists).
+    pub const NAMES: [&'static str; 2] = ["cosine", "euclidean"];
+}
+
+impl std::str::FromStr for Metric {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Metric, String> {
+        match s {
+            "cosine" => Ok(Metric::Cosine),
+            "euclidean" => Ok(Metric::Euclidean),
+            _ => Err(format!(
+                "unknown metric {s:?}, expected one of: {}",
+                Metric::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+/// `probe`'s settings.
+#[derive(Debug)]
+pub struct ProbeConfig {
     /// `[N, D]` features of every dataset image in file order (`bevrt-tool embed`), or `raw`
     /// for the pixels themselves (the baseline).
-    #[arg(long, conflicts_with = "bundle")]
     pub features: Option<String>,
     /// Embed the dataset with this features bundle first.
-    #[arg(long)]
     pub bundle: Option<PathBuf>,
-    #[arg(long)]
     pub data: PathBuf,
     /// Labelled training images per class (0 = all).
-    #[arg(long, default_value_t = 0)]
     pub labels_per_class: usize,
-    #[arg(long, value_enum, default_value_t = ProbeMethod::Linear)]
     pub method: ProbeMethod,
-    #[arg(long, default_value_t = 5)]
     pub seeds: usize,
-    #[arg(long, value_enum, default_value_t = Loss::Ce)]
     pub loss: Loss,
-    #[arg(long, default_value_t = 100)]
     pub epochs: usize,
     /// Adam's initial learning rate (cosine decay to 0).
-    #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
-    #[arg(long, default_value_t = 1e-2)]
     pub wd: f64,
     /// `--loss ls`: ridge λ relative to the mean squared norm of the standardised features
     /// (accuracy on MNIST-5k AFV is flat from 1e-5 to 1e-2).
-    #[arg(long, default_value_t = 1e-3)]
     pub ridge: f64,
-    #[arg(long, default_value_t = 20)]
     pub k: usize,
-    #[arg(long, value_enum, default_value_t = Metric::Cosine)]
     pub metric: Metric,
     /// Linear probes: standardise each dimension with the labelled subset's mean and std
     /// (`false`: centre only).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub standardize: bool,
     /// Model selection without the test split: K-fold cross-validation on the labelled
     /// training images (fold = position mod K); the test split is not read.
-    #[arg(long, default_value_t = 0)]
     pub cv: usize,
     /// Write a classify bundle: the --bundle's network + vector + this probe (linear only;
     /// trained on the first seed's labels).
-    #[arg(long)]
     pub out_bundle: Option<PathBuf>,
-    #[arg(long)]
     pub json: bool,
 }
 
@@ -388,37 +435,9 @@ pub fn knn(
     Ok(out)
 }
 
-pub fn probe(a: &ProbeArgs) -> Result<()> {
+pub fn probe(a: &ProbeConfig) -> Result<()> {
     let ds = data::load(&a.data)?;
-    let (feats, fname): (Vec<Vec<f32>>, String) = match (&a.features, &a.bundle) {
-        (Some(f), _) if f == "raw" => (
-            (0..ds.labels.len())
-                .map(|i| ds.image(i).iter().map(|&p| p as f32 / 255.0).collect())
-                .collect(),
-            "raw pixels".into(),
-        ),
-        (Some(f), _) => (
-            super::fisher::read_matrix(std::path::Path::new(f))?,
-            f.clone(),
-        ),
-        (None, Some(b)) => {
-            let bundle = Bundle::load(b)?;
-            let mut be = super::fisher::open(&bundle)?;
-            let all: Vec<usize> = (0..ds.labels.len()).collect();
-            (
-                super::fisher::embed_images(&mut be, &ds, &all, "embed")?,
-                b.display().to_string(),
-            )
-        }
-        (None, None) => bail!("give --features F.npy|raw or --bundle B"),
-    };
-    if feats.len() != ds.labels.len() {
-        bail!(
-            "{fname}: {} feature rows, the dataset has {} images",
-            feats.len(),
-            ds.labels.len()
-        );
-    }
+    let (feats, fname) = probe_features(a, &ds)?;
     let (train, test) = ds.split();
     let classes = ds.classes.len();
     let test_x: Vec<&Vec<f32>> = test.iter().map(|&i| &feats[i]).collect();
@@ -429,7 +448,6 @@ pub fn probe(a: &ProbeArgs) -> Result<()> {
         a.seeds.max(1)
     };
     let mut accs = vec![];
-    let mut first: Option<Linear> = None;
     let mut n_train = 0;
     if a.cv == 1 {
         bail!("--cv 1: give at least 2 folds (or 0 for the test split)");
@@ -437,51 +455,26 @@ pub fn probe(a: &ProbeArgs) -> Result<()> {
     if a.cv > 1 && a.out_bundle.is_some() {
         bail!("--cv only evaluates: drop --out-bundle");
     }
-    // Fit on `fit`, predict `eval` (dataset indices).
-    let mut fit_predict = |fit: &[usize], eval: &[&Vec<f32>]| -> Result<Vec<usize>> {
-        let x: Vec<&Vec<f32>> = fit.iter().map(|&i| &feats[i]).collect();
-        let y: Vec<usize> = fit.iter().map(|&i| ds.labels[i]).collect();
-        Ok(match a.method {
-            ProbeMethod::Linear => {
-                let reg = if a.loss == Loss::Ls { a.ridge } else { a.wd };
-                let m = train_linear(&x, &y, classes, a.loss, a.epochs, a.lr, reg, a.standardize)?;
-                let p = m.predict(eval)?;
-                if first.is_none() {
-                    first = Some(m);
-                }
-                p
-            }
-            ProbeMethod::Knn => knn(&x, &y, eval, classes, a.k, a.metric)?,
-        })
+    let mut prober = Prober {
+        a,
+        ds: &ds,
+        feats: &feats,
+        classes,
+        first: None,
     };
     for s in 0..runs {
         let lab = labelled(&train, &ds.labels, classes, a.labels_per_class, s as u64);
         n_train = lab.len();
-        let (mut correct, mut seen) = (0usize, 0usize);
-        if a.cv > 1 {
-            for f in 0..a.cv {
-                let in_fold = |j: &usize| j % a.cv == f;
-                let val: Vec<usize> = (0..lab.len()).filter(in_fold).map(|j| lab[j]).collect();
-                let fit: Vec<usize> = (0..lab.len())
-                    .filter(|j| !in_fold(j))
-                    .map(|j| lab[j])
-                    .collect();
-                let vx: Vec<&Vec<f32>> = val.iter().map(|&i| &feats[i]).collect();
-                let pred = fit_predict(&fit, &vx)?;
-                correct += pred
-                    .iter()
-                    .zip(&val)
-                    .filter(|(p, i)| **p == ds.labels[**i])
-                    .count();
-                seen += val.len();
-            }
+        let (correct, seen) = if a.cv > 1 {
+            prober.cross_validate(&lab)?
         } else {
-            let pred = fit_predict(&lab, &test_x)?;
-            correct = pred.iter().zip(&test_y).filter(|(p, t)| p == t).count();
-            seen = test_y.len();
-        }
+            let pred = prober.fit_predict(&lab, &test_x)?;
+            let correct = pred.iter().zip(&test_y).filter(|(p, t)| p == t).count();
+            (correct, test_y.len())
+        };
         accs.push(correct as f64 / seen as f64 * 100.0);
     }
+    let first = prober.first;
     let mean = accs.iter().sum::<f64>() / accs.len() as f64;
     let std = (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / accs.len() as f64).sqrt();
     let r = ProbeReport {
@@ -500,8 +493,120 @@ pub fn probe(a: &ProbeArgs) -> Result<()> {
         mean,
         std,
     };
+    print_probe_report(a, &r)?;
+    if let Some(out) = &a.out_bundle {
+        let (Some(m), Some(b)) = (first, &a.bundle) else {
+            bail!("--out-bundle needs --method linear and --bundle");
+        };
+        write_probe_bundle(&Bundle::load(b)?, &m, &ds.classes, out, &r)?;
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+/// The feature rows of every dataset image (the pixels for `raw`, an npy file, or embedded
+/// with `--bundle`) and what they are, for the report.
+fn probe_features(a: &ProbeConfig, ds: &data::Dataset) -> Result<(Vec<Vec<f32>>, String)> {
+    let (feats, fname): (Vec<Vec<f32>>, String) = match (&a.features, &a.bundle) {
+        (Some(f), _) if f == "raw" => (
+            (0..ds.labels.len())
+                .map(|i| ds.image(i).iter().map(|&p| p as f32 / 255.0).collect())
+                .collect(),
+            "raw pixels".into(),
+        ),
+        (Some(f), _) => (
+            super::fisher::read_matrix(std::path::Path::new(f))?,
+            f.clone(),
+        ),
+        (None, Some(b)) => {
+            let bundle = Bundle::load(b)?;
+            let mut be = super::fisher::open(&bundle)?;
+            let all: Vec<usize> = (0..ds.labels.len()).collect();
+            (
+                super::fisher::embed_images(&mut be, ds, &all, "embed")?,
+                b.display().to_string(),
+            )
+        }
+        (None, None) => bail!("give --features F.npy|raw or --bundle B"),
+    };
+    if feats.len() != ds.labels.len() {
+        bail!(
+            "{fname}: {} feature rows, the dataset has {} images",
+            feats.len(),
+            ds.labels.len()
+        );
+    }
+    Ok((feats, fname))
+}
+
+/// Fits probes on labelled images and predicts others; keeps the first linear probe (the one
+/// `--out-bundle` writes).
+struct Prober<'p> {
+    a: &'p ProbeConfig,
+    ds: &'p data::Dataset,
+    feats: &'p [Vec<f32>],
+    classes: usize,
+    first: Option<Linear>,
+}
+
+impl Prober<'_> {
+    /// Fit on `fit` (dataset indices), predict the rows `eval`.
+    fn fit_predict(&mut self, fit: &[usize], eval: &[&Vec<f32>]) -> Result<Vec<usize>> {
+        let a = self.a;
+        let x: Vec<&Vec<f32>> = fit.iter().map(|&i| &self.feats[i]).collect();
+        let y: Vec<usize> = fit.iter().map(|&i| self.ds.labels[i]).collect();
+        Ok(match a.method {
+            ProbeMethod::Linear => {
+                let reg = if a.loss == Loss::Ls { a.ridge } else { a.wd };
+                let m = train_linear(
+                    &x,
+                    &y,
+                    self.classes,
+                    a.loss,
+                    a.epochs,
+                    a.lr,
+                    reg,
+                    a.standardize,
+                )?;
+                let p = m.predict(eval)?;
+                if self.first.is_none() {
+                    self.first = Some(m);
+                }
+                p
+            }
+            ProbeMethod::Knn => knn(&x, &y, eval, self.classes, a.k, a.metric)?,
+        })
+    }
+
+    /// `--cv` folds over the labelled images `lab` (fold = position mod K): the predictions
+    /// that were right and the predictions made, over all folds.
+    fn cross_validate(&mut self, lab: &[usize]) -> Result<(usize, usize)> {
+        let cv = self.a.cv;
+        let (mut correct, mut seen) = (0usize, 0usize);
+        for f in 0..cv {
+            let in_fold = |j: &usize| j % cv == f;
+            let val: Vec<usize> = (0..lab.len()).filter(in_fold).map(|j| lab[j]).collect();
+            let fit: Vec<usize> = (0..lab.len())
+                .filter(|j| !in_fold(j))
+                .map(|j| lab[j])
+                .collect();
+            let vx: Vec<&Vec<f32>> = val.iter().map(|&i| &self.feats[i]).collect();
+            let pred = self.fit_predict(&fit, &vx)?;
+            correct += pred
+                .iter()
+                .zip(&val)
+                .filter(|(p, i)| **p == self.ds.labels[**i])
+                .count();
+            seen += val.len();
+        }
+        Ok((correct, seen))
+    }
+}
+
+/// The report as JSON (`--json`) or as one line.
+fn print_probe_report(a: &ProbeConfig, r: &ProbeReport) -> Result<()> {
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        println!("{}", serde_json::to_string_pretty(r)?);
     } else {
         println!(
             "probe {:?} on {} of {}: {} labels ({}), {}: accuracy {:.2} % ± {:.2} over {} run(s)",
@@ -523,13 +628,6 @@ pub fn probe(a: &ProbeArgs) -> Result<()> {
             r.std,
             r.accuracies.len()
         );
-    }
-    if let Some(out) = &a.out_bundle {
-        let (Some(m), Some(b)) = (first, &a.bundle) else {
-            bail!("--out-bundle needs --method linear and --bundle");
-        };
-        write_probe_bundle(&Bundle::load(b)?, &m, &ds.classes, out, &r)?;
-        println!("wrote {}", out.display());
     }
     Ok(())
 }

@@ -10,48 +10,27 @@ use bevrt_models::{
     OutputSpec, Task,
 };
 use candle_core::{Device, Tensor};
-use clap::Args;
 
 use super::gan::{self, Discriminator, Generator};
 use crate::digits::{self as data, Dataset};
 use crate::optim::Adam;
 use crate::rng::Rng;
 
-#[derive(Args, Debug)]
-pub struct GanTrainArgs {
+/// `gan train`'s settings.
+#[derive(Debug)]
+pub struct GanTrainConfig {
     /// Dataset (shared digit CSV or an image folder); only its training split is used.
-    #[arg(long)]
     pub data: PathBuf,
-    #[arg(long, default_value_t = 3000)]
     pub iters: usize,
-    #[arg(long, default_value_t = 64)]
     pub batch: usize,
-    #[arg(long, default_value_t = 2e-4)]
     pub lr: f64,
-    #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Generator snapshots kept in the bundle (for the set distance over training).
-    #[arg(long, default_value_t = 5)]
     pub snapshots: usize,
     /// Discriminator widths `C1,C2`: output channels of conv1 and conv2. The AFV vector has
     /// C2·49 + R²·(C2·C1·16 + C2) values (R: `afv fit --regions`).
-    #[arg(long, value_parser = parse_channels, default_value = "32,64")]
     pub d_channels: (usize, usize),
-    #[arg(long)]
     pub out: PathBuf,
-}
-
-fn parse_channels(s: &str) -> Result<(usize, usize), String> {
-    let bad = || format!("{s:?}: expected two channel counts C1,C2 in 1..=512, such as 32,64");
-    let (a, b) = s.split_once(',').ok_or_else(bad)?;
-    let (a, b): (usize, usize) = (
-        a.trim().parse().map_err(|_| bad())?,
-        b.trim().parse().map_err(|_| bad())?,
-    );
-    if !(1..=512).contains(&a) || !(1..=512).contains(&b) {
-        return Err(bad());
-    }
-    Ok((a, b))
 }
 
 /// Images as a [-1, 1] tensor (N, 1, H, W): the bundle's preprocess (`/255`, mean 0.5, std 0.5).
@@ -138,10 +117,49 @@ fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     Ok(())
 }
 
-pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
+pub fn gan_train(a: &GanTrainConfig) -> Result<()> {
     if a.out.exists() {
         bail!("{}: already exists; refusing to overwrite", a.out.display());
     }
+    let (ds, train, real) = load_training_images(a)?;
+    let mut rng = Rng(a.seed);
+    let g = Generator::init(a.seed)?;
+    let d = Discriminator::init(a.seed, a.d_channels)?;
+    // SN-GAN settings: Adam(β1 = 0.5, β2 = 0.999), hinge loss, one D step per G step.
+    let mut opt_d = Adam::new(d.vars(), a.lr)?;
+    let mut opt_g = Adam::new(g.vars(), a.lr)?;
+    for o in [&mut opt_d, &mut opt_g] {
+        o.beta1 = 0.5;
+    }
+    let tmp = a.out.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let mut nets = GanNets { g, d, opt_d, opt_g };
+    let run = train_gan(a, &train, &real, &mut nets, &mut rng, &tmp)?;
+    let GanNets { g, mut d, .. } = nets;
+    export_networks(a, &mut d, &g, &tmp)?;
+    let (models, files) = bundle_files(a, &g, &run.snapshot_files, &tmp)?;
+    let prov = gan_provenance(a, train.len(), &run);
+    let manifest = afv_manifest(&ds, models, prov);
+    let r = bevrt_models::write_bundle(&a.out, manifest, &files);
+    let samples = a.out.with_extension("samples.png");
+    if r.is_ok() {
+        std::fs::copy(tmp.join("samples.png"), &samples)?;
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    r?;
+    println!(
+        "wrote {} (discriminator + {} generator snapshot(s)); samples: {}",
+        a.out.display(),
+        run.snapshot_files.len(),
+        samples.display()
+    );
+    Ok(())
+}
+
+/// The dataset, its training split and those images as a [-1, 1] tensor; refused unless the
+/// images are 28x28 (what the GAN is built for).
+fn load_training_images(a: &GanTrainConfig) -> Result<(Dataset, Vec<usize>, Tensor)> {
     let ds = data::load(&a.data)?;
     if (ds.width, ds.height) != (28, 28) {
         bail!(
@@ -153,18 +171,35 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
     }
     let (train, _) = ds.split();
     let real = to_tensor(&ds, &train)?;
-    let mut rng = Rng(a.seed);
-    let g = Generator::init(a.seed)?;
-    let mut d = Discriminator::init(a.seed, a.d_channels)?;
-    // SN-GAN settings: Adam(β1 = 0.5, β2 = 0.999), hinge loss, one D step per G step.
-    let mut opt_d = Adam::new(d.vars(), a.lr)?;
-    let mut opt_g = Adam::new(g.vars(), a.lr)?;
-    for o in [&mut opt_d, &mut opt_g] {
-        o.beta1 = 0.5;
-    }
-    let tmp = a.out.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
+    Ok((ds, train, real))
+}
+
+/// The two networks and their optimizers.
+struct GanNets {
+    g: Generator,
+    d: Discriminator,
+    opt_d: Adam,
+    opt_g: Adam,
+}
+
+/// What the training loop leaves for the bundle.
+struct GanRun {
+    /// `(iteration, file name)` of every generator snapshot written into the temporary dir.
+    snapshot_files: Vec<(usize, String)>,
+    /// `(iteration, D loss, G loss)` every 100 iterations.
+    log: Vec<(usize, f32, f32)>,
+    seconds: f64,
+}
+
+/// `a.iters` alternating D and G steps, with generator snapshots written into `tmp`.
+fn train_gan(
+    a: &GanTrainConfig,
+    train: &[usize],
+    real: &Tensor,
+    nets: &mut GanNets,
+    rng: &mut Rng,
+    tmp: &Path,
+) -> Result<GanRun> {
     let snap_at: Vec<usize> = (1..=a.snapshots)
         .map(|k| k * a.iters / a.snapshots.max(1))
         .collect();
@@ -173,34 +208,7 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
     let mut log = vec![];
     for it in 1..=a.iters {
-        let idx: Vec<u32> = (0..a.batch)
-            .map(|_| rng.below(train.len()) as u32)
-            .collect();
-        let x = real.index_select(&Tensor::new(idx.as_slice(), &Device::Cpu)?, 0)?;
-        let z = Tensor::from_vec(
-            crate::rng::normal(a.batch * gan::Z, &mut rng),
-            (a.batch, gan::Z),
-            &Device::Cpu,
-        )?;
-        let fake = g.forward(&z)?.detach();
-        let w = d.weights(true)?;
-        // Real and fake in one batch: half the graph nodes of two passes, the same loss.
-        let both = d.forward_with(&Tensor::cat(&[&x, &fake], 0)?, &w)?.d;
-        let (dr, df) = (
-            both.narrow(0, 0, a.batch)?,
-            both.narrow(0, a.batch, a.batch)?,
-        );
-        let loss_d = ((1.0 - dr)?.relu()?.mean_all()? + (1.0 + df)?.relu()?.mean_all()?)?;
-        opt_d.backward_step(&loss_d)?;
-        let z = Tensor::from_vec(
-            crate::rng::normal(a.batch * gan::Z, &mut rng),
-            (a.batch, gan::Z),
-            &Device::Cpu,
-        )?;
-        let w = d.weights(false)?;
-        let loss_g = d.forward_frozen(&g.forward(&z)?, &w)?.d.mean_all()?.neg()?;
-        opt_g.backward_step(&loss_g)?;
-        let (ld, lg) = (loss_d.to_scalar::<f32>()?, loss_g.to_scalar::<f32>()?);
+        let (ld, lg) = gan_step(a, train, real, nets, rng)?;
         if !(ld.is_finite() && lg.is_finite()) {
             bail!("training diverged at iteration {it} (D loss {ld}, G loss {lg})");
         }
@@ -211,12 +219,8 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
         }
         if snap_at.contains(&it) {
             let name = format!("generator@{it}.onnx");
-            let bytes = bevrt_models::sequential_to_onnx(
-                "generator",
-                "z",
-                &[1, gan::Z],
-                "image",
-                &g.layers()?,
+            let bytes = generator_onnx(
+                &nets.g,
                 &format!("bevrt GAN generator after {it} iterations"),
             )?;
             std::fs::write(tmp.join(&name), bytes)?;
@@ -224,10 +228,74 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
         }
     }
     pb.finish_and_clear();
-    let secs = t0.elapsed().as_secs_f64();
-    eprintln!("gan: {} iterations in {secs:.0} s", a.iters);
+    let seconds = t0.elapsed().as_secs_f64();
+    eprintln!("gan: {} iterations in {seconds:.0} s", a.iters);
+    Ok(GanRun {
+        snapshot_files,
+        log,
+        seconds,
+    })
+}
 
-    // Export: discriminator (outputs D, a1, z2), generator, final-layer weights, samples.
+/// One D step (hinge loss on a real batch and a fake one) then one G step; the two losses.
+fn gan_step(
+    a: &GanTrainConfig,
+    train: &[usize],
+    real: &Tensor,
+    nets: &mut GanNets,
+    rng: &mut Rng,
+) -> Result<(f32, f32)> {
+    let GanNets { g, d, opt_d, opt_g } = nets;
+    let idx: Vec<u32> = (0..a.batch)
+        .map(|_| rng.below(train.len()) as u32)
+        .collect();
+    let x = real.index_select(&Tensor::new(idx.as_slice(), &Device::Cpu)?, 0)?;
+    let z = Tensor::from_vec(
+        crate::rng::normal(a.batch * gan::Z, rng),
+        (a.batch, gan::Z),
+        &Device::Cpu,
+    )?;
+    let fake = g.forward(&z)?.detach();
+    let w = d.weights(true)?;
+    // Real and fake in one batch: half the graph nodes of two passes, the same loss.
+    let both = d.forward_with(&Tensor::cat(&[&x, &fake], 0)?, &w)?.d;
+    let (dr, df) = (
+        both.narrow(0, 0, a.batch)?,
+        both.narrow(0, a.batch, a.batch)?,
+    );
+    let loss_d = ((1.0 - dr)?.relu()?.mean_all()? + (1.0 + df)?.relu()?.mean_all()?)?;
+    opt_d.backward_step(&loss_d)?;
+    let z = Tensor::from_vec(
+        crate::rng::normal(a.batch * gan::Z, rng),
+        (a.batch, gan::Z),
+        &Device::Cpu,
+    )?;
+    let w = d.weights(false)?;
+    let loss_g = d.forward_frozen(&g.forward(&z)?, &w)?.d.mean_all()?.neg()?;
+    opt_g.backward_step(&loss_g)?;
+    Ok((loss_d.to_scalar::<f32>()?, loss_g.to_scalar::<f32>()?))
+}
+
+/// The generator as ONNX (`z` in, `image` out).
+fn generator_onnx(g: &Generator, doc: &str) -> Result<Vec<u8>> {
+    Ok(bevrt_models::sequential_to_onnx(
+        "generator",
+        "z",
+        &[1, gan::Z],
+        "image",
+        &g.layers()?,
+        doc,
+    )?)
+}
+
+/// Writes the discriminator (outputs D, a1, z2), its final-layer weights and a grid of
+/// generator samples into `tmp`.
+fn export_networks(
+    a: &GanTrainConfig,
+    d: &mut Discriminator,
+    g: &Generator,
+    tmp: &Path,
+) -> Result<()> {
     let d_bytes = bevrt_models::sequential_to_onnx(
         "discriminator",
         "image",
@@ -241,11 +309,26 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
     write_npy(&tmp.join("head_weight.npy"), &[w3.len()], &w3)?;
     let mut srng = Rng(a.seed ^ 0x5a5a);
     grid_png(
-        &sample_images(&g, 64, &mut srng)?,
+        &sample_images(g, 64, &mut srng)?,
         28,
         8,
         &tmp.join("samples.png"),
     )?;
+    Ok(())
+}
+
+/// A file for the bundle: where it is now, its name in the bundle.
+type BundleFile = (PathBuf, String);
+
+/// The bundle's model entries and files: the discriminator, every generator snapshot (the
+/// last one is `generator`; written now if no snapshot fell on the last iteration), the head
+/// weights.
+fn bundle_files(
+    a: &GanTrainConfig,
+    g: &Generator,
+    snapshot_files: &[(usize, String)],
+    tmp: &Path,
+) -> Result<(Vec<ModelFile>, Vec<BundleFile>)> {
     let mut models = vec![ModelFile {
         role: "model".into(),
         file: "discriminator.onnx".into(),
@@ -255,7 +338,7 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
         tmp.join("discriminator.onnx"),
         "discriminator.onnx".to_string(),
     )];
-    for (it, name) in &snapshot_files {
+    for (it, name) in snapshot_files {
         let role = if *it == a.iters {
             "generator".to_string()
         } else {
@@ -269,14 +352,7 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
         files.push((tmp.join(name), name.clone()));
     }
     if !snapshot_files.iter().any(|(it, _)| *it == a.iters) {
-        let bytes = bevrt_models::sequential_to_onnx(
-            "generator",
-            "z",
-            &[1, gan::Z],
-            "image",
-            &g.layers()?,
-            "bevrt GAN generator",
-        )?;
+        let bytes = generator_onnx(g, "bevrt GAN generator")?;
         std::fs::write(tmp.join("generator.onnx"), bytes)?;
         models.push(ModelFile {
             role: "generator".into(),
@@ -286,6 +362,11 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
         files.push((tmp.join("generator.onnx"), "generator.onnx".into()));
     }
     files.push((tmp.join("head_weight.npy"), "head_weight.npy".into()));
+    Ok((models, files))
+}
+
+/// The bundle's `[provenance]`: architecture, data, settings, time and the loss log.
+fn gan_provenance(a: &GanTrainConfig, train_images: usize, run: &GanRun) -> toml::Table {
     let mut prov = toml::Table::new();
     prov.insert(
         "architecture".into(),
@@ -299,7 +380,7 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
         )
         .into(),
     );
-    prov.insert("train_images".into(), (train.len() as i64).into());
+    prov.insert("train_images".into(), (train_images as i64).into());
     prov.insert("iterations".into(), (a.iters as i64).into());
     prov.insert("batch".into(), (a.batch as i64).into());
     prov.insert(
@@ -308,11 +389,12 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
     );
     prov.insert("lr".into(), a.lr.into());
     prov.insert("seed".into(), (a.seed as i64).into());
-    prov.insert("seconds".into(), secs.into());
+    prov.insert("seconds".into(), run.seconds.into());
     prov.insert(
         "loss_log".into(),
         toml::Value::Array(
-            log.iter()
+            run.log
+                .iter()
                 .map(|(i, d, g)| {
                     toml::Value::Array(vec![
                         (*i as i64).into(),
@@ -323,7 +405,13 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
                 .collect(),
         ),
     );
-    let manifest = Manifest {
+    prov
+}
+
+/// The `features` manifest of the AFV bundle (raw scores until `afv fit` adds the Fisher
+/// statistics).
+fn afv_manifest(ds: &Dataset, models: Vec<ModelFile>, prov: toml::Table) -> Manifest {
+    Manifest {
         format: 1,
         name: "afv-gan".into(),
         version: "1".into(),
@@ -331,7 +419,7 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
         description: "Adversarial Fisher Vectors of a GAN discriminator (conv2 + linear scores)"
             .into(),
         models,
-        input: input_spec(&ds),
+        input: input_spec(ds),
         outputs: vec![OutputSpec {
             name: Some("afv".into()),
             kind: OutputKind::Embedding,
@@ -360,19 +448,5 @@ pub fn gan_train(a: &GanTrainArgs) -> Result<()> {
         }),
         selftest: None,
         provenance: prov,
-    };
-    let r = bevrt_models::write_bundle(&a.out, manifest, &files);
-    let samples = a.out.with_extension("samples.png");
-    if r.is_ok() {
-        std::fs::copy(tmp.join("samples.png"), &samples)?;
     }
-    let _ = std::fs::remove_dir_all(&tmp);
-    r?;
-    println!(
-        "wrote {} (discriminator + {} generator snapshot(s)); samples: {}",
-        a.out.display(),
-        snapshot_files.len(),
-        samples.display()
-    );
-    Ok(())
 }

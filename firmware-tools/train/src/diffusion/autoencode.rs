@@ -8,22 +8,14 @@
 //! - *Interpolation*: z linearly and x_T spherically between two digits.
 
 use anyhow::{Result, bail};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use super::ddpm::{self, DIGIT, batched};
-use super::pdae::Pdae;
+use super::pdae_model::Pdae;
+pub use super::pdae_model::codes;
 use super::unet::SIDE;
 use crate::digits::Dataset;
 use crate::rng::{self, Rng};
-use crate::ssl::encoder::Representation;
-use crate::ssl::run::embed_plain;
-
-/// `(n, zdim)` codes of the digits `idx` (what the bundle computes).
-pub fn codes(model: &Pdae, ds: &Dataset, idx: &[usize]) -> Result<Tensor> {
-    let rows = embed_plain(&model.enc, ds, idx, Representation::Fc)?;
-    let dim = rows.len() / idx.len().max(1);
-    Ok(Tensor::from_vec(rows, (idx.len(), dim), &Device::Cpu)?)
-}
 
 /// The conditioned noise prediction for every image of `x` (`n × 32·32`) at `t`.
 fn eps(model: &Pdae, x: &[f32], t: usize, z: &Tensor) -> Result<Vec<f32>> {

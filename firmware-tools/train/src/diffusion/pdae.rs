@@ -19,8 +19,9 @@ use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::ddpm::{self, DIGIT, RunControl};
+pub use super::pdae_model::Pdae;
 use super::schedule::{NoiseSchedule, STEPS};
-use super::unet::{SIDE, Unet, UpPath};
+use super::unet::{SIDE, Unet};
 use crate::checkpoint;
 use crate::digits::{self, Dataset};
 use crate::optim::Adam;
@@ -87,14 +88,8 @@ pub struct PdaeState {
     pub log: Vec<PdaeEpoch>,
 }
 
-/// The trained parts and the frozen DDPM.
-pub struct Pdae {
-    pub unet: Unet,
-    pub enc: Encoder,
-    pub g: UpPath,
-    pub sched: NoiseSchedule,
-}
-
+/// Training's side of the model: a fresh E and G on the frozen DDPM, and the variables
+/// Adam and the checkpoint see.
 impl Pdae {
     fn init(unet: Unet, cfg: &PdaeConfig) -> Result<Pdae> {
         Ok(Pdae {
@@ -116,20 +111,6 @@ impl Pdae {
         v.extend(self.enc.buffers());
         v
     }
-
-    /// The noise the conditioned model predicts: `ε_θ(x_t, t) + c_t·G(x_t, z, t)`, with the
-    /// DDPM's part cut from the graph (it is frozen).
-    pub fn eps(&self, xt: &Tensor, t: &[usize], z: &Tensor) -> Result<Tensor> {
-        let d = self.unet.down(xt, t)?.detach();
-        let eps_theta = self.unet.up.forward(&d, None)?.detach();
-        let shift = self.g.forward(&d, Some(z))?;
-        let c: Vec<f32> = t
-            .iter()
-            .map(|&ti| self.sched.shift_coef(ti) as f32)
-            .collect();
-        let c = Tensor::from_vec(c, (t.len(), 1, 1, 1), &Device::Cpu)?;
-        Ok((eps_theta + shift.broadcast_mul(&c)?)?)
-    }
 }
 
 /// PDAE's weighted loss on the images `idx` at seeded timesteps and noise, with the
@@ -144,7 +125,7 @@ pub fn eval_loss(
 ) -> Result<f32> {
     let b = ddpm::EvalBatch::draw(ds, idx, &model.sched, seed);
     let z = if with_estimator {
-        Some(super::autoencode::codes(model, ds, idx)?)
+        Some(super::pdae_model::codes(model, ds, idx)?)
     } else {
         None
     };
@@ -194,22 +175,13 @@ pub fn train(
     if cfg.epochs == 0 || cfg.batch < 2 || !(cfg.lr > 0.0 && cfg.lr.is_finite()) || cfg.zdim == 0 {
         bail!("need epochs ≥ 1, batch ≥ 2, a positive learning rate and zdim ≥ 1");
     }
-    let ds = digits::load(data)?;
-    ddpm::check_digits(&ds, data)?;
-    let train_idx = limit_evenly(&ds.split().0, cfg.train_limit);
-    if train_idx.len() < 16 {
-        bail!(
-            "{}: {} training images are too few",
-            data.display(),
-            train_idx.len()
-        );
-    }
+    let (ds, train_idx) = load_training_digits(data, cfg)?;
     let (unet, _) =
         ddpm::load(ddpm_dir).with_context(|| format!("--ddpm {}", ddpm_dir.display()))?;
     let model = Pdae::init(unet, cfg)?;
     let mut opt = Adam::new(model.trained_vars(), cfg.lr)?;
     let ckpt = checkpoint_dir(out);
-    let mut st = PdaeState {
+    let fresh = PdaeState {
         config: cfg.clone(),
         ddpm: ddpm_dir.to_path_buf(),
         data: data.display().to_string(),
@@ -218,37 +190,7 @@ pub fn train(
         seconds: 0.0,
         log: vec![],
     };
-    if ctl.resume {
-        let old: PdaeState = checkpoint::load_state(&ckpt)?;
-        let mut want = old.config.clone();
-        want.epochs = cfg.epochs;
-        if &want != cfg || old.epochs_done > cfg.epochs || old.ddpm != ddpm_dir {
-            bail!(
-                "{}: --resume needs the interrupted run's configuration and DDPM (only the \
-                 epochs may grow); it used {:?} on {}",
-                ckpt.display(),
-                old.config,
-                old.ddpm.display()
-            );
-        }
-        let map = checkpoint::load_tensors(&ckpt)?;
-        checkpoint::restore(&map, &model.checkpoint_vars(), "", &ckpt)?;
-        opt.load_state(&map, old.step)?;
-        st = PdaeState {
-            config: cfg.clone(),
-            ..old
-        };
-        eprintln!(
-            "{}: resuming after epoch {}",
-            ckpt.display(),
-            st.epochs_done
-        );
-    } else if ckpt.join("state.json").exists() {
-        bail!(
-            "{}: a checkpoint of an earlier run is there; pass --resume to continue it, or remove it",
-            ckpt.display()
-        );
-    }
+    let mut st = start_or_resume(fresh, &ckpt, &model, &mut opt, ctl.resume)?;
     let probe_idx: Vec<usize> = train_idx.iter().copied().take(1000).collect();
     let plan = ddpm::EpochPlan {
         what: "pdae",
@@ -258,7 +200,7 @@ pub fn train(
     };
     let pb = crate::progress::progress_if(ctl.progress, plan.total, plan.what);
     pb.set_position(st.step);
-    let gap_idx = &probe_idx[..probe_idx.len().min(256)];
+    let gap_idx = gap_images(&probe_idx);
     let ddpm_alone = eval_loss(&model, &ds, gap_idx, EVAL_SEED, false)?;
     let (t0, before) = (std::time::Instant::now(), st.seconds);
     let first = st.epochs_done;
@@ -273,39 +215,20 @@ pub fn train(
             &pb,
             |opt, chunk, rng| step(&model, opt, &ds, chunk, rng),
         )?;
-        let spread = collapse::spread(
-            &embed_plain(&model.enc, &ds, &probe_idx, Representation::Fc)?,
-            cfg.zdim,
-        )?;
-        let e = PdaeEpoch {
-            epoch: epoch + 1,
-            loss,
-            spread,
-            with_z: eval_loss(&model, &ds, gap_idx, EVAL_SEED, true)?,
-            ddpm_alone,
-        };
-        log::info!(
-            "pdae epoch {}: loss {loss:.5}, effective rank of z {:.1} of {}; on {} training \
-             images the frozen DDPM's weighted error {:.5}, with z {:.5}",
-            epoch + 1,
-            spread.effective_rank,
-            cfg.zdim,
-            gap_idx.len(),
-            e.ddpm_alone,
-            e.with_z
-        );
+        let e = measure_epoch(&model, &ds, &probe_idx, cfg, epoch, loss, ddpm_alone)?;
+        let rank = e.spread.effective_rank;
         st.log.push(e);
         st.epochs_done = epoch + 1;
         st.step = opt.step;
         st.seconds = before + t0.elapsed().as_secs_f64();
         checkpoint::save(&ckpt, &st, &model.checkpoint_vars(), Some(&opt))?;
-        if spread.effective_rank < cfg.min_effective_rank {
+        if rank < cfg.min_effective_rank {
             pb.finish_and_clear();
             bail!(
                 "PDAE's code collapsed at epoch {}: effective rank {:.2} of {} (floor {}); no \
                  bundle written (checkpoint kept in {})",
                 epoch + 1,
-                spread.effective_rank,
+                rank,
                 cfg.zdim,
                 cfg.min_effective_rank,
                 ckpt.display()
@@ -330,6 +253,111 @@ pub fn train(
             .sum(),
         state: st,
     })
+}
+
+/// The digits and the training images used (`train_limit` of the training split, evenly
+/// spaced); refused with fewer than 16.
+fn load_training_digits(data: &Path, cfg: &PdaeConfig) -> Result<(Dataset, Vec<usize>)> {
+    let ds = digits::load(data)?;
+    ddpm::check_digits(&ds, data)?;
+    let train_idx = limit_evenly(&ds.split().0, cfg.train_limit);
+    if train_idx.len() < 16 {
+        bail!(
+            "{}: {} training images are too few",
+            data.display(),
+            train_idx.len()
+        );
+    }
+    Ok((ds, train_idx))
+}
+
+/// The `fresh` progress record, or with `resume` the interrupted run's from the checkpoint
+/// `ckpt` (same configuration and DDPM; only the epochs may grow), its weights and Adam state
+/// loaded into `model` and `opt`. Without `resume` an earlier run's checkpoint is an error.
+fn start_or_resume(
+    fresh: PdaeState,
+    ckpt: &Path,
+    model: &Pdae,
+    opt: &mut Adam,
+    resume: bool,
+) -> Result<PdaeState> {
+    let cfg = &fresh.config;
+    if !resume {
+        if ckpt.join("state.json").exists() {
+            bail!(
+                "{}: a checkpoint of an earlier run is there; pass --resume to continue it, or remove it",
+                ckpt.display()
+            );
+        }
+        return Ok(fresh);
+    }
+    let old: PdaeState = checkpoint::load_state(ckpt)?;
+    let mut want = old.config.clone();
+    want.epochs = cfg.epochs;
+    if &want != cfg || old.epochs_done > cfg.epochs || old.ddpm != fresh.ddpm {
+        bail!(
+            "{}: --resume needs the interrupted run's configuration and DDPM (only the \
+             epochs may grow); it used {:?} on {}",
+            ckpt.display(),
+            old.config,
+            old.ddpm.display()
+        );
+    }
+    let map = checkpoint::load_tensors(ckpt)?;
+    checkpoint::restore(&map, &model.checkpoint_vars(), "", ckpt)?;
+    opt.load_state(&map, old.step)?;
+    let st = PdaeState {
+        config: cfg.clone(),
+        ..old
+    };
+    eprintln!(
+        "{}: resuming after epoch {}",
+        ckpt.display(),
+        st.epochs_done
+    );
+    Ok(st)
+}
+
+/// The images the gap between the DDPM alone and the DDPM with z is measured on: the first
+/// 256 probe images.
+fn gap_images(probe_idx: &[usize]) -> &[usize] {
+    &probe_idx[..probe_idx.len().min(256)]
+}
+
+/// The record of an epoch just trained: its loss, the spread of z on the probe images and
+/// the weighted error with z on the gap images (logged).
+fn measure_epoch(
+    model: &Pdae,
+    ds: &Dataset,
+    probe_idx: &[usize],
+    cfg: &PdaeConfig,
+    epoch: usize,
+    loss: f32,
+    ddpm_alone: f32,
+) -> Result<PdaeEpoch> {
+    let spread = collapse::spread(
+        &embed_plain(&model.enc, ds, probe_idx, Representation::Fc)?,
+        cfg.zdim,
+    )?;
+    let gap_idx = gap_images(probe_idx);
+    let e = PdaeEpoch {
+        epoch: epoch + 1,
+        loss,
+        spread,
+        with_z: eval_loss(model, ds, gap_idx, EVAL_SEED, true)?,
+        ddpm_alone,
+    };
+    log::info!(
+        "pdae epoch {}: loss {loss:.5}, effective rank of z {:.1} of {}; on {} training \
+         images the frozen DDPM's weighted error {:.5}, with z {:.5}",
+        epoch + 1,
+        spread.effective_rank,
+        cfg.zdim,
+        gap_idx.len(),
+        e.ddpm_alone,
+        e.with_z
+    );
+    Ok(e)
 }
 
 /// Digits of `idx` as the encoder sees them: `(n, 1, 28, 28)` in [-1, 1].

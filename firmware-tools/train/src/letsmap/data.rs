@@ -103,26 +103,7 @@ struct GtToml {
 
 /// Reads the recordings under `dir`: `dir` itself or each subdirectory with a recording.toml.
 pub fn load(dir: &Path, limit: Option<usize>, progress: &dyn Fn(usize, usize)) -> Result<Dataset> {
-    let mut dirs = vec![];
-    if dir.join("recording.toml").is_file() {
-        dirs.push(dir.to_path_buf());
-    } else {
-        let rd = std::fs::read_dir(dir)
-            .with_context(|| format!("{}: cannot read data directory", dir.display()))?;
-        for e in rd.flatten() {
-            if e.path().join("recording.toml").is_file() {
-                dirs.push(e.path());
-            }
-        }
-        dirs.sort();
-    }
-    if dirs.is_empty() {
-        bail!(
-            "{}: no recording (recording.toml) here or in its subdirectories; make one with \
-             `bevrt-tool sim record`",
-            dir.display()
-        );
-    }
+    let dirs = recording_dirs(dir)?;
     let mut ds: Option<Dataset> = None;
     let recs: Vec<Recording> = dirs
         .iter()
@@ -147,15 +128,7 @@ pub fn load(dir: &Path, limit: Option<usize>, progress: &dyn Fn(usize, usize)) -
             .with_context(|| format!("{}: recording has no calibration", rec.dir.display()))?;
         let cal = Calibration::load(&cal_path)?;
         let gt_toml = rec.dir.join("ground_truth.toml");
-        let (grid, seed) = if gt_toml.is_file() {
-            let text = std::fs::read_to_string(&gt_toml)
-                .with_context(|| format!("{}: unreadable", gt_toml.display()))?;
-            let g: GtToml = toml::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {}", gt_toml.display(), e.message()))?;
-            (Some(g.grid), g.seed)
-        } else {
-            (None, None)
-        };
+        let (grid, seed) = read_ground_truth_toml(&gt_toml)?;
         let rec_right = right_calibration(&rec.dir, &cal)?;
         let d = ds.get_or_insert_with(|| Dataset {
             width: rec.info.width,
@@ -192,15 +165,7 @@ pub fn load(dir: &Path, limit: Option<usize>, progress: &dyn Fn(usize, usize)) -
                 gt_toml.display()
             );
         }
-        let rec_poses = if rec.dir.join("poses.csv").is_file() {
-            Some(poses::load(rec)?)
-        } else {
-            log::info!(
-                "{}: no poses.csv; ego-motion is unavailable for this data",
-                rec.dir.display()
-            );
-            None
-        };
+        let rec_poses = recording_poses(rec)?;
         if let Some(r) = &d.right
             && rec_right != Some(r.extrinsics)
         {
@@ -210,54 +175,120 @@ pub fn load(dir: &Path, limit: Option<usize>, progress: &dyn Fn(usize, usize)) -
             );
             d.right = None;
         }
-        let first = d.frames.len();
-        for (k, e) in rec.frames.iter().enumerate() {
-            if done >= total {
-                break;
-            }
-            d.frames.push(read_frame(&e.file, d.width, d.height)?);
-            if let Some(r) = &mut d.right {
-                let name = e.file.file_name().context("frame without a file name")?;
-                r.frames.push(read_frame(
-                    &rec.dir.join("right").join(name),
-                    d.width,
-                    d.height,
-                )?);
-            }
-            d.frame_files.push(e.file.clone());
-            let gt = match &e.gt {
-                Some(p) => {
-                    let g = image::open(p)
-                        .with_context(|| format!("{}: cannot decode ground truth", p.display()))?
-                        .to_luma8();
-                    let want = d
-                        .grid
-                        .as_ref()
-                        .map(|g| (g.width() as u32, g.height() as u32));
-                    if want.is_some_and(|w| w != g.dimensions()) {
-                        bail!(
-                            "{}: size differs from ground_truth.toml's grid",
-                            p.display()
-                        );
-                    }
-                    Some(g.into_raw())
-                }
-                None => None,
-            };
-            d.gt.push(gt);
-            d.poses = match (d.poses.take(), &rec_poses) {
-                (Some(mut all), Some(p)) => {
-                    all.push(p[k]);
-                    Some(all)
-                }
-                _ => None,
-            };
-            d.first_of_recording.push(first);
-            done += 1;
-            progress(done, total);
-        }
+        append_frames(d, rec, rec_poses.as_deref(), total, &mut done, progress)?;
     }
     ds.context("no frames")
+}
+
+/// The recording directories of `dir`: itself if it is one, else its subdirectories that
+/// are (sorted); an error if there are none.
+fn recording_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut dirs = vec![];
+    if dir.join("recording.toml").is_file() {
+        dirs.push(dir.to_path_buf());
+    } else {
+        let rd = std::fs::read_dir(dir)
+            .with_context(|| format!("{}: cannot read data directory", dir.display()))?;
+        for e in rd.flatten() {
+            if e.path().join("recording.toml").is_file() {
+                dirs.push(e.path());
+            }
+        }
+        dirs.sort();
+    }
+    if dirs.is_empty() {
+        bail!(
+            "{}: no recording (recording.toml) here or in its subdirectories; make one with \
+             `bevrt-tool sim record`",
+            dir.display()
+        );
+    }
+    Ok(dirs)
+}
+
+/// A recording's BEV grid and simulator seed from its `ground_truth.toml` (none without one).
+fn read_ground_truth_toml(gt_toml: &Path) -> Result<(Option<BevGrid>, Option<u64>)> {
+    Ok(if gt_toml.is_file() {
+        let text = std::fs::read_to_string(gt_toml)
+            .with_context(|| format!("{}: unreadable", gt_toml.display()))?;
+        let g: GtToml = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", gt_toml.display(), e.message()))?;
+        (Some(g.grid), g.seed)
+    } else {
+        (None, None)
+    })
+}
+
+/// A recording's ego-motion from its `poses.csv`, if it has one.
+fn recording_poses(rec: &Recording) -> Result<Option<Vec<EgoPose>>> {
+    Ok(if rec.dir.join("poses.csv").is_file() {
+        Some(poses::load(rec)?)
+    } else {
+        log::info!(
+            "{}: no poses.csv; ego-motion is unavailable for this data",
+            rec.dir.display()
+        );
+        None
+    })
+}
+
+/// Appends the frames of `rec` (and their right-camera frames, ground truth and poses) to
+/// `d` until `total` frames are loaded in all, counting them in `done`.
+fn append_frames(
+    d: &mut Dataset,
+    rec: &Recording,
+    rec_poses: Option<&[EgoPose]>,
+    total: usize,
+    done: &mut usize,
+    progress: &dyn Fn(usize, usize),
+) -> Result<()> {
+    let first = d.frames.len();
+    for (k, e) in rec.frames.iter().enumerate() {
+        if *done >= total {
+            break;
+        }
+        d.frames.push(read_frame(&e.file, d.width, d.height)?);
+        if let Some(r) = &mut d.right {
+            let name = e.file.file_name().context("frame without a file name")?;
+            r.frames.push(read_frame(
+                &rec.dir.join("right").join(name),
+                d.width,
+                d.height,
+            )?);
+        }
+        d.frame_files.push(e.file.clone());
+        let gt = match &e.gt {
+            Some(p) => Some(read_ground_truth(p, d.grid.as_ref())?),
+            None => None,
+        };
+        d.gt.push(gt);
+        d.poses = match (d.poses.take(), rec_poses) {
+            (Some(mut all), Some(p)) => {
+                all.push(p[k]);
+                Some(all)
+            }
+            _ => None,
+        };
+        d.first_of_recording.push(first);
+        *done += 1;
+        progress(*done, total);
+    }
+    Ok(())
+}
+
+/// A frame's BEV ground truth (class per cell), checked against the grid's size.
+fn read_ground_truth(p: &Path, grid: Option<&BevGrid>) -> Result<Vec<u8>> {
+    let g = image::open(p)
+        .with_context(|| format!("{}: cannot decode ground truth", p.display()))?
+        .to_luma8();
+    let want = grid.map(|g| (g.width() as u32, g.height() as u32));
+    if want.is_some_and(|w| w != g.dimensions()) {
+        bail!(
+            "{}: size differs from ground_truth.toml's grid",
+            p.display()
+        );
+    }
+    Ok(g.into_raw())
 }
 
 impl Dataset {

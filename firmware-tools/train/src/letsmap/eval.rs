@@ -5,66 +5,27 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use bevrt_calib::BevGrid;
 use bevrt_models::{Bundle, Task};
 use bevrt_runtime::{BackendKind, BackendOptions, Frame, PixelFormat};
-use clap::Args;
-use serde::Serialize;
 
 use super::data;
-use bevrt_runtime::postprocess::{ClassIou, score_maps};
+use super::scores::{OcclusionScores, Scores, print_scores, record_scores};
+use bevrt_runtime::postprocess::score_maps;
 
-#[derive(Args, Debug)]
-pub struct EvalArgs {
-    #[arg(long)]
+/// `eval`'s settings.
+#[derive(Debug)]
+pub struct EvalConfig {
     pub bundle: PathBuf,
     /// Held-out recordings with BEV ground truth.
-    #[arg(long)]
     pub data: PathBuf,
-    #[arg(long, default_value = "cpu", value_parser = |s: &str| s.parse::<BackendKind>())]
     pub backend: BackendKind,
     /// Score at most this many frames.
-    #[arg(long)]
     pub frames: Option<usize>,
     /// Print the scores as JSON instead of a table.
-    #[arg(long)]
     pub json: bool,
     /// Also record the scores in the bundle's manifest (`[provenance.scores]`).
-    #[arg(long)]
     pub record: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Scores {
-    pub data: String,
-    pub backend: String,
-    pub frames: usize,
-    /// Visible (known) ground-truth cells scored.
-    pub cells: u64,
-    /// Mean IoU over the classes present in the ground truth, in percent.
-    pub miou: f64,
-    /// Cell accuracy over visible cells, in percent.
-    pub accuracy: f64,
-    pub per_class: Vec<ClassIou>,
-    /// Median per-frame time of preprocess + networks + view transform + argmax, ms.
-    pub median_frame_ms: f64,
-    /// Cells hidden from the camera, scored against the amodal ground truth (recordings made
-    /// with `sim record --extras` carry it in `gt_amodal/`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub occlusion: Option<OcclusionScores>,
-}
-
-/// The model's guesses where the camera cannot see: cells inside its view (the runtime gives
-/// them a class) whose visible ground truth is unknown (occluded, or ground the camera's
-/// pixels do not resolve), against the amodal truth.
-#[derive(Debug, Clone, Serialize)]
-pub struct OcclusionScores {
-    pub hidden_cells: u64,
-    /// Percent of hidden cells whose predicted class is the amodal truth.
-    pub accuracy: f64,
-    /// Hidden cells predicted as a vehicle (car, truck, 2-wheeler) that hold none.
-    pub vehicle_false_positives: u64,
-    /// The same as a percent of the hidden cells that hold no vehicle.
-    pub vehicle_false_positive_rate: f64,
 }
 
 /// The amodal map beside a frame's ground truth (`gt_amodal/` next to `frames/`), if present.
@@ -128,29 +89,7 @@ pub fn evaluate(
     }
     let ds = data::load(data_dir, limit, &|_, _| {})?;
     let grid = m.grid.clone().context("bev bundle without grid")?;
-    match &ds.grid {
-        Some(g)
-            if (g.x_min, g.x_max, g.y_min, g.y_max, g.cell)
-                == (grid.x_min, grid.x_max, grid.y_min, grid.y_max, grid.cell) => {}
-        Some(g) => bail!(
-            "{}: ground-truth grid (cell {} m, x {}..{}, y {}..{}) differs from the bundle's (cell {} m, x {}..{}, y {}..{})",
-            data_dir.display(),
-            g.cell,
-            g.x_min,
-            g.x_max,
-            g.y_min,
-            g.y_max,
-            grid.cell,
-            grid.x_min,
-            grid.x_max,
-            grid.y_min,
-            grid.y_max
-        ),
-        None => bail!(
-            "{}: no BEV ground truth (ground_truth.toml)",
-            data_dir.display()
-        ),
-    }
+    check_grid(data_dir, ds.grid.as_ref(), &grid)?;
     let mut be = bevrt_runtime::backend::open(backend, &bundle, &BackendOptions::default())?;
     // Evaluate with the recording's camera: the runtime rebuilds its sampling table.
     be.set_calibration(&ds.calibration_path)?;
@@ -181,6 +120,56 @@ pub fn evaluate(
         .map(|(i, p)| (ds.gt[*i].as_deref().expect("filtered"), p.as_slice()))
         .collect();
     let (cells, miou, accuracy, per_class) = score_maps(&pairs, &names);
+    let occlusion = occlusion_scores(&ds, &preds, &names)?;
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(Scores {
+        data: data_dir.display().to_string(),
+        backend: be.describe(),
+        frames: preds.len(),
+        cells,
+        miou,
+        accuracy,
+        per_class,
+        median_frame_ms: times[times.len() / 2],
+        occlusion,
+    })
+}
+
+/// Refuses data without BEV ground truth or with another grid than the bundle's.
+fn check_grid(data_dir: &Path, gt: Option<&BevGrid>, grid: &BevGrid) -> Result<()> {
+    match gt {
+        Some(g)
+            if (g.x_min, g.x_max, g.y_min, g.y_max, g.cell)
+                == (grid.x_min, grid.x_max, grid.y_min, grid.y_max, grid.cell) => {}
+        Some(g) => bail!(
+            "{}: ground-truth grid (cell {} m, x {}..{}, y {}..{}) differs from the bundle's (cell {} m, x {}..{}, y {}..{})",
+            data_dir.display(),
+            g.cell,
+            g.x_min,
+            g.x_max,
+            g.y_min,
+            g.y_max,
+            grid.cell,
+            grid.x_min,
+            grid.x_max,
+            grid.y_min,
+            grid.y_max
+        ),
+        None => bail!(
+            "{}: no BEV ground truth (ground_truth.toml)",
+            data_dir.display()
+        ),
+    }
+    Ok(())
+}
+
+/// With amodal ground truth beside every scored frame (`gt_amodal/`), the scores of the
+/// cells the camera cannot see; none otherwise.
+fn occlusion_scores(
+    ds: &data::Dataset,
+    preds: &[(usize, Vec<u8>)],
+    names: &[String],
+) -> Result<Option<OcclusionScores>> {
     let amodal: Option<Vec<PathBuf>> = preds
         .iter()
         .map(|(i, _)| amodal_of(&ds.frame_files[*i]))
@@ -199,50 +188,17 @@ pub fn evaluate(
                 let gt = ds.gt[*i].clone().expect("filtered");
                 frames.push((gt, am, p.clone()));
             }
-            Some(score_occlusion(&frames, &names))
+            Some(score_occlusion(&frames, names))
         }
         None => None,
     };
-    times.sort_by(|a, b| a.total_cmp(b));
-    Ok(Scores {
-        data: data_dir.display().to_string(),
-        backend: be.describe(),
-        frames: preds.len(),
-        cells,
-        miou,
-        accuracy,
-        per_class,
-        median_frame_ms: times[times.len() / 2],
-        occlusion,
-    })
+    Ok(occlusion)
 }
 
-pub fn print_scores(s: &Scores) {
-    println!(
-        "{} frames, {} visible cells, backend {}",
-        s.frames, s.cells, s.backend
-    );
-    println!("{:<12} {:>8} {:>10}", "class", "IoU %", "gt cells");
-    for c in &s.per_class {
-        let iou = c.iou.map_or("-".to_string(), |v| format!("{v:.1}"));
-        println!("{:<12} {:>8} {:>10}", c.class, iou, c.gt_cells);
-    }
-    println!(
-        "mIoU {:.1} %  cell accuracy {:.1} %  median frame {:.2} ms",
-        s.miou, s.accuracy, s.median_frame_ms
-    );
-    if let Some(o) = &s.occlusion {
-        println!(
-            "hidden cells {}: accuracy {:.1} % against the amodal truth, vehicle false positives {} ({:.2} % of hidden cells without a vehicle)",
-            o.hidden_cells, o.accuracy, o.vehicle_false_positives, o.vehicle_false_positive_rate
-        );
-    }
-}
-
-pub fn eval_cmd(a: &EvalArgs) -> Result<()> {
+pub fn eval_cmd(a: &EvalConfig) -> Result<()> {
     let s = evaluate(&a.bundle, &a.data, a.backend, a.frames)?;
     if a.record {
-        super::train::record_scores(&a.bundle, &s)?;
+        record_scores(&a.bundle, &s)?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s)?);

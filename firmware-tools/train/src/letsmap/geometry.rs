@@ -18,9 +18,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use bevrt_calib::DepthBins;
-use bevrt_models::LetsMapLite;
+use bevrt_models::{ConvLayer, LetsMapLite};
 use candle_core::{Device, Tensor};
-use clap::Args;
 use nalgebra::Isometry3;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -33,86 +32,91 @@ use crate::optim::{self, Adam};
 use crate::progress::progress;
 use crate::rng::Rng;
 
-#[derive(Args, Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct GeometryArgs {
+/// `pretrain-geometry`'s settings; recorded in `geometry.json` (field names are what `--resume`
+/// compares).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GeometryConfig {
     /// Unlabelled recordings with ego-motion (poses.csv): a recording or a directory of them.
-    #[arg(long)]
     pub data: PathBuf,
     /// Output directory for the checkpoint (`geometry.safetensors`, `geometry.json`).
-    #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 3)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 4)]
     pub batch: usize,
-    #[arg(long, default_value_t = 2e-3)]
     pub lr: f64,
     /// `warp`: Monodepth2's view synthesis through the expected depth, by gradient descent
     /// through the warp ([`super::synthesis`]). `sweep`: the distribution trained towards
     /// softmax(-error/τ) of a plane-sweep cost volume ([`super::photometric::cost_volume`]).
-    #[arg(long, value_enum, default_value = "warp")]
     pub objective: Objective,
     /// Source frames are t-gap and t+gap (frames of the same recording).
-    #[arg(long, default_value_t = 1)]
     pub gap: usize,
     /// Temperature of the target distribution softmax(-error / τ) (photometric error units;
     /// 0.01 is about the error sensor noise alone gives).
-    #[arg(long, default_value_t = 0.01)]
     pub temperature: f32,
     /// Pixels whose errors over the bins differ by less than this carry no depth signal
     /// (texture-less road, walls, sky: every depth re-synthesises them equally) and are left
     /// out, so the depth there stays with the prior instead of following noise.
-    #[arg(long, default_value_t = 0.05)]
     pub min_contrast: f32,
     /// Weight of the edge-aware smoothness (Monodepth2: 1e-3).
-    #[arg(long, default_value_t = 1e-3)]
     pub smoothness: f64,
     /// Ignore the right camera of stereo recordings (by default each frame t is also
     /// re-synthesised from the right camera's frame t: the spatial pair, a known 0.5 m
     /// baseline that fixes the scale even where the ego stands still).
-    #[arg(long)]
     #[serde(default)]
     pub mono: bool,
     /// Start the encoder from this checkpoint (e.g. the semantic pathway's pretrain.safetensors).
-    #[arg(long)]
     pub encoder: Option<PathBuf>,
     /// Train only the last N layers of the deployed encoder (the depth head counting as the
     /// last; default all). With --encoder from the semantic pathway this keeps the two
     /// pathways disjoint: the trunk keeps what masked reconstruction taught and the geometry
     /// pathway trains the depth head and the layers nearest it.
-    #[arg(long)]
     #[serde(default)]
     pub train_last: Option<usize>,
-    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Start the depth head from a uniform distribution instead of the flat-ground prior the
     /// calibration gives ([`ground_prior_logits`]).
-    #[arg(long)]
     pub no_ground_prior: bool,
     /// Use at most this many frames.
-    #[arg(long)]
     pub frames: Option<usize>,
     /// Report depth metrics on these recordings (made with `sim record --extras`) before
     /// training and after every epoch. Only reported: nothing is chosen by them.
-    #[arg(long)]
     pub eval_depth: Option<PathBuf>,
     /// Continue from the checkpoint in --out (same arguments; only --epochs may grow).
-    #[arg(long)]
     #[serde(skip)]
     pub resume: bool,
 }
 
-#[derive(clap::ValueEnum, Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Objective {
     Warp,
     Sweep,
 }
 
+impl Objective {
+    /// The names [`Objective::from_str`](std::str::FromStr::from_str) accepts, one per variant in
+    /// declaration order (what the command line lists).
+    pub const NAMES: [&'static str; 2] = ["warp", "sweep"];
+}
+
+impl std::str::FromStr for Objective {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Objective, String> {
+        match s {
+            "warp" => Ok(Objective::Warp),
+            "sweep" => Ok(Objective::Sweep),
+            _ => Err(format!(
+                "unknown objective {s:?}, expected one of: {}",
+                Objective::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
 /// What `geometry.json` records beside the checkpoint.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct GeometryState {
-    pub args: GeometryArgs,
+    pub args: GeometryConfig,
     pub epochs_done: usize,
     pub step: u64,
     /// Mean training loss (cross-entropy + smoothness) per epoch.
@@ -332,28 +336,15 @@ fn set_depth_position(params: &Params, arch: &LetsMapLite, logits: &[f32]) -> Re
     Ok(())
 }
 
-pub fn pretrain_geometry(a: &GeometryArgs) -> Result<()> {
+pub fn pretrain_geometry(a: &GeometryConfig) -> Result<()> {
     let arch = LetsMapLite::default();
     let bins = arch
         .grid
         .depth
         .clone()
         .context("the architecture's grid has no depth bins")?;
-    if a.batch == 0 || a.epochs == 0 || a.gap == 0 {
-        bail!("--batch, --epochs and --gap must be at least 1");
-    }
-    if !(a.temperature > 0.0 && a.temperature.is_finite()) {
-        bail!("--temperature must be positive, got {}", a.temperature);
-    }
     let encoder = arch.deployed_encoder();
-    let n_trained = match a.train_last {
-        Some(n) if n == 0 || n > encoder.len() => bail!(
-            "--train-last must be between 1 and {} (the deployed encoder's layers), got {n}",
-            encoder.len()
-        ),
-        Some(n) => n,
-        None => encoder.len(),
-    };
+    let n_trained = check_geometry_config(a, encoder.len())?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("{}: cannot create", a.out.display()))?;
     let ckpt = a.out.join("geometry.safetensors");
@@ -364,115 +355,40 @@ pub fn pretrain_geometry(a: &GeometryArgs) -> Result<()> {
         Some(p) => Some(DepthTruth::load(p)?),
         None => None,
     };
-    let params = Params::init(&arch, a.seed)?;
-    if let Some(p) = &a.encoder {
-        let map = optim::load_checkpoint(p)?;
-        params
-            .load_from(&map, "param.", Some(&arch.encoder))
-            .with_context(|| format!("{}: encoder weights", p.display()))?;
-    }
-    if !a.no_ground_prior {
-        let cal = &ds.calibration;
-        set_depth_position(
-            &params,
-            &arch,
-            &ground_prior_logits(&arch, &cal.camera, &cal.extrinsics, &bins),
-        )?;
-    }
+    let params = init_geometry_params(a, &arch, &ds, &bins)?;
     let mut opt = Adam::new(
         params.of_layers(&encoder[encoder.len() - n_trained..])?,
         a.lr,
     )?;
-    let mut st = GeometryState {
-        args: a.clone(),
-        epochs_done: 0,
-        step: 0,
-        epoch_loss: vec![],
-        epoch_photometric_error: vec![],
-        depth: vec![],
-        cost_volume_seconds: 0.0,
-        train_seconds: 0.0,
-    };
-    if a.resume {
-        let prev: GeometryState = super::train::resume_state(&state_path, |p: &GeometryState| {
-            let mut want = p.args.clone();
-            want.epochs = a.epochs;
-            let mut have = a.clone();
-            have.resume = false;
-            want == have
-        })?;
-        let map = optim::load_checkpoint(&ckpt)?;
-        params.load_from(&map, "param.", Some(&encoder))?;
-        opt.load_state(&map, prev.step)?;
-        println!(
-            "resuming after epoch {} (step {})",
-            prev.epochs_done, prev.step
-        );
-        st = GeometryState {
-            args: a.clone(),
-            ..prev
-        };
-    }
-    let usable: Vec<usize> = (0..ds.len())
-        .filter(|&i| !sources_of(&ds, i, a.gap).is_empty())
-        .collect();
-    if usable.is_empty() {
-        bail!(
-            "{}: no frame has a neighbour {} frames away in its recording",
-            a.data.display(),
-            a.gap
-        );
-    }
+    let mut st = geometry_state(a, &params, &mut opt, &encoder, &ckpt, &state_path)?;
+    let usable = usable_frames(a, &ds)?;
     let t0 = std::time::Instant::now();
     let (w, h) = (ds.width as usize, ds.height as usize);
     let (fh, fw) = arch.feat_hw();
-    let half = |i: usize| Planes::half_of_rgb8(&ds.frames[i], w, h);
     poses_of(&ds)?;
-    let stereo = if a.mono { None } else { ds.right.as_ref() };
-    if let Some(r) = stereo {
-        let b = (r.extrinsics.cam_to_vehicle.translation.vector
-            - ds.calibration.extrinsics.cam_to_vehicle.translation.vector)
-            .norm();
-        println!("stereo recordings: the right camera ({b:.2} m over) is a source too");
-    }
-    let cvs = match a.objective {
-        Objective::Sweep => {
-            let cvs = cost_volumes(&ds, &arch, &bins, &usable, a.gap, a.min_contrast, stereo)?;
-            let kept: f64 = cvs
-                .iter()
-                .map(|c| c.weight.iter().sum::<f32>() as f64)
-                .sum::<f64>()
-                / (cvs.len() * cvs[0].weight.len()) as f64;
-            println!(
-                "cost volumes of {} frames in {:.0} s ({:.0} % of pixels kept by the auto-mask)",
-                usable.len(),
-                t0.elapsed().as_secs_f64(),
-                kept * 100.0
-            );
-            cvs
-        }
-        Objective::Warp => vec![],
-    };
+    let stereo = stereo_camera(a, &ds);
+    let cvs = sweep_cost_volumes(a, &ds, &arch, &bins, &usable, stereo, t0)?;
     let cv_secs = t0.elapsed().as_secs_f64();
     st.cost_volume_seconds += cv_secs;
-    let synthesis = ViewSynthesis::new(
-        RayCamera::new(
-            &ds.calibration.camera,
-            &ds.calibration.extrinsics,
-            w / 2,
-            h / 2,
-        ),
-        fh,
-        fw,
-        a.smoothness,
-    )?;
+    let synthesis = view_synthesis(a, &ds, (w, h), (fh, fw))?;
     let mut batcher = Batcher::new(&arch, &ds);
     if let (Some(ev), true) = (&eval, st.depth.is_empty()) {
         let m = depth_metrics(&params, &arch, ev)?;
         println!("depth before training: {}", describe(&m));
         st.depth.push(m);
     }
-    let d = bins.bins;
+    let run = GeometryRun {
+        a,
+        arch: &arch,
+        bins: &bins,
+        ds: &ds,
+        encoder: &encoder,
+        n_trained,
+        usable: &usable,
+        cvs: &cvs,
+        synthesis: &synthesis,
+        stereo,
+    };
     let per_epoch = usable.len().div_ceil(a.batch);
     let pb = progress(
         (per_epoch * a.epochs.saturating_sub(st.epochs_done)) as u64,
@@ -481,64 +397,7 @@ pub fn pretrain_geometry(a: &GeometryArgs) -> Result<()> {
     let t_train = std::time::Instant::now();
     let secs_before = st.train_seconds;
     for epoch in st.epochs_done..a.epochs {
-        let mut rng = Rng(a.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let mut order: Vec<usize> = (0..usable.len()).collect();
-        rng.shuffle(&mut order);
-        let (mut sum, mut sum_err, mut n) = (0.0f64, 0.0f64, 0usize);
-        for chunk in order.chunks(a.batch) {
-            let frames: Vec<usize> = chunk.iter().map(|&j| usable[j]).collect();
-            let x = batcher.images(&ds, &frames)?;
-            let out = params.chain_training_last(&x, &encoder, n_trained)?;
-            let (loss, expected_err) = match a.objective {
-                Objective::Sweep => {
-                    let batch_cv: Vec<&CostVolume> = chunk.iter().map(|&j| &cvs[j]).collect();
-                    geometry_loss(&out, &x, &batch_cv, &bins, (fh, fw, d), a)?
-                }
-                Objective::Warp => {
-                    let images: Vec<(Planes, Vec<PosedImage>)> = frames
-                        .iter()
-                        .map(|&i| {
-                            let src = synthesis_sources(&ds, i, a.gap, synthesis.camera(), stereo)?;
-                            Ok((half(i), src))
-                        })
-                        .collect::<Result<_>>()?;
-                    let samples: Vec<Sample> = images
-                        .iter()
-                        .map(|(t, srcs)| Sample {
-                            target: t,
-                            sources: srcs
-                                .iter()
-                                .map(|(iso, img)| Source {
-                                    image: img,
-                                    target_to_source: *iso,
-                                })
-                                .collect(),
-                        })
-                        .collect();
-                    let (depth, disp) = expected_depth(&out, &bins)?;
-                    let l = synthesis.loss(&depth, &disp, &samples)?;
-                    (l.loss, l.photometric)
-                }
-            };
-            opt.backward_step(&loss)?;
-            let l = optim::scalar(&loss)?;
-            if !l.is_finite() {
-                bail!(
-                    "geometry pretraining diverged at step {} (loss {l}); lower --lr",
-                    opt.step
-                );
-            }
-            sum += l as f64;
-            sum_err += expected_err as f64;
-            n += 1;
-            pb.inc(1);
-            pb.set_message(format!(
-                "epoch {} loss {:.4} photometric error {:.4}",
-                epoch + 1,
-                sum / n as f64,
-                sum_err / n as f64
-            ));
-        }
+        let (sum, sum_err, n) = run.epoch(epoch, &params, &mut opt, &mut batcher, &pb)?;
         st.epochs_done = epoch + 1;
         st.step = opt.step;
         st.epoch_loss.push((sum / n.max(1) as f64) as f32);
@@ -569,6 +428,277 @@ pub fn pretrain_geometry(a: &GeometryArgs) -> Result<()> {
     Ok(())
 }
 
+/// The warp objective's view synthesis at half the frames' resolution (`w` x `h`), onto the
+/// `fh` x `fw` feature grid.
+fn view_synthesis(
+    a: &GeometryConfig,
+    ds: &Dataset,
+    (w, h): (usize, usize),
+    (fh, fw): (usize, usize),
+) -> Result<ViewSynthesis> {
+    ViewSynthesis::new(
+        RayCamera::new(
+            &ds.calibration.camera,
+            &ds.calibration.extrinsics,
+            w / 2,
+            h / 2,
+        ),
+        fh,
+        fw,
+        a.smoothness,
+    )
+}
+
+/// Refuses settings no run can use (before any data loads); the number of the deployed
+/// encoder's last layers to train (`--train-last`, default all of its `layers`).
+fn check_geometry_config(a: &GeometryConfig, layers: usize) -> Result<usize> {
+    if a.batch == 0 || a.epochs == 0 || a.gap == 0 {
+        bail!("--batch, --epochs and --gap must be at least 1");
+    }
+    if !(a.temperature > 0.0 && a.temperature.is_finite()) {
+        bail!("--temperature must be positive, got {}", a.temperature);
+    }
+    Ok(match a.train_last {
+        Some(n) if n == 0 || n > layers => bail!(
+            "--train-last must be between 1 and {} (the deployed encoder's layers), got {n}",
+            layers
+        ),
+        Some(n) => n,
+        None => layers,
+    })
+}
+
+/// Fresh parameters, the encoder from `--encoder` if given, the depth head's position set to
+/// the flat-ground prior unless `--no-ground-prior`.
+fn init_geometry_params(
+    a: &GeometryConfig,
+    arch: &LetsMapLite,
+    ds: &Dataset,
+    bins: &DepthBins,
+) -> Result<Params> {
+    let params = Params::init(arch, a.seed)?;
+    if let Some(p) = &a.encoder {
+        let map = optim::load_checkpoint(p)?;
+        params
+            .load_from(&map, "param.", Some(&arch.encoder))
+            .with_context(|| format!("{}: encoder weights", p.display()))?;
+    }
+    if !a.no_ground_prior {
+        let cal = &ds.calibration;
+        set_depth_position(
+            &params,
+            arch,
+            &ground_prior_logits(arch, &cal.camera, &cal.extrinsics, bins),
+        )?;
+    }
+    Ok(params)
+}
+
+/// A fresh progress record, or with `--resume` the interrupted run's (same arguments; only
+/// `--epochs` may grow), its weights and Adam state loaded into `params` and `opt`.
+fn geometry_state(
+    a: &GeometryConfig,
+    params: &Params,
+    opt: &mut Adam,
+    encoder: &[ConvLayer],
+    ckpt: &Path,
+    state_path: &Path,
+) -> Result<GeometryState> {
+    let st = GeometryState {
+        args: a.clone(),
+        epochs_done: 0,
+        step: 0,
+        epoch_loss: vec![],
+        epoch_photometric_error: vec![],
+        depth: vec![],
+        cost_volume_seconds: 0.0,
+        train_seconds: 0.0,
+    };
+    if !a.resume {
+        return Ok(st);
+    }
+    let prev: GeometryState = super::train::resume_state(state_path, |p: &GeometryState| {
+        let mut want = p.args.clone();
+        want.epochs = a.epochs;
+        let mut have = a.clone();
+        have.resume = false;
+        want == have
+    })?;
+    let map = optim::load_checkpoint(ckpt)?;
+    params.load_from(&map, "param.", Some(encoder))?;
+    opt.load_state(&map, prev.step)?;
+    println!(
+        "resuming after epoch {} (step {})",
+        prev.epochs_done, prev.step
+    );
+    Ok(GeometryState {
+        args: a.clone(),
+        ..prev
+    })
+}
+
+/// The frames with at least one source `--gap` frames away in their recording.
+fn usable_frames(a: &GeometryConfig, ds: &Dataset) -> Result<Vec<usize>> {
+    let usable: Vec<usize> = (0..ds.len())
+        .filter(|&i| !sources_of(ds, i, a.gap).is_empty())
+        .collect();
+    if usable.is_empty() {
+        bail!(
+            "{}: no frame has a neighbour {} frames away in its recording",
+            a.data.display(),
+            a.gap
+        );
+    }
+    Ok(usable)
+}
+
+/// The right camera to use as a source too (stereo recordings, unless `--mono`).
+fn stereo_camera<'d>(a: &GeometryConfig, ds: &'d Dataset) -> Option<&'d RightCamera> {
+    let stereo = if a.mono { None } else { ds.right.as_ref() };
+    if let Some(r) = stereo {
+        let b = (r.extrinsics.cam_to_vehicle.translation.vector
+            - ds.calibration.extrinsics.cam_to_vehicle.translation.vector)
+            .norm();
+        println!("stereo recordings: the right camera ({b:.2} m over) is a source too");
+    }
+    stereo
+}
+
+/// With `--objective sweep`, every usable frame's cost volume (computed once: nothing in it
+/// is trained); none for `warp`.
+fn sweep_cost_volumes(
+    a: &GeometryConfig,
+    ds: &Dataset,
+    arch: &LetsMapLite,
+    bins: &DepthBins,
+    usable: &[usize],
+    stereo: Option<&RightCamera>,
+    t0: std::time::Instant,
+) -> Result<Vec<CostVolume>> {
+    Ok(match a.objective {
+        Objective::Sweep => {
+            let cvs = cost_volumes(ds, arch, bins, usable, a.gap, a.min_contrast, stereo)?;
+            let kept: f64 = cvs
+                .iter()
+                .map(|c| c.weight.iter().sum::<f32>() as f64)
+                .sum::<f64>()
+                / (cvs.len() * cvs[0].weight.len()) as f64;
+            println!(
+                "cost volumes of {} frames in {:.0} s ({:.0} % of pixels kept by the auto-mask)",
+                usable.len(),
+                t0.elapsed().as_secs_f64(),
+                kept * 100.0
+            );
+            cvs
+        }
+        Objective::Warp => vec![],
+    })
+}
+
+/// What every training step of `pretrain-geometry` reads.
+struct GeometryRun<'r> {
+    a: &'r GeometryConfig,
+    arch: &'r LetsMapLite,
+    bins: &'r DepthBins,
+    ds: &'r Dataset,
+    encoder: &'r [ConvLayer],
+    n_trained: usize,
+    usable: &'r [usize],
+    /// One per usable frame with `--objective sweep`, else none.
+    cvs: &'r [CostVolume],
+    synthesis: &'r ViewSynthesis,
+    stereo: Option<&'r RightCamera>,
+}
+
+impl GeometryRun<'_> {
+    /// One epoch over the usable frames in a seeded order: the sums of the loss and of the
+    /// photometric error, and the number of steps.
+    fn epoch(
+        &self,
+        epoch: usize,
+        params: &Params,
+        opt: &mut Adam,
+        batcher: &mut Batcher,
+        pb: &indicatif::ProgressBar,
+    ) -> Result<(f64, f64, usize)> {
+        let a = self.a;
+        let mut rng = Rng(a.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut order: Vec<usize> = (0..self.usable.len()).collect();
+        rng.shuffle(&mut order);
+        let (mut sum, mut sum_err, mut n) = (0.0f64, 0.0f64, 0usize);
+        for chunk in order.chunks(a.batch) {
+            let (loss, expected_err) = self.batch_loss(params, batcher, chunk)?;
+            opt.backward_step(&loss)?;
+            let l = optim::scalar(&loss)?;
+            if !l.is_finite() {
+                bail!(
+                    "geometry pretraining diverged at step {} (loss {l}); lower --lr",
+                    opt.step
+                );
+            }
+            sum += l as f64;
+            sum_err += expected_err as f64;
+            n += 1;
+            pb.inc(1);
+            pb.set_message(format!(
+                "epoch {} loss {:.4} photometric error {:.4}",
+                epoch + 1,
+                sum / n as f64,
+                sum_err / n as f64
+            ));
+        }
+        Ok((sum, sum_err, n))
+    }
+
+    /// The loss of the usable frames at positions `chunk` and its photometric error: against
+    /// their cost volumes (sweep) or by re-synthesis through the expected depth (warp).
+    fn batch_loss(
+        &self,
+        params: &Params,
+        batcher: &mut Batcher,
+        chunk: &[usize],
+    ) -> Result<(Tensor, f32)> {
+        let (a, ds) = (self.a, self.ds);
+        let frames: Vec<usize> = chunk.iter().map(|&j| self.usable[j]).collect();
+        let x = batcher.images(ds, &frames)?;
+        let out = params.chain_training_last(&x, self.encoder, self.n_trained)?;
+        let (fh, fw) = self.arch.feat_hw();
+        Ok(match a.objective {
+            Objective::Sweep => {
+                let batch_cv: Vec<&CostVolume> = chunk.iter().map(|&j| &self.cvs[j]).collect();
+                geometry_loss(&out, &x, &batch_cv, self.bins, (fh, fw, self.bins.bins), a)?
+            }
+            Objective::Warp => {
+                let (w, h) = (ds.width as usize, ds.height as usize);
+                let images: Vec<(Planes, Vec<PosedImage>)> = frames
+                    .iter()
+                    .map(|&i| {
+                        let src =
+                            synthesis_sources(ds, i, a.gap, self.synthesis.camera(), self.stereo)?;
+                        Ok((Planes::half_of_rgb8(&ds.frames[i], w, h), src))
+                    })
+                    .collect::<Result<_>>()?;
+                let samples: Vec<Sample> = images
+                    .iter()
+                    .map(|(t, srcs)| Sample {
+                        target: t,
+                        sources: srcs
+                            .iter()
+                            .map(|(iso, img)| Source {
+                                image: img,
+                                target_to_source: *iso,
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                let (depth, disp) = expected_depth(&out, self.bins)?;
+                let l = self.synthesis.loss(&depth, &disp, &samples)?;
+                (l.loss, l.photometric)
+            }
+        })
+    }
+}
+
 /// Cross-entropy to the photometric targets (weighted by the kept fraction) plus smoothness;
 /// also the photometric error expected under the prediction (for the log).
 fn geometry_loss(
@@ -577,7 +707,7 @@ fn geometry_loss(
     cvs: &[&CostVolume],
     bins: &DepthBins,
     (fh, fw, d): (usize, usize, usize),
-    a: &GeometryArgs,
+    a: &GeometryConfig,
 ) -> Result<(Tensor, f32)> {
     let (q, wt) = targets(cvs, d, fh, fw, a.temperature)?;
     let ct = out.dim(1)?;
@@ -785,30 +915,25 @@ pub fn describe(m: &DepthMetrics) -> String {
     )
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct DepthEvalArgs {
+/// `depth-eval`'s settings.
+#[derive(Debug, Clone)]
+pub struct DepthEvalConfig {
     /// A checkpoint with the encoder and lift conv (geometry.safetensors, or a fine-tuning's).
-    #[arg(long, conflicts_with = "bundle")]
     pub encoder: Option<PathBuf>,
     /// A letsmap-lite bundle with depth bins (its encoder.onnx weights).
-    #[arg(long)]
     pub bundle: Option<PathBuf>,
     /// Recordings with depth maps (`sim record --extras`).
-    #[arg(long)]
     pub data: PathBuf,
     /// Print the metrics as JSON.
-    #[arg(long)]
     pub json: bool,
     /// Instead of a network, score the training signal: the lowest-error bin of each frame's
     /// photometric cost volume against sources GAP frames away (needs poses.csv).
-    #[arg(long, conflicts_with_all = ["encoder", "bundle"])]
     pub cost_volume_gap: Option<usize>,
     /// With --cost-volume-gap: the pretraining's --min-contrast.
-    #[arg(long, default_value_t = 0.05)]
     pub min_contrast: f32,
 }
 
-pub fn depth_eval_cmd(a: &DepthEvalArgs) -> Result<()> {
+pub fn depth_eval_cmd(a: &DepthEvalConfig) -> Result<()> {
     let arch = LetsMapLite::default();
     let params = Params::init(&arch, 0)?;
     if let Some(p) = &a.encoder {

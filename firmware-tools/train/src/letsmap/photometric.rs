@@ -21,9 +21,6 @@ use bevrt_runtime::source::poses::EgoPose;
 use candle_core::{Device, Tensor};
 use nalgebra::{Isometry3, Point2, Translation3, UnitQuaternion, Vector3};
 
-/// Monodepth2's weights of SSIM and L1 in the photometric error.
-pub const SSIM_WEIGHT: f32 = 0.85;
-
 /// An RGB image as f32 planes in [0, 1] (channel-major), at some resolution.
 #[derive(Debug, Clone)]
 pub struct Planes {
@@ -105,12 +102,12 @@ impl RayCamera {
 }
 
 /// Monodepth2's error per pixel between two images of one size: the one definition training
-/// also uses ([`super::synthesis::photometric_error`]).
+/// also uses ([`super::photo_error::photometric_error`]).
 fn photometric_error(target: &Planes, other: &Planes, out: &mut [f32]) -> anyhow::Result<()> {
     let shape = (1, 3, target.h, target.w);
     let t = Tensor::from_slice(&target.data, shape, &Device::Cpu)?;
     let o = Tensor::from_slice(&other.data, shape, &Device::Cpu)?;
-    let pe = super::synthesis::photometric_error(&t, &o)?;
+    let pe = super::photo_error::photometric_error(&t, &o)?;
     out.copy_from_slice(&pe.flatten_all()?.to_vec1::<f32>()?);
     Ok(())
 }

@@ -14,7 +14,7 @@
 //! Which patches are masked (`--masking`):
 //! - `random`: MAE's uniform choice;
 //! - `edges` / `motion`: StructMAE's structure-guided, easy-to-hard masking
-//!   ([`crate::ssl::mae::structure_guided_mask`]): at training progress e/E a fraction
+//!   ([`crate::masking::structure_guided_mask`]): at training progress e/E a fraction
 //!   `r_s = ratio·sqrt(e/E)` of the patches is chosen by score (perturbed by `α·U(0,1)`), the
 //!   rest of the budget uniformly. A patch's score is its **gradient energy** (sum of squared
 //!   Sobel responses of frame t's luminance: edges, object outlines) for `edges`, or its
@@ -25,23 +25,22 @@
 //! over training; to compare runs, `pretrain.json` also records a **probe loss**: the same
 //! loss on fixed frames with fixed uniform masks, before training and after every epoch.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use bevrt_models::LetsMapLite;
+use bevrt_models::{ConvLayer, LetsMapLite};
 use candle_core::{DType, Device, Tensor, Var};
-use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::data::{Batcher, Dataset};
 use super::nn::{self, Params};
 use super::train::{load_data, resume_state};
+use crate::masking::{structure_guided_mask, structured_count};
 use crate::optim::{self, Adam};
 use crate::progress::progress;
 use crate::rng::Rng;
-use crate::ssl::mae::{structure_guided_mask, structured_count};
 
-#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Masking {
     /// Uniform (MAE).
@@ -53,48 +52,60 @@ pub enum Masking {
     Motion,
 }
 
+impl Masking {
+    /// The names [`Masking::from_str`](std::str::FromStr::from_str) accepts, one per variant in
+    /// declaration order (what the command line lists).
+    pub const NAMES: [&'static str; 3] = ["random", "edges", "motion"];
+}
+
+impl std::str::FromStr for Masking {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Masking, String> {
+        match s {
+            "random" => Ok(Masking::Random),
+            "edges" => Ok(Masking::Edges),
+            "motion" => Ok(Masking::Motion),
+            _ => Err(format!(
+                "unknown masking {s:?}, expected one of: {}",
+                Masking::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
 fn default_alpha() -> f32 {
     0.5
 }
 
-#[derive(Args, Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PretrainArgs {
+/// `pretrain`'s settings; recorded in `pretrain.json` (field names are what `--resume`
+/// compares).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PretrainConfig {
     /// Unlabelled recordings: a recording directory or a directory of them.
-    #[arg(long)]
     pub data: PathBuf,
     /// Output directory for checkpoints (`pretrain.safetensors`, `pretrain.json`).
-    #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 3)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 4)]
     pub batch: usize,
-    #[arg(long, default_value_t = 2e-3)]
     pub lr: f64,
     /// Fraction of the stride-8 patches of frame t that are masked (SparK: 0.6).
-    #[arg(long, default_value_t = 0.6)]
     pub mask_ratio: f32,
     /// Which patches are masked: uniformly, or StructMAE's easy-to-hard schedule onto the
     /// patches with the most gradient energy (`edges`) or frame difference (`motion`).
-    #[arg(long, value_enum, default_value = "random")]
     #[serde(default)]
     pub masking: Masking,
     /// StructMAE's perturbation of the (max-scaled) scores before ranking.
-    #[arg(long, default_value_t = 0.5)]
     #[serde(default = "default_alpha")]
     pub alpha: f32,
     /// Largest frame gap k between frame t and its context frame t-k (k drawn in 1..=max).
-    #[arg(long, default_value_t = 3)]
     pub max_gap: usize,
-    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Use at most this many frames.
-    #[arg(long)]
     pub frames: Option<usize>,
     /// Continue from the checkpoint in --out (same arguments), from the end of its last epoch.
     /// With structure-guided masking the schedule is stretched to the new --epochs from the
     /// resumed epoch on (epochs already done keep the masks they had).
-    #[arg(long)]
     #[serde(skip)]
     pub resume: bool,
 }
@@ -102,7 +113,7 @@ pub struct PretrainArgs {
 /// What `pretrain.json` records beside the checkpoint.
 #[derive(Debug, Serialize, Deserialize)]
 struct PretrainState {
-    args: PretrainArgs,
+    args: PretrainConfig,
     epochs_done: usize,
     step: u64,
     /// Mean training loss per epoch (its masks harden over training with structured masking).
@@ -159,7 +170,7 @@ pub fn difference_energy(a: &[f32], b: &[f32], h: usize, w: usize, s: usize) -> 
 
 /// Masks (B,1,Hf,Wf), 1 = masked, for a batch of frames t (`xt`) and context frames (`xk`).
 fn draw_masks(
-    a: &PretrainArgs,
+    a: &PretrainConfig,
     arch: &LetsMapLite,
     xt: &Tensor,
     xk: &Tensor,
@@ -230,7 +241,7 @@ struct Probe {
 }
 
 impl Probe {
-    fn new(a: &PretrainArgs, arch: &LetsMapLite, usable: &[usize]) -> Result<Probe> {
+    fn new(a: &PretrainConfig, arch: &LetsMapLite, usable: &[usize]) -> Result<Probe> {
         let n = usable.len().min(16);
         let t: Vec<usize> = (0..n).map(|j| usable[j * usable.len() / n]).collect();
         let k: Vec<usize> = t.iter().map(|&i| i - 1).collect();
@@ -266,7 +277,7 @@ impl Probe {
     }
 }
 
-fn check_args(a: &PretrainArgs) -> Result<()> {
+fn check_args(a: &PretrainConfig) -> Result<()> {
     if a.batch == 0 || a.epochs == 0 || a.max_gap == 0 {
         bail!("--batch, --epochs and --max-gap must be at least 1");
     }
@@ -279,7 +290,7 @@ fn check_args(a: &PretrainArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn pretrain(a: &PretrainArgs) -> Result<()> {
+pub fn pretrain(a: &PretrainConfig) -> Result<()> {
     check_args(a)?;
     let arch = LetsMapLite::default();
     std::fs::create_dir_all(&a.out)
@@ -289,17 +300,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
     let ds = load_data(&a.data, a.frames)?;
     ds.check_for(&arch, false)?;
     let mut params = Params::init(&arch, a.seed)?;
-    // SparK's mask token: small random values, learned with the decoder
-    let c = arch.encoder.last().expect("encoder layers").cout;
-    let mut token_rng = Rng(a.seed ^ 0x70CE_4E11);
-    let token = Tensor::from_vec(
-        crate::rng::normal(c, &mut token_rng),
-        (1, c, 1, 1),
-        &Device::Cpu,
-    )?;
-    let token = Var::from_tensor(&(token * 0.02)?.to_dtype(DType::F32)?)?;
-    let token_name = format!("{}.mask_token", arch.mae_decoder[0].name);
-    params.vars.insert(token_name, token.clone());
+    let token = add_mask_token(a, &arch, &mut params)?;
     let trained: Vec<_> = arch
         .encoder
         .iter()
@@ -308,31 +309,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
         .collect();
     let trained_vars = params.of_layers(&trained)?;
     let mut opt = Adam::new(trained_vars.clone(), a.lr)?;
-    let mut st = PretrainState {
-        args: a.clone(),
-        epochs_done: 0,
-        step: 0,
-        epoch_loss: vec![],
-        probe_loss: vec![],
-        train_seconds: 0.0,
-    };
-    if a.resume {
-        let prev: PretrainState = resume_state(&state_path, |p: &PretrainState| {
-            let mut want = p.args.clone();
-            want.epochs = a.epochs;
-            let mut have = a.clone();
-            have.resume = false;
-            want == have
-        })?;
-        let map = optim::load_checkpoint(&ckpt)?;
-        params.load_from(&map, "param.", Some(&trained))?;
-        opt.load_state(&map, prev.step)?;
-        st = PretrainState {
-            args: a.clone(),
-            ..prev
-        };
-        println!("resuming after epoch {} (step {})", st.epochs_done, st.step);
-    }
+    let mut st = pretrain_state(a, &params, &mut opt, &trained, &ckpt, &state_path)?;
     // Frames with a predecessor in the same recording.
     let usable: Vec<usize> = (0..ds.len())
         .filter(|&i| i > ds.first_of_recording[i])
@@ -353,38 +330,16 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
     );
     let t0 = std::time::Instant::now();
     let seconds_before = st.train_seconds;
+    let run = MaeRun {
+        a,
+        arch: &arch,
+        ds: &ds,
+        params: &params,
+        token: token.as_tensor(),
+        usable: &usable,
+    };
     for epoch in st.epochs_done..a.epochs {
-        // Order and masks depend only on (seed, epoch): a resumed run replays them exactly.
-        let mut rng = Rng(a.seed ^ (epoch as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
-        let mut order = usable.clone();
-        rng.shuffle(&mut order);
-        let (mut sum, mut n) = (0.0, 0);
-        for (j, chunk) in order.chunks(a.batch).enumerate() {
-            let ctx: Vec<usize> = chunk
-                .iter()
-                .map(|&i| {
-                    let avail = i - ds.first_of_recording[i];
-                    i - (1 + rng.below(a.max_gap.min(avail)))
-                })
-                .collect();
-            let xt = batcher.images(&ds, chunk)?;
-            let xk = batcher.images(&ds, &ctx)?;
-            let progress = (epoch as f32 + j as f32 / per_epoch as f32) / a.epochs as f32;
-            let masked = draw_masks(a, &arch, &xt, &xk, progress, &mut rng)?;
-            let loss = reconstruction_loss(&params, &arch, token.as_tensor(), &xt, &xk, &masked)?;
-            opt.backward_step(&loss)?;
-            let l = optim::scalar(&loss)?;
-            if !l.is_finite() {
-                bail!(
-                    "pretraining diverged at step {} (loss {l}); lower --lr",
-                    opt.step
-                );
-            }
-            sum += l as f64;
-            n += 1;
-            pb.inc(1);
-            pb.set_message(format!("epoch {} loss {:.4}", epoch + 1, sum / n as f64));
-        }
+        let (sum, n) = run.epoch(epoch, &mut opt, &mut batcher, &pb)?;
         st.epochs_done = epoch + 1;
         st.step = opt.step;
         st.epoch_loss.push((sum / n.max(1) as f64) as f32);
@@ -410,6 +365,117 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
         ckpt.display()
     );
     Ok(())
+}
+
+/// SparK's mask token: small random values, learned with the decoder; added to `params`.
+fn add_mask_token(a: &PretrainConfig, arch: &LetsMapLite, params: &mut Params) -> Result<Var> {
+    let c = arch.encoder.last().expect("encoder layers").cout;
+    let mut token_rng = Rng(a.seed ^ 0x70CE_4E11);
+    let token = Tensor::from_vec(
+        crate::rng::normal(c, &mut token_rng),
+        (1, c, 1, 1),
+        &Device::Cpu,
+    )?;
+    let token = Var::from_tensor(&(token * 0.02)?.to_dtype(DType::F32)?)?;
+    let token_name = format!("{}.mask_token", arch.mae_decoder[0].name);
+    params.vars.insert(token_name, token.clone());
+    Ok(token)
+}
+
+/// A fresh progress record, or with `--resume` the interrupted run's (same arguments; only
+/// `--epochs` may grow), its weights and Adam state loaded into `params` and `opt`.
+fn pretrain_state(
+    a: &PretrainConfig,
+    params: &Params,
+    opt: &mut Adam,
+    trained: &[ConvLayer],
+    ckpt: &Path,
+    state_path: &Path,
+) -> Result<PretrainState> {
+    let st = PretrainState {
+        args: a.clone(),
+        epochs_done: 0,
+        step: 0,
+        epoch_loss: vec![],
+        probe_loss: vec![],
+        train_seconds: 0.0,
+    };
+    if !a.resume {
+        return Ok(st);
+    }
+    let prev: PretrainState = resume_state(state_path, |p: &PretrainState| {
+        let mut want = p.args.clone();
+        want.epochs = a.epochs;
+        let mut have = a.clone();
+        have.resume = false;
+        want == have
+    })?;
+    let map = optim::load_checkpoint(ckpt)?;
+    params.load_from(&map, "param.", Some(trained))?;
+    opt.load_state(&map, prev.step)?;
+    let st = PretrainState {
+        args: a.clone(),
+        ..prev
+    };
+    println!("resuming after epoch {} (step {})", st.epochs_done, st.step);
+    Ok(st)
+}
+
+/// What every step of the temporal MAE reads.
+struct MaeRun<'r> {
+    a: &'r PretrainConfig,
+    arch: &'r LetsMapLite,
+    ds: &'r Dataset,
+    params: &'r Params,
+    token: &'r Tensor,
+    /// Frames with a predecessor in the same recording.
+    usable: &'r [usize],
+}
+
+impl MaeRun<'_> {
+    /// One epoch; the sum of the step losses and the number of steps.
+    fn epoch(
+        &self,
+        epoch: usize,
+        opt: &mut Adam,
+        batcher: &mut Batcher,
+        pb: &indicatif::ProgressBar,
+    ) -> Result<(f64, usize)> {
+        let (a, ds) = (self.a, self.ds);
+        let per_epoch = self.usable.len().div_ceil(a.batch);
+        // Order and masks depend only on (seed, epoch): a resumed run replays them exactly.
+        let mut rng = Rng(a.seed ^ (epoch as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+        let mut order = self.usable.to_vec();
+        rng.shuffle(&mut order);
+        let (mut sum, mut n) = (0.0, 0);
+        for (j, chunk) in order.chunks(a.batch).enumerate() {
+            let ctx: Vec<usize> = chunk
+                .iter()
+                .map(|&i| {
+                    let avail = i - ds.first_of_recording[i];
+                    i - (1 + rng.below(a.max_gap.min(avail)))
+                })
+                .collect();
+            let xt = batcher.images(ds, chunk)?;
+            let xk = batcher.images(ds, &ctx)?;
+            let progress = (epoch as f32 + j as f32 / per_epoch as f32) / a.epochs as f32;
+            let masked = draw_masks(a, self.arch, &xt, &xk, progress, &mut rng)?;
+            let loss = reconstruction_loss(self.params, self.arch, self.token, &xt, &xk, &masked)?;
+            opt.backward_step(&loss)?;
+            let l = optim::scalar(&loss)?;
+            if !l.is_finite() {
+                bail!(
+                    "pretraining diverged at step {} (loss {l}); lower --lr",
+                    opt.step
+                );
+            }
+            sum += l as f64;
+            n += 1;
+            pb.inc(1);
+            pb.set_message(format!("epoch {} loss {:.4}", epoch + 1, sum / n as f64));
+        }
+        Ok((sum, n))
+    }
 }
 
 #[cfg(test)]

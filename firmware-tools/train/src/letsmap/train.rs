@@ -5,14 +5,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use bevrt_models::{
-    ClassSpec, LetsMapLite, Manifest, ModelFile, OutputKind, OutputSpec, Task, write_conv_chain,
+    ClassSpec, ConvLayer, LetsMapLite, Manifest, ModelFile, OutputKind, OutputSpec, Task,
+    write_conv_chain,
 };
 use candle_core::{Device, Tensor};
-use clap::Args;
 use serde::Serialize;
 
 use super::data::{self, Batcher, Dataset};
 use super::nn::{self, Params, TableTensors};
+use super::scores::{print_scores, record_scores};
 use crate::optim::{self, Adam};
 use crate::progress::progress;
 use crate::rng::Rng;
@@ -49,51 +50,38 @@ pub(super) fn resume_state<S: serde::de::DeserializeOwned>(
     Ok(prev)
 }
 
-#[derive(Args, Debug, Clone, Serialize)]
-pub struct FinetuneArgs {
+/// `finetune`'s settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct FinetuneConfig {
     /// Encoder from a pretraining checkpoint (pretrain.safetensors). Without it and without
     /// --bundle the encoder starts from scratch and is trained with the head.
-    #[arg(long, conflicts_with = "bundle")]
     pub encoder: Option<PathBuf>,
     /// Start from a bundle's encoder and head (its ONNX weights).
-    #[arg(long)]
     pub bundle: Option<PathBuf>,
     /// Labelled recordings.
-    #[arg(long)]
     pub data: PathBuf,
     /// Fraction of the labelled frames used (evenly spaced through the data).
-    #[arg(long, default_value_t = 0.01)]
     pub label_fraction: f64,
     /// With a pretrained encoder: also train its last N conv layers, the lift conv counting
     /// as the last (0 = frozen encoder; a lift conv the checkpoint lacks is always trained).
-    #[arg(long, default_value_t = 0)]
     pub unfreeze_last: usize,
     /// Which of three disjoint evenly spaced label subsets of that fraction (0, 1, 2).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..3))]
     pub subset: u8,
     /// Optimizer steps (the same budget whatever the label fraction).
-    #[arg(long, default_value_t = 600)]
     pub iters: usize,
     /// LP-FT: the first N of --iters train the head alone on the frozen (pretrained) encoder,
     /// the rest also the unfrozen encoder layers.
-    #[arg(long, default_value_t = 0)]
     pub probe_iters: usize,
-    #[arg(long, default_value_t = 4)]
     pub batch: usize,
     /// Adam learning rate (0 exports the initial weights: an untrained baseline).
-    #[arg(long, default_value_t = 2e-3)]
     pub lr: f64,
-    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Use at most this many frames of --data.
-    #[arg(long)]
     pub frames: Option<usize>,
     /// Score the written bundle on these held-out recordings (through the runtime) and
     /// record the scores in its manifest.
-    #[arg(long)]
     pub eval_data: Option<PathBuf>,
     /// Output bundle directory (must not exist).
-    #[arg(long)]
     pub out: PathBuf,
 }
 
@@ -159,60 +147,13 @@ pub fn label_subset(labelled: &[usize], fraction: f64, subset: usize) -> Vec<usi
         .collect()
 }
 
-pub fn finetune(a: &FinetuneArgs) -> Result<()> {
-    if !(a.label_fraction > 0.0 && a.label_fraction <= 1.0) {
-        bail!(
-            "--label-fraction must be in (0, 1], got {}",
-            a.label_fraction
-        );
-    }
-    if a.batch == 0 || a.iters == 0 {
-        bail!("--batch and --iters must be at least 1");
-    }
-    if !(a.lr.is_finite() && a.lr >= 0.0) {
-        bail!("--lr must be >= 0, got {}", a.lr);
-    }
-    if a.out.exists() {
-        bail!("{}: already exists; refusing to overwrite", a.out.display());
-    }
+pub fn finetune(a: &FinetuneConfig) -> Result<()> {
+    check_finetune_config(a)?;
     let arch = LetsMapLite::default();
     let ds = load_data(&a.data, a.frames)?;
     ds.check_for(&arch, true)?;
     let params = Params::init(&arch, a.seed)?;
-    // Whether the lift conv comes trained (a geometry-pretrained checkpoint or a bundle).
-    let mut lift_pretrained = a.bundle.is_some();
-    let init = if let Some(p) = &a.encoder {
-        let map = optim::load_checkpoint(p)?;
-        params
-            .load_from(&map, "param.", Some(&arch.encoder))
-            .with_context(|| format!("{}: encoder weights", p.display()))?;
-        // A geometry-pretrained checkpoint also holds the lift conv (its depth logits).
-        let with_lift = arch
-            .lift
-            .iter()
-            .all(|l| map.contains_key(&format!("param.{}.weight", l.name)));
-        if with_lift && !arch.lift.is_empty() {
-            lift_pretrained = true;
-            params
-                .load_from(&map, "param.", Some(&arch.lift))
-                .with_context(|| format!("{}: lift weights", p.display()))?;
-        }
-        format!(
-            "pretrained encoder{} ({})",
-            if with_lift && !arch.lift.is_empty() {
-                " and depth head"
-            } else {
-                ""
-            },
-            p.display()
-        )
-    } else if let Some(b) = &a.bundle {
-        let bundle = bevrt_models::Bundle::load(b)?;
-        load_bundle_weights(&bundle, &params)?;
-        format!("bundle {}", b.display())
-    } else {
-        "scratch".to_string()
-    };
+    let (init, lift_pretrained) = load_initial_weights(a, &arch, &params)?;
     let from_scratch = a.encoder.is_none() && a.bundle.is_none();
     // What encoder.onnx holds: the encoder and the lift conv (context + depth logits).
     let encoder = arch.deployed_encoder();
@@ -252,20 +193,19 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         arch.stride(),
     )?;
     let tt = TableTensors::new(&table)?;
-    let (gh, gw) = arch.bev_hw();
     let mut batcher = Batcher::new(&arch, &ds);
-    // With the encoder wholly frozen, its BEV features never change: compute them once.
-    let cache_bytes = subset.len() * arch.head[0].cin * gh * gw * 4;
-    let cached: Option<Vec<Tensor>> = if unfrozen == 0 && cache_bytes < (1 << 30) {
-        let mut v = vec![];
-        for &i in &subset {
-            let x = batcher.images(&ds, &[i])?;
-            v.push(tt.apply(&params.chain(&x, &encoder)?)?.detach());
-        }
-        Some(v)
-    } else {
-        None
+    let run = HeadTraining {
+        a,
+        arch: &arch,
+        ds: &ds,
+        params: &params,
+        encoder: &encoder,
+        unfrozen,
+        subset: &subset,
+        cw: &cw,
+        tt: &tt,
     };
+    let cached = run.cached_bev_features(&mut batcher)?;
     println!(
         "finetune: {init}, {} of {} labelled frames ({:.1} %), training {} layer(s){}, class weights {:?}",
         subset.len(),
@@ -281,60 +221,219 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
             .map(|w| (w * 100.0).round() / 100.0)
             .collect::<Vec<_>>()
     );
-    let pb = progress(a.iters as u64, "finetune");
     let t0 = std::time::Instant::now();
-    let mut rng = Rng(a.seed ^ 0x5EED_F1E7);
-    let mut order: Vec<usize> = (0..subset.len()).collect();
-    let mut pos = order.len();
-    let mut ema = None::<f32>;
-    for it in 0..a.iters {
-        let mut pick = Vec::with_capacity(a.batch);
-        for _ in 0..a.batch.min(subset.len()) {
-            if pos == order.len() {
-                rng.shuffle(&mut order);
-                pos = 0;
-            }
-            pick.push(order[pos]);
-            pos += 1;
+    let ema = run.train(&mut opt, &mut probe_opt, &mut batcher, cached.as_deref())?;
+    let secs = t0.elapsed().as_secs_f64();
+    let recipe = finetune_recipe(a, &ds, from_scratch, subset.len(), unfrozen, secs, ema);
+    write_letsmap_bundle(&a.out, &arch, &params, &ds.calibration_path, &recipe)?;
+    println!(
+        "wrote {} ({} steps in {:.0} s, final loss {:.4})",
+        a.out.display(),
+        a.iters,
+        secs,
+        recipe.final_loss
+    );
+    if let Some(ev) = &a.eval_data {
+        let scores = super::eval::evaluate(&a.out, ev, bevrt_runtime::BackendKind::Cpu, None)?;
+        print_scores(&scores);
+        record_scores(&a.out, &scores)?;
+    }
+    Ok(())
+}
+
+/// Refuses settings no run can use, and an existing output.
+fn check_finetune_config(a: &FinetuneConfig) -> Result<()> {
+    if !(a.label_fraction > 0.0 && a.label_fraction <= 1.0) {
+        bail!(
+            "--label-fraction must be in (0, 1], got {}",
+            a.label_fraction
+        );
+    }
+    if a.batch == 0 || a.iters == 0 {
+        bail!("--batch and --iters must be at least 1");
+    }
+    if !(a.lr.is_finite() && a.lr >= 0.0) {
+        bail!("--lr must be >= 0, got {}", a.lr);
+    }
+    if a.out.exists() {
+        bail!("{}: already exists; refusing to overwrite", a.out.display());
+    }
+    Ok(())
+}
+
+/// Loads `--encoder` (with its lift conv when the checkpoint holds one) or `--bundle` into
+/// `params`; how the run starts, for the log, and whether the lift conv comes trained (a
+/// geometry-pretrained checkpoint or a bundle).
+fn load_initial_weights(
+    a: &FinetuneConfig,
+    arch: &LetsMapLite,
+    params: &Params,
+) -> Result<(String, bool)> {
+    let mut lift_pretrained = a.bundle.is_some();
+    let init = if let Some(p) = &a.encoder {
+        let map = optim::load_checkpoint(p)?;
+        params
+            .load_from(&map, "param.", Some(&arch.encoder))
+            .with_context(|| format!("{}: encoder weights", p.display()))?;
+        // A geometry-pretrained checkpoint also holds the lift conv (its depth logits).
+        let with_lift = arch
+            .lift
+            .iter()
+            .all(|l| map.contains_key(&format!("param.{}.weight", l.name)));
+        if with_lift && !arch.lift.is_empty() {
+            lift_pretrained = true;
+            params
+                .load_from(&map, "param.", Some(&arch.lift))
+                .with_context(|| format!("{}: lift weights", p.display()))?;
         }
-        let frames: Vec<usize> = pick.iter().map(|&j| subset[j]).collect();
-        let probing = it < a.probe_iters;
-        let bev = match &cached {
+        format!(
+            "pretrained encoder{} ({})",
+            if with_lift && !arch.lift.is_empty() {
+                " and depth head"
+            } else {
+                ""
+            },
+            p.display()
+        )
+    } else if let Some(b) = &a.bundle {
+        let bundle = bevrt_models::Bundle::load(b)?;
+        load_bundle_weights(&bundle, params)?;
+        format!("bundle {}", b.display())
+    } else {
+        "scratch".to_string()
+    };
+    Ok((init, lift_pretrained))
+}
+
+/// What every fine-tuning step reads.
+struct HeadTraining<'r> {
+    a: &'r FinetuneConfig,
+    arch: &'r LetsMapLite,
+    ds: &'r Dataset,
+    params: &'r Params,
+    /// The deployed encoder's layers; the last `unfrozen` of them train.
+    encoder: &'r [ConvLayer],
+    unfrozen: usize,
+    /// The labelled frames used.
+    subset: &'r [usize],
+    /// Class weights.
+    cw: &'r [f32],
+    tt: &'r TableTensors,
+}
+
+impl HeadTraining<'_> {
+    /// With the encoder wholly frozen, its BEV features never change: computed once here for
+    /// every frame of the subset (unless they would take 1 GiB or more).
+    fn cached_bev_features(&self, batcher: &mut Batcher) -> Result<Option<Vec<Tensor>>> {
+        let (gh, gw) = self.arch.bev_hw();
+        let cache_bytes = self.subset.len() * self.arch.head[0].cin * gh * gw * 4;
+        Ok(if self.unfrozen == 0 && cache_bytes < (1 << 30) {
+            let mut v = vec![];
+            for &i in self.subset {
+                let x = batcher.images(self.ds, &[i])?;
+                v.push(
+                    self.tt
+                        .apply(&self.params.chain(&x, self.encoder)?)?
+                        .detach(),
+                );
+            }
+            Some(v)
+        } else {
+            None
+        })
+    }
+
+    /// `--iters` steps on batches drawn without replacement (reshuffled at each pass), the
+    /// first `--probe-iters` of them (LP-FT) with `probe_opt` on the head alone; the final
+    /// moving average of the loss.
+    fn train(
+        &self,
+        opt: &mut Adam,
+        probe_opt: &mut Adam,
+        batcher: &mut Batcher,
+        cached: Option<&[Tensor]>,
+    ) -> Result<Option<f32>> {
+        let a = self.a;
+        let pb = progress(a.iters as u64, "finetune");
+        let mut rng = Rng(a.seed ^ 0x5EED_F1E7);
+        let mut order: Vec<usize> = (0..self.subset.len()).collect();
+        let mut pos = order.len();
+        let mut ema = None::<f32>;
+        for it in 0..a.iters {
+            let mut pick = Vec::with_capacity(a.batch);
+            for _ in 0..a.batch.min(self.subset.len()) {
+                if pos == order.len() {
+                    rng.shuffle(&mut order);
+                    pos = 0;
+                }
+                pick.push(order[pos]);
+                pos += 1;
+            }
+            let probing = it < a.probe_iters;
+            let loss = self.batch_loss(&pick, probing, batcher, cached)?;
+            if probing {
+                probe_opt.backward_step(&loss)?;
+            } else {
+                opt.backward_step(&loss)?;
+            }
+            let l = optim::scalar(&loss)?;
+            if !l.is_finite() {
+                bail!("fine-tuning diverged at step {it} (loss {l}); lower --lr");
+            }
+            let e = ema.map_or(l, |e| 0.95 * e + 0.05 * l);
+            ema = Some(e);
+            pb.inc(1);
+            pb.set_message(format!("loss {e:.4}"));
+        }
+        pb.finish_and_clear();
+        Ok(ema)
+    }
+
+    /// The weighted cross-entropy of the subset's frames at positions `pick`, through the
+    /// cached BEV features, the frozen encoder (`probing`) or the partly trained one.
+    fn batch_loss(
+        &self,
+        pick: &[usize],
+        probing: bool,
+        batcher: &mut Batcher,
+        cached: Option<&[Tensor]>,
+    ) -> Result<Tensor> {
+        let (params, encoder, tt) = (self.params, self.encoder, self.tt);
+        let frames: Vec<usize> = pick.iter().map(|&j| self.subset[j]).collect();
+        let bev = match cached {
             Some(c) => Tensor::cat(&pick.iter().map(|&j| &c[j]).collect::<Vec<_>>(), 0)?,
             None if probing => {
-                let x = batcher.images(&ds, &frames)?;
-                tt.apply(&params.chain(&x, &encoder)?)?.detach()
+                let x = batcher.images(self.ds, &frames)?;
+                tt.apply(&params.chain(&x, encoder)?)?.detach()
             }
             None => {
-                let x = batcher.images(&ds, &frames)?;
-                tt.apply(&params.chain_training_last(&x, &encoder, unfrozen)?)?
+                let x = batcher.images(self.ds, &frames)?;
+                tt.apply(&params.chain_training_last(&x, encoder, self.unfrozen)?)?
             }
         };
-        let logits = params.chain(&bev, &arch.head)?;
-        let (t, w) = targets(&ds, &frames, &cw, gh, gw)?;
-        let loss = nn::weighted_ce(&logits, &t, &w)?;
-        if probing {
-            probe_opt.backward_step(&loss)?;
-        } else {
-            opt.backward_step(&loss)?;
-        }
-        let l = optim::scalar(&loss)?;
-        if !l.is_finite() {
-            bail!("fine-tuning diverged at step {it} (loss {l}); lower --lr");
-        }
-        let e = ema.map_or(l, |e| 0.95 * e + 0.05 * l);
-        ema = Some(e);
-        pb.inc(1);
-        pb.set_message(format!("loss {e:.4}"));
+        let logits = params.chain(&bev, &self.arch.head)?;
+        let (gh, gw) = self.arch.bev_hw();
+        let (t, w) = targets(self.ds, &frames, self.cw, gh, gw)?;
+        nn::weighted_ce(&logits, &t, &w)
     }
-    pb.finish_and_clear();
-    let secs = t0.elapsed().as_secs_f64();
+}
+
+/// The bundle's `[provenance]` record of a fine-tuning run.
+fn finetune_recipe(
+    a: &FinetuneConfig,
+    ds: &Dataset,
+    from_scratch: bool,
+    labelled_frames: usize,
+    unfrozen: usize,
+    secs: f64,
+    ema: Option<f32>,
+) -> Recipe {
     let (pretrained_by, pretraining) = a
         .encoder
         .as_ref()
         .map(|p| describe_pretraining(p))
         .unwrap_or_default();
-    let recipe = Recipe {
+    Recipe {
         init: if from_scratch {
             "scratch".into()
         } else if a.encoder.is_some() {
@@ -346,7 +445,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         data_seeds: ds.seeds.clone(),
         data_frames: ds.len(),
         pretraining,
-        labelled_frames: subset.len(),
+        labelled_frames,
         label_fraction: a.label_fraction,
         label_subset: a.subset,
         unfrozen_encoder_layers: unfrozen,
@@ -357,21 +456,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         seed: a.seed,
         train_seconds: secs,
         final_loss: ema.unwrap_or(f32::NAN),
-    };
-    write_letsmap_bundle(&a.out, &arch, &params, &ds.calibration_path, &recipe)?;
-    println!(
-        "wrote {} ({} steps in {:.0} s, final loss {:.4})",
-        a.out.display(),
-        a.iters,
-        secs,
-        recipe.final_loss
-    );
-    if let Some(ev) = &a.eval_data {
-        let scores = super::eval::evaluate(&a.out, ev, bevrt_runtime::BackendKind::Cpu, None)?;
-        super::eval::print_scores(&scores);
-        record_scores(&a.out, &scores)?;
     }
-    Ok(())
 }
 
 #[derive(Debug, Serialize)]
@@ -607,18 +692,5 @@ pub fn write_letsmap_bundle(
     let _ = std::fs::remove_dir_all(&tmp);
     r?;
     crate::record_selftest(out);
-    Ok(())
-}
-
-/// Adds `[provenance.scores]` to a bundle's manifest (rewritten via a temporary file).
-pub fn record_scores(bundle: &Path, scores: &super::eval::Scores) -> Result<()> {
-    let b = bevrt_models::Bundle::load(bundle)?;
-    let mut m = b.manifest.clone();
-    let t: toml::Table = toml::from_str(&toml::to_string(scores)?)?;
-    m.provenance.insert("scores".into(), toml::Value::Table(t));
-    let path = bundle.join("bundle.toml");
-    let tmp = bundle.join("bundle.toml.tmp");
-    std::fs::write(&tmp, m.to_toml()).with_context(|| format!("{}: write", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("{}: rename", path.display()))?;
     Ok(())
 }

@@ -22,7 +22,7 @@ use super::encoder::Projector;
 use super::invprop::{Bank, InvPropConfig};
 use super::run::{Method, projection_loss};
 use crate::cpu_ops::conv2d;
-use crate::letsmap::data::{self, Batcher};
+use crate::letsmap::data::{self, Batcher, Dataset};
 use crate::letsmap::nn::Params;
 use crate::optim::{self, Adam};
 use crate::rng::Rng;
@@ -218,74 +218,23 @@ pub fn pretrain_letsmap(
     let mut bank =
         (cfg.method == Method::Invprop).then(|| Bank::new(n, super::encoder::PROJ_DIM, cfg.seed));
     let mut batcher = Batcher::new(&arch, &ds);
-    let (w, h) = (ds.width as usize, ds.height as usize);
     let steps_per_epoch = n / cfg.batch;
     let total = (steps_per_epoch * cfg.epochs) as u64;
     let pb =
         crate::progress::progress_if(progress, total, &format!("{} (drive)", cfg.method.name()));
+    let run = DriveRun {
+        cfg,
+        arch: &arch,
+        ds: &ds,
+        params: &params,
+        proj: &proj,
+        total,
+    };
     let t0 = std::time::Instant::now();
     let mut epochs = vec![];
-    let mut view = vec![0u8; w * h * 3];
     for epoch in 0..cfg.epochs {
-        let mut rng = Rng(cfg.seed ^ (epoch as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
-        let mut order: Vec<usize> = (0..n).collect();
-        rng.shuffle(&mut order);
-        if let Some(b) = &mut bank
-            && epoch as f32 >= cfg.invprop.warmup * cfg.epochs as f32
-        {
-            b.rebuild_graph(cfg.invprop.k)?;
-        }
-        let (mut sum, mut count) = (0f64, 0usize);
-        for chunk in order.chunks_exact(cfg.batch) {
-            let mut views: Vec<Vec<u8>> = Vec::with_capacity(2 * chunk.len());
-            for _ in 0..2 {
-                for &i in chunk {
-                    cfg.augment.view(&ds.frames[i], w, h, &mut rng, &mut view);
-                    views.push(view.clone());
-                }
-            }
-            let x = batcher.raw_images(&views, ds.width, ds.height)?;
-            let z = proj.forward(&pooled(&params, &x, &arch)?)?;
-            let (loss, value) = projection_loss(
-                cfg.method,
-                &z,
-                2,
-                chunk,
-                &cfg.bam,
-                &cfg.invprop,
-                bank.as_ref(),
-            )?;
-            opt.lr = cfg.lr
-                * 0.5
-                * (1.0 + (std::f64::consts::PI * opt.step as f64 / total as f64).cos());
-            opt.backward_step(&loss)?;
-            if !value.is_finite() {
-                bail!("training diverged at epoch {} (loss {value})", epoch + 1);
-            }
-            if let Some(b) = &mut bank {
-                b.update(chunk, &z, 2, cfg.invprop.momentum)?;
-            }
-            sum += value as f64;
-            count += 1;
-            pb.inc(1);
-            pb.set_message(format!(
-                "epoch {} loss {:.4}",
-                epoch + 1,
-                sum / count as f64
-            ));
-        }
-        // Spread of the pooled features over (up to) 256 unaugmented frames.
-        let probe: Vec<usize> = (0..n).step_by((n / 256).max(1)).collect();
-        let mut feats = vec![];
-        for c in probe.chunks(32) {
-            let x = batcher.images(&ds, c)?;
-            feats.extend(
-                pooled(&params, &x, &arch)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?,
-            );
-        }
-        let spread = collapse::spread(&feats, channels)?;
+        let (sum, count) = run.epoch(epoch, &mut opt, bank.as_mut(), &mut batcher, &pb)?;
+        let spread = run.feature_spread(&mut batcher, channels)?;
         log::info!(
             "{} (drive) epoch {}: loss {:.4}, effective rank {:.1} of {channels}",
             cfg.method.name(),
@@ -327,6 +276,99 @@ pub fn pretrain_letsmap(
     )
     .with_context(|| format!("{}: cannot write", out.display()))?;
     Ok(report)
+}
+
+/// What every step of BAM / InvProp on driving frames reads.
+struct DriveRun<'r> {
+    cfg: &'r DriveConfig,
+    arch: &'r LetsMapLite,
+    ds: &'r Dataset,
+    params: &'r Params,
+    proj: &'r Projector,
+    /// Steps in the whole run (the cosine learning-rate schedule's length).
+    total: u64,
+}
+
+impl DriveRun<'_> {
+    /// One epoch over the frames in a seeded order, two augmented views of each; the sum of
+    /// the step losses and the number of steps.
+    fn epoch(
+        &self,
+        epoch: usize,
+        opt: &mut Adam,
+        mut bank: Option<&mut Bank>,
+        batcher: &mut Batcher,
+        pb: &indicatif::ProgressBar,
+    ) -> Result<(f64, usize)> {
+        let (cfg, ds) = (self.cfg, self.ds);
+        let (w, h) = (ds.width as usize, ds.height as usize);
+        let n = ds.len();
+        let mut view = vec![0u8; w * h * 3];
+        let mut rng = Rng(cfg.seed ^ (epoch as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let mut order: Vec<usize> = (0..n).collect();
+        rng.shuffle(&mut order);
+        if let Some(b) = bank.as_deref_mut()
+            && epoch as f32 >= cfg.invprop.warmup * cfg.epochs as f32
+        {
+            b.rebuild_graph(cfg.invprop.k)?;
+        }
+        let (mut sum, mut count) = (0f64, 0usize);
+        for chunk in order.chunks_exact(cfg.batch) {
+            let mut views: Vec<Vec<u8>> = Vec::with_capacity(2 * chunk.len());
+            for _ in 0..2 {
+                for &i in chunk {
+                    cfg.augment.view(&ds.frames[i], w, h, &mut rng, &mut view);
+                    views.push(view.clone());
+                }
+            }
+            let x = batcher.raw_images(&views, ds.width, ds.height)?;
+            let z = self.proj.forward(&pooled(self.params, &x, self.arch)?)?;
+            let (loss, value) = projection_loss(
+                cfg.method,
+                &z,
+                2,
+                chunk,
+                &cfg.bam,
+                &cfg.invprop,
+                bank.as_deref(),
+            )?;
+            opt.lr = cfg.lr
+                * 0.5
+                * (1.0 + (std::f64::consts::PI * opt.step as f64 / self.total as f64).cos());
+            opt.backward_step(&loss)?;
+            if !value.is_finite() {
+                bail!("training diverged at epoch {} (loss {value})", epoch + 1);
+            }
+            if let Some(b) = bank.as_deref_mut() {
+                b.update(chunk, &z, 2, cfg.invprop.momentum)?;
+            }
+            sum += value as f64;
+            count += 1;
+            pb.inc(1);
+            pb.set_message(format!(
+                "epoch {} loss {:.4}",
+                epoch + 1,
+                sum / count as f64
+            ));
+        }
+        Ok((sum, count))
+    }
+
+    /// Spread of the pooled features over (up to) 256 unaugmented frames.
+    fn feature_spread(&self, batcher: &mut Batcher, channels: usize) -> Result<Spread> {
+        let n = self.ds.len();
+        let probe: Vec<usize> = (0..n).step_by((n / 256).max(1)).collect();
+        let mut feats = vec![];
+        for c in probe.chunks(32) {
+            let x = batcher.images(self.ds, c)?;
+            feats.extend(
+                pooled(self.params, &x, self.arch)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            );
+        }
+        collapse::spread(&feats, channels)
+    }
 }
 
 #[cfg(test)]

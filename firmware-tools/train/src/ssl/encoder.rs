@@ -35,17 +35,7 @@ const LAST_SIDE: usize = 4;
 const FLAT: usize = 128 * LAST_SIDE * LAST_SIDE;
 
 /// Which layer a bundle exports as its vector.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Representation {
     /// The Linear layer's 128 values (what the heads are trained on).
@@ -53,6 +43,27 @@ pub enum Representation {
     Fc,
     /// The last convolution's 128x4x4 map, flattened (2048 values), before the Linear layer.
     Conv,
+}
+
+impl Representation {
+    /// The names [`Representation::from_str`](std::str::FromStr::from_str) accepts, one per variant in
+    /// declaration order (what the command line lists).
+    pub const NAMES: [&'static str; 2] = ["fc", "conv"];
+}
+
+impl std::str::FromStr for Representation {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Representation, String> {
+        match s {
+            "fc" => Ok(Representation::Fc),
+            "conv" => Ok(Representation::Conv),
+            _ => Err(format!(
+                "unknown representation {s:?}, expected one of: {}",
+                Representation::NAMES.join(", ")
+            )),
+        }
+    }
 }
 
 /// A Linear layer `y = x Wᵀ + b` (W: out × in).

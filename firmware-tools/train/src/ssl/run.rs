@@ -25,7 +25,7 @@ use crate::digits::{self, Dataset};
 use crate::optim::Adam;
 use crate::rng::Rng;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Balanced-Attention Matching.
@@ -39,6 +39,30 @@ pub enum Method {
     /// PDAE: the encoder of a frozen, pre-trained DDPM's missing posterior-mean shift
     /// (trained by [`crate::diffusion::pdae`]; needs `--ddpm`).
     Pdae,
+}
+
+impl Method {
+    /// The names [`Method::from_str`](std::str::FromStr::from_str) accepts, one per variant in
+    /// declaration order (what the command line lists).
+    pub const NAMES: [&'static str; 5] = ["bam", "invprop", "mae", "structmae", "pdae"];
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Method, String> {
+        match s {
+            "bam" => Ok(Method::Bam),
+            "invprop" => Ok(Method::Invprop),
+            "mae" => Ok(Method::Mae),
+            "structmae" => Ok(Method::Structmae),
+            "pdae" => Ok(Method::Pdae),
+            _ => Err(format!(
+                "unknown method {s:?}, expected one of: {}",
+                Method::NAMES.join(", ")
+            )),
+        }
+    }
 }
 
 impl Method {
@@ -145,6 +169,21 @@ struct Model {
 }
 
 impl Model {
+    /// The encoder and `cfg.method`'s head, fresh; InvProp's memory bank over `train_images`.
+    fn init(cfg: &SslConfig, train_images: usize) -> Result<Model> {
+        Ok(Model {
+            enc: Encoder::init(cfg.seed)?,
+            head: match cfg.method {
+                Method::Bam | Method::Invprop => Head::Projector(Projector::init(cfg.seed)?),
+                Method::Mae | Method::Structmae | Method::Pdae => {
+                    Head::Decoder(Decoder::init(cfg.seed)?)
+                }
+            },
+            bank: (cfg.method == Method::Invprop)
+                .then(|| Bank::new(train_images, super::encoder::PROJ_DIM, cfg.seed)),
+        })
+    }
+
     fn vars(&self) -> Vec<(String, Var)> {
         let mut v = self.enc.vars();
         v.extend(match &self.head {
@@ -179,59 +218,11 @@ pub fn train(
             "PDAE trains on a frozen DDPM: use diffusion::pdae::train (`ssl train --method pdae --ddpm DIR`)"
         );
     }
-    let ds = digits::load(data)?;
-    if (ds.width, ds.height) != (SIDE, SIDE) {
-        bail!(
-            "{}: images are {}x{}; the self-supervised encoder is built for {SIDE}x{SIDE} \
-             (MNIST-style) images",
-            data.display(),
-            ds.width,
-            ds.height
-        );
-    }
-    let train_idx = limit_evenly(&ds.split().0, cfg.train_limit);
-    if train_idx.len() < 16 {
-        bail!(
-            "{}: {} training images are too few",
-            data.display(),
-            train_idx.len()
-        );
-    }
-    let mut model = Model {
-        enc: Encoder::init(cfg.seed)?,
-        head: match cfg.method {
-            Method::Bam | Method::Invprop => Head::Projector(Projector::init(cfg.seed)?),
-            Method::Mae | Method::Structmae | Method::Pdae => {
-                Head::Decoder(Decoder::init(cfg.seed)?)
-            }
-        },
-        bank: (cfg.method == Method::Invprop)
-            .then(|| Bank::new(train_idx.len(), super::encoder::PROJ_DIM, cfg.seed)),
-    };
+    let (ds, train_idx) = load_training_digits(data, cfg)?;
+    let mut model = Model::init(cfg, train_idx.len())?;
     let mut opt = Adam::new(model.vars(), cfg.lr)?;
     let ckpt_dir = checkpoint_dir(out);
-    let mut state = Checkpoint {
-        config: cfg.clone(),
-        epochs_done: 0,
-        step: 0,
-        seconds: 0.0,
-        log: vec![],
-    };
-    if resume {
-        state = load_checkpoint(&ckpt_dir, cfg, &mut model, &mut opt)?;
-        eprintln!(
-            "{}: resuming after epoch {} of {}",
-            ckpt_dir.display(),
-            state.epochs_done,
-            cfg.epochs
-        );
-    } else if ckpt_dir.exists() {
-        bail!(
-            "{}: a checkpoint of an earlier run is there; pass --resume to continue it, or \
-             remove it",
-            ckpt_dir.display()
-        );
-    }
+    let mut state = start_or_resume(&ckpt_dir, cfg, &mut model, &mut opt, resume)?;
     std::fs::create_dir_all(&ckpt_dir)
         .with_context(|| format!("{}: cannot create", ckpt_dir.display()))?;
     // Spread is measured on a fixed, unaugmented sample of the training split.
@@ -267,18 +258,7 @@ pub fn train(
         save_checkpoint(&ckpt_dir, &state, &model, &opt)?;
         if spread.effective_rank < cfg.min_effective_rank {
             pb.finish_and_clear();
-            bail!(
-                "{} collapsed at epoch {}: the representation's effective rank is {:.2} of {DIM} \
-                 (floor {}), median per-dimension std {:.2e}, {} dead dimensions; no bundle \
-                 written (checkpoint kept in {})",
-                cfg.method.name(),
-                epoch + 1,
-                spread.effective_rank,
-                cfg.min_effective_rank,
-                spread.median_std,
-                spread.dead_dims,
-                ckpt_dir.display()
-            );
+            return Err(collapsed(cfg, epoch, &spread, &ckpt_dir));
         }
     }
     pb.finish_and_clear();
@@ -291,6 +271,82 @@ pub fn train(
         log: state.log,
         parameters: model.enc.parameter_count(),
     })
+}
+
+/// The digits (28x28 only) and the training images used (`train_limit` of the training
+/// split, evenly spaced); refused with fewer than 16.
+fn load_training_digits(data: &Path, cfg: &SslConfig) -> Result<(Dataset, Vec<usize>)> {
+    let ds = digits::load(data)?;
+    if (ds.width, ds.height) != (SIDE, SIDE) {
+        bail!(
+            "{}: images are {}x{}; the self-supervised encoder is built for {SIDE}x{SIDE} \
+             (MNIST-style) images",
+            data.display(),
+            ds.width,
+            ds.height
+        );
+    }
+    let train_idx = limit_evenly(&ds.split().0, cfg.train_limit);
+    if train_idx.len() < 16 {
+        bail!(
+            "{}: {} training images are too few",
+            data.display(),
+            train_idx.len()
+        );
+    }
+    Ok((ds, train_idx))
+}
+
+/// A fresh progress record, or with `resume` the interrupted run's from `ckpt_dir`, its
+/// weights and Adam state loaded into `model` and `opt`. Without `resume` an earlier run's
+/// checkpoint is an error.
+fn start_or_resume(
+    ckpt_dir: &Path,
+    cfg: &SslConfig,
+    model: &mut Model,
+    opt: &mut Adam,
+    resume: bool,
+) -> Result<Checkpoint> {
+    if resume {
+        let state = load_checkpoint(ckpt_dir, cfg, model, opt)?;
+        eprintln!(
+            "{}: resuming after epoch {} of {}",
+            ckpt_dir.display(),
+            state.epochs_done,
+            cfg.epochs
+        );
+        return Ok(state);
+    }
+    if ckpt_dir.exists() {
+        bail!(
+            "{}: a checkpoint of an earlier run is there; pass --resume to continue it, or \
+             remove it",
+            ckpt_dir.display()
+        );
+    }
+    Ok(Checkpoint {
+        config: cfg.clone(),
+        epochs_done: 0,
+        step: 0,
+        seconds: 0.0,
+        log: vec![],
+    })
+}
+
+/// The error of a run whose representation collapsed at `epoch`.
+fn collapsed(cfg: &SslConfig, epoch: usize, spread: &Spread, ckpt_dir: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} collapsed at epoch {}: the representation's effective rank is {:.2} of {DIM} \
+         (floor {}), median per-dimension std {:.2e}, {} dead dimensions; no bundle \
+         written (checkpoint kept in {})",
+        cfg.method.name(),
+        epoch + 1,
+        spread.effective_rank,
+        cfg.min_effective_rank,
+        spread.median_std,
+        spread.dead_dims,
+        ckpt_dir.display()
+    )
 }
 
 /// At most `limit` of `idx`, evenly spaced: the split is in file order, and dataset files are

@@ -1,0 +1,318 @@
+//! `bevrt-tool pretrain`, `pretrain-geometry`, `depth-eval`, `finetune` and `eval`: their
+//! command lines, each turned into the config [`bevrt_train::letsmap`] takes.
+// The fields' doc comments are the `--help` text, kept word for word from the library they
+// came from: their rustdoc links point there.
+#![allow(rustdoc::broken_intra_doc_links)]
+
+use std::path::PathBuf;
+
+use bevrt_runtime::BackendKind;
+use bevrt_train::letsmap::eval::EvalConfig;
+use bevrt_train::letsmap::geometry::{DepthEvalConfig, GeometryConfig, Objective};
+use bevrt_train::letsmap::semantic::{Masking, PretrainConfig};
+use bevrt_train::letsmap::train::FinetuneConfig;
+use clap::Args;
+
+use super::one_of;
+
+/// The help of each `--masking` value, in [`Masking::NAMES`] order.
+const MASKING_HELP: &[&str] = &[
+    "Uniform (MAE)",
+    "StructMAE, patches scored by gradient energy of frame t",
+    "StructMAE, patches scored by their difference to the context frame",
+];
+
+/// The optimisation schedule `pretrain` and `pretrain-geometry` share.
+#[derive(Args, Debug)]
+pub struct ScheduleArgs {
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct PretrainArgs {
+    /// Unlabelled recordings: a recording directory or a directory of them.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory for checkpoints (`pretrain.safetensors`, `pretrain.json`).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+    /// Fraction of the stride-8 patches of frame t that are masked (SparK: 0.6).
+    #[arg(long, default_value_t = 0.6)]
+    pub mask_ratio: f32,
+    /// Which patches are masked: uniformly, or StructMAE's easy-to-hard schedule onto the
+    /// patches with the most gradient energy (`edges`) or frame difference (`motion`).
+    #[arg(long, default_value = "random", value_parser = one_of::<Masking>(&Masking::NAMES, MASKING_HELP))]
+    pub masking: Masking,
+    /// StructMAE's perturbation of the (max-scaled) scores before ranking.
+    #[arg(long, default_value_t = 0.5)]
+    pub alpha: f32,
+    /// Largest frame gap k between frame t and its context frame t-k (k drawn in 1..=max).
+    #[arg(long, default_value_t = 3)]
+    pub max_gap: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use at most this many frames.
+    #[arg(long)]
+    pub frames: Option<usize>,
+    /// Continue from the checkpoint in --out (same arguments), from the end of its last epoch.
+    /// With structure-guided masking the schedule is stretched to the new --epochs from the
+    /// resumed epoch on (epochs already done keep the masks they had).
+    #[arg(long)]
+    pub resume: bool,
+}
+
+impl PretrainArgs {
+    /// These arguments as the library's [`PretrainConfig`].
+    pub fn config(&self) -> PretrainConfig {
+        PretrainConfig {
+            data: self.data.clone(),
+            out: self.out.clone(),
+            epochs: self.schedule.epochs,
+            batch: self.schedule.batch,
+            lr: self.schedule.lr,
+            mask_ratio: self.mask_ratio,
+            masking: self.masking,
+            alpha: self.alpha,
+            max_gap: self.max_gap,
+            seed: self.seed,
+            frames: self.frames,
+            resume: self.resume,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct GeometryArgs {
+    /// Unlabelled recordings with ego-motion (poses.csv): a recording or a directory of them.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory for the checkpoint (`geometry.safetensors`, `geometry.json`).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+    /// `warp`: Monodepth2's view synthesis through the expected depth, by gradient descent
+    /// through the warp ([`super::synthesis`]). `sweep`: the distribution trained towards
+    /// softmax(-error/τ) of a plane-sweep cost volume ([`super::photometric::cost_volume`]).
+    #[arg(long, default_value = "warp", value_parser = one_of::<Objective>(&Objective::NAMES, &[]))]
+    pub objective: Objective,
+    /// Source frames are t-gap and t+gap (frames of the same recording).
+    #[arg(long, default_value_t = 1)]
+    pub gap: usize,
+    /// Temperature of the target distribution softmax(-error / τ) (photometric error units;
+    /// 0.01 is about the error sensor noise alone gives).
+    #[arg(long, default_value_t = 0.01)]
+    pub temperature: f32,
+    /// Pixels whose errors over the bins differ by less than this carry no depth signal
+    /// (texture-less road, walls, sky: every depth re-synthesises them equally) and are left
+    /// out, so the depth there stays with the prior instead of following noise.
+    #[arg(long, default_value_t = 0.05)]
+    pub min_contrast: f32,
+    /// Weight of the edge-aware smoothness (Monodepth2: 1e-3).
+    #[arg(long, default_value_t = 1e-3)]
+    pub smoothness: f64,
+    /// Ignore the right camera of stereo recordings (by default each frame t is also
+    /// re-synthesised from the right camera's frame t: the spatial pair, a known 0.5 m
+    /// baseline that fixes the scale even where the ego stands still).
+    #[arg(long)]
+    pub mono: bool,
+    /// Start the encoder from this checkpoint (e.g. the semantic pathway's pretrain.safetensors).
+    #[arg(long)]
+    pub encoder: Option<PathBuf>,
+    /// Train only the last N layers of the deployed encoder (the depth head counting as the
+    /// last; default all). With --encoder from the semantic pathway this keeps the two
+    /// pathways disjoint: the trunk keeps what masked reconstruction taught and the geometry
+    /// pathway trains the depth head and the layers nearest it.
+    #[arg(long)]
+    pub train_last: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Start the depth head from a uniform distribution instead of the flat-ground prior the
+    /// calibration gives ([`ground_prior_logits`]).
+    #[arg(long)]
+    pub no_ground_prior: bool,
+    /// Use at most this many frames.
+    #[arg(long)]
+    pub frames: Option<usize>,
+    /// Report depth metrics on these recordings (made with `sim record --extras`) before
+    /// training and after every epoch. Only reported: nothing is chosen by them.
+    #[arg(long)]
+    pub eval_depth: Option<PathBuf>,
+    /// Continue from the checkpoint in --out (same arguments; only --epochs may grow).
+    #[arg(long)]
+    pub resume: bool,
+}
+
+impl GeometryArgs {
+    /// These arguments as the library's [`GeometryConfig`].
+    pub fn config(&self) -> GeometryConfig {
+        GeometryConfig {
+            data: self.data.clone(),
+            out: self.out.clone(),
+            epochs: self.schedule.epochs,
+            batch: self.schedule.batch,
+            lr: self.schedule.lr,
+            objective: self.objective,
+            gap: self.gap,
+            temperature: self.temperature,
+            min_contrast: self.min_contrast,
+            smoothness: self.smoothness,
+            mono: self.mono,
+            encoder: self.encoder.clone(),
+            train_last: self.train_last,
+            seed: self.seed,
+            no_ground_prior: self.no_ground_prior,
+            frames: self.frames,
+            eval_depth: self.eval_depth.clone(),
+            resume: self.resume,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct DepthEvalArgs {
+    /// A checkpoint with the encoder and lift conv (geometry.safetensors, or a fine-tuning's).
+    #[arg(long, conflicts_with = "bundle")]
+    pub encoder: Option<PathBuf>,
+    /// A letsmap-lite bundle with depth bins (its encoder.onnx weights).
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+    /// Recordings with depth maps (`sim record --extras`).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Print the metrics as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Instead of a network, score the training signal: the lowest-error bin of each frame's
+    /// photometric cost volume against sources GAP frames away (needs poses.csv).
+    #[arg(long, conflicts_with_all = ["encoder", "bundle"])]
+    pub cost_volume_gap: Option<usize>,
+    /// With --cost-volume-gap: the pretraining's --min-contrast.
+    #[arg(long, default_value_t = 0.05)]
+    pub min_contrast: f32,
+}
+
+impl DepthEvalArgs {
+    /// These arguments as the library's [`DepthEvalConfig`].
+    pub fn config(&self) -> DepthEvalConfig {
+        DepthEvalConfig {
+            encoder: self.encoder.clone(),
+            bundle: self.bundle.clone(),
+            data: self.data.clone(),
+            json: self.json,
+            cost_volume_gap: self.cost_volume_gap,
+            min_contrast: self.min_contrast,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    /// Encoder from a pretraining checkpoint (pretrain.safetensors). Without it and without
+    /// --bundle the encoder starts from scratch and is trained with the head.
+    #[arg(long, conflicts_with = "bundle")]
+    pub encoder: Option<PathBuf>,
+    /// Start from a bundle's encoder and head (its ONNX weights).
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+    /// Labelled recordings.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Fraction of the labelled frames used (evenly spaced through the data).
+    #[arg(long, default_value_t = 0.01)]
+    pub label_fraction: f64,
+    /// With a pretrained encoder: also train its last N conv layers, the lift conv counting
+    /// as the last (0 = frozen encoder; a lift conv the checkpoint lacks is always trained).
+    #[arg(long, default_value_t = 0)]
+    pub unfreeze_last: usize,
+    /// Which of three disjoint evenly spaced label subsets of that fraction (0, 1, 2).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..3))]
+    pub subset: u8,
+    /// Optimizer steps (the same budget whatever the label fraction).
+    #[arg(long, default_value_t = 600)]
+    pub iters: usize,
+    /// LP-FT: the first N of --iters train the head alone on the frozen (pretrained) encoder,
+    /// the rest also the unfrozen encoder layers.
+    #[arg(long, default_value_t = 0)]
+    pub probe_iters: usize,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Adam learning rate (0 exports the initial weights: an untrained baseline).
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use at most this many frames of --data.
+    #[arg(long)]
+    pub frames: Option<usize>,
+    /// Score the written bundle on these held-out recordings (through the runtime) and
+    /// record the scores in its manifest.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// Output bundle directory (must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+impl FinetuneArgs {
+    /// These arguments as the library's [`FinetuneConfig`].
+    pub fn config(&self) -> FinetuneConfig {
+        FinetuneConfig {
+            encoder: self.encoder.clone(),
+            bundle: self.bundle.clone(),
+            data: self.data.clone(),
+            label_fraction: self.label_fraction,
+            unfreeze_last: self.unfreeze_last,
+            subset: self.subset,
+            iters: self.iters,
+            probe_iters: self.probe_iters,
+            batch: self.batch,
+            lr: self.lr,
+            seed: self.seed,
+            frames: self.frames,
+            eval_data: self.eval_data.clone(),
+            out: self.out.clone(),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Held-out recordings with BEV ground truth.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value = "cpu", value_parser = super::choice::<BackendKind>())]
+    pub backend: BackendKind,
+    /// Score at most this many frames.
+    #[arg(long)]
+    pub frames: Option<usize>,
+    /// Print the scores as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also record the scores in the bundle's manifest (`[provenance.scores]`).
+    #[arg(long)]
+    pub record: bool,
+}
+
+impl EvalArgs {
+    /// These arguments as the library's [`EvalConfig`].
+    pub fn config(&self) -> EvalConfig {
+        EvalConfig {
+            bundle: self.bundle.clone(),
+            data: self.data.clone(),
+            backend: self.backend,
+            frames: self.frames,
+            json: self.json,
+            record: self.record,
+        }
+    }
+}
