@@ -145,11 +145,18 @@ fn variant(src: &Path, dst: &Path, version: &str) -> Result<()> {
     Ok(())
 }
 
-fn deploy(store: &bevrt_models::store::Store, bundle: &Path) -> Result<()> {
+/// Write `src` as version `0.1.n` into `dir` and deploy it.
+fn deploy_variant(
+    store: &bevrt_models::store::Store,
+    src: &Path,
+    dir: &Path,
+    n: usize,
+) -> Result<()> {
+    variant(src, dir, &format!("0.1.{n}"))?;
     store
-        .deploy(bundle, None, false)
+        .deploy(dir, None, Default::default())
         .map(|_| ())
-        .with_context(|| format!("deploy {}", bundle.display()))
+        .with_context(|| format!("deploy {}", dir.display()))
 }
 
 pub struct SoakConfig<'a> {
@@ -168,11 +175,11 @@ pub fn soak(c: &SoakConfig) -> Result<bool> {
     let out = c.out.join("soak");
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
+    // Two bundle directories in turn, each deploy one version higher (the store refuses
+    // downgrades).
     let variants = [out.join("bundle-v1"), out.join("bundle-v2")];
-    variant(c.bundle, &variants[0], "soak-1")?;
-    variant(c.bundle, &variants[1], "soak-2")?;
     let store = bevrt_models::store::Store::open(&out.join("store"), true)?;
-    deploy(&store, &variants[0])?;
+    deploy_variant(&store, c.bundle, &variants[0], 0)?;
     let calib = bevrt_models::Bundle::load(c.bundle)?
         .manifest
         .calibration
@@ -240,7 +247,8 @@ pub fn soak(c: &SoakConfig) -> Result<bool> {
             next_fault += c.fault_every;
             fault_no += 1;
             if fault_no % 2 == 1 {
-                deploy(&store, &variants[(deploys as usize + 1) % 2])?;
+                let next = deploys as usize + 1;
+                deploy_variant(&store, c.bundle, &variants[next % 2], next)?;
                 deploys += 1;
             } else if calib.is_some() {
                 // Same content, new mtime: a reload the pipeline must apply between frames.

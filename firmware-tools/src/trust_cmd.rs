@@ -7,7 +7,7 @@
 
 use anyhow::Context;
 use bevrt_models::signature;
-use bevrt_models::store::Store;
+use bevrt_models::store::{DeployOptions, Store};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -62,6 +62,10 @@ pub struct DeployArgs {
     /// Deploy even though the active slot is still on trial (overwrites its fallback).
     #[arg(long)]
     pub force: bool,
+    /// Deploy a version below the highest this store has confirmed (or one that cannot be
+    /// ordered against it); the journal records the downgrade.
+    #[arg(long)]
+    pub allow_downgrade: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -206,7 +210,11 @@ pub fn deploy(a: &DeployArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let (slot, b) = store.deploy(&a.bundle, trust.as_ref(), a.force)?;
+    let opts = DeployOptions {
+        force: a.force,
+        allow_downgrade: a.allow_downgrade,
+    };
+    let (slot, b) = store.deploy(&a.bundle, trust.as_ref(), opts)?;
     println!(
         "deployed {} {} into slot {slot} of {} (active, on trial until a run confirms it)",
         b.manifest.name,
@@ -237,6 +245,9 @@ pub fn store(c: &StoreCmd) -> anyhow::Result<()> {
                 s.generation,
                 s.previous.as_deref().unwrap_or("none")
             );
+            for (name, v) in &s.highest_confirmed {
+                println!("  highest confirmed {name} {v} (older versions are refused)");
+            }
             for (slot, r) in &s.slots {
                 println!(
                     "  slot {slot}: {} {} (manifest sha256 {}…)",

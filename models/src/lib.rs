@@ -3,7 +3,9 @@
 //! - [`bundle`]: the bundle directory format (`bundle.toml` + hashed files), loading with
 //!   digest checks, writing atomically.
 //! - [`signature`]: minisign signatures over a bundle's manifest; trusted loading.
-//! - [`store`]: the A/B bundle store (atomic deploy, trial, rollback, journal).
+//! - [`store`]: the A/B bundle store (atomic deploy, trial, rollback, journal, no downgrade
+//!   below the highest confirmed version).
+//! - [`version`]: bundle versions in semver order (what the store's anti-rollback compares).
 //! - [`atomic`]: durable single-file writes (temporary, fsync, rename) and the power-loss
 //!   test's crash points, shared by the store and the signature writer.
 //! - [`limits`]: what an ONNX file may declare (memory, nodes, depth, cycles) before any
@@ -25,6 +27,7 @@ pub mod opset;
 pub mod quant;
 pub mod signature;
 pub mod store;
+pub mod version;
 
 pub use bundle::{
     AfvSpec, Bundle, BundleError, ChannelOrder, ClassSpec, EmbeddingNorm, GridSpec, InputDtype,

@@ -22,6 +22,12 @@
 //! A new bundle starts on **trial**: the runtime confirms it after it loaded, passed its
 //! self-test and ran its first frames, or rolls back to the previous slot and records why.
 //!
+//! **No downgrades**: `state.toml` keeps, per bundle name, the highest version a run has
+//! confirmed (the version is in the signed manifest). A deploy below it, or one whose version
+//! cannot be ordered against it ([`crate::version`]), is refused naming both versions, unless
+//! the deployer allows the downgrade, which the journal records. A replayed old bundle,
+//! validly signed, therefore cannot replace a newer one.
+//!
 //! Fault injection for the power-loss test: with `BEVRT_FAULT_KILL_AT=N` the process kills
 //! itself (SIGKILL, no unwinding, no buffered writes) at the N-th [`crash_point`] of a deploy;
 //! `BEVRT_FAULT_COUNT_FILE=F` writes how many points a deploy passed.
@@ -30,6 +36,7 @@ use crate::atomic::report_crash_points;
 pub use crate::atomic::{crash_point, sync_dir, write_atomically};
 use crate::bundle::{Bundle, BundleError, MANIFEST_FILE, sha256_file};
 use crate::signature::{self, PublicKey, SIGNATURE_FILE};
+use crate::version::Version;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -104,6 +111,18 @@ pub struct StoreState {
     pub trial: bool,
     #[serde(default)]
     pub slots: std::collections::BTreeMap<String, SlotRecord>,
+    /// Per bundle name, the highest version a run has confirmed: deploys below it are refused.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub highest_confirmed: std::collections::BTreeMap<String, String>,
+}
+
+/// How a deploy may proceed past the store's rules.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeployOptions {
+    /// Deploy although the active slot is still on trial (its fallback is overwritten).
+    pub force: bool,
+    /// Deploy a version below the highest confirmed one (journalled as `downgrade`).
+    pub allow_downgrade: bool,
 }
 
 /// One journal line.
@@ -272,15 +291,16 @@ impl Store {
     }
 
     /// Copy `src` into the inactive slot, verify it there, and make it the active slot on
-    /// trial. `trust` (or the store's `trust.pub`) must have signed it when given.
+    /// trial. `trust` (or the store's `trust.pub`) must have signed it when given; its version
+    /// must not be below the highest this store has confirmed for its name.
     pub fn deploy(
         &self,
         src: &Path,
         trust: Option<&PublicKey>,
-        force: bool,
+        opts: DeployOptions,
     ) -> Result<(String, Bundle), BundleError> {
         let _lock = self.lock()?;
-        let r = self.deploy_locked(src, trust, force);
+        let r = self.deploy_locked(src, trust, opts);
         report_crash_points();
         if let Err(e) = &r {
             self.log("refused", None, None, &e.to_string());
@@ -292,15 +312,16 @@ impl Store {
         &self,
         src: &Path,
         trust: Option<&PublicKey>,
-        force: bool,
+        opts: DeployOptions,
     ) -> Result<(String, Bundle), BundleError> {
         let store_key = self.trust_key()?;
         let key = trust.or(store_key.as_ref());
         let source = verify_bundle(src, key)?.0;
         let state = self.state()?;
+        let downgrade = check_not_older(state.as_ref(), &source, src, opts.allow_downgrade)?;
         if let Some(s) = &state
             && s.trial
-            && !force
+            && !opts.force
         {
             return Err(invalid(
                 &self.dir,
@@ -329,6 +350,7 @@ impl Store {
             previous: None,
             trial: true,
             slots: Default::default(),
+            highest_confirmed: Default::default(),
         });
         next.generation += 1;
         next.previous = state.as_ref().map(|s| s.active.clone());
@@ -346,6 +368,9 @@ impl Store {
         self.write_state(&next)?; // the switch
         crash_point("switched");
         let label = bundle_label(&source);
+        if let Some(detail) = downgrade {
+            self.log("downgrade", Some(target), Some(label.clone()), &detail);
+        }
         self.log(
             "deploy",
             Some(target),
@@ -447,6 +472,9 @@ impl Store {
         }
         s.trial = false;
         s.generation += 1;
+        if let Some(r) = s.slots.get(&s.active).cloned() {
+            raise_highest_confirmed(&mut s, &r);
+        }
         self.write_state(&s)?;
         let label = s.slots.get(&s.active).map(record_label);
         self.log("confirm", Some(&s.active), label, detail);
@@ -491,6 +519,53 @@ impl Store {
             &format!("{reason}; slot {prev} is active again"),
         );
         Ok(prev)
+    }
+}
+
+/// Refuses `source` when its version is below (or cannot be ordered against) the highest
+/// version this store has confirmed for its name; with `allow`, lets it through and returns
+/// what the journal should say.
+fn check_not_older(
+    state: Option<&StoreState>,
+    source: &Bundle,
+    src: &Path,
+    allow: bool,
+) -> Result<Option<String>, BundleError> {
+    let name = &source.manifest.name;
+    let new = &source.manifest.version;
+    let Some(high) = state.and_then(|s| s.highest_confirmed.get(name)) else {
+        return Ok(None);
+    };
+    let problem = match (Version::parse(new), Version::parse(high)) {
+        (Some(n), Some(h)) if n >= h => return Ok(None),
+        (Some(_), Some(_)) => format!(
+            "{name} {new} is older than {name} {high}, the highest version this store has confirmed"
+        ),
+        _ => format!(
+            "{name} {new} cannot be ordered against {name} {high}, the highest version this store has confirmed (versions are MAJOR.MINOR.PATCH[-PRE])"
+        ),
+    };
+    if allow {
+        Ok(Some(format!("{problem}; deployed with --allow-downgrade")))
+    } else {
+        Err(invalid(
+            src,
+            format!("{problem}: refusing a downgrade (pass --allow-downgrade to deploy it anyway; it is journalled)"),
+        ))
+    }
+}
+
+/// After `r` is confirmed: its version becomes the highest for its name unless a higher one
+/// was confirmed before (a version that cannot be ordered replaces the record).
+fn raise_highest_confirmed(s: &mut StoreState, r: &SlotRecord) {
+    let keep = s.highest_confirmed.get(&r.name).is_some_and(|high| {
+        matches!(
+            (Version::parse(high), Version::parse(&r.version)),
+            (Some(h), Some(v)) if h > v
+        )
+    });
+    if !keep {
+        s.highest_confirmed.insert(r.name.clone(), r.version.clone());
     }
 }
 

@@ -302,22 +302,22 @@ fn store_deploys_confirms_and_rolls_back_with_a_journal() {
     let store = Store::open(&d.join("store"), true).unwrap();
     store.set_trust_key(&pk).unwrap();
 
-    let (slot_a, _) = store.deploy(&a, None, false).unwrap();
+    let (slot_a, _) = store.deploy(&a, None, Default::default()).unwrap();
     let act = store.load_active(None).unwrap();
     assert!(act.trial && act.slot == slot_a && act.signed_by.is_some());
     // A second deploy while the first is on trial would overwrite its fallback.
-    let e = store.deploy(&b, None, false).unwrap_err().to_string();
+    let e = store.deploy(&b, None, Default::default()).unwrap_err().to_string();
     assert!(e.contains("on trial"), "{e}");
     assert!(store.confirm(act.generation, "test").unwrap());
 
     // Unsigned bundles never enter a store that trusts a key.
     let e = store
-        .deploy(&unsigned, None, false)
+        .deploy(&unsigned, None, Default::default())
         .unwrap_err()
         .to_string();
     assert!(e.contains("unsigned bundle"), "{e}");
 
-    let (slot_b, _) = store.deploy(&b, None, false).unwrap();
+    let (slot_b, _) = store.deploy(&b, None, Default::default()).unwrap();
     assert_ne!(slot_a, slot_b);
     let act = store.load_active(None).unwrap();
     assert_eq!(act.bundle.manifest.version, "2.0.0");
@@ -365,6 +365,92 @@ fn store_deploys_confirms_and_rolls_back_with_a_journal() {
     );
 }
 
+/// A validly signed *older* bundle cannot replace a newer confirmed one (the rollback attack
+/// TUF and Uptane stop): refused with both versions named, the store left as it was and the
+/// journal saying why; `--allow-downgrade` lets it in and the journal records the downgrade.
+#[test]
+fn a_signed_older_bundle_is_refused_after_a_newer_one_was_confirmed() {
+    let d = scratch("store-downgrade");
+    let (pk, sk) = keypair(&d, "k");
+    let new = tiny_features_bundle(&d.join("new"), 25, "2.0.0", true);
+    let old = tiny_features_bundle(&d.join("old"), 15, "1.0.0", true);
+    let rc = tiny_features_bundle(&d.join("rc"), 35, "2.0.0-rc.1", true);
+    let odd = tiny_features_bundle(&d.join("odd"), 45, "nightly", true);
+    let next = tiny_features_bundle(&d.join("next"), 55, "2.0.1", true);
+    for b in [&new, &old, &rc, &odd, &next] {
+        sign(b, &sk);
+    }
+    let store_dir = d.join("store");
+    let store = Store::open(&store_dir, true).unwrap();
+    store.set_trust_key(&pk).unwrap();
+    store.deploy(&new, None, Default::default()).unwrap();
+    // Before any confirmation nothing is recorded: the first bundle may be replaced freely.
+    assert!(store.state().unwrap().unwrap().highest_confirmed.is_empty());
+    let g = store.state().unwrap().unwrap().generation;
+    assert!(store.confirm(g, "test").unwrap());
+    let high = |s: &Store| s.state().unwrap().unwrap().highest_confirmed["tiny"].clone();
+    assert_eq!(high(&store), "2.0.0");
+
+    let tool = bin("bevrt-tool");
+    let deploy = |b: &Path, extra: &[&str]| {
+        let mut args = vec!["deploy", "--store", store_dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push(b.to_str().unwrap());
+        run(&tool, &args)
+    };
+    for (b, why) in [
+        (&old, "tiny 1.0.0 is older than tiny 2.0.0"),
+        (&rc, "tiny 2.0.0-rc.1 is older than tiny 2.0.0"),
+        (&odd, "tiny nightly cannot be ordered against tiny 2.0.0"),
+    ] {
+        let (ok, so, se) = deploy(b, &[]);
+        assert!(!ok, "{so}{se}");
+        assert!(se.contains(why) && se.contains("--allow-downgrade"), "{se}");
+        assert_eq!(se.trim().lines().count(), 1, "one-line error: {se}");
+        // The store is untouched: 2.0.0 still active, confirmed, loadable.
+        let act = store.load_active(None).unwrap();
+        assert!(!act.trial && act.bundle.manifest.version == "2.0.0");
+        let last = store.journal().unwrap().pop().unwrap();
+        assert!(last.event == "refused" && last.detail.contains(why), "{last:?}");
+    }
+
+    // Forced: it goes in, on trial, and the journal says it was a downgrade.
+    let (ok, so, se) = deploy(&old, &["--allow-downgrade"]);
+    assert!(ok, "{so}{se}");
+    let act = store.load_active(None).unwrap();
+    assert!(act.trial && act.bundle.manifest.version == "1.0.0");
+    let j = store.journal().unwrap();
+    let tail: Vec<&str> = j[j.len() - 2..].iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(tail, ["downgrade", "deploy"]);
+    assert!(j[j.len() - 2].detail.contains("older than tiny 2.0.0"));
+    // Confirming the downgrade does not lower the record: 2.0.0 may come back, 1.x may not.
+    assert!(store.confirm(act.generation, "test").unwrap());
+    assert_eq!(high(&store), "2.0.0");
+    let (ok, _, se) = deploy(&old, &[]);
+    assert!(!ok && se.contains("older than tiny 2.0.0"), "{se}");
+    let (ok, so, se) = deploy(&next, &[]);
+    assert!(ok, "{so}{se}");
+    let g = store.state().unwrap().unwrap().generation;
+    assert!(store.confirm(g, "test").unwrap());
+    assert_eq!(high(&store), "2.0.1");
+
+    // The record survives a reopen (it lives in state.toml, written like the switch), and a
+    // slot whose manifest is edited by hand to claim a newer version is refused at load.
+    let reopened = Store::open(&store_dir, false).unwrap();
+    assert_eq!(high(&reopened), "2.0.1");
+    let act = reopened.load_active(None).unwrap();
+    let m = reopened.slot_dir(&act.slot).join("bundle.toml");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&m, text.replace("version = \"2.0.1\"", "version = \"9.0.0\"")).unwrap();
+    assert!(reopened.load_active(None).is_err());
+    std::fs::write(&m, text).unwrap();
+    let (ok, so, se) = run(
+        &tool,
+        &["store", "status", "--store", store_dir.to_str().unwrap()],
+    );
+    assert!(ok && so.contains("highest confirmed tiny 2.0.1"), "{so}{se}");
+}
+
 /// Rewrite a bundle's first self-test output (as a tampering or mis-built bundle would) and
 /// fix its digest, so only the self-test can notice.
 fn corrupt_selftest(b: &Path) {
@@ -389,10 +475,10 @@ fn a_bundle_failing_its_self_test_is_rolled_back_at_start() {
     let b = tiny_features_bundle(&d.join("b"), 21, "2.0.0", true);
     corrupt_selftest(&b);
     let store = Store::open(&d.join("store"), true).unwrap();
-    store.deploy(&a, None, false).unwrap();
+    store.deploy(&a, None, Default::default()).unwrap();
     let g = store.state().unwrap().unwrap().generation;
     store.confirm(g, "test").unwrap();
-    store.deploy(&b, None, false).unwrap();
+    store.deploy(&b, None, Default::default()).unwrap();
 
     let loaded = supervisor::start(&store, &cpu_config(None)).expect("falls back to a");
     assert_eq!(loaded.active.bundle.manifest.version, "1.0.0");
@@ -413,7 +499,7 @@ fn supervisor_swaps_in_a_deploy_and_rolls_back_after_failed_frames() {
     let b = tiny_features_bundle(&d.join("b"), 22, "2.0.0", true);
     let c = tiny_features_bundle(&d.join("c"), 32, "3.0.0", true);
     let store = Store::open(&d.join("store"), true).unwrap();
-    store.deploy(&a, None, false).unwrap();
+    store.deploy(&a, None, Default::default()).unwrap();
     let cfg = cpu_config(None);
     let first = supervisor::start(&store, &cfg).unwrap();
     let mut sup = supervisor::StoreSupervisor::new(store.clone(), cfg, &first).unwrap();
@@ -429,7 +515,7 @@ fn supervisor_swaps_in_a_deploy_and_rolls_back_after_failed_frames() {
     assert!(!store.state().unwrap().unwrap().trial);
 
     // b deployed while running: loaded in the background, swapped in between frames.
-    store.deploy(&b, None, false).unwrap();
+    store.deploy(&b, None, Default::default()).unwrap();
     let swapped = wait_for(&mut sup, &mut be, UpdateEvent::Swapped);
     assert!(swapped, "b was not swapped in");
     assert_ne!(embedding(&mut be), emb_a);
@@ -448,7 +534,7 @@ fn supervisor_swaps_in_a_deploy_and_rolls_back_after_failed_frames() {
 
     // c, whose self-test fails, is refused while a keeps running, and the store rolls back.
     corrupt_selftest(&c);
-    store.deploy(&c, None, false).unwrap();
+    store.deploy(&c, None, Default::default()).unwrap();
     assert!(wait_for(&mut sup, &mut be, UpdateEvent::Refused));
     assert_eq!(embedding(&mut be), emb_a);
     let s = store.state().unwrap().unwrap();
@@ -562,7 +648,7 @@ fn a_deploy_killed_at_100_points_leaves_a_complete_verified_store() {
     let base = d.join("base");
     let store = Store::open(&base, true).unwrap();
     store.set_trust_key(&pk).unwrap();
-    store.deploy(&a, None, false).unwrap();
+    store.deploy(&a, None, Default::default()).unwrap();
     store
         .confirm(store.state().unwrap().unwrap().generation, "base")
         .unwrap();
