@@ -550,7 +550,9 @@ fn check_not_older(
     } else {
         Err(invalid(
             src,
-            format!("{problem}: refusing a downgrade (pass --allow-downgrade to deploy it anyway; it is journalled)"),
+            format!(
+                "{problem}: refusing a downgrade (pass --allow-downgrade to deploy it anyway; it is journalled)"
+            ),
         ))
     }
 }
@@ -565,7 +567,8 @@ fn raise_highest_confirmed(s: &mut StoreState, r: &SlotRecord) {
         )
     });
     if !keep {
-        s.highest_confirmed.insert(r.name.clone(), r.version.clone());
+        s.highest_confirmed
+            .insert(r.name.clone(), r.version.clone());
     }
 }
 

@@ -57,8 +57,9 @@ fn cmp_identifier(a: &str, b: &str) -> Ordering {
 
 impl Ord for Version {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.core.cmp(&other.core).then_with(|| {
-            match (self.pre.is_empty(), other.pre.is_empty()) {
+        self.core
+            .cmp(&other.core)
+            .then_with(|| match (self.pre.is_empty(), other.pre.is_empty()) {
                 (true, true) => Ordering::Equal,
                 (true, false) => Ordering::Greater,
                 (false, true) => Ordering::Less,
@@ -71,8 +72,7 @@ impl Ord for Version {
                     }
                     self.pre.len().cmp(&other.pre.len())
                 }
-            }
-        })
+            })
     }
 }
 
@@ -115,7 +115,15 @@ mod tests {
 
     #[test]
     fn what_cannot_be_ordered_is_none() {
-        for s in ["", "soak-1", "1.0.0.0", "1..0", "a.b.c", "1.0.0-", "1.0.0-a..b"] {
+        for s in [
+            "",
+            "soak-1",
+            "1.0.0.0",
+            "1..0",
+            "a.b.c",
+            "1.0.0-",
+            "1.0.0-a..b",
+        ] {
             assert!(Version::parse(s).is_none(), "{s}");
         }
     }

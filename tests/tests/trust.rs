@@ -306,7 +306,10 @@ fn store_deploys_confirms_and_rolls_back_with_a_journal() {
     let act = store.load_active(None).unwrap();
     assert!(act.trial && act.slot == slot_a && act.signed_by.is_some());
     // A second deploy while the first is on trial would overwrite its fallback.
-    let e = store.deploy(&b, None, Default::default()).unwrap_err().to_string();
+    let e = store
+        .deploy(&b, None, Default::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("on trial"), "{e}");
     assert!(store.confirm(act.generation, "test").unwrap());
 
@@ -411,7 +414,10 @@ fn a_signed_older_bundle_is_refused_after_a_newer_one_was_confirmed() {
         let act = store.load_active(None).unwrap();
         assert!(!act.trial && act.bundle.manifest.version == "2.0.0");
         let last = store.journal().unwrap().pop().unwrap();
-        assert!(last.event == "refused" && last.detail.contains(why), "{last:?}");
+        assert!(
+            last.event == "refused" && last.detail.contains(why),
+            "{last:?}"
+        );
     }
 
     // Forced: it goes in, on trial, and the journal says it was a downgrade.
@@ -441,14 +447,21 @@ fn a_signed_older_bundle_is_refused_after_a_newer_one_was_confirmed() {
     let act = reopened.load_active(None).unwrap();
     let m = reopened.slot_dir(&act.slot).join("bundle.toml");
     let text = std::fs::read_to_string(&m).unwrap();
-    std::fs::write(&m, text.replace("version = \"2.0.1\"", "version = \"9.0.0\"")).unwrap();
+    std::fs::write(
+        &m,
+        text.replace("version = \"2.0.1\"", "version = \"9.0.0\""),
+    )
+    .unwrap();
     assert!(reopened.load_active(None).is_err());
     std::fs::write(&m, text).unwrap();
     let (ok, so, se) = run(
         &tool,
         &["store", "status", "--store", store_dir.to_str().unwrap()],
     );
-    assert!(ok && so.contains("highest confirmed tiny 2.0.1"), "{so}{se}");
+    assert!(
+        ok && so.contains("highest confirmed tiny 2.0.1"),
+        "{so}{se}"
+    );
 }
 
 /// Rewrite a bundle's first self-test output (as a tampering or mis-built bundle would) and
