@@ -6,6 +6,7 @@
 //! learning that a broken loss or optimiser step would not give.
 
 use bevrt_models::Bundle;
+use bevrt_runtime::choice::Choice;
 use bevrt_tests::*;
 use bevrt_train::afv::fisher::{embed_images, open};
 use bevrt_train::afv::probe::{Metric, knn};

@@ -8,14 +8,7 @@ use bevrt_train::afv::probe::{Loss, Metric, ProbeConfig, ProbeMethod};
 use bevrt_train::afv::train::GanTrainConfig;
 use clap::Args;
 
-use super::one_of;
-
-/// The help of each `--loss` value, in [`Loss::NAMES`] order.
-const LOSS_HELP: &[&str] = &[
-    "",
-    "",
-    "Regularised least squares on ±1 one-vs-rest targets, solved exactly (no epochs)",
-];
+use super::choice;
 
 #[derive(Args, Debug)]
 pub struct EmbedArgs {
@@ -184,11 +177,11 @@ pub struct ProbeArgs {
     /// Labelled training images per class (0 = all).
     #[arg(long, default_value_t = 0)]
     pub labels_per_class: usize,
-    #[arg(long, default_value = "linear", value_parser = one_of::<ProbeMethod>(&ProbeMethod::NAMES, &[]))]
+    #[arg(long, default_value = "linear", value_parser = choice::<ProbeMethod>())]
     pub method: ProbeMethod,
     #[arg(long, default_value_t = 5)]
     pub seeds: usize,
-    #[arg(long, default_value = "ce", value_parser = one_of::<Loss>(&Loss::NAMES, LOSS_HELP))]
+    #[arg(long, default_value = "ce", value_parser = choice::<Loss>())]
     pub loss: Loss,
     #[arg(long, default_value_t = 100)]
     pub epochs: usize,
@@ -203,7 +196,7 @@ pub struct ProbeArgs {
     pub ridge: f64,
     #[arg(long, default_value_t = 20)]
     pub k: usize,
-    #[arg(long, default_value = "cosine", value_parser = one_of::<Metric>(&Metric::NAMES, &[]))]
+    #[arg(long, default_value = "cosine", value_parser = choice::<Metric>())]
     pub metric: Metric,
     /// Linear probes: standardise each dimension with the labelled subset's mean and std
     /// (`false`: centre only).

@@ -13,14 +13,7 @@ use bevrt_train::letsmap::semantic::{Masking, PretrainConfig};
 use bevrt_train::letsmap::train::FinetuneConfig;
 use clap::Args;
 
-use super::one_of;
-
-/// The help of each `--masking` value, in [`Masking::NAMES`] order.
-const MASKING_HELP: &[&str] = &[
-    "Uniform (MAE)",
-    "StructMAE, patches scored by gradient energy of frame t",
-    "StructMAE, patches scored by their difference to the context frame",
-];
+use super::choice;
 
 /// The optimisation schedule `pretrain` and `pretrain-geometry` share.
 #[derive(Args, Debug)]
@@ -48,7 +41,7 @@ pub struct PretrainArgs {
     pub mask_ratio: f32,
     /// Which patches are masked: uniformly, or StructMAE's easy-to-hard schedule onto the
     /// patches with the most gradient energy (`edges`) or frame difference (`motion`).
-    #[arg(long, default_value = "random", value_parser = one_of::<Masking>(&Masking::NAMES, MASKING_HELP))]
+    #[arg(long, default_value = "random", value_parser = choice::<Masking>())]
     pub masking: Masking,
     /// StructMAE's perturbation of the (max-scaled) scores before ranking.
     #[arg(long, default_value_t = 0.5)]
@@ -101,7 +94,7 @@ pub struct GeometryArgs {
     /// `warp`: Monodepth2's view synthesis through the expected depth, by gradient descent
     /// through the warp ([`super::synthesis`]). `sweep`: the distribution trained towards
     /// softmax(-error/τ) of a plane-sweep cost volume ([`super::photometric::cost_volume`]).
-    #[arg(long, default_value = "warp", value_parser = one_of::<Objective>(&Objective::NAMES, &[]))]
+    #[arg(long, default_value = "warp", value_parser = choice::<Objective>())]
     pub objective: Objective,
     /// Source frames are t-gap and t+gap (frames of the same recording).
     #[arg(long, default_value_t = 1)]

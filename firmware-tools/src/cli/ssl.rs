@@ -9,23 +9,8 @@ use bevrt_train::ssl::encoder::Representation;
 use bevrt_train::ssl::{self, Method, SslConfig};
 use clap::{Args, Subcommand};
 
-use super::one_of;
-
-/// The help of each `--method` value, in [`Method::NAMES`] order.
-const METHOD_HELP: &[&str] = &[
-    "Balanced-Attention Matching",
-    "Invariance Propagation",
-    "Masked autoencoder, uniform masking",
-    "Masked autoencoder, structure-guided masking from easy to hard",
-    "PDAE: the encoder of a frozen, pre-trained DDPM's missing posterior-mean shift (trained by \
-     [`crate::diffusion::pdae`]; needs `--ddpm`)",
-];
-
-/// The help of each `--representation` value, in [`Representation::NAMES`] order.
-const REPRESENTATION_HELP: &[&str] = &[
-    "The Linear layer's 128 values (what the heads are trained on)",
-    "The last convolution's 128x4x4 map, flattened (2048 values), before the Linear layer",
-];
+use super::choice;
+use bevrt_runtime::choice::Choice;
 
 #[derive(Subcommand)]
 pub enum SslCmd {
@@ -39,7 +24,7 @@ pub enum SslCmd {
 #[derive(Args, Debug)]
 pub struct SslDriveArgs {
     /// `bam` or `invprop`.
-    #[arg(long, value_parser = one_of::<Method>(&Method::NAMES, METHOD_HELP))]
+    #[arg(long, value_parser = choice::<Method>())]
     pub method: Method,
     /// Recordings: a recording directory or a directory of them.
     #[arg(long)]
@@ -62,7 +47,7 @@ pub struct SslDriveArgs {
 
 #[derive(Args, Debug)]
 pub struct SslTrainArgs {
-    #[arg(long, value_parser = one_of::<Method>(&Method::NAMES, METHOD_HELP))]
+    #[arg(long, value_parser = choice::<Method>())]
     pub method: Method,
     /// Dataset (shared digit CSV or an image folder, 28x28); only its training split is
     /// used, without labels.
@@ -101,7 +86,7 @@ pub struct SslTrainArgs {
     #[arg(
         long,
         default_value = "fc",
-        value_parser = one_of::<Representation>(&Representation::NAMES, REPRESENTATION_HELP)
+        value_parser = choice::<Representation>()
     )]
     pub representation: Representation,
     /// Continue from the checkpoint beside --out (`OUT.ckpt/`), same arguments.

@@ -18,6 +18,7 @@
 //! `s` for each of `--seeds` runs (K = 0: every training label, one run). Test: the fixed
 //! held-out split of [`crate::digits::Dataset::split`].
 
+use bevrt_runtime::choice::Choice;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
@@ -35,26 +36,16 @@ pub enum ProbeMethod {
     Knn,
 }
 
-impl ProbeMethod {
-    /// The names [`ProbeMethod::from_str`](std::str::FromStr::from_str) accepts, one per variant in
-    /// declaration order (what the command line lists).
-    pub const NAMES: [&'static str; 2] = ["linear", "knn"];
-}
-
-impl std::str::FromStr for ProbeMethod {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<ProbeMethod, String> {
-        match s {
-            "linear" => Ok(ProbeMethod::Linear),
-            "knn" => Ok(ProbeMethod::Knn),
-            _ => Err(format!(
-                "unknown probe method {s:?}, expected one of: {}",
-                ProbeMethod::NAMES.join(", ")
-            )),
+impl Choice for ProbeMethod {
+    const ALL: &'static [Self] = &[Self::Linear, Self::Knn];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Linear => "linear",
+            Self::Knn => "knn",
         }
     }
 }
+bevrt_runtime::named_choice!(ProbeMethod);
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,27 +56,25 @@ pub enum Loss {
     Ls,
 }
 
-impl Loss {
-    /// The names [`Loss::from_str`](std::str::FromStr::from_str) accepts, one per variant in
-    /// declaration order (what the command line lists).
-    pub const NAMES: [&'static str; 3] = ["ce", "hinge", "ls"];
-}
-
-impl std::str::FromStr for Loss {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Loss, String> {
-        match s {
-            "ce" => Ok(Loss::Ce),
-            "hinge" => Ok(Loss::Hinge),
-            "ls" => Ok(Loss::Ls),
-            _ => Err(format!(
-                "unknown loss {s:?}, expected one of: {}",
-                Loss::NAMES.join(", ")
-            )),
+impl Choice for Loss {
+    const ALL: &'static [Self] = &[Self::Ce, Self::Hinge, Self::Ls];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ce => "ce",
+            Self::Hinge => "hinge",
+            Self::Ls => "ls",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Self::Ls => {
+                "Regularised least squares on ±1 one-vs-rest targets, solved exactly (no epochs)"
+            }
+            _ => "",
         }
     }
 }
+bevrt_runtime::named_choice!(Loss);
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -94,26 +83,16 @@ pub enum Metric {
     Euclidean,
 }
 
-impl Metric {
-    /// The names [`Metric::from_str`](std::str::FromStr::from_str) accepts, one per variant in
-    /// declaration order (what the command line lists).
-    pub const NAMES: [&'static str; 2] = ["cosine", "euclidean"];
-}
-
-impl std::str::FromStr for Metric {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Metric, String> {
-        match s {
-            "cosine" => Ok(Metric::Cosine),
-            "euclidean" => Ok(Metric::Euclidean),
-            _ => Err(format!(
-                "unknown metric {s:?}, expected one of: {}",
-                Metric::NAMES.join(", ")
-            )),
+impl Choice for Metric {
+    const ALL: &'static [Self] = &[Self::Cosine, Self::Euclidean];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Cosine => "cosine",
+            Self::Euclidean => "euclidean",
         }
     }
 }
+bevrt_runtime::named_choice!(Metric);
 
 /// `probe`'s settings.
 #[derive(Debug)]

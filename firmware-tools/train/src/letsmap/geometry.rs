@@ -14,6 +14,7 @@
 //! The simulator's depth maps are read only by [`depth_metrics`] (AbsRel, δ < 1.25), for the
 //! report; never by training.
 
+use bevrt_runtime::choice::Choice;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -92,26 +93,16 @@ pub enum Objective {
     Sweep,
 }
 
-impl Objective {
-    /// The names [`Objective::from_str`](std::str::FromStr::from_str) accepts, one per variant in
-    /// declaration order (what the command line lists).
-    pub const NAMES: [&'static str; 2] = ["warp", "sweep"];
-}
-
-impl std::str::FromStr for Objective {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Objective, String> {
-        match s {
-            "warp" => Ok(Objective::Warp),
-            "sweep" => Ok(Objective::Sweep),
-            _ => Err(format!(
-                "unknown objective {s:?}, expected one of: {}",
-                Objective::NAMES.join(", ")
-            )),
+impl Choice for Objective {
+    const ALL: &'static [Self] = &[Self::Warp, Self::Sweep];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Warp => "warp",
+            Self::Sweep => "sweep",
         }
     }
 }
+bevrt_runtime::named_choice!(Objective);
 
 /// What `geometry.json` records beside the checkpoint.
 #[derive(Debug, Serialize, Deserialize)]

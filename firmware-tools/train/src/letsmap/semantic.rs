@@ -25,6 +25,7 @@
 //! over training; to compare runs, `pretrain.json` also records a **probe loss**: the same
 //! loss on fixed frames with fixed uniform masks, before training and after every epoch.
 
+use bevrt_runtime::choice::Choice;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -52,27 +53,24 @@ pub enum Masking {
     Motion,
 }
 
-impl Masking {
-    /// The names [`Masking::from_str`](std::str::FromStr::from_str) accepts, one per variant in
-    /// declaration order (what the command line lists).
-    pub const NAMES: [&'static str; 3] = ["random", "edges", "motion"];
-}
-
-impl std::str::FromStr for Masking {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Masking, String> {
-        match s {
-            "random" => Ok(Masking::Random),
-            "edges" => Ok(Masking::Edges),
-            "motion" => Ok(Masking::Motion),
-            _ => Err(format!(
-                "unknown masking {s:?}, expected one of: {}",
-                Masking::NAMES.join(", ")
-            )),
+impl Choice for Masking {
+    const ALL: &'static [Self] = &[Self::Random, Self::Edges, Self::Motion];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Random => "random",
+            Self::Edges => "edges",
+            Self::Motion => "motion",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Self::Random => "Uniform (MAE)",
+            Self::Edges => "StructMAE, patches scored by gradient energy of frame t",
+            Self::Motion => "StructMAE, patches scored by their difference to the context frame",
         }
     }
 }
+bevrt_runtime::named_choice!(Masking);
 
 fn default_alpha() -> f32 {
     0.5

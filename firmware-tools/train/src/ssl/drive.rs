@@ -9,6 +9,7 @@
 //! feature map (32x16x48) is averaged over positions into one 32-d vector per view, and the
 //! projector and losses are the digit methods' ([`super::bam`], [`super::invprop`]).
 
+use bevrt_runtime::choice::Choice;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};

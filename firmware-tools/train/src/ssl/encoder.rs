@@ -13,6 +13,7 @@
 
 use anyhow::Result;
 use bevrt_models::{SeqLayer, SeqOp};
+use bevrt_runtime::choice::Choice;
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::cpu_ops::{batch_norm_relu, conv2d};
@@ -45,26 +46,24 @@ pub enum Representation {
     Conv,
 }
 
-impl Representation {
-    /// The names [`Representation::from_str`](std::str::FromStr::from_str) accepts, one per variant in
-    /// declaration order (what the command line lists).
-    pub const NAMES: [&'static str; 2] = ["fc", "conv"];
-}
-
-impl std::str::FromStr for Representation {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Representation, String> {
-        match s {
-            "fc" => Ok(Representation::Fc),
-            "conv" => Ok(Representation::Conv),
-            _ => Err(format!(
-                "unknown representation {s:?}, expected one of: {}",
-                Representation::NAMES.join(", ")
-            )),
+impl Choice for Representation {
+    const ALL: &'static [Self] = &[Self::Fc, Self::Conv];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Fc => "fc",
+            Self::Conv => "conv",
+        }
+    }
+    fn help(self) -> &'static str {
+        match self {
+            Self::Fc => "The Linear layer's 128 values (what the heads are trained on)",
+            Self::Conv => {
+                "The last convolution's 128x4x4 map, flattened (2048 values), before the Linear layer"
+            }
         }
     }
 }
+bevrt_runtime::named_choice!(Representation);
 
 /// A Linear layer `y = x Wᵀ + b` (W: out × in).
 pub struct Linear {

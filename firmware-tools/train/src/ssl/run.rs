@@ -7,6 +7,7 @@
 //! bank at an epoch's end, so an interrupted run resumed with `--resume` writes the same
 //! bundle as an uninterrupted one.
 
+use bevrt_runtime::choice::Choice;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -41,40 +42,38 @@ pub enum Method {
     Pdae,
 }
 
-impl Method {
-    /// The names [`Method::from_str`](std::str::FromStr::from_str) accepts, one per variant in
-    /// declaration order (what the command line lists).
-    pub const NAMES: [&'static str; 5] = ["bam", "invprop", "mae", "structmae", "pdae"];
-}
-
-impl std::str::FromStr for Method {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Method, String> {
-        match s {
-            "bam" => Ok(Method::Bam),
-            "invprop" => Ok(Method::Invprop),
-            "mae" => Ok(Method::Mae),
-            "structmae" => Ok(Method::Structmae),
-            "pdae" => Ok(Method::Pdae),
-            _ => Err(format!(
-                "unknown method {s:?}, expected one of: {}",
-                Method::NAMES.join(", ")
-            )),
-        }
-    }
-}
-
-impl Method {
-    pub fn name(self) -> &'static str {
+impl Choice for Method {
+    const ALL: &'static [Self] = &[
+        Self::Bam,
+        Self::Invprop,
+        Self::Mae,
+        Self::Structmae,
+        Self::Pdae,
+    ];
+    fn name(self) -> &'static str {
         match self {
-            Method::Bam => "bam",
-            Method::Invprop => "invprop",
-            Method::Mae => "mae",
-            Method::Structmae => "structmae",
-            Method::Pdae => "pdae",
+            Self::Bam => "bam",
+            Self::Invprop => "invprop",
+            Self::Mae => "mae",
+            Self::Structmae => "structmae",
+            Self::Pdae => "pdae",
         }
     }
+    fn help(self) -> &'static str {
+        match self {
+            Self::Bam => "Balanced-Attention Matching",
+            Self::Invprop => "Invariance Propagation",
+            Self::Mae => "Masked autoencoder, uniform masking",
+            Self::Structmae => "Masked autoencoder, structure-guided masking from easy to hard",
+            Self::Pdae => {
+                "PDAE: the encoder of a frozen, pre-trained DDPM's missing posterior-mean shift (trained by [`crate::diffusion::pdae`]; needs `--ddpm`)"
+            }
+        }
+    }
+}
+bevrt_runtime::named_choice!(Method);
+
+impl Method {
     fn views(self) -> usize {
         match self {
             Method::Bam | Method::Invprop => 2,
