@@ -86,13 +86,10 @@ impl Lowering<'_> {
                 "int8 weights quantized along another axis than the output channels".into(),
             );
         }
-        let mut vals = q.values.clone();
-        if let Some((r, c)) = transpose {
-            vals = (0..c)
-                .flat_map(|j| (0..r).map(move |i| (i, j)))
-                .map(|(i, j)| q.values[i * c + j])
-                .collect();
-        }
+        let vals = match transpose {
+            Some((r, c)) => transposed(&q.values, r, c),
+            None => q.values.clone(),
+        };
         if vals.iter().any(|v| *v < -128 || *v > 127) {
             return Err("weights outside int8".into());
         }
@@ -158,10 +155,7 @@ impl Lowering<'_> {
         let xt = self.float_tensor(x)?;
         let mut wf = self.const_f32(w)?;
         if let Some((r, c)) = transpose {
-            wf = (0..c)
-                .flat_map(|j| (0..r).map(move |i| (i, j)))
-                .map(|(i, j)| wf[i * c + j])
-                .collect();
+            wf = transposed(&wf, r, c);
         }
         if w_scale != 1.0 {
             wf.iter_mut().for_each(|v| *v *= w_scale);
@@ -212,14 +206,7 @@ impl Lowering<'_> {
         if xs.len() != 4 {
             return Err(format!("only 2-D convolution (input rank {})", xs.len()));
         }
-        let ws = match self.qconst.get(w.as_str()) {
-            Some(q) => q.shape.clone(),
-            None => self
-                .facts
-                .value(w)
-                .map(|v| v.shape().to_vec())
-                .unwrap_or_default(),
-        };
+        let ws = self.const_shape(w);
         if ws.len() != 4 {
             return Err("weights are not 4-D".into());
         }
@@ -283,14 +270,7 @@ impl Lowering<'_> {
             return Err("transA".into());
         }
         let a_shape = self.shape(a)?;
-        let bs = match self.qconst.get(b.as_str()) {
-            Some(q) => q.shape.clone(),
-            None => self
-                .facts
-                .value(b)
-                .map(|v| v.shape().to_vec())
-                .unwrap_or_default(),
-        };
+        let bs = self.const_shape(b);
         if bs.len() != 2 {
             return Err("the right operand is not 2-D".into());
         }
@@ -337,4 +317,12 @@ impl Lowering<'_> {
         let transpose = if trans_b { None } else { Some((bs[0], bs[1])) };
         self.conv_step(name, a, b, alpha, bias, p, &n.output[0], transpose)
     }
+}
+
+/// A row-major `r x c` matrix transposed (`c x r`).
+fn transposed<T: Copy>(v: &[T], r: usize, c: usize) -> Vec<T> {
+    (0..c)
+        .flat_map(|j| (0..r).map(move |i| (i, j)))
+        .map(|(i, j)| v[i * c + j])
+        .collect()
 }

@@ -125,6 +125,18 @@ impl Lowering<'_> {
         });
     }
 
+    /// The shape of a constant (quantized or float); empty when it has none.
+    pub(super) fn const_shape(&self, name: &str) -> Vec<usize> {
+        match self.qconst.get(name) {
+            Some(q) => q.shape.clone(),
+            None => self
+                .facts
+                .value(name)
+                .map(|v| v.shape().to_vec())
+                .unwrap_or_default(),
+        }
+    }
+
     pub(super) fn is_const(&self, name: &str) -> bool {
         !self.tensor.contains_key(name)
             && !self.dq_of.contains_key(name)
