@@ -156,6 +156,7 @@ fn init(a: &InitArgs) -> anyhow::Result<()> {
         afv: None,
         selftest: None,
         provenance: Default::default(),
+        expires: None,
     };
     let b = write_bundle(&a.out, manifest, &files)?;
     bevrt_train::record_selftest(&b.dir);

@@ -79,6 +79,10 @@ enum Cmd {
     /// Inspect an A/B bundle store.
     #[command(subcommand)]
     Store(trust_cmd::StoreCmd),
+    /// Signed trust sets: root keys, signing keys with expiry, revocation (rotate keys
+    /// without a new store).
+    #[command(subcommand)]
+    Trust(trust_cmd::TrustCmd),
 }
 
 #[derive(Subcommand)]
@@ -124,6 +128,7 @@ fn main() {
         Cmd::Keygen(a) => trust_cmd::keygen(a),
         Cmd::Deploy(a) => trust_cmd::deploy(a),
         Cmd::Store(c) => trust_cmd::store(c),
+        Cmd::Trust(c) => trust_cmd::trust(c),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

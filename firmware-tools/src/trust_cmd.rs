@@ -1,4 +1,5 @@
-//! Trust and updates: `keygen`, `bundle sign|selftest`, `deploy`, `store status`.
+//! Trust and updates: `keygen`, `bundle sign|selftest`, `deploy`, `store status`,
+//! `trust sign|install|show` (signed trust sets, [`bevrt_models::trust`]).
 //!
 //! Key handling follows minisign: the public key (`.pub`) goes to the vehicle (or into the
 //! store as `trust.pub`), the secret key (`.key`) stays on the signing host. A password comes
@@ -7,7 +8,7 @@
 
 use anyhow::Context;
 use bevrt_models::signature;
-use bevrt_models::store::{DeployOptions, Store};
+use bevrt_models::store::{DeployOptions, Store, Trust};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -84,6 +85,50 @@ pub struct StoreStatusArgs {
     /// Verify the active slot's files and signature too.
     #[arg(long)]
     pub verify: bool,
+}
+
+#[derive(clap::Subcommand)]
+pub enum TrustCmd {
+    /// Sign a trust set with a root key (writes FILE.minisig, as `minisign -Sm FILE` does).
+    Sign(TrustSignArgs),
+    /// Install a signed trust set into a store: signed by a root of the installed set (or,
+    /// for the first one, by --root), a higher version, not expired. Journalled.
+    Install(TrustInstallArgs),
+    /// Check a signed trust set and print what it trusts.
+    Show(TrustShowArgs),
+}
+
+#[derive(clap::Args)]
+pub struct TrustSignArgs {
+    /// The trust set (TOML).
+    pub file: PathBuf,
+    /// The root's minisign secret key.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// File holding the secret key's password (or set BEVRT_KEY_PASSWORD).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct TrustInstallArgs {
+    /// The trust set (TOML), its signature beside it as FILE.minisig.
+    pub file: PathBuf,
+    #[arg(long)]
+    pub store: PathBuf,
+    /// The root public key that signed the store's first trust set (given out of band; not
+    /// needed later: each set is verified by the roots of the one before).
+    #[arg(long)]
+    pub root: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct TrustShowArgs {
+    /// The trust set (TOML), its signature beside it as FILE.minisig.
+    pub file: PathBuf,
+    /// Root public key it must be signed by.
+    #[arg(long)]
+    pub root: String,
 }
 
 fn password(file: Option<&Path>) -> anyhow::Result<Option<String>> {
@@ -198,7 +243,7 @@ pub fn deploy(a: &DeployArgs) -> anyhow::Result<()> {
     let trust = match &a.trust {
         Some(p) => {
             let k = signature::load_public_key(&p.to_string_lossy())?;
-            if store.trust_key()?.is_none() {
+            if store.trust_key()?.is_none() && store.trust_set()?.is_none() {
                 store.set_trust_key(p)?;
                 println!(
                     "{}: now trusts key {}",
@@ -224,17 +269,52 @@ pub fn deploy(a: &DeployArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn trust(c: &TrustCmd) -> anyhow::Result<()> {
+    use bevrt_models::trust::{self, TrustSet};
+    match c {
+        TrustCmd::Sign(a) => {
+            let sk = signature::load_secret_key(&a.key, password(a.password_file.as_deref())?)?;
+            let sig = signature::sign_file(&a.file, &sk, "bevrt trust set")?;
+            println!(
+                "signed {} with key {} -> {}",
+                a.file.display(),
+                signature::key_id(sk.keynum()),
+                sig.display()
+            );
+        }
+        TrustCmd::Install(a) => {
+            let store = Store::open(&a.store, true)?;
+            let root = a
+                .root
+                .as_deref()
+                .map(trust::root_from_public_key)
+                .transpose()?;
+            let set = store.install_trust_set(&a.file, root.as_ref())?;
+            println!("{}: installed {}", a.store.display(), set.summary());
+        }
+        TrustCmd::Show(a) => {
+            let root = trust::root_from_public_key(&a.root)?;
+            let (text, sig) = trust::read_signed_pair(&a.file)?;
+            let set = TrustSet::verify(&text, &sig, &[root], &a.file)?;
+            println!("{}: {}", a.file.display(), set.summary());
+            let now = bevrt_models::time::now_unix();
+            if let Err(e) = set.check_fresh(now, &a.file) {
+                println!("{e}");
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn store(c: &StoreCmd) -> anyhow::Result<()> {
     let StoreCmd::Status(a) = c;
     let store = Store::open(&a.store, false)?;
-    let key = store.trust_key()?;
-    println!(
-        "store {}: {}",
-        a.store.display(),
-        key.as_ref()
-            .map(|k| format!("trusts key {}", signature::key_id(k.keynum())))
-            .unwrap_or_else(|| "no trust key (unsigned bundles accepted)".into())
-    );
+    let trust = match store.trust(None)? {
+        Trust::Set { set, .. } => set.summary(),
+        Trust::Key(k) => format!("trusts key {}", signature::key_id(k.keynum())),
+        Trust::Unsigned => "no trust key (unsigned bundles accepted)".into(),
+    };
+    println!("store {}: {trust}", a.store.display());
     match store.state()? {
         None => println!("nothing deployed"),
         Some(s) => {

@@ -316,6 +316,11 @@ pub struct Manifest {
     /// Free-form provenance: how the model was trained or quantized, with what result.
     #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
     pub provenance: toml::Table,
+    /// After this instant (`2027-06-30` or `2027-06-30T12:00:00Z`, UTC) the store refuses to
+    /// deploy the bundle, and a run that still has it says so loudly and on `/metrics` (it
+    /// keeps running it: a car must not lose its only model to a date).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<toml::value::Datetime>,
 }
 
 fn is_default_norm(n: &EmbeddingNorm) -> bool {
@@ -323,6 +328,11 @@ fn is_default_norm(n: &EmbeddingNorm) -> bool {
 }
 
 impl Manifest {
+    /// `expires` in Unix seconds.
+    pub fn expires_unix(&self) -> Option<i64> {
+        self.expires.as_ref().and_then(crate::time::unix_seconds)
+    }
+
     /// Parse and check a manifest's text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Manifest, BundleError> {
         let m: Manifest = toml::from_str(text).map_err(|e| {

@@ -5,6 +5,9 @@
 //! - [`signature`]: minisign signatures over a bundle's manifest; trusted loading.
 //! - [`store`]: the A/B bundle store (atomic deploy, trial, rollback, journal, no downgrade
 //!   below the highest confirmed version).
+//! - [`trust`]: the signed trust set (root keys, signing keys with expiry, revoked ids) a
+//!   store verifies bundles against; key rotation and revocation without a new store.
+//! - [`time`]: TOML datetimes as Unix seconds (trust set and bundle expiry).
 //! - [`version`]: bundle versions in semver order (what the store's anti-rollback compares).
 //! - [`atomic`]: durable single-file writes (temporary, fsync, rename) and the power-loss
 //!   test's crash points, shared by the store and the signature writer.
@@ -27,6 +30,8 @@ pub mod opset;
 pub mod quant;
 pub mod signature;
 pub mod store;
+pub mod time;
+pub mod trust;
 pub mod version;
 
 pub use bundle::{

@@ -130,18 +130,24 @@ pub fn generate_keypair(password: Option<String>) -> Result<(String, String), St
 /// `dir/bundle.toml.minisig`. The trusted comment names the bundle.
 pub fn sign_bundle(dir: &Path, sk: &SecretKey) -> Result<PathBuf, BundleError> {
     let bundle = Bundle::load(dir)?;
-    let mpath = dir.join(MANIFEST_FILE);
-    let bytes = std::fs::read(&mpath).map_err(|source| BundleError::Io {
-        path: mpath.clone(),
-        source,
-    })?;
     let comment = format!(
         "bevrt bundle {} {} task {}",
         bundle.manifest.name, bundle.manifest.version, bundle.manifest.task
     );
-    let sig = minisign::sign(None, sk, Cursor::new(&bytes), Some(&comment), None)
-        .map_err(|e| invalid(&mpath, format!("cannot sign: {e}")))?;
-    let spath = dir.join(SIGNATURE_FILE);
+    sign_file(&dir.join(MANIFEST_FILE), sk, &comment)
+}
+
+/// Sign any file, writing `FILE.minisig` beside it (as `minisign -Sm FILE -t COMMENT` does).
+pub fn sign_file(path: &Path, sk: &SecretKey, comment: &str) -> Result<PathBuf, BundleError> {
+    let bytes = std::fs::read(path).map_err(|source| BundleError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let sig = minisign::sign(None, sk, Cursor::new(&bytes), Some(comment), None)
+        .map_err(|e| invalid(path, format!("cannot sign: {e}")))?;
+    let mut spath = path.as_os_str().to_owned();
+    spath.push(".minisig");
+    let spath = PathBuf::from(spath);
     crate::atomic::write_atomically(&spath, sig.into_string().as_bytes()).map_err(|source| {
         BundleError::Io {
             path: spath.clone(),
@@ -149,6 +155,21 @@ pub fn sign_bundle(dir: &Path, sk: &SecretKey) -> Result<PathBuf, BundleError> {
         }
     })?;
     Ok(spath)
+}
+
+/// The key id a bundle's signature names (before any check of the signature itself).
+pub fn signer_key_id(dir: &Path) -> Result<String, BundleError> {
+    let spath = dir.join(SIGNATURE_FILE);
+    if !spath.exists() {
+        return Err(invalid(
+            &spath,
+            "unsigned bundle: no signature (sign it with `bevrt-tool bundle sign` or `minisign -Sm bundle.toml`)",
+        ));
+    }
+    let sig_text = read_text(&spath, "minisign signature")?;
+    let sig = minisign::SignatureBox::from_string(&sig_text)
+        .map_err(|e| invalid(&spath, format!("not a minisign signature: {e}")))?;
+    Ok(key_id(sig.keynum()))
 }
 
 /// What a successful trusted load saw.

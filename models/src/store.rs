@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! STORE/
-//!   trust.pub          optional minisign public key: every deploy and load must be signed by it
+//!   trust.set          optional signed trust set ([`crate::trust`]): root keys, signing keys
+//!                      with expiry, revoked key ids; every deploy and load is checked against it
+//!   trust.pub          the older single-key form (replaced by the first trust set installed)
 //!   state.toml         which slot runs (active), which one to fall back to (previous), whether
 //!                      the active one is still on trial; replaced only by an atomic rename
 //!   journal.jsonl      one JSON line per event (deploy, switch, confirm, rollback), fsynced
@@ -28,6 +30,13 @@
 //! the deployer allows the downgrade, which the journal records. A replayed old bundle,
 //! validly signed, therefore cannot replace a newer one.
 //!
+//! **Trust that can change**: with a trust set, a bundle loads only when its signer is listed,
+//! unexpired and not revoked, under a set that has not expired. A new set is installed only
+//! when a root of the current one signed it and its version is higher (one atomic rename of
+//! `trust.set`, journalled). A revoked signer makes its bundles unloadable, the active one
+//! included: the runtime's start then rolls back to the other slot and journals why.
+//! A bundle whose manifest `expires` has passed is refused at deploy.
+//!
 //! Fault injection for the power-loss test: with `BEVRT_FAULT_KILL_AT=N` the process kills
 //! itself (SIGKILL, no unwinding, no buffered writes) at the N-th [`crash_point`] of a deploy;
 //! `BEVRT_FAULT_COUNT_FILE=F` writes how many points a deploy passed.
@@ -36,6 +45,8 @@ use crate::atomic::report_crash_points;
 pub use crate::atomic::{crash_point, sync_dir, write_atomically};
 use crate::bundle::{Bundle, BundleError, MANIFEST_FILE, sha256_file};
 use crate::signature::{self, PublicKey, SIGNATURE_FILE};
+use crate::time::now_unix;
+use crate::trust::{TrustSet, TrustedKey, show_time};
 use crate::version::Version;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
@@ -45,6 +56,7 @@ use std::path::{Path, PathBuf};
 pub const STATE_FILE: &str = "state.toml";
 pub const JOURNAL_FILE: &str = "journal.jsonl";
 pub const TRUST_FILE: &str = "trust.pub";
+pub const TRUST_SET_FILE: &str = "trust.set";
 const SLOTS: &str = "slots";
 const INCOMING: &str = ".incoming";
 /// Copy granularity; also the spacing of crash points inside a file copy.
@@ -149,6 +161,27 @@ fn other(slot: &str) -> &'static str {
     if slot == "a" { "b" } else { "a" }
 }
 
+/// What bundles are verified against.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// No key anywhere: digests only, unsigned bundles accepted.
+    Unsigned,
+    /// One key (the store's `trust.pub`, or `--trust KEY`).
+    Key(PublicKey),
+    /// The store's trust set; `only` narrows it to one of its signers (`--trust KEY`).
+    Set { set: TrustSet, only: Option<String> },
+}
+
+/// `trust.set`: the installed trust set, its signature and the root key that verified it at
+/// install (it may be a root of the set before, no longer listed after a root rotation).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredTrustSet {
+    trust_toml: String,
+    minisig: String,
+    verified_with: String,
+}
+
 /// A bundle store directory.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -191,6 +224,103 @@ impl Store {
         self.dir.join(SLOTS).join(slot)
     }
 
+    /// The installed trust set, re-verified against the root that admitted it.
+    pub fn trust_set(&self) -> Result<Option<TrustSet>, BundleError> {
+        let p = self.dir.join(TRUST_SET_FILE);
+        if !p.exists() {
+            return Ok(None);
+        }
+        let text = fs::read_to_string(&p).map_err(io_err(&p))?;
+        let stored: StoredTrustSet = serde_json::from_str(&text)
+            .map_err(|e| invalid(&p, format!("malformed stored trust set: {e}")))?;
+        let root = crate::trust::root_from_public_key(&stored.verified_with)
+            .map_err(|e| invalid(&p, format!("its recorded root key: {e}")))?;
+        TrustSet::verify(&stored.trust_toml, &stored.minisig, &[root], &p).map(Some)
+    }
+
+    /// What deploys and loads are verified against: the trust set when the store has one
+    /// (narrowed to `explicit`'s key when given), else `explicit` or `trust.pub`.
+    pub fn trust(&self, explicit: Option<&PublicKey>) -> Result<Trust, BundleError> {
+        if let Some(set) = self.trust_set()? {
+            return Ok(Trust::Set {
+                set,
+                only: explicit.map(|k| signature::key_id(k.keynum())),
+            });
+        }
+        Ok(match explicit {
+            Some(k) => Trust::Key(k.clone()),
+            None => self.trust_key()?.map_or(Trust::Unsigned, Trust::Key),
+        })
+    }
+
+    /// Install the trust set at `path` (signature at `path.minisig`). It must be signed by a
+    /// live root of the installed set, or, for a store's first set, by `initial_root` (given
+    /// out of band); its version must be higher than the installed one's and it must not have
+    /// expired. Replaces `trust.pub` if the store had one.
+    pub fn install_trust_set(
+        &self,
+        path: &Path,
+        initial_root: Option<&TrustedKey>,
+    ) -> Result<TrustSet, BundleError> {
+        let _lock = self.lock()?;
+        let r = self.install_trust_set_locked(path, initial_root);
+        match &r {
+            Ok(set) => self.log("trust", None, None, &format!("installed {}", set.summary())),
+            Err(e) => self.log("refused", None, None, &e.to_string()),
+        }
+        r
+    }
+
+    fn install_trust_set_locked(
+        &self,
+        path: &Path,
+        initial_root: Option<&TrustedKey>,
+    ) -> Result<TrustSet, BundleError> {
+        let (text, sig) = crate::trust::read_signed_pair(path)?;
+        let current = self.trust_set()?;
+        let roots = match (&current, initial_root) {
+            (Some(c), _) => c.live_roots(),
+            (None, Some(r)) => vec![r.clone()],
+            (None, None) => {
+                return Err(invalid(
+                    path,
+                    "the store has no trust set yet: give the root key that signed this one (--root KEY.pub), obtained out of band",
+                ));
+            }
+        };
+        let new = TrustSet::verify(&text, &sig, &roots, path)?;
+        if let Some(c) = &current
+            && new.version <= c.version
+        {
+            return Err(invalid(
+                path,
+                format!(
+                    "trust set version {} is not newer than the installed version {}: refusing to go back",
+                    new.version, c.version
+                ),
+            ));
+        }
+        new.check_fresh(now_unix(), path)?;
+        let root = roots
+            .iter()
+            .find(|r| r.id == new.signed_by)
+            .expect("verify found the signing root among these");
+        let stored = StoredTrustSet {
+            trust_toml: text,
+            minisig: sig,
+            verified_with: root.key.to_base64(),
+        };
+        let p = self.dir.join(TRUST_SET_FILE);
+        let json = serde_json::to_string_pretty(&stored).expect("trust set serializes");
+        write_atomically(&p, json.as_bytes()).map_err(io_err(&p))?;
+        let legacy = self.dir.join(TRUST_FILE);
+        if legacy.exists() {
+            fs::remove_file(&legacy).map_err(io_err(&legacy))?;
+            sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        }
+        Ok(new)
+    }
+
     /// The store's own trust key (`trust.pub`), if it has one.
     pub fn trust_key(&self) -> Result<Option<PublicKey>, BundleError> {
         let p = self.dir.join(TRUST_FILE);
@@ -203,6 +333,12 @@ impl Store {
     /// Install `pk_file` as the store's trust key (only when none is there yet).
     pub fn set_trust_key(&self, pk_file: &Path) -> Result<(), BundleError> {
         let p = self.dir.join(TRUST_FILE);
+        if self.dir.join(TRUST_SET_FILE).exists() {
+            return Err(invalid(
+                &p,
+                "the store trusts a signed trust set; a single key would bypass it (install a new trust set instead)",
+            ));
+        }
         let text = fs::read(pk_file).map_err(io_err(pk_file))?;
         signature::load_public_key(&pk_file.to_string_lossy())?;
         if p.exists() {
@@ -314,9 +450,10 @@ impl Store {
         trust: Option<&PublicKey>,
         opts: DeployOptions,
     ) -> Result<(String, Bundle), BundleError> {
-        let store_key = self.trust_key()?;
-        let key = trust.or(store_key.as_ref());
-        let source = verify_bundle(src, key)?.0;
+        let trust = self.trust(trust)?;
+        let now = now_unix();
+        let source = verify_bundle(src, &trust, now)?.0;
+        refuse_expired(&source, src, now)?;
         let state = self.state()?;
         let downgrade = check_not_older(state.as_ref(), &source, src, opts.allow_downgrade)?;
         if let Some(s) = &state
@@ -335,7 +472,7 @@ impl Store {
         let incoming = self.dir.join(SLOTS).join(INCOMING);
         self.stage_copy(&source, &incoming)?;
         // The copy, not the source, is what will run: verify it again.
-        verify_bundle(&incoming, key)?;
+        verify_bundle(&incoming, &trust, now)?;
         let slot_dir = self.slot_dir(target);
         if slot_dir.exists() {
             fs::remove_dir_all(&slot_dir).map_err(io_err(&slot_dir))?;
@@ -431,10 +568,9 @@ impl Store {
         slot: &str,
         trust: Option<&PublicKey>,
     ) -> Result<ActiveBundle, BundleError> {
-        let store_key = self.trust_key()?;
-        let key = trust.or(store_key.as_ref());
+        let trust = self.trust(trust)?;
         let dir = self.slot_dir(slot);
-        let (bundle, signed_by) = verify_bundle(&dir, key)?;
+        let (bundle, signed_by) = verify_bundle(&dir, &trust, now_unix())?;
         let mpath = dir.join(MANIFEST_FILE);
         let recorded = state.slots.get(slot).ok_or_else(|| {
             invalid(
@@ -580,17 +716,46 @@ fn record_label(r: &SlotRecord) -> String {
     format!("{} {}", r.name, r.version)
 }
 
-/// Load `dir` with its digests checked, and its signature when `key` is given; returns the
-/// signer's key id.
+/// Load `dir` with its digests checked, and its signature as `trust` requires at `now`;
+/// returns the signer's key id.
 pub fn verify_bundle(
     dir: &Path,
-    key: Option<&PublicKey>,
+    trust: &Trust,
+    now: i64,
 ) -> Result<(Bundle, Option<String>), BundleError> {
-    match key {
-        Some(k) => {
-            let s = signature::load_trusted(dir, k)?;
-            Ok((s.bundle, Some(s.key_id)))
+    let key = match trust {
+        Trust::Unsigned => return Ok((Bundle::load(dir)?, None)),
+        Trust::Key(k) => k,
+        Trust::Set { set, only } => {
+            let id = signature::signer_key_id(dir)?;
+            let spath = dir.join(SIGNATURE_FILE);
+            if let Some(only) = only
+                && *only != id
+            {
+                return Err(invalid(
+                    &spath,
+                    format!("signed by key {id}, not by the key given with --trust ({only})"),
+                ));
+            }
+            set.signer(&id, now, &spath)?
         }
-        None => Ok((Bundle::load(dir)?, None)),
+    };
+    let s = signature::load_trusted(dir, key)?;
+    Ok((s.bundle, Some(s.key_id)))
+}
+
+/// Refuses a bundle whose manifest `expires` has passed.
+fn refuse_expired(b: &Bundle, src: &Path, now: i64) -> Result<(), BundleError> {
+    match b.manifest.expires_unix() {
+        Some(t) if now > t => Err(invalid(
+            src,
+            format!(
+                "{} expired at {} (now {}): refusing to deploy a stale bundle",
+                bundle_label(b),
+                show_time(t),
+                show_time(now)
+            ),
+        )),
+        _ => Ok(()),
     }
 }

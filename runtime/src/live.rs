@@ -73,6 +73,9 @@ pub struct LiveMetrics {
     pub counters: Counters,
     pub stages: Mutex<StageHistograms>,
     pub sink: Mutex<Histogram>,
+    /// The running bundle's label and its manifest `expires` (Unix seconds), when it has one:
+    /// `/metrics` says whether it has passed.
+    pub model_expiry: Mutex<Option<(String, i64)>>,
 }
 
 impl std::fmt::Debug for LiveMetrics {
@@ -82,6 +85,22 @@ impl std::fmt::Debug for LiveMetrics {
 }
 
 impl LiveMetrics {
+    /// Record `bundle`'s expiry for `/metrics`; says loudly when it has already passed (the run
+    /// goes on: a car must not lose its only model to a date).
+    pub fn set_model_expiry(&self, bundle: &bevrt_models::Bundle) {
+        let label = format!("{} {}", bundle.manifest.name, bundle.manifest.version);
+        let exp = bundle.manifest.expires_unix();
+        if let Some(t) = exp
+            && bevrt_models::time::now_unix() > t
+        {
+            log::error!(
+                "{label}: EXPIRED at {} — running it anyway; deploy a current bundle",
+                bevrt_models::trust::show_time(t)
+            );
+        }
+        *self.model_expiry.lock().unwrap_or_else(|p| p.into_inner()) = exp.map(|t| (label, t));
+    }
+
     /// A copy of every stage's histogram, the sink's included.
     pub fn histograms(&self) -> StageHistograms {
         let mut h = self

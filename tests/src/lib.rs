@@ -352,6 +352,7 @@ pub fn tiny_features_bundle(out: &Path, seed: u64, version: &str, selftest: bool
         afv: None,
         selftest: None,
         provenance: Default::default(),
+        expires: None,
     };
     write_bundle(out, manifest, &[(onnx, "model.onnx".into())]).expect("write the tiny bundle");
     let _ = std::fs::remove_dir_all(&staging);

@@ -771,3 +771,267 @@ fn a_deploy_killed_at_100_points_leaves_a_complete_verified_store() {
         "old {old}, new {new}: the kills did not straddle the switch"
     );
 }
+
+/// A trust set's TOML, for `roots` and `signers` (public key files), `revoked` key files.
+fn trust_set_toml(
+    version: u64,
+    expires: &str,
+    roots: &[&Path],
+    signers: &[(&Path, Option<&str>)],
+    revoked: &[&Path],
+) -> String {
+    let id = |p: &Path| signature::key_id(pubkey(p).keynum());
+    let mut t = format!("format = 1\nversion = {version}\nexpires = {expires}\nrevoked = [");
+    t += &revoked
+        .iter()
+        .map(|p| format!("\"{}\"", id(p)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    t += "]\n";
+    for r in roots {
+        t += &format!("\n[[root]]\nkey = \"{}\"\n", pubkey(r).to_base64());
+    }
+    for (s, exp) in signers {
+        t += &format!("\n[[signer]]\nkey = \"{}\"\n", pubkey(s).to_base64());
+        if let Some(e) = exp {
+            t += &format!("expires = {e}\n");
+        }
+    }
+    t
+}
+
+/// Write `text` as `dir/NAME.toml` and sign it with `sk`.
+fn signed_trust_set(dir: &Path, name: &str, text: &str, sk: &Path) -> PathBuf {
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, text).unwrap();
+    let key = signature::load_secret_key(sk, None).unwrap();
+    signature::sign_file(&p, &key, "bevrt trust set").unwrap();
+    p
+}
+
+/// `bevrt-tool ARGS` with the clock at `now` (Unix seconds) when given.
+fn tool_at(now: Option<i64>, args: &[&str]) -> (bool, String, String) {
+    let mut c = Command::new(bin("bevrt-tool"));
+    c.args(args);
+    if let Some(t) = now {
+        c.env("BEVRT_NOW_UNIX", t.to_string());
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Give a bundle a manifest `expires` (before it is signed).
+fn set_expiry(bundle: &Path, when: &str) {
+    let m = bundle.join("bundle.toml");
+    let text = std::fs::read_to_string(&m).unwrap();
+    let (head, tail) = text
+        .split_once("\n[")
+        .expect("a table after the top-level keys");
+    std::fs::write(&m, format!("{head}\nexpires = {when}\n[{tail}")).unwrap();
+}
+
+#[test]
+fn trust_sets_rotate_revoke_and_expire_keys_and_the_store_stays_loadable() {
+    let d = scratch("store-trust-set");
+    let (root, root_sk) = keypair(&d, "root");
+    let (a, a_sk) = keypair(&d, "a");
+    let (b, b_sk) = keypair(&d, "b");
+    let (x, x_sk) = keypair(&d, "foreign");
+    let v1 = tiny_features_bundle(&d.join("v1"), 11, "1.0.0", true);
+    let v2 = tiny_features_bundle(&d.join("v2"), 12, "2.0.0", true);
+    let v3 = tiny_features_bundle(&d.join("v3"), 13, "3.0.0", true);
+    let foreign = tiny_features_bundle(&d.join("foreign"), 14, "9.0.0", true);
+    let stale = tiny_features_bundle(&d.join("stale"), 15, "4.0.0", true);
+    set_expiry(&stale, "2020-01-01");
+    for (bundle, sk) in [
+        (&v1, &a_sk),
+        (&v2, &b_sk),
+        (&v3, &a_sk),
+        (&foreign, &x_sk),
+        (&stale, &b_sk),
+    ] {
+        sign(bundle, sk);
+    }
+    let store_dir = d.join("store");
+    let st = store_dir.to_str().unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let store = Store::open(&store_dir, true).unwrap();
+    let id = |p: &Path| signature::key_id(pubkey(p).keynum());
+    let version_active = || store.load_active(None).unwrap().bundle.manifest.version;
+    let confirm = || {
+        let g = store.state().unwrap().unwrap().generation;
+        assert!(store.confirm(g, "test").unwrap());
+    };
+    let last_journal = || store.journal().unwrap().pop().unwrap();
+    let refused = |out: (bool, String, String), why: &str| {
+        let (ok, so, se) = out;
+        assert!(!ok && se.contains(why), "expected '{why}':\n{so}{se}");
+        assert_eq!(se.trim().lines().count(), 1, "one-line error: {se}");
+    };
+
+    // Provisioning: the first set needs its root out of band.
+    let t1 = signed_trust_set(
+        &d,
+        "t1",
+        &trust_set_toml(1, "2099-01-01", &[&root], &[(&a, None)], &[]),
+        &root_sk,
+    );
+    refused(
+        tool_at(None, &["trust", "install", "--store", st, &s(&t1)]),
+        "--root",
+    );
+    let (ok, so, se) = tool_at(
+        None,
+        &[
+            "trust",
+            "install",
+            "--store",
+            st,
+            "--root",
+            &s(&root),
+            &s(&t1),
+        ],
+    );
+    assert!(ok && so.contains("trust set version 1"), "{so}{se}");
+    assert_eq!(last_journal().event, "trust");
+    // Debian's minisign verifies a trust set's signature as it does a bundle's.
+    if let Some(mini) = minisign_cli() {
+        let out = Command::new(mini)
+            .args(["-Vm", &s(&t1), "-P", &pubkey(&root).to_base64()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let deploy =
+        |bundle: &Path, now: Option<i64>| tool_at(now, &["deploy", "--store", st, &s(bundle)]);
+    let (ok, so, se) = deploy(&v1, None);
+    assert!(ok, "{so}{se}");
+    confirm();
+    // A foreign key, and a signer the set does not (yet) list, are refused; the store keeps
+    // running 1.0.0 and the journal says why.
+    refused(
+        deploy(&foreign, None),
+        &format!(
+            "signed by key {}, not a signer of trust set version 1",
+            id(&x)
+        ),
+    );
+    refused(
+        deploy(&v2, None),
+        &format!("signed by key {}, not a signer", id(&b)),
+    );
+    assert_eq!(last_journal().event, "refused");
+    assert_eq!(version_active(), "1.0.0");
+
+    // Rotation: set 2 adds key b (signed by the root); b's bundle deploys; no downtime.
+    let t2 = signed_trust_set(
+        &d,
+        "t2",
+        &trust_set_toml(
+            2,
+            "2099-01-01",
+            &[&root],
+            &[(&a, None), (&b, Some("2098-01-01"))],
+            &[],
+        ),
+        &root_sk,
+    );
+    let (ok, so, se) = tool_at(None, &["trust", "install", "--store", st, &s(&t2)]);
+    assert!(ok, "{so}{se}");
+    assert_eq!(version_active(), "1.0.0");
+    let (ok, so, se) = deploy(&v2, None);
+    assert!(ok, "{so}{se}");
+    confirm();
+    assert_eq!(version_active(), "2.0.0");
+
+    // Trust sets that must not go in: a replay of set 1, one signed by a signing key instead
+    // of a root, one altered after signing. Set 2 stays.
+    refused(
+        tool_at(None, &["trust", "install", "--store", st, &s(&t1)]),
+        "not newer than the installed version 2",
+    );
+    let by_a = signed_trust_set(
+        &d,
+        "by-a",
+        &trust_set_toml(5, "2099-01-01", &[&a], &[(&a, None)], &[]),
+        &a_sk,
+    );
+    refused(
+        tool_at(None, &["trust", "install", "--store", st, &s(&by_a)]),
+        "not a root allowed to sign it",
+    );
+    let tampered = signed_trust_set(
+        &d,
+        "tampered",
+        &trust_set_toml(6, "2099-01-01", &[&root], &[(&a, None)], &[]),
+        &root_sk,
+    );
+    let text = std::fs::read_to_string(&tampered).unwrap();
+    std::fs::write(&tampered, text.replace("version = 6", "version = 7")).unwrap();
+    refused(
+        tool_at(None, &["trust", "install", "--store", st, &s(&tampered)]),
+        "signature check failed",
+    );
+    assert_eq!(store.trust_set().unwrap().unwrap().version, 2);
+
+    // Expiry: of a bundle's manifest, of a signing key, of the whole set.
+    refused(deploy(&stale, None), "expired at 2020-01-01T00:00:00Z");
+    let in_2098_june = 4_054_233_600; // 2098-06-21
+
+    // Revocation: 3.0.0 signed by a runs (previous slot 2.0.0, signed by b); set 3 revokes a.
+    let (ok, so, se) = deploy(&v3, None);
+    assert!(ok, "{so}{se}");
+    confirm();
+    assert_eq!(version_active(), "3.0.0");
+    let t3 = signed_trust_set(
+        &d,
+        "t3",
+        &trust_set_toml(
+            3,
+            "2099-01-01",
+            &[&root],
+            &[(&b, Some("2098-01-01"))],
+            &[&a],
+        ),
+        &root_sk,
+    );
+    let (ok, so, se) = tool_at(None, &["trust", "install", "--store", st, &s(&t3)]);
+    assert!(ok && so.contains(&id(&a)), "{so}{se}");
+    // The active slot is now unloadable; the next start falls back to 2.0.0 and says why.
+    let e = store.load_active(None).unwrap_err().to_string();
+    assert!(e.contains("revokes"), "{e}");
+    let loaded = supervisor::start(&store, &cpu_config(None)).unwrap();
+    assert_eq!(loaded.active.bundle.manifest.version, "2.0.0");
+    let rb = last_journal();
+    assert!(
+        rb.event == "rollback" && rb.detail.contains("revokes"),
+        "{rb:?}"
+    );
+    refused(deploy(&v1, None), "revokes");
+
+    // b's key expires 2098-01-01, the set 2099-01-01: deploys fail then, with the reason.
+    refused(
+        deploy(&v2, Some(in_2098_june)),
+        "expired at 2098-01-01T00:00:00Z",
+    );
+    refused(
+        deploy(&v2, Some(4_102_444_800 + 86_400)),
+        "trust set version 3 expired at 2099-01-01T00:00:00Z",
+    );
+    // And the store, at today's date, still loads.
+    assert_eq!(version_active(), "2.0.0");
+    let (ok, so, se) = tool_at(None, &["store", "status", "--store", st, "--verify"]);
+    assert!(
+        ok && so.contains("trust set version 3") && so.contains("active slot verified"),
+        "{so}{se}"
+    );
+}

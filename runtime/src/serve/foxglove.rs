@@ -11,6 +11,9 @@
 //! server, whose per-client queue (32 messages) drops the oldest when a client's socket is
 //! slower still; those drops happen inside the crate and show in its log, not in the count.
 
+use super::gate::{self, Door, GateLimits};
+use super::http::RequestHead;
+use super::websocket::ClientFrames;
 use crate::live::Counters;
 use crate::live::LiveMetrics;
 use crate::postprocess::FrameResult;
@@ -18,13 +21,18 @@ use crate::queue::{BoundedQueue, Pop};
 use crate::ros2::{bag, msgs};
 use crate::sink::mcap::{encode_bev_image, encode_camera, encode_grid};
 use crate::sink::{ResultJson, Sink};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Results in flight between the sink thread and the viewer thread.
 const IN_FLIGHT: usize = 2;
 /// Fastest rate the viewer is sent frames at.
 const MAX_RATE_HZ: f64 = 20.0;
+/// Viewers connected at once; more are answered 503.
+pub const MAX_VIEWERS: usize = 8;
 
 struct Channels {
     camera: Arc<foxglove::RawChannel>,
@@ -123,14 +131,20 @@ impl LiveViewSink {
             text: Vec::new(),
             last_static: None,
         };
+        let listener = gate::listen("foxglove", addr)?;
+        let port = listener.local_addr()?.port();
         let server = foxglove::WebSocketServer::new()
             .name("bevrt")
-            .bind(addr.ip().to_string(), addr.port())
+            .bind("127.0.0.1", 0)
             .message_backlog_size(32)
             .context(&ctx)
             .start_blocking()
             .map_err(|e| anyhow::anyhow!("--foxglove {addr}: cannot start: {e}"))?;
-        let port = server.port();
+        let door = ViewerDoor {
+            upstream: std::net::SocketAddr::from(([127, 0, 0, 1], server.port())),
+            viewers: AtomicUsize::new(0),
+        };
+        gate::open(listener, "viewer", GateLimits::default(), Arc::new(door))?;
         let free = Arc::new(BoundedQueue::new());
         for _ in 0..IN_FLIGHT {
             let mut r = Box::new(template.clone());
@@ -156,6 +170,96 @@ impl LiveViewSink {
             port,
         })
     }
+}
+
+/// The gate's door for viewers: a checked WebSocket upgrade, then a checked relay to the
+/// Foxglove server on loopback.
+struct ViewerDoor {
+    upstream: std::net::SocketAddr,
+    viewers: AtomicUsize,
+}
+
+/// Releases a viewer slot.
+struct ViewerSlot<'a>(&'a AtomicUsize);
+
+impl Drop for ViewerSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Door for ViewerDoor {
+    fn serve(&self, head: RequestHead, raw: &[u8], rest: &[u8], mut conn: TcpStream) {
+        let upgrade = head.method == "GET"
+            && head.header_has_token("upgrade", "websocket")
+            && head.header_has_token("connection", "upgrade")
+            && head.header("sec-websocket-key").is_some();
+        if !upgrade {
+            gate::reply(
+                &mut conn,
+                400,
+                "a Foxglove WebSocket endpoint: connect with Foxglove (Open connection)\n",
+            );
+            return;
+        }
+        if self.viewers.fetch_add(1, Ordering::AcqRel) >= MAX_VIEWERS {
+            self.viewers.fetch_sub(1, Ordering::AcqRel);
+            gate::reply(&mut conn, 503, "busy: viewer limit reached\n");
+            return;
+        }
+        let _slot = ViewerSlot(&self.viewers);
+        let upstream = match TcpStream::connect_timeout(&self.upstream, Duration::from_secs(1)) {
+            Ok(u) => u,
+            Err(e) => {
+                log::warn!("live view: cannot reach the viewer server: {e}");
+                gate::reply(&mut conn, 503, "live view server unavailable\n");
+                return;
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        if let Err(e) = relay(conn, upstream, raw, rest) {
+            log::info!("live view: viewer disconnected: {e}");
+        }
+    }
+}
+
+/// Relay a viewer's connection: its frames checked on the way in, the server's bytes copied
+/// out (with the gate's write timeout on the viewer). Ends both when either side ends.
+fn relay(conn: TcpStream, mut upstream: TcpStream, raw: &[u8], rest: &[u8]) -> anyhow::Result<()> {
+    upstream.write_all(raw)?;
+    let mut frames = ClientFrames::default();
+    frames.feed(rest).map_err(|e| anyhow::anyhow!("{e}"))?;
+    upstream.write_all(rest)?;
+    let (mut down_from, mut down_to) = (upstream.try_clone()?, conn.try_clone()?);
+    let closer = (conn.try_clone()?, upstream.try_clone()?);
+    let downstream = std::thread::Builder::new()
+        .name("bevrt-viewer-out".into())
+        .stack_size(256 << 10)
+        .spawn(move || {
+            let _ = std::io::copy(&mut down_from, &mut down_to);
+            let _ = down_to.shutdown(Shutdown::Both);
+            let _ = down_from.shutdown(Shutdown::Both);
+        })?;
+    let mut up_from = conn;
+    let mut buf = [0u8; 4096];
+    let r = loop {
+        let n = match up_from.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => break Err(e.into()),
+        };
+        if let Err(e) = frames.feed(&buf[..n]) {
+            break Err(anyhow::anyhow!("refused a frame: {e}"));
+        }
+        if let Err(e) = upstream.write_all(&buf[..n]) {
+            break Err(e.into());
+        }
+    };
+    let _ = closer.0.shutdown(Shutdown::Both);
+    let _ = closer.1.shutdown(Shutdown::Both);
+    let _ = downstream.join();
+    r
 }
 
 impl Viewer {

@@ -1,16 +1,20 @@
-//! `/metrics` in the Prometheus text exposition format (0.0.4) and `/healthz`, on a thread of
-//! their own (`tiny_http`). Every scrape reads the run's [`LiveMetrics`]: counters are atomics,
+//! `/metrics` in the Prometheus text exposition format (0.0.4) and `/healthz`, behind the
+//! endpoints' [`gate`] (connection cap, head deadline, bounded requests), off the frame path. Every scrape reads the run's [`LiveMetrics`]: counters are atomics,
 //! histograms are copied under their lock, so a scrape never holds up a frame for longer than
 //! one copy.
 //!
 //! `/healthz` is 200 `ok` while frames are flowing (one processed within the last
 //! `stall_after`), else 503 with the reason; before the first frame it is 503 `starting`.
 
+use super::gate::{self, Door, GateLimits};
+use super::http::{self, RequestHead};
 use crate::live::LiveMetrics;
 use crate::metrics::{Histogram, STAGES};
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::io::Write as _;
+use std::net::TcpStream;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Bucket bounds of the latency histograms, seconds.
@@ -90,6 +94,18 @@ pub fn render(live: &LiveMetrics) -> String {
     ] {
         let _ = writeln!(s, "bevrt_errors_total{{kind=\"{kind}\"}} {v}");
     }
+    let expiry = live
+        .model_expiry
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some((label, t)) = expiry {
+        let expired = u8::from(bevrt_models::time::now_unix() > t);
+        let _ = writeln!(
+            s,
+            "# HELP bevrt_model_expired 1 when the running bundle is past its manifest's expires (it keeps running).\n# TYPE bevrt_model_expired gauge\nbevrt_model_expired{{bundle=\"{label}\"}} {expired}\n# HELP bevrt_model_expiry_timestamp_seconds The running bundle's expires.\n# TYPE bevrt_model_expiry_timestamp_seconds gauge\nbevrt_model_expiry_timestamp_seconds{{bundle=\"{label}\"}} {t}"
+        );
+    }
     let _ = writeln!(
         s,
         "# HELP bevrt_stage_latency_seconds Per-frame latency of each pipeline stage.\n# TYPE bevrt_stage_latency_seconds histogram"
@@ -149,52 +165,65 @@ impl Health {
     }
 }
 
+/// `/metrics` and `/healthz` behind a gate.
+struct MetricsDoor {
+    live: Arc<LiveMetrics>,
+    health: Mutex<Health>,
+}
+
+impl Door for MetricsDoor {
+    fn serve(&self, head: RequestHead, _raw: &[u8], _rest: &[u8], mut conn: TcpStream) {
+        if head.method != "GET" && head.method != "HEAD" {
+            gate::reply(&mut conn, 405, "only GET\n");
+            return;
+        }
+        let (code, body, ctype) = match head.path() {
+            "/metrics" => (
+                200,
+                render(&self.live),
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            "/healthz" => {
+                let (c, b) = self
+                    .health
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .check(&self.live);
+                (c, b, "text/plain; charset=utf-8")
+            }
+            _ => (
+                404,
+                "not found: /metrics or /healthz\n".into(),
+                "text/plain; charset=utf-8",
+            ),
+        };
+        let mut resp = http::response(code, ctype, body.as_bytes(), "");
+        if head.method == "HEAD" {
+            resp.truncate(resp.len() - body.len());
+        }
+        if let Err(e) = conn.write_all(&resp) {
+            log::debug!("metrics client went away: {e}");
+        }
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+    }
+}
+
 /// Serve `/metrics` and `/healthz` on `addr` until the process ends; returns the bound address.
 pub fn spawn(
     addr: std::net::SocketAddr,
     live: Arc<LiveMetrics>,
 ) -> anyhow::Result<std::net::SocketAddr> {
-    let server = tiny_http::Server::http(addr)
-        .map_err(|e| anyhow::anyhow!("--prometheus {addr}: cannot listen: {e}"))?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| anyhow::anyhow!("--prometheus {addr}: not an IP listener"))?;
-    std::thread::Builder::new()
-        .name("bevrt-metrics".into())
-        .spawn(move || {
-            let mut health = Health {
-                last_count: 0,
-                last_change: Instant::now(),
-                stall_after: Duration::from_secs(5),
-            };
-            for req in server.incoming_requests() {
-                let (code, body, ctype) = match req.url() {
-                    "/metrics" => (
-                        200,
-                        render(&live),
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    ),
-                    "/healthz" => {
-                        let (c, b) = health.check(&live);
-                        (c, b, "text/plain; charset=utf-8")
-                    }
-                    _ => (
-                        404,
-                        "not found: /metrics or /healthz\n".into(),
-                        "text/plain",
-                    ),
-                };
-                let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes())
-                    .expect("static header");
-                let resp = tiny_http::Response::from_string(body)
-                    .with_status_code(code)
-                    .with_header(header);
-                if let Err(e) = req.respond(resp) {
-                    log::debug!("metrics client went away: {e}");
-                }
-            }
-        })?;
+    let listener = gate::listen("prometheus", addr)?;
+    let bound = listener.local_addr()?;
+    let door = MetricsDoor {
+        live,
+        health: Mutex::new(Health {
+            last_count: 0,
+            last_change: Instant::now(),
+            stall_after: Duration::from_secs(5),
+        }),
+    };
+    gate::open(listener, "metrics", GateLimits::default(), Arc::new(door))?;
     log::info!("metrics: http://{bound}/metrics and /healthz");
     Ok(bound)
 }

@@ -448,5 +448,6 @@ fn afv_manifest(ds: &Dataset, models: Vec<ModelFile>, prov: toml::Table) -> Mani
         }),
         selftest: None,
         provenance: prov,
+        expires: None,
     }
 }

@@ -679,6 +679,7 @@ pub fn write_letsmap_bundle(
         afv: None,
         selftest: None,
         provenance: prov,
+        expires: None,
     };
     let r = bevrt_models::write_bundle(
         out,

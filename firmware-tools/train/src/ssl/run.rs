@@ -754,6 +754,7 @@ pub fn write_encoder_bundle(out: &Path, b: &EncoderBundle, extra: toml::Table) -
         afv: None,
         selftest: None,
         provenance: prov,
+        expires: None,
     };
     let r = bevrt_models::write_bundle(
         out,

@@ -151,6 +151,7 @@ pub fn cmd_demo(a: DemoArgs) -> anyhow::Result<()> {
         afv: None,
         selftest: None,
         provenance: Default::default(),
+        expires: None,
     };
     let bundle = write_bundle(&bundle_dir, manifest, &[(onnx, "model.onnx".into())])?;
     println!("bundle: {}", bundle.dir.display());

@@ -63,12 +63,12 @@ pub struct RunArgs {
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 5.0)]
     report_every: f64,
-    /// Serve the run live to Foxglove (WebSocket protocol) on HOST:PORT, e.g.
+    /// Serve the run live to Foxglove (WebSocket protocol) on PORT (127.0.0.1) or HOST:PORT, e.g.
     /// 127.0.0.1:8765: camera, BEV map and grid, results, at most 20 Hz. A slow viewer loses
     /// viewer messages (counted), never frames.
     #[arg(long, value_name = "HOST:PORT")]
     foxglove: Option<String>,
-    /// Serve Prometheus /metrics and /healthz on HOST:PORT, e.g. 127.0.0.1:9090.
+    /// Serve Prometheus /metrics and /healthz on PORT (127.0.0.1) or HOST:PORT, e.g. 9090.
     #[arg(long, value_name = "HOST:PORT")]
     prometheus: Option<String>,
     /// Print the final report as JSON on stdout.
@@ -234,6 +234,7 @@ pub fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
     };
     let n_out = be.new_result().outputs.len();
     let live = std::sync::Arc::new(pipeline::LiveMetrics::default());
+    live.set_model_expiry(&bundle);
     let sink_ctx = sink::SinkContext {
         calibration: calibration_in_use(calib.as_deref(), &bundle),
         live: Some(live.clone()),
