@@ -227,3 +227,25 @@ pub fn spawn(
     log::info!("metrics: http://{bound}/metrics and /healthz");
     Ok(bound)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expired_running_bundle_shows_on_the_metrics_page() {
+        let live = LiveMetrics::default();
+        assert!(!render(&live).contains("bevrt_model_expired"));
+        *live.model_expiry.lock().unwrap() = Some(("tiny 1.0.0".into(), 1_600_000_000));
+        let page = render(&live);
+        assert!(
+            page.contains("bevrt_model_expired{bundle=\"tiny 1.0.0\"} 1"),
+            "{page}"
+        );
+        assert!(
+            page.contains("bevrt_model_expiry_timestamp_seconds{bundle=\"tiny 1.0.0\"} 1600000000")
+        );
+        *live.model_expiry.lock().unwrap() = Some(("tiny 1.0.0".into(), i64::MAX / 2));
+        assert!(render(&live).contains("bevrt_model_expired{bundle=\"tiny 1.0.0\"} 0"));
+    }
+}
