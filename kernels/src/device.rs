@@ -3,6 +3,42 @@
 //! cudarc is built with dynamic loading, so bevrt builds and runs on machines without CUDA;
 //! `CudaContext::new` panics when libcuda is missing, so [`probe`] checks for the library
 //! first.
+//!
+//! On Jetson / DRIVE (L4T, JetPack) the driver library lives outside the usual directories
+//! (`/usr/lib/aarch64-linux-gnu/tegra`, or `.../nvidia` from JetPack 6), which JetPack puts
+//! on the loader's path through `/etc/ld.so.conf.d`; a container or a trimmed image may not.
+//! [`probe`] then loads it from those places by full path first (and CUDA's
+//! forward-compatibility directory), so cudarc's later `dlopen("libcuda.so.1")` finds it
+//! already loaded.
+
+/// Where the driver library is when the loader's path does not name it.
+pub const DRIVER_PLACES: [&str; 4] = [
+    "/usr/lib/aarch64-linux-gnu/tegra/libcuda.so.1",
+    "/usr/lib/aarch64-linux-gnu/nvidia/libcuda.so.1",
+    "/usr/local/cuda/compat/libcuda.so.1",
+    "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
+];
+
+/// Load the driver library from [`DRIVER_PLACES`] when the loader cannot find it by name;
+/// returns the path it came from (`None`: found by name, or nowhere).
+pub fn preload_driver() -> Option<&'static str> {
+    use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+    // SAFETY: loading the CUDA driver library runs its initialisers, as cudarc's own load does.
+    unsafe {
+        if Library::open(Some("libcuda.so.1"), RTLD_NOW | RTLD_GLOBAL).is_ok() {
+            return None;
+        }
+        for place in DRIVER_PLACES {
+            if let Ok(lib) = Library::open(Some(place), RTLD_NOW | RTLD_GLOBAL) {
+                // Kept loaded for the process's life: cudarc resolves its symbols from it.
+                std::mem::forget(lib);
+                log::info!("CUDA driver loaded from {place} (not on the loader's path)");
+                return Some(place);
+            }
+        }
+    }
+    None
+}
 
 /// What the driver reports about device 0.
 #[derive(Debug, Clone)]
@@ -22,6 +58,7 @@ pub struct DeviceError(pub String);
 /// `Ok(None)` when no CUDA driver library is installed, `Ok(Some)` for device 0, `Err` when a
 /// driver exists but fails (no device, wrong version, permissions).
 pub fn probe() -> Result<Option<DeviceInfo>, DeviceError> {
+    preload_driver();
     // SAFETY: only tries to dlopen libcuda; no driver call is made through it.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Ok(None);

@@ -245,6 +245,8 @@ fn compile_with(
     let compiled = unsafe { result::compile_program(prog, &opts) };
     let log = unsafe { result::get_program_log(prog) }
         .map(|l| {
+            // c_char is i8 on x86-64 and u8 on aarch64: the cast is needed on one of them.
+            #[allow(clippy::unnecessary_cast)]
             let bytes: Vec<u8> = l
                 .iter()
                 .take_while(|c| **c != 0)

@@ -13,18 +13,32 @@ pub enum Isa {
     Avx512,
     /// AVX-512 VNNI (`vpdpbusd`): INT8 dot products of four byte pairs per lane.
     Avx512Vnni,
+    /// aarch64 Advanced SIMD with the FP32 micro-kernels on FMLA (the portable kernels are
+    /// NEON already: it is the aarch64 baseline, and the compiler vectorises them for it).
+    Neon,
+    /// NEON + the ARMv8.2 dot-product instructions (`sdot`): INT8 dot products of four byte
+    /// pairs per lane, as VNNI (Cortex-A78AE: Jetson / DRIVE Orin).
+    NeonDot,
 }
 
 impl Isa {
-    /// The best family this CPU runs; `BEVRT_CPU_ISA=portable|avx2|avx512` caps it (tests and
-    /// benchmarks of the slower paths on a fast machine).
+    /// The best family this CPU runs; `BEVRT_CPU_ISA=portable|avx2|avx512|neon` caps it
+    /// (tests and benchmarks of the slower paths on a fast machine). A name of another
+    /// architecture's family does not cap anything.
     pub fn detect() -> Isa {
         let best = Self::best_available();
-        match std::env::var("BEVRT_CPU_ISA").ok().as_deref() {
+        let cap = match std::env::var("BEVRT_CPU_ISA").ok().as_deref() {
             Some("portable") => Isa::Portable,
-            Some("avx2") => best.min(Isa::Avx2),
-            Some("avx512") => best.min(Isa::Avx512),
-            _ => best,
+            Some("avx2") => Isa::Avx2,
+            Some("avx512") => Isa::Avx512,
+            Some("neon") => Isa::Neon,
+            _ => return best,
+        };
+        let here = Self::all_available();
+        if here.contains(&cap) {
+            best.min(cap)
+        } else {
+            best
         }
     }
 
@@ -42,7 +56,16 @@ impl Isa {
         }
     }
 
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    pub fn best_available() -> Isa {
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            Isa::NeonDot
+        } else {
+            Isa::Neon
+        }
+    }
+
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     pub fn best_available() -> Isa {
         Isa::Portable
     }
@@ -50,10 +73,12 @@ impl Isa {
     /// Every family this CPU can run (for tests that compare them).
     pub fn all_available() -> Vec<Isa> {
         let best = Self::best_available();
-        [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni]
-            .into_iter()
-            .filter(|i| *i <= best)
-            .collect()
+        let family: &[Isa] = if cfg!(target_arch = "aarch64") {
+            &[Isa::Portable, Isa::Neon, Isa::NeonDot]
+        } else {
+            &[Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni]
+        };
+        family.iter().copied().filter(|i| *i <= best).collect()
     }
 
     pub fn name(self) -> &'static str {
@@ -62,6 +87,8 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
             Isa::Avx512Vnni => "avx512-vnni",
+            Isa::Neon => "neon",
+            Isa::NeonDot => "neon-dotprod",
         }
     }
 }

@@ -571,7 +571,7 @@ unsafe fn run_step_isa(
                 return unsafe { avx512(s, base, scratch, scratch_bytes, pool) };
             }
             Isa::Avx2 => return unsafe { avx2(s, base, scratch, scratch_bytes, pool) },
-            Isa::Portable => {}
+            _ => {}
         }
     }
     let _ = isa;

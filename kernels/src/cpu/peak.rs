@@ -24,9 +24,11 @@ fn chains(isa: Isa, iters: usize) -> (f64, f32) {
         // SAFETY: the ISA was detected on this CPU.
         Isa::Avx512 | Isa::Avx512Vnni => return unsafe { chains_avx512(iters) },
         Isa::Avx2 => return unsafe { chains_avx2(iters) },
-        Isa::Portable => {}
+        _ => {}
     }
-    let _ = isa;
+    if matches!(isa, Isa::Neon | Isa::NeonDot) {
+        return chains_fma(iters);
+    }
     let mut acc = [1.0f32; 32];
     let m = std::hint::black_box(0.999_999f32);
     for _ in 0..iters {
@@ -35,6 +37,18 @@ fn chains(isa: Isa, iters: usize) -> (f64, f32) {
         }
     }
     (iters as f64 * 32.0 * 2.0, acc.iter().sum())
+}
+
+/// 16 NEON registers of FMLA chains (2 FMA pipes x 4 cycles latency on a Cortex-A78 need 8).
+fn chains_fma(iters: usize) -> (f64, f32) {
+    let mut acc = [1.0f32; 64];
+    let m = std::hint::black_box(0.999_999f32);
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = a.mul_add(m, 1e-7);
+        }
+    }
+    (iters as f64 * 64.0 * 2.0, acc.iter().sum())
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -111,5 +125,6 @@ fn chains_flops(isa: Isa, iters: usize) -> f64 {
         Isa::Avx512 | Isa::Avx512Vnni => iters as f64 * 24.0 * 16.0 * 2.0,
         Isa::Avx2 => iters as f64 * 12.0 * 8.0 * 2.0,
         Isa::Portable => iters as f64 * 32.0 * 2.0,
+        Isa::Neon | Isa::NeonDot => iters as f64 * 64.0 * 2.0,
     }
 }

@@ -365,3 +365,15 @@ fn fp16_plans_are_refused_with_the_tensor_named() {
         .unwrap();
     assert!(e.contains("FP16") && e.contains("t"), "{e}");
 }
+
+/// CI names the families the machine (or emulator) must offer, so the exactness tests above
+/// cannot silently run on fewer (`BEVRT_EXPECT_ISAS=portable,neon,neon-dotprod` under
+/// qemu-aarch64).
+#[test]
+fn the_expected_instruction_set_families_are_all_tested() {
+    let Ok(want) = std::env::var("BEVRT_EXPECT_ISAS") else {
+        return;
+    };
+    let have: Vec<&str> = Isa::all_available().iter().map(|i| i.name()).collect();
+    assert_eq!(have.join(","), want, "families available here");
+}

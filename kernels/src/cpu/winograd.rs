@@ -15,14 +15,20 @@
 //! results match the twin to ~1e-6 relative (tested at 1e-5). AVX-512 only; elsewhere the
 //! engine keeps the GEMM. `BEVRT_CPU_WINOGRAD=0` turns it off (for A/B measurements).
 
-use super::conv::{Acc, Epilogue, InBuf, OutBuf, as_f32, split_phases};
+#[cfg(target_arch = "x86_64")]
+use super::conv::{Acc, as_f32, split_phases};
+use super::conv::{Epilogue, InBuf, OutBuf};
 use super::isa::Isa;
-use super::micro::{MR, micro_f32_16, micro_f32_avx512};
+use super::micro::MR;
+#[cfg(target_arch = "x86_64")]
+use super::micro::{micro_f32_16, micro_f32_avx512};
 use crate::params::ConvParams;
 
 /// Tiles per block: the GEMM micro-kernel's 32 columns.
 const NT: usize = 32;
 
+// Built only where it is chosen (AVX-512); elsewhere `applies` is false and it is never made.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub struct WinogradConv {
     pub p: ConvParams,
     /// `[e][panel][c][MR]`

@@ -6,7 +6,10 @@
 //!   live over the Foxglove WebSocket protocol, at most 20 Hz; a slow viewer loses viewer
 //!   messages (counted as `viewer_dropped`), never pipeline frames.
 //!
-//! Both sit behind [`gate`] (a connection cap that evicts the slowest first, a deadline for the
+//! - [`systemd`]: `READY=1` at the first inferred frame, `WATCHDOG=1` only while frames flow,
+//!   `STATUS=` (for `Type=notify` services), when started by systemd.
+//!
+//! Both endpoints sit behind [`gate`] (a connection cap that evicts the slowest first, a deadline for the
 //! request head, bounded request sizes, a write deadline), read requests only through
 //! [`http`] and, for viewers, frames only through [`websocket`]. A bare `PORT` binds to
 //! 127.0.0.1; any other address is the user's explicit choice (and logged as such).
@@ -15,6 +18,7 @@ pub mod foxglove;
 pub mod gate;
 pub mod http;
 pub mod prometheus;
+pub mod systemd;
 pub mod websocket;
 
 /// Parse `PORT` (on 127.0.0.1) or `HOST:PORT`, warning when it is not a loopback address.

@@ -3,13 +3,14 @@
 
 mod args;
 mod bench;
+mod config;
 mod conformance;
 mod demo;
 mod info;
 mod run;
 
 use bevrt_runtime::supervisor;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[global_allocator]
 static ALLOC: bevrt_runtime::alloc_count::CountingAlloc = bevrt_runtime::alloc_count::CountingAlloc;
@@ -24,6 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a bundle on a frame source, writing results to sinks.
+    #[command(args_override_self = true)]
     Run(Box<run::RunArgs>),
     /// The main job on an embedded default (no camera, no GPU, no download): the shipped
     /// letsmap-lite BEV bundle on a freshly simulated drive; side-by-side PNGs, latency, mIoU.
@@ -38,10 +40,30 @@ enum Cmd {
     Conformance(conformance::ConformanceArgs),
 }
 
+/// `run`'s long flags and whether each takes a value (what a `--config` file may set).
+fn run_flags() -> Vec<(String, bool)> {
+    let cmd = Cli::command();
+    let run = cmd.find_subcommand("run").expect("run is a subcommand");
+    run.get_arguments()
+        .filter_map(|a| {
+            let long = a.get_long()?;
+            (long != "config" && long != "help")
+                .then(|| (long.to_string(), a.get_action().takes_values()))
+        })
+        .collect()
+}
+
 fn main() {
     supervisor::single_malloc_arena();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    let argv = match config::expand(std::env::args_os().collect(), &run_flags()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     let r = match cli.cmd {
         Cmd::Run(a) => run::cmd_run(*a),
         Cmd::Demo(a) => demo::cmd_bev_demo(a),

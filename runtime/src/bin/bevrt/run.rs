@@ -10,6 +10,11 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
+    /// TOML file whose keys are these flags (e.g. `store = "/var/lib/bevrt/store"`,
+    /// `sinks = ["jsonl"]`, `trial-frames = 30`); flags given here override it. The service
+    /// reads /etc/bevrt/bevrt.toml.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Bundle directory (holding bundle.toml).
     #[arg(long, required_unless_present = "store", conflicts_with = "store")]
     bundle: Option<PathBuf>,
@@ -210,6 +215,12 @@ fn calibration_in_use(
 }
 
 pub fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
+    if let Some(c) = &a.config {
+        log::info!(
+            "settings from {} (flags given on the command line override it)",
+            c.display()
+        );
+    }
     let given = match (&a.store, &a.bundle) {
         (None, Some(dir)) => Some(load_bundle(&a, dir)?),
         (None, None) => anyhow::bail!("--bundle or --store is required"),
@@ -257,6 +268,7 @@ pub fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         let addr = bevrt_runtime::serve::parse_bind("prometheus", addr)?;
         bevrt_runtime::serve::prometheus::spawn(addr, live.clone())?;
     }
+    bevrt_runtime::serve::systemd::spawn(live.clone())?;
     let opts = pipeline::PipelineOptions {
         max_frames: a.max_frames,
         duration: a.duration.map(Duration::from_secs_f64),
