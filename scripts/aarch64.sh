@@ -29,11 +29,20 @@ BEVRT_EXPECT_ISAS=portable,neon,neon-dotprod \
 echo "== aarch64: cross build of bevrt and bevrt-tool (V4L2 feature on)"
 cargo build --release --target "$T" -p bevrt-runtime -p bevrt-tools --features bevrt-runtime/v4l
 cargo build --release -p bevrt-runtime
+strip_mb() { # size of a stripped copy, MB
+    local t; t="$(mktemp)"; "$1" -o "$t" "$2"
+    awk -v b="$(stat -c %s "$t")" 'BEGIN { printf "%.1f", b / 1e6 }'; rm -f "$t"
+}
 for b in bevrt bevrt-tool; do
-    printf '%-11s x86-64 %6.1f MB   aarch64 %6.1f MB\n' "$b" \
-        "$(($(stat -c %s target/release/$b) / 100000))e-1" \
-        "$(($(stat -c %s target/$T/release/$b) / 100000))e-1"
+    echo "$b stripped: x86-64 $(strip_mb strip "target/release/$b") MB, aarch64 $(strip_mb aarch64-linux-gnu-strip "target/$T/release/$b") MB"
 done
+# JetPack 6 (L4T r36) is Ubuntu 22.04: glibc 2.35. A symbol version above it would not load.
+glibc="$(aarch64-linux-gnu-objdump -T "target/$T/release/bevrt" | grep -o 'GLIBC_[0-9.]*' | sort -Vu | tail -1)"
+echo "bevrt (aarch64) needs $glibc at most (JetPack 6 / Ubuntu 22.04 has GLIBC_2.35)"
+if [ "$(printf '%s\nGLIBC_2.35\n' "$glibc" | sort -V | tail -1)" != "GLIBC_2.35" ]; then
+    echo "the aarch64 bevrt needs $glibc, newer than JetPack 6's glibc 2.35" >&2
+    exit 1
+fi
 qemu=(qemu-aarch64 -L /usr/aarch64-linux-gnu)
 arm="target/$T/release/bevrt"
 x86="target/release/bevrt"
