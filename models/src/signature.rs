@@ -157,8 +157,8 @@ pub fn sign_file(path: &Path, sk: &SecretKey, comment: &str) -> Result<PathBuf, 
     Ok(spath)
 }
 
-/// The key id a bundle's signature names (before any check of the signature itself).
-pub fn signer_key_id(dir: &Path) -> Result<String, BundleError> {
+/// A bundle's signature file, parsed (not yet checked against anything).
+fn read_signature(dir: &Path) -> Result<minisign::SignatureBox, BundleError> {
     let spath = dir.join(SIGNATURE_FILE);
     if !spath.exists() {
         return Err(invalid(
@@ -169,7 +169,12 @@ pub fn signer_key_id(dir: &Path) -> Result<String, BundleError> {
     let sig_text = read_text(&spath, "minisign signature")?;
     let sig = minisign::SignatureBox::from_string(&sig_text)
         .map_err(|e| invalid(&spath, format!("not a minisign signature: {e}")))?;
-    Ok(key_id(sig.keynum()))
+    Ok(sig)
+}
+
+/// The key id a bundle's signature names (before any check of the signature itself).
+pub fn signer_key_id(dir: &Path) -> Result<String, BundleError> {
+    Ok(key_id(read_signature(dir)?.keynum()))
 }
 
 /// What a successful trusted load saw.
@@ -187,20 +192,12 @@ pub struct Signed {
 pub fn load_trusted(dir: &Path, pk: &PublicKey) -> Result<Signed, BundleError> {
     let dir_ok = Bundle::load_unverified(dir)?; // the directory and manifest exist and parse
     let mpath = dir.join(MANIFEST_FILE);
-    let spath = dir.join(SIGNATURE_FILE);
     let bytes = std::fs::read(&mpath).map_err(|source| BundleError::Io {
         path: mpath.clone(),
         source,
     })?;
-    if !spath.exists() {
-        return Err(invalid(
-            &spath,
-            "unsigned bundle: no signature (sign it with `bevrt-tool bundle sign` or `minisign -Sm bundle.toml`)",
-        ));
-    }
-    let sig_text = read_text(&spath, "minisign signature")?;
-    let sig = minisign::SignatureBox::from_string(&sig_text)
-        .map_err(|e| invalid(&spath, format!("not a minisign signature: {e}")))?;
+    let spath = dir.join(SIGNATURE_FILE);
+    let sig = read_signature(dir)?;
     let (signer, trusted) = (key_id(sig.keynum()), key_id(pk.keynum()));
     if signer != trusted {
         return Err(invalid(

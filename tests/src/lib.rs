@@ -45,6 +45,15 @@ pub fn splitmix_bytes(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago (for a server the test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A fresh, empty scratch directory under the target dir.
 pub fn scratch(name: &str) -> PathBuf {
     let d = workspace_root()

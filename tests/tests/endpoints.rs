@@ -10,7 +10,7 @@
 
 use bevrt_runtime::serve::http::{self, MAX_HEAD, MAX_HEADERS};
 use bevrt_runtime::serve::websocket::{ClientFrames, client_frame};
-use bevrt_tests::{bin, scratch, workspace_root};
+use bevrt_tests::{bin, free_port, scratch, workspace_root};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -202,14 +202,6 @@ fn websocket_frame_reader_survives_a_million_fuzzed_streams() {
         bytes >> 20
     );
     assert!(ok > 1000 && refused > 1000);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Keeps `n` connections to `addr` open, each sending `start` and then one byte of a header

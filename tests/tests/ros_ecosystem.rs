@@ -301,14 +301,6 @@ fn bad_bags_are_refused_or_played_up_to_the_damage() {
     assert!(!ok && se.contains("is a directory"), "{se}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Run bevrt on the live simulated camera for `secs` with both endpoints, and the Python
 /// clients against them; (bevrt report, clients' JSON).
 fn live_run(tag: &str, secs: u32, stall: bool) -> (serde_json::Value, serde_json::Value) {
