@@ -518,6 +518,11 @@ pub struct Bundle {
 }
 
 impl Bundle {
+    /// `name version`, as logs and the store's journal name a bundle.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.manifest.name, self.manifest.version)
+    }
+
     /// Load `dir/bundle.toml` and verify every file's sha256.
     pub fn load(dir: impl AsRef<Path>) -> Result<Bundle, BundleError> {
         let b = Self::load_unverified(dir)?;

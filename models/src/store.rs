@@ -504,7 +504,7 @@ impl Store {
         );
         self.write_state(&next)?; // the switch
         crash_point("switched");
-        let label = bundle_label(&source);
+        let label = source.label();
         if let Some(detail) = downgrade {
             self.log("downgrade", Some(target), Some(label.clone()), &detail);
         }
@@ -708,10 +708,6 @@ fn raise_highest_confirmed(s: &mut StoreState, r: &SlotRecord) {
     }
 }
 
-fn bundle_label(b: &Bundle) -> String {
-    format!("{} {}", b.manifest.name, b.manifest.version)
-}
-
 fn record_label(r: &SlotRecord) -> String {
     format!("{} {}", r.name, r.version)
 }
@@ -751,7 +747,7 @@ fn refuse_expired(b: &Bundle, src: &Path, now: i64) -> Result<(), BundleError> {
             src,
             format!(
                 "{} expired at {} (now {}): refusing to deploy a stale bundle",
-                bundle_label(b),
+                b.label(),
                 show_time(t),
                 show_time(now)
             ),

@@ -88,7 +88,7 @@ impl LiveMetrics {
     /// Record `bundle`'s expiry for `/metrics`; says loudly when it has already passed (the run
     /// goes on: a car must not lose its only model to a date).
     pub fn set_model_expiry(&self, bundle: &bevrt_models::Bundle) {
-        let label = format!("{} {}", bundle.manifest.name, bundle.manifest.version);
+        let label = bundle.label();
         let exp = bundle.manifest.expires_unix();
         if let Some(t) = exp
             && bevrt_models::time::now_unix() > t

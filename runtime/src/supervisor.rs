@@ -14,9 +14,9 @@
 
 use crate::backend::{self, Backend, BackendKind, BackendOptions};
 use crate::selftest;
+use bevrt_models::Task;
 use bevrt_models::signature::PublicKey;
 use bevrt_models::store::{ActiveBundle, Store};
-use bevrt_models::{Bundle, Task};
 use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -84,10 +84,6 @@ fn open_verified(active: ActiveBundle, cfg: &LoadConfig) -> anyhow::Result<Loade
     })
 }
 
-fn label(b: &Bundle) -> String {
-    format!("{} {}", b.manifest.name, b.manifest.version)
-}
-
 /// Load the active slot at start, rolling back (and journaling why) while it fails and the
 /// store has something to fall back to.
 pub fn start(store: &Store, cfg: &LoadConfig) -> anyhow::Result<Loaded> {
@@ -98,7 +94,7 @@ pub fn start(store: &Store, cfg: &LoadConfig) -> anyhow::Result<Loaded> {
                 log::info!(
                     "store: slot {} ({}){}{}",
                     l.active.slot,
-                    label(&l.active.bundle),
+                    l.active.bundle.label(),
                     if l.active.trial { ", on trial" } else { "" },
                     l.selftest
                         .as_deref()
@@ -152,7 +148,7 @@ impl StoreSupervisor {
             frames: 0,
             errors: 0,
             previous: None,
-            label: label(&first.active.bundle),
+            label: first.active.bundle.label(),
         });
         Ok(StoreSupervisor {
             store,
@@ -223,7 +219,7 @@ impl StoreSupervisor {
                 log::info!(
                     "store: swapping in slot {} ({}){}",
                     l.active.slot,
-                    label(&l.active.bundle),
+                    l.active.bundle.label(),
                     l.selftest
                         .as_deref()
                         .map(|s| format!("; self-test passed: {s}"))
@@ -236,7 +232,7 @@ impl StoreSupervisor {
                     frames: 0,
                     errors: 0,
                     previous: Some(old),
-                    label: label(&l.active.bundle),
+                    label: l.active.bundle.label(),
                 });
                 UpdateEvent::Swapped
             }
