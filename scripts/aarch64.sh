@@ -7,7 +7,8 @@
 #     outcome must equal the x86-64 run's (and none may fail);
 #   - `bevrt demo` end to end on the CPU engine: its mIoU must equal x86-64's within 0.1.
 # The rest of the suite runs on x86-64 only (qemu is 10-50x slower; see README).
-# Usage: scripts/aarch64.sh   (installs what is missing; .ci/run calls it)
+# Usage: scripts/aarch64.sh [--build-only]   (installs what is missing; .ci/run calls it;
+# --build-only stops after the cross build, as scripts/package.sh uses it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=aarch64-unknown-linux-gnu
@@ -22,13 +23,27 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 rustup target list --installed | grep -q "^$T\$" || rustup target add "$T"
 
-echo "== aarch64: unit tests under qemu (kernels on every ISA family, calib, models)"
-BEVRT_EXPECT_ISAS=portable,neon,neon-dotprod \
-    cargo test --release --target "$T" -p bevrt-kernels -p bevrt-calib -p bevrt-models --lib
+cross_build() {
+    cargo build --release --target "$T" -p bevrt-runtime -p bevrt-tools --features bevrt-runtime/v4l
+}
+if [ "${1:-}" = --build-only ]; then
+    cross_build
+    exit 0
+fi
 
 echo "== aarch64: cross build of bevrt and bevrt-tool (V4L2 feature on)"
-cargo build --release --target "$T" -p bevrt-runtime -p bevrt-tools --features bevrt-runtime/v4l
-cargo build --release -p bevrt-runtime
+cross_build
+# x86-64's side of the comparisons: CI's test command built it (a no-op then).
+cargo test -q --release --workspace --features bevrt-runtime/v4l --no-run
+
+echo "== aarch64: unit tests under qemu (kernels on every ISA family, calib, models)"
+# Selected through bevrt-tools with the binaries' features, so the dependencies resolve as in
+# the cross build above and only the three test harnesses compile (alone, the three crates
+# resolve tract, half, syn, ... with other features: a second 4-5 minute dependency build).
+BEVRT_EXPECT_ISAS=portable,neon,neon-dotprod \
+    cargo test --release --target "$T" -p bevrt-kernels -p bevrt-calib -p bevrt-models \
+    -p bevrt-tools --features bevrt-runtime/v4l --lib
+
 strip_mb() { # size of a stripped copy, MB
     local t; t="$(mktemp)"; "$1" -o "$t" "$2"
     awk -v b="$(stat -c %s "$t")" 'BEGIN { printf "%.1f", b / 1e6 }'; rm -f "$t"

@@ -129,6 +129,20 @@ const CASES: &[Case] = &[
         groups: 1,
         n: 1,
     },
+    // a narrow layer with odd sizes: one block of at most 16 tiles, partial tiles at the
+    // right and bottom edges (Winograd's half-width path)
+    Case {
+        c: 8,
+        h: 9,
+        w: 13,
+        k: 8,
+        r: 3,
+        stride: 1,
+        pad: 1,
+        dil: 1,
+        groups: 1,
+        n: 1,
+    },
     // depthwise 3x3 stride 2 and 5x5 stride 1
     Case {
         c: 24,
@@ -376,4 +390,30 @@ fn the_expected_instruction_set_families_are_all_tested() {
     };
     let have: Vec<&str> = Isa::all_available().iter().map(|i| i.name()).collect();
     assert_eq!(have.join(","), want, "families available here");
+}
+
+/// The float-convolution test above covers Winograd only if the engine picks it: on AVX-512
+/// and on aarch64 (NEON lanes) for the 3x3 stride-1 cases, nowhere else.
+#[test]
+fn winograd_runs_where_it_is_meant_to() {
+    if std::env::var("BEVRT_CPU_WINOGRAD").is_ok_and(|v| v == "0") {
+        return; // turned off on purpose
+    }
+    let winograd_isas = [Isa::Avx512, Isa::Avx512Vnni, Isa::Neon, Isa::NeonDot];
+    let mut seen = 0;
+    for (i, case) in CASES.iter().enumerate() {
+        let (plan, _) = conv_plan(case, None, i as u32);
+        let fits = case.r == 3 && case.stride == 1 && case.dil == 1 && case.groups == 1;
+        let fits = fits && case.c >= 8 && case.k >= 8;
+        for isa in Isa::all_available() {
+            let e = CpuPlan::load(plan.clone(), pool::shared(1), isa).expect("loads");
+            let used = e.profile().iter().any(|s| s.kernel == "winograd_f32");
+            let want = fits && winograd_isas.contains(&isa);
+            assert_eq!(used, want, "case {i} on {isa:?}");
+            seen += used as usize;
+        }
+    }
+    if Isa::all_available().iter().any(|i| winograd_isas.contains(i)) {
+        assert!(seen >= 2, "Winograd ran on {seen} case/ISA pairs");
+    }
 }

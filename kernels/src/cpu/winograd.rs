@@ -12,12 +12,15 @@
 //!   shared with the GEMM), two output rows per tile row.
 //!
 //! Sums run in another order than the twin's direct sum and through the transforms' adds:
-//! results match the twin to ~1e-6 relative (tested at 1e-5). AVX-512 only; elsewhere the
-//! engine keeps the GEMM. `BEVRT_CPU_WINOGRAD=0` turns it off (for A/B measurements).
+//! results match the twin to ~1e-6 relative (tested at 1e-5).
+//!
+//! Two sets of block steps ([`BlockSteps`]): AVX-512 intrinsics with the GEMM's AVX-512
+//! micro-kernels, and plain 16-lane arrays the compiler vectorises for NEON (aarch64's
+//! baseline; FMLA for the GEMM). Chosen on AVX-512 and on aarch64 (NEON); elsewhere (AVX2,
+//! portable x86) the engine keeps the GEMM. `BEVRT_CPU_WINOGRAD=0` turns it off (for A/B
+//! measurements).
 
-#[cfg(target_arch = "x86_64")]
-use super::conv::{Acc, as_f32, split_phases};
-use super::conv::{Epilogue, InBuf, OutBuf};
+use super::conv::{Acc, Epilogue, InBuf, OutBuf, as_f32, split_phases};
 use super::isa::Isa;
 use super::micro::MR;
 #[cfg(target_arch = "x86_64")]
@@ -27,13 +30,14 @@ use crate::params::ConvParams;
 /// Tiles per block: the GEMM micro-kernel's 32 columns.
 const NT: usize = 32;
 
-// Built only where it is chosen (AVX-512); elsewhere `applies` is false and it is never made.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub struct WinogradConv {
     pub p: ConvParams,
     /// `[e][panel][c][MR]`
     u: Vec<f32>,
     epi: Epilogue,
+    /// Which block steps run: AVX-512 on x86-64 (where it applies on AVX-512 only); on
+    /// aarch64 always the lanes.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     isa: Isa,
     tiles_w: usize,
     tiles_h: usize,
@@ -52,7 +56,10 @@ impl WinogradConv {
     pub fn applies(p: &ConvParams, isa: Isa) -> bool {
         let enabled = std::env::var("BEVRT_CPU_WINOGRAD").map_or(true, |v| v != "0");
         enabled
-            && matches!(isa, Isa::Avx512 | Isa::Avx512Vnni)
+            && matches!(
+                isa,
+                Isa::Avx512 | Isa::Avx512Vnni | Isa::Neon | Isa::NeonDot
+            )
             && p.r == 3
             && p.s == 3
             && p.stride_h == 1
@@ -126,12 +133,17 @@ impl WinogradConv {
         if matches!(self.isa, Isa::Avx512 | Isa::Avx512Vnni) {
             return unsafe { self.pad_avx512(t, x) };
         }
-        let _ = (t, x);
+        unsafe { self.pad_plane(t, x) }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
     unsafe fn pad_avx512(&self, t: usize, x: InBuf) {
+        unsafe { self.pad_plane(t, x) }
+    }
+
+    #[inline(always)]
+    unsafe fn pad_plane(&self, t: usize, x: InBuf) {
         let InBuf::F32(x) = x else { return };
         let p = &self.p;
         let (h, w) = (p.h as usize, p.w as usize);
@@ -156,13 +168,19 @@ impl WinogradConv {
         if matches!(self.isa, Isa::Avx512 | Isa::Avx512Vnni) {
             return unsafe { self.task_avx512(t, y, scratch) };
         }
-        let _ = (t, y, scratch);
-        unreachable!("Winograd is chosen on AVX-512 only")
+        unsafe { self.task::<lanes::Lanes>(t, y, scratch) }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
     unsafe fn task_avx512(&self, t: usize, y: OutBuf, scratch: &mut [u8]) {
+        unsafe { self.task::<Avx512>(t, y, scratch) }
+    }
+
+    /// One tile row: per block of tiles, the input transform of every channel, per panel of
+    /// output channels the 16 GEMMs, then the output transform and the epilogue.
+    #[inline(always)]
+    unsafe fn task<S: BlockSteps>(&self, t: usize, y: OutBuf, scratch: &mut [u8]) {
         let p = &self.p;
         let (c, k) = (p.c as usize, p.k as usize);
         let (img, ty) = (t / self.tiles_h, t % self.tiles_h);
@@ -187,7 +205,7 @@ impl WinogradConv {
                     // reads up to 16 lanes past the row (the next row or the slack)
                     unsafe {
                         let at = src.add(ci * plane + tx0 + half * 16);
-                        input_transform(at, row, self.wph, v, (ci, c, width), half)
+                        S::input_transform(at, row, self.wph, v, (ci, c, width), half)
                     };
                 }
             }
@@ -197,15 +215,11 @@ impl WinogradConv {
                     let a = &self.u[(e * panels + panel) * c * MR..][..c * MR];
                     let b = &v[e * c * width..][..c * width];
                     let out = &mut m[e * MR * width..][..MR * width];
-                    if width == 16 {
-                        micro_f32_16(c, a, b, out);
-                    } else {
-                        micro_f32_avx512(c, a, b, out);
-                    }
+                    unsafe { S::gemm(c, a, b, out, width) };
                 }
                 for r in 0..MR.min(k - panel * MR) {
                     let kk = panel * MR + r;
-                    unsafe { self.output_tiles(m, r, width, rows) };
+                    unsafe { S::output_tiles(m, r, width, rows) };
                     let (oh, ow) = (p.oh as usize, p.ow as usize);
                     let cols = (2 * nt).min(ow - 2 * tx0);
                     let base = (img * k + kk) * oh * ow + 2 * tx0;
@@ -218,35 +232,92 @@ impl WinogradConv {
             tx0 += nt;
         }
     }
+}
 
+/// The vector steps of a block of tiles, per instruction set.
+trait BlockSteps {
+    /// `V = Bᵀ d B` for 16 consecutive tiles of one channel (lanes = tiles) into
+    /// `v[e][ci][half * 16 ..]` (rows of `width` tiles); `src` is the tiles' first padded row
+    /// at their first tile.
+    ///
+    /// # Safety
+    /// Four rows of `row` floats from `src` (each read at both phases, 17 lanes) are readable.
+    unsafe fn input_transform(
+        src: *const f32,
+        row: usize,
+        wph: usize,
+        v: &mut [f32],
+        at: (usize, usize, usize),
+        half: usize,
+    );
+    /// `out[MR][width] = a[c][MR]ᵀ b[c][width]` (one transform element's GEMM for a panel).
+    ///
+    /// # Safety
+    /// The instruction set is this CPU's.
+    unsafe fn gemm(c: usize, a: &[f32], b: &[f32], out: &mut [f32], width: usize);
     /// `Y = Aᵀ M A` for output channel row `r` of the panel's `M` blocks, into two output
     /// rows of `2 NT` values (tile columns interleaved).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn output_tiles(&self, m: &[f32], r: usize, width: usize, rows: &mut [f32]) {
-        use std::arch::x86_64::*;
-        // interleave y?0 and y?1 lane by lane: [a0 b0 a1 b1 ...]
-        let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-        let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-        for half in 0..width / 16 {
-            let at = |e: usize| unsafe {
-                _mm512_loadu_ps(m.as_ptr().add((e * MR + r) * width + half * 16))
-            };
-            let mv: [__m512; 16] = std::array::from_fn(at);
-            // S = Aᵀ M (rows), then Y = S A (columns)
-            let s0: [__m512; 4] =
-                std::array::from_fn(|j| _mm512_add_ps(_mm512_add_ps(mv[j], mv[4 + j]), mv[8 + j]));
-            let s1: [__m512; 4] = std::array::from_fn(|j| {
-                _mm512_sub_ps(_mm512_sub_ps(mv[4 + j], mv[8 + j]), mv[12 + j])
-            });
-            for (i, s) in [s0, s1].iter().enumerate() {
-                let y0 = _mm512_add_ps(_mm512_add_ps(s[0], s[1]), s[2]);
-                let y1 = _mm512_sub_ps(_mm512_sub_ps(s[1], s[2]), s[3]);
-                let out = unsafe { rows.as_mut_ptr().add(i * 2 * NT + half * 32) };
-                unsafe {
-                    _mm512_storeu_ps(out, _mm512_permutex2var_ps(y0, lo, y1));
-                    _mm512_storeu_ps(out.add(16), _mm512_permutex2var_ps(y0, hi, y1));
-                }
+    ///
+    /// # Safety
+    /// The instruction set is this CPU's.
+    unsafe fn output_tiles(m: &[f32], r: usize, width: usize, rows: &mut [f32]);
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl BlockSteps for Avx512 {
+    #[inline(always)]
+    unsafe fn input_transform(
+        src: *const f32,
+        row: usize,
+        wph: usize,
+        v: &mut [f32],
+        at: (usize, usize, usize),
+        half: usize,
+    ) {
+        unsafe { input_transform_avx512(src, row, wph, v, at, half) }
+    }
+
+    #[inline(always)]
+    unsafe fn gemm(c: usize, a: &[f32], b: &[f32], out: &mut [f32], width: usize) {
+        if width == 16 {
+            unsafe { micro_f32_16(c, a, b, out) }
+        } else {
+            unsafe { micro_f32_avx512(c, a, b, out) }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn output_tiles(m: &[f32], r: usize, width: usize, rows: &mut [f32]) {
+        unsafe { output_tiles_avx512(m, r, width, rows) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn output_tiles_avx512(m: &[f32], r: usize, width: usize, rows: &mut [f32]) {
+    use std::arch::x86_64::*;
+    // interleave y?0 and y?1 lane by lane: [a0 b0 a1 b1 ...]
+    let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for half in 0..width / 16 {
+        let at =
+            |e: usize| unsafe { _mm512_loadu_ps(m.as_ptr().add((e * MR + r) * width + half * 16)) };
+        let mv: [__m512; 16] = std::array::from_fn(at);
+        // S = Aᵀ M (rows), then Y = S A (columns)
+        let s0: [__m512; 4] =
+            std::array::from_fn(|j| _mm512_add_ps(_mm512_add_ps(mv[j], mv[4 + j]), mv[8 + j]));
+        let s1: [__m512; 4] =
+            std::array::from_fn(|j| _mm512_sub_ps(_mm512_sub_ps(mv[4 + j], mv[8 + j]), mv[12 + j]));
+        for (i, s) in [s0, s1].iter().enumerate() {
+            let y0 = _mm512_add_ps(_mm512_add_ps(s[0], s[1]), s[2]);
+            let y1 = _mm512_sub_ps(_mm512_sub_ps(s[1], s[2]), s[3]);
+            let out = unsafe { rows.as_mut_ptr().add(i * 2 * NT + half * 32) };
+            unsafe {
+                _mm512_storeu_ps(out, _mm512_permutex2var_ps(y0, lo, y1));
+                _mm512_storeu_ps(out.add(16), _mm512_permutex2var_ps(y0, hi, y1));
             }
         }
     }
@@ -260,7 +331,7 @@ impl WinogradConv {
 /// Four rows of `row` floats from `src` (each read at both phases, 17 lanes) are readable.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn input_transform(
+unsafe fn input_transform_avx512(
     src: *const f32,
     row: usize,
     wph: usize,
@@ -316,4 +387,118 @@ fn filter_transform(g: &[f32]) -> [f32; 16] {
         }
     }
     u
+}
+
+/// The block steps on plain `[f32; 16]` lanes: what the compiler vectorises for NEON (the
+/// aarch64 baseline: four FP32 lanes a register, FMLA for `mul_add`). The same operations in
+/// the same order as the AVX-512 steps.
+mod lanes {
+    use super::{BlockSteps, MR, NT};
+
+    type L = [f32; 16];
+
+    #[inline(always)]
+    fn zip(a: &L, b: &L, f: impl Fn(f32, f32) -> f32) -> L {
+        std::array::from_fn(|l| f(a[l], b[l]))
+    }
+
+    #[inline(always)]
+    fn add(a: &L, b: &L) -> L {
+        zip(a, b, |x, y| x + y)
+    }
+
+    #[inline(always)]
+    fn sub(a: &L, b: &L) -> L {
+        zip(a, b, |x, y| x - y)
+    }
+
+    pub(super) struct Lanes;
+
+    impl BlockSteps for Lanes {
+        #[inline(always)]
+        unsafe fn input_transform(
+            src: *const f32,
+            row: usize,
+            wph: usize,
+            v: &mut [f32],
+            (ci, c, width): (usize, usize, usize),
+            half: usize,
+        ) {
+            // SAFETY: the caller guarantees four rows of 17 lanes at both phases
+            let d = |i: usize, j: usize| -> L {
+                unsafe { std::ptr::read_unaligned(src.add(i * row + (j % 2) * wph + j / 2).cast()) }
+            };
+            let dm: [[L; 4]; 4] = std::array::from_fn(|i| std::array::from_fn(|j| d(i, j)));
+            // T = Bᵀ d (rows), then V = T B (columns)
+            let t: [[L; 4]; 4] = [
+                std::array::from_fn(|j| sub(&dm[0][j], &dm[2][j])),
+                std::array::from_fn(|j| add(&dm[1][j], &dm[2][j])),
+                std::array::from_fn(|j| sub(&dm[2][j], &dm[1][j])),
+                std::array::from_fn(|j| sub(&dm[1][j], &dm[3][j])),
+            ];
+            for (i, ti) in t.iter().enumerate() {
+                let vi = [
+                    sub(&ti[0], &ti[2]),
+                    add(&ti[1], &ti[2]),
+                    sub(&ti[2], &ti[1]),
+                    sub(&ti[1], &ti[3]),
+                ];
+                for (j, x) in vi.iter().enumerate() {
+                    let e = i * 4 + j;
+                    v[(e * c + ci) * width + half * 16..][..16].copy_from_slice(x);
+                }
+            }
+        }
+
+        /// Eight columns at a time: an 8x8 block of accumulators is 16 of NEON's 32 registers,
+        /// 16 FMLA per input channel against one 32-byte load of `b` and eight scalars of `a`.
+        #[inline(always)]
+        unsafe fn gemm(c: usize, a: &[f32], b: &[f32], out: &mut [f32], width: usize) {
+            assert!(a.len() >= c * MR && b.len() >= c * width && width.is_multiple_of(8));
+            for x0 in (0..width).step_by(8) {
+                let mut acc = [[0f32; 8]; MR];
+                for ci in 0..c {
+                    // SAFETY: ci < c and x0 + 8 <= width, inside the lengths checked above
+                    let (av, bv): ([f32; MR], [f32; 8]) = unsafe {
+                        (
+                            std::ptr::read_unaligned(a.as_ptr().add(ci * MR).cast()),
+                            std::ptr::read_unaligned(b.as_ptr().add(ci * width + x0).cast()),
+                        )
+                    };
+                    for r in 0..MR {
+                        for x in 0..8 {
+                            acc[r][x] = av[r].mul_add(bv[x], acc[r][x]);
+                        }
+                    }
+                }
+                for (r, row) in acc.iter().enumerate() {
+                    out[r * width + x0..][..8].copy_from_slice(row);
+                }
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn output_tiles(m: &[f32], r: usize, width: usize, rows: &mut [f32]) {
+            for half in 0..width / 16 {
+                let mv: [L; 16] = std::array::from_fn(|e| {
+                    m[(e * MR + r) * width + half * 16..][..16]
+                        .try_into()
+                        .unwrap()
+                });
+                // S = Aᵀ M (rows), then Y = S A (columns), tile columns interleaved
+                let s0: [L; 4] = std::array::from_fn(|j| add(&add(&mv[j], &mv[4 + j]), &mv[8 + j]));
+                let s1: [L; 4] =
+                    std::array::from_fn(|j| sub(&sub(&mv[4 + j], &mv[8 + j]), &mv[12 + j]));
+                for (i, s) in [s0, s1].iter().enumerate() {
+                    let y0 = add(&add(&s[0], &s[1]), &s[2]);
+                    let y1 = sub(&sub(&s[1], &s[2]), &s[3]);
+                    let out = &mut rows[i * 2 * NT + half * 32..][..32];
+                    for l in 0..16 {
+                        out[2 * l] = y0[l];
+                        out[2 * l + 1] = y1[l];
+                    }
+                }
+            }
+        }
+    }
 }
