@@ -413,7 +413,10 @@ fn winograd_runs_where_it_is_meant_to() {
             seen += used as usize;
         }
     }
-    if Isa::all_available().iter().any(|i| winograd_isas.contains(i)) {
+    if Isa::all_available()
+        .iter()
+        .any(|i| winograd_isas.contains(i))
+    {
         assert!(seen >= 2, "Winograd ran on {seen} case/ISA pairs");
     }
 }

@@ -168,7 +168,7 @@ impl WinogradConv {
         if matches!(self.isa, Isa::Avx512 | Isa::Avx512Vnni) {
             return unsafe { self.task_avx512(t, y, scratch) };
         }
-        unsafe { self.task::<lanes::Lanes>(t, y, scratch) }
+        unsafe { self.task::<Lanes>(t, y, scratch) }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -389,114 +389,111 @@ fn filter_transform(g: &[f32]) -> [f32; 16] {
     u
 }
 
+/// Sixteen tiles, one value each.
+type L = [f32; 16];
+
+#[inline(always)]
+fn zip(a: &L, b: &L, f: impl Fn(f32, f32) -> f32) -> L {
+    std::array::from_fn(|l| f(a[l], b[l]))
+}
+
+#[inline(always)]
+fn add(a: &L, b: &L) -> L {
+    zip(a, b, |x, y| x + y)
+}
+
+#[inline(always)]
+fn sub(a: &L, b: &L) -> L {
+    zip(a, b, |x, y| x - y)
+}
+
 /// The block steps on plain `[f32; 16]` lanes: what the compiler vectorises for NEON (the
 /// aarch64 baseline: four FP32 lanes a register, FMLA for `mul_add`). The same operations in
 /// the same order as the AVX-512 steps.
-mod lanes {
-    use super::{BlockSteps, MR, NT};
+struct Lanes;
 
-    type L = [f32; 16];
-
+impl BlockSteps for Lanes {
     #[inline(always)]
-    fn zip(a: &L, b: &L, f: impl Fn(f32, f32) -> f32) -> L {
-        std::array::from_fn(|l| f(a[l], b[l]))
-    }
-
-    #[inline(always)]
-    fn add(a: &L, b: &L) -> L {
-        zip(a, b, |x, y| x + y)
-    }
-
-    #[inline(always)]
-    fn sub(a: &L, b: &L) -> L {
-        zip(a, b, |x, y| x - y)
-    }
-
-    pub(super) struct Lanes;
-
-    impl BlockSteps for Lanes {
-        #[inline(always)]
-        unsafe fn input_transform(
-            src: *const f32,
-            row: usize,
-            wph: usize,
-            v: &mut [f32],
-            (ci, c, width): (usize, usize, usize),
-            half: usize,
-        ) {
-            // SAFETY: the caller guarantees four rows of 17 lanes at both phases
-            let d = |i: usize, j: usize| -> L {
-                unsafe { std::ptr::read_unaligned(src.add(i * row + (j % 2) * wph + j / 2).cast()) }
-            };
-            let dm: [[L; 4]; 4] = std::array::from_fn(|i| std::array::from_fn(|j| d(i, j)));
-            // T = Bᵀ d (rows), then V = T B (columns)
-            let t: [[L; 4]; 4] = [
-                std::array::from_fn(|j| sub(&dm[0][j], &dm[2][j])),
-                std::array::from_fn(|j| add(&dm[1][j], &dm[2][j])),
-                std::array::from_fn(|j| sub(&dm[2][j], &dm[1][j])),
-                std::array::from_fn(|j| sub(&dm[1][j], &dm[3][j])),
+    unsafe fn input_transform(
+        src: *const f32,
+        row: usize,
+        wph: usize,
+        v: &mut [f32],
+        (ci, c, width): (usize, usize, usize),
+        half: usize,
+    ) {
+        // SAFETY: the caller guarantees four rows of 17 lanes at both phases
+        let d = |i: usize, j: usize| -> L {
+            unsafe { std::ptr::read_unaligned(src.add(i * row + (j % 2) * wph + j / 2).cast()) }
+        };
+        let dm: [[L; 4]; 4] = std::array::from_fn(|i| std::array::from_fn(|j| d(i, j)));
+        // T = Bᵀ d (rows), then V = T B (columns)
+        let t: [[L; 4]; 4] = [
+            std::array::from_fn(|j| sub(&dm[0][j], &dm[2][j])),
+            std::array::from_fn(|j| add(&dm[1][j], &dm[2][j])),
+            std::array::from_fn(|j| sub(&dm[2][j], &dm[1][j])),
+            std::array::from_fn(|j| sub(&dm[1][j], &dm[3][j])),
+        ];
+        for (i, ti) in t.iter().enumerate() {
+            let vi = [
+                sub(&ti[0], &ti[2]),
+                add(&ti[1], &ti[2]),
+                sub(&ti[2], &ti[1]),
+                sub(&ti[1], &ti[3]),
             ];
-            for (i, ti) in t.iter().enumerate() {
-                let vi = [
-                    sub(&ti[0], &ti[2]),
-                    add(&ti[1], &ti[2]),
-                    sub(&ti[2], &ti[1]),
-                    sub(&ti[1], &ti[3]),
-                ];
-                for (j, x) in vi.iter().enumerate() {
-                    let e = i * 4 + j;
-                    v[(e * c + ci) * width + half * 16..][..16].copy_from_slice(x);
-                }
+            for (j, x) in vi.iter().enumerate() {
+                let e = i * 4 + j;
+                v[(e * c + ci) * width + half * 16..][..16].copy_from_slice(x);
             }
         }
+    }
 
-        /// Eight columns at a time: an 8x8 block of accumulators is 16 of NEON's 32 registers,
-        /// 16 FMLA per input channel against one 32-byte load of `b` and eight scalars of `a`.
-        #[inline(always)]
-        unsafe fn gemm(c: usize, a: &[f32], b: &[f32], out: &mut [f32], width: usize) {
-            assert!(a.len() >= c * MR && b.len() >= c * width && width.is_multiple_of(8));
-            for x0 in (0..width).step_by(8) {
-                let mut acc = [[0f32; 8]; MR];
-                for ci in 0..c {
-                    // SAFETY: ci < c and x0 + 8 <= width, inside the lengths checked above
-                    let (av, bv): ([f32; MR], [f32; 8]) = unsafe {
-                        (
-                            std::ptr::read_unaligned(a.as_ptr().add(ci * MR).cast()),
-                            std::ptr::read_unaligned(b.as_ptr().add(ci * width + x0).cast()),
-                        )
-                    };
-                    for r in 0..MR {
-                        for x in 0..8 {
-                            acc[r][x] = av[r].mul_add(bv[x], acc[r][x]);
-                        }
+    /// Eight columns at a time: an 8x8 block of accumulators is 16 of NEON's 32 registers,
+    /// 16 FMLA per input channel against one 32-byte load of `b` and eight scalars of `a`.
+    #[inline(always)]
+    unsafe fn gemm(c: usize, a: &[f32], b: &[f32], out: &mut [f32], width: usize) {
+        assert!(a.len() >= c * MR && b.len() >= c * width && width.is_multiple_of(8));
+        for x0 in (0..width).step_by(8) {
+            let mut acc = [[0f32; 8]; MR];
+            for ci in 0..c {
+                // SAFETY: ci < c and x0 + 8 <= width, inside the lengths checked above
+                let (av, bv): ([f32; MR], [f32; 8]) = unsafe {
+                    (
+                        std::ptr::read_unaligned(a.as_ptr().add(ci * MR).cast()),
+                        std::ptr::read_unaligned(b.as_ptr().add(ci * width + x0).cast()),
+                    )
+                };
+                for r in 0..MR {
+                    for x in 0..8 {
+                        acc[r][x] = av[r].mul_add(bv[x], acc[r][x]);
                     }
-                }
-                for (r, row) in acc.iter().enumerate() {
-                    out[r * width + x0..][..8].copy_from_slice(row);
                 }
             }
+            for (r, row) in acc.iter().enumerate() {
+                out[r * width + x0..][..8].copy_from_slice(row);
+            }
         }
+    }
 
-        #[inline(always)]
-        unsafe fn output_tiles(m: &[f32], r: usize, width: usize, rows: &mut [f32]) {
-            for half in 0..width / 16 {
-                let mv: [L; 16] = std::array::from_fn(|e| {
-                    m[(e * MR + r) * width + half * 16..][..16]
-                        .try_into()
-                        .unwrap()
-                });
-                // S = Aᵀ M (rows), then Y = S A (columns), tile columns interleaved
-                let s0: [L; 4] = std::array::from_fn(|j| add(&add(&mv[j], &mv[4 + j]), &mv[8 + j]));
-                let s1: [L; 4] =
-                    std::array::from_fn(|j| sub(&sub(&mv[4 + j], &mv[8 + j]), &mv[12 + j]));
-                for (i, s) in [s0, s1].iter().enumerate() {
-                    let y0 = add(&add(&s[0], &s[1]), &s[2]);
-                    let y1 = sub(&sub(&s[1], &s[2]), &s[3]);
-                    let out = &mut rows[i * 2 * NT + half * 32..][..32];
-                    for l in 0..16 {
-                        out[2 * l] = y0[l];
-                        out[2 * l + 1] = y1[l];
-                    }
+    #[inline(always)]
+    unsafe fn output_tiles(m: &[f32], r: usize, width: usize, rows: &mut [f32]) {
+        for half in 0..width / 16 {
+            let mv: [L; 16] = std::array::from_fn(|e| {
+                m[(e * MR + r) * width + half * 16..][..16]
+                    .try_into()
+                    .unwrap()
+            });
+            // S = Aᵀ M (rows), then Y = S A (columns), tile columns interleaved
+            let s0: [L; 4] = std::array::from_fn(|j| add(&add(&mv[j], &mv[4 + j]), &mv[8 + j]));
+            let s1: [L; 4] =
+                std::array::from_fn(|j| sub(&sub(&mv[4 + j], &mv[8 + j]), &mv[12 + j]));
+            for (i, s) in [s0, s1].iter().enumerate() {
+                let y0 = add(&add(&s[0], &s[1]), &s[2]);
+                let y1 = sub(&sub(&s[1], &s[2]), &s[3]);
+                let out = &mut rows[i * 2 * NT + half * 32..][..32];
+                for l in 0..16 {
+                    out[2 * l] = y0[l];
+                    out[2 * l + 1] = y1[l];
                 }
             }
         }
