@@ -23,8 +23,10 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 rustup target list --installed | grep -q "^$T\$" || rustup target add "$T"
 
+# bevrt-tool without the host feature (training, quantization): the vehicle's tool, no candle.
 cross_build() {
-    cargo build --release --target "$T" -p bevrt-runtime -p bevrt-tools --features bevrt-runtime/v4l
+    cargo build --release --target "$T" -p bevrt-runtime -p bevrt-tools --no-default-features \
+        --features bevrt-runtime/v4l
 }
 if [ "${1:-}" = --build-only ]; then
     cross_build
@@ -42,7 +44,7 @@ echo "== aarch64: unit tests under qemu (kernels on every ISA family, calib, mod
 # resolve tract, half, syn, ... with other features: a second 4-5 minute dependency build).
 BEVRT_EXPECT_ISAS=portable,neon,neon-dotprod \
     cargo test --release --target "$T" -p bevrt-kernels -p bevrt-calib -p bevrt-models \
-    -p bevrt-tools --features bevrt-runtime/v4l --lib
+    -p bevrt-tools --no-default-features --features bevrt-runtime/v4l --lib
 
 strip_mb() { # size of a stripped copy, MB
     local t; t="$(mktemp)"; "$1" -o "$t" "$2"

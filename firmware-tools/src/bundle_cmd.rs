@@ -159,7 +159,7 @@ fn init(a: &InitArgs) -> anyhow::Result<()> {
         expires: None,
     };
     let b = write_bundle(&a.out, manifest, &files)?;
-    bevrt_train::record_selftest(&b.dir);
+    bevrt_runtime::selftest::record_or_warn(&b.dir);
     println!(
         "wrote {} ({} task, {} file(s))",
         b.dir.display(),

@@ -1,16 +1,19 @@
 //! `bevrt-tool`: host-side work around bevrt: bundles, calibration, simulation, letsmap-lite
-//! training and evaluation, INT8 quantization and HIL.
+//! training and evaluation, INT8 quantization and HIL. Training and quantization are the
+//! `host` feature (default); without it the tool is the vehicle's (the arm64 package).
 
 mod bundle_cmd;
 mod calib_cmd;
 mod cli;
 mod hil_cmd;
 mod kernels_cmd;
+#[cfg(feature = "host")]
 mod quantize_cmd;
 mod sim_cmd;
 mod soak;
 mod trust_cmd;
 
+#[cfg(feature = "host")]
 use bevrt_train::{afv, letsmap};
 use clap::{Parser, Subcommand};
 
@@ -38,33 +41,45 @@ enum Cmd {
     CompileKernels(kernels_cmd::CompileKernelsArgs),
     /// Hardware-in-the-loop: run the real bevrt on simulator recordings with injected faults.
     Hil(hil_cmd::HilArgs),
+    #[cfg(feature = "host")]
     /// Unsupervised pretraining of the letsmap-lite encoder (temporal masked autoencoding).
     Pretrain(cli::letsmap::PretrainArgs),
+    #[cfg(feature = "host")]
     /// letsmap-lite's geometry pathway without labels: the depth distribution the lift uses,
     /// learned by re-synthesising each frame from its neighbours with the recorded ego-motion.
     PretrainGeometry(cli::letsmap::GeometryArgs),
+    #[cfg(feature = "host")]
     /// Depth of a geometry-pretrained encoder (or a bundle) against the simulator's depth maps:
     /// AbsRel, SqRel, RMSE, δ<1.25.
     DepthEval(cli::letsmap::DepthEvalArgs),
+    #[cfg(feature = "host")]
     /// Fine-tune letsmap-lite's BEV head on a fraction of the labels; writes a bundle.
     Finetune(cli::letsmap::FinetuneArgs),
+    #[cfg(feature = "host")]
     /// Per-class IoU / mIoU of a BEV bundle on held-out recordings (deployment path).
     Eval(cli::letsmap::EvalArgs),
+    #[cfg(feature = "host")]
     /// INT8 post-training quantization of a bundle into explicit Q/DQ ONNX (calibrated on frames).
     Quantize(quantize_cmd::QuantizeArgs),
+    #[cfg(feature = "host")]
     /// GAN for Adversarial Fisher Vectors.
     #[command(subcommand)]
     Gan(GanCmd),
+    #[cfg(feature = "host")]
     /// Adversarial Fisher Vectors: Fisher statistics and distances.
     #[command(subcommand)]
     Afv(AfvCmd),
+    #[cfg(feature = "host")]
     /// A features bundle's vector for every image of a dataset (npy).
     Embed(cli::afv::EmbedArgs),
+    #[cfg(feature = "host")]
     /// Linear or k-NN probe on frozen features, with few or all labels.
     Probe(cli::afv::ProbeArgs),
+    #[cfg(feature = "host")]
     /// Self-supervised feature encoders (BAM, Invariance Propagation, MAE, StructMAE, PDAE).
     #[command(subcommand)]
     Ssl(cli::ssl::SslCmd),
+    #[cfg(feature = "host")]
     /// The digit DDPM PDAE builds on: train, sample, reconstruct and interpolate through z,
     /// the DDPM's own features.
     #[command(subcommand)]
@@ -85,12 +100,14 @@ enum Cmd {
     Trust(trust_cmd::TrustCmd),
 }
 
+#[cfg(feature = "host")]
 #[derive(Subcommand)]
 enum GanCmd {
     /// Train the GAN on a dataset's training split; writes an AFV features bundle.
     Train(cli::afv::GanTrainArgs),
 }
 
+#[cfg(feature = "host")]
 #[derive(Subcommand)]
 enum AfvCmd {
     /// Mean and diagonal Fisher information from generator samples, stored in the bundle.
@@ -102,6 +119,7 @@ enum AfvCmd {
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    #[cfg(feature = "host")]
     bevrt_train::keep_freed_memory();
     let r = match &cli.cmd {
         Cmd::Bundle(c) => bundle_cmd::run(c),
@@ -111,19 +129,32 @@ fn main() {
         Cmd::CalibBench(a) => calib_cmd::bench_calib(a),
         Cmd::CompileKernels(a) => kernels_cmd::compile_kernels(a),
         Cmd::Sim(c) => sim_cmd::run(c),
+        #[cfg(feature = "host")]
         Cmd::Ssl(c) => cli::ssl::run(c),
+        #[cfg(feature = "host")]
         Cmd::Ddpm(c) => cli::ddpm::run(c),
         Cmd::Hil(a) => hil_cmd::hil(a),
+        #[cfg(feature = "host")]
         Cmd::Pretrain(a) => letsmap::semantic::pretrain(&a.config()),
+        #[cfg(feature = "host")]
         Cmd::PretrainGeometry(a) => letsmap::geometry::pretrain_geometry(&a.config()),
+        #[cfg(feature = "host")]
         Cmd::DepthEval(a) => letsmap::geometry::depth_eval_cmd(&a.config()),
+        #[cfg(feature = "host")]
         Cmd::Finetune(a) => letsmap::train::finetune(&a.config()),
+        #[cfg(feature = "host")]
         Cmd::Eval(a) => letsmap::eval::eval_cmd(&a.config()),
+        #[cfg(feature = "host")]
         Cmd::Quantize(a) => quantize_cmd::quantize(a),
+        #[cfg(feature = "host")]
         Cmd::Gan(GanCmd::Train(a)) => afv::train::gan_train(&a.config()),
+        #[cfg(feature = "host")]
         Cmd::Afv(AfvCmd::Fit(a)) => afv::fisher::fit(&a.config()),
+        #[cfg(feature = "host")]
         Cmd::Afv(AfvCmd::Distance(a)) => afv::fisher::distance(&a.config()),
+        #[cfg(feature = "host")]
         Cmd::Embed(a) => afv::fisher::embed(&a.config()),
+        #[cfg(feature = "host")]
         Cmd::Probe(a) => afv::probe::probe(&a.config()),
         Cmd::Keygen(a) => trust_cmd::keygen(a),
         Cmd::Deploy(a) => trust_cmd::deploy(a),

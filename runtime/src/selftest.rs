@@ -94,6 +94,19 @@ fn run_frame(
     Ok(out)
 }
 
+/// Record self-test vectors into a bundle a command just wrote, logging the outcome; a
+/// failure is reported, not fatal (the bundle is complete without them).
+pub fn record_or_warn(dir: &Path) {
+    match record(dir, DEFAULT_TOLERANCE) {
+        Ok(st) => log::info!(
+            "{}: self-test vectors recorded ({} outputs)",
+            dir.display(),
+            st.outputs.len()
+        ),
+        Err(e) => log::warn!("{}: no self-test vectors recorded: {e:#}", dir.display()),
+    }
+}
+
 /// Record test vectors for the bundle at `dir` with the CPU reference backend, write them
 /// into the bundle and its manifest (atomically). A signature made before is no longer valid
 /// afterwards: record, then sign.

@@ -85,7 +85,7 @@ pub fn quantize(cfg: &QuantizeConfig) -> Result<()> {
         .and_then(|models| derive_bundle(&bundle, &models, &cfg.out, Some(prov)));
     let _ = std::fs::remove_dir_all(&work);
     written?;
-    bevrt_train::record_selftest(&cfg.out);
+    bevrt_runtime::selftest::record_or_warn(&cfg.out);
     print_report(&report);
     if let Some(path) = &cfg.report {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)

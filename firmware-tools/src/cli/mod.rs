@@ -9,9 +9,13 @@
 //! | [`ssl`] | `ssl train`, `ssl drive` |
 //! | [`ddpm`] | `ddpm train`, `sample`, `reconstruct`, `interpolate`, `features` |
 
+#[cfg(feature = "host")]
 pub mod afv;
+#[cfg(feature = "host")]
 pub mod ddpm;
+#[cfg(feature = "host")]
 pub mod letsmap;
+#[cfg(feature = "host")]
 pub mod ssl;
 
 use bevrt_runtime::choice::Choice;

@@ -28,8 +28,6 @@ pub mod progress;
 pub mod rng;
 pub mod ssl;
 
-use std::path::Path;
-
 /// Keep freed memory in the process: training allocates and frees tensors of several MB
 /// every step, and glibc's defaults hand them back to the kernel and fault them in again
 /// (zeroed) on the next step. Measured on the DDPM's step (batch 64, 2 cores): 5.1 s with the
@@ -43,18 +41,5 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         libc::mallopt(libc::M_TOP_PAD, 256 << 20);
         libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
-/// Record self-test vectors into a bundle a command just wrote; a failure is reported, not
-/// fatal (the bundle is complete without them).
-pub fn record_selftest(dir: &Path) {
-    match bevrt_runtime::selftest::record(dir, bevrt_runtime::selftest::DEFAULT_TOLERANCE) {
-        Ok(st) => log::info!(
-            "{}: self-test vectors recorded ({} outputs)",
-            dir.display(),
-            st.outputs.len()
-        ),
-        Err(e) => log::warn!("{}: no self-test vectors recorded: {e:#}", dir.display()),
     }
 }

@@ -692,6 +692,6 @@ pub fn write_letsmap_bundle(
     );
     let _ = std::fs::remove_dir_all(&tmp);
     r?;
-    crate::record_selftest(out);
+    bevrt_runtime::selftest::record_or_warn(out);
     Ok(())
 }

@@ -769,6 +769,6 @@ pub fn write_encoder_bundle(out: &Path, b: &EncoderBundle, extra: toml::Table) -
     );
     let _ = std::fs::remove_dir_all(&tmp);
     r?;
-    crate::record_selftest(out);
+    bevrt_runtime::selftest::record_or_warn(out);
     Ok(())
 }
