@@ -25,9 +25,10 @@ struct BinaryParams {
     int dims[4];
     int a_strides[4];
     int b_strides[4];
-    int op;  // 0 add, 1 sub, 2 mul, 3 div
+    int op;  // 0 add, 1 sub, 2 mul, 3 div, 4 scale-shift: a * b[ib] + b[ib + shift_offset]
     int act;
     float act_a, act_b;
+    int shift_offset;
 };
 
 __device__ __forceinline__ float binary_op(int op, float u, float v) {
@@ -59,7 +60,9 @@ extern "C" __global__ void binary_f16(BinaryParams p, const half_bits* __restric
     if (i >= p.n) return;
     int ia, ib;
     binary_offsets(p, i, ia, ib);
-    y[i] = f2h(activate(binary_op(p.op, h2f(a[ia]), h2f(b[ib])), p.act, p.act_a, p.act_b));
+    float r = p.op == 4 ? h2f(a[ia]) * h2f(b[ib]) + h2f(b[ib + p.shift_offset])
+                        : binary_op(p.op, h2f(a[ia]), h2f(b[ib]));
+    y[i] = f2h(activate(r, p.act, p.act_a, p.act_b));
 }
 
 extern "C" __global__ void binary_f32(BinaryParams p, const float* __restrict__ a,
@@ -68,7 +71,8 @@ extern "C" __global__ void binary_f32(BinaryParams p, const float* __restrict__ 
     if (i >= p.n) return;
     int ia, ib;
     binary_offsets(p, i, ia, ib);
-    y[i] = activate(binary_op(p.op, a[ia], b[ib]), p.act, p.act_a, p.act_b);
+    float r = p.op == 4 ? a[ia] * b[ib] + b[ib + p.shift_offset] : binary_op(p.op, a[ia], b[ib]);
+    y[i] = activate(r, p.act, p.act_a, p.act_b);
 }
 
 struct PoolParams {
@@ -233,4 +237,40 @@ extern "C" __global__ void copy_slice_f16(const half_bits* __restrict__ x,
     if (i >= outer * src_inner) return;
     int o = i / src_inner, j = i % src_inner;
     y[(size_t)o * dst_inner + dst_offset + j] = x[i];
+}
+
+// Transpose: a data move, so one kernel per element width (f32, f16, int8). Output element i,
+// its coordinates over the right-aligned output dims, reads the input through the permuted
+// input strides.
+struct TransposeParams {
+    int n;
+    int dims[6];
+    int in_strides[6];
+};
+
+template <typename T>
+__device__ __forceinline__ void transpose_any(const TransposeParams& p, const T* __restrict__ x,
+                                              T* __restrict__ y) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= p.n) return;
+    int rem = i, at = 0;
+#pragma unroll
+    for (int d = 5; d >= 0; --d) {
+        at += (rem % p.dims[d]) * p.in_strides[d];
+        rem /= p.dims[d];
+    }
+    y[i] = x[at];
+}
+
+extern "C" __global__ void transpose_b32(TransposeParams p, const unsigned int* __restrict__ x,
+                                         unsigned int* __restrict__ y) {
+    transpose_any(p, x, y);
+}
+extern "C" __global__ void transpose_b16(TransposeParams p, const half_bits* __restrict__ x,
+                                         half_bits* __restrict__ y) {
+    transpose_any(p, x, y);
+}
+extern "C" __global__ void transpose_b8(TransposeParams p, const signed char* __restrict__ x,
+                                        signed char* __restrict__ y) {
+    transpose_any(p, x, y);
 }

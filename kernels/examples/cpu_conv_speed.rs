@@ -95,6 +95,7 @@ fn plan_for(
         dtype,
         quant,
         view_of: None,
+        view_offset: 0,
     };
     let x = plan.add_tensor(desc(
         vec![1, c, h, w],

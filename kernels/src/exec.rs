@@ -7,7 +7,7 @@
 //! check compares the two step by step.
 
 use crate::launch::{Gpu, GpuError, conv_gemm_config, elementwise_config};
-use crate::params::{BinaryParams, ConvParams, PoolParams, ResizeParams};
+use crate::params::{BinaryParams, ConvParams, PoolParams, ResizeParams, TransposeParams};
 use crate::plan::{ALIGN, ConvKernel, DType, KernelPlan, Op, Step, TensorId};
 use cudarc::driver::{CudaFunction, CudaGraph, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 
@@ -26,6 +26,7 @@ pub enum Arg {
     Binary(BinaryParams),
     Pool(PoolParams),
     Resize(ResizeParams),
+    Transpose(TransposeParams),
 }
 
 impl Arg {
@@ -39,6 +40,7 @@ impl Arg {
             Arg::Binary(v) => b.arg(v),
             Arg::Pool(v) => b.arg(v),
             Arg::Resize(v) => b.arg(v),
+            Arg::Transpose(v) => b.arg(v),
         };
     }
 }
@@ -189,6 +191,7 @@ fn resolve_step(at: &Addresses, s: &Step, int8: Int8Gemm) -> Result<ResolvedLaun
             list(&[Arg::Binary(*p), x(0), x(1), y]),
         ),
         Op::Pool(p) => (elementwise_config(n), list(&[Arg::Pool(*p), x(0), y])),
+        Op::Transpose(p) => (elementwise_config(n), list(&[Arg::Transpose(*p), x(0), y])),
         Op::Resize(p) => (elementwise_config(n), list(&[Arg::Resize(*p), x(0), y])),
         Op::Softmax { outer, len, inner } => (
             elementwise_config(outer * inner),

@@ -76,6 +76,9 @@ pub const KERNELS: &[KernelSource] = &[
             "cast_f32_f16",
             "cast_f16_f32",
             "copy_slice_f16",
+            "transpose_b32",
+            "transpose_b16",
+            "transpose_b8",
         ],
     },
 ];

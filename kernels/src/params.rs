@@ -82,11 +82,25 @@ pub struct BinaryParams {
     pub dims: [i32; 4],
     pub a_strides: [i32; 4],
     pub b_strides: [i32; 4],
-    /// 0 add, 1 sub, 2 mul, 3 div
+    /// 0 add, 1 sub, 2 mul, 3 div, 4 scale-shift ([`binary_op::SCALE_SHIFT`])
     pub op: i32,
     pub act: i32,
     pub act_a: f32,
     pub act_b: f32,
+    /// Scale-shift only: where the shifts start in `b` (after the scales).
+    pub shift_offset: i32,
+}
+
+/// `BinaryParams::op` codes.
+pub mod binary_op {
+    pub const ADD: i32 = 0;
+    pub const SUB: i32 = 1;
+    pub const MUL: i32 = 2;
+    pub const DIV: i32 = 3;
+    /// `a * b[ib] + b[ib + shift_offset]`: a per-channel affine map (a BatchNormalization
+    /// that follows no convolution, or a chain of constant Mul/Add folded into one) in one
+    /// pass, `b` holding the scales then the shifts.
+    pub const SCALE_SHIFT: i32 = 4;
 }
 
 /// `PoolParams` in ops.cu.
@@ -130,8 +144,52 @@ pub struct ResizeParams {
     pub scale_w: f32,
 }
 
+/// `TransposeParams` in ops.cu: output element i, its coordinates over `dims` (the output's
+/// shape right-aligned to 6 dims), reads the input at `Σ coord[d]·in_strides[d]`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TransposeParams {
+    pub n: i32,
+    pub dims: [i32; 6],
+    pub in_strides: [i32; 6],
+}
+
+impl TransposeParams {
+    /// The permutation `perm` (ONNX `Transpose`) of a dense tensor of shape `shape`
+    /// (rank ≤ 6).
+    pub fn new(shape: &[usize], perm: &[usize]) -> TransposeParams {
+        let r = shape.len();
+        let mut strides = vec![1usize; r];
+        for d in (0..r.saturating_sub(1)).rev() {
+            strides[d] = strides[d + 1] * shape[d + 1];
+        }
+        let mut p = TransposeParams {
+            n: shape.iter().product::<usize>() as i32,
+            dims: [1; 6],
+            in_strides: [0; 6],
+        };
+        for (k, &axis) in perm.iter().enumerate() {
+            p.dims[6 - r + k] = shape[axis] as i32;
+            p.in_strides[6 - r + k] = strides[axis] as i32;
+        }
+        p
+    }
+
+    /// Input element read by output element `i`.
+    pub fn source(&self, i: usize) -> usize {
+        let (mut rem, mut at) = (i, 0usize);
+        for d in (0..6).rev() {
+            let dim = self.dims[d] as usize;
+            at += (rem % dim) * self.in_strides[d] as usize;
+            rem /= dim;
+        }
+        at
+    }
+}
+
 // SAFETY: plain-old-data, C layout, no padding (all fields 4 bytes).
 unsafe impl cudarc::driver::DeviceRepr for ConvParams {}
 unsafe impl cudarc::driver::DeviceRepr for BinaryParams {}
 unsafe impl cudarc::driver::DeviceRepr for PoolParams {}
 unsafe impl cudarc::driver::DeviceRepr for ResizeParams {}
+unsafe impl cudarc::driver::DeviceRepr for TransposeParams {}

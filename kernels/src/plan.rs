@@ -11,7 +11,7 @@
 //!   scheme TFLite and TensorRT use); views (Reshape, Flatten) share their source's bytes.
 //! - Weights are constants in a second, read-only arena.
 
-use crate::params::{BinaryParams, ConvParams, PoolParams, ResizeParams};
+use crate::params::{BinaryParams, ConvParams, PoolParams, ResizeParams, TransposeParams};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum DType {
@@ -40,8 +40,12 @@ pub struct TensorDesc {
     pub dtype: DType,
     /// int8 tensors: (scale, zero point in the signed domain).
     pub quant: Option<(f32, i32)>,
-    /// A view of another tensor's bytes (same element count and type).
+    /// A view of another tensor's bytes: a Reshape (same element count and type), or a
+    /// Concat input placed inside the Concat's output (see `view_offset`).
     pub view_of: Option<TensorId>,
+    /// Bytes from the start of `view_of`'s bytes to this tensor's (0 but for Concat inputs
+    /// written in place).
+    pub view_offset: usize,
 }
 
 impl TensorDesc {
@@ -125,6 +129,8 @@ pub enum Op {
     Dequantize,
     /// Float to float of another width.
     Cast,
+    /// A permutation of the axes (any element type: a data move).
+    Transpose(TransposeParams),
     /// A Concat input into its slice of the output (`outer` blocks).
     CopySlice {
         outer: usize,
@@ -169,6 +175,11 @@ impl Op {
                 _ => "cast_f16_f32",
             },
             Op::CopySlice { .. } => "copy_slice_f16",
+            Op::Transpose(_) => match output {
+                DType::F32 => "transpose_b32",
+                DType::F16 => "transpose_b16",
+                DType::I8 => "transpose_b8",
+            },
         }
     }
 }
@@ -228,6 +239,16 @@ impl KernelPlan {
             t = s;
         }
         t
+    }
+
+    /// Bytes from the start of `t`'s root to `t` (the sum of the view offsets on the way).
+    pub fn offset_in_root(&self, mut t: TensorId) -> usize {
+        let mut off = 0;
+        while let Some(s) = self.tensors[t].view_of {
+            off += self.tensors[t].view_offset;
+            t = s;
+        }
+        off
     }
 
     /// Steps per kernel name, for reports.
@@ -303,7 +324,7 @@ impl KernelPlan {
             arena = arena.max(off + size);
         }
         for t in 0..self.tensors.len() {
-            offsets[t] = offsets[self.root(t)];
+            offsets[t] = offsets[self.root(t)] + self.offset_in_root(t);
         }
         self.offsets = offsets;
         self.arena_bytes = arena;
@@ -337,6 +358,7 @@ mod tests {
             dtype: DType::F32,
             quant: None,
             view_of: None,
+            view_offset: 0,
         })
     }
 

@@ -191,7 +191,8 @@ pub fn binary(p: &BinaryParams, a: &[f32], b: &[f32]) -> Vec<f32> {
                 0 => u + v,
                 1 => u - v,
                 2 => u * v,
-                _ => u / v,
+                3 => u / v,
+                _ => u * v + b[(ib + p.shift_offset) as usize],
             };
             activate(r, p.act, p.act_a, p.act_b)
         })
@@ -568,6 +569,14 @@ pub fn run_step(plan: &KernelPlan, step: &Step, arena: &mut [u8]) {
         Op::Cast => {
             let x = read_float(plan, arena, step.inputs[0]);
             write_float(plan, arena, out, &x);
+        }
+        Op::Transpose(p) => {
+            let es = od.dtype.size();
+            let (so, dof) = (plan.offsets[step.inputs[0]], plan.offsets[out]);
+            for i in 0..p.n as usize {
+                let from = so + p.source(i) * es;
+                arena.copy_within(from..from + es, dof + i * es);
+            }
         }
         Op::CopySlice {
             outer,

@@ -235,7 +235,12 @@ fn unsupported_ops_are_refused_at_load_with_the_list() {
     // a conformance case with an op outside the set (TopK)
     let case = node_case(&shared, "test_top_k");
     match lower_onnx(&case.join("model.onnx"), &[], &LowerOptions::default()) {
-        Err(LowerError::Unsupported { path, nodes }) => {
+        Err(e @ LowerError::Unsupported { .. }) => {
+            let msg = e.to_string();
+            let LowerError::Unsupported { path, nodes, .. } = e else {
+                unreachable!()
+            };
+            assert!(msg.contains("TopK ×1"), "{msg}");
             assert!(path.ends_with("model.onnx"));
             assert!(nodes.iter().any(|n| n.starts_with("TopK")), "{nodes:?}");
         }

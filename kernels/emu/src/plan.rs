@@ -105,6 +105,7 @@ impl EmuPlan {
                 Arg::Binary(v) => v as *mut _ as *mut c_void,
                 Arg::Pool(v) => v as *mut _ as *mut c_void,
                 Arg::Resize(v) => v as *mut _ as *mut c_void,
+                Arg::Transpose(v) => v as *mut _ as *mut c_void,
             })
             .collect();
         // SAFETY: `resolve_launches` built the list in the kernel's signature order, with

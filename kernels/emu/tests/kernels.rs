@@ -731,20 +731,26 @@ fn binary_f16_broadcasts_like_the_twin() {
     let dims = [2, 3, 4, 5];
     let n = 120;
     let a = special_f16(n, 2);
-    let b = halves(&floats(15, 3, -3.0, 3.0));
+    let b = halves(&floats(30, 3, -3.0, 3.0));
     for (b_strides, blen) in [([0, 5, 0, 1], 15usize), ([0, 0, 0, 0], 1)] {
-        for op in 0..4 {
+        for op in 0..5 {
+            // op 4 (scale-shift) reads the shifts after the `blen` scales
             let p = BinaryParams {
                 n: n as i32,
                 dims,
                 a_strides: [60, 20, 5, 1],
                 b_strides,
                 op,
-                act: if op == 0 { act::RELU } else { act::NONE },
+                act: if op == 0 || op == 4 {
+                    act::RELU
+                } else {
+                    act::NONE
+                },
                 act_a: 0.0,
                 act_b: 0.0,
+                shift_offset: if op == 4 { blen as i32 } else { 0 },
             };
-            let bb = &b[..blen];
+            let bb = if op == 4 { &b[..2 * blen] } else { &b[..blen] };
             let mut y = vec![0u16; n];
             let mut args = Args::new();
             args.arg(p)
@@ -950,6 +956,43 @@ fn quantize_dequantize_and_casts_saturate_like_the_twins() {
         f.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
         "cast_f16_f32"
     );
+}
+
+#[test]
+fn transpose_kernels_move_every_element_like_the_twin() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
+    use bevrt_kernels::params::TransposeParams;
+    // ShuffleNet's channel shuffle (1, 3, 4, 5, 6) [0, 2, 1, 3, 4] and a 3-D reversal
+    for (shape, perm) in [
+        (vec![1usize, 3, 4, 5, 6], vec![0usize, 2, 1, 3, 4]),
+        (vec![4, 5, 6], vec![2, 1, 0]),
+    ] {
+        let p = TransposeParams::new(&shape, &perm);
+        let n = p.n as usize;
+        let want = |x: &[u32]| (0..n).map(|i| x[p.source(i)]).collect::<Vec<u32>>();
+        let x32: Vec<u32> = (0..n as u32).map(|v| v.wrapping_mul(2654435761)).collect();
+        let mut y32 = vec![0u32; n];
+        let mut args = Args::new();
+        args.arg(p).ptr(x32.as_ptr()).ptr(y32.as_mut_ptr());
+        run("transpose_b32", &elementwise_config(n), &mut args);
+        assert_eq!(y32, want(&x32), "transpose_b32 {perm:?}");
+        let x16: Vec<u16> = x32.iter().map(|v| *v as u16).collect();
+        let mut y16 = vec![0u16; n];
+        let mut args = Args::new();
+        args.arg(p).ptr(x16.as_ptr()).ptr(y16.as_mut_ptr());
+        run("transpose_b16", &elementwise_config(n), &mut args);
+        let w16: Vec<u16> = want(&x32).iter().map(|v| *v as u16).collect();
+        assert_eq!(y16, w16, "transpose_b16 {perm:?}");
+        let x8: Vec<i8> = x32.iter().map(|v| *v as i8).collect();
+        let mut y8 = vec![0i8; n];
+        let mut args = Args::new();
+        args.arg(p).ptr(x8.as_ptr()).ptr(y8.as_mut_ptr());
+        run("transpose_b8", &elementwise_config(n), &mut args);
+        let w8: Vec<i8> = want(&x32).iter().map(|v| *v as i8).collect();
+        assert_eq!(y8, w8, "transpose_b8 {perm:?}");
+    }
 }
 
 #[test]
@@ -1391,6 +1434,7 @@ fn unary_and_binary_f32_equal_the_twins() {
         act: act::NONE,
         act_a: 0.0,
         act_b: 0.0,
+        shift_offset: 0,
     };
     let a = floats(120, 96, -3.0, 3.0);
     let b = floats(15, 97, -3.0, 3.0);

@@ -29,7 +29,9 @@ pub mod peak;
 pub mod pool;
 pub mod winograd;
 
-use crate::params::{BinaryParams, PoolParams, ResizeParams, out_mode};
+use crate::params::{
+    BinaryParams, ConvParams, PoolParams, ResizeParams, TransposeParams, out_mode,
+};
 use crate::plan::{ConstData, ConvKernel, DType, KernelPlan, Op, Step};
 use crate::reference::const_f32;
 use conv::{InBuf, OutBuf};
@@ -49,6 +51,8 @@ enum Src {
 
 enum Kernel {
     Gemm(GemmConv),
+    /// A grouped convolution of one image as one GEMM per group, side by side in the pool.
+    Grouped(GroupedGemm),
     Winograd(WinogradConv),
     Direct(DirectConv),
     Unary {
@@ -78,6 +82,10 @@ enum Kernel {
     },
     /// A byte copy (f32 → f32 Cast).
     Copy,
+    Transpose {
+        p: TransposeParams,
+        elem: usize,
+    },
     CopySlice {
         outer: usize,
         src_inner: usize,
@@ -162,6 +170,7 @@ impl CpuPlan {
             .iter()
             .map(|s| match &s.kernel {
                 Kernel::Gemm(g) => g.scratch_bytes(),
+                Kernel::Grouped(g) => g.convs[0].scratch_bytes(),
                 Kernel::Winograd(w) => w.scratch_bytes(),
                 Kernel::Direct(d) => d.scratch_bytes(),
                 _ => 0,
@@ -323,6 +332,10 @@ impl CpuPlan {
 
 fn kernel_name(k: &Kernel) -> String {
     let s = match k {
+        Kernel::Grouped(g) => {
+            let t = if g.convs[0].is_int8() { "i8" } else { "f32" };
+            return format!("gemm_{t}_{}_x{}", g.convs[0].isa().name(), g.convs.len());
+        }
         Kernel::Gemm(g) => {
             let t = if g.is_int8() { "i8" } else { "f32" };
             return format!("gemm_{t}_{}", g.isa().name());
@@ -349,6 +362,7 @@ fn kernel_name(k: &Kernel) -> String {
         Kernel::Dequantize { .. } => "dequantize",
         Kernel::Copy => "copy",
         Kernel::CopySlice { .. } => "copy_slice",
+        Kernel::Transpose { .. } => "transpose",
     };
     s.to_string()
 }
@@ -431,6 +445,15 @@ fn prepare(plan: &KernelPlan, s: &Step, isa: Isa) -> Result<CpuStep, String> {
             dst_offset: *dst_offset,
             elem: od.dtype.size(),
         },
+        Op::Transpose(p) => {
+            if in_dtype(0) != od.dtype {
+                return Err(format!("transpose {:?} → {:?}", in_dtype(0), od.dtype));
+            }
+            Kernel::Transpose {
+                p: *p,
+                elem: od.dtype.size(),
+            }
+        }
     };
     Ok(CpuStep {
         name: s.name.clone(),
@@ -474,6 +497,31 @@ fn prepare_conv(plan: &KernelPlan, s: &Step, isa: Isa) -> Result<(Kernel, f64), 
     let ops = p.ops();
     let direct = matches!(kernel, ConvKernel::DirectI8 | ConvKernel::DirectF16);
     let kernel = match (&plan.consts[*weights], int8) {
+        (ConstData::I8(w), true) if direct && GroupedGemm::applies(p) => {
+            let mult = mult
+                .map(|m| const_f32(&plan.consts[m]))
+                .ok_or("int8 convolution without mult")?;
+            let wsum: Vec<i32> = match wsum.map(|c| &plan.consts[c]) {
+                Some(ConstData::I32(v)) => v.clone(),
+                _ => return Err("int8 grouped convolution without an i32 wsum".into()),
+            };
+            Kernel::Grouped(GroupedGemm::new(p, |gp, rows| {
+                let (w, r) = (
+                    &w[rows.start * p.kpad as usize..rows.end * p.kpad as usize],
+                    rows,
+                );
+                GemmConv::new_i8(gp, w, &wsum[r.clone()], &mult[r.clone()], &bias[r], isa)
+            })?)
+        }
+        (c @ (ConstData::F32(_) | ConstData::F16(_)), false)
+            if direct && GroupedGemm::applies(p) =>
+        {
+            let w = const_f32(c);
+            Kernel::Grouped(GroupedGemm::new(p, |gp, rows| {
+                let w = &w[rows.start * p.kpad as usize..rows.end * p.kpad as usize];
+                GemmConv::new_f32(gp, w, &bias[rows], isa)
+            })?)
+        }
         (ConstData::I8(w), true) => {
             let mult = mult
                 .map(|m| const_f32(&plan.consts[m]))
@@ -592,14 +640,32 @@ unsafe fn run_step(
     let out_f32 = || unsafe { std::slice::from_raw_parts_mut(out as *mut f32, s.out_len) };
     unsafe {
         match &s.kernel {
-            Kernel::Gemm(_) | Kernel::Direct(_) | Kernel::Winograd(_) => {
+            Kernel::Gemm(_) | Kernel::Grouped(_) | Kernel::Direct(_) | Kernel::Winograd(_) => {
                 run_conv(s, base, SyncPtr(out), scratch, scratch_bytes, pool)
             }
-            Kernel::Unary { act, a, b } => ops::unary(src_f32(s, 0, base), out_f32(), *act, *a, *b),
-            Kernel::Binary(p) => {
-                ops::binary(p, src_f32(s, 0, base), src_f32(s, 1, base), out_f32())
+            Kernel::Unary { act, a, b } => {
+                let x = src_f32(s, 0, base);
+                pool.for_each_chunk_mut(out_f32(), ELEMENTWISE_CHUNK, &|i, y| {
+                    ops::unary(&x[i * ELEMENTWISE_CHUNK..][..y.len()], y, *act, *a, *b)
+                });
             }
-            Kernel::Pool(p) => ops::pool(p, src_f32(s, 0, base), out_f32()),
+            Kernel::Binary(p) => {
+                let (a, b) = (src_f32(s, 0, base), src_f32(s, 1, base));
+                let rows = spread_rows(s.out_len, (p.dims[2] * p.dims[3]) as usize, 1, pool);
+                pool.for_each_chunk_mut(
+                    out_f32(),
+                    rows * (p.dims[2] * p.dims[3]) as usize,
+                    &|i, y| ops::binary(p, a, b, i * rows, y),
+                );
+            }
+            Kernel::Pool(p) => {
+                let x = src_f32(s, 0, base);
+                let plane = (p.oh * p.ow) as usize;
+                let planes = spread_rows(s.out_len, plane, (p.kh * p.kw) as usize, pool);
+                pool.for_each_chunk_mut(out_f32(), planes * plane, &|i, y| {
+                    ops::pool(p, x, i * planes, y)
+                });
+            }
             Kernel::Resize(p) => crate::reference::resize_into(p, src_f32(s, 0, base), out_f32()),
             Kernel::Softmax { outer, len, inner } => {
                 crate::reference::softmax_into(src_f32(s, 0, base), *outer, *len, *inner, out_f32())
@@ -625,6 +691,17 @@ unsafe fn run_step(
                 };
                 std::ptr::copy_nonoverlapping(base.0.add(*off), out, len * 4);
             }
+            Kernel::Transpose { p, elem } => {
+                let Src::Tensor { off, .. } = &s.ins[0] else {
+                    return;
+                };
+                let x = base.0.add(*off) as *const u8;
+                match elem {
+                    4 => ops::transpose(p, x as *const u32, out as *mut u32),
+                    2 => ops::transpose(p, x as *const u16, out as *mut u16),
+                    _ => ops::transpose(p, x, out),
+                }
+            }
             Kernel::CopySlice {
                 outer,
                 src_inner,
@@ -645,6 +722,115 @@ unsafe fn run_step(
     }
 }
 
+/// How many rows (of `row` outputs, each costing about `taps` operations) one task of a
+/// bandwidth-bound step takes: all of them when the step is too small to be worth waking the
+/// workers, else about four tasks per thread.
+fn spread_rows(outputs: usize, row: usize, taps: usize, pool: &WorkerPool) -> usize {
+    let rows = outputs / row.max(1);
+    if ((outputs * taps.max(1)) as f64) < PARALLEL_MIN_OPS / 4.0 || pool.threads() == 1 {
+        return rows.max(1);
+    }
+    rows.div_ceil(pool.threads() * 4).max(1)
+}
+
+/// A grouped (not depthwise) convolution of one image: group g reads input channels
+/// `[g·c/G, (g+1)·c/G)` and writes output channels `[g·k/G, (g+1)·k/G)`, both contiguous
+/// planes in NCHW, so each group is an ordinary GEMM convolution on its slice (ShuffleNet's
+/// grouped 1x1s, ResNeXt's grouped 3x3s). The direct kernel would run them at a few GFLOP/s.
+struct GroupedGemm {
+    convs: Vec<GemmConv>,
+    /// Elements of one group's input and output slices.
+    in_group: usize,
+    out_group: usize,
+    int8_out: bool,
+}
+
+impl GroupedGemm {
+    /// One image, at least 4 input and 4 output channels per group (depthwise and
+    /// near-depthwise stay on the direct kernel).
+    fn applies(p: &ConvParams) -> bool {
+        p.n == 1 && p.groups > 1 && p.c / p.groups >= 4 && p.k / p.groups >= 4
+    }
+
+    /// `make(group params, output rows of the group)` builds each group's GEMM.
+    fn new(
+        p: &ConvParams,
+        make: impl Fn(ConvParams, std::ops::Range<usize>) -> Result<GemmConv, String>,
+    ) -> Result<GroupedGemm, String> {
+        let g = p.groups as usize;
+        let gp = ConvParams {
+            c: p.c / p.groups,
+            k: p.k / p.groups,
+            groups: 1,
+            ..*p
+        };
+        let kg = gp.k as usize;
+        let convs = (0..g)
+            .map(|i| make(gp, i * kg..(i + 1) * kg))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(GroupedGemm {
+            convs,
+            in_group: (gp.c * p.h * p.w) as usize,
+            out_group: (gp.k * p.oh * p.ow) as usize,
+            int8_out: p.out_mode == out_mode::I8,
+        })
+    }
+
+    /// # Safety
+    /// As [`run_conv`].
+    unsafe fn run(
+        &self,
+        x: SyncPtr,
+        out: SyncPtr,
+        ops: f64,
+        scratch: &[SyncPtr],
+        scratch_bytes: usize,
+        pool: &WorkerPool,
+    ) {
+        let first = &self.convs[0];
+        let (int8_in, int8_out) = (first.is_int8(), self.int8_out);
+        let (ein, eout) = (if int8_in { 1 } else { 4 }, if int8_out { 1 } else { 4 });
+        let at = |g: usize| {
+            // SAFETY: group g's slices lie inside the input and output tensors.
+            let xg = unsafe { x.get().add(g * self.in_group * ein) };
+            let yg = unsafe { out.get().add(g * self.out_group * eout) };
+            let xin = if int8_in {
+                InBuf::I8(xg as *const i8)
+            } else {
+                InBuf::F32(xg as *const f32)
+            };
+            let y = if int8_out {
+                OutBuf::I8(yg as *mut i8)
+            } else {
+                OutBuf::F32(yg as *mut f32)
+            };
+            (xin, y)
+        };
+        let spread = |n: usize, job: &pool::Job<'_>| {
+            if ops < PARALLEL_MIN_OPS {
+                (0..n).for_each(|t| job(t, 0));
+            } else {
+                pool.run(n, job);
+            }
+        };
+        let pads = first.pad_tasks();
+        // SAFETY: each (group, plane) once, before any GEMM task of the step.
+        spread(pads * self.convs.len(), &|t, _| unsafe {
+            self.convs[t / pads].pad_task(t % pads, at(t / pads).0)
+        });
+        let tasks = first.tasks();
+        spread(tasks * self.convs.len(), &|t, thread| {
+            let (g, t) = (t / tasks, t % tasks);
+            let (xin, y) = at(g);
+            // SAFETY: each thread owns scratch[thread]; tasks write disjoint outputs.
+            unsafe {
+                let scr = std::slice::from_raw_parts_mut(scratch[thread].get(), scratch_bytes);
+                self.convs[g].run_task(t, xin, y, scr)
+            }
+        });
+    }
+}
+
 /// A convolution step: its tasks over the pool (inline when small), each thread on its own
 /// scratch.
 ///
@@ -661,6 +847,10 @@ unsafe fn run_conv(
     let Src::Tensor { off, .. } = &s.ins[0] else {
         return;
     };
+    if let Kernel::Grouped(g) = &s.kernel {
+        let x = SyncPtr(unsafe { base.0.add(*off) });
+        return unsafe { g.run(x, out, s.ops, scratch, scratch_bytes, pool) };
+    }
     let (int8_in, int8_out, tasks) = match &s.kernel {
         Kernel::Gemm(g) => (g.is_int8(), g.p.out_mode == out_mode::I8, g.tasks()),
         Kernel::Direct(d) => (d.is_int8(), d.p.out_mode == out_mode::I8, d.tasks()),

@@ -3,7 +3,7 @@
 //! broadcast shape with nested loops instead of the twin's per-element division, computing
 //! the same values).
 
-use crate::params::{BinaryParams, PoolParams};
+use crate::params::{BinaryParams, PoolParams, TransposeParams};
 use crate::reference::activate;
 
 /// An activation as a type, so each loop that applies one (a convolution's epilogue, a
@@ -66,15 +66,64 @@ macro_rules! with_act {
 }
 
 /// `y = activate(a op b)` over the right-aligned 4-D broadcast shape of `p`, compiled once
-/// per (op, activation) pair so the inner rows vectorise.
+/// per (op, activation) pair so the inner rows vectorise. `y` holds the outputs from outer
+/// index `first` on (outer: the first two of the four dims together; each is `dims[2] *
+/// dims[3]` outputs), as many as it has room for, so threads can split the work.
 #[inline(always)]
-pub fn binary(p: &BinaryParams, a: &[f32], b: &[f32], y: &mut [f32]) {
+pub fn binary(p: &BinaryParams, a: &[f32], b: &[f32], first: usize, y: &mut [f32]) {
     with_act!(p.act, A => match p.op {
-        0 => binary_with::<A>(p, a, b, y, |u, v| u + v),
-        1 => binary_with::<A>(p, a, b, y, |u, v| u - v),
-        2 => binary_with::<A>(p, a, b, y, |u, v| u * v),
-        _ => binary_with::<A>(p, a, b, y, |u, v| u / v),
+        0 => binary_with::<A>(p, a, b, first, y, |u, v| u + v),
+        1 => binary_with::<A>(p, a, b, first, y, |u, v| u - v),
+        2 => binary_with::<A>(p, a, b, first, y, |u, v| u * v),
+        3 => binary_with::<A>(p, a, b, first, y, |u, v| u / v),
+        _ => scale_shift_with::<A>(p, a, b, first, y),
     })
+}
+
+/// The outer indices `y` covers from `first` on, as (i0, i1) pairs.
+#[inline(always)]
+fn outer_range(
+    p: &BinaryParams,
+    first: usize,
+    outputs: usize,
+) -> impl Iterator<Item = (usize, usize)> + use<> {
+    let d1 = p.dims[1] as usize;
+    let inner = (p.dims[2] * p.dims[3]).max(1) as usize;
+    (first..first + outputs / inner).map(move |o| (o / d1, o % d1))
+}
+
+/// [`binary_op::SCALE_SHIFT`](crate::params::binary_op::SCALE_SHIFT): `a * b[ib] + b[ib +
+/// shift_offset]`, a multiply then an add (two roundings, as the twin and the GPU with
+/// `--fmad=false`).
+#[inline(always)]
+fn scale_shift_with<A: Act>(p: &BinaryParams, a: &[f32], b: &[f32], first: usize, y: &mut [f32]) {
+    let act = |v: f32| A::apply(p.act, p.act_a, p.act_b, v);
+    let [_, _, d2, d3] = p.dims.map(|d| d as usize);
+    let [a0, a1, a2, a3] = p.a_strides.map(|s| s as usize);
+    let [b0, b1, b2, b3] = p.b_strides.map(|s| s as usize);
+    let shift = p.shift_offset as usize;
+    let mut i = 0;
+    for (i0, i1) in outer_range(p, first, y.len()) {
+        {
+            for i2 in 0..d2 {
+                let ia = i0 * a0 + i1 * a1 + i2 * a2;
+                let ib = i0 * b0 + i1 * b1 + i2 * b2;
+                let out = &mut y[i..i + d3];
+                i += d3;
+                if a3 == 1 && b3 == 0 {
+                    let (m, c) = (b[ib], b[ib + shift]);
+                    for (o, u) in out.iter_mut().zip(&a[ia..ia + d3]) {
+                        *o = act(*u * m + c);
+                    }
+                } else {
+                    for (k, o) in out.iter_mut().enumerate() {
+                        let j = ib + k * b3;
+                        *o = act(a[ia + k * a3] * b[j] + b[j + shift]);
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -82,16 +131,17 @@ fn binary_with<A: Act>(
     p: &BinaryParams,
     a: &[f32],
     b: &[f32],
+    first: usize,
     y: &mut [f32],
     op: impl Fn(f32, f32) -> f32 + Copy,
 ) {
     let act = |v: f32| A::apply(p.act, p.act_a, p.act_b, v);
-    let [d0, d1, d2, d3] = p.dims.map(|d| d as usize);
+    let [_, _, d2, d3] = p.dims.map(|d| d as usize);
     let [a0, a1, a2, a3] = p.a_strides.map(|s| s as usize);
     let [b0, b1, b2, b3] = p.b_strides.map(|s| s as usize);
     let mut i = 0;
-    for i0 in 0..d0 {
-        for i1 in 0..d1 {
+    for (i0, i1) in outer_range(p, first, y.len()) {
+        {
             for i2 in 0..d2 {
                 let ia = i0 * a0 + i1 * a1 + i2 * a2;
                 let ib = i0 * b0 + i1 * b1 + i2 * b2;
@@ -128,12 +178,14 @@ fn binary_with<A: Act>(
 }
 
 /// [`crate::reference::pool`] without its per-tap bounds tests: every output visits its
-/// taps in the twin's (row, column) order, so max and average equal the twin's. A global
-/// pool sums eight channels side by side (eight independent chains, each in order).
+/// taps in the twin's (row, column) order, so max and average equal the twin's bit for bit.
+/// `y` holds the outputs of the planes (image × channel) from `first_plane` on, as many as
+/// it has room for, so the planes can be spread over threads. A global average pool sums
+/// eight channels side by side (eight independent chains, each in order).
 #[inline(always)]
-pub fn pool(p: &PoolParams, x: &[f32], y: &mut [f32]) {
+pub fn pool(p: &PoolParams, x: &[f32], first_plane: usize, y: &mut [f32]) {
     let (h, w, oh, ow) = (p.h as usize, p.w as usize, p.oh as usize, p.ow as usize);
-    let planes = (p.n * p.c) as usize;
+    let planes = y.len() / (oh * ow).max(1);
     let global = oh == 1
         && ow == 1
         && p.kh as usize >= h
@@ -149,9 +201,10 @@ pub fn pool(p: &PoolParams, x: &[f32], y: &mut [f32]) {
         for c0 in (0..planes).step_by(8) {
             let nb = 8.min(planes - c0);
             let mut acc = [0f32; 8];
+            let xs = &x[(first_plane + c0) * h * w..];
             for i in 0..h * w {
                 for (q, a) in acc.iter_mut().enumerate().take(nb) {
-                    *a += x[(c0 + q) * h * w + i];
+                    *a += xs[q * h * w + i];
                 }
             }
             for q in 0..nb {
@@ -160,70 +213,132 @@ pub fn pool(p: &PoolParams, x: &[f32], y: &mut [f32]) {
         }
         return;
     }
-    let mut taps = [0i32; 64];
-    for nc in 0..planes {
-        let xp = &x[nc * h * w..][..h * w];
-        for oy in 0..oh {
-            let out = &mut y[(nc * oh + oy) * ow..][..ow];
-            out.fill(if p.mode == 0 { f32::NEG_INFINITY } else { 0.0 });
-            let counts = &mut taps[..ow.min(64)];
-            counts.fill(0);
-            for ry in 0..p.kh {
-                let iy = oy as i32 * p.stride_h - p.pad_h + ry;
-                if iy < 0 || iy >= p.h {
-                    continue;
-                }
-                let row = &xp[iy as usize * w..][..w];
-                for sx in 0..p.kw {
-                    // valid output columns: 0 <= ox * stride - pad + sx < w
-                    let off = sx - p.pad_w;
-                    let sw = p.stride_w;
-                    let lo = if off >= 0 { 0 } else { (-off + sw - 1) / sw };
-                    let hi = if p.w - off <= 0 {
-                        0
-                    } else {
-                        ((p.w - off + sw - 1) / sw).min(ow as i32)
-                    };
-                    for ox in lo.max(0)..hi {
-                        let v = row[(ox * sw + off) as usize];
-                        let o = &mut out[ox as usize];
-                        *o = if p.mode == 0 {
-                            if v > *o { v } else { *o }
-                        } else {
-                            *o + v
-                        };
-                        if (ox as usize) < 64 {
-                            counts[ox as usize] += 1;
-                        }
+    let mut phases = [0f32; PHASE_ROW];
+    for q in 0..planes {
+        let xp = &x[(first_plane + q) * h * w..][..h * w];
+        let yp = &mut y[q * oh * ow..][..oh * ow];
+        if p.mode == 0 {
+            pool_plane::<true>(p, xp, yp, &mut phases);
+        } else {
+            pool_plane::<false>(p, xp, yp, &mut phases);
+        }
+    }
+}
+
+/// Longest input row a strided pool splits into its phases on the stack; longer rows take
+/// the strided loads.
+const PHASE_ROW: usize = 4096;
+
+/// One plane of a max (`MAX`) or average pool. For stride s > 1 each input row is first split
+/// into its s phases (columns j·s + r side by side), so every tap of a row of outputs reads
+/// one contiguous run and the loop over outputs vectorises (`maxps` is `v > o ? v : o`).
+#[inline(always)]
+fn pool_plane<const MAX: bool>(p: &PoolParams, xp: &[f32], yp: &mut [f32], phases: &mut [f32]) {
+    let (w, ow) = (p.w as usize, p.ow as usize);
+    let sw = p.stride_w;
+    let split = sw > 1 && w <= phases.len();
+    let plen = w.div_ceil(sw as usize);
+    for (oy, out) in yp.chunks_exact_mut(ow).enumerate() {
+        out.fill(if MAX { f32::NEG_INFINITY } else { 0.0 });
+        let mut rows = 0;
+        for ry in 0..p.kh {
+            let iy = oy as i32 * p.stride_h - p.pad_h + ry;
+            if iy < 0 || iy >= p.h {
+                continue;
+            }
+            rows += 1;
+            let row = &xp[iy as usize * w..][..w];
+            if split {
+                let s = sw as usize;
+                for r in 0..s {
+                    let dst = &mut phases[r * plen..];
+                    for (d, v) in dst.iter_mut().zip(row[r..].iter().step_by(s)) {
+                        *d = *v;
                     }
                 }
             }
-            if p.mode == 1 {
-                for (ox, o) in out.iter_mut().enumerate() {
-                    let n = if p.count_include_pad != 0 {
-                        p.kh * p.kw
-                    } else if ox < 64 {
-                        counts[ox]
-                    } else {
-                        // rare: rows wider than 64 without count_include_pad
-                        pool_taps(p, oy as i32, ox as i32)
-                    };
-                    *o /= n as f32;
+            for sx in 0..p.kw {
+                // valid output columns: 0 <= ox * stride - pad + sx < w
+                let off = sx - p.pad_w;
+                let lo = if off >= 0 { 0 } else { (-off + sw - 1) / sw };
+                let hi = if p.w - off <= 0 {
+                    0
+                } else {
+                    ((p.w - off + sw - 1) / sw).min(ow as i32)
+                };
+                if lo >= hi {
+                    continue;
                 }
+                let (lo, hi) = (lo as usize, hi as usize);
+                let dst = &mut out[lo..hi];
+                let tap = |o: &mut f32, v: f32| {
+                    *o = if MAX {
+                        if v > *o { v } else { *o }
+                    } else {
+                        *o + v
+                    }
+                };
+                if sw == 1 {
+                    let src = &row[(lo as i32 + off) as usize..][..hi - lo];
+                    dst.iter_mut().zip(src).for_each(|(o, v)| tap(o, *v));
+                } else if split {
+                    // column ox·s + off = (ox + q)·s + r with off = q·s + r, 0 <= r < s
+                    let (q, r) = (off.div_euclid(sw), off.rem_euclid(sw) as usize);
+                    let start = r * plen + (lo as i32 + q) as usize;
+                    let src = &phases[start..][..hi - lo];
+                    dst.iter_mut().zip(src).for_each(|(o, v)| tap(o, *v));
+                } else {
+                    for (k, o) in dst.iter_mut().enumerate() {
+                        tap(o, row[((lo + k) as i32 * sw + off) as usize]);
+                    }
+                }
+            }
+        }
+        if !MAX {
+            for (ox, o) in out.iter_mut().enumerate() {
+                let n = if p.count_include_pad != 0 {
+                    p.kh * p.kw
+                } else {
+                    let x0 = ox as i32 * sw - p.pad_w;
+                    rows * ((x0 + p.kw).min(p.w) - x0.max(0)).max(0)
+                };
+                *o /= n as f32;
             }
         }
     }
 }
 
-/// Valid taps of output (oy, ox) (the average's divisor without count_include_pad).
-fn pool_taps(p: &PoolParams, oy: i32, ox: i32) -> i32 {
-    let rows = (0..p.kh)
-        .filter(|ry| (0..p.h).contains(&(oy * p.stride_h - p.pad_h + ry)))
-        .count() as i32;
-    let cols = (0..p.kw)
-        .filter(|sx| (0..p.w).contains(&(ox * p.stride_w - p.pad_w + sx)))
-        .count() as i32;
-    rows * cols
+/// [`TransposeParams`] as nested loops over the five outer output dims, the innermost a
+/// block copy where the permutation keeps the last axis (a channel shuffle does).
+///
+/// # Safety
+/// `x` holds the input and `y` room for `p.n` elements; they do not overlap.
+pub unsafe fn transpose<T: Copy>(p: &TransposeParams, x: *const T, y: *mut T) {
+    let d = p.dims.map(|v| v as usize);
+    let s = p.in_strides.map(|v| v as usize);
+    let mut o = 0;
+    for i0 in 0..d[0] {
+        for i1 in 0..d[1] {
+            for i2 in 0..d[2] {
+                for i3 in 0..d[3] {
+                    for i4 in 0..d[4] {
+                        let at = i0 * s[0] + i1 * s[1] + i2 * s[2] + i3 * s[3] + i4 * s[4];
+                        // SAFETY: `at + k·s[5]` and `o + k` are inside the tensors.
+                        unsafe {
+                            if s[5] == 1 {
+                                std::ptr::copy_nonoverlapping(x.add(at), y.add(o), d[5]);
+                            } else {
+                                for k in 0..d[5] {
+                                    *y.add(o + k) = *x.add(at + k * s[5]);
+                                }
+                            }
+                        }
+                        o += d[5];
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[inline]
@@ -302,10 +417,26 @@ mod tests {
             (2, 2, 2, 2, 0, 0, 0, 0),
             (9, 11, 1, 1, 0, 0, 1, 0), // global average
             (9, 11, 1, 1, 0, 0, 0, 0), // global max
+            (3, 3, 1, 1, 1, 1, 1, 0),  // Inception's 3x3 s1 average
+            (3, 3, 1, 1, 1, 1, 0, 0),
+            (3, 3, 2, 2, 0, 0, 0, 0), // SqueezeNet's max 3x3 s2
+            (3, 2, 3, 3, 1, 1, 0, 0), // stride 3
+            (2, 3, 2, 3, 1, 2, 1, 0),
         ];
-        for (kh, kw, sh, sw, ph, pw, mode, cip) in cases {
-            let oh = (9 + 2 * ph - kh) / sh + 1;
-            let ow = (11 + 2 * pw - kw) / sw + 1;
+        // signed zeros and NaN, where the order of the taps decides the result
+        let mut x = x;
+        for i in (0..x.len()).step_by(13) {
+            x[i] = -0.0;
+        }
+        x[40] = f32::NAN;
+        for (ceil, (kh, kw, sh, sw, ph, pw, mode, cip)) in cases
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| ((i % 2) as i32, c))
+        {
+            // every other case as ceil_mode: one more output whose window leaves the image
+            let oh = (9 + 2 * ph - kh + ceil * (sh - 1)) / sh + 1;
+            let ow = (11 + 2 * pw - kw + ceil * (sw - 1)) / sw + 1;
             let p = PoolParams {
                 oh,
                 ow,
@@ -321,8 +452,14 @@ mod tests {
             };
             let want = crate::reference::pool(&p, &x);
             let mut got = vec![0f32; want.len()];
-            pool(&p, &x, &mut got);
-            assert_eq!(got, want, "{p:?}");
+            pool(&p, &x, 0, &mut got);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{p:?}");
+            // the planes from the fourth on, as a thread gets them
+            let plane = (oh * ow) as usize;
+            let mut part = vec![0f32; want.len() - 3 * plane];
+            pool(&p, &x, 3, &mut part);
+            assert_eq!(bits(&part), bits(&want[3 * plane..]), "{p:?} from plane 3");
         }
     }
 
@@ -368,7 +505,7 @@ mod tests {
             };
             let want = crate::reference::binary(&p, &a, &b);
             let mut got = vec![0f32; 120];
-            binary(&p, &a, &b, &mut got);
+            binary(&p, &a, &b, 0, &mut got);
             assert_eq!(got, want);
         }
         // same shapes, and a scalar left operand, under a non-trivial activation
@@ -385,8 +522,70 @@ mod tests {
             let b2: Vec<f32> = a.iter().map(|v| v * 3.0 + 0.25).collect();
             let want = crate::reference::binary(&p, &a, &b2);
             let mut got = vec![0f32; 120];
-            binary(&p, &a, &b2, &mut got);
+            binary(&p, &a, &b2, 0, &mut got);
             assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn transpose_moves_every_element_where_the_permutation_says() {
+        // a channel shuffle (1, 3, 4, 5, 2) → perm [0, 2, 1, 3, 4], and a full reversal
+        let shape = [1usize, 3, 4, 5, 2];
+        let x: Vec<u32> = (0..120).collect();
+        for perm in [[0usize, 2, 1, 3, 4], [4, 3, 2, 1, 0]] {
+            let p = TransposeParams::new(&shape, &perm);
+            let mut y = vec![0u32; 120];
+            unsafe { transpose(&p, x.as_ptr(), y.as_mut_ptr()) };
+            let strides = [120, 40, 10, 2, 1];
+            let out_dims: Vec<usize> = perm.iter().map(|&a| shape[a]).collect();
+            for (i, v) in y.iter().enumerate() {
+                // decompose i over the output dims, read the input there
+                let (mut rem, mut at) = (i, 0);
+                for k in (0..5).rev() {
+                    at += (rem % out_dims[k]) * strides[perm[k]];
+                    rem /= out_dims[k];
+                }
+                assert_eq!(*v, x[at], "perm {perm:?} at {i}");
+                assert_eq!(p.source(i), at);
+            }
+        }
+    }
+
+    #[test]
+    fn scale_shift_equals_the_twin_per_channel_and_per_element() {
+        use crate::params::{act, binary_op};
+        let a: Vec<f32> = (0..120).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        // per channel of (2, 3, 4, 5): 3 scales then 3 shifts; per row along dim 3: 5 + 5
+        let b: Vec<f32> = (0..10).map(|i| (i as f32 * 0.71).cos() * 1.7).collect();
+        for (b_strides, shift_offset, code) in [
+            ([0, 1, 0, 0], 3, act::RELU),
+            ([0, 0, 0, 1], 5, act::NONE),
+            ([0, 1, 0, 0], 3, act::HARD_SWISH),
+        ] {
+            let p = BinaryParams {
+                n: 120,
+                dims: [2, 3, 4, 5],
+                a_strides: [60, 20, 5, 1],
+                b_strides,
+                op: binary_op::SCALE_SHIFT,
+                act: code,
+                shift_offset,
+                ..Default::default()
+            };
+            let want = crate::reference::binary(&p, &a, &b);
+            let mut got = vec![0f32; 120];
+            binary(&p, &a, &b, 0, &mut got);
+            assert_eq!(got, want, "{p:?}");
+            // outer rows from the third on (each 20 outputs), as a thread gets them
+            let mut part = vec![0f32; 80];
+            binary(&p, &a, &b, 2, &mut part);
+            assert_eq!(part, want[40..], "{p:?} from row 2");
+            // and it is the affine map it claims to be
+            let (i, ch) = (77, (77 / 20) % 3);
+            let direct = crate::reference::activate(a[i] * b[ch] + b[ch + 3], code, 0.0, 0.0);
+            if b_strides[1] == 1 {
+                assert_eq!(got[i], direct);
+            }
         }
     }
 }

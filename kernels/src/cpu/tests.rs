@@ -18,6 +18,7 @@ fn tensor(
         dtype,
         quant,
         view_of: None,
+        view_offset: 0,
     })
 }
 
@@ -181,7 +182,7 @@ const CASES: &[Case] = &[
         groups: 2,
         n: 1,
     },
-    // grouped (2 groups, 2 outputs per input channel)
+    // grouped (2 groups, 2 outputs per input channel): one GEMM per group
     Case {
         c: 8,
         h: 6,
@@ -192,6 +193,31 @@ const CASES: &[Case] = &[
         pad: 1,
         dil: 1,
         groups: 2,
+        n: 1,
+    },
+    // ShuffleNet's grouped 1x1 (3 groups), and a grouped 3x3 stride 2 (ResNeXt-like)
+    Case {
+        c: 12,
+        h: 7,
+        w: 9,
+        k: 24,
+        r: 1,
+        stride: 1,
+        pad: 0,
+        dil: 1,
+        groups: 3,
+        n: 1,
+    },
+    Case {
+        c: 16,
+        h: 9,
+        w: 11,
+        k: 16,
+        r: 3,
+        stride: 2,
+        pad: 1,
+        dil: 1,
+        groups: 4,
         n: 1,
     },
 ];
@@ -338,7 +364,9 @@ fn float_convolutions_match_the_twin() {
                     .zip(&want)
                     .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
                     / scale;
-                if case.groups > 1 {
+                let per_group_gemm =
+                    case.n == 1 && case.c / case.groups >= 4 && case.k / case.groups >= 4;
+                if case.groups > 1 && !per_group_gemm {
                     assert_eq!(got, want, "case {i} {isa:?}: direct FP32 must be bit-exact");
                 } else {
                     assert!(
@@ -419,4 +447,32 @@ fn winograd_runs_where_it_is_meant_to() {
     {
         assert!(seen >= 2, "Winograd ran on {seen} case/ISA pairs");
     }
+}
+
+/// Grouped convolutions with at least 4 channels per group on each side run as one GEMM per
+/// group (what the float and INT8 tests above then check); depthwise ones stay direct.
+#[test]
+fn grouped_convolutions_run_as_gemms_per_group_where_they_can() {
+    let mut grouped = 0;
+    for (i, case) in CASES.iter().enumerate().filter(|(_, c)| c.groups > 1) {
+        let want = case.n == 1 && case.c / case.groups >= 4 && case.k / case.groups >= 4;
+        for int8 in [None, Some((0, false))] {
+            let (plan, _) = conv_plan(case, int8, i as u32);
+            let e = CpuPlan::load(plan, pool::shared(1), Isa::detect()).expect("loads");
+            let kernel = e
+                .profile()
+                .iter()
+                .map(|s| s.kernel.clone())
+                .find(|k| k.starts_with("gemm_") || k.starts_with("direct_"))
+                .expect("a convolution step");
+            assert_eq!(
+                kernel.starts_with("gemm_"),
+                want,
+                "case {i} int8 {}: {kernel}",
+                int8.is_some()
+            );
+            grouped += want as usize;
+        }
+    }
+    assert!(grouped >= 6, "{grouped} grouped GEMM runs");
 }

@@ -100,6 +100,7 @@ impl Lowering<'_> {
             dtype,
             quant,
             view_of: None,
+            view_offset: 0,
         })
     }
 
@@ -246,6 +247,9 @@ impl Lowering<'_> {
                 self.activation(n, &name, act::CLIP, lo, hi)
             }
             "Add" | "Sub" | "Mul" | "Div" => self.binary(n, &name),
+            "Sum" => self.sum(n, &name),
+            "Transpose" => self.transpose(n, &name),
+            "BatchNormalization" => self.batchnorm(n, &name),
             "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => {
                 self.pool(n, &name)
             }
@@ -269,6 +273,7 @@ impl Lowering<'_> {
             d.name = n.output[0].clone();
             d.shape = shape;
             d.view_of = Some(q);
+            d.view_offset = 0;
             let t = self.plan.add_tensor(d);
             self.dq_of.insert(n.output[0].clone(), t);
             return Ok(());
@@ -282,6 +287,7 @@ impl Lowering<'_> {
         d.name = n.output[0].clone();
         d.shape = shape;
         d.view_of = Some(src);
+        d.view_offset = 0;
         let t = self.plan.add_tensor(d);
         self.tensor.insert(n.output[0].clone(), t);
         Ok(())

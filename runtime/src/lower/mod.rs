@@ -24,15 +24,21 @@
 //! - An activation (`Relu`, `Clip`, `HardSigmoid`, `HardSwish`, `Sigmoid`) whose input is read
 //!   by it alone is fused into the convolution or binary op that produced it; a
 //!   `QuantizeLinear` likewise into the convolution before it (requantizing epilogue).
-//! - `Add`/`Sub`/`Mul`/`Div` (broadcasting, rank ≤ 4), `MaxPool`, `AveragePool`,
+//! - `BatchNormalization` after anything but a Conv, and `Mul`/`Add`/`Sub` of a per-channel
+//!   constant → one scale-shift step, or folded into the float Conv or scale-shift before it
+//!   ([`affine`]).
+//! - `Add`/`Sub`/`Mul`/`Div` (broadcasting, rank ≤ 4), `Sum` (a chain of additions),
+//!   `MaxPool`, `AveragePool`,
 //!   `GlobalAveragePool`, `GlobalMaxPool`, `Resize`/`Upsample`, `Softmax`, `Concat`,
 //!   `QuantizeLinear`, `DequantizeLinear` → their kernels; `Reshape`, `Flatten`, `Squeeze`,
 //!   `Unsqueeze`, `Identity`, `Dropout` → views of the same bytes.
 //!
-//! Anything else is refused at load with the list of unsupported nodes: no silent fallback.
+//! Anything else is refused at load, naming the op types missing with their counts (the nodes
+//! after a refused one are counted, not listed): no silent fallback.
 //! Float activations are FP16 (`float: F16`, what the kernels run) or, for checking the
 //! lowering itself against tract on the CPU, F32. Graph outputs are always f32.
 
+mod affine;
 mod attrs;
 mod conv;
 mod lowering;
@@ -50,12 +56,38 @@ use tract_onnx::tract_hir::infer::InferenceFact;
 pub enum LowerError {
     #[error("{path}: {message}")]
     Model { path: String, message: String },
+    /// `nodes`: one entry per node that could not be lowered for a reason of its own
+    /// (`OpType 'node': why`); the nodes after them, which fail only because an input is
+    /// missing, are counted in `downstream`.
     #[error(
-        "{path}: the kernel plan (CUDA and cpu-plan) does not support {} node(s): {}",
-        .nodes.len(),
-        .nodes.join("; ")
+        "{path}: the kernel plan (CUDA and cpu-plan) does not support {}; {} node(s) after them not lowered; first: {}",
+        op_type_counts(.nodes),
+        .downstream,
+        .nodes.first().map(String::as_str).unwrap_or("-")
     )]
-    Unsupported { path: String, nodes: Vec<String> },
+    Unsupported {
+        path: String,
+        nodes: Vec<String>,
+        downstream: usize,
+    },
+}
+
+/// "Sum ×16, Transpose ×2": the op types of refused nodes with their counts, most first.
+pub fn op_type_counts(nodes: &[String]) -> String {
+    let mut counts: Vec<(&str, usize)> = vec![];
+    for n in nodes {
+        let op = n.split(' ').next().unwrap_or("?");
+        match counts.iter_mut().find(|(o, _)| *o == op) {
+            Some(c) => c.1 += 1,
+            None => counts.push((op, 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    counts
+        .iter()
+        .map(|(o, c)| format!("{o} ×{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -155,7 +187,15 @@ fn lower_proto_unguarded(
         },
     };
     lower_inputs(&mut l, &real_inputs).map_err(err)?;
+    // outputs of refused nodes: a node reading one is not a cause of its own
+    let mut missing: std::collections::HashSet<&str> = Default::default();
+    let mut downstream = 0;
     for n in &graph.node {
+        if n.input.iter().any(|i| missing.contains(i.as_str())) {
+            missing.extend(n.output.iter().map(String::as_str));
+            downstream += 1;
+            continue;
+        }
         if let Err(e) = l.node(n) {
             let node = if n.name.is_empty() {
                 &n.output[0]
@@ -163,12 +203,14 @@ fn lower_proto_unguarded(
                 &n.name
             };
             l.unsupported.push(format!("{} '{node}': {e}", n.op_type));
+            missing.extend(n.output.iter().map(String::as_str));
         }
     }
     if !l.unsupported.is_empty() {
         return Err(LowerError::Unsupported {
             path: label.to_string(),
             nodes: l.unsupported,
+            downstream,
         });
     }
     lower_outputs(&mut l, graph).map_err(err)?;

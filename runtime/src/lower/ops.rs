@@ -4,21 +4,90 @@
 use super::attrs::*;
 use super::lowering::Lowering;
 use super::lowering::QConst;
-use bevrt_kernels::params::{BinaryParams, PoolParams, ResizeParams, out_mode};
+use bevrt_kernels::params::{BinaryParams, PoolParams, ResizeParams, binary_op, out_mode};
 use bevrt_kernels::plan::{ConstData, DType, Op};
 use bevrt_kernels::reference::f2h;
 use tract_onnx::pb;
 
 impl Lowering<'_> {
     pub(super) fn binary(&mut self, n: &pb::NodeProto, name: &str) -> Result<(), String> {
+        if n.op_type != "Div"
+            && let Some(done) = self.binary_as_affine(n, name)
+        {
+            return done;
+        }
+        let op = match n.op_type.as_str() {
+            "Add" => binary_op::ADD,
+            "Sub" => binary_op::SUB,
+            "Mul" => binary_op::MUL,
+            _ => binary_op::DIV,
+        };
+        if n.input.len() != 2 {
+            return Err(format!("{} inputs", n.input.len()));
+        }
         let out_shape = self.shape(&n.output[0])?;
+        self.binary_step(
+            name,
+            op,
+            [&n.input[0], &n.input[1]],
+            &n.output[0],
+            out_shape,
+        )
+    }
+
+    /// `Sum` of any number of inputs: a chain of additions, each one step (a following
+    /// activation fuses into the last, as after any binary op).
+    pub(super) fn sum(&mut self, n: &pb::NodeProto, name: &str) -> Result<(), String> {
+        let out = &n.output[0];
+        let Some((first, rest)) = n.input.split_first() else {
+            return Err("Sum without inputs".into());
+        };
+        if rest.is_empty() {
+            return self.view(n);
+        }
+        let mut acc = first.clone();
+        for (i, inp) in rest.iter().enumerate() {
+            let last = i + 1 == rest.len();
+            let (to, shape) = if last {
+                (out.clone(), self.shape(out)?)
+            } else {
+                let (a, b) = (self.operand_shape(&acc)?, self.operand_shape(inp)?);
+                (format!("{out}__sum{}", i + 1), broadcast(&a, &b)?)
+            };
+            let step = if rest.len() == 1 {
+                name.to_string()
+            } else {
+                format!("{name} [{}]", i + 1)
+            };
+            self.binary_step(&step, binary_op::ADD, [&acc, inp], &to, shape)?;
+            acc = to;
+        }
+        Ok(())
+    }
+
+    fn operand_shape(&self, name: &str) -> Result<Vec<usize>, String> {
+        match self.tensor.get(name) {
+            Some(&t) => Ok(self.plan.tensors[t].shape.clone()),
+            None => self.shape(name),
+        }
+    }
+
+    /// One broadcasting binary step `out = a op b` (either operand may be a constant).
+    fn binary_step(
+        &mut self,
+        name: &str,
+        op: i32,
+        operands: [&str; 2],
+        out: &str,
+        out_shape: Vec<usize>,
+    ) -> Result<(), String> {
         if out_shape.len() > 4 {
             return Err(format!("rank {} > 4", out_shape.len()));
         }
         let mut inputs = vec![];
         let mut consts = vec![];
         let mut strides = [[0i32; 4]; 2];
-        for (pos, inp) in n.input.iter().take(2).enumerate() {
+        for (pos, inp) in operands.into_iter().enumerate() {
             let shape = if self.is_const(inp) {
                 let v = self.const_f32(inp)?;
                 let shape = self
@@ -70,15 +139,11 @@ impl Lowering<'_> {
             dims,
             a_strides: strides[0],
             b_strides: strides[1],
-            op: match n.op_type.as_str() {
-                "Add" => 0,
-                "Sub" => 1,
-                "Mul" => 2,
-                _ => 3,
-            },
+            op,
             ..Default::default()
         };
-        let y = self.out_tensor(n, self.float, None)?;
+        let y = self.new_tensor(out, out_shape, self.float, None);
+        self.tensor.insert(out.to_string(), y);
         self.push_with_consts(name, Op::Binary(p), inputs, consts, y);
         Ok(())
     }
@@ -242,6 +307,12 @@ impl Lowering<'_> {
             let x = self.float_tensor(inp)?;
             let xs = self.plan.tensors[x].shape.clone();
             let src_inner = xs[a] * after;
+            if outer == 1
+                && self.place_inside(x, y, off, n.input.iter().filter(|s| *s == inp).count())
+            {
+                off += src_inner;
+                continue;
+            }
             self.push(
                 &format!("{name} [{i}]"),
                 Op::CopySlice {
@@ -256,6 +327,70 @@ impl Lowering<'_> {
             off += src_inner;
         }
         Ok(())
+    }
+
+    /// `Transpose`: a data move in the tensor's own type (an int8 activation behind a
+    /// DequantizeLinear stays int8: the permutation commutes with quantization); one that
+    /// keeps the order of the elements (it moves only axes of size 1) is a view.
+    pub(super) fn transpose(&mut self, n: &pb::NodeProto, name: &str) -> Result<(), String> {
+        let (x, int8) = match self.dq_of.get(&n.input[0]) {
+            Some(&q) => (q, true),
+            None => (self.float_tensor(&n.input[0])?, false),
+        };
+        let xs = self.plan.tensors[x].shape.clone();
+        if xs.len() > 6 {
+            return Err(format!("rank {} > 6", xs.len()));
+        }
+        let perm: Vec<usize> = match attr_ints(n, "perm") {
+            Some(p) => p.iter().map(|&a| a as usize).collect(),
+            None => (0..xs.len()).rev().collect(),
+        };
+        let mut sorted = perm.clone();
+        sorted.sort_unstable();
+        if sorted != (0..xs.len()).collect::<Vec<_>>() {
+            return Err(format!("perm {perm:?} of a rank-{} tensor", xs.len()));
+        }
+        let moved: Vec<usize> = perm.iter().copied().filter(|&a| xs[a] != 1).collect();
+        if moved.windows(2).all(|w| w[0] < w[1]) {
+            return self.view(n);
+        }
+        let ys: Vec<usize> = perm.iter().map(|&a| xs[a]).collect();
+        let mut d = self.plan.tensors[x].clone();
+        d.name = n.output[0].clone();
+        d.shape = ys;
+        d.view_of = None;
+        let y = self.plan.add_tensor(d);
+        let p = bevrt_kernels::params::TransposeParams::new(&xs, &perm);
+        self.push(name, Op::Transpose(p), vec![x], y);
+        if int8 {
+            self.dq_of.insert(n.output[0].clone(), y);
+        } else {
+            self.tensor.insert(n.output[0].clone(), y);
+        }
+        Ok(())
+    }
+
+    /// Put Concat input `x` inside output `y` at element `off`, so the step that writes `x`
+    /// writes its slice of `y` and no copy runs: possible when the slice is contiguous (one
+    /// outer block: batch 1 along channels), `x` is computed by the plan (not a graph
+    /// input; an earlier Concat written in place counts, so DenseNet's chain of Concats
+    /// becomes one buffer), owns its bytes (not a view, not already inside another Concat), has
+    /// `y`'s type and appears once in this Concat.
+    fn place_inside(&mut self, x: usize, y: usize, off: usize, uses: usize) -> bool {
+        let (xd, yd) = (&self.plan.tensors[x], &self.plan.tensors[y]);
+        if uses != 1
+            || xd.view_of.is_some()
+            || xd.dtype != yd.dtype
+            || xd.quant != yd.quant
+            || self.plan.inputs.contains(&x)
+        {
+            return false;
+        }
+        let bytes = off * yd.dtype.size();
+        let xd = &mut self.plan.tensors[x];
+        xd.view_of = Some(y);
+        xd.view_offset = bytes;
+        true
     }
 
     /// (scale, zero point) of a per-tensor Q/DQ, as constants.
@@ -336,4 +471,29 @@ impl Lowering<'_> {
         self.dq_of.insert(n.output[0].clone(), qt);
         Ok(())
     }
+}
+
+/// The numpy broadcast of two shapes.
+fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+    let r = a.len().max(b.len());
+    (0..r)
+        .map(|i| {
+            let da = if i + a.len() >= r {
+                a[i + a.len() - r]
+            } else {
+                1
+            };
+            let db = if i + b.len() >= r {
+                b[i + b.len() - r]
+            } else {
+                1
+            };
+            match (da, db) {
+                (x, y) if x == y => Ok(x),
+                (1, y) => Ok(y),
+                (x, 1) => Ok(x),
+                _ => Err(format!("shapes {a:?} and {b:?} do not broadcast")),
+            }
+        })
+        .collect()
 }
