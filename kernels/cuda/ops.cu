@@ -26,6 +26,7 @@ struct BinaryParams {
     int a_strides[4];
     int b_strides[4];
     int op;  // 0 add, 1 sub, 2 mul, 3 div, 4 scale-shift: a * b[ib] + b[ib + shift_offset]
+             // (op 4: b is f32 in both the f16 and the f32 kernel)
     int act;
     float act_a, act_b;
     int shift_offset;
@@ -60,7 +61,10 @@ extern "C" __global__ void binary_f16(BinaryParams p, const half_bits* __restric
     if (i >= p.n) return;
     int ia, ib;
     binary_offsets(p, i, ia, ib);
-    float r = p.op == 4 ? h2f(a[ia]) * h2f(b[ib]) + h2f(b[ib + p.shift_offset])
+    // scale-shift factors are f32 even here: a BatchNormalization's shift β − μ·scale is
+    // often the difference of two large terms, which FP16 factors would round away
+    const float* f = reinterpret_cast<const float*>(b);
+    float r = p.op == 4 ? h2f(a[ia]) * f[ib] + f[ib + p.shift_offset]
                         : binary_op(p.op, h2f(a[ia]), h2f(b[ib]));
     y[i] = f2h(activate(r, p.act, p.act_a, p.act_b));
 }

@@ -99,7 +99,7 @@ pub mod binary_op {
     pub const DIV: i32 = 3;
     /// `a * b[ib] + b[ib + shift_offset]`: a per-channel affine map (a BatchNormalization
     /// that follows no convolution, or a chain of constant Mul/Add folded into one) in one
-    /// pass, `b` holding the scales then the shifts.
+    /// pass, `b` holding the scales then the shifts, always as f32 (FP16 plans too).
     pub const SCALE_SHIFT: i32 = 4;
 }
 

@@ -135,8 +135,9 @@ impl Lowering<'_> {
             shift_offset: c as i32,
             ..Default::default()
         };
+        // f32 factors even in FP16 plans (see `binary_op::SCALE_SHIFT`)
         let factors: Vec<f32> = scale.into_iter().chain(shift).collect();
-        let k = self.plan.add_const(self.float_const(factors));
+        let k = self.plan.add_const(ConstData::F32(factors));
         let y = self.new_tensor(out, xs, self.float, None);
         self.tensor.insert(out.to_string(), y);
         self.push_with_consts(name, Op::Binary(p), vec![xt, xt], vec![(1, k)], y);
@@ -195,17 +196,10 @@ impl Lowering<'_> {
                     f[i] *= scale[i];
                     f[c + i] = f[c + i] * scale[i] + shift[i];
                 }
-                self.plan.consts[k] = self.float_const(f);
+                self.plan.consts[k] = ConstData::F32(f);
                 true
             }
             _ => false,
-        }
-    }
-
-    fn float_const(&self, v: Vec<f32>) -> ConstData {
-        match self.float {
-            DType::F32 => ConstData::F32(v),
-            _ => ConstData::F16(v.iter().map(|x| f2h(*x)).collect()),
         }
     }
 }
