@@ -2,7 +2,7 @@
 # The CPU engine (`--backend cpu-plan`) against ONNX Runtime on the same model files, same
 # thread count, in the same run, and INT8 against FP32 on our own engine. Usage:
 #   scripts/cpu-engine-bench.sh [--frames N] [--threads "1 2"] [--work DIR] [--no-download]
-# Needs python3 with onnxruntime + numpy on PYTHONPATH (as .ci/run installs them) and, for the
+# Needs python3 with onnxruntime + numpy (+ onnx for the model-zoo rows) on PYTHONPATH and, for the
 # shared MobileNetV3 rows, $BEVRT_SHARED (default ../shared). The larger CNN (PP-OCRv4 text
 # detector, 4.7 MB) comes from the `rapidocr_onnxruntime` wheel on PyPI (skipped with
 # --no-download or without network).
@@ -54,6 +54,19 @@ if [ -f "$DET" ]; then
     --input 320x320:BGR --mean 0.5 --std 0.5 --out "$WORK/det" >/dev/null
   ROWS+=("PP-OCRv4 det 320x320|$WORK/det|")
 fi
+
+# The ONNX model zoo's classic CNNs (scripts/cnn-zoo.py: graphs from the onnx wheel, weights
+# drawn; nobody tuned the engine to them), 224x224
+ZOO=target/cnn-zoo
+if [ ! -f "$ZOO/squeezenet.onnx" ] && python3 -c "import onnx" >/dev/null 2>&1; then
+  python3 scripts/cnn-zoo.py "$ZOO" resnet50 densenet121 shufflenet squeezenet inception_v2 >/dev/null
+fi
+for m in resnet50 densenet121 shufflenet squeezenet inception_v2; do
+  [ -f "$ZOO/$m.onnx" ] || continue
+  [ -f "$WORK/zoo-$m/bundle.toml" ] || RUST_LOG=warn $TOOL bundle init --task features \
+    --model "$ZOO/$m.onnx" --input 224x224:RGB --mean 0.45 --std 0.225 --out "$WORK/zoo-$m" >/dev/null
+  ROWS+=("zoo $m|$WORK/zoo-$m|")
+done
 
 printf "%-22s %7s %-34s %12s %12s %12s %10s %12s\n" model threads "bevrt engine" "inference ms" "networks ms" "ORT ms" "ratio" "vs baseline"
 for row in "${ROWS[@]}"; do

@@ -114,7 +114,33 @@ impl RowSource {
     fn flat(&self, p: &ConvParams) -> bool {
         is_pointwise(p) && self.rows.row == p.w as usize && self.rows.hp == p.h as usize
     }
+
+    /// Unit strides and output rows shorter than a block (the 7x7 and 14x14 planes of every
+    /// ImageNet CNN's last stages): blocks run across rows of the padded input, pixel q =
+    /// oy · row + ox, so a block of 32 holds several output rows and the padding columns
+    /// between them (computed, never stored) instead of one 7-pixel row and 25 idle lanes.
+    fn wide(&self, p: &ConvParams, nr: usize) -> bool {
+        !self.flat(p) && p.stride_h == 1 && p.stride_w == 1 && (p.ow as usize) < nr && p.oh > 1
+    }
+
+    /// Pixels of the padded-row space the wide blocks walk: up to the last output pixel.
+    fn wide_len(&self, p: &ConvParams) -> usize {
+        (p.oh as usize - 1) * self.rows.row + p.ow as usize
+    }
 }
+
+/// Where a block's accumulators go: `len` pixels from accumulator column `from` to output
+/// element `to` (of channel 0; each channel adds its plane).
+#[derive(Clone, Copy, Default)]
+struct Seg {
+    from: usize,
+    to: usize,
+    len: usize,
+}
+
+/// A block's segments: one, or in wide mode one per output row it touches (at most
+/// `nr / 1 + 1` for rows of one pixel).
+type Segs = heapless::Vec<Seg, 40>;
 
 // SAFETY: `RowSource::buf` is written only by `GemmConv::pad_task`, one (image, channel)
 // plane interior per task (disjoint), in a phase that completes before any task reads it.
@@ -207,13 +233,17 @@ impl GemmConv {
     ) -> Result<GemmConv, String> {
         let kdim = p.kdim as usize;
         let nr = nr_for(isa);
-        let pixels = (p.oh * p.ow) as usize;
+        let pixels = if rows.wide(&p, nr) {
+            rows.wide_len(&p)
+        } else {
+            (p.oh * p.ow) as usize
+        };
         // A 1x1 task's taps (kdim x tile) stay within ~128 KiB.
         let bytes_per_pixel = kdim.max(1) * 4;
         let by_cache = (128 * 1024 / bytes_per_pixel / nr).max(1) * nr;
         let tile = by_cache.min(pixels.div_ceil(nr) * nr).min(8 * nr).max(nr);
         let panels = (p.k as usize).div_ceil(MR);
-        let pixel_tasks = if rows.flat(&p) {
+        let pixel_tasks = if rows.flat(&p) || rows.wide(&p, nr) {
             p.n as usize * pixels.div_ceil(tile)
         } else {
             (p.n * p.oh) as usize
@@ -246,7 +276,9 @@ impl GemmConv {
     /// Independent tasks: output rows (or, 1x1, tiles across rows) of every image, times
     /// the channel groups.
     pub fn tasks(&self) -> usize {
-        let per_image = if self.rows.flat(&self.p) {
+        let per_image = if self.rows.wide(&self.p, self.nr) {
+            self.rows.wide_len(&self.p).div_ceil(self.tile)
+        } else if self.rows.flat(&self.p) {
             ((self.p.oh * self.p.ow) as usize).div_ceil(self.tile)
         } else {
             self.p.oh as usize
@@ -362,7 +394,13 @@ impl GemmConv {
         let panels = k.div_ceil(MR);
         let per = panels.div_ceil(self.kgroups);
         let mine = (group * per).min(panels)..((group + 1) * per).min(panels);
-        let (img, first, count, b0) = if rs.flat(p) {
+        let wide = rs.wide(p, self.nr);
+        let (img, first, count, b0) = if wide {
+            let len = rs.wide_len(p);
+            let tiles = len.div_ceil(self.tile);
+            let (img, q0) = (t / tiles, (t % tiles) * self.tile);
+            (img, q0, self.tile.min(len - q0), q0)
+        } else if rs.flat(p) {
             let tiles = (oh * ow).div_ceil(self.tile);
             let (img, q0) = (t / tiles, (t % tiles) * self.tile);
             (img, q0, self.tile.min(oh * ow - q0), q0)
@@ -372,7 +410,34 @@ impl GemmConv {
         };
         // element index of the tile's first pixel in the source
         let base = img * rs.blocks * plane + b0 * rs.lanes;
-        let out_img = img * k * oh * ow + first;
+        let out_img = img * k * oh * ow + if wide { 0 } else { first };
+        // where block xb's n accumulators go
+        let segs = |xb: usize, n: usize| -> Segs {
+            let mut v = Segs::new();
+            if !wide {
+                let _ = v.push(Seg {
+                    from: 0,
+                    to: out_img + xb,
+                    len: n,
+                });
+                return v;
+            }
+            let row = rs.rows.row;
+            let mut q = first + xb;
+            while q < first + xb + n {
+                let (oy, ox) = (q / row, q % row);
+                let len = (first + xb + n - q).min(row - ox);
+                if ox < ow {
+                    let _ = v.push(Seg {
+                        from: q - first - xb,
+                        to: out_img + oy * ow + ox,
+                        len: len.min(ow - ox),
+                    });
+                }
+                q += len;
+            }
+            v
+        };
         // a partial block reads past its pixels (the next row or the slack), unused
         match (&self.weights, unsafe { &*rs.buf.get() }, x) {
             (GemmWeights::F32(w), buf, x) => {
@@ -385,8 +450,8 @@ impl GemmConv {
                     let n = self.nr.min(count - xb);
                     let b = unsafe { src.add(base + xb) };
                     let acc = as_f32(scratch);
-                    let at = out_img + xb;
-                    unsafe { self.rows_block(w, b, &rs.offs, acc, y, at, n, mine.clone()) };
+                    let segs = segs(xb, n);
+                    unsafe { self.rows_block(w, b, &rs.offs, acc, y, &segs, n, mine.clone()) };
                 }
             }
             (GemmWeights::I8(w), RowBuf::U8(v), _) => {
@@ -394,8 +459,8 @@ impl GemmConv {
                     let n = self.nr.min(count - xb);
                     let b = unsafe { v.as_ptr().add(base + xb * 4) };
                     let acc = as_i32(scratch);
-                    let at = out_img + xb;
-                    unsafe { self.rows_block_i8(w, b, &rs.offs, acc, y, at, n, mine.clone()) };
+                    let segs = segs(xb, n);
+                    unsafe { self.rows_block_i8(w, b, &rs.offs, acc, y, &segs, n, mine.clone()) };
                 }
             }
             _ => {}
@@ -411,8 +476,8 @@ impl GemmConv {
         }
     }
 
-    /// Up to `nr` output pixels of every channel from taps at `b + offs[j]`, stored from
-    /// element `at` of each channel plane.
+    /// Up to `nr` output pixels of every channel from taps at `b + offs[j]`, stored by
+    /// `segs` in each channel plane.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn rows_block(
@@ -422,7 +487,7 @@ impl GemmConv {
         offs: &[u32],
         acc: &mut [f32],
         y: OutBuf,
-        at: usize,
+        segs: &[Seg],
         n: usize,
         panels: std::ops::Range<usize>,
     ) {
@@ -436,8 +501,10 @@ impl GemmConv {
             unsafe { micro_f32_rows(self.isa, width, kdim, a, b, offs, acc) };
             for r in 0..MR.min(k - panel * MR) {
                 let kk = panel * MR + r;
-                let acc_row = Acc::F32(&acc[r * width..][..n]);
-                unsafe { self.epi.row(p, kk, acc_row, y, at + kk * plane_out) };
+                for s in segs {
+                    let acc_row = Acc::F32(&acc[r * width + s.from..][..s.len]);
+                    unsafe { self.epi.row(p, kk, acc_row, y, s.to + kk * plane_out) };
+                }
             }
         }
     }
@@ -452,7 +519,7 @@ impl GemmConv {
         offs: &[u32],
         acc: &mut [i32],
         y: OutBuf,
-        at: usize,
+        segs: &[Seg],
         n: usize,
         panels: std::ops::Range<usize>,
     ) {
@@ -466,8 +533,10 @@ impl GemmConv {
             unsafe { micro_i8_rows(self.isa, width, k4, a, b, offs, acc) };
             for r in 0..MR.min(k - panel * MR) {
                 let kk = panel * MR + r;
-                let acc_row = Acc::I32(&acc[r * width..][..n], self.epi.corr[kk]);
-                unsafe { self.epi.row(p, kk, acc_row, y, at + kk * plane_out) };
+                for s in segs {
+                    let acc_row = Acc::I32(&acc[r * width + s.from..][..s.len], self.epi.corr[kk]);
+                    unsafe { self.epi.row(p, kk, acc_row, y, s.to + kk * plane_out) };
+                }
             }
         }
     }

@@ -134,8 +134,8 @@ const CASES: &[Case] = &[
     // right and bottom edges (Winograd's half-width path)
     Case {
         c: 8,
-        h: 9,
-        w: 13,
+        h: 19,
+        w: 15,
         k: 8,
         r: 3,
         stride: 1,
@@ -193,6 +193,31 @@ const CASES: &[Case] = &[
         pad: 1,
         dil: 1,
         groups: 2,
+        n: 1,
+    },
+    // rows shorter than a block (7x7 and 5x5 outputs): GEMM blocks run across rows
+    Case {
+        c: 6,
+        h: 7,
+        w: 7,
+        k: 20,
+        r: 3,
+        stride: 1,
+        pad: 1,
+        dil: 1,
+        groups: 1,
+        n: 2,
+    },
+    Case {
+        c: 12,
+        h: 7,
+        w: 7,
+        k: 9,
+        r: 3,
+        stride: 1,
+        pad: 0,
+        dil: 1,
+        groups: 1,
         n: 1,
     },
     // ShuffleNet's grouped 1x1 (3 groups), and a grouped 3x3 stride 2 (ResNeXt-like)
@@ -432,7 +457,8 @@ fn winograd_runs_where_it_is_meant_to() {
     for (i, case) in CASES.iter().enumerate() {
         let (plan, _) = conv_plan(case, None, i as u32);
         let fits = case.r == 3 && case.stride == 1 && case.dil == 1 && case.groups == 1;
-        let fits = fits && case.c >= 8 && case.k >= 8;
+        let out = |x: usize| (x + 2 * case.pad - 3) / case.stride + 1;
+        let fits = fits && case.c >= 8 && case.k >= 8 && out(case.h) * out(case.w) >= 256;
         for isa in Isa::all_available() {
             let e = CpuPlan::load(plan.clone(), pool::shared(1), isa).expect("loads");
             let used = e.profile().iter().any(|s| s.kernel == "winograd_f32");
