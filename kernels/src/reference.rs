@@ -253,7 +253,7 @@ pub fn pool_into(p: &PoolParams, x: &[f32], out: &mut [f32]) {
     }
 }
 
-fn src_coord(o: i32, inn: i32, out: i32, scale: f32, coord: i32) -> f32 {
+pub(crate) fn src_coord(o: i32, inn: i32, out: i32, scale: f32, coord: i32) -> f32 {
     match coord {
         0 => (o as f32 + 0.5) / scale - 0.5,
         1 if out > 1 => o as f32 * (inn - 1) as f32 / (inn as f32 * scale - 1.0),
@@ -264,7 +264,7 @@ fn src_coord(o: i32, inn: i32, out: i32, scale: f32, coord: i32) -> f32 {
     }
 }
 
-fn nearest_index(v: f32, mode: i32, inn: i32) -> usize {
+pub(crate) fn nearest_index(v: f32, mode: i32, inn: i32) -> usize {
     let half = v - v.floor() == 0.5;
     let r = match mode {
         0 if half => v.floor(),

@@ -299,6 +299,45 @@ fn shufflenet_block() -> PathBuf {
     write_model("shufflenet_block", nodes, w, &[1, 12, 12, 10], "y")
 }
 
+/// PP-OCR's DB head: Conv → BN → Relu → ConvTranspose 2x2/2 (with bias) → BN → Relu →
+/// ConvTranspose 2x2/2 → Sigmoid: the probability map at 4x the feature resolution.
+fn db_head(kernel: i64) -> PathBuf {
+    let mut w = Weights {
+        seed: 50,
+        init: vec![],
+    };
+    let c0 = w.conv("c0.w", 8, 8, 3);
+    let b0 = w.bn("bn0", 8);
+    let t1 = w.vec("t1.w", &[8, 4, kernel, kernel], -0.4, 0.4);
+    let t1b = w.vec("t1.b", &[4], -0.1, 0.1);
+    let b1 = w.bn("bn1", 4);
+    let t2 = w.vec("t2.w", &[4, 1, kernel, kernel], -0.4, 0.4);
+    let up = |x: &str, wt: &str, b: Option<&str>, out: &str| {
+        let mut ins = vec![x, wt];
+        ins.extend(b);
+        node(
+            "ConvTranspose",
+            &ins,
+            out,
+            vec![
+                ints("kernel_shape", &[kernel, kernel]),
+                ints("strides", &[2, 2]),
+            ],
+        )
+    };
+    let nodes = vec![
+        node("Conv", &["x", &c0], "h0", vec![ints("pads", &[1, 1, 1, 1])]),
+        bn_node("h0", &b0, "n0"),
+        node("Relu", &["n0"], "r0", vec![]),
+        up("r0", &t1, Some(&t1b), "u1"),
+        bn_node("u1", &b1, "n1"),
+        node("Relu", &["n1"], "r1", vec![]),
+        up("r1", &t2, None, "u2"),
+        node("Sigmoid", &["u2"], "y", vec![]),
+    ];
+    write_model(&format!("db_head_{kernel}"), nodes, w, &[1, 8, 6, 7], "y")
+}
+
 fn binary_steps(plan: &KernelPlan, op: i32) -> Vec<(String, i32)> {
     plan.steps
         .iter()
@@ -387,6 +426,24 @@ fn shufflenet_channel_shuffle_is_one_transpose_step() {
         .map(|s| s.name.as_str())
         .collect();
     assert_eq!(shuffles, ["t5"], "{:?}", plan.steps);
+}
+
+#[test]
+fn db_head_conv_transposes_lower_to_a_1x1_and_a_transpose() {
+    let plan = matches_tract(&db_head(2), &[1, 8, 6, 7]);
+    let transposes = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s.op, Op::Transpose(_)))
+        .count();
+    assert_eq!(transposes, 2, "{:?}", plan.steps);
+    // an overlapping kernel (3x3, stride 2) is refused, saying why
+    let e = lower_onnx(&db_head(3), &[], &LowerOptions::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("ConvTranspose ×1") && msg.contains("kernel = stride"),
+        "{msg}"
+    );
 }
 
 #[test]

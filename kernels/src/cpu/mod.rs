@@ -666,6 +666,14 @@ unsafe fn run_step(
                     ops::pool(p, x, i * planes, y)
                 });
             }
+            Kernel::Resize(p) if p.ow as usize <= ops::RESIZE_MAX_ROW => {
+                let x = src_f32(s, 0, base);
+                let plane = (p.oh * p.ow) as usize;
+                let planes = spread_rows(s.out_len, plane, 4, pool);
+                pool.for_each_chunk_mut(out_f32(), planes * plane, &|i, y| {
+                    ops::resize(p, x, i * planes, y)
+                });
+            }
             Kernel::Resize(p) => crate::reference::resize_into(p, src_f32(s, 0, base), out_f32()),
             Kernel::Softmax { outer, len, inner } => {
                 crate::reference::softmax_into(src_f32(s, 0, base), *outer, *len, *inner, out_f32())

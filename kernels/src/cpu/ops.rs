@@ -3,8 +3,9 @@
 //! broadcast shape with nested loops instead of the twin's per-element division, computing
 //! the same values).
 
-use crate::params::{BinaryParams, PoolParams, TransposeParams};
+use crate::params::{BinaryParams, PoolParams, ResizeParams, TransposeParams};
 use crate::reference::activate;
+use crate::reference::{nearest_index, src_coord};
 
 /// An activation as a type, so each loop that applies one (a convolution's epilogue, a
 /// binary op) is compiled for it and vectorises; the values are [`activate`]'s.
@@ -308,6 +309,57 @@ fn pool_plane<const MAX: bool>(p: &PoolParams, xp: &[f32], yp: &mut [f32], phase
     }
 }
 
+/// Widest output row [`resize`] takes (its per-column tables live on the stack).
+pub const RESIZE_MAX_ROW: usize = 2048;
+
+/// [`crate::reference::resize_into`] with the source columns (and, linear, their weights)
+/// computed once per step instead of per element; the same f32 operations in the same
+/// order, so equal to the twin bit for bit. `y` holds the planes from `first_plane` on.
+/// Rows wider than [`RESIZE_MAX_ROW`] are the caller's to send to the twin.
+pub fn resize(p: &ResizeParams, x: &[f32], first_plane: usize, y: &mut [f32]) {
+    let (h, w, oh, ow) = (p.h as usize, p.w as usize, p.oh as usize, p.ow as usize);
+    let mut x0 = [0u32; RESIZE_MAX_ROW];
+    let mut x1 = [0u32; RESIZE_MAX_ROW];
+    let mut fx = [0f32; RESIZE_MAX_ROW];
+    for ox in 0..ow {
+        let sx = src_coord(ox as i32, p.w, p.ow, p.scale_w, p.coord);
+        if p.mode == 0 {
+            x0[ox] = nearest_index(sx, p.nearest_mode, p.w) as u32;
+        } else {
+            let sx = sx.max(0.0).min((p.w - 1) as f32);
+            let a = sx as usize;
+            x0[ox] = a as u32;
+            x1[ox] = if a + 1 < w { a + 1 } else { a } as u32;
+            fx[ox] = sx - a as f32;
+        }
+    }
+    let planes = y.len() / (oh * ow).max(1);
+    for q in 0..planes {
+        let xp = &x[(first_plane + q) * h * w..][..h * w];
+        for (oy, out) in y[q * oh * ow..][..oh * ow].chunks_exact_mut(ow).enumerate() {
+            let sy = src_coord(oy as i32, p.h, p.oh, p.scale_h, p.coord);
+            if p.mode == 0 {
+                let row = &xp[nearest_index(sy, p.nearest_mode, p.h) * w..][..w];
+                for (o, c) in out.iter_mut().zip(&x0[..ow]) {
+                    *o = row[*c as usize];
+                }
+                continue;
+            }
+            let sy = sy.max(0.0).min((p.h - 1) as f32);
+            let r0 = sy as usize;
+            let r1 = if r0 + 1 < h { r0 + 1 } else { r0 };
+            let fy = sy - r0 as f32;
+            let (top, bot) = (&xp[r0 * w..][..w], &xp[r1 * w..][..w]);
+            for ox in 0..ow {
+                let (a, b, f) = (x0[ox] as usize, x1[ox] as usize, fx[ox]);
+                let t = top[a] * (1.0 - f) + top[b] * f;
+                let u = bot[a] * (1.0 - f) + bot[b] * f;
+                out[ox] = t * (1.0 - fy) + u * fy;
+            }
+        }
+    }
+}
+
 /// [`TransposeParams`] as nested loops over the five outer output dims, the innermost a
 /// block copy where the permutation keeps the last axis (a channel shuffle does).
 ///
@@ -524,6 +576,43 @@ mod tests {
             let mut got = vec![0f32; 120];
             binary(&p, &a, &b2, 0, &mut got);
             assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn resize_equals_the_twin_in_every_mode() {
+        let x: Vec<f32> = (0..2 * 3 * 5 * 7)
+            .map(|i| (i as f32 * 0.61).sin())
+            .collect();
+        for (oh, ow, mode, coord, nearest_mode) in [
+            (10, 14, 0, 2, 1), // Upsample nearest x2
+            (20, 28, 0, 0, 0), // x4 half_pixel round_prefer_floor
+            (9, 11, 1, 0, 0),  // bilinear half_pixel, fractional scale
+            (10, 14, 1, 1, 0), // align_corners
+            (3, 4, 1, 3, 0),   // pytorch_half_pixel downscale
+            (7, 9, 0, 0, 3),
+        ] {
+            let p = ResizeParams {
+                n: 2,
+                c: 3,
+                h: 5,
+                w: 7,
+                oh,
+                ow,
+                mode,
+                coord,
+                nearest_mode,
+                scale_h: oh as f32 / 5.0,
+                scale_w: ow as f32 / 7.0,
+            };
+            let want = crate::reference::resize(&p, &x);
+            let mut got = vec![0f32; want.len()];
+            resize(&p, &x, 0, &mut got);
+            assert_eq!(got, want, "{p:?}");
+            let plane = (oh * ow) as usize;
+            let mut part = vec![0f32; want.len() - 2 * plane];
+            resize(&p, &x, 2, &mut part);
+            assert_eq!(part, want[2 * plane..], "{p:?} from plane 2");
         }
     }
 

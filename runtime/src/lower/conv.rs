@@ -39,6 +39,31 @@ impl Lowering<'_> {
         transpose: Option<(usize, usize)>,
     ) -> Result<(), String> {
         let out_shape = self.shape(out_name)?;
+        self.conv_step_shaped(
+            name,
+            x,
+            w,
+            w_scale,
+            bias,
+            p,
+            (out_name, out_shape),
+            transpose,
+        )
+    }
+
+    /// [`Self::conv_step`] into a tensor the ONNX graph does not name (its shape given).
+    #[allow(clippy::too_many_arguments)]
+    fn conv_step_shaped(
+        &mut self,
+        name: &str,
+        x: &str,
+        w: &str,
+        w_scale: f32,
+        bias: Vec<f32>,
+        p: ConvParams,
+        (out_name, out_shape): (&str, Vec<usize>),
+        transpose: Option<(usize, usize)>,
+    ) -> Result<(), String> {
         let int8 = self
             .dq_of
             .get(x)
@@ -258,6 +283,88 @@ impl Lowering<'_> {
             ..Default::default()
         };
         self.conv_step(name, x, w, 1.0, bias, p, &n.output[0], None)
+    }
+
+    /// `ConvTranspose` whose kernel equals its stride (no overlap: U-Net and DB-head
+    /// upsampling, PP-OCR's detector): output pixel (s·i + a, s·j + b) is input pixel (i, j)
+    /// times tap (a, b), so it is a 1x1 convolution to `C_out·kh·kw` channels (the weights
+    /// `[C_in, C_out·kh·kw]` transposed) and one Transpose that puts each tap at its place,
+    /// `[N, C_out, kh, kw, H, W] → [N, C_out, H, kh, W, kw]`. Overlapping kernels are refused.
+    pub(super) fn conv_transpose(&mut self, n: &pb::NodeProto, name: &str) -> Result<(), String> {
+        let (x, w) = (&n.input[0], &n.input[1]);
+        if !self.is_const(w) || self.qconst.contains_key(w) {
+            return Err("weights that are not a float constant".into());
+        }
+        let xs = self
+            .float_tensor(x)
+            .map(|t| self.plan.tensors[t].shape.clone())?;
+        let ys = self.shape(&n.output[0])?;
+        let ws = self.const_shape(w);
+        if xs.len() != 4 || ws.len() != 4 {
+            return Err("only 2-D ConvTranspose".into());
+        }
+        let (kh, kw) = (ws[2], ws[3]);
+        let ones = |a: &str| attr_ints(n, a).is_none_or(|v| v.iter().all(|&d| d == 1));
+        let zeros = |a: &str| attr_ints(n, a).is_none_or(|v| v.iter().all(|&d| d == 0));
+        let strides = attr_ints(n, "strides").unwrap_or(vec![1, 1]);
+        if attr_i(n, "group", 1) != 1
+            || !ones("dilations")
+            || !zeros("pads")
+            || !zeros("output_padding")
+            || attr_s(n, "auto_pad", "NOTSET") != "NOTSET"
+            || strides != [kh as i64, kw as i64]
+        {
+            return Err(format!(
+                "only kernel = stride, no padding, groups or dilation (kernel {kh}x{kw}, strides {strides:?})"
+            ));
+        }
+        let (cin, cout) = (ws[0], ws[1]);
+        if ys != [xs[0], cout, xs[2] * kh, xs[3] * kw] || xs[1] != cin {
+            return Err(format!("output shape {ys:?} for input {xs:?}"));
+        }
+        let taps = kh * kw;
+        let bias = match n.input.get(2).filter(|s| !s.is_empty()) {
+            Some(b) => self.const_f32(b)?,
+            None => vec![0.0; cout],
+        };
+        let bias: Vec<f32> = (0..cout * taps).map(|r| bias[r / taps]).collect();
+        let p = ConvParams {
+            n: xs[0] as i32,
+            c: cin as i32,
+            h: xs[2] as i32,
+            w: xs[3] as i32,
+            k: (cout * taps) as i32,
+            oh: xs[2] as i32,
+            ow: xs[3] as i32,
+            r: 1,
+            s: 1,
+            stride_h: 1,
+            stride_w: 1,
+            dil_h: 1,
+            dil_w: 1,
+            groups: 1,
+            kdim: cin as i32,
+            ..Default::default()
+        };
+        let mid = format!("{}__taps", n.output[0]);
+        let mid_shape = vec![xs[0], cout * taps, xs[2], xs[3]];
+        let step = format!("{name} (taps)");
+        self.conv_step_shaped(
+            &step,
+            x,
+            w,
+            1.0,
+            bias,
+            p,
+            (&mid, mid_shape),
+            Some((cin, cout * taps)),
+        )?;
+        let t = self.tensor[&mid];
+        let y = self.out_tensor(n, self.float, None)?;
+        let six = [xs[0], cout, kh, kw, xs[2], xs[3]];
+        let tp = bevrt_kernels::params::TransposeParams::new(&six, &[0, 1, 4, 2, 5, 3]);
+        self.push(name, Op::Transpose(tp), vec![t], y);
+        Ok(())
     }
 
     pub(super) fn matmul(&mut self, n: &pb::NodeProto, name: &str) -> Result<(), String> {

@@ -219,6 +219,7 @@ impl Lowering<'_> {
         };
         match n.op_type.as_str() {
             "Conv" => self.conv(n, &name),
+            "ConvTranspose" => self.conv_transpose(n, &name),
             "Gemm" | "MatMul" => self.matmul(n, &name),
             "Relu" => self.activation(n, &name, act::RELU, 0.0, 0.0),
             "Sigmoid" => self.activation(n, &name, act::SIGMOID, 0.0, 0.0),

@@ -18,7 +18,8 @@
 //! come from tract. Then each ONNX node becomes at most one kernel launch:
 //!
 //! - `Conv`, `Gemm`, `MatMul` (constant right operand) → implicit-GEMM convolution (1x1 for
-//!   the matrix products), grouped/depthwise ones → the direct kernel. With Q/DQ around them
+//!   the matrix products), grouped/depthwise ones → the direct kernel; `ConvTranspose` with
+//!   kernel = stride → a 1x1 convolution and a Transpose. With Q/DQ around them
 //!   (`QuantizeLinear → DequantizeLinear → Conv` and int8 weights behind a DequantizeLinear,
 //!   symmetric, per tensor or per output channel) they run in INT8; otherwise in FP16.
 //! - An activation (`Relu`, `Clip`, `HardSigmoid`, `HardSwish`, `Sigmoid`) whose input is read
