@@ -371,3 +371,28 @@ pub fn tiny_features_bundle(out: &Path, seed: u64, version: &str, selftest: bool
     }
     out.to_path_buf()
 }
+
+/// A float graph input or output of fixed `dims`, for ONNX graphs the tests build by hand.
+pub fn onnx_float_value(name: &str, dims: &[i64]) -> tract_onnx::pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{Dimension, dimension::Value};
+    use tract_onnx::pb;
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: pb::tensor_proto::DataType::Float as i32,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| Dimension {
+                            value: Some(Value::DimValue(d)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

@@ -11,29 +11,6 @@ use tract_onnx::pb;
 const FLOAT: i32 = pb::tensor_proto::DataType::Float as i32;
 const INT64: i32 = pb::tensor_proto::DataType::Int64 as i32;
 
-fn value(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::{Dimension, dimension::Value};
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: FLOAT,
-                shape: Some(pb::TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|&d| Dimension {
-                            value: Some(Value::DimValue(d)),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> pb::NodeProto {
     pb::NodeProto {
         op_type: op.into(),
@@ -55,8 +32,8 @@ fn model(nodes: Vec<pb::NodeProto>, init: Vec<pb::TensorProto>, input: &[i64]) -
             name: "hostile".into(),
             node: nodes,
             initializer: init,
-            input: vec![value("x", input)],
-            output: vec![value("y", &[])],
+            input: vec![onnx_float_value("x", input)],
+            output: vec![onnx_float_value("y", &[])],
             ..Default::default()
         }),
         ..Default::default()

@@ -68,29 +68,6 @@ fn i64s(name: &str, v: &[i64]) -> pb::TensorProto {
     }
 }
 
-fn value(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::{Dimension, dimension::Value};
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: FLOAT,
-                shape: Some(pb::TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|&d| Dimension {
-                            value: Some(Value::DimValue(d)),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// Weights of a trained network's scale: He-normal-like convolutions, BN near identity.
 struct Weights {
     seed: u64,
@@ -145,7 +122,7 @@ fn write_model(name: &str, nodes: Vec<pb::NodeProto>, w: Weights, x: &[i64], y: 
             name: name.into(),
             node: nodes,
             initializer: w.init,
-            input: vec![value("x", x)],
+            input: vec![onnx_float_value("x", x)],
             output: vec![pb::ValueInfoProto {
                 name: y.into(),
                 ..Default::default()
