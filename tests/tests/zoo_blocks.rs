@@ -447,3 +447,54 @@ fn a_refusal_names_each_missing_op_type_once_with_its_count() {
     };
     assert_eq!(nodes.len(), 2, "only the causes are listed: {nodes:?}");
 }
+
+/// MobileNetV3's hard-swish as Paddle and older PyTorch exports spell it:
+/// `Conv → x · Clip(x + 3, 0, 6) / 6`, and `Conv → x · HardSigmoid(x; 1/6, 1/2)`.
+fn hard_swish_block() -> PathBuf {
+    let mut w = Weights {
+        seed: 60,
+        init: vec![],
+    };
+    let c1 = w.conv("c1.w", 8, 8, 3);
+    let c2 = w.conv("c2.w", 8, 8, 1);
+    for (name, v) in [("three", 3.0), ("zero", 0.0), ("six", 6.0)] {
+        w.init.push(f32s(name, &[], vec![v]));
+    }
+    let hsig = pb::AttributeProto {
+        name: "alpha".into(),
+        f: 1.0 / 6.0,
+        r#type: 1,
+        ..Default::default()
+    };
+    let nodes = vec![
+        node("Conv", &["x", &c1], "h1", vec![ints("pads", &[1, 1, 1, 1])]),
+        node("Add", &["h1", "three"], "a1", vec![]),
+        node("Clip", &["a1", "zero", "six"], "k1", vec![]),
+        node("Mul", &["h1", "k1"], "m1", vec![]),
+        node("Div", &["m1", "six"], "s1", vec![]),
+        node("Conv", &["s1", &c2], "h2", vec![]),
+        node("HardSigmoid", &["h2"], "g2", vec![hsig]),
+        node("Mul", &["g2", "h2"], "y", vec![]),
+    ];
+    write_model("hard_swish_block", nodes, w, &[1, 8, 9, 10], "y")
+}
+
+#[test]
+fn hard_swish_patterns_fuse_into_the_convolution_before_them() {
+    let plan = matches_tract(&hard_swish_block(), &[1, 8, 9, 10]);
+    let convs: Vec<i32> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.op {
+            Op::Conv { p, .. } => Some(p.act),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        convs,
+        [act::HARD_SWISH, act::HARD_SWISH],
+        "{:?}",
+        plan.steps
+    );
+    assert_eq!(plan.steps.len(), 2, "{:?}", plan.steps);
+}

@@ -15,6 +15,8 @@ pub(super) trait Act {
 pub(super) struct NoAct;
 pub(super) struct Relu;
 pub(super) struct Clip;
+pub(super) struct HardSwish;
+pub(super) struct HardSigmoid;
 /// Any other code, through [`activate`].
 pub(super) struct AnyAct;
 impl Act for NoAct {
@@ -33,6 +35,18 @@ impl Act for Clip {
     #[inline(always)]
     fn apply(_: i32, a: f32, b: f32, y: f32) -> f32 {
         crate::reference::clip(y, a, b)
+    }
+}
+impl Act for HardSwish {
+    #[inline(always)]
+    fn apply(_: i32, _: f32, _: f32, y: f32) -> f32 {
+        y * crate::reference::clip(y / 6.0 + 0.5, 0.0, 1.0)
+    }
+}
+impl Act for HardSigmoid {
+    #[inline(always)]
+    fn apply(_: i32, a: f32, b: f32, y: f32) -> f32 {
+        crate::reference::clip(a * y + b, 0.0, 1.0)
     }
 }
 impl Act for AnyAct {
@@ -56,6 +70,14 @@ macro_rules! with_act {
             }
             $crate::params::act::CLIP => {
                 type $A = $crate::cpu::ops::Clip;
+                $body
+            }
+            $crate::params::act::HARD_SWISH => {
+                type $A = $crate::cpu::ops::HardSwish;
+                $body
+            }
+            $crate::params::act::HARD_SIGMOID => {
+                type $A = $crate::cpu::ops::HardSigmoid;
                 $body
             }
             _ => {

@@ -23,7 +23,8 @@
 //!   (`QuantizeLinear → DequantizeLinear → Conv` and int8 weights behind a DequantizeLinear,
 //!   symmetric, per tensor or per output channel) they run in INT8; otherwise in FP16.
 //! - An activation (`Relu`, `Clip`, `HardSigmoid`, `HardSwish`, `Sigmoid`) whose input is read
-//!   by it alone is fused into the convolution or binary op that produced it; a
+//!   by it alone is fused into the convolution or binary op that produced it (hard-swish
+//!   spelt out as `x·Clip(x+3,0,6)/6` or `x·HardSigmoid(x)` counts as one, [`patterns`]); a
 //!   `QuantizeLinear` likewise into the convolution before it (requantizing epilogue).
 //! - `BatchNormalization` after anything but a Conv, and `Mul`/`Add`/`Sub` of a per-channel
 //!   constant → one scale-shift step, or folded into the float Conv or scale-shift before it
@@ -44,6 +45,7 @@ mod attrs;
 mod conv;
 mod lowering;
 mod ops;
+mod patterns;
 
 use bevrt_kernels::plan::{DType, KernelPlan, Op};
 use lowering::{Facts, Lowering};
@@ -188,10 +190,32 @@ fn lower_proto_unguarded(
         },
     };
     lower_inputs(&mut l, &real_inputs).map_err(err)?;
+    // hard-swish patterns: their last node runs as one HardSwish of x, which x's producer
+    // can then take into its epilogue (x was read by the pattern twice, now once)
+    let scalar = |name: &str| {
+        let v = l.facts.value(name)?;
+        (v.len() == 1)
+            .then(|| v.cast_to_scalar::<f32>().ok())
+            .flatten()
+    };
+    let swishes = patterns::hard_swishes(graph, opset, scalar, &l.readers);
+    let mut skip = std::collections::HashSet::new();
+    let mut ends = HashMap::new();
+    for hs in &swishes {
+        if let Some(r) = l.readers.get_mut(&hs.x) {
+            *r -= 1;
+        }
+        skip.extend(hs.nodes.iter().copied().filter(|&i| i != hs.end));
+        ends.insert(hs.end, hs.as_node(graph));
+    }
     // outputs of refused nodes: a node reading one is not a cause of its own
     let mut missing: std::collections::HashSet<&str> = Default::default();
     let mut downstream = 0;
-    for n in &graph.node {
+    for (i, n) in graph.node.iter().enumerate() {
+        if skip.contains(&i) {
+            continue;
+        }
+        let n = ends.get(&i).unwrap_or(n);
         if n.input.iter().any(|i| missing.contains(i.as_str())) {
             missing.extend(n.output.iter().map(String::as_str));
             downstream += 1;
