@@ -103,16 +103,30 @@ pub fn binary(p: &BinaryParams, a: &[f32], b: &[f32], first: usize, y: &mut [f32
     })
 }
 
-/// The outer indices `y` covers from `first` on, as (i0, i1) pairs.
+/// Every innermost row of the broadcast shape that `y` covers (from outer index `first` on:
+/// outer = the first two of the four dims together): `row(ia, ib, out)` with the row's first
+/// offsets into `a` and `b` and its `dims[3]` outputs.
 #[inline(always)]
-fn outer_range(
+fn for_each_row(
     p: &BinaryParams,
     first: usize,
-    outputs: usize,
-) -> impl Iterator<Item = (usize, usize)> + use<> {
-    let d1 = p.dims[1] as usize;
-    let inner = (p.dims[2] * p.dims[3]).max(1) as usize;
-    (first..first + outputs / inner).map(move |o| (o / d1, o % d1))
+    y: &mut [f32],
+    mut row: impl FnMut(usize, usize, &mut [f32]),
+) {
+    let [_, d1, d2, d3] = p.dims.map(|d| d as usize);
+    let [a0, a1, a2, _] = p.a_strides.map(|s| s as usize);
+    let [b0, b1, b2, _] = p.b_strides.map(|s| s as usize);
+    let outer = y.len() / (d2 * d3).max(1);
+    for (o, block) in (first..first + outer).zip(y.chunks_exact_mut((d2 * d3).max(1))) {
+        let (i0, i1) = (o / d1, o % d1);
+        for (i2, out) in block.chunks_exact_mut(d3.max(1)).enumerate() {
+            row(
+                i0 * a0 + i1 * a1 + i2 * a2,
+                i0 * b0 + i1 * b1 + i2 * b2,
+                out,
+            );
+        }
+    }
 }
 
 /// [`binary_op::SCALE_SHIFT`](crate::params::binary_op::SCALE_SHIFT): `a * b[ib] + b[ib +
@@ -121,32 +135,22 @@ fn outer_range(
 #[inline(always)]
 fn scale_shift_with<A: Act>(p: &BinaryParams, a: &[f32], b: &[f32], first: usize, y: &mut [f32]) {
     let act = |v: f32| A::apply(p.act, p.act_a, p.act_b, v);
-    let [_, _, d2, d3] = p.dims.map(|d| d as usize);
-    let [a0, a1, a2, a3] = p.a_strides.map(|s| s as usize);
-    let [b0, b1, b2, b3] = p.b_strides.map(|s| s as usize);
+    let (a3, b3) = (p.a_strides[3] as usize, p.b_strides[3] as usize);
     let shift = p.shift_offset as usize;
-    let mut i = 0;
-    for (i0, i1) in outer_range(p, first, y.len()) {
-        {
-            for i2 in 0..d2 {
-                let ia = i0 * a0 + i1 * a1 + i2 * a2;
-                let ib = i0 * b0 + i1 * b1 + i2 * b2;
-                let out = &mut y[i..i + d3];
-                i += d3;
-                if a3 == 1 && b3 == 0 {
-                    let (m, c) = (b[ib], b[ib + shift]);
-                    for (o, u) in out.iter_mut().zip(&a[ia..ia + d3]) {
-                        *o = act(*u * m + c);
-                    }
-                } else {
-                    for (k, o) in out.iter_mut().enumerate() {
-                        let j = ib + k * b3;
-                        *o = act(a[ia + k * a3] * b[j] + b[j + shift]);
-                    }
-                }
+    for_each_row(p, first, y, |ia, ib, out| {
+        let d3 = out.len();
+        if a3 == 1 && b3 == 0 {
+            let (m, c) = (b[ib], b[ib + shift]);
+            for (o, u) in out.iter_mut().zip(&a[ia..ia + d3]) {
+                *o = act(*u * m + c);
+            }
+        } else {
+            for (k, o) in out.iter_mut().enumerate() {
+                let j = ib + k * b3;
+                *o = act(a[ia + k * a3] * b[j] + b[j + shift]);
             }
         }
-    }
+    });
 }
 
 #[inline(always)]
@@ -159,45 +163,34 @@ fn binary_with<A: Act>(
     op: impl Fn(f32, f32) -> f32 + Copy,
 ) {
     let act = |v: f32| A::apply(p.act, p.act_a, p.act_b, v);
-    let [_, _, d2, d3] = p.dims.map(|d| d as usize);
-    let [a0, a1, a2, a3] = p.a_strides.map(|s| s as usize);
-    let [b0, b1, b2, b3] = p.b_strides.map(|s| s as usize);
-    let mut i = 0;
-    for (i0, i1) in outer_range(p, first, y.len()) {
-        {
-            for i2 in 0..d2 {
-                let ia = i0 * a0 + i1 * a1 + i2 * a2;
-                let ib = i0 * b0 + i1 * b1 + i2 * b2;
-                let out = &mut y[i..i + d3];
-                i += d3;
-                match (a3, b3) {
-                    (1, 1) => {
-                        for ((o, u), v) in out.iter_mut().zip(&a[ia..ia + d3]).zip(&b[ib..ib + d3])
-                        {
-                            *o = act(op(*u, *v));
-                        }
-                    }
-                    (1, 0) => {
-                        let v = b[ib];
-                        for (o, u) in out.iter_mut().zip(&a[ia..ia + d3]) {
-                            *o = act(op(*u, v));
-                        }
-                    }
-                    (0, 1) => {
-                        let u = a[ia];
-                        for (o, v) in out.iter_mut().zip(&b[ib..ib + d3]) {
-                            *o = act(op(u, *v));
-                        }
-                    }
-                    _ => {
-                        for (k, o) in out.iter_mut().enumerate() {
-                            *o = act(op(a[ia + k * a3], b[ib + k * b3]));
-                        }
-                    }
+    let (a3, b3) = (p.a_strides[3] as usize, p.b_strides[3] as usize);
+    for_each_row(p, first, y, |ia, ib, out| {
+        let d3 = out.len();
+        match (a3, b3) {
+            (1, 1) => {
+                for ((o, u), v) in out.iter_mut().zip(&a[ia..ia + d3]).zip(&b[ib..ib + d3]) {
+                    *o = act(op(*u, *v));
+                }
+            }
+            (1, 0) => {
+                let v = b[ib];
+                for (o, u) in out.iter_mut().zip(&a[ia..ia + d3]) {
+                    *o = act(op(*u, v));
+                }
+            }
+            (0, 1) => {
+                let u = a[ia];
+                for (o, v) in out.iter_mut().zip(&b[ib..ib + d3]) {
+                    *o = act(op(u, *v));
+                }
+            }
+            _ => {
+                for (k, o) in out.iter_mut().enumerate() {
+                    *o = act(op(a[ia + k * a3], b[ib + k * b3]));
                 }
             }
         }
-    }
+    });
 }
 
 /// [`crate::reference::pool`] without its per-tap bounds tests: every output visits its
