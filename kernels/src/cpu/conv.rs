@@ -235,14 +235,28 @@ impl PaddedRows {
         sw: usize,
         conv: impl Fn(T) -> U,
     ) {
-        match sw {
-            1 => split_phases::<1, _, _>(line, dst, pw, self.wph, conv),
-            2 => split_phases::<2, _, _>(line, dst, pw, self.wph, conv),
-            _ => {
-                for (ix, v) in line.iter().enumerate() {
-                    let pc = ix + pw;
-                    dst[(pc % sw) * self.wph + pc / sw] = conv(*v);
-                }
+        split_row(line, dst, pw, self.wph, sw, conv)
+    }
+}
+
+/// [`split_phases`] for a stride known at run time: 1 and 2 compiled with constant strides,
+/// so their loops vectorise (the convolutions' padded rows and the strided pools use it).
+#[inline(always)]
+pub(super) fn split_row<T: Copy, U: Copy>(
+    line: &[T],
+    dst: &mut [U],
+    pw: usize,
+    wph: usize,
+    sw: usize,
+    conv: impl Fn(T) -> U,
+) {
+    match sw {
+        1 => split_phases::<1, _, _>(line, dst, pw, wph, conv),
+        2 => split_phases::<2, _, _>(line, dst, pw, wph, conv),
+        _ => {
+            for (ix, v) in line.iter().enumerate() {
+                let pc = ix + pw;
+                dst[(pc % sw) * wph + pc / sw] = conv(*v);
             }
         }
     }

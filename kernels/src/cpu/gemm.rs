@@ -123,9 +123,17 @@ impl RowSource {
         !self.flat(p) && p.stride_h == 1 && p.stride_w == 1 && (p.ow as usize) < nr && p.oh > 1
     }
 
-    /// Pixels of the padded-row space the wide blocks walk: up to the last output pixel.
-    fn wide_len(&self, p: &ConvParams) -> usize {
-        (p.oh as usize - 1) * self.rows.row + p.ow as usize
+    /// Pixels the tasks tile when blocks run across rows: the output plane (flat), the
+    /// padded-row space up to the last output pixel (wide); `None` when each task is one
+    /// output row.
+    fn tiled_len(&self, p: &ConvParams, nr: usize) -> Option<usize> {
+        if self.wide(p, nr) {
+            Some((p.oh as usize - 1) * self.rows.row + p.ow as usize)
+        } else if self.flat(p) {
+            Some((p.oh * p.ow) as usize)
+        } else {
+            None
+        }
     }
 }
 
@@ -139,7 +147,7 @@ struct Seg {
 }
 
 /// A block's segments: one, or in wide mode one per output row it touches (at most
-/// `nr / 1 + 1` for rows of one pixel).
+/// `nr + 1`, for padded rows of one pixel; `nr` is at most 32).
 type Segs = heapless::Vec<Seg, 40>;
 
 // SAFETY: `RowSource::buf` is written only by `GemmConv::pad_task`, one (image, channel)
@@ -233,20 +241,16 @@ impl GemmConv {
     ) -> Result<GemmConv, String> {
         let kdim = p.kdim as usize;
         let nr = nr_for(isa);
-        let pixels = if rows.wide(&p, nr) {
-            rows.wide_len(&p)
-        } else {
-            (p.oh * p.ow) as usize
-        };
+        let tiled = rows.tiled_len(&p, nr);
+        let pixels = tiled.unwrap_or((p.oh * p.ow) as usize);
         // A 1x1 task's taps (kdim x tile) stay within ~128 KiB.
         let bytes_per_pixel = kdim.max(1) * 4;
         let by_cache = (128 * 1024 / bytes_per_pixel / nr).max(1) * nr;
         let tile = by_cache.min(pixels.div_ceil(nr) * nr).min(8 * nr).max(nr);
         let panels = (p.k as usize).div_ceil(MR);
-        let pixel_tasks = if rows.flat(&p) || rows.wide(&p, nr) {
-            p.n as usize * pixels.div_ceil(tile)
-        } else {
-            (p.n * p.oh) as usize
+        let pixel_tasks = match tiled {
+            Some(len) => p.n as usize * len.div_ceil(tile),
+            None => (p.n * p.oh) as usize,
         };
         let kgroups = if pixel_tasks < 8 {
             panels.min(8 / pixel_tasks.max(1)).max(1)
@@ -276,12 +280,9 @@ impl GemmConv {
     /// Independent tasks: output rows (or, 1x1, tiles across rows) of every image, times
     /// the channel groups.
     pub fn tasks(&self) -> usize {
-        let per_image = if self.rows.wide(&self.p, self.nr) {
-            self.rows.wide_len(&self.p).div_ceil(self.tile)
-        } else if self.rows.flat(&self.p) {
-            ((self.p.oh * self.p.ow) as usize).div_ceil(self.tile)
-        } else {
-            self.p.oh as usize
+        let per_image = match self.rows.tiled_len(&self.p, self.nr) {
+            Some(len) => len.div_ceil(self.tile),
+            None => self.p.oh as usize,
         };
         self.p.n as usize * per_image * self.kgroups
     }
@@ -395,15 +396,10 @@ impl GemmConv {
         let per = panels.div_ceil(self.kgroups);
         let mine = (group * per).min(panels)..((group + 1) * per).min(panels);
         let wide = rs.wide(p, self.nr);
-        let (img, first, count, b0) = if wide {
-            let len = rs.wide_len(p);
+        let (img, first, count, b0) = if let Some(len) = rs.tiled_len(p, self.nr) {
             let tiles = len.div_ceil(self.tile);
             let (img, q0) = (t / tiles, (t % tiles) * self.tile);
             (img, q0, self.tile.min(len - q0), q0)
-        } else if rs.flat(p) {
-            let tiles = (oh * ow).div_ceil(self.tile);
-            let (img, q0) = (t / tiles, (t % tiles) * self.tile);
-            (img, q0, self.tile.min(oh * ow - q0), q0)
         } else {
             let (img, oy) = (t / oh, t % oh);
             (img, oy * ow, ow, oy * p.stride_h as usize * rs.rows.row)

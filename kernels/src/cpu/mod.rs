@@ -741,6 +741,31 @@ fn spread_rows(outputs: usize, row: usize, taps: usize, pool: &WorkerPool) -> us
     rows.div_ceil(pool.threads() * 4).max(1)
 }
 
+/// A convolution's input and output as the kernels take them, int8 or f32.
+fn conv_bufs(x: *mut u8, y: *mut u8, int8_in: bool, int8_out: bool) -> (InBuf, OutBuf) {
+    let xin = if int8_in {
+        InBuf::I8(x as *const i8)
+    } else {
+        InBuf::F32(x as *const f32)
+    };
+    let yout = if int8_out {
+        OutBuf::I8(y as *mut i8)
+    } else {
+        OutBuf::F32(y as *mut f32)
+    };
+    (xin, yout)
+}
+
+/// `job` over `n` tasks: on the pool, or on the calling thread for a step of fewer than
+/// [`PARALLEL_MIN_OPS`] operations (waking workers costs more than they gain).
+fn spread(pool: &WorkerPool, ops: f64, n: usize, job: &pool::Job<'_>) {
+    if ops < PARALLEL_MIN_OPS {
+        (0..n).for_each(|t| job(t, 0));
+    } else {
+        pool.run(n, job);
+    }
+}
+
 /// A grouped (not depthwise) convolution of one image: group g reads input channels
 /// `[g·c/G, (g+1)·c/G)` and writes output channels `[g·k/G, (g+1)·k/G)`, both contiguous
 /// planes in NCHW, so each group is an ordinary GEMM convolution on its slice (ShuffleNet's
@@ -802,32 +827,15 @@ impl GroupedGemm {
             // SAFETY: group g's slices lie inside the input and output tensors.
             let xg = unsafe { x.get().add(g * self.in_group * ein) };
             let yg = unsafe { out.get().add(g * self.out_group * eout) };
-            let xin = if int8_in {
-                InBuf::I8(xg as *const i8)
-            } else {
-                InBuf::F32(xg as *const f32)
-            };
-            let y = if int8_out {
-                OutBuf::I8(yg as *mut i8)
-            } else {
-                OutBuf::F32(yg as *mut f32)
-            };
-            (xin, y)
-        };
-        let spread = |n: usize, job: &pool::Job<'_>| {
-            if ops < PARALLEL_MIN_OPS {
-                (0..n).for_each(|t| job(t, 0));
-            } else {
-                pool.run(n, job);
-            }
+            conv_bufs(xg, yg, int8_in, int8_out)
         };
         let pads = first.pad_tasks();
         // SAFETY: each (group, plane) once, before any GEMM task of the step.
-        spread(pads * self.convs.len(), &|t, _| unsafe {
+        spread(pool, ops, pads * self.convs.len(), &|t, _| unsafe {
             self.convs[t / pads].pad_task(t % pads, at(t / pads).0)
         });
         let tasks = first.tasks();
-        spread(tasks * self.convs.len(), &|t, thread| {
+        spread(pool, ops, tasks * self.convs.len(), &|t, thread| {
             let (g, t) = (t / tasks, t % tasks);
             let (xin, y) = at(g);
             // SAFETY: each thread owns scratch[thread]; tasks write disjoint outputs.
@@ -867,16 +875,7 @@ unsafe fn run_conv(
     };
     let x = SyncPtr(unsafe { base.0.add(*off) });
     let job = move |t: usize, thread: usize| {
-        let xin = if int8_in {
-            InBuf::I8(x.get() as *const i8)
-        } else {
-            InBuf::F32(x.get() as *const f32)
-        };
-        let y = if int8_out {
-            OutBuf::I8(out.get() as *mut i8)
-        } else {
-            OutBuf::F32(out.get() as *mut f32)
-        };
+        let (xin, y) = conv_bufs(x.get(), out.get(), int8_in, int8_out);
         // SAFETY: each thread owns scratch[thread]; tasks write disjoint outputs.
         let scr = unsafe { std::slice::from_raw_parts_mut(scratch[thread].get(), scratch_bytes) };
         unsafe {
@@ -888,26 +887,14 @@ unsafe fn run_conv(
             }
         }
     };
-    // Small steps stay on the calling thread: waking workers costs more than they gain.
-    let spread = |n: usize, job: &pool::Job<'_>| {
-        if s.ops < PARALLEL_MIN_OPS {
-            (0..n).for_each(|t| job(t, 0));
-        } else {
-            pool.run(n, job);
-        }
-    };
     // The padded copy of the input first (GEMM row source, Winograd tiles), all of it.
     let pad_tasks = match &s.kernel {
         Kernel::Gemm(g) => g.pad_tasks(),
         Kernel::Winograd(w) => w.pad_tasks(),
         _ => 0,
     };
-    spread(pad_tasks, &move |t, _| {
-        let xin = if int8_in {
-            InBuf::I8(x.get() as *const i8)
-        } else {
-            InBuf::F32(x.get() as *const f32)
-        };
+    spread(pool, s.ops, pad_tasks, &move |t, _| {
+        let (xin, _) = conv_bufs(x.get(), out.get(), int8_in, int8_out);
         // SAFETY: one (image, channel block) per task, before any task below reads it.
         unsafe {
             match &s.kernel {
@@ -917,7 +904,7 @@ unsafe fn run_conv(
             }
         }
     });
-    spread(tasks, &job);
+    spread(pool, s.ops, tasks, &job);
 }
 
 #[cfg(test)]

@@ -9,9 +9,10 @@
 
 use super::attrs::*;
 use super::lowering::Lowering;
+use super::ops::{broadcast_strides, right_aligned};
 use bevrt_kernels::params::{BinaryParams, binary_op, out_mode};
 use bevrt_kernels::plan::{ConstData, DType, Op};
-use bevrt_kernels::reference::{f2h, h2f};
+use bevrt_kernels::reference::{const_f32, f2h, h2f};
 use tract_onnx::pb;
 
 impl Lowering<'_> {
@@ -114,23 +115,14 @@ impl Lowering<'_> {
             return Ok(());
         }
         let c = scale.len();
-        let mut dims = [1i32; 4];
-        for (d, v) in xs.iter().rev().enumerate() {
-            dims[3 - d] = *v as i32;
-        }
-        let mut a_strides = [0i32; 4];
-        let mut st = 1;
-        for d in (0..4).rev() {
-            a_strides[d] = if dims[d] == 1 { 0 } else { st };
-            st *= dims[d];
-        }
-        let mut b_strides = [0i32; 4];
-        b_strides[4 - xs.len() + 1] = 1;
+        // the factors as a [C, 1, ...] operand: broadcast over all but the channel axis
+        let mut per_channel = vec![1usize; xs.len() - 1];
+        per_channel[0] = c;
         let p = BinaryParams {
             n: xs.iter().product::<usize>() as i32,
-            dims,
-            a_strides,
-            b_strides,
+            dims: right_aligned(&xs),
+            a_strides: broadcast_strides(&xs, &xs),
+            b_strides: broadcast_strides(&per_channel, &xs),
             op: binary_op::SCALE_SHIFT,
             shift_offset: c as i32,
             ..Default::default()
@@ -191,7 +183,7 @@ impl Lowering<'_> {
                     return false;
                 };
                 let c = scale.len();
-                let mut f = const_values(&self.plan.consts[k]);
+                let mut f = const_f32(&self.plan.consts[k]);
                 for i in 0..c {
                     f[i] *= scale[i];
                     f[c + i] = f[c + i] * scale[i] + shift[i];
@@ -201,14 +193,5 @@ impl Lowering<'_> {
             }
             _ => false,
         }
-    }
-}
-
-fn const_values(c: &ConstData) -> Vec<f32> {
-    match c {
-        ConstData::F32(v) => v.clone(),
-        ConstData::F16(v) => v.iter().map(|x| h2f(*x)).collect(),
-        ConstData::I8(v) => v.iter().map(|x| *x as f32).collect(),
-        ConstData::I32(v) => v.iter().map(|x| *x as f32).collect(),
     }
 }

@@ -110,14 +110,7 @@ impl Lowering<'_> {
             if shape.len() > 4 {
                 return Err(format!("rank {} > 4", shape.len()));
             }
-            // right-align to 4 dims; broadcast dims get stride 0
-            let mut st = 1i32;
-            for d in 0..shape.len() {
-                let dim = shape[shape.len() - 1 - d];
-                let od = out_shape[out_shape.len() - 1 - d];
-                strides[pos][3 - d] = if dim == 1 && od != 1 { 0 } else { st };
-                st *= dim as i32;
-            }
+            strides[pos] = broadcast_strides(&shape, &out_shape);
         }
         // a constant input has no tensor: point it at the other input (never read)
         let first = inputs
@@ -130,13 +123,9 @@ impl Lowering<'_> {
                 *t = first;
             }
         }
-        let mut dims = [1i32; 4];
-        for (d, v) in out_shape.iter().rev().enumerate() {
-            dims[3 - d] = *v as i32;
-        }
         let p = BinaryParams {
             n: out_shape.iter().product::<usize>() as i32,
-            dims,
+            dims: right_aligned(&out_shape),
             a_strides: strides[0],
             b_strides: strides[1],
             op,
@@ -359,6 +348,7 @@ impl Lowering<'_> {
         d.name = n.output[0].clone();
         d.shape = ys;
         d.view_of = None;
+        d.view_offset = 0;
         let y = self.plan.add_tensor(d);
         let p = bevrt_kernels::params::TransposeParams::new(&xs, &perm);
         self.push(name, Op::Transpose(p), vec![x], y);
@@ -496,4 +486,27 @@ fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
             }
         })
         .collect()
+}
+
+/// A shape of rank ≤ 4 right-aligned to 4 dims (the binary kernels' layout).
+pub(super) fn right_aligned(shape: &[usize]) -> [i32; 4] {
+    let mut dims = [1i32; 4];
+    for (d, v) in shape.iter().rev().enumerate() {
+        dims[3 - d] = *v as i32;
+    }
+    dims
+}
+
+/// Element strides of a dense operand of `shape` read over `out_shape` (both rank ≤ 4),
+/// right-aligned to 4 dims; a broadcast dim gets stride 0.
+pub(super) fn broadcast_strides(shape: &[usize], out_shape: &[usize]) -> [i32; 4] {
+    let mut strides = [0i32; 4];
+    let mut st = 1i32;
+    for d in 0..shape.len() {
+        let dim = shape[shape.len() - 1 - d];
+        let od = out_shape[out_shape.len() - 1 - d];
+        strides[3 - d] = if dim == 1 && od != 1 { 0 } else { st };
+        st *= dim as i32;
+    }
+    strides
 }
