@@ -7,7 +7,8 @@
 //! - [`conv`]: how convolutions run here (overview), their shared epilogue and buffers;
 //!   [`gemm`]: groups = 1 as a GEMM on row sources (FP32, INT8 via `vpdpbusd`);
 //!   [`micro`]: the register-blocked micro-kernels per ISA; [`winograd`]: FP32 3x3 stride 1
-//!   by F(2x2, 3x3); [`direct`]: grouped and depthwise.
+//!   by F(2x2, 3x3); [`direct`]: grouped and depthwise; [`phases`]: padded rows split into
+//!   stride phases (convolution row sources and strided pools).
 //! - [`ops`]: the other kernels (activations, broadcasting binary ops, Q/DQ; pool, resize,
 //!   softmax and argmax are the twins' own allocation-free functions).
 //! - [`pool`]: the persistent worker pool (tasks are output tiles or channels).
@@ -26,6 +27,7 @@ pub mod gemm;
 pub mod isa;
 pub mod micro;
 pub mod peak;
+pub mod phases;
 pub mod pool;
 pub mod winograd;
 

@@ -265,7 +265,7 @@ fn pool_plane<const MAX: bool>(p: &PoolParams, xp: &[f32], yp: &mut [f32], phase
             rows += 1;
             let row = &xp[iy as usize * w..][..w];
             if split {
-                super::conv::split_row(row, phases, 0, plen, sw as usize, |v| v);
+                super::phases::split_row(row, phases, 0, plen, sw as usize, |v| v);
             }
             for sx in 0..p.kw {
                 // valid output columns: 0 <= ox * stride - pad + sx < w

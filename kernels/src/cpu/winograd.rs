@@ -20,11 +20,12 @@
 //! portable x86) the engine keeps the GEMM. `BEVRT_CPU_WINOGRAD=0` turns it off (for A/B
 //! measurements).
 
-use super::conv::{Acc, Epilogue, InBuf, OutBuf, as_f32, split_phases};
+use super::conv::{Acc, Epilogue, InBuf, OutBuf, as_f32};
 use super::isa::Isa;
 use super::micro::MR;
 #[cfg(target_arch = "x86_64")]
 use super::micro::{micro_f32_16, micro_f32_avx512};
+use super::phases::split_phases;
 use crate::params::ConvParams;
 
 /// Tiles per block: the GEMM micro-kernel's 32 columns.
