@@ -35,8 +35,8 @@ fi
 
 echo "== aarch64: cross build of bevrt and bevrt-tool (V4L2 feature on)"
 cross_build
-# x86-64's side of the comparisons: CI's test command built it (a no-op then).
-cargo test -q --release --workspace --features bevrt-runtime/v4l --no-run
+# x86-64's side of the comparisons: CI's test command built it (a no-op then, with its features).
+cargo test -q --release --workspace --features "${BEVRT_FEATURES:-bevrt-runtime/v4l}" --no-run
 
 echo "== aarch64: unit tests under qemu (kernels on every ISA family, calib, models)"
 # Selected through bevrt-tools with the binaries' features, so the dependencies resolve as in

@@ -3,7 +3,8 @@
 #
 #   bevrt_VERSION_amd64.deb   x86-64 nodes: CUBINs for sm_87 and sm_90
 #   bevrt_VERSION_arm64.deb   Jetson / DRIVE Orin (JetPack 6): CUBINs for sm_87
-# Each holds bevrt and bevrt-tool (V4L2 feature on), the CUDA kernels compiled ahead of time by
+# Each holds bevrt and bevrt-tool (V4L2 feature on; on amd64 also GStreamer when BEVRT_FEATURES
+# names bevrt-runtime/gst, as .ci/run does: then the package depends on GStreamer's libraries), the CUDA kernels compiled ahead of time by
 # `bevrt-tool compile-kernels` (plus compute_80 PTX for other GPUs from sm_80 on), the shipped
 # bundles, /etc/bevrt/bevrt.toml (a conffile), bevrt.service (installed disabled) and the
 # bevrt system user (systemd-sysusers).
@@ -34,7 +35,8 @@ export LD_LIBRARY_PATH="$nvrtc_dir/nvidia/cuda_nvrtc/lib${LD_LIBRARY_PATH:+:$LD_
 
 # The binaries (no-ops after the test build and scripts/aarch64.sh) and the kernels, staged
 # where the package's assets name them (target/[TRIPLE/]release/kernels).
-cargo test -q --release --workspace --features bevrt-runtime/v4l --no-run
+features="${BEVRT_FEATURES:-bevrt-runtime/v4l}"
+cargo test -q --release --workspace --features "$features" --no-run
 kernels=target/release/kernels
 rm -rf "$kernels" "$kernels".sm_* && mkdir -p "$kernels"
 for sm in sm_87 sm_90; do # one NVRTC process per core
@@ -50,7 +52,11 @@ done
 
 build_deb() { # ARCH
     case "$1" in
-    amd64) cargo deb -q -p bevrt-runtime --no-build --output "$out/" ;;
+    amd64)
+        local variant=()
+        [[ "$features" == *bevrt-runtime/gst* ]] && variant=(--variant gst)
+        cargo deb -q -p bevrt-runtime --no-build "${variant[@]}" --output "$out/"
+        ;;
     arm64)
         scripts/aarch64.sh --build-only
         local k="target/$A64/release/kernels"

@@ -71,6 +71,9 @@ pub struct Frame {
     pub seq: u64,
     /// When the source handed the frame over (for queue latency).
     pub ready_at: Option<std::time::Instant>,
+    /// `timestamp_ns` is on CLOCK_MONOTONIC (a live stream's capture clock), so the time from
+    /// capture to map can be measured ([`crate::metrics::Stage::StreamToMap`]).
+    pub stamped_monotonic: bool,
 }
 
 impl Frame {
@@ -84,6 +87,7 @@ impl Frame {
             timestamp_ns: 0,
             seq: 0,
             ready_at: None,
+            stamped_monotonic: false,
         }
     }
 

@@ -13,6 +13,9 @@ pub struct Counters {
     pub captured: AtomicU64,
     pub dropped: AtomicU64,
     pub source_errors: AtomicU64,
+    /// A live source's losses and returns (mirrored from [`crate::source::FrameSource::link`]).
+    pub camera_lost: AtomicU64,
+    pub camera_back: AtomicU64,
     pub processed: AtomicU64,
     pub infer_errors: AtomicU64,
     pub sink_written: AtomicU64,

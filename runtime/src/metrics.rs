@@ -144,20 +144,25 @@ pub enum Stage {
     Sink = 4,
     /// Source hand-over to postprocess done.
     EndToEnd = 5,
+    /// The frame's own capture timestamp to postprocess done: only for sources stamping on
+    /// CLOCK_MONOTONIC (live GStreamer pipelines: the buffer's clock time), so it includes
+    /// network, jitter buffer and decode.
+    StreamToMap = 6,
 }
 
-pub const STAGES: [(Stage, &str); 6] = [
+pub const STAGES: [(Stage, &str); 7] = [
     (Stage::CaptureToReady, "capture_to_ready"),
     (Stage::Preprocess, "preprocess"),
     (Stage::Inference, "inference"),
     (Stage::Postprocess, "postprocess"),
     (Stage::Sink, "sink"),
     (Stage::EndToEnd, "end_to_end"),
+    (Stage::StreamToMap, "stream_to_map"),
 ];
 
 #[derive(Clone, Default)]
 pub struct StageHistograms {
-    pub h: [Histogram; 6],
+    pub h: [Histogram; 7],
 }
 
 impl StageHistograms {
@@ -167,6 +172,18 @@ impl StageHistograms {
     pub fn get(&self, s: Stage) -> &Histogram {
         &self.h[s as usize]
     }
+}
+
+/// Now on CLOCK_MONOTONIC in nanoseconds: the clock GStreamer's system clock and V4L2
+/// timestamps use.
+pub fn monotonic_clock_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 #[cfg(test)]

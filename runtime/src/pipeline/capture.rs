@@ -72,6 +72,9 @@ impl CaptureStage {
         let c = &self.live.counters;
         let pools = &self.pools;
         let r = std::panic::catch_unwind(AssertUnwindSafe(|| self.source.next_frame(&mut frame)));
+        let link = self.source.link();
+        c.camera_lost.store(link.lost, Ordering::Relaxed);
+        c.camera_back.store(link.back, Ordering::Relaxed);
         match r {
             Ok(Ok(SourceStatus::Frame)) => {
                 frame.ready_at = Some(Instant::now());

@@ -145,13 +145,14 @@ impl InferenceStage {
             self.working.camera.copy_from(&frame);
         }
         let ready_at = frame.ready_at;
+        let stamp = frame.stamped_monotonic.then_some(frame.timestamp_ns);
         let _ = self.pools.free_frames.try_push(frame);
         if let Some(u) = self.updates.as_mut() {
             u.frame_done(outcome.is_ok());
         }
         match outcome {
             Ok(()) => {
-                self.record(&t, ready_at);
+                self.record(&t, ready_at, stamp);
                 self.hand_over();
                 self.count_processed(alloc_count::thread_allocs() - a0, t.backend_allocs);
             }
@@ -194,7 +195,7 @@ impl InferenceStage {
         Ok(())
     }
 
-    fn record(&mut self, t: &FrameTimes, ready_at: Option<Instant>) {
+    fn record(&mut self, t: &FrameTimes, ready_at: Option<Instant>, stamp: Option<u64>) {
         let mut h = self.live.stages.lock().unwrap_or_else(|p| p.into_inner());
         h.record(Stage::CaptureToReady, t.queue);
         h.record(Stage::Preprocess, t.preprocess);
@@ -202,6 +203,12 @@ impl InferenceStage {
         h.record(Stage::Postprocess, t.postprocess);
         if let Some(r) = ready_at {
             h.record(Stage::EndToEnd, r.elapsed().as_nanos() as u64);
+        }
+        if let Some(ts) = stamp {
+            h.record(
+                Stage::StreamToMap,
+                crate::metrics::monotonic_clock_ns().saturating_sub(ts),
+            );
         }
         self.working.stage_ns = [t.queue, t.preprocess, t.inference, t.postprocess];
     }

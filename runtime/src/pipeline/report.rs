@@ -67,6 +67,9 @@ pub struct RunReport {
     pub frames_processed: u64,
     pub frames_dropped: u64,
     pub source_errors: u64,
+    /// Times a live source (camera, RTSP stream) was lost, and came back.
+    pub camera_lost: u64,
+    pub camera_back: u64,
     pub inference_errors: u64,
     pub sink_written: u64,
     pub sink_dropped: u64,
@@ -121,6 +124,8 @@ impl ReportContext {
             frames_processed: processed,
             frames_dropped: load(&c.dropped),
             source_errors: load(&c.source_errors),
+            camera_lost: load(&c.camera_lost),
+            camera_back: load(&c.camera_back),
             inference_errors: load(&c.infer_errors),
             sink_written: load(&c.sink_written),
             sink_dropped: load(&c.sink_dropped),
@@ -159,8 +164,16 @@ impl RunReport {
                 })
                 .unwrap_or_default()
         };
+        let camera = if self.camera_lost + self.camera_back > 0 {
+            format!(
+                " (camera lost {} back {})",
+                self.camera_lost, self.camera_back
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "frames {} ({:.1} fps), drops {}, source errors {}, inference errors {}, sink dropped {} errors {} | {} | {} | {}",
+            "frames {} ({:.1} fps), drops {}, source errors {}{camera}, inference errors {}, sink dropped {} errors {} | {} | {} | {}",
             self.frames_processed,
             self.fps,
             self.frames_dropped,

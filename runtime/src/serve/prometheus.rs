@@ -27,7 +27,7 @@ pub fn render(live: &LiveMetrics) -> String {
     let c = &live.counters;
     let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let mut s = String::with_capacity(8192);
-    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 9] = [
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 11] = [
         (
             "frames_captured_total",
             "Frames the source delivered.",
@@ -57,6 +57,16 @@ pub fn render(live: &LiveMetrics) -> String {
             "viewer_dropped_total",
             "Live-view messages a slow viewer lost.",
             &c.viewer_dropped,
+        ),
+        (
+            "camera_lost_total",
+            "Times the live source (camera, RTSP stream) was lost.",
+            &c.camera_lost,
+        ),
+        (
+            "camera_back_total",
+            "Times the live source came back after a loss.",
+            &c.camera_back,
         ),
         (
             "calibration_reloads_total",

@@ -5,11 +5,15 @@
 //! - `replay:DIR[?fps=N|?realtime]`: a recording (see [`replay`] for the format);
 //! - `v4l:/dev/videoN?width=&height=&fps=&format=yuyv|mjpeg` (cargo feature `v4l`);
 //! - `sim:?seed=S&fps=N[&width=W&height=H]`: the synthetic driving world (bevrt-sim);
-//! - `mcap:FILE?topic=/camera/image_raw[&info=...]`: a ROS 2 bag (see [`mcap`]).
+//! - `mcap:FILE?topic=/camera/image_raw[&info=...]`: a ROS 2 bag (see [`mcap`]);
+//! - `gst:PIPELINE`, `rtsp://URL`, `video:FILE.mp4` (cargo feature `gst`, see [`gst`]):
+//!   GStreamer pipelines, RTSP cameras, recorded video.
 //!
 //! Sources fill a pooled [`Frame`] in place. A bad frame is an `Err(SourceError::BadFrame)`
 //! that the pipeline counts and skips; the stream goes on.
 
+#[cfg(feature = "gst")]
+pub mod gst;
 pub mod images;
 pub mod mcap;
 pub mod poses;
@@ -78,11 +82,23 @@ pub trait FrameSource: Send {
     fn calibration_path(&self) -> Option<PathBuf> {
         None
     }
+    /// How often a live stream was lost and came back so far (cameras, RTSP).
+    fn link(&self) -> LinkCounts {
+        LinkCounts::default()
+    }
     /// Calibration carried inside the stream (a bag's CameraInfo and tf), if any; either part
     /// may be missing.
     fn stream_calibration(&self) -> Option<StreamCalibration> {
         None
     }
+}
+
+/// A live source's losses and returns, counted by the source itself (the pipeline mirrors
+/// them into `camera_lost` / `camera_back`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkCounts {
+    pub lost: u64,
+    pub back: u64,
 }
 
 /// Calibration a stream carries: the camera model and the camera's pose in the vehicle,
@@ -110,9 +126,9 @@ impl SourceSpec {
             spec: spec.to_string(),
             message: m.to_string(),
         };
-        let (scheme, rest) = spec
-            .split_once(':')
-            .ok_or_else(|| err("expected SCHEME:BODY (images:, replay:, v4l:, sim:, mcap:)"))?;
+        let (scheme, rest) = spec.split_once(':').ok_or_else(|| {
+            err("expected SCHEME:BODY (images:, replay:, v4l:, sim:, mcap:, gst:, rtsp://, video:)")
+        })?;
         let (body, query) = match rest.split_once('?') {
             Some((b, q)) => (b, q),
             None => (rest, ""),

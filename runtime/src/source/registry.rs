@@ -13,8 +13,9 @@ pub fn open(spec: &str) -> Result<Box<dyn FrameSource>, SourceError> {
         "v4l" => open_v4l(&s),
         "sim" => Ok(Box::new(sim::SimSource::open(&s)?)),
         "mcap" => Ok(Box::new(mcap::McapSource::open(&s)?)),
+        "gst" | "rtsp" | "rtsps" | "video" => open_gst(&s),
         other => Err(s.error(format!(
-            "unknown source scheme '{other}' (expected images:, replay:, v4l:, sim: or mcap:)"
+            "unknown source scheme '{other}' (expected images:, replay:, v4l:, sim:, mcap:, gst:, rtsp:// or video:)"
         ))),
     }
 }
@@ -34,4 +35,16 @@ fn open_v4l(s: &SourceSpec) -> Result<Box<dyn FrameSource>, SourceError> {
         });
     }
     Err(s.error("this bevrt was built without V4L2 support (rebuild with --features v4l)"))
+}
+
+#[cfg(feature = "gst")]
+fn open_gst(s: &SourceSpec) -> Result<Box<dyn FrameSource>, SourceError> {
+    Ok(Box::new(super::gst::GstSource::open(s)?))
+}
+
+#[cfg(not(feature = "gst"))]
+fn open_gst(s: &SourceSpec) -> Result<Box<dyn FrameSource>, SourceError> {
+    Err(s.error(
+        "this bevrt was built without GStreamer (rebuild with --features bevrt-runtime/gst)",
+    ))
 }

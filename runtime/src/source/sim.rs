@@ -11,7 +11,7 @@
 //! is back; the world went on meanwhile, so the sequence numbers jump by the frames missed.
 //! `unplug_every=T&unplug_for=S` repeats that every T seconds of wall time (soak tests).
 
-use super::{FrameSource, Pacer, SourceError, SourceSpec, SourceStatus};
+use super::{FrameSource, LinkCounts, Pacer, SourceError, SourceSpec, SourceStatus};
 use crate::frame::{Frame, PixelFormat};
 use std::path::PathBuf;
 
@@ -28,6 +28,7 @@ pub struct SimSource {
     /// Periodic unplugs: (period, seconds away) and when the next one starts.
     periodic: Option<(std::time::Duration, f64)>,
     next_unplug: Option<std::time::Instant>,
+    link: LinkCounts,
 }
 
 /// Interval between reconnect attempts during a simulated unplug.
@@ -95,6 +96,7 @@ impl SimSource {
             unplug,
             back_at: None,
             next_unplug: periodic.map(|(t, _)| std::time::Instant::now() + t),
+            link: LinkCounts::default(),
             periodic,
         })
     }
@@ -128,6 +130,9 @@ impl FrameSource for SimSource {
             && self.next == at
         {
             let now = std::time::Instant::now();
+            if self.back_at.is_none() {
+                self.link.lost += 1;
+            }
             let back = *self
                 .back_at
                 .get_or_insert(now + std::time::Duration::from_secs_f64(secs));
@@ -141,6 +146,7 @@ impl FrameSource for SimSource {
             // Back: the world went on while the camera was away.
             self.unplug = None;
             self.back_at = None;
+            self.link.back += 1;
             let fps = self.sim.config().fps;
             self.next += (secs * fps).round() as u64;
             log::warn!("sim: camera reconnected after {secs:.1} s");
@@ -166,5 +172,9 @@ impl FrameSource for SimSource {
 
     fn max_frame_bytes(&self) -> Option<usize> {
         Some(PixelFormat::Rgb8.frame_bytes(self.width, self.height))
+    }
+
+    fn link(&self) -> LinkCounts {
+        self.link
     }
 }

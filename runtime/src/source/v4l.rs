@@ -5,7 +5,7 @@
 //! exponential back-off (100 ms doubling to 5 s); each failed attempt is a recoverable error
 //! the pipeline counts, so a camera that returns is picked up without a restart.
 
-use super::{FrameSource, SourceError, SourceSpec, SourceStatus, decode_into};
+use super::{FrameSource, LinkCounts, SourceError, SourceSpec, SourceStatus, decode_into};
 use crate::frame::{Frame, PixelFormat};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -31,6 +31,7 @@ pub struct V4lSource {
     next_retry: Instant,
     scratch: Vec<u8>,
     reconnects: u64,
+    lost: u64,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -70,6 +71,7 @@ impl V4lSource {
             next_retry: Instant::now(),
             scratch: Vec::new(),
             reconnects: 0,
+            lost: 0,
         };
         // The first open must work: a wrong path or format is a configuration error.
         s.connect().map_err(|e| SourceError::Open {
@@ -170,6 +172,7 @@ impl FrameSource for V4lSource {
             Ok(x) => x,
             Err(e) => {
                 self.live = None;
+                self.lost += 1;
                 self.next_retry = Instant::now() + self.backoff;
                 return Err(self.transient(format!(
                     "capture failed ({e}); camera lost or stalled, reconnecting"
@@ -203,5 +206,12 @@ impl FrameSource for V4lSource {
 
     fn max_frame_bytes(&self) -> Option<usize> {
         Some(self.want.0 as usize * self.want.1 as usize * 3)
+    }
+
+    fn link(&self) -> LinkCounts {
+        LinkCounts {
+            lost: self.lost,
+            back: self.reconnects,
+        }
     }
 }
