@@ -8,12 +8,12 @@
 
 use super::gate::{self, Door, GateLimits};
 use super::http::{self, RequestHead};
-use crate::live::LiveMetrics;
+use crate::live::{Counters, LiveMetrics};
 use crate::metrics::{Histogram, STAGES};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::TcpStream;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,12 +22,9 @@ const BUCKETS_S: [f64; 14] = [
     0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.033, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
 ];
 
-/// The metrics page for `live`.
-pub fn render(live: &LiveMetrics) -> String {
-    let c = &live.counters;
-    let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let mut s = String::with_capacity(8192);
-    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 11] = [
+/// The plain counters `/metrics` shows: (name, help, counter).
+fn counter_table(c: &Counters) -> [(&'static str, &'static str, &AtomicU64); 11] {
+    [
         (
             "frames_captured_total",
             "Frames the source delivered.",
@@ -83,7 +80,15 @@ pub fn render(live: &LiveMetrics) -> String {
             "Bundles rolled back after a failed trial.",
             &c.model_rollbacks,
         ),
-    ];
+    ]
+}
+
+/// The metrics page for `live`.
+pub fn render(live: &LiveMetrics) -> String {
+    let c = &live.counters;
+    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut s = String::with_capacity(8192);
+    let counters = counter_table(c);
     for (name, help, v) in counters {
         let _ = writeln!(
             s,
