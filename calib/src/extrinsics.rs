@@ -104,6 +104,14 @@ impl Extrinsics {
         Self::from_angles(0.0, 0.0, height, pitch_deg, roll_deg, yaw_deg)
     }
 
+    /// The same mounting up to float noise: within a micrometre and a microradian (a pose
+    /// republished many times a second, or read back from a file, is not a change).
+    pub fn same_pose(&self, other: &Extrinsics) -> bool {
+        let (a, b) = (&self.cam_to_vehicle, &other.cam_to_vehicle);
+        (a.translation.vector - b.translation.vector).norm() < 1e-6
+            && a.rotation.angle_to(&b.rotation) < 1e-6
+    }
+
     /// From a 4x4 camera-to-vehicle matrix; the rotation part must be orthonormal (1e-4).
     pub fn from_matrix(m: &Matrix4<f64>) -> Result<Self, CalibError> {
         let r: Matrix3<f64> = m.fixed_view::<3, 3>(0, 0).into_owned();

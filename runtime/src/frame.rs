@@ -74,6 +74,10 @@ pub struct Frame {
     /// `timestamp_ns` is on CLOCK_MONOTONIC (a live stream's capture clock), so the time from
     /// capture to map can be measured ([`crate::metrics::Stage::StreamToMap`]).
     pub stamped_monotonic: bool,
+    /// The camera's pose in the vehicle at this frame, when the stream carries a moving one
+    /// (a bag's `/tf`); the inference stage applies a change before running the frame.
+    /// `None`: the calibration in use stands.
+    pub camera_pose: Option<bevrt_calib::Extrinsics>,
 }
 
 impl Frame {
@@ -88,6 +92,7 @@ impl Frame {
             seq: 0,
             ready_at: None,
             stamped_monotonic: false,
+            camera_pose: None,
         }
     }
 

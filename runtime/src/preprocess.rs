@@ -231,6 +231,20 @@ fn luma(rgb: [f32; 3]) -> f32 {
     0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
 }
 
+/// A frame's pixels as packed RGB8 in `out` (YUV as BT.601 limited range, the conversion the
+/// network's input gets), for sinks that show the camera (the MCAP sink's JPEG).
+pub fn frame_rgb8(data: &[u8], format: PixelFormat, width: u32, height: u32, out: &mut Vec<u8>) {
+    let (w, h) = (width as usize, height as usize);
+    let p = Pixels { data, format, w, h };
+    out.clear();
+    out.reserve(w * h * 3);
+    for y in 0..h {
+        for x in 0..w {
+            out.extend(p.rgb(x, y).map(|v| (v + 0.5) as u8));
+        }
+    }
+}
+
 struct Pixels<'a> {
     data: &'a [u8],
     format: PixelFormat,

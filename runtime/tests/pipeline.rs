@@ -84,8 +84,15 @@ impl Backend for SlowBackend {
             }],
         )
     }
-    fn set_calibration(&mut self, _: &std::path::Path) -> anyhow::Result<String> {
+    fn apply_calibration(
+        &mut self,
+        _: &bevrt_calib::Calibration,
+        _: &str,
+    ) -> anyhow::Result<String> {
         Ok(String::new())
+    }
+    fn calibration(&self) -> Option<&bevrt_calib::Calibration> {
+        None
     }
 }
 

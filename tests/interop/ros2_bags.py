@@ -4,6 +4,14 @@
   ros2_bags.py write OUT.mcap   a bag written by mcap_ros2's Writer (zstd chunks): raw Image
                                 topics in rgb8, bgr8, mono8, yuv422_yuy2 and nv12, a CompressedImage
                                 (PNG) topic, CameraInfo and /tf_static (base_link -> camera).
+  ros2_bags.py moving DIR OUT.mcap POSES
+                                DIR's JPEG frames (*.jpg, name order) as CompressedImage on
+                                /camera/image_raw/compressed (frame camera_optical), /tf_static
+                                base_link -> camera_mount, and before every frame a /tf
+                                camera_mount -> camera_optical: identity, then from frame
+                                `change_at` on the `moved` transform. POSES is JSON:
+                                {"mount": {"t": [x,y,z], "q": [x,y,z,w]}, "change_at": N,
+                                 "moved": {"t": [...], "q": [...]}}.
   ros2_bags.py check BAG        read every message back with mcap's reader and decode it with
                                 mcap_ros2's decoder (ros2msg/cdr) or json (json channels);
                                 prints a JSON summary; exit 1 on any decode error.
@@ -128,6 +136,34 @@ def write(path):
         w.finish()
 
 
+def moving(frames_dir, path, poses):
+    import os
+    from mcap_ros2.writer import Writer
+    p = json.loads(poses)
+    def tf(parent, child, pose, h):
+        (x, y, z), (qx, qy, qz, qw) = pose["t"], pose["q"]
+        return {"transforms": [{
+            "header": {**h, "frame_id": parent}, "child_frame_id": child,
+            "transform": {"translation": {"x": x, "y": y, "z": z},
+                          "rotation": {"x": qx, "y": qy, "z": qz, "w": qw}}}]}
+    identity = {"t": [0.0, 0.0, 0.0], "q": [0.0, 0.0, 0.0, 1.0]}
+    names = sorted(n for n in os.listdir(frames_dir) if n.endswith(".jpg"))
+    with open(path, "wb") as f:
+        w = Writer(f)
+        s_cmp = w.register_msgdef("sensor_msgs/msg/CompressedImage", COMPRESSED)
+        s_tf = w.register_msgdef("tf2_msgs/msg/TFMessage", TF)
+        h0, t0 = header(0, "base_link")
+        w.write_message("/tf_static", s_tf, tf("base_link", "camera_mount", p["mount"], h0), t0, t0)
+        for n, name in enumerate(names):
+            h, t = header(n)
+            pose = p["moved"] if n >= p["change_at"] else identity
+            w.write_message("/tf", s_tf, tf("camera_mount", "camera_optical", pose, h), t - 1000, t - 1000)
+            with open(os.path.join(frames_dir, name), "rb") as jpg:
+                w.write_message("/camera/image_raw/compressed", s_cmp,
+                                {"header": h, "format": "jpeg", "data": jpg.read()}, t, t)
+        w.finish()
+
+
 def check(path):
     from mcap.reader import make_reader
     from mcap_ros2.decoder import DecoderFactory
@@ -160,6 +196,9 @@ def check(path):
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["moving"] and len(sys.argv) == 5:
+        moving(*sys.argv[2:])
+        sys.exit(0)
     if len(sys.argv) != 3 or sys.argv[1] not in ("write", "check"):
         sys.exit(__doc__)
     if sys.argv[1] == "write":

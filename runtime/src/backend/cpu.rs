@@ -392,7 +392,6 @@ pub struct CpuBackend {
     net: CpuNetwork,
     outputs: Vec<OutputTensor>,
     threads: usize,
-    calibration: Option<bevrt_calib::Calibration>,
     /// `bev` bundles: view transform and head after the encoder (`net`).
     bev: Option<BevStage>,
     /// `features`/`classify` bundles with an AFV tail or a probe head after `net`.
@@ -541,6 +540,7 @@ impl BevStage {
             grid,
             table,
             channels: c,
+            calibration,
         } = super::BevGeometry::load(bundle, fshape)?;
         let (gh, gw, z) = (grid.height(), grid.width(), grid.levels());
         let head_path = bundle
@@ -566,7 +566,7 @@ impl BevStage {
             lift: bevrt_calib::LiftScratch::new(&table),
             grid,
             classes: m.classes.clone(),
-            geometry: super::CameraGeometry::new(table),
+            geometry: super::CameraGeometry::new(table, calibration),
             head,
             timing: [(0, 0); 3],
         })
@@ -701,7 +701,6 @@ impl CpuBackend {
             threads: net.threads,
             net,
             outputs,
-            calibration: None,
             bev,
             feature,
             stats,
@@ -924,33 +923,36 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn set_calibration(&mut self, path: &Path) -> anyhow::Result<String> {
-        // Parse and check it fully, so a broken file is refused and the previous one kept.
-        let c = bevrt_calib::Calibration::load(path)?;
+    fn apply_calibration(
+        &mut self,
+        c: &bevrt_calib::Calibration,
+        origin: &str,
+    ) -> anyhow::Result<String> {
         let (_, _, height, pitch, _, _) = c.extrinsics.to_angles();
         let summary = format!(
-            "{}: camera {}x{} fx {:.2}, mounted {height:.3} m high, pitch {pitch:.2} deg",
-            path.display(),
+            "{origin}: camera {}x{} fx {:.2}, mounted {height:.3} m high, pitch {pitch:.2} deg",
             c.camera.width(),
             c.camera.height(),
             c.camera.fx(),
         );
-        if let Some(b) = &mut self.bev {
-            let t0 = std::time::Instant::now();
-            b.geometry
-                .rebuild(&b.grid, &c)
-                .with_context(|| format!("{}: sampling table", path.display()))?;
-            self.calibration = Some(c);
+        let Some(b) = &mut self.bev else {
             return Ok(format!(
-                "{summary}; sampling table rebuilt in {:.1} ms ({:.0} % valid)",
-                t0.elapsed().as_secs_f64() * 1e3,
-                b.geometry.table.valid_fraction() * 100.0
+                "{summary}; a {} bundle uses no camera geometry",
+                self.task
             ));
-        }
-        self.calibration = Some(c);
+        };
+        let t0 = std::time::Instant::now();
+        b.geometry
+            .rebuild(&b.grid, c)
+            .with_context(|| format!("{origin}: sampling table"))?;
         Ok(format!(
-            "{summary}; a {} bundle uses no camera geometry",
-            self.task
+            "{summary}; sampling table rebuilt in {:.1} ms ({:.0} % valid)",
+            t0.elapsed().as_secs_f64() * 1e3,
+            b.geometry.table.valid_fraction() * 100.0
         ))
+    }
+
+    fn calibration(&self) -> Option<&bevrt_calib::Calibration> {
+        self.bev.as_ref().map(|b| &b.geometry.calibration)
     }
 }

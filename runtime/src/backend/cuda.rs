@@ -285,6 +285,7 @@ impl CudaBackend {
             grid,
             table,
             channels: c,
+            calibration,
         } = super::BevGeometry::load(bundle, out_shape)?;
         let (fh, fw) = (out_shape[2], out_shape[3]);
         let (gh, gw, z) = (grid.height(), grid.width(), grid.levels());
@@ -327,7 +328,7 @@ impl CudaBackend {
             dims: (c as i32, z as i32, cells as i32, (fh * fw) as i32),
             grid,
             classes: m.classes.clone(),
-            geometry: super::CameraGeometry::new(table),
+            geometry: super::CameraGeometry::new(table, calibration),
             taps,
             lift,
             head,
@@ -587,25 +588,26 @@ impl Backend for CudaBackend {
         Some(self.device_allocs)
     }
 
-    fn set_calibration(&mut self, path: &std::path::Path) -> anyhow::Result<String> {
-        let c = bevrt_calib::Calibration::load(path)?;
+    fn apply_calibration(
+        &mut self,
+        c: &bevrt_calib::Calibration,
+        origin: &str,
+    ) -> anyhow::Result<String> {
         let Some(b) = &mut self.bev else {
             return Ok(format!(
-                "{}: a {} bundle uses no camera geometry",
-                path.display(),
+                "{origin}: a {} bundle uses no camera geometry",
                 self.task
             ));
         };
         let t0 = std::time::Instant::now();
         let size_before = b.geometry.table.taps_as_bytes().len();
         b.geometry
-            .rebuild(&b.grid, &c)
-            .with_context(|| format!("{}: sampling table", path.display()))?;
+            .rebuild(&b.grid, c)
+            .with_context(|| format!("{origin}: sampling table"))?;
         // The grid is the bundle's, so the size cannot change; the device buffer relies on it.
         anyhow::ensure!(
             b.geometry.table.taps_as_bytes().len() == size_before,
-            "{}: the sampling table changed size",
-            path.display()
+            "{origin}: the sampling table changed size"
         );
         // same device buffer: the captured graph keeps reading it
         self.gpu.synchronize().map_err(gpu_err)?;
@@ -621,11 +623,14 @@ impl Backend for CudaBackend {
         }
         self.gpu.synchronize().map_err(gpu_err)?;
         Ok(format!(
-            "{}: sampling table rebuilt and uploaded in {:.1} ms ({:.0} % valid)",
-            path.display(),
+            "{origin}: sampling table rebuilt and uploaded in {:.1} ms ({:.0} % valid)",
             t0.elapsed().as_secs_f64() * 1e3,
             b.geometry.table.valid_fraction() * 100.0
         ))
+    }
+
+    fn calibration(&self) -> Option<&bevrt_calib::Calibration> {
+        self.bev.as_ref().map(|b| &b.geometry.calibration)
     }
 }
 

@@ -79,9 +79,22 @@ pub trait Backend: Send {
     fn postprocess(&mut self, out: &mut FrameResult) -> anyhow::Result<()>;
     /// An empty result shaped for this bundle (allocated once, reused per frame).
     fn new_result(&self) -> FrameResult;
-    /// Apply a new camera calibration between frames (BEV bundles rebuild their geometry).
-    /// Returns what was done, for the log.
-    fn set_calibration(&mut self, path: &std::path::Path) -> anyhow::Result<String>;
+    /// Apply a new camera calibration between frames (BEV bundles rebuild their geometry);
+    /// `origin` names it in messages. Returns what was done, for the log. A calibration the
+    /// geometry refuses leaves the one in use untouched.
+    fn apply_calibration(
+        &mut self,
+        c: &bevrt_calib::Calibration,
+        origin: &str,
+    ) -> anyhow::Result<String>;
+    /// [`Backend::apply_calibration`] of a calibration file, checked whole first.
+    fn set_calibration(&mut self, path: &std::path::Path) -> anyhow::Result<String> {
+        let c = bevrt_calib::Calibration::load(path)?;
+        self.apply_calibration(&c, &path.display().to_string())
+    }
+    /// The calibration the camera geometry uses now (the bundle's until another is applied);
+    /// `None` for bundles without camera geometry.
+    fn calibration(&self) -> Option<&bevrt_calib::Calibration>;
     /// Time spent inside `infer` per sub-stage since load (name, total ns, calls), for
     /// benchmarks; e.g. encoder / view transform / head for BEV bundles.
     fn sub_stages(&self) -> Vec<(&'static str, u64, u64)> {
@@ -112,6 +125,8 @@ pub struct BevGeometry {
     pub grid: bevrt_calib::BevGrid,
     pub table: bevrt_calib::SamplingTable,
     pub channels: usize,
+    /// The bundle's calibration, which built `table`.
+    pub calibration: bevrt_calib::Calibration,
 }
 
 impl BevGeometry {
@@ -172,6 +187,7 @@ impl BevGeometry {
             grid,
             table,
             channels: c,
+            calibration: cal,
         })
     }
 }
@@ -188,16 +204,22 @@ pub struct CameraGeometry {
     /// Per cell: seen by the camera at some height level (from the table's flags). Cells
     /// nobody can see are reported as 255 (unknown) instead of a guess.
     pub visible: Vec<bool>,
+    /// The calibration `table` was built from.
+    pub calibration: bevrt_calib::Calibration,
 }
 
 impl CameraGeometry {
-    pub fn new(table: bevrt_calib::SamplingTable) -> CameraGeometry {
+    pub fn new(
+        table: bevrt_calib::SamplingTable,
+        calibration: bevrt_calib::Calibration,
+    ) -> CameraGeometry {
         let mut visible = vec![false; table.grid_w * table.grid_h];
         mark_visible_cells(&table, &mut visible);
         CameraGeometry {
             spare: table.clone(),
             table,
             visible,
+            calibration,
         }
     }
 
@@ -212,6 +234,7 @@ impl CameraGeometry {
             .rebuild(grid, &calibration.camera, &calibration.extrinsics)?;
         std::mem::swap(&mut self.table, &mut self.spare);
         mark_visible_cells(&self.table, &mut self.visible);
+        self.calibration = calibration.clone();
         Ok(())
     }
 }

@@ -27,6 +27,8 @@ pub struct InferenceStage {
     /// Copy the camera frame into each result (for sinks that show it).
     keep_camera_image: bool,
     calibration: Option<CalibrationWatch>,
+    /// The camera pose the stream last asked for (a bag's `/tf`), applied or refused.
+    stream_pose: Option<bevrt_calib::Extrinsics>,
     /// When frames started flowing (after load), for rates and `--duration`.
     pub started: Instant,
     pub processed: u64,
@@ -74,6 +76,7 @@ impl InferenceStage {
                 path: p.clone(),
                 last_check: Instant::now(),
             }),
+            stream_pose: None,
             started: Instant::now(),
             processed: 0,
             allocs: InferenceAllocs::default(),
@@ -123,15 +126,52 @@ impl InferenceStage {
         };
         let c = &self.live.counters;
         match event {
-            UpdateEvent::Swapped => Counters::bump(&c.model_swaps),
+            UpdateEvent::Swapped => {
+                // the new backend starts from its own calibration: apply the stream's again
+                self.stream_pose = None;
+                Counters::bump(&c.model_swaps)
+            }
             UpdateEvent::RolledBack => Counters::bump(&c.model_rollbacks),
             UpdateEvent::Refused => Counters::bump(&c.model_refused),
             UpdateEvent::Confirmed => 0,
         };
     }
 
+    /// A frame whose camera pose differs from the one in use (the stream's `/tf` moved the
+    /// camera): rebuild the geometry before the frame runs, counted like a calibration file
+    /// change. A pose the geometry refuses is counted as an error and not retried.
+    fn apply_stream_pose(&mut self, frame: &Frame) {
+        let Some(pose) = frame.camera_pose else {
+            return;
+        };
+        if self.stream_pose == Some(pose) {
+            return;
+        }
+        self.stream_pose = Some(pose);
+        let Some(mut c) = self.backend.calibration().cloned() else {
+            return; // no camera geometry to move
+        };
+        if c.extrinsics.same_pose(&pose) {
+            return;
+        }
+        c.extrinsics = pose;
+        let counters = &self.live.counters;
+        let origin = format!("camera pose from the stream at frame {}", frame.seq);
+        match self.backend.apply_calibration(&c, &origin) {
+            Ok(msg) => {
+                Counters::bump(&counters.calib_reloads);
+                log::info!("calibration changed: {msg}");
+            }
+            Err(e) => {
+                Counters::bump(&counters.calib_errors);
+                log::error!("camera pose not applied, keeping the previous one: {e:#}");
+            }
+        }
+    }
+
     /// Run one frame and hand its result over; a failure is counted and logged.
     pub fn process(&mut self, frame: Box<Frame>) {
+        self.apply_stream_pose(&frame);
         let a0 = alloc_count::thread_allocs();
         let mut t = FrameTimes {
             queue: frame

@@ -4,6 +4,7 @@
 //! | topic | type | what |
 //! |---|---|---|
 //! | `/camera/image_raw` | sensor_msgs/msg/Image | the camera frame the result came from |
+//! | `/camera/image_raw/compressed` | sensor_msgs/msg/CompressedImage | instead, with `--sinks mcap-jpeg`: the frame as JPEG (quality 90), a tenth of the size |
 //! | `/camera/camera_info`, `/tf_static` | CameraInfo, TFMessage | the calibration (once) |
 //! | `/bevrt/bev/image` | sensor_msgs/msg/Image (rgb8) | the BEV class map in the bundle's colours |
 //! | `/bevrt/bev/grid` | nav_msgs/msg/OccupancyGrid | class index per cell (-1 unknown), in `base_link` |
@@ -25,6 +26,8 @@ use std::sync::Arc;
 /// Channel ids of an open bag.
 struct Channels {
     camera: u16,
+    /// The camera as JPEG (`CompressedImage`) instead of raw.
+    camera_jpeg: bool,
     bev_image: Option<u16>,
     bev_grid: Option<u16>,
     result: u16,
@@ -42,6 +45,9 @@ pub struct McapSink {
     /// Reused per frame: the JSON line, the OccupancyGrid cells.
     text: Vec<u8>,
     cells: Vec<u8>,
+    /// Reused per frame by the JPEG camera: the frame as RGB, and the JPEG.
+    rgb: Vec<u8>,
+    jpeg: Vec<u8>,
     wrote_calibration: bool,
     last_metrics_ns: Option<u64>,
 }
@@ -55,11 +61,17 @@ impl McapSink {
         manifest: &bevrt_models::Manifest,
         calibration: Option<bevrt_calib::Calibration>,
         live: Option<Arc<LiveMetrics>>,
+        camera_jpeg: bool,
     ) -> anyhow::Result<McapSink> {
         let mut bag = BagWriter::create(&out.join("run.mcap"), BagCompression::Lz4)?;
         let is_bev = manifest.task == Task::Bev;
         let channels = Channels {
-            camera: bag.ros2_channel("/camera/image_raw", &msgs::IMAGE)?,
+            camera: if camera_jpeg {
+                bag.ros2_channel("/camera/image_raw/compressed", &msgs::COMPRESSED_IMAGE)?
+            } else {
+                bag.ros2_channel("/camera/image_raw", &msgs::IMAGE)?
+            },
+            camera_jpeg,
             bev_image: if is_bev {
                 Some(bag.ros2_channel("/bevrt/bev/image", &msgs::IMAGE)?)
             } else {
@@ -84,13 +96,20 @@ impl McapSink {
             live,
             text: Vec::with_capacity(4096),
             cells: Vec::new(),
+            rgb: Vec::new(),
+            jpeg: Vec::new(),
             wrote_calibration: false,
             last_metrics_ns: None,
         })
     }
 
     fn write_camera(&mut self, r: &FrameResult) -> anyhow::Result<()> {
-        if !encode_camera(r, &mut self.bag.buf) {
+        let carried = if self.channels.camera_jpeg {
+            encode_camera_jpeg(r, &mut self.rgb, &mut self.jpeg, &mut self.bag.buf)?
+        } else {
+            encode_camera(r, &mut self.bag.buf)
+        };
+        if !carried {
             return Ok(());
         }
         self.bag.write(self.channels.camera, r.timestamp_ns, None)
@@ -152,6 +171,41 @@ pub(crate) fn encode_camera(r: &FrameResult, buf: &mut Vec<u8>) -> bool {
     }
     .encode(buf);
     true
+}
+
+/// The camera frame a result carries as a JPEG `CompressedImage` in `buf` (`rgb` and `jpeg`
+/// are reused buffers); false when it carries none.
+fn encode_camera_jpeg(
+    r: &FrameResult,
+    rgb: &mut Vec<u8>,
+    jpeg: &mut Vec<u8>,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<bool> {
+    use crate::frame::PixelFormat;
+    use image::ExtendedColorType;
+    let c = &r.camera;
+    let Some(fmt) = c.format.filter(|_| !c.is_empty()) else {
+        return Ok(false);
+    };
+    let (pixels, colour): (&[u8], _) = match fmt {
+        PixelFormat::Rgb8 => (&c.data, ExtendedColorType::Rgb8),
+        PixelFormat::Gray8 => (&c.data, ExtendedColorType::L8),
+        f => {
+            crate::preprocess::frame_rgb8(&c.data, f, c.width, c.height, rgb);
+            (rgb, ExtendedColorType::Rgb8)
+        }
+    };
+    jpeg.clear();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut *jpeg, 90)
+        .encode(pixels, c.width, c.height, colour)
+        .map_err(|e| anyhow::anyhow!("camera frame {} as JPEG: {e}", r.seq))?;
+    msgs::CompressedImage {
+        header: header(r.timestamp_ns, bag::CAMERA_FRAME),
+        format: "jpeg",
+        data: jpeg,
+    }
+    .encode(buf);
+    Ok(true)
 }
 
 /// The colourised BEV map as an rgb8 `Image` in `buf`.

@@ -12,21 +12,40 @@ pub enum SinkKind {
     Npy,
     /// `run.mcap`, a ROS 2 bag of camera, map, grid and results (see [`super::mcap`]).
     Mcap,
+    /// The same bag with the camera as JPEG (`CompressedImage`).
+    McapJpeg,
+}
+
+impl SinkKind {
+    /// Whether this sink shows the camera frame (the pipeline then keeps a copy per result).
+    pub fn shows_camera(self) -> bool {
+        matches!(self, SinkKind::Mcap | SinkKind::McapJpeg)
+    }
 }
 
 impl crate::choice::Choice for SinkKind {
-    const ALL: &'static [Self] = &[Self::Png, Self::Jsonl, Self::Npy, Self::Mcap];
+    const ALL: &'static [Self] = &[
+        Self::Png,
+        Self::Jsonl,
+        Self::Npy,
+        Self::Mcap,
+        Self::McapJpeg,
+    ];
     fn name(self) -> &'static str {
         match self {
             Self::Png => "png",
             Self::Jsonl => "jsonl",
             Self::Npy => "npy",
             Self::Mcap => "mcap",
+            Self::McapJpeg => "mcap-jpeg",
         }
     }
     fn help(self) -> &'static str {
         match self {
             Self::Mcap => "`run.mcap`, a ROS 2 bag of camera, map, grid and results",
+            Self::McapJpeg => {
+                "`run.mcap` with the camera as JPEG (CompressedImage), a tenth the size"
+            }
             _ => "",
         }
     }
@@ -86,11 +105,12 @@ pub fn build_with(
                 manifest.classes.clone(),
             )?),
             SinkKind::Npy => Box::new(NpySink::new(out, outputs)?),
-            SinkKind::Mcap => Box::new(super::mcap::McapSink::new(
+            SinkKind::Mcap | SinkKind::McapJpeg => Box::new(super::mcap::McapSink::new(
                 out,
                 manifest,
                 ctx.calibration.clone(),
                 ctx.live.clone(),
+                *k == SinkKind::McapJpeg,
             )?),
         });
     }

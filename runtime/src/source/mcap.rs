@@ -12,6 +12,11 @@
 //!   equidistant); `/tf_static` from the image's frame up to `base_footprint` or `base_link`
 //!   gives the extrinsics (see [`crate::ros2::bag`] for the frames). A CameraInfo whose K is
 //!   all zero is, by ROS's rule, an uncalibrated camera: it is ignored with a warning.
+//! - A camera that moves: `/tf` (and later `/tf_static`) messages in the bag update the
+//!   transform tree as they come; when the chain from the image's frame to the vehicle
+//!   changes, the frames after it carry the new pose and the pipeline rebuilds the view
+//!   transform before running them (counted as a calibration reload). `tf=static` ignores
+//!   them (the calibration file or `/tf_static` pose stands).
 //! - Played as fast as possible by default (lossless); `fps=N` or `realtime` make it live.
 //! - A message that does not decode is a counted bad frame; a bag cut short (or otherwise
 //!   damaged) plays every frame before the damage, then ends the run with an error naming the
@@ -40,7 +45,17 @@ pub struct McapSource {
     frame_bytes: usize,
     scratch: Vec<u8>,
     ended: bool,
+    /// The transform tree so far (`/tf_static`, then `/tf` as it plays), the image's frame,
+    /// the camera pose it last gave, and whether the frames carry it (after a `/tf` change).
+    tf: TfTree,
+    image_frame: String,
+    pose: Option<bevrt_calib::Extrinsics>,
+    moving_pose: Option<bevrt_calib::Extrinsics>,
+    follow_tf: bool,
 }
+
+/// child frame → (parent frame, parent_T_child).
+type TfTree = BTreeMap<String, (String, nalgebra::Isometry3<f64>)>;
 
 fn open_reader(path: &Path) -> Result<Reader, SourceError> {
     let f = std::fs::File::open(path).map_err(|e| SourceError::Open {
@@ -90,8 +105,8 @@ struct Survey {
     image: Option<(String, bool, usize)>,
     camera_info: Option<Vec<u8>>,
     image_frame: String,
-    /// `/tf_static` transforms: child → (parent, parent_T_child).
-    tf: BTreeMap<String, (String, nalgebra::Isometry3<f64>)>,
+    /// `/tf_static` transforms.
+    tf: TfTree,
 }
 
 impl Survey {
@@ -120,7 +135,12 @@ fn default_info_topic(image_topic: &str) -> String {
 
 impl McapSource {
     pub fn open(s: &SourceSpec) -> Result<McapSource, SourceError> {
-        s.only_options(&["topic", "info", "fps", "realtime"])?;
+        s.only_options(&["topic", "info", "fps", "realtime", "tf"])?;
+        let follow_tf = match s.options.get("tf").map(String::as_str) {
+            None | Some("follow") => true,
+            Some("static") => false,
+            Some(v) => return Err(s.error(format!("tf={v}: expected follow or static"))),
+        };
         let path = PathBuf::from(&s.body);
         if path.is_dir() {
             return Err(SourceError::Open {
@@ -155,7 +175,14 @@ impl McapSource {
         }
         let calibration = stream_calibration(&path, &survey, &info_topic)?;
         let playback = Playback::from_spec(s)?;
+        let pose = camera_to_vehicle(&survey.tf, &survey.image_frame)
+            .and_then(|(p, _)| bevrt_calib::Extrinsics::from_matrix(&p.to_homogeneous()).ok());
         Ok(McapSource {
+            tf: survey.tf,
+            image_frame: survey.image_frame,
+            pose,
+            moving_pose: None,
+            follow_tf,
             reader: open_reader(&path)?,
             path,
             topic,
@@ -189,6 +216,29 @@ impl McapSource {
             m.header.stamp_ns
         };
         Ok(if stamp == 0 { log_time } else { stamp })
+    }
+}
+
+impl McapSource {
+    /// A transform message while playing: update the tree; when the camera's chain to the
+    /// vehicle now gives another pose (beyond float noise: tf publishers resend the same
+    /// transform many times a second), the frames from here on carry it.
+    fn follow(&mut self, data: &[u8]) {
+        add_transforms(&mut self.tf, data);
+        let Some((pose, _)) = camera_to_vehicle(&self.tf, &self.image_frame) else {
+            return;
+        };
+        match bevrt_calib::Extrinsics::from_matrix(&pose.to_homogeneous()) {
+            Ok(e) if self.pose.is_some_and(|p| p.same_pose(&e)) => {}
+            Ok(e) => {
+                self.pose = Some(e);
+                self.moving_pose = Some(e);
+            }
+            Err(e) => log::warn!(
+                "{}: camera pose from /tf not usable, ignored: {e}",
+                self.path.display()
+            ),
+        }
     }
 }
 
@@ -302,7 +352,7 @@ fn survey(path: &Path, topic: Option<&str>, info: Option<&str>) -> Result<Survey
     Ok(s)
 }
 
-fn add_transforms(tf: &mut BTreeMap<String, (String, nalgebra::Isometry3<f64>)>, data: &[u8]) {
+fn add_transforms(tf: &mut TfTree, data: &[u8]) {
     match msgs::decode_tf(data) {
         Ok(ts) => {
             for t in ts {
@@ -314,23 +364,20 @@ fn add_transforms(tf: &mut BTreeMap<String, (String, nalgebra::Isometry3<f64>)>,
                         );
                     }
                     None => log::warn!(
-                        "/tf_static {} -> {}: not a rigid transform, ignored",
+                        "tf {} -> {}: not a rigid transform, ignored",
                         t.header.frame_id,
                         t.child_frame_id
                     ),
                 }
             }
         }
-        Err(e) => log::warn!("/tf_static message does not decode, ignored: {e}"),
+        Err(e) => log::warn!("tf message does not decode, ignored: {e}"),
     }
 }
 
 /// The camera's pose in the vehicle, from `/tf_static`: the chain from `frame` up to
 /// `base_footprint` (on the ground, as bevrt's vehicle frame) or else `base_link`.
-fn camera_to_vehicle(
-    tf: &BTreeMap<String, (String, nalgebra::Isometry3<f64>)>,
-    frame: &str,
-) -> Option<(nalgebra::Isometry3<f64>, String)> {
+fn camera_to_vehicle(tf: &TfTree, frame: &str) -> Option<(nalgebra::Isometry3<f64>, String)> {
     let mut pose = nalgebra::Isometry3::identity();
     let mut at = frame.to_string();
     let mut found: Option<(nalgebra::Isometry3<f64>, String)> = None;
@@ -435,6 +482,9 @@ impl FrameSource for McapSource {
                 Some(Ok(m)) => m,
             };
             if m.channel.topic != self.topic {
+                if self.follow_tf && (m.channel.topic == "/tf" || m.channel.topic == "/tf_static") {
+                    self.follow(&m.data);
+                }
                 continue;
             }
             let seq = self.next_seq;
@@ -443,6 +493,7 @@ impl FrameSource for McapSource {
             self.playback.wait_for(ts);
             frame.seq = seq;
             frame.timestamp_ns = ts;
+            frame.camera_pose = self.moving_pose;
             return Ok(SourceStatus::Frame);
         }
     }

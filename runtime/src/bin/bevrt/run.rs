@@ -277,7 +277,7 @@ pub fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         sink_delay: Duration::from_millis(a.fault_sink_delay_ms),
         sink_stall: sink_stall(&a.fault_sink_stall)?,
         metrics_out: Some(a.out.join("metrics.jsonl")),
-        keep_camera_image: kinds.contains(&sink::SinkKind::Mcap) || a.foxglove.is_some(),
+        keep_camera_image: kinds.iter().any(|k| k.shows_camera()) || a.foxglove.is_some(),
         live: Some(live),
     };
     let report = pipeline::run_supervised(src, be, sinks, &opts, updates)?;
