@@ -35,7 +35,9 @@ pub struct RunArgs {
     trial_max_errors: u64,
     /// Frame source: images:GLOB[?fps=N], replay:DIR[?fps=N|?realtime],
     /// v4l:/dev/videoN?width=W&height=H&fps=F&format=yuyv|mjpeg, sim:?seed=S&fps=N,
-    /// mcap:BAG?topic=/camera/image_raw[&info=/camera/camera_info][&fps=N|&realtime].
+    /// mcap:BAG?topic=/camera/image_raw[&info=/camera/camera_info][&fps=N|&realtime][&tf=static];
+    /// with the gst feature: gst:PIPELINE (bevrt appends its appsink), rtsp://URL,
+    /// video:FILE[?fps=N|?realtime].
     #[arg(long)]
     source: String,
     #[arg(long, default_value = "auto", value_parser = choice::<BackendKind>())]
