@@ -131,9 +131,9 @@ fn malformed_manifest_names_file_and_field() {
 
 #[test]
 fn unknown_scheme_and_missing_v4l_device() {
-    let e = source::open("rtsp://camera/1").err().unwrap();
+    let e = source::open("rtmp://camera/1").err().unwrap();
     assert!(
-        e.to_string().contains("unknown source scheme 'rtsp'"),
+        e.to_string().contains("unknown source scheme 'rtmp'"),
         "{e}"
     );
     let e = source::open("v4l:/dev/video97?width=640&height=480")
