@@ -143,7 +143,12 @@ fn main() {
         #[cfg(feature = "host")]
         Cmd::Finetune(a) => letsmap::train::finetune(&a.config()),
         #[cfg(feature = "host")]
-        Cmd::Eval(a) => letsmap::eval::eval_cmd(&a.config()),
+        Cmd::Eval(a) => match &a.sub {
+            Some(cli::letsmap::EvalSub::Merge { parts, json }) => {
+                letsmap::eval::merge_cmd(parts, *json)
+            }
+            None => letsmap::eval::eval_cmd(&a.config()),
+        },
         #[cfg(feature = "host")]
         Cmd::Quantize(a) => quantize_cmd::quantize(a),
         #[cfg(feature = "host")]

@@ -3,7 +3,7 @@
 //! [`Histogram`] is log-linear (16 sub-buckets per power of two: values within 6.25 %), a
 //! fixed array, so recording never allocates and memory does not grow with run length.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const SUB: usize = 16;
 const BUCKETS: usize = SUB * 60;
@@ -104,6 +104,41 @@ impl Histogram {
         self.sum
     }
 
+    /// The non-empty buckets and totals, to write a histogram out and merge it elsewhere.
+    pub fn to_counts(&self) -> HistogramCounts {
+        HistogramCounts {
+            buckets: self
+                .counts
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(b, &c)| (b as u32, c))
+                .collect(),
+            total: self.total,
+            max: self.max,
+            sum: self.sum.min(u64::MAX as u128) as u64,
+        }
+    }
+
+    /// A histogram back from [`Histogram::to_counts`]; refused when the counts are not one.
+    pub fn from_counts(c: &HistogramCounts) -> Result<Histogram, String> {
+        let mut h = Histogram::default();
+        for &(b, n) in &c.buckets {
+            let slot = h
+                .counts
+                .get_mut(b as usize)
+                .ok_or_else(|| format!("histogram bucket {b} out of range"))?;
+            *slot += n;
+        }
+        if h.counts.iter().sum::<u64>() != c.total {
+            return Err("histogram buckets do not add up to its total".into());
+        }
+        h.total = c.total;
+        h.max = c.max;
+        h.sum = c.sum as u128;
+        Ok(h)
+    }
+
     pub fn merge(&mut self, o: &Histogram) {
         for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
             *a += b;
@@ -159,6 +194,16 @@ pub const STAGES: [(Stage, &str); 7] = [
     (Stage::EndToEnd, "end_to_end"),
     (Stage::StreamToMap, "stream_to_map"),
 ];
+
+/// A [`Histogram`] as data: (bucket, count) of the non-empty buckets (fixed log-linear bins),
+/// the count, the largest value and the sum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistogramCounts {
+    pub buckets: Vec<(u32, u64)>,
+    pub total: u64,
+    pub max: u64,
+    pub sum: u64,
+}
 
 #[derive(Clone, Default)]
 pub struct StageHistograms {

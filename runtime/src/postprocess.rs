@@ -206,46 +206,92 @@ pub struct ClassIou {
     pub gt_cells: u64,
 }
 
-/// Confusion-matrix scoring over cells whose ground truth is a class (255 = unknown skipped).
-/// A prediction outside the class list (255: the camera cannot see the cell) counts as a miss
-/// of the true class, never as a hit of another.
-pub fn score_maps(pairs: &[(&[u8], &[u8])], names: &[String]) -> (u64, f64, f64, Vec<ClassIou>) {
-    let k = names.len();
-    // column k: "no class predicted"
-    let mut conf = vec![0u64; k * (k + 1)];
-    let mut cells = 0;
-    for (gt, pred) in pairs {
+/// Confusion counts over cells whose ground truth is a class (255 = unknown skipped): row =
+/// true class, column = predicted class, column `k` = none predicted (255: the camera cannot
+/// see the cell), which counts as a miss of the true class, never as a hit of another.
+/// Integer counts, so confusions of parts of a data set add up to the whole's exactly.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Confusion {
+    pub classes: usize,
+    /// `classes` rows of `classes + 1` counts.
+    pub counts: Vec<u64>,
+}
+
+impl Confusion {
+    pub fn new(classes: usize) -> Confusion {
+        Confusion {
+            classes,
+            counts: vec![0; classes * (classes + 1)],
+        }
+    }
+
+    /// Count one map against its ground truth.
+    pub fn add(&mut self, gt: &[u8], pred: &[u8]) {
+        let k = self.classes;
         for (&g, &p) in gt.iter().zip(pred.iter()) {
             if (g as usize) < k {
-                cells += 1;
-                conf[g as usize * (k + 1) + (p as usize).min(k)] += 1;
+                self.counts[g as usize * (k + 1) + (p as usize).min(k)] += 1;
             }
         }
     }
-    let mut per = vec![];
-    let mut sum = 0.0;
-    let mut n = 0;
-    let mut correct = 0;
-    for c in 0..k {
-        let tp = conf[c * (k + 1) + c];
-        correct += tp;
-        let gt_c: u64 = (0..=k).map(|j| conf[c * (k + 1) + j]).sum();
-        let pred_c: u64 = (0..k).map(|i| conf[i * (k + 1) + c]).sum();
-        let union = gt_c + pred_c - tp;
-        let iou = (union > 0).then(|| 100.0 * tp as f64 / union as f64);
-        if gt_c > 0 {
-            sum += iou.unwrap_or(0.0);
-            n += 1;
+
+    /// Add another part's counts; refused when the class counts differ.
+    pub fn merge(&mut self, o: &Confusion) -> Result<(), String> {
+        if o.classes != self.classes || o.counts.len() != self.counts.len() {
+            return Err(format!(
+                "confusion of {} classes cannot merge with one of {}",
+                o.classes, self.classes
+            ));
         }
-        per.push(ClassIou {
-            class: names[c].clone(),
-            iou,
-            gt_cells: gt_c,
-        });
+        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
+            *a += b;
+        }
+        Ok(())
     }
-    let miou = if n > 0 { sum / n as f64 } else { 0.0 };
-    let acc = 100.0 * correct as f64 / cells.max(1) as f64;
-    (cells, miou, acc, per)
+
+    /// (cells scored, mIoU over the classes present in the ground truth, cell accuracy, per
+    /// class), percentages.
+    pub fn scores(&self, names: &[String]) -> (u64, f64, f64, Vec<ClassIou>) {
+        let k = self.classes;
+        let conf = &self.counts;
+        let cells: u64 = conf.iter().sum();
+        let mut per = vec![];
+        let mut sum = 0.0;
+        let mut n = 0;
+        let mut correct = 0;
+        for c in 0..k {
+            let tp = conf[c * (k + 1) + c];
+            correct += tp;
+            let gt_c: u64 = (0..=k).map(|j| conf[c * (k + 1) + j]).sum();
+            let pred_c: u64 = (0..k).map(|i| conf[i * (k + 1) + c]).sum();
+            let union = gt_c + pred_c - tp;
+            let iou = (union > 0).then(|| 100.0 * tp as f64 / union as f64);
+            if gt_c > 0 {
+                sum += iou.unwrap_or(0.0);
+                n += 1;
+            }
+            per.push(ClassIou {
+                class: names
+                    .get(c)
+                    .cloned()
+                    .unwrap_or_else(|| format!("class {c}")),
+                iou,
+                gt_cells: gt_c,
+            });
+        }
+        let miou = if n > 0 { sum / n as f64 } else { 0.0 };
+        let acc = 100.0 * correct as f64 / cells.max(1) as f64;
+        (cells, miou, acc, per)
+    }
+}
+
+/// [`Confusion`] scoring of (ground truth, prediction) pairs.
+pub fn score_maps(pairs: &[(&[u8], &[u8])], names: &[String]) -> (u64, f64, f64, Vec<ClassIou>) {
+    let mut c = Confusion::new(names.len());
+    for (gt, pred) in pairs {
+        c.add(gt, pred);
+    }
+    c.scores(names)
 }
 
 #[cfg(test)]

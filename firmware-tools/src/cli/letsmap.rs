@@ -11,7 +11,7 @@ use bevrt_train::letsmap::eval::EvalConfig;
 use bevrt_train::letsmap::geometry::{DepthEvalConfig, GeometryConfig, Objective};
 use bevrt_train::letsmap::semantic::{Masking, PretrainConfig};
 use bevrt_train::letsmap::train::FinetuneConfig;
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use super::choice;
 
@@ -277,12 +277,15 @@ impl FinetuneArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct EvalArgs {
-    #[arg(long)]
-    pub bundle: PathBuf,
-    /// Held-out recordings with BEV ground truth.
-    #[arg(long)]
-    pub data: PathBuf,
+    #[command(subcommand)]
+    pub sub: Option<EvalSub>,
+    #[arg(long, required = true)]
+    pub bundle: Option<PathBuf>,
+    /// Held-out recordings with BEV ground truth (one recording, or a folder of them).
+    #[arg(long, required = true)]
+    pub data: Option<PathBuf>,
     #[arg(long, default_value = "cpu", value_parser = super::choice::<BackendKind>())]
     pub backend: BackendKind,
     /// Score at most this many frames.
@@ -294,18 +297,45 @@ pub struct EvalArgs {
     /// Also record the scores in the bundle's manifest (`[provenance.scores]`).
     #[arg(long)]
     pub record: bool,
+    /// Score only shard I of N: the recordings (in name order) whose index is I mod N.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<bevrt_train::letsmap::eval::Shard>,
+    /// Write the raw counts (confusion matrix, hidden cells, frame-time histogram) to this
+    /// JSON file instead of printing scores; `eval merge` adds such parts up.
+    #[arg(long, value_name = "OUT.json")]
+    pub partial: Option<PathBuf>,
+    /// CPU threads for the backend (0: pick by measuring at load).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EvalSub {
+    /// Add up `--partial` counts of shards and print exactly what one eval over all of their
+    /// recordings prints.
+    Merge {
+        /// The parts: every shard I/N of one split, each once.
+        #[arg(required = true)]
+        parts: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl EvalArgs {
-    /// These arguments as the library's [`EvalConfig`].
+    /// These arguments as the library's [`EvalConfig`] (clap requires bundle and data
+    /// unless a subcommand is given).
     pub fn config(&self) -> EvalConfig {
         EvalConfig {
-            bundle: self.bundle.clone(),
-            data: self.data.clone(),
+            bundle: self.bundle.clone().unwrap_or_default(),
+            data: self.data.clone().unwrap_or_default(),
             backend: self.backend,
             frames: self.frames,
             json: self.json,
             record: self.record,
+            shard: self.shard,
+            partial: self.partial.clone(),
+            threads: self.threads,
         }
     }
 }

@@ -182,7 +182,7 @@ pub fn load(dir: &Path, limit: Option<usize>, progress: &dyn Fn(usize, usize)) -
 
 /// The recording directories of `dir`: itself if it is one, else its subdirectories that
 /// are (sorted); an error if there are none.
-fn recording_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(super) fn recording_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut dirs = vec![];
     if dir.join("recording.toml").is_file() {
         dirs.push(dir.to_path_buf());

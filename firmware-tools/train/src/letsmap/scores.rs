@@ -13,6 +13,8 @@ pub struct Scores {
     pub data: String,
     pub backend: String,
     pub frames: usize,
+    /// Recordings scored (each whole).
+    pub recordings: usize,
     /// Visible (known) ground-truth cells scored.
     pub cells: u64,
     /// Mean IoU over the classes present in the ground truth, in percent.
@@ -26,6 +28,16 @@ pub struct Scores {
     /// with `sim record --extras` carry it in `gt_amodal/`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub occlusion: Option<OcclusionScores>,
+    /// Recordings that could not be scored, by name, with why; the rest still count.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedRecording>,
+}
+
+/// A recording `eval` could not score.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct FailedRecording {
+    pub recording: String,
+    pub error: String,
 }
 
 /// The model's guesses where the camera cannot see: cells inside its view (the runtime gives
@@ -44,9 +56,12 @@ pub struct OcclusionScores {
 
 pub fn print_scores(s: &Scores) {
     println!(
-        "{} frames, {} visible cells, backend {}",
-        s.frames, s.cells, s.backend
+        "{} frames of {} recordings, {} visible cells, backend {}",
+        s.frames, s.recordings, s.cells, s.backend
     );
+    for f in &s.failed {
+        println!("FAILED {}: {}", f.recording, f.error);
+    }
     println!("{:<12} {:>8} {:>10}", "class", "IoU %", "gt cells");
     for c in &s.per_class {
         let iou = c.iou.map_or("-".to_string(), |v| format!("{v:.1}"));

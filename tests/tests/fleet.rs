@@ -1,0 +1,237 @@
+//! Evaluation beyond one process: `bevrt-tool eval --shard/--partial`, `eval merge`, and the
+//! Ray driver (`scripts/fleet`, `python3 -m bevrt_fleet`) on a local Ray cluster of 2 worker
+//! slots. The merged scores must equal one process's exactly (integer confusion counts), also
+//! when a worker is killed mid-task and when a recording in the set is corrupt.
+//!
+//! The Ray parts need `ray` importable by python3 (`.ci/run` installs it from PyPI and sets
+//! `BEVRT_REQUIRE_RAY=1`); elsewhere they skip with a message. The shard/merge parts need
+//! nothing.
+
+use bevrt_tests::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn ray_ready() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import ray"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("BEVRT_REQUIRE_RAY").is_none(),
+            "python3 cannot import ray (.ci/run installs it)"
+        );
+        eprintln!("SKIP: ray is not importable");
+    }
+    ok
+}
+
+fn bundle() -> String {
+    workspace_root()
+        .join("models/bundles/letsmap-lite")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `drives` simulated drives of `frames` frames each under `dir` (seeds 100..), recorded on
+/// the letsmap-lite grid.
+fn drives(dir: &Path, drives: u64, frames: u64) -> PathBuf {
+    for d in 0..drives {
+        sim_record(100 + d, frames, &dir.join(format!("drive-{d:02}")));
+    }
+    dir.to_path_buf()
+}
+
+/// `bevrt-tool eval ... --json` (extra arguments appended): the scores.
+fn eval_json(data: &Path, extra: &[&str]) -> serde_json::Value {
+    let (d, b) = (data.to_string_lossy().into_owned(), bundle());
+    let mut args = vec![
+        "eval",
+        "--bundle",
+        &b,
+        "--data",
+        &d,
+        "--backend",
+        "cpu-plan",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, so, se) = run(&bin("bevrt-tool"), &args);
+    assert!(ok, "eval: {se}");
+    serde_json::from_str(&so).unwrap_or_else(|e| panic!("{e}: {so}"))
+}
+
+/// The parts of two score reports that must be identical: counts, IoUs, failures.
+fn exact(v: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "frames": v["frames"], "recordings": v["recordings"], "cells": v["cells"],
+        "miou": v["miou"], "accuracy": v["accuracy"], "per_class": v["per_class"],
+        "failed": v["failed"],
+    })
+}
+
+#[test]
+fn shards_merge_to_exactly_one_evals_scores() {
+    let w = scratch("fleet-merge");
+    let data = drives(&w.join("drives"), 3, 4);
+    let one = eval_json(&data, &[]);
+    let tool = bin("bevrt-tool");
+    let mut parts = vec![];
+    for i in 0..2 {
+        let p = w.join(format!("part-{i}.json"));
+        let (ok, _, se) = run(
+            &tool,
+            &[
+                "eval",
+                "--bundle",
+                &bundle(),
+                "--data",
+                data.to_str().unwrap(),
+                "--backend",
+                "cpu-plan",
+                "--shard",
+                &format!("{i}/2"),
+                "--partial",
+                p.to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{se}");
+        parts.push(p.to_string_lossy().into_owned());
+    }
+    let mut args = vec!["eval", "merge", "--json"];
+    args.extend(parts.iter().map(String::as_str));
+    let (ok, so, se) = run(&tool, &args);
+    assert!(ok, "{se}");
+    let merged: serde_json::Value = serde_json::from_str(&so).unwrap();
+    assert_eq!(exact(&merged), exact(&one));
+    assert_eq!(merged["recordings"], 3);
+    // A part twice, or one missing, is refused: nothing may count twice or go missing.
+    for bad in [
+        vec!["eval", "merge", &parts[0], &parts[0]],
+        vec!["eval", "merge", &parts[1]],
+    ] {
+        let (ok, _, se) = run(&tool, &bad);
+        assert!(!ok, "{bad:?} was merged");
+        assert!(se.contains("shard"), "{se}");
+    }
+    let (ok, _, se) = run(
+        &tool,
+        &["eval", "--shard", "2/2", "--bundle", "b", "--data", "d"],
+    );
+    assert!(!ok && se.contains("I/N"), "{se}");
+}
+
+/// `python3 -m bevrt_fleet eval` on `data` with `extra` arguments: (merged scores, stdout).
+fn fleet(w: &Path, data: &Path, extra: &[&str]) -> (serde_json::Value, String) {
+    let out = w.join("merged.json");
+    let _ = std::fs::remove_file(&out);
+    let root = workspace_root();
+    let mut py_path = root.join("scripts/fleet").to_string_lossy().into_owned();
+    if let Some(p) = std::env::var_os("PYTHONPATH") {
+        py_path = format!("{py_path}:{}", p.to_string_lossy());
+    }
+    let o = Command::new("python3")
+        .args([
+            "-m",
+            "bevrt_fleet",
+            "eval",
+            "--bundle",
+            &bundle(),
+            "--recordings",
+        ])
+        .arg(data)
+        .args(["--address", "local", "--parallel", "2", "--tool"])
+        .arg(bin("bevrt-tool"))
+        .arg("--out")
+        .arg(&out)
+        .args(extra)
+        .env("PYTHONPATH", py_path)
+        .env("RAY_USAGE_STATS_ENABLED", "0")
+        .current_dir(w)
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&o.stdout).into_owned();
+    let se = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "bevrt_fleet failed:\n{so}\n{se}");
+    let v = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    (v, so)
+}
+
+#[test]
+fn ray_eval_of_six_drives_equals_one_process_even_with_a_worker_killed_and_a_corrupt_drive() {
+    if !ray_ready() {
+        return;
+    }
+    let w = scratch("fleet-ray");
+    let data = drives(&w.join("drives"), 6, 6);
+    let one = eval_json(&data, &[]);
+    assert_eq!(one["recordings"], 6);
+
+    let (merged, so) = fleet(&w, &data, &[]);
+    eprintln!("{so}");
+    assert_eq!(exact(&merged), exact(&one), "{so}");
+    assert!(so.contains("Ray per-task overhead"), "{so}");
+
+    // Kill the first worker that starts a shard, by its pid: Ray runs the shard again.
+    let log = w.join("task-log");
+    std::fs::create_dir_all(&log).unwrap();
+    let killer = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(120) {
+                if let Some(e) = std::fs::read_dir(&log).unwrap().flatten().next() {
+                    let pid = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    if let Ok(pid) = pid.trim().parse::<u32>() {
+                        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                        return Some(e.file_name().to_string_lossy().into_owned());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            None
+        })
+    };
+    let (merged, so) = fleet(&w, &data, &["--task-log", log.to_str().unwrap()]);
+    let killed = killer.join().unwrap().expect("no shard started");
+    let shard = killed.split('.').next().unwrap().to_string();
+    let attempts = std::fs::read_dir(&log)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{shard}."))
+        })
+        .count();
+    eprintln!("killed {killed}; {shard} ran {attempts} times");
+    assert!(
+        attempts >= 2,
+        "{shard} was not run again after its worker died"
+    );
+    assert_eq!(exact(&merged), exact(&one), "after a killed worker: {so}");
+
+    // A corrupt drive among them: named in the summary, the six others still merge exactly.
+    let bad = data.join("drive-99");
+    std::fs::create_dir_all(bad.join("frames")).unwrap();
+    std::fs::copy(
+        data.join("drive-00/recording.toml"),
+        bad.join("recording.toml"),
+    )
+    .unwrap();
+    std::fs::copy(data.join("drive-00/frames.csv"), bad.join("frames.csv")).unwrap();
+    let (merged, so) = fleet(&w, &data, &[]);
+    assert!(so.contains("FAILED") && so.contains("drive-99"), "{so}");
+    let failed = merged["failed"].as_array().expect("failed list");
+    assert_eq!(failed.len(), 1, "{merged}");
+    assert!(
+        failed[0]["recording"]
+            .as_str()
+            .unwrap()
+            .ends_with("drive-99")
+    );
+    let mut want = exact(&one);
+    want["failed"] = merged["failed"].clone();
+    assert_eq!(exact(&merged), want);
+}
