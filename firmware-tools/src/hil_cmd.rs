@@ -26,16 +26,24 @@
 //!
 //! The V4L2 source's own reconnect (a real device unplugged) needs a device and is not in the
 //! matrix; `camera_lost` exercises the same pipeline path with the simulated camera.
+//!
+//! Split over machines (the Ray driver, `scripts/fleet`): `--scenarios a,b` runs some of the
+//! matrix, `--partial OUT.json` writes their outcomes instead of the report, and `hil merge
+//! PART...` makes the one table and JUnit report of all of them (each scenario once). `--list`
+//! prints the scenarios a bundle gets.
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct HilArgs {
+    #[command(subcommand)]
+    pub sub: Option<HilSub>,
     /// Bundle under test.
-    #[arg(long)]
-    pub bundle: PathBuf,
+    #[arg(long, required = true)]
+    pub bundle: Option<PathBuf>,
     /// Work directory (recordings, outputs, report); created.
     #[arg(long, default_value = "out/hil")]
     pub out: PathBuf,
@@ -70,14 +78,48 @@ pub struct HilArgs {
     /// Soak: largest acceptable resident-memory growth after warm-up, percent.
     #[arg(long, default_value_t = 1.0)]
     pub max_rss_growth: f64,
+    /// Run only these scenarios (comma-separated names; `--list` prints them).
+    #[arg(long, value_delimiter = ',')]
+    pub scenarios: Vec<String>,
+    /// Write the outcomes to this JSON file instead of the report (for `hil merge`).
+    #[arg(long, value_name = "OUT.json")]
+    pub partial: Option<PathBuf>,
+    /// Print the scenarios this bundle gets, one per line, and stop.
+    #[arg(long)]
+    pub list: bool,
 }
 
+#[derive(clap::Subcommand)]
+pub enum HilSub {
+    /// One table and JUnit report from `--partial` outcomes of several runs (each scenario once).
+    Merge {
+        #[arg(required = true)]
+        parts: Vec<PathBuf>,
+        /// JUnit XML report path.
+        #[arg(long, default_value = "junit.xml")]
+        junit: PathBuf,
+    },
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
 struct Outcome {
-    name: &'static str,
+    name: String,
     seconds: f64,
     failure: Option<String>,
     detail: String,
 }
+
+/// What `--partial` writes: the outcomes and what they were run on.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HilPart {
+    format: String,
+    bundle: String,
+    seed: u64,
+    frames: u64,
+    outcomes: Vec<Outcome>,
+}
+
+const PART_FORMAT: &str = "bevrt-hil-outcomes/1";
 
 fn bevrt_path(a: &HilArgs) -> Result<PathBuf> {
     if let Some(p) = &a.bevrt {
@@ -192,7 +234,7 @@ struct HilCtx<'a> {
 impl HilCtx<'_> {
     /// `bevrt run` arguments for the bundle under test on `src`, writing into `out`.
     fn run_args(&self, src: String, out: &Path, extra: &[&str]) -> Vec<String> {
-        let bundle = self.a.bundle.display().to_string();
+        let bundle = self.a.bundle().display().to_string();
         let mut v: Vec<String> = ["run", "--bundle", &bundle, "--source", &src, "--out"]
             .iter()
             .map(|s| s.to_string())
@@ -204,30 +246,133 @@ impl HilCtx<'_> {
 }
 
 pub fn hil(a: &HilArgs) -> Result<()> {
+    if let Some(HilSub::Merge { parts, junit }) = &a.sub {
+        return merge(parts, junit);
+    }
     if let Some(d) = &a.soak {
         return soak(a, d);
     }
-    let x = prepare(a)?;
-    let is_bev = x.bundle.manifest.task == bevrt_models::Task::Bev;
-    let mut outcomes: Vec<Outcome> = vec![];
-    for &(name, scenario, bev_only) in SCENARIOS {
-        if bev_only && !is_bev {
-            continue;
+    let bundle = bevrt_models::Bundle::load(a.bundle())?;
+    let chosen = chosen_scenarios(a, &bundle)?;
+    if a.list {
+        for (name, _) in &chosen {
+            println!("{name}");
         }
+        return Ok(());
+    }
+    let x = prepare(a, bundle)?;
+    let mut outcomes: Vec<Outcome> = vec![];
+    // map_quality scores the baseline run's maps: run it first when it was not chosen.
+    if chosen.iter().any(|(n, _)| *n == "map_quality")
+        && !chosen.iter().any(|(n, _)| *n == "baseline")
+    {
+        let _ = baseline(&x);
+    }
+    for (name, scenario) in chosen {
         let t = Instant::now();
         let (failure, detail) = match scenario(&x) {
             Ok((true, d)) => (None, d),
             Ok((false, d)) => (Some(d.clone()), d),
-            Err(e) => (Some(format!("{e:#}")), String::new()),
+            Err(e) => (Some(format!("{e:#}")), format!("{e:#}")),
         };
         outcomes.push(Outcome {
-            name,
+            name: name.to_string(),
             seconds: t.elapsed().as_secs_f64(),
             failure,
             detail,
         });
     }
-    report(a, &outcomes)
+    if let Some(p) = &a.partial {
+        let part = HilPart {
+            format: PART_FORMAT.into(),
+            bundle: a.bundle().display().to_string(),
+            seed: a.seed,
+            frames: a.frames,
+            outcomes,
+        };
+        std::fs::write(p, serde_json::to_string_pretty(&part)?)
+            .with_context(|| format!("{}: cannot write", p.display()))?;
+        return Ok(());
+    }
+    let junit = a.junit.clone().unwrap_or_else(|| a.out.join("junit.xml"));
+    report(&junit, &outcomes)
+}
+
+impl HilArgs {
+    /// The bundle (clap requires it unless a subcommand is given).
+    fn bundle(&self) -> &Path {
+        self.bundle.as_deref().unwrap_or(Path::new(""))
+    }
+}
+
+/// The matrix's scenarios for this bundle (BEV-only ones only for BEV bundles), or those named
+/// with `--scenarios`, in matrix order.
+fn chosen_scenarios(
+    a: &HilArgs,
+    bundle: &bevrt_models::Bundle,
+) -> Result<Vec<(&'static str, Scenario)>> {
+    let is_bev = bundle.manifest.task == bevrt_models::Task::Bev;
+    let all: Vec<(&'static str, Scenario)> = SCENARIOS
+        .iter()
+        .filter(|(_, _, bev_only)| is_bev || !bev_only)
+        .map(|&(n, s, _)| (n, s))
+        .collect();
+    for want in &a.scenarios {
+        if !all.iter().any(|(n, _)| n == want) {
+            let names: Vec<&str> = all.iter().map(|(n, _)| *n).collect();
+            bail!(
+                "--scenarios: no scenario '{want}' for this bundle (it gets: {})",
+                names.join(", ")
+            );
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|(n, _)| a.scenarios.is_empty() || a.scenarios.iter().any(|w| w == n))
+        .collect())
+}
+
+/// `hil merge`: the parts' outcomes, each scenario once, in matrix order, as one report.
+fn merge(parts: &[PathBuf], junit: &Path) -> Result<()> {
+    let mut outcomes: Vec<Outcome> = vec![];
+    let mut first: Option<(String, u64, u64)> = None;
+    for p in parts {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
+        let part: HilPart = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: not HIL outcomes (bevrt-tool hil --partial)",
+                p.display()
+            )
+        })?;
+        anyhow::ensure!(
+            part.format == PART_FORMAT,
+            "{}: format '{}', expected '{PART_FORMAT}'",
+            p.display(),
+            part.format
+        );
+        let run = (part.bundle.clone(), part.seed, part.frames);
+        if *first.get_or_insert(run.clone()) != run {
+            bail!(
+                "{}: outcomes of another run (bundle, seed or frames differ)",
+                p.display()
+            );
+        }
+        for o in part.outcomes {
+            if outcomes.iter().any(|x| x.name == o.name) {
+                bail!("{}: scenario '{}' is in two parts", p.display(), o.name);
+            }
+            outcomes.push(o);
+        }
+    }
+    let order = |n: &str| {
+        SCENARIOS
+            .iter()
+            .position(|s| s.0 == n)
+            .unwrap_or(usize::MAX)
+    };
+    outcomes.sort_by_key(|o| order(&o.name));
+    report(junit, &outcomes)
 }
 
 fn soak(a: &HilArgs, duration: &str) -> Result<()> {
@@ -239,7 +384,7 @@ fn soak(a: &HilArgs, duration: &str) -> Result<()> {
     );
     let ok = crate::soak::soak(&crate::soak::SoakConfig {
         bevrt: &bevrt,
-        bundle: &a.bundle,
+        bundle: a.bundle(),
         out: &a.out,
         duration: crate::soak::parse_duration(duration)?,
         fault_every: Duration::from_secs_f64(a.fault_every),
@@ -255,11 +400,10 @@ fn soak(a: &HilArgs, duration: &str) -> Result<()> {
     Ok(())
 }
 
-/// Load the bundle and record the base drive (a BEV bundle's is filmed with its camera on
-/// its grid, so the maps can be scored).
-fn prepare(a: &HilArgs) -> Result<HilCtx<'_>> {
+/// Record the base drive (a BEV bundle's is filmed with its camera on its grid, so the maps
+/// can be scored).
+fn prepare(a: &HilArgs, bundle: bevrt_models::Bundle) -> Result<HilCtx<'_>> {
     let bevrt = bevrt_path(a)?;
-    let bundle = bevrt_models::Bundle::load(&a.bundle)?;
     std::fs::create_dir_all(&a.out)?;
     let base = a.out.join("rec-base");
     let _ = std::fs::remove_dir_all(&base);
@@ -575,7 +719,7 @@ fn bundle_replaced(x: &HilCtx) -> Result<(bool, String)> {
 }
 
 /// The human table, the JUnit XML, and the verdict.
-fn report(a: &HilArgs, outcomes: &[Outcome]) -> Result<()> {
+fn report(junit: &Path, outcomes: &[Outcome]) -> Result<()> {
     println!(
         "{:<16} {:<6} {:>7}  detail",
         "scenario", "result", "seconds"
@@ -590,7 +734,6 @@ fn report(a: &HilArgs, outcomes: &[Outcome]) -> Result<()> {
         );
     }
     let failures = outcomes.iter().filter(|o| o.failure.is_some()).count();
-    let junit = a.junit.clone().unwrap_or_else(|| a.out.join("junit.xml"));
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let total: f64 = outcomes.iter().map(|o| o.seconds).sum();
     x.push_str(&format!(
@@ -612,7 +755,7 @@ fn report(a: &HilArgs, outcomes: &[Outcome]) -> Result<()> {
         ));
     }
     x.push_str("  </testsuite>\n</testsuites>\n");
-    std::fs::write(&junit, x).with_context(|| format!("{}: cannot write", junit.display()))?;
+    std::fs::write(junit, x).with_context(|| format!("{}: cannot write", junit.display()))?;
     println!(
         "{} passed, {} failed; JUnit report {}",
         outcomes.len() - failures,

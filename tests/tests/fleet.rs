@@ -235,3 +235,97 @@ fn ray_eval_of_six_drives_equals_one_process_even_with_a_worker_killed_and_a_cor
     want["failed"] = merged["failed"].clone();
     assert_eq!(exact(&merged), want);
 }
+
+#[test]
+fn the_hil_matrix_on_ray_gives_one_junit_report_of_every_scenario() {
+    if !ray_ready() {
+        return;
+    }
+    let w = scratch("fleet-hil");
+    let tool = bin("bevrt-tool");
+    let (ok, so, se) = run(&tool, &["hil", "--bundle", &bundle(), "--list"]);
+    assert!(ok, "{se}");
+    let names: Vec<&str> = so.split_whitespace().collect();
+    assert!(names.len() >= 8 && names.contains(&"map_quality"), "{so}");
+    let junit = w.join("hil.xml");
+    let root = workspace_root();
+    let mut py_path = root.join("scripts/fleet").to_string_lossy().into_owned();
+    if let Some(p) = std::env::var_os("PYTHONPATH") {
+        py_path = format!("{py_path}:{}", p.to_string_lossy());
+    }
+    let o = Command::new("python3")
+        .args([
+            "-m",
+            "bevrt_fleet",
+            "hil",
+            "--bundle",
+            &bundle(),
+            "--frames",
+            "30",
+        ])
+        .args(["--address", "local", "--parallel", "2", "--tool"])
+        .arg(&tool)
+        .arg("--junit")
+        .arg(&junit)
+        .env("PYTHONPATH", py_path)
+        .env("RAY_USAGE_STATS_ENABLED", "0")
+        .current_dir(&w)
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&o.stdout);
+    let se = String::from_utf8_lossy(&o.stderr);
+    eprintln!("{so}");
+    assert!(o.status.success(), "HIL on Ray failed:\n{so}\n{se}");
+    let x = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        x.contains(&format!("tests=\"{}\" failures=\"0\"", names.len())),
+        "{x}"
+    );
+    // Every scenario once, in the matrix's order.
+    let at: Vec<usize> = names
+        .iter()
+        .map(|n| x.find(&format!("name=\"{n}\"")).expect(n))
+        .collect();
+    assert!(at.windows(2).all(|p| p[0] < p[1]), "{x}");
+    // A scenario in two parts is refused.
+    let part = w.join("part.json");
+    let (ok, _, se) = run(
+        &tool,
+        &[
+            "hil",
+            "--bundle",
+            &bundle(),
+            "--frames",
+            "10",
+            "--out",
+            w.join("one").to_str().unwrap(),
+            "--scenarios",
+            "dropped_frames",
+            "--partial",
+            part.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{se}");
+    let (ok, _, se) = run(
+        &tool,
+        &[
+            "hil",
+            "merge",
+            part.to_str().unwrap(),
+            part.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && se.contains("two parts"), "{se}");
+    let (ok, _, se) = run(
+        &tool,
+        &[
+            "hil",
+            "--bundle",
+            &bundle(),
+            "--scenarios",
+            "nope",
+            "--list",
+        ],
+    );
+    assert!(!ok && se.contains("no scenario 'nope'"), "{se}");
+}

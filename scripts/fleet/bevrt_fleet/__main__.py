@@ -36,25 +36,62 @@ def count_recordings(data):
 
 def make_task(ray, max_retries):
     @ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=False)
-    def eval_shard(tool, bundle, data, index, count, backend, threads, task_log):
-        """One shard through bevrt-tool; returns its counts (JSON text) and how long it took."""
+    def run_part(name, argv, task_log):
+        """One part through bevrt-tool: ARGV with {part} (the JSON it writes) and {work} (a
+        scratch folder) filled in on the worker; returns the part's text and its seconds."""
         if task_log:
             # one file per attempt: the tests kill a worker by this pid and count the attempts
-            with open(os.path.join(task_log, f"shard-{index}.{os.getpid()}"), "w") as f:
+            with open(os.path.join(task_log, f"{name}.{os.getpid()}"), "w") as f:
                 f.write(str(os.getpid()))
         t0 = time.time()
         with tempfile.TemporaryDirectory() as tmp:
-            part = os.path.join(tmp, f"shard-{index}.json")
-            r = subprocess.run(
-                [tool, "eval", "--bundle", bundle, "--data", data, "--backend", backend,
-                 "--threads", str(threads), "--shard", f"{index}/{count}", "--partial", part],
-                capture_output=True, text=True)
-            if r.returncode != 0:
+            part = os.path.join(tmp, "part.json")
+            args = [a.replace("{part}", part).replace("{work}", tmp) for a in argv]
+            r = subprocess.run(args, capture_output=True, text=True)
+            if r.returncode != 0 or not os.path.isfile(part):
                 last = (r.stderr.strip().splitlines() or ["(no message)"])[-1]
-                raise RuntimeError(f"shard {index}/{count}: bevrt-tool eval failed: {last}")
+                raise RuntimeError(f"{name}: {os.path.basename(args[0])} failed: {last}")
             with open(part) as f:
                 return f.read(), time.time() - t0
-    return eval_shard
+    return run_part
+
+
+def start_ray(ray, a):
+    if a.address == "local":
+        ray.init(num_cpus=a.parallel, include_dashboard=False, logging_level="WARNING",
+                 log_to_driver=False)
+    else:
+        ray.init(address=a.address, logging_level="WARNING", log_to_driver=False,
+                 runtime_env={"working_dir": a.working_dir} if a.working_dir else None)
+
+
+def run_parts(ray, a, jobs, work):
+    """Run {name: argv} as Ray tasks with a progress bar; (part files, failures, task seconds,
+    wall seconds)."""
+    task = make_task(ray, a.max_retries)
+    t0 = time.time()
+    pending = {task.remote(name, argv, a.task_log): name for name, argv in jobs.items()}
+    parts_dir = os.path.join(work, "parts")
+    os.makedirs(parts_dir, exist_ok=True)
+    parts, failures, task_s = [], [], []
+    total = len(pending)
+    progress(0, total, t0)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        name = pending.pop(ready[0])
+        try:
+            text, secs = ray.get(ready[0])
+        except Exception as e:  # failed after its retries: named, the rest still merge
+            failures.append(f"{name}: {str(e).strip().splitlines()[-1]}")
+        else:
+            p = os.path.join(parts_dir, f"{name}.json")
+            with open(p, "w") as f:
+                f.write(text)
+            parts.append(p)
+            task_s.append(secs)
+        progress(total - len(pending), total, t0)
+    sys.stderr.write("\n")
+    return sorted(parts), failures, task_s, time.time() - t0
 
 
 def progress(done, total, t0):
@@ -79,12 +116,16 @@ def ray_overhead_ms(ray, n=20):
     return sorted(times)[n // 2]
 
 
-def cmd_eval(a):
-    import ray
+def tool_path(a):
     tool = os.path.abspath(a.tool)
-    bundle = os.path.abspath(a.bundle)
     if not os.access(tool, os.X_OK):
         sys.exit(f"bevrt_fleet: {tool}: not an executable bevrt-tool (cargo build --release)")
+    return tool
+
+
+def cmd_eval(a):
+    import ray
+    tool, bundle = tool_path(a), os.path.abspath(a.bundle)
     work = tempfile.mkdtemp(prefix="bevrt-fleet-")
     data = recordings_dir(a.recordings, work)
     n_rec = count_recordings(data)
@@ -92,49 +133,23 @@ def cmd_eval(a):
         sys.exit(f"bevrt_fleet: {data}: no recording (recording.toml) in it")
     shards = a.shards or min(n_rec, 4 * a.parallel)
     t_start = time.time()
-    if a.address == "local":
-        ray.init(num_cpus=a.parallel, include_dashboard=False, logging_level="WARNING",
-                 log_to_driver=False)
-    else:
-        ray.init(address=a.address, logging_level="WARNING", log_to_driver=False,
-                 runtime_env={"working_dir": a.working_dir} if a.working_dir else None)
+    start_ray(ray, a)
     t_ready = time.time()
     overhead = ray_overhead_ms(ray)
-    task = make_task(ray, a.max_retries)
-    t0 = time.time()
-    pending = {task.remote(tool, bundle, data, i, shards, a.backend, a.threads, a.task_log): i
-               for i in range(shards)}
-    parts_dir = os.path.join(work, "parts")
-    os.makedirs(parts_dir)
-    parts, failures, task_s = [], [], []
-    progress(0, shards, t0)
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        i = pending.pop(ready[0])
-        try:
-            text, secs = ray.get(ready[0])
-        except Exception as e:  # a shard that failed after its retries: named, the rest merge
-            failures.append(f"shard {i}/{shards}: {str(e).strip().splitlines()[-1]}")
-        else:
-            p = os.path.join(parts_dir, f"shard-{i}.json")
-            with open(p, "w") as f:
-                f.write(text)
-            parts.append(p)
-            task_s.append(secs)
-        progress(shards - len(pending), shards, t0)
-    sys.stderr.write("\n")
-    wall = time.time() - t0
+    jobs = {f"shard-{i}": [tool, "eval", "--bundle", bundle, "--data", data, "--backend", a.backend,
+                           "--threads", str(a.threads), "--shard", f"{i}/{shards}", "--partial", "{part}"]
+            for i in range(shards)}
+    parts, failures, task_s, wall = run_parts(ray, a, jobs, work)
     ray.shutdown()
     if failures:
         for f in failures:
             print(f"FAILED {f}")
         sys.exit(f"bevrt_fleet: {len(failures)} of {shards} shards failed; nothing merged")
-    merged = subprocess.run([tool, "eval", "merge", "--json", *sorted(parts)],
-                            capture_output=True, text=True)
+    merged = subprocess.run([tool, "eval", "merge", "--json", *parts], capture_output=True, text=True)
     if merged.returncode != 0:
         sys.exit(f"bevrt_fleet: merge failed: {merged.stderr.strip()}")
     scores = json.loads(merged.stdout)
-    table = subprocess.run([tool, "eval", "merge", *sorted(parts)], capture_output=True, text=True)
+    table = subprocess.run([tool, "eval", "merge", *parts], capture_output=True, text=True)
     print(table.stdout, end="")
     print(f"{shards} shards of {n_rec} recordings on {a.parallel} slots: {wall:.1f} s of tasks "
           f"(each {min(task_s):.1f}-{max(task_s):.1f} s), cluster start {t_ready - t_start:.1f} s, "
@@ -145,30 +160,64 @@ def cmd_eval(a):
         print(f"merged scores: {a.out}")
 
 
+def cmd_hil(a):
+    """The HIL fault matrix, one Ray task per scenario, merged into one table and JUnit."""
+    import ray
+    tool, bundle = tool_path(a), os.path.abspath(a.bundle)
+    listed = subprocess.run([tool, "hil", "--bundle", bundle, "--list"], capture_output=True, text=True)
+    if listed.returncode != 0:
+        sys.exit(f"bevrt_fleet: {listed.stderr.strip()}")
+    names = listed.stdout.split()
+    work = tempfile.mkdtemp(prefix="bevrt-fleet-hil-")
+    start_ray(ray, a)
+    jobs = {name: [tool, "hil", "--bundle", bundle, "--seed", str(a.seed), "--frames", str(a.frames),
+                   "--out", "{work}", "--scenarios", name, "--partial", "{part}"]
+            for name in names}
+    parts, failures, task_s, wall = run_parts(ray, a, jobs, work)
+    ray.shutdown()
+    for f in failures:
+        print(f"FAILED {f}")
+    r = subprocess.run([tool, "hil", "merge", "--junit", os.path.abspath(a.junit), *parts],
+                       capture_output=True, text=True)
+    print(r.stdout, end="")
+    print(f"{len(names)} scenarios on {a.parallel} slots: {wall:.1f} s "
+          f"(each {min(task_s, default=0):.1f}-{max(task_s, default=0):.1f} s)")
+    if r.returncode != 0 or failures:
+        sys.exit(f"bevrt_fleet: HIL failed: {r.stderr.strip() or f'{len(failures)} tasks failed'}")
+
+
+def add_common(p):
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--address", default="local", help="local (start one here), auto, or HOST:PORT")
+    p.add_argument("--parallel", type=int, default=os.cpu_count() or 1,
+                   help="worker slots of a local cluster (default: cores)")
+    p.add_argument("--tool", default="target/release/bevrt-tool")
+    p.add_argument("--max-retries", type=int, default=3,
+                   help="times Ray runs a task again after its worker died")
+    p.add_argument("--working-dir", help="runtime_env working_dir shipped to a remote cluster")
+    p.add_argument("--task-log", help="a folder where each attempt of a task leaves NAME.PID")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="bevrt_fleet", description=USAGE,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("eval", help="bevrt-tool eval sharded over Ray, merged exactly")
-    e.add_argument("--bundle", required=True)
+    add_common(e)
     e.add_argument("--recordings", required=True,
                    help="a folder of recordings, one recording, or a glob of them")
-    e.add_argument("--address", default="local", help="local (start one here), auto, or HOST:PORT")
-    e.add_argument("--parallel", type=int, default=os.cpu_count() or 1,
-                   help="worker slots of a local cluster (default: cores)")
     e.add_argument("--shards", type=int, default=0,
                    help="shards (default: recordings, at most 4 per slot)")
-    e.add_argument("--tool", default="target/release/bevrt-tool")
     e.add_argument("--backend", default="cpu-plan")
     e.add_argument("--threads", type=int, default=1, help="CPU threads per shard's bevrt-tool")
-    e.add_argument("--max-retries", type=int, default=3,
-                   help="times Ray runs a shard again after its worker died")
-    e.add_argument("--working-dir", help="runtime_env working_dir shipped to a remote cluster")
-    e.add_argument("--task-log", help="a folder where each attempt of a shard leaves shard-I.PID")
     e.add_argument("--out", help="write the merged scores (the JSON of bevrt-tool eval --json)")
+    h = sub.add_parser("hil", help="bevrt-tool hil, one task per scenario, one JUnit report")
+    add_common(h)
+    h.add_argument("--seed", type=int, default=1)
+    h.add_argument("--frames", type=int, default=60)
+    h.add_argument("--junit", default="hil-junit.xml")
     a = p.parse_args(argv)
-    if a.cmd == "eval":
-        cmd_eval(a)
+    {"eval": cmd_eval, "hil": cmd_hil}[a.cmd](a)
 
 
 if __name__ == "__main__":
