@@ -12,6 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// One local Ray cluster at a time: the tests of this file run in parallel threads, and two
+/// clusters plus their bevrt processes on 2 cores make the HIL's timing budgets fail.
+static RAY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn ray_lock() -> std::sync::MutexGuard<'static, ()> {
+    RAY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn ray_ready() -> bool {
     let ok = Command::new("python3")
         .args(["-c", "import ray"])
@@ -163,6 +171,7 @@ fn ray_eval_of_six_drives_equals_one_process_even_with_a_worker_killed_and_a_cor
     if !ray_ready() {
         return;
     }
+    let _one_cluster = ray_lock();
     let w = scratch("fleet-ray");
     let data = drives(&w.join("drives"), 6, 6);
     let one = eval_json(&data, &[]);
@@ -241,6 +250,7 @@ fn the_hil_matrix_on_ray_gives_one_junit_report_of_every_scenario() {
     if !ray_ready() {
         return;
     }
+    let _one_cluster = ray_lock();
     let w = scratch("fleet-hil");
     let tool = bin("bevrt-tool");
     let (ok, so, se) = run(&tool, &["hil", "--bundle", &bundle(), "--list"]);
@@ -328,4 +338,145 @@ fn the_hil_matrix_on_ray_gives_one_junit_report_of_every_scenario() {
         ],
     );
     assert!(!ok && se.contains("no scenario 'nope'"), "{se}");
+}
+
+/// `python3 -m bevrt_fleet ARGS` on a local 2-slot cluster: stdout (panics with the output
+/// when it fails).
+fn fleet_cmd(w: &Path, args: &[&str]) -> String {
+    let mut py_path = workspace_root()
+        .join("scripts/fleet")
+        .to_string_lossy()
+        .into_owned();
+    if let Some(p) = std::env::var_os("PYTHONPATH") {
+        py_path = format!("{py_path}:{}", p.to_string_lossy());
+    }
+    let o = Command::new("python3")
+        .args(["-m", "bevrt_fleet"])
+        .args(args)
+        .args(["--address", "local", "--parallel", "2", "--tool"])
+        .arg(bin("bevrt-tool"))
+        .env("PYTHONPATH", py_path)
+        .env("RAY_USAGE_STATS_ENABLED", "0")
+        .current_dir(w)
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "bevrt_fleet {args:?} failed:\n{so}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    so
+}
+
+#[test]
+fn runs_and_quantization_sweeps_on_ray_match_the_single_commands() {
+    if !ray_ready() {
+        return;
+    }
+    let _one_cluster = ray_lock();
+    let w = scratch("fleet-run");
+    let data = drives(&w.join("drives"), 3, 5);
+    let out = w.join("runs");
+    let so = fleet_cmd(
+        &w,
+        &[
+            "run",
+            "--bundle",
+            &bundle(),
+            "--recordings",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--sinks",
+            "jsonl",
+        ],
+    );
+    eprintln!("{so}");
+    let cells = |p: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p.join("results.jsonl"))
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["cells"].clone())
+            .collect()
+    };
+    for d in 0..3 {
+        let name = format!("drive-{d:02}");
+        let direct = w.join(format!("direct-{d}"));
+        let (ok, _, se) = run(
+            &bin("bevrt"),
+            &[
+                "run",
+                "--bundle",
+                &bundle(),
+                "--source",
+                &format!("replay:{}", data.join(&name).display()),
+                "--out",
+                direct.to_str().unwrap(),
+                "--sinks",
+                "jsonl",
+                "--backend",
+                "cpu-plan",
+            ],
+        );
+        assert!(ok, "{se}");
+        let (a, b) = (cells(&out.join(&name)), cells(&direct));
+        assert_eq!(a.len(), 5, "{name}");
+        assert_eq!(a, b, "{name}: maps through Ray differ from a direct run");
+    }
+    // Two calibration methods side by side, each scored by eval on the same drive.
+    let q = w.join("int8");
+    let so = fleet_cmd(
+        &w,
+        &[
+            "quantize",
+            "--bundle",
+            &bundle(),
+            "--calib-data",
+            data.join("drive-00").to_str().unwrap(),
+            "--eval-data",
+            data.join("drive-01").to_str().unwrap(),
+            "--methods",
+            "minmax,percentile",
+            "--frames",
+            "5",
+            "--out",
+            q.to_str().unwrap(),
+        ],
+    );
+    eprintln!("{so}");
+    let sweep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(q.join("fleet-quantize.json")).unwrap())
+            .unwrap();
+    for m in ["fp32", "minmax", "percentile"] {
+        assert!(so.contains(m), "{so}");
+        let b = if m == "fp32" {
+            PathBuf::from(bundle())
+        } else {
+            q.join(m)
+        };
+        let one = eval_on(&b, &data.join("drive-01"));
+        assert_eq!(sweep["scores"][m]["miou"], one["miou"], "{m}");
+    }
+}
+
+/// `bevrt-tool eval --json` of `bundle` on `data` (cpu-plan, 1 thread, as the driver runs it).
+fn eval_on(bundle: &Path, data: &Path) -> serde_json::Value {
+    let (ok, so, se) = run(
+        &bin("bevrt-tool"),
+        &[
+            "eval",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--backend",
+            "cpu-plan",
+            "--threads",
+            "1",
+            "--json",
+        ],
+    );
+    assert!(ok, "{se}");
+    serde_json::from_str(&so).unwrap()
 }

@@ -9,6 +9,11 @@ Run from the repository root (or with scripts/fleet on PYTHONPATH):
   PYTHONPATH=scripts/fleet python3 -m bevrt_fleet hil --bundle B [--parallel N] [--junit hil.xml]
       [--seed S] [--frames N]
 
+  PYTHONPATH=scripts/fleet python3 -m bevrt_fleet run --bundle B --recordings DIR_OR_GLOB --out DIR
+      [--sinks png,jsonl]                          # bevrt run per recording, DIR/RECORDING each
+  PYTHONPATH=scripts/fleet python3 -m bevrt_fleet quantize --bundle B --calib-data REC --eval-data REC
+      --out DIR [--methods minmax,percentile,entropy]   # INT8 per method, each scored by eval
+
 Each Ray task runs the bevrt-tool binary on one shard (`bevrt-tool eval --shard I/S --partial`),
 so the numbers come from the same code as a single `bevrt-tool eval`; the driver merges the
 shards' integer counts with `bevrt-tool eval merge`, which prints exactly what one eval over all

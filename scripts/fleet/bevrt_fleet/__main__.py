@@ -37,20 +37,26 @@ def count_recordings(data):
 def make_task(ray, max_retries):
     @ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=False)
     def run_part(name, argv, task_log):
-        """One part through bevrt-tool: ARGV with {part} (the JSON it writes) and {work} (a
-        scratch folder) filled in on the worker; returns the part's text and its seconds."""
+        """One part through bevrt's binaries: ARGV (one command, or a list of commands run in
+        order) with {part} (the JSON the last one writes; without it, its standard output is
+        the part) and {work} (a scratch folder) filled in on the worker; returns the part's
+        text and its seconds."""
         if task_log:
             # one file per attempt: the tests kill a worker by this pid and count the attempts
             with open(os.path.join(task_log, f"{name}.{os.getpid()}"), "w") as f:
                 f.write(str(os.getpid()))
         t0 = time.time()
+        commands = argv if isinstance(argv[0], list) else [argv]
         with tempfile.TemporaryDirectory() as tmp:
             part = os.path.join(tmp, "part.json")
-            args = [a.replace("{part}", part).replace("{work}", tmp) for a in argv]
-            r = subprocess.run(args, capture_output=True, text=True)
-            if r.returncode != 0 or not os.path.isfile(part):
-                last = (r.stderr.strip().splitlines() or ["(no message)"])[-1]
-                raise RuntimeError(f"{name}: {os.path.basename(args[0])} failed: {last}")
+            for cmd in commands:
+                args = [a.replace("{part}", part).replace("{work}", tmp) for a in cmd]
+                r = subprocess.run(args, capture_output=True, text=True)
+                if r.returncode != 0:
+                    last = (r.stderr.strip().splitlines() or ["(no message)"])[-1]
+                    raise RuntimeError(f"{name}: {os.path.basename(args[0])} failed: {last}")
+            if "{part}" not in commands[-1]:
+                return r.stdout, time.time() - t0
             with open(part) as f:
                 return f.read(), time.time() - t0
     return run_part
@@ -97,7 +103,7 @@ def run_parts(ray, a, jobs, work):
 def progress(done, total, t0):
     width = 30
     fill = width * done // max(total, 1)
-    sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} shards, "
+    sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} tasks, "
                      f"{time.time() - t0:.1f} s")
     sys.stderr.flush()
 
@@ -186,6 +192,90 @@ def cmd_hil(a):
         sys.exit(f"bevrt_fleet: HIL failed: {r.stderr.strip() or f'{len(failures)} tasks failed'}")
 
 
+def recording_names(data):
+    if os.path.isfile(os.path.join(data, "recording.toml")):
+        return [data]
+    return sorted(os.path.join(data, e) for e in os.listdir(data)
+                  if os.path.isfile(os.path.join(data, e, "recording.toml")))
+
+
+def cmd_run(a):
+    """`bevrt run` on every recording, one task each, one output folder per recording."""
+    import ray
+    tool = tool_path(a)
+    bevrt = os.path.join(os.path.dirname(tool), "bevrt")
+    bundle, out = os.path.abspath(a.bundle), os.path.abspath(a.out)
+    work = tempfile.mkdtemp(prefix="bevrt-fleet-run-")
+    recs = recording_names(recordings_dir(a.recordings, work))
+    if not recs:
+        sys.exit(f"bevrt_fleet: {a.recordings}: no recording (recording.toml)")
+    os.makedirs(out, exist_ok=True)
+    start_ray(ray, a)
+    jobs = {os.path.basename(r): [bevrt, "run", "--bundle", bundle, "--source", f"replay:{r}",
+                                  "--out", os.path.join(out, os.path.basename(r)), "--sinks", a.sinks,
+                                  "--backend", a.backend, "--threads", str(a.threads), "--json"]
+            for r in recs}
+    parts, failures, task_s, wall = run_parts(ray, a, jobs, work)
+    ray.shutdown()
+    reports = {}
+    for p in parts:
+        with open(p) as f:
+            reports[os.path.basename(p)[:-len(".json")]] = json.load(f)
+    print(f"{'recording':<24} {'frames':>7} {'errors':>7} {'fps':>7}  ended by")
+    for name, r in sorted(reports.items()):
+        errors = r["source_errors"] + r["inference_errors"] + r["sink_errors"]
+        print(f"{name:<24} {r['frames_processed']:>7} {errors:>7} {r['fps']:>7.1f}  {r['ended_by']}")
+    for f in failures:
+        print(f"FAILED {f}")
+    total = sum(r["frames_processed"] for r in reports.values())
+    print(f"{len(reports)} of {len(recs)} recordings, {total} frames on {a.parallel} slots in "
+          f"{wall:.1f} s; outputs in {out}/RECORDING")
+    with open(os.path.join(out, "fleet-run.json"), "w") as f:
+        json.dump({"reports": reports, "failed": failures}, f, indent=2)
+    if failures:
+        sys.exit(f"bevrt_fleet: {len(failures)} recordings failed")
+
+
+def cmd_quantize(a):
+    """INT8 calibration methods side by side: one task per method quantizes the bundle and
+    scores the result with eval; a table of the methods' mIoU against the FP32 bundle."""
+    import ray
+    tool = tool_path(a)
+    bundle, out = os.path.abspath(a.bundle), os.path.abspath(a.out)
+    calib, data = os.path.abspath(a.calib_data), os.path.abspath(a.eval_data)
+    methods = a.methods.split(",")
+    os.makedirs(out, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="bevrt-fleet-quantize-")
+    start_ray(ray, a)
+    evaluate = ["--data", data, "--backend", a.backend, "--threads", str(a.threads), "--json"]
+    jobs = {"fp32": [tool, "eval", "--bundle", bundle, *evaluate]}
+    for m in methods:
+        q = os.path.join(out, m)
+        jobs[m] = [[tool, "quantize", "--bundle", bundle, "--calib-data", calib, "--method", m,
+                    "--frames", str(a.frames), "--out", q],
+                   [tool, "eval", "--bundle", q, *evaluate]]
+    parts, failures, task_s, wall = run_parts(ray, a, jobs, work)
+    ray.shutdown()
+    scores = {}
+    for p in parts:
+        with open(p) as f:
+            scores[os.path.basename(p)[:-len(".json")]] = json.load(f)
+    base = scores.get("fp32", {}).get("miou")
+    print(f"{'bundle':<12} {'mIoU %':>8} {'vs FP32':>8} {'frames':>7}")
+    for name in ["fp32", *methods]:
+        if name in scores:
+            s = scores[name]
+            d = f"{s['miou'] - base:+.2f}" if base is not None else "-"
+            print(f"{name:<12} {s['miou']:>8.2f} {d:>8} {s['frames']:>7}")
+    for f in failures:
+        print(f"FAILED {f}")
+    print(f"{len(jobs)} tasks on {a.parallel} slots in {wall:.1f} s; INT8 bundles in {out}/METHOD")
+    with open(os.path.join(out, "fleet-quantize.json"), "w") as f:
+        json.dump({"scores": scores, "failed": failures}, f, indent=2)
+    if failures:
+        sys.exit(f"bevrt_fleet: {len(failures)} tasks failed")
+
+
 def add_common(p):
     p.add_argument("--bundle", required=True)
     p.add_argument("--address", default="local", help="local (start one here), auto, or HOST:PORT")
@@ -216,8 +306,24 @@ def main(argv=None):
     h.add_argument("--seed", type=int, default=1)
     h.add_argument("--frames", type=int, default=60)
     h.add_argument("--junit", default="hil-junit.xml")
+    r = sub.add_parser("run", help="bevrt run on every recording, one output folder each")
+    add_common(r)
+    r.add_argument("--recordings", required=True)
+    r.add_argument("--out", required=True, help="outputs go to OUT/RECORDING")
+    r.add_argument("--sinks", default="png,jsonl")
+    r.add_argument("--backend", default="cpu-plan")
+    r.add_argument("--threads", type=int, default=1)
+    q = sub.add_parser("quantize", help="INT8 calibration methods in parallel, each scored by eval")
+    add_common(q)
+    q.add_argument("--calib-data", required=True, help="calibration recordings (quantize --calib-data)")
+    q.add_argument("--eval-data", required=True, help="held-out recordings with BEV ground truth")
+    q.add_argument("--methods", default="minmax,percentile,entropy")
+    q.add_argument("--frames", type=int, default=200, help="calibration frames")
+    q.add_argument("--out", required=True, help="INT8 bundles go to OUT/METHOD")
+    q.add_argument("--backend", default="cpu-plan")
+    q.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
-    {"eval": cmd_eval, "hil": cmd_hil}[a.cmd](a)
+    {"eval": cmd_eval, "hil": cmd_hil, "run": cmd_run, "quantize": cmd_quantize}[a.cmd](a)
 
 
 if __name__ == "__main__":
