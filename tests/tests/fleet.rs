@@ -134,34 +134,18 @@ fn shards_merge_to_exactly_one_evals_scores() {
 fn fleet(w: &Path, data: &Path, extra: &[&str]) -> (serde_json::Value, String) {
     let out = w.join("merged.json");
     let _ = std::fs::remove_file(&out);
-    let root = workspace_root();
-    let mut py_path = root.join("scripts/fleet").to_string_lossy().into_owned();
-    if let Some(p) = std::env::var_os("PYTHONPATH") {
-        py_path = format!("{py_path}:{}", p.to_string_lossy());
-    }
-    let o = Command::new("python3")
-        .args([
-            "-m",
-            "bevrt_fleet",
-            "eval",
-            "--bundle",
-            &bundle(),
-            "--recordings",
-        ])
-        .arg(data)
-        .args(["--address", "local", "--parallel", "2", "--tool"])
-        .arg(bin("bevrt-tool"))
-        .arg("--out")
-        .arg(&out)
-        .args(extra)
-        .env("PYTHONPATH", py_path)
-        .env("RAY_USAGE_STATS_ENABLED", "0")
-        .current_dir(w)
-        .output()
-        .unwrap();
-    let so = String::from_utf8_lossy(&o.stdout).into_owned();
-    let se = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "bevrt_fleet failed:\n{so}\n{se}");
+    let b = bundle();
+    let mut args = vec![
+        "eval",
+        "--bundle",
+        &b,
+        "--recordings",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let so = fleet_cmd(w, &args);
     let v = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     (v, so)
 }
@@ -258,34 +242,19 @@ fn the_hil_matrix_on_ray_gives_one_junit_report_of_every_scenario() {
     let names: Vec<&str> = so.split_whitespace().collect();
     assert!(names.len() >= 8 && names.contains(&"map_quality"), "{so}");
     let junit = w.join("hil.xml");
-    let root = workspace_root();
-    let mut py_path = root.join("scripts/fleet").to_string_lossy().into_owned();
-    if let Some(p) = std::env::var_os("PYTHONPATH") {
-        py_path = format!("{py_path}:{}", p.to_string_lossy());
-    }
-    let o = Command::new("python3")
-        .args([
-            "-m",
-            "bevrt_fleet",
+    let so = fleet_cmd(
+        &w,
+        &[
             "hil",
             "--bundle",
             &bundle(),
             "--frames",
             "30",
-        ])
-        .args(["--address", "local", "--parallel", "2", "--tool"])
-        .arg(&tool)
-        .arg("--junit")
-        .arg(&junit)
-        .env("PYTHONPATH", py_path)
-        .env("RAY_USAGE_STATS_ENABLED", "0")
-        .current_dir(&w)
-        .output()
-        .unwrap();
-    let so = String::from_utf8_lossy(&o.stdout);
-    let se = String::from_utf8_lossy(&o.stderr);
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+    );
     eprintln!("{so}");
-    assert!(o.status.success(), "HIL on Ray failed:\n{so}\n{se}");
     let x = std::fs::read_to_string(&junit).unwrap();
     assert!(
         x.contains(&format!("tests=\"{}\" failures=\"0\"", names.len())),

@@ -192,6 +192,15 @@ def cmd_hil(a):
         sys.exit(f"bevrt_fleet: HIL failed: {r.stderr.strip() or f'{len(failures)} tasks failed'}")
 
 
+def read_parts(parts):
+    """{name: JSON} of the part files (named NAME.json)."""
+    out = {}
+    for p in parts:
+        with open(p) as f:
+            out[os.path.basename(p)[:-len(".json")]] = json.load(f)
+    return out
+
+
 def recording_names(data):
     if os.path.isfile(os.path.join(data, "recording.toml")):
         return [data]
@@ -217,10 +226,7 @@ def cmd_run(a):
             for r in recs}
     parts, failures, task_s, wall = run_parts(ray, a, jobs, work)
     ray.shutdown()
-    reports = {}
-    for p in parts:
-        with open(p) as f:
-            reports[os.path.basename(p)[:-len(".json")]] = json.load(f)
+    reports = read_parts(parts)
     print(f"{'recording':<24} {'frames':>7} {'errors':>7} {'fps':>7}  ended by")
     for name, r in sorted(reports.items()):
         errors = r["source_errors"] + r["inference_errors"] + r["sink_errors"]
@@ -256,10 +262,7 @@ def cmd_quantize(a):
                    [tool, "eval", "--bundle", q, *evaluate]]
     parts, failures, task_s, wall = run_parts(ray, a, jobs, work)
     ray.shutdown()
-    scores = {}
-    for p in parts:
-        with open(p) as f:
-            scores[os.path.basename(p)[:-len(".json")]] = json.load(f)
+    scores = read_parts(parts)
     base = scores.get("fp32", {}).get("miou")
     print(f"{'bundle':<12} {'mIoU %':>8} {'vs FP32':>8} {'frames':>7}")
     for name in ["fp32", *methods]:
