@@ -346,6 +346,24 @@ fn runs_and_quantization_sweeps_on_ray_match_the_single_commands() {
     let _one_cluster = ray_lock();
     let w = scratch("fleet-run");
     let data = drives(&w.join("drives"), 3, 5);
+    // and a ROS 2 bag among the recordings
+    let bag = data.join("drive-bag.mcap");
+    let (ok, _, se) = run(
+        &bin("bevrt-tool"),
+        &[
+            "sim",
+            "record",
+            "--seed",
+            "7",
+            "--frames",
+            "5",
+            "--format",
+            "mcap",
+            "--out",
+            bag.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{se}");
     let out = w.join("runs");
     let so = fleet_cmd(
         &w,
@@ -369,8 +387,16 @@ fn runs_and_quantization_sweeps_on_ray_match_the_single_commands() {
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["cells"].clone())
             .collect()
     };
-    for d in 0..3 {
-        let name = format!("drive-{d:02}");
+    for d in 0..4 {
+        // three recordings, then the bag
+        let (name, source) = match d {
+            3 => ("drive-bag".to_string(), format!("mcap:{}", bag.display())),
+            _ => {
+                let n = format!("drive-{d:02}");
+                let s = format!("replay:{}", data.join(&n).display());
+                (n, s)
+            }
+        };
         let direct = w.join(format!("direct-{d}"));
         let (ok, _, se) = run(
             &bin("bevrt"),
@@ -379,7 +405,7 @@ fn runs_and_quantization_sweeps_on_ray_match_the_single_commands() {
                 "--bundle",
                 &bundle(),
                 "--source",
-                &format!("replay:{}", data.join(&name).display()),
+                &source,
                 "--out",
                 direct.to_str().unwrap(),
                 "--sinks",

@@ -201,29 +201,42 @@ def read_parts(parts):
     return out
 
 
-def recording_names(data):
-    if os.path.isfile(os.path.join(data, "recording.toml")):
-        return [data]
-    return sorted(os.path.join(data, e) for e in os.listdir(data)
-                  if os.path.isfile(os.path.join(data, e, "recording.toml")))
+def run_inputs(spec):
+    """What `run` plays: recordings (folders with recording.toml) and ROS 2 bags (*.mcap), from
+    a folder of them, one of them, or a glob; {name: source spec}."""
+    spec = os.path.abspath(spec)
+    if glob.has_magic(spec):
+        paths = sorted(glob.glob(spec))
+    elif os.path.isdir(spec) and not os.path.isfile(os.path.join(spec, "recording.toml")):
+        paths = sorted(os.path.join(spec, e) for e in os.listdir(spec))
+    else:
+        paths = [spec]
+    inputs = {}
+    for p in paths:
+        name = os.path.basename(p.rstrip("/"))
+        if os.path.isfile(os.path.join(p, "recording.toml")):
+            inputs[name] = f"replay:{p}"
+        elif p.endswith(".mcap") and os.path.isfile(p):
+            inputs[name[:-len(".mcap")]] = f"mcap:{p}"
+    return inputs
 
 
 def cmd_run(a):
-    """`bevrt run` on every recording, one task each, one output folder per recording."""
+    """`bevrt run` on every recording or bag, one task each, one output folder per input."""
     import ray
     tool = tool_path(a)
     bevrt = os.path.join(os.path.dirname(tool), "bevrt")
     bundle, out = os.path.abspath(a.bundle), os.path.abspath(a.out)
     work = tempfile.mkdtemp(prefix="bevrt-fleet-run-")
-    recs = recording_names(recordings_dir(a.recordings, work))
-    if not recs:
-        sys.exit(f"bevrt_fleet: {a.recordings}: no recording (recording.toml)")
+    inputs = run_inputs(a.recordings)
+    if not inputs:
+        sys.exit(f"bevrt_fleet: {a.recordings}: no recording (recording.toml) or bag (.mcap)")
     os.makedirs(out, exist_ok=True)
     start_ray(ray, a)
-    jobs = {os.path.basename(r): [bevrt, "run", "--bundle", bundle, "--source", f"replay:{r}",
-                                  "--out", os.path.join(out, os.path.basename(r)), "--sinks", a.sinks,
-                                  "--backend", a.backend, "--threads", str(a.threads), "--json"]
-            for r in recs}
+    jobs = {name: [bevrt, "run", "--bundle", bundle, "--source", src,
+                    "--out", os.path.join(out, name), "--sinks", a.sinks,
+                    "--backend", a.backend, "--threads", str(a.threads), "--json"]
+            for name, src in inputs.items()}
     parts, failures, task_s, wall = run_parts(ray, a, jobs, work)
     ray.shutdown()
     reports = read_parts(parts)
@@ -234,7 +247,7 @@ def cmd_run(a):
     for f in failures:
         print(f"FAILED {f}")
     total = sum(r["frames_processed"] for r in reports.values())
-    print(f"{len(reports)} of {len(recs)} recordings, {total} frames on {a.parallel} slots in "
+    print(f"{len(reports)} of {len(inputs)} recordings, {total} frames on {a.parallel} slots in "
           f"{wall:.1f} s; outputs in {out}/RECORDING")
     with open(os.path.join(out, "fleet-run.json"), "w") as f:
         json.dump({"reports": reports, "failed": failures}, f, indent=2)
@@ -311,7 +324,8 @@ def main(argv=None):
     h.add_argument("--junit", default="hil-junit.xml")
     r = sub.add_parser("run", help="bevrt run on every recording, one output folder each")
     add_common(r)
-    r.add_argument("--recordings", required=True)
+    r.add_argument("--recordings", required=True,
+                   help="recordings and ROS 2 bags (*.mcap): a folder of them, one, or a glob")
     r.add_argument("--out", required=True, help="outputs go to OUT/RECORDING")
     r.add_argument("--sinks", default="png,jsonl")
     r.add_argument("--backend", default="cpu-plan")
