@@ -14,8 +14,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Whether this machine can run these tests; panics when CI requires them and it cannot.
+/// Whether this machine can run these tests (probed once: the tests run in parallel threads
+/// and would share the probe's scratch folder); panics when CI requires them and it cannot.
 fn gst_ready() -> bool {
+    static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *READY.get_or_init(probe_gst)
+}
+
+fn probe_gst() -> bool {
     let tools = Command::new("gst-launch-1.0")
         .arg("--version")
         .output()
