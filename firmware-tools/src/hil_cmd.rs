@@ -208,17 +208,39 @@ fn seqs(results: &Path) -> Vec<u64> {
 /// One fault scenario: judged on what `bevrt` reported and wrote; `(passed, detail)`.
 type Scenario = fn(&HilCtx) -> Result<(bool, String)>;
 
+/// A row of the fault matrix.
+struct ScenarioSpec {
+    name: &'static str,
+    run: Scenario,
+    /// BEV bundles only.
+    bev_only: bool,
+    /// A scenario whose outputs this one reads: run first (unreported) when not chosen too.
+    needs: Option<&'static str>,
+}
+
+const fn row(name: &'static str, run: Scenario) -> ScenarioSpec {
+    ScenarioSpec {
+        name,
+        run,
+        bev_only: false,
+        needs: None,
+    }
+}
+
 /// The fault matrix, in the order it runs (the module comment says what each one checks).
-/// `true`: BEV bundles only.
-const SCENARIOS: &[(&str, Scenario, bool)] = &[
-    ("baseline", baseline, false),
-    ("map_quality", map_quality, true),
-    ("dropped_frames", dropped_frames, false),
-    ("corrupt_frames", corrupt_frames, false),
-    ("stalled_camera", stalled_camera, false),
-    ("slow_sink", slow_sink, false),
-    ("camera_lost", camera_lost, false),
-    ("bundle_replaced", bundle_replaced, false),
+const SCENARIOS: &[ScenarioSpec] = &[
+    row("baseline", baseline),
+    ScenarioSpec {
+        bev_only: true,
+        needs: Some("baseline"), // scores the baseline run's maps
+        ..row("map_quality", map_quality)
+    },
+    row("dropped_frames", dropped_frames),
+    row("corrupt_frames", corrupt_frames),
+    row("stalled_camera", stalled_camera),
+    row("slow_sink", slow_sink),
+    row("camera_lost", camera_lost),
+    row("bundle_replaced", bundle_replaced),
 ];
 
 /// What every scenario works from: the arguments, the binary, the bundle and the base
@@ -255,28 +277,30 @@ pub fn hil(a: &HilArgs) -> Result<()> {
     let bundle = bevrt_models::Bundle::load(a.bundle())?;
     let chosen = chosen_scenarios(a, &bundle)?;
     if a.list {
-        for (name, _) in &chosen {
-            println!("{name}");
+        for s in &chosen {
+            println!("{}", s.name);
         }
         return Ok(());
     }
     let x = prepare(a, bundle)?;
     let mut outcomes: Vec<Outcome> = vec![];
-    // map_quality scores the baseline run's maps: run it first when it was not chosen.
-    if chosen.iter().any(|(n, _)| *n == "map_quality")
-        && !chosen.iter().any(|(n, _)| *n == "baseline")
-    {
-        let _ = baseline(&x);
+    for s in &chosen {
+        if let Some(need) = s.needs
+            && !chosen.iter().any(|c| c.name == need)
+            && let Some(pre) = SCENARIOS.iter().find(|p| p.name == need)
+        {
+            let _ = (pre.run)(&x); // its failure shows in the scenario that reads it
+        }
     }
-    for (name, scenario) in chosen {
+    for s in chosen {
         let t = Instant::now();
-        let (failure, detail) = match scenario(&x) {
+        let (failure, detail) = match (s.run)(&x) {
             Ok((true, d)) => (None, d),
             Ok((false, d)) => (Some(d.clone()), d),
             Err(e) => (Some(format!("{e:#}")), format!("{e:#}")),
         };
         outcomes.push(Outcome {
-            name: name.to_string(),
+            name: s.name.to_string(),
             seconds: t.elapsed().as_secs_f64(),
             failure,
             detail,
@@ -310,16 +334,12 @@ impl HilArgs {
 fn chosen_scenarios(
     a: &HilArgs,
     bundle: &bevrt_models::Bundle,
-) -> Result<Vec<(&'static str, Scenario)>> {
+) -> Result<Vec<&'static ScenarioSpec>> {
     let is_bev = bundle.manifest.task == bevrt_models::Task::Bev;
-    let all: Vec<(&'static str, Scenario)> = SCENARIOS
-        .iter()
-        .filter(|(_, _, bev_only)| is_bev || !bev_only)
-        .map(|&(n, s, _)| (n, s))
-        .collect();
+    let all: Vec<&ScenarioSpec> = SCENARIOS.iter().filter(|s| is_bev || !s.bev_only).collect();
     for want in &a.scenarios {
-        if !all.iter().any(|(n, _)| n == want) {
-            let names: Vec<&str> = all.iter().map(|(n, _)| *n).collect();
+        if !all.iter().any(|s| s.name == want) {
+            let names: Vec<&str> = all.iter().map(|s| s.name).collect();
             bail!(
                 "--scenarios: no scenario '{want}' for this bundle (it gets: {})",
                 names.join(", ")
@@ -328,7 +348,7 @@ fn chosen_scenarios(
     }
     Ok(all
         .into_iter()
-        .filter(|(n, _)| a.scenarios.is_empty() || a.scenarios.iter().any(|w| w == n))
+        .filter(|s| a.scenarios.is_empty() || a.scenarios.iter().any(|w| w == s.name))
         .collect())
 }
 
@@ -368,7 +388,7 @@ fn merge(parts: &[PathBuf], junit: &Path) -> Result<()> {
     let order = |n: &str| {
         SCENARIOS
             .iter()
-            .position(|s| s.0 == n)
+            .position(|s| s.name == n)
             .unwrap_or(usize::MAX)
     };
     outcomes.sort_by_key(|o| order(&o.name));

@@ -71,7 +71,9 @@ impl CaptureStage {
     fn capture_one(&mut self, mut frame: Box<Frame>, is_live: bool) -> Captured {
         let c = &self.live.counters;
         let pools = &self.pools;
+        // what only some sources set, cleared for the others
         frame.camera_pose = None;
+        frame.stamped_monotonic = false;
         let r = std::panic::catch_unwind(AssertUnwindSafe(|| self.source.next_frame(&mut frame)));
         let link = self.source.link();
         c.camera_lost.store(link.lost, Ordering::Relaxed);
