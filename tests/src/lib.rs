@@ -54,14 +54,56 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A fresh, empty scratch directory under the target dir.
-pub fn scratch(name: &str) -> PathBuf {
+/// A fresh, empty scratch directory under the target dir, removed when the test that made it
+/// passes (a failing test's files stay for inspection). Some tests write gigabytes (AFV
+/// features are 1797 x 134k floats); kept, they filled CI's disk.
+pub fn scratch(name: &str) -> Scratch {
     let d = workspace_root()
         .join("target/test-scratch")
         .join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("create scratch dir");
-    d
+    Scratch(d)
+}
+
+/// A scratch directory (see [`scratch`]); derefs to its path.
+#[derive(Debug)]
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// The path, never removed: for a helper whose result lives in the directory after the
+    /// helper returns (small files only).
+    pub fn keep(self) -> PathBuf {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.0.clone()
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// Path of a workspace binary (`bevrt`, `bevrt-tool`) built in the same profile as the

@@ -19,7 +19,7 @@ fn assert_clean_failure(args: &[&str], must_contain: &[&str]) {
 
 fn bundle(name: &str) -> Option<std::path::PathBuf> {
     let shared = shared_dir()?;
-    let dir = scratch(name);
+    let dir = scratch(name).keep();
     Some(classifier_bundle(
         &shared,
         "ch_ppocr_mobile_v2.0_cls_infer.onnx",

@@ -257,7 +257,7 @@ fn the_cli_refuses_hostile_models_within_a_memory_bound() {
     let d = scratch("hostile-cli");
     let tool = bin("bevrt-tool");
     let mut cases: Vec<(PathBuf, &str)> = hostile_files(&d);
-    cases.push((d.clone(), "is a directory, expected an ONNX file"));
+    cases.push((d.to_path_buf(), "is a directory, expected an ONNX file"));
     for (p, must) in cases {
         let out_dir = d.join("bundle-out");
         let script = format!(

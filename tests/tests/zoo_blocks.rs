@@ -131,7 +131,7 @@ fn write_model(name: &str, nodes: Vec<pb::NodeProto>, w: Weights, x: &[i64], y: 
         }),
         ..Default::default()
     };
-    let dir = scratch(&format!("zoo_blocks_{name}"));
+    let dir = scratch(&format!("zoo_blocks_{name}")).keep();
     let p = dir.join(format!("{name}.onnx"));
     std::fs::write(&p, m.encode_to_vec()).unwrap();
     p
