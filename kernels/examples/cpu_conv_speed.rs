@@ -48,6 +48,52 @@ const LAYERS: &[Layer] = &[
     ("dw 3x3 s1 64 48x48 int8", 64, 48, 48, 64, 3, 1, 64, true),
     ("dw 5x5 s2 96 12x48 int8", 96, 12, 48, 96, 5, 2, 96, true),
     ("dw 5x5 s2 96 12x48", 96, 12, 48, 96, 5, 2, 96, false),
+    // ResNet-50's bottleneck layers (ONNX Runtime's QDQ quantization of it runs these in INT8)
+    ("res2 3x3 64->64 56x56 int8", 64, 56, 56, 64, 3, 1, 1, true),
+    (
+        "res2 1x1 256->64 56x56 int8",
+        256,
+        56,
+        56,
+        64,
+        1,
+        1,
+        1,
+        true,
+    ),
+    (
+        "res2 1x1 64->256 56x56 int8",
+        64,
+        56,
+        56,
+        256,
+        1,
+        1,
+        1,
+        true,
+    ),
+    (
+        "res4 3x3 256->256 14x14 int8",
+        256,
+        14,
+        14,
+        256,
+        3,
+        1,
+        1,
+        true,
+    ),
+    (
+        "res4 1x1 1024->256 14x14 int8",
+        1024,
+        14,
+        14,
+        256,
+        1,
+        1,
+        1,
+        true,
+    ),
 ];
 
 #[allow(clippy::too_many_arguments)]
@@ -88,6 +134,18 @@ fn plan_for(
         out_mode: out_mode::F32,
         ..Default::default()
     };
+    // INT8 layers write INT8, as in a QDQ graph (the requantizing epilogue)
+    let p = if int8 {
+        ConvParams {
+            out_mode: out_mode::I8,
+            out_scale: 0.05,
+            out_zp: -128,
+            in_zp: -3,
+            ..p
+        }
+    } else {
+        p
+    };
     let mut plan = KernelPlan::default();
     let desc = |shape: Vec<usize>, dtype, quant| TensorDesc {
         name: "t".into(),
@@ -102,7 +160,11 @@ fn plan_for(
         if int8 { DType::I8 } else { DType::F32 },
         int8.then_some((0.1, 0)),
     ));
-    let y = plan.add_tensor(desc(vec![1, k, oh, ow], DType::F32, None));
+    let y = plan.add_tensor(if int8 {
+        desc(vec![1, k, oh, ow], DType::I8, Some((0.05, -128)))
+    } else {
+        desc(vec![1, k, oh, ow], DType::F32, None)
+    });
     let bias = plan.add_const(ConstData::F32(vec![0.1; k]));
     let op = if int8 {
         let weights = plan.add_const(ConstData::I8(vec![3; k * kpad]));

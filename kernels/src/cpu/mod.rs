@@ -495,6 +495,15 @@ fn prepare_conv(plan: &KernelPlan, s: &Step, isa: Isa) -> Result<(Kernel, f64), 
     let int8 = matches!(kernel, ConvKernel::GemmI8 | ConvKernel::DirectI8);
     conv::check(p, int8)?;
     want(0, if int8 { DType::I8 } else { DType::F32 }, "convolution")?;
+    // the epilogue writes what out_mode says: the output tensor must be sized for it
+    let out_i8 = plan.tensors[s.output].dtype == DType::I8;
+    if out_i8 != (p.out_mode == crate::params::out_mode::I8) {
+        return Err(format!(
+            "convolution writes {} into a {:?} tensor",
+            if out_i8 { "f32" } else { "int8" },
+            plan.tensors[s.output].dtype
+        ));
+    }
     let bias = const_f32(&plan.consts[*bias]);
     let ops = p.ops();
     let direct = matches!(kernel, ConvKernel::DirectI8 | ConvKernel::DirectF16);

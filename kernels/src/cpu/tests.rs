@@ -502,3 +502,46 @@ fn grouped_convolutions_run_as_gemms_per_group_where_they_can() {
     }
     assert!(grouped >= 6, "{grouped} grouped GEMM runs");
 }
+
+/// The epilogue's vectorisable requantization equals the twin's on ties, saturation, the
+/// edges of its rounding trick (|y / s| around 2^22 and 2^23), infinities and NaN.
+#[test]
+fn epilogue_requantization_equals_the_twin() {
+    let mut ys = vec![
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        f32::MAX,
+        f32::MIN,
+    ];
+    for k in -300..300 {
+        ys.push(k as f32 * 0.5); // every tie in and around the int8 range
+        ys.push(k as f32 * 0.5 + 1e-3);
+    }
+    for e in [21, 22, 23, 24, 30] {
+        let big = (1u64 << e) as f32;
+        for d in [-1.5, -0.5, 0.0, 0.5, 1.5] {
+            ys.push(big + d);
+            ys.push(-big + d);
+        }
+    }
+    let mut s = 1u32;
+    for _ in 0..10_000 {
+        s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+        ys.push((s as i32) as f32 / (1u64 << 24) as f32);
+    }
+    for scale in [1.0f32, 0.5, 0.0173, 3.0e-5] {
+        for zp in [-128, -7, 0, 37, 127] {
+            for &y in &ys {
+                let y = y * scale; // ties stay ties after the division
+                assert_eq!(
+                    conv::quantize_i8(y, scale, zp),
+                    crate::reference::quantize_i8(y, scale, zp),
+                    "y {y} scale {scale} zp {zp}"
+                );
+            }
+        }
+    }
+}
