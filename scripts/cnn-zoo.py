@@ -11,6 +11,11 @@ with ONNX's version converter. The final Softmax is left out (the file ends at t
 The graphs are nobody's here: bevrt was not tuned to them.
 
   scripts/cnn-zoo.py OUT_DIR [NAME...]     (default: all nine)
+
+NAME_qdq (e.g. squeezenet_qdq) is NAME quantized by ONNX Runtime's own tool, as a user would
+(needs onnxruntime): `quant_pre_process`, then `quantize_static` in the QDQ format, uint8
+activations and per-channel int8 weights, calibrated on 8 seeded noise images. Beside it,
+NAME_qdq.in.npy (one seeded input) and NAME_qdq.ort.npy (ONNX Runtime's output for it, CPU).
 """
 import os
 import sys
@@ -84,6 +89,37 @@ def materialize(model, seed):
     return model
 
 
+def quantize_with_onnxruntime(fp32_path, out, name):
+    from onnxruntime import InferenceSession
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    m = onnx.load(fp32_path)
+    inp = m.graph.input[0]
+    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    rng = np.random.default_rng(7)
+    batches = [rng.standard_normal(shape).astype(np.float32) for _ in range(8)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter({inp.name: b} for b in batches)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    pre = os.path.join(out, f"{name}.pre.onnx")
+    path = os.path.join(out, f"{name}.onnx")
+    quant_pre_process(fp32_path, pre)
+    quantize_static(pre, path, Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    os.remove(pre)
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {inp.name: x})[0]
+    np.save(os.path.join(out, f"{name}.in.npy"), x)
+    np.save(os.path.join(out, f"{name}.ort.npy"), y.astype(np.float32))
+    return path, inp.name, shape
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
@@ -91,6 +127,13 @@ def main():
     os.makedirs(out, exist_ok=True)
     names = sys.argv[2:] or sorted(f[len("light_"):-5] for f in os.listdir(LIGHT) if f.endswith(".onnx"))
     for i, name in enumerate(names):
+        if name.endswith("_qdq"):
+            fp32 = os.path.join(out, f"{name[:-4]}.onnx")
+            if not os.path.exists(fp32):
+                sys.exit(f"{name}: make {fp32} first (list {name[:-4]} before it)")
+            path, inp, dims = quantize_with_onnxruntime(fp32, out, name)
+            print(f"{path}\t{inp}\t{'x'.join(map(str, dims))}\t{os.path.getsize(path) / 1e6:.1f} MB")
+            continue
         m = onnx.load(os.path.join(LIGHT, f"light_{name}.onnx"))
         m = materialize(m, seed=1000 + i)
         m.ir_version = 7  # initializers need not be listed as inputs (IR >= 4)

@@ -67,6 +67,17 @@ for m in resnet50 densenet121 shufflenet squeezenet inception_v2; do
     --model "$ZOO/$m.onnx" --input 224x224:RGB --mean 0.45 --std 0.225 --out "$WORK/zoo-$m" >/dev/null
   ROWS+=("zoo $m|$WORK/zoo-$m|")
 done
+# Two of them as ONNX Runtime's own quantizer writes them (QDQ, uint8 activations, per-channel
+# int8 weights), against our FP32 run of the same network
+for m in squeezenet resnet50; do
+  [ -f "$ZOO/$m.onnx" ] || continue
+  if [ ! -f "$ZOO/${m}_qdq.onnx" ]; then
+    python3 scripts/cnn-zoo.py "$ZOO" "${m}_qdq" >/dev/null 2>&1 || continue
+  fi
+  [ -f "$WORK/zoo-$m-qdq/bundle.toml" ] || RUST_LOG=warn $TOOL bundle init --task features \
+    --model "$ZOO/${m}_qdq.onnx" --input 224x224:RGB --mean 0.45 --std 0.225 --out "$WORK/zoo-$m-qdq" >/dev/null
+  ROWS+=("zoo $m INT8 QDQ (ORT)|$WORK/zoo-$m-qdq|$WORK/zoo-$m")
+done
 
 printf "%-22s %7s %-34s %12s %12s %12s %10s %12s\n" model threads "bevrt engine" "inference ms" "networks ms" "ORT ms" "ratio" "vs baseline"
 for row in "${ROWS[@]}"; do

@@ -112,6 +112,30 @@ extern "C" __global__ void pool_f16(PoolParams p, const half_bits* __restrict__ 
     y[i] = f2h(acc);
 }
 
+// Max pooling of int8 codes (the twin: reference::pool_max_i8): quantization is monotone, so
+// the max of the codes is the code of the max and a QDQ graph's MaxPool needs no float.
+extern "C" __global__ void pool_max_i8(PoolParams p, const signed char* __restrict__ x,
+                                       signed char* __restrict__ y) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int plane = p.oh * p.ow;
+    if (i >= p.n * p.c * plane) return;
+    int nc = i / plane, pix = i % plane;
+    int oy = pix / p.ow, ox = pix % p.ow;
+    const signed char* xp = x + (size_t)nc * p.h * p.w;
+    int acc = -128;
+    for (int ry = 0; ry < p.kh; ++ry) {
+        int iy = oy * p.stride_h - p.pad_h + ry;
+        if (iy < 0 || iy >= p.h) continue;
+        for (int sx = 0; sx < p.kw; ++sx) {
+            int ix = ox * p.stride_w - p.pad_w + sx;
+            if (ix < 0 || ix >= p.w) continue;
+            int v = xp[iy * p.w + ix];
+            acc = v > acc ? v : acc;
+        }
+    }
+    y[i] = (signed char)acc;
+}
+
 struct ResizeParams {
     int n, c, h, w, oh, ow;
     int mode;          // 0 nearest, 1 linear

@@ -2,7 +2,7 @@
 //! peak: `cargo run --release -p bevrt-kernels --example cpu_conv_speed [threads]`.
 
 use bevrt_kernels::cpu::{CpuPlan, isa::Isa, peak, pool};
-use bevrt_kernels::params::{ConvParams, act, out_mode};
+use bevrt_kernels::params::{ConvParams, PoolParams, act, out_mode};
 use bevrt_kernels::plan::{ConstData, ConvKernel, DType, KernelPlan, Op, Step, TensorDesc};
 use std::time::Instant;
 
@@ -256,5 +256,83 @@ fn main() {
             if int8 { "OP" } else { "FLOP" },
             100.0 * g / peak
         );
+    }
+    pools(&pool, only.as_deref());
+}
+
+/// Max pools (bandwidth-bound: GB/s of input read and output written), FP32 and on INT8
+/// codes, through the engine as one-step plans.
+fn pools(pool: &std::sync::Arc<pool::WorkerPool>, only: Option<&str>) {
+    // (name, c, h, w, k, stride, pad)
+    let cases = [
+        ("SqueezeNet max 3x3 s2 96x109x109", 96, 109, 109, 3, 2, 0),
+        ("ResNet max 3x3 s2 p1 64x112x112", 64, 112, 112, 3, 2, 1),
+    ];
+    for (name, c, h, w, k, st, pad) in cases {
+        for int8 in [false, true] {
+            let label = format!("{name}{}", if int8 { " int8" } else { "" });
+            if only.is_some_and(|f| !label.contains(f)) {
+                continue;
+            }
+            let (oh, ow) = ((h + 2 * pad - k) / st + 1, (w + 2 * pad - k) / st + 1);
+            let p = PoolParams {
+                n: 1,
+                c: c as i32,
+                h: h as i32,
+                w: w as i32,
+                oh: oh as i32,
+                ow: ow as i32,
+                kh: k as i32,
+                kw: k as i32,
+                stride_h: st as i32,
+                stride_w: st as i32,
+                pad_h: pad as i32,
+                pad_w: pad as i32,
+                mode: 0,
+                count_include_pad: 0,
+            };
+            let (dtype, quant) = if int8 {
+                (DType::I8, Some((0.1, 0)))
+            } else {
+                (DType::F32, None)
+            };
+            let mut plan = KernelPlan::default();
+            let desc = |shape: Vec<usize>| TensorDesc {
+                name: "t".into(),
+                shape,
+                dtype,
+                quant,
+                view_of: None,
+                view_offset: 0,
+            };
+            let x = plan.add_tensor(desc(vec![1, c, h, w]));
+            let y = plan.add_tensor(desc(vec![1, c, oh, ow]));
+            plan.steps.push(Step {
+                name: "pool".into(),
+                op: Op::Pool(p),
+                inputs: vec![x],
+                const_inputs: vec![],
+                output: y,
+            });
+            plan.inputs = vec![x];
+            plan.outputs = vec![y];
+            plan.allocate();
+            let mut e = CpuPlan::load(plan, pool.clone(), Isa::detect()).expect("loads");
+            for _ in 0..5 {
+                e.run();
+            }
+            let n = 50;
+            let t0 = Instant::now();
+            for _ in 0..n {
+                e.run();
+            }
+            let s = t0.elapsed().as_secs_f64() / n as f64;
+            let bytes = (c * (h * w + oh * ow) * if int8 { 1 } else { 4 }) as f64;
+            println!(
+                "{label:<40} {:>8.3} ms {:>8.1} GB/s",
+                s * 1e3,
+                bytes / s / 1e9
+            );
+        }
     }
 }

@@ -71,9 +71,8 @@ pub enum Int8Gemm {
 /// The storage a kernel reads its (tensor) inputs in.
 pub fn kernel_input_dtype(kernel: &str) -> DType {
     match kernel {
-        "conv_i8_imma" | "conv_i8_dp4a" | "conv_direct_i8" | "dequantize_f16" | "transpose_b8" => {
-            DType::I8
-        }
+        "conv_i8_imma" | "conv_i8_dp4a" | "conv_direct_i8" | "dequantize_f16" | "transpose_b8"
+        | "pool_max_i8" => DType::I8,
         "conv_direct_f32" | "unary_f32" | "binary_f32" | "quantize_f32" | "cast_f32_f16"
         | "transpose_b32" => DType::F32,
         _ => DType::F16,

@@ -161,6 +161,7 @@ impl Op {
             Op::Unary { .. } => "unary_f16",
             Op::Binary(_) if output == DType::F32 => "binary_f32",
             Op::Binary(_) => "binary_f16",
+            Op::Pool(_) if inputs.first() == Some(&DType::I8) => "pool_max_i8",
             Op::Pool(_) => "pool_f16",
             Op::Resize(_) => "resize_f16",
             Op::Softmax { .. } => "softmax_f16",

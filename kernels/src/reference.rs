@@ -253,6 +253,36 @@ pub fn pool_into(p: &PoolParams, x: &[f32], out: &mut [f32]) {
     }
 }
 
+/// Max pooling of int8 codes (`pool_max_i8`): a max of codes is the code of the max, since
+/// quantization is monotone, so a QDQ graph's `DequantizeLinear → MaxPool → QuantizeLinear`
+/// with one scale runs on the codes alone. Padding taps are skipped (a window with no tap
+/// inside the image, which ONNX shapes never produce, gives -128).
+pub fn pool_max_i8(p: &PoolParams, x: &[i8]) -> Vec<i8> {
+    let plane = (p.oh * p.ow) as usize;
+    let (h, w) = (p.h as usize, p.w as usize);
+    (0..(p.n * p.c) as usize * plane)
+        .map(|i| {
+            let (nc, pix) = (i / plane, i % plane);
+            let (oy, ox) = ((pix / p.ow as usize) as i32, (pix % p.ow as usize) as i32);
+            let xp = &x[nc * h * w..][..h * w];
+            let mut acc = i8::MIN;
+            for ry in 0..p.kh {
+                let iy = oy * p.stride_h - p.pad_h + ry;
+                if iy < 0 || iy >= p.h {
+                    continue;
+                }
+                for sx in 0..p.kw {
+                    let ix = ox * p.stride_w - p.pad_w + sx;
+                    if ix >= 0 && ix < p.w {
+                        acc = acc.max(xp[iy as usize * w + ix as usize]);
+                    }
+                }
+            }
+            acc
+        })
+        .collect()
+}
+
 pub(crate) fn src_coord(o: i32, inn: i32, out: i32, scale: f32, coord: i32) -> f32 {
     match coord {
         0 => (o as f32 + 0.5) / scale - 0.5,
@@ -530,6 +560,13 @@ pub fn run_step(plan: &KernelPlan, step: &Step, arena: &mut [u8]) {
             let a = operand(plan, arena, step, 0);
             let b = operand(plan, arena, step, 1);
             write_float(plan, arena, out, &binary(p, &a, &b));
+        }
+        Op::Pool(p) if plan.tensors[step.inputs[0]].dtype == DType::I8 => {
+            let y = pool_max_i8(p, &read_i8(plan, arena, step.inputs[0]));
+            let dst = &mut arena[plan.offsets[out]..][..y.len()];
+            for (o, v) in dst.iter_mut().zip(&y) {
+                *o = *v as u8;
+            }
         }
         Op::Pool(p) => {
             let y = pool(p, &read_float(plan, arena, step.inputs[0]));

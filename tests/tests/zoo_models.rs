@@ -73,3 +73,91 @@ fn zoo_cnns_lower_whole_and_match_tract() {
         }
     }
 }
+
+/// SqueezeNet as ONNX Runtime's own quantizer writes it (QDQ, uint8 activations, per-channel
+/// int8 weights; `scripts/cnn-zoo.py squeezenet_qdq`): it lowers whole with every convolution
+/// in INT8, its max pools run on the int8 codes (the Q/DQ pair around each removed), the CPU
+/// engine equals the twins, and its logits stay within one output code of ONNX Runtime's own
+/// output for the same input.
+#[test]
+fn onnxruntime_quantized_squeezenet_runs_int8_on_the_plan() {
+    let dir = workspace_root().join("target/cnn-zoo");
+    let path = dir.join("squeezenet_qdq.onnx");
+    if !path.exists() {
+        assert!(
+            std::env::var_os("BEVRT_REQUIRE_ZOO").is_none(),
+            "BEVRT_REQUIRE_ZOO is set and {} is missing",
+            path.display()
+        );
+        eprintln!("skipped: no {} (run scripts/cnn-zoo.py)", path.display());
+        return;
+    }
+    let plan = lower_onnx(&path, &[], &LowerOptions { float: DType::F32 })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let reads_i8 = |s: &bevrt_kernels::plan::Step| plan.tensors[s.inputs[0]].dtype == DType::I8;
+    let convs = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s.op, Op::Conv { .. }))
+        .collect::<Vec<_>>();
+    assert!(
+        convs.len() == 26 && convs.iter().all(|s| reads_i8(s)),
+        "{} convolutions, not all INT8",
+        convs.len()
+    );
+    let max_pools = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(&s.op, Op::Pool(p) if p.mode == 0))
+        .collect::<Vec<_>>();
+    assert!(
+        max_pools.len() == 3 && max_pools.iter().all(|s| reads_i8(s)),
+        "max pools on int8 codes: {:?}",
+        max_pools
+            .iter()
+            .map(|s| (&s.name, reads_i8(s)))
+            .collect::<Vec<_>>()
+    );
+    // no float copy of a max pool's input or output is made
+    let pool_io: Vec<_> = max_pools
+        .iter()
+        .flat_map(|s| [s.inputs[0], s.output])
+        .collect();
+    assert!(
+        !plan
+            .steps
+            .iter()
+            .any(|s| matches!(s.op, Op::Dequantize) && pool_io.contains(&s.inputs[0])),
+        "a max pool's codes are still dequantized"
+    );
+    let (_, x) = bevrt_runtime::npy::read_f32(&dir.join("squeezenet_qdq.in.npy")).unwrap();
+    let (_, want) = bevrt_runtime::npy::read_f32(&dir.join("squeezenet_qdq.ort.npy")).unwrap();
+    let twin = bevrt_kernels::reference::run(&plan, &[&x]).swap_remove(0);
+    let got = CpuPlan::run_once(&plan, &[&x], 2).unwrap().swap_remove(0);
+    assert_eq!(got, twin, "CPU engine against its twins");
+    let d = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let top = |v: &[f32]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
+    eprintln!(
+        "squeezenet_qdq: {} steps, max |Δ| vs ONNX Runtime {d}, top class {} (ORT {})",
+        plan.steps.len(),
+        top(&got),
+        top(&want)
+    );
+    // the logits leave through a DequantizeLinear: one step of its scale is one code
+    let last = plan
+        .steps
+        .iter()
+        .find(|s| s.output == plan.outputs[0])
+        .unwrap();
+    let step = match (&last.op, plan.tensors[last.inputs[0]].quant) {
+        (Op::Dequantize, Some((scale, _))) => scale,
+        other => panic!("the output is not dequantized: {other:?}"),
+    };
+    assert!(
+        d <= step * 1.0001,
+        "max |Δ| {d} vs ONNX Runtime: more than one output code ({step})"
+    );
+}

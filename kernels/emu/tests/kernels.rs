@@ -811,6 +811,47 @@ fn pool_f16_equals_the_twin() {
 }
 
 #[test]
+fn pool_max_i8_equals_the_twin() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
+    let (n, c, h, w) = (2, 3, 9, 7);
+    let x: Vec<i8> = (0..n * c * h * w)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[3] as i8)
+        .collect();
+    for (k, s, pad) in [(3, 2, 1), (2, 2, 0), (3, 1, 1), (7, 1, 0), (1, 2, 0)] {
+        let oh = (h as i32 + 2 * pad - k) / s + 1;
+        let ow = (w as i32 + 2 * pad - k) / s + 1;
+        let p = PoolParams {
+            n: n as i32,
+            c: c as i32,
+            h: h as i32,
+            w: w as i32,
+            oh,
+            ow,
+            kh: k,
+            kw: k,
+            stride_h: s,
+            stride_w: s,
+            pad_h: pad,
+            pad_w: pad,
+            mode: 0,
+            count_include_pad: 0,
+        };
+        let out = (n * c) * (oh * ow) as usize;
+        let mut y = vec![0i8; out];
+        let mut args = Args::new();
+        args.arg(p).ptr(x.as_ptr()).ptr(y.as_mut_ptr());
+        run("pool_max_i8", &elementwise_config(out), &mut args);
+        assert_eq!(
+            y,
+            reference::pool_max_i8(&p, &x),
+            "pool_max_i8 k{k} s{s} p{pad}"
+        );
+    }
+}
+
+#[test]
 fn resize_f16_equals_the_twin_in_every_mode() {
     if !bevrt_kernels_emu::available() {
         return;

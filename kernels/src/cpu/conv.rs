@@ -25,25 +25,9 @@
 //! copies and the epilogue vectorise for the same unit as the micro-kernel. Rust never
 //! contracts `a * b + c` into an FMA, so the epilogues round exactly as the twins do.
 
-use super::ops::Act;
+use super::ops::{Act, quantize_i8};
 use super::phases::split_row;
 use crate::params::{ConvParams, out_mode};
-
-/// [`crate::reference::quantize_i8`] in operations that vectorise (the twin's scalar
-/// `round_ties_even` and saturating `as` cost ResNet-50's INT8 1x1 layers two thirds of their
-/// time): adding and subtracting 1.5 x 2^23 rounds half to even exactly for |y / s| < 2^22,
-/// and beyond that both saturate to the same code.
-#[inline(always)]
-pub(super) fn quantize_i8(y: f32, s: f32, zp: i32) -> i8 {
-    const ROUND: f32 = 12_582_912.0;
-    let r = ((y / s + ROUND) - ROUND) + zp as f32;
-    // max/min, not clamp: NaN saturates to -128, as in the twin
-    #[allow(clippy::manual_clamp)]
-    let q = r.max(-128.0).min(127.0);
-    // SAFETY: q is finite and within [-128, 127] (`as` would add a NaN test per element that
-    // keeps the loop scalar)
-    unsafe { q.to_int_unchecked::<i32>() as i8 }
-}
 
 /// Where a convolution writes: f32 values or requantized int8.
 #[derive(Clone, Copy)]

@@ -64,6 +64,8 @@ enum Kernel {
     },
     Binary(BinaryParams),
     Pool(PoolParams),
+    /// Max pooling of int8 codes (a QDQ graph's MaxPool).
+    PoolMaxI8(PoolParams),
     Resize(ResizeParams),
     Softmax {
         outer: usize,
@@ -357,6 +359,7 @@ fn kernel_name(k: &Kernel) -> String {
         Kernel::Unary { .. } => "unary",
         Kernel::Binary(_) => "binary",
         Kernel::Pool(_) => "pool",
+        Kernel::PoolMaxI8(_) => "pool_i8",
         Kernel::Resize(_) => "resize",
         Kernel::Softmax { .. } => "softmax",
         Kernel::Argmax { .. } => "argmax",
@@ -393,6 +396,12 @@ fn prepare(plan: &KernelPlan, s: &Step, isa: Isa) -> Result<CpuStep, String> {
             want(0, DType::F32, "binary op")?;
             want(1, DType::F32, "binary op")?;
             Kernel::Binary(*p)
+        }
+        Op::Pool(p) if in_dtype(0) == DType::I8 => {
+            if p.mode != 0 || od.dtype != DType::I8 {
+                return Err("an int8 pool is a max pool into int8".into());
+            }
+            Kernel::PoolMaxI8(*p)
         }
         Op::Pool(p) => {
             want(0, DType::F32, "pool")?;
@@ -619,11 +628,11 @@ unsafe fn run_step_isa(
     {
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
         unsafe fn avx512(s: &CpuStep, b: SyncPtr, sc: &[SyncPtr], n: usize, p: &WorkerPool) {
-            unsafe { run_step(s, b, sc, n, p) }
+            unsafe { run_step(Isa::Avx512, s, b, sc, n, p) }
         }
         #[target_feature(enable = "avx2,fma,sse4.1")]
         unsafe fn avx2(s: &CpuStep, b: SyncPtr, sc: &[SyncPtr], n: usize, p: &WorkerPool) {
-            unsafe { run_step(s, b, sc, n, p) }
+            unsafe { run_step(Isa::Avx2, s, b, sc, n, p) }
         }
         match isa {
             Isa::Avx512 | Isa::Avx512Vnni => {
@@ -634,13 +643,14 @@ unsafe fn run_step_isa(
         }
     }
     let _ = isa;
-    unsafe { run_step(s, base, scratch, scratch_bytes, pool) }
+    unsafe { run_step(isa, s, base, scratch, scratch_bytes, pool) }
 }
 
 /// # Safety
 /// See [`CpuPlan::run`].
 #[inline(always)]
 unsafe fn run_step(
+    isa: Isa,
     s: &CpuStep,
     base: SyncPtr,
     scratch: &[SyncPtr],
@@ -657,7 +667,7 @@ unsafe fn run_step(
             Kernel::Unary { act, a, b } => {
                 let x = src_f32(s, 0, base);
                 pool.for_each_chunk_mut(out_f32(), ELEMENTWISE_CHUNK, &|i, y| {
-                    ops::unary(&x[i * ELEMENTWISE_CHUNK..][..y.len()], y, *act, *a, *b)
+                    ops::unary_on(isa, &x[i * ELEMENTWISE_CHUNK..][..y.len()], y, *act, *a, *b)
                 });
             }
             Kernel::Binary(p) => {
@@ -666,7 +676,7 @@ unsafe fn run_step(
                 pool.for_each_chunk_mut(
                     out_f32(),
                     rows * (p.dims[2] * p.dims[3]) as usize,
-                    &|i, y| ops::binary(p, a, b, i * rows, y),
+                    &|i, y| ops::binary_on(isa, p, a, b, i * rows, y),
                 );
             }
             Kernel::Pool(p) => {
@@ -674,7 +684,16 @@ unsafe fn run_step(
                 let plane = (p.oh * p.ow) as usize;
                 let planes = spread_rows(s.out_len, plane, (p.kh * p.kw) as usize, pool);
                 pool.for_each_chunk_mut(out_f32(), planes * plane, &|i, y| {
-                    ops::pool(p, x, i * planes, y)
+                    ops::pool_on(isa, p, x, i * planes, y)
+                });
+            }
+            Kernel::PoolMaxI8(p) => {
+                let x = src_i8(s, 0, base);
+                let plane = (p.oh * p.ow) as usize;
+                let planes = spread_rows(s.out_len, plane, (p.kh * p.kw) as usize, pool);
+                let y = std::slice::from_raw_parts_mut(out as *mut i8, s.out_len);
+                pool.for_each_chunk_mut(y, planes * plane, &|i, y| {
+                    ops::pool_max_i8_on(isa, p, x, i * planes, y)
                 });
             }
             Kernel::Resize(p) if p.ow as usize <= ops::RESIZE_MAX_ROW => {
@@ -682,7 +701,7 @@ unsafe fn run_step(
                 let plane = (p.oh * p.ow) as usize;
                 let planes = spread_rows(s.out_len, plane, 4, pool);
                 pool.for_each_chunk_mut(out_f32(), planes * plane, &|i, y| {
-                    ops::resize(p, x, i * planes, y)
+                    ops::resize_on(isa, p, x, i * planes, y)
                 });
             }
             Kernel::Resize(p) => crate::reference::resize_into(p, src_f32(s, 0, base), out_f32()),

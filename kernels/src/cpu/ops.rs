@@ -234,10 +234,29 @@ pub fn pool(p: &PoolParams, x: &[f32], first_plane: usize, y: &mut [f32]) {
         let xp = &x[(first_plane + q) * h * w..][..h * w];
         let yp = &mut y[q * oh * ow..][..oh * ow];
         if p.mode == 0 {
-            pool_plane::<true>(p, xp, yp, &mut phases);
+            let max = |o: &mut f32, v: f32| *o = if v > *o { v } else { *o };
+            pool_plane(p, xp, yp, &mut phases, f32::NEG_INFINITY, max, |_, _| {});
         } else {
-            pool_plane::<false>(p, xp, yp, &mut phases);
+            let add = |o: &mut f32, v: f32| *o += v;
+            pool_plane(p, xp, yp, &mut phases, 0.0, add, |rows, out| {
+                average(p, rows, out)
+            });
         }
+    }
+}
+
+/// [`crate::reference::pool_max_i8`]: max pooling of int8 codes, the planes from
+/// `first_plane` on (as [`pool`]); a quarter of the float pool's bytes.
+#[inline(always)]
+pub fn pool_max_i8(p: &PoolParams, x: &[i8], first_plane: usize, y: &mut [i8]) {
+    let (h, w, oh, ow) = (p.h as usize, p.w as usize, p.oh as usize, p.ow as usize);
+    let planes = y.len() / (oh * ow).max(1);
+    let mut phases = [0i8; PHASE_ROW];
+    for q in 0..planes {
+        let xp = &x[(first_plane + q) * h * w..][..h * w];
+        let yp = &mut y[q * oh * ow..][..oh * ow];
+        let max = |o: &mut i8, v: i8| *o = (*o).max(v);
+        pool_plane(p, xp, yp, &mut phases, i8::MIN, max, |_, _| {});
     }
 }
 
@@ -245,17 +264,59 @@ pub fn pool(p: &PoolParams, x: &[f32], first_plane: usize, y: &mut [f32]) {
 /// the strided loads.
 const PHASE_ROW: usize = 4096;
 
-/// One plane of a max (`MAX`) or average pool. For stride s > 1 each input row is first split
-/// into its s phases (columns j·s + r side by side), so every tap of a row of outputs reads
-/// one contiguous run and the loop over outputs vectorises (`maxps` is `v > o ? v : o`).
+/// One plane of a pool: every output starts at `init` and takes `tap(out, value)` of each tap
+/// inside the image, in the twin's (row, column) order; `finish(rows, out_row)` then sees each
+/// output row with the count of its input rows inside the image. For stride s > 1 each input
+/// row is first split into its s phases (columns j·s + r side by side), so every tap of a row
+/// of outputs reads one contiguous run and the loop over outputs vectorises (`maxps` is
+/// `v > o ? v : o`).
 #[inline(always)]
-fn pool_plane<const MAX: bool>(p: &PoolParams, xp: &[f32], yp: &mut [f32], phases: &mut [f32]) {
+fn pool_plane<T: Copy>(
+    p: &PoolParams,
+    xp: &[T],
+    yp: &mut [T],
+    phases: &mut [T],
+    init: T,
+    tap: impl Fn(&mut T, T),
+    finish: impl Fn(i32, &mut [T]),
+) {
     let (w, ow) = (p.w as usize, p.ow as usize);
     let sw = p.stride_w;
     let split = sw > 1 && w <= phases.len();
     let plen = w.div_ceil(sw as usize);
+    // each tap column's valid outputs `lo..hi` (0 <= ox * stride - pad + sx < w) and where its
+    // run starts in the row (or its phases), the same for every row: computed once
+    let tap_run = |sx: i32| -> Option<(usize, usize, usize)> {
+        let off = sx - p.pad_w;
+        let lo = if off >= 0 { 0 } else { (-off + sw - 1) / sw };
+        let hi = if p.w - off <= 0 {
+            0
+        } else {
+            ((p.w - off + sw - 1) / sw).min(ow as i32)
+        };
+        if lo >= hi {
+            return None;
+        }
+        let start = if sw == 1 {
+            (lo + off) as usize
+        } else if split {
+            // column ox·s + off = (ox + q)·s + r with off = q·s + r, 0 <= r < s
+            let (q, r) = (off.div_euclid(sw), off.rem_euclid(sw) as usize);
+            r * plen + (lo + q) as usize
+        } else {
+            0
+        };
+        Some((lo as usize, hi as usize, start))
+    };
+    let mut runs = [None; 16];
+    let cached = p.kw as usize <= runs.len();
+    if cached {
+        for sx in 0..p.kw {
+            runs[sx as usize] = tap_run(sx);
+        }
+    }
     for (oy, out) in yp.chunks_exact_mut(ow).enumerate() {
-        out.fill(if MAX { f32::NEG_INFINITY } else { 0.0 });
+        out.fill(init);
         let mut rows = 0;
         for ry in 0..p.kh {
             let iy = oy as i32 * p.stride_h - p.pad_h + ry;
@@ -268,55 +329,102 @@ fn pool_plane<const MAX: bool>(p: &PoolParams, xp: &[f32], yp: &mut [f32], phase
                 super::phases::split_row(row, phases, 0, plen, sw as usize, |v| v);
             }
             for sx in 0..p.kw {
-                // valid output columns: 0 <= ox * stride - pad + sx < w
-                let off = sx - p.pad_w;
-                let lo = if off >= 0 { 0 } else { (-off + sw - 1) / sw };
-                let hi = if p.w - off <= 0 {
-                    0
+                let run = if cached {
+                    runs[sx as usize]
                 } else {
-                    ((p.w - off + sw - 1) / sw).min(ow as i32)
+                    tap_run(sx)
                 };
-                if lo >= hi {
+                let Some((lo, hi, start)) = run else {
                     continue;
-                }
-                let (lo, hi) = (lo as usize, hi as usize);
-                let dst = &mut out[lo..hi];
-                let tap = |o: &mut f32, v: f32| {
-                    *o = if MAX {
-                        if v > *o { v } else { *o }
-                    } else {
-                        *o + v
-                    }
                 };
+                let dst = &mut out[lo..hi];
                 if sw == 1 {
-                    let src = &row[(lo as i32 + off) as usize..][..hi - lo];
+                    let src = &row[start..][..hi - lo];
                     dst.iter_mut().zip(src).for_each(|(o, v)| tap(o, *v));
                 } else if split {
-                    // column ox·s + off = (ox + q)·s + r with off = q·s + r, 0 <= r < s
-                    let (q, r) = (off.div_euclid(sw), off.rem_euclid(sw) as usize);
-                    let start = r * plen + (lo as i32 + q) as usize;
                     let src = &phases[start..][..hi - lo];
                     dst.iter_mut().zip(src).for_each(|(o, v)| tap(o, *v));
                 } else {
+                    let off = sx - p.pad_w;
                     for (k, o) in dst.iter_mut().enumerate() {
                         tap(o, row[((lo + k) as i32 * sw + off) as usize]);
                     }
                 }
             }
         }
-        if !MAX {
-            for (ox, o) in out.iter_mut().enumerate() {
-                let n = if p.count_include_pad != 0 {
-                    p.kh * p.kw
-                } else {
-                    let x0 = ox as i32 * sw - p.pad_w;
-                    rows * ((x0 + p.kw).min(p.w) - x0.max(0)).max(0)
-                };
-                *o /= n as f32;
-            }
-        }
+        finish(rows, out);
     }
 }
+
+/// An average pool's output row: each sum over its taps inside the image (or all taps, with
+/// `count_include_pad`).
+#[inline(always)]
+fn average(p: &PoolParams, rows: i32, out: &mut [f32]) {
+    let sw = p.stride_w;
+    for (ox, o) in out.iter_mut().enumerate() {
+        let n = if p.count_include_pad != 0 {
+            p.kh * p.kw
+        } else {
+            let x0 = ox as i32 * sw - p.pad_w;
+            rows * ((x0 + p.kw).min(p.w) - x0.max(0)).max(0)
+        };
+        *o /= n as f32;
+    }
+}
+
+/// `$name(isa, args..)`: `$body(args..)` compiled for the instruction set `isa`. The worker
+/// pool's tasks are closures, and a closure is a function of its own that does not inherit
+/// its caller's target features: without this, the elementwise loops and pools that run as
+/// pool tasks were compiled for SSE2 (a max pool at 5 GB/s, a scalar byte loop per phase).
+macro_rules! for_isa {
+    ($(#[$m:meta])* $name:ident => $body:ident ($($arg:ident: $ty:ty),*)) => {
+        $(#[$m])*
+        #[inline]
+        pub fn $name(isa: super::isa::Isa, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use super::isa::Isa;
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+                fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma,sse4.1")]
+                fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                match isa {
+                    // SAFETY: the CPU plan runs an instruction set this CPU has
+                    Isa::Avx512 | Isa::Avx512Vnni => return unsafe { avx512($($arg),*) },
+                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    _ => {}
+                }
+            }
+            let _ = isa;
+            $body($($arg),*)
+        }
+    };
+}
+
+for_isa!(
+    /// [`unary`] for an instruction set.
+    unary_on => unary(x: &[f32], y: &mut [f32], code: i32, a: f32, b: f32)
+);
+for_isa!(
+    /// [`binary`] for an instruction set.
+    binary_on => binary(p: &BinaryParams, a: &[f32], b: &[f32], first: usize, y: &mut [f32])
+);
+for_isa!(
+    /// [`pool`] for an instruction set.
+    pool_on => pool(p: &PoolParams, x: &[f32], first_plane: usize, y: &mut [f32])
+);
+for_isa!(
+    /// [`pool_max_i8`] for an instruction set.
+    pool_max_i8_on => pool_max_i8(p: &PoolParams, x: &[i8], first_plane: usize, y: &mut [i8])
+);
+for_isa!(
+    /// [`resize`] for an instruction set.
+    resize_on => resize(p: &ResizeParams, x: &[f32], first_plane: usize, y: &mut [f32])
+);
 
 /// Widest output row [`resize`] takes (its per-column tables live on the stack).
 pub const RESIZE_MAX_ROW: usize = 2048;
@@ -325,6 +433,7 @@ pub const RESIZE_MAX_ROW: usize = 2048;
 /// computed once per step instead of per element; the same f32 operations in the same
 /// order, so equal to the twin bit for bit. `y` holds the planes from `first_plane` on.
 /// Rows wider than [`RESIZE_MAX_ROW`] are the caller's to send to the twin.
+#[inline(always)]
 pub fn resize(p: &ResizeParams, x: &[f32], first_plane: usize, y: &mut [f32]) {
     let (h, w, oh, ow) = (p.h as usize, p.w as usize, p.oh as usize, p.ow as usize);
     let mut x0 = [0u32; RESIZE_MAX_ROW];
@@ -402,11 +511,29 @@ pub unsafe fn transpose<T: Copy>(p: &TransposeParams, x: *const T, y: *mut T) {
     }
 }
 
-#[inline]
+#[inline(always)]
 pub fn unary(x: &[f32], y: &mut [f32], code: i32, a: f32, b: f32) {
-    for (o, v) in y.iter_mut().zip(x) {
-        *o = activate(*v, code, a, b);
-    }
+    with_act!(code, A => {
+        for (o, v) in y.iter_mut().zip(x) {
+            *o = A::apply(code, a, b, *v);
+        }
+    })
+}
+
+/// [`crate::reference::quantize_i8`] in operations that vectorise (the twin's scalar
+/// `round_ties_even` and saturating `as` cost ResNet-50's INT8 1x1 layers two thirds of their
+/// time): adding and subtracting 1.5 x 2^23 rounds half to even exactly for |y / s| < 2^22,
+/// and beyond that both saturate to the same code.
+#[inline(always)]
+pub(crate) fn quantize_i8(y: f32, s: f32, zp: i32) -> i8 {
+    const ROUND: f32 = 12_582_912.0;
+    let r = ((y / s + ROUND) - ROUND) + zp as f32;
+    // max/min, not clamp: NaN saturates to -128, as in the twin
+    #[allow(clippy::manual_clamp)]
+    let q = r.max(-128.0).min(127.0);
+    // SAFETY: q is finite and within [-128, 127] (`as` would add a NaN test per element that
+    // keeps the loop scalar)
+    unsafe { q.to_int_unchecked::<i32>() as i8 }
 }
 
 #[inline]
@@ -417,7 +544,7 @@ pub fn quantize(x: &[f32], y: &mut [i8], s: f32, zp: i32) {
         return unsafe { quantize_avx512(x, y, s, zp) };
     }
     for (o, v) in y.iter_mut().zip(x) {
-        *o = crate::reference::quantize_i8(*v, s, zp);
+        *o = quantize_i8(*v, s, zp);
     }
 }
 
@@ -511,6 +638,18 @@ mod tests {
                 count_include_pad: cip,
                 ..base
             };
+            if mode == 0 {
+                // the same windows over int8 codes, which take every value -128..=127
+                let q: Vec<i8> = (0..x.len()).map(|i| (i * 97 % 256) as u8 as i8).collect();
+                let want = crate::reference::pool_max_i8(&p, &q);
+                let mut got = vec![0i8; want.len()];
+                pool_max_i8(&p, &q, 0, &mut got);
+                assert_eq!(got, want, "int8 {p:?}");
+                let plane = (oh * ow) as usize;
+                let mut part = vec![0i8; want.len() - 3 * plane];
+                pool_max_i8(&p, &q, 3, &mut part);
+                assert_eq!(part, want[3 * plane..], "int8 {p:?} from plane 3");
+            }
             let want = crate::reference::pool(&p, &x);
             let mut got = vec![0f32; want.len()];
             pool(&p, &x, 0, &mut got);

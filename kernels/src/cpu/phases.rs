@@ -44,9 +44,15 @@ pub(crate) fn split_phases<const S: usize, T: Copy, U: Copy>(
         let first = (ix0 + pw) / S;
         let n = (line.len() - ix0).div_ceil(S);
         let out = &mut dst[q * wph + first..][..n];
+        // chunks of S without bounds checks (an indexed `src[m * S]` kept this loop scalar);
+        // the last value may have fewer than S - 1 after it
         let src = &line[ix0..];
-        for (m, d) in out.iter_mut().enumerate() {
-            *d = conv(src[m * S]);
+        let whole = src.len() / S;
+        for (d, c) in out.iter_mut().zip(src.chunks_exact(S)) {
+            *d = conv(c[0]);
+        }
+        if whole < n {
+            out[whole] = conv(src[whole * S]);
         }
     }
 }

@@ -537,7 +537,7 @@ fn epilogue_requantization_equals_the_twin() {
             for &y in &ys {
                 let y = y * scale; // ties stay ties after the division
                 assert_eq!(
-                    conv::quantize_i8(y, scale, zp),
+                    ops::quantize_i8(y, scale, zp),
                     crate::reference::quantize_i8(y, scale, zp),
                     "y {y} scale {scale} zp {zp}"
                 );

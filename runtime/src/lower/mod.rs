@@ -26,6 +26,9 @@
 //!   by it alone is fused into the convolution or binary op that produced it (hard-swish
 //!   spelt out as `x·Clip(x+3,0,6)/6` or `x·HardSigmoid(x)` counts as one, [`patterns`]); a
 //!   `QuantizeLinear` likewise into the convolution before it (requantizing epilogue).
+//! - Ops that commute with quantization stay on the int8 codes behind a `DequantizeLinear`:
+//!   views, `Transpose`, `MaxPool`; a `QuantizeLinear` of such codes with their own scale and
+//!   zero point is the codes themselves (ONNX Runtime's QDQ graphs put a pair around each).
 //! - `BatchNormalization` after anything but a Conv, and `Mul`/`Add`/`Sub` of a per-channel
 //!   constant → one scale-shift step, or folded into the float Conv or scale-shift before it
 //!   ([`affine`]).

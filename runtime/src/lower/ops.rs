@@ -138,7 +138,17 @@ impl Lowering<'_> {
     }
 
     pub(super) fn pool(&mut self, n: &pb::NodeProto, name: &str) -> Result<(), String> {
-        let x = self.float_tensor(&n.input[0])?;
+        // a max pool of a dequantized int8 activation runs on the codes (quantization is
+        // monotone) and its output stays int8, behind the same scale, for what reads it
+        let codes = self
+            .dq_of
+            .get(&n.input[0])
+            .copied()
+            .filter(|_| n.op_type.contains("Max"));
+        let x = match codes {
+            Some(q) => q,
+            None => self.float_tensor(&n.input[0])?,
+        };
         let xs = self.plan.tensors[x].shape.clone();
         let ys = self.shape(&n.output[0])?;
         if xs.len() != 4 {
@@ -185,6 +195,13 @@ impl Lowering<'_> {
         };
         if p.mode == 1 && p.count_include_pad != 0 && attr_i(n, "ceil_mode", 0) != 0 {
             return Err("ceil_mode with count_include_pad".into());
+        }
+        if codes.is_some() {
+            let quant = self.plan.tensors[x].quant;
+            let y = self.new_tensor(&n.output[0], ys, DType::I8, quant);
+            self.push(name, Op::Pool(p), vec![x], y);
+            self.dq_of.insert(n.output[0].clone(), y);
+            return Ok(());
         }
         let y = self.out_tensor(n, self.float, None)?;
         self.push(name, Op::Pool(p), vec![x], y);
@@ -400,6 +417,14 @@ impl Lowering<'_> {
     pub(super) fn quantize(&mut self, n: &pb::NodeProto, name: &str) -> Result<(), String> {
         let (s, zp) = self.scalar_q(n)?;
         let x = &n.input[0];
+        // the codes of a dequantized int8 tensor (or of an op that ran on them), quantized
+        // again with the same scale and zero point: the same codes
+        if let Some(&q) = self.dq_of.get(x)
+            && self.plan.tensors[q].quant == Some((s, zp))
+        {
+            self.tensor.insert(n.output[0].clone(), q);
+            return Ok(());
+        }
         // requantizing epilogue: the convolution before writes int8 directly
         if let Some(si) = self.fusable_producer(x) {
             let out = self.plan.steps[si].output;
