@@ -62,7 +62,8 @@ fn letsmap_lite_fp32_and_int8_plans_match_the_twins() {
         let x = noise(shape.iter().product(), *seed, *lo, *hi);
         check_against_twins(file, &lower32(&b.join(file), &[]), &x);
     }
-    let q = scratch("cpu-plan-int8").join("letsmap-int8");
+    let work = scratch("cpu-plan-int8");
+    let q = work.join("letsmap-int8");
     let (ok, so, se) = run(
         &bin("bevrt-tool"),
         &[

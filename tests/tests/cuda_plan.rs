@@ -256,7 +256,8 @@ fn unsupported_ops_are_refused_at_load_with_the_list() {
 fn afv_discriminator_plan_matches_tract_on_every_output() {
     let (c1, c2) = (8usize, 16usize);
     let (bytes, w3) = afv_discriminator_onnx(c1, c2);
-    let path = scratch("afv-plan").join("d.onnx");
+    let work = scratch("afv-plan");
+    let path = work.join("d.onnx");
     std::fs::write(&path, bytes).unwrap();
     let x = noise(28 * 28, 8, -1.0, 1.0);
 

@@ -11,7 +11,8 @@ fn without_a_gpu_the_device_check_still_writes_its_report() {
         eprintln!("SKIP: a CUDA device is present; tests/device/run.sh covers this machine");
         return;
     }
-    let out = scratch("device-check").join("device_check.json");
+    let work = scratch("device-check");
+    let out = work.join("device_check.json");
     let r = std::process::Command::new(env!("CARGO_BIN_EXE_bevrt-device-check"))
         .args(["--out", out.to_str().unwrap(), "--fail-check", "bev_pool"])
         .output()

@@ -7,7 +7,8 @@ use bevrt_tests::scratch;
 
 #[test]
 fn recorded_sequence_replays_byte_for_byte() {
-    let dir = scratch("sim-replay").join("rec");
+    let work = scratch("sim-replay");
+    let dir = work.join("rec");
     let cfg = bevrt_sim::SimConfig::with_seed(5);
     let summary = bevrt_sim::record(&cfg, 12, &dir, &Default::default(), &mut |_, _| {}).unwrap();
     eprintln!("{summary:?}");

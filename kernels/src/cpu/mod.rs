@@ -397,16 +397,7 @@ fn prepare(plan: &KernelPlan, s: &Step, isa: Isa) -> Result<CpuStep, String> {
             want(1, DType::F32, "binary op")?;
             Kernel::Binary(*p)
         }
-        Op::Pool(p) if in_dtype(0) == DType::I8 => {
-            if p.mode != 0 || od.dtype != DType::I8 {
-                return Err("an int8 pool is a max pool into int8".into());
-            }
-            Kernel::PoolMaxI8(*p)
-        }
-        Op::Pool(p) => {
-            want(0, DType::F32, "pool")?;
-            Kernel::Pool(*p)
-        }
+        Op::Pool(p) => prepare_pool(plan, s, p)?,
         Op::Resize(p) => {
             want(0, DType::F32, "resize")?;
             Kernel::Resize(*p)
@@ -484,6 +475,18 @@ fn want_dtype(plan: &KernelPlan, s: &Step, k: usize, d: DType, what: &str) -> Re
     } else {
         Err(format!("{what} reads {:?}, expected {d:?}", in_dtype(k)))
     }
+}
+
+/// [`prepare`] for a pool: float, or max pooling of int8 codes into int8.
+fn prepare_pool(plan: &KernelPlan, s: &Step, p: &PoolParams) -> Result<Kernel, String> {
+    if plan.tensors[s.inputs[0]].dtype == DType::I8 {
+        if p.mode != 0 || plan.tensors[s.output].dtype != DType::I8 {
+            return Err("an int8 pool is a max pool into int8".into());
+        }
+        return Ok(Kernel::PoolMaxI8(*p));
+    }
+    want_dtype(plan, s, 0, DType::F32, "pool")?;
+    Ok(Kernel::Pool(*p))
 }
 
 /// [`prepare`] for a convolution step: its kernel (direct, Winograd or GEMM; INT8 or float)
@@ -646,6 +649,34 @@ unsafe fn run_step_isa(
     unsafe { run_step(isa, s, base, scratch, scratch_bytes, pool) }
 }
 
+/// A pool step, its planes spread over the worker pool.
+///
+/// # Safety
+/// See [`CpuPlan::run`]; `out` is the step's output.
+#[inline(always)]
+unsafe fn run_pool(isa: Isa, s: &CpuStep, base: SyncPtr, out: *mut u8, pool: &WorkerPool) {
+    let (Kernel::Pool(p) | Kernel::PoolMaxI8(p)) = &s.kernel else {
+        return;
+    };
+    let plane = (p.oh * p.ow) as usize;
+    let planes = spread_rows(s.out_len, plane, (p.kh * p.kw) as usize, pool);
+    unsafe {
+        if let Kernel::PoolMaxI8(_) = s.kernel {
+            let x = src_i8(s, 0, base);
+            let y = std::slice::from_raw_parts_mut(out as *mut i8, s.out_len);
+            pool.for_each_chunk_mut(y, planes * plane, &|i, y| {
+                ops::pool_max_i8_on(isa, p, x, i * planes, y)
+            });
+        } else {
+            let x = src_f32(s, 0, base);
+            let y = std::slice::from_raw_parts_mut(out as *mut f32, s.out_len);
+            pool.for_each_chunk_mut(y, planes * plane, &|i, y| {
+                ops::pool_on(isa, p, x, i * planes, y)
+            });
+        }
+    }
+}
+
 /// # Safety
 /// See [`CpuPlan::run`].
 #[inline(always)]
@@ -679,23 +710,7 @@ unsafe fn run_step(
                     &|i, y| ops::binary_on(isa, p, a, b, i * rows, y),
                 );
             }
-            Kernel::Pool(p) => {
-                let x = src_f32(s, 0, base);
-                let plane = (p.oh * p.ow) as usize;
-                let planes = spread_rows(s.out_len, plane, (p.kh * p.kw) as usize, pool);
-                pool.for_each_chunk_mut(out_f32(), planes * plane, &|i, y| {
-                    ops::pool_on(isa, p, x, i * planes, y)
-                });
-            }
-            Kernel::PoolMaxI8(p) => {
-                let x = src_i8(s, 0, base);
-                let plane = (p.oh * p.ow) as usize;
-                let planes = spread_rows(s.out_len, plane, (p.kh * p.kw) as usize, pool);
-                let y = std::slice::from_raw_parts_mut(out as *mut i8, s.out_len);
-                pool.for_each_chunk_mut(y, planes * plane, &|i, y| {
-                    ops::pool_max_i8_on(isa, p, x, i * planes, y)
-                });
-            }
+            Kernel::Pool(_) | Kernel::PoolMaxI8(_) => run_pool(isa, s, base, out, pool),
             Kernel::Resize(p) if p.ow as usize <= ops::RESIZE_MAX_ROW => {
                 let x = src_f32(s, 0, base);
                 let plane = (p.oh * p.ow) as usize;
