@@ -79,6 +79,21 @@ extern "C" __global__ void binary_f32(BinaryParams p, const float* __restrict__ 
     y[i] = activate(r, p.act, p.act_a, p.act_b);
 }
 
+// A binary op of two int8 tensors into int8 (the twin: reference::binary_i8): a QDQ graph's
+// DequantizeLinear x2 -> op (-> activation) -> QuantizeLinear in one pass over the codes.
+extern "C" __global__ void binary_i8(BinaryParams p, const signed char* __restrict__ a,
+                                     const signed char* __restrict__ b,
+                                     signed char* __restrict__ y, float sa, int za, float sb,
+                                     int zb, float sy, int zy) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= p.n) return;
+    int ia, ib;
+    binary_offsets(p, i, ia, ib);
+    float u = (float)((int)a[ia] - za) * sa;
+    float v = (float)((int)b[ib] - zb) * sb;
+    y[i] = quantize_i8(activate(binary_op(p.op, u, v), p.act, p.act_a, p.act_b), sy, zy);
+}
+
 struct PoolParams {
     int n, c, h, w, oh, ow;
     int kh, kw, stride_h, stride_w, pad_h, pad_w;

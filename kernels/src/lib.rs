@@ -7,7 +7,7 @@
 //! | `bev_pool.cu` | `bev_pool_f32`, `bev_pool_f16`; depth-weighted lift: `depth_softmax_f32`, `bev_lift_f32` | `bevrt_calib::view_transform`; `bevrt_calib::bev::{depth_softmax, depth_weighted_taps, gather_channels}` (= `bevrt_calib::lift`) |
 //! | `postprocess.cu` | `bev_argmax`, `colourise` | `bevrt_runtime::postprocess::{bev_argmax, colourise}` |
 //! | `conv.cu` | `conv_i8_imma`, `conv_i8_dp4a`, `conv_f16_mma`, `conv_direct_i8`, `conv_direct_f16`, `conv_direct_f32` | [`reference::conv`] (INT8 and direct bit-exact, tensor-core FP16 to 1e-3) |
-//! | `ops.cu` | activations and binary ops (f16, f32), pool (f16; int8 max), resize, softmax, argmax, Q/DQ, casts, concat slices | [`reference`] (same file order) |
+//! | `ops.cu` | activations and binary ops (f16, f32; int8 on the codes), pool (f16; int8 max), resize, softmax, argmax, Q/DQ, casts, concat slices | [`reference`] (same file order) |
 //! | `fisher.cu` | `afv_delta`, `afv_conv_grad`, `fisher_normalise` | `bevrt_runtime::afv::{afv_score, fisher_normalise}` (launchers `Gpu::afv_score_at`, `Gpu::fisher_normalise_at`) |
 //!
 //! Every entry point also runs, from its real source, under the CPU emulation of the

@@ -68,6 +68,7 @@ pub const KERNELS: &[KernelSource] = &[
             "binary_f32",
             "pool_f16",
             "pool_max_i8",
+            "binary_i8",
             "resize_f16",
             "softmax_f16",
             "argmax_f16",

@@ -199,6 +199,34 @@ pub fn binary(p: &BinaryParams, a: &[f32], b: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// A binary op on int8 codes into int8 codes (`binary_i8`): what a QDQ graph's
+/// `DequantizeLinear` x2 → op (→ activation) → `QuantizeLinear` computes, in f32, in that order:
+/// each operand dequantized `(q - zp) * s`, [`binary`], then [`quantize_i8`]. `q` holds the
+/// (scale, zero point) of a, b and y.
+pub fn binary_i8(p: &BinaryParams, q: &[(f32, i32); 3], a: &[i8], b: &[i8]) -> Vec<i8> {
+    let dq = |v: &[i8], (s, zp): (f32, i32)| -> Vec<f32> {
+        v.iter().map(|x| (*x as i32 - zp) as f32 * s).collect()
+    };
+    let (sy, zy) = q[2];
+    binary(p, &dq(a, q[0]), &dq(b, q[1]))
+        .into_iter()
+        .map(|v| quantize_i8(v, sy, zy))
+        .collect()
+}
+
+/// The (scale, zero point) of an int8 binary step's operands and output, from their tensors.
+pub fn binary_i8_quant(plan: &KernelPlan, s: &Step) -> Result<[(f32, i32); 3], String> {
+    let q = |t: TensorId| {
+        plan.tensors[t].quant.ok_or_else(|| {
+            format!(
+                "{}: int8 tensor without a quantization",
+                plan.tensors[t].name
+            )
+        })
+    };
+    Ok([q(s.inputs[0])?, q(s.inputs[1])?, q(s.output)?])
+}
+
 pub fn pool(p: &PoolParams, x: &[f32]) -> Vec<f32> {
     let mut y = vec![0f32; (p.n * p.c * p.oh * p.ow) as usize];
     pool_into(p, x, &mut y);
@@ -410,6 +438,14 @@ pub fn read_float(plan: &KernelPlan, arena: &[u8], t: TensorId) -> Vec<f32> {
     }
 }
 
+/// Int8 values into tensor `t`.
+fn write_i8(plan: &KernelPlan, arena: &mut [u8], t: TensorId, v: &[i8]) {
+    let dst = &mut arena[plan.offsets[t]..][..v.len()];
+    for (o, x) in dst.iter_mut().zip(v) {
+        *o = *x as u8;
+    }
+}
+
 pub fn read_i8(plan: &KernelPlan, arena: &[u8], t: TensorId) -> Vec<i8> {
     let d = &plan.tensors[t];
     arena[plan.offsets[t]..][..d.bytes()]
@@ -517,8 +553,30 @@ pub fn compare_step(plan: &KernelPlan, step: &Step, want: &[u8], got: &[u8]) -> 
     }
 }
 
+/// The steps on int8 codes that have float twins of the same op (a binary op, a max pool);
+/// false for any other step.
+fn run_int8_step(plan: &KernelPlan, step: &Step, arena: &mut [u8]) -> bool {
+    if plan.tensors[step.inputs[0]].dtype != DType::I8 {
+        return false;
+    }
+    let x = read_i8(plan, arena, step.inputs[0]);
+    let y = match &step.op {
+        Op::Binary(p) => {
+            let q = binary_i8_quant(plan, step).expect("an int8 binary op on quantized tensors");
+            binary_i8(p, &q, &x, &read_i8(plan, arena, step.inputs[1]))
+        }
+        Op::Pool(p) => pool_max_i8(p, &x),
+        _ => return false,
+    };
+    write_i8(plan, arena, step.output, &y);
+    true
+}
+
 /// Run one step on the host arena, exactly as its kernel would on the device arena.
 pub fn run_step(plan: &KernelPlan, step: &Step, arena: &mut [u8]) {
+    if run_int8_step(plan, step, arena) {
+        return;
+    }
     let out = step.output;
     let od = &plan.tensors[out];
     match &step.op {
@@ -560,13 +618,6 @@ pub fn run_step(plan: &KernelPlan, step: &Step, arena: &mut [u8]) {
             let a = operand(plan, arena, step, 0);
             let b = operand(plan, arena, step, 1);
             write_float(plan, arena, out, &binary(p, &a, &b));
-        }
-        Op::Pool(p) if plan.tensors[step.inputs[0]].dtype == DType::I8 => {
-            let y = pool_max_i8(p, &read_i8(plan, arena, step.inputs[0]));
-            let dst = &mut arena[plan.offsets[out]..][..y.len()];
-            for (o, v) in dst.iter_mut().zip(&y) {
-                *o = *v as u8;
-            }
         }
         Op::Pool(p) => {
             let y = pool(p, &read_float(plan, arena, step.inputs[0]));

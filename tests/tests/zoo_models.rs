@@ -74,74 +74,90 @@ fn zoo_cnns_lower_whole_and_match_tract() {
     }
 }
 
-/// SqueezeNet as ONNX Runtime's own quantizer writes it (QDQ, uint8 activations, per-channel
-/// int8 weights; `scripts/cnn-zoo.py squeezenet_qdq`): it lowers whole with every convolution
-/// in INT8, its max pools run on the int8 codes (the Q/DQ pair around each removed), the CPU
-/// engine equals the twins, and its logits stay within one output code of ONNX Runtime's own
-/// output for the same input.
+/// SqueezeNet and ShuffleNet as ONNX Runtime's own quantizer writes them (QDQ, uint8
+/// activations, per-channel int8 weights; `scripts/cnn-zoo.py NAME_qdq`): each lowers whole
+/// with every convolution in INT8, its max pools and residual Adds run on the int8 codes (the
+/// Q/DQ pairs around them removed), the CPU engine equals the twins, and the logits stay
+/// within one output code of ONNX Runtime's own output for the same input.
 #[test]
-fn onnxruntime_quantized_squeezenet_runs_int8_on_the_plan() {
+fn onnxruntime_quantized_cnns_run_int8_on_the_plan() {
     let dir = workspace_root().join("target/cnn-zoo");
-    let path = dir.join("squeezenet_qdq.onnx");
-    if !path.exists() {
-        assert!(
-            std::env::var_os("BEVRT_REQUIRE_ZOO").is_none(),
-            "BEVRT_REQUIRE_ZOO is set and {} is missing",
-            path.display()
-        );
-        eprintln!("skipped: no {} (run scripts/cnn-zoo.py)", path.display());
-        return;
+    // (model, Add steps on the codes at least)
+    for (name, min_binary_i8) in [("squeezenet_qdq", 0), ("shufflenet_qdq", 12)] {
+        let path = dir.join(format!("{name}.onnx"));
+        if !path.exists() {
+            assert!(
+                std::env::var_os("BEVRT_REQUIRE_ZOO").is_none(),
+                "BEVRT_REQUIRE_ZOO is set and {} is missing",
+                path.display()
+            );
+            eprintln!("skipped: no {} (run scripts/cnn-zoo.py)", path.display());
+            continue;
+        }
+        check_quantized_cnn(&dir, name, min_binary_i8);
     }
-    let plan = lower_onnx(&path, &[], &LowerOptions { float: DType::F32 })
-        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn check_quantized_cnn(dir: &std::path::Path, name: &str, min_binary_i8: usize) {
+    let plan = lower_onnx(
+        &dir.join(format!("{name}.onnx")),
+        &[],
+        &LowerOptions { float: DType::F32 },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let reads_i8 = |s: &bevrt_kernels::plan::Step| plan.tensors[s.inputs[0]].dtype == DType::I8;
-    let convs = plan
-        .steps
-        .iter()
-        .filter(|s| matches!(s.op, Op::Conv { .. }))
-        .collect::<Vec<_>>();
+    let of = |f: &dyn Fn(&Op) -> bool| plan.steps.iter().filter(|s| f(&s.op)).collect::<Vec<_>>();
+    let convs = of(&|op| matches!(op, Op::Conv { .. }));
     assert!(
-        convs.len() == 26 && convs.iter().all(|s| reads_i8(s)),
-        "{} convolutions, not all INT8",
+        !convs.is_empty() && convs.iter().all(|s| reads_i8(s)),
+        "{name}: {} convolutions, not all INT8",
         convs.len()
     );
-    let max_pools = plan
-        .steps
-        .iter()
-        .filter(|s| matches!(&s.op, Op::Pool(p) if p.mode == 0))
-        .collect::<Vec<_>>();
+    let max_pools = of(&|op| matches!(op, Op::Pool(p) if p.mode == 0));
     assert!(
-        max_pools.len() == 3 && max_pools.iter().all(|s| reads_i8(s)),
-        "max pools on int8 codes: {:?}",
+        max_pools.iter().all(|s| reads_i8(s)),
+        "{name}: max pools on int8 codes: {:?}",
         max_pools
             .iter()
             .map(|s| (&s.name, reads_i8(s)))
             .collect::<Vec<_>>()
     );
-    // no float copy of a max pool's input or output is made
-    let pool_io: Vec<_> = max_pools
-        .iter()
-        .flat_map(|s| [s.inputs[0], s.output])
-        .collect();
-    assert!(
-        !plan
-            .steps
-            .iter()
-            .any(|s| matches!(s.op, Op::Dequantize) && pool_io.contains(&s.inputs[0])),
-        "a max pool's codes are still dequantized"
+    // no binary op between a Dequantize of each operand and a Quantize of its result remains
+    let made_by = |t| plan.steps.iter().find(|s| s.output == t).map(|s| &s.op);
+    let binaries = of(&|op| matches!(op, Op::Binary(_)));
+    let on_codes = binaries.iter().filter(|s| reads_i8(s)).count();
+    let left = binaries.iter().filter(|s| {
+        !reads_i8(s)
+            && s.inputs
+                .iter()
+                .all(|&t| matches!(made_by(t), Some(Op::Dequantize)))
+            && plan
+                .steps
+                .iter()
+                .any(|r| matches!(r.op, Op::Quantize) && r.inputs[0] == s.output)
+    });
+    assert_eq!(
+        left.count(),
+        0,
+        "{name}: a DQ → op → Q pattern is left in float"
     );
-    let (_, x) = bevrt_runtime::npy::read_f32(&dir.join("squeezenet_qdq.in.npy")).unwrap();
-    let (_, want) = bevrt_runtime::npy::read_f32(&dir.join("squeezenet_qdq.ort.npy")).unwrap();
+    assert!(
+        on_codes >= min_binary_i8,
+        "{name}: {on_codes} binary ops on the codes"
+    );
+    let (_, x) = bevrt_runtime::npy::read_f32(&dir.join(format!("{name}.in.npy"))).unwrap();
+    let (_, want) = bevrt_runtime::npy::read_f32(&dir.join(format!("{name}.ort.npy"))).unwrap();
     let twin = bevrt_kernels::reference::run(&plan, &[&x]).swap_remove(0);
     let got = CpuPlan::run_once(&plan, &[&x], 2).unwrap().swap_remove(0);
-    assert_eq!(got, twin, "CPU engine against its twins");
+    assert_eq!(got, twin, "{name}: CPU engine against its twins");
     let d = got
         .iter()
         .zip(&want)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     let top = |v: &[f32]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
     eprintln!(
-        "squeezenet_qdq: {} steps, max |Δ| vs ONNX Runtime {d}, top class {} (ORT {})",
+        "{name}: {} steps ({on_codes} binary ops on the codes), max |Δ| vs ONNX Runtime {d}, \
+         top class {} (ORT {})",
         plan.steps.len(),
         top(&got),
         top(&want)
@@ -154,10 +170,10 @@ fn onnxruntime_quantized_squeezenet_runs_int8_on_the_plan() {
         .unwrap();
     let step = match (&last.op, plan.tensors[last.inputs[0]].quant) {
         (Op::Dequantize, Some((scale, _))) => scale,
-        other => panic!("the output is not dequantized: {other:?}"),
+        other => panic!("{name}: the output is not dequantized: {other:?}"),
     };
     assert!(
         d <= step * 1.0001,
-        "max |Δ| {d} vs ONNX Runtime: more than one output code ({step})"
+        "{name}: max |Δ| {d} vs ONNX Runtime: more than one output code ({step})"
     );
 }

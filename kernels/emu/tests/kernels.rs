@@ -811,6 +811,48 @@ fn pool_f16_equals_the_twin() {
 }
 
 #[test]
+fn binary_i8_equals_the_twin() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
+    let n = 65536;
+    let a: Vec<i8> = (0..n).map(|i| (i & 255) as u8 as i8).collect();
+    let b: Vec<i8> = (0..n).map(|i| (i >> 8) as u8 as i8).collect();
+    for (op, code) in [
+        (0, act::RELU),
+        (1, act::NONE),
+        (2, act::HARD_SWISH),
+        (3, act::NONE),
+    ] {
+        let q = [(0.05f32, -3i32), (0.02, 17), (0.06, -128)];
+        let p = BinaryParams {
+            n: n as i32,
+            dims: [1, 1, 256, 256],
+            a_strides: [0, 0, 256, 1],
+            b_strides: [0, 0, 256, 1],
+            op,
+            act: code,
+            ..Default::default()
+        };
+        let mut y = vec![0i8; n];
+        let mut args = Args::new();
+        args.arg(p)
+            .ptr(a.as_ptr())
+            .ptr(b.as_ptr())
+            .ptr(y.as_mut_ptr());
+        for (s, zp) in q {
+            args.arg(s).arg(zp);
+        }
+        run("binary_i8", &elementwise_config(n), &mut args);
+        assert_eq!(
+            y,
+            reference::binary_i8(&p, &q, &a, &b),
+            "binary_i8 op {op} act {code}"
+        );
+    }
+}
+
+#[test]
 fn pool_max_i8_equals_the_twin() {
     if !bevrt_kernels_emu::available() {
         return;

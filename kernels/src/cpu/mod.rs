@@ -63,6 +63,12 @@ enum Kernel {
         b: f32,
     },
     Binary(BinaryParams),
+    /// A binary op of two int8 tensors of one shape into int8 (a QDQ graph's residual Add).
+    BinaryI8 {
+        p: BinaryParams,
+        /// (scale, zero point) of a, b and y.
+        q: [(f32, i32); 3],
+    },
     Pool(PoolParams),
     /// Max pooling of int8 codes (a QDQ graph's MaxPool).
     PoolMaxI8(PoolParams),
@@ -358,6 +364,7 @@ fn kernel_name(k: &Kernel) -> String {
         }
         Kernel::Unary { .. } => "unary",
         Kernel::Binary(_) => "binary",
+        Kernel::BinaryI8 { .. } => "binary_i8",
         Kernel::Pool(_) => "pool",
         Kernel::PoolMaxI8(_) => "pool_i8",
         Kernel::Resize(_) => "resize",
@@ -392,6 +399,7 @@ fn prepare(plan: &KernelPlan, s: &Step, isa: Isa) -> Result<CpuStep, String> {
                 b: *b,
             }
         }
+        Op::Binary(p) if in_dtype(0) == DType::I8 => prepare_binary_i8(plan, s, p)?,
         Op::Binary(p) => {
             want(0, DType::F32, "binary op")?;
             want(1, DType::F32, "binary op")?;
@@ -475,6 +483,23 @@ fn want_dtype(plan: &KernelPlan, s: &Step, k: usize, d: DType, what: &str) -> Re
     } else {
         Err(format!("{what} reads {:?}, expected {d:?}", in_dtype(k)))
     }
+}
+
+/// [`prepare`] for a binary op on int8 codes: two tensors of one shape into int8.
+fn prepare_binary_i8(plan: &KernelPlan, s: &Step, p: &BinaryParams) -> Result<Kernel, String> {
+    let dense = p.a_strides == p.b_strides && p.a_strides[3] == 1;
+    if !(0..=3).contains(&p.op)
+        || !dense
+        || !s.const_inputs.is_empty()
+        || plan.tensors[s.output].dtype != DType::I8
+    {
+        return Err("an int8 binary op takes two int8 tensors of one shape into int8".into());
+    }
+    want_dtype(plan, s, 1, DType::I8, "int8 binary op")?;
+    Ok(Kernel::BinaryI8 {
+        p: *p,
+        q: crate::reference::binary_i8_quant(plan, s)?,
+    })
 }
 
 /// [`prepare`] for a pool: float, or max pooling of int8 codes into int8.
@@ -709,6 +734,15 @@ unsafe fn run_step(
                     rows * (p.dims[2] * p.dims[3]) as usize,
                     &|i, y| ops::binary_on(isa, p, a, b, i * rows, y),
                 );
+            }
+            Kernel::BinaryI8 { p, q } => {
+                let (a, b) = (src_i8(s, 0, base), src_i8(s, 1, base));
+                let y = std::slice::from_raw_parts_mut(out as *mut i8, s.out_len);
+                let job = |i, y: &mut [i8]| {
+                    let (a, b) = (&a[i * ELEMENTWISE_CHUNK..], &b[i * ELEMENTWISE_CHUNK..]);
+                    ops::binary_i8_on(isa, p, q, a, b, y)
+                };
+                pool.for_each_chunk_mut(y, ELEMENTWISE_CHUNK, &job);
             }
             Kernel::Pool(_) | Kernel::PoolMaxI8(_) => run_pool(isa, s, base, out, pool),
             Kernel::Resize(p) if p.ow as usize <= ops::RESIZE_MAX_ROW => {

@@ -193,6 +193,35 @@ fn binary_with<A: Act>(
     });
 }
 
+/// [`crate::reference::binary_i8`] for operands of one shape: int8 codes in, each dequantized,
+/// `activate(a op b)`, requantized; the twin's f32 operations in its order. `q` holds the
+/// (scale, zero point) of a, b and y.
+#[inline(always)]
+pub fn binary_i8(p: &BinaryParams, q: &[(f32, i32); 3], a: &[i8], b: &[i8], y: &mut [i8]) {
+    with_act!(p.act, A => match p.op {
+        0 => binary_i8_with::<A>(p, q, a, b, y, |u, v| u + v),
+        1 => binary_i8_with::<A>(p, q, a, b, y, |u, v| u - v),
+        2 => binary_i8_with::<A>(p, q, a, b, y, |u, v| u * v),
+        _ => binary_i8_with::<A>(p, q, a, b, y, |u, v| u / v),
+    })
+}
+
+#[inline(always)]
+fn binary_i8_with<A: Act>(
+    p: &BinaryParams,
+    q: &[(f32, i32); 3],
+    a: &[i8],
+    b: &[i8],
+    y: &mut [i8],
+    op: impl Fn(f32, f32) -> f32 + Copy,
+) {
+    let [(sa, za), (sb, zb), (sy, zy)] = *q;
+    for ((o, u), v) in y.iter_mut().zip(a).zip(b) {
+        let r = op((*u as i32 - za) as f32 * sa, (*v as i32 - zb) as f32 * sb);
+        *o = quantize_i8(A::apply(p.act, p.act_a, p.act_b, r), sy, zy);
+    }
+}
+
 /// [`crate::reference::pool`] without its per-tap bounds tests: every output visits its
 /// taps in the twin's (row, column) order, so max and average equal the twin's bit for bit.
 /// `y` holds the outputs of the planes (image × channel) from `first_plane` on, as many as
@@ -412,6 +441,10 @@ for_isa!(
 for_isa!(
     /// [`binary`] for an instruction set.
     binary_on => binary(p: &BinaryParams, a: &[f32], b: &[f32], first: usize, y: &mut [f32])
+);
+for_isa!(
+    /// [`binary_i8`] for an instruction set.
+    binary_i8_on => binary_i8(p: &BinaryParams, q: &[(f32, i32); 3], a: &[i8], b: &[i8], y: &mut [i8])
 );
 for_isa!(
     /// [`pool`] for an instruction set.
@@ -724,6 +757,52 @@ mod tests {
             let mut got = vec![0f32; 120];
             binary(&p, &a, &b2, 0, &mut got);
             assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn binary_i8_equals_the_twin() {
+        // every pair of codes, with saturation on both sides and each op and activation kind
+        let a: Vec<i8> = (0..65536).map(|i| (i & 255) as u8 as i8).collect();
+        let b: Vec<i8> = (0..65536).map(|i| (i >> 8) as u8 as i8).collect();
+        for (op, act, q) in [
+            (
+                0,
+                crate::params::act::RELU,
+                [(0.05, -3), (0.02, 17), (0.06, -128)],
+            ),
+            (0, crate::params::act::NONE, [(0.5, 0), (0.5, 0), (0.01, 5)]),
+            (
+                1,
+                crate::params::act::HARD_SWISH,
+                [(0.1, 0), (0.07, -20), (0.05, 0)],
+            ),
+            (
+                2,
+                crate::params::act::NONE,
+                [(0.02, 0), (0.03, 1), (0.004, -1)],
+            ),
+            (
+                3,
+                crate::params::act::CLIP,
+                [(0.02, 0), (0.03, 1), (0.04, 0)],
+            ),
+        ] {
+            let p = BinaryParams {
+                n: 65536,
+                dims: [1, 1, 256, 256],
+                a_strides: [0, 0, 256, 1],
+                b_strides: [0, 0, 256, 1],
+                op,
+                act,
+                act_a: 0.0,
+                act_b: 6.0,
+                ..Default::default()
+            };
+            let want = crate::reference::binary_i8(&p, &q, &a, &b);
+            let mut got = vec![0i8; want.len()];
+            binary_i8(&p, &q, &a, &b, &mut got);
+            assert_eq!(got, want, "op {op} act {act}");
         }
     }
 

@@ -29,6 +29,8 @@
 //! - Ops that commute with quantization stay on the int8 codes behind a `DequantizeLinear`:
 //!   views, `Transpose`, `MaxPool`; a `QuantizeLinear` of such codes with their own scale and
 //!   zero point is the codes themselves (ONNX Runtime's QDQ graphs put a pair around each).
+//!   `Add`/`Sub`/`Mul`/`Div` of two dequantized tensors of one shape whose result is quantized
+//!   again run on the codes too (a plan pass, [`int8_binary`]).
 //! - `BatchNormalization` after anything but a Conv, and `Mul`/`Add`/`Sub` of a per-channel
 //!   constant → one scale-shift step, or folded into the float Conv or scale-shift before it
 //!   ([`affine`]).
@@ -46,6 +48,7 @@
 mod affine;
 mod attrs;
 mod conv;
+mod int8_binary;
 mod lowering;
 mod ops;
 mod patterns;
@@ -243,6 +246,10 @@ fn lower_proto_unguarded(
     }
     lower_outputs(&mut l, graph).map_err(err)?;
     let mut plan = l.plan;
+    let fused = int8_binary::fuse_int8_binaries(&mut plan);
+    if fused > 0 {
+        log::debug!("{label}: {fused} int8 binary op(s) on the codes");
+    }
     plan.allocate();
     Ok(plan)
 }
