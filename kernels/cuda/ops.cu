@@ -94,6 +94,22 @@ extern "C" __global__ void binary_i8(BinaryParams p, const signed char* __restri
     y[i] = quantize_i8(activate(binary_op(p.op, u, v), p.act, p.act_a, p.act_b), sy, zy);
 }
 
+// A per-channel affine map of int8 codes into int8 (the twin: reference::scale_shift_i8): a QDQ
+// graph's DequantizeLinear -> BatchNormalization (-> activation) -> QuantizeLinear in one pass;
+// b holds the f32 scales, then the shifts.
+extern "C" __global__ void scale_shift_i8(BinaryParams p, const signed char* __restrict__ a,
+                                          const float* __restrict__ b,
+                                          signed char* __restrict__ y, float sa, int za,
+                                          float sy, int zy) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= p.n) return;
+    int ia, ib;
+    binary_offsets(p, i, ia, ib);
+    float u = (float)((int)a[ia] - za) * sa;
+    float r = u * b[ib] + b[ib + p.shift_offset];
+    y[i] = quantize_i8(activate(r, p.act, p.act_a, p.act_b), sy, zy);
+}
+
 struct PoolParams {
     int n, c, h, w, oh, ow;
     int kh, kw, stride_h, stride_w, pad_h, pad_w;

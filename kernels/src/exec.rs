@@ -72,7 +72,7 @@ pub enum Int8Gemm {
 pub fn kernel_input_dtype(kernel: &str) -> DType {
     match kernel {
         "conv_i8_imma" | "conv_i8_dp4a" | "conv_direct_i8" | "dequantize_f16" | "transpose_b8"
-        | "pool_max_i8" | "binary_i8" => DType::I8,
+        | "pool_max_i8" | "binary_i8" | "scale_shift_i8" => DType::I8,
         "conv_direct_f32" | "unary_f32" | "binary_f32" | "quantize_f32" | "cast_f32_f16"
         | "transpose_b32" => DType::F32,
         _ => DType::F16,
@@ -186,19 +186,20 @@ fn resolve_step(at: &Addresses, s: &Step, int8: Int8Gemm) -> Result<ResolvedLaun
             elementwise_config(n),
             list(&[x(0), y, i32_(n), Arg::I32(*act), Arg::F32(*a), Arg::F32(*b)]),
         ),
-        Op::Binary(p) if kernel == "binary_i8" => {
+        Op::Binary(p) if kernel == "binary_i8" || kernel == "scale_shift_i8" => {
             let [(sa, za), (sb, zb), (sy, zy)] = crate::reference::binary_i8_quant(plan, s)?;
-            let q = [
-                Arg::F32(sa),
-                Arg::I32(za),
-                Arg::F32(sb),
-                Arg::I32(zb),
-                Arg::F32(sy),
-                Arg::I32(zy),
-            ];
-            let mut args = vec![Arg::Binary(*p), x(0), x(1), y];
-            args.extend(q);
-            (elementwise_config(n), list(&args))
+            // scale_shift_i8's second operand is f32 factors, without a quantization
+            let b_quant: &[Arg] = if kernel == "binary_i8" {
+                &[Arg::F32(sb), Arg::I32(zb)]
+            } else {
+                &[]
+            };
+            let args = [Arg::Binary(*p), x(0), x(1), y, Arg::F32(sa), Arg::I32(za)]
+                .into_iter()
+                .chain(b_quant.iter().copied())
+                .chain([Arg::F32(sy), Arg::I32(zy)])
+                .collect();
+            (elementwise_config(n), args)
         }
         Op::Binary(p) => (
             elementwise_config(n),

@@ -69,6 +69,7 @@ pub const KERNELS: &[KernelSource] = &[
             "pool_f16",
             "pool_max_i8",
             "binary_i8",
+            "scale_shift_i8",
             "resize_f16",
             "softmax_f16",
             "argmax_f16",

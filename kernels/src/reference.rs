@@ -214,7 +214,22 @@ pub fn binary_i8(p: &BinaryParams, q: &[(f32, i32); 3], a: &[i8], b: &[i8]) -> V
         .collect()
 }
 
-/// The (scale, zero point) of an int8 binary step's operands and output, from their tensors.
+/// A per-channel affine map of int8 codes into int8 codes (`scale_shift_i8`): a QDQ graph's
+/// `DequantizeLinear` → BatchNormalization (→ activation) → `QuantizeLinear`, as DenseNet's
+/// pre-activations are: a dequantized, [`binary`]'s scale-shift with the f32 factors `b`,
+/// requantized. `q` holds the (scale, zero point) of a and y.
+pub fn scale_shift_i8(p: &BinaryParams, q: [(f32, i32); 2], a: &[i8], b: &[f32]) -> Vec<i8> {
+    let (sa, za) = q[0];
+    let a: Vec<f32> = a.iter().map(|x| (*x as i32 - za) as f32 * sa).collect();
+    let (sy, zy) = q[1];
+    binary(p, &a, b)
+        .into_iter()
+        .map(|v| quantize_i8(v, sy, zy))
+        .collect()
+}
+
+/// The (scale, zero point) of an int8 binary step's operands and output, from their tensors
+/// (a constant operand's is (1, 0): its values are f32).
 pub fn binary_i8_quant(plan: &KernelPlan, s: &Step) -> Result<[(f32, i32); 3], String> {
     let q = |t: TensorId| {
         plan.tensors[t].quant.ok_or_else(|| {
@@ -224,7 +239,11 @@ pub fn binary_i8_quant(plan: &KernelPlan, s: &Step) -> Result<[(f32, i32); 3], S
             )
         })
     };
-    Ok([q(s.inputs[0])?, q(s.inputs[1])?, q(s.output)?])
+    let b = match s.const_input(1) {
+        Some(_) => (1.0, 0),
+        None => q(s.inputs[1])?,
+    };
+    Ok([q(s.inputs[0])?, b, q(s.output)?])
 }
 
 pub fn pool(p: &PoolParams, x: &[f32]) -> Vec<f32> {
@@ -561,6 +580,10 @@ fn run_int8_step(plan: &KernelPlan, step: &Step, arena: &mut [u8]) -> bool {
     }
     let x = read_i8(plan, arena, step.inputs[0]);
     let y = match &step.op {
+        Op::Binary(p) if step.const_input(1).is_some() => {
+            let q = binary_i8_quant(plan, step).expect("an int8 binary op on quantized tensors");
+            scale_shift_i8(p, [q[0], q[2]], &x, &operand(plan, arena, step, 1))
+        }
         Op::Binary(p) => {
             let q = binary_i8_quant(plan, step).expect("an int8 binary op on quantized tensors");
             binary_i8(p, &q, &x, &read_i8(plan, arena, step.inputs[1]))

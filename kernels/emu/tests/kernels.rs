@@ -853,6 +853,39 @@ fn binary_i8_equals_the_twin() {
 }
 
 #[test]
+fn scale_shift_i8_equals_the_twin() {
+    if !bevrt_kernels_emu::available() {
+        return;
+    }
+    let a: Vec<i8> = (0..120).map(|i| (i * 37 % 256) as u8 as i8).collect();
+    let b: Vec<f32> = (0..6).map(|i| (i as f32 * 0.77).sin() * 2.0).collect();
+    let p = BinaryParams {
+        n: 120,
+        dims: [2, 3, 4, 5],
+        a_strides: [60, 20, 5, 1],
+        b_strides: [0, 1, 0, 0],
+        op: 4,
+        act: act::RELU,
+        shift_offset: 3,
+        ..Default::default()
+    };
+    let q = [(0.05f32, -7i32), (0.03, 11)];
+    let mut y = vec![0i8; 120];
+    let mut args = Args::new();
+    args.arg(p)
+        .ptr(a.as_ptr())
+        .ptr(b.as_ptr())
+        .ptr(y.as_mut_ptr());
+    args.arg(q[0].0).arg(q[0].1).arg(q[1].0).arg(q[1].1);
+    run("scale_shift_i8", &elementwise_config(120), &mut args);
+    assert_eq!(
+        y,
+        reference::scale_shift_i8(&p, q, &a, &b),
+        "scale_shift_i8"
+    );
+}
+
+#[test]
 fn pool_max_i8_equals_the_twin() {
     if !bevrt_kernels_emu::available() {
         return;

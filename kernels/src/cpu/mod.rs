@@ -69,6 +69,12 @@ enum Kernel {
         /// (scale, zero point) of a, b and y.
         q: [(f32, i32); 3],
     },
+    /// A per-channel affine map of int8 codes into int8 (a QDQ graph's BatchNormalization).
+    ScaleShiftI8 {
+        p: BinaryParams,
+        /// (scale, zero point) of a and y.
+        q: [(f32, i32); 2],
+    },
     Pool(PoolParams),
     /// Max pooling of int8 codes (a QDQ graph's MaxPool).
     PoolMaxI8(PoolParams),
@@ -365,6 +371,7 @@ fn kernel_name(k: &Kernel) -> String {
         Kernel::Unary { .. } => "unary",
         Kernel::Binary(_) => "binary",
         Kernel::BinaryI8 { .. } => "binary_i8",
+        Kernel::ScaleShiftI8 { .. } => "scale_shift_i8",
         Kernel::Pool(_) => "pool",
         Kernel::PoolMaxI8(_) => "pool_i8",
         Kernel::Resize(_) => "resize",
@@ -487,6 +494,16 @@ fn want_dtype(plan: &KernelPlan, s: &Step, k: usize, d: DType, what: &str) -> Re
 
 /// [`prepare`] for a binary op on int8 codes: two tensors of one shape into int8.
 fn prepare_binary_i8(plan: &KernelPlan, s: &Step, p: &BinaryParams) -> Result<Kernel, String> {
+    if p.op == crate::params::binary_op::SCALE_SHIFT {
+        if s.const_input(1).is_none() || plan.tensors[s.output].dtype != DType::I8 {
+            return Err("an int8 scale-shift takes int8 codes and f32 factors into int8".into());
+        }
+        let q = crate::reference::binary_i8_quant(plan, s)?;
+        return Ok(Kernel::ScaleShiftI8 {
+            p: *p,
+            q: [q[0], q[2]],
+        });
+    }
     let dense = p.a_strides == p.b_strides && p.a_strides[3] == 1;
     if !(0..=3).contains(&p.op)
         || !dense
@@ -743,6 +760,13 @@ unsafe fn run_step(
                     ops::binary_i8_on(isa, p, q, a, b, y)
                 };
                 pool.for_each_chunk_mut(y, ELEMENTWISE_CHUNK, &job);
+            }
+            Kernel::ScaleShiftI8 { p, q } => {
+                let (a, b) = (src_i8(s, 0, base), src_f32(s, 1, base));
+                let rows = spread_rows(s.out_len, (p.dims[2] * p.dims[3]) as usize, 1, pool);
+                let y = std::slice::from_raw_parts_mut(out as *mut i8, s.out_len);
+                let job = |i, y: &mut [i8]| ops::scale_shift_i8_on(isa, p, q, a, b, i * rows, y);
+                pool.for_each_chunk_mut(y, rows * (p.dims[2] * p.dims[3]) as usize, &job);
             }
             Kernel::Pool(_) | Kernel::PoolMaxI8(_) => run_pool(isa, s, base, out, pool),
             Kernel::Resize(p) if p.ow as usize <= ops::RESIZE_MAX_ROW => {

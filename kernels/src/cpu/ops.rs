@@ -107,11 +107,11 @@ pub fn binary(p: &BinaryParams, a: &[f32], b: &[f32], first: usize, y: &mut [f32
 /// outer = the first two of the four dims together): `row(ia, ib, out)` with the row's first
 /// offsets into `a` and `b` and its `dims[3]` outputs.
 #[inline(always)]
-fn for_each_row(
+fn for_each_row<T>(
     p: &BinaryParams,
     first: usize,
-    y: &mut [f32],
-    mut row: impl FnMut(usize, usize, &mut [f32]),
+    y: &mut [T],
+    mut row: impl FnMut(usize, usize, &mut [T]),
 ) {
     let [_, d1, d2, d3] = p.dims.map(|d| d as usize);
     let [a0, a1, a2, _] = p.a_strides.map(|s| s as usize);
@@ -204,6 +204,73 @@ pub fn binary_i8(p: &BinaryParams, q: &[(f32, i32); 3], a: &[i8], b: &[i8], y: &
         2 => binary_i8_with::<A>(p, q, a, b, y, |u, v| u * v),
         _ => binary_i8_with::<A>(p, q, a, b, y, |u, v| u / v),
     })
+}
+
+/// [`crate::reference::scale_shift_i8`]: int8 codes dequantized, `a * b[ib] + b[ib +
+/// shift_offset]` (f32 factors), activated, requantized; the outputs from outer index `first`
+/// on, as [`binary`]. `q` holds the (scale, zero point) of a and y.
+#[inline(always)]
+pub fn scale_shift_i8(
+    p: &BinaryParams,
+    q: &[(f32, i32); 2],
+    a: &[i8],
+    b: &[f32],
+    first: usize,
+    y: &mut [i8],
+) {
+    with_act!(p.act, A => scale_shift_i8_with::<A>(p, q, a, b, first, y))
+}
+
+/// [`scale_shift_i8`] for one activation. The rows are walked here, not through
+/// [`for_each_row`]: its closure would be compiled without the caller's target features.
+#[inline(always)]
+fn scale_shift_i8_with<A: Act>(
+    p: &BinaryParams,
+    q: &[(f32, i32); 2],
+    a: &[i8],
+    b: &[f32],
+    first: usize,
+    y: &mut [i8],
+) {
+    let [(sa, za), (sy, zy)] = *q;
+    let [_, d1, d2, d3] = p.dims.map(|d| d as usize);
+    let [a0, a1, a2, a3] = p.a_strides.map(|s| s as usize);
+    let [b0, b1, b2, b3] = p.b_strides.map(|s| s as usize);
+    let shift = p.shift_offset as usize;
+    let outer = y.len() / (d2 * d3).max(1);
+    for (o, block) in (first..first + outer).zip(y.chunks_exact_mut((d2 * d3).max(1))) {
+        let (i0, i1) = (o / d1, o % d1);
+        let (ia, ib) = (i0 * a0 + i1 * a1, i0 * b0 + i1 * b1);
+        if a3 == 1 && a2 == d3 && b3 == 0 && b2 == 0 {
+            // one channel's plane (NCHW, per-channel factors): its factors once, the codes
+            // contiguous, one loop that vectorises however short the rows
+            let (m, c) = (b[ib], b[ib + shift]);
+            for (o, u) in block.iter_mut().zip(&a[ia..ia + d2 * d3]) {
+                let u = (*u as i32 - za) as f32 * sa;
+                *o = quantize_i8(A::apply(p.act, p.act_a, p.act_b, u * m + c), sy, zy);
+            }
+            continue;
+        }
+        for (i2, out) in block.chunks_exact_mut(d3.max(1)).enumerate() {
+            let ia = ia + i2 * a2;
+            let ib = ib + i2 * b2;
+            if a3 == 1 && b3 == 0 {
+                // one channel's row: its factors once, the codes contiguous (vectorises)
+                let (m, c) = (b[ib], b[ib + shift]);
+                for (o, u) in out.iter_mut().zip(&a[ia..ia + d3]) {
+                    let u = (*u as i32 - za) as f32 * sa;
+                    *o = quantize_i8(A::apply(p.act, p.act_a, p.act_b, u * m + c), sy, zy);
+                }
+                continue;
+            }
+            for (k, o) in out.iter_mut().enumerate() {
+                let j = ib + k * b3;
+                let u = (a[ia + k * a3] as i32 - za) as f32 * sa;
+                let v = A::apply(p.act, p.act_a, p.act_b, u * b[j] + b[j + shift]);
+                *o = quantize_i8(v, sy, zy);
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -445,6 +512,10 @@ for_isa!(
 for_isa!(
     /// [`binary_i8`] for an instruction set.
     binary_i8_on => binary_i8(p: &BinaryParams, q: &[(f32, i32); 3], a: &[i8], b: &[i8], y: &mut [i8])
+);
+for_isa!(
+    /// [`scale_shift_i8`] for an instruction set.
+    scale_shift_i8_on => scale_shift_i8(p: &BinaryParams, q: &[(f32, i32); 2], a: &[i8], b: &[f32], first: usize, y: &mut [i8])
 );
 for_isa!(
     /// [`pool`] for an instruction set.
@@ -803,6 +874,38 @@ mod tests {
             let mut got = vec![0i8; want.len()];
             binary_i8(&p, &q, &a, &b, &mut got);
             assert_eq!(got, want, "op {op} act {act}");
+        }
+    }
+
+    #[test]
+    fn scale_shift_i8_equals_the_twin() {
+        // NCHW (2, 3, 4, 5) with per-channel factors (the plane path), per-element factors
+        // broadcast over the batch (the strided path), and every code
+        let a: Vec<i8> = (0..120).map(|i| (i * 37 % 256) as u8 as i8).collect();
+        let b: Vec<f32> = (0..120).map(|i| (i as f32 * 0.77).sin() * 2.0).collect();
+        for (b_strides, shift, act) in [
+            ([0, 1, 0, 0], 3, crate::params::act::RELU),
+            ([0, 20, 5, 1], 60, crate::params::act::HARD_SWISH),
+        ] {
+            let p = BinaryParams {
+                n: 120,
+                dims: [2, 3, 4, 5],
+                a_strides: [60, 20, 5, 1],
+                b_strides,
+                op: crate::params::binary_op::SCALE_SHIFT,
+                act,
+                shift_offset: shift,
+                ..Default::default()
+            };
+            let q = [(0.05, -7), (0.03, 11)];
+            let want = crate::reference::scale_shift_i8(&p, q, &a, &b);
+            let mut got = vec![0i8; 120];
+            scale_shift_i8(&p, &q, &a, &b, 0, &mut got);
+            assert_eq!(got, want, "{b_strides:?}");
+            // from outer index 2 on, as a thread gets them
+            let mut part = vec![0i8; 80];
+            scale_shift_i8(&p, &q, &a, &b, 2, &mut part);
+            assert_eq!(part, want[40..], "{b_strides:?} from 2");
         }
     }
 

@@ -2,22 +2,42 @@
 //! `Quantize`, the pattern ONNX Runtime's quantizer writes around every residual `Add`, becomes
 //! one step on the int8 codes (`binary_i8`; twin `bevrt_kernels::reference::binary_i8`, which
 //! computes the same f32 values in the same order, so the plan's results do not change). Four
-//! passes over the tensor, three of them in f32, become one over bytes.
+//! passes over the tensor, three of them in f32, become one over bytes. Likewise `Dequantize`
+//! → per-channel scale-shift (a BatchNormalization after no convolution: DenseNet's
+//! pre-activations) → `Quantize` (`scale_shift_i8`).
 
-use bevrt_kernels::plan::{DType, KernelPlan, Op, TensorId};
+use bevrt_kernels::params::binary_op;
+use bevrt_kernels::plan::{ConstData, DType, KernelPlan, Op, Step, TensorId};
+use bevrt_kernels::reference::const_f32;
 
 /// Rewrite every such pattern in `plan` (before it is allocated); returns how many.
 pub(super) fn fuse_int8_binaries(plan: &mut KernelPlan) -> usize {
     let mut fused = 0;
     while let Some((b, dq_a, dq_b, q)) = find(plan) {
-        let (qa, qb) = (plan.steps[dq_a].inputs[0], plan.steps[dq_b].inputs[0]);
+        // a Dequantize that only the binary step read goes with it (not one that writes into
+        // a slot of another tensor, a Concat's)
+        let only_for_b = |d: usize| {
+            let t = plan.steps[d].output;
+            plan.tensors[t].view_of.is_none()
+                && plan.steps.iter().filter(|s| s.inputs.contains(&t)).count() == 1
+                && !plan.outputs.contains(&t)
+                && !plan.tensors.iter().any(|x| x.view_of == Some(t))
+        };
+        let (drop_a, drop_b) = (only_for_b(dq_a), dq_b.is_some_and(only_for_b));
+        let qa = plan.steps[dq_a].inputs[0];
+        // a constant second operand keeps its place in `inputs`
+        let qb = dq_b.map_or(plan.steps[b].inputs[1], |d| plan.steps[d].inputs[0]);
         let out = plan.steps[q].output;
         let q_name = plan.steps[q].name.clone();
+        as_scale_shift(plan, b);
         let step = &mut plan.steps[b];
         step.inputs = vec![qa, qb];
         step.output = out;
         step.name.push_str(&format!(" + {q_name}"));
-        let mut gone = [dq_a, dq_b, q];
+        let mut gone: Vec<usize> = [drop_a.then_some(dq_a), dq_b.filter(|_| drop_b), Some(q)]
+            .into_iter()
+            .flatten()
+            .collect();
         gone.sort_unstable();
         for i in gone.into_iter().rev() {
             plan.steps.remove(i);
@@ -27,8 +47,41 @@ pub(super) fn fuse_int8_binaries(plan: &mut KernelPlan) -> usize {
     fused
 }
 
-/// The next pattern: (binary step, the two dequantize steps, the quantize step).
-fn find(plan: &KernelPlan) -> Option<(usize, usize, usize, usize)> {
+/// A Mul / Add / Sub by a constant as the scale-shift `x * m + c` (the one int8 kernel with a
+/// constant operand): `x * v + 0` and `x * 1 + v` are `x * v` and `x + v` up to the sign of a
+/// zero, which quantization does not see (`x - v` is `x + (-v)` exactly).
+fn as_scale_shift(plan: &mut KernelPlan, b: usize) {
+    let Step {
+        op: Op::Binary(p),
+        const_inputs,
+        ..
+    } = &plan.steps[b]
+    else {
+        return;
+    };
+    let (Some(&(1, c)), [_]) = (const_inputs.first(), const_inputs.as_slice()) else {
+        return;
+    };
+    let v = const_f32(&plan.consts[c]);
+    let (m, shift): (Vec<f32>, Vec<f32>) = match p.op {
+        binary_op::MUL => (v.clone(), vec![0.0; v.len()]),
+        binary_op::ADD => (vec![1.0; v.len()], v.clone()),
+        binary_op::SUB => (vec![1.0; v.len()], v.iter().map(|x| -x).collect()),
+        _ => return,
+    };
+    let n = v.len() as i32;
+    let id = plan.add_const(ConstData::F32([m, shift].concat()));
+    let step = &mut plan.steps[b];
+    step.const_inputs = vec![(1, id)];
+    if let Op::Binary(p) = &mut step.op {
+        p.op = binary_op::SCALE_SHIFT;
+        p.shift_offset = n;
+    }
+}
+
+/// The next pattern: (binary step, the dequantize step of each tensor operand, the quantize
+/// step).
+fn find(plan: &KernelPlan) -> Option<(usize, usize, Option<usize>, usize)> {
     let readers = |t: TensorId| -> usize {
         plan.steps
             .iter()
@@ -38,14 +91,11 @@ fn find(plan: &KernelPlan) -> Option<(usize, usize, usize, usize)> {
             + plan.tensors.iter().filter(|d| d.view_of == Some(t)).count()
     };
     let producer = |t: TensorId| plan.steps.iter().position(|s| s.output == t);
-    // a float tensor read by the binary step alone, dequantized from int8 by its producer
+    // a float tensor dequantized from int8 by its producer (which stays if others read it)
     let dequantized = |t: TensorId| -> Option<usize> {
         let p = producer(t)?;
         let s = &plan.steps[p];
-        (matches!(s.op, Op::Dequantize)
-            && plan.tensors[t].view_of.is_none()
-            && readers(t) == 1
-            && plan.tensors[s.inputs[0]].dtype == DType::I8)
+        (matches!(s.op, Op::Dequantize) && plan.tensors[s.inputs[0]].dtype == DType::I8)
             .then_some(p)
     };
     plan.steps.iter().enumerate().find_map(|(b, s)| {
@@ -58,10 +108,24 @@ fn find(plan: &KernelPlan) -> Option<(usize, usize, usize, usize)> {
             && p.a_strides == p.b_strides
             && p.a_strides[3] == 1
             && plan.tensors[s.inputs[0]].elems() == plan.tensors[s.output].elems();
-        if !elementwise || plan.tensors[s.inputs[0]].dtype == DType::I8 {
+        // per-channel f32 factors as the second operand, or a Mul / Add / Sub by a constant
+        // (rewritten as one, `as_scale_shift`)
+        let by_const = [
+            binary_op::SCALE_SHIFT,
+            binary_op::MUL,
+            binary_op::ADD,
+            binary_op::SUB,
+        ];
+        let scale_shift =
+            by_const.contains(&p.op) && s.const_input(0).is_none() && s.const_input(1).is_some();
+        if !(elementwise || scale_shift) || plan.tensors[s.inputs[0]].dtype == DType::I8 {
             return None;
         }
-        let (dq_a, dq_b) = (dequantized(s.inputs[0])?, dequantized(s.inputs[1])?);
+        let dq_a = dequantized(s.inputs[0])?;
+        let dq_b = match scale_shift {
+            true => None,
+            false => Some(dequantized(s.inputs[1])?),
+        };
         if readers(s.output) != 1 || plan.tensors[s.output].view_of.is_some() {
             return None;
         }
@@ -70,6 +134,6 @@ fn find(plan: &KernelPlan) -> Option<(usize, usize, usize, usize)> {
             .iter()
             .position(|r| matches!(r.op, Op::Quantize) && r.inputs[0] == s.output)?;
         // the codes must exist before the binary step runs, and its result before the Q
-        (dq_a < b && dq_b < b && q > b).then_some((b, dq_a, dq_b, q))
+        (dq_a < b && dq_b.is_none_or(|d| d < b) && q > b).then_some((b, dq_a, dq_b, q))
     })
 }
