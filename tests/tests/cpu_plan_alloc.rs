@@ -13,8 +13,8 @@ static ALLOC: alloc_count::CountingAlloc = alloc_count::CountingAlloc;
 #[test]
 fn cpu_plan_frames_allocate_nothing_on_any_thread() {
     let mut bundles = vec![workspace_root().join("models/bundles/letsmap-lite")];
+    let dir = scratch("cpu-plan-alloc");
     if let Some(shared) = shared_dir() {
-        let dir = scratch("cpu-plan-alloc");
         bundles.push(classifier_bundle(
             &shared,
             "ch_ppocr_mobile_v2.0_cls_int8_qdq.onnx",
