@@ -67,9 +67,9 @@ for m in resnet50 densenet121 shufflenet squeezenet inception_v2; do
     --model "$ZOO/$m.onnx" --input 224x224:RGB --mean 0.45 --std 0.225 --out "$WORK/zoo-$m" >/dev/null
   ROWS+=("zoo $m|$WORK/zoo-$m|")
 done
-# Two of them as ONNX Runtime's own quantizer writes them (QDQ, uint8 activations, per-channel
+# Four of them as ONNX Runtime's own quantizer writes them (QDQ, uint8 activations, per-channel
 # int8 weights), against our FP32 run of the same network
-for m in squeezenet resnet50; do
+for m in squeezenet shufflenet densenet121 resnet50; do
   [ -f "$ZOO/$m.onnx" ] || continue
   if [ ! -f "$ZOO/${m}_qdq.onnx" ]; then
     python3 scripts/cnn-zoo.py "$ZOO" "${m}_qdq" >/dev/null 2>&1 || continue
