@@ -212,6 +212,20 @@ fn plan_for(
     plan
 }
 
+/// Mean seconds per run of a one-step plan on the engine, after 5 warm-up runs.
+fn seconds_per_run(plan: KernelPlan, pool: &std::sync::Arc<pool::WorkerPool>, isa: Isa) -> f64 {
+    let mut e = CpuPlan::load(plan, pool.clone(), isa).expect("loads");
+    for _ in 0..5 {
+        e.run();
+    }
+    let n = 50;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        e.run();
+    }
+    t0.elapsed().as_secs_f64() / n as f64
+}
+
 fn main() {
     let threads: usize = std::env::args()
         .nth(1)
@@ -239,16 +253,7 @@ fn main() {
             Op::Conv { p, .. } => p.ops(),
             _ => 0.0,
         };
-        let mut e = CpuPlan::load(plan, pool.clone(), isa).expect("loads");
-        for _ in 0..5 {
-            e.run();
-        }
-        let n = 50;
-        let t0 = Instant::now();
-        for _ in 0..n {
-            e.run();
-        }
-        let s = t0.elapsed().as_secs_f64() / n as f64;
+        let s = seconds_per_run(plan, &pool, isa);
         let g = ops / s / 1e9;
         println!(
             "{name:<40} {:>8.3} ms {g:>8.1} G{}/s {:>6.1} % of FP32 peak",
@@ -317,16 +322,7 @@ fn pools(pool: &std::sync::Arc<pool::WorkerPool>, only: Option<&str>) {
             plan.inputs = vec![x];
             plan.outputs = vec![y];
             plan.allocate();
-            let mut e = CpuPlan::load(plan, pool.clone(), Isa::detect()).expect("loads");
-            for _ in 0..5 {
-                e.run();
-            }
-            let n = 50;
-            let t0 = Instant::now();
-            for _ in 0..n {
-                e.run();
-            }
-            let s = t0.elapsed().as_secs_f64() / n as f64;
+            let s = seconds_per_run(plan, pool, Isa::detect());
             let bytes = (c * (h * w + oh * ow) * if int8 { 1 } else { 4 }) as f64;
             println!(
                 "{label:<40} {:>8.3} ms {:>8.1} GB/s",
