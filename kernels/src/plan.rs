@@ -159,7 +159,12 @@ impl Op {
             },
             Op::Unary { .. } if output == DType::F32 => "unary_f32",
             Op::Unary { .. } => "unary_f16",
-            Op::Binary(p) if inputs.first() == Some(&DType::I8) && p.op == 4 => "scale_shift_i8",
+            Op::Binary(p)
+                if inputs.first() == Some(&DType::I8)
+                    && p.op == crate::params::binary_op::SCALE_SHIFT =>
+            {
+                "scale_shift_i8"
+            }
             Op::Binary(_) if inputs.first() == Some(&DType::I8) => "binary_i8",
             Op::Binary(_) if output == DType::F32 => "binary_f32",
             Op::Binary(_) => "binary_f16",

@@ -302,31 +302,13 @@ pub fn pool_into(p: &PoolParams, x: &[f32], out: &mut [f32]) {
 
 /// Max pooling of int8 codes (`pool_max_i8`): a max of codes is the code of the max, since
 /// quantization is monotone, so a QDQ graph's `DequantizeLinear → MaxPool → QuantizeLinear`
-/// with one scale runs on the codes alone. Padding taps are skipped (a window with no tap
-/// inside the image, which ONNX shapes never produce, gives -128).
+/// with one scale runs on the codes alone. The float max pool over the codes (exact in f32;
+/// a window with no tap inside the image, which ONNX shapes never produce, gives -128).
 pub fn pool_max_i8(p: &PoolParams, x: &[i8]) -> Vec<i8> {
-    let plane = (p.oh * p.ow) as usize;
-    let (h, w) = (p.h as usize, p.w as usize);
-    (0..(p.n * p.c) as usize * plane)
-        .map(|i| {
-            let (nc, pix) = (i / plane, i % plane);
-            let (oy, ox) = ((pix / p.ow as usize) as i32, (pix % p.ow as usize) as i32);
-            let xp = &x[nc * h * w..][..h * w];
-            let mut acc = i8::MIN;
-            for ry in 0..p.kh {
-                let iy = oy * p.stride_h - p.pad_h + ry;
-                if iy < 0 || iy >= p.h {
-                    continue;
-                }
-                for sx in 0..p.kw {
-                    let ix = ox * p.stride_w - p.pad_w + sx;
-                    if ix >= 0 && ix < p.w {
-                        acc = acc.max(xp[iy as usize * w + ix as usize]);
-                    }
-                }
-            }
-            acc
-        })
+    let codes: Vec<f32> = x.iter().map(|v| *v as f32).collect();
+    pool(&PoolParams { mode: 0, ..*p }, &codes)
+        .into_iter()
+        .map(|v| v as i8)
         .collect()
 }
 

@@ -790,7 +790,7 @@ unsafe fn run_step(
                 let x = src_f32(s, 0, base);
                 let y = std::slice::from_raw_parts_mut(out as *mut i8, s.out_len);
                 pool.for_each_chunk_mut(y, ELEMENTWISE_CHUNK, &|i, y| {
-                    ops::quantize(&x[i * ELEMENTWISE_CHUNK..][..y.len()], y, *scale, *zp)
+                    ops::quantize_on(isa, &x[i * ELEMENTWISE_CHUNK..][..y.len()], y, *scale, *zp)
                 });
             }
             Kernel::Dequantize { scale, zp } => {

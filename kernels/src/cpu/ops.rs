@@ -518,6 +518,10 @@ for_isa!(
     scale_shift_i8_on => scale_shift_i8(p: &BinaryParams, q: &[(f32, i32); 2], a: &[i8], b: &[f32], first: usize, y: &mut [i8])
 );
 for_isa!(
+    /// [`quantize`] for an instruction set.
+    quantize_on => quantize(x: &[f32], y: &mut [i8], s: f32, zp: i32)
+);
+for_isa!(
     /// [`pool`] for an instruction set.
     pool_on => pool(p: &PoolParams, x: &[f32], first_plane: usize, y: &mut [f32])
 );
@@ -640,42 +644,12 @@ pub(crate) fn quantize_i8(y: f32, s: f32, zp: i32) -> i8 {
     unsafe { q.to_int_unchecked::<i32>() as i8 }
 }
 
-#[inline]
+/// Float to int8 codes: [`quantize_i8`] per element (run through [`quantize_on`], the loop
+/// vectorises for the instruction set).
+#[inline(always)]
 pub fn quantize(x: &[f32], y: &mut [i8], s: f32, zp: i32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F is present.
-        return unsafe { quantize_avx512(x, y, s, zp) };
-    }
     for (o, v) in y.iter_mut().zip(x) {
         *o = quantize_i8(*v, s, zp);
-    }
-}
-
-/// [`crate::reference::quantize_i8`] 16 lanes at a time, the same operations: a true
-/// division, round half to even, `+ zp`, then `max(-128)` (which also turns NaN into -128,
-/// as `maxps` returns its second operand for a NaN) and `min(127)`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn quantize_avx512(x: &[f32], y: &mut [i8], s: f32, zp: i32) {
-    use std::arch::x86_64::*;
-    let n = x.len().min(y.len());
-    let (vs, vzp) = (_mm512_set1_ps(s), _mm512_set1_ps(zp as f32));
-    let (lo, hi) = (_mm512_set1_ps(-128.0), _mm512_set1_ps(127.0));
-    let mut i = 0;
-    while i + 16 <= n {
-        // SAFETY: i + 16 <= n for both slices.
-        unsafe {
-            let v = _mm512_div_ps(_mm512_loadu_ps(x.as_ptr().add(i)), vs);
-            let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-            let r = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, vzp), lo), hi);
-            let q = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(r));
-            _mm_storeu_si128(y.as_mut_ptr().add(i) as *mut __m128i, q);
-        }
-        i += 16;
-    }
-    for (o, v) in y[i..n].iter_mut().zip(&x[i..n]) {
-        *o = crate::reference::quantize_i8(*v, s, zp);
     }
 }
 

@@ -18,10 +18,7 @@ pub(super) fn fuse_int8_binaries(plan: &mut KernelPlan) -> usize {
         // a slot of another tensor, a Concat's)
         let only_for_b = |d: usize| {
             let t = plan.steps[d].output;
-            plan.tensors[t].view_of.is_none()
-                && plan.steps.iter().filter(|s| s.inputs.contains(&t)).count() == 1
-                && !plan.outputs.contains(&t)
-                && !plan.tensors.iter().any(|x| x.view_of == Some(t))
+            plan.tensors[t].view_of.is_none() && readers(plan, t) == 1
         };
         let (drop_a, drop_b) = (only_for_b(dq_a), dq_b.is_some_and(only_for_b));
         let qa = plan.steps[dq_a].inputs[0];
@@ -79,17 +76,20 @@ fn as_scale_shift(plan: &mut KernelPlan, b: usize) {
     }
 }
 
+/// What reads tensor `t`: steps (once per operand), the plan's outputs, and views of it.
+fn readers(plan: &KernelPlan, t: TensorId) -> usize {
+    plan.steps
+        .iter()
+        .map(|s| s.inputs.iter().filter(|&&i| i == t).count())
+        .sum::<usize>()
+        + plan.outputs.iter().filter(|&&o| o == t).count()
+        + plan.tensors.iter().filter(|d| d.view_of == Some(t)).count()
+}
+
 /// The next pattern: (binary step, the dequantize step of each tensor operand, the quantize
 /// step).
 fn find(plan: &KernelPlan) -> Option<(usize, usize, Option<usize>, usize)> {
-    let readers = |t: TensorId| -> usize {
-        plan.steps
-            .iter()
-            .map(|s| s.inputs.iter().filter(|&&i| i == t).count())
-            .sum::<usize>()
-            + plan.outputs.iter().filter(|&&o| o == t).count()
-            + plan.tensors.iter().filter(|d| d.view_of == Some(t)).count()
-    };
+    let readers = |t: TensorId| readers(plan, t);
     let producer = |t: TensorId| plan.steps.iter().position(|s| s.output == t);
     // a float tensor dequantized from int8 by its producer (which stays if others read it)
     let dequantized = |t: TensorId| -> Option<usize> {
