@@ -93,7 +93,33 @@ const LAYERS: &[Layer] = &[
         1,
         1,
         true,
+    ), // the same network's FP32 layers where the weights outgrow L2 or the rows are short
+    ("res2 1x1 64->256 56x56", 64, 56, 56, 256, 1, 1, 1, false),
+    ("res5 3x3 512->512 7x7", 512, 7, 7, 512, 3, 1, 1, false),
+    (
+        "res5 3x3 s2 512->512 14x14",
+        512,
+        14,
+        14,
+        512,
+        3,
+        2,
+        1,
+        false,
     ),
+    (
+        "res5 1x1 s2 1024->2048 14x14",
+        1024,
+        14,
+        14,
+        2048,
+        1,
+        2,
+        1,
+        false,
+    ),
+    ("res5 1x1 512->2048 7x7", 512, 7, 7, 2048, 1, 1, 1, false),
+    ("fc 2048->1000", 2048, 1, 1, 1000, 1, 1, 1, false),
 ];
 
 #[allow(clippy::too_many_arguments)]

@@ -29,6 +29,13 @@ pub struct GemmConv {
     /// Row-reading tasks also split the output channels into this many groups of panels
     /// (small planes with many channels would otherwise give a pool too few tasks).
     kgroups: usize,
+    /// Visit a task's blocks panel by panel (see `GemmConv::task`).
+    panel_outer: bool,
+    /// Copy each block's taps into scratch before the micro-kernels read them (see
+    /// `GemmConv::pack`): worth it from a few panels on.
+    packs: bool,
+    /// Tap j's offset in a packed block: `j * nr` pixels (INT8: of 4 bytes).
+    packed_offs: Vec<u32>,
 }
 
 /// Where the row-reading GEMM finds its taps: a padded copy of the input with each row
@@ -38,6 +45,13 @@ pub struct GemmConv {
 /// time, `[n][c/4][hp][phase][wph][4]` as `x + 128` bytes, borders holding the zero point (so
 /// 32 pixels of one 4-channel tap group are one 128-byte `vpdpbusd` operand). Borders are
 /// written at load and never again; slack at the end absorbs a partial block's over-read.
+///
+/// Strided convolutions whose output rows are at most half a block (the 14x14 and 7x7
+/// downsampling layers of every ImageNet CNN) would run one short row per task, half the
+/// lanes idle or more and all the weights read again for every row. Their taps are gathered
+/// instead (`gathered`): `[n][tap][oh * ow]` (INT8: `[n][tap group][oh * ow][4]`), so blocks
+/// run across the whole output plane as in a 1x1 convolution; out-of-image taps hold the
+/// border value written at load.
 struct RowSource {
     buf: std::cell::UnsafeCell<RowBuf>,
     /// The padded planes' rows (pixels; INT8 has 4 values per pixel).
@@ -51,6 +65,10 @@ struct RowSource {
     offs: Vec<u32>,
     /// FP32 only: the input is read in place (1x1, unit stride, no padding: no copy).
     in_place: bool,
+    /// The taps are gathered per output pixel (see above).
+    gathered: bool,
+    /// Output pixels per image.
+    npix: usize,
 }
 
 enum RowBuf {
@@ -72,26 +90,39 @@ impl RowSource {
             Some(_) => (4, (p.c as usize).div_ceil(4)),
             None => (1, p.c as usize),
         };
-        let in_place = int8_pad.is_none()
-            && is_pointwise(p)
-            && rows.hp == p.h as usize
-            && rows.row == p.w as usize;
+        let flat = is_pointwise(p) && rows.hp == p.h as usize && rows.row == p.w as usize;
+        let in_place = int8_pad.is_none() && flat;
+        let unit = p.stride_h == 1 && p.stride_w == 1;
+        let npix = (p.oh * p.ow) as usize;
+        let taps = blocks * (p.r * p.s) as usize;
+        // (a unit-stride plane runs across rows in place: `RowSource::wide`)
+        let gathered = !flat
+            && !(unit && p.oh > 1)
+            && (p.ow as usize) <= nr / 2
+            && p.n as usize * taps * npix * lanes <= GATHER_LIMIT;
         let plane = rows.hp * rows.row * lanes;
-        if p.n as usize * blocks * plane > u32::MAX as usize / 2 {
+        let mut offs = vec![];
+        for cb in 0..blocks {
+            for ry in 0..p.r as usize {
+                for sx in 0..p.s as usize {
+                    offs.push(match gathered {
+                        true => (offs.len() * npix * lanes) as u32,
+                        false => (cb * plane + rows.tap_start(p, 0, ry, sx) * lanes) as u32,
+                    });
+                }
+            }
+        }
+        let image = match gathered {
+            true => taps * npix * lanes,
+            false => blocks * plane,
+        };
+        if p.n as usize * image > u32::MAX as usize / 2 {
             return Err(format!(
                 "convolution input {}x{}x{}x{} too large for the CPU engine's 32-bit tap offsets",
                 p.n, p.c, p.h, p.w
             ));
         }
-        let mut offs = vec![];
-        for cb in 0..blocks {
-            for ry in 0..p.r as usize {
-                for sx in 0..p.s as usize {
-                    offs.push((cb * plane + rows.tap_start(p, 0, ry, sx) * lanes) as u32);
-                }
-            }
-        }
-        let len = p.n as usize * blocks * plane + (nr + 16) * lanes;
+        let len = p.n as usize * image + (nr + 16) * lanes;
         let buf = match int8_pad {
             Some(v) => RowBuf::U8(vec![v; len]),
             None if in_place => RowBuf::F32(vec![]),
@@ -104,7 +135,17 @@ impl RowSource {
             blocks,
             offs,
             in_place,
+            gathered,
+            npix,
         })
+    }
+
+    /// Elements of one image in the buffer the taps are read from.
+    fn image_len(&self) -> usize {
+        match self.gathered {
+            true => self.offs.len() * self.npix * self.lanes,
+            false => self.blocks * self.rows.hp * self.rows.row * self.lanes,
+        }
     }
 }
 
@@ -112,7 +153,10 @@ impl RowSource {
     /// Output pixels map one to one onto input pixels (1x1, unit strides, no padding), so
     /// blocks may run across rows.
     fn flat(&self, p: &ConvParams) -> bool {
-        is_pointwise(p) && self.rows.row == p.w as usize && self.rows.hp == p.h as usize
+        !self.gathered
+            && is_pointwise(p)
+            && self.rows.row == p.w as usize
+            && self.rows.hp == p.h as usize
     }
 
     /// Unit strides and output rows shorter than a block (the 7x7 and 14x14 planes of every
@@ -120,7 +164,12 @@ impl RowSource {
     /// oy · row + ox, so a block of 32 holds several output rows and the padding columns
     /// between them (computed, never stored) instead of one 7-pixel row and 25 idle lanes.
     fn wide(&self, p: &ConvParams, nr: usize) -> bool {
-        !self.flat(p) && p.stride_h == 1 && p.stride_w == 1 && (p.ow as usize) < nr && p.oh > 1
+        !self.gathered
+            && !self.flat(p)
+            && p.stride_h == 1
+            && p.stride_w == 1
+            && (p.ow as usize) < nr
+            && p.oh > 1
     }
 
     /// Pixels the tasks tile when blocks run across rows: the output plane (flat), the
@@ -129,13 +178,16 @@ impl RowSource {
     fn tiled_len(&self, p: &ConvParams, nr: usize) -> Option<usize> {
         if self.wide(p, nr) {
             Some((p.oh as usize - 1) * self.rows.row + p.ow as usize)
-        } else if self.flat(p) {
+        } else if self.flat(p) || self.gathered {
             Some((p.oh * p.ow) as usize)
         } else {
             None
         }
     }
 }
+
+/// Most elements a gathered tap buffer may hold (256 MB of FP32): past that, rows as usual.
+const GATHER_LIMIT: usize = 64 << 20;
 
 /// Where a block's accumulators go: `len` pixels from accumulator column `from` to output
 /// element `to` (of channel 0; each channel adds its plane).
@@ -243,9 +295,18 @@ impl GemmConv {
         let nr = nr_for(isa);
         let tiled = rows.tiled_len(&p, nr);
         let pixels = tiled.unwrap_or((p.oh * p.ow) as usize);
-        // A 1x1 task's taps (kdim x tile) stay within ~128 KiB.
+        // Weights past L2 are read panel by panel (`GemmConv::task`), once per tile, the tile's
+        // packed taps staying in L2 (~512 KiB; 1.25 MiB, one tile for a 7x7 plane of 3x3 taps
+        // over 512 channels, measured no faster on ResNet-50 and slower on its 14x14 layers);
+        // otherwise a task's taps (kdim x tile) stay within ~128 KiB.
+        let weight_bytes = match &weights {
+            GemmWeights::F32(w) => w.len() * 4,
+            GemmWeights::I8(w) => w.len(),
+        };
+        let panel_outer = weight_bytes > 512 * 1024;
         let bytes_per_pixel = kdim.max(1) * 4;
-        let by_cache = (128 * 1024 / bytes_per_pixel / nr).max(1) * nr;
+        let budget = if panel_outer { 512 } else { 128 } * 1024;
+        let by_cache = (budget / bytes_per_pixel / nr).max(1) * nr;
         let tile = by_cache.min(pixels.div_ceil(nr) * nr).min(8 * nr).max(nr);
         let panels = (p.k as usize).div_ceil(MR);
         let pixel_tasks = match tiled {
@@ -257,11 +318,26 @@ impl GemmConv {
         } else {
             1
         };
+        // Packing pays where the tile's taps must stay in L2 across large weights (FP32,
+        // panels outer, up to 2 MiB of packed blocks for a row-by-row task of a wide image);
+        // elsewhere the copy measured slower (INT8's row source is already interleaved;
+        // DenseNet's 32-channel 3x3 convolutions have few panels per block).
+        let task_pixels = if tiled.is_some() { tile } else { p.ow as usize };
+        let packs = panel_outer
+            && matches!(weights, GemmWeights::F32(_))
+            && panels.div_ceil(kgroups) >= 4
+            && task_pixels.div_ceil(nr) * rows.offs.len() * nr * 4 <= 2 << 20;
+        let packed_offs = (0..rows.offs.len())
+            .map(|j| (j * nr * rows.lanes) as u32)
+            .collect();
         Ok(GemmConv {
             p,
             weights,
             rows,
             kgroups,
+            panel_outer,
+            packs,
+            packed_offs,
             epi,
             isa,
             nr,
@@ -318,6 +394,9 @@ impl GemmConv {
         let p = &self.p;
         let (h, w, c) = (p.h as usize, p.w as usize, p.c as usize);
         let (ph, pw, sw) = (p.pad_h as usize, p.pad_w as usize, p.stride_w as usize);
+        if r.gathered {
+            return unsafe { self.gather(t, x) };
+        }
         let plane = g.hp * g.row * r.lanes;
         match (unsafe { &mut *r.buf.get() }, x) {
             (RowBuf::F32(buf), InBuf::F32(x)) => {
@@ -360,9 +439,99 @@ impl GemmConv {
         }
     }
 
+    /// Pad task `t` of a gathered row source: every tap of input plane `t` (FP32) or of
+    /// the 4-channel block `t` (INT8) for every output pixel; taps outside the image keep the
+    /// border value the buffer was made with.
+    #[inline(always)]
+    unsafe fn gather(&self, t: usize, x: InBuf) {
+        let (r, p) = (&self.rows, &self.p);
+        let (c, h, w) = (p.c as usize, p.h as usize, p.w as usize);
+        let (oh, ow, npix) = (p.oh as usize, p.ow as usize, r.npix);
+        let (kr, ks) = (p.r as usize, p.s as usize);
+        // input coordinate of output index o for tap offset k, if inside the image
+        let at = |o: usize, stride: i32, k: usize, dil: i32, pad: i32, len: usize| {
+            let v = (o * stride as usize + k * dil as usize).checked_sub(pad as usize)?;
+            (v < len).then_some(v)
+        };
+        // the output columns tap column sx reads inside the image, and the input column of
+        // the first of them
+        let (sw, dw, pw) = (p.stride_w as usize, p.dil_w as usize, p.pad_w as usize);
+        let columns = |sx: usize| {
+            let lo = (0..ow).find(|&ox| at(ox, p.stride_w, sx, p.dil_w, p.pad_w, w).is_some());
+            let hi = (0..ow).rfind(|&ox| at(ox, p.stride_w, sx, p.dil_w, p.pad_w, w).is_some());
+            match (lo, hi) {
+                (Some(lo), Some(hi)) => (lo..hi + 1, lo * sw + sx * dw - pw),
+                _ => (0..0, 0),
+            }
+        };
+        let taps = kr * ks;
+        match (unsafe { &mut *r.buf.get() }, x) {
+            (RowBuf::F32(buf), InBuf::F32(x)) => {
+                let dst = &mut buf[t * taps * npix..][..taps * npix];
+                let src = unsafe { std::slice::from_raw_parts(x.add(t * h * w), h * w) };
+                for (tap, out) in dst.chunks_exact_mut(npix).enumerate() {
+                    let (ry, sx) = (tap / ks, tap % ks);
+                    for oy in 0..oh {
+                        let Some(iy) = at(oy, p.stride_h, ry, p.dil_h, p.pad_h, h) else {
+                            continue;
+                        };
+                        let (cols, ix0) = columns(sx);
+                        let line = &src[iy * w + ix0..];
+                        let out = &mut out[oy * ow + cols.start..oy * ow + cols.end];
+                        for (m, o) in out.iter_mut().enumerate() {
+                            *o = line[m * sw];
+                        }
+                    }
+                }
+            }
+            (RowBuf::U8(buf), InBuf::I8(x)) => {
+                let (img, cb) = (t / r.blocks, t % r.blocks);
+                let dst = &mut buf[t * taps * npix * 4..][..taps * npix * 4];
+                let lanes = (c - cb * 4).min(4);
+                let plane = |q: usize| unsafe {
+                    std::slice::from_raw_parts(x.add((img * c + cb * 4 + q) * h * w), h * w)
+                };
+                for (tap, out) in dst.chunks_exact_mut(npix * 4).enumerate() {
+                    let (ry, sx) = (tap / ks, tap % ks);
+                    for oy in 0..oh {
+                        let Some(iy) = at(oy, p.stride_h, ry, p.dil_h, p.pad_h, h) else {
+                            continue;
+                        };
+                        let (cols, ix0) = columns(sx);
+                        let out = &mut out[(oy * ow + cols.start) * 4..(oy * ow + cols.end) * 4];
+                        for q in 0..lanes {
+                            let line = &plane(q)[iy * w + ix0..];
+                            for (m, o) in out.chunks_exact_mut(4).enumerate() {
+                                o[q] = (line[m * sw] as u8) ^ 0x80;
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Scratch bytes one thread needs.
     pub fn scratch_bytes(&self) -> usize {
-        MR * self.nr * 4 + 64
+        MR * self.nr * 4 + 64 + self.pack_slots() * self.rows.offs.len() * self.nr * 4
+    }
+
+    /// Blocks a task packs at once: all of them (panels outer), one, or none.
+    fn pack_slots(&self) -> usize {
+        match (self.packs, self.panel_outer) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => self.task_pixels().div_ceil(self.nr),
+        }
+    }
+
+    /// Most pixels one task covers.
+    fn task_pixels(&self) -> usize {
+        match self.rows.tiled_len(&self.p, self.nr) {
+            Some(_) => self.tile,
+            None => self.p.ow as usize,
+        }
     }
 
     /// Run task `t` (see [`GemmConv::tasks`]).
@@ -389,7 +558,6 @@ impl GemmConv {
         let (p, rs) = (&self.p, &self.rows);
         let k = p.k as usize;
         let (oh, ow) = (p.oh as usize, p.ow as usize);
-        let plane = rs.rows.hp * rs.rows.row * rs.lanes;
         // this task's share of the channel panels
         let (t, group) = (t / self.kgroups, t % self.kgroups);
         let panels = k.div_ceil(MR);
@@ -405,7 +573,7 @@ impl GemmConv {
             (img, oy * ow, ow, oy * p.stride_h as usize * rs.rows.row)
         };
         // element index of the tile's first pixel in the source
-        let base = img * rs.blocks * plane + b0 * rs.lanes;
+        let base = img * rs.image_len() + b0 * rs.lanes;
         let out_img = img * k * oh * ow + if wide { 0 } else { first };
         // where block xb's n accumulators go
         let segs = |xb: usize, n: usize| -> Segs {
@@ -435,6 +603,23 @@ impl GemmConv {
             v
         };
         // a partial block reads past its pixels (the next row or the slack), unused
+        // The order of (channel panel, pixel block) pairs: blocks outer (each block's taps
+        // stay in L1 while every panel's weights stream past) suits weights that stay in L2;
+        // panels outer (each panel's weights read once per task, the task's taps from L2)
+        // suits the large weights of the last stages, which would otherwise come from memory
+        // once per block. Plain loops: the same nest as closures measured 20 % slower.
+        let groups = if self.panel_outer { mine.len() } else { 1 };
+        let group = |g: usize| match self.panel_outer {
+            true => mine.start + g..mine.start + g + 1,
+            false => mine.clone(),
+        };
+        // the accumulators, then the packed blocks (64-byte aligned; a slot per block when
+        // panels are outer)
+        let (acc, packed) = scratch.split_at_mut(MR * self.nr * 4);
+        let packed = unsafe { packed.as_mut_ptr().add(packed.as_ptr().align_offset(64)) };
+        let slot_bytes = rs.offs.len() * self.nr * 4;
+        let slot =
+            |i: usize| unsafe { packed.add(if self.panel_outer { i } else { 0 } * slot_bytes) };
         match (&self.weights, unsafe { &*rs.buf.get() }, x) {
             (GemmWeights::F32(w), buf, x) => {
                 let src = match (rs.in_place, buf, x) {
@@ -442,24 +627,53 @@ impl GemmConv {
                     (false, RowBuf::F32(v), _) => v.as_ptr(),
                     _ => return,
                 };
-                for xb in (0..count).step_by(self.nr) {
-                    let n = self.nr.min(count - xb);
-                    let b = unsafe { src.add(base + xb) };
-                    let acc = as_f32(scratch);
-                    let segs = segs(xb, n);
-                    unsafe { self.rows_block(w, b, &rs.offs, acc, y, &segs, n, mine.clone()) };
+                let acc = as_f32(acc);
+                for g in 0..groups {
+                    for (i, xb) in (0..count).step_by(self.nr).enumerate() {
+                        let n = self.nr.min(count - xb);
+                        let mut b = unsafe { src.add(base + xb) };
+                        let mut offs = &rs.offs;
+                        if self.packs {
+                            if g == 0 {
+                                unsafe { self.pack(b, slot(i) as *mut f32) };
+                            }
+                            (b, offs) = (slot(i) as *const f32, &self.packed_offs);
+                        }
+                        let segs = segs(xb, n);
+                        unsafe { self.rows_block(w, b, offs, acc, y, &segs, n, group(g)) };
+                    }
                 }
             }
             (GemmWeights::I8(w), RowBuf::U8(v), _) => {
-                for xb in (0..count).step_by(self.nr) {
-                    let n = self.nr.min(count - xb);
-                    let b = unsafe { v.as_ptr().add(base + xb * 4) };
-                    let acc = as_i32(scratch);
-                    let segs = segs(xb, n);
-                    unsafe { self.rows_block_i8(w, b, &rs.offs, acc, y, &segs, n, mine.clone()) };
+                // (INT8 does not pack: see `GemmConv::packs`)
+                let acc = as_i32(acc);
+                for g in 0..groups {
+                    for xb in (0..count).step_by(self.nr) {
+                        let n = self.nr.min(count - xb);
+                        let b = unsafe { v.as_ptr().add(base + xb * 4) };
+                        let segs = segs(xb, n);
+                        unsafe { self.rows_block_i8(w, b, &rs.offs, acc, y, &segs, n, group(g)) };
+                    }
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Copy one block's FP32 taps (`nr` pixels of each, at `src + offs[j]`) into `dst` as
+    /// `[j][nr]` rows of 128 (AVX-512) or 32 bytes, so the micro-kernel reads them in order
+    /// from a few pages of L2 instead of one channel plane per tap.
+    ///
+    /// # Safety
+    /// The reads are those the micro-kernel would make; `dst` holds the block.
+    #[inline(always)]
+    unsafe fn pack(&self, src: *const f32, dst: *mut f32) {
+        let (offs, src, dst) = (&self.rows.offs, src as *const u8, dst as *mut u8);
+        unsafe {
+            match self.nr {
+                32 => copy_rows::<16>(src, offs, 4, dst),
+                _ => copy_rows::<4>(src, offs, 4, dst),
+            }
         }
     }
 
@@ -534,6 +748,20 @@ impl GemmConv {
                     unsafe { self.epi.row(p, kk, acc_row, y, s.to + kk * plane_out) };
                 }
             }
+        }
+    }
+}
+
+/// `dst[j] = src + offs[j] * elem`, `8 * W` bytes each, as `u64` words (vector moves).
+///
+/// # Safety
+/// As [`GemmConv::pack`].
+#[inline(always)]
+unsafe fn copy_rows<const W: usize>(src: *const u8, offs: &[u32], elem: usize, dst: *mut u8) {
+    for (j, &o) in offs.iter().enumerate() {
+        unsafe {
+            let v = std::ptr::read_unaligned(src.add(o as usize * elem) as *const [u64; W]);
+            std::ptr::write(dst.add(j * 8 * W) as *mut [u64; W], v);
         }
     }
 }

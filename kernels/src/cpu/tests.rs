@@ -245,6 +245,33 @@ const CASES: &[Case] = &[
         groups: 4,
         n: 1,
     },
+    // strided layers whose output rows are shorter than a block (taps gathered per output
+    // pixel): a dilated 3x3 on two images, and a downsampling 1x1 whose weights are past L2
+    // (read panel by panel)
+    Case {
+        c: 13,
+        h: 13,
+        w: 14,
+        k: 11,
+        r: 3,
+        stride: 2,
+        pad: 2,
+        dil: 2,
+        groups: 1,
+        n: 2,
+    },
+    Case {
+        c: 300,
+        h: 14,
+        w: 14,
+        k: 520,
+        r: 1,
+        stride: 2,
+        pad: 0,
+        dil: 1,
+        groups: 1,
+        n: 1,
+    },
 ];
 
 /// INT8 weights from `wv` (rows of `kpad`, the padding past `kdim` zeroed), their row sums
