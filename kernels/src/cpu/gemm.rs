@@ -576,32 +576,7 @@ impl GemmConv {
         let base = img * rs.image_len() + b0 * rs.lanes;
         let out_img = img * k * oh * ow + if wide { 0 } else { first };
         // where block xb's n accumulators go
-        let segs = |xb: usize, n: usize| -> Segs {
-            let mut v = Segs::new();
-            if !wide {
-                let _ = v.push(Seg {
-                    from: 0,
-                    to: out_img + xb,
-                    len: n,
-                });
-                return v;
-            }
-            let row = rs.rows.row;
-            let mut q = first + xb;
-            while q < first + xb + n {
-                let (oy, ox) = (q / row, q % row);
-                let len = (first + xb + n - q).min(row - ox);
-                if ox < ow {
-                    let _ = v.push(Seg {
-                        from: q - first - xb,
-                        to: out_img + oy * ow + ox,
-                        len: len.min(ow - ox),
-                    });
-                }
-                q += len;
-            }
-            v
-        };
+        let segs = |xb: usize, n: usize| self.segs(wide, first, out_img, xb, n);
         // a partial block reads past its pixels (the next row or the slack), unused
         // The order of (channel panel, pixel block) pairs: blocks outer (each block's taps
         // stay in L1 while every panel's weights stream past) suits weights that stay in L2;
@@ -658,6 +633,37 @@ impl GemmConv {
             }
             _ => {}
         }
+    }
+
+    /// Where the `n` accumulators of the block `xb` pixels into a task go: one run of the
+    /// output plane from `out_img + xb`, or, in wide mode (pixels over padded rows from the
+    /// task's `first`), one per output row the block touches, skipping padding columns.
+    #[inline(always)]
+    fn segs(&self, wide: bool, first: usize, out_img: usize, xb: usize, n: usize) -> Segs {
+        let mut v = Segs::new();
+        if !wide {
+            let _ = v.push(Seg {
+                from: 0,
+                to: out_img + xb,
+                len: n,
+            });
+            return v;
+        }
+        let (row, ow) = (self.rows.rows.row, self.p.ow as usize);
+        let mut q = first + xb;
+        while q < first + xb + n {
+            let (oy, ox) = (q / row, q % row);
+            let len = (first + xb + n - q).min(row - ox);
+            if ox < ow {
+                let _ = v.push(Seg {
+                    from: q - first - xb,
+                    to: out_img + oy * ow + ox,
+                    len: len.min(ow - ox),
+                });
+            }
+            q += len;
+        }
+        v
     }
 
     /// Copy one block's FP32 taps (`nr` pixels of each, at `src + offs[j]`) into `dst` as
