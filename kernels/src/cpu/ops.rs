@@ -290,7 +290,8 @@ fn binary_i8_with<A: Act>(
 }
 
 /// [`crate::reference::pool`] without its per-tap bounds tests: every output visits its
-/// taps in the twin's (row, column) order, so max and average equal the twin's bit for bit.
+/// taps in the twin's (row, column) order, so max and average equal the twin's bit for bit
+/// (signed zeros and NaN included).
 /// `y` holds the outputs of the planes (image × channel) from `first_plane` on, as many as
 /// it has room for, so the planes can be spread over threads. A global average pool sums
 /// eight channels side by side (eight independent chains, each in order).
@@ -325,16 +326,25 @@ pub fn pool(p: &PoolParams, x: &[f32], first_plane: usize, y: &mut [f32]) {
         }
         return;
     }
-    let mut phases = [0f32; PHASE_ROW];
+    let mut phases = [0f32; 2 * PHASE_ROW];
     for q in 0..planes {
         let xp = &x[(first_plane + q) * h * w..][..h * w];
         let yp = &mut y[q * oh * ow..][..oh * ow];
         if p.mode == 0 {
             let max = |o: &mut f32, v: f32| *o = if v > *o { v } else { *o };
-            pool_plane(p, xp, yp, &mut phases, f32::NEG_INFINITY, max, |_, _| {});
+            pool_plane(
+                p,
+                xp,
+                yp,
+                &mut phases,
+                f32::NEG_INFINITY,
+                false,
+                max,
+                |_, _| {},
+            );
         } else {
             let add = |o: &mut f32, v: f32| *o += v;
-            pool_plane(p, xp, yp, &mut phases, 0.0, add, |rows, out| {
+            pool_plane(p, xp, yp, &mut phases, 0.0, false, add, |rows, out| {
                 average(p, rows, out)
             });
         }
@@ -347,12 +357,12 @@ pub fn pool(p: &PoolParams, x: &[f32], first_plane: usize, y: &mut [f32]) {
 pub fn pool_max_i8(p: &PoolParams, x: &[i8], first_plane: usize, y: &mut [i8]) {
     let (h, w, oh, ow) = (p.h as usize, p.w as usize, p.oh as usize, p.ow as usize);
     let planes = y.len() / (oh * ow).max(1);
-    let mut phases = [0i8; PHASE_ROW];
+    let mut phases = [0i8; 2 * PHASE_ROW];
     for q in 0..planes {
         let xp = &x[(first_plane + q) * h * w..][..h * w];
         let yp = &mut y[q * oh * ow..][..oh * ow];
         let max = |o: &mut i8, v: i8| *o = (*o).max(v);
-        pool_plane(p, xp, yp, &mut phases, i8::MIN, max, |_, _| {});
+        pool_plane(p, xp, yp, &mut phases, i8::MIN, true, max, |_, _| {});
     }
 }
 
@@ -361,7 +371,9 @@ pub fn pool_max_i8(p: &PoolParams, x: &[i8], first_plane: usize, y: &mut [i8]) {
 const PHASE_ROW: usize = 4096;
 
 /// One plane of a pool: every output starts at `init` and takes `tap(out, value)` of each tap
-/// inside the image, in the twin's (row, column) order; `finish(rows, out_row)` then sees each
+/// inside the image, in the twin's (row, column) order (`max`, for int8 codes, where the
+/// order cannot matter: the maximum of the rows, then of its columns, a third of the passes);
+/// `finish(rows, out_row)` then sees each
 /// output row with the count of its input rows inside the image. For stride s > 1 each input
 /// row is first split into its s phases (columns j·s + r side by side), so every tap of a row
 /// of outputs reads one contiguous run and the loop over outputs vectorises (`maxps` is
@@ -373,12 +385,13 @@ fn pool_plane<T: Copy>(
     yp: &mut [T],
     phases: &mut [T],
     init: T,
+    max: bool,
     tap: impl Fn(&mut T, T),
     finish: impl Fn(i32, &mut [T]),
 ) {
     let (w, ow) = (p.w as usize, p.ow as usize);
     let sw = p.stride_w;
-    let split = sw > 1 && w <= phases.len();
+    let split = sw > 1 && w <= phases.len() / 2;
     let plen = w.div_ceil(sw as usize);
     // each tap column's valid outputs `lo..hi` (0 <= ox * stride - pad + sx < w) and where its
     // run starts in the row (or its phases), the same for every row: computed once
@@ -411,6 +424,39 @@ fn pool_plane<T: Copy>(
             runs[sx as usize] = tap_run(sx);
         }
     }
+    // every tap column of one input row (or of the rows' maximum) into a row of outputs
+    let apply_row = |row: &[T], out: &mut [T], phases: &mut [T]| {
+        if split {
+            super::phases::split_row(row, phases, 0, plen, sw as usize, |v| v);
+        }
+        for sx in 0..p.kw {
+            let run = if cached {
+                runs[sx as usize]
+            } else {
+                tap_run(sx)
+            };
+            let Some((lo, hi, start)) = run else {
+                continue;
+            };
+            let dst = &mut out[lo..hi];
+            if sw == 1 {
+                let src = &row[start..][..hi - lo];
+                dst.iter_mut().zip(src).for_each(|(o, v)| tap(o, *v));
+            } else if split {
+                let src = &phases[start..][..hi - lo];
+                dst.iter_mut().zip(src).for_each(|(o, v)| tap(o, *v));
+            } else {
+                let off = sx - p.pad_w;
+                for (k, o) in dst.iter_mut().enumerate() {
+                    tap(o, row[((lo + k) as i32 * sw + off) as usize]);
+                }
+            }
+        }
+    };
+    // a max pool takes the rows' maximum first (one contiguous pass per row), then the
+    // columns once: max is exact in any order
+    let (phases, column) = phases.split_at_mut(phases.len() / 2);
+    let by_columns = max && w <= column.len();
     for (oy, out) in yp.chunks_exact_mut(ow).enumerate() {
         out.fill(init);
         let mut rows = 0;
@@ -419,34 +465,21 @@ fn pool_plane<T: Copy>(
             if iy < 0 || iy >= p.h {
                 continue;
             }
-            rows += 1;
             let row = &xp[iy as usize * w..][..w];
-            if split {
-                super::phases::split_row(row, phases, 0, plen, sw as usize, |v| v);
+            if !by_columns {
+                apply_row(row, out, phases);
+            } else if rows == 0 {
+                column[..w].copy_from_slice(row);
+            } else {
+                column[..w]
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(o, v)| tap(o, *v));
             }
-            for sx in 0..p.kw {
-                let run = if cached {
-                    runs[sx as usize]
-                } else {
-                    tap_run(sx)
-                };
-                let Some((lo, hi, start)) = run else {
-                    continue;
-                };
-                let dst = &mut out[lo..hi];
-                if sw == 1 {
-                    let src = &row[start..][..hi - lo];
-                    dst.iter_mut().zip(src).for_each(|(o, v)| tap(o, *v));
-                } else if split {
-                    let src = &phases[start..][..hi - lo];
-                    dst.iter_mut().zip(src).for_each(|(o, v)| tap(o, *v));
-                } else {
-                    let off = sx - p.pad_w;
-                    for (k, o) in dst.iter_mut().enumerate() {
-                        tap(o, row[((lo + k) as i32 * sw + off) as usize]);
-                    }
-                }
-            }
+            rows += 1;
+        }
+        if by_columns && rows > 0 {
+            apply_row(&column[..w], out, phases);
         }
         finish(rows, out);
     }
