@@ -30,7 +30,9 @@
 //!   views, `Transpose`, `MaxPool`; a `QuantizeLinear` of such codes with their own scale and
 //!   zero point is the codes themselves (ONNX Runtime's QDQ graphs put a pair around each).
 //!   `Add`/`Sub`/`Mul`/`Div` of two dequantized tensors of one shape whose result is quantized
-//!   again run on the codes too (a plan pass, [`int8_binary`]).
+//!   again run on the codes too (a plan pass, [`int8_binary`]); a `Concat` of dequantized
+//!   convolution outputs quantized again is written in int8 by the convolutions themselves,
+//!   each requantizing to the Concat's scale ([`int8_concat`]).
 //! - `BatchNormalization` after anything but a Conv, and `Mul`/`Add`/`Sub` of a per-channel
 //!   constant → one scale-shift step, or folded into the float Conv or scale-shift before it
 //!   ([`affine`]).
@@ -49,6 +51,7 @@ mod affine;
 mod attrs;
 mod conv;
 mod int8_binary;
+mod int8_concat;
 mod lowering;
 mod ops;
 mod patterns;
@@ -249,6 +252,10 @@ fn lower_proto_unguarded(
     let fused = int8_binary::fuse_int8_binaries(&mut plan);
     if fused > 0 {
         log::debug!("{label}: {fused} int8 binary op(s) on the codes");
+    }
+    let concats = int8_concat::fold_int8_concats(&mut plan);
+    if concats > 0 {
+        log::debug!("{label}: {concats} concat(s) of requantized convolutions written as int8");
     }
     plan.allocate();
     Ok(plan)
