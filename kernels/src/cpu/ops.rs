@@ -393,30 +393,7 @@ fn pool_plane<T: Copy>(
     let sw = p.stride_w;
     let split = sw > 1 && w <= phases.len() / 2;
     let plen = w.div_ceil(sw as usize);
-    // each tap column's valid outputs `lo..hi` (0 <= ox * stride - pad + sx < w) and where its
-    // run starts in the row (or its phases), the same for every row: computed once
-    let tap_run = |sx: i32| -> Option<(usize, usize, usize)> {
-        let off = sx - p.pad_w;
-        let lo = if off >= 0 { 0 } else { (-off + sw - 1) / sw };
-        let hi = if p.w - off <= 0 {
-            0
-        } else {
-            ((p.w - off + sw - 1) / sw).min(ow as i32)
-        };
-        if lo >= hi {
-            return None;
-        }
-        let start = if sw == 1 {
-            (lo + off) as usize
-        } else if split {
-            // column ox·s + off = (ox + q)·s + r with off = q·s + r, 0 <= r < s
-            let (q, r) = (off.div_euclid(sw), off.rem_euclid(sw) as usize);
-            r * plen + (lo + q) as usize
-        } else {
-            0
-        };
-        Some((lo as usize, hi as usize, start))
-    };
+    let tap_run = |sx: i32| tap_run(p, sx, split, plen);
     let mut runs = [None; 16];
     let cached = p.kw as usize <= runs.len();
     if cached {
@@ -483,6 +460,33 @@ fn pool_plane<T: Copy>(
         }
         finish(rows, out);
     }
+}
+
+/// Tap column `sx`'s valid outputs `lo..hi` (0 <= ox * stride - pad + sx < w) and where its
+/// run starts in the row (or, `split`, in its phases of `plen`), the same for every row.
+#[inline(always)]
+fn tap_run(p: &PoolParams, sx: i32, split: bool, plen: usize) -> Option<(usize, usize, usize)> {
+    let (sw, ow) = (p.stride_w, p.ow);
+    let off = sx - p.pad_w;
+    let lo = if off >= 0 { 0 } else { (-off + sw - 1) / sw };
+    let hi = if p.w - off <= 0 {
+        0
+    } else {
+        ((p.w - off + sw - 1) / sw).min(ow)
+    };
+    if lo >= hi {
+        return None;
+    }
+    let start = if sw == 1 {
+        (lo + off) as usize
+    } else if split {
+        // column ox·s + off = (ox + q)·s + r with off = q·s + r, 0 <= r < s
+        let (q, r) = (off.div_euclid(sw), off.rem_euclid(sw) as usize);
+        r * plen + (lo + q) as usize
+    } else {
+        0
+    };
+    Some((lo as usize, hi as usize, start))
 }
 
 /// An average pool's output row: each sum over its taps inside the image (or all taps, with
