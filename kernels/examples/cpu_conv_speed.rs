@@ -120,6 +120,21 @@ const LAYERS: &[Layer] = &[
     ),
     ("res5 1x1 512->2048 7x7", 512, 7, 7, 2048, 1, 1, 1, false),
     ("fc 2048->1000", 2048, 1, 1, 1000, 1, 1, 1, false),
+    // ShuffleNet's depthwise layers: small planes, many channels
+    ("dw 3x3 s1 240 7x7", 240, 7, 7, 240, 3, 1, 240, false),
+    ("dw 3x3 s1 120 14x14", 120, 14, 14, 120, 3, 1, 120, false),
+    ("dw 3x3 s2 120 28x28", 120, 28, 28, 120, 3, 2, 120, false),
+    (
+        "dw 3x3 s2 120 28x28 int8",
+        120,
+        28,
+        28,
+        120,
+        3,
+        2,
+        120,
+        true,
+    ),
 ];
 
 #[allow(clippy::too_many_arguments)]

@@ -169,6 +169,32 @@ const CASES: &[Case] = &[
         groups: 16,
         n: 2,
     },
+    // depthwise on small planes (ShuffleNet's last stages), channels not a multiple of 16:
+    // dilated on two images, and strided
+    Case {
+        c: 20,
+        h: 7,
+        w: 7,
+        k: 20,
+        r: 3,
+        stride: 1,
+        pad: 2,
+        dil: 2,
+        groups: 20,
+        n: 2,
+    },
+    Case {
+        c: 18,
+        h: 13,
+        w: 13,
+        k: 18,
+        r: 3,
+        stride: 2,
+        pad: 1,
+        dil: 1,
+        groups: 18,
+        n: 1,
+    },
     // grouped with 64 x 9 taps per output: too many for exact f32 sums, INT8 stays in i32
     Case {
         c: 128,
