@@ -324,6 +324,7 @@ impl GemmConv {
         // DenseNet's 32-channel 3x3 convolutions have few panels per block).
         let task_pixels = if tiled.is_some() { tile } else { p.ow as usize };
         let packs = panel_outer
+            && task_pixels > 1
             && matches!(weights, GemmWeights::F32(_))
             && panels.div_ceil(kgroups) >= 4
             && task_pixels.div_ceil(nr) * rows.offs.len() * nr * 4 <= 2 << 20;
@@ -714,7 +715,11 @@ impl GemmConv {
         for panel in panels {
             let a = &w[panel * kdim * MR..][..kdim * MR];
             let acc = &mut acc[..MR * width];
-            unsafe { micro_f32_rows(self.isa, width, kdim, a, b, offs, acc) };
+            if n == 1 {
+                unsafe { dot_panel(a, b, offs, acc, width) };
+            } else {
+                unsafe { micro_f32_rows(self.isa, width, kdim, a, b, offs, acc) };
+            }
             for r in 0..MR.min(k - panel * MR) {
                 let kk = panel * MR + r;
                 for s in segs {
@@ -755,6 +760,37 @@ impl GemmConv {
                 }
             }
         }
+    }
+}
+
+/// One pixel against a panel of [`MR`] channels (a classifier's fully connected layer, a
+/// block's last pixel): `acc[r * width] = sum_j a[j][r] * b[offs[j]]`, the weights' rows read
+/// as vectors instead of 31 idle lanes of the micro-kernel per broadcast weight (the
+/// layer is a pass over its weights; ResNet-50's 2048x1000 took 1.3 ms).
+///
+/// # Safety
+/// `b + offs[j]` is readable for every j < `offs.len()`.
+#[inline(always)]
+unsafe fn dot_panel(a: &[f32], b: *const f32, offs: &[u32], acc: &mut [f32], width: usize) {
+    // four partial sums (taps j mod 4), so the adds do not wait on each other
+    let mut sums = [[0f32; MR]; 4];
+    let quads = offs.len() / 4;
+    for (rows, os) in a.chunks_exact(4 * MR).zip(offs.chunks_exact(4)).take(quads) {
+        for q in 0..4 {
+            let x = unsafe { *b.add(os[q] as usize) };
+            for r in 0..MR {
+                sums[q][r] += rows[q * MR + r] * x;
+            }
+        }
+    }
+    for (row, &o) in a.chunks_exact(MR).zip(offs).skip(quads * 4) {
+        let x = unsafe { *b.add(o as usize) };
+        for r in 0..MR {
+            sums[0][r] += row[r] * x;
+        }
+    }
+    for r in 0..MR {
+        acc[r * width] = (sums[0][r] + sums[1][r]) + (sums[2][r] + sums[3][r]);
     }
 }
 

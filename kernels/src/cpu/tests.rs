@@ -195,6 +195,19 @@ const CASES: &[Case] = &[
         groups: 18,
         n: 1,
     },
+    // a classifier's fully connected layer: one pixel per image, taps not a multiple of 4
+    Case {
+        c: 43,
+        h: 1,
+        w: 1,
+        k: 20,
+        r: 1,
+        stride: 1,
+        pad: 0,
+        dil: 1,
+        groups: 1,
+        n: 3,
+    },
     // grouped with 64 x 9 taps per output: too many for exact f32 sums, INT8 stays in i32
     Case {
         c: 128,
