@@ -325,17 +325,15 @@ impl GemmConv {
         // row-by-row task of a wide image with panels outer); INT8's row source is already
         // 4 channels interleaved per pixel and measured slower packed.
         let task_pixels = if tiled.is_some() { tile } else { p.ow as usize };
+        let slots = if panel_outer {
+            Self::blocks_in(nr, task_pixels)
+        } else {
+            1
+        };
         let packs = task_pixels > 1
             && matches!(weights, GemmWeights::F32(_))
             && panels.div_ceil(kgroups) >= 4
-            && if panel_outer {
-                task_pixels.div_ceil(nr)
-            } else {
-                1
-            } * rows.offs.len()
-                * nr
-                * 4
-                <= 2 << 20;
+            && slots * rows.offs.len() * nr * 4 <= 2 << 20;
         let packed_offs = (0..rows.offs.len())
             .map(|j| (j * nr * rows.lanes) as u32)
             .collect();
@@ -531,7 +529,7 @@ impl GemmConv {
         match (self.packs, self.panel_outer) {
             (false, _) => 0,
             (true, false) => 1,
-            (true, true) => self.task_pixels().div_ceil(self.nr),
+            (true, true) => Self::blocks_in(self.nr, self.task_pixels()),
         }
     }
 
@@ -613,11 +611,13 @@ impl GemmConv {
                 };
                 let acc = as_f32(acc);
                 for g in 0..groups {
-                    for (i, xb) in (0..count).step_by(self.nr).enumerate() {
-                        let n = self.nr.min(count - xb);
+                    let (mut xb, mut i) = (0, 0);
+                    while xb < count {
+                        let n = self.block_len(count - xb);
                         let mut b = unsafe { src.add(base + xb) };
                         let mut offs = &rs.offs;
-                        if self.packs {
+                        // (a single pixel is read in place: its dot product reads one tap each)
+                        if self.packs && n > 1 {
                             if g == 0 {
                                 unsafe { self.pack(b, slot(i) as *mut f32) };
                             }
@@ -625,6 +625,7 @@ impl GemmConv {
                         }
                         let segs = segs(xb, n);
                         unsafe { self.rows_block(w, b, offs, acc, y, &segs, n, group(g)) };
+                        (xb, i) = (xb + n, i + 1);
                     }
                 }
             }
@@ -632,11 +633,13 @@ impl GemmConv {
                 // (INT8 does not pack: see `GemmConv::packs`)
                 let acc = as_i32(acc);
                 for g in 0..groups {
-                    for xb in (0..count).step_by(self.nr) {
+                    let mut xb = 0;
+                    while xb < count {
                         let n = self.nr.min(count - xb);
                         let b = unsafe { v.as_ptr().add(base + xb * 4) };
                         let segs = segs(xb, n);
                         unsafe { self.rows_block_i8(w, b, &rs.offs, acc, y, &segs, n, group(g)) };
+                        xb += n;
                     }
                 }
             }
@@ -693,6 +696,22 @@ impl GemmConv {
     }
 
     /// A half-width micro-kernel for short tails (AVX-512: 16 of 32 pixels).
+    /// Pixels of the next FP32 block when `left` remain: a full block, or, for a tail just
+    /// past half a block (17 or 18 of 32: a 7x7 plane's 49 = 32 + 17), a half block and then
+    /// single pixels (dot products), not a 32-wide block half idle.
+    fn block_len(&self, left: usize) -> usize {
+        match left {
+            17..=18 if self.nr == 32 => 16,
+            1..=2 if self.nr == 32 => 1,
+            _ => left.min(self.nr),
+        }
+    }
+
+    /// Most FP32 blocks in a task of `count` pixels (see `block_len`).
+    fn blocks_in(nr: usize, count: usize) -> usize {
+        count.div_ceil(nr) + 2
+    }
+
     fn block_width(&self, n: usize) -> usize {
         if n <= self.nr / 2 && self.nr == 32 {
             16
