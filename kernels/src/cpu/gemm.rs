@@ -96,8 +96,7 @@ impl RowSource {
         let npix = (p.oh * p.ow) as usize;
         let taps = blocks * (p.r * p.s) as usize;
         // (a unit-stride plane runs across rows in place: `RowSource::wide`)
-        let gathered = !flat
-            && !(unit && p.oh > 1)
+        let gathered = !(flat || (unit && p.oh > 1))
             && (p.ow as usize) <= nr / 2
             && p.n as usize * taps * npix * lanes <= GATHER_LIMIT;
         let plane = rows.hp * rows.row * lanes;

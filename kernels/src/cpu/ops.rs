@@ -378,6 +378,7 @@ const PHASE_ROW: usize = 4096;
 /// row is first split into its s phases (columns j·s + r side by side), so every tap of a row
 /// of outputs reads one contiguous run and the loop over outputs vectorises (`maxps` is
 /// `v > o ? v : o`).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn pool_plane<T: Copy>(
     p: &PoolParams,
