@@ -241,6 +241,27 @@ impl KernelPlan {
         self.consts.len() - 1
     }
 
+    /// The step that writes `t`, if one does (a view's bytes are written by the steps of the
+    /// tensors inside it).
+    pub fn producer(&self, t: TensorId) -> Option<usize> {
+        self.steps.iter().position(|s| s.output == t)
+    }
+
+    /// How many times steps read `t` (once per operand), plus the plan's outputs that are
+    /// `t`; views of `t` are not counted (see [`KernelPlan::views_of`]).
+    pub fn step_readers(&self, t: TensorId) -> usize {
+        self.steps
+            .iter()
+            .map(|s| s.inputs.iter().filter(|&&i| i == t).count())
+            .sum::<usize>()
+            + self.outputs.iter().filter(|&&o| o == t).count()
+    }
+
+    /// The tensors that are views of `t`'s bytes (Reshapes, Concat inputs placed inside it).
+    pub fn views_of(&self, t: TensorId) -> impl Iterator<Item = TensorId> + '_ {
+        (0..self.tensors.len()).filter(move |&v| self.tensors[v].view_of == Some(t))
+    }
+
     /// The tensor that owns `t`'s bytes (follows views).
     pub fn root(&self, mut t: TensorId) -> TensorId {
         while let Some(s) = self.tensors[t].view_of {

@@ -34,8 +34,10 @@ pub struct GemmConv {
     /// Copy each block's taps into scratch before the micro-kernels read them (see
     /// `GemmConv::pack`): worth it from a few panels on.
     packs: bool,
-    /// Tap j's offset in a packed block: `j * nr` pixels (INT8: of 4 bytes).
+    /// Tap j's offset in a packed block: `j * nr` pixels.
     packed_offs: Vec<u32>,
+    /// Blocks a task packs at once: all of them (panels outer), one, or none.
+    pack_slots: usize,
 }
 
 /// Where the row-reading GEMM finds its taps: a padded copy of the input with each row
@@ -333,9 +335,13 @@ impl GemmConv {
             && matches!(weights, GemmWeights::F32(_))
             && panels.div_ceil(kgroups) >= 4
             && slots * rows.offs.len() * nr * 4 <= 2 << 20;
-        let packed_offs = (0..rows.offs.len())
-            .map(|j| (j * nr * rows.lanes) as u32)
-            .collect();
+        let (packed_offs, pack_slots) = match packs {
+            true => (
+                (0..rows.offs.len()).map(|j| (j * nr) as u32).collect(),
+                slots,
+            ),
+            false => (vec![], 0),
+        };
         Ok(GemmConv {
             p,
             weights,
@@ -344,6 +350,7 @@ impl GemmConv {
             panel_outer,
             packs,
             packed_offs,
+            pack_slots,
             epi,
             isa,
             nr,
@@ -477,11 +484,11 @@ impl GemmConv {
                 let src = unsafe { std::slice::from_raw_parts(x.add(t * h * w), h * w) };
                 for (tap, out) in dst.chunks_exact_mut(npix).enumerate() {
                     let (ry, sx) = (tap / ks, tap % ks);
+                    let (cols, ix0) = columns(sx);
                     for oy in 0..oh {
                         let Some(iy) = at(oy, p.stride_h, ry, p.dil_h, p.pad_h, h) else {
                             continue;
                         };
-                        let (cols, ix0) = columns(sx);
                         let line = &src[iy * w + ix0..];
                         let out = &mut out[oy * ow + cols.start..oy * ow + cols.end];
                         for (m, o) in out.iter_mut().enumerate() {
@@ -499,11 +506,11 @@ impl GemmConv {
                 };
                 for (tap, out) in dst.chunks_exact_mut(npix * 4).enumerate() {
                     let (ry, sx) = (tap / ks, tap % ks);
+                    let (cols, ix0) = columns(sx);
                     for oy in 0..oh {
                         let Some(iy) = at(oy, p.stride_h, ry, p.dil_h, p.pad_h, h) else {
                             continue;
                         };
-                        let (cols, ix0) = columns(sx);
                         let out = &mut out[(oy * ow + cols.start) * 4..(oy * ow + cols.end) * 4];
                         for q in 0..lanes {
                             let line = &plane(q)[iy * w + ix0..];
@@ -520,24 +527,7 @@ impl GemmConv {
 
     /// Scratch bytes one thread needs.
     pub fn scratch_bytes(&self) -> usize {
-        MR * self.nr * 4 + 64 + self.pack_slots() * self.rows.offs.len() * self.nr * 4
-    }
-
-    /// Blocks a task packs at once: all of them (panels outer), one, or none.
-    fn pack_slots(&self) -> usize {
-        match (self.packs, self.panel_outer) {
-            (false, _) => 0,
-            (true, false) => 1,
-            (true, true) => Self::blocks_in(self.nr, self.task_pixels()),
-        }
-    }
-
-    /// Most pixels one task covers.
-    fn task_pixels(&self) -> usize {
-        match self.rows.tiled_len(&self.p, self.nr) {
-            Some(_) => self.tile,
-            None => self.p.ow as usize,
-        }
+        MR * self.nr * 4 + 64 + self.pack_slots * self.rows.offs.len() * self.nr * 4
     }
 
     /// Run task `t` (see [`GemmConv::tasks`]).
@@ -685,16 +675,15 @@ impl GemmConv {
     /// The reads are those the micro-kernel would make; `dst` holds the block.
     #[inline(always)]
     unsafe fn pack(&self, src: *const f32, dst: *mut f32) {
-        let (offs, src, dst) = (&self.rows.offs, src as *const u8, dst as *mut u8);
+        let offs = &self.rows.offs;
         unsafe {
             match self.nr {
-                32 => copy_rows::<16>(src, offs, 4, dst),
-                _ => copy_rows::<4>(src, offs, 4, dst),
+                32 => copy_rows::<16>(src, offs, dst),
+                _ => copy_rows::<4>(src, offs, dst),
             }
         }
     }
 
-    /// A half-width micro-kernel for short tails (AVX-512: 16 of 32 pixels).
     /// Pixels of the next FP32 block when `left` remain: a full block, or, for a tail just
     /// past half a block (17 or 18 of 32: a 7x7 plane's 49 = 32 + 17), a half block and then
     /// single pixels (dot products), not a 32-wide block half idle.
@@ -711,6 +700,7 @@ impl GemmConv {
         count.div_ceil(nr) + 2
     }
 
+    /// A half-width micro-kernel for short tails (AVX-512: 16 of 32 pixels).
     fn block_width(&self, n: usize) -> usize {
         if n <= self.nr / 2 && self.nr == 32 {
             16
@@ -820,16 +810,16 @@ unsafe fn dot_panel(a: &[f32], b: *const f32, offs: &[u32], acc: &mut [f32], wid
     }
 }
 
-/// `dst[j] = src + offs[j] * elem`, `8 * W` bytes each, as `u64` words (vector moves).
+/// Row j of `dst` (`2 * W` floats) from `src + offs[j]`, moved as `u64` words (vector moves).
 ///
 /// # Safety
 /// As [`GemmConv::pack`].
 #[inline(always)]
-unsafe fn copy_rows<const W: usize>(src: *const u8, offs: &[u32], elem: usize, dst: *mut u8) {
+unsafe fn copy_rows<const W: usize>(src: *const f32, offs: &[u32], dst: *mut f32) {
     for (j, &o) in offs.iter().enumerate() {
         unsafe {
-            let v = std::ptr::read_unaligned(src.add(o as usize * elem) as *const [u64; W]);
-            std::ptr::write(dst.add(j * 8 * W) as *mut [u64; W], v);
+            let v = std::ptr::read_unaligned(src.add(o as usize) as *const [u64; W]);
+            std::ptr::write(dst.add(j * 2 * W) as *mut [u64; W], v);
         }
     }
 }

@@ -78,22 +78,16 @@ fn as_scale_shift(plan: &mut KernelPlan, b: usize) {
 
 /// What reads tensor `t`: steps (once per operand), the plan's outputs, and views of it.
 fn readers(plan: &KernelPlan, t: TensorId) -> usize {
-    plan.steps
-        .iter()
-        .map(|s| s.inputs.iter().filter(|&&i| i == t).count())
-        .sum::<usize>()
-        + plan.outputs.iter().filter(|&&o| o == t).count()
-        + plan.tensors.iter().filter(|d| d.view_of == Some(t)).count()
+    plan.step_readers(t) + plan.views_of(t).count()
 }
 
 /// The next pattern: (binary step, the dequantize step of each tensor operand, the quantize
 /// step).
 fn find(plan: &KernelPlan) -> Option<(usize, usize, Option<usize>, usize)> {
     let readers = |t: TensorId| readers(plan, t);
-    let producer = |t: TensorId| plan.steps.iter().position(|s| s.output == t);
     // a float tensor dequantized from int8 by its producer (which stays if others read it)
     let dequantized = |t: TensorId| -> Option<usize> {
-        let p = producer(t)?;
+        let p = plan.producer(t)?;
         let s = &plan.steps[p];
         (matches!(s.op, Op::Dequantize) && plan.tensors[s.inputs[0]].dtype == DType::I8)
             .then_some(p)

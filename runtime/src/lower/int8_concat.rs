@@ -56,39 +56,25 @@ fn apply(plan: &mut KernelPlan, f: &Fold) {
     }
 }
 
-/// Steps reading `t` (once per operand) and the plan's outputs; views are not counted.
-fn step_readers(plan: &KernelPlan, t: TensorId) -> usize {
-    plan.steps
-        .iter()
-        .map(|s| s.inputs.iter().filter(|&&i| i == t).count())
-        .sum::<usize>()
-        + plan.outputs.iter().filter(|&&o| o == t).count()
-}
-
-fn views_of(plan: &KernelPlan, t: TensorId) -> impl Iterator<Item = TensorId> + '_ {
-    (0..plan.tensors.len()).filter(move |&v| plan.tensors[v].view_of == Some(t))
-}
-
 fn find(plan: &KernelPlan) -> Option<Fold> {
-    let producer = |t: TensorId| plan.steps.iter().position(|s| s.output == t);
     // a slice of the Concat: dequantized from codes that one convolution requantized and
     // nothing else reads
     let part = |slice: TensorId| -> Option<(usize, usize)> {
-        if step_readers(plan, slice) != 0 || views_of(plan, slice).next().is_some() {
+        if plan.step_readers(slice) != 0 || plan.views_of(slice).next().is_some() {
             return None;
         }
-        let dq = producer(slice)?;
+        let dq = plan.producer(slice)?;
         let codes = plan.steps[dq].inputs[0];
         let c = &plan.tensors[codes];
-        let conv = producer(codes)?;
+        let conv = plan.producer(codes)?;
         let requantizes =
             matches!(&plan.steps[conv].op, Op::Conv { p, .. } if p.out_mode == out_mode::I8);
         (matches!(plan.steps[dq].op, Op::Dequantize)
             && requantizes
             && c.dtype == DType::I8
             && c.view_of.is_none()
-            && step_readers(plan, codes) == 1
-            && views_of(plan, codes).next().is_none())
+            && plan.step_readers(codes) == 1
+            && plan.views_of(codes).next().is_none())
         .then_some((dq, conv))
     };
     plan.steps.iter().enumerate().find_map(|(qi, s)| {
@@ -103,13 +89,13 @@ fn find(plan: &KernelPlan) -> Option<Fold> {
             && qd.quant.is_some()
             && qd.view_of.is_none()
             && yd.view_of.is_none()
-            && producer(y).is_none()
+            && plan.producer(y).is_none()
             && !plan.inputs.contains(&y)
-            && step_readers(plan, y) == 1;
+            && plan.step_readers(y) == 1;
         if !whole {
             return None;
         }
-        let slices: Vec<TensorId> = views_of(plan, y).collect();
+        let slices: Vec<TensorId> = plan.views_of(y).collect();
         let covered: usize = slices.iter().map(|&t| plan.tensors[t].elems()).sum();
         if slices.is_empty() || covered != yd.elems() {
             return None;
