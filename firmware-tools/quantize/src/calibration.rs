@@ -45,7 +45,7 @@ pub(crate) fn calibration_inputs(
             };
             if !npys.is_empty() {
                 let inputs = read_npy_tensors(&npys, spec, cfg.frames)?;
-                return Ok((inputs, d.display().to_string(), None));
+                return Ok((inputs, bevrt_models::bundle::path_label(d), None));
             }
             let mut recs = vec![];
             if d.join("recording.toml").is_file() {
@@ -63,12 +63,12 @@ pub(crate) fn calibration_inputs(
                     recs.iter()
                         .map(|r| format!("replay:{}", r.display()))
                         .collect(),
-                    d.display().to_string(),
+                    bevrt_models::bundle::path_label(d),
                 )
             } else {
                 (
                     vec![format!("images:{}/*", d.display())],
-                    d.display().to_string(),
+                    bevrt_models::bundle::path_label(d),
                 )
             }
         }

@@ -212,8 +212,8 @@ impl Calibrated<'_> {
         let (fp32_miou, int8_miou) = self.eval_miou(&staged)?;
         let summary = plan_summary(self.nets, &auto_kept);
         Ok(Report {
-            bundle: self.cfg.bundle.display().to_string(),
-            out: self.cfg.out.display().to_string(),
+            bundle: bevrt_models::bundle::path_label(&self.cfg.bundle),
+            out: bevrt_models::bundle::path_label(&self.cfg.out),
             method: self.method,
             per_channel: self.per_channel,
             activations: self.act,

@@ -177,7 +177,10 @@ pub fn embed(a: &EmbedConfig) -> Result<()> {
             sha256: String::new(),
         });
         let mut prov = toml::Table::new();
-        prov.insert("data".into(), a.data.display().to_string().into());
+        prov.insert(
+            "data".into(),
+            bevrt_models::bundle::path_label(&a.data).into(),
+        );
         prov.insert("images".into(), (train.len() as i64).into());
         manifest
             .provenance

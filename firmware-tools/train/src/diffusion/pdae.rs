@@ -416,7 +416,10 @@ fn write_bundle(
             ],
         )
     })?;
-    prov.insert("ddpm".into(), st.ddpm.display().to_string().into());
+    prov.insert(
+        "ddpm".into(),
+        bevrt_models::bundle::path_label(&st.ddpm).into(),
+    );
     write_encoder_bundle(
         out,
         &EncoderBundle {

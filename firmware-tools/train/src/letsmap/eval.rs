@@ -183,7 +183,7 @@ pub fn count(
     let mut be = bevrt_runtime::backend::open(backend, &bundle, &opts)?;
     let mut c = EvalCounts {
         format: COUNTS_FORMAT.into(),
-        data: data_dir.display().to_string(),
+        data: bevrt_models::bundle::path_label(data_dir),
         backend: be.describe(),
         confusion: Confusion::new(classes.len()),
         classes,

@@ -137,7 +137,7 @@ pub struct DepthMetrics {
 fn poses_of(ds: &Dataset) -> Result<&[bevrt_runtime::source::poses::EgoPose]> {
     ds.poses.as_deref().context(
         "the geometry pathway needs the ego-motion of every frame: each recording needs a \
-         poses.csv (README: Recording format)",
+         poses.csv (docs/src/reference/recording-format.md)",
     )
 }
 

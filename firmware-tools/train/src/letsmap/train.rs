@@ -441,7 +441,7 @@ fn finetune_recipe(
         } else {
             "bundle".into()
         },
-        data: a.data.display().to_string(),
+        data: bevrt_models::bundle::path_label(&a.data),
         data_seeds: ds.seeds.clone(),
         data_frames: ds.len(),
         pretraining,
@@ -499,7 +499,7 @@ fn describe_pretraining(ckpt: &Path) -> (String, String) {
             "geometry pathway: {} epochs over {}, training {}, objective {}, gap {}, batch {}, \
              lr {}, seed {}; photometric error per epoch {}; depth on --eval-depth {}{}",
             v["epochs_done"],
-            a["data"],
+            super::data::path_label_json(&a["data"]),
             a["train_last"]
                 .as_u64()
                 .map(|n| format!("the last {n} layers"))
@@ -549,7 +549,7 @@ fn describe_mae(v: &serde_json::Value) -> String {
         "semantic pathway (temporal MAE): {} epochs over {}, {} masking (alpha {}), mask ratio \
          {}, max gap {}, batch {}, lr {}, seed {}; masked-patch MSE per epoch {}; probe loss {}",
         v["epochs_done"],
-        a["data"],
+        super::data::path_label_json(&a["data"]),
         a["masking"].as_str().unwrap_or("random"),
         a["alpha"],
         a["mask_ratio"],
