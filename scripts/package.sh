@@ -50,6 +50,20 @@ for sm in sm_87 sm_90; do
     mv "$kernels.$sm"/* "$kernels/" && rm -r "$kernels.$sm" "$kernels.$sm.log"
 done
 
+# Man pages of both binaries, generated from their clap definitions (`manual`, hidden), gzipped
+# as Debian keeps them; each package's from its own binaries (the arm64 bevrt-tool has no
+# training commands), run under qemu for arm64.
+stage_man() { # RELEASE_DIR [RUNNER...]
+    local dir="$1"
+    shift
+    rm -rf "$dir/man"
+    for b in bevrt bevrt-tool; do
+        "$@" "$dir/$b" manual --format man --out "$dir/man" || fail "$b manual --format man failed"
+    done
+    gzip -9nf "$dir"/man/*.1
+}
+stage_man target/release
+
 build_deb() { # ARCH
     case "$1" in
     amd64)
@@ -59,6 +73,7 @@ build_deb() { # ARCH
         ;;
     arm64)
         scripts/aarch64.sh --build-only
+        stage_man "target/$A64/release" qemu-aarch64 -L /usr/aarch64-linux-gnu
         local k="target/$A64/release/kernels"
         rm -rf "$k" && mkdir -p "$k"
         # The vehicle's GPU is sm_87; the PTX covers any other sm_80+ part.
@@ -81,11 +96,19 @@ check_contents() { # DEB ARCH
         ./usr/lib/systemd/system/bevrt.service ./usr/lib/sysusers.d/bevrt.conf
         ./usr/share/bevrt/bundles/letsmap-lite/bundle.toml
         ./usr/share/bevrt/bundles/letsmap-lite-1pct/selftest/frame.png
-        ./usr/lib/bevrt/kernels/conv.sm_87.cubin ./usr/lib/bevrt/kernels/conv.compute_80.ptx)
+        ./usr/lib/bevrt/kernels/conv.sm_87.cubin ./usr/lib/bevrt/kernels/conv.compute_80.ptx
+        ./usr/share/man/man1/bevrt.1.gz ./usr/share/man/man1/bevrt-run.1.gz
+        ./usr/share/man/man1/bevrt-tool.1.gz ./usr/share/man/man1/bevrt-tool-deploy.1.gz)
     [ "$arch" = amd64 ] && want+=(./usr/lib/bevrt/kernels/conv.sm_90.cubin)
     for f in "${want[@]}"; do
         grep -qx -- "$f" <<< "$list" || fail "$deb: no $f"
     done
+    if [ "$arch" = amd64 ] && ! grep -qx ./usr/share/man/man1/bevrt-tool-finetune.1.gz <<< "$list"; then
+        fail "$deb: no man page for the host's bevrt-tool finetune"
+    fi
+    if [ "$arch" = arm64 ] && grep -q 'bevrt-tool-finetune' <<< "$list"; then
+        fail "$deb: a man page for finetune, which the vehicle's bevrt-tool lacks"
+    fi
     if [ "$arch" = arm64 ] && grep -q 'sm_90' <<< "$list"; then
         fail "$deb: the arm64 package carries sm_90 CUBINs"
     fi

@@ -7,6 +7,9 @@ mod calib_cmd;
 mod cli;
 mod hil_cmd;
 mod kernels_cmd;
+// One renderer for both binaries' references (clap stays out of the libraries).
+#[path = "../../runtime/src/bin/bevrt/manual.rs"]
+mod manual;
 #[cfg(feature = "host")]
 mod quantize_cmd;
 mod sim_cmd;
@@ -15,7 +18,7 @@ mod trust_cmd;
 
 #[cfg(feature = "host")]
 use bevrt_train::{afv, letsmap};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "bevrt-tool", version, about = "Host-side tools for bevrt: bundles, calibration, training, quantization", long_about = None)]
@@ -98,6 +101,8 @@ enum Cmd {
     /// without a new store).
     #[command(subcommand)]
     Trust(trust_cmd::TrustCmd),
+    /// This command line's reference as Markdown (the book) or man pages (the packages).
+    Manual(manual::ManualArgs),
 }
 
 #[cfg(feature = "host")]
@@ -165,6 +170,7 @@ fn main() {
         Cmd::Deploy(a) => trust_cmd::deploy(a),
         Cmd::Store(c) => trust_cmd::store(c),
         Cmd::Trust(c) => trust_cmd::trust(c),
+        Cmd::Manual(a) => manual::write_manual(a, Cli::command()),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -7,6 +7,7 @@ mod config;
 mod conformance;
 mod demo;
 mod info;
+mod manual;
 mod run;
 
 use bevrt_runtime::supervisor;
@@ -38,6 +39,8 @@ enum Cmd {
     Info(info::InfoArgs),
     /// Run ONNX backend node-test cases and compare outputs.
     Conformance(conformance::ConformanceArgs),
+    /// This command line's reference as Markdown (the book) or man pages (the packages).
+    Manual(manual::ManualArgs),
 }
 
 /// `run`'s long flags and whether each takes a value (what a `--config` file may set).
@@ -71,6 +74,7 @@ fn main() {
         Cmd::Bench(a) => bench::cmd_bench(a),
         Cmd::Info(a) => info::cmd_info(a),
         Cmd::Conformance(a) => conformance::cmd_conformance(a),
+        Cmd::Manual(a) => manual::write_manual(&a, Cli::command()),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");
