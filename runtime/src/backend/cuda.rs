@@ -91,8 +91,14 @@ use bevrt_kernels::plan::DType;
 use bevrt_models::{InputSpec, OutputKind, Task};
 use cudarc::driver::{CudaSlice, DevicePtr, PinnedHostSlice};
 
+/// Errors of the kernel library already begin with "CUDA: "; others get it once.
 fn gpu_err(e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow::anyhow!("CUDA: {e}")
+    let e = e.to_string();
+    if e.starts_with("CUDA: ") {
+        anyhow::anyhow!(e)
+    } else {
+        anyhow::anyhow!("CUDA: {e}")
+    }
 }
 
 /// Kernel directory for `Gpu::open`: `$BEVRT_KERNELS` (an ahead-of-time

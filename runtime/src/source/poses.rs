@@ -142,7 +142,7 @@ pub fn load(rec: &Recording) -> Result<Vec<EgoPose>, SourceError> {
             format!(
                 "cannot read ({e}): this needs the recording's ego-motion (`bevrt-tool sim \
                  record` writes poses.csv; from a car, export wheel odometry or GNSS poses \
-                 in the format of README's \"Recording (replay) format\")"
+                 in the format of docs/src/reference/recording-format.md)"
             ),
         )
     })?;

@@ -34,7 +34,9 @@ fn open_v4l(s: &SourceSpec) -> Result<Box<dyn FrameSource>, SourceError> {
             message: "no such video device".into(),
         });
     }
-    Err(s.error("this bevrt was built without V4L2 support (rebuild with --features v4l)"))
+    Err(s.error(
+        "this bevrt was built without V4L2 support (rebuild with --features bevrt-runtime/v4l)",
+    ))
 }
 
 #[cfg(feature = "gst")]

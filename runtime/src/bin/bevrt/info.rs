@@ -56,7 +56,7 @@ pub fn cmd_info(a: InfoArgs) -> anyhow::Result<()> {
         if cfg!(feature = "v4l") {
             "built in"
         } else {
-            "not built in: --features v4l"
+            "not built in: --features bevrt-runtime/v4l"
         }
     );
     if let Some(b) = a.bundle {
