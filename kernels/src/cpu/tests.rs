@@ -195,6 +195,32 @@ const CASES: &[Case] = &[
         groups: 18,
         n: 1,
     },
+    // depthwise stride 1 on either side of the row-by-row rule (ow <= 16 sums each row in
+    // registers and finishes the plane in one epilogue call; wider planes pass per tap)
+    Case {
+        c: 8,
+        h: 6,
+        w: 21,
+        k: 8,
+        r: 3,
+        stride: 1,
+        pad: 1,
+        dil: 1,
+        groups: 8,
+        n: 2,
+    },
+    Case {
+        c: 8,
+        h: 5,
+        w: 16,
+        k: 8,
+        r: 3,
+        stride: 1,
+        pad: 1,
+        dil: 1,
+        groups: 8,
+        n: 1,
+    },
     // a classifier's fully connected layer: one pixel per image, taps not a multiple of 4
     Case {
         c: 43,
