@@ -394,42 +394,17 @@ fn pool_plane<T: Copy>(
     let sw = p.stride_w;
     let split = sw > 1 && w <= phases.len() / 2;
     let plen = w.div_ceil(sw as usize);
-    let tap_run = |sx: i32| tap_run(p, sx, split, plen);
     let mut runs = [None; 16];
     let cached = p.kw as usize <= runs.len();
     if cached {
         for sx in 0..p.kw {
-            runs[sx as usize] = tap_run(sx);
+            runs[sx as usize] = tap_run(p, sx, split, plen);
         }
     }
-    // every tap column of one input row (or of the rows' maximum) into a row of outputs
-    let apply_row = |row: &[T], out: &mut [T], phases: &mut [T]| {
-        if split {
-            super::phases::split_row(row, phases, 0, plen, sw as usize, |v| v);
-        }
-        for sx in 0..p.kw {
-            let run = if cached {
-                runs[sx as usize]
-            } else {
-                tap_run(sx)
-            };
-            let Some((lo, hi, start)) = run else {
-                continue;
-            };
-            let dst = &mut out[lo..hi];
-            if sw == 1 {
-                let src = &row[start..][..hi - lo];
-                dst.iter_mut().zip(src).for_each(|(o, v)| tap(o, *v));
-            } else if split {
-                let src = &phases[start..][..hi - lo];
-                dst.iter_mut().zip(src).for_each(|(o, v)| tap(o, *v));
-            } else {
-                let off = sx - p.pad_w;
-                for (k, o) in dst.iter_mut().enumerate() {
-                    tap(o, row[((lo + k) as i32 * sw + off) as usize]);
-                }
-            }
-        }
+    let cols = TapColumns {
+        split,
+        plen,
+        runs: cached.then_some(&runs),
     };
     // a max pool takes the rows' maximum first (one contiguous pass per row), then the
     // columns once: max is exact in any order
@@ -445,7 +420,7 @@ fn pool_plane<T: Copy>(
             }
             let row = &xp[iy as usize * w..][..w];
             if !by_columns {
-                apply_row(row, out, phases);
+                cols.apply_row(p, row, out, phases, &tap);
             } else if rows == 0 {
                 column[..w].copy_from_slice(row);
             } else {
@@ -457,9 +432,58 @@ fn pool_plane<T: Copy>(
             rows += 1;
         }
         if by_columns && rows > 0 {
-            apply_row(&column[..w], out, phases);
+            cols.apply_row(p, &column[..w], out, phases, &tap);
         }
         finish(rows, out);
+    }
+}
+
+/// Where each tap column of a pool row reads (see [`tap_run`]), cached for up to 16 columns.
+struct TapColumns<'a> {
+    split: bool,
+    plen: usize,
+    runs: Option<&'a [Option<(usize, usize, usize)>; 16]>,
+}
+
+impl TapColumns<'_> {
+    /// Every tap column of one input row (or of the rows' maximum) into a row of outputs. (A
+    /// function, not a closure: a closure's body is compiled without the calling kernel's
+    /// target features, which kept the pools at SSE2 width.)
+    #[inline(always)]
+    fn apply_row<T: Copy>(
+        &self,
+        p: &PoolParams,
+        row: &[T],
+        out: &mut [T],
+        phases: &mut [T],
+        tap: &impl Fn(&mut T, T),
+    ) {
+        let sw = p.stride_w;
+        if self.split {
+            super::phases::split_row(row, phases, 0, self.plen, sw as usize, |v| v);
+        }
+        for sx in 0..p.kw {
+            let run = match self.runs {
+                Some(runs) => runs[sx as usize],
+                None => tap_run(p, sx, self.split, self.plen),
+            };
+            let Some((lo, hi, start)) = run else {
+                continue;
+            };
+            let dst = &mut out[lo..hi];
+            if sw == 1 {
+                let src = &row[start..][..hi - lo];
+                dst.iter_mut().zip(src).for_each(|(o, v)| tap(o, *v));
+            } else if self.split {
+                let src = &phases[start..][..hi - lo];
+                dst.iter_mut().zip(src).for_each(|(o, v)| tap(o, *v));
+            } else {
+                let off = sx - p.pad_w;
+                for (k, o) in dst.iter_mut().enumerate() {
+                    tap(o, row[((lo + k) as i32 * sw + off) as usize]);
+                }
+            }
+        }
     }
 }
 
