@@ -438,11 +438,14 @@ fn pool_plane<T: Copy>(
     }
 }
 
-/// Where each tap column of a pool row reads (see [`tap_run`]), cached for up to 16 columns.
+/// A tap column's valid outputs `lo..hi` and where its run starts (see [`tap_run`]).
+type TapRun = Option<(usize, usize, usize)>;
+
+/// Where each tap column of a pool row reads, cached for up to 16 columns.
 struct TapColumns<'a> {
     split: bool,
     plen: usize,
-    runs: Option<&'a [Option<(usize, usize, usize)>; 16]>,
+    runs: Option<&'a [TapRun; 16]>,
 }
 
 impl TapColumns<'_> {
@@ -490,7 +493,7 @@ impl TapColumns<'_> {
 /// Tap column `sx`'s valid outputs `lo..hi` (0 <= ox * stride - pad + sx < w) and where its
 /// run starts in the row (or, `split`, in its phases of `plen`), the same for every row.
 #[inline(always)]
-fn tap_run(p: &PoolParams, sx: i32, split: bool, plen: usize) -> Option<(usize, usize, usize)> {
+fn tap_run(p: &PoolParams, sx: i32, split: bool, plen: usize) -> TapRun {
     let (sw, ow) = (p.stride_w, p.ow);
     let off = sx - p.pad_w;
     let lo = if off >= 0 { 0 } else { (-off + sw - 1) / sw };
