@@ -137,20 +137,28 @@ fn scale_shift_with<A: Act>(p: &BinaryParams, a: &[f32], b: &[f32], first: usize
     let act = |v: f32| A::apply(p.act, p.act_a, p.act_b, v);
     let (a3, b3) = (p.a_strides[3] as usize, p.b_strides[3] as usize);
     let shift = p.shift_offset as usize;
-    for_each_row(p, first, y, |ia, ib, out| {
-        let d3 = out.len();
-        if a3 == 1 && b3 == 0 {
-            let (m, c) = (b[ib], b[ib + shift]);
-            for (o, u) in out.iter_mut().zip(&a[ia..ia + d3]) {
-                *o = act(*u * m + c);
+    // inline(always): a closure the optimiser leaves out of line is compiled without the
+    // calling kernel's target features
+    for_each_row(
+        p,
+        first,
+        y,
+        #[inline(always)]
+        |ia, ib, out| {
+            let d3 = out.len();
+            if a3 == 1 && b3 == 0 {
+                let (m, c) = (b[ib], b[ib + shift]);
+                for (o, u) in out.iter_mut().zip(&a[ia..ia + d3]) {
+                    *o = act(*u * m + c);
+                }
+            } else {
+                for (k, o) in out.iter_mut().enumerate() {
+                    let j = ib + k * b3;
+                    *o = act(a[ia + k * a3] * b[j] + b[j + shift]);
+                }
             }
-        } else {
-            for (k, o) in out.iter_mut().enumerate() {
-                let j = ib + k * b3;
-                *o = act(a[ia + k * a3] * b[j] + b[j + shift]);
-            }
-        }
-    });
+        },
+    );
 }
 
 #[inline(always)]
@@ -164,33 +172,41 @@ fn binary_with<A: Act>(
 ) {
     let act = |v: f32| A::apply(p.act, p.act_a, p.act_b, v);
     let (a3, b3) = (p.a_strides[3] as usize, p.b_strides[3] as usize);
-    for_each_row(p, first, y, |ia, ib, out| {
-        let d3 = out.len();
-        match (a3, b3) {
-            (1, 1) => {
-                for ((o, u), v) in out.iter_mut().zip(&a[ia..ia + d3]).zip(&b[ib..ib + d3]) {
-                    *o = act(op(*u, *v));
+    // inline(always): a closure the optimiser leaves out of line is compiled without the
+    // calling kernel's target features
+    for_each_row(
+        p,
+        first,
+        y,
+        #[inline(always)]
+        |ia, ib, out| {
+            let d3 = out.len();
+            match (a3, b3) {
+                (1, 1) => {
+                    for ((o, u), v) in out.iter_mut().zip(&a[ia..ia + d3]).zip(&b[ib..ib + d3]) {
+                        *o = act(op(*u, *v));
+                    }
+                }
+                (1, 0) => {
+                    let v = b[ib];
+                    for (o, u) in out.iter_mut().zip(&a[ia..ia + d3]) {
+                        *o = act(op(*u, v));
+                    }
+                }
+                (0, 1) => {
+                    let u = a[ia];
+                    for (o, v) in out.iter_mut().zip(&b[ib..ib + d3]) {
+                        *o = act(op(u, *v));
+                    }
+                }
+                _ => {
+                    for (k, o) in out.iter_mut().enumerate() {
+                        *o = act(op(a[ia + k * a3], b[ib + k * b3]));
+                    }
                 }
             }
-            (1, 0) => {
-                let v = b[ib];
-                for (o, u) in out.iter_mut().zip(&a[ia..ia + d3]) {
-                    *o = act(op(*u, v));
-                }
-            }
-            (0, 1) => {
-                let u = a[ia];
-                for (o, v) in out.iter_mut().zip(&b[ib..ib + d3]) {
-                    *o = act(op(u, *v));
-                }
-            }
-            _ => {
-                for (k, o) in out.iter_mut().enumerate() {
-                    *o = act(op(a[ia + k * a3], b[ib + k * b3]));
-                }
-            }
-        }
-    });
+        },
+    );
 }
 
 /// [`crate::reference::binary_i8`] for operands of one shape: int8 codes in, each dequantized,
