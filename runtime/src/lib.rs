@@ -28,6 +28,7 @@
 //! - [`npy`]: `.npy` read/write.
 //! - [`choice`]: named choices (backend, sinks, compression) a user picks by name.
 //! - [`selftest`]: the on-device self-test from the test vectors a bundle carries.
+//! - [`shutdown`]: SIGTERM / SIGINT end a run between frames, its report written.
 //! - [`supervisor`]: model updates from an A/B bundle store while the pipeline runs (load,
 //!   verify, self-test, swap, trial, rollback).
 //! - [`demo`]: the shipped letsmap-lite bundle (embedded) or `--bundle` on a simulated drive.
@@ -54,6 +55,7 @@ pub mod queue;
 pub mod ros2;
 pub mod selftest;
 pub mod serve;
+pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod supervisor;

@@ -139,6 +139,9 @@ fn run_inference_loop(
         {
             return Some("duration".into());
         }
+        if let Some(why) = crate::shutdown::requested() {
+            return Some(why.into());
+        }
         match stage.pools.frames.pop_timeout(Duration::from_millis(50)) {
             Pop::Item(f) => stage.process(f),
             Pop::Timeout => continue,

@@ -89,7 +89,8 @@ pub struct RunReport {
     /// Resident memory after warm-up and at the end, in KiB (Linux; 0 elsewhere).
     pub rss_kib_after_warmup: u64,
     pub rss_kib_end: u64,
-    /// Why the run ended: "end of stream", "max frames", "duration", "source failed: ...".
+    /// Why the run ended: "end of stream", "max frames", "duration", "signal SIGTERM" /
+    /// "signal SIGINT", "source failed: ...".
     pub ended_by: String,
 }
 

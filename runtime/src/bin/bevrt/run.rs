@@ -282,6 +282,7 @@ pub fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         keep_camera_image: kinds.iter().any(|k| k.shows_camera()) || a.foxglove.is_some(),
         live: Some(live),
     };
+    bevrt_runtime::shutdown::catch_stop_signals();
     let report = pipeline::run_supervised(src, be, sinks, &opts, updates)?;
     log::info!("done ({}): {}", report.ended_by, report.line());
     let al = &report.allocations;
