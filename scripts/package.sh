@@ -50,7 +50,7 @@ for sm in sm_87 sm_90; do
     mv "$kernels.$sm"/* "$kernels/" && rm -r "$kernels.$sm" "$kernels.$sm.log"
 done
 
-# Man pages of both binaries, generated from their clap definitions (`manual`, hidden), gzipped
+# Man pages of both binaries, generated from their clap definitions (`manual --format man`), gzipped
 # as Debian keeps them; each package's from its own binaries (the arm64 bevrt-tool has no
 # training commands), run under qemu for arm64.
 stage_man() { # RELEASE_DIR [RUNNER...]

@@ -482,7 +482,6 @@ fn check_relative(path: &Path, file: &str, field: &str) -> Result<(), BundleErro
     Ok(())
 }
 
-/// sha256 of a file as lowercase hex, streamed.
 /// How provenance names a data folder, a bundle or a run directory: by its own name (`train`,
 /// `test`, `unlabelled` in the letsmap recipe), never by its machine-local path, so a shipped bundle
 /// says what it saw on any machine (recording seeds and counts go beside the name).
@@ -492,6 +491,7 @@ pub fn path_label(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
+/// sha256 of a file as lowercase hex, streamed.
 pub fn sha256_file(path: &Path) -> Result<String, BundleError> {
     let io = |source| BundleError::Io {
         path: path.to_path_buf(),

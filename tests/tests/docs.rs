@@ -73,16 +73,16 @@ fn command_flags(markdown: &str) -> BTreeMap<String, BTreeSet<String>> {
     commands
 }
 
-/// The pages a reader sees: README and the book's sources.
-fn documentation_files(root: &Path) -> Vec<PathBuf> {
-    let mut files = vec![root.join("README.md")];
-    let mut dirs = vec![root.join("docs/src")];
+/// Every file below `dir`, sorted.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = vec![];
+    let mut dirs = vec![dir.to_path_buf()];
     while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("docs/src exists").flatten() {
-            let p = entry.path();
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for p in entries.flatten().map(|e| e.path()) {
             if p.is_dir() {
                 dirs.push(p);
-            } else if p.extension().is_some_and(|e| e == "md") {
+            } else {
                 files.push(p);
             }
         }
@@ -91,24 +91,44 @@ fn documentation_files(root: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The pages a reader sees: README and the book's sources.
+fn documentation_files(root: &Path) -> Vec<PathBuf> {
+    let pages = files_under(&root.join("docs/src"));
+    let pages = pages
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "md"));
+    std::iter::once(root.join("README.md"))
+        .chain(pages)
+        .collect()
+}
+
+/// Fail listing `found` (one line each) under `what`, unless it is empty.
+fn assert_none(what: &str, found: &[String]) {
+    assert!(found.is_empty(), "{what}:\n{}", found.join("\n"));
+}
+
+/// A page's lines, numbered from 1, each with whether it lies inside a fenced code block (the
+/// fence lines themselves left out).
+fn lines_with_fences(text: &str) -> impl Iterator<Item = (usize, &str, bool)> {
+    let mut fenced = false;
+    text.lines().enumerate().filter_map(move |(i, line)| {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            return None;
+        }
+        Some((i + 1, line, fenced))
+    })
+}
+
 /// The command lines of a page: each line of a fenced code block, and each inline code span.
 fn command_lines(text: &str) -> Vec<(usize, String)> {
     let mut lines = vec![];
-    let mut fenced = false;
-    for (i, line) in text.lines().enumerate() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-            continue;
-        }
+    for (n, line, fenced) in lines_with_fences(text) {
         if fenced {
-            lines.push((i + 1, line.to_string()));
+            lines.push((n, line.to_string()));
         } else {
-            lines.extend(
-                line.split('`')
-                    .skip(1)
-                    .step_by(2)
-                    .map(|s| (i + 1, s.to_string())),
-            );
+            let spans = line.split('`').skip(1).step_by(2);
+            lines.extend(spans.map(|s| (n, s.to_string())));
         }
     }
     lines
@@ -180,11 +200,7 @@ fn documented_flags_exist() {
             }
         }
     }
-    assert!(
-        wrong.is_empty(),
-        "documented flags that do not exist:\n{}",
-        wrong.join("\n")
-    );
+    assert_none("documented flags that do not exist", &wrong);
 }
 
 #[test]
@@ -221,34 +237,23 @@ fn anchor_of(heading: &str) -> String {
 }
 
 fn anchors(text: &str) -> BTreeSet<String> {
-    let mut fenced = false;
-    let mut out = BTreeSet::new();
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-        } else if !fenced && line.starts_with('#') {
-            out.insert(anchor_of(line.trim_start_matches('#')));
-        }
-    }
-    out
+    lines_with_fences(text)
+        .filter(|&(_, line, fenced)| !fenced && line.starts_with('#'))
+        .map(|(_, line, _)| anchor_of(line.trim_start_matches('#')))
+        .collect()
 }
 
 /// The targets of `[text](target)` links outside code.
 fn link_targets(text: &str) -> Vec<(usize, String)> {
-    let mut fenced = false;
     let mut out = vec![];
-    for (i, line) in text.lines().enumerate() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-            continue;
-        }
+    for (n, line, fenced) in lines_with_fences(text) {
         if fenced {
             continue;
         }
         let prose: String = line.split('`').step_by(2).collect::<Vec<_>>().join("");
         for part in prose.split("](").skip(1) {
             if let Some(end) = part.find(')') {
-                out.push((i + 1, part[..end].to_string()));
+                out.push((n, part[..end].to_string()));
             }
         }
     }
@@ -283,11 +288,7 @@ fn internal_links_resolve() {
             }
         }
     }
-    assert!(
-        broken.is_empty(),
-        "broken internal links:\n{}",
-        broken.join("\n")
-    );
+    assert_none("broken internal links", &broken);
 }
 
 #[test]
@@ -316,20 +317,7 @@ const MACHINE_PATHS: [&str; 5] = ["/tmp/", "/home/", "/root/", "/work/", "/Users
 fn shipped_files_name_no_machine_paths() {
     let root = workspace_root();
     let mut files = documentation_files(&root);
-    let mut dirs = vec![root.join("models/bundles")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir)
-            .expect("models/bundles exists")
-            .flatten()
-        {
-            let p = entry.path();
-            if p.is_dir() {
-                dirs.push(p)
-            } else {
-                files.push(p)
-            }
-        }
-    }
+    files.extend(files_under(&root.join("models/bundles")));
     assert!(
         files
             .iter()
@@ -355,9 +343,5 @@ fn shipped_files_name_no_machine_paths() {
             }
         }
     }
-    assert!(
-        found.is_empty(),
-        "machine-local paths in shipped files:\n{}",
-        found.join("\n")
-    );
+    assert_none("machine-local paths in shipped files", &found);
 }

@@ -284,7 +284,7 @@ impl DirectConv {
 /// `out[i] = sum over taps t of pad[at[t] + i] * w[t]`, the taps added in order from zero (as
 /// the twin adds them), `LANES` outputs at a time kept in registers across all taps: per tap
 /// and vector one load, one multiply and one add, and one store per vector at the end (a pass
-/// per tap over memory costed two loads and a store per tap). The last vector reads up to
+/// per tap over memory cost two loads and a store per tap). The last vector reads up to
 /// `LANES - 1` values past the run (the scratch's slack) into lanes it discards. (No closures:
 /// their bodies would be compiled without the caller's target features.)
 #[inline(always)]

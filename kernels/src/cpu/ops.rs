@@ -105,7 +105,9 @@ pub fn binary(p: &BinaryParams, a: &[f32], b: &[f32], first: usize, y: &mut [f32
 
 /// Every innermost row of the broadcast shape that `y` covers (from outer index `first` on:
 /// outer = the first two of the four dims together): `row(ia, ib, out)` with the row's first
-/// offsets into `a` and `b` and its `dims[3]` outputs.
+/// offsets into `a` and `b` and its `dims[3]` outputs. Callers mark `row` `#[inline(always)]`:
+/// a closure the optimiser leaves out of line is compiled without the calling kernel's target
+/// features (baseline vector width).
 #[inline(always)]
 fn for_each_row<T>(
     p: &BinaryParams,
@@ -137,8 +139,6 @@ fn scale_shift_with<A: Act>(p: &BinaryParams, a: &[f32], b: &[f32], first: usize
     let act = |v: f32| A::apply(p.act, p.act_a, p.act_b, v);
     let (a3, b3) = (p.a_strides[3] as usize, p.b_strides[3] as usize);
     let shift = p.shift_offset as usize;
-    // inline(always): a closure the optimiser leaves out of line is compiled without the
-    // calling kernel's target features
     for_each_row(
         p,
         first,
@@ -172,8 +172,6 @@ fn binary_with<A: Act>(
 ) {
     let act = |v: f32| A::apply(p.act, p.act_a, p.act_b, v);
     let (a3, b3) = (p.a_strides[3] as usize, p.b_strides[3] as usize);
-    // inline(always): a closure the optimiser leaves out of line is compiled without the
-    // calling kernel's target features
     for_each_row(
         p,
         first,
@@ -418,6 +416,7 @@ fn pool_plane<T: Copy>(
         }
     }
     let cols = TapColumns {
+        p,
         split,
         plen,
         runs: cached.then_some(&runs),
@@ -436,7 +435,7 @@ fn pool_plane<T: Copy>(
             }
             let row = &xp[iy as usize * w..][..w];
             if !by_columns {
-                cols.apply_row(p, row, out, phases, &tap);
+                cols.apply_row(row, out, phases, &tap);
             } else if rows == 0 {
                 column[..w].copy_from_slice(row);
             } else {
@@ -448,7 +447,7 @@ fn pool_plane<T: Copy>(
             rows += 1;
         }
         if by_columns && rows > 0 {
-            cols.apply_row(p, &column[..w], out, phases, &tap);
+            cols.apply_row(&column[..w], out, phases, &tap);
         }
         finish(rows, out);
     }
@@ -459,6 +458,7 @@ type TapRun = Option<(usize, usize, usize)>;
 
 /// Where each tap column of a pool row reads, cached for up to 16 columns.
 struct TapColumns<'a> {
+    p: &'a PoolParams,
     split: bool,
     plen: usize,
     runs: Option<&'a [TapRun; 16]>,
@@ -471,12 +471,12 @@ impl TapColumns<'_> {
     #[inline(always)]
     fn apply_row<T: Copy>(
         &self,
-        p: &PoolParams,
         row: &[T],
         out: &mut [T],
         phases: &mut [T],
         tap: &impl Fn(&mut T, T),
     ) {
+        let p = self.p;
         let sw = p.stride_w;
         if self.split {
             super::phases::split_row(row, phases, 0, self.plen, sw as usize, |v| v);

@@ -91,14 +91,10 @@ use bevrt_kernels::plan::DType;
 use bevrt_models::{InputSpec, OutputKind, Task};
 use cudarc::driver::{CudaSlice, DevicePtr, PinnedHostSlice};
 
-/// Errors of the kernel library already begin with "CUDA: "; others get it once.
-fn gpu_err(e: impl std::fmt::Display) -> anyhow::Error {
-    let e = e.to_string();
-    if e.starts_with("CUDA: ") {
-        anyhow::anyhow!(e)
-    } else {
-        anyhow::anyhow!("CUDA: {e}")
-    }
+/// A driver error of cudarc's, named as CUDA's. (The kernel library's `GpuError` says so
+/// itself and converts with `?`.)
+fn gpu_err(e: cudarc::driver::DriverError) -> anyhow::Error {
+    anyhow::anyhow!("CUDA: {e}")
 }
 
 /// Kernel directory for `Gpu::open`: `$BEVRT_KERNELS` (an ahead-of-time
@@ -196,7 +192,7 @@ fn load_plan(
     int8: Int8Gemm,
 ) -> anyhow::Result<PlanRunner> {
     let plan = crate::lower::lower_network(path, shape, opts)?;
-    PlanRunner::load(gpu, plan, int8).map_err(gpu_err)
+    PlanRunner::load(gpu, plan, int8).map_err(anyhow::Error::from)
 }
 
 impl CudaBackend {
@@ -208,7 +204,7 @@ impl CudaBackend {
                 bundle.dir.display()
             );
         }
-        let gpu = Gpu::open(kernel_dir().as_deref()).map_err(gpu_err)?;
+        let gpu = Gpu::open(kernel_dir().as_deref())?;
         let int8 = if gpu.sm >= 80 {
             Int8Gemm::Imma
         } else {
@@ -499,13 +495,12 @@ impl Backend for CudaBackend {
     fn infer(&mut self) -> anyhow::Result<()> {
         let t0 = std::time::Instant::now();
         if self.graph.is_none() {
-            let g = bevrt_kernels::exec::capture(&self.gpu, |gpu| self.enqueue(gpu))
-                .map_err(gpu_err)?;
+            let g = bevrt_kernels::exec::capture(&self.gpu, |gpu| self.enqueue(gpu))?;
             self.graph = g;
         }
         match &self.graph {
-            Some(g) => g.launch().map_err(gpu_err)?,
-            None => self.enqueue(&self.gpu).map_err(gpu_err)?,
+            Some(g) => g.launch()?,
+            None => self.enqueue(&self.gpu)?,
         }
         // results back into pinned buffers
         let st = &self.gpu.stream;
@@ -522,7 +517,7 @@ impl Backend for CudaBackend {
             st.memcpy_dtoh(&b.class_dev, &mut b.class_host)
                 .map_err(gpu_err)?;
         }
-        self.gpu.synchronize().map_err(gpu_err)?;
+        self.gpu.synchronize()?;
         self.outputs[0]
             .data
             .copy_from_slice(self.out_host.as_slice().map_err(gpu_err)?);
@@ -616,7 +611,7 @@ impl Backend for CudaBackend {
             "{origin}: the sampling table changed size"
         );
         // same device buffer: the captured graph keeps reading it
-        self.gpu.synchronize().map_err(gpu_err)?;
+        self.gpu.synchronize()?;
         self.gpu
             .stream
             .memcpy_htod(b.geometry.table.taps_as_bytes(), &mut b.taps)
@@ -627,7 +622,7 @@ impl Backend for CudaBackend {
                 .memcpy_htod(&b.geometry.table.bins, &mut l.bins)
                 .map_err(gpu_err)?;
         }
-        self.gpu.synchronize().map_err(gpu_err)?;
+        self.gpu.synchronize()?;
         Ok(format!(
             "{origin}: sampling table rebuilt and uploaded in {:.1} ms ({:.0} % valid)",
             t0.elapsed().as_secs_f64() * 1e3,

@@ -13,16 +13,6 @@ use bevrt_runtime::{Frame, PixelFormat};
 use candle_core::{Device, Tensor};
 
 /// The input spec letsmap-lite bundles use: RGB, NCHW f32, (x/255 - 0.5) / 0.25.
-/// [`bevrt_models::bundle::path_label`] of a folder recorded as a JSON string in a run's arguments (`pretrain.json`).
-pub fn path_label_json(path: &serde_json::Value) -> String {
-    format!(
-        "{:?}",
-        path.as_str()
-            .map(|p| bevrt_models::bundle::path_label(Path::new(p)))
-            .unwrap_or_default()
-    )
-}
-
 pub fn input_spec(arch: &LetsMapLite) -> InputSpec {
     InputSpec {
         name: Some("image".into()),

@@ -499,7 +499,7 @@ fn describe_pretraining(ckpt: &Path) -> (String, String) {
             "geometry pathway: {} epochs over {}, training {}, objective {}, gap {}, batch {}, \
              lr {}, seed {}; photometric error per epoch {}; depth on --eval-depth {}{}",
             v["epochs_done"],
-            super::data::path_label_json(&a["data"]),
+            data_label(&a["data"]),
             a["train_last"]
                 .as_u64()
                 .map(|n| format!("the last {n} layers"))
@@ -536,6 +536,15 @@ fn describe_pretraining(ckpt: &Path) -> (String, String) {
     ("unknown".into(), String::new())
 }
 
+/// A data folder recorded as a JSON string in a run's arguments (`pretrain.json`), quoted, by
+/// its own name ([`bevrt_models::bundle::path_label`]).
+fn data_label(path: &serde_json::Value) -> String {
+    let name = path
+        .as_str()
+        .map(|p| bevrt_models::bundle::path_label(Path::new(p)));
+    format!("{:?}", name.unwrap_or_default())
+}
+
 fn read_json(path: &Path) -> Option<serde_json::Value> {
     std::fs::read_to_string(path)
         .ok()
@@ -549,7 +558,7 @@ fn describe_mae(v: &serde_json::Value) -> String {
         "semantic pathway (temporal MAE): {} epochs over {}, {} masking (alpha {}), mask ratio \
          {}, max gap {}, batch {}, lr {}, seed {}; masked-patch MSE per epoch {}; probe loss {}",
         v["epochs_done"],
-        super::data::path_label_json(&a["data"]),
+        data_label(&a["data"]),
         a["masking"].as_str().unwrap_or("random"),
         a["alpha"],
         a["mask_ratio"],

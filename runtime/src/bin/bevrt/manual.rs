@@ -1,6 +1,6 @@
-//! `bevrt manual` and `bevrt-tool manual` (`bevrt-tool` includes this file): a command
-//! line's reference, generated from its clap definition so
-//! the book's CLI pages and the man pages cannot drift from the flags that exist.
+//! `bevrt manual` and `bevrt-tool manual` (`bevrt-tool` includes this file): a command line's
+//! reference generated from its clap definition, so the book's CLI pages and the man pages
+//! cannot drift from the flags that exist.
 
 use anyhow::{Context, Result};
 use std::path::PathBuf;
