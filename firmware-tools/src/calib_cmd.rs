@@ -99,6 +99,22 @@ pub struct UndistortArgs {
     pub images: Vec<PathBuf>,
 }
 
+/// Join a camera YAML (what `calibrate` writes) and an extrinsics TOML into the Calibration
+/// TOML that `bevrt run --calib`, bundles and recordings read.
+#[derive(Args, Debug, Clone)]
+pub struct CalibMergeArgs {
+    /// Camera YAML (ROS camera_info or OpenCV FileStorage) or a Calibration TOML whose
+    /// camera is kept.
+    #[arg(long)]
+    pub camera: PathBuf,
+    /// Extrinsics TOML (camera-to-vehicle: height, pitch, roll, yaw, or a matrix).
+    #[arg(long)]
+    pub extrinsics: PathBuf,
+    /// Output Calibration TOML (`[camera]` and `[extrinsics]`).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
 /// Time detection + calibration against OpenCV on the same images in one run.
 #[derive(Args, Debug, Clone)]
 pub struct CalibBenchArgs {
@@ -314,6 +330,35 @@ fn save_rgb(path: &Path, w: usize, h: usize, px: Vec<u8>) -> Result<()> {
     let img = image::RgbImage::from_raw(w as u32, h as u32, px).context("image buffer size")?;
     img.save(path)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `bevrt-tool calib-merge`: the written file is read back with the loader a run uses and
+/// compared, so what was written is what `bevrt run --calib` will see.
+pub fn calib_merge(a: &CalibMergeArgs) -> Result<()> {
+    let (camera, _) = load_calib(&a.camera, None)?;
+    let extrinsics = Extrinsics::load(&a.extrinsics)?;
+    let c = Calibration { camera, extrinsics };
+    c.save(&a.out)?;
+    let back = Calibration::load(&a.out)?;
+    if back.camera != c.camera || !back.extrinsics.same_pose(&c.extrinsics) {
+        bail!(
+            "{}: reads back different from what was written",
+            a.out.display()
+        );
+    }
+    println!(
+        "wrote {} ({}x{} {} camera, extrinsics from {})",
+        a.out.display(),
+        c.camera.width(),
+        c.camera.height(),
+        if c.camera.is_fisheye() {
+            "fisheye"
+        } else {
+            "pinhole"
+        },
+        a.extrinsics.display()
+    );
+    Ok(())
 }
 
 /// `bevrt-tool birdseye`.

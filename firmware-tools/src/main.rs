@@ -40,6 +40,8 @@ enum Cmd {
     Undistort(calib_cmd::UndistortArgs),
     /// Time detection + calibration on a set of views (optionally beside OpenCV).
     CalibBench(calib_cmd::CalibBenchArgs),
+    /// Join a camera YAML and an extrinsics TOML into the calibration TOML `bevrt run` reads.
+    CalibMerge(calib_cmd::CalibMergeArgs),
     /// Compile every CUDA kernel for one SM ahead of time (NVRTC; no GPU needed).
     CompileKernels(kernels_cmd::CompileKernelsArgs),
     /// Hardware-in-the-loop: run the real bevrt on simulator recordings with injected faults.
@@ -132,6 +134,7 @@ fn main() {
         Cmd::Birdseye(a) => calib_cmd::birdseye(a),
         Cmd::Undistort(a) => calib_cmd::undistort(a),
         Cmd::CalibBench(a) => calib_cmd::bench_calib(a),
+        Cmd::CalibMerge(a) => calib_cmd::calib_merge(a),
         Cmd::CompileKernels(a) => kernels_cmd::compile_kernels(a),
         Cmd::Sim(c) => sim_cmd::run(c),
         #[cfg(feature = "host")]

@@ -2,7 +2,7 @@
 //! and every case of the ops bevrt's bundles use passes.
 
 use bevrt_runtime::conformance::{self, Outcome};
-use bevrt_tests::shared_dir;
+use bevrt_tests::{node_case, shared_dir};
 
 /// Ops whose every staged case must pass, and the case-name fragments outside that promise
 /// (data types or forms the issue excludes: 16-bit and blocked quantization, f16 scales).
@@ -146,4 +146,49 @@ fn kernel_plan_passes_every_case_it_accepts() {
             r.outcome
         );
     }
+}
+
+/// `bevrt conformance` exits 0 when every case passes and 1 when one fails (a case whose
+/// expected output was altered), so a script or CI step stops on a failing case.
+#[test]
+fn cli_exits_nonzero_on_a_failing_case() {
+    let Some(shared) = shared_dir() else { return };
+    let scratch = bevrt_tests::scratch("conformance-exit");
+    let case = node_case(&shared, "test_relu");
+    let status_of = |suite: &std::path::Path| {
+        let out = std::process::Command::new(bevrt_tests::bin("bevrt"))
+            .args(["conformance", "--backend", "cpu-plan", "--suite"])
+            .arg(suite)
+            .output()
+            .expect("spawn bevrt");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let copy_case = |suite: &std::path::Path| -> std::path::PathBuf {
+        let dst = suite.join("test_relu").join("test_data_set_0");
+        std::fs::create_dir_all(&dst).unwrap();
+        std::fs::copy(case.join("model.onnx"), suite.join("test_relu/model.onnx")).unwrap();
+        for f in ["input_0.pb", "output_0.pb"] {
+            std::fs::copy(case.join("test_data_set_0").join(f), dst.join(f)).unwrap();
+        }
+        dst.join("output_0.pb")
+    };
+    let good = scratch.join("good");
+    copy_case(&good);
+    let (code, out) = status_of(&good);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("1 passed, 0 failed"), "{out}");
+
+    let bad = scratch.join("bad");
+    let expected = copy_case(&bad);
+    // the tensor's raw data ends the file: its last value becomes 1000.0
+    let mut bytes = std::fs::read(&expected).unwrap();
+    let n = bytes.len();
+    bytes[n - 4..].copy_from_slice(&1000.0f32.to_le_bytes());
+    std::fs::write(&expected, bytes).unwrap();
+    let (code, out) = status_of(&bad);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("0 passed, 1 failed"), "{out}");
 }

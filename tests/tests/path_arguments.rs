@@ -35,6 +35,11 @@ const CASES: &[(&str, &str, &str)] = &[
     ("bevrt", "conformance --suite {FILE}", "{FILE}"),
     (
         "bevrt-tool",
+        "calib-merge --camera {DIR} --extrinsics {DIR} --out {OUT}",
+        "{DIR}",
+    ),
+    (
+        "bevrt-tool",
         "bundle init --task features --model {DIR} --input 4x1:GRAY --out {OUT}",
         "{DIR}",
     ),

@@ -27,7 +27,9 @@ pub struct ConformanceArgs {
     threads: Option<usize>,
 }
 
-pub fn cmd_conformance(a: ConformanceArgs) -> anyhow::Result<()> {
+/// Runs the suite and prints its summary line; whether every case that ran passed (the
+/// caller exits 1 when not, so a script or CI step fails on a failing case).
+pub fn cmd_conformance(a: ConformanceArgs) -> anyhow::Result<bool> {
     let print = |r: &conformance::CaseResult| {
         if a.json {
             println!("{}", serde_json::to_string(r).unwrap_or_default());
@@ -42,12 +44,7 @@ pub fn cmd_conformance(a: ConformanceArgs) -> anyhow::Result<()> {
         };
         let results =
             conformance::run_suite_plan(&cases, bevrt_kernels::plan::DType::F16, &mut exec, print);
-        let s = conformance::summarize(&results);
-        println!(
-            "{} passed, {} failed, {} skipped (kernel plan on the CPU twins, FP16)",
-            s.passed, s.failed, s.skipped
-        );
-        return Ok(());
+        return Ok(summary(&results, "kernel plan on the CPU twins, FP16"));
     }
     if a.backend == BackendKind::CpuPlan {
         let cases = conformance::list_cases(&a.suite, a.filter.as_deref())?;
@@ -57,15 +54,11 @@ pub fn cmd_conformance(a: ConformanceArgs) -> anyhow::Result<()> {
         };
         let results =
             conformance::run_suite_plan(&cases, bevrt_kernels::plan::DType::F32, &mut exec, print);
-        let s = conformance::summarize(&results);
-        println!(
-            "{} passed, {} failed, {} skipped (cpu-plan, {}, {threads} thread(s))",
-            s.passed,
-            s.failed,
-            s.skipped,
-            bevrt_kernels::cpu::isa::Isa::detect().name()
-        );
-        return Ok(());
+        let isa = bevrt_kernels::cpu::isa::Isa::detect().name();
+        return Ok(summary(
+            &results,
+            &format!("cpu-plan, {isa}, {threads} thread(s)"),
+        ));
     }
     let probe = backend::cuda::probe();
     let use_cuda = match a.backend {
@@ -98,20 +91,20 @@ pub fn cmd_conformance(a: ConformanceArgs) -> anyhow::Result<()> {
         };
         let results =
             conformance::run_suite_plan(&cases, bevrt_kernels::plan::DType::F16, &mut exec, print);
-        let s = conformance::summarize(&results);
-        println!(
-            "{} passed, {} failed, {} skipped (cuda, sm_{})",
-            s.passed, s.failed, s.skipped, gpu.sm
-        );
-        return Ok(());
+        return Ok(summary(&results, &format!("cuda, sm_{}", gpu.sm)));
     }
     log::info!("conformance on cpu ({})", probe.summary());
     let cases = conformance::list_cases(&a.suite, a.filter.as_deref())?;
     let results = conformance::run_suite(&cases, print);
-    let s = conformance::summarize(&results);
+    Ok(summary(&results, "cpu"))
+}
+
+/// Prints `N passed, M failed, K skipped (where)`; whether none failed.
+fn summary(results: &[conformance::CaseResult], where_: &str) -> bool {
+    let s = conformance::summarize(results);
     println!(
-        "{} passed, {} failed, {} skipped",
+        "{} passed, {} failed, {} skipped ({where_})",
         s.passed, s.failed, s.skipped
     );
-    Ok(())
+    s.failed == 0
 }

@@ -73,7 +73,11 @@ fn main() {
         Cmd::DemoClassify(a) => demo::cmd_demo(a),
         Cmd::Bench(a) => bench::cmd_bench(a),
         Cmd::Info(a) => info::cmd_info(a),
-        Cmd::Conformance(a) => conformance::cmd_conformance(a),
+        Cmd::Conformance(a) => conformance::cmd_conformance(a).map(|all_passed| {
+            if !all_passed {
+                std::process::exit(1)
+            }
+        }),
         Cmd::Manual(a) => manual::write_manual(&a, Cli::command()),
     };
     if let Err(e) = r {

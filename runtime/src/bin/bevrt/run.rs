@@ -228,6 +228,16 @@ pub fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("--bundle or --store is required"),
         _ => None,
     };
+    if let Some(c) = &a.calib
+        && c.extension().is_some_and(|e| e == "yaml" || e == "yml")
+    {
+        anyhow::bail!(
+            "{}: --calib takes a calibration TOML (camera and extrinsics), not a camera YAML; \
+             join it with the mounting: bevrt-tool calib-merge --camera {} --extrinsics EXT.toml --out calibration.toml",
+            c.display(),
+            c.display()
+        );
+    }
     let src = source::open(&a.source)?;
     let calib = match a.calib.clone().or_else(|| src.calibration_path()) {
         Some(c) => Some(c),
