@@ -55,7 +55,8 @@ drive() {
   [ -f "$dir/recording.toml" ] || \
     $TOOL sim record --seed "$seed" --frames "$frames" --fps "$fps" --cell 0.5 --out "$dir" "$@" >/dev/null
 }
-for s in $TRAIN_SEEDS; do drive "$WORK/train/s$s" "$s" $FRAMES 2; done
+# the labelled drives with their depth maps (--extras), which only the oracle rows read
+for s in $TRAIN_SEEDS; do drive "$WORK/train/s$s" "$s" $FRAMES 2 --extras; done
 drive "$WORK/test" 1000 $TEST_FRAMES 2 --extras
 for s in $UNLAB_SEEDS; do drive "$WORK/unlabelled/s$s" "$s" $UNLAB_FRAMES 10; done
 drive "$WORK/test10" 1000 $TEST_FRAMES 10 --extras
@@ -90,7 +91,7 @@ geometry both --encoder "$WORK/mae-edges/pretrain.safetensors"
 # conv; the trunk stays what the semantic pathway taught
 geometry disjoint --encoder "$WORK/mae-edges/pretrain.safetensors" --train-last 2
 
-row() { # name, finetune args...
+row() { # name, finetune args... (EVAL_ARGS: extra eval arguments)
   local name=$1; shift
   local t=$(date +%s)
   mkdir -p "$WORK/bundles"
@@ -98,7 +99,8 @@ row() { # name, finetune args...
     rm -rf "$WORK/bundles/$name"
     $TOOL finetune --data "$WORK/train" --out "$WORK/bundles/$name" "$@" >/dev/null
   fi
-  $TOOL eval --bundle "$WORK/bundles/$name" --data "$WORK/test" --json > "$WORK/bundles/$name.eval.json"
+  $TOOL eval --bundle "$WORK/bundles/$name" --data "$WORK/test" --json ${EVAL_ARGS:-} \
+    > "$WORK/bundles/$name.eval.json"
   echo "row $name: $(( $(date +%s) - t )) s"
 }
 # pretrained rows: LP-FT, then all of encoder.onnx (5 encoder convs + the lift conv) trains
@@ -117,8 +119,28 @@ row scratch-100 --label-fraction 1.0 --iters $ITERS_100
 row both-100 --label-fraction 1.0 --iters $ITERS_100 $(pretrained "$WORK/both/geometry.safetensors")
 [ $QUICK = 1 ] && row untrained --label-fraction 0.01 --iters 1 --lr 0
 
+# Fine-tuning that also learns from the unlabelled drives (issue 39): both terms, from
+# scratch and from both pathways, on every subset; each term alone from both pathways on
+# subset 0 (what each contributes).
+UNL="--unlabelled $WORK/unlabelled"
+for sub in 0 1 2; do
+  one="--label-fraction 0.01 --subset $sub --iters $ITERS_1"
+  row scratch-semi-1-s$sub $one $UNL
+  row both-semi-1-s$sub $one $(pretrained "$WORK/both/geometry.safetensors") $UNL
+done
+one="--label-fraction 0.01 --subset 0 --iters $ITERS_1 $(pretrained "$WORK/both/geometry.safetensors")"
+row both-consistency-1-s0 $one $UNL --teacher 0
+row both-teacher-1-s0 $one $UNL --consistency 0
+# The oracle: the lift fed the simulator's true depth (trained and scored so), the ceiling
+# perfect geometry gives this model
+for sub in 0 1 2; do
+  EVAL_ARGS=--oracle-depth row oracle-1-s$sub --label-fraction 0.01 --subset $sub \
+    --iters $ITERS_1 --oracle-depth
+done
+EVAL_ARGS=--oracle-depth row oracle-100 --label-fraction 1.0 --iters $ITERS_100 --oracle-depth
+
 python3 - "$WORK" "$QUICK" <<'PY'
-import json, statistics as st, sys
+import json, statistics as st, sys, tomllib
 w, quick = sys.argv[1], sys.argv[2] == "1"
 ev = lambda n: json.load(open(f"{w}/bundles/{n}.eval.json"))
 iou = lambda r, c: next((x["iou"] for x in r["per_class"] if x["class"] == c), None) or 0.0
@@ -129,17 +151,26 @@ rows = [("scratch", "1 %", "scratch-1-s"), ("semantic: MAE, random masking", "1 
         ("geometry pathway only", "1 %", "geometry-1-s"), ("both pathways", "1 %", "both-1-s"),
         ("both pathways, disjoint (geometry trains the last 2 layers)", "1 %", "disjoint-1-s"),
         ("both pathways", "10 %", "both-10"), ("scratch", "100 %", "scratch-100"),
-        ("both pathways", "100 %", "both-100")]
-out = ["| encoder init | BEV labels | mIoU | road IoU | car IoU | occluded cells right | vehicle FP on hidden cells |",
-       "|---|---|---|---|---|---|---|"]
+        ("both pathways", "100 %", "both-100"),
+        ("scratch + unlabelled drives (consistency + mean teacher)", "1 %", "scratch-semi-1-s"),
+        ("both pathways + unlabelled drives (consistency + mean teacher)", "1 %", "both-semi-1-s"),
+        ("both pathways + temporal consistency only (subset 0)", "1 %", "both-consistency-1-s0"),
+        ("both pathways + mean teacher only (subset 0)", "1 %", "both-teacher-1-s0"),
+        ("oracle: true depth in the lift (scratch)", "1 %", "oracle-1-s"),
+        ("oracle: true depth in the lift (scratch)", "100 %", "oracle-100")]
+params = lambda n: tomllib.load(open(f"{w}/bundles/{n}/bundle.toml", "rb"))["provenance"]["recipe"].get("parameters", 0)
+out = ["| encoder init | BEV labels | mIoU | road IoU | car IoU | occluded cells right | vehicle FP on hidden cells | parameters |",
+       "|---|---|---|---|---|---|---|---|"]
 for init, frac, name in rows:
-    runs = [ev(f"{name}{k}") for k in range(3)] if name.endswith("-s") else [ev(name)]
+    names = [f"{name}{k}" for k in range(3)] if name.endswith("-s") else [name]
+    runs = [ev(n) for n in names]
     occ = [r.get("occlusion") or {} for r in runs]
     o_acc = [o["accuracy"] for o in occ if "accuracy" in o]
     o_fp = [o["vehicle_false_positive_rate"] for o in occ if "vehicle_false_positive_rate" in o]
     out.append(f"| {init} | {frac} | {cell([r['miou'] for r in runs])} | "
                f"{cell([iou(r, 'road') for r in runs])} | {cell([iou(r, 'car') for r in runs])} | "
-               f"{cell(o_acc) + ' %' if o_acc else '-'} | {cell(o_fp) + ' %' if o_fp else '-'} |")
+               f"{cell(o_acc) + ' %' if o_acc else '-'} | {cell(o_fp) + ' %' if o_fp else '-'} | "
+               f"{params(names[0]):,} |")
 open(f"{w}/table.md", "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 if quick:
@@ -152,6 +183,9 @@ if quick:
         "untrained_miou": ev("untrained")["miou"],
         "scratch_1_miou": [ev(f"scratch-1-s{k}")["miou"] for k in range(3)],
         "both_100_miou": ev("both-100")["miou"],
+        # the unlabelled terms' own record ([first tenth, last tenth] losses, histogram)
+        "semi": tomllib.load(open(f"{w}/bundles/both-semi-1-s0/bundle.toml", "rb"))
+                ["provenance"]["recipe"]["unlabelled"],
     }
     json.dump(learned, open(f"{w}/learned.json", "w"), indent=1)
 PY

@@ -155,6 +155,7 @@ fn main() {
             Some(cli::letsmap::EvalSub::Merge { parts, json }) => {
                 letsmap::eval::merge_cmd(parts, *json)
             }
+            None if a.oracle_depth => letsmap::oracle::oracle_cmd(&a.config()),
             None => letsmap::eval::eval_cmd(&a.config()),
         },
         #[cfg(feature = "host")]

@@ -10,6 +10,7 @@ use bevrt_runtime::BackendKind;
 use bevrt_train::letsmap::eval::EvalConfig;
 use bevrt_train::letsmap::geometry::{DepthEvalConfig, GeometryConfig, Objective};
 use bevrt_train::letsmap::semantic::{Masking, PretrainConfig};
+use bevrt_train::letsmap::semi::SemiConfig;
 use bevrt_train::letsmap::train::FinetuneConfig;
 use clap::{Args, Subcommand};
 
@@ -252,6 +253,30 @@ pub struct FinetuneArgs {
     /// Output bundle directory (must not exist).
     #[arg(long)]
     pub out: PathBuf,
+    /// Also learn from these unlabelled recordings (with poses.csv; e.g. the pretraining
+    /// drives): temporal BEV consistency and a mean teacher, after the probe phase.
+    #[arg(long)]
+    pub unlabelled: Option<PathBuf>,
+    /// With --unlabelled: weight of the temporal BEV consistency term (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub consistency: f64,
+    /// With --unlabelled: weight of the mean teacher's pseudo-label term (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub teacher: f64,
+    /// The mean teacher's EMA decay per step.
+    #[arg(long, default_value_t = 0.99)]
+    pub teacher_ema: f64,
+    /// Frames between the two frames of a consistency pair (5 at 10 fps: about 5 m).
+    #[arg(long, default_value_t = 5)]
+    pub pair_gap: usize,
+    /// Upper bound of the per-class confidence thresholds of pseudo-labels.
+    #[arg(long, default_value_t = 0.9)]
+    pub pseudo_threshold: f32,
+    /// Train with the simulator's true depth (its distribution over each feature pixel's
+    /// block) in the lift: the oracle that `eval --oracle-depth` scores (needs
+    /// `sim record --extras` data; not deployable).
+    #[arg(long)]
+    pub oracle_depth: bool,
 }
 
 impl FinetuneArgs {
@@ -272,6 +297,15 @@ impl FinetuneArgs {
             frames: self.frames,
             eval_data: self.eval_data.clone(),
             out: self.out.clone(),
+            semi: SemiConfig {
+                unlabelled: self.unlabelled.clone(),
+                consistency: self.consistency,
+                teacher: self.teacher,
+                teacher_ema: self.teacher_ema,
+                pair_gap: self.pair_gap,
+                pseudo_threshold: self.pseudo_threshold,
+            },
+            oracle_depth: self.oracle_depth,
         }
     }
 }
@@ -307,6 +341,12 @@ pub struct EvalArgs {
     /// CPU threads for the backend (0: pick by measuring at load).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Replace the bundle's depth distribution by the simulator's true depth (its
+    /// distribution over each feature pixel's block) in the lift: the ceiling perfect geometry
+    /// gives (letsmap-lite bundles, recordings made with `sim record --extras`; the training
+    /// code's forward, not the runtime).
+    #[arg(long)]
+    pub oracle_depth: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -336,6 +376,7 @@ impl EvalArgs {
             shard: self.shard,
             partial: self.partial.clone(),
             threads: self.threads,
+            oracle_depth: self.oracle_depth,
         }
     }
 }

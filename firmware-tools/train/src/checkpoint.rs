@@ -98,3 +98,22 @@ impl Ema {
         Ok(())
     }
 }
+
+/// The progress record of an interrupted run, for `--resume`; refused (naming the file and
+/// the arguments it used) unless `same_args` accepts it.
+pub fn resume_state<S: DeserializeOwned>(path: &Path, same_args: impl Fn(&S) -> bool) -> Result<S> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: nothing to resume", path.display()))?;
+    let prev: S =
+        serde_json::from_str(&text).with_context(|| format!("{}: malformed", path.display()))?;
+    if !same_args(&prev) {
+        let used = serde_json::from_str::<serde_json::Value>(&text)
+            .map(|v| v["args"].to_string())
+            .unwrap_or_default();
+        bail!(
+            "{}: --resume needs the same arguments as the interrupted run (only --epochs may grow); it used {used}",
+            path.display()
+        );
+    }
+    Ok(prev)
+}

@@ -12,6 +12,8 @@ use bevrt_runtime::source::replay::Recording;
 use bevrt_runtime::{Frame, PixelFormat};
 use candle_core::{Device, Tensor};
 
+use crate::progress::progress;
+
 /// The input spec letsmap-lite bundles use: RGB, NCHW f32, (x/255 - 0.5) / 0.25.
 pub fn input_spec(arch: &LetsMapLite) -> InputSpec {
     InputSpec {
@@ -353,6 +355,42 @@ impl Dataset {
     pub fn labelled(&self) -> Vec<usize> {
         (0..self.len()).filter(|&i| self.gt[i].is_some()).collect()
     }
+}
+
+/// [`load`] with a progress bar on the terminal.
+pub fn load_with_bar(dir: &Path, limit: Option<usize>) -> Result<Dataset> {
+    let pb = progress(0, "loading");
+    let ds = load(dir, limit, &|d, t| {
+        pb.set_length(t as u64);
+        pb.set_position(d as u64);
+    })?;
+    pb.finish_and_clear();
+    Ok(ds)
+}
+
+/// The simulator's depth map of frame `i` (metres per pixel, 0 where none), from the
+/// recording's `depth/` folder.
+pub fn read_depth_map(ds: &Dataset, i: usize) -> Result<Vec<f32>> {
+    let f = &ds.frame_files[i];
+    let name = f.file_name().context("frame file name")?;
+    let p = f
+        .parent()
+        .and_then(Path::parent)
+        .context("frame file path")?
+        .join("depth")
+        .join(name);
+    let img = image::open(&p)
+        .with_context(|| {
+            format!(
+                "{}: cannot read the depth map (record with `sim record --extras`)",
+                p.display()
+            )
+        })?
+        .to_luma16();
+    if img.dimensions() != (ds.width, ds.height) {
+        bail!("{}: size differs from the frame's", p.display());
+    }
+    Ok(img.into_raw().iter().map(|&c| c as f32 / 100.0).collect())
 }
 
 /// Turns RGB8 frames into normalised NCHW tensors with the runtime's preprocess (so training

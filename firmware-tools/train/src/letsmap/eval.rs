@@ -43,6 +43,8 @@ pub struct EvalConfig {
     pub partial: Option<PathBuf>,
     /// CPU threads for the backend (0: pick by measuring).
     pub threads: usize,
+    /// Score with the simulator's true depth in the lift instead (`oracle::oracle_cmd`).
+    pub oracle_depth: bool,
 }
 
 /// Shard `index` of `count`.
@@ -181,19 +183,8 @@ pub fn count(
         ..Default::default()
     };
     let mut be = bevrt_runtime::backend::open(backend, &bundle, &opts)?;
-    let mut c = EvalCounts {
-        format: COUNTS_FORMAT.into(),
-        data: bevrt_models::bundle::path_label(data_dir),
-        backend: be.describe(),
-        confusion: Confusion::new(classes.len()),
-        classes,
-        shard,
-        recordings: vec![],
-        failed: vec![],
-        frames: 0,
-        occlusion: OcclusionCounts::default(),
-        frame_ns: Histogram::default().to_counts(),
-    };
+    let mut c = EvalCounts::empty(data_dir, &be.describe(), &classes);
+    c.shard = shard;
     let mut times = Histogram::default();
     let dirs = data::recording_dirs(data_dir)?;
     let mine = dirs
@@ -291,6 +282,33 @@ fn add_occlusion(a: &mut OcclusionCounts, b: &OcclusionCounts) {
 }
 
 impl EvalCounts {
+    /// Nothing counted yet, of `data_dir` by `backend` (a description).
+    pub fn empty(data_dir: &Path, backend: &str, classes: &[String]) -> EvalCounts {
+        EvalCounts {
+            format: COUNTS_FORMAT.into(),
+            data: bevrt_models::bundle::path_label(data_dir),
+            backend: backend.into(),
+            confusion: Confusion::new(classes.len()),
+            classes: classes.to_vec(),
+            shard: None,
+            recordings: vec![],
+            failed: vec![],
+            frames: 0,
+            occlusion: OcclusionCounts::default(),
+            frame_ns: Histogram::default().to_counts(),
+        }
+    }
+
+    /// Adds one whole recording's confusion (`frames` scored frames).
+    pub fn add_recording(&mut self, dir: &Path, confusion: &Confusion, frames: u64) -> Result<()> {
+        self.confusion
+            .merge(confusion)
+            .map_err(anyhow::Error::msg)?;
+        self.frames += frames;
+        self.recordings.push(dir.display().to_string());
+        Ok(())
+    }
+
     /// The scores these counts make (what `eval` prints).
     pub fn scores(&self) -> Result<Scores> {
         if self.frames == 0 {
@@ -461,7 +479,7 @@ pub fn merge_cmd(parts: &[PathBuf], json: bool) -> Result<()> {
 }
 
 /// Print the scores (table or JSON), optionally recording them in a bundle.
-fn report(counts: &EvalCounts, json: bool, record: Option<&Path>) -> Result<()> {
+pub fn report(counts: &EvalCounts, json: bool, record: Option<&Path>) -> Result<()> {
     let s = counts.scores()?;
     if let Some(b) = record {
         record_scores(b, &s)?;

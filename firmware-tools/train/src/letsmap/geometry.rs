@@ -340,7 +340,7 @@ pub fn pretrain_geometry(a: &GeometryConfig) -> Result<()> {
         .with_context(|| format!("{}: cannot create", a.out.display()))?;
     let ckpt = a.out.join("geometry.safetensors");
     let state_path = a.out.join("geometry.json");
-    let ds = super::train::load_data(&a.data, a.frames)?;
+    let ds = super::data::load_with_bar(&a.data, a.frames)?;
     ds.check_for(&arch, false)?;
     let eval = match &a.eval_depth {
         Some(p) => Some(DepthTruth::load(p)?),
@@ -508,7 +508,7 @@ fn geometry_state(
     if !a.resume {
         return Ok(st);
     }
-    let prev: GeometryState = super::train::resume_state(state_path, |p: &GeometryState| {
+    let prev: GeometryState = crate::checkpoint::resume_state(state_path, |p: &GeometryState| {
         let mut want = p.args.clone();
         want.epochs = a.epochs;
         let mut have = a.clone();
@@ -721,36 +721,18 @@ fn geometry_loss(
 
 /// Held-out frames with their true depth (metres; 0 where none).
 pub struct DepthTruth {
-    ds: Dataset,
-    depth: Vec<Vec<f32>>,
+    pub(super) ds: Dataset,
+    /// Metres per frame pixel, 0 where there is no depth (sky).
+    pub(super) depth: Vec<Vec<f32>>,
 }
 
 impl DepthTruth {
     /// Every frame of the recordings under `dir` that has a `depth/` map.
     pub fn load(dir: &Path) -> Result<DepthTruth> {
-        let ds = super::train::load_data(dir, None)?;
-        let mut depth = vec![];
-        for f in &ds.frame_files {
-            let name = f.file_name().context("frame file name")?;
-            let p = f
-                .parent()
-                .and_then(Path::parent)
-                .context("frame file path")?
-                .join("depth")
-                .join(name);
-            let img = image::open(&p)
-                .with_context(|| {
-                    format!(
-                        "{}: cannot read the depth map (record with `sim record --extras`)",
-                        p.display()
-                    )
-                })?
-                .to_luma16();
-            if img.dimensions() != (ds.width, ds.height) {
-                bail!("{}: size differs from the frame's", p.display());
-            }
-            depth.push(img.into_raw().iter().map(|&c| c as f32 / 100.0).collect());
-        }
+        let ds = super::data::load_with_bar(dir, None)?;
+        let depth = (0..ds.len())
+            .map(|i| super::data::read_depth_map(&ds, i))
+            .collect::<Result<_>>()?;
         Ok(DepthTruth { ds, depth })
     }
 }
@@ -943,7 +925,7 @@ pub fn depth_eval_cmd(a: &DepthEvalConfig) -> Result<()> {
                 arch.grid.depth
             );
         }
-        super::train::load_bundle_weights(&bundle, &params)?;
+        super::nn::load_bundle_weights(&bundle, &params)?;
     }
     let truth = DepthTruth::load(&a.data)?;
     let m = match a.cost_volume_gap {

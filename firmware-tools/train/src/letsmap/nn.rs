@@ -157,6 +157,37 @@ impl Params {
     }
 }
 
+/// Overwrites `params` with a bundle's encoder and head weights (their ONNX initializers).
+pub fn load_bundle_weights(bundle: &bevrt_models::Bundle, params: &Params) -> Result<()> {
+    for role in ["encoder", "head"] {
+        let path = bundle
+            .model_path(role)
+            .with_context(|| format!("bundle has no '{role}'"))?;
+        let proto = bevrt_models::read_proto(&path)?;
+        let graph = proto
+            .graph
+            .with_context(|| format!("{}: no graph", path.display()))?;
+        for init in graph.initializer {
+            let Some(var) = params.vars.get(&init.name) else {
+                continue;
+            };
+            let v: Vec<f32> = if !init.raw_data.is_empty() {
+                init.raw_data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            } else {
+                init.float_data.clone()
+            };
+            let t = Tensor::from_vec(v, var.dims(), &Device::Cpu).with_context(|| {
+                format!("{}: initializer '{}' shape", path.display(), init.name)
+            })?;
+            var.set(&t)?;
+        }
+    }
+    Ok(())
+}
+
 /// A patch mask (B,1,Hf,Wf) repeated to a map of height `h` (a multiple of Hf): each patch
 /// becomes an (h/Hf)² block.
 pub fn keep_at(keep: &Tensor, h: usize) -> Result<Tensor> {

@@ -35,7 +35,6 @@ use serde::{Deserialize, Serialize};
 
 use super::data::{Batcher, Dataset};
 use super::nn::{self, Params};
-use super::train::{load_data, resume_state};
 use crate::masking::{structure_guided_mask, structured_count};
 use crate::optim::{self, Adam};
 use crate::progress::progress;
@@ -295,7 +294,7 @@ pub fn pretrain(a: &PretrainConfig) -> Result<()> {
         .with_context(|| format!("{}: cannot create", a.out.display()))?;
     let ckpt = a.out.join("pretrain.safetensors");
     let state_path = a.out.join("pretrain.json");
-    let ds = load_data(&a.data, a.frames)?;
+    let ds = super::data::load_with_bar(&a.data, a.frames)?;
     ds.check_for(&arch, false)?;
     let mut params = Params::init(&arch, a.seed)?;
     let token = add_mask_token(a, &arch, &mut params)?;
@@ -401,7 +400,7 @@ fn pretrain_state(
     if !a.resume {
         return Ok(st);
     }
-    let prev: PretrainState = resume_state(state_path, |p: &PretrainState| {
+    let prev: PretrainState = crate::checkpoint::resume_state(state_path, |p: &PretrainState| {
         let mut want = p.args.clone();
         want.epochs = a.epochs;
         let mut have = a.clone();

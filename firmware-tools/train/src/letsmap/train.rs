@@ -14,41 +14,10 @@ use serde::Serialize;
 use super::data::{self, Batcher, Dataset};
 use super::nn::{self, Params, TableTensors};
 use super::scores::{print_scores, record_scores};
+use super::semi::{Model, SemiConfig, SemiLog, Unlabelled};
 use crate::optim::{self, Adam};
 use crate::progress::progress;
 use crate::rng::Rng;
-
-pub(super) fn load_data(dir: &Path, limit: Option<usize>) -> Result<Dataset> {
-    let pb = progress(0, "loading");
-    let ds = data::load(dir, limit, &|d, t| {
-        pb.set_length(t as u64);
-        pb.set_position(d as u64);
-    })?;
-    pb.finish_and_clear();
-    Ok(ds)
-}
-
-/// The progress record of an interrupted run, for `--resume`; refused (naming the file and
-/// the arguments it used) unless `same_args` accepts it.
-pub(super) fn resume_state<S: serde::de::DeserializeOwned>(
-    path: &Path,
-    same_args: impl Fn(&S) -> bool,
-) -> Result<S> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: nothing to resume", path.display()))?;
-    let prev: S =
-        serde_json::from_str(&text).with_context(|| format!("{}: malformed", path.display()))?;
-    if !same_args(&prev) {
-        let used = serde_json::from_str::<serde_json::Value>(&text)
-            .map(|v| v["args"].to_string())
-            .unwrap_or_default();
-        bail!(
-            "{}: --resume needs the same arguments as the interrupted run (only --epochs may grow); it used {used}",
-            path.display()
-        );
-    }
-    Ok(prev)
-}
 
 /// `finetune`'s settings.
 #[derive(Debug, Clone, Serialize)]
@@ -83,11 +52,16 @@ pub struct FinetuneConfig {
     pub eval_data: Option<PathBuf>,
     /// Output bundle directory (must not exist).
     pub out: PathBuf,
+    /// The unlabelled drives' terms (off without `unlabelled`).
+    pub semi: SemiConfig,
+    /// Train with the simulator's true depth (its distribution over each feature pixel's
+    /// block) in the lift instead of the encoder's: the oracle of `eval --oracle-depth`
+    /// (needs `sim record --extras` data; not deployable).
+    pub oracle_depth: bool,
 }
 
-/// Class weights from label frequencies over visible cells: (median / freq)^0.5, clamped,
-/// 0 for classes never seen.
-fn class_weights(ds: &Dataset, idx: &[usize], k: usize) -> Vec<f32> {
+/// Labelled (visible) cells per class over the frames `idx`.
+fn class_counts(ds: &Dataset, idx: &[usize], k: usize) -> Vec<u64> {
     let mut cnt = vec![0u64; k];
     for &i in idx {
         for &c in ds.gt[i].as_ref().expect("labelled") {
@@ -96,6 +70,12 @@ fn class_weights(ds: &Dataset, idx: &[usize], k: usize) -> Vec<f32> {
             }
         }
     }
+    cnt
+}
+
+/// Class weights from label frequencies over visible cells: (median / freq)^0.5, clamped,
+/// 0 for classes never seen.
+fn class_weights(cnt: &[u64]) -> Vec<f32> {
     let mut seen: Vec<f64> = cnt.iter().filter(|&&c| c > 0).map(|&c| c as f64).collect();
     seen.sort_by(|a, b| a.total_cmp(b));
     let median = seen.get(seen.len() / 2).copied().unwrap_or(1.0);
@@ -150,22 +130,15 @@ pub fn label_subset(labelled: &[usize], fraction: f64, subset: usize) -> Vec<usi
 pub fn finetune(a: &FinetuneConfig) -> Result<()> {
     check_finetune_config(a)?;
     let arch = LetsMapLite::default();
-    let ds = load_data(&a.data, a.frames)?;
+    let ds = data::load_with_bar(&a.data, a.frames)?;
     ds.check_for(&arch, true)?;
     let params = Params::init(&arch, a.seed)?;
     let (init, lift_pretrained) = load_initial_weights(a, &arch, &params)?;
     let from_scratch = a.encoder.is_none() && a.bundle.is_none();
     // What encoder.onnx holds: the encoder and the lift conv (context + depth logits).
     let encoder = arch.deployed_encoder();
-    let n_enc = encoder.len();
-    let unfrozen = if from_scratch {
-        n_enc
-    } else {
-        // a lift conv that was not pretrained is always trained
-        let fresh_lift = if lift_pretrained { 0 } else { arch.lift.len() };
-        a.unfreeze_last.max(fresh_lift).min(n_enc)
-    };
-    let trained: Vec<_> = encoder[n_enc - unfrozen..]
+    let unfrozen = unfrozen_layers(a, &arch, from_scratch, lift_pretrained);
+    let trained: Vec<_> = encoder[encoder.len() - unfrozen..]
         .iter()
         .chain(&arch.head)
         .cloned()
@@ -173,27 +146,19 @@ pub fn finetune(a: &FinetuneConfig) -> Result<()> {
     let mut opt = Adam::new(params.of_layers(&trained)?, a.lr)?;
     // LP-FT's probe phase: the head alone, with its own Adam state
     let mut probe_opt = Adam::new(params.of_layers(&arch.head)?, a.lr)?;
-    if a.probe_iters > a.iters {
-        bail!(
-            "--probe-iters {} exceeds --iters {}",
-            a.probe_iters,
-            a.iters
-        );
-    }
 
     let subset = label_subset(&ds.labelled(), a.label_fraction, a.subset as usize);
-    let cw = class_weights(&ds, &subset, arch.num_classes());
-    let (fh, fw) = arch.feat_hw();
-    let table = bevrt_calib::SamplingTable::try_build(
-        &arch.grid,
-        &ds.calibration.camera,
-        &ds.calibration.extrinsics,
-        fw,
-        fh,
-        arch.stride(),
-    )?;
+    let labelled_histogram = class_counts(&ds, &subset, arch.num_classes());
+    let cw = class_weights(&labelled_histogram);
+    let table = sampling_table(&arch, &ds)?;
     let tt = TableTensors::new(&table)?;
     let mut batcher = Batcher::new(&arch, &ds);
+    let mut unlabelled = Unlabelled::load(&a.semi, &arch, &table, a.seed)?;
+    let true_depth = if a.oracle_depth {
+        Some(true_depth_of(&arch, &ds, &subset)?)
+    } else {
+        None
+    };
     let run = HeadTraining {
         a,
         arch: &arch,
@@ -204,10 +169,12 @@ pub fn finetune(a: &FinetuneConfig) -> Result<()> {
         subset: &subset,
         cw: &cw,
         tt: &tt,
+        trained_vars: params.of_layers(&trained)?,
+        true_depth,
     };
     let cached = run.cached_bev_features(&mut batcher)?;
     println!(
-        "finetune: {init}, {} of {} labelled frames ({:.1} %), training {} layer(s){}, class weights {:?}",
+        "finetune: {init}, {} of {} labelled frames ({:.1} %), training {} layer(s){}{}, class weights {:?}",
         subset.len(),
         ds.labelled().len(),
         a.label_fraction * 100.0,
@@ -217,14 +184,36 @@ pub fn finetune(a: &FinetuneConfig) -> Result<()> {
         } else {
             ""
         },
+        if unlabelled.is_some() {
+            format!(
+                ", unlabelled drives (consistency {}, teacher {})",
+                a.semi.consistency, a.semi.teacher
+            )
+        } else {
+            String::new()
+        },
         cw.iter()
             .map(|w| (w * 100.0).round() / 100.0)
             .collect::<Vec<_>>()
     );
     let t0 = std::time::Instant::now();
-    let ema = run.train(&mut opt, &mut probe_opt, &mut batcher, cached.as_deref())?;
+    let ema = run.train(
+        &mut opt,
+        &mut probe_opt,
+        &mut batcher,
+        cached.as_deref(),
+        unlabelled.as_mut(),
+    )?;
     let secs = t0.elapsed().as_secs_f64();
-    let recipe = finetune_recipe(a, &ds, from_scratch, subset.len(), unfrozen, secs, ema);
+    let mut recipe = finetune_recipe(a, &ds, from_scratch, subset.len(), unfrozen, secs, ema);
+    recipe.unlabelled =
+        unlabelled.map(|u| UnlabelledRecord::new(&a.semi, u.log, labelled_histogram));
+    let deployed: Vec<ConvLayer> = encoder.iter().chain(&arch.head).cloned().collect();
+    recipe.parameters = params
+        .of_layers(&deployed)?
+        .iter()
+        .map(|(_, v)| v.elem_count())
+        .sum();
     write_letsmap_bundle(&a.out, &arch, &params, &ds.calibration_path, &recipe)?;
     println!(
         "wrote {} ({} steps in {:.0} s, final loss {:.4})",
@@ -241,8 +230,58 @@ pub fn finetune(a: &FinetuneConfig) -> Result<()> {
     Ok(())
 }
 
+/// The view transform's table for the data's camera (the calibration the bundle ships).
+fn sampling_table(arch: &LetsMapLite, ds: &Dataset) -> Result<bevrt_calib::SamplingTable> {
+    let (fh, fw) = arch.feat_hw();
+    Ok(bevrt_calib::SamplingTable::try_build(
+        &arch.grid,
+        &ds.calibration.camera,
+        &ds.calibration.extrinsics,
+        fw,
+        fh,
+        arch.stride(),
+    )?)
+}
+
+/// How many of the deployed encoder's layers train: all from scratch, else `--unfreeze-last`
+/// (at least the lift conv when the checkpoint did not pretrain it).
+fn unfrozen_layers(
+    a: &FinetuneConfig,
+    arch: &LetsMapLite,
+    from_scratch: bool,
+    lift_pretrained: bool,
+) -> usize {
+    let n_enc = arch.encoder.len() + arch.lift.len();
+    if from_scratch {
+        n_enc
+    } else {
+        let fresh_lift = if lift_pretrained { 0 } else { arch.lift.len() };
+        a.unfreeze_last.max(fresh_lift).min(n_enc)
+    }
+}
+
+/// `--oracle-depth`: the true depth's logits of each frame of the subset, in its order.
+fn true_depth_of(arch: &LetsMapLite, ds: &Dataset, subset: &[usize]) -> Result<Vec<Tensor>> {
+    let bins = arch.grid.depth.as_ref().context("no depth bins")?;
+    let (fh, fw) = arch.feat_hw();
+    subset
+        .iter()
+        .map(|&i| {
+            let d = data::read_depth_map(ds, i)?;
+            super::oracle::true_depth_logits(&d, ds.width as usize, bins, fw, fh)
+        })
+        .collect()
+}
+
 /// Refuses settings no run can use, and an existing output.
 fn check_finetune_config(a: &FinetuneConfig) -> Result<()> {
+    if a.probe_iters > a.iters {
+        bail!(
+            "--probe-iters {} exceeds --iters {}",
+            a.probe_iters,
+            a.iters
+        );
+    }
     if !(a.label_fraction > 0.0 && a.label_fraction <= 1.0) {
         bail!(
             "--label-fraction must be in (0, 1], got {}",
@@ -258,7 +297,10 @@ fn check_finetune_config(a: &FinetuneConfig) -> Result<()> {
     if a.out.exists() {
         bail!("{}: already exists; refusing to overwrite", a.out.display());
     }
-    Ok(())
+    if a.oracle_depth && a.semi.unlabelled.is_some() {
+        bail!("--oracle-depth with --unlabelled: the unlabelled drives have no true depth to use");
+    }
+    a.semi.check()
 }
 
 /// Loads `--encoder` (with its lift conv when the checkpoint holds one) or `--bundle` into
@@ -297,7 +339,7 @@ fn load_initial_weights(
         )
     } else if let Some(b) = &a.bundle {
         let bundle = bevrt_models::Bundle::load(b)?;
-        load_bundle_weights(&bundle, params)?;
+        nn::load_bundle_weights(&bundle, params)?;
         format!("bundle {}", b.display())
     } else {
         "scratch".to_string()
@@ -319,6 +361,10 @@ struct HeadTraining<'r> {
     /// Class weights.
     cw: &'r [f32],
     tt: &'r TableTensors,
+    /// What `opt` trains (the unlabelled terms' teacher follows these).
+    trained_vars: Vec<(String, candle_core::Var)>,
+    /// `--oracle-depth`: per subset position, the true depth's logits.
+    true_depth: Option<Vec<Tensor>>,
 }
 
 impl HeadTraining<'_> {
@@ -329,13 +375,10 @@ impl HeadTraining<'_> {
         let cache_bytes = self.subset.len() * self.arch.head[0].cin * gh * gw * 4;
         Ok(if self.unfrozen == 0 && cache_bytes < (1 << 30) {
             let mut v = vec![];
-            for &i in self.subset {
+            for (j, &i) in self.subset.iter().enumerate() {
                 let x = batcher.images(self.ds, &[i])?;
-                v.push(
-                    self.tt
-                        .apply(&self.params.chain(&x, self.encoder)?)?
-                        .detach(),
-                );
+                let feat = self.depth_override(self.params.chain(&x, self.encoder)?, &[j])?;
+                v.push(self.tt.apply(&feat)?.detach());
             }
             Some(v)
         } else {
@@ -343,15 +386,27 @@ impl HeadTraining<'_> {
         })
     }
 
+    fn model(&self) -> Model<'_> {
+        Model {
+            arch: self.arch,
+            encoder: self.encoder,
+            unfrozen: self.unfrozen,
+            tt: self.tt,
+            cw: self.cw,
+        }
+    }
+
     /// `--iters` steps on batches drawn without replacement (reshuffled at each pass), the
-    /// first `--probe-iters` of them (LP-FT) with `probe_opt` on the head alone; the final
-    /// moving average of the loss.
+    /// first `--probe-iters` of them (LP-FT) with `probe_opt` on the head alone; after those,
+    /// the unlabelled terms (when given) join, ramped up over a fifth of the remaining steps.
+    /// The final moving average of the labelled loss.
     fn train(
         &self,
         opt: &mut Adam,
         probe_opt: &mut Adam,
         batcher: &mut Batcher,
         cached: Option<&[Tensor]>,
+        mut unlabelled: Option<&mut Unlabelled>,
     ) -> Result<Option<f32>> {
         let a = self.a;
         let pb = progress(a.iters as u64, "finetune");
@@ -371,12 +426,22 @@ impl HeadTraining<'_> {
             }
             let probing = it < a.probe_iters;
             let loss = self.batch_loss(&pick, probing, batcher, cached)?;
+            let l = optim::scalar(&loss)?;
             if probing {
                 probe_opt.backward_step(&loss)?;
+            } else if let Some(u) = unlabelled.as_deref_mut() {
+                let since = it - a.probe_iters;
+                if since == 0 {
+                    u.start_teacher(self.params)?;
+                }
+                let ramp_len = ((a.iters - a.probe_iters) / 5).max(1);
+                let ramp = ((since + 1) as f64 / ramp_len as f64).min(1.0);
+                let total = (&loss + u.loss(&self.model(), self.params, a.batch, ramp)?)?;
+                opt.backward_step(&total)?;
+                u.update_teacher(&self.trained_vars)?;
             } else {
                 opt.backward_step(&loss)?;
             }
-            let l = optim::scalar(&loss)?;
             if !l.is_finite() {
                 bail!("fine-tuning diverged at step {it} (loss {l}); lower --lr");
             }
@@ -402,19 +467,36 @@ impl HeadTraining<'_> {
         let frames: Vec<usize> = pick.iter().map(|&j| self.subset[j]).collect();
         let bev = match cached {
             Some(c) => Tensor::cat(&pick.iter().map(|&j| &c[j]).collect::<Vec<_>>(), 0)?,
-            None if probing => {
-                let x = batcher.images(self.ds, &frames)?;
-                tt.apply(&params.chain(&x, encoder)?)?.detach()
-            }
             None => {
                 let x = batcher.images(self.ds, &frames)?;
-                tt.apply(&params.chain_training_last(&x, encoder, self.unfrozen)?)?
+                let feat = if probing {
+                    params.chain(&x, encoder)?.detach()
+                } else {
+                    params.chain_training_last(&x, encoder, self.unfrozen)?
+                };
+                tt.apply(&self.depth_override(feat, pick)?)?
             }
         };
-        let logits = params.chain(&bev, &self.arch.head)?;
+        self.labelled_ce(&params.chain(&bev, &self.arch.head)?, &frames)
+    }
+
+    /// The encoder output as the lift takes it: with `--oracle-depth`, the true depth of the
+    /// subset positions `pick` in place of the depth logits.
+    fn depth_override(&self, feat: Tensor, pick: &[usize]) -> Result<Tensor> {
+        match &self.true_depth {
+            None => Ok(feat),
+            Some(t) => {
+                let truth: Vec<Tensor> = pick.iter().map(|&j| t[j].clone()).collect();
+                super::oracle::with_true_depth(&feat, &truth)
+            }
+        }
+    }
+
+    /// The class-weighted cross-entropy of BEV logits against the frames' labels.
+    fn labelled_ce(&self, logits: &Tensor, frames: &[usize]) -> Result<Tensor> {
         let (gh, gw) = self.arch.bev_hw();
-        let (t, w) = targets(self.ds, &frames, self.cw, gh, gw)?;
-        nn::weighted_ce(&logits, &t, &w)
+        let (t, w) = targets(self.ds, frames, self.cw, gh, gw)?;
+        nn::weighted_ce(logits, &t, &w)
     }
 }
 
@@ -456,6 +538,60 @@ fn finetune_recipe(
         seed: a.seed,
         train_seconds: secs,
         final_loss: ema.unwrap_or(f32::NAN),
+        unlabelled: None,
+        oracle_depth: a.oracle_depth,
+        parameters: 0,
+    }
+}
+
+/// The provenance of the unlabelled terms: settings, and each term's loss over the first and
+/// the last tenth of its steps (each must fall), the pseudo-labels' class histogram.
+#[derive(Debug, Serialize)]
+pub struct UnlabelledRecord {
+    pub data: String,
+    pub consistency: f64,
+    pub teacher: f64,
+    pub teacher_ema: f64,
+    pub pair_gap: usize,
+    pub pseudo_threshold: f32,
+    /// [first tenth, last tenth] mean of the consistency loss (empty when off).
+    pub consistency_loss: Vec<f32>,
+    pub pseudo_loss: Vec<f32>,
+    pub pseudo_histogram: Vec<u64>,
+    /// The labelled subset's cells per class, to compare the pseudo-labels with.
+    pub labelled_histogram: Vec<u64>,
+    pub pseudo_coverage: f64,
+    pub pair_overlap: f64,
+}
+
+impl UnlabelledRecord {
+    fn new(c: &SemiConfig, log: SemiLog, labelled_histogram: Vec<u64>) -> UnlabelledRecord {
+        let ends = |v: &[f32]| -> Vec<f32> {
+            if v.is_empty() {
+                return vec![];
+            }
+            let n = (v.len() / 10).max(1);
+            let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len() as f32;
+            vec![mean(&v[..n]), mean(&v[v.len() - n..])]
+        };
+        UnlabelledRecord {
+            data: c
+                .unlabelled
+                .as_deref()
+                .map(bevrt_models::bundle::path_label)
+                .unwrap_or_default(),
+            consistency: c.consistency,
+            teacher: c.teacher,
+            teacher_ema: c.teacher_ema,
+            pair_gap: c.pair_gap,
+            pseudo_threshold: c.pseudo_threshold,
+            consistency_loss: ends(&log.consistency_loss),
+            pseudo_loss: ends(&log.pseudo_loss),
+            pseudo_histogram: log.pseudo_histogram,
+            labelled_histogram,
+            pseudo_coverage: log.pseudo_coverage,
+            pair_overlap: log.pair_overlap,
+        }
     }
 }
 
@@ -481,6 +617,14 @@ pub struct Recipe {
     pub seed: u64,
     pub train_seconds: f64,
     pub final_loss: f32,
+    /// `--unlabelled`'s terms, when used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unlabelled: Option<UnlabelledRecord>,
+    /// Trained with the true depth in the lift (`--oracle-depth`): an oracle, not deployable.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub oracle_depth: bool,
+    /// Trainable numbers of the deployed networks (encoder, lift conv and head).
+    pub parameters: usize,
 }
 
 /// Which pathway made a checkpoint ("mae", "geometry", "mae+geometry" for both, or "ssl" for
@@ -572,36 +716,6 @@ fn describe_mae(v: &serde_json::Value) -> String {
 }
 
 /// Loads encoder and head weights back from a bundle's ONNX initializers.
-pub(super) fn load_bundle_weights(bundle: &bevrt_models::Bundle, params: &Params) -> Result<()> {
-    for role in ["encoder", "head"] {
-        let path = bundle
-            .model_path(role)
-            .with_context(|| format!("bundle has no '{role}'"))?;
-        let proto = bevrt_models::read_proto(&path)?;
-        let graph = proto
-            .graph
-            .with_context(|| format!("{}: no graph", path.display()))?;
-        for init in graph.initializer {
-            let Some(var) = params.vars.get(&init.name) else {
-                continue;
-            };
-            let v: Vec<f32> = if !init.raw_data.is_empty() {
-                init.raw_data
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect()
-            } else {
-                init.float_data.clone()
-            };
-            let t = Tensor::from_vec(v, var.dims(), &Device::Cpu).with_context(|| {
-                format!("{}: initializer '{}' shape", path.display(), init.name)
-            })?;
-            var.set(&t)?;
-        }
-    }
-    Ok(())
-}
-
 /// Exports encoder and head to ONNX and writes the bundle (atomically).
 pub fn write_letsmap_bundle(
     out: &Path,

@@ -216,6 +216,22 @@ fn calibration_in_use(
     bevrt_calib::Calibration::load(&p).ok()
 }
 
+/// `--calib` given the camera YAML `calibrate` writes: one line naming it and the command that
+/// makes the calibration TOML a run reads.
+fn refuse_camera_yaml(calib: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(c) = calib
+        && c.extension().is_some_and(|e| e == "yaml" || e == "yml")
+    {
+        anyhow::bail!(
+            "{}: --calib takes a calibration TOML (camera and extrinsics), not a camera YAML; \
+             join it with the mounting: bevrt-tool calib-merge --camera {} --extrinsics EXT.toml --out calibration.toml",
+            c.display(),
+            c.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
     if let Some(c) = &a.config {
         log::info!(
@@ -228,16 +244,7 @@ pub fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("--bundle or --store is required"),
         _ => None,
     };
-    if let Some(c) = &a.calib
-        && c.extension().is_some_and(|e| e == "yaml" || e == "yml")
-    {
-        anyhow::bail!(
-            "{}: --calib takes a calibration TOML (camera and extrinsics), not a camera YAML; \
-             join it with the mounting: bevrt-tool calib-merge --camera {} --extrinsics EXT.toml --out calibration.toml",
-            c.display(),
-            c.display()
-        );
-    }
+    refuse_camera_yaml(a.calib.as_deref())?;
     let src = source::open(&a.source)?;
     let calib = match a.calib.clone().or_else(|| src.calibration_path()) {
         Some(c) => Some(c),
