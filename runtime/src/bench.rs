@@ -196,9 +196,12 @@ pub struct PeerReport {
     pub p99_ms: f64,
 }
 
+/// The ONNX Runtime peer (`runtime/bench/ort_peer.py`), built into the binary so an installed
+/// `bevrt` runs it without the source tree.
+pub const ORT_PEER_SCRIPT: &str = include_str!("../bench/ort_peer.py");
+
 /// Run the ONNX Runtime peer script on `model` with `shape`; needs python3 + onnxruntime.
 pub fn run_ort_peer(
-    script: &std::path::Path,
     model: &std::path::Path,
     shape: &[usize],
     threads: usize,
@@ -211,15 +214,14 @@ pub fn run_ort_peer(
         .collect::<Vec<_>>()
         .join(",");
     let out = std::process::Command::new("python3")
-        .arg(script)
-        .args(["--model"])
+        .args(["-c", ORT_PEER_SCRIPT, "--model"])
         .arg(model)
         .args(["--shape", &shape_s])
         .args(["--threads", &threads.to_string()])
         .args(["--iters", &iters.to_string()])
         .args(["--warmup", &warmup.to_string()])
         .output()
-        .map_err(|e| anyhow::anyhow!("cannot run python3 {}: {e}", script.display()))?;
+        .map_err(|e| anyhow::anyhow!("cannot run python3 for the ONNX Runtime peer: {e}"))?;
     if !out.status.success() {
         anyhow::bail!(
             "ONNX Runtime peer failed: {}",

@@ -48,6 +48,10 @@ pub struct SemiConfig {
     pub pair_gap: usize,
     /// Upper bound of the per-class confidence thresholds of pseudo-labels.
     pub pseudo_threshold: f32,
+    /// Distribution alignment (ReMixMatch): scale the teacher's class probabilities by the
+    /// labelled cells' class shares over the running mean of its own predictions before
+    /// picking pseudo-labels, so a class the teacher over-predicts is not reinforced.
+    pub align_classes: bool,
 }
 
 impl SemiConfig {
@@ -130,6 +134,10 @@ pub struct Unlabelled {
     seen: Vec<bool>,
     vehicle: Vec<bool>,
     teacher: Option<Params>,
+    /// The labelled cells' class shares, and the running mean of the teacher's class
+    /// probabilities over seen cells (`--align-classes`).
+    label_prior: Vec<f32>,
+    teacher_mean: Option<Vec<f32>>,
     rng: Rng,
     pub log: SemiLog,
 }
@@ -183,6 +191,8 @@ impl Unlabelled {
             seen,
             vehicle,
             teacher: None,
+            label_prior: vec![],
+            teacher_mean: None,
             rng: Rng(seed ^ 0x0A1A_BE11_ED00),
             log: SemiLog {
                 pseudo_histogram: vec![0; arch.num_classes()],
@@ -190,6 +200,12 @@ impl Unlabelled {
             },
             ds,
         }))
+    }
+
+    /// The labelled subset's cells per class: the prior `--align-classes` aligns to.
+    pub fn set_label_prior(&mut self, counts: &[u64]) {
+        let n = counts.iter().sum::<u64>().max(1) as f32;
+        self.label_prior = counts.iter().map(|&c| c as f32 / n).collect();
     }
 
     /// The teacher starts as a copy of the student (after the probe phase).
@@ -255,7 +271,10 @@ impl Unlabelled {
         }
         if let Some(teacher) = &self.teacher {
             let plain = self.batcher.images(&self.ds, &picks)?;
-            let probs = model.probabilities(teacher, &plain)?;
+            let mut probs = model.probabilities(teacher, &plain)?;
+            if self.cfg.align_classes {
+                self.align(&mut probs, picks.len(), model);
+            }
             let (t, cw) = self.pseudo_labels(&probs, picks.len(), model)?;
             let l = nn::weighted_ce(&logits, &t, &cw)?;
             self.log.pseudo_loss.push(crate::optim::scalar(&l)?);
@@ -318,6 +337,45 @@ impl Unlabelled {
         self.log.pair_overlap = self.log.overlap_cells as f64 / self.log.seen_cells.max(1) as f64;
         let target = Tensor::from_vec(target, (b, k, gh, gw), &Device::Cpu)?;
         Ok(((logp * target)?.sum_all()?.neg()? / weight_sum.max(1e-6))?)
+    }
+
+    /// Distribution alignment of the teacher's probabilities (B·K·H·W), in place: each cell's
+    /// `p_c * prior_c / mean_c`, renormalised; `mean` is the running (0.99) mean over seen cells.
+    fn align(&mut self, probs: &mut [f32], b: usize, model: &Model) {
+        let k = model.arch.num_classes();
+        let plane = probs.len() / (b * k);
+        let mut batch = vec![0f64; k];
+        let mut n = 0f64;
+        for s in 0..b {
+            for e in (0..plane).filter(|&e| self.seen[e]) {
+                for (q, m) in batch.iter_mut().enumerate() {
+                    *m += probs[(s * k + q) * plane + e] as f64;
+                }
+                n += 1.0;
+            }
+        }
+        let batch: Vec<f32> = batch.iter().map(|m| (m / n.max(1.0)) as f32).collect();
+        let mean = match self.teacher_mean.take() {
+            None => batch,
+            Some(m) => m
+                .iter()
+                .zip(&batch)
+                .map(|(m, x)| 0.99 * m + 0.01 * x)
+                .collect(),
+        };
+        let scale: Vec<f32> = (0..k)
+            .map(|q| self.label_prior.get(q).copied().unwrap_or(0.0) / mean[q].max(1e-6))
+            .collect();
+        self.teacher_mean = Some(mean);
+        for s in 0..b {
+            for e in 0..plane {
+                let at = |q: usize| (s * k + q) * plane + e;
+                let total: f32 = (0..k).map(|q| probs[at(q)] * scale[q]).sum();
+                for q in 0..k {
+                    probs[at(q)] = probs[at(q)] * scale[q] / total.max(1e-12);
+                }
+            }
+        }
     }
 
     /// Hard targets (B,1,H,W) and cell weights from the teacher's probabilities: a seen cell

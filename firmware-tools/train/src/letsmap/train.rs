@@ -154,6 +154,9 @@ pub fn finetune(a: &FinetuneConfig) -> Result<()> {
     let tt = TableTensors::new(&table)?;
     let mut batcher = Batcher::new(&arch, &ds);
     let mut unlabelled = Unlabelled::load(&a.semi, &arch, &table, a.seed)?;
+    if let Some(u) = unlabelled.as_mut() {
+        u.set_label_prior(&labelled_histogram);
+    }
     let true_depth = if a.oracle_depth {
         Some(true_depth_of(&arch, &ds, &subset)?)
     } else {
@@ -554,6 +557,7 @@ pub struct UnlabelledRecord {
     pub teacher_ema: f64,
     pub pair_gap: usize,
     pub pseudo_threshold: f32,
+    pub align_classes: bool,
     /// [first tenth, last tenth] mean of the consistency loss (empty when off).
     pub consistency_loss: Vec<f32>,
     pub pseudo_loss: Vec<f32>,
@@ -585,6 +589,7 @@ impl UnlabelledRecord {
             teacher_ema: c.teacher_ema,
             pair_gap: c.pair_gap,
             pseudo_threshold: c.pseudo_threshold,
+            align_classes: c.align_classes,
             consistency_loss: ends(&log.consistency_loss),
             pseudo_loss: ends(&log.pseudo_loss),
             pseudo_histogram: log.pseudo_histogram,

@@ -146,7 +146,6 @@ fn run_peer(
     opts: &BackendOptions,
 ) -> anyhow::Result<bench::PeerReport> {
     let spec = &bundle.manifest.input;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/ort_peer.py");
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -174,7 +173,7 @@ fn run_peer(
         } else {
             spec.shape().to_vec()
         };
-        let p = bench::run_ort_peer(&script, &model, &shape, threads, a.frames, a.warmup)?;
+        let p = bench::run_ort_peer(&model, &shape, threads, a.frames, a.warmup)?;
         total = Some(match total {
             None => p,
             Some(mut t) => {
