@@ -674,6 +674,12 @@ fn recipe_quick_runs_every_row_and_each_pathway_learns() {
     // header, rule and the fifteen rows: the eight of issue 19 and the disjoint pathways; the
     // unlabelled drives' four (issue 39) and the two oracle rows
     assert_eq!(table.lines().count(), 2 + 15, "{table}");
+    // what --ship would copy: a 1 % row's subset-0 bundle, picked on the validation drive
+    let ship = std::fs::read_to_string(w.join("ship.txt")).unwrap();
+    assert!(
+        ship.trim().ends_with("-1-s0") && w.join("bundles").join(ship.trim()).is_dir(),
+        "{ship}"
+    );
     let l: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(w.join("learned.json")).unwrap()).unwrap();
     let v = |k: &str| -> Vec<f64> {
