@@ -23,6 +23,29 @@ pub fn shared_dir() -> Option<PathBuf> {
     }
 }
 
+/// Whether `python3` imports `modules` (as in `import a, b`). When it cannot, a test that
+/// needs them skips with a printed line, unless the environment variable `require` is set
+/// (CI installs them and sets it): then it panics, so a missing package fails CI.
+pub fn python_imports(modules: &str, require: &str) -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os(require).is_none(),
+            "python3 cannot import {modules} (.ci/run installs them)"
+        );
+        eprintln!("SKIP: python3 cannot import {modules}");
+    }
+    ok
+}
+
+/// `python_imports("onnxruntime, numpy", "BEVRT_REQUIRE_ORT")`.
+pub fn onnxruntime_available() -> bool {
+    python_imports("onnxruntime, numpy", "BEVRT_REQUIRE_ORT")
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -2,21 +2,11 @@
 //! outside the source tree (as an installed `bevrt` is), it still times the peer and prints
 //! the ratio.
 
-use bevrt_tests::{bin, scratch, workspace_root};
+use bevrt_tests::{bin, onnxruntime_available, scratch, workspace_root};
 
 #[test]
 fn peer_runs_outside_the_source_tree() {
-    let have_ort = std::process::Command::new("python3")
-        .args(["-c", "import onnxruntime, numpy"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !have_ort {
-        assert!(
-            std::env::var_os("BEVRT_REQUIRE_ORT").is_none(),
-            "python3 cannot import onnxruntime (.ci/run installs it)"
-        );
-        eprintln!("SKIP: onnxruntime not importable");
+    if !onnxruntime_available() {
         return;
     }
     let elsewhere = scratch("bench-peer");

@@ -140,17 +140,7 @@ fn pretrain_finetune_eval_learns_and_resume_is_exact() {
 /// The exported encoder and head give the same outputs in ONNX Runtime as in tract.
 #[test]
 fn exported_onnx_runs_in_onnxruntime() {
-    let have_ort = std::process::Command::new("python3")
-        .args(["-c", "import onnxruntime, numpy"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !have_ort {
-        assert!(
-            std::env::var_os("BEVRT_REQUIRE_ORT").is_none(),
-            "python3 cannot import onnxruntime (.ci/run installs it)"
-        );
-        eprintln!("SKIP: onnxruntime not importable");
+    if !onnxruntime_available() {
         return;
     }
     let w = scratch("letsmap-ort");

@@ -73,17 +73,6 @@ fn agreement(q: &[[f32; 2]], fp: &[[f32; 2]]) -> (f64, f64) {
     (agree as f64 / q.len() as f64, dp / q.len() as f64)
 }
 
-fn have_onnxruntime() -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import onnxruntime, numpy"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok && std::env::var("BEVRT_REQUIRE_ORT").is_ok() {
-        panic!("python3 cannot import onnxruntime (.ci/run installs it)");
-    }
-    ok
-}
-
 /// ONNX Runtime's outputs (N x 2) for `models` on the batch in `inputs.npy`, one at a time.
 fn ort_outputs(dir: &Path, inputs: &Path, models: &[PathBuf]) -> Vec<Vec<[f32; 2]>> {
     let script = dir.join("ort_eval.py");
@@ -217,7 +206,7 @@ fn mobilenetv3_int8_is_at_least_as_faithful_as_onnxruntimes_qdq_model() {
         "real inputs: argmax agreement {a4} < ONNX Runtime's {a4_ort}"
     );
 
-    if !have_onnxruntime() {
+    if !bevrt_tests::onnxruntime_available() {
         eprintln!(
             "SKIP (onnxruntime not importable): ONNX Runtime comparison on {} inputs",
             fp.len()

@@ -9,22 +9,10 @@ use bevrt_tests::*;
 use std::path::Path;
 
 fn python_interop() -> bool {
-    let ok = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import mcap, mcap_ros2, prometheus_client, websockets",
-        ])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        assert!(
-            std::env::var_os("BEVRT_REQUIRE_PYINTEROP").is_none(),
-            "python3 cannot import mcap, mcap_ros2, prometheus_client, websockets (.ci/run installs them)"
-        );
-        eprintln!("SKIP: the Python reference clients are not importable");
-    }
-    ok
+    python_imports(
+        "mcap, mcap_ros2, prometheus_client, websockets",
+        "BEVRT_REQUIRE_PYINTEROP",
+    )
 }
 
 fn interop_script(name: &str) -> String {
