@@ -64,6 +64,12 @@ const fn conv(
 pub const FEATURE_CHANNELS: usize = 32;
 /// Output stride of the encoder.
 pub const STRIDE: usize = 8;
+/// Whether a class name is a vehicle: a cell of it may move between frames and hides what is
+/// behind it (the hidden-cell scores, the temporal consistency term).
+pub fn is_vehicle(class: &str) -> bool {
+    matches!(class, "car" | "truck" | "2-wheeler")
+}
+
 /// The 8 classes in index order, with display colours (Cityscapes-like).
 pub const CLASSES: [(&str, [u8; 3]); 8] = [
     ("road", [128, 64, 128]),

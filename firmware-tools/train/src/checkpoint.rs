@@ -111,7 +111,7 @@ pub fn resume_state<S: DeserializeOwned>(path: &Path, same_args: impl Fn(&S) -> 
             .map(|v| v["args"].to_string())
             .unwrap_or_default();
         bail!(
-            "{}: --resume needs the same arguments as the interrupted run (only --epochs may grow); it used {used}",
+            "{}: --resume needs the same arguments as the interrupted run (only --epochs may grow, --out may differ); it used {used}",
             path.display()
         );
     }

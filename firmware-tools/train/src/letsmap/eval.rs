@@ -136,7 +136,7 @@ fn vehicle_classes(classes: &[String]) -> Vec<bool> {
         .map(|c| {
             classes
                 .get(c as usize)
-                .is_some_and(|n| matches!(n.as_str(), "car" | "truck" | "2-wheeler"))
+                .is_some_and(|n| bevrt_models::letsmap::is_vehicle(n))
         })
         .collect()
 }

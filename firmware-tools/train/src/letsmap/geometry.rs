@@ -511,6 +511,8 @@ fn geometry_state(
     let prev: GeometryState = crate::checkpoint::resume_state(state_path, |p: &GeometryState| {
         let mut want = p.args.clone();
         want.epochs = a.epochs;
+        // the run directory may have been moved or copied: its state is what it holds
+        want.out = a.out.clone();
         let mut have = a.clone();
         have.resume = false;
         want == have

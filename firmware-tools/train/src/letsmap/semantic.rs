@@ -403,6 +403,8 @@ fn pretrain_state(
     let prev: PretrainState = crate::checkpoint::resume_state(state_path, |p: &PretrainState| {
         let mut want = p.args.clone();
         want.epochs = a.epochs;
+        // the run directory may have been moved or copied: its state is what it holds
+        want.out = a.out.clone();
         let mut have = a.clone();
         have.resume = false;
         want == have

@@ -36,7 +36,9 @@ use crate::rng::Rng;
 /// `finetune`'s settings for the unlabelled drives.
 #[derive(Debug, Clone, Serialize)]
 pub struct SemiConfig {
-    /// Unlabelled recordings with ego poses (`poses.csv`), e.g. the pretraining drives.
+    /// Unlabelled recordings with ego poses (`poses.csv`), e.g. the pretraining drives (not
+    /// serialised: provenance names the folder, never a machine path).
+    #[serde(skip)]
     pub unlabelled: Option<PathBuf>,
     /// Weight of the temporal BEV consistency term (0 = off).
     pub consistency: f64,
@@ -78,7 +80,7 @@ impl SemiConfig {
 
 /// What the unlabelled terms did, per step from their start: the provenance of a bundle and
 /// the evidence that each term lowers its own objective without collapsing.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone)]
 pub struct SemiLog {
     pub consistency_loss: Vec<f32>,
     pub pseudo_loss: Vec<f32>,
@@ -88,9 +90,7 @@ pub struct SemiLog {
     pub pseudo_coverage: f64,
     /// Share of the seen cells of frame i whose moved position frame j sees too.
     pub pair_overlap: f64,
-    #[serde(skip)]
     seen_cells: u64,
-    #[serde(skip)]
     overlap_cells: u64,
 }
 
@@ -181,7 +181,7 @@ impl Unlabelled {
         let seen = (0..gh * gw).map(|e| table.flags[e] == FLAG_VALID).collect();
         let vehicle = bevrt_models::letsmap::CLASSES
             .iter()
-            .map(|(n, _)| matches!(*n, "car" | "truck" | "2-wheeler"))
+            .map(|(n, _)| bevrt_models::letsmap::is_vehicle(n))
             .collect();
         let batcher = Batcher::new(arch, &ds);
         Ok(Some(Unlabelled {

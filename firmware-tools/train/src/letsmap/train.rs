@@ -164,14 +164,16 @@ pub fn finetune(a: &FinetuneConfig) -> Result<()> {
     };
     let run = HeadTraining {
         a,
-        arch: &arch,
         ds: &ds,
         params: &params,
-        encoder: &encoder,
-        unfrozen,
+        model: Model {
+            arch: &arch,
+            encoder: &encoder,
+            unfrozen,
+            tt: &tt,
+            cw: &cw,
+        },
         subset: &subset,
-        cw: &cw,
-        tt: &tt,
         trained_vars: params.of_layers(&trained)?,
         true_depth,
     };
@@ -353,17 +355,12 @@ fn load_initial_weights(
 /// What every fine-tuning step reads.
 struct HeadTraining<'r> {
     a: &'r FinetuneConfig,
-    arch: &'r LetsMapLite,
     ds: &'r Dataset,
     params: &'r Params,
-    /// The deployed encoder's layers; the last `unfrozen` of them train.
-    encoder: &'r [ConvLayer],
-    unfrozen: usize,
+    /// The forward pass's fixed parts (shared with the unlabelled terms).
+    model: Model<'r>,
     /// The labelled frames used.
     subset: &'r [usize],
-    /// Class weights.
-    cw: &'r [f32],
-    tt: &'r TableTensors,
     /// What `opt` trains (the unlabelled terms' teacher follows these).
     trained_vars: Vec<(String, candle_core::Var)>,
     /// `--oracle-depth`: per subset position, the true depth's logits.
@@ -374,29 +371,20 @@ impl HeadTraining<'_> {
     /// With the encoder wholly frozen, its BEV features never change: computed once here for
     /// every frame of the subset (unless they would take 1 GiB or more).
     fn cached_bev_features(&self, batcher: &mut Batcher) -> Result<Option<Vec<Tensor>>> {
-        let (gh, gw) = self.arch.bev_hw();
-        let cache_bytes = self.subset.len() * self.arch.head[0].cin * gh * gw * 4;
-        Ok(if self.unfrozen == 0 && cache_bytes < (1 << 30) {
+        let m = &self.model;
+        let (gh, gw) = m.arch.bev_hw();
+        let cache_bytes = self.subset.len() * m.arch.head[0].cin * gh * gw * 4;
+        Ok(if m.unfrozen == 0 && cache_bytes < (1 << 30) {
             let mut v = vec![];
             for (j, &i) in self.subset.iter().enumerate() {
                 let x = batcher.images(self.ds, &[i])?;
-                let feat = self.depth_override(self.params.chain(&x, self.encoder)?, &[j])?;
-                v.push(self.tt.apply(&feat)?.detach());
+                let feat = self.depth_override(self.params.chain(&x, m.encoder)?, &[j])?;
+                v.push(m.tt.apply(&feat)?.detach());
             }
             Some(v)
         } else {
             None
         })
-    }
-
-    fn model(&self) -> Model<'_> {
-        Model {
-            arch: self.arch,
-            encoder: self.encoder,
-            unfrozen: self.unfrozen,
-            tt: self.tt,
-            cw: self.cw,
-        }
     }
 
     /// `--iters` steps on batches drawn without replacement (reshuffled at each pass), the
@@ -439,7 +427,7 @@ impl HeadTraining<'_> {
                 }
                 let ramp_len = ((a.iters - a.probe_iters) / 5).max(1);
                 let ramp = ((since + 1) as f64 / ramp_len as f64).min(1.0);
-                let total = (&loss + u.loss(&self.model(), self.params, a.batch, ramp)?)?;
+                let total = (&loss + u.loss(&self.model, self.params, a.batch, ramp)?)?;
                 opt.backward_step(&total)?;
                 u.update_teacher(&self.trained_vars)?;
             } else {
@@ -466,21 +454,21 @@ impl HeadTraining<'_> {
         batcher: &mut Batcher,
         cached: Option<&[Tensor]>,
     ) -> Result<Tensor> {
-        let (params, encoder, tt) = (self.params, self.encoder, self.tt);
+        let (params, m) = (self.params, &self.model);
         let frames: Vec<usize> = pick.iter().map(|&j| self.subset[j]).collect();
         let bev = match cached {
             Some(c) => Tensor::cat(&pick.iter().map(|&j| &c[j]).collect::<Vec<_>>(), 0)?,
             None => {
                 let x = batcher.images(self.ds, &frames)?;
                 let feat = if probing {
-                    params.chain(&x, encoder)?.detach()
+                    params.chain(&x, m.encoder)?.detach()
                 } else {
-                    params.chain_training_last(&x, encoder, self.unfrozen)?
+                    params.chain_training_last(&x, m.encoder, m.unfrozen)?
                 };
-                tt.apply(&self.depth_override(feat, pick)?)?
+                m.tt.apply(&self.depth_override(feat, pick)?)?
             }
         };
-        self.labelled_ce(&params.chain(&bev, &self.arch.head)?, &frames)
+        self.labelled_ce(&params.chain(&bev, &m.arch.head)?, &frames)
     }
 
     /// The encoder output as the lift takes it: with `--oracle-depth`, the true depth of the
@@ -497,8 +485,8 @@ impl HeadTraining<'_> {
 
     /// The class-weighted cross-entropy of BEV logits against the frames' labels.
     fn labelled_ce(&self, logits: &Tensor, frames: &[usize]) -> Result<Tensor> {
-        let (gh, gw) = self.arch.bev_hw();
-        let (t, w) = targets(self.ds, frames, self.cw, gh, gw)?;
+        let (gh, gw) = self.model.arch.bev_hw();
+        let (t, w) = targets(self.ds, frames, self.model.cw, gh, gw)?;
         nn::weighted_ce(logits, &t, &w)
     }
 }
@@ -552,12 +540,8 @@ fn finetune_recipe(
 #[derive(Debug, Serialize)]
 pub struct UnlabelledRecord {
     pub data: String,
-    pub consistency: f64,
-    pub teacher: f64,
-    pub teacher_ema: f64,
-    pub pair_gap: usize,
-    pub pseudo_threshold: f32,
-    pub align_classes: bool,
+    #[serde(flatten)]
+    pub settings: SemiConfig,
     /// [first tenth, last tenth] mean of the consistency loss (empty when off).
     pub consistency_loss: Vec<f32>,
     pub pseudo_loss: Vec<f32>,
@@ -584,12 +568,7 @@ impl UnlabelledRecord {
                 .as_deref()
                 .map(bevrt_models::bundle::path_label)
                 .unwrap_or_default(),
-            consistency: c.consistency,
-            teacher: c.teacher,
-            teacher_ema: c.teacher_ema,
-            pair_gap: c.pair_gap,
-            pseudo_threshold: c.pseudo_threshold,
-            align_classes: c.align_classes,
+            settings: c.clone(),
             consistency_loss: ends(&log.consistency_loss),
             pseudo_loss: ends(&log.pseudo_loss),
             pseudo_histogram: log.pseudo_histogram,
@@ -720,7 +699,6 @@ fn describe_mae(v: &serde_json::Value) -> String {
     )
 }
 
-/// Loads encoder and head weights back from a bundle's ONNX initializers.
 /// Exports encoder and head to ONNX and writes the bundle (atomically).
 pub fn write_letsmap_bundle(
     out: &Path,
